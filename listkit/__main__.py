@@ -1,0 +1,3 @@
+from listkit.cli import cli
+
+cli(prog_name="listkit")

@@ -1,0 +1,63 @@
+"""How commands print rows: a table for people, JSON or CSV for scripts.
+
+A table uses rich on a terminal and plain aligned text otherwise (no colour
+when not a TTY).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def emit_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def emit_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    headers: Sequence[str] | None = None,
+    empty: str = "(none)",
+) -> None:
+    """Print rows as a table: rich on a terminal, aligned plain text otherwise."""
+    headers = list(headers or columns)
+    if not rows:
+        click.echo(empty)
+        return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(*headers, show_edge=False, pad_edge=False)
+        for line in cells:
+            table.add_row(*(Text(v) for v in line))  # data is never markup
+        Console(highlight=False).print(table)
+        return
+    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for line in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())

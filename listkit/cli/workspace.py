@@ -1,0 +1,51 @@
+"""Commands about the workspace itself: init and config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from listkit.cli import cli, pass_workspace
+from listkit.cli.output import emit_json, emit_table
+from listkit.workspace import Workspace, init_workspace
+
+
+@cli.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def init(ctx: click.Context, directory: Path | None) -> None:
+    """Create a workspace: .env with a fresh secret, example offer and campaign, database.
+
+    DIRECTORY defaults to the workspace (the current folder). Existing files
+    are never overwritten: init refuses and changes nothing.
+
+    \b
+    Example:
+        listkit init myshop
+    """
+    ws: Workspace = ctx.obj
+    target = directory if directory is not None else ws.root
+    created = init_workspace(target)
+    click.echo(f"Created workspace {target}:")
+    for path in created:
+        click.echo(f"  {path.relative_to(target)}")
+    click.echo("Next: edit .env (sender, postal address, SMTP), then `listkit lists create SLUG`.")
+
+
+@cli.command()
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@pass_workspace
+def config(ws: Workspace, json_: bool) -> None:
+    """Show the effective settings and where each comes from; secrets are masked.
+
+    \b
+    Example:
+        listkit config
+    """
+    rows = ws.settings.effective()
+    if json_:
+        emit_json({r["name"]: {"value": r["value"], "source": r["source"]} for r in rows})
+        return
+    click.echo(f"Workspace: {ws.root}")
+    emit_table(rows, ["name", "value", "source"], headers=["setting", "value", "from"])

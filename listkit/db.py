@@ -1,0 +1,237 @@
+"""The one place that opens the database: pragmas, schema migrations, transactions.
+
+Every connection is configured the same way: WAL, ``synchronous=FULL`` (a
+commit is durable when it returns), foreign keys on, a busy timeout so that two
+processes wait for each other instead of failing. Schema changes are
+sqlite-utils ``Migrations`` steps; never edit a shipped step, add one.
+
+Times are stored as ISO 8601 UTC text (``2026-11-22T11:21:16.123456+00:00``),
+money as integer minor units with a currency code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from listkit.errors import ListkitError
+
+BUSY_TIMEOUT_MS = 30_000
+
+migrations = Migrations("listkit")
+
+
+def now() -> str:
+    """The current time as stored in the database."""
+    return datetime.now(UTC).isoformat()
+
+
+def open_db(path: Path | str, *, create: bool = True) -> Database:
+    """Open (and if needed create and migrate) the listkit database at ``path``."""
+    path = Path(path)
+    if not create and not path.exists():
+        raise ListkitError(f"no database at {path}: run `listkit init` in the workspace first")
+    if not path.parent.is_dir():
+        raise ListkitError(f"cannot create database {path}: folder {path.parent} does not exist")
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        db = Database(conn)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrations.apply(db)
+    except sqlite3.DatabaseError as e:
+        raise ListkitError(f"cannot open database {path}: {e}") from None
+    return db
+
+
+@contextlib.contextmanager
+def immediate(db: Database) -> Iterator[Database]:
+    """A write transaction that takes the write lock up front (``BEGIN IMMEDIATE``).
+
+    Use it where a read decides a write and another process must not slip in
+    between (claims, counters); ``db.atomic()`` issues a plain ``BEGIN``.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        raise RuntimeError("immediate() cannot be nested inside another transaction")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+@migrations()
+def m001_lists_and_subscribers(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE lists (
+            id INTEGER PRIMARY KEY,
+            slug TEXT NOT NULL UNIQUE,
+            title TEXT,
+            created TEXT NOT NULL
+        )"""
+    )
+    # key: the case-folded address, the identity of a subscriber everywhere.
+    db.execute(
+        """
+        CREATE TABLE subscribers (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL,
+            key TEXT NOT NULL UNIQUE,
+            name TEXT,
+            fields TEXT NOT NULL DEFAULT '{}',
+            created TEXT NOT NULL,
+            updated TEXT,
+            source TEXT
+        )"""
+    )
+    # status: active | unsubscribed | bounced | complained
+    db.execute(
+        """
+        CREATE TABLE memberships (
+            list_id INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            status TEXT NOT NULL DEFAULT 'active',
+            created TEXT NOT NULL,
+            updated TEXT,
+            consent_at TEXT,
+            consent_method TEXT,
+            consent_source TEXT,
+            consent_ip TEXT,
+            confirmed_at TEXT,
+            confirm_ip TEXT,
+            status_at TEXT,
+            status_reason TEXT,
+            PRIMARY KEY (list_id, subscriber_id)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX memberships_subscriber ON memberships(subscriber_id)")
+    # reason: unsubscribed | hard_bounce | complaint | manual | import
+    db.execute(
+        """
+        CREATE TABLE suppressions (
+            key TEXT PRIMARY KEY,
+            email TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            created TEXT NOT NULL,
+            campaign_id INTEGER,
+            source TEXT,
+            note TEXT
+        )"""
+    )
+
+
+@migrations()
+def m002_campaigns_and_deliveries(db: Database) -> None:
+    # state: scheduled | sending | done | missed
+    db.execute(
+        """
+        CREATE TABLE campaigns (
+            id INTEGER PRIMARY KEY,
+            slug TEXT NOT NULL UNIQUE,
+            offer TEXT NOT NULL,
+            lists TEXT NOT NULL DEFAULT '[]',
+            exclude_lists TEXT NOT NULL DEFAULT '[]',
+            template_digest TEXT,
+            state TEXT NOT NULL DEFAULT 'scheduled',
+            send_at TEXT,
+            holdout REAL NOT NULL DEFAULT 0,
+            attribution_days INTEGER NOT NULL DEFAULT 7,
+            coupon TEXT,
+            created TEXT NOT NULL,
+            started TEXT,
+            finished TEXT
+        )"""
+    )
+    # The outbox: one row per campaign x subscriber.
+    # state: pending | sending | sent | deferred | failed | unknown | held_out
+    # phase (while sending): claimed | data (DATA may have reached the server)
+    db.execute(
+        """
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+            list_id INTEGER NOT NULL REFERENCES lists(id),
+            email TEXT NOT NULL,
+            token TEXT NOT NULL UNIQUE,
+            message_id TEXT,
+            coupon TEXT,
+            state TEXT NOT NULL DEFAULT 'pending',
+            phase TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt TEXT,
+            last_code INTEGER,
+            last_reply TEXT,
+            claimed_by TEXT,
+            created TEXT NOT NULL,
+            updated TEXT,
+            sent_at TEXT,
+            UNIQUE (campaign_id, subscriber_id)
+        )"""
+    )
+    db.execute("CREATE INDEX deliveries_state ON deliveries(campaign_id, state)")
+    db.execute("CREATE INDEX deliveries_subscriber ON deliveries(subscriber_id)")
+    db.execute("CREATE INDEX deliveries_list ON deliveries(list_id, state)")
+
+
+@migrations()
+def m003_sales_and_events(db: Database) -> None:
+    # One row per order; amount and refunded in minor units of `currency`.
+    # method: token | coupon | email | none
+    db.execute(
+        """
+        CREATE TABLE sales (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            order_id TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'paid',
+            amount INTEGER NOT NULL,
+            refunded INTEGER NOT NULL DEFAULT 0,
+            currency TEXT NOT NULL,
+            at TEXT NOT NULL,
+            email TEXT,
+            email_key TEXT,
+            coupon TEXT,
+            token TEXT,
+            utm_campaign TEXT,
+            utm_content TEXT,
+            product TEXT,
+            raw TEXT,
+            delivery_id INTEGER REFERENCES deliveries(id) ON DELETE SET NULL,
+            campaign_id INTEGER REFERENCES campaigns(id) ON DELETE SET NULL,
+            list_id INTEGER REFERENCES lists(id) ON DELETE SET NULL,
+            offer TEXT,
+            method TEXT NOT NULL DEFAULT 'none',
+            imported TEXT NOT NULL,
+            updated TEXT,
+            UNIQUE (source, order_id)
+        )"""
+    )
+    db.execute("CREATE INDEX sales_at ON sales(at)")
+    db.execute("CREATE INDEX sales_campaign ON sales(campaign_id)")
+    # kind: click | unsubscribe | complaint
+    db.execute(
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            delivery_id INTEGER REFERENCES deliveries(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            at TEXT NOT NULL,
+            url TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX events_delivery ON events(delivery_id, kind)")

@@ -1,0 +1,134 @@
+"""A workspace: a folder with ``.env``, ``offers/``, ``campaigns/`` and the database.
+
+``Workspace`` is what every command works on: it knows its folder, reads its
+settings once, and opens the database once (through ``db.open_db``).
+``init_workspace`` makes a new one from the examples shipped with listkit,
+and never overwrites a file that is already there.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from listkit.config import Settings, load_settings
+from listkit.db import open_db
+from listkit.errors import ListkitError
+
+ENV_TEMPLATE = """\
+# listkit settings for this workspace. Variables set in the environment win
+# over this file. `listkit config` shows the effective values.
+
+# SQLite database, relative to this folder.
+LISTKIT_DB=listkit.db
+
+# Where messages go: smtp://host:port (plain), smtp+starttls://user:pass@host:587
+# or smtps://user:pass@host:465. `listkit sink` runs a local capture server on
+# port 1025 for trying campaigns safely.
+LISTKIT_SMTP_URL=smtp://127.0.0.1:1025
+
+# The sender, as Name <address>.
+LISTKIT_FROM=Your Name <you@example.com>
+
+# Your postal address: the law (CAN-SPAM) wants it in every message.
+LISTKIT_POSTAL_ADDRESS=Your Business, 1 Main Street, Springfield
+
+# Public URL where unsubscribe links point (listkit serve, or your site).
+LISTKIT_BASE_URL=https://example.com/listkit
+
+# Signs unsubscribe links and tracking tokens. Keep it secret; changing it
+# breaks the links in messages already sent.
+LISTKIT_SECRET={secret}
+"""
+
+
+def examples_dir() -> Path:
+    """The shipped example offers and campaigns.
+
+    Installed from a wheel they are ``listkit/_examples``; in a source
+    checkout (editable install) they are the repository's own top-level
+    ``offers/`` and ``campaigns/``, the only copy.
+    """
+    packaged = Path(str(resources.files("listkit"))) / "_examples"
+    if (packaged / "offers").is_dir():
+        return packaged
+    source = Path(__file__).resolve().parent.parent
+    if (source / "offers").is_dir() and (source / "campaigns").is_dir():
+        return source
+    raise ListkitError("the example offers and campaigns are missing from this installation")
+
+
+def init_workspace(directory: Path) -> list[Path]:
+    """Create a working workspace in ``directory``; return the paths created.
+
+    Refuses, changing nothing, if any file it would write already exists.
+    """
+    directory = directory.expanduser()
+    examples = examples_dir()
+    plan: list[tuple[Path, Path | None]] = [(directory / ".env", None)]
+    for sub in ("offers", "campaigns"):
+        for src in sorted((examples / sub).rglob("*")):
+            if src.is_file() and "__pycache__" not in src.parts:
+                plan.append((directory / sub / src.relative_to(examples / sub), src))
+    db_file = directory / "listkit.db"
+    existing = [dest for dest, _src in plan if dest.exists()]
+    if db_file.exists():
+        existing.append(db_file)
+    if existing:
+        listed = ", ".join(str(p) for p in existing[:5])
+        more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        raise ListkitError(
+            f"{directory} already has {listed}{more}: listkit init never overwrites files"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    created = []
+    for dest, src in plan:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src is None:
+            dest.write_text(ENV_TEMPLATE.format(secret=secrets.token_urlsafe(32)))
+        else:
+            shutil.copyfile(src, dest)
+        created.append(dest)
+    open_db(db_file).close()
+    created.append(db_file)
+    return created
+
+
+@dataclass
+class Workspace:
+    """The folder a command works in, its settings and (lazily) its database."""
+
+    root: Path
+    _settings: Settings | None = field(default=None, repr=False)
+    _db: Database | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.root)
+        return self._settings
+
+    @property
+    def db(self) -> Database:
+        """The workspace's database, opened (and migrated) on first use."""
+        if self._db is None:
+            self._db = open_db(self.settings.db_path)
+        return self._db
+
+    @property
+    def offers_dir(self) -> Path:
+        return self.root / "offers"
+
+    @property
+    def campaigns_dir(self) -> Path:
+        return self.root / "campaigns"
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

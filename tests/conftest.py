@@ -1,0 +1,56 @@
+"""Shared fixtures: every test runs in its own temporary workspace.
+
+The autouse ``env_setup`` fixture clears ``LISTKIT_*`` settings from the
+environment so that a developer's own settings never leak into a test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from listkit.cli import cli
+from listkit.workspace import Workspace, init_workspace
+
+
+@pytest.fixture(autouse=True)
+def env_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("LISTKIT_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A fresh workspace made by `listkit init`."""
+    root = tmp_path / "ws"
+    init_workspace(root)
+    return root
+
+
+@pytest.fixture
+def ws(workspace: Path):
+    """The library's view of the fresh workspace, closed after the test."""
+    w = Workspace(workspace)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def run(workspace: Path):
+    """Run a listkit command in the fresh workspace: run("lists", "ls")."""
+    runner = CliRunner()
+
+    def _run(*args: str, input: str | bytes | None = None, ok: bool = True):
+        result = runner.invoke(cli, ["--workspace", str(workspace), *args], input=input)
+        if ok and result.exit_code != 0:
+            raise AssertionError(
+                f"listkit {' '.join(args)} exited {result.exit_code}:\n{result.output}"
+                + (f"\n{result.exception!r}" if result.exception else "")
+            )
+        return result
+
+    return _run
