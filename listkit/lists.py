@@ -1,10 +1,24 @@
-"""Lists: named groups of subscribers (``lists`` table)."""
+"""Lists: named groups of subscribers (``lists`` table) and their counts."""
 
 from __future__ import annotations
 
+import re
+
 from sqlite_utils import Database
 
-from listkit.errors import NotFound
+from listkit.db import now
+from listkit.errors import InputError, ListkitError, NotFound
+
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def check_slug(slug: str, what: str = "list") -> str:
+    if not SLUG.fullmatch(slug):
+        raise InputError(
+            f"{what} name {slug!r} is not valid: use lower-case letters, digits, - and _ "
+            "(at most 64, starting with a letter or digit)"
+        )
+    return slug
 
 
 def get_list(db: Database, slug: str) -> dict:
@@ -13,3 +27,49 @@ def get_list(db: Database, slug: str) -> dict:
     if row is None:
         raise NotFound(f"no list named {slug!r}: see `listkit lists ls`")
     return dict(zip(("id", "slug", "title", "created"), row, strict=True))
+
+
+def create_list(db: Database, slug: str, title: str | None = None) -> dict:
+    check_slug(slug)
+    if db.execute("SELECT 1 FROM lists WHERE slug = ?", [slug]).fetchone():
+        raise ListkitError(f"list {slug!r} already exists")
+    db.execute(
+        "INSERT INTO lists (slug, title, created) VALUES (?, ?, ?)", [slug, title or None, now()]
+    )
+    return get_list(db, slug)
+
+
+def list_lists(db: Database) -> list[dict]:
+    """Every list with its member counts: active, unsubscribed, bounced (and complained)."""
+    cursor = db.execute(
+        """SELECT l.slug, l.title, l.created,
+                  COUNT(m.subscriber_id) FILTER (WHERE m.status = 'active'),
+                  COUNT(m.subscriber_id) FILTER (WHERE m.status = 'unsubscribed'),
+                  COUNT(m.subscriber_id) FILTER (WHERE m.status = 'bounced'),
+                  COUNT(m.subscriber_id) FILTER (WHERE m.status = 'complained')
+           FROM lists l LEFT JOIN memberships m ON m.list_id = l.id
+           GROUP BY l.id ORDER BY l.slug"""
+    )
+    keys = ("slug", "title", "created", "active", "unsubscribed", "bounced", "complained")
+    return [dict(zip(keys, row, strict=True)) for row in cursor]
+
+
+def remove_list(db: Database, slug: str) -> int:
+    """Delete a list and its memberships (subscribers stay); returns members removed.
+
+    A list that campaigns have delivered through cannot be removed: its
+    deliveries and sales attribution point at it.
+    """
+    lst = get_list(db, slug)
+    used = db.execute("SELECT COUNT(*) FROM deliveries WHERE list_id = ?", [lst["id"]]).fetchone()
+    if used[0]:
+        raise ListkitError(
+            f"list {slug!r} has {used[0]} deliveries from campaigns: it is kept for reports"
+        )
+    with db.atomic():
+        members = db.execute(
+            "SELECT COUNT(*) FROM memberships WHERE list_id = ?", [lst["id"]]
+        ).fetchone()[0]
+        db.execute("DELETE FROM memberships WHERE list_id = ?", [lst["id"]])
+        db.execute("DELETE FROM lists WHERE id = ?", [lst["id"]])
+    return members

@@ -1,4 +1,8 @@
-"""Subscribers and their list memberships."""
+"""Subscribers and their list memberships.
+
+The rule: an address that is suppressed, or unsubscribed from a list, is never
+made active again by an add or an import; the caller is told so.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,13 @@ from collections.abc import Iterator
 
 from sqlite_utils import Database
 
+from listkit.addresses import email_key, normalize_address
+from listkit.db import now
+from listkit.errors import InputError, NotFound
 from listkit.lists import get_list
+from listkit.suppressions import suppress
+
+MAX_NAME = 256
 
 
 def iter_members(db: Database, list_slug: str, status: str = "active") -> Iterator[dict]:
@@ -24,3 +34,185 @@ def iter_members(db: Database, list_slug: str, status: str = "active") -> Iterat
     )
     for sid, email, key, name, fields in cursor:
         yield {"id": sid, "email": email, "key": key, "name": name, "fields": json.loads(fields)}
+
+
+def list_members(db: Database, list_slug: str) -> Iterator[dict]:
+    """Every member of a list, whatever the status, with consent evidence."""
+    list_id = get_list(db, list_slug)["id"]
+    cursor = db.execute(
+        """SELECT s.email, s.name, m.status, m.created, m.consent_at, m.confirmed_at,
+                  m.consent_ip, m.consent_source, s.fields
+           FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id
+           WHERE m.list_id = ? ORDER BY s.id""",
+        [list_id],
+    )
+    keys = (
+        "email",
+        "name",
+        "status",
+        "joined",
+        "consent_at",
+        "confirmed_at",
+        "consent_ip",
+        "consent_source",
+    )
+    for row in cursor:
+        member = dict(zip(keys, row[:-1], strict=True))
+        member["fields"] = json.loads(row[-1])
+        yield member
+
+
+def add_subscriber(
+    db: Database,
+    email: str,
+    list_slug: str,
+    *,
+    name: str | None = None,
+    fields: dict[str, str] | None = None,
+    source: str = "manual",
+) -> dict:
+    """Add ``email`` to a list, or update it; says what happened in ``result``.
+
+    result: ``added`` (new subscriber), ``joined`` (known subscriber, new to the
+    list), ``updated`` (already an active member), ``suppressed`` or
+    ``unsubscribed`` (kept as it was: not made active).
+    """
+    address = normalize_address(email)
+    key = email_key(address)
+    if name is not None and len(name) > MAX_NAME:
+        raise InputError(f"name is longer than {MAX_NAME} characters")
+    lst = get_list(db, list_slug)
+    stamp = now()
+    with db.atomic():
+        row = db.execute("SELECT id, name, fields FROM subscribers WHERE key = ?", [key]).fetchone()
+        if row is None:
+            sid = db.execute(
+                """INSERT INTO subscribers (email, key, name, fields, created, updated, source)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                [address, key, name, json.dumps(fields or {}), stamp, stamp, source],
+            ).lastrowid
+            result = "added"
+        else:
+            sid, old_name, old_fields = row
+            merged = {**json.loads(old_fields), **(fields or {})}
+            db.execute(
+                "UPDATE subscribers SET name = ?, fields = ?, updated = ? WHERE id = ?",
+                [name or old_name, json.dumps(merged), stamp, sid],
+            )
+            result = "updated"
+        suppression = db.execute("SELECT reason FROM suppressions WHERE key = ?", [key]).fetchone()
+        member = db.execute(
+            "SELECT status FROM memberships WHERE list_id = ? AND subscriber_id = ?",
+            [lst["id"], sid],
+        ).fetchone()
+        if member is None:
+            status = "active" if suppression is None else "unsubscribed"
+            db.execute(
+                """INSERT INTO memberships (list_id, subscriber_id, status, created, consent_at,
+                   consent_method, consent_source, status_at, status_reason)
+                   VALUES (?, ?, ?, ?, ?, 'manual', ?, ?, ?)""",
+                [
+                    lst["id"],
+                    sid,
+                    status,
+                    stamp,
+                    stamp,
+                    source,
+                    stamp,
+                    None if suppression is None else f"suppressed: {suppression[0]}",
+                ],
+            )
+            if result == "updated":
+                result = "joined"
+        elif member[0] != "active":
+            result = member[0]
+        if suppression is not None:
+            result = "suppressed"
+    return {"email": address, "list": list_slug, "result": result}
+
+
+def get_subscriber(db: Database, email: str) -> dict:
+    """A subscriber with memberships, suppression and delivery counts."""
+    key = email_key(email)
+    row = db.execute(
+        "SELECT id, email, name, fields, created, source FROM subscribers WHERE key = ?", [key]
+    ).fetchone()
+    suppression = db.execute(
+        """SELECT s.reason, s.created, c.slug FROM suppressions s
+           LEFT JOIN campaigns c ON c.id = s.campaign_id WHERE s.key = ?""",
+        [key],
+    ).fetchone()
+    if row is None and suppression is None:
+        raise NotFound(f"no subscriber {email.strip()!r}")
+    result: dict = {"email": email.strip(), "suppressed": None, "lists": [], "deliveries": {}}
+    if suppression is not None:
+        result["suppressed"] = dict(zip(("reason", "at", "campaign"), suppression, strict=True))
+    if row is None:
+        return result
+    sid, address, name, fields, created, source = row
+    result.update(
+        {"email": address, "name": name, "fields": json.loads(fields)}
+        | {"created": created, "source": source}
+    )
+    keys = ("list", "status", "joined", "consent_at", "consent_method", "consent_source")
+    keys += ("consent_ip", "confirmed_at", "confirm_ip", "status_at", "status_reason")
+    result["lists"] = [
+        dict(zip(keys, r, strict=True))
+        for r in db.execute(
+            """SELECT l.slug, m.status, m.created, m.consent_at, m.consent_method,
+                      m.consent_source, m.consent_ip, m.confirmed_at, m.confirm_ip,
+                      m.status_at, m.status_reason
+               FROM memberships m JOIN lists l ON l.id = m.list_id
+               WHERE m.subscriber_id = ? ORDER BY l.slug""",
+            [sid],
+        )
+    ]
+    result["deliveries"] = dict(
+        db.execute(
+            "SELECT state, COUNT(*) FROM deliveries WHERE subscriber_id = ? GROUP BY state", [sid]
+        ).fetchall()
+    )
+    return result
+
+
+def unsubscribe(
+    db: Database, email: str, list_slug: str | None = None, *, campaign_id: int | None = None
+) -> dict:
+    """Unsubscribe from one list, or (no list) from everything, which also suppresses.
+
+    Returns ``{"email", "lists": [slugs changed], "suppressed": bool}``.
+    """
+    key = email_key(email)
+    row = db.execute("SELECT id, email FROM subscribers WHERE key = ?", [key]).fetchone()
+    stamp = now()
+    reason = "unsubscribed" + (f" (campaign {campaign_id})" if campaign_id else "")
+    with db.atomic():
+        changed: list[str] = []
+        if row is not None:
+            where = "m.subscriber_id = ? AND m.status = 'active'"
+            params: list = [row[0]]
+            if list_slug is not None:
+                where += " AND m.list_id = ?"
+                params.append(get_list(db, list_slug)["id"])
+            changed = [
+                r[0]
+                for r in db.execute(
+                    f"""SELECT l.slug FROM memberships m JOIN lists l ON l.id = m.list_id
+                        WHERE {where} ORDER BY l.slug""",
+                    params,
+                )
+            ]
+            db.execute(
+                f"""UPDATE memberships AS m SET status = 'unsubscribed', status_at = ?,
+                    status_reason = ?, updated = ? WHERE {where}""",
+                [stamp, reason, stamp, *params],
+            )
+        elif list_slug is not None:
+            get_list(db, list_slug)
+            raise NotFound(f"{email.strip()!r} is not on list {list_slug!r}")
+        suppressed = False
+        if list_slug is None:
+            suppressed = suppress(
+                db, row[1] if row else email, "unsubscribed", campaign_id=campaign_id
+            )
+    return {"email": row[1] if row else email.strip(), "lists": changed, "suppressed": suppressed}

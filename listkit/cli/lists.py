@@ -1,1 +1,69 @@
 """CLI commands: lists."""
+
+from __future__ import annotations
+
+import click
+
+from listkit.cli import cli, pass_workspace
+from listkit.cli.output import emit_json, emit_table
+from listkit.lists import create_list, list_lists, remove_list
+from listkit.workspace import Workspace
+
+
+@cli.group()
+def lists() -> None:
+    """Create, show and remove subscriber lists."""
+
+
+@lists.command("create")
+@click.argument("slug")
+@click.option("--title", help="A human title, e.g. 'Blog readers'.")
+@pass_workspace
+def lists_create(ws: Workspace, slug: str, title: str | None) -> None:
+    """Create a list named SLUG (lower-case letters, digits, - and _).
+
+    \b
+    Example:
+        listkit lists create blog --title "Blog readers"
+    """
+    create_list(ws.db, slug, title)
+    click.echo(f"Created list {slug}.")
+
+
+@lists.command("ls")
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@pass_workspace
+def lists_ls(ws: Workspace, json_: bool) -> None:
+    """Show every list with its active, unsubscribed and bounced counts.
+
+    \b
+    Example:
+        listkit lists ls --json
+    """
+    rows = list_lists(ws.db)
+    if json_:
+        emit_json(rows)
+        return
+    emit_table(
+        rows,
+        ["slug", "title", "active", "unsubscribed", "bounced"],
+        headers=["list", "title", "active", "unsubscribed", "bounced"],
+        empty="No lists yet: create one with `listkit lists create SLUG`.",
+    )
+
+
+@lists.command("rm")
+@click.argument("slug")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_workspace
+def lists_rm(ws: Workspace, slug: str, yes: bool) -> None:
+    """Remove a list and its memberships; subscribers and suppressions stay.
+
+    \b
+    Example:
+        listkit lists rm old-list --yes
+    """
+    if not yes:
+        click.confirm(f"Remove list {slug!r} and all its memberships?", abort=True)
+    removed = remove_list(ws.db, slug)
+    click.echo(f"Removed list {slug} ({removed} memberships).")

@@ -1,1 +1,296 @@
-"""CLI commands: subscribers."""
+"""CLI commands: subscribers, unsubscribe, suppress."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import click
+
+from listkit.addresses import normalize_address
+from listkit.cli import cli, pass_workspace
+from listkit.cli.output import emit_csv, emit_json, emit_table
+from listkit.imports import FORMATS, import_subscribers
+from listkit.subscribers import add_subscriber, get_subscriber, list_members, unsubscribe
+from listkit.suppressions import REASONS, list_suppressions, suppress, suppress_many
+from listkit.workspace import Workspace
+
+RESULT_TEXT = {
+    "added": "Added {email} to {list}.",
+    "joined": "Added {email} (already known) to {list}.",
+    "updated": "Updated {email} on {list}.",
+    "suppressed": "{email} is suppressed: kept off {list}, not made active.",
+    "unsubscribed": "{email} unsubscribed from {list} earlier: not made active again.",
+    "bounced": "{email} bounced on {list} earlier: not made active again.",
+    "complained": "{email} complained on {list} earlier: not made active again.",
+}
+
+
+def _fields(values: tuple[str, ...]) -> dict[str, str]:
+    fields = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--field takes key=value, not {item!r}")
+        fields[key.strip()] = value
+    return fields
+
+
+@cli.group()
+def subscribers() -> None:
+    """Add, import, list and show subscribers."""
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--list", "list_", required=True, help="The list to add to.")
+@click.option("--name", help="The subscriber's name.")
+@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field.")
+@pass_workspace
+def subscribers_add(
+    ws: Workspace, email: str, list_: str, name: str | None, fields: tuple[str, ...]
+) -> None:
+    """Add EMAIL to a list (or update it). Suppressed addresses stay suppressed.
+
+    \b
+    Example:
+        listkit subscribers add ann@example.com --list blog --name Ann --field plan=pro
+    """
+    result = add_subscriber(ws.db, email, list_, name=name, fields=_fields(fields))
+    click.echo(RESULT_TEXT[result["result"]].format(**result))
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option("--list", "list_", required=True, help="The list to import into.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="The export's shape; auto recognises it by its header.",
+)
+@click.option("--email-column", help="Generic CSV: the column holding the address.")
+@click.option("--name-column", help="Generic CSV: the column holding the name.")
+@click.option("--encoding", default="utf-8", show_default=True, help="The file's text encoding.")
+@click.option(
+    "--errors",
+    "errors_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every rejected row here, with its line number and reason.",
+)
+@click.option("--json", "json_", is_flag=True, help="Output the summary as JSON.")
+@pass_workspace
+def subscribers_import(
+    ws: Workspace,
+    file,
+    list_: str,
+    fmt: str,
+    email_column: str | None,
+    name_column: str | None,
+    encoding: str,
+    errors_file: Path | None,
+    json_: bool,
+) -> None:
+    """Import subscribers from FILE (or - for stdin) into a list.
+
+    Recognises Mailchimp (subscribed, unsubscribed, cleaned), Substack, Kit,
+    Ghost and Beehiiv exports by their headers; any other CSV needs a column
+    called email (or --email-column). Unsubscribed, cleaned and bounced rows
+    become suppressions. A bad row is reported and never stops the good ones.
+
+    \b
+    Examples:
+        listkit subscribers import members_export.csv --list blog
+        listkit subscribers import people.csv --list blog --email-column Mail --errors bad.csv
+        listkit subscribers import old.csv --list blog --encoding latin-1
+    """
+    name = getattr(file, "name", "<stdin>")
+    name = "<stdin>" if name in ("-", "<stdin>") else name
+    errors_out = errors_file.open("w", newline="", encoding="utf-8") if errors_file else None
+    try:
+        summary = import_subscribers(
+            ws.db,
+            file,
+            list_,
+            name=name,
+            fmt=fmt,
+            encoding=encoding,
+            email_column=email_column,
+            name_column=name_column,
+            errors_to=errors_out,
+        )
+    finally:
+        if errors_out is not None:
+            errors_out.close()
+    if errors_file:
+        summary.errors_file = str(errors_file)
+    if json_:
+        emit_json(summary.as_dict())
+        return
+    s = summary
+    skipped = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in s.skipped.items() if n)
+    click.echo(
+        f"{s.file} ({s.format}) -> {s.list}: {s.imported} imported, {s.updated} updated, "
+        f"{s.suppressed} suppressed, {s.rejected} rejected"
+        + (f"; skipped {skipped}" if skipped else "")
+    )
+    for err in s.errors:
+        click.echo(f"  line {err['line']}: {err['reason']}", err=True)
+    if s.rejected > len(s.errors):
+        hint = f" (all in {errors_file})" if errors_file else "; use --errors FILE to see them all"
+        click.echo(f"  ... {s.rejected - len(s.errors)} more rejected{hint}", err=True)
+
+
+@subscribers.command("ls")
+@click.option("--list", "list_", required=True, help="The list to show.")
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@click.option("--csv", "csv_", is_flag=True, help="Output CSV.")
+@pass_workspace
+def subscribers_ls(ws: Workspace, list_: str, json_: bool, csv_: bool) -> None:
+    """Show the members of a list, with status and consent evidence.
+
+    \b
+    Example:
+        listkit subscribers ls --list blog --csv > blog.csv
+    """
+    rows = list_members(ws.db, list_)
+    columns = ["email", "name", "status", "joined", "consent_at", "confirmed_at", "consent_ip"]
+    if json_:
+        emit_json(list(rows))
+    elif csv_:
+        emit_csv(rows, [*columns, "consent_source", "fields"])
+    else:
+        emit_table(list(rows), columns[:4], empty=f"List {list_} has no members.")
+
+
+@subscribers.command("show")
+@click.argument("email")
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@pass_workspace
+def subscribers_show(ws: Workspace, email: str, json_: bool) -> None:
+    """Show one subscriber: fields, lists, consent, suppression, deliveries.
+
+    \b
+    Example:
+        listkit subscribers show ann@example.com
+    """
+    sub = get_subscriber(ws.db, email)
+    if json_:
+        emit_json(sub)
+        return
+    click.echo(f"{sub['email']}" + (f" ({sub['name']})" if sub.get("name") else ""))
+    if sub["suppressed"]:
+        s = sub["suppressed"]
+        by = f", campaign {s['campaign']}" if s["campaign"] else ""
+        click.echo(f"  SUPPRESSED: {s['reason']} since {s['at']}{by}")
+    for key, value in (sub.get("fields") or {}).items():
+        click.echo(f"  {key}: {value}")
+    for m in sub["lists"]:
+        consent = ", ".join(
+            f"{k} {m[k]}" for k in ("consent_at", "confirmed_at", "consent_ip") if m.get(k)
+        )
+        click.echo(f"  list {m['list']}: {m['status']}" + (f" ({consent})" if consent else ""))
+    if sub["deliveries"]:
+        click.echo("  deliveries: " + ", ".join(f"{n} {s}" for s, n in sub["deliveries"].items()))
+
+
+@cli.command("unsubscribe")
+@click.argument("email")
+@click.option("--list", "list_", help="Only from this list (default: from everything).")
+@pass_workspace
+def unsubscribe_cmd(ws: Workspace, email: str, list_: str | None) -> None:
+    """Unsubscribe EMAIL from one list, or from everything (which also suppresses it).
+
+    \b
+    Examples:
+        listkit unsubscribe ann@example.com --list blog
+        listkit unsubscribe ann@example.com
+    """
+    result = unsubscribe(ws.db, email, list_)
+    where = ", ".join(result["lists"]) or "no active list"
+    click.echo(f"Unsubscribed {result['email']} from {where}.")
+    if list_ is None:
+        click.echo(
+            f"{result['email']} is suppressed: no campaign will mail it."
+            if result["suppressed"]
+            else f"{result['email']} was already suppressed."
+        )
+
+
+@cli.group("suppress")
+def suppress_group() -> None:
+    """Addresses that never receive a campaign, whatever a list says."""
+
+
+@suppress_group.command("add")
+@click.argument("email")
+@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
+@pass_workspace
+def suppress_add(ws: Workspace, email: str, reason: str) -> None:
+    """Suppress EMAIL.
+
+    \b
+    Example:
+        listkit suppress add angry@example.com --reason complaint
+    """
+    address = normalize_address(email)
+    if suppress(ws.db, address, reason, source="manual"):
+        click.echo(f"Suppressed {address} ({reason}).")
+    else:
+        click.echo(f"{address} was already suppressed.")
+
+
+@suppress_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
+@click.option("--json", "json_", is_flag=True, help="Output the summary as JSON.")
+@pass_workspace
+def suppress_import(ws: Workspace, file, reason: str, json_: bool) -> None:
+    """Suppress every address in FILE: one per line, or a CSV with an email column.
+
+    \b
+    Example:
+        listkit suppress import bounces.txt --reason hard_bounce
+    """
+    lines = file.read().splitlines()
+    rows: list[tuple[int, str]] = []
+    if lines and "," in lines[0]:
+        reader = csv.reader(lines)
+        header = [c.strip().lower() for c in next(reader)]
+        col = next(
+            (header.index(c) for c in ("email", "email address", "e-mail") if c in header), None
+        )
+        if col is None:
+            raise click.ClickException(f"{file.name}: the header has no email column")
+        rows = [(n + 2, r[col] if col < len(r) else "") for n, r in enumerate(reader) if r]
+    else:
+        rows = [(n + 1, line) for n, line in enumerate(lines) if line.strip()]
+    summary = suppress_many(ws.db, rows, reason, source=f"import:{file.name}")
+    if json_:
+        emit_json(summary)
+        return
+    click.echo(
+        f"{summary['suppressed']} suppressed, {summary['already']} already suppressed, "
+        f"{summary['rejected']} rejected"
+    )
+    for err in summary["errors"]:
+        click.echo(f"  line {err['line']}: {err['reason']}", err=True)
+
+
+@suppress_group.command("ls")
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@pass_workspace
+def suppress_ls(ws: Workspace, json_: bool) -> None:
+    """Show suppressed addresses, why and since when.
+
+    \b
+    Example:
+        listkit suppress ls --json
+    """
+    rows = list(list_suppressions(ws.db))
+    if json_:
+        emit_json(rows)
+    else:
+        emit_table(rows, ["email", "reason", "created", "campaign"], empty="No suppressions.")

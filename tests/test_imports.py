@@ -1,0 +1,284 @@
+"""Subscriber imports: every real export shape, and every kind of bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures" / "subscribers"
+
+
+@pytest.fixture
+def blog(run):
+    run("lists", "create", "blog")
+
+
+def do_import(run, path, *args, ok=True):
+    return run("subscribers", "import", str(path), "--list", "blog", *args, ok=ok)
+
+
+def summary(run, path, *args):
+    return json.loads(do_import(run, path, "--json", *args).output)
+
+
+def members(run):
+    rows = json.loads(run("subscribers", "ls", "--list", "blog", "--json").output)
+    return {r["email"]: r["status"] for r in rows}
+
+
+def suppressed(run):
+    return {r["email"]: r["reason"] for r in json.loads(run("suppress", "ls", "--json").output)}
+
+
+def test_mailchimp_subscribed_keeps_consent_evidence_and_merge_fields(run, blog):
+    s = summary(run, FIXTURES / "mailchimp_subscribed.csv")
+    assert (s["format"], s["imported"], s["rejected"]) == ("mailchimp", 2, 0)
+    ann = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
+    assert ann["name"] == "Ann Lee"
+    assert ann["fields"]["Favourite Topic"] == "pricing"
+    assert ann["fields"]["TAGS"] == '"Launch","VIP"'
+    m = ann["lists"][0]
+    assert (m["consent_at"], m["confirmed_at"], m["consent_ip"]) == (
+        "2024-01-02 10:00:00",
+        "2024-01-02 10:05:00",
+        "203.0.113.5",
+    )
+    zoe = json.loads(run("subscribers", "show", "zoe.muller@example.de", "--json").output)
+    assert zoe["name"] == "Zoë Müller"
+
+
+def test_mailchimp_unsubscribed_and_cleaned_become_suppressions(run, blog):
+    s = summary(run, FIXTURES / "mailchimp_unsubscribed.csv")
+    assert (s["format"], s["imported"], s["suppressed"]) == ("mailchimp (unsubscribed)", 0, 1)
+    s = summary(run, FIXTURES / "mailchimp_cleaned.csv")
+    assert (s["format"], s["suppressed"]) == ("mailchimp (cleaned)", 1)
+    assert suppressed(run) == {
+        "gone@example.com": "unsubscribed",
+        "bounced@example.com": "hard_bounce",
+    }
+    assert members(run) == {"gone@example.com": "unsubscribed", "bounced@example.com": "bounced"}
+
+
+def test_substack_email_disabled_is_not_active(run, blog):
+    s = summary(run, FIXTURES / "substack_old.csv")
+    assert (s["format"], s["imported"], s["suppressed"]) == ("substack", 1, 1)
+    s = summary(run, FIXTURES / "substack_new.csv")
+    assert (s["format"], s["imported"]) == ("substack", 1)
+    assert members(run) == {
+        "reader@example.com": "active",
+        "quiet@example.com": "unsubscribed",
+        "paid@example.com": "active",
+    }
+    paid = json.loads(run("subscribers", "show", "paid@example.com", "--json").output)
+    assert paid["fields"]["plan"] == "yearly"
+
+
+def test_ghost_members_not_subscribed_to_emails_are_suppressed(run, blog):
+    s = summary(run, FIXTURES / "ghost.csv")
+    assert (s["format"], s["imported"], s["suppressed"]) == ("ghost", 1, 1)
+    gina = json.loads(run("subscribers", "show", "gina@example.com", "--json").output)
+    assert gina["name"] == "Gina Ghost"
+    assert gina["fields"]["labels"] == "vip,early"
+
+
+def test_kit_states_map_to_suppression_reasons(run, blog):
+    s = summary(run, FIXTURES / "kit.csv")
+    assert (s["format"], s["imported"], s["suppressed"]) == ("kit", 1, 3)
+    assert suppressed(run) == {
+        "cal@example.com": "unsubscribed",
+        "bea@example.com": "hard_bounce",
+        "cory@example.com": "complaint",
+    }
+    assert members(run)["kim@example.com"] == "active"
+
+
+def test_beehiiv_pending_is_skipped_and_inactive_suppressed(run, blog):
+    s = summary(run, FIXTURES / "beehiiv.csv")
+    assert (s["format"], s["imported"], s["suppressed"]) == ("beehiiv", 1, 1)
+    assert s["skipped"]["pending"] == 1
+    assert "pen@example.com" not in members(run)
+
+
+def test_a_later_import_does_not_reactivate_suppressed_or_unsubscribed(run, blog, tmp_path):
+    summary(run, FIXTURES / "mailchimp_unsubscribed.csv")
+    run("subscribers", "add", "left@example.com", "--list", "blog")
+    run("unsubscribe", "left@example.com", "--list", "blog")
+    again = tmp_path / "again.csv"
+    again.write_text("email,name\ngone@example.com,G\nleft@example.com,L\nnew@example.com,N\n")
+    s = summary(run, again)
+    assert (s["imported"], s["updated"], s["skipped"]["not_reactivated"]) == (1, 0, 2)
+    assert members(run) == {
+        "gone@example.com": "unsubscribed",
+        "left@example.com": "unsubscribed",
+        "new@example.com": "active",
+    }
+    out = do_import(run, again).output
+    assert "skipped 2 not reactivated" in out
+
+
+def test_reimport_updates_instead_of_duplicating(run, blog, ws):
+    summary(run, FIXTURES / "mailchimp_subscribed.csv")
+    s = summary(run, FIXTURES / "mailchimp_subscribed.csv")
+    assert (s["imported"], s["updated"]) == (0, 2)
+    assert ws.db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 2
+
+
+def test_same_address_in_three_letter_cases_is_one_subscriber(run, blog, tmp_path, ws):
+    f = tmp_path / "cases.csv"
+    f.write_text(
+        "email,name\nann@example.com,A1\nANN@EXAMPLE.COM,A2\nAnn@Example.Com,A3\nb@example.com,B\n"
+    )
+    s = summary(run, f)
+    assert (s["imported"], s["skipped"]["duplicate"], s["rejected"]) == (2, 2, 0)
+    assert ws.db.execute(
+        "SELECT name FROM subscribers WHERE key = 'ann@example.com'"
+    ).fetchone() == ("A1",)
+
+
+def test_duplicates_across_chunks_are_detected(run, blog, tmp_path, monkeypatch):
+    import listkit.imports
+
+    monkeypatch.setattr(listkit.imports, "CHUNK", 2)
+    f = tmp_path / "dups.csv"
+    f.write_text(
+        "email\na@example.com\nb@example.com\nc@example.com\nA@example.com\nd@example.com\n"
+    )
+    s = summary(run, f)
+    assert (s["imported"], s["updated"], s["skipped"]["duplicate"]) == (4, 0, 1)
+
+
+def test_utf8_bom_crlf_and_lone_cr_line_ends(run, blog, tmp_path):
+    for name, data in {
+        "bom.csv": b"\xef\xbb\xbfemail,name\r\na@example.com,A\r\n",
+        "crlf.csv": b"email,name\r\nb@example.com,B\r\nc@example.com,C\r\n",
+        "cr.csv": b"email,name\rd@example.com,D\re@example.com,E\r",
+    }.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        s = summary(run, path)
+        assert s["rejected"] == 0, name
+    assert set(members(run)) == {f"{c}@example.com" for c in "abcde"}
+
+
+def test_invalid_addresses_are_rejected_with_line_and_reason(run, blog, tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_text("email,name\ngood@example.com,G\nnot-an-address,X\n,Empty\nalso@example.com,A\n")
+    errors = tmp_path / "errors.csv"
+    s = summary(run, f, "--errors", str(errors))
+    assert (s["imported"], s["rejected"]) == (2, 2)
+    assert [(e["line"], e["reason"]) for e in s["errors"]] == [
+        (3, "invalid address 'not-an-address': An email address must have an @-sign."),
+        (4, "no address"),
+    ]
+    lines = errors.read_text().splitlines()
+    assert lines[0] == "line,reason,email,name"
+    assert lines[1].startswith("3,invalid address") and lines[1].endswith(",not-an-address,X")
+    assert lines[2] == "4,no address,,Empty"
+
+
+def test_nul_byte_rejects_that_row_only(run, blog, tmp_path):
+    f = tmp_path / "nul.csv"
+    f.write_bytes(b"email,name\na@example.com,A\nb\x00@example.com,B\nc@example.com,C\n")
+    s = summary(run, f)
+    assert (s["imported"], s["rejected"]) == (2, 1)
+    assert s["errors"] == [{"line": 3, "reason": "contains a NUL byte"}]
+
+
+def test_unclosed_quote_rejects_its_line_and_keeps_the_rest(run, blog, tmp_path):
+    f = tmp_path / "quote.csv"
+    f.write_text(
+        'email,name\na@example.com,A\nb@example.com,"B\nc@example.com,C\nd@example.com,D\n'
+    )
+    s = summary(run, f)
+    assert s["errors"] == [{"line": 3, "reason": "unclosed quote"}]
+    assert set(members(run)) == {"a@example.com", "c@example.com", "d@example.com"}
+
+
+def test_quoted_field_spanning_lines_keeps_physical_line_numbers(run, blog, tmp_path):
+    f = tmp_path / "multi.csv"
+    f.write_text('email,note\na@example.com,"line one\nline two"\nbad,x\n')
+    s = summary(run, f)
+    assert s["errors"][0]["line"] == 4
+    shown = json.loads(run("subscribers", "show", "a@example.com", "--json").output)
+    assert shown["fields"]["note"] == "line one\nline two"
+
+
+def test_a_200_kb_field_rejects_that_row_and_keeps_the_others(run, blog, tmp_path):
+    f = tmp_path / "big.csv"
+    f.write_text("email,bio\na@example.com," + "x" * 200_000 + "\nb@example.com,short\n")
+    s = summary(run, f)
+    assert s["errors"] == [{"line": 2, "reason": "field 'bio' is 195 KB (limit 64 KB)"}]
+    assert set(members(run)) == {"b@example.com"}
+
+
+def test_latin1_file_gets_a_clear_error_and_imports_nothing(run, blog, tmp_path):
+    f = tmp_path / "latin1.csv"
+    f.write_bytes("email,name\na@example.com,Ann\nb@example.com,Zoë\n".encode("latin-1"))
+    result = do_import(run, f, ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {f}, line 3: not UTF-8 text (byte 0xeb). If the file is Latin-1 or "
+        "Windows-1252, run again with --encoding latin-1 (or cp1252); nothing was imported\n"
+    )
+    assert members(run) == {}
+    s = summary(run, f, "--encoding", "latin-1")
+    assert s["imported"] == 2
+    zoe = json.loads(run("subscribers", "show", "b@example.com", "--json").output)
+    assert zoe["name"] == "Zoë"
+
+
+def test_empty_file(run, blog, tmp_path):
+    f = tmp_path / "empty.csv"
+    f.write_bytes(b"")
+    result = do_import(run, f, ok=False)
+    assert result.output == f"Error: {f} is empty: expected a header row and subscribers\n"
+
+
+def test_header_without_an_address_column(run, blog, tmp_path):
+    f = tmp_path / "noemail.csv"
+    f.write_text("name,city\nAnn,Paris\n")
+    result = do_import(run, f, ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: the header has no address column (looked for 'email', 'email address', "
+        "'e-mail'); columns found: 'name', 'city'. Name it with --email-column\n"
+    )
+
+
+def test_generic_csv_maps_columns_by_option(run, blog, tmp_path):
+    f = tmp_path / "custom.csv"
+    f.write_text("Mail,Who,Plan\nx@example.com,Xena,pro\n")
+    s = summary(run, f, "--email-column", "Mail", "--name-column", "Who")
+    assert (s["format"], s["imported"]) == ("csv", 1)
+    x = json.loads(run("subscribers", "show", "x@example.com", "--json").output)
+    assert (x["name"], x["fields"]) == ("Xena", {"Plan": "pro"})
+    result = do_import(run, f, "--email-column", "Nope", ok=False)
+    assert "--email-column 'Nope' is not in the header (columns: Mail, Who, Plan)" in result.output
+
+
+def test_asking_for_the_wrong_format_says_what_it_needs(run, blog):
+    result = do_import(run, FIXTURES / "kit.csv", "--format", "mailchimp", ok=False)
+    assert (
+        result.output
+        == "Error: this is not a mailchimp export: it needs an 'Email Address' column\n"
+    )
+
+
+def test_import_from_stdin(run, blog):
+    result = run("subscribers", "import", "-", "--list", "blog", input="email\nstdin@example.com\n")
+    assert result.output.startswith("<stdin> (csv) -> blog: 1 imported")
+
+
+def test_import_into_missing_list(run, tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_text("email\na@example.com\n")
+    result = run("subscribers", "import", str(f), "--list", "nope", ok=False)
+    assert result.output == "Error: no list named 'nope': see `listkit lists ls`\n"
+
+
+def test_human_summary_lists_rejections(run, blog, tmp_path):
+    f = tmp_path / "h.csv"
+    f.write_text("email\na@example.com\nbad\n")
+    out = do_import(run, f).output
+    assert f"{f} (csv) -> blog: 1 imported, 0 updated, 0 suppressed, 1 rejected" in out
+    assert "line 3: invalid address 'bad'" in out

@@ -1,0 +1,49 @@
+import json
+
+
+def test_lists_create_and_ls_show_counts(run, ws):
+    run("lists", "create", "blog", "--title", "Blog readers")
+    run("subscribers", "add", "a@example.com", "--list", "blog")
+    run("subscribers", "add", "b@example.com", "--list", "blog")
+    run("unsubscribe", "b@example.com", "--list", "blog")
+    rows = json.loads(run("lists", "ls", "--json").output)
+    assert [
+        (r["slug"], r["title"], r["active"], r["unsubscribed"], r["bounced"]) for r in rows
+    ] == [("blog", "Blog readers", 1, 1, 0)]
+    table = run("lists", "ls").output
+    assert "blog" in table and "Blog readers" in table
+
+
+def test_lists_ls_when_empty_says_how_to_start(run):
+    assert "listkit lists create SLUG" in run("lists", "ls").output
+
+
+def test_creating_a_list_twice_is_an_error(run):
+    run("lists", "create", "blog")
+    result = run("lists", "create", "blog", ok=False)
+    assert result.exit_code == 1
+    assert result.output == "Error: list 'blog' already exists\n"
+
+
+def test_bad_list_names_are_refused(run):
+    result = run("lists", "create", "Blog Readers", ok=False)
+    assert result.exit_code == 1
+    assert "list name 'Blog Readers' is not valid" in result.output
+
+
+def test_lists_rm_removes_memberships_but_keeps_subscribers(run, ws):
+    run("lists", "create", "blog")
+    run("subscribers", "add", "a@example.com", "--list", "blog")
+    assert "Removed list blog (1 memberships)." in run("lists", "rm", "blog", "--yes").output
+    assert ws.db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 1
+    assert run("lists", "rm", "blog", "--yes", ok=False).output == (
+        "Error: no list named 'blog': see `listkit lists ls`\n"
+    )
+
+
+def test_lists_rm_asks_first(run):
+    run("lists", "create", "blog")
+    result = run("lists", "rm", "blog", input="n\n", ok=False)
+    assert result.exit_code == 1
+    assert "Aborted" in result.output
+    assert "blog" in run("lists", "ls").output
