@@ -229,8 +229,8 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
                     [lower[c] for c in ("state", "status") if c in lower], KIT_STATES
                 ),
             )
-            if ("email_address" in lower or "email" in lower)
-            and ("first_name" in lower or "state" in lower or "email_address" in lower)
+            if "email_address" in lower
+            or ("email" in lower and ("state" in lower or "status" in lower))
             else None
         ),
     }
@@ -489,6 +489,9 @@ def import_subscribers(
     return summary
 
 
+_json_str = json.encoder.encode_basestring  # the C encoder: a JSON string literal
+
+
 class _Importer:
     """Validates rows and writes them to the database a chunk at a time."""
 
@@ -508,7 +511,7 @@ class _Importer:
             for c in (shape.consent_at, shape.confirmed_at, shape.consent_ip, shape.confirm_ip)
         ]
         self.extras = [
-            (i, col)
+            (i, col, _json_str(col))
             for i, col in enumerate(header)
             if col and col not in shape.known and idx[col] == i and i not in self.name_is
         ]
@@ -527,25 +530,31 @@ class _Importer:
         """Queue one row; return why it is rejected, or None."""
         if len(row) < self.width:
             row = row + [""] * (self.width - len(row))
-        raw = row[self.email_i]
-        if "\x00" in raw or any("\x00" in v for v in row):
+        if "\x00" in "".join(row):
             return "contains a NUL byte"
+        raw = row[self.email_i]
         try:
             address = normalize_address(raw)
         except InputError as e:
             return f"invalid address {raw.strip()!r}: {e}" if raw.strip() else "no address"
-        name = " ".join(v for i in self.name_is if (v := row[i].strip())) or None
-        if name is not None and len(name) > MAX_NAME:
-            return f"{'/'.join(self.names.values())} is longer than {MAX_NAME} characters"
-        fields = {}
-        for i, col in self.extras:
-            value = row[i]
-            if value:
-                if len(value) > MAX_FIELD:
-                    return (
-                        f"field {col!r} is {len(value) // 1024} KB (limit {MAX_FIELD // 1024} KB)"
-                    )
-                fields[col] = value
+        if self.name_is:
+            name = " ".join(v for i in self.name_is if (v := row[i].strip())) or None
+            if name is not None and len(name) > MAX_NAME:
+                return f"{'/'.join(self.names.values())} is longer than {MAX_NAME} characters"
+        else:
+            name = None
+        fields = None
+        if self.extras:
+            parts = []
+            for i, col, encoded in self.extras:
+                value = row[i]
+                if value:
+                    if len(value) > MAX_FIELD:
+                        size = f"{len(value) // 1024} KB (limit {MAX_FIELD // 1024} KB)"
+                        return f"field {col!r} is {size}"
+                    parts.append(f"{encoded}:{_json_str(value)}")
+            if parts:
+                fields = "{" + ",".join(parts) + "}"
         status = self.status(row)
         if status == PENDING:
             self.skipped["pending"] += 1
@@ -554,16 +563,12 @@ class _Importer:
         if key in self.chunk:
             self.skipped["duplicate"] += 1
             return None
-        ev = self.evidence
         self.chunk[key] = (
             address,
             name,
-            json.dumps(fields, ensure_ascii=False) if fields else None,
+            fields,
             status,
-            row[ev[0]] or None if ev[0] is not None else None,
-            row[ev[1]] or None if ev[1] is not None else None,
-            row[ev[2]] or None if ev[2] is not None else None,
-            row[ev[3]] or None if ev[3] is not None else None,
+            *[row[i] or None if i is not None else None for i in self.evidence],
         )
         if len(self.chunk) >= CHUNK:
             self.flush()
@@ -578,24 +583,28 @@ class _Importer:
         existing = {
             key: (sid, updated)
             for key, sid, updated in db.execute(
-                """SELECT s.key, s.id, s.updated FROM json_each(?) j
-                   JOIN subscribers s ON s.key = j.value""",
+                """SELECT key, id, updated FROM subscribers
+                   WHERE key IN (SELECT value FROM json_each(?))""",
                 [keys],
             )
         }
         suppressed = {
             key
             for (key,) in db.execute(
-                "SELECT s.key FROM json_each(?) j JOIN suppressions s ON s.key = j.value", [keys]
+                "SELECT key FROM suppressions WHERE key IN (SELECT value FROM json_each(?))",
+                [keys],
             )
         }
-        ids = json.dumps([sid for sid, _ in existing.values()])
-        member = dict(
-            db.execute(
-                """SELECT m.subscriber_id, m.status FROM json_each(?) j
-                   JOIN memberships m ON m.list_id = ? AND m.subscriber_id = j.value""",
-                [ids, list_id],
-            ).fetchall()
+        member = (
+            dict(
+                db.execute(
+                    """SELECT subscriber_id, status FROM memberships WHERE list_id = ?
+                       AND subscriber_id IN (SELECT value FROM json_each(?))""",
+                    [list_id, json.dumps([sid for sid, _ in existing.values()])],
+                ).fetchall()
+            )
+            if existing
+            else {}
         )
         new_subs, upd_subs, new_members, status_members, new_supp = [], [], [], [], []
         for key, (address, name, fields, status, c_at, cf_at, c_ip, cf_ip) in chunk.items():

@@ -1,0 +1,116 @@
+"""Benchmark: `listkit subscribers import` against a bare sqlite3 executemany.
+
+Generates a CSV of N rows (address, first and last name, one custom field),
+then, in the same run:
+
+- baseline: a bare ``sqlite3`` ``executemany`` of the same rows (already parsed,
+  no validation) into an equivalent table with a unique key, in one
+  transaction, with the same pragmas listkit uses (WAL, synchronous=FULL);
+- listkit: the real ``listkit subscribers import`` command in a subprocess,
+  reading and validating the file, writing subscribers and memberships.
+
+Prints rows per second for both, the ratio, and listkit's peak RSS.
+Goal: ratio >= 0.5, peak RSS < 200 MB.
+
+    .venv/bin/python bench/import.py            # 1,000,000 rows
+    .venv/bin/python bench/import.py --rows 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FIRST = ["Ann", "Bob", "Chloé", "Dmitri", "Eve", "Fatima", "Günter", "Hana", "Ivan", "Jo"]
+LAST = ["Lee", "Smith", "Müller", "García", "Kim", "Novak", "Okafor", "Rossi", "Tanaka", "Ng"]
+ASCII = str.maketrans("éüí", "eui")
+DOMAINS = ["example.com", "mail.example.org", "example.net", "shop.example.co.uk"]
+
+
+def generate(path: Path, rows: int) -> list[tuple]:
+    rng = random.Random(42)
+    parsed = []
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["email", "first_name", "last_name", "plan"])
+        for i in range(rows):
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            # Addresses are ASCII, as nearly all are; names keep their accents.
+            local = f"{first}.{last}".lower().translate(ASCII)
+            email = f"{local}.{i}@{rng.choice(DOMAINS)}"
+            plan = rng.choice(["free", "pro", "team"])
+            w.writerow([email, first, last, plan])
+            parsed.append((email, email.casefold(), f"{first} {last}", f'{{"plan": "{plan}"}}'))
+    return parsed
+
+
+def baseline(db_path: Path, rows: list[tuple]) -> float:
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(
+        "CREATE TABLE subscribers (id INTEGER PRIMARY KEY, email TEXT NOT NULL, "
+        "key TEXT NOT NULL UNIQUE, name TEXT, fields TEXT)"
+    )
+    start = time.perf_counter()
+    with conn:
+        conn.executemany(
+            "INSERT INTO subscribers (email, key, name, fields) VALUES (?, ?, ?, ?)", rows
+        )
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+def listkit_import(workdir: Path, csv_path: Path) -> tuple[float, int, str]:
+    listkit = [sys.executable, "-m", "listkit", "--workspace", str(workdir)]
+    subprocess.run([*listkit, "init", str(workdir)], check=True, capture_output=True)
+    subprocess.run([*listkit, "lists", "create", "bench"], check=True, capture_output=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [*listkit, "subscribers", "import", str(csv_path), "--list", "bench"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    output = proc.stdout.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"listkit import failed:\n{output}")
+    return elapsed, usage.ru_maxrss * 1024, output.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="listkit-bench-import-") as tmp:
+        tmp_path = Path(tmp)
+        csv_path = tmp_path / "subscribers.csv"
+        print(f"generating {args.rows:,} rows ...", flush=True)
+        rows = generate(csv_path, args.rows)
+        size = csv_path.stat().st_size
+        base_s = baseline(tmp_path / "bare.db", rows)
+        del rows
+        lk_s, rss, output = listkit_import(tmp_path / "ws", csv_path)
+    base_rate, lk_rate = args.rows / base_s, args.rows / lk_s
+    print(f"file: {args.rows:,} rows, {size / 1e6:.1f} MB")
+    print(f"listkit output: {output}")
+    print(f"{'':28}{'seconds':>10}{'rows/s':>12}")
+    print(f"{'bare sqlite3 executemany':28}{base_s:10.2f}{base_rate:12,.0f}")
+    print(f"{'listkit subscribers import':28}{lk_s:10.2f}{lk_rate:12,.0f}")
+    print(f"ratio (listkit / bare): {lk_rate / base_rate:.2f}x   (goal >= 0.5x)")
+    print(f"listkit peak RSS: {rss / 2**20:.0f} MB   (goal < 200 MB)")
+
+
+if __name__ == "__main__":
+    main()
