@@ -216,3 +216,26 @@ def unsubscribe(
                 db, row[1] if row else email, "unsubscribed", campaign_id=campaign_id
             )
     return {"email": row[1] if row else email.strip(), "lists": changed, "suppressed": suppressed}
+
+
+def find_subscriber(db: Database, email: str) -> tuple[dict, dict | None] | None:
+    """(subscriber, first active list or None) for ``email``, as the sender sees them."""
+    row = db.execute(
+        "SELECT id, email, key, name, fields FROM subscribers WHERE key = ?", [email_key(email)]
+    ).fetchone()
+    if row is None:
+        return None
+    sid, address, key, name, fields = row
+    lst = db.execute(
+        """SELECT l.slug, l.title FROM memberships m JOIN lists l ON l.id = m.list_id
+           WHERE m.subscriber_id = ? AND m.status = 'active' ORDER BY l.slug LIMIT 1""",
+        [sid],
+    ).fetchone()
+    subscriber = {
+        "id": sid,
+        "email": address,
+        "key": key,
+        "name": name,
+        "fields": json.loads(fields),
+    }
+    return subscriber, ({"slug": lst[0], "title": lst[1]} if lst else None)

@@ -1,1 +1,130 @@
 """CLI commands: offers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from listkit.cli import cli, pass_workspace
+from listkit.cli.output import emit_json, emit_table
+from listkit.compose import PREVIEW_TOKEN, SAMPLE_SUBSCRIBER, Composer, check_offer
+from listkit.errors import ListkitError, TemplateError
+from listkit.lists import get_list
+from listkit.offers import list_offers, load_offer
+from listkit.subscribers import find_subscriber, iter_members
+from listkit.workspace import Workspace
+
+
+@cli.group()
+def offers() -> None:
+    """Write, check and preview offers (offers/<slug>/)."""
+
+
+@offers.command("ls")
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@pass_workspace
+def offers_ls(ws: Workspace, json_: bool) -> None:
+    """Show the offers in offers/, with product, price and coupon.
+
+    \b
+    Example:
+        listkit offers ls
+    """
+    rows = []
+    for item in list_offers(ws.offers_dir):
+        if isinstance(item, TemplateError):
+            rows.append({"slug": "?", "product": f"ERROR: {item}"})
+            continue
+        rows.append(
+            {
+                "slug": item.slug,
+                "product": item.product,
+                "price": f"{item.currency} {item.price}",
+                "coupon": item.coupon,
+                "html": "yes" if item.has_html else "no",
+                "expires": item.expires,
+            }
+        )
+    if json_:
+        emit_json(rows)
+        return
+    emit_table(
+        rows,
+        ["slug", "product", "price", "coupon", "html", "expires"],
+        empty=f"No offers in {ws.offers_dir}.",
+    )
+
+
+def _composer(ws: Workspace, slug: str, campaign: str = "preview") -> Composer:
+    offer = load_offer(ws.offers_dir, slug)
+    return Composer(offer, ws.settings, campaign=campaign, offers_dir=ws.offers_dir)
+
+
+@offers.command("check")
+@click.argument("slug")
+@click.option("--list", "list_", help="Render for every active subscriber of this list.")
+@pass_workspace
+def offers_check(ws: Workspace, slug: str, list_: str | None) -> None:
+    """Render offer SLUG for every subscriber of a list (or a sample) and report problems.
+
+    Each missing variable or template error is reported with its template,
+    line and subscriber. Exit status 1 when anything fails.
+
+    \b
+    Examples:
+        listkit offers check launch
+        listkit offers check launch --list blog
+    """
+    composer = _composer(ws, slug)
+    if list_ is not None:
+        lst = get_list(ws.db, list_)
+        recipients = ((s, lst["slug"], lst["title"]) for s in iter_members(ws.db, list_))
+    else:
+        recipients = iter([(SAMPLE_SUBSCRIBER, "sample", "Sample list")])
+    checked, problems = check_offer(composer, recipients)
+    for p in problems:
+        click.echo(f"{p.subscriber}: {p.message}", err=True)
+    who = f"{checked} subscribers of {list_}" if list_ else "the sample subscriber"
+    if problems:
+        raise ListkitError(f"offer {slug}: {len(problems)} of {who} failed to render")
+    click.echo(f"Offer {slug}: renders for {'all ' if list_ else ''}{who}.")
+
+
+@offers.command("preview")
+@click.argument("slug")
+@click.option("--email", help="Render for this subscriber (default: a sample subscriber).")
+@click.option(
+    "--eml",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the whole message to this .eml file instead of printing it.",
+)
+@pass_workspace
+def offers_preview(ws: Workspace, slug: str, email: str | None, eml: Path | None) -> None:
+    """Show offer SLUG as one subscriber would get it: headers and the text part.
+
+    \b
+    Examples:
+        listkit offers preview launch
+        listkit offers preview launch --email ann@example.com --eml launch.eml
+    """
+    composer = _composer(ws, slug)
+    subscriber, lst = dict(SAMPLE_SUBSCRIBER), {"slug": "sample", "title": "Sample list"}
+    if email is not None:
+        found = find_subscriber(ws.db, email)
+        if found is None:
+            subscriber = {**SAMPLE_SUBSCRIBER, "email": email.strip(), "key": email.strip()}
+        else:
+            subscriber, first_list = found
+            lst = first_list or lst
+    message = composer.compose(
+        subscriber=subscriber, list_slug=lst["slug"], list_title=lst["title"], token=PREVIEW_TOKEN
+    )
+    if eml is not None:
+        eml.write_bytes(message.data)
+        click.echo(f"Wrote {eml} ({len(message.data):,} bytes).")
+        return
+    head = message.data.split(b"\r\n\r\n", 1)[0].decode("utf-8")
+    click.echo(head.replace("\r\n", "\n"))
+    click.echo()
+    click.echo(message.text, nl=False)

@@ -1,0 +1,196 @@
+"""Composing one recipient's message: render the offer, then assemble the MIME bytes.
+
+``Composer`` is built once per campaign (settings checked, templates compiled,
+constant headers formatted) and ``compose`` is called per recipient by the
+sender, the dry run, ``offers check`` and ``offers preview``.
+
+The rule: every message carries the postal address and an unsubscribe link in
+its body; when an offer's templates leave either out, a footer adds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup, escape
+
+from listkit.config import Settings
+from listkit.errors import ConfigError, HeaderInjection, TemplateError
+from listkit.mime import MessageBuilder, Parts
+from listkit.offers import Offer, OfferTemplates
+from listkit.tracking import message_id, personal_coupon, track, unsubscribe_url
+
+NEEDED = ("LISTKIT_FROM", "LISTKIT_POSTAL_ADDRESS", "LISTKIT_BASE_URL", "LISTKIT_SECRET")
+
+
+@dataclass(frozen=True)
+class Composed:
+    message_id: str
+    data: bytes
+    subject: str
+    text: str
+    html: str | None
+    coupon: str | None  # the personal coupon, when the templates used it
+
+
+class Composer:
+    """Everything needed to build one campaign's messages, prepared once."""
+
+    def __init__(self, offer: Offer, settings: Settings, *, campaign: str, offers_dir: Path):
+        settings.require(*NEEDED)
+        sender_name, sender_address = settings.sender_address()
+        self.offer = offer
+        self.campaign = campaign
+        self.base_url = settings.public_base_url()
+        self.secret = settings.secret_key()
+        self.postal_address = settings.values["LISTKIT_POSTAL_ADDRESS"].strip()
+        self.token_param = settings.values.get("LISTKIT_TOKEN_PARAM") or "lk"
+        self.domain = sender_address.rpartition("@")[2]
+        if not self.domain:
+            raise ConfigError("LISTKIT_FROM has no domain after the @")
+        self.templates = OfferTemplates(offer, offers_dir)
+        self.offer_context = offer.as_context()
+        self.coupon_base = offer.coupon or offer.slug.upper()
+        self.builder = MessageBuilder(
+            sender_name=sender_name,
+            sender_address=sender_address,
+            list_id=f"{campaign}.{self.domain}",
+        )
+
+    def compose(
+        self, *, subscriber: dict, list_slug: str, list_title: str | None, token: str
+    ) -> Composed:
+        """The message for one subscriber; TemplateError or HeaderInjection say why not."""
+        who = subscriber["email"]
+        used_coupon: list[str] = []
+
+        def track_url(url: str) -> str:
+            return track(
+                str(url),
+                campaign=self.campaign,
+                list_slug=list_slug,
+                token=token,
+                token_param=self.token_param,
+            )
+
+        def coupon() -> str:
+            code = personal_coupon(self.coupon_base, token)
+            used_coupon.append(code)
+            return code
+
+        unsubscribe = unsubscribe_url(self.base_url, self.secret, token)
+        fields = subscriber.get("fields") or {}
+        context: dict[str, Any] = {
+            "subscriber": {
+                **fields,
+                "email": subscriber["email"],
+                "name": subscriber.get("name"),
+                "fields": fields,
+            },
+            "offer": self.offer_context,
+            "campaign": {"slug": self.campaign},
+            "list": {"slug": list_slug, "title": list_title},
+            "buy_url": track_url(self.offer.url),
+            "track": track_url,
+            "unsubscribe_url": unsubscribe,
+            "postal_address": self.postal_address,
+            "personal_coupon": coupon,
+        }
+        subject, text, html = self.templates.render(context, who)
+        text = self._text_footer(text, unsubscribe)
+        if html is not None:
+            html = self._html_footer(html, unsubscribe)
+        mid = message_id(token, self.domain)
+        data = self.builder.build(
+            Parts(
+                to_address=subscriber["email"],
+                to_name=subscriber.get("name"),
+                subject=subject.strip(),
+                text=text,
+                html=html,
+                message_id=mid,
+                unsubscribe_url=unsubscribe,
+            ),
+            who=who,
+            list_id=f"{list_slug}.{self.domain}",
+            list_name=list_title or list_slug,
+        )
+        return Composed(
+            message_id=mid,
+            data=data,
+            subject=subject.strip(),
+            text=text,
+            html=html,
+            coupon=used_coupon[0] if used_coupon else None,
+        )
+
+    def _text_footer(self, text: str, unsubscribe: str) -> str:
+        missing = []
+        if self.postal_address not in text:
+            missing.append(self.postal_address)
+        if unsubscribe not in text:
+            missing.append(f"Unsubscribe: {unsubscribe}")
+        if not missing:
+            return text
+        return text.rstrip("\n") + "\n\n-- \n" + "\n".join(missing) + "\n"
+
+    def _html_footer(self, html: str, unsubscribe: str) -> str:
+        postal = str(escape(self.postal_address))
+        link = str(escape(unsubscribe))
+        missing = []
+        if postal not in html:
+            missing.append(postal)
+        if link not in html:
+            missing.append(Markup('<a href="{}">Unsubscribe</a>').format(unsubscribe))
+        if not missing:
+            return html
+        footer = (
+            '<div style="margin-top:2em;font-size:12px;color:#666;">'
+            + "<br>".join(str(m) for m in missing)
+            + "</div>"
+        )
+        at = html.lower().rfind("</body>")
+        return html[:at] + footer + html[at:] if at != -1 else html + footer
+
+
+SAMPLE_SUBSCRIBER = {
+    "id": 0,
+    "email": "reader@example.com",
+    "key": "reader@example.com",
+    "name": "Sample Reader",
+    "fields": {},
+}
+PREVIEW_TOKEN = "previewpreview22"
+
+
+@dataclass(frozen=True)
+class Problem:
+    subscriber: str
+    message: str
+
+
+def check_offer(
+    composer: Composer,
+    recipients: Iterable[tuple[dict, str, str | None]],
+    *,
+    limit: int = 50,
+) -> tuple[int, list[Problem]]:
+    """Compose for each (subscriber, list slug, list title); (checked, problems)."""
+    checked, problems = 0, []
+    for subscriber, list_slug, list_title in recipients:
+        checked += 1
+        try:
+            composer.compose(
+                subscriber=subscriber,
+                list_slug=list_slug,
+                list_title=list_title,
+                token=PREVIEW_TOKEN,
+            )
+        except (TemplateError, HeaderInjection) as e:
+            problems.append(Problem(subscriber["email"], str(e)))
+            if len(problems) >= limit:
+                break
+    return checked, problems

@@ -1,0 +1,224 @@
+"""Offers: ``offers/<slug>/offer.toml`` plus Jinja2 templates, rendered safely.
+
+An offer is what gets sold: subject (a template), preheader, product, price,
+currency, buy link, optional coupon and expiry; ``text.j2`` (required) and
+``html.j2`` (optional), which may extend layouts in ``offers/_layouts/``.
+
+The rule: templates render in Jinja's sandbox with undefined variables as
+errors, HTML autoescaped and text not; every error names the template, the
+line and (when rendering for one) the subscriber.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+from listkit.errors import NotFound, TemplateError
+
+REQUIRED = ("subject", "url", "product", "price", "currency")
+OPTIONAL = ("preheader", "coupon", "expires")
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Offer:
+    slug: str
+    subject: str
+    url: str
+    product: str
+    price: str
+    currency: str
+    preheader: str = ""
+    coupon: str | None = None
+    expires: str | None = None
+    path: Path = field(default=Path("."), compare=False)
+    has_html: bool = False
+    digest: str = ""
+
+    def as_context(self) -> dict[str, Any]:
+        """What templates see as ``offer``."""
+        return {
+            "slug": self.slug,
+            "subject": self.subject,
+            "preheader": self.preheader,
+            "url": self.url,
+            "product": self.product,
+            "price": self.price,
+            "currency": self.currency,
+            "coupon": self.coupon,
+            "expires": self.expires,
+        }
+
+
+def load_offer(offers_dir: Path, slug: str) -> Offer:
+    """Read and check ``offers/<slug>/``; errors name the file and the field."""
+    folder = offers_dir / slug
+    toml_path = folder / "offer.toml"
+    if not SLUG.fullmatch(slug) or not toml_path.is_file():
+        known = ", ".join(o.name for o in _offer_dirs(offers_dir)) or "none"
+        raise NotFound(f"no offer {slug!r} in {offers_dir} (offers: {known})")
+    try:
+        data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise TemplateError(f"{toml_path}: {e}") from None
+    except UnicodeDecodeError:
+        raise TemplateError(f"{toml_path}: not UTF-8 text") from None
+    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise TemplateError(
+            f"{toml_path}: unknown field {', '.join(unknown)} "
+            f"(known: {', '.join(REQUIRED + OPTIONAL)})"
+        )
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise TemplateError(f"{toml_path}: missing field {', '.join(missing)}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "price" and isinstance(value, int | float):
+            value = str(value)
+        if not isinstance(value, str):
+            raise TemplateError(f"{toml_path}: field {key} must be a string, not {value!r}")
+        values[key] = value.strip() if key != "subject" else value
+    try:
+        if Decimal(values["price"]) < 0:
+            raise InvalidOperation
+    except InvalidOperation:
+        raise TemplateError(
+            f'{toml_path}: field price must be a decimal such as "29.00", not {values["price"]!r}'
+        ) from None
+    if not re.fullmatch(r"[A-Za-z]{3}", values["currency"]):
+        raise TemplateError(
+            f"{toml_path}: field currency must be a 3-letter code such as USD, "
+            f"not {values['currency']!r}"
+        )
+    values["currency"] = values["currency"].upper()
+    if not re.match(r"https?://", values["url"]):
+        raise TemplateError(
+            f"{toml_path}: field url must be an http(s) link, not {values['url']!r}"
+        )
+    if not (folder / "text.j2").is_file():
+        raise TemplateError(f"{folder / 'text.j2'} is missing: every offer needs a text part")
+    has_html = (folder / "html.j2").is_file()
+    return Offer(
+        slug=slug,
+        path=folder,
+        has_html=has_html,
+        digest=_digest(offers_dir, folder),
+        **values,
+    )
+
+
+def _offer_dirs(offers_dir: Path) -> list[Path]:
+    if not offers_dir.is_dir():
+        return []
+    return sorted(p for p in offers_dir.iterdir() if p.is_dir() and (p / "offer.toml").is_file())
+
+
+def list_offers(offers_dir: Path) -> list[Offer | TemplateError]:
+    """Every offer in the folder; one that cannot be loaded is returned as its error."""
+    result: list[Offer | TemplateError] = []
+    for folder in _offer_dirs(offers_dir):
+        try:
+            result.append(load_offer(offers_dir, folder.name))
+        except TemplateError as e:
+            result.append(e)
+    return result
+
+
+def _digest(offers_dir: Path, folder: Path) -> str:
+    """sha256 over the offer's files and the shared layouts: what was sent."""
+    h = hashlib.sha256()
+    layouts = offers_dir / "_layouts"
+    files = sorted(folder.rglob("*")) + (sorted(layouts.rglob("*")) if layouts.is_dir() else [])
+    for path in files:
+        if path.is_file():
+            h.update(str(path.relative_to(offers_dir)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _autoescape(name: str | None) -> bool:
+    return name is not None and name.endswith("html.j2")
+
+
+class OfferTemplates:
+    """An offer's templates, compiled once, rendered many times."""
+
+    def __init__(self, offer: Offer, offers_dir: Path):
+        self.offer = offer
+        self.env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(offers_dir)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=_autoescape,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+        self.subject_name = f"{offer.slug}/offer.toml (subject)"
+        self.text_name = f"{offer.slug}/text.j2"
+        self.html_name = f"{offer.slug}/html.j2"
+        self.subject = self._compile(lambda: self.env.from_string(offer.subject), self.subject_name)
+        self.text = self._compile(lambda: self.env.get_template(self.text_name), self.text_name)
+        self.html = (
+            self._compile(lambda: self.env.get_template(self.html_name), self.html_name)
+            if offer.has_html
+            else None
+        )
+
+    @staticmethod
+    def _compile(load: Callable[[], jinja2.Template], name: str) -> jinja2.Template:
+        try:
+            return load()
+        except jinja2.TemplateSyntaxError as e:
+            where = e.name or name
+            raise TemplateError(f"{where}, line {e.lineno}: {e.message}") from None
+        except jinja2.TemplateNotFound as e:
+            raise TemplateError(f"{name}: template {e.name!r} not found") from None
+
+    def render(self, context: dict[str, Any], who: str) -> tuple[str, str, str | None]:
+        """(subject, text, html) for one context; TemplateError names template, line, who."""
+        subject = self._render(self.subject, self.subject_name, context, who)
+        text = self._render(self.text, self.text_name, context, who)
+        html = (
+            self._render(self.html, self.html_name, {**context, "subject": subject}, who)
+            if self.html is not None
+            else None
+        )
+        return subject, text, html
+
+    def _render(self, template: jinja2.Template, name: str, context: dict, who: str) -> str:
+        try:
+            return template.render(context)
+        except SecurityError as e:
+            where = _template_line(e, name)
+            raise TemplateError(f"{where}: not allowed in the sandbox: {e} (for {who})") from None
+        except jinja2.UndefinedError as e:
+            where = _template_line(e, name)
+            raise TemplateError(f"{where}: {e.message} (for {who})") from None
+        except jinja2.TemplateError as e:
+            where = _template_line(e, name)
+            raise TemplateError(f"{where}: {e} (for {who})") from None
+        except Exception as e:  # a filter or test failing on this subscriber's data
+            where = _template_line(e, name)
+            raise TemplateError(f"{where}: {type(e).__name__}: {e} (for {who})") from None
+
+
+def _template_line(exc: BaseException, fallback: str) -> str:
+    """'offers/x/text.j2, line 3' from the traceback Jinja rewrites to template lines."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename.endswith(".j2"):
+            parts = Path(frame.filename).parts
+            short = "/".join(parts[-2:])
+            return f"{short}, line {frame.lineno}"
+        if frame.filename == "<template>":
+            return f"{fallback}, line {frame.lineno}"
+    return fallback

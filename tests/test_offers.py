@@ -1,0 +1,244 @@
+"""Offers: loading, sandboxed rendering, composing, and the offers commands."""
+
+import json
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+
+import pytest
+
+from listkit.compose import Composer
+from listkit.config import load_settings
+from listkit.errors import HeaderInjection, NotFound, TemplateError
+from listkit.offers import list_offers, load_offer
+
+
+def write_offer(root: Path, slug="deal", toml=None, text="Hi {{ subscriber.name }}\n", html=None):
+    folder = root / "offers" / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "offer.toml").write_text(
+        toml
+        if toml is not None
+        else 'subject = "Deal for {{ subscriber.name }}"\nurl = "https://shop.example.com/x"\n'
+        'product = "Guide"\nprice = "19.00"\ncurrency = "usd"\ncoupon = "SAVE"\n'
+    )
+    (folder / "text.j2").write_text(text)
+    if html is not None:
+        (folder / "html.j2").write_text(html)
+    return folder
+
+
+def composer(workspace: Path, slug="deal"):
+    return Composer(
+        load_offer(workspace / "offers", slug),
+        load_settings(workspace),
+        campaign="spring",
+        offers_dir=workspace / "offers",
+    )
+
+
+def compose(workspace, subscriber=None, slug="deal"):
+    sub = {
+        "id": 1,
+        "email": "ann@example.com",
+        "key": "ann@example.com",
+        "name": "Ann",
+        "fields": {},
+    }
+    sub.update(subscriber or {})
+    return composer(workspace, slug).compose(
+        subscriber=sub, list_slug="blog", list_title="Blog", token="abcdefghijklmnop"
+    )
+
+
+def test_shipped_example_offer_loads_and_composes(workspace):
+    offer = load_offer(workspace / "offers", "launch")
+    assert (offer.product, offer.price, offer.currency, offer.has_html) == (
+        "The Field Guide to Selling (ebook)",
+        "29.00",
+        "USD",
+        True,
+    )
+    message = compose(workspace, slug="launch")
+    msg = message_from_bytes(message.data, policy=default)
+    assert msg.defects == []
+    assert "utm_campaign=spring" in message.text and "lk=abcdefghijklmnop" in message.text
+
+
+def test_offer_toml_errors_name_the_file_and_field(workspace):
+    folder = write_offer(workspace, toml='subject = "x"\nurl = "https://x.example"\n')
+    with pytest.raises(TemplateError) as e:
+        load_offer(workspace / "offers", "deal")
+    assert str(e.value) == f"{folder / 'offer.toml'}: missing field product, price, currency"
+    write_offer(
+        workspace,
+        toml='subject = "x"\nurl = "https://x"\nproduct="p"\nprice="abc"\ncurrency="USD"\n',
+    )
+    with pytest.raises(
+        TemplateError, match="field price must be a decimal such as \"29.00\", not 'abc'"
+    ):
+        load_offer(workspace / "offers", "deal")
+    write_offer(workspace, toml='subject = "x"\nprize = 1\n')
+    with pytest.raises(TemplateError, match="unknown field prize"):
+        load_offer(workspace / "offers", "deal")
+    write_offer(workspace, toml="subject = \n")
+    with pytest.raises(TemplateError, match="offer.toml: "):
+        load_offer(workspace / "offers", "deal")
+
+
+def test_missing_offer_lists_the_known_ones(workspace):
+    with pytest.raises(NotFound, match=r"no offer 'nope' in .* \(offers: launch\)"):
+        load_offer(workspace / "offers", "nope")
+
+
+def test_missing_variable_names_template_line_and_subscriber(workspace):
+    write_offer(workspace, text="Hello\n\n{{ subscriber.nickname }}\n")
+    with pytest.raises(TemplateError) as e:
+        compose(workspace)
+    assert str(e.value) == (
+        "deal/text.j2, line 3: 'dict object' has no attribute 'nickname' (for ann@example.com)"
+    )
+
+
+def test_syntax_error_names_template_and_line(workspace):
+    write_offer(workspace, text="ok\n{% if %}\n")
+    with pytest.raises(TemplateError, match=r"^deal/text.j2, line 2: "):
+        compose(workspace)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ subscriber.__class__ }}",
+        "{{ track.__globals__ }}",
+        "{{ ().__class__.__bases__[0].__subclasses__() }}",
+    ],
+)
+def test_sandbox_refuses_python_internals(workspace, expression):
+    write_offer(workspace, text=f"x\n{expression}\n")
+    with pytest.raises(TemplateError) as e:
+        compose(workspace)
+    assert str(e.value).startswith("deal/text.j2, line 2: ")
+    assert "unsafe" in str(e.value) or "not allowed in the sandbox" in str(e.value)
+
+
+def test_script_name_is_escaped_in_html_and_kept_in_text(workspace):
+    write_offer(
+        workspace,
+        text="Hi {{ subscriber.name }}\n",
+        html="<p>Hi {{ subscriber.name }}</p>\n",
+    )
+    message = compose(workspace, {"name": "<script>alert(1)</script>"})
+    assert message.text.startswith("Hi <script>alert(1)</script>\n")
+    assert message.html.startswith("<p>Hi &lt;script&gt;alert(1)&lt;/script&gt;</p>")
+    assert "<script>" not in message.html
+
+
+def test_custom_fields_are_available_both_ways(workspace):
+    write_offer(workspace, text="{{ subscriber.plan }} {{ subscriber.fields.plan }}\n")
+    assert compose(workspace, {"fields": {"plan": "pro"}}).text.startswith("pro pro\n")
+
+
+def test_footer_is_added_when_templates_leave_out_address_and_unsubscribe(workspace):
+    write_offer(workspace, text="Buy now\n", html="<html><body><p>Buy now</p></body></html>\n")
+    message = compose(workspace)
+    settings = load_settings(workspace)
+    postal = settings.values["LISTKIT_POSTAL_ADDRESS"]
+    assert postal in message.text and "Unsubscribe: https://example.com/listkit/u/" in message.text
+    assert postal in message.html and ">Unsubscribe</a></div></body>" in message.html
+
+
+def test_no_footer_when_templates_carry_both(workspace):
+    write_offer(workspace, text="Buy\n{{ unsubscribe_url }}\n{{ postal_address }}\n")
+    message = compose(workspace)
+    assert message.text.count("/u/abcdefghijklmnop/") == 1
+    assert "\n-- \n" not in message.text
+
+
+def test_personal_coupon_is_reported_when_used(workspace):
+    write_offer(workspace, text="Code: {{ personal_coupon() }}\n")
+    message = compose(workspace)
+    assert message.coupon == "SAVE-ABCDEFGH"
+    assert "Code: SAVE-ABCDEFGH" in message.text
+    write_offer(workspace, text="No code\n")
+    assert compose(workspace).coupon is None
+
+
+@pytest.mark.parametrize(
+    "subscriber, subject, where",
+    [
+        ({"name": "Ann\r\nBcc: x@example.com"}, None, "To name"),
+        ({"fields": {"city": "Paris\nBcc: x@example.com"}}, "Hi {{ subscriber.city }}", "Subject"),
+        ({}, "Deal\\u0000", "Subject"),
+        ({}, "=?UTF-8?Q?=0D=0A?=Bcc: x@example.com", "Subject"),
+        ({"name": "=?UTF-8?Q?=0D=0A?=Bcc: x@example.com"}, None, "To name"),
+    ],
+)
+def test_header_injection_through_data_or_subject_is_refused(workspace, subscriber, subject, where):
+    toml = None
+    if subject is not None:
+        toml = (
+            f'subject = "{subject}"\nurl = "https://shop.example.com/x"\n'
+            'product = "Guide"\nprice = "19.00"\ncurrency = "USD"\n'
+        )
+    write_offer(workspace, toml=toml)
+    with pytest.raises(HeaderInjection) as e:
+        compose(workspace, subscriber)
+    assert str(e.value).startswith(f"{where} for ann@example.com contains a control character")
+
+
+def test_composer_names_every_missing_setting(workspace):
+    (workspace / ".env").write_text("LISTKIT_FROM=Me <me@example.com>\n")
+    with pytest.raises(Exception) as e:
+        composer(workspace, "launch")
+    assert str(e.value).startswith(
+        "LISTKIT_POSTAL_ADDRESS, LISTKIT_BASE_URL, LISTKIT_SECRET are not set"
+    )
+
+
+def test_offers_ls(run, workspace):
+    write_offer(workspace)
+    out = run("offers", "ls").output
+    assert "launch" in out and "USD 29.00" in out and "deal" in out and "USD 19.00" in out
+    rows = json.loads(run("offers", "ls", "--json").output)
+    assert [r["slug"] for r in rows] == ["deal", "launch"]
+    assert list_offers(workspace / "offers")[0].coupon == "SAVE"
+
+
+def test_offers_check_reports_each_failing_subscriber(run, workspace):
+    write_offer(workspace, text="{{ subscriber.city }}\n")
+    run("lists", "create", "blog")
+    run("subscribers", "add", "a@example.com", "--list", "blog", "--field", "city=Rome")
+    run("subscribers", "add", "b@example.com", "--list", "blog")
+    result = run("offers", "check", "deal", "--list", "blog", ok=False)
+    assert result.exit_code == 1
+    assert (
+        "b@example.com: deal/text.j2, line 1: 'dict object' has no attribute 'city' "
+        "(for b@example.com)" in result.output
+    )
+    assert "a@example.com:" not in result.output
+    assert "Error: offer deal: 1 of 2 subscribers of blog failed to render" in result.output
+    ok = run("offers", "check", "launch", "--list", "blog")
+    assert ok.output == "Offer launch: renders for all 2 subscribers of blog.\n"
+
+
+def test_offers_check_without_a_list_uses_a_sample(run):
+    assert run("offers", "check", "launch").output == (
+        "Offer launch: renders for the sample subscriber.\n"
+    )
+
+
+def test_offers_preview_prints_headers_and_text_and_writes_eml(run, workspace, tmp_path):
+    run("lists", "create", "blog", "--title", "Blog readers")
+    run("subscribers", "add", "ann@example.com", "--list", "blog", "--name", "Ann")
+    out = run("offers", "preview", "launch", "--email", "ann@example.com").output
+    assert "To: Ann <ann@example.com>" in out
+    assert "Subject: Ann, the Field Guide is out: 30% off this week" in out
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in out
+    assert "Hi Ann," in out and "utm_content=blog" in out
+    eml = tmp_path / "m.eml"
+    assert "Wrote" in run("offers", "preview", "launch", "--eml", str(eml)).output
+    msg = message_from_bytes(eml.read_bytes(), policy=default)
+    assert msg["To"].addresses[0].addr_spec == "reader@example.com"
+    assert msg.defects == []
