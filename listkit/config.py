@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -26,6 +26,12 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
         "smtp_url",
         None,
         "smtp://host:port, smtp+starttls://user:pass@host:587 or smtps://user:pass@host:465",
+        False,
+    ),
+    "LISTKIT_SMTP_CA": (
+        "smtp_ca",
+        None,
+        "CA bundle (PEM file) to trust for a server with a private certificate",
         False,
     ),
     "LISTKIT_FROM": ("sender", None, "sender, as Name <address>", False),
@@ -62,6 +68,7 @@ class SMTPSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout: float = 30.0
+    ca_file: str | None = None
 
     def masked(self) -> str:
         scheme = {v[0]: k for k, v in SMTP_SCHEMES.items()}[self.tls]
@@ -152,7 +159,15 @@ class Settings:
 
     def smtp(self) -> SMTPSettings:
         self.require("LISTKIT_SMTP_URL")
-        return parse_smtp_url(self.values["LISTKIT_SMTP_URL"])
+        smtp = parse_smtp_url(self.values["LISTKIT_SMTP_URL"])
+        ca = self.values.get("LISTKIT_SMTP_CA")
+        if ca:
+            path = Path(ca).expanduser()
+            path = path if path.is_absolute() else self.workspace / path
+            if not path.is_file():
+                raise ConfigError(f"LISTKIT_SMTP_CA: no file {path}")
+            smtp = replace(smtp, ca_file=str(path))
+        return smtp
 
     def sender_address(self) -> tuple[str, str]:
         self.require("LISTKIT_FROM")

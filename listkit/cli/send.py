@@ -1,1 +1,348 @@
-"""CLI commands: send."""
+"""CLI commands: campaigns, send, status, retry, sink."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from listkit.campaigns import (
+    audience_count,
+    campaign_row,
+    campaign_slugs,
+    due_status,
+    iter_audience,
+    load_campaign,
+    register,
+    set_state,
+)
+from listkit.cli import cli, pass_workspace
+from listkit.cli.output import emit_json, emit_table
+from listkit.compose import check_offer
+from listkit.errors import ListkitError, NotFound
+from listkit.outbox import counts, problems, retry
+from listkit.sender import AlreadyRunning, RunSummary, prepare, send_campaign, send_test
+from listkit.sender import dry_run as write_dry_run
+from listkit.workspace import Workspace
+
+
+@cli.group()
+def campaigns() -> None:
+    """List and check campaigns (campaigns/<slug>.toml)."""
+
+
+@campaigns.command("ls")
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@pass_workspace
+def campaigns_ls(ws: Workspace, json_: bool) -> None:
+    """Show each campaign: offer, lists, schedule, state, audience and sent.
+
+    \b
+    Example:
+        listkit campaigns ls
+    """
+    rows = []
+    for slug in campaign_slugs(ws.campaigns_dir):
+        try:
+            c = load_campaign(ws.campaigns_dir, slug)
+        except ListkitError as e:
+            rows.append({"campaign": slug, "state": f"ERROR: {e}"})
+            continue
+        row = campaign_row(ws.db, slug)
+        try:
+            audience = sum(audience_count(ws.db, c).values())
+        except NotFound:
+            audience = None
+        totals = counts(ws.db, row["id"]) if row else {}
+        rows.append(
+            {
+                "campaign": slug,
+                "offer": c.offer,
+                "lists": ",".join(c.lists),
+                "send_at": c.send_at.isoformat() if c.send_at else "manual",
+                "state": row["state"] if row else due_status(c),
+                "audience": audience,
+                "sent": totals.get("sent", 0),
+            }
+        )
+    if json_:
+        emit_json(rows)
+        return
+    emit_table(
+        rows,
+        ["campaign", "offer", "lists", "send_at", "state", "audience", "sent"],
+        empty=f"No campaigns in {ws.campaigns_dir}.",
+    )
+
+
+@campaigns.command("check")
+@click.argument("slug")
+@pass_workspace
+def campaigns_check(ws: Workspace, slug: str) -> None:
+    """Check a campaign without sending: settings, audience, every message renders.
+
+    No connection is opened.
+
+    \b
+    Example:
+        listkit campaigns check launch
+    """
+    p = prepare(ws, slug)
+    per_list = audience_count(ws.db, p.campaign)
+    click.echo(f"Campaign {slug}: offer {p.campaign.offer}, SMTP {p.smtp.masked()}")
+    for list_slug, n in per_list.items():
+        click.echo(f"  {list_slug}: {n} recipients")
+    if p.campaign.exclude_lists:
+        click.echo(f"  excluding members of: {', '.join(p.campaign.exclude_lists)}")
+    checked, found = check_offer(p.composer, iter_audience(ws.db, p.campaign))
+    for problem in found:
+        click.echo(f"  {problem.subscriber}: {problem.message}", err=True)
+    if found:
+        raise ListkitError(f"campaign {slug}: {len(found)} of {checked} messages fail to render")
+    click.echo(f"OK: {checked} messages render; ready to send.")
+
+
+def _print_summary(s: RunSummary) -> None:
+    t = s.totals
+    parts = [f"{t.get(k, 0)} {k.replace('_', ' ')}" for k in t if t.get(k)]
+    run = ", ".join(f"{n} {k}" for k, n in s.this_run.items()) or "nothing"
+    click.echo(f"{s.campaign}: this run {run} in {s.elapsed:.1f}s; totals: {', '.join(parts)}")
+    if s.recovered.get("unknown") or s.recovered.get("pending"):
+        click.echo(
+            f"  resumed after an interrupted run: {s.recovered['pending']} back to pending, "
+            f"{s.recovered['unknown']} unknown"
+        )
+    if s.stopped:
+        click.echo(f"  stopped: {s.stopped}", err=True)
+    if t.get("unknown"):
+        click.echo(
+            f"  {t['unknown']} unknown: the connection died after DATA began, the server may "
+            f"have them. Check its log for their Message-IDs (`listkit status {s.campaign}`), "
+            f"then `listkit retry {s.campaign} --unknown` for those it does not have.",
+            err=True,
+        )
+
+
+def _run_send(ws: Workspace, slug: str, limit: int | None, quiet: bool) -> RunSummary:
+    if quiet or not sys.stdout.isatty():
+        return send_campaign(ws, slug, limit=limit)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]:.0f} msg/s"),
+        TimeRemainingColumn(),
+    )
+    state = {"task": None, "start": time.monotonic()}
+
+    def on_start(total: int) -> None:
+        state["task"] = progress.add_task(f"sending {slug}", total=total, rate=0.0)
+
+    def on_result(_result) -> None:
+        elapsed = max(time.monotonic() - state["start"], 1e-6)
+        task = progress.tasks[0]
+        progress.update(state["task"], advance=1, rate=(task.completed + 1) / elapsed)
+
+    with progress:
+        return send_campaign(ws, slug, limit=limit, on_start=on_start, on_result=on_result)
+
+
+@cli.command()
+@click.argument("slug", required=False)
+@click.option("--due", is_flag=True, help="Send every campaign whose send_at has come (for cron).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--dry-run",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one .eml per recipient into this folder; send nothing.",
+)
+@click.option("--test-to", metavar="ADDR", help="Send one sample message to ADDR; record nothing.")
+@click.option("--limit", type=click.IntRange(min=1), help="Send at most this many messages.")
+@pass_workspace
+def send(
+    ws: Workspace,
+    slug: str | None,
+    due: bool,
+    yes: bool,
+    dry_run: Path | None,
+    test_to: str | None,
+    limit: int | None,
+) -> None:
+    """Send campaign SLUG, or resume it: nothing is ever sent twice.
+
+    On a terminal it shows the audience and asks first; --yes skips that, and
+    without a terminal --yes is required. Exit status 0 when every message
+    ended sent (or held out, or skipped as unsubscribed); 1 when any failed,
+    deferred or unknown remain.
+
+    \b
+    Examples:
+        listkit send launch --dry-run out/      # look first
+        listkit send launch --test-to me@example.com
+        listkit send launch --yes
+        listkit send --due                     # from cron: */5 * * * *
+    """
+    if due:
+        if slug or dry_run or test_to:
+            raise click.UsageError("--due sends scheduled campaigns: give no SLUG with it")
+        _send_due(ws, limit)
+        return
+    if not slug:
+        raise click.UsageError("name a campaign (see `listkit campaigns ls`), or use --due")
+    if dry_run is not None:
+        n = write_dry_run(ws, slug, dry_run, limit)
+        click.echo(f"Wrote {n} messages to {dry_run}; nothing was sent.")
+        return
+    if test_to is not None:
+        composed, reply = send_test(ws, slug, test_to)
+        click.echo(f"Sent a test of {slug} to {test_to} ({composed.message_id}): {reply}")
+        return
+    p = prepare(ws, slug)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ListkitError(
+                "not a terminal, so nobody can confirm: run `listkit send "
+                f"{slug} --yes` (look first with --dry-run DIR)"
+            )
+        per_list = audience_count(ws.db, p.campaign)
+        row = campaign_row(ws.db, slug)
+        done = counts(ws.db, row["id"]) if row else {}
+        click.echo(f"Campaign {slug}: offer {p.campaign.offer} via {p.smtp.masked()}")
+        for list_slug, n in per_list.items():
+            click.echo(f"  {list_slug}: {n} recipients")
+        if done.get("sent"):
+            click.echo(f"  already sent: {done['sent']} (they will not get it again)")
+        click.confirm("Send now?", abort=True)
+    try:
+        summary = _run_send(ws, slug, limit, quiet=False)
+    except AlreadyRunning as e:
+        raise ListkitError(str(e)) from None
+    _print_summary(summary)
+    if not summary.ok:
+        sys.exit(1)
+
+
+def _send_due(ws: Workspace, limit: int | None) -> None:
+    now = datetime.now(UTC)
+    failed = False
+    for slug in campaign_slugs(ws.campaigns_dir):
+        try:
+            c = load_campaign(ws.campaigns_dir, slug)
+        except ListkitError as e:
+            click.echo(f"{slug}: skipped, {e}", err=True)
+            failed = True
+            continue
+        status = due_status(c, now)
+        row = campaign_row(ws.db, slug)
+        if row and row["state"] in ("done", "missed"):
+            continue
+        if status == "missed" and not (row and row["state"] == "sending"):
+            cid = register(ws.db, c, digest="", coupon=None)
+            set_state(ws.db, cid, "missed")
+            click.echo(
+                f"{slug}: missed (send_at {c.send_at.isoformat()} is more than "
+                f"{c.max_late} ago); not sent"
+            )
+            continue
+        if status not in ("due", "missed"):
+            continue
+        try:
+            summary = send_campaign(ws, slug, limit=limit)
+        except AlreadyRunning as e:
+            click.echo(str(e))
+            return
+        except ListkitError as e:
+            click.echo(f"{slug}: {e}", err=True)
+            failed = True
+            continue
+        _print_summary(summary)
+        failed = failed or not summary.ok
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("slug")
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@pass_workspace
+def status(ws: Workspace, slug: str, json_: bool) -> None:
+    """Counts per delivery state, and the failed, unknown and deferred rows.
+
+    \b
+    Example:
+        listkit status launch
+    """
+    row = campaign_row(ws.db, slug)
+    if row is None:
+        load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all
+        raise NotFound(f"campaign {slug} has not been sent yet")
+    totals = counts(ws.db, row["id"])
+    rows = problems(ws.db, row["id"])
+    if json_:
+        emit_json({"campaign": slug, "state": row["state"], "counts": totals, "problems": rows})
+        return
+    click.echo(f"Campaign {slug}: {row['state']} (started {row['started'] or '-'})")
+    click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in totals.items()))
+    if rows:
+        emit_table(rows, ["email", "state", "attempts", "code", "reply", "message_id"])
+
+
+@cli.command("retry")
+@click.argument("slug")
+@click.option(
+    "--unknown", "which", flag_value="unknown", help="Unknown rows (check the log)."
+)
+@click.option("--failed", "which", flag_value="failed", help="Failed rows (not suppressed ones).")
+@click.option("--deferred", "which", flag_value="deferred", help="Deferred rows: due now.")
+@pass_workspace
+def retry_cmd(ws: Workspace, slug: str, which: str | None) -> None:
+    """Queue unknown, failed or deferred messages again for the next `listkit send`.
+
+    Use --unknown only after checking the server's log: those messages may
+    have been delivered.
+
+    \b
+    Example:
+        listkit retry launch --unknown && listkit send launch --yes
+    """
+    if which is None:
+        raise click.UsageError("say which: --unknown, --failed or --deferred")
+    row = campaign_row(ws.db, slug)
+    if row is None:
+        raise NotFound(f"campaign {slug} has not been sent yet")
+    n = retry(ws.db, row["id"], which)
+    click.echo(f"{n} {which} messages of {slug} will be sent by the next `listkit send {slug}`.")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=1025, show_default=True, type=int)
+@click.option(
+    "--maildir", type=click.Path(file_okay=False, path_type=Path), help="Also store messages here."
+)
+def sink(host: str, port: int, maildir: Path | None) -> None:
+    """Run a local capture SMTP server: accepts everything, delivers nothing.
+
+    Point LISTKIT_SMTP_URL at smtp://127.0.0.1:1025 to try a campaign safely.
+    Ctrl-C stops it.
+
+    \b
+    Example:
+        listkit sink --maildir captured/
+    """
+    from listkit.sink import start_sink
+
+    controller, _handler = start_sink(host, port, maildir=maildir, out=click.echo)
+    click.echo(f"listkit sink listening on {host}:{port}; Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        controller.stop()

@@ -1,0 +1,266 @@
+"""Campaigns: ``campaigns/<slug>.toml`` (which offer to which lists, when) and audiences.
+
+The rule: a subscriber on several of a campaign's lists gets one message,
+targeted through the first list it is on, in the order the campaign lists
+them; excluded lists, suppressions and inactive memberships never mail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from listkit.db import now
+from listkit.errors import InputError, NotFound
+from listkit.lists import check_slug, get_list
+
+FIELDS = {
+    "offer",
+    "lists",
+    "exclude_lists",
+    "send_at",
+    "max_late",
+    "rate",
+    "concurrency",
+    "holdout",
+    "attribution_days",
+}
+DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Campaign:
+    slug: str
+    offer: str
+    lists: tuple[str, ...]
+    exclude_lists: tuple[str, ...] = ()
+    send_at: datetime | None = None
+    max_late: timedelta | None = None
+    rate: float = 0.0
+    concurrency: int = 4
+    holdout: float = 0.0
+    attribution_days: int = 7
+    path: Path = field(default=Path("."), compare=False)
+
+
+def parse_duration(value: str, where: str) -> timedelta:
+    """'6h', '30m', '2d', '1h30m' -> timedelta."""
+    text = value.strip().lower()
+    pos, total = 0, 0.0
+    for m in DURATION.finditer(text):
+        if text[pos : m.start()].strip():
+            break
+        total += float(m.group(1)) * UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or text[pos:].strip():
+        raise InputError(f"{where}: {value!r} is not a duration such as '6h', '30m' or '2d'")
+    return timedelta(seconds=total)
+
+
+def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
+    """Read and check ``campaigns/<slug>.toml``; errors name the file and the field."""
+    path = campaigns_dir / f"{slug}.toml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(campaigns_dir.glob("*.toml"))) or "none"
+        raise NotFound(f"no campaign {slug!r} in {campaigns_dir} (campaigns: {known})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: {e}") from None
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise InputError(
+            f"{path}: unknown field {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})"
+        )
+
+    def need(key: str, kind: type | tuple[type, ...], default=None):
+        if key not in data:
+            if default is None:
+                raise InputError(f"{path}: missing field {key}")
+            return default
+        value = data[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(f"{path}: field {key} has the wrong type ({value!r})")
+        return value
+
+    offer = need("offer", str)
+    lists = need("lists", list)
+    if not lists or not all(isinstance(x, str) for x in lists):
+        raise InputError(f"{path}: field lists must be a non-empty list of list names")
+    exclude = need("exclude_lists", list, [])
+    for name in [*lists, *exclude]:
+        check_slug(name)
+    send_at = None
+    if "send_at" in data:
+        raw = data["send_at"]
+        if isinstance(raw, datetime):
+            send_at = raw
+        elif isinstance(raw, str):
+            try:
+                send_at = datetime.fromisoformat(raw)
+            except ValueError:
+                raise InputError(f"{path}: field send_at {raw!r} is not an ISO 8601 time") from None
+        else:
+            raise InputError(f"{path}: field send_at must be an ISO 8601 time with offset")
+        if send_at.tzinfo is None:
+            raise InputError(
+                f"{path}: field send_at {raw!s} has no UTC offset: write e.g. "
+                "2026-12-01T09:00:00+01:00"
+            )
+    max_late = parse_duration(need("max_late", str, "6h"), f"{path}: field max_late")
+    rate = float(need("rate", (int, float), 0))
+    concurrency = need("concurrency", int, 4)
+    holdout = float(need("holdout", (int, float), 0))
+    days = need("attribution_days", int, 7)
+    if rate < 0:
+        raise InputError(f"{path}: field rate must be 0 (unlimited) or more messages per second")
+    if not 1 <= concurrency <= 100:
+        raise InputError(f"{path}: field concurrency must be between 1 and 100 connections")
+    if not 0 <= holdout < 1:
+        raise InputError(f"{path}: field holdout must be a fraction from 0 to below 1")
+    if days < 0:
+        raise InputError(f"{path}: field attribution_days must not be negative")
+    return Campaign(
+        slug=slug,
+        offer=offer,
+        lists=tuple(lists),
+        exclude_lists=tuple(exclude),
+        send_at=send_at,
+        max_late=max_late,
+        rate=rate,
+        concurrency=concurrency,
+        holdout=holdout,
+        attribution_days=days,
+        path=path,
+    )
+
+
+def campaign_slugs(campaigns_dir: Path) -> list[str]:
+    return sorted(p.stem for p in campaigns_dir.glob("*.toml")) if campaigns_dir.is_dir() else []
+
+
+def held_out(campaign_slug: str, key: str, fraction: float) -> bool:
+    """Reproducibly choose ``fraction`` of an audience to keep back."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(f"{campaign_slug}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _audience_sql(campaign: Campaign, db: Database) -> tuple[str, list]:
+    """SQL yielding (subscriber_id, email, key, list_id, list_slug) for the audience."""
+    list_ids = [get_list(db, slug)["id"] for slug in campaign.lists]
+    exclude_ids = [get_list(db, slug)["id"] for slug in campaign.exclude_lists]
+    order = " ".join(f"WHEN {lid} THEN {i}" for i, lid in enumerate(list_ids))
+    sql = f"""
+        SELECT s.id, s.email, s.key, m.list_id
+        FROM subscribers s
+        JOIN memberships m ON m.subscriber_id = s.id
+        WHERE m.list_id IN (SELECT value FROM json_each(?)) AND m.status = 'active'
+          AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
+          AND NOT EXISTS (SELECT 1 FROM memberships e WHERE e.subscriber_id = s.id
+                          AND e.list_id IN (SELECT value FROM json_each(?)))
+          AND m.list_id = (SELECT m2.list_id FROM memberships m2
+                           WHERE m2.subscriber_id = s.id AND m2.status = 'active'
+                             AND m2.list_id IN (SELECT value FROM json_each(?))
+                           ORDER BY CASE m2.list_id {order} END LIMIT 1)
+        ORDER BY s.id"""
+    ids = json.dumps(list_ids)
+    return sql, [ids, json.dumps(exclude_ids), ids]
+
+
+def audience_count(db: Database, campaign: Campaign) -> dict[str, int]:
+    """Recipients per targeted list after exclusions and suppressions."""
+    sql, params = _audience_sql(campaign, db)
+    counts = dict(
+        db.execute(
+            f"""SELECT l.slug, COUNT(*) FROM ({sql}) a
+                JOIN lists l ON l.id = a.list_id GROUP BY l.slug""",
+            params,
+        ).fetchall()
+    )
+    return {slug: counts.get(slug, 0) for slug in campaign.lists}
+
+
+def iter_audience(db: Database, campaign: Campaign):
+    """(subscriber dict, list slug, list title) for each recipient, streamed."""
+    sql, params = _audience_sql(campaign, db)
+    cursor = db.execute(
+        f"""SELECT s.id, s.email, s.key, s.name, s.fields, l.slug, l.title
+            FROM ({sql}) a JOIN subscribers s ON s.id = a.id JOIN lists l ON l.id = a.list_id
+            ORDER BY s.id""",
+        params,
+    )
+    for sid, email, key, name, fields, slug, title in cursor:
+        yield (
+            {"id": sid, "email": email, "key": key, "name": name, "fields": json.loads(fields)},
+            slug,
+            title,
+        )
+
+
+def campaign_row(db: Database, slug: str) -> dict | None:
+    row = db.execute(
+        "SELECT id, slug, offer, state, started, finished, holdout, attribution_days, coupon "
+        "FROM campaigns WHERE slug = ?",
+        [slug],
+    ).fetchone()
+    keys = ("id", "slug", "offer", "state", "started", "finished", "holdout")
+    return dict(zip((*keys, "attribution_days", "coupon"), row, strict=True)) if row else None
+
+
+def register(db: Database, campaign: Campaign, *, digest: str, coupon: str | None) -> int:
+    """The campaign's row (created when first seen); its id."""
+    row = campaign_row(db, campaign.slug)
+    if row is not None:
+        return row["id"]
+    return db.execute(
+        """INSERT INTO campaigns (slug, offer, lists, exclude_lists, template_digest, state,
+           send_at, holdout, attribution_days, coupon, created)
+           VALUES (?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?)""",
+        [
+            campaign.slug,
+            campaign.offer,
+            json.dumps(campaign.lists),
+            json.dumps(campaign.exclude_lists),
+            digest,
+            campaign.send_at.astimezone(UTC).isoformat() if campaign.send_at else None,
+            campaign.holdout,
+            campaign.attribution_days,
+            coupon,
+            now(),
+        ],
+    ).lastrowid
+
+
+def set_state(db: Database, campaign_id: int, state: str) -> None:
+    stamp = now()
+    extra = ""
+    if state == "sending":
+        extra = ", started = coalesce(started, :stamp)"
+    elif state in ("done", "missed"):
+        extra = ", finished = :stamp"
+    db.execute(
+        f"UPDATE campaigns SET state = :state{extra} WHERE id = :id",
+        {"state": state, "stamp": stamp, "id": campaign_id},
+    )
+
+
+def due_status(campaign: Campaign, at: datetime | None = None) -> str:
+    """'manual' (no send_at), 'waiting', 'due' or 'missed' at time ``at``."""
+    if campaign.send_at is None:
+        return "manual"
+    at = at or datetime.now(UTC)
+    if at < campaign.send_at:
+        return "waiting"
+    if campaign.max_late is not None and at - campaign.send_at > campaign.max_late:
+        return "missed"
+    return "due"

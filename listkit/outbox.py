@@ -1,0 +1,258 @@
+"""The outbox: one ``deliveries`` row per campaign x subscriber, and its state machine.
+
+    pending -> sending(claimed) -> sending(data) -> sent
+                                                 -> deferred  (4xx, 421, lost before DATA)
+                                                 -> failed    (5xx for that recipient)
+                                                 -> unknown   (lost after DATA began)
+    pending -> skipped   (suppressed or unsubscribed by the time it was claimed)
+    held_out             (kept back to measure lift; never mailed)
+
+The rules: a claim is committed (``BEGIN IMMEDIATE``) before its SMTP
+transaction begins, and suppression is checked at claim time. Before DATA
+can reach the server the row's phase durably says ``data``; a run that dies
+leaves ``sending`` rows that the next run resolves by that phase: ``claimed``
+goes back to pending (the server never saw it), ``data`` becomes unknown
+(the server may have it). ``unknown`` is never retried by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlite_utils import Database
+
+from listkit.campaigns import Campaign, held_out, iter_audience
+from listkit.db import immediate, now
+from listkit.suppressions import suppress
+from listkit.tracking import message_id, new_token, personal_coupon
+
+STATES = ("pending", "sending", "sent", "deferred", "failed", "unknown", "skipped", "held_out")
+DONE_STATES = ("sent", "held_out", "skipped")
+MAX_ATTEMPTS = 8
+BACKOFF = timedelta(minutes=5)
+BACKOFF_MAX = timedelta(hours=6)
+
+
+def build_outbox(
+    db: Database, campaign_id: int, campaign: Campaign, *, domain: str, coupon_base: str
+) -> int:
+    """Create the deliveries of a campaign once (its audience frozen); rows created."""
+    if db.execute(
+        "SELECT 1 FROM deliveries WHERE campaign_id = ? LIMIT 1", [campaign_id]
+    ).fetchone():
+        return 0
+    stamp = now()
+    created = 0
+    batch: list[tuple] = []
+    with immediate(db):
+        list_ids = {r[0]: r[1] for r in db.execute("SELECT slug, id FROM lists")}
+        # The audience query reads while we insert into another table: fetch it
+        # all as ids first would cost memory, so insert in batches from a list
+        # materialised per batch.
+        audience = iter_audience(db, campaign)
+        while True:
+            chunk = [next(audience, None) for _ in range(2000)]
+            chunk = [c for c in chunk if c is not None]
+            if not chunk:
+                break
+            for subscriber, list_slug, _title in chunk:
+                token = new_token()
+                state = (
+                    "held_out"
+                    if held_out(campaign.slug, subscriber["key"], campaign.holdout)
+                    else "pending"
+                )
+                batch.append(
+                    (
+                        campaign_id,
+                        subscriber["id"],
+                        list_ids[list_slug],
+                        subscriber["email"],
+                        token,
+                        message_id(token, domain),
+                        personal_coupon(coupon_base, token),
+                        state,
+                        stamp,
+                    )
+                )
+            db.conn.executemany(
+                """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
+                   message_id, coupon, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                batch,
+            )
+            created += len(batch)
+            batch.clear()
+    return created
+
+
+def recover(db: Database, campaign_id: int) -> dict[str, int]:
+    """Resolve rows a dead run left in ``sending``; call only while holding the send lock."""
+    stamp = now()
+    with immediate(db):
+        back = db.execute(
+            """UPDATE deliveries SET state = 'pending', phase = NULL, claimed_by = NULL,
+               attempts = max(attempts - 1, 0), updated = ?
+               WHERE campaign_id = ? AND state = 'sending' AND phase = 'claimed'""",
+            [stamp, campaign_id],
+        ).rowcount
+        unknown = db.execute(
+            """UPDATE deliveries SET state = 'unknown', updated = ?,
+               last_reply = coalesce(last_reply, 'the sending run stopped after DATA began')
+               WHERE campaign_id = ? AND state = 'sending'""",
+            [stamp, campaign_id],
+        ).rowcount
+    return {"pending": back, "unknown": unknown}
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    subscriber_id: int
+    email: str
+    key: str
+    name: str | None
+    fields: str
+    list_slug: str
+    list_title: str | None
+    token: str
+    message_id: str
+    attempts: int
+
+
+def claim(db: Database, campaign_id: int, run_id: str, limit: int) -> list[Claimed]:
+    """Claim up to ``limit`` due rows, committed before any is sent.
+
+    Rows whose address is suppressed, or whose membership is no longer
+    active, are marked ``skipped`` instead: an unsubscribe during a campaign
+    is honoured.
+    """
+    stamp = now()
+    with immediate(db):
+        rows = db.execute(
+            """SELECT d.id, d.subscriber_id, s.email, s.key, s.name, s.fields, l.slug, l.title,
+                      d.token, d.message_id, d.attempts,
+                      EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
+                        OR NOT EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = d.list_id
+                                       AND m.subscriber_id = d.subscriber_id
+                                       AND m.status = 'active')
+               FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+               JOIN lists l ON l.id = d.list_id
+               WHERE d.campaign_id = ?
+                 AND (d.state = 'pending' OR (d.state = 'deferred' AND d.next_attempt <= ?))
+               ORDER BY d.id LIMIT ?""",
+            [campaign_id, stamp, limit],
+        ).fetchall()
+        claimed, skipped = [], []
+        for row in rows:
+            if row[-1]:
+                skipped.append((stamp, row[0]))
+            else:
+                claimed.append(Claimed(*row[:-1]))
+        db.conn.executemany(
+            """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
+               last_reply = 'suppressed or unsubscribed before sending' WHERE id = ?""",
+            skipped,
+        )
+        db.conn.executemany(
+            """UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = ?,
+               attempts = attempts + 1, updated = ? WHERE id = ?""",
+            [(run_id, stamp, c.id) for c in claimed],
+        )
+    return claimed
+
+
+@dataclass(frozen=True)
+class Result:
+    id: int
+    state: str  # sent | deferred | failed | unknown | pending (released unsent)
+    code: int | None = None
+    reply: str | None = None
+    attempts: int = 0
+    hard_bounce: bool = False
+    email: str = ""
+
+
+def backoff(attempts: int) -> timedelta:
+    return min(BACKOFF * 2 ** max(attempts - 1, 0), BACKOFF_MAX)
+
+
+def record(
+    db: Database, campaign_id: int, data_ids: Iterable[int], results: Iterable[Result]
+) -> None:
+    """One transaction: phase marks (DATA may go out) and final results."""
+    stamp = now()
+    at = datetime.now(UTC)
+    with immediate(db):
+        db.conn.executemany(
+            "UPDATE deliveries SET phase = 'data', updated = ? WHERE id = ? AND state = 'sending'",
+            [(stamp, i) for i in data_ids],
+        )
+        for r in results:
+            state, next_attempt = r.state, None
+            if state == "deferred":
+                if r.attempts >= MAX_ATTEMPTS:
+                    state = "failed"
+                else:
+                    next_attempt = (at + backoff(r.attempts)).isoformat()
+            db.execute(
+                """UPDATE deliveries SET state = ?, phase = NULL, last_code = ?, last_reply = ?,
+                   next_attempt = ?, updated = ?, sent_at = CASE WHEN ? = 'sent' THEN ? END,
+                   attempts = CASE WHEN ? = 'pending' THEN max(attempts - 1, 0) ELSE attempts END
+                   WHERE id = ?""",
+                [state, r.code, r.reply, next_attempt, stamp, state, stamp, state, r.id],
+            )
+            if r.hard_bounce:
+                suppress(db, r.email, "hard_bounce", campaign_id=campaign_id, source="smtp")
+                db.execute(
+                    """UPDATE memberships SET status = 'bounced', status_at = ?,
+                       status_reason = ? WHERE subscriber_id =
+                       (SELECT subscriber_id FROM deliveries WHERE id = ?)""",
+                    [stamp, f"{r.code} {r.reply}"[:200], r.id],
+                )
+
+
+def counts(db: Database, campaign_id: int) -> dict[str, int]:
+    found = dict(
+        db.execute(
+            "SELECT state, COUNT(*) FROM deliveries WHERE campaign_id = ? GROUP BY state",
+            [campaign_id],
+        ).fetchall()
+    )
+    return {s: found.get(s, 0) for s in STATES}
+
+
+def problems(db: Database, campaign_id: int, limit: int = 100) -> list[dict]:
+    """Failed, unknown and deferred rows with their last SMTP reply."""
+    cursor = db.execute(
+        """SELECT email, state, attempts, last_code, last_reply, message_id, next_attempt
+           FROM deliveries WHERE campaign_id = ? AND state IN ('failed', 'unknown', 'deferred')
+           ORDER BY state, id LIMIT ?""",
+        [campaign_id, limit],
+    )
+    keys = ("email", "state", "attempts", "code", "reply", "message_id", "next_attempt")
+    return [dict(zip(keys, row, strict=True)) for row in cursor]
+
+
+def retry(db: Database, campaign_id: int, state: str) -> int:
+    """Put unknown, failed or deferred rows back to be sent on the next run.
+
+    Failed rows of suppressed addresses stay failed.
+    """
+    stamp = now()
+    with immediate(db):
+        if state == "deferred":
+            return db.execute(
+                """UPDATE deliveries SET next_attempt = ?, updated = ?
+                   WHERE campaign_id = ? AND state = 'deferred'""",
+                [stamp, stamp, campaign_id],
+            ).rowcount
+        return db.execute(
+            """UPDATE deliveries SET state = 'pending', phase = NULL, next_attempt = NULL,
+               updated = ?
+               WHERE campaign_id = ? AND state = ?
+                 AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s ON s.key = x.key
+                                 WHERE s.id = deliveries.subscriber_id)""",
+            [stamp, campaign_id, state],
+        ).rowcount

@@ -1,0 +1,521 @@
+"""Sending a campaign over SMTP: a pool of connections, a rate limit, group commits.
+
+The rules (see ``outbox`` for the state machine):
+
+- every SMTP transaction carries one recipient, so each RCPT reply is that
+  recipient's answer (no partial refusals to untangle);
+- a row is claimed, and committed, before its transaction starts; before its
+  DATA it is durably marked ``data``; those marks and the results of many
+  messages share one commit, made off the event loop;
+- a message is ``sent`` only after the server's 2xx to the final dot;
+- connection trouble before DATA defers a row, after DATA began makes it
+  ``unknown`` (the server may have it), and consecutive connection failures
+  stop the run with every row resumable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosmtplib
+
+from listkit.addresses import normalize_address
+from listkit.campaigns import Campaign, iter_audience, load_campaign, register, set_state
+from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer
+from listkit.config import SMTPSettings
+from listkit.db import open_db
+from listkit.errors import HeaderInjection, ListkitError, SendError, TemplateError
+from listkit.lists import get_list
+from listkit.offers import load_offer
+from listkit.outbox import Claimed, Result, build_outbox, claim, counts, record, recover
+from listkit.tracking import new_token
+from listkit.workspace import Workspace
+
+LOCK_NAME = ".listkit-send.lock"
+HARD_BOUNCE_CODES = (550, 551, 553)
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
+
+
+class AlreadyRunning(ListkitError):
+    """Another `listkit send` holds the workspace's send lock."""
+
+
+@contextlib.contextmanager
+def send_lock(root: Path):
+    """Hold the workspace's send lock; raise AlreadyRunning if another run has it."""
+    path = root / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise AlreadyRunning(
+                f"another listkit send is running in {root} (pid {holder}); "
+                "it will finish the work, nothing was sent by this run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def is_hard_bounce(code: int, reply: str) -> bool:
+    """5xx that says the address does not exist (5.1.x), or a bare 550/551/553."""
+    m = _ENHANCED.match(reply or "")
+    if m:
+        return m.group(1) == "5" and m.group(2) == "1"
+    return code in HARD_BOUNCE_CODES
+
+
+def _smtp_client(smtp: SMTPSettings) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(
+        hostname=smtp.host,
+        port=smtp.port,
+        username=smtp.username,
+        password=smtp.password,
+        use_tls=smtp.tls == "tls",
+        start_tls=smtp.tls == "starttls",
+        timeout=smtp.timeout,
+        cert_bundle=smtp.ca_file,
+    )
+
+
+async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
+    """An open, authenticated connection; SendError for what retrying cannot fix."""
+    client = _smtp_client(smtp)
+    where = f"LISTKIT_SMTP_URL ({smtp.masked()})"
+    try:
+        await client.connect()
+    except aiosmtplib.SMTPAuthenticationError as e:
+        raise SendError(
+            f"{where}: the server refused the login for user {smtp.username!r}: "
+            f"{e.code} {e.message}"
+        ) from None
+    except aiosmtplib.SMTPNotSupported as e:
+        raise SendError(f"{where}: {e}") from None
+    except aiosmtplib.SMTPException as e:
+        text = str(e)
+        if "STARTTLS" in text.upper():
+            raise SendError(
+                f"{where}: the server does not offer STARTTLS; use smtps:// for implicit "
+                "TLS, or smtp:// only on a trusted local network"
+            ) from None
+        if "AUTH" in text.upper() or "login" in text.lower():
+            raise SendError(f"{where}: {text}") from None
+        raise
+    except ssl.SSLError as e:
+        raise SendError(f"{where}: TLS failed: {e}") from None
+    return client
+
+
+@dataclass
+class RunSummary:
+    campaign: str
+    this_run: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    stopped: str | None = None
+    recovered: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every message ended sent, held out or skipped."""
+        return all(self.totals.get(s, 0) == 0 for s in ("pending", "sending", "deferred"))
+
+    @property
+    def ok(self) -> bool:
+        bad = ("pending", "sending", "deferred", "failed", "unknown")
+        return self.stopped is None and all(self.totals.get(s, 0) == 0 for s in bad)
+
+
+class RateLimiter:
+    def __init__(self, rate: float):
+        self.interval = 1 / rate if rate > 0 else 0.0
+        self.next = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        at = max(self.next, now)
+        self.next = at + self.interval
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+class Run:
+    """One sending run of one campaign."""
+
+    def __init__(
+        self,
+        *,
+        db_path: Path,
+        campaign_id: int,
+        campaign: Campaign,
+        composer: Composer,
+        smtp: SMTPSettings,
+        sender_address: str,
+        limit: int | None = None,
+        batch: int = 200,
+        max_connect_failures: int = 5,
+        on_result: Callable[[Result], None] | None = None,
+    ):
+        self.db_path = db_path
+        self.campaign_id = campaign_id
+        self.campaign = campaign
+        self.composer = composer
+        self.smtp = smtp
+        self.sender_address = sender_address
+        self.limit = limit
+        self.batch = batch
+        self.max_connect_failures = max_connect_failures
+        self.on_result = on_result
+        self.run_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.counts: dict[str, int] = {}
+        self.stopped: str | None = None
+        self.fatal: BaseException | None = None
+        self.connect_failures = 0
+
+    # The database lives on one thread; every call goes through it.
+    async def db(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _open(self) -> None:
+        self.conn_db = open_db(self.db_path)
+
+    async def run(self) -> dict[str, int]:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-db")
+        try:
+            await self.db(self._open)
+            self.queue: asyncio.Queue = asyncio.Queue(maxsize=self.campaign.concurrency * 2)
+            self.marks: list[tuple[int, asyncio.Future]] = []
+            self.results: list[Result] = []
+            self.wake = asyncio.Event()
+            self.closing = False
+            self.limiter = RateLimiter(self.campaign.rate)
+            flusher = asyncio.create_task(self._flusher())
+            workers = [
+                asyncio.create_task(self._worker()) for _ in range(self.campaign.concurrency)
+            ]
+            try:
+                await self._producer()
+                await asyncio.gather(*workers)
+            finally:
+                for w in workers:
+                    w.cancel()
+                self.closing = True
+                self.wake.set()
+                await flusher
+            await self.db(self.conn_db.close)
+        finally:
+            self.executor.shutdown(wait=True)
+        if self.fatal is not None:
+            raise self.fatal
+        return self.counts
+
+    async def _producer(self) -> None:
+        remaining = self.limit
+        while self.stopped is None and (remaining is None or remaining > 0):
+            size = self.batch if remaining is None else min(self.batch, remaining)
+            rows: list[Claimed] = await self.db(
+                claim, self.conn_db, self.campaign_id, self.run_id, size
+            )
+            if not rows:
+                break
+            if remaining is not None:
+                remaining -= len(rows)
+            for i, row in enumerate(rows):
+                if self.stopped is not None:
+                    for left in rows[i:]:
+                        self._result(Result(left.id, "pending"))
+                    break
+                try:
+                    composed = self._compose(row)
+                except (TemplateError, HeaderInjection) as e:
+                    self._result(Result(row.id, "failed", None, str(e), row.attempts))
+                    continue
+                await self.queue.put((row, composed))
+        for _ in range(self.campaign.concurrency):
+            await self.queue.put(None)
+
+    def _compose(self, row: Claimed) -> Composed:
+        return self.composer.compose(
+            subscriber={
+                "id": row.subscriber_id,
+                "email": row.email,
+                "key": row.key,
+                "name": row.name,
+                "fields": json.loads(row.fields),
+            },
+            list_slug=row.list_slug,
+            list_title=row.list_title,
+            token=row.token,
+        )
+
+    def _result(self, result: Result) -> None:
+        self.results.append(result)
+        self.wake.set()
+        if result.state != "pending":
+            self.counts[result.state] = self.counts.get(result.state, 0) + 1
+            if self.on_result is not None:
+                self.on_result(result)
+
+    async def _mark_data(self, delivery_id: int) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.marks.append((delivery_id, future))
+        self.wake.set()
+        await future
+
+    async def _flusher(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            marks, self.marks = self.marks, []
+            results, self.results = self.results, []
+            if marks or results:
+                try:
+                    await self.db(
+                        record, self.conn_db, self.campaign_id, [m[0] for m in marks], results
+                    )
+                except BaseException as e:  # the database refused: nothing more may be sent
+                    self.fatal = self.fatal or e
+                    self.stopped = self.stopped or f"database error: {e}"
+                    for _, future in marks:
+                        if not future.done():
+                            future.set_exception(SendError(f"database error: {e}"))
+                    continue
+                for _, future in marks:
+                    if not future.done():
+                        future.set_result(None)
+            elif self.closing:
+                return
+
+    async def _worker(self) -> None:
+        client: aiosmtplib.SMTP | None = None
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is None:
+                    return
+                row, composed = item
+                if self.stopped is not None:
+                    self._result(Result(row.id, "pending"))
+                    continue
+                if client is None or not client.is_connected:
+                    client = await self._connect_or_release(row)
+                    if client is None:
+                        continue
+                await self.limiter.wait()
+                result, keep = await self._deliver(client, row, composed)
+                self._result(result)
+                if not keep:
+                    client.close()
+                    client = None
+        finally:
+            if client is not None and client.is_connected:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.quit(), 2)
+
+    async def _connect_or_release(self, row: Claimed) -> aiosmtplib.SMTP | None:
+        while self.stopped is None:
+            try:
+                client = await connect(self.smtp)
+            except SendError as e:
+                self.fatal = self.fatal or e
+                self.stopped = str(e)
+                break
+            except (TimeoutError, OSError, aiosmtplib.SMTPException) as e:
+                self.connect_failures += 1
+                if self.connect_failures >= self.max_connect_failures:
+                    self.stopped = (
+                        f"cannot connect to {self.smtp.masked()} ({e}); stopped after "
+                        f"{self.connect_failures} failed attempts, every message is resumable"
+                    )
+                    break
+                await asyncio.sleep(min(0.2 * 2**self.connect_failures, 5))
+                continue
+            self.connect_failures = 0
+            return client
+        self._result(Result(row.id, "pending"))
+        return None
+
+    async def _deliver(
+        self, client: aiosmtplib.SMTP, row: Claimed, composed: Composed
+    ) -> tuple[Result, bool]:
+        """Send one message; (result, keep the connection)."""
+        attempts = row.attempts
+        try:
+            await client.mail(self.sender_address)
+            await client.rcpt(row.email)
+        except aiosmtplib.SMTPResponseException as e:
+            keep = e.code != 421 and client.is_connected
+            if keep:
+                with contextlib.suppress(Exception):
+                    await client.rset()
+            if isinstance(e, aiosmtplib.SMTPSenderRefused) and e.code >= 500:
+                self.stopped = (
+                    f"the server refused the sender {self.sender_address}: {e.code} {e.message}"
+                )
+                self.fatal = self.fatal or SendError(f"LISTKIT_FROM: {self.stopped}")
+                return Result(row.id, "pending"), keep
+            return self._refusal(row, e.code, e.message), keep
+        except (TimeoutError, OSError, aiosmtplib.SMTPException) as e:
+            return Result(
+                row.id, "deferred", None, f"connection lost before DATA: {e}", attempts
+            ), False
+        try:
+            await self._mark_data(row.id)
+        except SendError:
+            return Result(row.id, "pending"), True
+        try:
+            response = await client.data(composed.data)
+        except aiosmtplib.SMTPResponseException as e:
+            # The server answered: a definite refusal, whether at DATA or after the dot.
+            return self._refusal(row, e.code, e.message), e.code != 421 and client.is_connected
+        except (TimeoutError, OSError, aiosmtplib.SMTPException) as e:
+            reply = f"connection lost after DATA began: {type(e).__name__}: {e}"
+            return Result(row.id, "unknown", None, reply, attempts), False
+        return Result(row.id, "sent", response.code, response.message[:500], attempts), True
+
+    def _refusal(self, row: Claimed, code: int, message: str) -> Result:
+        if code >= 500:
+            return Result(
+                row.id,
+                "failed",
+                code,
+                message[:500],
+                row.attempts,
+                hard_bounce=is_hard_bounce(code, message),
+                email=row.email,
+            )
+        return Result(row.id, "deferred", code, message[:500], row.attempts)
+
+
+@dataclass
+class Prepared:
+    campaign: Campaign
+    composer: Composer
+    smtp: SMTPSettings
+    sender_address: str
+
+
+def prepare(ws: Workspace, slug: str) -> Prepared:
+    """Everything a send needs, checked before any connection is opened."""
+    campaign = load_campaign(ws.campaigns_dir, slug)
+    offer = load_offer(ws.offers_dir, campaign.offer)
+    composer = Composer(offer, ws.settings, campaign=slug, offers_dir=ws.offers_dir)
+    smtp = ws.settings.smtp()
+    _name, sender_address = ws.settings.sender_address()
+    for list_slug in (*campaign.lists, *campaign.exclude_lists):
+        get_list(ws.db, list_slug)
+    return Prepared(campaign, composer, smtp, sender_address)
+
+
+def send_campaign(
+    ws: Workspace,
+    slug: str,
+    *,
+    limit: int | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    batch: int = 200,
+    prepared: Prepared | None = None,
+) -> RunSummary:
+    """Send (or resume) a campaign under the workspace's send lock."""
+    started = time.monotonic()
+    with send_lock(ws.root):
+        p = prepared or prepare(ws, slug)
+        db = ws.db
+        offer = p.composer.offer
+        cid = register(db, p.campaign, digest=offer.digest, coupon=offer.coupon)
+        build_outbox(
+            db, cid, p.campaign, domain=p.composer.domain, coupon_base=p.composer.coupon_base
+        )
+        summary = RunSummary(campaign=slug)
+        summary.recovered = recover(db, cid)
+        set_state(db, cid, "sending")
+        before = counts(db, cid)
+        if on_start is not None:
+            due = before["pending"] + before["deferred"]
+            on_start(due if limit is None else min(limit, due))
+        run = Run(
+            db_path=ws.settings.db_path,
+            campaign_id=cid,
+            campaign=p.campaign,
+            composer=p.composer,
+            smtp=p.smtp,
+            sender_address=p.sender_address,
+            limit=limit,
+            batch=batch,
+            on_result=on_result,
+        )
+        try:
+            summary.this_run = asyncio.run(run.run())
+        finally:
+            summary.stopped = run.stopped
+            summary.totals = counts(db, cid)
+            if summary.complete:
+                set_state(db, cid, "done")
+        summary.elapsed = time.monotonic() - started
+        return summary
+
+
+async def _send_one(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> str:
+    client = await connect(smtp)
+    try:
+        await client.mail(sender)
+        await client.rcpt(to)
+        response = await client.data(data)
+        return f"{response.code} {response.message}"
+    except aiosmtplib.SMTPResponseException as e:
+        raise SendError(f"the server refused the test message: {e.code} {e.message}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await client.quit()
+
+
+def send_test(ws: Workspace, slug: str, to: str) -> tuple[Composed, str]:
+    """Send one message, rendered for a sample of the audience, to ``to``; record nothing."""
+    address = normalize_address(to)
+    p = prepare(ws, slug)
+    sample = next(iter_audience(ws.db, p.campaign), None)
+    subscriber, list_slug, title = sample or (dict(SAMPLE_SUBSCRIBER), p.campaign.lists[0], None)
+    composed = p.composer.compose(
+        subscriber={**subscriber, "email": address},
+        list_slug=list_slug,
+        list_title=title,
+        token=new_token(),
+    )
+    reply = asyncio.run(_send_one(p.smtp, p.sender_address, address, composed.data))
+    return composed, reply
+
+
+def dry_run(ws: Workspace, slug: str, directory: Path, limit: int | None = None) -> int:
+    """Write one .eml per recipient into ``directory``; send and record nothing."""
+    p = prepare(ws, slug)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for subscriber, list_slug, title in iter_audience(ws.db, p.campaign):
+        if limit is not None and written >= limit:
+            break
+        composed = p.composer.compose(
+            subscriber=subscriber, list_slug=list_slug, list_title=title, token=new_token()
+        )
+        safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", subscriber["email"])[:100]
+        (directory / f"{written + 1:06d}-{safe}.eml").write_bytes(composed.data)
+        written += 1
+    return written
