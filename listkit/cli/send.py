@@ -294,9 +294,7 @@ def status(ws: Workspace, slug: str, json_: bool) -> None:
 
 @cli.command("retry")
 @click.argument("slug")
-@click.option(
-    "--unknown", "which", flag_value="unknown", help="Unknown rows (check the log)."
-)
+@click.option("--unknown", "which", flag_value="unknown", help="Unknown rows (check the log).")
 @click.option("--failed", "which", flag_value="failed", help="Failed rows (not suppressed ones).")
 @click.option("--deferred", "which", flag_value="deferred", help="Deferred rows: due now.")
 @pass_workspace
