@@ -56,8 +56,10 @@ def open_db(path: Path | str, *, create: bool = True) -> Database:
 def immediate(db: Database) -> Iterator[Database]:
     """A write transaction that takes the write lock up front (``BEGIN IMMEDIATE``).
 
-    Use it where a read decides a write and another process must not slip in
-    between (claims, counters); ``db.atomic()`` issues a plain ``BEGIN``.
+    Use it wherever a transaction reads and then writes: ``db.atomic()`` issues
+    a plain ``BEGIN``, and in WAL mode a deferred transaction whose snapshot
+    went stale (another process committed meanwhile) fails at its first write
+    with "database is locked", without waiting.
     """
     conn = db.conn
     if conn.in_transaction:

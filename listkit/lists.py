@@ -6,7 +6,7 @@ import re
 
 from sqlite_utils import Database
 
-from listkit.db import now
+from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -66,7 +66,7 @@ def remove_list(db: Database, slug: str) -> int:
         raise ListkitError(
             f"list {slug!r} has {used[0]} deliveries from campaigns: it is kept for reports"
         )
-    with db.atomic():
+    with immediate(db):
         members = db.execute(
             "SELECT COUNT(*) FROM memberships WHERE list_id = ?", [lst["id"]]
         ).fetchone()[0]

@@ -180,17 +180,39 @@ def backoff(attempts: int) -> timedelta:
 
 def record(
     db: Database, campaign_id: int, data_ids: Iterable[int], results: Iterable[Result]
-) -> None:
-    """One transaction: phase marks (DATA may go out) and final results."""
+) -> set[int]:
+    """One transaction: phase marks (DATA may go out) and final results.
+
+    Returns the ids whose DATA must not go out after all: the address was
+    suppressed or unsubscribed since the claim. They are marked ``skipped``.
+    """
     stamp = now()
     at = datetime.now(UTC)
+    refused: set[int] = set()
     with immediate(db):
-        db.conn.executemany(
-            "UPDATE deliveries SET phase = 'data', updated = ? WHERE id = ? AND state = 'sending'",
-            [(stamp, i) for i in data_ids],
-        )
+        for delivery_id in data_ids:
+            changed = db.execute(
+                """UPDATE deliveries SET phase = 'data', updated = ?
+                   WHERE id = ? AND state = 'sending'
+                     AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
+                                     ON s.key = x.key WHERE s.id = deliveries.subscriber_id)
+                     AND EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = deliveries.list_id
+                                 AND m.subscriber_id = deliveries.subscriber_id
+                                 AND m.status = 'active')""",
+                [stamp, delivery_id],
+            ).rowcount
+            if not changed:
+                refused.add(delivery_id)
+                db.execute(
+                    """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
+                       last_reply = 'unsubscribed or suppressed while the campaign was sending'
+                       WHERE id = ? AND state = 'sending'""",
+                    [stamp, delivery_id],
+                )
         for r in results:
             state, next_attempt = r.state, None
+            if state == "skipped":
+                continue
             if state == "deferred":
                 if r.attempts >= MAX_ATTEMPTS:
                     state = "failed"
@@ -211,6 +233,7 @@ def record(
                        (SELECT subscriber_id FROM deliveries WHERE id = ?)""",
                     [stamp, f"{r.code} {r.reply}"[:200], r.id],
                 )
+    return refused
 
 
 def counts(db: Database, campaign_id: int) -> dict[str, int]:

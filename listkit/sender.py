@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -91,7 +93,15 @@ def _smtp_client(smtp: SMTPSettings) -> aiosmtplib.SMTP:
         start_tls=smtp.tls == "starttls",
         timeout=smtp.timeout,
         cert_bundle=smtp.ca_file,
+        local_hostname=_local_hostname(),
     )
+
+
+@functools.cache
+def _local_hostname() -> str:
+    """The EHLO name, looked up once (aiosmtplib would look it up per connection)."""
+    name = socket.getfqdn()
+    return name if name and name.isascii() and " " not in name else "localhost"
 
 
 async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
@@ -274,21 +284,22 @@ class Run:
             if self.on_result is not None:
                 self.on_result(result)
 
-    async def _mark_data(self, delivery_id: int) -> None:
+    async def _mark_data(self, delivery_id: int) -> bool:
+        """Durably mark that DATA may go out; False if the address left meanwhile."""
         future = asyncio.get_running_loop().create_future()
         self.marks.append((delivery_id, future))
         self.wake.set()
-        await future
+        return await future
 
     async def _flusher(self) -> None:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            marks, self.marks = self.marks, []
-            results, self.results = self.results, []
-            if marks or results:
+            while self.marks or self.results:
+                marks, self.marks = self.marks, []
+                results, self.results = self.results, []
                 try:
-                    await self.db(
+                    refused = await self.db(
                         record, self.conn_db, self.campaign_id, [m[0] for m in marks], results
                     )
                 except BaseException as e:  # the database refused: nothing more may be sent
@@ -298,10 +309,11 @@ class Run:
                         if not future.done():
                             future.set_exception(SendError(f"database error: {e}"))
                     continue
-                for _, future in marks:
+                for delivery_id, future in marks:
                     if not future.done():
-                        future.set_result(None)
-            elif self.closing:
+                        future.set_result(delivery_id not in refused)
+            # Checked after draining: a close signalled while we worked is not lost.
+            if self.closing:
                 return
 
     async def _worker(self) -> None:
@@ -315,12 +327,19 @@ class Run:
                 if self.stopped is not None:
                     self._result(Result(row.id, "pending"))
                     continue
-                if client is None or not client.is_connected:
-                    client = await self._connect_or_release(row)
-                    if client is None:
-                        continue
-                await self.limiter.wait()
-                result, keep = await self._deliver(client, row, composed)
+                try:
+                    if client is None or not client.is_connected:
+                        client = await self._connect_or_release(row)
+                        if client is None:
+                            continue
+                    await self.limiter.wait()
+                    result, keep = await self._deliver(client, row, composed)
+                except Exception as e:
+                    # Unexpected: stop. The row stays 'sending' at the phase it reached,
+                    # and the next run resolves it from there.
+                    self.fatal = self.fatal or e
+                    self.stopped = self.stopped or f"internal error: {type(e).__name__}: {e}"
+                    continue
                 self._result(result)
                 if not keep:
                     client.close()
@@ -378,9 +397,14 @@ class Run:
                 row.id, "deferred", None, f"connection lost before DATA: {e}", attempts
             ), False
         try:
-            await self._mark_data(row.id)
+            go = await self._mark_data(row.id)
         except SendError:
             return Result(row.id, "pending"), True
+        if not go:
+            with contextlib.suppress(Exception):
+                await client.rset()
+            reply = "unsubscribed or suppressed while the campaign was sending"
+            return Result(row.id, "skipped", None, reply, attempts), client.is_connected
         try:
             response = await client.data(composed.data)
         except aiosmtplib.SMTPResponseException as e:

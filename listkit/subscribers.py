@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from sqlite_utils import Database
 
 from listkit.addresses import email_key, normalize_address
-from listkit.db import now
+from listkit.db import immediate, now
 from listkit.errors import InputError, NotFound
 from listkit.lists import get_list
 from listkit.suppressions import suppress
@@ -83,7 +83,7 @@ def add_subscriber(
         raise InputError(f"name is longer than {MAX_NAME} characters")
     lst = get_list(db, list_slug)
     stamp = now()
-    with db.atomic():
+    with immediate(db):
         row = db.execute("SELECT id, name, fields FROM subscribers WHERE key = ?", [key]).fetchone()
         if row is None:
             sid = db.execute(
@@ -186,7 +186,7 @@ def unsubscribe(
     row = db.execute("SELECT id, email FROM subscribers WHERE key = ?", [key]).fetchone()
     stamp = now()
     reason = "unsubscribed" + (f" (campaign {campaign_id})" if campaign_id else "")
-    with db.atomic():
+    with immediate(db):
         changed: list[str] = []
         if row is not None:
             where = "m.subscriber_id = ? AND m.status = 'active'"

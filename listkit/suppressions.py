@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from sqlite_utils import Database
 
 from listkit.addresses import email_key, normalize_address
-from listkit.db import now
+from listkit.db import immediate, now
 from listkit.errors import InputError
 
 REASONS = ("unsubscribed", "hard_bounce", "complaint", "manual")
@@ -46,7 +46,7 @@ def suppress_many(
 ) -> dict:
     """Suppress (line, raw address) pairs; bad addresses are reported, never stop the rest."""
     summary = {"suppressed": 0, "already": 0, "rejected": 0, "errors": []}
-    with db.atomic():
+    with immediate(db):
         for line, raw in rows:
             try:
                 address = normalize_address(raw)

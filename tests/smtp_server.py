@@ -1,0 +1,90 @@
+"""A real SMTP server (aiosmtpd, in a thread) that records messages and injects faults.
+
+Faults are set per recipient address as a list of behaviours, one consumed
+per attempt; once the list is used up, the address is accepted:
+
+    "450", "452", "550", "421"   reply with that code at RCPT
+    "disconnect_rcpt"            drop the connection at RCPT (before DATA)
+    "disconnect_after_data"      keep the message, then drop the connection
+                                 instead of replying to the final dot
+    "timeout_after_data"         keep the message and never reply
+    "data_554"                   reply 554 to the final dot (message refused)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+from email.parser import BytesHeaderParser
+from email.policy import default
+
+from aiosmtpd.controller import Controller
+
+REPLIES = {
+    "450": "450 4.2.1 Mailbox busy, try later",
+    "452": "452 4.2.2 Mailbox full",
+    "550": "550 5.1.1 No such user here",
+    "421": "421 4.7.0 Too many connections, closing",
+}
+
+
+class FaultHandler:
+    def __init__(self):
+        self.faults: dict[str, list[str]] = {}
+        self.messages: list[tuple[str, str, bytes]] = []  # (message_id, rcpt, data)
+        self.rcpt_attempts: Counter[str] = Counter()
+
+    def fault(self, address: str, *behaviours: str) -> None:
+        self.faults[address] = list(behaviours)
+
+    def _next(self, address: str) -> str | None:
+        pending = self.faults.get(address)
+        return pending.pop(0) if pending else None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.rcpt_attempts[address] += 1
+        behaviour = self._next(address)
+        if behaviour in REPLIES:
+            return REPLIES[behaviour]
+        if behaviour == "disconnect_rcpt":
+            server.transport.close()
+            return "421 closing"
+        if behaviour is not None:
+            self.faults.setdefault(address, []).insert(0, behaviour)  # a DATA-stage fault
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        data = envelope.original_content or envelope.content
+        headers = BytesHeaderParser(policy=default).parsebytes(data)
+        rcpt = envelope.rcpt_tos[0]
+        behaviour = self._next(rcpt)
+        if behaviour == "data_554":
+            return "554 5.7.1 Message refused as spam"
+        self.messages.append((str(headers["Message-ID"]), rcpt, data))
+        if behaviour == "disconnect_after_data":
+            server.transport.close()
+            return "421 closing"
+        if behaviour == "timeout_after_data":
+            await asyncio.sleep(30)
+        return "250 2.0.0 Queued"
+
+    def count_by_message_id(self) -> Counter[str]:
+        return Counter(mid for mid, _rcpt, _data in self.messages)
+
+    def recipients(self) -> Counter[str]:
+        return Counter(rcpt for _mid, rcpt, _data in self.messages)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(handler=None, **kwargs) -> tuple[Controller, FaultHandler]:
+    handler = handler or FaultHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)
+    controller.start()
+    return controller, handler

@@ -1,0 +1,307 @@
+"""Sending against a real SMTP server with per-recipient faults."""
+
+import json
+
+import pytest
+
+from listkit.outbox import counts
+from listkit.sender import send_campaign
+from listkit.workspace import Workspace
+from tests import smtp_server
+
+
+@pytest.fixture
+def server():
+    controller, handler = smtp_server.start()
+    yield controller, handler
+    controller.stop()
+
+
+def setup_campaign(run, workspace, port, addresses, *, extra="", lists=("blog",), timeout=2):
+    for slug in lists:
+        run("lists", "create", slug)
+    for address in addresses:
+        run("subscribers", "add", address, "--list", lists[0])
+    (workspace / "campaigns" / "t.toml").write_text(
+        f'offer = "launch"\nlists = {json.dumps(list(lists))}\nconcurrency = 2\n{extra}'
+    )
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{port}?timeout={timeout}")
+    )
+
+
+def totals(workspace):
+    ws = Workspace(workspace)
+    try:
+        row = ws.db.execute("SELECT id FROM campaigns WHERE slug = 't'").fetchone()
+        return counts(ws.db, row[0])
+    finally:
+        ws.close()
+
+
+def rows(workspace):
+    ws = Workspace(workspace)
+    try:
+        return {
+            r[0]: r[1:]
+            for r in ws.db.execute(
+                "SELECT email, state, last_code, attempts FROM deliveries ORDER BY email"
+            )
+        }
+    finally:
+        ws.close()
+
+
+ADDRS = [f"r{i}@example.com" for i in range(6)]
+
+
+def test_all_accepted_is_sent_once_each_and_exits_zero(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    result = run("send", "t", "--yes")
+    assert result.output.startswith("t: this run 6 sent")
+    assert handler.recipients() == {a: 1 for a in ADDRS}
+    assert set(handler.count_by_message_id().values()) == {1}
+    assert totals(workspace)["sent"] == 6
+    # A second run sends nothing more.
+    run("send", "t", "--yes")
+    assert len(handler.messages) == 6
+
+
+def test_450_and_452_are_deferred_then_sent_on_a_later_run(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    handler.fault("r1@example.com", "450")
+    handler.fault("r2@example.com", "452")
+    result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    r = rows(workspace)
+    assert r["r1@example.com"][:2] == ("deferred", 450)
+    assert r["r2@example.com"][:2] == ("deferred", 452)
+    assert totals(workspace)["sent"] == 4
+    # Not due yet: a run now leaves them alone.
+    run("send", "t", "--yes", ok=False)
+    assert handler.rcpt_attempts["r1@example.com"] == 1
+    run("retry", "t", "--deferred")
+    result = run("send", "t", "--yes")
+    assert totals(workspace)["sent"] == 6
+    assert handler.recipients() == {a: 1 for a in ADDRS}
+
+
+def test_550_fails_and_suppresses_while_others_are_sent(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    handler.fault("r3@example.com", "550")
+    result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert rows(workspace)["r3@example.com"][:2] == ("failed", 550)
+    assert totals(workspace)["sent"] == 5
+    supp = json.loads(run("suppress", "ls", "--json").output)
+    assert [(s["email"], s["reason"], s["campaign"]) for s in supp] == [
+        ("r3@example.com", "hard_bounce", "t")
+    ]
+    status = run("status", "t").output
+    assert "r3@example.com" in status and "550" in status and "No such user" in status
+    # retry --failed keeps a suppressed address failed.
+    assert run("retry", "t", "--failed").output.startswith("0 failed messages")
+
+
+def test_421_and_disconnect_before_data_are_deferred(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    handler.fault("r1@example.com", "421")
+    handler.fault("r4@example.com", "disconnect_rcpt")
+    run("send", "t", "--yes", ok=False)
+    r = rows(workspace)
+    assert r["r1@example.com"][0] == "deferred"
+    assert r["r4@example.com"][0] == "deferred"
+    assert "r1@example.com" not in handler.recipients()
+    assert totals(workspace)["sent"] == 4
+    run("retry", "t", "--deferred")
+    run("send", "t", "--yes")
+    assert handler.recipients() == {a: 1 for a in ADDRS}
+
+
+@pytest.mark.parametrize("fault", ["disconnect_after_data", "timeout_after_data"])
+def test_lost_after_the_final_dot_is_unknown_and_not_resent(run, workspace, server, fault):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS, timeout=1)
+    handler.fault("r2@example.com", fault)
+    result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert "1 unknown: the connection died after DATA began" in result.output
+    assert rows(workspace)["r2@example.com"][0] == "unknown"
+    assert handler.recipients()["r2@example.com"] == 1  # the server has it
+    run("send", "t", "--yes", ok=False)
+    run("retry", "t", "--deferred")
+    run("send", "t", "--yes", ok=False)
+    assert handler.recipients() == {a: 1 for a in ADDRS}
+    status = json.loads(run("status", "t", "--json").output)
+    assert status["counts"]["unknown"] == 1
+    assert status["problems"][0]["email"] == "r2@example.com"
+    assert status["problems"][0]["message_id"].endswith(".lk@example.com>")
+
+
+def test_data_refusal_is_failed_not_unknown(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS[:2])
+    handler.fault("r0@example.com", "data_554")
+    run("send", "t", "--yes", ok=False)
+    assert rows(workspace)["r0@example.com"][:2] == ("failed", 554)
+    assert json.loads(run("suppress", "ls", "--json").output) == []  # not a bounce
+
+
+def test_connection_refused_marks_nothing_and_exits_non_zero(run, workspace):
+    port = smtp_server.free_port()  # nothing listens there
+    setup_campaign(run, workspace, port, ADDRS)
+    result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert "stopped: cannot connect to smtp://127.0.0.1:" in result.output
+    assert "every message is resumable" in result.output
+    t = totals(workspace)
+    assert (t["sent"], t["failed"], t["unknown"], t["sending"]) == (0, 0, 0, 0)
+    assert t["pending"] == 6
+
+
+def test_unsubscribed_during_the_campaign_gets_nothing_after(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    ws = Workspace(workspace)
+    done = []
+
+    def on_result(result):
+        done.append(result)
+        if len(done) == 1:
+            from listkit.subscribers import unsubscribe
+
+            # Another connection, as a separate `listkit unsubscribe` would.
+            other = Workspace(workspace)
+            unsubscribe(other.db, "r5@example.com")
+            other.close()
+
+    try:
+        summary = send_campaign(ws, "t", on_result=on_result, batch=1)
+    finally:
+        ws.close()
+    assert "r5@example.com" not in handler.recipients()
+    assert summary.totals["skipped"] == 1 and summary.totals["sent"] == 5
+    assert summary.ok
+
+
+def test_a_subscriber_on_two_lists_gets_one_message_through_the_first(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS[:3], lists=("blog", "shop"))
+    run("subscribers", "add", "r0@example.com", "--list", "shop")
+    run("subscribers", "add", "only-shop@example.com", "--list", "shop")
+    run("send", "t", "--yes")
+    assert handler.recipients()["r0@example.com"] == 1
+    ws = Workspace(workspace)
+    via = dict(
+        ws.db.execute(
+            "SELECT d.email, l.slug FROM deliveries d JOIN lists l ON l.id = d.list_id"
+        ).fetchall()
+    )
+    ws.close()
+    assert via == {
+        "r0@example.com": "blog",
+        "r1@example.com": "blog",
+        "r2@example.com": "blog",
+        "only-shop@example.com": "shop",
+    }
+
+
+def test_excluded_lists_and_suppressions_never_mail(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS[:4], extra='exclude_lists = ["buyers"]\n')
+    run("lists", "create", "buyers")
+    run("subscribers", "add", "r1@example.com", "--list", "buyers")
+    run("suppress", "add", "r2@example.com")
+    run("send", "t", "--yes")
+    assert set(handler.recipients()) == {"r0@example.com", "r3@example.com"}
+
+
+def test_holdout_is_reproducible_and_never_mailed(run, workspace, server):
+    controller, handler = server
+    many = [f"h{i}@example.com" for i in range(60)]
+    setup_campaign(run, workspace, controller.port, many, extra="holdout = 0.25\n")
+    run("send", "t", "--yes")
+    t = totals(workspace)
+    assert t["held_out"] + t["sent"] == 60
+    assert 5 <= t["held_out"] <= 25
+    held = {e for e, (state, *_rest) in rows(workspace).items() if state == "held_out"}
+    assert not held & set(handler.recipients())
+    from listkit.campaigns import held_out
+
+    assert held == {a for a in many if held_out("t", a, 0.25)}
+
+
+def test_limit_sends_at_most_n(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    run("send", "t", "--yes", "--limit", "2", ok=False)
+    assert len(handler.messages) == 2
+    assert totals(workspace)["pending"] == 4
+
+
+def test_send_without_terminal_or_yes_refuses(run, workspace, server):
+    controller, _ = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    result = run("send", "t", ok=False)
+    assert result.exit_code == 1
+    assert "not a terminal, so nobody can confirm: run `listkit send t --yes`" in result.output
+
+
+def test_dry_run_writes_one_eml_per_recipient_and_sends_nothing(run, workspace, server, tmp_path):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    out = tmp_path / "out"
+    assert run("send", "t", "--dry-run", str(out)).output == (
+        f"Wrote 6 messages to {out}; nothing was sent.\n"
+    )
+    assert len(list(out.glob("*.eml"))) == 6
+    assert handler.messages == []
+    assert json.loads(run("campaigns", "ls", "--json").output)[1]["sent"] == 0
+
+
+def test_test_to_sends_one_sample_and_records_nothing(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    out = run("send", "t", "--test-to", "me@example.com").output
+    assert out.startswith("Sent a test of t to me@example.com")
+    assert list(handler.recipients()) == ["me@example.com"]
+    ws = Workspace(workspace)
+    assert ws.db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+    ws.close()
+
+
+def test_campaigns_check_reports_audience_and_renders(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    out = run("campaigns", "check", "t").output
+    assert "blog: 6 recipients" in out and "OK: 6 messages render" in out
+    assert handler.messages == []
+
+
+def test_campaigns_check_fails_on_missing_settings_without_connecting(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    env = (workspace / ".env").read_text().replace("LISTKIT_POSTAL_ADDRESS=", "#")
+    (workspace / ".env").write_text(env)
+    result = run("campaigns", "check", "t", ok=False)
+    assert "LISTKIT_POSTAL_ADDRESS is not set" in result.output
+    assert handler.rcpt_attempts == {}
+
+
+def test_campaign_file_errors_name_file_and_field(run, workspace):
+    (workspace / "campaigns" / "bad.toml").write_text('offer = "launch"\nlists = []\n')
+    result = run("campaigns", "check", "bad", ok=False)
+    assert result.output == (
+        f"Error: {workspace / 'campaigns' / 'bad.toml'}: field lists must be a non-empty list "
+        "of list names\n"
+    )
+    (workspace / "campaigns" / "bad.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nsend_at = "2026-12-01T09:00:00"\n'
+    )
+    result = run("campaigns", "check", "bad", ok=False)
+    assert "field send_at 2026-12-01T09:00:00 has no UTC offset" in result.output
