@@ -119,6 +119,11 @@ async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
         raise SendError(f"{where}: {e}") from None
     except aiosmtplib.SMTPException as e:
         text = str(e)
+        if isinstance(e.__cause__, ssl.SSLError) or "CERTIFICATE" in text.upper():
+            raise SendError(
+                f"{where}: the server's TLS certificate is not trusted ({text}); if it uses a "
+                "private CA, set LISTKIT_SMTP_CA to that CA's PEM file"
+            ) from None
         if "STARTTLS" in text.upper():
             raise SendError(
                 f"{where}: the server does not offer STARTTLS; use smtps:// for implicit "
