@@ -237,3 +237,12 @@ def m003_sales_and_events(db: Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX events_delivery ON events(delivery_id, kind)")
+
+
+@migrations()
+def m004_report_indexes(db: Database) -> None:
+    # Reports aggregate sales per list, campaign and buyer without scanning.
+    db.execute("CREATE INDEX sales_email ON sales(email_key, at)")
+    db.execute("CREATE INDEX sales_list ON sales(list_id, currency)")
+    db.execute("CREATE INDEX deliveries_token_coupon ON deliveries(coupon)")
+    db.execute("CREATE INDEX suppressions_campaign ON suppressions(campaign_id, reason)")

@@ -1,1 +1,277 @@
-"""CLI commands: sales."""
+"""CLI commands: sales, report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from listkit.attribution import attribute_all
+from listkit.cli import cli, pass_workspace
+from listkit.cli.output import emit_csv, emit_json, emit_table
+from listkit.errors import InputError
+from listkit.money import currency_code, format_minor, to_minor
+from listkit.report_html import render_html
+from listkit.reports import BY, build_report
+from listkit.sales import (
+    FORMATS,
+    Columns,
+    Sale,
+    SalesSummary,
+    add_sale,
+    list_sales,
+    parse_file,
+    parse_time,
+    store,
+)
+from listkit.workspace import Workspace
+
+
+@cli.group()
+def sales() -> None:
+    """Record sales from your shop and attribute them to the messages that earned them."""
+
+
+@sales.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--order-column", default="order", show_default=True, help="Generic CSV.")
+@click.option("--email-column", default="email", show_default=True, help="Generic CSV.")
+@click.option("--amount-column", default="amount", show_default=True, help="Generic CSV.")
+@click.option("--currency-column", default="currency", show_default=True, help="Generic CSV.")
+@click.option("--currency", "fixed_currency", help="Generic CSV: one currency for every row.")
+@click.option("--date-column", default="date", show_default=True, help="Generic CSV.")
+@click.option("--coupon-column", default="coupon", show_default=True, help="Generic CSV.")
+@click.option("--token-column", default="token", show_default=True, help="Generic CSV.")
+@click.option("--json", "json_", is_flag=True, help="Output the summary as JSON.")
+@pass_workspace
+def sales_import(ws: Workspace, file, fmt: str, json_: bool, fixed_currency, **columns) -> None:
+    """Import sales from FILE (or -): Gumroad, Stripe or Shopify CSV, CSV, or JSON lines.
+
+    JSON lines hold saved webhook payloads: Gumroad pings, Stripe
+    checkout.session.completed events, Lemon Squeezy orders. Importing again
+    changes nothing; a later export updates refunds. Attribution runs after.
+
+    \b
+    Examples:
+        listkit sales import gumroad_sales.csv
+        listkit sales import webhooks.jsonl
+        listkit sales import orders.csv --format csv --order-column "Order #" --currency EUR
+    """
+    name = getattr(file, "name", "<stdin>")
+    name = "<stdin>" if name in ("-", "<stdin>") else name
+    cols = Columns(
+        order=columns["order_column"],
+        email=columns["email_column"],
+        amount=columns["amount_column"],
+        currency=columns["currency_column"],
+        fixed_currency=fixed_currency,
+        date=columns["date_column"],
+        coupon=columns["coupon_column"],
+        token=columns["token_column"],
+    )
+    token_param = ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk"
+    try:
+        detected, records = parse_file(file, fmt=fmt, columns=cols, token_param=token_param)
+    except InputError as e:
+        raise InputError(f"{name}: {e}") from None
+    summary = SalesSummary(file=name, format=detected)
+    changed = store(ws.db, records, summary)
+    summary.attributed = attribute_all(ws.db, changed)
+    if json_:
+        emit_json(summary.as_dict())
+        return
+    s = summary
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(s.skipped.items()))
+    click.echo(
+        f"{s.file} ({s.format}): {s.imported} imported, {s.updated} updated, "
+        f"{s.unchanged} unchanged, {sum(s.skipped.values())} skipped"
+        + (f" ({skipped})" if skipped else "")
+        + f", {s.rejected} rejected"
+    )
+    if s.attributed:
+        click.echo("attributed: " + ", ".join(f"{n} by {m}" for m, n in s.attributed.items()))
+    for err in s.errors:
+        click.echo(f"  {s.file}, line {err['line']}: {err['reason']}", err=True)
+
+
+@sales.command("add")
+@click.option("--order", required=True, help="The order id in your shop.")
+@click.option("--email", required=True, help="The buyer's address.")
+@click.option("--amount", required=True, help="The amount paid, e.g. 29.00.")
+@click.option("--currency", required=True, help="3-letter code, e.g. USD.")
+@click.option("--at", "at", help="When (ISO 8601; default now).")
+@click.option("--coupon", help="The coupon code used.")
+@click.option("--token", help="The delivery token the buyer's link carried.")
+@click.option("--product", help="What was sold.")
+@pass_workspace
+def sales_add(ws: Workspace, order, email, amount, currency, at, coupon, token, product) -> None:
+    """Record a sale made elsewhere (source 'manual').
+
+    \b
+    Example:
+        listkit sales add --order 1001 --email ann@example.com --amount 29.00 --currency USD
+    """
+    from listkit.db import now
+
+    code = currency_code(currency)
+    sale = Sale(
+        source="manual",
+        order_id=order,
+        amount=to_minor(amount, code),
+        currency=code,
+        at=parse_time(at, "--at") if at else now(),
+        email=email.strip(),
+        coupon=coupon,
+        token=token,
+        product=product,
+    )
+    result, sale_id = add_sale(ws.db, sale)
+    method = attribute_all(ws.db, [sale_id])
+    how = next(iter(method), "none")
+    click.echo(f"Sale {order} {result}: {format_minor(sale.amount, code)}, attributed by {how}.")
+
+
+@sales.command("ls")
+@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@click.option("--csv", "csv_", is_flag=True, help="Output CSV.")
+@pass_workspace
+def sales_ls(ws: Workspace, json_: bool, csv_: bool) -> None:
+    """Show recorded sales with their attribution.
+
+    \b
+    Example:
+        listkit sales ls --json
+    """
+    rows = list_sales(ws.db)
+    columns = ["source", "order", "at", "email", "currency", "amount", "refunded", "status"]
+    columns += ["coupon", "method", "campaign", "list"]
+    if json_:
+        emit_json(rows)
+    elif csv_:
+        emit_csv(rows, columns)
+    else:
+        for r in rows:
+            r["paid"] = format_minor(r["amount"] - r["refunded"], r["currency"])
+        emit_table(
+            rows,
+            ["source", "order", "at", "email", "paid", "status", "method", "campaign", "list"],
+            empty="No sales yet: `listkit sales import FILE`.",
+        )
+
+
+@sales.command("attribute")
+@pass_workspace
+def sales_attribute(ws: Workspace) -> None:
+    """Recompute the attribution of every sale (deterministic).
+
+    \b
+    Example:
+        listkit sales attribute
+    """
+    counts = attribute_all(ws.db)
+    total = sum(counts.values())
+    click.echo(f"{total} sales: " + (", ".join(f"{n} by {m}" for m, n in counts.items()) or "none"))
+
+
+@cli.command()
+@click.option("--by", type=click.Choice(BY), default="list", show_default=True)
+@click.option("--since", help="First day, YYYY-MM-DD.")
+@click.option("--until", help="Last day, YYYY-MM-DD.")
+@click.option("--json", "json_", is_flag=True, help="Output JSON (revenue in minor units).")
+@click.option("--csv", "csv_", is_flag=True, help="Output CSV.")
+@click.option(
+    "--html", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report here."
+)
+@pass_workspace
+def report(
+    ws: Workspace, by: str, since, until, json_: bool, csv_: bool, html: Path | None
+) -> None:
+    """Which lists, offers and campaigns produce revenue, and which produce nothing.
+
+    \b
+    Examples:
+        listkit report
+        listkit report --by campaign --since 2026-11-01 --json
+        listkit report --html report.html
+    """
+    data = build_report(ws.db, by, since, until)
+    if html is not None:
+        by_list = data if by == "list" else build_report(ws.db, "list", since, until)
+        by_offer = data if by == "offer" else build_report(ws.db, "offer", since, until)
+        html.write_text(render_html(data, by_list, by_offer), encoding="utf-8")
+        click.echo(f"Wrote {html}.")
+        return
+    if json_:
+        emit_json(data)
+        return
+    columns = [by, "audience", "sent", "failed", "unsubscribed", "bounced", "orders"]
+    if csv_:
+        flat = []
+        for r in data["rows"]:
+            for cur in sorted(r["revenue"]) or [""]:
+                flat.append(
+                    {
+                        **r,
+                        "currency": cur,
+                        "revenue": r["revenue"].get(cur, 0),
+                        "revenue_per_1000": r["revenue_per_1000"].get(cur, ""),
+                        "methods": " ".join(f"{m}={n}" for m, n in sorted(r["methods"].items())),
+                    }
+                )
+        emit_csv(
+            flat,
+            [*columns, "currency", "revenue", "conversion_rate", "revenue_per_1000", "methods"],
+        )
+        return
+    rows = []
+    for r in data["rows"]:
+        rows.append(
+            {
+                **r,
+                "revenue": ", ".join(format_minor(v, c) for c, v in sorted(r["revenue"].items()))
+                or "-",
+                "conv": f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "-",
+                "per_1000": ", ".join(
+                    format_minor(v, c) for c, v in sorted(r["revenue_per_1000"].items())
+                )
+                or "-",
+                "methods": ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items())) or "-",
+            }
+        )
+    emit_table(
+        rows,
+        [*columns, "revenue", "conv", "per_1000", "methods"],
+        headers=[
+            by,
+            "audience",
+            "sent",
+            "failed",
+            "unsub",
+            "bounced",
+            "orders",
+            "revenue",
+            "conv",
+            "per 1k sent",
+            "attributed by",
+        ],
+        empty="Nothing to report yet.",
+    )
+    t = data["totals"]
+    total = ", ".join(format_minor(v, c) for c, v in sorted(t["revenue"].items())) or "none"
+    un = ", ".join(format_minor(v, c) for c, v in sorted(t["unattributed"]["revenue"].items()))
+    click.echo(f"\nTotal: {t['orders']} orders, {total}" + (f" ({un} unattributed)" if un else ""))
+    if data["lists_without_revenue"]:
+        names = ", ".join(
+            f"{x['list']} ({x['active']} active)" for x in data["lists_without_revenue"]
+        )
+        click.echo(f"Lists with subscribers and no revenue: {names}")
+    for h in data["holdout"]:
+        ci = h["ci95"]
+        interval = f" (95% interval {ci[0]:+.2%} to {ci[1]:+.2%})" if ci else ""
+        click.echo(
+            f"Lift of {h['campaign']}: mailed {h['mailed_rate']:.2%} bought, held out "
+            f"{h['held_out_rate']:.2%}: {h['difference']:+.2%}{interval}"
+        )
+    sys.stdout.flush()

@@ -1,0 +1,190 @@
+"""The HTML report: one self-contained file (no network), charts drawn as inline SVG.
+
+Every bar carries its figure in ``data-value`` (minor units) and the whole
+report is embedded as JSON (``<script type="application/json"
+id="listkit-report">``), so a script can check what is drawn against what
+``listkit report --json`` says.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from listkit.money import exponent, format_minor
+
+WIDTH, BAR_H, GAP, LABEL_W = 720, 22, 8, 170
+
+
+def _empty(title: str, text: str) -> str:
+    return f'<section><h2>{escape(title)}</h2><p class="empty">{text}</p></section>'
+
+
+def _bar_chart(chart_id: str, title: str, items: list[tuple[str, int]], currency: str) -> str:
+    if not items:
+        return _empty(title, "No data in this period.")
+    top = max(v for _k, v in items) or 1
+    height = len(items) * (BAR_H + GAP) + GAP
+    bars = []
+    for i, (label, value) in enumerate(items):
+        y = GAP + i * (BAR_H + GAP)
+        w = 0 if value <= 0 else max(2, round((WIDTH - LABEL_W - 120) * value / top))
+        bars.append(
+            f'<g class="bar" data-label="{escape(label)}" data-value="{value}" '
+            f'data-currency="{currency}">'
+            f'<text x="{LABEL_W - 8}" y="{y + BAR_H * 0.7:.1f}" text-anchor="end">'
+            f"{escape(label)}</text>"
+            f'<rect x="{LABEL_W}" y="{y}" width="{w}" height="{BAR_H}" rx="3"></rect>'
+            f'<text class="value" x="{LABEL_W + w + 6}" y="{y + BAR_H * 0.7:.1f}">'
+            f"{escape(format_minor(value, currency))}</text></g>"
+        )
+    return (
+        f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart" '
+        f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
+        f'aria-label="{escape(title)}">{"".join(bars)}</svg></section>'
+    )
+
+
+def _time_chart(chart_id: str, title: str, points: list[tuple[str, int]], currency: str) -> str:
+    if not points:
+        return _empty(title, "No sales in this period.")
+    height, pad = 220, 40
+    top = max(v for _d, v in points) or 1
+    step = (WIDTH - 2 * pad) / max(len(points), 1)
+    bars = []
+    for i, (day, value) in enumerate(points):
+        h = 0 if value <= 0 else max(2, round((height - 2 * pad) * value / top))
+        x = pad + i * step
+        bars.append(
+            f'<g class="bar" data-label="{day}" data-value="{value}" data-currency="{currency}">'
+            f'<rect x="{x + 1:.1f}" y="{height - pad - h}" width="{max(step - 2, 1):.1f}" '
+            f'height="{h}"><title>{day}: {escape(format_minor(value, currency))}</title></rect>'
+            "</g>"
+        )
+    first, last = points[0][0], points[-1][0]
+    axis = (
+        f'<text x="{pad}" y="{height - 12}">{first}</text>'
+        f'<text x="{WIDTH - pad}" y="{height - 12}" text-anchor="end">{last}</text>'
+        f'<text x="{pad}" y="{pad - 12}">max {escape(format_minor(top, currency))} a day</text>'
+    )
+    return (
+        f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart time" '
+        f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}">'
+        f"{''.join(bars)}{axis}</svg></section>"
+    )
+
+
+def _main_currency(report: dict) -> str | None:
+    revenue = report["totals"]["revenue"]
+    if not revenue:
+        return None
+    # The currency with the most revenue in whole units (minor units differ by currency).
+    return max(revenue, key=lambda c: (revenue[c] / 10 ** exponent(c), c))
+
+
+def _table(report: dict) -> str:
+    by = report["by"]
+    head = (
+        f"<tr><th>{by}</th><th>audience</th><th>sent</th><th>failed</th><th>unsub.</th>"
+        "<th>bounced</th><th>orders</th><th>revenue</th><th>conv.</th><th>per 1,000 sent</th>"
+        "<th>attributed by</th></tr>"
+    )
+    body = []
+    for r in report["rows"]:
+        revenue = ", ".join(format_minor(v, c) for c, v in sorted(r["revenue"].items())) or "–"
+        per_k = ", ".join(format_minor(v, c) for c, v in sorted(r["revenue_per_1000"].items()))
+        conv = f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "–"
+        methods = ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items()))
+        body.append(
+            f"<tr><td>{escape(str(r[by]))}</td><td>{r['audience']:,}</td><td>{r['sent']:,}</td>"
+            f"<td>{r['failed']:,}</td><td>{r['unsubscribed']:,}</td><td>{r['bounced']:,}</td>"
+            f"<td>{r['orders']:,}</td><td>{escape(revenue)}</td><td>{conv}</td>"
+            f"<td>{escape(per_k or '–')}</td><td>{escape(methods or '–')}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1f2328;
+max-width:1000px;margin:2em auto;padding:0 1em;background:#fff}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.15em;margin:1.6em 0 .5em}
+.sub{color:#59636e;margin-top:0}table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{padding:.35em .5em;border-bottom:1px solid #d1d9e0;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f6f8fa}
+.chart rect{fill:#1a7f37}.chart.time rect{fill:#0969da}.chart text{font-size:12px;fill:#1f2328}
+.chart text.value{fill:#59636e}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.6em 1em;
+border-radius:6px}.empty{color:#59636e}.kpi{display:flex;gap:1.5em;flex-wrap:wrap}
+.kpi div{background:#f6f8fa;border-radius:6px;padding:.6em 1em}.kpi b{display:block;font-size:1.3em}
+"""
+
+
+def render_html(report: dict, by_list: dict, by_offer: dict) -> str:
+    """The report page; ``by_list`` and ``by_offer`` are reports for the same period."""
+    currency = _main_currency(report)
+    sections = []
+    period = f"{report['since'] or 'the beginning'} to {report['until'] or 'today'}"
+    totals = report["totals"]
+    revenue = ", ".join(format_minor(v, c) for c, v in sorted(totals["revenue"].items())) or "none"
+    unattributed = ", ".join(
+        format_minor(v, c) for c, v in sorted(totals["unattributed"]["revenue"].items())
+    )
+    sections.append(
+        '<div class="kpi">'
+        f"<div>orders<b>{totals['orders']:,}</b></div>"
+        f"<div>revenue<b>{escape(revenue)}</b></div>"
+        f"<div>unattributed<b>{escape(unattributed or 'none')}</b></div></div>"
+    )
+    if currency:
+        others = sorted(set(totals["revenue"]) - {currency})
+        if others:
+            sections.append(
+                f'<p class="sub">Charts show {currency}; also earned in {", ".join(others)} '
+                "(see the table; currencies are never converted).</p>"
+            )
+        lists_rev = [(r["list"], r["revenue"].get(currency, 0)) for r in by_list["rows"]]
+        lists_k = [(r["list"], r["revenue_per_1000"].get(currency, 0)) for r in by_list["rows"]]
+        offers_rev = [(r["offer"], r["revenue"].get(currency, 0)) for r in by_offer["rows"]]
+        days = [(p["day"], p["revenue"]) for p in report["over_time"] if p["currency"] == currency]
+        sections += [
+            _bar_chart("revenue-by-list", f"Revenue by list ({currency})", lists_rev, currency),
+            _bar_chart(
+                "per-1000-by-list",
+                f"Revenue per 1,000 sent, by list ({currency})",
+                lists_k,
+                currency,
+            ),
+            _bar_chart("revenue-by-offer", f"Revenue by offer ({currency})", offers_rev, currency),
+            _time_chart("revenue-over-time", f"Revenue per day ({currency})", days, currency),
+        ]
+    else:
+        sections.append('<p class="empty">No revenue in this period.</p>')
+    if by_list["lists_without_revenue"]:
+        names = ", ".join(
+            f"{escape(x['list'])} ({x['active']:,} active)"
+            for x in by_list["lists_without_revenue"]
+        )
+        sections.append(
+            f'<h2>Lists that earned nothing</h2><p class="warn">{names}: active subscribers, '
+            "no attributed revenue in this period.</p>"
+        )
+    sections.append(f"<h2>By {report['by']}</h2>{_table(report)}")
+    for h in report["holdout"]:
+        ci = h["ci95"]
+        interval = f"95% interval {ci[0]:+.2%} to {ci[1]:+.2%}" if ci else "no interval"
+        sections.append(
+            f"<h2>Lift of {escape(h['campaign'])} (holdout {h['holdout']:.0%})</h2>"
+            f"<p>Mailed: {h['mailed_buyers']:,} of {h['mailed']:,} bought "
+            f"({h['mailed_rate']:.2%}); held out: {h['held_out_buyers']:,} of {h['held_out']:,} "
+            f"({h['held_out_rate']:.2%}). Difference {h['difference']:+.2%}, {interval}.</p>"
+        )
+    data = json.dumps(
+        {"report": report, "by_list": by_list, "by_offer": by_offer}, ensure_ascii=False
+    ).replace("</", "<\\/")
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>listkit report</title>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<style>{CSS}</style></head><body><h1>Which lists make money</h1>"
+        f'<p class="sub">listkit report, {escape(period)}</p>{"".join(sections)}'
+        f'<script type="application/json" id="listkit-report">{data}</script></body></html>\n'
+    )

@@ -1,0 +1,274 @@
+"""Reports: which lists, offers and campaigns produce revenue, and which produce nothing.
+
+The rules: revenue is counted per currency in integer minor units, never
+converted; refunds reduce it; unattributed sales still count in the totals;
+every figure is an aggregate computed in SQL (the reports stay fast on
+millions of deliveries), and the Python here only arranges them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from datetime import date, timedelta
+
+from sqlite_utils import Database
+
+from listkit.errors import InputError
+
+BY = ("list", "offer", "campaign")
+ORDER_STATUSES = "('paid', 'partially_refunded')"
+REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
+Z95 = 1.959964
+REVENUE = f"coalesce(SUM(amount - refunded) FILTER (WHERE status IN {REVENUE_STATUSES}), 0)"
+
+
+def _bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    def parse(value: str, name: str) -> date:
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise InputError(f"--{name} {value!r} is not a date such as 2026-11-01") from None
+
+    start = parse(since, "since").isoformat() if since else None
+    end = (parse(until, "until") + timedelta(days=1)).isoformat() if until else None
+    if start and end and start >= end:
+        raise InputError("--since must come before --until")
+    return start, end
+
+
+def per_thousand(revenue: dict[str, int], sent: int) -> dict[str, int]:
+    """Revenue per 1,000 messages sent, per currency, rounded to the minor unit."""
+    if not sent:
+        return {}
+    return {cur: (amount * 1000 + sent // 2) // sent for cur, amount in revenue.items()}
+
+
+def lift(mailed: int, mailed_buyers: int, held: int, held_buyers: int) -> dict:
+    """Purchase rates of the mailed and held-out groups, their difference and a 95% interval.
+
+    Normal approximation for a difference of two proportions.
+    """
+    p1 = mailed_buyers / mailed if mailed else 0.0
+    p0 = held_buyers / held if held else 0.0
+    result = {
+        "mailed": mailed,
+        "mailed_buyers": mailed_buyers,
+        "mailed_rate": p1,
+        "held_out": held,
+        "held_out_buyers": held_buyers,
+        "held_out_rate": p0,
+        "difference": p1 - p0,
+        "ci95": None,
+    }
+    if mailed and held:
+        se = math.sqrt(p1 * (1 - p1) / mailed + p0 * (1 - p0) / held)
+        result["ci95"] = [p1 - p0 - Z95 * se, p1 - p0 + Z95 * se]
+    return result
+
+
+def build_report(
+    db: Database, by: str = "list", since: str | None = None, until: str | None = None
+) -> dict:
+    if by not in BY:
+        raise InputError(f"--by must be one of {', '.join(BY)}")
+    start, end = _bounds(since, until)
+    campaigns = {
+        cid: {"slug": slug, "offer": offer, "started": started, "days": days, "holdout": holdout}
+        for cid, slug, offer, started, days, holdout in db.execute(
+            "SELECT id, slug, offer, started, attribution_days, holdout FROM campaigns"
+        )
+    }
+    list_names = dict(db.execute("SELECT id, slug FROM lists").fetchall())
+    in_period = [
+        cid
+        for cid, c in campaigns.items()
+        if c["started"]
+        and (start is None or c["started"] >= start)
+        and (end is None or c["started"] < end)
+    ]
+    campaign_filter, cparams = "", []
+    if start or end:
+        campaign_filter = "WHERE campaign_id IN (SELECT value FROM json_each(?))"
+        cparams = [json.dumps(in_period)]
+    sale_filter, sparams = [], []
+    if start:
+        sale_filter.append("at >= ?")
+        sparams.append(start)
+    if end:
+        sale_filter.append("at < ?")
+        sparams.append(end)
+    sale_where = ("WHERE " + " AND ".join(sale_filter)) if sale_filter else ""
+
+    rows: dict = defaultdict(
+        lambda: {
+            "audience": 0,
+            "sent": 0,
+            "failed": 0,
+            "held_out": 0,
+            "unsubscribed": 0,
+            "bounced": 0,
+            "orders": 0,
+            "revenue": {},
+            "methods": {},
+        }
+    )
+    # Deliveries per group and state: one pass over a covering index.
+    column = "list_id" if by == "list" else "campaign_id"
+    for key, state, n in db.execute(
+        f"SELECT {column}, state, COUNT(*) FROM deliveries {campaign_filter} "
+        f"GROUP BY {column}, state",
+        cparams,
+    ):
+        group = _group(by, key, campaigns, list_names)
+        row = rows[group]
+        if by != "list":
+            row["audience"] += n
+        if state in ("sent", "failed", "held_out"):
+            row[state] += n
+    if by == "list":
+        titles = {}
+        for slug, title, active in db.execute(
+            """SELECT l.slug, l.title, (SELECT COUNT(*) FROM memberships m
+                                        WHERE m.list_id = l.id AND m.status = 'active')
+               FROM lists l"""
+        ):
+            rows[("list", slug)]["audience"] = active
+            titles[slug] = title
+    # Unsubscribes and hard bounces a campaign caused, through the delivery that caused them.
+    for key, reason, n in db.execute(
+        f"""SELECT d.{column}, x.reason, COUNT(*) FROM suppressions x
+            JOIN subscribers s ON s.key = x.key
+            JOIN deliveries d ON d.campaign_id = x.campaign_id AND d.subscriber_id = s.id
+            WHERE x.campaign_id IS NOT NULL AND x.reason IN ('unsubscribed', 'hard_bounce')
+            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+            GROUP BY d.{column}, x.reason""",
+        cparams,
+    ):
+        rows[_group(by, key, campaigns, list_names)][
+            "unsubscribed" if reason == "unsubscribed" else "bounced"
+        ] += n
+    # Sales per group and currency, and per attribution method.
+    totals = {"orders": 0, "revenue": {}, "unattributed": {"orders": 0, "revenue": {}}}
+    for key, currency, orders, revenue in db.execute(
+        f"""SELECT {column}, currency,
+                   COUNT(*) FILTER (WHERE status IN {ORDER_STATUSES}),
+                   {REVENUE}
+            FROM sales {sale_where} GROUP BY {column}, currency""",
+        sparams,
+    ):
+        totals["orders"] += orders
+        totals["revenue"][currency] = totals["revenue"].get(currency, 0) + revenue
+        if key is None:
+            target = totals["unattributed"]
+        else:
+            target = rows[_group(by, key, campaigns, list_names)]
+        target["orders"] += orders
+        if revenue or currency in target["revenue"]:
+            target["revenue"][currency] = target["revenue"].get(currency, 0) + revenue
+    for key, method, n in db.execute(
+        f"SELECT {column}, method, COUNT(*) FROM sales {sale_where} GROUP BY {column}, method",
+        sparams,
+    ):
+        if key is not None:
+            methods = rows[_group(by, key, campaigns, list_names)]["methods"]
+            methods[method] = methods.get(method, 0) + n
+
+    result_rows = []
+    for (kind, name), row in sorted(rows.items(), key=lambda item: str(item[0][1])):
+        row = {
+            by: name,
+            **({"title": titles.get(name)} if by == "list" else {}),
+            **row,
+            "conversion_rate": row["orders"] / row["sent"] if row["sent"] else None,
+            "revenue_per_1000": per_thousand(row["revenue"], row["sent"]),
+        }
+        del kind
+        result_rows.append(row)
+    no_revenue = []
+    if by == "list":
+        no_revenue = [
+            {"list": r["list"], "active": r["audience"], "sent": r["sent"]}
+            for r in result_rows
+            if r["audience"] > 0 and not any(r["revenue"].values())
+        ]
+    else:
+        no_revenue = _lists_without_revenue(db, sale_where, sparams)
+    over_time = [
+        {"day": day, "currency": cur, "revenue": rev, "attributed": attr}
+        for day, cur, rev, attr in db.execute(
+            f"""SELECT substr(at, 1, 10), currency,
+                       {REVENUE},
+                       coalesce(SUM(amount - refunded) FILTER (
+                           WHERE status IN {REVENUE_STATUSES} AND campaign_id IS NOT NULL), 0)
+                FROM sales {sale_where} GROUP BY 1, 2 ORDER BY 1, 2""",
+            sparams,
+        )
+    ]
+    return {
+        "by": by,
+        "since": since,
+        "until": until,
+        "rows": result_rows,
+        "totals": totals,
+        "lists_without_revenue": no_revenue,
+        "holdout": _holdouts(db, campaigns, in_period if (start or end) else None),
+        "over_time": over_time,
+    }
+
+
+def _group(by: str, key, campaigns: dict, lists: dict | None = None) -> tuple[str, str]:
+    if by == "list":
+        return ("list", (lists or {}).get(key, f"#{key}"))
+    campaign = campaigns.get(key, {"slug": f"#{key}", "offer": "?"})
+    return (by, campaign["slug"] if by == "campaign" else campaign["offer"])
+
+
+def _lists_without_revenue(db: Database, sale_where: str, sparams: list) -> list[dict]:
+    earned = {
+        lid
+        for (lid,) in db.execute(
+            f"""SELECT DISTINCT list_id FROM sales {sale_where}
+                {"AND" if sale_where else "WHERE"} list_id IS NOT NULL
+                AND status IN {ORDER_STATUSES}""",
+            sparams,
+        )
+    }
+    return [
+        {"list": slug, "active": active}
+        for lid, slug, active in db.execute(
+            """SELECT l.id, l.slug, (SELECT COUNT(*) FROM memberships m
+                                     WHERE m.list_id = l.id AND m.status = 'active')
+               FROM lists l ORDER BY l.slug"""
+        )
+        if active and lid not in earned
+    ]
+
+
+def _holdouts(db: Database, campaigns: dict, only: list[int] | None) -> list[dict]:
+    out = []
+    for cid, c in sorted(campaigns.items()):
+        if not c["holdout"] or not c["started"] or (only is not None and cid not in only):
+            continue
+        window_end = date.fromisoformat(c["started"][:10]) + timedelta(days=c["days"] + 1)
+        figures = {"sent": (0, 0), "held_out": (0, 0)}
+        for state, n, buyers in db.execute(
+            f"""SELECT d.state, COUNT(*), coalesce(SUM(EXISTS (
+                    SELECT 1 FROM sales x WHERE x.email_key = s.key AND x.at >= ?
+                    AND x.at < ? AND x.status IN {ORDER_STATUSES})), 0)
+                FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+                WHERE d.campaign_id = ? AND d.state IN ('sent', 'held_out')
+                GROUP BY d.state""",
+            [c["started"], window_end.isoformat(), cid],
+        ):
+            figures[state] = (n, buyers)
+        out.append(
+            {
+                "campaign": c["slug"],
+                "holdout": c["holdout"],
+                "window_days": c["days"],
+                **lift(*figures["sent"], *figures["held_out"]),
+            }
+        )
+    return out
