@@ -134,6 +134,8 @@ async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
         raise
     except ssl.SSLError as e:
         raise SendError(f"{where}: TLS failed: {e}") from None
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()  # so that supports_extension() answers before the first MAIL
     return client
 
 
@@ -382,9 +384,17 @@ class Run:
     ) -> tuple[Result, bool]:
         """Send one message; (result, keep the connection)."""
         attempts = row.attempts
+        utf8 = not (row.email.isascii() and self.sender_address.isascii())
+        if utf8 and not client.supports_extension("smtputf8"):
+            reply = "the address is not ASCII and the server does not offer SMTPUTF8"
+            return Result(row.id, "failed", None, reply, attempts), True
         try:
-            await client.mail(self.sender_address)
-            await client.rcpt(row.email)
+            if utf8:
+                await client.mail(self.sender_address, options=["SMTPUTF8"], encoding="utf-8")
+                await client.rcpt(row.email, encoding="utf-8")
+            else:
+                await client.mail(self.sender_address)
+                await client.rcpt(row.email)
         except aiosmtplib.SMTPResponseException as e:
             keep = e.code != 421 and client.is_connected
             if keep:

@@ -50,6 +50,8 @@ def start_sink(
 ) -> tuple[Controller, CaptureHandler]:
     """Start the sink in a background thread; stop it with ``controller.stop()``."""
     handler = CaptureHandler(maildir, out)
-    controller = Controller(handler, hostname=host, port=port, decode_data=False)
+    controller = Controller(
+        handler, hostname=host, port=port, decode_data=False, enable_SMTPUTF8=True
+    )
     controller.start()
     return controller, handler

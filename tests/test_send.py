@@ -305,3 +305,27 @@ def test_campaign_file_errors_name_file_and_field(run, workspace):
     )
     result = run("campaigns", "check", "bad", ok=False)
     assert "field send_at 2026-12-01T09:00:00 has no UTC offset" in result.output
+
+
+def test_non_ascii_address_needs_smtputf8_and_does_not_stop_the_run(run, workspace):
+    controller, handler = smtp_server.start(enable_SMTPUTF8=False)
+    try:
+        setup_campaign(run, workspace, controller.port, ["josé@example.com", *ADDRS[:2]])
+        run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    r = rows(workspace)
+    assert r["josé@example.com"][0] == "failed"
+    assert set(handler.recipients()) == set(ADDRS[:2])
+    status = run("status", "t").output
+    assert "does not offer SMTPUTF8" in status
+
+
+def test_non_ascii_address_is_sent_with_smtputf8(run, workspace):
+    controller, handler = smtp_server.start(enable_SMTPUTF8=True)
+    try:
+        setup_campaign(run, workspace, controller.port, ["josé@example.com", ADDRS[0]])
+        run("send", "t", "--yes")
+    finally:
+        controller.stop()
+    assert set(handler.recipients()) == {"josé@example.com", ADDRS[0]}
