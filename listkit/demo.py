@@ -1,30 +1,137 @@
-"""The built-in demo: a workspace in a temporary folder, run end to end."""
+"""The built-in demo: a workspace in a temporary folder, run end to end.
+
+It makes a workspace with `listkit init`, imports sample exports into three
+lists, starts the local capture server, sends the example campaign to it,
+records sample sales (a Gumroad export and a saved webhook) and prints the
+report, then writes the HTML report. Nothing leaves this machine.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import socket
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from listkit.cli import cli
+from listkit.sink import start_sink
+from listkit.workspace import Workspace
+
+DATA = Path(__file__).parent / "demo_data"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_sales(root: Path, ws: Workspace, sent_at: datetime) -> tuple[Path, Path]:
+    """Sales that happened after the send: a Gumroad export and one saved ping."""
+    rows = ws.db.execute(
+        """SELECT d.email, d.token, l.slug FROM deliveries d JOIN lists l ON l.id = d.list_id
+           WHERE d.state = 'sent' ORDER BY d.id"""
+    ).fetchall()
+    blog = [r for r in rows if r[2] == "blog"]
+    customers = [r for r in rows if r[2] == "customers"]
+    template = list(csv.DictReader((DATA / "gumroad_sales_template.csv").open()))
+    header = list(template[0].keys())
+    out = []
+    buyers = [blog[1], blog[4], customers[2], blog[7], customers[5]]
+    for i, row in enumerate(template):
+        row = dict(row)
+        if row["Purchase ID"] != "Totals":
+            at = sent_at + timedelta(hours=2 + 5 * i)
+            row["Purchase Date"] = at.strftime("%Y-%m-%d")
+            row["Purchase Time (UTC timezone)"] = at.strftime("%H:%M:%S")
+            if row["Purchase Email"] == "BUYER":
+                row["Purchase Email"] = buyers[i % len(buyers)][0]
+        out.append(row)
+    gumroad = root / "gumroad_sales.csv"
+    with gumroad.open("w", newline="") as f:
+        writer = csv.DictWriter(f, header)
+        writer.writeheader()
+        writer.writerows(out)
+    # A Gumroad ping saved by a webhook receiver: the buyer's link carried its token.
+    email, token, _list = customers[0]
+    ping = {
+        "sale_id": "ping-1",
+        "sale_timestamp": (sent_at + timedelta(hours=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "email": email,
+        "price": "4900",
+        "currency": "usd",
+        "product_name": "The Field Guide to Selling (bundle)",
+        "refunded": "false",
+        "test": "false",
+        "url_params[lk]": token,
+    }
+    webhooks = root / "webhooks.jsonl"
+    webhooks.write_text(json.dumps(ping) + "\n")
+    return gumroad, webhooks
 
 
 def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="listkit-demo-")) / "shop"
     runner = CliRunner()
 
-    def step(*args: str) -> None:
-        print(f"$ listkit {' '.join(args)}")
+    def step(*args: str, ok_codes: tuple[int, ...] = (0,)) -> None:
+        print(f"\n$ listkit {' '.join(args)}", flush=True)
         result = runner.invoke(cli, ["--workspace", str(root), *args])
-        print(result.output, end="")
-        if result.exit_code != 0:
+        print(result.output, end="", flush=True)
+        if result.exit_code not in ok_codes:
+            if result.exception and not isinstance(result.exception, SystemExit):
+                raise result.exception
             raise SystemExit(result.exit_code)
 
     step("init", str(root))
-    step("config")
-    print(f"\nDemo workspace: {root}")
+    port = _free_port()
+    env = (root / ".env").read_text()
+    env = env.replace(
+        "LISTKIT_SMTP_URL=smtp://127.0.0.1:1025", f"LISTKIT_SMTP_URL=smtp://127.0.0.1:{port}"
+    )
+    env = env.replace(
+        "LISTKIT_FROM=Your Name <you@example.com>",
+        "LISTKIT_FROM=Field Guide <hello@fieldguide.example>",
+    )
+    (root / ".env").write_text(env)
+    step("lists", "create", "blog", "--title", "Blog readers")
+    step("lists", "create", "customers", "--title", "Customers")
+    step("lists", "create", "podcast", "--title", "Podcast listeners")
+    step("subscribers", "import", str(DATA / "mailchimp_blog.csv"), "--list", "blog")
+    step("subscribers", "import", str(DATA / "substack_customers.csv"), "--list", "customers")
+    step("subscribers", "import", str(DATA / "podcast_listeners.csv"), "--list", "podcast")
+    step("lists", "ls")
+    step("campaigns", "check", "launch")
+
+    captured: list[str] = []
+    controller, handler = start_sink("127.0.0.1", port, out=captured.append)
+    print(f"\n(listkit sink capturing on 127.0.0.1:{port})")
+    try:
+        sent_at = datetime.now(UTC)
+        step("send", "launch", "--yes")
+    finally:
+        controller.stop()
+    print(f"\nThe sink captured {handler.count} messages, for example:")
+    for line in captured[:3]:
+        print(f"  {line}")
+    step("status", "launch")
+
+    ws = Workspace(root)
+    try:
+        gumroad, webhooks = _write_sales(root, ws, sent_at)
+    finally:
+        ws.close()
+    step("sales", "import", str(gumroad))
+    step("sales", "import", str(webhooks))
+    step("report")
+    step("report", "--by", "campaign")
+    step("report", "--html", str(root / "report.html"))
+    print(f"\nDemo workspace: {root}\nOpen {root / 'report.html'} in a browser.")
     return 0
 
 
