@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format clean report-screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache
+
+report-screenshot: $(STAMP)
+	$(BIN)/python scripts/screenshot_report.py --out bench/out

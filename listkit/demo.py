@@ -75,14 +75,16 @@ def _write_sales(root: Path, ws: Workspace, sent_at: datetime) -> tuple[Path, Pa
     return gumroad, webhooks
 
 
-def main() -> int:
+def run_demo(quiet: bool = False) -> Path:
+    """Run the demo; return the workspace (its report is report.html)."""
     root = Path(tempfile.mkdtemp(prefix="listkit-demo-")) / "shop"
     runner = CliRunner()
+    say = (lambda *a, **k: None) if quiet else print
 
     def step(*args: str, ok_codes: tuple[int, ...] = (0,)) -> None:
-        print(f"\n$ listkit {' '.join(args)}", flush=True)
+        say(f"\n$ listkit {' '.join(args)}", flush=True)
         result = runner.invoke(cli, ["--workspace", str(root), *args])
-        print(result.output, end="", flush=True)
+        say(result.output, end="", flush=True)
         if result.exit_code not in ok_codes:
             if result.exception and not isinstance(result.exception, SystemExit):
                 raise result.exception
@@ -110,15 +112,15 @@ def main() -> int:
 
     captured: list[str] = []
     controller, handler = start_sink("127.0.0.1", port, out=captured.append)
-    print(f"\n(listkit sink capturing on 127.0.0.1:{port})")
+    say(f"\n(listkit sink capturing on 127.0.0.1:{port})")
     try:
         sent_at = datetime.now(UTC)
         step("send", "launch", "--yes")
     finally:
         controller.stop()
-    print(f"\nThe sink captured {handler.count} messages, for example:")
+    say(f"\nThe sink captured {handler.count} messages, for example:")
     for line in captured[:3]:
-        print(f"  {line}")
+        say(f"  {line}")
     step("status", "launch")
 
     ws = Workspace(root)
@@ -131,7 +133,12 @@ def main() -> int:
     step("report")
     step("report", "--by", "campaign")
     step("report", "--html", str(root / "report.html"))
-    print(f"\nDemo workspace: {root}\nOpen {root / 'report.html'} in a browser.")
+    say(f"\nDemo workspace: {root}\nOpen {root / 'report.html'} in a browser.")
+    return root
+
+
+def main() -> int:
+    run_demo()
     return 0
 
 

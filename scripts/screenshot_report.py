@@ -1,0 +1,118 @@
+"""Render the demo's HTML report in headless Chromium, save a screenshot, check the charts.
+
+Runs the demo quietly, writes its HTML report, opens it in headless Chromium
+(Debian package `chromium`; installed here when missing and run as root),
+saves a PNG and the rendered DOM, and checks that every bar drawn in the
+charts carries the figure `listkit report --json` gives. Exits 1 on any
+mismatch.
+
+    .venv/bin/python scripts/screenshot_report.py [--out bench/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from listkit.cli import cli
+from listkit.demo import run_demo
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SystemExit("chromium is missing: install the Debian package chromium")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+    return shutil.which("chromium")
+
+
+def report_json(root: Path, by: str) -> dict:
+    result = CliRunner().invoke(cli, ["--workspace", str(root), "report", "--by", by, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def bars(dom: str, chart: str) -> dict[str, int]:
+    match = re.search(rf'<svg id="{chart}".*?</svg>', dom, re.S)
+    if match is None:
+        raise SystemExit(f"chart {chart} is not in the rendered page")
+    return {
+        label: int(value)
+        for label, value in re.findall(r'data-label="([^"]+)" data-value="(-?\d+)"', match.group(0))
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    root = run_demo(quiet=True)
+    html = root / "report.html"
+    browser = chromium()
+    png = (args.out / "report.png").resolve()
+    with tempfile.TemporaryDirectory() as profile:
+        common = [browser, *FLAGS, f"--user-data-dir={profile}"]
+        subprocess.run(
+            [*common, f"--screenshot={png}", "--window-size=1100,2200", html.as_uri()],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        dom = subprocess.run(
+            [*common, "--dump-dom", html.as_uri()],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    (args.out / "report.dom.html").write_text(dom)
+    by_list, by_offer = report_json(root, "list"), report_json(root, "offer")
+    currency = max(by_list["totals"]["revenue"], key=by_list["totals"]["revenue"].get)
+    checks = {
+        "revenue-by-list": {r["list"]: r["revenue"].get(currency, 0) for r in by_list["rows"]},
+        "per-1000-by-list": {
+            r["list"]: r["revenue_per_1000"].get(currency, 0) for r in by_list["rows"]
+        },
+        "revenue-by-offer": {r["offer"]: r["revenue"].get(currency, 0) for r in by_offer["rows"]},
+        "revenue-over-time": {
+            p["day"]: p["revenue"] for p in by_list["over_time"] if p["currency"] == currency
+        },
+    }
+    failed = False
+    for chart, expected in checks.items():
+        drawn = bars(dom, chart)
+        status = "ok" if drawn == expected else "MISMATCH"
+        failed |= drawn != expected
+        print(f"{chart}: {status} drawn={drawn} json={expected}")
+    print(f"screenshot: {png} ({png.stat().st_size:,} bytes)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
