@@ -42,6 +42,8 @@ class Composer:
     def __init__(self, offer: Offer, settings: Settings, *, campaign: str, offers_dir: Path):
         settings.require(*NEEDED)
         sender_name, sender_address = settings.sender_address()
+        self.settings = settings
+        self.offers_dir = offers_dir
         self.offer = offer
         self.campaign = campaign
         self.base_url = settings.public_base_url()

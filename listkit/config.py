@@ -136,6 +136,8 @@ class Settings:
     sources: Mapping[str, str]
 
     def __getattr__(self, attr: str):
+        if attr.startswith("_") or attr in ("values", "sources", "workspace"):
+            raise AttributeError(attr)  # during unpickling, before the fields exist
         for name, (a, _default, _desc, _secret) in SETTINGS.items():
             if a == attr:
                 return self.values.get(name)

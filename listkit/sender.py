@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import multiprocessing
 import os
 import re
 import secrets
@@ -27,7 +28,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,9 @@ from listkit.tracking import new_token
 from listkit.workspace import Workspace
 
 LOCK_NAME = ".listkit-send.lock"
+# From this many messages on, rendering moves to a second process (its start-up
+# costs about a third of a second).
+POOL_THRESHOLD = 1000
 HARD_BOUNCE_CODES = (550, 551, 553)
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 
@@ -190,7 +194,9 @@ class Run:
         batch: int = 200,
         max_connect_failures: int = 5,
         on_result: Callable[[Result], None] | None = None,
+        compose_processes: int = 0,
     ):
+        self.compose_processes = compose_processes
         self.db_path = db_path
         self.campaign_id = campaign_id
         self.campaign = campaign
@@ -216,9 +222,25 @@ class Run:
 
     async def run(self) -> dict[str, int]:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-db")
+        self.pool = None
+        if self.compose_processes:
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.compose_processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_pool_init,
+                initargs=(
+                    self.composer.settings,
+                    self.composer.offers_dir,
+                    self.campaign.slug,
+                    self.composer.offer.slug,
+                ),
+            )
         try:
             await self.db(self._open)
-            self.queue: asyncio.Queue = asyncio.Queue(maxsize=self.campaign.concurrency * 2)
+            # Room for two batches: one being sent while the next is rendered.
+            self.queue: asyncio.Queue = asyncio.Queue(
+                maxsize=max(self.campaign.concurrency * 2, self.batch * 2)
+            )
             self.marks: list[tuple[int, asyncio.Future]] = []
             self.results: list[Result] = []
             self.wake = asyncio.Event()
@@ -240,12 +262,15 @@ class Run:
             await self.db(self.conn_db.close)
         finally:
             self.executor.shutdown(wait=True)
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
         if self.fatal is not None:
             raise self.fatal
         return self.counts
 
     async def _producer(self) -> None:
         remaining = self.limit
+        loop = asyncio.get_running_loop()
         while self.stopped is None and (remaining is None or remaining > 0):
             size = self.batch if remaining is None else min(self.batch, remaining)
             rows: list[Claimed] = await self.db(
@@ -255,33 +280,23 @@ class Run:
                 break
             if remaining is not None:
                 remaining -= len(rows)
-            for i, row in enumerate(rows):
+            if self.pool is not None:
+                # Rendering runs on the other core while the workers send the
+                # previous batch from the queue.
+                built = await loop.run_in_executor(self.pool, _pool_compose, rows)
+            else:
+                built = compose_rows(self.composer, rows)
+            for i, (row, (data, error)) in enumerate(zip(rows, built, strict=True)):
                 if self.stopped is not None:
                     for left in rows[i:]:
                         self._result(Result(left.id, "pending"))
                     break
-                try:
-                    composed = self._compose(row)
-                except (TemplateError, HeaderInjection) as e:
-                    self._result(Result(row.id, "failed", None, str(e), row.attempts))
+                if error is not None:
+                    self._result(Result(row.id, "failed", None, error, row.attempts))
                     continue
-                await self.queue.put((row, composed))
+                await self.queue.put((row, data))
         for _ in range(self.campaign.concurrency):
             await self.queue.put(None)
-
-    def _compose(self, row: Claimed) -> Composed:
-        return self.composer.compose(
-            subscriber={
-                "id": row.subscriber_id,
-                "email": row.email,
-                "key": row.key,
-                "name": row.name,
-                "fields": json.loads(row.fields),
-            },
-            list_slug=row.list_slug,
-            list_title=row.list_title,
-            token=row.token,
-        )
 
     def _result(self, result: Result) -> None:
         self.results.append(result)
@@ -330,7 +345,7 @@ class Run:
                 item = await self.queue.get()
                 if item is None:
                     return
-                row, composed = item
+                row, data = item
                 if self.stopped is not None:
                     self._result(Result(row.id, "pending"))
                     continue
@@ -340,7 +355,7 @@ class Run:
                         if client is None:
                             continue
                     await self.limiter.wait()
-                    result, keep = await self._deliver(client, row, composed)
+                    result, keep = await self._deliver(client, row, data)
                 except Exception as e:
                     # Unexpected: stop. The row stays 'sending' at the phase it reached,
                     # and the next run resolves it from there.
@@ -380,7 +395,7 @@ class Run:
         return None
 
     async def _deliver(
-        self, client: aiosmtplib.SMTP, row: Claimed, composed: Composed
+        self, client: aiosmtplib.SMTP, row: Claimed, data: bytes
     ) -> tuple[Result, bool]:
         """Send one message; (result, keep the connection)."""
         attempts = row.attempts
@@ -388,6 +403,10 @@ class Run:
         if utf8 and not client.supports_extension("smtputf8"):
             reply = "the address is not ASCII and the server does not offer SMTPUTF8"
             return Result(row.id, "failed", None, reply, attempts), True
+        # Ask for the durable 'data' mark now, so that its commit overlaps the MAIL
+        # and RCPT round trips; DATA still waits for it. If RCPT is refused, the
+        # result recorded after the mark overrides it.
+        mark = asyncio.ensure_future(self._mark_data(row.id))
         try:
             if utf8:
                 await client.mail(self.sender_address, options=["SMTPUTF8"], encoding="utf-8")
@@ -396,6 +415,7 @@ class Run:
                 await client.mail(self.sender_address)
                 await client.rcpt(row.email)
         except aiosmtplib.SMTPResponseException as e:
+            _settle(mark)
             keep = e.code != 421 and client.is_connected
             if keep:
                 with contextlib.suppress(Exception):
@@ -408,11 +428,12 @@ class Run:
                 return Result(row.id, "pending"), keep
             return self._refusal(row, e.code, e.message), keep
         except (TimeoutError, OSError, aiosmtplib.SMTPException) as e:
+            _settle(mark)
             return Result(
                 row.id, "deferred", None, f"connection lost before DATA: {e}", attempts
             ), False
         try:
-            go = await self._mark_data(row.id)
+            go = await mark
         except SendError:
             return Result(row.id, "pending"), True
         if not go:
@@ -421,7 +442,7 @@ class Run:
             reply = "unsubscribed or suppressed while the campaign was sending"
             return Result(row.id, "skipped", None, reply, attempts), client.is_connected
         try:
-            response = await client.data(composed.data)
+            response = await client.data(data)
         except aiosmtplib.SMTPResponseException as e:
             # The server answered: a definite refusal, whether at DATA or after the dot.
             return self._refusal(row, e.code, e.message), e.code != 421 and client.is_connected
@@ -442,6 +463,51 @@ class Run:
                 email=row.email,
             )
         return Result(row.id, "deferred", code, message[:500], row.attempts)
+
+
+def compose_claimed(composer: Composer, row: Claimed) -> Composed:
+    return composer.compose(
+        subscriber={
+            "id": row.subscriber_id,
+            "email": row.email,
+            "key": row.key,
+            "name": row.name,
+            "fields": json.loads(row.fields),
+        },
+        list_slug=row.list_slug,
+        list_title=row.list_title,
+        token=row.token,
+    )
+
+
+def compose_rows(composer: Composer, rows: list[Claimed]) -> list[tuple[bytes | None, str | None]]:
+    """(message bytes, None) or (None, why it cannot be built) for each row."""
+    out: list[tuple[bytes | None, str | None]] = []
+    for row in rows:
+        try:
+            out.append((compose_claimed(composer, row).data, None))
+        except (TemplateError, HeaderInjection) as e:
+            out.append((None, str(e)))
+    return out
+
+
+_POOL_COMPOSER: Composer | None = None
+
+
+def _pool_init(settings, offers_dir: Path, campaign: str, offer_slug: str) -> None:
+    global _POOL_COMPOSER
+    offer = load_offer(offers_dir, offer_slug)
+    _POOL_COMPOSER = Composer(offer, settings, campaign=campaign, offers_dir=offers_dir)
+
+
+def _pool_compose(rows: list[Claimed]) -> list[tuple[bytes | None, str | None]]:
+    assert _POOL_COMPOSER is not None
+    return compose_rows(_POOL_COMPOSER, rows)
+
+
+def _settle(future: asyncio.Future) -> None:
+    """Let a mark we no longer wait for finish quietly."""
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 @dataclass
@@ -491,7 +557,11 @@ def send_campaign(
         if on_start is not None:
             due = before["pending"] + before["deferred"]
             on_start(due if limit is None else min(limit, due))
+        due = before["pending"] + before["deferred"]
+        if limit is not None:
+            due = min(due, limit)
         run = Run(
+            compose_processes=1 if due >= POOL_THRESHOLD and (os.cpu_count() or 1) > 1 else 0,
             db_path=ws.settings.db_path,
             campaign_id=cid,
             campaign=p.campaign,
