@@ -16,6 +16,7 @@ from listkit.db import immediate, now
 from listkit.errors import InputError, NotFound
 from listkit.lists import get_list
 from listkit.suppressions import suppress
+from listkit.tracking import parse_unsubscribe_url, verify_unsubscribe
 
 MAX_NAME = 256
 
@@ -239,3 +240,28 @@ def find_subscriber(db: Database, email: str) -> tuple[dict, dict | None] | None
         "fields": json.loads(fields),
     }
     return subscriber, ({"slug": lst[0], "title": lst[1]} if lst else None)
+
+
+def unsubscribe_by_link(db: Database, secret: bytes, url: str) -> dict:
+    """Honour a one-click unsubscribe link: verify its signature, unsubscribe the
+    delivery's address from everything, and record the campaign that caused it."""
+    try:
+        token, signature = parse_unsubscribe_url(url)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if not verify_unsubscribe(secret, token, signature):
+        raise InputError("the link's signature does not match LISTKIT_SECRET: not a link we sent")
+    row = db.execute(
+        "SELECT email, campaign_id FROM deliveries WHERE token = ?", [token]
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no delivery has token {token}")
+    email, campaign_id = row
+    stamp = now()
+    with immediate(db):
+        db.execute(
+            "INSERT INTO events (delivery_id, kind, at, url) "
+            "SELECT id, 'unsubscribe', ?, ? FROM deliveries WHERE token = ?",
+            [stamp, url, token],
+        )
+    return unsubscribe(db, email, campaign_id=campaign_id)

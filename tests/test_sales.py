@@ -394,3 +394,28 @@ def test_html_report_draws_the_json_figures(run, sent_campaign, tmp_path):
     )
     assert embedded["report"] == data
     assert "also earned in EUR" in html
+
+
+def test_unsubscribe_link_is_verified_and_counted_against_its_campaign(
+    run, workspace, sent_campaign
+):
+    from listkit.config import load_settings
+    from listkit.tracking import unsubscribe_url
+
+    settings = load_settings(workspace)
+    url = unsubscribe_url(
+        settings.public_base_url(), settings.secret_key(), sent_campaign["a@example.com"]["token"]
+    )
+    bad = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
+    result = run("unsubscribe", bad, ok=False)
+    assert result.output == (
+        "Error: the link's signature does not match LISTKIT_SECRET: not a link we sent\n"
+    )
+    out = run("unsubscribe", url).output
+    assert out.startswith("Unsubscribed a@example.com from blog.")
+    supp = json.loads(run("suppress", "ls", "--json").output)
+    assert [(s["email"], s["reason"], s["campaign"]) for s in supp] == [
+        ("a@example.com", "unsubscribed", "t")
+    ]
+    blog = {r["list"]: r for r in report(run)["rows"]}["blog"]
+    assert blog["unsubscribed"] == 1

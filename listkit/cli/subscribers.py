@@ -11,7 +11,13 @@ from listkit.addresses import normalize_address
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.imports import FORMATS, import_subscribers
-from listkit.subscribers import add_subscriber, get_subscriber, list_members, unsubscribe
+from listkit.subscribers import (
+    add_subscriber,
+    get_subscriber,
+    list_members,
+    unsubscribe,
+    unsubscribe_by_link,
+)
 from listkit.suppressions import REASONS, list_suppressions, suppress, suppress_many
 from listkit.workspace import Workspace
 
@@ -203,12 +209,22 @@ def subscribers_show(ws: Workspace, email: str, json_: bool) -> None:
 def unsubscribe_cmd(ws: Workspace, email: str, list_: str | None) -> None:
     """Unsubscribe EMAIL from one list, or from everything (which also suppresses it).
 
+    EMAIL may also be a one-click unsubscribe link from a message listkit sent
+    (its signature is checked): the campaign that sent it is recorded as the
+    cause, and reports count it.
+
     \b
     Examples:
         listkit unsubscribe ann@example.com --list blog
         listkit unsubscribe ann@example.com
+        listkit unsubscribe https://example.com/listkit/u/abcdefghijklmnop/SIGNATURE
     """
-    result = unsubscribe(ws.db, email, list_)
+    if email.startswith(("http://", "https://")):
+        if list_ is not None:
+            raise click.UsageError("a link unsubscribes from everything: drop --list")
+        result = unsubscribe_by_link(ws.db, ws.settings.secret_key(), email)
+    else:
+        result = unsubscribe(ws.db, email, list_)
     where = ", ".join(result["lists"]) or "no active list"
     click.echo(f"Unsubscribed {result['email']} from {where}.")
     if list_ is None:
