@@ -246,3 +246,4 @@ def m004_report_indexes(db: Database) -> None:
     db.execute("CREATE INDEX sales_list ON sales(list_id, currency)")
     db.execute("CREATE INDEX deliveries_token_coupon ON deliveries(coupon)")
     db.execute("CREATE INDEX suppressions_campaign ON suppressions(campaign_id, reason)")
+    db.execute("CREATE INDEX memberships_status ON memberships(list_id, status)")

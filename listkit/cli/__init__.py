@@ -6,6 +6,7 @@ SQL here. Every ``ListkitError`` becomes ``Error: <message>`` with exit 1.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
@@ -17,8 +18,38 @@ from listkit.workspace import Workspace
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# Which module defines each command: a command's module (and the libraries it
+# needs: Jinja, aiosmtplib, ...) is imported only when that command runs, so
+# that `listkit report` from a script does not pay for the sender.
+COMMAND_MODULES = {
+    "init": "workspace",
+    "config": "workspace",
+    "lists": "lists",
+    "subscribers": "subscribers",
+    "unsubscribe": "subscribers",
+    "suppress": "subscribers",
+    "offers": "offers",
+    "campaigns": "send",
+    "send": "send",
+    "status": "send",
+    "retry": "send",
+    "sink": "send",
+    "sales": "sales",
+    "report": "sales",
+}
+
+
 class ListkitGroup(click.Group):
-    """A group that turns domain errors into clean CLI errors."""
+    """The root group: loads command modules on demand, turns domain errors into clean
+    CLI errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMAND_MODULES:
+            importlib.import_module(f"listkit.cli.{COMMAND_MODULES[name]}")
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -57,19 +88,3 @@ def cli(ctx: click.Context, workspace: Path) -> None:
 
 
 pass_workspace = click.make_pass_decorator(Workspace)
-
-
-def _register() -> None:
-    # Imported here so that each command module can import `cli` and
-    # `pass_workspace` from this one.
-    from listkit.cli import (  # noqa: F401
-        lists,
-        offers,
-        sales,
-        send,
-        subscribers,
-        workspace,
-    )
-
-
-_register()
