@@ -56,3 +56,8 @@ def format_minor(amount: int, currency: str) -> str:
     exp = exponent(currency)
     value = Decimal(amount).scaleb(-exp)
     return f"{currency} {value:,.{exp}f}"
+
+
+def format_amounts(amounts: dict[str, int], empty: str = "") -> str:
+    """{'USD': 2900, 'EUR': 500} -> 'EUR 5.00, USD 29.00'; currencies never added up."""
+    return ", ".join(format_minor(v, c) for c, v in sorted(amounts.items())) or empty

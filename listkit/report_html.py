@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from listkit.money import exponent, format_minor
+from listkit.money import exponent, format_amounts, format_minor
 
 WIDTH, BAR_H, GAP, LABEL_W = 720, 22, 8, 170
 
@@ -91,8 +91,8 @@ def _table(report: dict) -> str:
     )
     body = []
     for r in report["rows"]:
-        revenue = ", ".join(format_minor(v, c) for c, v in sorted(r["revenue"].items())) or "–"
-        per_k = ", ".join(format_minor(v, c) for c, v in sorted(r["revenue_per_1000"].items()))
+        revenue = format_amounts(r["revenue"], "–")
+        per_k = format_amounts(r["revenue_per_1000"])
         conv = f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "–"
         methods = ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items()))
         body.append(
@@ -124,10 +124,8 @@ def render_html(report: dict, by_list: dict, by_offer: dict) -> str:
     sections = []
     period = f"{report['since'] or 'the beginning'} to {report['until'] or 'today'}"
     totals = report["totals"]
-    revenue = ", ".join(format_minor(v, c) for c, v in sorted(totals["revenue"].items())) or "none"
-    unattributed = ", ".join(
-        format_minor(v, c) for c, v in sorted(totals["unattributed"]["revenue"].items())
-    )
+    revenue = format_amounts(totals["revenue"], "none")
+    unattributed = format_amounts(totals["unattributed"]["revenue"])
     sections.append(
         '<div class="kpi">'
         f"<div>orders<b>{totals['orders']:,}</b></div>"

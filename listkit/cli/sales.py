@@ -11,7 +11,7 @@ from listkit.attribution import attribute_all
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.errors import InputError
-from listkit.money import currency_code, format_minor, to_minor
+from listkit.money import currency_code, format_amounts, format_minor, to_minor
 from listkit.report_html import render_html
 from listkit.reports import BY, build_report
 from listkit.sales import (
@@ -230,13 +230,9 @@ def report(
         rows.append(
             {
                 **r,
-                "revenue": ", ".join(format_minor(v, c) for c, v in sorted(r["revenue"].items()))
-                or "-",
+                "revenue": format_amounts(r["revenue"], "-"),
                 "conv": f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "-",
-                "per_1000": ", ".join(
-                    format_minor(v, c) for c, v in sorted(r["revenue_per_1000"].items())
-                )
-                or "-",
+                "per_1000": format_amounts(r["revenue_per_1000"], "-"),
                 "methods": ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items())) or "-",
             }
         )
@@ -259,8 +255,8 @@ def report(
         empty="Nothing to report yet.",
     )
     t = data["totals"]
-    total = ", ".join(format_minor(v, c) for c, v in sorted(t["revenue"].items())) or "none"
-    un = ", ".join(format_minor(v, c) for c, v in sorted(t["unattributed"]["revenue"].items()))
+    total = format_amounts(t["revenue"], "none")
+    un = format_amounts(t["unattributed"]["revenue"])
     click.echo(f"\nTotal: {t['orders']} orders, {total}" + (f" ({un} unattributed)" if un else ""))
     if data["lists_without_revenue"]:
         names = ", ".join(
