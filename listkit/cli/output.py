@@ -61,3 +61,9 @@ def emit_table(
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for line in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+def input_name(file) -> str:
+    """How to name an input file in messages: its path, or <stdin> for '-'."""
+    name = getattr(file, "name", "<stdin>")
+    return "<stdin>" if name in ("-", "<stdin>") else str(name)

@@ -9,7 +9,7 @@ import click
 
 from listkit.attribution import attribute_all
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_csv, emit_json, emit_table
+from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
 from listkit.errors import InputError
 from listkit.money import currency_code, format_amounts, format_minor, to_minor
 from listkit.report_html import render_html
@@ -59,8 +59,7 @@ def sales_import(ws: Workspace, file, fmt: str, json_: bool, fixed_currency, **c
         listkit sales import webhooks.jsonl
         listkit sales import orders.csv --format csv --order-column "Order #" --currency EUR
     """
-    name = getattr(file, "name", "<stdin>")
-    name = "<stdin>" if name in ("-", "<stdin>") else name
+    name = input_name(file)
     cols = Columns(
         order=columns["order_column"],
         email=columns["email_column"],

@@ -9,7 +9,7 @@ import click
 
 from listkit.addresses import normalize_address
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_csv, emit_json, emit_table
+from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
 from listkit.imports import FORMATS, import_subscribers
 from listkit.subscribers import (
     add_subscriber,
@@ -112,8 +112,7 @@ def subscribers_import(
         listkit subscribers import people.csv --list blog --email-column Mail --errors bad.csv
         listkit subscribers import old.csv --list blog --encoding latin-1
     """
-    name = getattr(file, "name", "<stdin>")
-    name = "<stdin>" if name in ("-", "<stdin>") else name
+    name = input_name(file)
     errors_out = errors_file.open("w", newline="", encoding="utf-8") if errors_file else None
     try:
         summary = import_subscribers(
