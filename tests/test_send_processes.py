@@ -85,7 +85,7 @@ def test_killed_runs_resume_and_nobody_gets_two_messages(run, workspace, server)
 def test_two_sends_at_once_never_send_twice(run, workspace, server):
     controller, handler = server
     addresses = [f"p{i}@example.com" for i in range(N)]
-    setup_campaign(run, workspace, controller.port, addresses, extra="rate = 200\n")
+    setup_campaign(run, workspace, controller.port, addresses, extra="rate = 100\n")
     first = listkit(workspace, "send", "t", "--yes")
     second = listkit(workspace, "send", "t", "--yes")
     outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
