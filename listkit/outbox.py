@@ -17,6 +17,7 @@ goes back to pending (the server never saw it), ``data`` becomes unknown
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -198,26 +199,34 @@ def record(
     stamp = now()
     at = datetime.now(UTC)
     refused: set[int] = set()
+    data_ids, results = list(data_ids), list(results)
+    conn = db.conn
     with immediate(db):
-        for delivery_id in data_ids:
-            changed = db.execute(
-                """UPDATE deliveries SET phase = 'data', updated = ?
-                   WHERE id = ? AND state = 'sending'
-                     AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
-                                     ON s.key = x.key WHERE s.id = deliveries.subscriber_id)
-                     AND EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = deliveries.list_id
-                                 AND m.subscriber_id = deliveries.subscriber_id
-                                 AND m.status = 'active')""",
-                [stamp, delivery_id],
-            ).rowcount
-            if not changed:
-                refused.add(delivery_id)
-                db.execute(
-                    """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
-                       last_reply = 'unsubscribed or suppressed while the campaign was sending'
-                       WHERE id = ? AND state = 'sending'""",
-                    [stamp, delivery_id],
-                )
+        if data_ids:
+            # One statement for the whole group; RETURNING says which rows may go out.
+            marked = {
+                row[0]
+                for row in conn.execute(
+                    """UPDATE deliveries SET phase = 'data', updated = ?
+                       WHERE id IN (SELECT value FROM json_each(?)) AND state = 'sending'
+                         AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
+                                         ON s.key = x.key WHERE s.id = deliveries.subscriber_id)
+                         AND EXISTS (SELECT 1 FROM memberships m
+                                     WHERE m.list_id = deliveries.list_id
+                                     AND m.subscriber_id = deliveries.subscriber_id
+                                     AND m.status = 'active')
+                       RETURNING id""",
+                    [stamp, json.dumps(data_ids)],
+                ).fetchall()
+            }
+            refused = set(data_ids) - marked
+            conn.executemany(
+                """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
+                   last_reply = 'unsubscribed or suppressed while the campaign was sending'
+                   WHERE id = ? AND state = 'sending'""",
+                [(stamp, i) for i in refused],
+            )
+        updates = []
         for r in results:
             state, next_attempt = r.state, None
             if state == "skipped":
@@ -227,16 +236,18 @@ def record(
                     state = "failed"
                 else:
                     next_attempt = (at + backoff(r.attempts)).isoformat()
-            db.execute(
-                """UPDATE deliveries SET state = ?, phase = NULL, last_code = ?, last_reply = ?,
-                   next_attempt = ?, updated = ?, sent_at = CASE WHEN ? = 'sent' THEN ? END,
-                   attempts = CASE WHEN ? = 'pending' THEN max(attempts - 1, 0) ELSE attempts END
-                   WHERE id = ?""",
-                [state, r.code, r.reply, next_attempt, stamp, state, stamp, state, r.id],
-            )
+            updates.append((state, r.code, r.reply, next_attempt, stamp, state, stamp, state, r.id))
+        conn.executemany(
+            """UPDATE deliveries SET state = ?, phase = NULL, last_code = ?, last_reply = ?,
+               next_attempt = ?, updated = ?, sent_at = CASE WHEN ? = 'sent' THEN ? END,
+               attempts = CASE WHEN ? = 'pending' THEN max(attempts - 1, 0) ELSE attempts END
+               WHERE id = ?""",
+            updates,
+        )
+        for r in results:
             if r.hard_bounce:
                 suppress(db, r.email, "hard_bounce", campaign_id=campaign_id, source="smtp")
-                db.execute(
+                conn.execute(
                     """UPDATE memberships SET status = 'bounced', status_at = ?,
                        status_reason = ? WHERE subscriber_id =
                        (SELECT subscriber_id FROM deliveries WHERE id = ?)""",
