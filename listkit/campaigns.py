@@ -65,6 +65,19 @@ def parse_duration(value: str, where: str) -> timedelta:
     return timedelta(seconds=total)
 
 
+def format_duration(delta: timedelta | None) -> str:
+    """timedelta -> '2d3h', '6h', '45m', '30s' (the form campaign files use)."""
+    if delta is None:
+        return "-"
+    seconds = int(delta.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
+
+
 def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
     """Read and check ``campaigns/<slug>.toml``; errors name the file and the field."""
     path = campaigns_dir / f"{slug}.toml"

@@ -281,21 +281,29 @@ def problems(db: Database, campaign_id: int, limit: int = 100) -> list[dict]:
 def retry(db: Database, campaign_id: int, state: str) -> int:
     """Put unknown, failed or deferred rows back to be sent on the next run.
 
-    Failed rows of suppressed addresses stay failed.
+    Failed rows of suppressed addresses stay failed. A finished campaign is
+    reopened (state 'sending'), so that `send --due` picks it up again too.
     """
     stamp = now()
     with immediate(db):
         if state == "deferred":
-            return db.execute(
+            n = db.execute(
                 """UPDATE deliveries SET next_attempt = ?, updated = ?
                    WHERE campaign_id = ? AND state = 'deferred'""",
                 [stamp, stamp, campaign_id],
             ).rowcount
-        return db.execute(
-            """UPDATE deliveries SET state = 'pending', phase = NULL, next_attempt = NULL,
-               updated = ?
-               WHERE campaign_id = ? AND state = ?
-                 AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s ON s.key = x.key
-                                 WHERE s.id = deliveries.subscriber_id)""",
-            [stamp, campaign_id, state],
-        ).rowcount
+        else:
+            n = db.execute(
+                """UPDATE deliveries SET state = 'pending', phase = NULL, next_attempt = NULL,
+                   updated = ?
+                   WHERE campaign_id = ? AND state = ?
+                     AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
+                                     ON s.key = x.key WHERE s.id = deliveries.subscriber_id)""",
+                [stamp, campaign_id, state],
+            ).rowcount
+        if n:
+            db.execute(
+                "UPDATE campaigns SET state = 'sending', finished = NULL WHERE id = ?",
+                [campaign_id],
+            )
+    return n

@@ -30,12 +30,23 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosmtplib
 
 from listkit.addresses import normalize_address
-from listkit.campaigns import Campaign, iter_audience, load_campaign, register, set_state
+from listkit.campaigns import (
+    Campaign,
+    campaign_row,
+    campaign_slugs,
+    due_status,
+    format_duration,
+    iter_audience,
+    load_campaign,
+    register,
+    set_state,
+)
 from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer
 from listkit.config import SMTPSettings
 from listkit.db import open_db
@@ -581,6 +592,61 @@ def send_campaign(
                 set_state(db, cid, "done")
         summary.elapsed = time.monotonic() - started
         return summary
+
+
+@dataclass
+class DueOutcome:
+    """What `send --due` did with one campaign."""
+
+    campaign: str
+    action: str  # sent | missed | locked | error
+    summary: RunSummary | None = None
+    message: str = ""
+
+
+def send_due(
+    ws: Workspace, *, limit: int | None = None, at: datetime | None = None
+) -> list[DueOutcome]:
+    """Send every campaign whose send_at has come; mark those later than max_late missed.
+
+    Campaigns without send_at, not yet due, done or missed are left alone. A
+    campaign already sending (or reopened by `listkit retry`) is resumed even
+    past max_late: it started in time.
+    """
+    at = at or datetime.now(UTC)
+    outcomes: list[DueOutcome] = []
+    for slug in campaign_slugs(ws.campaigns_dir):
+        try:
+            campaign = load_campaign(ws.campaigns_dir, slug)
+        except ListkitError as e:
+            outcomes.append(DueOutcome(slug, "error", message=str(e)))
+            continue
+        status = due_status(campaign, at)
+        row = campaign_row(ws.db, slug)
+        state = row["state"] if row else None
+        if state in ("done", "missed") or status in ("manual", "waiting"):
+            continue
+        if status == "missed" and state != "sending":
+            cid = register(ws.db, campaign, digest="", coupon=None)
+            set_state(ws.db, cid, "missed")
+            late = format_duration(at - campaign.send_at)
+            outcomes.append(
+                DueOutcome(
+                    slug,
+                    "missed",
+                    message=f"send_at {campaign.send_at.isoformat()} was {late} ago, more than "
+                    f"max_late {format_duration(campaign.max_late)}; not sent",
+                )
+            )
+            continue
+        try:
+            outcomes.append(DueOutcome(slug, "sent", send_campaign(ws, slug, limit=limit)))
+        except AlreadyRunning as e:
+            outcomes.append(DueOutcome(slug, "locked", message=str(e)))
+            break
+        except ListkitError as e:
+            outcomes.append(DueOutcome(slug, "error", message=str(e)))
+    return outcomes
 
 
 async def _send_one(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> str:

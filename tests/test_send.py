@@ -329,3 +329,81 @@ def test_non_ascii_address_is_sent_with_smtputf8(run, workspace):
     finally:
         controller.stop()
     assert set(handler.recipients()) == {"josé@example.com", ADDRS[0]}
+
+
+def _when(**delta) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(**delta)).isoformat(timespec="seconds")
+
+
+def test_send_due_leaves_manual_and_waiting_campaigns_alone(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS, extra=f'send_at = "{_when(hours=2)}"\n')
+    result = run("send", "--due")
+    assert result.output == ""
+    assert handler.messages == []
+    assert "waiting" in run("campaigns", "ls").output
+    # The shipped example has no send_at: cron never mails it by itself.
+    assert "launch" in run("campaigns", "ls").output and "manual" in run("campaigns", "ls").output
+
+
+def test_send_due_sends_a_due_campaign_once(run, workspace, server):
+    controller, handler = server
+    setup_campaign(
+        run,
+        workspace,
+        controller.port,
+        ADDRS,
+        extra=f'send_at = "{_when(hours=-1)}"\nmax_late = "6h"\n',
+    )
+    assert run("send", "--due").output.startswith("t: this run 6 sent")
+    assert run("send", "--due").output == ""  # done: nothing more
+    assert handler.recipients() == {a: 1 for a in ADDRS}
+
+
+def test_send_due_marks_a_late_campaign_missed_and_sends_nothing(run, workspace, server):
+    controller, handler = server
+    setup_campaign(
+        run,
+        workspace,
+        controller.port,
+        ADDRS,
+        extra=f'send_at = "{_when(days=-2)}"\nmax_late = "6h"\n',
+    )
+    out = run("send", "--due").output
+    assert out.startswith("t: missed (send_at ")
+    assert "was 2d ago, more than max_late 6h; not sent" in out
+    assert handler.messages == []
+    assert run("send", "--due").output == ""
+    rows = json.loads(run("campaigns", "ls", "--json").output)
+    assert [r["state"] for r in rows if r["campaign"] == "t"] == ["missed"]
+
+
+def test_retry_reopens_a_finished_campaign_for_send_due(run, workspace, server):
+    controller, handler = server
+    setup_campaign(
+        run,
+        workspace,
+        controller.port,
+        ADDRS[:3],
+        extra=f'send_at = "{_when(hours=-1)}"\n',
+        timeout=1,
+    )
+    handler.fault("r1@example.com", "disconnect_after_data")
+    run("send", "--due", ok=False)
+    assert json.loads(run("status", "t", "--json").output)["state"] == "done"
+    assert run("retry", "t", "--unknown").output.startswith("1 unknown messages of t")
+    assert json.loads(run("status", "t", "--json").output)["state"] == "sending"
+    assert run("send", "--due").output.startswith("t: this run 1 sent")
+    assert handler.recipients()["r1@example.com"] == 2  # sent again, as the user asked
+
+
+def test_format_duration():
+    from datetime import timedelta
+
+    from listkit.campaigns import format_duration, parse_duration
+
+    assert format_duration(timedelta(days=2, hours=3)) == "2d3h"
+    assert format_duration(parse_duration("90m", "x")) == "1h30m"
+    assert format_duration(timedelta(0)) == "0s"

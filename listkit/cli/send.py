@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -16,15 +15,20 @@ from listkit.campaigns import (
     due_status,
     iter_audience,
     load_campaign,
-    register,
-    set_state,
 )
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table
 from listkit.compose import check_offer
 from listkit.errors import ListkitError, NotFound
 from listkit.outbox import counts, problems, retry
-from listkit.sender import AlreadyRunning, RunSummary, prepare, send_campaign, send_test
+from listkit.sender import (
+    AlreadyRunning,
+    RunSummary,
+    prepare,
+    send_campaign,
+    send_due,
+    send_test,
+)
 from listkit.sender import dry_run as write_dry_run
 from listkit.workspace import Workspace
 
@@ -228,40 +232,18 @@ def send(
 
 
 def _send_due(ws: Workspace, limit: int | None) -> None:
-    now = datetime.now(UTC)
     failed = False
-    for slug in campaign_slugs(ws.campaigns_dir):
-        try:
-            c = load_campaign(ws.campaigns_dir, slug)
-        except ListkitError as e:
-            click.echo(f"{slug}: skipped, {e}", err=True)
+    for outcome in send_due(ws, limit=limit):
+        if outcome.action == "sent":
+            _print_summary(outcome.summary)
+            failed = failed or not outcome.summary.ok
+        elif outcome.action == "locked":
+            click.echo(outcome.message)  # another run is on it: not a failure
+        elif outcome.action == "missed":
+            click.echo(f"{outcome.campaign}: missed ({outcome.message})")
+        else:
+            click.echo(f"{outcome.campaign}: {outcome.message}", err=True)
             failed = True
-            continue
-        status = due_status(c, now)
-        row = campaign_row(ws.db, slug)
-        if row and row["state"] in ("done", "missed"):
-            continue
-        if status == "missed" and not (row and row["state"] == "sending"):
-            cid = register(ws.db, c, digest="", coupon=None)
-            set_state(ws.db, cid, "missed")
-            click.echo(
-                f"{slug}: missed (send_at {c.send_at.isoformat()} is more than "
-                f"{c.max_late} ago); not sent"
-            )
-            continue
-        if status not in ("due", "missed"):
-            continue
-        try:
-            summary = send_campaign(ws, slug, limit=limit)
-        except AlreadyRunning as e:
-            click.echo(str(e))
-            return
-        except ListkitError as e:
-            click.echo(f"{slug}: {e}", err=True)
-            failed = True
-            continue
-        _print_summary(summary)
-        failed = failed or not summary.ok
     if failed:
         sys.exit(1)
 
