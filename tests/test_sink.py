@@ -1,0 +1,25 @@
+import mailbox
+import smtplib
+
+from listkit.sink import start_sink
+from tests.smtp_server import free_port
+
+
+def test_sink_captures_describes_and_stores_messages(tmp_path):
+    lines: list[str] = []
+    port = free_port()
+    controller, handler = start_sink("127.0.0.1", port, maildir=tmp_path / "md", out=lines.append)
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "me@example.com",
+                ["ann@example.com"],
+                b"Subject: Hello\r\nMessage-ID: <m1@example.com>\r\n\r\nHi\r\n",
+            )
+    finally:
+        controller.stop()
+    assert handler.count == 1
+    assert handler.message_ids == ["<m1@example.com>"]
+    assert "from me@example.com to ann@example.com: Hello <m1@example.com>" in lines[0]
+    stored = list(mailbox.Maildir(str(tmp_path / "md")))
+    assert len(stored) == 1 and stored[0]["Subject"] == "Hello"
