@@ -5,21 +5,25 @@ The rule, in order, first match wins:
 1. token: the delivery token the shop carried through (``lk`` URL parameter,
    Stripe ``client_reference_id``, Lemon Squeezy custom data);
 2. coupon: a per-recipient code names its delivery; an offer's campaign-wide
-   code names the campaign (and the buyer's delivery in it, when there is one);
+   code names the campaign (and the buyer's delivery in it when there is one,
+   else the list the sale's ``utm_content`` names);
 3. utm: the UTM campaign and content the shop kept (Gumroad's CSV keeps only
    those) name the campaign and list;
 4. email: the buyer's address received a message of a campaign within that
    campaign's ``attribution_days`` before the sale (last touch wins);
 5. none: unattributed, still counted in totals.
 
-``decide`` is pure; ``attribute_all`` fetches candidates and stores results,
-deterministically: running it twice gives the same answer.
+``decide`` is pure; ``attribute_all`` fetches every candidate with a few
+set-wise queries (one per rule, never one per sale) and stores the results.
+Deterministic: ties go to the latest ``sent_at``, then the highest delivery
+id, so running it twice gives the same answer.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -57,106 +61,132 @@ def in_window(sale_at: str, sent_at: str | None, days: int) -> bool:
     return sent <= sale <= sent + timedelta(days=days)
 
 
+def _latest(touches: Iterable[Touch]) -> Touch | None:
+    return max(touches, key=lambda t: (t.sent_at or "", t.delivery_id), default=None)
+
+
 def last_touch(sale_at: str, touches: Iterable[Touch]) -> Touch | None:
     """The most recent delivery within its window before the sale (ties: highest id)."""
-    eligible = [t for t in touches if in_window(sale_at, t.sent_at, t.attribution_days)]
-    return max(eligible, key=lambda t: (t.sent_at, t.delivery_id), default=None)
+    return _latest(t for t in touches if in_window(sale_at, t.sent_at, t.attribution_days))
+
+
+def _sent_before(sale_at: str, touches: Iterable[Touch], campaigns: Iterable[int]) -> list[Touch]:
+    wanted = set(campaigns)
+    sale = datetime.fromisoformat(sale_at)
+    return [
+        t
+        for t in touches
+        if t.campaign_id in wanted
+        and t.sent_at is not None
+        and datetime.fromisoformat(t.sent_at) <= sale
+    ]
 
 
 def decide(
     sale_at: str,
     *,
-    by_token: Touch | None = None,
-    by_personal_coupon: Touch | None = None,
-    by_campaign_coupon: tuple[int, list[Touch]] | None = None,
-    by_utm: tuple[int, int | None, list[Touch]] | None = None,
-    buyer_touches: Iterable[Touch] = (),
+    token: Touch | None = None,
+    personal_coupon: Touch | None = None,
+    coupon_campaigns: Sequence[int] = (),
+    utm_campaign: int | None = None,
+    utm_list: int | None = None,
+    buyer: Iterable[Touch] = (),
 ) -> Attribution:
-    """Apply the order of the rules to candidates already looked up."""
-    if by_token is not None:
-        return Attribution("token", by_token.delivery_id, by_token.campaign_id, by_token.list_id)
-    if by_personal_coupon is not None:
-        t = by_personal_coupon
+    """Apply the rules, in order, to candidates already looked up.
+
+    ``coupon_campaigns``: campaigns whose coupon the sale used, started before
+    the sale, most recent first. ``utm_campaign`` / ``utm_list``: the campaign
+    and list the sale's UTM parameters name (ids, or None). ``buyer``: the
+    buyer's sent deliveries.
+    """
+    if token is not None:
+        return Attribution("token", token.delivery_id, token.campaign_id, token.list_id)
+    if personal_coupon is not None:
+        t = personal_coupon
         return Attribution("coupon", t.delivery_id, t.campaign_id, t.list_id)
-    if by_campaign_coupon is not None:
-        campaign_id, touches = by_campaign_coupon
-        mine = [t for t in touches if t.campaign_id == campaign_id]
-        t = max(mine, key=lambda t: (t.sent_at or "", t.delivery_id), default=None)
+    buyer = list(buyer)
+    if coupon_campaigns:
+        t = _latest(_sent_before(sale_at, buyer, coupon_campaigns))
         if t is not None:
-            return Attribution("coupon", t.delivery_id, campaign_id, t.list_id)
-        return Attribution("coupon", None, campaign_id, None)
-    if by_utm is not None:
-        campaign_id, list_id, touches = by_utm
-        mine = [t for t in touches if t.campaign_id == campaign_id]
-        t = max(mine, key=lambda t: (t.sent_at or "", t.delivery_id), default=None)
+            return Attribution("coupon", t.delivery_id, t.campaign_id, t.list_id)
+        campaign = coupon_campaigns[0]
+        same = utm_campaign is None or utm_campaign == campaign
+        return Attribution("coupon", None, campaign, utm_list if same else None)
+    if utm_campaign is not None:
+        t = _latest(_sent_before(sale_at, buyer, [utm_campaign]))
         if t is not None:
-            return Attribution("utm", t.delivery_id, campaign_id, list_id or t.list_id)
-        return Attribution("utm", None, campaign_id, list_id)
-    t = last_touch(sale_at, buyer_touches)
+            return Attribution("utm", t.delivery_id, utm_campaign, utm_list or t.list_id)
+        return Attribution("utm", None, utm_campaign, utm_list)
+    t = last_touch(sale_at, buyer)
     if t is not None:
         return Attribution("email", t.delivery_id, t.campaign_id, t.list_id)
     return Attribution()
 
 
-_TOUCH = """SELECT d.id, d.campaign_id, d.list_id, d.sent_at, c.attribution_days
-            FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id"""
+def personal_coupon_prefix(coupon: str) -> str | None:
+    """The token prefix a per-recipient code carries (``LAUNCH30-ABCDEFGH`` -> ``abcdefgh``).
+
+    Matches ``tracking.personal_coupon``: ``f"{base}-{token[:8].upper()}"``. The
+    lookup then goes through the unique token index instead of scanning every
+    delivery's coupon.
+    """
+    _base, sep, suffix = coupon.strip().rpartition("-")
+    suffix = suffix.lower()
+    if (
+        not sep
+        or len(suffix) != 8
+        or not all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in suffix)
+    ):
+        return None
+    return suffix
 
 
-def _touch(row) -> Touch | None:
-    return Touch(*row) if row else None
+_TOUCH = "d.id, d.campaign_id, d.list_id, d.sent_at, c.attribution_days"
+_SALES = ("id", "at", "token", "coupon", "email_key", "utm_campaign", "utm_content")
 
 
-def attribute_sale(db: Database, sale: dict) -> Attribution:
-    """Look up the candidates of one sale and decide."""
-    by_token = None
-    if sale["token"]:
-        by_token = _touch(
-            db.execute(
-                f"{_TOUCH} WHERE d.token = ? AND d.state != 'held_out'", [sale["token"].lower()]
-            ).fetchone()
+def _candidates(db: Database, where: str, params: list) -> dict[str, dict]:
+    """Every candidate of the selected sales, by rule: one query per rule."""
+    by_token = {
+        sid: Touch(*rest)
+        for sid, *rest in db.execute(
+            f"""SELECT s.id, {_TOUCH} FROM sales s
+                JOIN deliveries d ON d.token = lower(trim(s.token))
+                JOIN campaigns c ON c.id = d.campaign_id
+                WHERE s.token IS NOT NULL AND d.state != 'held_out' {where}""",
+            params,
         )
-    buyer: list[Touch] = []
-    if sale["email_key"]:
-        buyer = [
-            Touch(*r)
-            for r in db.execute(
-                f"""{_TOUCH} JOIN subscribers s ON s.id = d.subscriber_id
-                    WHERE s.key = ? AND d.state = 'sent'""",
-                [sale["email_key"]],
-            )
-        ]
-    by_personal = by_campaign = by_utm = None
-    coupon = (sale["coupon"] or "").strip()
-    if coupon:
-        by_personal = _touch(
-            db.execute(
-                f"{_TOUCH} WHERE d.coupon = ? COLLATE NOCASE AND d.state = 'sent'", [coupon]
-            ).fetchone()
-        )
-        row = db.execute(
-            """SELECT id FROM campaigns WHERE coupon = ? COLLATE NOCASE
-               AND started IS NOT NULL AND started <= ? ORDER BY started DESC, id DESC LIMIT 1""",
-            [coupon, sale["at"]],
-        ).fetchone()
-        if row:
-            by_campaign = (row[0], buyer)
-    if sale["utm_campaign"]:
-        row = db.execute(
-            "SELECT id FROM campaigns WHERE slug = ?", [sale["utm_campaign"]]
-        ).fetchone()
-        if row:
-            lst = db.execute(
-                "SELECT id FROM lists WHERE slug = ?", [sale["utm_content"] or ""]
-            ).fetchone()
-            by_utm = (row[0], lst[0] if lst else None, buyer)
-    return decide(
-        sale["at"],
-        by_token=by_token,
-        by_personal_coupon=by_personal,
-        by_campaign_coupon=by_campaign,
-        by_utm=by_utm,
-        buyer_touches=buyer,
+    }
+    buyer: dict[int, list[Touch]] = defaultdict(list)
+    for sid, *rest in db.execute(
+        f"""SELECT s.id, {_TOUCH} FROM sales s
+            JOIN subscribers sub ON sub.key = s.email_key
+            JOIN deliveries d ON d.subscriber_id = sub.id
+            JOIN campaigns c ON c.id = d.campaign_id
+            WHERE s.email_key IS NOT NULL AND d.state = 'sent' {where}""",
+        params,
+    ):
+        buyer[sid].append(Touch(*rest))
+    return {"token": by_token, "buyer": buyer}
+
+
+def _personal_coupons(db: Database, coupons: dict[int, str]) -> dict[int, Touch]:
+    prefixes = {sid: p for sid, c in coupons.items() if (p := personal_coupon_prefix(c))}
+    if not prefixes:
+        return {}
+    found: dict[int, Touch] = {}
+    rows = db.execute(
+        f"""SELECT p.key, d.coupon, {_TOUCH} FROM json_each(?) p
+            JOIN deliveries d ON d.token >= p.value AND d.token < p.value || '~'
+            JOIN campaigns c ON c.id = d.campaign_id
+            WHERE d.state != 'held_out' ORDER BY d.id""",
+        [json.dumps({str(sid): p for sid, p in prefixes.items()})],
     )
+    for sid, coupon, *rest in rows:
+        sid = int(sid)
+        if (coupon or "").casefold() == coupons[sid].strip().casefold() and sid not in found:
+            found[sid] = Touch(*rest)
+    return found
 
 
 def attribute_all(db: Database, ids: Iterable[int] | None = None) -> dict[str, int]:
@@ -166,17 +196,46 @@ def attribute_all(db: Database, ids: Iterable[int] | None = None) -> dict[str, i
         ids = list(ids)
         if not ids:
             return {}
-        where, params = "WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
-    keys = ("id", "at", "token", "coupon", "email_key", "utm_campaign", "utm_content")
+        where, params = "AND s.id IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
     sales = [
-        dict(zip(keys, r, strict=True))
-        for r in db.execute(f"SELECT {', '.join(keys)} FROM sales {where} ORDER BY id", params)
+        dict(zip(_SALES, r, strict=True))
+        for r in db.execute(
+            f"SELECT {', '.join('s.' + k for k in _SALES)} FROM sales s WHERE 1 {where} "
+            "ORDER BY s.id",
+            params,
+        )
     ]
+    found = _candidates(db, where, params)
+    personal = _personal_coupons(db, {s["id"]: s["coupon"] for s in sales if s["coupon"]})
+    campaigns = db.execute(
+        "SELECT id, slug, offer, coupon, started FROM campaigns ORDER BY started DESC, id DESC"
+    ).fetchall()
+    offers = {cid: offer for cid, _slug, offer, _coupon, _started in campaigns}
+    slugs = {slug: cid for cid, slug, _offer, _coupon, _started in campaigns}
+    lists = dict(db.execute("SELECT slug, id FROM lists").fetchall())
+    by_coupon: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for cid, _slug, _offer, coupon, started in campaigns:
+        if coupon and started:
+            by_coupon[coupon.strip().casefold()].append((cid, started))
+
     results = {m: 0 for m in METHODS}
     updates = []
-    offers = dict(db.execute("SELECT id, offer FROM campaigns").fetchall())
     for sale in sales:
-        a = attribute_sale(db, sale)
+        at = datetime.fromisoformat(sale["at"])
+        coupon = (sale["coupon"] or "").strip().casefold()
+        a = decide(
+            sale["at"],
+            token=found["token"].get(sale["id"]),
+            personal_coupon=personal.get(sale["id"]),
+            coupon_campaigns=[
+                cid
+                for cid, started in by_coupon.get(coupon, ())
+                if datetime.fromisoformat(started) <= at
+            ],
+            utm_campaign=slugs.get(sale["utm_campaign"] or ""),
+            utm_list=lists.get(sale["utm_content"] or ""),
+            buyer=found["buyer"].get(sale["id"], ()),
+        )
         results[a.method] += 1
         updates.append(
             (

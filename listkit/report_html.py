@@ -177,7 +177,7 @@ def render_html(report: dict, by_list: dict, by_offer: dict) -> str:
         )
     data = json.dumps(
         {"report": report, "by_list": by_list, "by_offer": by_offer}, ensure_ascii=False
-    ).replace("</", "<\\/")
+    ).replace("<", "\\u003c")  # nothing in the data can close or open a tag
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         "<title>listkit report</title>"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlite_utils import Database
 
@@ -21,6 +21,7 @@ BY = ("list", "offer", "campaign")
 ORDER_STATUSES = "('paid', 'partially_refunded')"
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 Z95 = 1.959964
+NO_LIST = "(no list)"
 REVENUE = f"coalesce(SUM(amount - refunded) FILTER (WHERE status IN {REVENUE_STATUSES}), 0)"
 
 
@@ -159,11 +160,16 @@ def build_report(
         sparams,
     ):
         totals["orders"] += orders
-        totals["revenue"][currency] = totals["revenue"].get(currency, 0) + revenue
+        if revenue or currency in totals["revenue"]:
+            totals["revenue"][currency] = totals["revenue"].get(currency, 0) + revenue
         per_day = days.setdefault((day, currency), [0, 0])
         per_day[0] += revenue
         per_day[1] += revenue if attributed else 0
-        if key is None:
+        if key is None and by == "list" and attributed:
+            # Attributed to a campaign (its coupon) through no known list.
+            target = rows[("list", NO_LIST)]
+            target["methods"][method] = target["methods"].get(method, 0) + n
+        elif key is None:
             target = totals["unattributed"]
         else:
             target = rows[_group(by, key, campaigns, list_names)]
@@ -241,12 +247,12 @@ def _holdouts(db: Database, campaigns: dict, only: list[int] | None) -> list[dic
     for cid, c in sorted(campaigns.items()):
         if not c["holdout"] or not c["started"] or (only is not None and cid not in only):
             continue
-        window_end = date.fromisoformat(c["started"][:10]) + timedelta(days=c["days"] + 1)
+        window_end = datetime.fromisoformat(c["started"]) + timedelta(days=c["days"])
         figures = {"sent": (0, 0), "held_out": (0, 0)}
         for state, n, buyers in db.execute(
             f"""SELECT d.state, COUNT(*), coalesce(SUM(EXISTS (
                     SELECT 1 FROM sales x WHERE x.email_key = s.key AND x.at >= ?
-                    AND x.at < ? AND x.status IN {ORDER_STATUSES})), 0)
+                    AND x.at <= ? AND x.status IN {ORDER_STATUSES})), 0)
                 FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                 WHERE d.campaign_id = ? AND d.state IN ('sent', 'held_out')
                 GROUP BY d.state""",

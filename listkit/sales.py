@@ -98,6 +98,10 @@ def _money(row: dict, column: str, currency: str) -> int:
         raise InputError(f"{column}: {e}") from None
 
 
+def _optional(row: dict, column: str | None) -> str | None:
+    return ((row.get(column) or "").strip() or None) if column else None
+
+
 def _need(row: dict, column: str) -> str:
     value = (row.get(column) or "").strip()
     if not value:
@@ -147,14 +151,16 @@ def gumroad_row(row: dict) -> Sale:
 
 def stripe_row(row: dict, token_keys: tuple[str, ...]) -> Sale:
     status = (row.get("Status") or "").strip().lower()
-    if status == "failed":
-        raise Skip("failed payment")
+    if status in ("failed", "canceled", "blocked"):
+        raise Skip(f"{status} payment")
     if (row.get("Captured") or "true").strip().lower() == "false":
         raise Skip("not captured")
     currency = currency_code(_need(row, "Currency"))
     amount = _money(row, "Amount", currency)
     refunded = min(_money(row, "Amount Refunded", currency), amount)
-    created = row.get("Created date (UTC)") or row.get("Created (UTC)") or ""
+    if status == "refunded" and not refunded:
+        refunded = amount  # older exports say Refunded without the amount
+    date_column = "Created date (UTC)" if "Created date (UTC)" in row else "Created (UTC)"
     token = next(
         (
             row[f"{k} (metadata)"].strip()
@@ -168,7 +174,7 @@ def stripe_row(row: dict, token_keys: tuple[str, ...]) -> Sale:
         order_id=_need(row, "id"),
         amount=amount,
         currency=currency,
-        at=parse_time(created, "Created date (UTC)"),
+        at=parse_time(row.get(date_column) or "", date_column),
         status="refunded"
         if refunded >= amount and amount
         else "partially_refunded"
@@ -241,6 +247,8 @@ class Columns:
     coupon: str | None = "coupon"
     token: str | None = "token"
     refunded: str | None = "refunded"
+    utm_campaign: str | None = "utm_campaign"
+    utm_content: str | None = "utm_content"
 
 
 def generic_row(row: dict, cols: Columns) -> Sale:
@@ -267,6 +275,8 @@ def generic_row(row: dict, cols: Columns) -> Sale:
         email=(row.get(cols.email) or "").strip() or None,
         coupon=((row.get(cols.coupon) or "").strip() or None) if cols.coupon else None,
         token=((row.get(cols.token) or "").strip() or None) if cols.token else None,
+        utm_campaign=_optional(row, cols.utm_campaign),
+        utm_content=_optional(row, cols.utm_content),
         raw=row,
     )
 

@@ -44,6 +44,11 @@ def sales() -> None:
 @click.option("--date-column", default="date", show_default=True, help="Generic CSV.")
 @click.option("--coupon-column", default="coupon", show_default=True, help="Generic CSV.")
 @click.option("--token-column", default="token", show_default=True, help="Generic CSV.")
+@click.option("--refunded-column", default="refunded", show_default=True, help="Generic CSV.")
+@click.option(
+    "--utm-campaign-column", default="utm_campaign", show_default=True, help="Generic CSV."
+)
+@click.option("--utm-content-column", default="utm_content", show_default=True, help="Generic CSV.")
 @click.option("--json", "json_", is_flag=True, help="Output the summary as JSON.")
 @pass_workspace
 def sales_import(ws: Workspace, file, fmt: str, json_: bool, fixed_currency, **columns) -> None:
@@ -69,6 +74,9 @@ def sales_import(ws: Workspace, file, fmt: str, json_: bool, fixed_currency, **c
         date=columns["date_column"],
         coupon=columns["coupon_column"],
         token=columns["token_column"],
+        refunded=columns["refunded_column"],
+        utm_campaign=columns["utm_campaign_column"],
+        utm_content=columns["utm_content_column"],
     )
     token_param = ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk"
     try:

@@ -1,0 +1,273 @@
+"""Reports: figures per list, offer and campaign; table, CSV, JSON and HTML output; holdout."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from listkit.reports import build_report, lift, per_thousand
+from listkit.suppressions import suppress
+from tests.world import World
+
+
+def report(run, *args):
+    return json.loads(run("report", "--json", *args).output)
+
+
+def sales(run, tmp_path: Path, text: str) -> dict:
+    f = tmp_path / "sales.csv"
+    f.write_text("order,email,amount,currency,date,coupon,utm_campaign,utm_content\n" + text)
+    return json.loads(run("sales", "import", str(f), "--json").output)
+
+
+# --- pure ---------------------------------------------------------------------------------
+
+
+def test_revenue_per_thousand_sent_is_rounded_per_currency():
+    assert per_thousand({"USD": 2900, "EUR": 100}, 3) == {"USD": 966667, "EUR": 33333}
+    assert per_thousand({"JPY": 1500}, 2000) == {"JPY": 750}
+    assert per_thousand({"USD": 2900}, 0) == {}
+
+
+def test_lift_is_the_difference_of_purchase_rates_with_a_95_percent_interval():
+    result = lift(1000, 50, 100, 2)
+    assert (result["mailed_rate"], result["held_out_rate"]) == (0.05, 0.02)
+    assert result["difference"] == pytest.approx(0.03)
+    se = (0.05 * 0.95 / 1000 + 0.02 * 0.98 / 100) ** 0.5
+    assert result["ci95"] == pytest.approx([0.03 - 1.959964 * se, 0.03 + 1.959964 * se])
+    assert lift(10, 1, 0, 0)["ci95"] is None
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shop(ws):
+    """Two campaigns: t (offer launch, coupon LAUNCH30) to blog and shop, u (offer course)
+    to blog; a dormant list with members and no sends."""
+    w = World(ws.db)
+    t = w.campaign("t", coupon="LAUNCH30")
+    for email in ("a@example.com", "b@example.com", "c@example.com"):
+        w.deliver(t, email, "blog")
+    w.deliver(t, "f@example.com", "blog", state="failed", code=550)
+    w.deliver(t, "d@example.com", "shop")
+    u = w.campaign("u", offer="course", started="2026-11-10T10:00:00+00:00")
+    w.deliver(u, "a@example.com", "blog", sent_at="2026-11-10T10:00:00+00:00")
+    w.deliver(u, "b@example.com", "blog", sent_at="2026-11-10T10:00:00+00:00")
+    w.list("dormant", "z1@example.com", "z2@example.com")
+    w.list("dormant", "gone@example.com", status="unsubscribed")
+    return w
+
+
+SALES = (
+    "1,a@example.com,29,USD,2026-11-02T10:00:00Z,,,\n"  # t, blog, email
+    "2,b@example.com,1500,JPY,2026-11-03T10:00:00Z,,,\n"  # t, blog, email, yen
+    "3,d@example.com,49.50,USD,2026-11-03T10:00:00Z,,,\n"  # t, shop, email
+    "4,new@example.com,29,USD,2026-11-04T10:00:00Z,LAUNCH30,,\n"  # t, no list: coupon only
+    "5,a@example.com,99,EUR,2026-11-11T10:00:00Z,,,\n"  # u, blog, email
+    "6,stranger@example.com,10,USD,2026-11-11T10:00:00Z,,,\n"  # unattributed
+)
+
+
+def test_report_by_list_keeps_currencies_apart_and_names_lists_without_revenue(run, shop, tmp_path):
+    s = sales(run, tmp_path, SALES)
+    assert s["attributed"] == {"coupon": 1, "email": 4, "none": 1}
+    data = report(run)
+    rows = {r["list"]: r for r in data["rows"]}
+    assert list(rows) == ["(no list)", "blog", "dormant", "shop"]
+    blog = rows["blog"]
+    assert {k: blog[k] for k in ("audience", "sent", "failed", "orders")} == {
+        "audience": 4,
+        "sent": 5,
+        "failed": 1,
+        "orders": 3,
+    }
+    assert blog["revenue"] == {"USD": 2900, "JPY": 1500, "EUR": 9900}
+    assert blog["revenue_per_1000"] == {"USD": 580000, "JPY": 300000, "EUR": 1980000}
+    assert blog["conversion_rate"] == pytest.approx(3 / 5)
+    assert blog["methods"] == {"email": 3}
+    assert (rows["shop"]["revenue"], rows["shop"]["sent"]) == ({"USD": 4950}, 1)
+    assert rows["(no list)"]["revenue"] == {"USD": 2900}
+    assert rows["(no list)"]["methods"] == {"coupon": 1}
+    assert rows["dormant"]["audience"] == 2 and rows["dormant"]["revenue"] == {}
+    assert data["lists_without_revenue"] == [{"list": "dormant", "active": 2, "sent": 0}]
+    assert data["totals"] == {
+        "orders": 6,
+        "revenue": {"USD": 2900 + 4950 + 2900 + 1000, "JPY": 1500, "EUR": 9900},
+        "unattributed": {"orders": 1, "revenue": {"USD": 1000}},
+    }
+
+
+def test_report_by_campaign_and_by_offer(run, shop, tmp_path):
+    sales(run, tmp_path, SALES)
+    rows = {r["campaign"]: r for r in report(run, "--by", "campaign")["rows"]}
+    assert (rows["t"]["audience"], rows["t"]["sent"], rows["t"]["failed"]) == (5, 4, 1)
+    assert rows["t"]["revenue"] == {"USD": 2900 + 4950 + 2900, "JPY": 1500}
+    assert rows["t"]["methods"] == {"email": 3, "coupon": 1}
+    assert rows["u"]["revenue"] == {"EUR": 9900} and rows["u"]["sent"] == 2
+    offers = {r["offer"]: r for r in report(run, "--by", "offer")["rows"]}
+    assert offers["launch"]["orders"] == 4 and offers["course"]["orders"] == 1
+    data = report(run, "--by", "offer")
+    assert data["lists_without_revenue"] == [{"list": "dormant", "active": 2}]
+
+
+def test_a_refund_removes_revenue_and_the_order(run, shop, tmp_path):
+    sales(run, tmp_path, SALES)
+    f = tmp_path / "refunds.csv"
+    f.write_text(
+        "order,email,amount,currency,date,refunded\n"
+        "1,a@example.com,29,USD,2026-11-02T10:00:00Z,29\n"
+        "3,d@example.com,49.50,USD,2026-11-03T10:00:00Z,9.50\n"
+    )
+    s = json.loads(run("sales", "import", str(f), "--json").output)
+    assert (s["imported"], s["updated"]) == (0, 2)
+    rows = {r["list"]: r for r in report(run)["rows"]}
+    assert rows["blog"]["revenue"] == {"JPY": 1500, "EUR": 9900}
+    assert rows["blog"]["orders"] == 2
+    assert rows["shop"]["revenue"] == {"USD": 4000}
+
+
+def test_a_period_counts_the_sales_and_campaigns_inside_it(run, shop, tmp_path):
+    sales(run, tmp_path, SALES)
+    data = report(run, "--by", "campaign", "--since", "2026-11-10", "--until", "2026-11-30")
+    assert [(r["campaign"], r["sent"], r["revenue"]) for r in data["rows"]] == [
+        ("u", 2, {"EUR": 9900})
+    ]
+    assert data["totals"]["revenue"] == {"EUR": 9900, "USD": 1000}
+    early = report(run, "--until", "2026-10-31")
+    assert early["totals"]["revenue"] == {}
+    result = run("report", "--since", "nope", ok=False)
+    assert result.output == "Error: --since 'nope' is not a date such as 2026-11-01\n"
+    result = run("report", "--since", "2026-11-30", "--until", "2026-11-01", ok=False)
+    assert result.output == "Error: --since must come before --until\n"
+
+
+def test_unsubscribes_and_bounces_caused_by_a_campaign_are_counted(run, ws, shop):
+    from listkit.subscribers import unsubscribe
+
+    t = ws.db.execute("SELECT id FROM campaigns WHERE slug = 't'").fetchone()[0]
+    unsubscribe(ws.db, "a@example.com", campaign_id=t)
+    suppress(ws.db, "f@example.com", "hard_bounce", campaign_id=t)
+    suppress(ws.db, "c@example.com", "unsubscribed")  # no campaign: not counted
+    blog = {r["list"]: r for r in report(run)["rows"]}["blog"]
+    assert (blog["unsubscribed"], blog["bounced"]) == (1, 1)
+    rows = {r["campaign"]: r for r in report(run, "--by", "campaign")["rows"]}
+    assert (rows["t"]["unsubscribed"], rows["u"]["unsubscribed"]) == (1, 0)
+
+
+def test_unsubscribe_link_is_verified_and_counted_against_its_campaign(run, workspace, shop):
+    from listkit.config import load_settings
+    from listkit.tracking import unsubscribe_url
+
+    token = shop.db.execute(
+        """SELECT token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+           WHERE c.slug = 'u' AND d.email = 'b@example.com'"""
+    ).fetchone()[0]
+    settings = load_settings(workspace)
+    url = unsubscribe_url(settings.public_base_url(), settings.secret_key(), token)
+    bad = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
+    result = run("unsubscribe", bad, ok=False)
+    assert result.output == (
+        "Error: the link's signature does not match LISTKIT_SECRET: not a link we sent\n"
+    )
+    assert run("unsubscribe", url).output.startswith("Unsubscribed b@example.com from blog.")
+    rows = {r["campaign"]: r for r in report(run, "--by", "campaign")["rows"]}
+    assert (rows["t"]["unsubscribed"], rows["u"]["unsubscribed"]) == (0, 1)
+
+
+def test_table_formats_money_and_csv_has_one_line_per_currency(run, shop, tmp_path):
+    sales(run, tmp_path, SALES)
+    table = run("report").output
+    blog = next(line for line in table.splitlines() if line.startswith("blog"))
+    assert "EUR 99.00, JPY 1,500, USD 29.00" in blog
+    assert "60.00%" in blog and "email 3" in blog
+    assert "Total: 6 orders, EUR 99.00, JPY 1,500, USD 117.50 (USD 10.00 unattributed)" in table
+    assert "Lists with subscribers and no revenue: dormant (2 active)" in table
+    lines = run("report", "--csv").output.splitlines()
+    assert lines[0] == (
+        "list,audience,sent,failed,unsubscribed,bounced,orders,currency,revenue,"
+        "conversion_rate,revenue_per_1000,methods"
+    )
+    assert [line for line in lines if line.startswith("blog,")] == [
+        "blog,4,5,1,0,0,3,EUR,9900,0.6,1980000,email=3",
+        "blog,4,5,1,0,0,3,JPY,1500,0.6,300000,email=3",
+        "blog,4,5,1,0,0,3,USD,2900,0.6,580000,email=3",
+    ]
+
+
+def test_holdout_compares_mailed_and_held_out_buyers_in_the_window(run, ws, tmp_path):
+    w = World(ws.db)
+    cid = w.campaign("h", holdout=0.2, days=7)
+    mailed = [f"m{i}@example.com" for i in range(40)]
+    held = [f"h{i}@example.com" for i in range(10)]
+    for email in mailed:
+        w.deliver(cid, email, "blog")
+    for email in held:
+        w.deliver(cid, email, "blog", state="held_out")
+    sales(
+        run,
+        tmp_path,
+        "".join(f"m{i},m{i}@example.com,10,USD,2026-11-03T00:00:00Z,,,\n" for i in range(6))
+        + "m6,m6@example.com,10,USD,2026-11-08T10:00:01Z,,,\n"  # after the window
+        + "h0,h0@example.com,10,USD,2026-11-08T10:00:00Z,,,\n"  # last moment of the window
+        + "h1,h1@example.com,10,USD,2026-11-01T09:00:00Z,,,\n",  # before the campaign
+    )
+    (h,) = report(run)["holdout"]
+    assert (h["campaign"], h["window_days"]) == ("h", 7)
+    assert (h["mailed"], h["mailed_buyers"], h["held_out"], h["held_out_buyers"]) == (40, 6, 10, 1)
+    assert h["difference"] == pytest.approx(6 / 40 - 1 / 10)
+    assert h["ci95"][0] < h["difference"] < h["ci95"][1]
+    assert "Lift of h: mailed 15.00% bought, held out 10.00%: +5.00% (95% interval" in (
+        run("report").output
+    )
+
+
+# --- HTML -----------------------------------------------------------------------------------
+
+
+def bars(html: str, chart: str) -> dict[str, int]:
+    svg = re.search(rf'<svg id="{chart}".*?</svg>', html, re.S).group(0)
+    return {k: int(v) for k, v in re.findall(r'data-label="([^"]+)" data-value="(-?\d+)"', svg)}
+
+
+def test_html_report_draws_the_json_figures_and_needs_no_network(run, shop, tmp_path):
+    sales(run, tmp_path, SALES.replace("1500,JPY", "15,USD"))
+    out = tmp_path / "r.html"
+    assert run("report", "--html", str(out)).output == f"Wrote {out}.\n"
+    html = out.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "@import" not in html and "url(" not in html
+    by_list, by_offer = report(run), report(run, "--by", "offer")
+    assert bars(html, "revenue-by-list") == {
+        r["list"]: r["revenue"].get("USD", 0) for r in by_list["rows"]
+    }
+    assert bars(html, "per-1000-by-list") == {
+        r["list"]: r["revenue_per_1000"].get("USD", 0) for r in by_list["rows"]
+    }
+    assert bars(html, "revenue-by-offer") == {
+        r["offer"]: r["revenue"].get("USD", 0) for r in by_offer["rows"]
+    }
+    assert bars(html, "revenue-over-time") == {
+        p["day"]: p["revenue"] for p in by_list["over_time"] if p["currency"] == "USD"
+    }
+    assert bars(html, "revenue-by-list")["blog"] == 2900 + 1500
+    embedded = json.loads(
+        re.search(r'<script type="application/json" id="listkit-report">(.*?)</script>', html, re.S)
+        .group(1)
+        .replace("<\\/", "</")
+    )
+    assert embedded["report"] == by_list
+    assert "also earned in EUR" in html
+
+
+def test_html_escapes_names_from_the_data(ws, tmp_path):
+    w = World(ws.db)
+    cid = w.campaign("x", offer="<b>offer</b>")
+    w.deliver(cid, "a@example.com", "<script>")
+    from listkit.report_html import render_html
+
+    data = build_report(ws.db, "list")
+    html = render_html(data, data, build_report(ws.db, "offer"))
+    assert "<script>" not in html.replace('<script type="application/json"', "")
+    assert "&lt;script&gt;" in html

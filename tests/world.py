@@ -1,0 +1,107 @@
+"""Build lists, subscribers, campaigns and deliveries directly in the database.
+
+Attribution and report tests need deliveries in exact states at exact times;
+writing the rows as the sender does (see ``listkit/db.py``) keeps those tests
+independent of sending.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlite_utils import Database
+
+from listkit.addresses import email_key
+from listkit.db import now
+from listkit.tracking import new_token, personal_coupon
+
+T0 = "2026-11-01T10:00:00+00:00"
+
+
+class World:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def _id(self, sql: str, params: list) -> int:
+        with self.db.conn:
+            return self.db.execute(sql, params).lastrowid
+
+    def list(self, slug: str, *emails: str, status: str = "active") -> int:
+        row = self.db.execute("SELECT id FROM lists WHERE slug = ?", [slug]).fetchone()
+        lid = (
+            row[0]
+            if row
+            else self._id(
+                "INSERT INTO lists (slug, title, created) VALUES (?, ?, ?)",
+                [slug, slug.title(), now()],
+            )
+        )
+        for email in emails:
+            sid = self.subscriber(email)
+            with self.db.conn:
+                self.db.execute(
+                    """INSERT OR REPLACE INTO memberships (list_id, subscriber_id, status, created)
+                       VALUES (?, ?, ?, ?)""",
+                    [lid, sid, status, now()],
+                )
+        return lid
+
+    def subscriber(self, email: str) -> int:
+        row = self.db.execute(
+            "SELECT id FROM subscribers WHERE key = ?", [email_key(email)]
+        ).fetchone()
+        if row:
+            return row[0]
+        return self._id(
+            "INSERT INTO subscribers (email, key, created) VALUES (?, ?, ?)",
+            [email, email_key(email), now()],
+        )
+
+    def campaign(
+        self,
+        slug: str,
+        *,
+        offer: str = "launch",
+        coupon: str | None = None,
+        started: str | None = T0,
+        days: int = 7,
+        holdout: float = 0.0,
+    ) -> int:
+        return self._id(
+            """INSERT INTO campaigns (slug, offer, lists, state, holdout, attribution_days,
+               coupon, created, started) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?)""",
+            [slug, offer, json.dumps([]), holdout, days, coupon, now(), started],
+        )
+
+    def deliver(
+        self,
+        campaign_id: int,
+        email: str,
+        list_slug: str,
+        *,
+        state: str = "sent",
+        sent_at: str | None = T0,
+        coupon_base: str | None = None,
+        code: int | None = None,
+    ) -> dict:
+        """One delivery (the subscriber joins the list); returns id, token, coupon."""
+        lid = self.list(list_slug, email)
+        token = new_token()
+        coupon = personal_coupon(coupon_base, token) if coupon_base else None
+        did = self._id(
+            """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
+               coupon, state, last_code, created, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [
+                campaign_id,
+                self.subscriber(email),
+                lid,
+                email,
+                token,
+                coupon,
+                state,
+                code,
+                now(),
+                sent_at if state == "sent" else None,
+            ],
+        )
+        return {"id": did, "token": token, "coupon": coupon}
