@@ -13,7 +13,7 @@ from html import escape
 
 from listkit.money import exponent, format_amounts, format_minor
 
-WIDTH, BAR_H, GAP, LABEL_W = 720, 22, 8, 170
+WIDTH, BAR_H, GAP, LABEL_W = 960, 22, 8, 170
 
 
 def _empty(title: str, text: str) -> str:
@@ -45,32 +45,54 @@ def _bar_chart(chart_id: str, title: str, items: list[tuple[str, int]], currency
     )
 
 
-def _time_chart(chart_id: str, title: str, points: list[tuple[str, int]], currency: str) -> str:
+def _time_chart(
+    chart_id: str, title: str, points: list[tuple[str, int, int]], currency: str
+) -> str:
+    """Revenue per day: a bar per day, its attributed part drawn darker."""
     if not points:
         return _empty(title, "No sales in this period.")
-    height, pad = 220, 40
-    top = max(v for _d, v in points) or 1
-    step = (WIDTH - 2 * pad) / max(len(points), 1)
+    height, pad, base = 240, 44, 200
+    top = max(v for _d, v, _a in points) or 1
+    step = (WIDTH - 2 * pad) / len(points)
+    few = len(points) <= 14
     bars = []
-    for i, (day, value) in enumerate(points):
-        h = 0 if value <= 0 else max(2, round((height - 2 * pad) * value / top))
-        x = pad + i * step
-        bars.append(
-            f'<g class="bar" data-label="{day}" data-value="{value}" data-currency="{currency}">'
-            f'<rect x="{x + 1:.1f}" y="{height - pad - h}" width="{max(step - 2, 1):.1f}" '
-            f'height="{h}"><title>{day}: {escape(format_minor(value, currency))}</title></rect>'
-            "</g>"
+    for i, (day, value, attributed) in enumerate(points):
+        h = 0 if value <= 0 else max(2, round((base - pad) * value / top))
+        ha = 0 if attributed <= 0 else max(1, round((base - pad) * attributed / top))
+        x, w = pad + i * step + 1, max(min(step - 2, 80), 1)
+        money = escape(format_minor(value, currency))
+        label = (
+            f'<text class="value" x="{x + w / 2:.1f}" y="{base - h - 6}" '
+            f'text-anchor="middle">{money}</text>'
+            f'<text x="{x + w / 2:.1f}" y="{base + 18}" text-anchor="middle">{day}</text>'
+            if few
+            else ""
         )
-    first, last = points[0][0], points[-1][0]
-    axis = (
-        f'<text x="{pad}" y="{height - 12}">{first}</text>'
-        f'<text x="{WIDTH - pad}" y="{height - 12}" text-anchor="end">{last}</text>'
-        f'<text x="{pad}" y="{pad - 12}">max {escape(format_minor(top, currency))} a day</text>'
+        bars.append(
+            f'<g class="bar" data-label="{day}" data-value="{value}" '
+            f'data-attributed="{attributed}" data-currency="{currency}">'
+            f'<rect class="all" x="{x:.1f}" y="{base - h}" width="{w:.1f}" height="{h}">'
+            f"<title>{day}: {money}</title></rect>"
+            f'<rect class="attributed" x="{x:.1f}" y="{base - ha}" width="{w:.1f}" '
+            f'height="{ha}"></rect>{label}</g>'
+        )
+    axis = [f'<line x1="{pad}" y1="{base}" x2="{WIDTH - pad}" y2="{base}"></line>']
+    if not few:
+        axis.append(f'<text x="{pad}" y="{base + 18}">{points[0][0]}</text>')
+        axis.append(
+            f'<text x="{WIDTH - pad}" y="{base + 18}" text-anchor="end">{points[-1][0]}</text>'
+        )
+    axis.append(
+        f'<text x="{pad}" y="{pad - 24}">highest day {escape(format_minor(top, currency))}</text>'
+        f'<rect class="attributed" x="{WIDTH - pad - 230}" y="{pad - 34}" width="12" '
+        f'height="12"></rect><text x="{WIDTH - pad - 212}" y="{pad - 24}">attributed</text>'
+        f'<rect class="all" x="{WIDTH - pad - 120}" y="{pad - 34}" width="12" height="12">'
+        f'</rect><text x="{WIDTH - pad - 102}" y="{pad - 24}">unattributed</text>'
     )
     return (
         f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart time" '
-        f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}">'
-        f"{''.join(bars)}{axis}</svg></section>"
+        f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
+        f'aria-label="{escape(title)}">{"".join(bars)}{"".join(axis)}</svg></section>'
     )
 
 
@@ -111,7 +133,9 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.15em;margin:1.6em 0 .5em}
 .sub{color:#59636e;margin-top:0}table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{padding:.35em .5em;border-bottom:1px solid #d1d9e0;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f6f8fa}
-.chart rect{fill:#1a7f37}.chart.time rect{fill:#0969da}.chart text{font-size:12px;fill:#1f2328}
+.chart rect{fill:#1a7f37}.chart.time rect.all{fill:#9ec5f4}
+.chart.time rect.attributed{fill:#0969da}.chart line{stroke:#8c959f}
+svg.chart{max-width:100%;height:auto}.chart text{font-size:12px;fill:#1f2328}
 .chart text.value{fill:#59636e}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.6em 1em;
 border-radius:6px}.empty{color:#59636e}.kpi{display:flex;gap:1.5em;flex-wrap:wrap}
 .kpi div{background:#f6f8fa;border-radius:6px;padding:.6em 1em}.kpi b{display:block;font-size:1.3em}
@@ -142,7 +166,11 @@ def render_html(report: dict, by_list: dict, by_offer: dict) -> str:
         lists_rev = [(r["list"], r["revenue"].get(currency, 0)) for r in by_list["rows"]]
         lists_k = [(r["list"], r["revenue_per_1000"].get(currency, 0)) for r in by_list["rows"]]
         offers_rev = [(r["offer"], r["revenue"].get(currency, 0)) for r in by_offer["rows"]]
-        days = [(p["day"], p["revenue"]) for p in report["over_time"] if p["currency"] == currency]
+        days = [
+            (p["day"], p["revenue"], p["attributed"])
+            for p in report["over_time"]
+            if p["currency"] == currency
+        ]
         sections += [
             _bar_chart("revenue-by-list", f"Revenue by list ({currency})", lists_rev, currency),
             _bar_chart(

@@ -79,7 +79,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as profile:
         common = [browser, *FLAGS, f"--user-data-dir={profile}"]
         subprocess.run(
-            [*common, f"--screenshot={png}", "--window-size=1100,2200", html.as_uri()],
+            [*common, f"--screenshot={png}", "--window-size=1280,2000", html.as_uri()],
             check=True,
             capture_output=True,
             timeout=120,

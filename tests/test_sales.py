@@ -206,7 +206,14 @@ def test_sales_add_and_unknown_format(run, tmp_path):
         "USD",
         ok=False,
     )
-    assert result.output == "Error: '2x' is not an amount\n"
+    assert result.output == "Error: --amount: '2x' is not an amount\n"
+    result = run(
+        "sales", "add", "--order", "M2", "--email", "a@example.com", "--amount", "2",
+        "--currency", "dollars", ok=False,
+    )  # fmt: skip
+    assert result.output == "Error: --currency: 'dollars' is not a 3-letter currency code\n"
+    result = run("report", "--json", "--csv", ok=False)
+    assert result.exit_code == 2 and "use one of --json, --csv and --html" in result.output
     empty = tmp_path / "e.csv"
     empty.write_text("")
     assert "the file is empty" in imported(run, empty, ok=False).output

@@ -35,7 +35,7 @@ COMMAND_MODULES = {
     "retry": "send",
     "sink": "send",
     "sales": "sales",
-    "report": "sales",
+    "report": "report",
 }
 
 

@@ -1,9 +1,6 @@
-"""CLI commands: sales, report."""
+"""CLI commands: sales import, add, ls, attribute."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import click
 
@@ -11,9 +8,7 @@ from listkit.attribution import attribute_all
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
 from listkit.errors import InputError
-from listkit.money import currency_code, format_amounts, format_minor, to_minor
-from listkit.report_html import render_html
-from listkit.reports import BY, build_report
+from listkit.money import currency_code, format_minor, to_minor
 from listkit.sales import (
     FORMATS,
     Columns,
@@ -122,11 +117,18 @@ def sales_add(ws: Workspace, order, email, amount, currency, at, coupon, token, 
     """
     from listkit.db import now
 
-    code = currency_code(currency)
+    try:
+        code = currency_code(currency)
+    except InputError as e:
+        raise InputError(f"--currency: {e}") from None
+    try:
+        minor = to_minor(amount, code)
+    except InputError as e:
+        raise InputError(f"--amount: {e}") from None
     sale = Sale(
         source="manual",
         order_id=order,
-        amount=to_minor(amount, code),
+        amount=minor,
         currency=code,
         at=parse_time(at, "--at") if at else now(),
         email=email.strip(),
@@ -180,101 +182,3 @@ def sales_attribute(ws: Workspace) -> None:
     counts = attribute_all(ws.db)
     total = sum(counts.values())
     click.echo(f"{total} sales: " + (", ".join(f"{n} by {m}" for m, n in counts.items()) or "none"))
-
-
-@cli.command()
-@click.option("--by", type=click.Choice(BY), default="list", show_default=True)
-@click.option("--since", help="First day, YYYY-MM-DD.")
-@click.option("--until", help="Last day, YYYY-MM-DD.")
-@click.option("--json", "json_", is_flag=True, help="Output JSON (revenue in minor units).")
-@click.option("--csv", "csv_", is_flag=True, help="Output CSV.")
-@click.option(
-    "--html", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report here."
-)
-@pass_workspace
-def report(
-    ws: Workspace, by: str, since, until, json_: bool, csv_: bool, html: Path | None
-) -> None:
-    """Which lists, offers and campaigns produce revenue, and which produce nothing.
-
-    \b
-    Examples:
-        listkit report
-        listkit report --by campaign --since 2026-11-01 --json
-        listkit report --html report.html
-    """
-    data = build_report(ws.db, by, since, until)
-    if html is not None:
-        by_list = data if by == "list" else build_report(ws.db, "list", since, until)
-        by_offer = data if by == "offer" else build_report(ws.db, "offer", since, until)
-        html.write_text(render_html(data, by_list, by_offer), encoding="utf-8")
-        click.echo(f"Wrote {html}.")
-        return
-    if json_:
-        emit_json(data)
-        return
-    columns = [by, "audience", "sent", "failed", "unsubscribed", "bounced", "orders"]
-    if csv_:
-        flat = []
-        for r in data["rows"]:
-            for cur in sorted(r["revenue"]) or [""]:
-                flat.append(
-                    {
-                        **r,
-                        "currency": cur,
-                        "revenue": r["revenue"].get(cur, 0),
-                        "revenue_per_1000": r["revenue_per_1000"].get(cur, ""),
-                        "methods": " ".join(f"{m}={n}" for m, n in sorted(r["methods"].items())),
-                    }
-                )
-        emit_csv(
-            flat,
-            [*columns, "currency", "revenue", "conversion_rate", "revenue_per_1000", "methods"],
-        )
-        return
-    rows = []
-    for r in data["rows"]:
-        rows.append(
-            {
-                **r,
-                "revenue": format_amounts(r["revenue"], "-"),
-                "conv": f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "-",
-                "per_1000": format_amounts(r["revenue_per_1000"], "-"),
-                "methods": ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items())) or "-",
-            }
-        )
-    emit_table(
-        rows,
-        [*columns, "revenue", "conv", "per_1000", "methods"],
-        headers=[
-            by,
-            "audience",
-            "sent",
-            "failed",
-            "unsub",
-            "bounced",
-            "orders",
-            "revenue",
-            "conv",
-            "per 1k sent",
-            "attributed by",
-        ],
-        empty="Nothing to report yet.",
-    )
-    t = data["totals"]
-    total = format_amounts(t["revenue"], "none")
-    un = format_amounts(t["unattributed"]["revenue"])
-    click.echo(f"\nTotal: {t['orders']} orders, {total}" + (f" ({un} unattributed)" if un else ""))
-    if data["lists_without_revenue"]:
-        names = ", ".join(
-            f"{x['list']} ({x['active']} active)" for x in data["lists_without_revenue"]
-        )
-        click.echo(f"Lists with subscribers and no revenue: {names}")
-    for h in data["holdout"]:
-        ci = h["ci95"]
-        interval = f" (95% interval {ci[0]:+.2%} to {ci[1]:+.2%})" if ci else ""
-        click.echo(
-            f"Lift of {h['campaign']}: mailed {h['mailed_rate']:.2%} bought, held out "
-            f"{h['held_out_rate']:.2%}: {h['difference']:+.2%}{interval}"
-        )
-    sys.stdout.flush()
