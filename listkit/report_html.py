@@ -96,7 +96,7 @@ def _time_chart(
     )
 
 
-def _main_currency(report: dict) -> str | None:
+def main_currency(report: dict) -> str | None:
     revenue = report["totals"]["revenue"]
     if not revenue:
         return None
@@ -144,7 +144,7 @@ border-radius:6px}.empty{color:#59636e}.kpi{display:flex;gap:1.5em;flex-wrap:wra
 
 def render_html(report: dict, by_list: dict, by_offer: dict) -> str:
     """The report page; ``by_list`` and ``by_offer`` are reports for the same period."""
-    currency = _main_currency(report)
+    currency = main_currency(report)
     sections = []
     period = f"{report['since'] or 'the beginning'} to {report['until'] or 'today'}"
     totals = report["totals"]

@@ -271,3 +271,12 @@ def test_html_escapes_names_from_the_data(ws, tmp_path):
     html = render_html(data, data, build_report(ws.db, "offer"))
     assert "<script>" not in html.replace('<script type="application/json"', "")
     assert "&lt;script&gt;" in html
+
+
+def test_charts_use_the_currency_with_most_revenue_in_whole_units():
+    from listkit.report_html import main_currency
+
+    # 0.100 KWD is more minor units than USD 0.50, but fewer whole units.
+    assert main_currency({"totals": {"revenue": {"KWD": 100, "USD": 50}}}) == "USD"
+    assert main_currency({"totals": {"revenue": {"KWD": 1000, "USD": 50}}}) == "KWD"
+    assert main_currency({"totals": {"revenue": {}}}) is None
