@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiosmtplib
@@ -629,7 +629,9 @@ def send_due(
         if status == "missed" and state != "sending":
             cid = register(ws.db, campaign, digest="", coupon=None)
             set_state(ws.db, cid, "missed")
-            late = format_duration(at - campaign.send_at)
+            # Whole minutes: the seconds a cron run takes are noise here.
+            minutes = round((at - campaign.send_at).total_seconds() / 60)
+            late = format_duration(timedelta(minutes=minutes))
             outcomes.append(
                 DueOutcome(
                     slug,
