@@ -35,13 +35,10 @@ def normalize_address(raw: str) -> str:
     """The address trimmed and with its domain normalised; InputError says why not valid."""
     address = raw.strip()
     m = _FAST.fullmatch(address)
-    if (
-        m is not None
-        and len(m.group(1)) <= 64
-        and len(address) <= 254
-        and m.group(3).lower() not in _SPECIAL_TLDS
-    ):
-        return f"{m.group(1)}@{m.group(2).lower()}"
+    if m is not None:
+        local, domain, tld = m.groups()
+        if len(local) <= 64 and len(address) <= 254 and tld.lower() not in _SPECIAL_TLDS:
+            return f"{local}@{domain.lower()}"
     if not address:
         raise InputError("no address")
     try:

@@ -19,18 +19,24 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
+import itertools
 import json
+import multiprocessing
+import os
 import re
-from collections import deque
+import stat
+import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, NamedTuple
 
 from sqlite_utils import Database
 
 from listkit.addresses import normalize_address
 from listkit.db import immediate, now
-from listkit.errors import InputError
+from listkit.errors import InputError, ListkitError
 from listkit.lists import get_list
 
 CHUNK = 5000
@@ -313,102 +319,70 @@ class ImportSummary:
         return dict(self.__dict__)
 
 
-class _Lines:
-    """The decoded lines of a file, numbered, with a way to read some again.
+def _records(text: IO[str], where: str) -> Iterator[tuple[int, list[str] | str]]:
+    """(line, fields) for each record of a CSV text, or (line, reason) for a broken one.
 
-    The CSV parser pulls lines from here; ``taken`` holds the lines of the
-    record being parsed, so that when a record is broken (unclosed quote,
-    oversized field) its first line is rejected and the rest are parsed again:
-    one bad quote does not swallow the rows after it.
+    Line numbers are physical lines (LF, CRLF or a lone CR each end one). The
+    lines of the record being parsed are kept in ``taken`` (a C-level tap, so
+    the common case costs no Python per line); when a record is broken (an
+    unclosed quote, an oversized field) its first line is rejected and the
+    lines after it are parsed again: one bad quote does not swallow the rows
+    after it.
     """
-
-    def __init__(self, text: Iterator[str]):
-        self._text = text
-        self._again: deque[tuple[int, str]] = deque()
-        self.taken: list[tuple[int, str]] = []
-        self.number = 0
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        if self._again:
-            number, line = self._again.popleft()
-        else:
-            line = next(self._text)
-            self.number += 1
-            number = self.number
-        self.taken.append((number, line))
-        return line
-
-    def again(self, lines: list[tuple[int, str]]) -> None:
-        self._again.extendleft(reversed(lines))
-
-
-_EOL = re.compile(r"\r\n|\r|\n")
-
-
-class _BadEncoding(Exception):
-    def __init__(self, line: int, byte: int):
-        self.line, self.byte = line, byte
-
-
-def _decoded_lines(stream: IO[bytes], encoding: str) -> Iterator[str]:
-    """Decoded lines with their ends (LF, CRLF or a lone CR), one physical line each."""
-    decoder = codecs.getincrementaldecoder(encoding)()
-    number = 0
-    for raw in stream:
-        try:
-            text = decoder.decode(raw)
-        except UnicodeDecodeError as e:
-            raise _BadEncoding(number + 1 + raw.count(b"\r", 0, e.start), raw[e.start]) from None
-        cr = text.find("\r")
-        if cr == -1 or (cr == len(text) - 2 and text[-1] == "\n"):
-            number += 1
-            yield text
-            continue
-        start = 0
-        for m in _EOL.finditer(text):
-            number += 1
-            yield text[start : m.end()]
-            start = m.end()
-        if start < len(text):
-            number += 1
-            yield text[start:]
-
-
-def _records(stream: IO[bytes], encoding: str, where: str) -> Iterator[tuple[int, list[str] | str]]:
-    """(line, fields) for each record, or (line, reason) for a broken one."""
-    lines = _Lines(_decoded_lines(stream, encoding))
-    reader = csv.reader(lines, strict=True)
+    taken: dict[int, str] = {}
+    numbers = itertools.count(1)
+    lines: Iterator[str] = map(taken.setdefault, numbers, text)
     while True:
-        lines.taken = []
+        reader = csv.reader(lines, strict=True)
         try:
-            row = next(reader)
-        except StopIteration:
+            for row in reader:
+                line = next(iter(taken))
+                taken.clear()
+                yield line, row
             return
-        except _BadEncoding as e:
-            name = "UTF-8" if encoding == "utf-8-sig" else encoding
-            raise InputError(
-                f"{where}, line {e.line}: not {name} text (byte 0x{e.byte:02x}). If the file is "
-                "Latin-1 or Windows-1252, run again with --encoding latin-1 (or cp1252); "
-                "nothing was imported"
-            ) from None
         except csv.Error as e:
-            taken = lines.taken
-            first = taken[0][0] if taken else lines.number
+            held = list(taken.items())
+            taken.clear()
+            first = held[0][0] if held else next(numbers) - 1
             reason = (
                 "unclosed quote"
-                if "unexpected end of data" in str(e) or len(taken) > 1
+                if "unexpected end of data" in str(e) or len(held) > 1
                 else f"unreadable CSV ({e})"
             )
             if "field larger" in str(e):
                 reason = "a field is larger than 1 MB (or a quote is not closed)"
             yield first, reason
-            lines.again(taken[1:])
-            reader = csv.reader(lines, strict=True)
-            continue
-        yield (lines.taken[0][0] if lines.taken else lines.number), row
+            again = held[1:]
+            lines = map(
+                taken.setdefault,
+                itertools.chain([n for n, _ in again], numbers),
+                itertools.chain([s for _, s in again], text),
+            )
+        except UnicodeDecodeError as e:
+            # The decoder works a block at a time: the bad byte is on the line
+            # being read plus the line ends before it in that block.
+            line = next(numbers) - 1 + len(_EOL.findall(e.object, 0, e.start))
+            name = "UTF-8" if e.encoding.startswith("utf-8") else e.encoding
+            raise InputError(
+                f"{where}, line {line}: not {name} text (byte 0x{e.object[e.start]:02x}). If the "
+                "file is Latin-1 or Windows-1252, run again with --encoding latin-1 (or cp1252); "
+                "nothing was imported"
+            ) from None
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+def _check_encoding(encoding: str) -> str:
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        return "utf-8-sig"  # tolerate Excel's byte-order mark either way
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise InputError(f"unknown --encoding {encoding!r}") from None
+    if name.startswith(("utf-16", "utf-32")):
+        raise InputError(f"--encoding {encoding} is not supported: save the file as CSV UTF-8")
+    return encoding
 
 
 def import_subscribers(
@@ -424,88 +398,172 @@ def import_subscribers(
     errors_to: IO[str] | None = None,
     keep_errors: int = 20,
 ) -> ImportSummary:
-    """Import an export file into a list; see the module docstring for the rules."""
+    """Import an export file into a list; see the module docstring for the rules.
+
+    A large file is read and validated in a second process (where ``fork``
+    exists) while this one writes to the database: the two halves of the
+    work take about as long as each other.
+    """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (use one of {', '.join(FORMATS)})")
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        encoding = "utf-8-sig"  # tolerate Excel's byte-order mark either way
-    try:
-        if codecs.lookup(encoding).name.startswith("utf-16") or encoding.lower().startswith(
-            "utf-32"
-        ):
-            raise InputError(f"--encoding {encoding} is not supported: save the file as CSV UTF-8")
-    except LookupError:
-        raise InputError(f"unknown --encoding {encoding!r}") from None
+    encoding = _check_encoding(encoding)
     lst = get_list(db, list_slug)
     summary = ImportSummary(file=name, list=list_slug)
-    records = _records(stream, encoding, name)
-    header: list[str] | None = None
-    for line, row in records:
-        if isinstance(row, str):
-            raise InputError(f"{name}, line {line}: the header row is unreadable ({row})")
-        if row and any(c.strip() for c in row):
-            header = [c.strip().lstrip("\ufeff") for c in row]
-            break
-    if header is None:
-        raise InputError(f"{name} is empty: expected a header row and subscribers")
-    if fmt in ("auto", "csv") and (email_column or name_column):
-        fmt = "csv"
-    shape = (
-        generic_shape(header, email_column, name_column) if fmt == "csv" else detect(header, fmt)
-    )
-    summary.format = shape.name
+    text = io.TextIOWrapper(stream, encoding=encoding, newline="")
+    try:
+        records = _records(text, name)
+        header: list[str] | None = None
+        for line, row in records:
+            if isinstance(row, str):
+                raise InputError(f"{name}, line {line}: the header row is unreadable ({row})")
+            if row and any(c.strip() for c in row):
+                header = [c.strip().lstrip("\ufeff") for c in row]
+                break
+        if header is None:
+            raise InputError(f"{name} is empty: expected a header row and subscribers")
+        if fmt in ("auto", "csv") and (email_column or name_column):
+            fmt = "csv"
+        shape = (
+            generic_shape(header, email_column, name_column)
+            if fmt == "csv"
+            else detect(header, fmt)
+        )
+        summary.format = shape.name
+        parser = _Parser(shape, header, CHUNK)
+        chunks = (
+            _from_process(parser.chunks, records)
+            if _worth_a_process(stream)
+            else parser.chunks(records)
+        )
+        _write(db, lst["id"], name, chunks, summary, header, errors_to, keep_errors)
+    finally:
+        text.detach()  # the caller's stream stays open
+    return summary
+
+
+def _write(
+    db: Database,
+    list_id: int,
+    name: str,
+    chunks: Iterator[_Chunk],
+    summary: ImportSummary,
+    header: list[str],
+    errors_to: IO[str] | None,
+    keep_errors: int,
+) -> None:
     writer = csv.writer(errors_to) if errors_to is not None else None
     if writer is not None:
         writer.writerow(["line", "reason", *header])
-    rejected_rows = 0
-
-    def reject(line: int, reason: str, row: list[str] | None) -> None:
-        nonlocal rejected_rows
-        rejected_rows += 1
-        if len(summary.errors) < keep_errors:
-            summary.errors.append({"line": line, "reason": reason})
-        if writer is not None:
-            writer.writerow([line, reason, *(row or [])])
-
-    importer = _Importer(db, lst["id"], shape, header, source=f"import:{name}")
+    # The file name, not its path: the evidence of where consent came from.
+    out = _Writer(db, list_id, f"import:{os.path.basename(name) or name}")
     with immediate(db):
-        importer.start()
-        for line, row in records:
-            if isinstance(row, str):
-                reject(line, row, None)
-                continue
-            if not row:
-                continue  # a blank line
-            summary.rows += 1
-            problem = importer.add(line, row)
-            if problem is not None:
-                reject(line, problem, row)
-        importer.flush()
-    summary.rejected = rejected_rows
-    summary.imported = importer.imported
-    summary.updated = importer.updated
-    summary.suppressed = importer.suppressed
-    summary.skipped = importer.skipped
-    return summary
+        out.start()
+        for chunk in chunks:
+            summary.rows += chunk.rows
+            summary.rejected += len(chunk.rejects)
+            for line, reason, row in chunk.rejects:
+                if len(summary.errors) < keep_errors:
+                    summary.errors.append({"line": line, "reason": reason})
+                if writer is not None:
+                    writer.writerow([line, reason, *(row or [])])
+            out.skipped["pending"] += chunk.pending
+            out.skipped["duplicate"] += chunk.duplicates
+            out.write(chunk)
+    summary.imported, summary.updated = out.imported, out.updated
+    summary.suppressed, summary.skipped = out.suppressed, out.skipped
+
+
+PROCESS_MIN_BYTES = 1 << 20  # files smaller than this are read in this process
+
+
+def _worth_a_process(stream: IO[bytes]) -> bool:
+    """Whether to read ``stream`` in a second process: a large file or a pipe, on Linux."""
+    if not sys.platform.startswith("linux"):
+        return False  # fork is the only start method that can hand over an open stream
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return PROCESS_MIN_BYTES == 0  # an in-memory stream: only when asked for (tests)
+    return not stat.S_ISREG(st.st_mode) or st.st_size >= PROCESS_MIN_BYTES
+
+
+def _from_process(
+    produce: Callable[[Iterator], Iterator[_Chunk]], records: Iterator
+) -> Iterator[_Chunk]:
+    """The chunks of ``produce(records)``, computed in a forked child process.
+
+    The child inherits the open stream and the parser positioned after the
+    header; it sends each chunk through a pipe (whose small buffer keeps
+    memory flat) and ends with None, or with the exception that stopped it.
+    """
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_produce_into, args=(produce, records, send), name="listkit-import", daemon=True
+    )
+    child.start()
+    send.close()
+    try:
+        while True:
+            try:
+                item = receive.recv()
+            except EOFError:
+                raise ListkitError(
+                    f"the import's reader process stopped unexpectedly (exit code "
+                    f"{child.exitcode}); nothing was imported"
+                ) from None
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        receive.close()
+        if child.is_alive():
+            child.kill()
+        child.join()
+
+
+def _produce_into(produce, records, send) -> None:
+    try:
+        for chunk in produce(records):
+            send.send(chunk)
+        send.send(None)
+    except ListkitError as e:
+        send.send(e)
+    except BaseException:
+        send.send(ListkitError(f"reading the file failed:\n{traceback.format_exc()}"))
+
+
+class _Chunk(NamedTuple):
+    """Validated rows, at most one per address, in file order."""
+
+    subs: list[tuple[str, str, str | None, str]]  # (email, key, name, fields JSON)
+    # (status, consent_at, confirmed_at, consent_ip, confirm_ip) per sub, or
+    # None when every row is active and carries no consent evidence
+    more: list[tuple[str, str | None, str | None, str | None, str | None]] | None
+    all_active: bool
+    rejects: list[tuple[int, str, list[str] | None]]
+    rows: int
+    pending: int
+    duplicates: int
 
 
 _json_str = json.encoder.encode_basestring  # the C encoder: a JSON string literal
 
 
-class _Importer:
-    """Validates rows and writes them to the database a chunk at a time."""
+class _Parser:
+    """Turns CSV records into validated chunks; runs in either process."""
 
-    def __init__(self, db: Database, list_id: int, shape: Shape, header: list[str], source: str):
-        self.db = db
-        self.list_id = list_id
-        self.source = source
+    def __init__(self, shape: Shape, header: list[str], size: int):
         idx: dict[str, int] = {}
         for i, col in enumerate(header):
             idx.setdefault(col, i)
+        self.size = size
         self.width = len(header)
         self.email_i = idx[shape.email]
         self.name_is = [idx[c] for c in shape.names if c in idx]
-        self.names = {i: header[i] for i in self.name_is}
+        self.name_label = "/".join(header[i] for i in self.name_is)
         self.evidence = [
             idx.get(c) if c else None
             for c in (shape.consent_at, shape.confirmed_at, shape.consent_ip, shape.confirm_ip)
@@ -515,174 +573,262 @@ class _Importer:
             for i, col in enumerate(header)
             if col and col not in shape.known and idx[col] == i and i not in self.name_is
         ]
-        self.status = shape.status(idx) if shape.status else (lambda row: ACTIVE)
-        self.chunk: dict[str, tuple] = {}
+        self.status = shape.status(idx) if shape.status else None
+
+    def _name(self, row: list[str]) -> str | None:
+        if len(self.name_is) == 2:  # first and last name, the usual case
+            first, last = row[self.name_is[0]].strip(), row[self.name_is[1]].strip()
+            name = f"{first} {last}" if first and last else first or last or None
+        else:
+            name = " ".join(v for i in self.name_is if (v := row[i].strip())) or None
+        if name is not None and len(name) > MAX_NAME:
+            raise InputError(f"{self.name_label} is longer than {MAX_NAME} characters")
+        return name
+
+    def _fields(self, row: list[str]) -> str:
+        parts = []
+        for i, col, encoded in self.extras:
+            value = row[i]
+            if value:
+                if len(value) > MAX_FIELD:
+                    size = f"{len(value) // 1024} KB (limit {MAX_FIELD // 1024} KB)"
+                    raise InputError(f"field {col!r} is {size}")
+                parts.append(f"{encoded}:{_json_str(value)}")
+        return "{" + ",".join(parts) + "}" if parts else "{}"
+
+    def chunks(self, records: Iterator[tuple[int, list[str] | str]]) -> Iterator[_Chunk]:
+        width, email_i, size = self.width, self.email_i, self.size
+        name_of = self._name if self.name_is else None
+        fields_of = self._fields if self.extras else None
+        status_of = self.status
+        ev = [i for i in self.evidence if i is not None]
+        evidence_is = self.evidence
+        normalize = normalize_address
+        while True:
+            subs: list = []
+            more: list | None = [] if (status_of or ev) else None
+            rejects: list = []
+            seen: set[str] = set()
+            rows = pending = duplicates = 0
+            all_active = True
+            for line, row in records:
+                if row.__class__ is str:
+                    rejects.append((line, row, None))
+                    continue
+                if not row:
+                    continue  # a blank line
+                rows += 1
+                if len(row) < width:
+                    row = row + [""] * (width - len(row))
+                if "\x00" in "".join(row):
+                    rejects.append((line, "contains a NUL byte", row))
+                    continue
+                raw = row[email_i]
+                try:
+                    address = normalize(raw)
+                except InputError as e:
+                    reason = (
+                        f"invalid address {raw.strip()!r}: {e}" if raw.strip() else "no address"
+                    )
+                    rejects.append((line, reason, row))
+                    continue
+                try:
+                    name = name_of(row) if name_of else None
+                    fields = fields_of(row) if fields_of else "{}"
+                except InputError as e:
+                    rejects.append((line, str(e), row))
+                    continue
+                key = address.casefold()
+                if more is not None:
+                    status = status_of(row) if status_of else ACTIVE
+                    if status == PENDING:
+                        pending += 1
+                        continue
+                    if key in seen:
+                        duplicates += 1
+                        continue
+                    if status != ACTIVE:
+                        all_active = False
+                    more.append(
+                        (
+                            status,
+                            *[row[i] or None if i is not None else None for i in evidence_is],
+                        )
+                    )
+                elif key in seen:
+                    duplicates += 1
+                    continue
+                seen.add(key)
+                subs.append((address, key, name, fields))
+                if len(subs) >= size:
+                    break
+            else:
+                yield _Chunk(subs, more, all_active, rejects, rows, pending, duplicates)
+                return
+            yield _Chunk(subs, more, all_active, rejects, rows, pending, duplicates)
+
+
+class _Writer:
+    """Writes chunks to the database inside the import's transaction.
+
+    Every row is first offered to ``subscribers`` with ``ON CONFLICT DO
+    NOTHING``. When all of a chunk's rows were new, active and unsuppressed
+    (the bulk of a first import), their ids are the next ones in file order
+    and their memberships follow in one statement. Otherwise the chunk's
+    addresses are looked up and each row decided on its own: updated,
+    a duplicate of an earlier row, suppressed, or not reactivated.
+    """
+
+    def __init__(self, db: Database, list_id: int, source: str):
+        self.db = db
+        self.list_id = list_id
+        self.source = source
         self.imported = self.updated = self.suppressed = 0
         self.skipped = {"duplicate": 0, "not_reactivated": 0, "pending": 0}
 
     def start(self) -> None:
-        self.stamp = now()
-        self.next_id = self.db.execute(
-            "SELECT coalesce(max(id), 0) + 1 FROM subscribers"
-        ).fetchone()[0]
-
-    def add(self, line: int, row: list[str]) -> str | None:
-        """Queue one row; return why it is rejected, or None."""
-        if len(row) < self.width:
-            row = row + [""] * (self.width - len(row))
-        if "\x00" in "".join(row):
-            return "contains a NUL byte"
-        raw = row[self.email_i]
-        try:
-            address = normalize_address(raw)
-        except InputError as e:
-            return f"invalid address {raw.strip()!r}: {e}" if raw.strip() else "no address"
-        if self.name_is:
-            name = " ".join(v for i in self.name_is if (v := row[i].strip())) or None
-            if name is not None and len(name) > MAX_NAME:
-                return f"{'/'.join(self.names.values())} is longer than {MAX_NAME} characters"
-        else:
-            name = None
-        fields = None
-        if self.extras:
-            parts = []
-            for i, col, encoded in self.extras:
-                value = row[i]
-                if value:
-                    if len(value) > MAX_FIELD:
-                        size = f"{len(value) // 1024} KB (limit {MAX_FIELD // 1024} KB)"
-                        return f"field {col!r} is {size}"
-                    parts.append(f"{encoded}:{_json_str(value)}")
-            if parts:
-                fields = "{" + ",".join(parts) + "}"
-        status = self.status(row)
-        if status == PENDING:
-            self.skipped["pending"] += 1
-            return None
-        key = address.casefold()
-        if key in self.chunk:
-            self.skipped["duplicate"] += 1
-            return None
-        self.chunk[key] = (
-            address,
-            name,
-            fields,
-            status,
-            *[row[i] or None if i is not None else None for i in self.evidence],
+        db = self.db
+        self.stamp = stamp = now()
+        # Constants of the import go into the SQL (as SQLite quotes them), so
+        # that each row binds only its own values.
+        q_stamp, q_source = db.execute("SELECT quote(?), quote(?)", [stamp, self.source]).fetchone()
+        lit = {"stamp": q_stamp, "source": q_source}
+        self.insert_subs = (
+            "INSERT INTO subscribers (email, key, name, fields, created, source) "
+            f"VALUES (?, ?, ?, ?, {lit['stamp']}, {lit['source']}) ON CONFLICT (key) DO NOTHING"
         )
-        if len(self.chunk) >= CHUNK:
-            self.flush()
-        return None
+        member_columns = """INSERT INTO memberships (list_id, subscriber_id, status, created,
+            consent_at, consent_method, consent_source, consent_ip, confirmed_at, confirm_ip,
+            status_at)"""
+        self.insert_members = (
+            f"{member_columns} VALUES ({self.list_id}, ?, ?, {lit['stamp']}, ?, 'import', "
+            f"{lit['source']}, ?, ?, ?, ?)"
+        )
+        self.insert_new_members = (
+            f"{member_columns} SELECT {self.list_id}, id, 'active', {lit['stamp']}, NULL, "
+            f"'import', {lit['source']}, NULL, NULL, NULL, NULL FROM subscribers WHERE id > ?"
+        )
+        self.any_suppressions = bool(
+            db.execute("SELECT EXISTS (SELECT 1 FROM suppressions)").fetchone()[0]
+        )
 
-    def flush(self) -> None:
-        chunk, self.chunk = self.chunk, {}
-        if not chunk:
+    def _last_id(self) -> int:
+        return self.db.execute("SELECT coalesce(max(id), 0) FROM subscribers").fetchone()[0]
+
+    def write(self, chunk: _Chunk) -> None:
+        subs = chunk.subs
+        if not subs:
             return
-        db, stamp, list_id = self.db, self.stamp, self.list_id
-        keys = json.dumps(list(chunk))
-        existing = {
-            key: (sid, updated)
-            for key, sid, updated in db.execute(
-                """SELECT key, id, updated FROM subscribers
+        conn = self.db.conn
+        keys = None
+        suppressed: set[str] = set()
+        if self.any_suppressions:
+            keys = json.dumps([s[1] for s in subs])
+            suppressed = {
+                key
+                for (key,) in conn.execute(
+                    "SELECT key FROM suppressions WHERE key IN (SELECT value FROM json_each(?))",
+                    [keys],
+                )
+            }
+        last = self._last_id()
+        before = conn.total_changes
+        conn.executemany(self.insert_subs, subs)
+        added = conn.total_changes - before
+        if (
+            added == len(subs)
+            and chunk.all_active
+            and not suppressed
+            and self._last_id() == last + added
+        ):
+            # All new: ids last+1 .. last+added, in the order of subs.
+            if chunk.more is None:
+                conn.execute(self.insert_new_members, [last])
+            else:
+                conn.executemany(
+                    self.insert_members,
+                    [
+                        (sid, ACTIVE, c_at, c_ip, cf_at, cf_ip, None)
+                        for sid, (_, c_at, cf_at, c_ip, cf_ip) in zip(
+                            range(last + 1, last + added + 1), chunk.more, strict=True
+                        )
+                    ],
+                )
+            self.imported += added
+            return
+        self._decide(chunk, keys or json.dumps([s[1] for s in subs]), suppressed, last)
+
+    def _decide(self, chunk: _Chunk, keys: str, suppressed: set[str], last: int) -> None:
+        """Row by row: the general case (existing subscribers, statuses, suppressions)."""
+        conn, stamp, list_id = self.db.conn, self.stamp, self.list_id
+        found = {
+            key: (sid, created, updated)
+            for key, sid, created, updated in conn.execute(
+                """SELECT key, id, created, updated FROM subscribers
                    WHERE key IN (SELECT value FROM json_each(?))""",
                 [keys],
             )
         }
-        suppressed = {
-            key
-            for (key,) in db.execute(
-                "SELECT key FROM suppressions WHERE key IN (SELECT value FROM json_each(?))",
-                [keys],
-            )
-        }
+        old = [sid for sid, _, _ in found.values() if sid <= last]
         member = (
             dict(
-                db.execute(
+                conn.execute(
                     """SELECT subscriber_id, status FROM memberships WHERE list_id = ?
                        AND subscriber_id IN (SELECT value FROM json_each(?))""",
-                    [list_id, json.dumps([sid for sid, _ in existing.values()])],
+                    [list_id, json.dumps(old)],
                 ).fetchall()
             )
-            if existing
+            if old
             else {}
         )
-        new_subs, upd_subs, new_members, status_members, new_supp = [], [], [], [], []
-        for key, (address, name, fields, status, c_at, cf_at, c_ip, cf_ip) in chunk.items():
-            found = existing.get(key)
-            if found is not None and found[1] == stamp:
-                self.skipped["duplicate"] += 1  # seen earlier in this file
-                continue
-            if found is None:
-                sid = self.next_id
-                self.next_id += 1
-                new_subs.append(
-                    (sid, address, key, name, fields or "{}", stamp, stamp, self.source)
-                )
-            else:
-                sid = found[0]
-                upd_subs.append((name, fields or "{}", stamp, sid))
-            current = member.get(sid)
+        more = chunk.more or [(ACTIVE, None, None, None, None)] * len(chunk.subs)
+        upd_subs, new_members, status_members, new_supp = [], [], [], []
+        for (address, key, name, fields), (status, c_at, cf_at, c_ip, cf_ip) in zip(
+            chunk.subs, more, strict=True
+        ):
+            sid, created, updated = found[key]
+            new = sid > last
+            if not new:
+                if stamp in (created, updated):
+                    self.skipped["duplicate"] += 1  # seen earlier in this file
+                    continue
+                upd_subs.append((name, fields, stamp, sid))
+            current = None if new else member.get(sid)
             if status != ACTIVE:
                 new_supp.append((key, address, status, stamp, self.source))
                 self.suppressed += 1
                 mstatus = MEMBER_STATUS[status]
                 if current is None:
-                    new_members.append(
-                        (list_id, sid, mstatus, stamp, c_at, self.source, c_ip, cf_at, cf_ip, stamp)
-                    )
+                    new_members.append((sid, mstatus, c_at, c_ip, cf_at, cf_ip, stamp))
                 elif current == "active":
                     status_members.append((mstatus, stamp, stamp, list_id, sid))
                 continue
             if key in suppressed or (current is not None and current != "active"):
                 self.skipped["not_reactivated"] += 1
                 if current is None:
-                    new_members.append(
-                        (
-                            list_id,
-                            sid,
-                            "unsubscribed",
-                            stamp,
-                            c_at,
-                            self.source,
-                            c_ip,
-                            cf_at,
-                            cf_ip,
-                            stamp,
-                        )
-                    )
+                    new_members.append((sid, "unsubscribed", c_at, c_ip, cf_at, cf_ip, stamp))
                 continue
             if current is None:
-                new_members.append(
-                    (list_id, sid, "active", stamp, c_at, self.source, c_ip, cf_at, cf_ip, None)
-                )
-            if found is None:
+                new_members.append((sid, ACTIVE, c_at, c_ip, cf_at, cf_ip, None))
+            if new:
                 self.imported += 1
             else:
                 self.updated += 1
-        conn = db.conn
-        conn.executemany(
-            """INSERT INTO subscribers (id, email, key, name, fields, created, updated, source)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-            new_subs,
-        )
         conn.executemany(
             """UPDATE subscribers SET name = coalesce(?, name), fields = json_patch(fields, ?),
                updated = ? WHERE id = ?""",
             upd_subs,
         )
-        conn.executemany(
-            """INSERT INTO memberships (list_id, subscriber_id, status, created, consent_at,
-               consent_method, consent_source, consent_ip, confirmed_at, confirm_ip, status_at)
-               VALUES (?, ?, ?, ?, ?, 'import', ?, ?, ?, ?, ?)""",
-            new_members,
-        )
+        conn.executemany(self.insert_members, new_members)
         conn.executemany(
             """UPDATE memberships SET status = ?, status_at = ?, updated = ?,
                status_reason = 'import' WHERE list_id = ? AND subscriber_id = ?""",
             status_members,
         )
-        conn.executemany(
-            """INSERT INTO suppressions (key, email, reason, created, source)
-               VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING""",
-            new_supp,
-        )
+        if new_supp:
+            conn.executemany(
+                """INSERT INTO suppressions (key, email, reason, created, source)
+                   VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING""",
+                new_supp,
+            )
+            self.any_suppressions = True

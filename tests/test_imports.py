@@ -8,6 +8,24 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures" / "subscribers"
 
 
+@pytest.fixture(params=["in-process", "reader-process"], autouse=True)
+def reader(request, monkeypatch):
+    """Every test runs twice: the file read in this process, and in a forked reader."""
+    import listkit.imports
+
+    calls = []
+    real = listkit.imports._from_process
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(listkit.imports, "_from_process", spy)
+    if request.param == "reader-process":
+        monkeypatch.setattr(listkit.imports, "PROCESS_MIN_BYTES", 0)
+    return calls
+
+
 @pytest.fixture
 def blog(run):
     run("lists", "create", "blog")
@@ -282,3 +300,23 @@ def test_human_summary_lists_rejections(run, blog, tmp_path):
     out = do_import(run, f).output
     assert f"{f} (csv) -> blog: 1 imported, 0 updated, 0 suppressed, 1 rejected" in out
     assert "line 3: invalid address 'bad'" in out
+
+
+def test_the_reader_process_is_used_for_large_input_only(run, blog, tmp_path, reader, request):
+    f = tmp_path / "few.csv"
+    f.write_text("email\na@example.com\n")
+    assert summary(run, f)["imported"] == 1
+    forked = request.node.callspec.params["reader"] == "reader-process"
+    assert len(reader) == (1 if forked else 0)
+
+
+def test_an_error_in_the_reader_process_imports_nothing(run, blog, tmp_path, monkeypatch):
+    import listkit.imports
+
+    monkeypatch.setattr(listkit.imports, "CHUNK", 2)
+    rows = "".join(f"u{i}@example.com\n" for i in range(10))
+    f = tmp_path / "late_error.csv"
+    f.write_bytes(b"email\n" + rows.encode() + b"z\xff@example.com\n")
+    result = do_import(run, f, ok=False)
+    assert "line 12: not UTF-8 text (byte 0xff)" in result.output
+    assert members(run) == {}
