@@ -134,6 +134,22 @@ def test_a_later_import_does_not_reactivate_suppressed_or_unsubscribed(run, blog
     assert "skipped 2 not reactivated" in out
 
 
+def test_imports_keep_every_reference_valid_and_foreign_keys_on(run, blog, ws, tmp_path):
+    # The import writes with SQLite's per-row foreign-key checks off: check
+    # that every row it wrote still holds, across new, updated and suppressed.
+    summary(run, FIXTURES / "mailchimp_unsubscribed.csv")
+    summary(run, FIXTURES / "mailchimp_subscribed.csv")
+    f = tmp_path / "more.csv"
+    f.write_text("email,name\ngone@example.com,G\nann@example.com,A\nnew@example.com,N\n")
+    summary(run, f)
+    run("lists", "create", "other")
+    run("subscribers", "import", str(f), "--list", "other")
+    assert ws.db.execute("PRAGMA foreign_key_check").fetchall() == []
+    other = "SELECT count(*) FROM memberships JOIN lists ON lists.id = list_id WHERE slug = 'other'"
+    assert ws.db.execute(other).fetchone()[0] == 3
+    assert ws.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
 def test_reimport_updates_instead_of_duplicating(run, blog, ws):
     summary(run, FIXTURES / "mailchimp_subscribed.csv")
     s = summary(run, FIXTURES / "mailchimp_subscribed.csv")
