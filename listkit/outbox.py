@@ -8,11 +8,12 @@
     held_out             (kept back to measure lift; never mailed)
 
 The rules: a claim is committed (``BEGIN IMMEDIATE``) before its SMTP
-transaction begins, and suppression is checked at claim time. Before DATA
-can reach the server the row's phase durably says ``data``; a run that dies
-leaves ``sending`` rows that the next run resolves by that phase: ``claimed``
-goes back to pending (the server never saw it), ``data`` becomes unknown
-(the server may have it). ``unknown`` is never retried by itself.
+transaction begins, and suppression is checked at claim time. Before the
+message content (after DATA's 354) can reach the server the row's phase
+durably says ``data``; a run that dies leaves ``sending`` rows that the next
+run resolves by that phase: ``claimed`` goes back to pending (the server never
+got the content and its final dot, so it has no message), ``data`` becomes
+unknown (the server may have it). ``unknown`` is never retried by itself.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def backoff(attempts: int) -> timedelta:
 def record(
     db: Database, campaign_id: int, data_ids: Iterable[int], results: Iterable[Result]
 ) -> set[int]:
-    """One transaction: phase marks (DATA may go out) and final results.
+    """One transaction: phase marks (the content may go out) and final results.
 
     Returns the ids whose DATA must not go out after all: the address was
     suppressed or unsubscribed since the claim. They are marked ``skipped``.

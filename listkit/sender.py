@@ -5,8 +5,10 @@ The rules (see ``outbox`` for the state machine):
 - every SMTP transaction carries one recipient, so each RCPT reply is that
   recipient's answer (no partial refusals to untangle);
 - a row is claimed, and committed, before its transaction starts; before its
-  DATA it is durably marked ``data``; those marks and the results of many
-  messages share one commit, made off the event loop;
+  content goes out it is durably marked ``data``; those marks and the results
+  of many messages share one commit, made off the event loop;
+- the transaction runs on ``smtp.Connection`` (pipelined when the server
+  offers PIPELINING); aiosmtplib opens and authenticates the connection;
 - a message is ``sent`` only after the server's 2xx to the final dot;
 - connection trouble before DATA defers a row, after DATA began makes it
   ``unknown`` (the server may have it), and consecutive connection failures
@@ -54,6 +56,8 @@ from listkit.errors import HeaderInjection, ListkitError, SendError, TemplateErr
 from listkit.lists import get_list
 from listkit.offers import load_offer
 from listkit.outbox import Claimed, Result, build_outbox, claim, counts, record, recover
+from listkit.smtp import Connection, ConnectionLost, wire_form
+from listkit.smtp import path as smtp_path
 from listkit.tracking import new_token
 from listkit.workspace import Workspace
 
@@ -350,7 +354,7 @@ class Run:
                 return
 
     async def _worker(self) -> None:
-        client: aiosmtplib.SMTP | None = None
+        client: Connection | None = None
         try:
             while True:
                 item = await self.queue.get()
@@ -378,14 +382,13 @@ class Run:
                     client.close()
                     client = None
         finally:
-            if client is not None and client.is_connected:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.quit(), 2)
+            if client is not None:
+                await client.quit()
 
-    async def _connect_or_release(self, row: Claimed) -> aiosmtplib.SMTP | None:
+    async def _connect_or_release(self, row: Claimed) -> Connection | None:
         while self.stopped is None:
             try:
-                client = await connect(self.smtp)
+                client = Connection(await connect(self.smtp), self.smtp.timeout)
             except SendError as e:
                 self.fatal = self.fatal or e
                 self.stopped = str(e)
@@ -405,62 +408,88 @@ class Run:
         self._result(Result(row.id, "pending"))
         return None
 
-    async def _deliver(
-        self, client: aiosmtplib.SMTP, row: Claimed, data: bytes
-    ) -> tuple[Result, bool]:
-        """Send one message; (result, keep the connection)."""
+    async def _deliver(self, conn: Connection, row: Claimed, data: bytes) -> tuple[Result, bool]:
+        """Send one message (``data`` in wire form); (result, keep the connection)."""
         attempts = row.attempts
         utf8 = not (row.email.isascii() and self.sender_address.isascii())
-        if utf8 and not client.supports_extension("smtputf8"):
+        if utf8 and not conn.smtputf8:
             reply = "the address is not ASCII and the server does not offer SMTPUTF8"
             return Result(row.id, "failed", None, reply, attempts), True
-        # Ask for the durable 'data' mark now, so that its commit overlaps the MAIL
-        # and RCPT round trips; DATA still waits for it. If RCPT is refused, the
-        # result recorded after the mark overrides it.
-        mark = asyncio.ensure_future(self._mark_data(row.id))
         try:
-            if utf8:
-                await client.mail(self.sender_address, options=["SMTPUTF8"], encoding="utf-8")
-                await client.rcpt(row.email, encoding="utf-8")
+            mail = b"MAIL FROM:" + smtp_path(self.sender_address, utf8)
+            rcpt = b"RCPT TO:" + smtp_path(row.email, utf8) + b"\r\n"
+        except ValueError as e:
+            return Result(row.id, "failed", None, str(e), attempts), True
+        mail += b" SMTPUTF8\r\n" if utf8 else b"\r\n"
+        # Ask for the durable 'data' mark now, so that its commit overlaps the
+        # round trips of the envelope; the content still waits for it. (The
+        # DATA command itself may go first: without the content and its final
+        # dot the server has no message.)
+        mark = asyncio.ensure_future(self._mark_data(row.id))
+        expected = (250, 250, 354)
+        try:
+            if conn.pipelining:
+                futures = conn.send(mail + rcpt + b"DATA\r\n", 3)
+                replies = [await conn.reply(f) for f in futures]
             else:
-                await client.mail(self.sender_address)
-                await client.rcpt(row.email)
-        except aiosmtplib.SMTPResponseException as e:
+                replies = []
+                for command, want in zip((mail, rcpt, b"DATA\r\n"), expected, strict=True):
+                    replies.append(await conn.reply(conn.send(command)[0]))
+                    if replies[-1].code != want and not (want == 250 and replies[-1].code == 251):
+                        break
+        except (TimeoutError, ConnectionLost) as e:
             _settle(mark)
-            keep = e.code != 421 and client.is_connected
-            if keep:
-                with contextlib.suppress(Exception):
-                    await client.rset()
-            if isinstance(e, aiosmtplib.SMTPSenderRefused) and e.code >= 500:
+            conn.abort()
+            reply = f"connection lost before DATA: {e or type(e).__name__}"
+            return Result(row.id, "deferred", None, reply, attempts), False
+        for step, (reply, want) in enumerate(zip(replies, expected, strict=False)):
+            if reply.code == want or (step == 1 and reply.code == 251):
+                continue
+            _settle(mark)
+            if replies[-1].code == 354:  # DATA accepted after a refusal: abandon it
+                conn.abort()
+            keep = reply.code != 421 and conn.is_connected and await self._rset(conn)
+            if step == 0 and reply.code >= 500:
                 self.stopped = (
-                    f"the server refused the sender {self.sender_address}: {e.code} {e.message}"
+                    f"the server refused the sender {self.sender_address}: "
+                    f"{reply.code} {reply.message}"
                 )
                 self.fatal = self.fatal or SendError(f"LISTKIT_FROM: {self.stopped}")
                 return Result(row.id, "pending"), keep
-            return self._refusal(row, e.code, e.message), keep
-        except (TimeoutError, OSError, aiosmtplib.SMTPException) as e:
-            _settle(mark)
-            return Result(
-                row.id, "deferred", None, f"connection lost before DATA: {e}", attempts
-            ), False
+            return self._refusal(row, reply.code, reply.message), keep
+        # The server waits for the content. Stopping now means closing the
+        # connection without the final dot, which abandons the message.
         try:
             go = await mark
         except SendError:
-            return Result(row.id, "pending"), True
+            conn.abort()
+            return Result(row.id, "pending"), False
         if not go:
-            with contextlib.suppress(Exception):
-                await client.rset()
+            conn.abort()
             reply = "unsubscribed or suppressed while the campaign was sending"
-            return Result(row.id, "skipped", None, reply, attempts), client.is_connected
+            return Result(row.id, "skipped", None, reply, attempts), False
         try:
-            response = await client.data(data)
-        except aiosmtplib.SMTPResponseException as e:
-            # The server answered: a definite refusal, whether at DATA or after the dot.
-            return self._refusal(row, e.code, e.message), e.code != 421 and client.is_connected
-        except (TimeoutError, OSError, aiosmtplib.SMTPException) as e:
-            reply = f"connection lost after DATA began: {type(e).__name__}: {e}"
+            end = await conn.reply(conn.send(data)[0])
+        except (TimeoutError, ConnectionLost) as e:
+            conn.abort()
+            reply = f"connection lost after DATA began: {e or type(e).__name__}"
             return Result(row.id, "unknown", None, reply, attempts), False
-        return Result(row.id, "sent", response.code, response.message[:500], attempts), True
+        if not 200 <= end.code < 300:
+            # The server answered: a definite refusal of the message.
+            return self._refusal(row, end.code, end.message), (
+                end.code != 421 and conn.is_connected
+            )
+        return Result(row.id, "sent", end.code, end.message[:500], attempts), True
+
+    @staticmethod
+    async def _rset(conn: Connection) -> bool:
+        """Reset the transaction after a refusal; False if the connection is no good."""
+        try:
+            reply = await conn.command(b"RSET")
+        except (TimeoutError, ConnectionLost):
+            conn.abort()
+            return False
+        return reply.code == 250 and conn.is_connected
 
     def _refusal(self, row: Claimed, code: int, message: str) -> Result:
         if code >= 500:
@@ -492,11 +521,11 @@ def compose_claimed(composer: Composer, row: Claimed) -> Composed:
 
 
 def compose_rows(composer: Composer, rows: list[Claimed]) -> list[tuple[bytes | None, str | None]]:
-    """(message bytes, None) or (None, why it cannot be built) for each row."""
+    """(message in wire form, None) or (None, why it cannot be built) for each row."""
     out: list[tuple[bytes | None, str | None]] = []
     for row in rows:
         try:
-            out.append((compose_claimed(composer, row).data, None))
+            out.append((wire_form(compose_claimed(composer, row).data), None))
         except (TemplateError, HeaderInjection) as e:
             out.append((None, str(e)))
     return out

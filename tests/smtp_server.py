@@ -1,5 +1,8 @@
 """A real SMTP server (aiosmtpd, in a thread) that records messages and injects faults.
 
+It advertises PIPELINING unless started with ``pipelining=False`` (aiosmtpd
+reads pipelined commands in order either way).
+
 Faults are set per recipient address as a list of behaviours, one consumed
 per attempt; once the list is used up, the address is accepted:
 
@@ -30,7 +33,9 @@ REPLIES = {
 
 
 class FaultHandler:
-    def __init__(self):
+    def __init__(self, pipelining: bool = True):
+        self.pipelining = pipelining  # advertise PIPELINING, as real servers do
+        self.ehlo_count = 0
         self.faults: dict[str, list[str]] = {}
         self.messages: list[tuple[str, str, bytes]] = []  # (message_id, rcpt, data)
         self.rcpt_attempts: Counter[str] = Counter()
@@ -41,6 +46,13 @@ class FaultHandler:
     def _next(self, address: str) -> str | None:
         pending = self.faults.get(address)
         return pending.pop(0) if pending else None
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.ehlo_count += 1
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         self.rcpt_attempts[address] += 1
@@ -83,8 +95,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(handler=None, **kwargs) -> tuple[Controller, FaultHandler]:
-    handler = handler or FaultHandler()
+def start(handler=None, pipelining: bool = True, **kwargs) -> tuple[Controller, FaultHandler]:
+    handler = handler or FaultHandler(pipelining)
     controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)
     controller.start()
     return controller, handler

@@ -10,9 +10,9 @@ from listkit.workspace import Workspace
 from tests import smtp_server
 
 
-@pytest.fixture
-def server():
-    controller, handler = smtp_server.start()
+@pytest.fixture(params=["pipelined", "one-by-one"])
+def server(request):
+    controller, handler = smtp_server.start(pipelining=request.param == "pipelined")
     yield controller, handler
     controller.stop()
 

@@ -17,9 +17,9 @@ from tests.test_send import setup_campaign
 N = 60
 
 
-@pytest.fixture
-def server():
-    controller, handler = smtp_server.start()
+@pytest.fixture(params=["pipelined", "one-by-one"])
+def server(request):
+    controller, handler = smtp_server.start(pipelining=request.param == "pipelined")
     yield controller, handler
     controller.stop()
 
