@@ -524,7 +524,13 @@ def _from_process(
     child = ctx.Process(
         target=_produce_into, args=(produce, records, send), name="listkit-import", daemon=True
     )
-    child.start()
+    # A forked child closes sys.stdin as it starts: when the import reads
+    # from stdin, that would close the very stream it inherited. Hide it.
+    stdin, sys.stdin = sys.stdin, None  # type: ignore[assignment]
+    try:
+        child.start()
+    finally:
+        sys.stdin = stdin
     send.close()
     try:
         while True:

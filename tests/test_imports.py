@@ -336,3 +336,32 @@ def test_an_error_in_the_reader_process_imports_nothing(run, blog, tmp_path, mon
     result = do_import(run, f, ok=False)
     assert "line 12: not UTF-8 text (byte 0xff)" in result.output
     assert members(run) == {}
+
+
+def test_a_pipe_on_stdin_is_read_in_the_reader_process(run, blog, workspace):
+    # A real process and a real pipe: the forked reader must keep the stdin it inherits.
+    import subprocess
+    import sys
+
+    rows = "".join(f"reader{i}@example.com,R{i}\n" for i in range(3000))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "listkit",
+            "--workspace",
+            str(workspace),
+            "subscribers",
+            "import",
+            "-",
+            "--list",
+            "blog",
+            "--json",
+        ],
+        input=("email,name\n" + rows + "broken\n").encode(),
+        capture_output=True,
+        check=True,
+    )
+    s = json.loads(done.stdout)
+    assert (s["imported"], s["rejected"]) == (3000, 1)
+    assert len(members(run)) == 3000
