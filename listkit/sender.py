@@ -393,7 +393,7 @@ class Run:
                 self.fatal = self.fatal or e
                 self.stopped = str(e)
                 break
-            except (TimeoutError, OSError, aiosmtplib.SMTPException) as e:
+            except (TimeoutError, OSError, ConnectionLost, aiosmtplib.SMTPException) as e:
                 self.connect_failures += 1
                 if self.connect_failures >= self.max_connect_failures:
                     self.stopped = (

@@ -130,7 +130,8 @@ class Connection:
         self.smtputf8 = client.supports_extension("smtputf8")
         self.timeout = timeout
         transport = client.transport
-        assert transport is not None and not transport.is_closing()
+        if transport is None or transport.is_closing():
+            raise ConnectionLost("the connection closed as it opened")
         self.replies = _Replies(asyncio.get_running_loop())
         self.replies.transport = transport  # type: ignore[assignment]
         transport.set_protocol(self.replies)
