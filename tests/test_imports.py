@@ -323,7 +323,12 @@ def test_the_reader_process_is_used_for_large_input_only(run, blog, tmp_path, re
     f.write_text("email\na@example.com\n")
     assert summary(run, f)["imported"] == 1
     forked = request.node.callspec.params["reader"] == "reader-process"
-    assert len(reader) == (1 if forked else 0)
+    assert len(reader) == (1 if forked else 0)  # a small file: read in this process
+    big = tmp_path / "many.csv"
+    big.write_text("email\n" + "".join(f"someone.{i}@example.com\n" for i in range(45_000)))
+    assert big.stat().st_size > 1 << 20
+    assert summary(run, big)["imported"] == 45_000
+    assert len(reader) == (2 if forked else 1)  # over 1 MB: always in the reader process
 
 
 def test_an_error_in_the_reader_process_imports_nothing(run, blog, tmp_path, monkeypatch):
