@@ -728,9 +728,13 @@ class _Writer:
             "INSERT INTO subscribers (email, key, name, fields, created, source) "
             f"VALUES (?, ?, ?, ?, {lit['stamp']}, {lit['source']}) ON CONFLICT (key) DO NOTHING"
         )
-        member_columns = """INSERT INTO memberships (list_id, subscriber_id, status, created,
-            consent_at, consent_method, consent_source, consent_ip, confirmed_at, confirm_ip,
-            status_at)"""
+        # OR ROLLBACK: memberships are only inserted where none exists, so a
+        # conflict would be a bug, and it ends the import as any error does.
+        # Without it SQLite keeps a statement journal (a temporary file the
+        # size of the rows) to undo half a statement, for every chunk.
+        member_columns = """INSERT OR ROLLBACK INTO memberships (list_id, subscriber_id, status,
+            created, consent_at, consent_method, consent_source, consent_ip, confirmed_at,
+            confirm_ip, status_at)"""
         self.insert_members = (
             f"{member_columns} VALUES ({self.list_id}, ?, ?, {lit['stamp']}, ?, 'import', "
             f"{lit['source']}, ?, ?, ?, ?)"
