@@ -537,6 +537,7 @@ def _from_process(
             try:
                 item = receive.recv()
             except EOFError:
+                child.join(5)
                 raise ListkitError(
                     f"the import's reader process stopped unexpectedly (exit code "
                     f"{child.exitcode}); nothing was imported"
