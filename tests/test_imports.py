@@ -370,3 +370,19 @@ def test_a_pipe_on_stdin_is_read_in_the_reader_process(run, blog, workspace):
     s = json.loads(done.stdout)
     assert (s["imported"], s["rejected"]) == (3000, 1)
     assert len(members(run)) == 3000
+
+
+def test_a_reader_process_that_dies_imports_nothing(run, blog, tmp_path, monkeypatch):
+    import os
+
+    import listkit.imports
+
+    monkeypatch.setattr(listkit.imports, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(listkit.imports, "_produce_into", lambda *args: os._exit(3))
+    f = tmp_path / "some.csv"
+    f.write_text("email\na@example.com\nb@example.com\n")
+    result = do_import(run, f, ok=False)
+    assert "reader process stopped unexpectedly (exit code 3); nothing was imported" in (
+        result.output
+    )
+    assert members(run) == {}
