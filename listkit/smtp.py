@@ -87,17 +87,13 @@ class _Replies(asyncio.Protocol):
         if start:
             del buffer[:start]
         if len(buffer) + sum(map(len, self.lines)) > MAX_REPLY:
-            self._fail(ConnectionLost("the server sent an over-long reply"))
-            if self.transport is not None:
-                self.transport.abort()
+            self._break("the server sent an over-long reply")
 
     def _deliver(self, lines: list[bytes]) -> None:
         try:
             code = int(lines[0][:3])
         except ValueError:
-            self._fail(ConnectionLost(f"malformed reply {lines[0][:80]!r}"))
-            if self.transport is not None:
-                self.transport.abort()
+            self._break(f"malformed reply {lines[0][:80]!r}")
             return
         text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in lines)
         if self.waiters:
@@ -105,6 +101,12 @@ class _Replies(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(Reply(code, text))
         # A reply nobody asked for is dropped.
+
+    def _break(self, reason: str) -> None:
+        """The server broke the protocol: fail every waiter and drop the connection."""
+        self._fail(ConnectionLost(reason))
+        if self.transport is not None:
+            self.transport.abort()
 
     def _fail(self, exc: BaseException) -> None:
         self.lost = self.lost or exc
