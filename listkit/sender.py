@@ -66,6 +66,8 @@ LOCK_NAME = ".listkit-send.lock"
 # costs about a third of a second).
 POOL_THRESHOLD = 1000
 HARD_BOUNCE_CODES = (550, 551, 553)
+# The replies that let a transaction go on: to MAIL FROM, RCPT TO and DATA.
+_ENVELOPE_OK = ((250,), (250, 251), (354,))
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 
 
@@ -420,30 +422,29 @@ class Run:
             rcpt = b"RCPT TO:" + smtp_path(row.email, utf8) + b"\r\n"
         except ValueError as e:
             return Result(row.id, "failed", None, str(e), attempts), True
-        mail += b" SMTPUTF8\r\n" if utf8 else b"\r\n"
+        commands = (mail + (b" SMTPUTF8\r\n" if utf8 else b"\r\n"), rcpt, b"DATA\r\n")
         # Ask for the durable 'data' mark now, so that its commit overlaps the
         # round trips of the envelope; the content still waits for it. (The
         # DATA command itself may go first: without the content and its final
         # dot the server has no message.)
         mark = asyncio.ensure_future(self._mark_data(row.id))
-        expected = (250, 250, 354)
         try:
             if conn.pipelining:
-                futures = conn.send(mail + rcpt + b"DATA\r\n", 3)
+                futures = conn.send(b"".join(commands), len(commands))
                 replies = [await conn.reply(f) for f in futures]
             else:
                 replies = []
-                for command, want in zip((mail, rcpt, b"DATA\r\n"), expected, strict=True):
+                for step, command in enumerate(commands):
                     replies.append(await conn.reply(conn.send(command)[0]))
-                    if replies[-1].code != want and not (want == 250 and replies[-1].code == 251):
+                    if replies[-1].code not in _ENVELOPE_OK[step]:
                         break
         except (TimeoutError, ConnectionLost) as e:
             _settle(mark)
             conn.abort()
             reply = f"connection lost before DATA: {e or type(e).__name__}"
             return Result(row.id, "deferred", None, reply, attempts), False
-        for step, (reply, want) in enumerate(zip(replies, expected, strict=False)):
-            if reply.code == want or (step == 1 and reply.code == 251):
+        for step, reply in enumerate(replies):
+            if reply.code in _ENVELOPE_OK[step]:
                 continue
             _settle(mark)
             if replies[-1].code == 354:  # DATA accepted after a refusal: abandon it
