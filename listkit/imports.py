@@ -34,7 +34,7 @@ from typing import IO, Any, NamedTuple
 
 from sqlite_utils import Database
 
-from listkit.addresses import normalize_address
+from listkit.addresses import email_key, normalize_address
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound
 from listkit.lists import get_list
@@ -606,6 +606,9 @@ class _Parser:
         self.status = shape.status(idx) if shape.status else None
 
     def _name(self, row: list[str]) -> str | None:
+        if len(self.name_is) == 2:  # first and last name, the usual case: no generator
+            first, last = row[self.name_is[0]].strip(), row[self.name_is[1]].strip()
+            return f"{first} {last}" if first and last else first or last or None
         return " ".join(v for i in self.name_is if (v := row[i].strip())) or None
 
     def _too_long(self, row: list[str], name: str | None) -> str | None:
@@ -620,17 +623,16 @@ class _Parser:
     def chunks(self, records: Iterator[tuple[int, list[str] | str]]) -> Iterator[_Chunk]:
         """Validated chunks of at most ``size`` rows (the hot loop of an import)."""
         width, email_i, size = self.width, self.email_i, self.size
-        names = self.name_is
-        first_i, last_i = (names[0], names[1]) if len(names) == 2 else (-1, -1)
+        name_of = self._name if self.name_is else None
         extras = [(i, encoded) for i, _, encoded in self.extras]
         status_of = self.status
-        ev = [i for i in self.evidence if i is not None]
         evidence_is = self.evidence
+        has_evidence = any(i is not None for i in evidence_is)
         normalize, json_str, too_long = normalize_address, _json_str, self._too_long
         shortest_risky = min(MAX_NAME, MAX_FIELD)
         while True:
             subs: list = []
-            more: list | None = [] if (status_of or ev) else None
+            more: list | None = [] if (status_of or has_evidence) else None
             rejects: list = []
             seen: set[str] = set()
             rows = pending = duplicates = 0
@@ -656,11 +658,7 @@ class _Parser:
                     reason = f"invalid address {shown!r}: {e}" if shown else "no address"
                     rejects.append((line, reason, row))
                     continue
-                if first_i >= 0:  # first and last name, the usual case
-                    first, last = row[first_i].strip(), row[last_i].strip()
-                    name = f"{first} {last}" if first and last else first or last or None
-                else:
-                    name = self._name(row) if names else None
+                name = name_of(row) if name_of else None
                 # Only a long row can carry a name or a field over its limit.
                 if len(joined) > shortest_risky and (problem := too_long(row, name)):
                     rejects.append((line, problem, row))
@@ -673,7 +671,7 @@ class _Parser:
                     )
                 else:
                     fields = "{}"
-                key = address.casefold()
+                key = email_key(address)
                 if more is not None:
                     status = status_of(row) if status_of else ACTIVE
                     if status == PENDING:
@@ -698,6 +696,11 @@ class _Parser:
                 yield _Chunk(subs, more, all_active, rejects, rows, pending, duplicates)
                 return
             yield _Chunk(subs, more, all_active, rejects, rows, pending, duplicates)
+
+
+def _keys(subs: list[tuple[str, str, str | None, str]]) -> str:
+    """The address keys of a chunk's rows, as a JSON array for ``json_each``."""
+    return json.dumps([s[1] for s in subs])
 
 
 class _Writer:
@@ -756,15 +759,13 @@ class _Writer:
         if not subs:
             return
         conn = self.db.conn
-        keys = None
         suppressed: set[str] = set()
         if self.any_suppressions:
-            keys = json.dumps([s[1] for s in subs])
             suppressed = {
                 key
                 for (key,) in conn.execute(
                     "SELECT key FROM suppressions WHERE key IN (SELECT value FROM json_each(?))",
-                    [keys],
+                    [_keys(subs)],
                 )
             }
         last = self._last_id()
@@ -792,9 +793,9 @@ class _Writer:
                 )
             self.imported += added
             return
-        self._decide(chunk, keys or json.dumps([s[1] for s in subs]), suppressed, last)
+        self._decide(chunk, suppressed, last)
 
-    def _decide(self, chunk: _Chunk, keys: str, suppressed: set[str], last: int) -> None:
+    def _decide(self, chunk: _Chunk, suppressed: set[str], last: int) -> None:
         """Row by row: the general case (existing subscribers, statuses, suppressions)."""
         conn, stamp, list_id = self.db.conn, self.stamp, self.list_id
         found = {
@@ -802,7 +803,7 @@ class _Writer:
             for key, sid, created, updated in conn.execute(
                 """SELECT key, id, created, updated FROM subscribers
                    WHERE key IN (SELECT value FROM json_each(?))""",
-                [keys],
+                [_keys(chunk.subs)],
             )
         }
         old = [sid for sid, _, _ in found.values() if sid <= last]
