@@ -323,12 +323,16 @@ class Run:
             if self.on_result is not None:
                 self.on_result(result)
 
-    async def _mark_data(self, delivery_id: int) -> bool:
-        """Durably mark that DATA may go out; False if the address left meanwhile."""
+    def _mark_data(self, delivery_id: int) -> asyncio.Future[bool]:
+        """Ask for the durable mark that the content may go out.
+
+        The future says True once it is committed, False if the address left
+        meanwhile; the flusher settles it (no task of its own per message).
+        """
         future = asyncio.get_running_loop().create_future()
         self.marks.append((delivery_id, future))
         self.wake.set()
-        return await future
+        return future
 
     async def _flusher(self) -> None:
         while True:
@@ -427,7 +431,7 @@ class Run:
         # round trips of the envelope; the content still waits for it. (The
         # DATA command itself may go first: without the content and its final
         # dot the server has no message.)
-        mark = asyncio.ensure_future(self._mark_data(row.id))
+        mark = self._mark_data(row.id)
         try:
             if conn.pipelining:
                 futures = conn.send(b"".join(commands), len(commands))

@@ -152,6 +152,8 @@ class Connection:
 
     async def reply(self, future: asyncio.Future[Reply]) -> Reply:
         """The awaited reply; TimeoutError or ConnectionLost otherwise."""
+        if future.done():  # pipelined replies often arrive together: no timer needed
+            return future.result()
         async with asyncio.timeout(self.timeout):
             return await future
 
