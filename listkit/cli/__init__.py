@@ -36,6 +36,7 @@ COMMAND_MODULES = {
     "sink": "send",
     "sales": "sales",
     "report": "report",
+    "serve": "serve",
 }
 
 

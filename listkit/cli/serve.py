@@ -1,0 +1,55 @@
+"""``listkit serve``: the web service for unsubscribes, signups, clicks and webhooks."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from listkit.cli import cli, pass_workspace
+from listkit.workspace import Workspace
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--forwarded-allow-ips",
+    default="127.0.0.1",
+    show_default=True,
+    help="Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed ('*' for any).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
+@pass_workspace
+def serve(ws: Workspace, host: str, port: int, forwarded_allow_ips: str, quiet: bool) -> None:
+    """Serve unsubscribe links, signups, clicks and webhooks over HTTP.
+
+    Run it behind a TLS reverse proxy (Caddy, nginx) that forwards
+    LISTKIT_BASE_URL to it; see the README. It uses the workspace's database
+    beside the CLI: an unsubscribe is honoured by a send that is running.
+
+    \b
+    Example:
+        listkit serve --port 8080
+    """
+    import uvicorn
+
+    from listkit.web import create_app
+
+    # Opens (and migrates) the database and checks the settings before listening.
+    ws.db  # noqa: B018
+    app = create_app(ws)
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("listkit").setLevel(level)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # it prints paths, which carry tokens and webhook secrets
+        log_level="warning" if quiet else "info",
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
+        server_header=False,
+        date_header=True,
+    )

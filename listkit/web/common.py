@@ -1,0 +1,152 @@
+"""What every route shares: database access, size-limited bodies, forms, client address.
+
+Database: reads run in the thread pool on a connection per thread (WAL lets
+them run beside writes). Writes go to one writer thread that runs each queued
+write function in a savepoint of one ``BEGIN IMMEDIATE`` transaction and
+commits the group before any of their callers is answered: a crash loses
+nothing that was answered 2xx, and a burst of requests shares one fsync. A
+write function that raises rolls back only its own savepoint; its caller gets
+the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+from sqlite_utils import Database
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from listkit.db import open_db
+
+T = TypeVar("T")
+
+# Bodies larger than this are refused with 413 before they are read in full.
+MAX_BODY = 256 * 1024
+# How many queued writes share one commit at the most.
+MAX_GROUP = 256
+
+
+class WebDB:
+    """The database as the web app uses it: thread-local readers, one group-committing writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = open_db(self.path, create=False)
+        return db
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(db, *args)`` on this thread's connection, in the thread pool."""
+        return await run_in_threadpool(lambda: fn(self._connection(), *args))
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(db, *args)`` inside a write transaction; returns once it is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self._ensure_writer()
+        self._queue.put((fn, args, loop, future))
+        return await future
+
+    def _ensure_writer(self) -> None:
+        with self._lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(
+                    target=self._run, name="listkit-writer", daemon=True
+                )
+                self._writer.start()
+
+    def _run(self) -> None:
+        db = open_db(self.path, create=False)
+        conn = db.conn
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_GROUP:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            results: list[tuple[bool, Any]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, args, _loop, _future in batch:
+                    conn.execute("SAVEPOINT write")
+                    try:
+                        value = fn(db, *args)
+                    except BaseException as e:  # handed to its caller
+                        conn.execute("ROLLBACK TO write")
+                        conn.execute("RELEASE write")
+                        results.append((False, e))
+                    else:
+                        conn.execute("RELEASE write")
+                        results.append((True, value))
+                conn.execute("COMMIT")
+            except BaseException as e:  # the whole group failed: tell everyone
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                results = [(False, e)] * len(batch)
+            for (ok, value), (_fn, _args, loop, future) in zip(results, batch, strict=True):
+                loop.call_soon_threadsafe(_settle, future, ok, value)
+
+
+def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, "Bad Content-Length.")
+        if int(declared) > limit:
+            raise HTTPException(413, "Request body too large.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, "Request body too large.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_form(request: Request, limit: int = MAX_BODY) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body as a dict (the last value of a
+    repeated field wins); 415 for any other content type."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise HTTPException(415, "Expected a form (application/x-www-form-urlencoded).")
+    body = await read_body(request, limit)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPException(400, "The form is not UTF-8.") from None
+    try:
+        return dict(parse_qsl(text, keep_blank_values=True, max_num_fields=100))
+    except ValueError:
+        raise HTTPException(400, "Too many form fields.") from None
+
+
+def client_ip(request: Request) -> str | None:
+    """The client's address; behind a proxy, uvicorn's ``--forwarded-allow-ips``
+    decides whether ``X-Forwarded-For`` is believed."""
+    return request.client.host if request.client else None
