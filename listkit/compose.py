@@ -34,6 +34,7 @@ class Composed:
     text: str
     html: str | None
     coupon: str | None  # the personal coupon, when the templates used it
+    leftover: str | None = None  # template syntax left in the output, as a message
 
 
 class Composer:
@@ -101,10 +102,10 @@ class Composer:
             "postal_address": self.postal_address,
             "personal_coupon": coupon,
         }
-        subject, text, html = self.templates.render(context, who)
-        text = self._text_footer(text, unsubscribe)
-        if html is not None:
-            html = self._html_footer(html, unsubscribe)
+        rendered = self.templates.render(context, who)
+        subject = rendered.subject
+        text = self._text_footer(rendered.text, unsubscribe)
+        html = None if rendered.html is None else self._html_footer(rendered.html, unsubscribe)
         mid = message_id(token, self.domain)
         data = self.builder.build(
             Parts(
@@ -127,6 +128,7 @@ class Composer:
             text=text,
             html=html,
             coupon=used_coupon[0] if used_coupon else None,
+            leftover=self.templates.leftovers(rendered),
         )
 
     def _text_footer(self, text: str, unsubscribe: str) -> str:
@@ -180,12 +182,16 @@ def check_offer(
     *,
     limit: int = 50,
 ) -> tuple[int, list[Problem]]:
-    """Compose for each (subscriber, list slug, list title); (checked, problems)."""
+    """Compose for each (subscriber, list slug, list title); (checked, problems).
+
+    Output that still holds template syntax (``{{``, ``{%``) is a problem too:
+    a reader would see it.
+    """
     checked, problems = 0, []
     for subscriber, list_slug, list_title in recipients:
         checked += 1
         try:
-            composer.compose(
+            message = composer.compose(
                 subscriber=subscriber,
                 list_slug=list_slug,
                 list_title=list_title,
@@ -193,6 +199,9 @@ def check_offer(
             )
         except (TemplateError, HeaderInjection) as e:
             problems.append(Problem(subscriber["email"], str(e)))
-            if len(problems) >= limit:
-                break
+        else:
+            if message.leftover is not None:
+                problems.append(Problem(subscriber["email"], message.leftover))
+        if len(problems) >= limit:
+            break
     return checked, problems

@@ -17,18 +17,33 @@ import tomllib
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from listkit.errors import NotFound, TemplateError
 
 REQUIRED = ("subject", "url", "product", "price", "currency")
 OPTIONAL = ("preheader", "coupon", "expires")
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# A price as people write it: digits, an optional decimal point and up to four
+# decimals; at most a billion. No exponents, infinities or NaN.
+PRICE = re.compile(r"\d{1,9}(\.\d{1,4})?")
+# Template syntax that should never reach a reader: a sign that text was not
+# rendered (a field used as plain text, or escaped twice).
+LEFTOVER_SYNTAX = re.compile(r"\{\{|\{%|\{#|%\}")
+
+
+def leftover_syntax(text: str) -> str | None:
+    """The first bit of Jinja syntax left in rendered ``text``, with its context."""
+    found = LEFTOVER_SYNTAX.search(text)
+    if found is None:
+        return None
+    start = max(found.start() - 20, 0)
+    return text[start : found.end() + 20].replace("\n", " ").strip()
 
 
 @dataclass(frozen=True)
@@ -90,13 +105,13 @@ def load_offer(offers_dir: Path, slug: str) -> Offer:
         if not isinstance(value, str):
             raise TemplateError(f"{toml_path}: field {key} must be a string, not {value!r}")
         values[key] = value.strip() if key != "subject" else value
-    try:
-        if Decimal(values["price"]) < 0:
-            raise InvalidOperation
-    except InvalidOperation:
+    if not PRICE.fullmatch(values["price"]):
         raise TemplateError(
-            f'{toml_path}: field price must be a decimal such as "29.00", not {values["price"]!r}'
-        ) from None
+            f'{toml_path}: field price must be a decimal such as "29.00", not '
+            f"{values['price']!r} (at most 9 digits before the point and 4 after)"
+        )
+    if values.get("expires") is not None:
+        values["expires"] = _check_expires(values["expires"], toml_path)
     if not re.fullmatch(r"[A-Za-z]{3}", values["currency"]):
         raise TemplateError(
             f"{toml_path}: field currency must be a 3-letter code such as USD, "
@@ -117,6 +132,21 @@ def load_offer(offers_dir: Path, slug: str) -> Offer:
         digest=_digest(offers_dir, folder),
         **values,
     )
+
+
+def _check_expires(value: str, toml_path: Path) -> str:
+    """``expires`` as written, once it is known to be an ISO date or date and time."""
+    try:
+        if len(value) == 10:
+            date.fromisoformat(value)
+        else:
+            datetime.fromisoformat(value)
+    except ValueError:
+        raise TemplateError(
+            f"{toml_path}: field expires must be a date such as 2026-12-31 "
+            f"(or a date and time such as 2026-12-31T23:59:00+01:00), not {value!r}"
+        ) from None
+    return value
 
 
 def _offer_dirs(offers_dir: Path) -> list[Path]:
@@ -151,12 +181,22 @@ def _autoescape(name: str | None) -> bool:
     return name is not None and name.endswith("html.j2")
 
 
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    preheader: str
+    text: str
+    html: str | None
+
+
 class OfferTemplates:
     """An offer's templates, compiled once, rendered many times."""
 
     def __init__(self, offer: Offer, offers_dir: Path):
         self.offer = offer
-        self.env = SandboxedEnvironment(
+        # Immutable: a template cannot change the offer, a list or a dict it is
+        # given (``offer.update(...)`` would change it for every later recipient).
+        self.env = ImmutableSandboxedEnvironment(
             loader=jinja2.FileSystemLoader(str(offers_dir)),
             undefined=jinja2.StrictUndefined,
             autoescape=_autoescape,
@@ -164,9 +204,13 @@ class OfferTemplates:
             auto_reload=False,
         )
         self.subject_name = f"{offer.slug}/offer.toml (subject)"
+        self.preheader_name = f"{offer.slug}/offer.toml (preheader)"
         self.text_name = f"{offer.slug}/text.j2"
         self.html_name = f"{offer.slug}/html.j2"
         self.subject = self._compile(lambda: self.env.from_string(offer.subject), self.subject_name)
+        self.preheader = self._compile(
+            lambda: self.env.from_string(offer.preheader), self.preheader_name
+        )
         self.text = self._compile(lambda: self.env.get_template(self.text_name), self.text_name)
         self.html = (
             self._compile(lambda: self.env.get_template(self.html_name), self.html_name)
@@ -184,16 +228,39 @@ class OfferTemplates:
         except jinja2.TemplateNotFound as e:
             raise TemplateError(f"{name}: template {e.name!r} not found") from None
 
-    def render(self, context: dict[str, Any], who: str) -> tuple[str, str, str | None]:
-        """(subject, text, html) for one context; TemplateError names template, line, who."""
+    def render(self, context: dict[str, Any], who: str) -> Rendered:
+        """Every part for one context; TemplateError names template, line, who.
+
+        The subject and preheader are templates too: the bodies see them
+        rendered, as ``subject`` and ``preheader`` and as ``offer.preheader``.
+        """
         subject = self._render(self.subject, self.subject_name, context, who)
+        preheader = self._render(self.preheader, self.preheader_name, context, who)
+        context = {
+            **context,
+            "offer": {**context["offer"], "preheader": preheader},
+            "preheader": preheader,
+        }
         text = self._render(self.text, self.text_name, context, who)
         html = (
             self._render(self.html, self.html_name, {**context, "subject": subject}, who)
             if self.html is not None
             else None
         )
-        return subject, text, html
+        return Rendered(subject=subject, preheader=preheader, text=text, html=html)
+
+    def leftovers(self, rendered: Rendered) -> str | None:
+        """Where rendered output still holds template syntax, as an error message."""
+        for name, text in (
+            (self.subject_name, rendered.subject),
+            (self.preheader_name, rendered.preheader),
+            (self.text_name, rendered.text),
+            (self.html_name, rendered.html or ""),
+        ):
+            found = leftover_syntax(text)
+            if found is not None:
+                return f"{name}: template syntax left in the output: {found!r}"
+        return None
 
     def _render(self, template: jinja2.Template, name: str, context: dict, who: str) -> str:
         try:

@@ -243,3 +243,117 @@ def test_offers_preview_prints_headers_and_text_and_writes_eml(run, workspace, t
     msg = message_from_bytes(eml.read_bytes(), policy=default)
     assert msg["To"].addresses[0].addr_spec == "reader@example.com"
     assert msg.defects == []
+
+
+def html_of(message) -> str:
+    msg = message_from_bytes(message.data, policy=default)
+    return msg.get_body(("html",)).get_content()
+
+
+def test_shipped_layout_renders_the_preheader_as_a_template(workspace):
+    message = compose(workspace, slug="launch")
+    html = html_of(message)
+    assert "Launch week price, for readers of Blog only." in html
+    assert "{{" not in html and "{%" not in html
+
+
+def test_shipped_layout_has_a_viewport_and_hides_the_preheader_robustly(workspace):
+    html = html_of(compose(workspace, slug="launch"))
+    assert re.search(r'<meta name="viewport" content="width=device-width, initial-scale=1">', html)
+    hidden = re.search(r'<div style="([^"]*)">Launch week price', html).group(1)
+    for rule in ("display:none", "max-height:0", "overflow:hidden", "opacity:0", "mso-hide:all"):
+        assert rule in hidden.replace(" ", "")
+
+
+def test_shipped_text_signature_delimiter_has_its_trailing_space(workspace):
+    text = compose(workspace, slug="launch").text
+    assert "\n-- \n" in text
+    assert "\n--\n" not in text
+
+
+@pytest.mark.parametrize(
+    "where, toml_subject, text, html",
+    [
+        ("subject", "{{ '{{' }} name }} deal", "Hi\n", None),
+        ("text.j2", "Deal", "Hi {{ '{{ subscriber.name }}' }}\n", None),
+        ("html.j2", "Deal", "Hi\n", "<p>{{ '{% if x %}' }}</p>"),
+        ("preheader", "Deal", "Hi\n", "<p>{{ offer.preheader }}</p>"),
+    ],
+)
+def test_offers_check_fails_when_the_output_keeps_template_syntax(
+    run, workspace, where, toml_subject, text, html
+):
+    preheader = "{{ '{{' }} oops }}" if where == "preheader" else "Fine"
+    write_offer(
+        workspace,
+        toml=f'subject = "{toml_subject}"\npreheader = "{preheader}"\n'
+        'url = "https://shop.example.com/x"\nproduct = "Guide"\nprice = "19.00"\n'
+        'currency = "USD"\n',
+        text=text,
+        html=html,
+    )
+    result = run("offers", "check", "deal", ok=False)
+    assert result.exit_code == 1
+    assert "template syntax left in the output" in result.output
+    assert where.split(".")[0] in result.output
+
+
+def test_sandbox_is_immutable_so_no_recipient_changes_the_offer_for_the_next(workspace):
+    write_offer(
+        workspace,
+        text="{% set x = offer.update({'price': '0.00'}) %}{{ offer.price }}\n",
+    )
+    with pytest.raises(TemplateError, match="not allowed in the sandbox"):
+        compose(workspace)
+
+
+@pytest.mark.parametrize(
+    "price", ['"1e999999999"', '"Infinity"', '"NaN"', "inf", "nan", "1e400", '"1e3"', '"-1"']
+)
+def test_absurd_or_non_finite_prices_are_refused_with_file_and_field(workspace, price):
+    write_offer(
+        workspace,
+        toml='subject = "S"\nurl = "https://shop.example.com/x"\nproduct = "Guide"\n'
+        f'price = {price}\ncurrency = "USD"\n',
+    )
+    with pytest.raises(TemplateError, match=r"offer\.toml: field price must be"):
+        load_offer(workspace / "offers", "deal")
+
+
+def test_expires_must_be_a_date(workspace):
+    write_offer(
+        workspace,
+        toml='subject = "S"\nurl = "https://shop.example.com/x"\nproduct = "Guide"\n'
+        'price = "1.00"\ncurrency = "USD"\nexpires = "next friday"\n',
+    )
+    with pytest.raises(TemplateError, match=r"offer\.toml: field expires must be a date"):
+        load_offer(workspace / "offers", "deal")
+
+
+def test_offers_preview_shows_the_html_part_too(run):
+    out = run("offers", "preview", "launch").output
+    assert "Hi Sample Reader," in out
+    assert "--- HTML part ---" in out
+    assert "<strong>Field Guide to Selling</strong>" in out
+
+
+def test_offers_preview_open_writes_the_html_and_opens_it(run, monkeypatch):
+    opened = []
+    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
+    out = run("offers", "preview", "launch", "--open").output
+    assert len(opened) == 1 and opened[0].startswith("file://")
+    path = Path(opened[0].removeprefix("file://"))
+    assert "Get the Field Guide" in path.read_text()
+    assert str(path) in out
+
+
+def test_campaigns_check_fails_when_a_message_keeps_template_syntax(run, workspace):
+    run("lists", "create", "blog")
+    run("lists", "create", "customers")
+    run("subscribers", "add", "ann@example.com", "--list", "blog", "--name", "Ann")
+    text = workspace / "offers" / "launch" / "text.j2"
+    text.write_text(text.read_text() + "P.S. {{ '{{ offer.coupon }}' }}\n")
+    result = run("campaigns", "check", "launch", ok=False)
+    assert result.exit_code == 1
+    assert "launch/text.j2: template syntax left in the output" in result.output
+    assert "1 of 1 messages fail to render" in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -99,14 +101,23 @@ def offers_check(ws: Workspace, slug: str, list_: str | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the whole message to this .eml file instead of printing it.",
 )
+@click.option(
+    "--open",
+    "open_",
+    is_flag=True,
+    help="Also write the HTML part to a private temporary file and open it in a browser.",
+)
 @pass_workspace
-def offers_preview(ws: Workspace, slug: str, email: str | None, eml: Path | None) -> None:
-    """Show offer SLUG as one subscriber would get it: headers and the text part.
+def offers_preview(
+    ws: Workspace, slug: str, email: str | None, eml: Path | None, open_: bool
+) -> None:
+    """Show offer SLUG as one subscriber would get it: headers, text and HTML parts.
 
     \b
     Examples:
         listkit offers preview launch
         listkit offers preview launch --email ann@example.com --eml launch.eml
+        listkit offers preview launch --open
     """
     composer = _composer(ws, slug)
     subscriber, lst = dict(SAMPLE_SUBSCRIBER), {"slug": "sample", "title": "Sample list"}
@@ -120,6 +131,19 @@ def offers_preview(ws: Workspace, slug: str, email: str | None, eml: Path | None
     message = composer.compose(
         subscriber=subscriber, list_slug=lst["slug"], list_title=lst["title"], token=PREVIEW_TOKEN
     )
+    if message.leftover is not None:
+        click.echo(f"Warning: {message.leftover}", err=True)
+    if open_:
+        if message.html is None:
+            raise ListkitError(f"offer {slug} has no HTML part (offers/{slug}/html.j2) to open")
+        import webbrowser
+
+        # mkstemp creates the file readable by its owner only: it holds a subscriber's data.
+        fd, name = tempfile.mkstemp(prefix=f"listkit-{slug}-", suffix=".html")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(message.html)
+        click.echo(f"Opening {name}")
+        webbrowser.open(Path(name).as_uri())
     if eml is not None:
         eml.write_bytes(message.data)
         click.echo(f"Wrote {eml} ({len(message.data):,} bytes).")
@@ -128,3 +152,6 @@ def offers_preview(ws: Workspace, slug: str, email: str | None, eml: Path | None
     click.echo(head.replace("\r\n", "\n"))
     click.echo()
     click.echo(message.text, nl=False)
+    if message.html is not None:
+        click.echo("\n--- HTML part ---")
+        click.echo(message.html, nl=not message.html.endswith("\n"))
