@@ -8,7 +8,8 @@ The rule: a header value that comes from data is checked before it is used.
 CR, LF, NUL and other control characters, and RFC 2047 encoded-words that
 decode to them, raise ``HeaderInjection`` naming the field and the
 subscriber; nothing is built. Non-ASCII values become RFC 2047 encoded-words;
-no line exceeds 998 characters.
+header lines are folded at spaces to stay within 78 characters where a space
+allows it, and no line exceeds 998 characters.
 """
 
 from __future__ import annotations
@@ -97,6 +98,37 @@ def format_address(name: str | None, address: str) -> str:
     return f"{phrase} <{address}>"
 
 
+# A list's name in List-Id is a description; a longer title is cut (RFC 2919
+# sets no limit, but every line must stay within 998 characters).
+MAX_LIST_NAME = 100
+
+
+def fold(line: str, limit: int = 78) -> str:
+    """One header line (``Name: value``, perhaps already folded) folded at spaces.
+
+    Each physical line is kept within ``limit`` characters where a space allows
+    it (RFC 5322 2.2.3); a longer unbreakable token (a URL) stays whole, on the
+    header's first line or a line of its own. Unfolding gives back exactly ``line``.
+    """
+    if len(line) <= limit and "\r\n" not in line:
+        return line
+    out = []
+    # Never right after "Name:": some parsers would keep the space in the value.
+    start = line.find(": ") + 2
+    for physical in line.split("\r\n"):
+        while len(physical) > limit:
+            cut = physical.rfind(" ", start, limit + 1)
+            if cut < start or not physical[:cut].strip():
+                cut = physical.find(" ", max(limit + 1, start))
+                if cut == -1:
+                    break
+            out.append(physical[:cut])
+            physical = physical[cut:]
+        out.append(physical)
+        start = 1
+    return "\r\n".join(out)
+
+
 def _qp(text: str) -> bytes:
     """UTF-8 quoted-printable with CRLF line ends and lines within 76 characters."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -137,7 +169,7 @@ class MessageBuilder:
         self._date_second = 0
         self._date = ""
         self._fixed = (
-            f"From: {format_address(sender_name, sender_address)}\r\n"
+            f"{fold('From: ' + format_address(sender_name, sender_address))}\r\n"
             "MIME-Version: 1.0\r\n"
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
         ).encode("ascii")
@@ -169,14 +201,16 @@ class MessageBuilder:
         list_name = list_name if list_name is not None else self.list_name
         check_header(list_id, "List-Id", who)
         check_header(list_name or "", "List-Id", who)
+        if list_name and len(list_name) > MAX_LIST_NAME:
+            list_name = list_name[: MAX_LIST_NAME - 3].rstrip() + "..."
         list_phrase = format_address(list_name, list_id) if list_name else f"<{list_id}>"
         head = (
-            f"To: {format_address(parts.to_name, parts.to_address)}\r\n"
-            f"Subject: {header_text(parts.subject)}\r\n"
+            f"{fold('To: ' + format_address(parts.to_name, parts.to_address))}\r\n"
+            f"{fold('Subject: ' + header_text(parts.subject))}\r\n"
             f"Date: {self._date_header(now)}\r\n"
             f"Message-ID: {parts.message_id}\r\n"
-            f"List-Id: {list_phrase}\r\n"
-            f"List-Unsubscribe: <{parts.unsubscribe_url}>\r\n"
+            f"{fold('List-Id: ' + list_phrase)}\r\n"
+            f"{fold(f'List-Unsubscribe: <{parts.unsubscribe_url}>')}\r\n"
         ).encode()
         text_part = (
             b'Content-Type: text/plain; charset="utf-8"\r\n'

@@ -126,3 +126,29 @@ def test_check_header_accepts_ordinary_unicode():
         check_header("Zoë 😀 =?not an encoded word", "Subject", "x")
         == "Zoë 😀 =?not an encoded word"
     )
+
+
+def test_long_subject_and_list_unsubscribe_are_folded_within_78_characters():
+    subject = " ".join(["word"] * 40)
+    url = "https://newsletter.example.com/listkit/u/abcdefghijklmnop/" + "s" * 22
+    data = builder().build(parts(subject=subject, unsubscribe_url=url))
+    head = data.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n"):
+        # A line may pass 78 only when it is one unbreakable token (the URL)
+        # after the header's name.
+        assert len(line) <= 78 or b" " not in line.strip().partition(b": ")[2], line
+    msg = parse(data)
+    assert msg["Subject"] == subject
+    assert msg["List-Unsubscribe"] == f"<{url}>"
+
+
+def test_a_list_title_of_1500_characters_never_makes_a_line_over_998():
+    title = ("Very long list title " * 75).strip()
+    data = builder().build(parts(), list_name=title, list_id="blog.shop.example.com")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    msg = parse(data)
+    assert "<blog.shop.example.com>" in msg["List-Id"]
+    title_nospace = "x" * 1500
+    data = builder().build(parts(), list_name=title_nospace, list_id="blog.shop.example.com")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    parse(data)
