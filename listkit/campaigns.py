@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -34,6 +35,11 @@ FIELDS = {
 }
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Limits past which a value is a typo, not a plan.
+MAX_LATE = timedelta(days=366)
+MAX_RATE = 10_000  # messages a second
+MAX_ATTRIBUTION_DAYS = 365
+SEND_AT_YEARS = (2000, 2100)
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,8 @@ class Campaign:
     path: Path = field(default=Path("."), compare=False)
 
 
-def parse_duration(value: str, where: str) -> timedelta:
-    """'6h', '30m', '2d', '1h30m' -> timedelta."""
+def parse_duration(value: str, where: str, most: timedelta = MAX_LATE) -> timedelta:
+    """'6h', '30m', '2d', '1h30m' -> timedelta, at most ``most``."""
     text = value.strip().lower()
     pos, total = 0, 0.0
     for m in DURATION.finditer(text):
@@ -61,7 +67,9 @@ def parse_duration(value: str, where: str) -> timedelta:
         total += float(m.group(1)) * UNITS[m.group(2)]
         pos = m.end()
     if pos == 0 or text[pos:].strip():
-        raise InputError(f"{where}: {value!r} is not a duration such as '6h', '30m' or '2d'")
+        raise InputError(f"{where} {value!r} is not a duration such as '6h', '30m' or '2d'")
+    if not total <= most.total_seconds():  # also catches inf from a very long number
+        raise InputError(f"{where} {value!r} is too long: at most {format_duration(most)}")
     return timedelta(seconds=total)
 
 
@@ -78,16 +86,41 @@ def format_duration(delta: timedelta | None) -> str:
     return "".join(parts) or "0s"
 
 
-def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
-    """Read and check ``campaigns/<slug>.toml``; errors name the file and the field."""
-    path = campaigns_dir / f"{slug}.toml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(campaigns_dir.glob("*.toml"))) or "none"
-        raise NotFound(f"no campaign {slug!r} in {campaigns_dir} (campaigns: {known})")
+def check_campaign_slug(slug: str) -> str:
+    """A campaign is named by its slug alone: no path, no other spelling of the same file."""
+    return check_slug(slug, "campaign")
+
+
+def _read_toml(path: Path) -> dict:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"{path}: not UTF-8 (line {line}, byte 0x{raw[e.start]:02x}): save the file as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path}: {e}") from None
+
+
+def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
+    """Read and check ``campaigns/<slug>.toml``; errors name the file and the field.
+
+    Any problem with the file is an ``InputError`` (never another exception), so
+    that one bad file never stops the commands that go through every campaign.
+    """
+    check_campaign_slug(slug)
+    path = campaigns_dir / f"{slug}.toml"
+    if not path.is_file():
+        known = ", ".join(campaign_slugs(campaigns_dir)) or "none"
+        raise NotFound(f"no campaign {slug!r} in {campaigns_dir} (campaigns: {known})")
+    data = _read_toml(path)
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise InputError(
@@ -104,13 +137,22 @@ def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
             raise InputError(f"{path}: field {key} has the wrong type ({value!r})")
         return value
 
-    offer = need("offer", str)
+    def name(value: str, what: str, key: str) -> str:
+        try:
+            return check_slug(value, what)
+        except InputError as e:
+            raise InputError(f"{path}: field {key}: {e}") from None
+
+    offer = name(need("offer", str), "offer", "offer")
     lists = need("lists", list)
     if not lists or not all(isinstance(x, str) for x in lists):
         raise InputError(f"{path}: field lists must be a non-empty list of list names")
     exclude = need("exclude_lists", list, [])
-    for name in [*lists, *exclude]:
-        check_slug(name)
+    if not all(isinstance(x, str) for x in exclude):
+        raise InputError(f"{path}: field exclude_lists must be a list of list names")
+    for key, names in (("lists", lists), ("exclude_lists", exclude)):
+        for value in names:
+            name(value, "list", key)
     send_at = None
     if "send_at" in data:
         raw = data["send_at"]
@@ -128,19 +170,33 @@ def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
                 f"{path}: field send_at {raw!s} has no UTC offset: write e.g. "
                 "2026-12-01T09:00:00+01:00"
             )
+        first, last = SEND_AT_YEARS
+        # Compared as naive local times: a time near year 1 or 9999 cannot be
+        # converted to UTC at all.
+        if not first <= send_at.year < last:
+            raise InputError(f"{path}: field send_at {raw!s} is not between {first} and {last}")
     max_late = parse_duration(need("max_late", str, "6h"), f"{path}: field max_late")
     rate = float(need("rate", (int, float), 0))
     concurrency = need("concurrency", int, 4)
     holdout = float(need("holdout", (int, float), 0))
     days = need("attribution_days", int, 7)
+    if not math.isfinite(rate):
+        raise InputError(f"{path}: field rate {rate} is not a number of messages per second")
     if rate < 0:
         raise InputError(f"{path}: field rate must be 0 (unlimited) or more messages per second")
+    if rate > MAX_RATE:
+        raise InputError(
+            f"{path}: field rate {rate} is too high: at most {MAX_RATE} messages a second "
+            "(0 means unlimited)"
+        )
     if not 1 <= concurrency <= 100:
         raise InputError(f"{path}: field concurrency must be between 1 and 100 connections")
-    if not 0 <= holdout < 1:
-        raise InputError(f"{path}: field holdout must be a fraction from 0 to below 1")
-    if days < 0:
-        raise InputError(f"{path}: field attribution_days must not be negative")
+    if not 0 <= holdout < 1:  # false for nan too
+        raise InputError(f"{path}: field holdout {holdout} must be a fraction from 0 to below 1")
+    if not 0 <= days <= MAX_ATTRIBUTION_DAYS:
+        raise InputError(
+            f"{path}: field attribution_days must be from 0 to {MAX_ATTRIBUTION_DAYS} days"
+        )
     return Campaign(
         slug=slug,
         offer=offer,
@@ -221,6 +277,7 @@ def iter_audience(db: Database, campaign: Campaign):
 
 
 def campaign_row(db: Database, slug: str) -> dict | None:
+    check_campaign_slug(slug)
     row = db.execute(
         "SELECT id, slug, offer, state, started, finished, holdout, attribution_days, coupon "
         "FROM campaigns WHERE slug = ?",

@@ -407,3 +407,90 @@ def test_format_duration():
     assert format_duration(timedelta(days=2, hours=3)) == "2d3h"
     assert format_duration(parse_duration("90m", "x")) == "1h30m"
     assert format_duration(timedelta(0)) == "0s"
+
+
+# --- campaign names and files ---------------------------------------------------------------
+
+
+SPELLINGS = ["./t", "../campaigns/t", "campaigns/../t", "T", "t.toml", "../outside/x", "t/"]
+
+
+def _bad_name(spelling: str) -> str:
+    return (
+        f"Error: campaign name {spelling!r} is not valid: use lower-case letters, digits, "
+        "- and _ (at most 64, starting with a letter or digit)\n"
+    )
+
+
+def test_another_spelling_of_a_campaign_name_is_refused_and_mails_nobody_again(
+    run, workspace, server
+):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS[:2])
+    (workspace / "outside").mkdir()
+    (workspace / "outside" / "x.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    run("send", "t", "--yes")
+    for spelling in SPELLINGS:
+        result = run("send", spelling, "--yes", ok=False)
+        assert (result.exit_code, result.output) == (1, _bad_name(spelling))
+    assert handler.recipients() == {a: 1 for a in ADDRS[:2]}
+    ws = Workspace(workspace)
+    assert [r[0] for r in ws.db.execute("SELECT slug FROM campaigns")] == ["t"]
+    ws.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["retry", "--unknown"],
+        ["campaigns", "check"],
+        ["send", "--test-to", "me@example.com"],
+        ["send", "--dry-run", "out"],
+    ],
+)
+def test_every_command_taking_a_campaign_name_refuses_another_spelling(run, workspace, command):
+    (workspace / "campaigns" / "t.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    run("lists", "create", "blog")
+    for spelling in ("./t", "../campaigns/t"):
+        args = [*command[:1], *command[1:2], spelling, *command[2:]]
+        if command[0] == "send":
+            args = ["send", spelling, *command[1:]]
+        result = run(*args, ok=False)
+        assert (result.exit_code, result.output) == (1, _bad_name(spelling))
+
+
+def test_a_bad_campaign_file_is_that_campaigns_error_and_the_others_are_still_sent(
+    run, workspace, server
+):
+    controller, handler = server
+    setup_campaign(
+        run, workspace, controller.port, ADDRS[:3], extra=f'send_at = "{_when(hours=-1)}"\n'
+    )
+    campaigns = workspace / "campaigns"
+    (campaigns / "a.toml").write_bytes(b'offer = "launch"\nlists = ["blog"]\n# caf\xe9\n')
+    (campaigns / "b.toml").write_text(
+        f'offer = "launch"\nlists = ["blog"]\nsend_at = "{_when(hours=-1)}"\n'
+        'max_late = "99999999999999d"\n'
+    )
+    (campaigns / "Bad Name.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    result = run("send", "--due", ok=False)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0].startswith(
+        "Bad Name: campaign name 'Bad Name' is not valid: use lower-case letters"
+    )
+    assert lines[1] == (
+        f"a: {campaigns / 'a.toml'}: not UTF-8 (line 3, byte 0xe9): save the file as UTF-8"
+    )
+    assert lines[2] == (
+        f"b: {campaigns / 'b.toml'}: field max_late '99999999999999d' is too long: at most 366d"
+    )
+    assert lines[3].startswith("t: this run 3 sent")
+    assert handler.recipients() == {a: 1 for a in ADDRS[:3]}
+    # `campaigns ls` shows every campaign, the bad ones with their error, and says so.
+    result = run("campaigns", "ls", "--json", ok=False)
+    assert result.exit_code == 1
+    shown = {r["campaign"]: r["state"] for r in json.loads(result.stdout)}
+    assert shown["t"] == "done" and shown["launch"] == "manual"
+    assert shown["a"].startswith("ERROR: ") and "not UTF-8" in shown["a"]

@@ -44,16 +44,21 @@ def campaigns() -> None:
 def campaigns_ls(ws: Workspace, json_: bool) -> None:
     """Show each campaign: offer, lists, schedule, state, audience and sent.
 
+    A campaign file that cannot be read shows its error; the others are still
+    shown, and the exit status is 1.
+
     \b
     Example:
         listkit campaigns ls
     """
     rows = []
+    bad = 0
     for slug in campaign_slugs(ws.campaigns_dir):
         try:
             c = load_campaign(ws.campaigns_dir, slug)
         except ListkitError as e:
             rows.append({"campaign": slug, "state": f"ERROR: {e}"})
+            bad += 1
             continue
         row = campaign_row(ws.db, slug)
         try:
@@ -74,12 +79,14 @@ def campaigns_ls(ws: Workspace, json_: bool) -> None:
         )
     if json_:
         emit_json(rows)
-        return
-    emit_table(
-        rows,
-        ["campaign", "offer", "lists", "send_at", "state", "audience", "sent"],
-        empty=f"No campaigns in {ws.campaigns_dir}.",
-    )
+    else:
+        emit_table(
+            rows,
+            ["campaign", "offer", "lists", "send_at", "state", "audience", "sent"],
+            empty=f"No campaigns in {ws.campaigns_dir}.",
+        )
+    if bad:
+        sys.exit(1)
 
 
 @campaigns.command("check")
