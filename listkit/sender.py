@@ -49,7 +49,7 @@ from listkit.campaigns import (
     register,
     set_state,
 )
-from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer
+from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
 from listkit.config import SMTPSettings
 from listkit.db import open_db
 from listkit.errors import HeaderInjection, ListkitError, SendError, TemplateError
@@ -715,18 +715,28 @@ def send_test(ws: Workspace, slug: str, to: str) -> tuple[Composed, str]:
     return composed, reply
 
 
-def dry_run(ws: Workspace, slug: str, directory: Path, limit: int | None = None) -> int:
-    """Write one .eml per recipient into ``directory``; send and record nothing."""
+def dry_run(
+    ws: Workspace, slug: str, directory: Path, limit: int | None = None
+) -> tuple[int, list[Problem]]:
+    """Write one .eml per recipient into ``directory``; send and record nothing.
+
+    A recipient whose message cannot be built is listed, never a reason to stop:
+    (messages written, problems).
+    """
     p = prepare(ws, slug)
     directory.mkdir(parents=True, exist_ok=True)
-    written = 0
+    written, problems = 0, []
     for subscriber, list_slug, title in iter_audience(ws.db, p.campaign):
-        if limit is not None and written >= limit:
+        if limit is not None and written + len(problems) >= limit:
             break
-        composed = p.composer.compose(
-            subscriber=subscriber, list_slug=list_slug, list_title=title, token=new_token()
-        )
+        try:
+            composed = p.composer.compose(
+                subscriber=subscriber, list_slug=list_slug, list_title=title, token=new_token()
+            )
+        except (TemplateError, HeaderInjection) as e:
+            problems.append(Problem(subscriber["email"], str(e)))
+            continue
         safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", subscriber["email"])[:100]
         (directory / f"{written + 1:06d}-{safe}.eml").write_bytes(composed.data)
         written += 1
-    return written
+    return written, problems

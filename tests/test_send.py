@@ -494,3 +494,49 @@ def test_a_bad_campaign_file_is_that_campaigns_error_and_the_others_are_still_se
     shown = {r["campaign"]: r["state"] for r in json.loads(result.stdout)}
     assert shown["t"] == "done" and shown["launch"] == "manual"
     assert shown["a"].startswith("ERROR: ") and "not UTF-8" in shown["a"]
+
+
+def test_dry_run_lists_every_recipient_that_cannot_be_rendered_and_writes_the_others(
+    run, workspace, server, tmp_path
+):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, [])
+    offer = workspace / "offers" / "launch" / "text.j2"
+    offer.write_text("Your plan: {{ subscriber.plan }}\n" + offer.read_text())
+    for i, address in enumerate(ADDRS):
+        extra = ["--field", "plan=pro"] if i % 2 else []
+        run("subscribers", "add", address, "--list", "blog", *extra)
+    out = tmp_path / "out"
+    result = run("send", "t", "--dry-run", str(out), ok=False)
+    assert result.exit_code == 1
+    bad = [ADDRS[0], ADDRS[2], ADDRS[4]]
+    assert result.stderr.splitlines() == [
+        *(
+            f"  {a}: launch/text.j2, line 1: 'dict object' has no attribute 'plan' (for {a})"
+            for a in bad
+        ),
+        "Error: campaign t: 3 of 6 recipients cannot be rendered (listed above); "
+        f"the other 3 are in {out}. Nothing was sent.",
+    ]
+    written = sorted(p.name for p in out.glob("*.eml"))
+    assert len(written) == 3 and all(a in " ".join(written) for a in ADDRS[1::2])
+    assert handler.messages == []
+
+
+def test_campaigns_check_lists_and_counts_every_recipient_that_cannot_be_rendered(
+    run, workspace, server, tmp_path
+):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, [])
+    offer = workspace / "offers" / "launch" / "text.j2"
+    offer.write_text("Your plan: {{ subscriber.plan }}\n" + offer.read_text())
+    people = tmp_path / "people.csv"
+    people.write_text(
+        "email,plan\n" + "".join(f"p{i}@example.com,\n" for i in range(55)) + "ok@x.org,pro\n"
+    )
+    # An empty plan column is no field at all: those 55 cannot be rendered.
+    run("subscribers", "import", str(people), "--list", "blog")
+    result = run("campaigns", "check", "t", ok=False)
+    lines = result.stderr.splitlines()
+    assert len([x for x in lines if "has no attribute 'plan'" in x]) == 55
+    assert lines[-1] == "Error: campaign t: 55 of 56 messages fail to render"

@@ -108,7 +108,9 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
         click.echo(f"  {list_slug}: {n} recipients")
     if p.campaign.exclude_lists:
         click.echo(f"  excluding members of: {', '.join(p.campaign.exclude_lists)}")
-    checked, found = check_offer(p.composer, iter_audience(ws.db, p.campaign))
+    # Every recipient is checked and every failure listed (no limit): the count
+    # must be the campaign's, not that of the first few.
+    checked, found = check_offer(p.composer, iter_audience(ws.db, p.campaign), limit=sys.maxsize)
     for problem in found:
         click.echo(f"  {problem.subscriber}: {problem.message}", err=True)
     if found:
@@ -206,7 +208,14 @@ def send(
     if not slug:
         raise click.UsageError("name a campaign (see `listkit campaigns ls`), or use --due")
     if dry_run is not None:
-        n = write_dry_run(ws, slug, dry_run, limit)
+        n, found = write_dry_run(ws, slug, dry_run, limit)
+        for problem in found:
+            click.echo(f"  {problem.subscriber}: {problem.message}", err=True)
+        if found:
+            raise ListkitError(
+                f"campaign {slug}: {len(found)} of {n + len(found)} recipients cannot be "
+                f"rendered (listed above); the other {n} are in {dry_run}. Nothing was sent."
+            )
         click.echo(f"Wrote {n} messages to {dry_run}; nothing was sent.")
         return
     if test_to is not None:
