@@ -279,12 +279,17 @@ def iter_audience(db: Database, campaign: Campaign):
 def campaign_row(db: Database, slug: str) -> dict | None:
     check_campaign_slug(slug)
     row = db.execute(
-        "SELECT id, slug, offer, state, started, finished, holdout, attribution_days, coupon "
-        "FROM campaigns WHERE slug = ?",
+        "SELECT id, slug, offer, state, started, finished, holdout, attribution_days, coupon, "
+        "send_at FROM campaigns WHERE slug = ?",
         [slug],
     ).fetchone()
     keys = ("id", "slug", "offer", "state", "started", "finished", "holdout")
-    return dict(zip((*keys, "attribution_days", "coupon"), row, strict=True)) if row else None
+    keys += ("attribution_days", "coupon", "send_at")
+    return dict(zip(keys, row, strict=True)) if row else None
+
+
+def _stored_send_at(campaign: Campaign) -> str | None:
+    return campaign.send_at.astimezone(UTC).isoformat() if campaign.send_at else None
 
 
 def register(db: Database, campaign: Campaign, *, digest: str, coupon: str | None) -> int:
@@ -302,7 +307,7 @@ def register(db: Database, campaign: Campaign, *, digest: str, coupon: str | Non
             json.dumps(campaign.lists),
             json.dumps(campaign.exclude_lists),
             digest,
-            campaign.send_at.astimezone(UTC).isoformat() if campaign.send_at else None,
+            _stored_send_at(campaign),
             campaign.holdout,
             campaign.attribution_days,
             coupon,
@@ -322,6 +327,29 @@ def set_state(db: Database, campaign_id: int, state: str) -> None:
         f"UPDATE campaigns SET state = :state{extra} WHERE id = :id",
         {"state": state, "stamp": stamp, "id": campaign_id},
     )
+
+
+def rescheduled(row: dict | None, campaign: Campaign) -> bool:
+    """A missed campaign whose ``send_at`` has been edited since: it has a new chance."""
+    return (
+        row is not None and row["state"] == "missed" and row["send_at"] != _stored_send_at(campaign)
+    )
+
+
+def reschedule(db: Database, campaign_id: int, campaign: Campaign) -> None:
+    """Make a missed campaign scheduled again, at the ``send_at`` its file now says."""
+    db.execute(
+        "UPDATE campaigns SET state = 'scheduled', send_at = ?, finished = NULL "
+        "WHERE id = ? AND state = 'missed'",
+        [_stored_send_at(campaign), campaign_id],
+    )
+
+
+def current_state(row: dict | None, campaign: Campaign, at: datetime | None = None) -> str:
+    """What to show for a campaign: its row's state once it went somewhere, else its schedule."""
+    if row is None or row["state"] == "scheduled" or rescheduled(row, campaign):
+        return due_status(campaign, at)
+    return row["state"]
 
 
 def due_status(campaign: Campaign, at: datetime | None = None) -> str:

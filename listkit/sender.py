@@ -47,6 +47,8 @@ from listkit.campaigns import (
     iter_audience,
     load_campaign,
     register,
+    reschedule,
+    rescheduled,
     set_state,
 )
 from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
@@ -643,7 +645,8 @@ def send_due(
 ) -> list[DueOutcome]:
     """Send every campaign whose send_at has come; mark those later than max_late missed.
 
-    Campaigns without send_at, not yet due, done or missed are left alone. A
+    Campaigns without send_at, not yet due, done or missed are left alone; a
+    missed one whose send_at has been edited since is scheduled again. A
     campaign already sending (or reopened by `listkit retry`) is resumed even
     past max_late: it started in time.
     """
@@ -657,6 +660,9 @@ def send_due(
             continue
         status = due_status(campaign, at)
         row = campaign_row(ws.db, slug)
+        if rescheduled(row, campaign):
+            reschedule(ws.db, row["id"], campaign)
+            row = campaign_row(ws.db, slug)
         state = row["state"] if row else None
         if state in ("done", "missed") or status in ("manual", "waiting"):
             continue

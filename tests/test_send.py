@@ -526,7 +526,7 @@ def test_dry_run_lists_every_recipient_that_cannot_be_rendered_and_writes_the_ot
 def test_campaigns_check_lists_and_counts_every_recipient_that_cannot_be_rendered(
     run, workspace, server, tmp_path
 ):
-    controller, handler = server
+    controller, _handler = server
     setup_campaign(run, workspace, controller.port, [])
     offer = workspace / "offers" / "launch" / "text.j2"
     offer.write_text("Your plan: {{ subscriber.plan }}\n" + offer.read_text())
@@ -540,3 +540,22 @@ def test_campaigns_check_lists_and_counts_every_recipient_that_cannot_be_rendere
     lines = result.stderr.splitlines()
     assert len([x for x in lines if "has no attribute 'plan'" in x]) == 55
     assert lines[-1] == "Error: campaign t: 55 of 56 messages fail to render"
+
+
+def test_a_missed_campaign_whose_send_at_is_moved_is_due_again(run, workspace, server):
+    controller, handler = server
+    late = f'send_at = "{_when(days=-2)}"\nmax_late = "6h"\n'
+    setup_campaign(run, workspace, controller.port, ADDRS[:2], extra=late)
+    assert run("send", "--due").output.startswith("t: missed")
+    path = workspace / "campaigns" / "t.toml"
+    text = path.read_text()
+    # Moved into the future: waiting, not missed, and not sent yet.
+    path.write_text(text.replace(late, f'send_at = "{_when(hours=2)}"\nmax_late = "6h"\n'))
+    assert run("send", "--due").output == ""
+    rows = json.loads(run("campaigns", "ls", "--json").output)
+    assert [r["state"] for r in rows if r["campaign"] == "t"] == ["waiting"]
+    # Moved to an hour ago, within max_late: sent, once.
+    path.write_text(text.replace(late, f'send_at = "{_when(hours=-1)}"\nmax_late = "6h"\n'))
+    assert run("send", "--due").output.startswith("t: this run 2 sent")
+    assert run("send", "--due").output == ""
+    assert handler.recipients() == {a: 1 for a in ADDRS[:2]}

@@ -12,7 +12,7 @@ from listkit.campaigns import (
     audience_count,
     campaign_row,
     campaign_slugs,
-    due_status,
+    current_state,
     iter_audience,
     load_campaign,
 )
@@ -72,7 +72,7 @@ def campaigns_ls(ws: Workspace, json_: bool) -> None:
                 "offer": c.offer,
                 "lists": ",".join(c.lists),
                 "send_at": c.send_at.isoformat() if c.send_at else "manual",
-                "state": row["state"] if row else due_status(c),
+                "state": current_state(row, c),
                 "audience": audience,
                 "sent": totals.get("sent", 0),
             }
