@@ -186,12 +186,20 @@ def render_html(report: dict, by_list: dict, by_offer: dict) -> str:
         sections.append('<p class="empty">No revenue in this period.</p>')
     if by_list["lists_without_revenue"]:
         names = ", ".join(
-            f"{escape(x['list'])} ({x['active']:,} active)"
+            f"{escape(x['list'])} ({x['active']:,} active, {x['sent']:,} sent)"
             for x in by_list["lists_without_revenue"]
         )
         sections.append(
-            f'<h2>Lists that earned nothing</h2><p class="warn">{names}: active subscribers, '
-            "no attributed revenue in this period.</p>"
+            f'<h2>Lists mailed that earned nothing</h2><p class="warn">{names}: mailed in this '
+            "period, no attributed revenue.</p>"
+        )
+    if by_list["lists_not_mailed"]:
+        names = ", ".join(
+            f"{escape(x['list'])} ({x['active']:,} active)" for x in by_list["lists_not_mailed"]
+        )
+        sections.append(
+            f'<h2>Lists not mailed</h2><p class="sub">{names}: no campaign of this period sent '
+            "them anything, so they could not earn.</p>"
         )
     sections.append(f"<h2>By {report['by']}</h2>{_table(report)}")
     for h in report["holdout"]:

@@ -3,7 +3,9 @@
 The rules: revenue is counted per currency in integer minor units, never
 converted; refunds reduce it; unattributed sales still count in the totals;
 every figure is an aggregate computed in SQL (the reports stay fast on
-millions of deliveries), and the Python here only arranges them.
+millions of deliveries), and the Python here only arranges them. A list no
+campaign of the period sent anything through is "not mailed", never a list
+that "earned nothing".
 """
 
 from __future__ import annotations
@@ -190,17 +192,21 @@ def build_report(
             "conversion_rate": row["orders"] / row["sent"] if row["sent"] else None,
             "revenue_per_1000": per_thousand(row["revenue"], row["sent"]),
         }
+        if by == "list":
+            # Mailed: a campaign of the period sent at least one message through it.
+            row["mailed"] = None if name == NO_LIST else row["sent"] > 0
         del kind
         result_rows.append(row)
-    no_revenue = []
     if by == "list":
-        no_revenue = [
-            {"list": r["list"], "active": r["audience"], "sent": r["sent"]}
+        idle = [
+            (r["mailed"], {"list": r["list"], "active": r["audience"], "sent": r["sent"]})
             for r in result_rows
-            if r["audience"] > 0 and not any(r["revenue"].values())
+            if r["mailed"] is not None and r["audience"] > 0 and not any(r["revenue"].values())
         ]
     else:
-        no_revenue = _lists_without_revenue(db, sale_where, sparams)
+        idle = _lists_without_revenue(db, sale_where, sparams, cparams)
+    no_revenue = [entry for mailed, entry in idle if mailed]
+    not_mailed = [entry for mailed, entry in idle if not mailed]
     over_time = [
         {"day": day, "currency": cur, "revenue": rev, "attributed": attr}
         for (day, cur), (rev, attr) in sorted(days.items())
@@ -212,6 +218,7 @@ def build_report(
         "rows": result_rows,
         "totals": totals,
         "lists_without_revenue": no_revenue,
+        "lists_not_mailed": not_mailed,
         "holdout": _holdouts(db, campaigns, in_period if (start or end) else None),
         "over_time": over_time,
     }
@@ -224,7 +231,10 @@ def _group(by: str, key, campaigns: dict, lists: dict | None = None) -> tuple[st
     return (by, campaign["slug"] if by == "campaign" else campaign["offer"])
 
 
-def _lists_without_revenue(db: Database, sale_where: str, sparams: list) -> list[dict]:
+def _lists_without_revenue(
+    db: Database, sale_where: str, sparams: list, cparams: list
+) -> list[tuple[bool, dict]]:
+    """(mailed in the period, {list, active}) for each list with members and no orders."""
     earned = {
         lid
         for (lid,) in db.execute(
@@ -234,12 +244,17 @@ def _lists_without_revenue(db: Database, sale_where: str, sparams: list) -> list
             sparams,
         )
     }
+    # One index seek per list (deliveries_list is on list_id, state).
+    in_period = "AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""
     return [
-        {"list": slug, "active": active}
-        for lid, slug, active in db.execute(
-            """SELECT l.id, l.slug, (SELECT COUNT(*) FROM memberships m
-                                     WHERE m.list_id = l.id AND m.status = 'active')
-               FROM lists l ORDER BY l.slug"""
+        (bool(mailed), {"list": slug, "active": active})
+        for lid, slug, active, mailed in db.execute(
+            f"""SELECT l.id, l.slug, (SELECT COUNT(*) FROM memberships m
+                                      WHERE m.list_id = l.id AND m.status = 'active'),
+                       EXISTS (SELECT 1 FROM deliveries d WHERE d.list_id = l.id
+                               AND d.state = 'sent' {in_period})
+               FROM lists l ORDER BY l.slug""",
+            cparams,
         )
         if active and lid not in earned
     ]

@@ -91,7 +91,8 @@ def test_report_by_list_keeps_currencies_apart_and_names_lists_without_revenue(r
     assert rows["(no list)"]["revenue"] == {"USD": 2900}
     assert rows["(no list)"]["methods"] == {"coupon": 1}
     assert rows["dormant"]["audience"] == 2 and rows["dormant"]["revenue"] == {}
-    assert data["lists_without_revenue"] == [{"list": "dormant", "active": 2, "sent": 0}]
+    assert data["lists_without_revenue"] == []
+    assert data["lists_not_mailed"] == [{"list": "dormant", "active": 2, "sent": 0}]
     assert data["totals"] == {
         "orders": 6,
         "revenue": {"USD": 2900 + 4950 + 2900 + 1000, "JPY": 1500, "EUR": 9900},
@@ -109,7 +110,8 @@ def test_report_by_campaign_and_by_offer(run, shop, tmp_path):
     offers = {r["offer"]: r for r in report(run, "--by", "offer")["rows"]}
     assert offers["launch"]["orders"] == 4 and offers["course"]["orders"] == 1
     data = report(run, "--by", "offer")
-    assert data["lists_without_revenue"] == [{"list": "dormant", "active": 2}]
+    assert data["lists_not_mailed"] == [{"list": "dormant", "active": 2}]
+    assert data["lists_without_revenue"] == []
 
 
 def test_a_refund_removes_revenue_and_the_order(run, shop, tmp_path):
@@ -183,16 +185,16 @@ def test_table_formats_money_and_csv_has_one_line_per_currency(run, shop, tmp_pa
     assert "EUR 99.00, JPY 1,500, USD 29.00" in blog
     assert "60.00%" in blog and "email 3" in blog
     assert "Total: 6 orders, EUR 99.00, JPY 1,500, USD 117.50 (USD 10.00 unattributed)" in table
-    assert "Lists with subscribers and no revenue: dormant (2 active)" in table
+    assert "Lists not mailed: dormant (2 active)" in table
     lines = run("report", "--csv").output.splitlines()
     assert lines[0] == (
         "list,audience,sent,failed,unsubscribed,bounced,orders,currency,revenue,"
-        "conversion_rate,revenue_per_1000,methods"
+        "conversion_rate,revenue_per_1000,methods,mailed"
     )
     assert [line for line in lines if line.startswith("blog,")] == [
-        "blog,4,5,1,0,0,3,EUR,9900,0.6,1980000,email=3",
-        "blog,4,5,1,0,0,3,JPY,1500,0.6,300000,email=3",
-        "blog,4,5,1,0,0,3,USD,2900,0.6,580000,email=3",
+        "blog,4,5,1,0,0,3,EUR,9900,0.6,1980000,email=3,yes",
+        "blog,4,5,1,0,0,3,JPY,1500,0.6,300000,email=3,yes",
+        "blog,4,5,1,0,0,3,USD,2900,0.6,580000,email=3,yes",
     ]
 
 
@@ -280,3 +282,47 @@ def test_charts_use_the_currency_with_most_revenue_in_whole_units():
     assert main_currency({"totals": {"revenue": {"KWD": 100, "USD": 50}}}) == "USD"
     assert main_currency({"totals": {"revenue": {"KWD": 1000, "USD": 50}}}) == "KWD"
     assert main_currency({"totals": {"revenue": {}}}) is None
+
+
+def test_report_tells_lists_not_mailed_from_lists_mailed_that_earned_nothing(run, shop, tmp_path):
+    t = shop.db.execute("SELECT id FROM campaigns WHERE slug = 't'").fetchone()[0]
+    shop.deliver(t, "q@example.com", "quiet")
+    sales(run, tmp_path, SALES)
+    data = report(run)
+    assert data["lists_without_revenue"] == [{"list": "quiet", "active": 1, "sent": 1}]
+    assert data["lists_not_mailed"] == [{"list": "dormant", "active": 2, "sent": 0}]
+    rows = {r["list"]: r for r in data["rows"]}
+    assert [rows[x]["mailed"] for x in ("blog", "quiet", "dormant", "(no list)")] == [
+        True,
+        True,
+        False,
+        None,
+    ]
+    by_offer = report(run, "--by", "offer")
+    assert by_offer["lists_without_revenue"] == [{"list": "quiet", "active": 1}]
+    assert by_offer["lists_not_mailed"] == [{"list": "dormant", "active": 2}]
+    # Only campaigns started in the period count as mailing a list.
+    later = report(run, "--since", "2026-11-05")
+    assert [x["list"] for x in later["lists_not_mailed"]] == ["dormant", "quiet", "shop"]
+    assert later["lists_without_revenue"] == []
+
+    text = run("report").output
+    assert "Lists mailed that earned nothing: quiet (1 active, 1 sent)" in text
+    assert "Lists not mailed: dormant (2 active)" in text
+    assert "no revenue" not in text
+    lines = run("report", "--csv").output.splitlines()
+    assert lines[0].endswith(",methods,mailed")
+    mailed = {line.split(",")[0]: line.split(",")[-1] for line in lines[1:]}
+    assert mailed == {
+        "(no list)": "",
+        "blog": "yes",
+        "dormant": "no",
+        "quiet": "yes",
+        "shop": "yes",
+    }
+    out = tmp_path / "r.html"
+    run("report", "--html", str(out))
+    html = out.read_text()
+    assert "<h2>Lists mailed that earned nothing</h2>" in html
+    assert re.search(r"<h2>Lists not mailed</h2><p[^>]*>dormant \(2 active\)", html)
+    assert "Lists that earned nothing" not in html

@@ -64,11 +64,13 @@ def report(
                         "revenue": r["revenue"].get(cur, 0),
                         "revenue_per_1000": r["revenue_per_1000"].get(cur, ""),
                         "methods": " ".join(f"{m}={n}" for m, n in sorted(r["methods"].items())),
+                        "mailed": {True: "yes", False: "no"}.get(r.get("mailed"), ""),
                     }
                 )
         emit_csv(
             flat,
-            [*columns, "currency", "revenue", "conversion_rate", "revenue_per_1000", "methods"],
+            [*columns, "currency", "revenue", "conversion_rate", "revenue_per_1000", "methods"]
+            + (["mailed"] if by == "list" else []),
         )
         return
     rows = []
@@ -106,9 +108,13 @@ def report(
     click.echo(f"\nTotal: {t['orders']} orders, {total}" + (f" ({un} unattributed)" if un else ""))
     if data["lists_without_revenue"]:
         names = ", ".join(
-            f"{x['list']} ({x['active']} active)" for x in data["lists_without_revenue"]
+            f"{x['list']} ({x['active']} active" + (f", {x['sent']} sent)" if "sent" in x else ")")
+            for x in data["lists_without_revenue"]
         )
-        click.echo(f"Lists with subscribers and no revenue: {names}")
+        click.echo(f"Lists mailed that earned nothing: {names}")
+    if data["lists_not_mailed"]:
+        names = ", ".join(f"{x['list']} ({x['active']} active)" for x in data["lists_not_mailed"])
+        click.echo(f"Lists not mailed: {names}")
     for h in data["holdout"]:
         ci = h["ci95"]
         interval = f" (95% interval {ci[0]:+.2%} to {ci[1]:+.2%})" if ci else ""
