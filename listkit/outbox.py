@@ -41,12 +41,42 @@ def build_outbox(
     db: Database, campaign_id: int, campaign: Campaign, *, domain: str, coupon_base: str
 ) -> int:
     """Create the deliveries of a campaign once (its audience frozen); rows created."""
-    if db.execute(
-        "SELECT 1 FROM deliveries WHERE campaign_id = ? LIMIT 1", [campaign_id]
-    ).fetchone():
+    if has_outbox(db, campaign_id):
         return 0
+    return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=False)[0]
+
+
+def has_outbox(db: Database, campaign_id: int) -> bool:
+    return bool(
+        db.execute(
+            "SELECT 1 FROM deliveries WHERE campaign_id = ? LIMIT 1", [campaign_id]
+        ).fetchone()
+    )
+
+
+def top_up(
+    db: Database, campaign_id: int, campaign: Campaign, *, domain: str, coupon_base: str
+) -> tuple[int, int]:
+    """Add the campaign's current audience that has no row in its outbox yet.
+
+    Whoever already has a row (sent, failed, held out, skipped...) never gets a
+    second one; newcomers are held out by the same rule as the first audience.
+    Returns (rows added, of which held out).
+    """
+    return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=True)
+
+
+def _fill(
+    db: Database,
+    campaign_id: int,
+    campaign: Campaign,
+    domain: str,
+    coupon_base: str,
+    *,
+    newcomers_only: bool,
+) -> tuple[int, int]:
     stamp = now()
-    created = 0
+    created = held = 0
     batch: list[tuple] = []
     with immediate(db):
         list_ids = {r[0]: r[1] for r in db.execute("SELECT slug, id FROM lists")}
@@ -59,13 +89,27 @@ def build_outbox(
             chunk = [c for c in chunk if c is not None]
             if not chunk:
                 break
+            known: set[int] = set()
+            if newcomers_only:
+                # One probe of the (campaign_id, subscriber_id) unique index per chunk.
+                known = {
+                    r[0]
+                    for r in db.execute(
+                        """SELECT subscriber_id FROM deliveries WHERE campaign_id = ?
+                           AND subscriber_id IN (SELECT value FROM json_each(?))""",
+                        [campaign_id, json.dumps([c[0]["id"] for c in chunk])],
+                    )
+                }
             for subscriber, list_slug, _title in chunk:
+                if subscriber["id"] in known:
+                    continue
                 token = new_token()
                 state = (
                     "held_out"
                     if held_out(campaign.slug, subscriber["key"], campaign.holdout)
                     else "pending"
                 )
+                held += state == "held_out"
                 batch.append(
                     (
                         campaign_id,
@@ -86,7 +130,7 @@ def build_outbox(
             )
             created += len(batch)
             batch.clear()
-    return created
+    return created, held
 
 
 def recover(db: Database, campaign_id: int) -> dict[str, int]:

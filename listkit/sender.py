@@ -57,7 +57,17 @@ from listkit.db import open_db
 from listkit.errors import HeaderInjection, ListkitError, SendError, TemplateError
 from listkit.lists import get_list
 from listkit.offers import load_offer
-from listkit.outbox import Claimed, Result, build_outbox, claim, counts, record, recover
+from listkit.outbox import (
+    Claimed,
+    Result,
+    build_outbox,
+    claim,
+    counts,
+    has_outbox,
+    record,
+    recover,
+    top_up,
+)
 from listkit.smtp import Connection, ConnectionLost, wire_form
 from listkit.smtp import path as smtp_path
 from listkit.tracking import new_token
@@ -170,6 +180,7 @@ class RunSummary:
     stopped: str | None = None
     recovered: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
+    topped_up: tuple[int, int] | None = None  # --top-up: (newcomers, of which held out)
 
     @property
     def complete(self) -> bool:
@@ -586,18 +597,32 @@ def send_campaign(
     on_result: Callable[[Result], None] | None = None,
     batch: int = 200,
     prepared: Prepared | None = None,
+    newcomers: bool = False,
 ) -> RunSummary:
-    """Send (or resume) a campaign under the workspace's send lock."""
+    """Send (or resume) a campaign under the workspace's send lock.
+
+    ``newcomers`` (``--top-up``): first add to the outbox of a campaign already
+    sent whoever is in its audience now and has no row in it yet.
+    """
     started = time.monotonic()
     with send_lock(ws.root):
         p = prepared or prepare(ws, slug)
         db = ws.db
         offer = p.composer.offer
-        cid = register(db, p.campaign, digest=offer.digest, coupon=offer.coupon)
-        build_outbox(
-            db, cid, p.campaign, domain=p.composer.domain, coupon_base=p.composer.coupon_base
-        )
+        where = {"domain": p.composer.domain, "coupon_base": p.composer.coupon_base}
+        row = campaign_row(db, slug)
         summary = RunSummary(campaign=slug)
+        if newcomers:
+            if row is None or not has_outbox(db, row["id"]):
+                raise ListkitError(
+                    f"campaign {slug} has not been sent yet, so it has no newcomers: "
+                    f"send it with `listkit send {slug}`"
+                )
+            cid = row["id"]
+            summary.topped_up = top_up(db, cid, p.campaign, **where)
+        else:
+            cid = register(db, p.campaign, digest=offer.digest, coupon=offer.coupon)
+            build_outbox(db, cid, p.campaign, **where)
         summary.recovered = recover(db, cid)
         set_state(db, cid, "sending")
         before = counts(db, cid)

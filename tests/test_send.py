@@ -559,3 +559,61 @@ def test_a_missed_campaign_whose_send_at_is_moved_is_due_again(run, workspace, s
     assert run("send", "--due").output.startswith("t: this run 2 sent")
     assert run("send", "--due").output == ""
     assert handler.recipients() == {a: 1 for a in ADDRS[:2]}
+
+
+# --- top-up ---------------------------------------------------------------------------------
+
+
+def test_top_up_mails_each_newcomer_of_a_finished_campaign_exactly_once(
+    run, workspace, server, tmp_path
+):
+    from listkit.campaigns import held_out
+
+    controller, handler = server
+    first = [f"a{i}@example.com" for i in range(20)]
+    setup_campaign(
+        run,
+        workspace,
+        controller.port,
+        first,
+        extra='holdout = 0.25\nexclude_lists = ["buyers"]\n',
+        lists=("blog", "buyers"),
+    )
+    run("send", "t", "--yes")
+    newcomers = [f"n{i}@example.com" for i in range(40)]
+    people = tmp_path / "new.csv"
+    people.write_text("email\n" + "\n".join(newcomers) + "\n")
+    run("subscribers", "import", str(people), "--list", "blog")
+    run("suppress", "add", newcomers[0])
+    run("subscribers", "add", newcomers[1], "--list", "buyers")
+    # A plain send of a finished campaign mails nobody new: its audience was fixed.
+    assert run("send", "t", "--yes").output.startswith("t: this run nothing")
+    assert not set(handler.recipients()) & set(newcomers)
+
+    out = run("send", "t", "--top-up", "--yes").output
+    expected_new = [a for a in newcomers[2:] if not held_out("t", a, 0.25)]
+    assert out.startswith(
+        f"t: top-up: {len(newcomers) - 2} newcomers ({len(newcomers) - 2 - len(expected_new)} "
+        "held out)\n"
+    )
+    assert run("send", "t", "--top-up", "--yes").output.startswith(
+        "t: top-up: 0 newcomers (0 held out)\n"
+    )
+    expected = [a for a in first if not held_out("t", a, 0.25)] + expected_new
+    assert handler.recipients() == {a: 1 for a in expected}
+    t = totals(workspace)
+    assert t["sent"] + t["held_out"] == len(first) + len(newcomers) - 2
+    assert 0 < len(expected_new) < len(newcomers) - 2  # some newcomers were held out
+
+
+def test_top_up_needs_a_campaign_that_was_sent(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS[:2])
+    result = run("send", "t", "--top-up", "--yes", ok=False)
+    assert result.output == (
+        "Error: campaign t has not been sent yet, so it has no newcomers: "
+        "send it with `listkit send t`\n"
+    )
+    assert handler.messages == []
+    result = run("send", "--due", "--top-up", ok=False)
+    assert result.exit_code == 2 and "--top-up" in result.output

@@ -120,6 +120,8 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
 
 def _print_summary(s: RunSummary) -> None:
     t = s.totals
+    if s.topped_up is not None:
+        click.echo(f"{s.campaign}: top-up: {s.topped_up[0]} newcomers ({s.topped_up[1]} held out)")
     parts = [f"{t.get(k, 0)} {k.replace('_', ' ')}" for k in t if t.get(k)]
     run = ", ".join(f"{n} {k}" for k, n in s.this_run.items()) or "nothing"
     click.echo(f"{s.campaign}: this run {run} in {s.elapsed:.1f}s; totals: {', '.join(parts)}")
@@ -139,9 +141,11 @@ def _print_summary(s: RunSummary) -> None:
         )
 
 
-def _run_send(ws: Workspace, slug: str, limit: int | None, quiet: bool) -> RunSummary:
+def _run_send(
+    ws: Workspace, slug: str, limit: int | None, quiet: bool, newcomers: bool = False
+) -> RunSummary:
     if quiet or not sys.stdout.isatty():
-        return send_campaign(ws, slug, limit=limit)
+        return send_campaign(ws, slug, limit=limit, newcomers=newcomers)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -162,7 +166,9 @@ def _run_send(ws: Workspace, slug: str, limit: int | None, quiet: bool) -> RunSu
         progress.update(state["task"], advance=1, rate=(task.completed + 1) / elapsed)
 
     with progress:
-        return send_campaign(ws, slug, limit=limit, on_start=on_start, on_result=on_result)
+        return send_campaign(
+            ws, slug, limit=limit, on_start=on_start, on_result=on_result, newcomers=newcomers
+        )
 
 
 @cli.command()
@@ -176,6 +182,11 @@ def _run_send(ws: Workspace, slug: str, limit: int | None, quiet: bool) -> RunSu
 )
 @click.option("--test-to", metavar="ADDR", help="Send one sample message to ADDR; record nothing.")
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most this many messages.")
+@click.option(
+    "--top-up",
+    is_flag=True,
+    help="Also mail who joined the campaign's lists since it was sent (once each).",
+)
 @pass_workspace
 def send(
     ws: Workspace,
@@ -185,6 +196,7 @@ def send(
     dry_run: Path | None,
     test_to: str | None,
     limit: int | None,
+    top_up: bool,
 ) -> None:
     """Send campaign SLUG, or resume it: nothing is ever sent twice.
 
@@ -193,13 +205,22 @@ def send(
     ended sent (or held out, or skipped as unsubscribed); 1 when any failed,
     deferred or unknown remain.
 
+    A campaign's audience is fixed when it is first sent. --top-up adds whoever
+    is in the audience now and was not yet (same holdout, exclusions and
+    suppressions), and sends to them: each newcomer once.
+
     \b
     Examples:
         listkit send launch --dry-run out/      # look first
         listkit send launch --test-to me@example.com
         listkit send launch --yes
+        listkit send launch --top-up --yes     # later subscribers too
         listkit send --due                     # from cron: */5 * * * *
     """
+    if top_up and (due or dry_run or test_to):
+        raise click.UsageError(
+            "--top-up goes with a campaign SLUG alone, not --due, --dry-run or --test-to"
+        )
     if due:
         if slug or dry_run or test_to:
             raise click.UsageError("--due sends scheduled campaigns: give no SLUG with it")
@@ -237,9 +258,11 @@ def send(
             click.echo(f"  {list_slug}: {n} recipients")
         if done.get("sent"):
             click.echo(f"  already sent: {done['sent']} (they will not get it again)")
+        if top_up:
+            click.echo("  top-up: only those not yet in the campaign's outbox get it")
         click.confirm("Send now?", abort=True)
     try:
-        summary = _run_send(ws, slug, limit, quiet=False)
+        summary = _run_send(ws, slug, limit, quiet=False, newcomers=top_up)
     except AlreadyRunning as e:
         raise ListkitError(str(e)) from None
     _print_summary(summary)
