@@ -34,6 +34,7 @@ from typing import IO, Any, NamedTuple
 
 from sqlite_utils import Database
 
+from listkit import csvout
 from listkit.addresses import email_key, normalize_address
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound
@@ -451,7 +452,7 @@ def _write(
     errors_to: IO[str] | None,
     keep_errors: int,
 ) -> None:
-    writer = csv.writer(errors_to) if errors_to is not None else None
+    writer = csvout.writer(errors_to) if errors_to is not None else None
     if writer is not None:
         writer.writerow(["line", "reason", *header])
     # The file name, not its path: the evidence of where consent came from.

@@ -1,12 +1,12 @@
 """How commands print rows: a table for people, JSON or CSV for scripts.
 
 A table uses rich on a terminal and plain aligned text otherwise (no colour
-when not a TTY).
+when not a TTY). CSV goes through ``listkit.csvout``: no cell runs as a
+spreadsheet formula.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -14,16 +14,19 @@ from typing import Any
 
 import click
 
+from listkit import csvout
+
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 def emit_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
+    """CSV through the one writer that neutralises formulas (see ``listkit.csvout``)."""
+    writer = csvout.writer(sys.stdout)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in columns})
+        writer.writerow([_cell(row.get(k)) for k in columns])
 
 
 def _cell(value: Any) -> str:
