@@ -768,6 +768,14 @@ def dry_run(
             problems.append(Problem(subscriber["email"], str(e)))
             continue
         safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", subscriber["email"])[:100]
-        (directory / f"{written + 1:06d}-{safe}.eml").write_bytes(composed.data)
+        _write_private(directory / f"{written + 1:06d}-{safe}.eml", composed.data)
         written += 1
     return written, problems
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read (a message holds personal data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)  # a file that was already there keeps its mode otherwise
+        f.write(data)

@@ -617,3 +617,15 @@ def test_top_up_needs_a_campaign_that_was_sent(run, workspace, server):
     assert handler.messages == []
     result = run("send", "--due", "--top-up", ok=False)
     assert result.exit_code == 2 and "--top-up" in result.output
+
+
+def test_dry_run_messages_hold_personal_data_and_are_written_0600(run, workspace, server, tmp_path):
+    import os
+    import stat
+
+    controller, _handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS[:2])
+    out = tmp_path / "out"
+    run("send", "t", "--dry-run", str(out))
+    modes = {stat.S_IMODE(os.stat(f).st_mode) for f in out.glob("*.eml")}
+    assert modes == {0o600}
