@@ -63,7 +63,6 @@ from listkit.outbox import (
     build_outbox,
     claim,
     counts,
-    has_outbox,
     record,
     recover,
     top_up,
@@ -613,7 +612,7 @@ def send_campaign(
         row = campaign_row(db, slug)
         summary = RunSummary(campaign=slug)
         if newcomers:
-            if row is None or not has_outbox(db, row["id"]):
+            if row is None or row["started"] is None:
                 raise ListkitError(
                     f"campaign {slug} has not been sent yet, so it has no newcomers: "
                     f"send it with `listkit send {slug}`"

@@ -629,3 +629,13 @@ def test_dry_run_messages_hold_personal_data_and_are_written_0600(run, workspace
     run("send", "t", "--dry-run", str(out))
     modes = {stat.S_IMODE(os.stat(f).st_mode) for f in out.glob("*.eml")}
     assert modes == {0o600}
+
+
+def test_top_up_of_a_campaign_first_sent_to_nobody_mails_the_newcomers(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, [])
+    run("send", "t", "--yes")
+    for address in ADDRS[:2]:
+        run("subscribers", "add", address, "--list", "blog")
+    assert run("send", "t", "--top-up", "--yes").output.startswith("t: top-up: 2 newcomers")
+    assert handler.recipients() == {a: 1 for a in ADDRS[:2]}
