@@ -10,9 +10,13 @@ Scripts that need every value exactly read ``--json`` instead.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO, Any
+
+from listkit.errors import InputError
 
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
 NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -37,3 +41,13 @@ class Writer:
 
 def writer(f: IO[str]) -> Writer:
     return Writer(f)
+
+
+def create(path: Path) -> IO[str]:
+    """Open a CSV file for writing that only its owner can read: it holds personal data."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise InputError(f"{path}: cannot be written ({e.strerror})") from None
+    os.fchmod(fd, 0o600)  # a file that was already there keeps its mode otherwise
+    return os.fdopen(fd, "w", newline="", encoding="utf-8")

@@ -93,3 +93,29 @@ def test_report_csv_goes_through_the_same_writer(run, ws, monkeypatch):
     monkeypatch.setattr(listkit.csvout, "safe_cell", lambda v: seen.append(v) or real(v))
     run("report", "--csv")
     assert "blog" in seen
+
+
+def test_import_errors_file_holds_personal_data_and_is_created_0600(run, tmp_path):
+    import os
+    import stat
+
+    run("lists", "create", "blog")
+    f = tmp_path / "people.csv"
+    f.write_text("email,name\nnot-an-address,Ann\n")
+    errors = tmp_path / "rejected.csv"
+    errors.write_text("old")
+    errors.chmod(0o644)
+    run("subscribers", "import", str(f), "--list", "blog", "--errors", str(errors))
+    assert stat.S_IMODE(os.stat(errors).st_mode) == 0o600
+    assert "not-an-address" in errors.read_text()
+
+
+def test_an_errors_file_that_cannot_be_written_is_named_in_the_error(run, tmp_path):
+    run("lists", "create", "blog")
+    f = tmp_path / "people.csv"
+    f.write_text("email\nann@example.com\n")
+    where = tmp_path / "no-such-folder" / "rejected.csv"
+    result = run(
+        "subscribers", "import", str(f), "--list", "blog", "--errors", str(where), ok=False
+    )
+    assert result.output == (f"Error: {where}: cannot be written (No such file or directory)\n")

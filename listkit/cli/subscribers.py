@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from listkit import csvout
 from listkit.addresses import normalize_address
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
@@ -113,7 +114,7 @@ def subscribers_import(
         listkit subscribers import old.csv --list blog --encoding latin-1
     """
     name = input_name(file)
-    errors_out = errors_file.open("w", newline="", encoding="utf-8") if errors_file else None
+    errors_out = csvout.create(errors_file) if errors_file else None
     try:
         summary = import_subscribers(
             ws.db,
