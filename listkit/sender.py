@@ -54,7 +54,7 @@ from listkit.campaigns import (
 from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
 from listkit.config import SMTPSettings
 from listkit.db import open_db
-from listkit.errors import HeaderInjection, ListkitError, SendError, TemplateError
+from listkit.errors import HeaderInjection, InputError, ListkitError, SendError, TemplateError
 from listkit.lists import get_list
 from listkit.offers import load_offer
 from listkit.outbox import (
@@ -754,7 +754,12 @@ def dry_run(
     (messages written, problems).
     """
     p = prepare(ws, slug)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(
+            f"--dry-run {directory}: cannot create the folder ({e.strerror})"
+        ) from None
     written, problems = 0, []
     for subscriber, list_slug, title in iter_audience(ws.db, p.campaign):
         if limit is not None and written + len(problems) >= limit:

@@ -326,3 +326,11 @@ def test_report_tells_lists_not_mailed_from_lists_mailed_that_earned_nothing(run
     assert "<h2>Lists mailed that earned nothing</h2>" in html
     assert re.search(r"<h2>Lists not mailed</h2><p[^>]*>dormant \(2 active\)", html)
     assert "Lists that earned nothing" not in html
+
+
+def test_an_html_report_path_that_cannot_be_written_is_named_in_the_error(run, tmp_path):
+    where = tmp_path / "missing" / "r.html"
+    result = run("report", "--html", str(where), ok=False)
+    assert (
+        result.output == f"Error: --html {where}: cannot be written (No such file or directory)\n"
+    )

@@ -639,3 +639,14 @@ def test_top_up_of_a_campaign_first_sent_to_nobody_mails_the_newcomers(run, work
         run("subscribers", "add", address, "--list", "blog")
     assert run("send", "t", "--top-up", "--yes").output.startswith("t: top-up: 2 newcomers")
     assert handler.recipients() == {a: 1 for a in ADDRS[:2]}
+
+
+def test_a_dry_run_folder_that_cannot_be_made_is_named_in_the_error(run, workspace, tmp_path):
+    (workspace / "campaigns" / "t.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    run("lists", "create", "blog")
+    (tmp_path / "afile").write_text("")
+    where = tmp_path / "afile" / "out"
+    result = run("send", "t", "--dry-run", str(where), ok=False)
+    assert (
+        result.output == f"Error: --dry-run {where}: cannot create the folder (Not a directory)\n"
+    )

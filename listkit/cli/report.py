@@ -13,6 +13,7 @@ import click
 
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_csv, emit_json, emit_table
+from listkit.errors import InputError
 from listkit.money import format_amounts
 from listkit.report_html import render_html
 from listkit.reports import BY, build_report
@@ -46,7 +47,10 @@ def report(
     if html is not None:
         by_list = data if by == "list" else build_report(ws.db, "list", since, until)
         by_offer = data if by == "offer" else build_report(ws.db, "offer", since, until)
-        html.write_text(render_html(data, by_list, by_offer), encoding="utf-8")
+        try:
+            html.write_text(render_html(data, by_list, by_offer), encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"--html {html}: cannot be written ({e.strerror})") from None
         click.echo(f"Wrote {html}.")
         return
     if json_:
