@@ -14,6 +14,9 @@ durably says ``data``; a run that dies leaves ``sending`` rows that the next
 run resolves by that phase: ``claimed`` goes back to pending (the server never
 got the content and its final dot, so it has no message), ``data`` becomes
 unknown (the server may have it). ``unknown`` is never retried by itself.
+
+A campaign's audience is frozen when its outbox is first built; ``top_up``
+adds only subscribers who have no row in it yet, so nobody gets a second one.
 """
 
 from __future__ import annotations
