@@ -30,6 +30,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple
 
 from sqlite_utils import Database
@@ -57,6 +58,29 @@ ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING = (
 )
 MEMBER_STATUS = {UNSUBSCRIBED: "unsubscribed", BOUNCED: "bounced", COMPLAINED: "complained"}
 TRUE = frozenset({"true", "1", "yes", "y", "t"})
+# Substack replaces the address of a reader who asked to be deleted with a
+# placeholder at this domain: nobody to mail, nothing to keep.
+DELETION_REQUEST = "@deletion-request.substack.com"
+
+
+def utc_time(value: str) -> str:
+    """An export's time as ISO 8601 UTC (``2026-11-22T11:21:16+00:00``); ValueError if none.
+
+    Reads ``2024-01-02 10:00:00`` (Mailchimp), ``2023-05-01T12:00:00.000Z``
+    (Substack, Ghost, Kit), ``2023-03-24 10:23:10 UTC`` (Beehiiv) and any ISO
+    8601 time with an offset. A time without a zone is taken as UTC.
+    """
+    text = value.strip()
+    if text.endswith(" UTC"):
+        text = text[:-4]
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC).isoformat()
+    return dt.astimezone(UTC).isoformat()
+
+
+class _BadRow(Exception):
+    """A row that cannot be imported; the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +94,10 @@ class Shape:
     confirmed_at: str | None = None
     consent_ip: str | None = None
     confirm_ip: str | None = None
+    status_at: str | None = None  # when the row stopped being mailable
     known: frozenset[str] = frozenset()
-    # (header -> index) -> (row -> status)
+    times: frozenset[str] = frozenset()  # columns holding times, stored as UTC wherever kept
+    # (header -> index) -> (row -> status); the row function raises _BadRow
     status: Callable[[dict[str, int]], Callable[[list[str]], str]] | None = None
 
 
@@ -94,15 +120,30 @@ def _flag_column(column: str, when_true: str, when_false: str):
     return build
 
 
-def _state_column(columns: Sequence[str], mapping: dict[str, str]):
+def _state_column(columns: Sequence[str], mapping: dict[str, str], unsubscribed_at: str = ""):
+    """A status column whose values are all named in ``mapping``: any other value
+    rejects the row (nothing but a known mailable status makes a member active).
+    A date in ``unsubscribed_at`` makes the row unsubscribed whatever its status."""
+    known = ", ".join(mapping)
+
     def build(idx: dict[str, int]):
-        i = next((idx[c] for c in columns if c in idx), None)
-        if i is None:
+        column = next((c for c in columns if c in idx), None)
+        if column is None:
             return lambda row: ACTIVE
+        i, u = idx[column], idx.get(unsubscribed_at)
 
         def status(row: list[str]) -> str:
-            value = row[i].strip().lower() if i < len(row) else ""
-            return mapping.get(value, ACTIVE)
+            value = row[i].strip()
+            found = mapping.get(value.lower())
+            if found is None:
+                raise _BadRow(
+                    f"{column} {value!r} is not one listkit knows ({known})"
+                    if value
+                    else f"{column} is empty (expected one of {known})"
+                )
+            if u is not None and found in (ACTIVE, PENDING) and row[u].strip():
+                return UNSUBSCRIBED
+            return found
 
         return status
 
@@ -148,15 +189,29 @@ _MAILCHIMP = {
     "consent_ip": "OPTIN_IP",
     "confirm_ip": "CONFIRM_IP",
     "known": MAILCHIMP_KNOWN,
+    "times": frozenset({"OPTIN_TIME", "CONFIRM_TIME", "UNSUB_TIME", "CLEAN_TIME"}),
 }
+# Kit's subscriber states; `inactive` is a subscriber who has not confirmed yet.
 KIT_STATES = {
     "active": ACTIVE,
+    "inactive": PENDING,
     "cancelled": UNSUBSCRIBED,
     "canceled": UNSUBSCRIBED,
     "unsubscribed": UNSUBSCRIBED,
-    "inactive": UNSUBSCRIBED,
     "bounced": BOUNCED,
     "complained": COMPLAINED,
+}
+# Beehiiv's subscription statuses: `inactive` is unsubscribed; `pending`
+# (double opt-in not confirmed), `validating` (the address is being checked)
+# and `needs_attention` (held by Beehiiv) are not mailable yet; `invalid`
+# failed Beehiiv's address check, as a bounce would.
+BEEHIIV_STATES = {
+    "active": ACTIVE,
+    "inactive": UNSUBSCRIBED,
+    "pending": PENDING,
+    "validating": PENDING,
+    "needs_attention": PENDING,
+    "invalid": BOUNCED,
 }
 
 
@@ -167,9 +222,19 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
     shapes: dict[str, Callable[[], Shape | None]] = {
         "mailchimp": lambda: (
             (
-                Shape("mailchimp (cleaned)", **_MAILCHIMP, status=_always(BOUNCED))
+                Shape(
+                    "mailchimp (cleaned)",
+                    **_MAILCHIMP,
+                    status_at="CLEAN_TIME",
+                    status=_always(BOUNCED),
+                )
                 if "CLEAN_TIME" in cols
-                else Shape("mailchimp (unsubscribed)", **_MAILCHIMP, status=_always(UNSUBSCRIBED))
+                else Shape(
+                    "mailchimp (unsubscribed)",
+                    **_MAILCHIMP,
+                    status_at="UNSUB_TIME",
+                    status=_always(UNSUBSCRIBED),
+                )
                 if "UNSUB_TIME" in cols
                 else Shape("mailchimp", **_MAILCHIMP, status=_always(ACTIVE))
             )
@@ -182,9 +247,13 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
                 email="email",
                 consent_at="created_at",
                 known=frozenset({"email", "email_disabled", "created_at"}),
+                times=frozenset({"created_at", "expiry", "first_payment_at"}),
                 status=_flag_column("email_disabled", UNSUBSCRIBED, ACTIVE),
             )
-            if {"email", "active_subscription"} <= cols
+            # The signups file has active_subscription; the paid subscribers
+            # file has expiry and type instead.
+            if {"email", "email_disabled"} <= cols
+            and ("active_subscription" in cols or "expiry" in cols)
             else None
         ),
         "ghost": lambda: (
@@ -194,6 +263,7 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
                 names=("name",),
                 consent_at="created_at",
                 known=frozenset({"id", "email", "name", "subscribed_to_emails", "created_at"}),
+                times=frozenset({"created_at", "deleted_at"}),
                 status=_flag_column("subscribed_to_emails", ACTIVE, UNSUBSCRIBED),
             )
             if {"email", "subscribed_to_emails"} <= cols
@@ -205,10 +275,10 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
                 email="email",
                 names=("First Name", "Last Name"),
                 consent_at="created_at",
+                status_at="unsubscribed_at",
                 known=frozenset({"email", "First Name", "Last Name", "status", "created_at"}),
-                status=_state_column(
-                    ("status",), {"inactive": UNSUBSCRIBED, "pending": PENDING, "active": ACTIVE}
-                ),
+                times=frozenset({"created_at", "unsubscribed_at", "Subscription Date (Substack)"}),
+                status=_state_column(("status",), BEEHIIV_STATES, "unsubscribed_at"),
             )
             if {"email", "status"} <= cols and ("First Name" in cols or "tier" in cols)
             else None
@@ -219,6 +289,7 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
                 email=lower.get("email_address") or lower["email"],
                 names=tuple(lower[c] for c in ("first_name", "last_name") if c in lower),
                 consent_at=lower.get("created_at"),
+                times=frozenset(lower[c] for c in ("created_at",) if c in lower),
                 known=frozenset(
                     lower[c]
                     for c in (
@@ -308,10 +379,11 @@ class ImportSummary:
     rows: int = 0
     imported: int = 0
     updated: int = 0
+    pending: int = 0  # on the list, waiting for a confirmation: never mailed until then
     suppressed: int = 0
     rejected: int = 0
     skipped: dict[str, int] = field(
-        default_factory=lambda: {"duplicate": 0, "not_reactivated": 0, "pending": 0}
+        default_factory=lambda: {"duplicate": 0, "not_reactivated": 0, "deletion_request": 0}
     )
     errors: list[dict] = field(default_factory=list)  # the first few, for display
     errors_file: str | None = None
@@ -473,7 +545,7 @@ def _write(
             _write_chunks(out, chunks, summary, writer, keep_errors)
     finally:
         conn.execute(f"PRAGMA foreign_keys = {'ON' if fk else 'OFF'}")
-    summary.imported, summary.updated = out.imported, out.updated
+    summary.imported, summary.updated, summary.pending = out.imported, out.updated, out.pending
     summary.suppressed, summary.skipped = out.suppressed, out.skipped
 
 
@@ -492,7 +564,7 @@ def _write_chunks(
                 summary.errors.append({"line": line, "reason": reason})
             if writer is not None:
                 writer.writerow([line, reason, *(row or [])])
-        out.skipped["pending"] += chunk.pending
+        out.skipped["deletion_request"] += chunk.deletions
         out.skipped["duplicate"] += chunk.duplicates
         out.write(chunk)
 
@@ -570,13 +642,13 @@ class _Chunk(NamedTuple):
     """Validated rows, at most one per address, in file order."""
 
     subs: list[tuple[str, str, str | None, str]]  # (email, key, name, fields JSON)
-    # (status, consent_at, confirmed_at, consent_ip, confirm_ip) per sub, or
-    # None when every row is active and carries no consent evidence
-    more: list[tuple[str, str | None, str | None, str | None, str | None]] | None
+    # (status, consent_at, confirmed_at, consent_ip, confirm_ip, status_at) per
+    # sub, or None when every row is active and carries no consent evidence
+    more: list[tuple[str, str | None, str | None, str | None, str | None, str | None]] | None
     all_active: bool
     rejects: list[tuple[int, str, list[str] | None]]
     rows: int
-    pending: int
+    deletions: int  # Substack's placeholders for deleted readers
     duplicates: int
 
 
@@ -597,8 +669,15 @@ class _Parser:
         self.name_label = "/".join(header[i] for i in self.name_is)
         self.evidence = [
             idx.get(c) if c else None
-            for c in (shape.consent_at, shape.confirmed_at, shape.consent_ip, shape.confirm_ip)
+            for c in (
+                shape.consent_at,
+                shape.confirmed_at,
+                shape.consent_ip,
+                shape.confirm_ip,
+                shape.status_at,
+            )
         ]
+        self.times = [(i, col) for col, i in idx.items() if col in shape.times]
         self.extras = [
             (i, col, _json_str(col))
             for i, col in enumerate(header)
@@ -621,9 +700,21 @@ class _Parser:
                 return f"field {col!r} is {len(row[i]) // 1024} KB (limit {MAX_FIELD // 1024} KB)"
         return None
 
+    def _times(self, row: list[str]) -> list[str]:
+        """The row with its time columns as UTC ISO 8601; _BadRow names a column that is not."""
+        row = row.copy()  # the original stays as read, for --errors
+        for i, col in self.times:
+            if value := row[i].strip():
+                try:
+                    row[i] = utc_time(value)
+                except ValueError:
+                    raise _BadRow(f"{col} {value!r} is not a date and time") from None
+        return row
+
     def chunks(self, records: Iterator[tuple[int, list[str] | str]]) -> Iterator[_Chunk]:
         """Validated chunks of at most ``size`` rows (the hot loop of an import)."""
         width, email_i, size = self.width, self.email_i, self.size
+        times_of = self._times if self.times else None
         name_of = self._name if self.name_is else None
         extras = [(i, encoded) for i, _, encoded in self.extras]
         status_of = self.status
@@ -636,7 +727,7 @@ class _Parser:
             more: list | None = [] if (status_of or has_evidence) else None
             rejects: list = []
             seen: set[str] = set()
-            rows = pending = duplicates = 0
+            rows = deletions = duplicates = 0
             all_active = True
             for line, row in records:
                 if row.__class__ is str:
@@ -664,27 +755,43 @@ class _Parser:
                 if len(joined) > shortest_risky and (problem := too_long(row, name)):
                     rejects.append((line, problem, row))
                     continue
+                key = email_key(address)
+                if key.endswith(DELETION_REQUEST):
+                    deletions += 1
+                    continue
+                if times_of is not None or more is not None:
+                    try:
+                        kept = times_of(row) if times_of is not None else row
+                        status = status_of(row) if status_of else ACTIVE
+                    except _BadRow as e:
+                        rejects.append((line, str(e), row))
+                        continue
+                else:
+                    kept, status = row, ACTIVE
                 if extras:
                     fields = (
                         "{"
-                        + ",".join([f"{e}:{json_str(v)}" for i, e in extras if (v := row[i])])
+                        + ",".join(
+                            [f"{e}:{json_str(v)}" for i, e in extras if (v := kept[i].strip())]
+                        )
                         + "}"
                     )
                 else:
                     fields = "{}"
-                key = email_key(address)
                 if more is not None:
-                    status = status_of(row) if status_of else ACTIVE
-                    if status == PENDING:
-                        pending += 1
-                        continue
                     if key in seen:
                         duplicates += 1
                         continue
                     if status != ACTIVE:
                         all_active = False
                     more.append(
-                        (status, *[row[i] or None if i is not None else None for i in evidence_is])
+                        (
+                            status,
+                            *[
+                                kept[i].strip() or None if i is not None else None
+                                for i in evidence_is
+                            ],
+                        )
                     )
                 elif key in seen:
                     duplicates += 1
@@ -694,9 +801,9 @@ class _Parser:
                 if len(subs) >= size:
                     break
             else:
-                yield _Chunk(subs, more, all_active, rejects, rows, pending, duplicates)
+                yield _Chunk(subs, more, all_active, rejects, rows, deletions, duplicates)
                 return
-            yield _Chunk(subs, more, all_active, rejects, rows, pending, duplicates)
+            yield _Chunk(subs, more, all_active, rejects, rows, deletions, duplicates)
 
 
 def _keys(subs: list[tuple[str, str, str | None, str]]) -> str:
@@ -719,8 +826,8 @@ class _Writer:
         self.db = db
         self.list_id = list_id
         self.source = source
-        self.imported = self.updated = self.suppressed = 0
-        self.skipped = {"duplicate": 0, "not_reactivated": 0, "pending": 0}
+        self.imported = self.updated = self.suppressed = self.pending = 0
+        self.skipped = {"duplicate": 0, "not_reactivated": 0, "deletion_request": 0}
 
     def start(self) -> None:
         db = self.db
@@ -787,7 +894,7 @@ class _Writer:
                     self.insert_members,
                     [
                         (sid, ACTIVE, c_at, c_ip, cf_at, cf_ip, None)
-                        for sid, (_, c_at, cf_at, c_ip, cf_ip) in zip(
+                        for sid, (_, c_at, cf_at, c_ip, cf_ip, _) in zip(
                             range(last + 1, last + added + 1), chunk.more, strict=True
                         )
                     ],
@@ -819,9 +926,9 @@ class _Writer:
             if old
             else {}
         )
-        more = chunk.more or [(ACTIVE, None, None, None, None)] * len(chunk.subs)
+        more = chunk.more or [(ACTIVE, None, None, None, None, None)] * len(chunk.subs)
         upd_subs, new_members, status_members, new_supp = [], [], [], []
-        for (address, key, name, fields), (status, c_at, cf_at, c_ip, cf_ip) in zip(
+        for (address, key, name, fields), (status, c_at, cf_at, c_ip, cf_ip, s_at) in zip(
             chunk.subs, more, strict=True
         ):
             sid, created, updated = found[key]
@@ -832,19 +939,26 @@ class _Writer:
                     continue
                 upd_subs.append((name, fields, stamp, sid))
             current = None if new else member.get(sid)
-            if status != ACTIVE:
+            if status in MEMBER_STATUS:
                 new_supp.append((key, address, status, stamp, self.source))
                 self.suppressed += 1
                 mstatus = MEMBER_STATUS[status]
                 if current is None:
-                    new_members.append((sid, mstatus, c_at, c_ip, cf_at, cf_ip, stamp))
-                elif current == "active":
-                    status_members.append((mstatus, stamp, stamp, list_id, sid))
+                    new_members.append((sid, mstatus, c_at, c_ip, cf_at, cf_ip, s_at or stamp))
+                elif current in ("active", "pending"):
+                    status_members.append((mstatus, s_at or stamp, stamp, list_id, sid))
                 continue
-            if key in suppressed or (current is not None and current != "active"):
+            if key in suppressed or current not in (None, "active", "pending"):
                 self.skipped["not_reactivated"] += 1
                 if current is None:
                     new_members.append((sid, "unsubscribed", c_at, c_ip, cf_at, cf_ip, stamp))
+                continue
+            # A pending member becomes active only by a confirmation, never by
+            # an import; an active one is not made pending again.
+            if current == "pending" or (status == PENDING and current is None):
+                if current is None:
+                    new_members.append((sid, PENDING, c_at, c_ip, cf_at, cf_ip, None))
+                self.pending += 1
                 continue
             if current is None:
                 new_members.append((sid, ACTIVE, c_at, c_ip, cf_at, cf_ip, None))

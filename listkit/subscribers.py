@@ -75,11 +75,15 @@ def add_subscriber(
     """Add ``email`` to a list, or update it; says what happened in ``result``.
 
     result: ``added`` (new subscriber), ``joined`` (known subscriber, new to the
-    list), ``updated`` (already an active member), ``suppressed`` or
-    ``unsubscribed`` (kept as it was: not made active).
+    list), ``updated`` (already an active member), ``suppressed``,
+    ``unsubscribed``, ``bounced``, ``complained`` or ``pending`` (kept as it
+    was: not made active; a pending member becomes active by confirming).
+    Name and field values are trimmed.
     """
     address = normalize_address(email)
     key = email_key(address)
+    name = (name or "").strip() or None
+    fields = {k.strip(): v.strip() for k, v in (fields or {}).items()}
     if name is not None and len(name) > MAX_NAME:
         raise InputError(f"name is longer than {MAX_NAME} characters")
     lst = get_list(db, list_slug)
@@ -190,7 +194,7 @@ def unsubscribe(
     with immediate(db):
         changed: list[str] = []
         if row is not None:
-            where = "m.subscriber_id = ? AND m.status = 'active'"
+            where = "m.subscriber_id = ? AND m.status IN ('active', 'pending')"
             params: list = [row[0]]
             if list_slug is not None:
                 where += " AND m.list_id = ?"

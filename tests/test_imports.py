@@ -50,15 +50,15 @@ def suppressed(run):
 
 def test_mailchimp_subscribed_keeps_consent_evidence_and_merge_fields(run, blog):
     s = summary(run, FIXTURES / "mailchimp_subscribed.csv")
-    assert (s["format"], s["imported"], s["rejected"]) == ("mailchimp", 2, 0)
+    assert (s["format"], s["imported"], s["rejected"]) == ("mailchimp", 3, 0)
     ann = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
     assert ann["name"] == "Ann Lee"
     assert ann["fields"]["Favourite Topic"] == "pricing"
     assert ann["fields"]["TAGS"] == '"Launch","VIP"'
     m = ann["lists"][0]
     assert (m["consent_at"], m["confirmed_at"], m["consent_ip"]) == (
-        "2024-01-02 10:00:00",
-        "2024-01-02 10:05:00",
+        "2024-01-02T10:00:00+00:00",
+        "2024-01-02T10:05:00+00:00",
         "203.0.113.5",
     )
     zoe = json.loads(run("subscribers", "show", "zoe.muller@example.de", "--json").output)
@@ -110,11 +110,160 @@ def test_kit_states_map_to_suppression_reasons(run, blog):
     assert members(run)["kim@example.com"] == "active"
 
 
-def test_beehiiv_pending_is_skipped_and_inactive_suppressed(run, blog):
+def test_kit_inactive_subscribers_are_pending_members_not_suppressions(run, blog):
+    s = summary(run, FIXTURES / "kit.csv")
+    assert s["pending"] == 1
+    assert members(run)["ivy@example.com"] == "pending"
+    assert "ivy@example.com" not in suppressed(run)
+
+
+def test_beehiiv_only_active_rows_without_an_unsubscribe_date_become_active(run, blog):
     s = summary(run, FIXTURES / "beehiiv.csv")
-    assert (s["format"], s["imported"], s["suppressed"]) == ("beehiiv", 1, 1)
-    assert s["skipped"]["pending"] == 1
-    assert "pen@example.com" not in members(run)
+    assert (s["format"], s["imported"], s["pending"], s["suppressed"]) == ("beehiiv", 2, 3, 3)
+    assert members(run) == {
+        "bee@example.com": "active",
+        "ina@example.com": "unsubscribed",
+        "pen@example.com": "pending",
+        "val@example.com": "pending",
+        "att@example.com": "pending",
+        "inv@example.com": "bounced",
+        "unsub@example.com": "unsubscribed",
+        "fromsubstack@example.com": "active",
+    }
+    assert suppressed(run) == {
+        "ina@example.com": "unsubscribed",
+        "inv@example.com": "hard_bounce",
+        "unsub@example.com": "unsubscribed",
+    }
+
+
+def test_a_status_listkit_does_not_know_rejects_the_row(run, blog, tmp_path):
+    f = tmp_path / "beehiiv_new_status.csv"
+    f.write_text(
+        "email,First Name,Last Name,status,tier,created_at\n"
+        "ok@example.com,,,active,free,2023-03-24 10:23:10 UTC\n"
+        "odd@example.com,,,paused,free,2023-03-24 10:23:10 UTC\n"
+    )
+    s = summary(run, f)
+    assert s["errors"] == [
+        {
+            "line": 3,
+            "reason": "status 'paused' is not one listkit knows (active, inactive, pending, "
+            "validating, needs_attention, invalid)",
+        }
+    ]
+    assert members(run) == {"ok@example.com": "active"}
+
+
+def test_pending_members_are_never_in_a_campaign_audience(run, blog, ws):
+    from listkit.subscribers import iter_members
+
+    summary(run, FIXTURES / "kit.csv")
+    assert [m["email"] for m in iter_members(ws.db, "blog")] == ["kim@example.com"]
+
+
+def test_a_pending_member_can_unsubscribe(run, blog):
+    summary(run, FIXTURES / "kit.csv")
+    run("unsubscribe", "ivy@example.com", "--list", "blog")
+    assert members(run)["ivy@example.com"] == "unsubscribed"
+
+
+def test_a_pending_member_added_by_hand_stays_pending(run, blog):
+    summary(run, FIXTURES / "kit.csv")
+    out = run("subscribers", "add", "ivy@example.com", "--list", "blog").output
+    assert out == "ivy@example.com has not confirmed on blog yet: not made active.\n"
+    assert members(run)["ivy@example.com"] == "pending"
+
+
+def test_substack_deletion_request_placeholders_are_skipped(run, blog):
+    s = summary(run, FIXTURES / "substack_old.csv")
+    assert s["skipped"]["deletion_request"] == 1
+    assert not any("deletion-request" in e for e in members(run))
+    out = do_import(run, FIXTURES / "substack_old.csv").output
+    assert "skipped 1 deletion request" in out
+
+
+def test_substack_paid_subscribers_file_is_recognised(run, blog):
+    s = summary(run, FIXTURES / "substack_subscribers.csv")
+    assert (s["format"], s["imported"], s["suppressed"]) == ("substack", 2, 1)
+    assert members(run)["comped@example.com"] == "unsubscribed"
+    paying = json.loads(run("subscribers", "show", "paying@example.com", "--json").output)
+    assert paying["fields"]["type"] == "paid"
+    assert paying["fields"]["expiry"] == "2027-07-06T16:20:44+00:00"
+
+
+def test_older_ghost_exports_with_products_are_read(run, blog):
+    s = summary(run, FIXTURES / "ghost_products.csv")
+    assert (s["format"], s["imported"], s["suppressed"]) == ("ghost", 1, 1)
+    olga = json.loads(run("subscribers", "show", "old@example.com", "--json").output)
+    assert olga["fields"]["products"] == "Gold"
+    assert olga["lists"][0]["consent_at"] == "2021-02-01T09:30:00+00:00"
+
+
+def test_consent_times_are_stored_as_utc_iso_8601_whatever_the_export(run, blog):
+    summary(run, FIXTURES / "substack_old.csv")
+    summary(run, FIXTURES / "ghost.csv")
+    summary(run, FIXTURES / "beehiiv.csv")
+    summary(run, FIXTURES / "kit.csv")
+    rows = json.loads(run("subscribers", "ls", "--list", "blog", "--json").output)
+    at = {r["email"]: r["consent_at"] for r in rows}
+    assert at["reader@example.com"] == "2023-05-01T12:00:00.713000+00:00"
+    assert at["gina@example.com"] == "2023-07-01T10:00:00+00:00"
+    assert at["bee@example.com"] == "2023-03-24T10:23:10+00:00"
+    assert at["kim@example.com"] == "2023-08-01T10:00:00+00:00"
+
+
+def test_unsubscribe_and_bounce_times_come_from_the_export(run, blog):
+    summary(run, FIXTURES / "mailchimp_unsubscribed.csv")
+    summary(run, FIXTURES / "mailchimp_cleaned.csv")
+    summary(run, FIXTURES / "beehiiv.csv")
+    at = {}
+    for email in ("gone@example.com", "bounced@example.com", "unsub@example.com"):
+        shown = json.loads(run("subscribers", "show", email, "--json").output)
+        at[email] = shown["lists"][0]["status_at"]
+    assert at == {
+        "gone@example.com": "2024-03-01T09:00:00+00:00",
+        "bounced@example.com": "2024-03-02T09:00:00+00:00",
+        "unsub@example.com": "2024-03-13T11:33:53+00:00",
+    }
+
+
+def test_a_consent_time_that_is_not_a_time_rejects_the_row(run, blog, tmp_path):
+    f = tmp_path / "ghost_bad_time.csv"
+    f.write_text(
+        "id,email,name,note,subscribed_to_emails,complimentary_plan,stripe_customer_id,"
+        "created_at,deleted_at,labels,tiers\n"
+        "1,a@example.com,A,,true,false,,yesterday,,,\n"
+        "2,b@example.com,B,,true,false,,2023-07-01T10:00:00.000Z,,,\n"
+    )
+    s = summary(run, f)
+    assert s["errors"] == [{"line": 2, "reason": "created_at 'yesterday' is not a date and time"}]
+    assert members(run) == {"b@example.com": "active"}
+
+
+def test_custom_field_values_and_names_are_trimmed(run, blog, tmp_path):
+    summary(run, FIXTURES / "mailchimp_subscribed.csv")
+    pad = json.loads(run("subscribers", "show", "pad@example.com", "--json").output)
+    assert pad["name"] == "Dolor Simet"
+    assert pad["fields"]["Company"] == "Lorem Co."
+    f = tmp_path / "padded.csv"
+    f.write_text("email, plan , city\nx@example.com,  pro ,\t Paris \n")
+    summary(run, f)
+    x = json.loads(run("subscribers", "show", "x@example.com", "--json").output)
+    assert x["fields"] == {"plan": "pro", "city": "Paris"}
+    run(
+        "subscribers",
+        "add",
+        "y@example.com",
+        "--list",
+        "blog",
+        "--name",
+        " Y ",
+        "--field",
+        "plan= gold ",
+    )
+    y = json.loads(run("subscribers", "show", "y@example.com", "--json").output)
+    assert (y["name"], y["fields"]) == ("Y", {"plan": "gold"})
 
 
 def test_a_later_import_does_not_reactivate_suppressed_or_unsubscribed(run, blog, tmp_path):
@@ -153,8 +302,8 @@ def test_imports_keep_every_reference_valid_and_foreign_keys_on(run, blog, ws, t
 def test_reimport_updates_instead_of_duplicating(run, blog, ws):
     summary(run, FIXTURES / "mailchimp_subscribed.csv")
     s = summary(run, FIXTURES / "mailchimp_subscribed.csv")
-    assert (s["imported"], s["updated"]) == (0, 2)
-    assert ws.db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 2
+    assert (s["imported"], s["updated"]) == (0, 3)
+    assert ws.db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 3
 
 
 def test_same_address_in_three_letter_cases_is_one_subscriber(run, blog, tmp_path, ws):
@@ -386,3 +535,8 @@ def test_a_reader_process_that_dies_imports_nothing(run, blog, tmp_path, monkeyp
         result.output
     )
     assert members(run) == {}
+
+
+def test_the_summary_says_how_many_wait_for_a_confirmation(run, blog):
+    out = do_import(run, FIXTURES / "kit.csv").output
+    assert "kit.csv (kit) -> blog: 1 imported, 0 updated, 1 pending (not mailed until they " in out

@@ -30,6 +30,7 @@ RESULT_TEXT = {
     "unsubscribed": "{email} unsubscribed from {list} earlier: not made active again.",
     "bounced": "{email} bounced on {list} earlier: not made active again.",
     "complained": "{email} complained on {list} earlier: not made active again.",
+    "pending": "{email} has not confirmed on {list} yet: not made active.",
 }
 
 
@@ -139,7 +140,8 @@ def subscribers_import(
     skipped = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in s.skipped.items() if n)
     click.echo(
         f"{s.file} ({s.format}) -> {s.list}: {s.imported} imported, {s.updated} updated, "
-        f"{s.suppressed} suppressed, {s.rejected} rejected"
+        + (f"{s.pending} pending (not mailed until they confirm), " if s.pending else "")
+        + f"{s.suppressed} suppressed, {s.rejected} rejected"
         + (f"; skipped {skipped}" if skipped else "")
     )
     for err in s.errors:
