@@ -1,7 +1,11 @@
 """Email addresses: validation and the one rule for the key that identifies a subscriber.
 
 ``email_key`` is the identity of an address everywhere in listkit (subscribers,
-suppressions, sales): the trimmed address, case-folded. ``normalize_address``
+suppressions, sales): the trimmed address with its local part case-folded
+(Unicode NFC) and its domain in its ASCII (IDNA) form, lower case, so that
+``anna@bücher.example`` and ``anna@xn--bcher-kva.example`` are one subscriber.
+For a plain ASCII address that is simply the address case-folded; the rule
+is here and nowhere else. ``normalize_address``
 decides validity exactly as email-validator does (no DNS); a strict regular
 expression answers first for the common plain ASCII form, so that importing a
 million rows does not cost a million full parses.
@@ -10,7 +14,9 @@ million rows does not cost a million full parses.
 from __future__ import annotations
 
 import re
+import unicodedata
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 
 from listkit.errors import InputError
@@ -27,8 +33,27 @@ _SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "te
 
 
 def email_key(address: str) -> str:
-    """The case-folded key of an address: ``' Ann@Example.COM '`` -> ``'ann@example.com'``."""
-    return address.strip().casefold()
+    """The key of an address: ``' Ann@Example.COM '`` -> ``'ann@example.com'``,
+    ``'Anna@Bücher.example'`` -> ``'anna@xn--bcher-kva.example'``.
+
+    Never raises: text that is not an address (a buyer field in a sales
+    export, say) gets its case-folded NFC form.
+    """
+    text = address.strip()
+    if text.isascii():
+        return text.casefold()
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return unicodedata.normalize("NFC", text.casefold())
+    local = unicodedata.normalize("NFC", local.casefold())
+    if not domain.isascii():
+        try:
+            # UTS 46 maps the domain as browsers and mail software do (case,
+            # full-width dots) before encoding it.
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            domain = unicodedata.normalize("NFC", domain)
+    return f"{local}@{domain.casefold()}"
 
 
 def normalize_address(raw: str) -> str:

@@ -255,3 +255,89 @@ def m005_sales_drop_coupon_index(db: Database) -> None:
     # carries the token's first characters), so this index only cost every
     # delivery insert.
     db.execute("DROP INDEX IF EXISTS deliveries_token_coupon")
+
+
+@migrations()
+def m008_rekey_international_domains(db: Database) -> None:
+    """Keys follow ``addresses.email_key``: an international domain in its ASCII form.
+
+    Only keys with a character outside ASCII can change. Two subscribers whose
+    keys become one are one person: the older row (lowest id) keeps the key;
+    the other's memberships move to it (on a list both were on, the least
+    mailable status wins: unsubscribed, bounced or complained over pending over
+    active), and so do its deliveries, except in a campaign that mailed both
+    (those stay with the other row, as history). The other row keeps its
+    address and no membership, so it is never mailed again, under the key
+    ``<old key>#merged-into-<id>``. Of two suppressions that become one, the
+    earliest is kept.
+    """
+    from listkit.addresses import email_key
+
+    conn = db.conn
+    not_ascii = "*[^\x01-\x7f]*"
+    for sid, key in conn.execute(
+        "SELECT id, key FROM subscribers WHERE key GLOB ? ORDER BY id", [not_ascii]
+    ).fetchall():
+        new = email_key(key)
+        if new == key:
+            continue
+        holder = conn.execute("SELECT id, key FROM subscribers WHERE key = ?", [new]).fetchone()
+        if holder is None:
+            conn.execute("UPDATE subscribers SET key = ? WHERE id = ?", [new, sid])
+            continue
+        keep, gone, gone_key = (holder[0], sid, key) if holder[0] < sid else (sid, *holder)
+        conn.execute(
+            "UPDATE subscribers SET key = ? WHERE id = ?", [f"{gone_key}#merged-into-{keep}", gone]
+        )
+        conn.execute("UPDATE subscribers SET key = ? WHERE id = ?", [new, keep])
+        _merge_memberships(conn, keep, gone)
+        conn.execute(
+            """UPDATE deliveries SET subscriber_id = ? WHERE subscriber_id = ? AND campaign_id
+               NOT IN (SELECT campaign_id FROM deliveries WHERE subscriber_id = ?)""",
+            [keep, gone, keep],
+        )
+    for key, created in conn.execute(
+        "SELECT key, created FROM suppressions WHERE key GLOB ? ORDER BY created, key", [not_ascii]
+    ).fetchall():
+        new = email_key(key)
+        if new == key:
+            continue
+        other = conn.execute("SELECT created FROM suppressions WHERE key = ?", [new]).fetchone()
+        if other is not None and other[0] <= created:
+            conn.execute("DELETE FROM suppressions WHERE key = ?", [key])
+            continue
+        conn.execute("DELETE FROM suppressions WHERE key = ?", [new])
+        conn.execute("UPDATE suppressions SET key = ? WHERE key = ?", [new, key])
+    for sale_id, key in conn.execute(
+        "SELECT id, email_key FROM sales WHERE email_key GLOB ?", [not_ascii]
+    ).fetchall():
+        conn.execute("UPDATE sales SET email_key = ? WHERE id = ?", [email_key(key), sale_id])
+
+
+def _merge_memberships(conn: sqlite3.Connection, keep: int, gone: int) -> None:
+    """Move subscriber ``gone``'s memberships to ``keep``; the less mailable status wins."""
+    rank = {"active": 0, "pending": 1}
+    for list_id, status, status_at, reason in conn.execute(
+        """SELECT list_id, status, status_at, status_reason FROM memberships
+           WHERE subscriber_id = ?""",
+        [gone],
+    ).fetchall():
+        mine = conn.execute(
+            "SELECT status FROM memberships WHERE list_id = ? AND subscriber_id = ?",
+            [list_id, keep],
+        ).fetchone()
+        if mine is None:
+            conn.execute(
+                "UPDATE memberships SET subscriber_id = ? WHERE list_id = ? AND subscriber_id = ?",
+                [keep, list_id, gone],
+            )
+            continue
+        if rank.get(status, 2) > rank.get(mine[0], 2):
+            conn.execute(
+                """UPDATE memberships SET status = ?, status_at = ?, status_reason = ?
+                   WHERE list_id = ? AND subscriber_id = ?""",
+                [status, status_at, reason, list_id, keep],
+            )
+        conn.execute(
+            "DELETE FROM memberships WHERE list_id = ? AND subscriber_id = ?", [list_id, gone]
+        )
