@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import codecs
 import csv
+import ctypes
 import io
 import itertools
 import json
 import multiprocessing
 import os
 import re
+import signal
 import stat
 import sys
 import traceback
@@ -595,7 +597,10 @@ def _from_process(
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(
-        target=_produce_into, args=(produce, records, send), name="listkit-import", daemon=True
+        target=_produce_into,
+        args=(produce, records, send, receive, os.getpid()),
+        name="listkit-import",
+        daemon=True,
     )
     # A forked child closes sys.stdin as it starts: when the import reads
     # from stdin, that would close the very stream it inherited. Hide it.
@@ -627,7 +632,28 @@ def _from_process(
         child.join()
 
 
-def _produce_into(produce, records, send) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this (forked) process when its parent dies.
+
+    Without it, a parent killed with SIGKILL leaves the reader blocked
+    forever on a full pipe. ``prctl(PR_SET_PDEATHSIG)`` is Linux's; the check
+    after it covers a parent that died before it was set.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux's libc: the closed pipe end below still ends the reader
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _produce_into(produce, records, send, receive, parent: int) -> None:
+    # The receiving end belongs to the parent: holding it open here would keep
+    # the pipe alive after the parent dies, and a write would block instead of
+    # failing with EPIPE.
+    receive.close()
+    _die_with_parent(parent)
     try:
         for chunk in produce(records):
             send.send(chunk)
