@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import re
 import signal
+import sqlite3
 import stat
 import sys
 import traceback
@@ -505,15 +506,48 @@ def import_subscribers(
         )
         summary.format = shape.name
         parser = _Parser(shape, header, CHUNK)
-        chunks = (
+        chunks = _reading(
             _from_process(parser.chunks, records)
             if _worth_a_process(stream)
-            else parser.chunks(records)
+            else parser.chunks(records),
+            name,
         )
-        _write(db, lst["id"], name, chunks, summary, header, errors_to, keep_errors)
+        try:
+            _write(db, lst["id"], name, chunks, summary, header, errors_to, keep_errors)
+        finally:
+            chunks.close()  # a reader process still running is ended now
     finally:
         text.detach()  # the caller's stream stays open
     return summary
+
+
+def _reading(chunks: Iterator[_Chunk], name: str) -> Iterator[_Chunk]:
+    """The chunks; a failure to read the file (in either process) becomes one line."""
+    try:
+        yield from chunks
+    except OSError as e:
+        raise InputError(
+            f"reading {name} failed: {e.strerror or e}; nothing was imported"
+        ) from None
+
+
+def _database_error(e: sqlite3.OperationalError, db: Database) -> ListkitError:
+    """What a failed write means for the user, in one line naming the database."""
+    try:
+        where = db.execute("PRAGMA database_list").fetchone()[2] or "the database"
+    except sqlite3.Error:
+        where = "the database"
+    code = getattr(e, "sqlite_errorname", "")
+    if code.startswith("SQLITE_FULL"):
+        what = "the database or its disk is full. Free space on the disk and run the import again"
+    elif code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        what = (
+            "another process is writing to the database (a send or another import?). "
+            "Run the import again when it has finished"
+        )
+    else:
+        what = f"{e}"
+    return ListkitError(f"cannot import into {where}: {what}; nothing was imported")
 
 
 def _write(
@@ -545,6 +579,8 @@ def _write(
                 raise NotFound(f"list {summary.list!r} was removed before the import began")
             out.start()
             _write_chunks(out, chunks, summary, writer, keep_errors)
+    except sqlite3.OperationalError as e:  # full, locked past the busy timeout, I/O
+        raise _database_error(e, db) from None
     finally:
         conn.execute(f"PRAGMA foreign_keys = {'ON' if fk else 'OFF'}")
     summary.imported, summary.updated, summary.pending = out.imported, out.updated, out.pending
@@ -658,8 +694,8 @@ def _produce_into(produce, records, send, receive, parent: int) -> None:
         for chunk in produce(records):
             send.send(chunk)
         send.send(None)
-    except ListkitError as e:
-        send.send(e)
+    except (ListkitError, OSError) as e:
+        send.send(e)  # the parent words it
     except BaseException:
         send.send(ListkitError(f"reading the file failed:\n{traceback.format_exc()}"))
 

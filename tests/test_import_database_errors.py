@@ -1,0 +1,88 @@
+"""An import that cannot write ends in one clear line and imports nothing."""
+
+import json
+import sqlite3
+
+import pytest
+
+import listkit.workspace
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    f = tmp_path / "many.csv"
+    f.write_text("email,name\n" + "".join(f"p{i}@example.com,P {i}\n" for i in range(5000)))
+    return f
+
+
+@pytest.fixture(params=["in-process", "reader-process"])
+def reader(request, monkeypatch):
+    import listkit.imports
+
+    if request.param == "reader-process":
+        monkeypatch.setattr(listkit.imports, "PROCESS_MIN_BYTES", 0)
+
+
+def test_a_full_database_ends_the_import_with_one_line_and_imports_nothing(
+    run, workspace, big_file, reader, monkeypatch
+):
+    run("lists", "create", "blog")
+    real = listkit.workspace.open_db
+
+    def small_db(path, **kwargs):
+        db = real(path, **kwargs)
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        db.execute(f"PRAGMA max_page_count = {pages + 10}")  # full after a few rows
+        return db
+
+    monkeypatch.setattr(listkit.workspace, "open_db", small_db)
+    result = run("subscribers", "import", str(big_file), "--list", "blog", ok=False)
+    db_path = workspace / "listkit.db"
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: cannot import into {db_path}: the database or its disk is full. Free space "
+        "on the disk and run the import again; nothing was imported\n",
+    )
+    monkeypatch.setattr(listkit.workspace, "open_db", real)
+    rows = json.loads(run("subscribers", "ls", "--list", "blog", "--json").output)
+    assert rows == []
+
+
+def test_a_database_locked_past_the_busy_timeout_ends_the_import_with_one_line(
+    run, workspace, big_file, reader, monkeypatch
+):
+    run("lists", "create", "blog")
+    monkeypatch.setattr("listkit.db.BUSY_TIMEOUT_MS", 100)
+    other = sqlite3.connect(workspace / "listkit.db")
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        result = run("subscribers", "import", str(big_file), "--list", "blog", ok=False)
+    finally:
+        other.rollback()
+        other.close()
+    db_path = workspace / "listkit.db"
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: cannot import into {db_path}: another process is writing to the database "
+        "(a send or another import?). Run the import again when it has finished; nothing "
+        "was imported\n",
+    )
+    rows = json.loads(run("subscribers", "ls", "--list", "blog", "--json").output)
+    assert rows == []
+
+
+def test_a_read_error_in_the_reader_process_is_one_line(run, big_file, monkeypatch):
+    import listkit.imports
+
+    monkeypatch.setattr(listkit.imports, "PROCESS_MIN_BYTES", 0)
+    run("lists", "create", "blog")
+
+    def failing(records):
+        raise OSError(5, "Input/output error")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(listkit.imports._Parser, "chunks", lambda self, records: failing(records))
+    result = run("subscribers", "import", str(big_file), "--list", "blog", ok=False)
+    assert result.output == (
+        f"Error: reading {big_file} failed: Input/output error; nothing was imported\n"
+    )
