@@ -61,6 +61,7 @@ ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING = (
 )
 MEMBER_STATUS = {UNSUBSCRIBED: "unsubscribed", BOUNCED: "bounced", COMPLAINED: "complained"}
 TRUE = frozenset({"true", "1", "yes", "y", "t"})
+FALSE = frozenset({"false", "0", "no", "n", "f"})
 # Substack replaces the address of a reader who asked to be deleted with a
 # placeholder at this domain: nobody to mail, nothing to keep.
 DELETION_REQUEST = "@deletion-request.substack.com"
@@ -115,8 +116,15 @@ def _flag_column(column: str, when_true: str, when_false: str):
             return lambda row: ACTIVE
 
         def status(row: list[str]) -> str:
-            value = row[i].strip().lower() if i < len(row) else ""
-            return when_true if value in TRUE else when_false if value else ACTIVE
+            value = row[i].strip()
+            flag = value.lower()
+            if flag in TRUE:
+                return when_true
+            if flag in FALSE:
+                return when_false
+            if flag:
+                raise _BadRow(f"{column} {value!r} is not true or false")
+            return ACTIVE  # left empty: the producer's default (subscribed)
 
         return status
 

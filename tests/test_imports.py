@@ -540,3 +540,15 @@ def test_a_reader_process_that_dies_imports_nothing(run, blog, tmp_path, monkeyp
 def test_the_summary_says_how_many_wait_for_a_confirmation(run, blog):
     out = do_import(run, FIXTURES / "kit.csv").output
     assert "kit.csv (kit) -> blog: 1 imported, 0 updated, 1 pending (not mailed until they " in out
+
+
+def test_a_flag_that_is_neither_true_nor_false_rejects_the_row(run, blog, tmp_path):
+    f = tmp_path / "substack_odd_flag.csv"
+    f.write_text(
+        "email,active_subscription,expiry,email_disabled,created_at\n"
+        "a@example.com,,,false,2023-05-01T12:00:00.000Z\n"
+        "b@example.com,,,maybe,2023-05-01T12:00:00.000Z\n"
+    )
+    s = summary(run, f)
+    assert s["errors"] == [{"line": 3, "reason": "email_disabled 'maybe' is not true or false"}]
+    assert members(run) == {"a@example.com": "active"}
