@@ -586,7 +586,18 @@ def _write(
             if db.execute("SELECT 1 FROM lists WHERE id = ?", [list_id]).fetchone() is None:
                 raise NotFound(f"list {summary.list!r} was removed before the import began")
             out.start()
-            _write_chunks(out, chunks, summary, writer, keep_errors)
+            try:
+                _write_chunks(out, chunks, summary, writer, keep_errors)
+                if errors_to is not None:
+                    errors_to.flush()  # before the commit: all of it or nothing
+            except OSError as e:
+                if errors_to is None:
+                    raise
+                where = getattr(errors_to, "name", "the errors file")
+                raise InputError(
+                    f"cannot write the rejected rows to {where}: {e.strerror or e}; "
+                    "nothing was imported"
+                ) from None
     except sqlite3.OperationalError as e:  # full, locked past the busy timeout, I/O
         raise _database_error(e, db) from None
     finally:

@@ -86,3 +86,18 @@ def test_a_read_error_in_the_reader_process_is_one_line(run, big_file, monkeypat
     assert result.output == (
         f"Error: reading {big_file} failed: Input/output error; nothing was imported\n"
     )
+
+
+def test_a_full_disk_under_the_errors_file_imports_nothing_and_says_so(run, tmp_path):
+    run("lists", "create", "blog")
+    f = tmp_path / "some_bad.csv"
+    f.write_text("email\na@example.com\nnot-an-address\n")
+    result = run(
+        "subscribers", "import", str(f), "--list", "blog", "--errors", "/dev/full", ok=False
+    )
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: cannot write the rejected rows to /dev/full: No space left on device; "
+        "nothing was imported\n",
+    )
+    assert json.loads(run("subscribers", "ls", "--list", "blog", "--json").output) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
@@ -130,7 +131,10 @@ def subscribers_import(
         )
     finally:
         if errors_out is not None:
-            errors_out.close()
+            # The import flushed it before committing; a failure to write it
+            # has already been reported (and nothing was imported).
+            with contextlib.suppress(OSError):
+                errors_out.close()
     if errors_file:
         summary.errors_file = str(errors_file)
     if json_:
