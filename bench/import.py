@@ -17,6 +17,11 @@ Goal: ratio >= 0.5, peak RSS < 200 MB.
 
     .venv/bin/python bench/import.py            # 1,000,000 rows, 3 rounds
     .venv/bin/python bench/import.py --rows 100000 --rounds 1
+    .venv/bin/python bench/import.py --shape mailchimp   # a Mailchimp export: times and IPs
+
+``--shape mailchimp`` writes the rows as Mailchimp's subscribed export (the
+same addresses, names and a merge field, plus opt-in and confirm times and
+IPs, which listkit keeps as consent evidence, times converted to UTC).
 """
 
 from __future__ import annotations
@@ -40,18 +45,50 @@ ASCII = str.maketrans("éüí", "eui")
 DOMAINS = ["example.com", "mail.example.org", "example.net", "shop.example.co.uk"]
 
 
-def generate(path: Path, rows: int) -> None:
+MAILCHIMP = [
+    "Email Address",
+    "First Name",
+    "Last Name",
+    "PLAN",
+    "MEMBER_RATING",
+    "OPTIN_TIME",
+    "OPTIN_IP",
+    "CONFIRM_TIME",
+    "CONFIRM_IP",
+    "LATITUDE",
+    "LONGITUDE",
+    "GMTOFF",
+    "DSTOFF",
+    "TIMEZONE",
+    "CC",
+    "REGION",
+    "LAST_CHANGED",
+    "LEID",
+    "EUID",
+    "NOTES",
+    "TAGS",
+]
+
+
+def generate(path: Path, rows: int, shape: str = "csv") -> None:
     rng = random.Random(42)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["email", "first_name", "last_name", "plan"])
+        w.writerow(
+            MAILCHIMP if shape == "mailchimp" else ["email", "first_name", "last_name", "plan"]
+        )
         for i in range(rows):
             first, last = rng.choice(FIRST), rng.choice(LAST)
             # Addresses are ASCII, as nearly all are; names keep their accents.
             local = f"{first}.{last}".lower().translate(ASCII)
             email = f"{local}.{i}@{rng.choice(DOMAINS)}"
             plan = rng.choice(["free", "pro", "team"])
-            w.writerow([email, first, last, plan])
+            if shape == "mailchimp":
+                t = f"2024-{1 + i % 12:02d}-{1 + i % 28:02d} {i % 24:02d}:{i % 60:02d}:{i % 59:02d}"
+                ip = f"198.51.100.{i % 250}"
+                w.writerow([email, first, last, plan, 2, t, ip, t, ip, *[""] * 7, t, i, "", "", ""])
+            else:
+                w.writerow([email, first, last, plan])
 
 
 def baseline(db_path: Path, csv_path: Path) -> float:
@@ -65,7 +102,7 @@ def baseline(db_path: Path, csv_path: Path) -> float:
         next(reader)
         rows = [
             (email, email.casefold(), f"{first} {last}", f'{{"plan": "{plan}"}}')
-            for email, first, last, plan in reader
+            for email, first, last, plan, *_ in reader
         ]
     conn = sqlite3.connect(db_path)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -108,6 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shape", choices=("csv", "mailchimp"), default="csv")
     parser.add_argument("--baseline-only", nargs=2, metavar=("CSV", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_only:
@@ -118,7 +156,7 @@ def main() -> None:
         tmp_path = Path(tmp)
         csv_path = tmp_path / "subscribers.csv"
         print(f"generating {args.rows:,} rows ...", flush=True)
-        generate(csv_path, args.rows)
+        generate(csv_path, args.rows, args.shape)
         size = csv_path.stat().st_size
         print(f"file: {args.rows:,} rows, {size / 1e6:.1f} MB")
         for n in range(1, args.rounds + 1):

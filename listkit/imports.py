@@ -78,6 +78,9 @@ def utc_time(value: str) -> str:
     if text.endswith(" UTC"):
         text = text[:-4]
     dt = datetime.fromisoformat(text)
+    # YYYY-MM-DD HH:MM:SS without a zone, the usual case: the text is the answer.
+    if len(text) == 19 and dt.tzinfo is None and text[4] == "-" and text[16] == ":":
+        return f"{text[:10]}T{text[11:]}+00:00"
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC).isoformat()
     return dt.astimezone(UTC).isoformat()

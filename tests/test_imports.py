@@ -552,3 +552,19 @@ def test_a_flag_that_is_neither_true_nor_false_rejects_the_row(run, blog, tmp_pa
     s = summary(run, f)
     assert s["errors"] == [{"line": 3, "reason": "email_disabled 'maybe' is not true or false"}]
     assert members(run) == {"a@example.com": "active"}
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("2024-01-02 10:00:00", "2024-01-02T10:00:00+00:00"),
+        ("2023-03-24 10:23:10 UTC", "2023-03-24T10:23:10+00:00"),
+        ("2023-05-01T12:00:00.713Z", "2023-05-01T12:00:00.713000+00:00"),
+        ("2024-03-14 09:12:31 -0400", "2024-03-14T13:12:31+00:00"),
+        ("2024-01-02 10:00+01", "2024-01-02T09:00:00+00:00"),
+    ],
+)
+def test_export_times_are_read_as_utc(written, stored):
+    from listkit.imports import utc_time
+
+    assert utc_time(written) == stored
