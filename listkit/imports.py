@@ -112,13 +112,18 @@ def _always(value: str) -> Callable[[dict[str, int]], Callable[[list[str]], str]
     return lambda idx: lambda row: value
 
 
-def _flag_column(column: str, when_true: str, when_false: str):
+def _flag_column(column: str, when_true: str, when_false: str, gone_at: str = ""):
+    """A true/false column; anything else rejects the row. A date in ``gone_at``
+    (a member deleted in the producer) makes the row unsubscribed."""
+
     def build(idx: dict[str, int]):
-        i = idx.get(column)
+        i, gone = idx.get(column), idx.get(gone_at)
         if i is None:
             return lambda row: ACTIVE
 
         def status(row: list[str]) -> str:
+            if gone is not None and row[gone].strip():
+                return UNSUBSCRIBED
             value = row[i].strip()
             flag = value.lower()
             if flag in TRUE:
@@ -278,7 +283,8 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
                 consent_at="created_at",
                 known=frozenset({"id", "email", "name", "subscribed_to_emails", "created_at"}),
                 times=frozenset({"created_at", "deleted_at"}),
-                status=_flag_column("subscribed_to_emails", ACTIVE, UNSUBSCRIBED),
+                status_at="deleted_at",
+                status=_flag_column("subscribed_to_emails", ACTIVE, UNSUBSCRIBED, "deleted_at"),
             )
             if {"email", "subscribed_to_emails"} <= cols
             else None

@@ -568,3 +568,17 @@ def test_export_times_are_read_as_utc(written, stored):
     from listkit.imports import utc_time
 
     assert utc_time(written) == stored
+
+
+def test_a_ghost_member_with_a_deletion_date_is_never_made_active(run, blog, tmp_path):
+    f = tmp_path / "ghost_deleted.csv"
+    f.write_text(
+        "id,email,name,note,subscribed_to_emails,complimentary_plan,stripe_customer_id,"
+        "created_at,deleted_at,labels,tiers\n"
+        "1,kept@example.com,K,,true,false,,2023-07-01T10:00:00.000Z,,,Free\n"
+        "2,gone@example.com,G,,true,false,,2023-07-01T10:00:00.000Z,"
+        "2024-02-01T08:00:00.000Z,,Free\n"
+    )
+    summary(run, f)
+    assert members(run) == {"kept@example.com": "active", "gone@example.com": "unsubscribed"}
+    assert suppressed(run) == {"gone@example.com": "unsubscribed"}
