@@ -489,6 +489,7 @@ def import_subscribers(
     email_column: str | None = None,
     name_column: str | None = None,
     errors_to: IO[str] | None = None,
+    errors_name: str | None = None,
     keep_errors: int = 20,
 ) -> ImportSummary:
     """Import an export file into a list; see the module docstring for the rules.
@@ -530,7 +531,9 @@ def import_subscribers(
             name,
         )
         try:
-            _write(db, lst["id"], name, chunks, summary, header, errors_to, keep_errors)
+            _write(
+                db, lst["id"], name, chunks, summary, header, errors_to, errors_name, keep_errors
+            )
         finally:
             chunks.close()  # a reader process still running is ended now
     finally:
@@ -575,6 +578,7 @@ def _write(
     summary: ImportSummary,
     header: list[str],
     errors_to: IO[str] | None,
+    errors_name: str | None,
     keep_errors: int,
 ) -> None:
     writer = csvout.writer(errors_to) if errors_to is not None else None
@@ -602,7 +606,7 @@ def _write(
             except OSError as e:
                 if errors_to is None:
                     raise
-                where = getattr(errors_to, "name", "the errors file")
+                where = errors_name or "the errors file"
                 raise InputError(
                     f"cannot write the rejected rows to {where}: {e.strerror or e}; "
                     "nothing was imported"

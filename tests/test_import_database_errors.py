@@ -1,11 +1,14 @@
 """An import that cannot write ends in one clear line and imports nothing."""
 
+import errno
+import io
 import json
 import sqlite3
 
 import pytest
 
 import listkit.workspace
+from listkit.errors import ListkitError
 
 
 @pytest.fixture
@@ -88,16 +91,30 @@ def test_a_read_error_in_the_reader_process_is_one_line(run, big_file, monkeypat
     )
 
 
-def test_a_full_disk_under_the_errors_file_imports_nothing_and_says_so(run, tmp_path):
-    run("lists", "create", "blog")
+class _FullDisk(io.RawIOBase):
+    """A file on a full disk: every write fails as the kernel says so."""
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_under_the_errors_file_imports_nothing_and_says_so(ws, tmp_path):
+    from listkit.imports import import_subscribers
+    from listkit.lists import create_list
+
+    create_list(ws.db, "blog")
     f = tmp_path / "some_bad.csv"
     f.write_text("email\na@example.com\nnot-an-address\n")
-    result = run(
-        "subscribers", "import", str(f), "--list", "blog", "--errors", "/dev/full", ok=False
+    errors_to = io.TextIOWrapper(io.BufferedWriter(_FullDisk()), encoding="utf-8", newline="")
+    with f.open("rb") as stream, pytest.raises(ListkitError) as raised:
+        import_subscribers(
+            ws.db, stream, "blog", name=str(f), errors_to=errors_to, errors_name="rejected.csv"
+        )
+    assert str(raised.value) == (
+        "cannot write the rejected rows to rejected.csv: No space left on device; "
+        "nothing was imported"
     )
-    assert (result.exit_code, result.output) == (
-        1,
-        "Error: cannot write the rejected rows to /dev/full: No space left on device; "
-        "nothing was imported\n",
-    )
-    assert json.loads(run("subscribers", "ls", "--list", "blog", "--json").output) == []
+    assert ws.db.execute("SELECT count(*) FROM subscribers").fetchone()[0] == 0

@@ -128,6 +128,7 @@ def subscribers_import(
             email_column=email_column,
             name_column=name_column,
             errors_to=errors_out,
+            errors_name=str(errors_file) if errors_file else None,
         )
     finally:
         if errors_out is not None:
