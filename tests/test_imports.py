@@ -155,11 +155,16 @@ def test_a_status_listkit_does_not_know_rejects_the_row(run, blog, tmp_path):
     assert members(run) == {"ok@example.com": "active"}
 
 
-def test_pending_members_are_never_in_a_campaign_audience(run, blog, ws):
-    from listkit.subscribers import iter_members
+def test_pending_members_are_never_in_a_campaign_audience(run, blog, ws, workspace):
+    from listkit.campaigns import audience_count, iter_audience, load_campaign
 
+    run("lists", "create", "customers")
     summary(run, FIXTURES / "kit.csv")
-    assert [m["email"] for m in iter_members(ws.db, "blog")] == ["kim@example.com"]
+    summary(run, FIXTURES / "beehiiv.csv")
+    launch = load_campaign(workspace / "campaigns", "launch")  # lists blog and customers
+    mailed = {sub["email"] for sub, _, _ in iter_audience(ws.db, launch)}
+    assert mailed == {"kim@example.com", "bee@example.com", "fromsubstack@example.com"}
+    assert audience_count(ws.db, launch) == {"blog": 3, "customers": 0}
 
 
 def test_a_pending_member_can_unsubscribe(run, blog):
