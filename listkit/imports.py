@@ -7,10 +7,12 @@ headers; any other CSV maps its columns by option.
 The rule: a bad row never stops the good ones. Each rejected row is reported
 with its physical line number and the reason, and everything else is imported
 in one transaction, so an import either lands whole or (for a file-level
-problem such as a wrong encoding) not at all. Rows an export marks
-unsubscribed, cleaned, bounced or complained become suppressions, never
-active members, and a suppressed or unsubscribed address is never made active
-again by an import.
+problem such as a wrong encoding) not at all. Only a status that clearly
+means mailable makes a member active: rows an export marks unsubscribed,
+cleaned, bounced or complained become suppressions, rows not confirmed yet
+become pending members (never mailed, not suppressed), and a status listkit
+does not know rejects its row. A suppressed or unsubscribed address is never
+made active again by an import. Times are stored as UTC ISO 8601.
 
 The file is streamed in chunks: memory does not grow with the file.
 """
@@ -711,7 +713,7 @@ def _die_with_parent(parent: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass  # not Linux's libc: the closed pipe end below still ends the reader
+        pass  # not Linux's libc: the closed receiving end still ends the reader
     if os.getppid() != parent:
         os._exit(1)
 
