@@ -79,6 +79,7 @@ POOL_THRESHOLD = 1000
 HARD_BOUNCE_CODES = (550, 551, 553)
 # The replies that let a transaction go on: to MAIL FROM, RCPT TO and DATA.
 _ENVELOPE_OK = ((250,), (250, 251), (354,))
+_COMMANDS = ("MAIL FROM", "RCPT TO", "DATA")
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 
 
@@ -457,12 +458,18 @@ class Run:
         except (TimeoutError, ConnectionLost) as e:
             _settle(mark)
             conn.abort()
-            reply = f"connection lost before DATA: {e or type(e).__name__}"
+            reply = f"connection lost before DATA: {self._lost(e)}"
             return Result(row.id, "deferred", None, reply, attempts), False
         for step, reply in enumerate(replies):
             if reply.code in _ENVELOPE_OK[step]:
                 continue
             _settle(mark)
+            if not 400 <= reply.code < 600:
+                # Neither acceptance nor refusal: the server is out of step with
+                # us. Nothing of the message went out; drop the connection.
+                conn.abort()
+                text = f"unexpected reply to {_COMMANDS[step]}: {reply.code} {reply.message}"
+                return Result(row.id, "deferred", None, text[:500], attempts), False
             if replies[-1].code == 354:  # DATA accepted after a refusal: abandon it
                 conn.abort()
             keep = reply.code != 421 and conn.is_connected and await self._rset(conn)
@@ -473,7 +480,7 @@ class Run:
                 )
                 self.fatal = self.fatal or SendError(f"LISTKIT_FROM: {self.stopped}")
                 return Result(row.id, "pending"), keep
-            return self._refusal(row, reply.code, reply.message), keep
+            return self._refusal(row, reply.code, reply.message, _COMMANDS[step]), keep
         # The server waits for the content. Stopping now means closing the
         # connection without the final dot, which abandons the message.
         try:
@@ -489,14 +496,25 @@ class Run:
             end = await conn.reply(conn.send(data)[0])
         except (TimeoutError, ConnectionLost) as e:
             conn.abort()
-            reply = f"connection lost after DATA began: {e or type(e).__name__}"
-            return Result(row.id, "unknown", None, reply, attempts), False
-        if not 200 <= end.code < 300:
+            reply = f"no reply to the final dot: {self._lost(e)}"
+            return Result(row.id, "unknown", None, reply[:500], attempts), False
+        if 200 <= end.code < 300:
+            return Result(row.id, "sent", end.code, end.message[:500], attempts), True
+        if 400 <= end.code < 600:
             # The server answered: a definite refusal of the message.
-            return self._refusal(row, end.code, end.message), (
+            return self._refusal(row, end.code, end.message, "the final dot"), (
                 end.code != 421 and conn.is_connected
             )
-        return Result(row.id, "sent", end.code, end.message[:500], attempts), True
+        # Neither accepted nor refused: the server may have the message.
+        conn.abort()
+        reply = f"unexpected reply to the final dot: {end.code} {end.message}"
+        return Result(row.id, "unknown", None, reply[:500], attempts), False
+
+    def _lost(self, e: BaseException) -> str:
+        """Why a reply did not come: TimeoutError has no text of its own."""
+        if isinstance(e, TimeoutError):
+            return f"timed out after {self.smtp.timeout:g} s"
+        return str(e) or type(e).__name__
 
     @staticmethod
     async def _rset(conn: Connection) -> bool:
@@ -508,18 +526,19 @@ class Run:
             return False
         return reply.code == 250 and conn.is_connected
 
-    def _refusal(self, row: Claimed, code: int, message: str) -> Result:
+    def _refusal(self, row: Claimed, code: int, message: str, command: str) -> Result:
+        text = f"{message[:500]} (reply to {command})"
         if code >= 500:
             return Result(
                 row.id,
                 "failed",
                 code,
-                message[:500],
+                text,
                 row.attempts,
                 hard_bounce=is_hard_bounce(code, message),
                 email=row.email,
             )
-        return Result(row.id, "deferred", code, message[:500], row.attempts)
+        return Result(row.id, "deferred", code, text, row.attempts)
 
 
 def compose_claimed(composer: Composer, row: Claimed) -> Composed:

@@ -27,6 +27,9 @@ _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 # What an address may not contain in a MAIL or RCPT command.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f<>]")
+# A reply line: three ASCII digits, then a space, a hyphen or the line's end
+# (RFC 5321 4.2). int() would also take "2_0", " 25" or "+25".
+_REPLY_CODE = re.compile(rb"[0-9]{3}(?:[ -]|$)")
 
 
 class Reply(NamedTuple):
@@ -90,11 +93,13 @@ class _Replies(asyncio.Protocol):
             self._break("the server sent an over-long reply")
 
     def _deliver(self, lines: list[bytes]) -> None:
-        try:
-            code = int(lines[0][:3])
-        except ValueError:
-            self._break(f"malformed reply {lines[0][:80]!r}")
+        if (
+            not all(_REPLY_CODE.match(line) for line in lines)
+            or len({line[:3] for line in lines}) != 1
+        ):
+            self._break(f"malformed reply {lines[-1][:80]!r}")
             return
+        code = int(lines[0][:3])
         text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in lines)
         if self.waiters:
             waiter = self.waiters.popleft()

@@ -79,8 +79,20 @@ def test_malformed_and_over_long_replies_break_the_connection():
 class RecordingServer:
     """A minimal SMTP server that records what each read from the socket brought."""
 
-    def __init__(self, pipelining: bool):
+    def __init__(
+        self,
+        pipelining: bool,
+        *,
+        extensions: tuple[bytes, ...] = (b"8BITMIME",),
+        final_reply: bytes | None = b"250 2.0.0 queued",  # None: never answer
+        replies: dict[bytes, bytes] | None = None,
+    ):
         self.pipelining = pipelining
+        self.extensions = extensions
+        self.final_reply = final_reply  # the answer to every final dot
+        self.replies = replies or {}  # verb -> reply line, instead of 250 ok
+        self.commands: list[bytes] = []
+        self.data: list[bytes] = []  # each message's content
         self.reads: list[bytes] = []
         self.messages = 0
         self.port = free_port()
@@ -117,18 +129,29 @@ class RecordingServer:
                     end = pending.find(b"\r\n.\r\n")
                     if end == -1:
                         break
+                    self.data.append(pending[: end + 2])
                     pending, in_data = pending[end + 5 :], False
                     self.messages += 1
-                    writer.write(b"250 2.0.0 queued\r\n")
+                    if self.final_reply is not None:
+                        writer.write(self.final_reply + b"\r\n")
                     continue
                 line, sep, rest = pending.partition(b"\r\n")
                 if not sep:
                     break
                 pending = rest
-                verb = line[:4].upper()
-                if verb in (b"EHLO", b"HELO"):
-                    extra = b"250-PIPELINING\r\n" if self.pipelining else b""
-                    writer.write(b"250-recorder\r\n" + extra + b"250 8BITMIME\r\n")
+                self.commands.append(line)
+                verb = line.split(b" ")[0].split(b":")[0].upper()
+                if verb in self.replies:
+                    writer.write(self.replies[verb] + b"\r\n")
+                elif verb in (b"EHLO", b"HELO"):
+                    offered = (b"PIPELINING",) * self.pipelining + self.extensions
+                    writer.write(
+                        b"250-recorder\r\n"
+                        + b"".join(b"250-" + x + b"\r\n" for x in offered[:-1])
+                        + b"250 "
+                        + offered[-1]
+                        + b"\r\n"
+                    )
                 elif verb == b"DATA":
                     in_data = True
                     writer.write(b"354 go ahead\r\n")
@@ -158,3 +181,54 @@ def test_envelope_and_data_go_in_one_write_only_when_the_server_offers_pipelinin
         assert grouped == []
         assert sum(r.startswith(b"MAIL FROM:") for r in server.reads) == 5
     assert json.loads(run("status", "t", "--json").output)["counts"]["sent"] == 5
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize(
+    "final_reply", [b"2_0 queued", b" 25 queued", b"+25 queued", b"150 what", b"354 again"]
+)
+def test_a_malformed_or_unexpected_reply_to_the_final_dot_leaves_the_row_unknown(
+    run, workspace, pipelining, final_reply
+):
+    addresses = ["m0@example.com", "m1@example.com"]
+    with RecordingServer(pipelining, final_reply=final_reply) as server:
+        setup_campaign(run, workspace, server.port, addresses)
+        result = run("send", "t", "--yes", ok=False)
+        assert result.exit_code == 1
+        assert totals(workspace)["unknown"] == 2
+        run("send", "t", "--yes", ok=False)  # a second run resends nothing
+    assert server.messages == 2
+    problems = json.loads(run("status", "t", "--json").output)["problems"]
+    assert {p["state"] for p in problems} == {"unknown"}
+    assert all("final dot" in p["reply"] for p in problems), problems
+
+
+def test_a_timeout_after_the_final_dot_says_how_long_it_waited(run, workspace):
+    with RecordingServer(True, final_reply=None) as server:
+        setup_campaign(run, workspace, server.port, ["slow@example.com"], timeout=1)
+        run("send", "t", "--yes", ok=False)
+    (problem,) = json.loads(run("status", "t", "--json").output)["problems"]
+    assert (problem["state"], problem["reply"]) == (
+        "unknown",
+        "no reply to the final dot: timed out after 1 s",
+    )
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize(
+    ("rcpt_reply", "state", "reply"),
+    [
+        (b"354 go ahead", "deferred", "unexpected reply to RCPT TO: 354 go ahead"),
+        (b"550 5.1.1 no such user", "failed", "5.1.1 no such user (reply to RCPT TO)"),
+        (b"451 4.3.0 try later", "deferred", "4.3.0 try later (reply to RCPT TO)"),
+    ],
+)
+def test_a_refused_or_odd_envelope_reply_names_the_command_it_answered(
+    run, workspace, pipelining, rcpt_reply, state, reply
+):
+    with RecordingServer(pipelining, replies={b"RCPT": rcpt_reply}) as server:
+        setup_campaign(run, workspace, server.port, ["odd@example.com"])
+        run("send", "t", "--yes", ok=False)
+    assert server.messages == 0
+    (problem,) = json.loads(run("status", "t", "--json").output)["problems"]
+    assert (problem["state"], problem["reply"]) == (state, reply)
