@@ -7,8 +7,13 @@ is named in the error (``LISTKIT_SMTP_URL ...``). Secrets are never printed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
@@ -19,19 +24,31 @@ from dotenv import dotenv_values
 
 from listkit.errors import ConfigError
 
+# A host name (letters, digits, hyphens, dots) or an address literal.
+_EHLO_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]"
+)
+
 # name -> (attribute, default, description, secret)
 SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
     "LISTKIT_DB": ("db", "listkit.db", "SQLite database file (relative to the workspace)", False),
     "LISTKIT_SMTP_URL": (
         "smtp_url",
         None,
-        "smtp://host:port, smtp+starttls://user:pass@host:587 or smtps://user:pass@host:465",
+        "smtp://host:port, smtp+starttls://user:pass@host:587 or smtps://user:pass@host:465"
+        " (percent-encode @ / : ? # % in the user name and password)",
         False,
     ),
     "LISTKIT_SMTP_CA": (
         "smtp_ca",
         None,
         "CA bundle (PEM file) to trust for a server with a private certificate",
+        False,
+    ),
+    "LISTKIT_EHLO_NAME": (
+        "ehlo_name",
+        None,
+        "name listkit gives in EHLO (default: this machine's full name, else the From domain)",
         False,
     ),
     "LISTKIT_FROM": ("sender", None, "sender, as Name <address>", False),
@@ -69,6 +86,8 @@ class SMTPSettings:
     password: str | None = field(default=None, repr=False)
     timeout: float = 30.0
     ca_file: str | None = None
+    insecure_auth: bool = False  # the URL allows AUTH without TLS to a remote host
+    ehlo_name: str | None = None
 
     def masked(self) -> str:
         scheme = {v[0]: k for k, v in SMTP_SCHEMES.items()}[self.tls]
@@ -76,23 +95,56 @@ class SMTPSettings:
         return f"{scheme}://{auth}{self.host}:{self.port}"
 
 
+_ENCODE_HINT = (
+    "percent-encode these characters in the user name and password: "
+    "@ as %40, / as %2F, : as %3A, ? as %3F, # as %23, % as %25"
+)
+_OPTIONS = ("timeout", "insecure_auth")
+
+
 def parse_smtp_url(url: str) -> SMTPSettings:
-    """Parse ``smtp://``, ``smtp+starttls://`` or ``smtps://`` URLs."""
+    """Parse ``smtp://``, ``smtp+starttls://`` or ``smtps://`` URLs.
+
+    The user name and password must be percent-encoded: an ``@``, ``/``,
+    ``?`` or ``#`` left as it is would move the boundary between them and
+    the host, so it is refused rather than guessed. No error shows the
+    password.
+    """
     where = "LISTKIT_SMTP_URL"
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SMTP_SCHEMES:
+        raise ConfigError(
+            f"{where} must start with smtp://, smtp+starttls:// or smtps://, "
+            f"not {scheme + '://' if sep and scheme else repr(mask_url(url))}"
+        )
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and any(c in userinfo for c in "@/?#"):
+        raise ConfigError(
+            f"{where} is malformed: its user name or password contains @, /, ? or #; "
+            f"{_ENCODE_HINT} ({mask_url(url)})"
+        )
+    if "#" in hostpart:
+        raise ConfigError(f"{where} is malformed: it contains #; {_ENCODE_HINT}")
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
         raise ConfigError(f"{where} is malformed ({e}): {mask_url(url)}") from None
-    if parts.scheme not in SMTP_SCHEMES:
+    if parts.path not in ("", "/"):
         raise ConfigError(
-            f"{where} must start with smtp://, smtp+starttls:// or smtps://, "
-            f"not {parts.scheme + '://' if parts.scheme else repr(mask_url(url))}"
+            f"{where} is malformed: nothing may follow the host and port but ?options; "
+            f"if a / belongs to the password, {_ENCODE_HINT} ({mask_url(url)})"
         )
     if not parts.hostname:
         raise ConfigError(f"{where} has no host: {mask_url(url)}")
+    if at and ":" not in userinfo:
+        raise ConfigError(
+            f"{where} has a user name but no password: write user:password@host ({_ENCODE_HINT})"
+        )
     tls, default_port = SMTP_SCHEMES[parts.scheme]
     timeout = 30.0
+    insecure_auth = False
     for item in filter(None, parts.query.split("&")):
         key, _, value = item.partition("=")
         if key == "timeout":
@@ -100,21 +152,60 @@ def parse_smtp_url(url: str) -> SMTPSettings:
                 timeout = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: timeout={value!r} is not a number") from None
+            if not 0 < timeout < 86400:
+                raise ConfigError(f"{where}: timeout={value!r} must be a number of seconds > 0")
+        elif key == "insecure_auth":
+            if value not in ("0", "1"):
+                raise ConfigError(f"{where}: insecure_auth={value!r} must be 0 or 1")
+            insecure_auth = value == "1"
         else:
-            raise ConfigError(f"{where}: unknown option {key!r} (known: timeout)")
+            raise ConfigError(f"{where}: unknown option {key!r} (known: {', '.join(_OPTIONS)})")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    host = parts.hostname
+    if username and tls == "plain" and not insecure_auth and not is_loopback(host):
+        raise ConfigError(
+            f"{where}: smtp:// would send the password for {username!r} unencrypted to "
+            f"{host}: use smtp+starttls:// (port 587) or smtps:// (port 465), or add "
+            "?insecure_auth=1 if the network to it is trusted"
+        )
     return SMTPSettings(
-        host=parts.hostname,
+        host=host,
         port=port or default_port,
         tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
+        username=username,
+        password=password,
         timeout=timeout,
+        insecure_auth=insecure_auth,
     )
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: traffic that never leaves the machine."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def mask_url(url: str) -> str:
-    """Hide the password in a URL."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:****@", url)
+    """The URL with its password hidden, however malformed the URL is.
+
+    Everything up to the last ``@`` is credentials (a password may hold an
+    unencoded ``@`` or ``/``); only a user name that is surely one is shown.
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        return "****" if "@" in url or ":" in url else url
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        return url.strip()
+    user, colon, _password = userinfo.partition(":")
+    if not colon or any(c in user for c in "@/?#"):
+        return f"{scheme}://****@{hostpart}"
+    return f"{scheme}://{user}:****@{hostpart}"
 
 
 def parse_sender(value: str) -> tuple[str, str]:
@@ -162,6 +253,7 @@ class Settings:
     def smtp(self) -> SMTPSettings:
         self.require("LISTKIT_SMTP_URL")
         smtp = parse_smtp_url(self.values["LISTKIT_SMTP_URL"])
+        smtp = replace(smtp, ehlo_name=self.ehlo_hostname())
         ca = self.values.get("LISTKIT_SMTP_CA")
         if ca:
             path = Path(ca).expanduser()
@@ -170,6 +262,32 @@ class Settings:
                 raise ConfigError(f"LISTKIT_SMTP_CA: no file {path}")
             smtp = replace(smtp, ca_file=str(path))
         return smtp
+
+    def ehlo_hostname(self) -> str:
+        """LISTKIT_EHLO_NAME, else this machine's full name, else the From domain.
+
+        Receiving servers check the EHLO name: ``localhost`` or a bare host
+        name reads as a misconfigured or compromised client.
+        """
+        name = (self.values.get("LISTKIT_EHLO_NAME") or "").strip()
+        if name:
+            if not _EHLO_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"LISTKIT_EHLO_NAME must be a host name like mail.example.com "
+                    f"(or an address literal like [192.0.2.1]), not {name!r}"
+                )
+            return name
+        fqdn = _fqdn()
+        if "." in fqdn and _EHLO_NAME.fullmatch(fqdn) and not fqdn.startswith("localhost"):
+            return fqdn
+        sender = self.values.get("LISTKIT_FROM")
+        if sender:
+            with contextlib.suppress(ConfigError, UnicodeError):
+                domain = parse_sender(sender)[1].rpartition("@")[2]
+                domain = domain.encode("idna").decode("ascii")
+                if _EHLO_NAME.fullmatch(domain):
+                    return domain
+        return fqdn if _EHLO_NAME.fullmatch(fqdn) else "localhost"
 
     def sender_address(self) -> tuple[str, str]:
         self.require("LISTKIT_FROM")
@@ -207,18 +325,44 @@ class Settings:
         return rows
 
 
+def read_env_file(env_file: Path) -> dict[str, str | None]:
+    """The variables of a ``.env`` file; ConfigError if it cannot be read as UTF-8."""
+    if not env_file.is_file():
+        return {}
+    data = env_file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{env_file}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8; "
+            "save the file as UTF-8"
+        ) from None
+    return dotenv_values(stream=io.StringIO(text))
+
+
 def load_settings(workspace: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings of ``workspace``: environment first, then its ``.env``, then defaults."""
+    """Settings of ``workspace``: environment first, then its ``.env``, then defaults.
+
+    A variable set in the environment wins even when it is empty: ``VAR=``
+    unsets what ``.env`` says (and the default applies).
+    """
     environ = os.environ if environ is None else environ
-    env_file = workspace / ".env"
-    file_values = dotenv_values(env_file) if env_file.is_file() else {}
+    file_values = read_env_file(workspace / ".env")
     values: dict[str, str | None] = {}
     sources: dict[str, str] = {}
     for name, (_attr, default, _desc, _secret) in SETTINGS.items():
-        if environ.get(name):
-            values[name], sources[name] = environ[name], "environment"
+        if name in environ:
+            values[name] = environ[name] or default
+            sources[name] = "environment" if environ[name] else "environment (empty)"
         elif file_values.get(name):
             values[name], sources[name] = file_values[name], ".env"
         else:
             values[name], sources[name] = default, "default" if default else "unset"
     return Settings(workspace=workspace, values=values, sources=sources)
+
+
+@functools.cache
+def _fqdn() -> str:
+    """This machine's full name, looked up once."""
+    return socket.getfqdn()
