@@ -20,13 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import json
 import multiprocessing
 import os
 import re
 import secrets
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -117,24 +115,63 @@ def is_hard_bounce(code: int, reply: str) -> bool:
 
 
 def _smtp_client(smtp: SMTPSettings) -> aiosmtplib.SMTP:
+    # No credentials here: aiosmtplib would try every AUTH mechanism the server
+    # offers with a wrong password; ``connect`` makes exactly one attempt.
     return aiosmtplib.SMTP(
         hostname=smtp.host,
         port=smtp.port,
-        username=smtp.username,
-        password=smtp.password,
         use_tls=smtp.tls == "tls",
         start_tls=smtp.tls == "starttls",
         timeout=smtp.timeout,
         cert_bundle=smtp.ca_file,
-        local_hostname=_local_hostname(),
+        local_hostname=smtp.ehlo_name or "localhost",
     )
 
 
-@functools.cache
-def _local_hostname() -> str:
-    """The EHLO name, looked up once (aiosmtplib would look it up per connection)."""
-    name = socket.getfqdn()
-    return name if name and name.isascii() and " " not in name else "localhost"
+# AUTH mechanisms in the order listkit uses them: one of them, once.
+_AUTH_MECHANISMS = ("plain", "login", "cram-md5")
+# OpenSSL verify codes (X509_V_ERR_*) that mean "no trusted CA signed this".
+_UNTRUSTED = {2, 18, 19, 20, 21}
+
+
+def _ssl_error(e: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``e``, if any (aiosmtplib wraps it)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, ssl.SSLError):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def _tls_problem(smtp: SMTPSettings, e: ssl.SSLError) -> str:
+    """Why the TLS handshake failed, and what to do, for the three usual causes."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        code = e.verify_code
+        if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+            return (
+                f"the server's TLS certificate is not for {smtp.host} ({e.verify_message}); "
+                "use the host name the certificate names in LISTKIT_SMTP_URL"
+            )
+        if code in _UNTRUSTED:
+            return (
+                f"the server's TLS certificate is not trusted ({e.verify_message}); if it "
+                "uses a private CA, set LISTKIT_SMTP_CA to that CA's PEM file"
+            )
+        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+            return f"the server's TLS certificate has expired ({e.verify_message})"
+        return f"the server's TLS certificate was refused ({e.verify_message})"
+    reason = (e.reason or str(e)).upper()
+    if smtp.tls == "tls" and any(
+        r in reason for r in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH")
+    ):
+        return (
+            f"port {smtp.port} does not speak TLS from the start (it answered in plain "
+            "text): for a STARTTLS port such as 587 use smtp+starttls://, smtps:// is for "
+            "implicit TLS (port 465)"
+        )
+    return f"TLS failed: {e.reason or e}"
 
 
 async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
@@ -143,33 +180,69 @@ async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
     where = f"LISTKIT_SMTP_URL ({smtp.masked()})"
     try:
         await client.connect()
-    except aiosmtplib.SMTPAuthenticationError as e:
-        raise SendError(
-            f"{where}: the server refused the login for user {smtp.username!r}: "
-            f"{e.code} {e.message}"
-        ) from None
-    except aiosmtplib.SMTPNotSupported as e:
-        raise SendError(f"{where}: {e}") from None
-    except aiosmtplib.SMTPException as e:
-        text = str(e)
-        if isinstance(e.__cause__, ssl.SSLError) or "CERTIFICATE" in text.upper():
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()  # so that supports_extension() answers before the first MAIL
+        if smtp.username:
+            await _login(client, smtp, where)
+    except SendError:
+        client.close()
+        raise
+    except aiosmtplib.SMTPConnectResponseError:
+        client.close()
+        raise  # a greeting refused (421 busy, ...): retried
+    except aiosmtplib.SMTPResponseException as e:
+        # aiosmtplib's STARTTLS refused: the only reply its connect() checks
+        # besides the greeting (handled above), EHLO (rare) and AUTH (ours).
+        client.close()
+        if smtp.tls == "starttls" and not isinstance(e, aiosmtplib.SMTPHeloError):
             raise SendError(
-                f"{where}: the server's TLS certificate is not trusted ({text}); if it uses a "
-                "private CA, set LISTKIT_SMTP_CA to that CA's PEM file"
+                f"{where}: the server refused STARTTLS: {e.code} {e.message}; nothing is "
+                "sent without it"
             ) from None
-        if "STARTTLS" in text.upper():
+        raise
+    except aiosmtplib.SMTPNotSupported as e:
+        client.close()
+        raise SendError(f"{where}: {e}") from None
+    except (aiosmtplib.SMTPException, OSError) as e:
+        client.close()
+        tls_error = _ssl_error(e)
+        if tls_error is not None:
+            raise SendError(f"{where}: {_tls_problem(smtp, tls_error)}") from None
+        if "STARTTLS" in str(e).upper() and "not supported" in str(e).lower():
             raise SendError(
                 f"{where}: the server does not offer STARTTLS; use smtps:// for implicit "
                 "TLS, or smtp:// only on a trusted local network"
             ) from None
-        if "AUTH" in text.upper() or "login" in text.lower():
-            raise SendError(f"{where}: {text}") from None
         raise
-    except ssl.SSLError as e:
-        raise SendError(f"{where}: TLS failed: {e}") from None
-    if client.is_ehlo_or_helo_needed:
-        await client.ehlo()  # so that supports_extension() answers before the first MAIL
     return client
+
+
+async def _login(client: aiosmtplib.SMTP, smtp: SMTPSettings, where: str) -> None:
+    """One AUTH attempt with one mechanism: a wrong password is tried once, not per
+    mechanism (servers count failures, and fail2ban or the provider locks the account)."""
+    if not client.supports_extension("auth"):
+        hint = (
+            ""
+            if client.get_transport_info("sslcontext")
+            else ("; many servers offer AUTH only over TLS: try smtp+starttls:// or smtps://")
+        )
+        raise SendError(f"{where}: the server does not offer AUTH{hint}")
+    offered = [m for m in _AUTH_MECHANISMS if m in client.server_auth_methods]
+    if not offered:
+        raise SendError(
+            f"{where}: the server offers no AUTH mechanism listkit knows "
+            f"(it offers {', '.join(client.server_auth_methods) or 'none'}; "
+            "listkit knows PLAIN, LOGIN, CRAM-MD5)"
+        )
+    method = getattr(client, "auth_" + offered[0].replace("-", ""))
+    try:
+        await method(smtp.username, smtp.password or "")
+    except aiosmtplib.SMTPAuthenticationError as e:
+        raise SendError(
+            f"{where}: the server refused the login for user {smtp.username!r}: "
+            f"{e.code} {e.message}; check the user name and password (listkit tried once, "
+            "to keep the account from being locked)"
+        ) from None
 
 
 @dataclass
@@ -242,6 +315,8 @@ class Run:
         self.stopped: str | None = None
         self.fatal: BaseException | None = None
         self.connect_failures = 0
+        self.connected_once = False
+        self.first_connect = asyncio.Lock()
 
     # The database lives on one thread; every call goes through it.
     async def db(self, fn, *args):
@@ -405,6 +480,16 @@ class Run:
                 await client.quit()
 
     async def _connect_or_release(self, row: Claimed) -> Connection | None:
+        # Until one connection has opened (and logged in), the workers connect
+        # one at a time: a wrong password or a refused STARTTLS is met once and
+        # stops the run, instead of once per worker.
+        if not self.connected_once:
+            async with self.first_connect:
+                if not self.connected_once:
+                    return await self._connect_loop(row)
+        return await self._connect_loop(row)
+
+    async def _connect_loop(self, row: Claimed) -> Connection | None:
         while self.stopped is None:
             try:
                 client = Connection(await connect(self.smtp), self.smtp.timeout)
@@ -423,6 +508,7 @@ class Run:
                 await asyncio.sleep(min(0.2 * 2**self.connect_failures, 5))
                 continue
             self.connect_failures = 0
+            self.connected_once = True
             return client
         self._result(Result(row.id, "pending"))
         return None
@@ -735,7 +821,11 @@ def send_due(
 
 
 async def _send_one(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> str:
-    client = await connect(smtp)
+    where = f"LISTKIT_SMTP_URL ({smtp.masked()})"
+    try:
+        client = await connect(smtp)
+    except (aiosmtplib.SMTPException, OSError) as e:  # SendError passes through
+        raise SendError(f"{where}: cannot connect: {e or type(e).__name__}") from None
     try:
         await client.mail(sender)
         await client.rcpt(to)
@@ -743,6 +833,10 @@ async def _send_one(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> st
         return f"{response.code} {response.message}"
     except aiosmtplib.SMTPResponseException as e:
         raise SendError(f"the server refused the test message: {e.code} {e.message}") from None
+    except (aiosmtplib.SMTPException, OSError) as e:
+        raise SendError(
+            f"{where}: the test message was not sent: {e or type(e).__name__}"
+        ) from None
     finally:
         with contextlib.suppress(Exception):
             await client.quit()

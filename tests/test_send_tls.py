@@ -131,3 +131,93 @@ def test_untrusted_certificate_is_refused(run, workspace, implicit_tls_server):
     assert "LISTKIT_SMTP_URL" in result.output
     assert "TLS certificate is not trusted" in result.output and "LISTKIT_SMTP_CA" in result.output
     assert states(workspace) == {"pending": len(ADDRS)}
+
+
+def test_a_wrong_password_is_tried_once_by_one_connection_only(run, workspace, ca):
+    attempts = []
+
+    def counting(server, session, envelope, mechanism, auth_data):
+        attempts.append(mechanism)
+        return AuthResult(success=False, handled=False)
+
+    controller, handler = smtp_server.start(
+        tls_context=server_context(ca[0]),
+        require_starttls=True,
+        authenticator=counting,
+        auth_require_tls=True,
+    )
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        (workspace / "campaigns" / "t.toml").write_text(
+            'offer = "launch"\nlists = ["blog"]\nconcurrency = 4\n'
+        )
+        use(workspace, f"smtp+starttls://ann:wrong@127.0.0.1:{controller.port}?timeout=5", ca[1])
+        result = run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert "refused the login for user 'ann'" in result.output
+    assert len(attempts) == 1, attempts  # one mechanism, one connection
+    assert handler.ehlo_count <= 2  # one connection: EHLO before and after STARTTLS
+    assert states(workspace) == {"pending": len(ADDRS)}
+
+
+def test_a_refused_starttls_stops_at_once_and_is_named(run, workspace):
+    from tests.test_smtp import RecordingServer
+
+    replies = {b"STARTTLS": b"454 4.7.0 TLS not available due to temporary reason"}
+    with RecordingServer(True, extensions=(b"STARTTLS",), replies=replies) as server:
+        setup_campaign(run, workspace, server.port, ADDRS)
+        use(workspace, f"smtp+starttls://127.0.0.1:{server.port}?timeout=5")
+        result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: LISTKIT_SMTP_URL (smtp+starttls://127.0.0.1:{server.port}): the server "
+        "refused STARTTLS: 454 4.7.0 TLS not available due to temporary reason"
+    )
+    assert server.commands.count(b"STARTTLS") == 1
+    assert states(workspace) == {"pending": len(ADDRS)}
+
+
+def test_implicit_tls_against_a_plain_port_names_the_tls_mode_not_the_ca(run, workspace, ca):
+    controller, _handler = smtp_server.start(
+        tls_context=server_context(ca[0]), authenticator=authenticator
+    )  # a STARTTLS port such as 587
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        use(workspace, f"smtps://ann:s3cret@127.0.0.1:{controller.port}?timeout=5", ca[1])
+        result = run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert "does not speak TLS from the start" in result.output
+    assert "smtp+starttls://" in result.output
+    assert "LISTKIT_SMTP_CA" not in result.output and "not trusted" not in result.output
+    assert states(workspace) == {"pending": len(ADDRS)}
+
+
+def test_a_certificate_for_another_name_is_named_as_such(run, workspace, ca):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca[0].issue_cert("mail.example.net").configure_cert(context)
+    controller, _handler = smtp_server.start(ssl_context=context, authenticator=authenticator)
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        use(workspace, f"smtps://ann:s3cret@127.0.0.1:{controller.port}?timeout=5", ca[1])
+        result = run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert "the server's TLS certificate is not for 127.0.0.1" in result.output
+    assert "LISTKIT_SMTP_CA" not in result.output
+    assert states(workspace) == {"pending": len(ADDRS)}
+
+
+def test_an_untrusted_ca_is_named_with_the_setting_that_fixes_it(run, workspace, starttls_server):
+    controller, _handler = starttls_server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    use(workspace, f"smtp+starttls://ann:s3cret@127.0.0.1:{controller.port}?timeout=5")
+    result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert "TLS certificate is not trusted" in result.output
+    assert "set LISTKIT_SMTP_CA" in result.output
+    assert states(workspace) == {"pending": len(ADDRS)}
