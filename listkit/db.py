@@ -21,6 +21,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from listkit.errors import ListkitError
+from listkit.files import create_private
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -40,6 +41,9 @@ def open_db(path: Path | str, *, create: bool = True) -> Database:
     if not path.parent.is_dir():
         raise ListkitError(f"cannot create database {path}: folder {path.parent} does not exist")
     try:
+        # Personal data: the file is created private, and SQLite gives its WAL
+        # and SHM files the database's mode.
+        create_private(path)
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         db = Database(conn)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

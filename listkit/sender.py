@@ -53,6 +53,7 @@ from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
 from listkit.config import SMTPSettings
 from listkit.db import open_db
 from listkit.errors import HeaderInjection, InputError, ListkitError, SendError, TemplateError
+from listkit.files import PRIVATE, write_private
 from listkit.lists import get_list
 from listkit.offers import load_offer
 from listkit.outbox import (
@@ -89,7 +90,7 @@ class AlreadyRunning(ListkitError):
 def send_lock(root: Path):
     """Hold the workspace's send lock; raise AlreadyRunning if another run has it."""
     path = root / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -885,14 +886,7 @@ def dry_run(
             problems.append(Problem(subscriber["email"], str(e)))
             continue
         safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", subscriber["email"])[:100]
-        _write_private(directory / f"{written + 1:06d}-{safe}.eml", composed.data)
+        write_private(directory / f"{written + 1:06d}-{safe}.eml", composed.data)
         written += 1
     return written, problems
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read (a message holds personal data)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(fd, 0o600)  # a file that was already there keeps its mode otherwise
-        f.write(data)

@@ -19,6 +19,7 @@ from sqlite_utils import Database
 from listkit.config import Settings, load_settings
 from listkit.db import open_db
 from listkit.errors import ListkitError
+from listkit.files import write_private
 
 ENV_TEMPLATE = """\
 # listkit settings for this workspace. Variables set in the environment win
@@ -90,7 +91,7 @@ def init_workspace(directory: Path) -> list[Path]:
     for dest, src in plan:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src is None:
-            dest.write_text(ENV_TEMPLATE.format(secret=secrets.token_urlsafe(32)))
+            write_private(dest, ENV_TEMPLATE.format(secret=secrets.token_urlsafe(32)))
         else:
             shutil.copyfile(src, dest)
         created.append(dest)

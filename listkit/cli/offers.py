@@ -12,6 +12,7 @@ from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table
 from listkit.compose import PREVIEW_TOKEN, SAMPLE_SUBSCRIBER, Composer, check_offer
 from listkit.errors import ListkitError, TemplateError
+from listkit.files import write_private
 from listkit.lists import get_list
 from listkit.offers import list_offers, load_offer
 from listkit.subscribers import find_subscriber, iter_members
@@ -145,7 +146,7 @@ def offers_preview(
         click.echo(f"Opening {name}")
         webbrowser.open(Path(name).as_uri())
     if eml is not None:
-        eml.write_bytes(message.data)
+        write_private(eml, message.data)
         click.echo(f"Wrote {eml} ({len(message.data):,} bytes).")
         return
     head = message.data.split(b"\r\n\r\n", 1)[0].decode("utf-8")

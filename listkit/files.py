@@ -1,0 +1,53 @@
+"""Files listkit writes that hold secrets or personal data: created private.
+
+The rule: such a file is readable and writable by its owner only (0600),
+whatever the umask, from the moment it exists (it is created with that
+mode, never created open and then narrowed). ``.env`` (passwords, the
+signing secret), the database and its WAL and SHM files (SQLite gives them
+the database's mode), ``--errors`` files, ``.eml`` output and the send lock
+all go through here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import IO, Any
+
+PRIVATE = 0o600
+
+
+def _private_opener(path: str, flags: int) -> int:
+    fd = os.open(path, flags, PRIVATE)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, PRIVATE)  # a file that was already there: ours to narrow
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def private_open(path: Path | str, mode: str = "w", **kwargs: Any) -> IO:
+    """``open(path, mode)``, the file created (or narrowed) to mode 0600."""
+    return open(path, mode, opener=_private_opener, **kwargs)
+
+
+def write_private(path: Path | str, data: bytes | str) -> None:
+    """Write ``data`` to a file of mode 0600."""
+    if isinstance(data, str):
+        with private_open(path, "w", encoding="utf-8") as f:
+            f.write(data)
+    else:
+        with private_open(path, "wb") as f:
+            f.write(data)
+
+
+def create_private(path: Path | str) -> bool:
+    """Create ``path`` empty with mode 0600 if it does not exist; True if created."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE))
+    except FileExistsError:
+        return False
+    return True
