@@ -12,6 +12,8 @@ money as integer minor units with a currency code.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -40,6 +42,7 @@ def open_db(path: Path | str, *, create: bool = True) -> Database:
         raise ListkitError(f"no database at {path}: run `listkit init` in the workspace first")
     if not path.parent.is_dir():
         raise ListkitError(f"cannot create database {path}: folder {path.parent} does not exist")
+    conn = None
     try:
         # Personal data: the file is created private, and SQLite gives its WAL
         # and SHM files the database's mode.
@@ -50,10 +53,76 @@ def open_db(path: Path | str, *, create: bool = True) -> Database:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        _refuse_newer(db, path)
         migrations.apply(db)
     except sqlite3.DatabaseError as e:
-        raise ListkitError(f"cannot open database {path}: {e}") from None
+        if conn is not None:
+            conn.close()
+        raise ListkitError(describe_db_error(path, e)) from None
+    except OSError as e:
+        raise ListkitError(describe_os_error(e)) from None
+    except ListkitError:
+        if conn is not None:
+            conn.close()
+        raise
     return db
+
+
+def _refuse_newer(db: Database, path: Path) -> None:
+    """A database another (newer) listkit migrated: its schema is not ours to write."""
+    known = {m.name for m in migrations._migrations}  # sqlite-utils has no public list
+    unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+    if unknown:
+        raise ListkitError(
+            f"{path} was written by a newer listkit (schema steps this one does not know: "
+            f"{', '.join(unknown)}): upgrade listkit to use it; nothing was changed"
+        )
+
+
+def describe_db_error(path: Path | str, e: sqlite3.Error) -> str:
+    """One line for a database failure: which database, what happened, what to do."""
+    text = str(e)
+    folder = Path(path).parent
+    if "locked" in text or "busy" in text:
+        return (
+            f"the database {path} is locked by another program (listkit waited "
+            f"{BUSY_TIMEOUT_MS / 1000:g} s): run the command again when it has finished; "
+            "the change that needed the lock was not made"
+        )
+    if "full" in text:
+        return (
+            f"the database {path} cannot grow: the disk is full; free some space and run "
+            "the command again (the change that needed the space was not made)"
+        )
+    if "readonly" in text or "unable to open" in text or "read-only" in text:
+        if not os.access(folder, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
+            return (
+                f"cannot write the database {path}: the folder {folder} or the file is not "
+                "writable, and SQLite (in WAL mode) needs to write the database and its -wal "
+                "and -shm files beside it; run listkit as a user who may write there, or "
+                "work on a copy of the workspace"
+            )
+        return f"cannot open the database {path}: {text}"
+    if "not a database" in text or "malformed" in text:
+        return f"{path} is not a listkit database, or it is damaged ({text})"
+    return f"database {path}: {text}"
+
+
+# What a full or read-only disk, or missing permissions, look like as OSError.
+DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device; free some space and run the command again",
+    errno.EDQUOT: "the disk quota is exceeded; free some space and run the command again",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a file listkit cannot use: which file and why."""
+    what = DISK_ERRNOS.get(e.errno or 0, e.strerror or str(e))
+    where = e.filename if e.filename is not None else "a file"
+    return f"{where}: {what}"
 
 
 @contextlib.contextmanager

@@ -30,8 +30,46 @@ def _private_opener(path: str, flags: int) -> int:
 
 
 def private_open(path: Path | str, mode: str = "w", **kwargs: Any) -> IO:
-    """``open(path, mode)``, the file created (or narrowed) to mode 0600."""
-    return open(path, mode, opener=_private_opener, **kwargs)
+    """``open(path, mode)``, the file created (or narrowed) to mode 0600.
+
+    A write that fails (a full disk) raises an OSError that names the file,
+    as a failed open does, so the error shown can say which file it was.
+    """
+    return _Named(open(path, mode, opener=_private_opener, **kwargs), str(path))
+
+
+class _Named:
+    """A file object whose write, flush and close errors carry its name."""
+
+    def __init__(self, file: IO, name: str):
+        self._file = file
+        self._name = name
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._file, method)(*args)
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, self._name) from None
+
+    def write(self, data: Any) -> int:
+        return self._call("write", data)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+
+    def __enter__(self) -> _Named:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._file, attr)
 
 
 def write_private(path: Path | str, data: bytes | str) -> None:

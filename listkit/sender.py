@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import re
 import secrets
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -51,7 +52,7 @@ from listkit.campaigns import (
 )
 from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
 from listkit.config import SMTPSettings
-from listkit.db import open_db
+from listkit.db import describe_db_error, open_db
 from listkit.errors import HeaderInjection, InputError, ListkitError, SendError, TemplateError
 from listkit.files import PRIVATE, write_private
 from listkit.lists import get_list
@@ -751,6 +752,15 @@ def send_campaign(
         )
         try:
             summary.this_run = asyncio.run(run.run())
+        except sqlite3.Error as e:
+            # The database refused a write mid-run (locked past the timeout,
+            # disk full): nothing more was sent. Rows not yet recorded stay
+            # 'sending' at the phase they reached, and the next run resolves
+            # them (pending again, or unknown if their content may be out).
+            raise SendError(
+                f"{describe_db_error(run.db_path, e)}; sending stopped, and the next "
+                f"`listkit send {slug}` resumes every message not recorded as sent"
+            ) from None
         finally:
             summary.stopped = run.stopped
             summary.totals = counts(db, cid)

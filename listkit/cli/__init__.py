@@ -7,11 +7,13 @@ SQL here. Every ``ListkitError`` becomes ``Error: <message>`` with exit 1.
 from __future__ import annotations
 
 import importlib
+import sqlite3
 from pathlib import Path
 
 import click
 
 from listkit import __version__
+from listkit.db import DISK_ERRNOS, describe_db_error, describe_os_error
 from listkit.errors import ListkitError
 from listkit.workspace import Workspace
 
@@ -57,6 +59,14 @@ class ListkitGroup(click.Group):
             return super().invoke(ctx)
         except ListkitError as e:
             raise click.ClickException(str(e)) from e
+        except sqlite3.OperationalError as e:
+            # Locked past the busy timeout, or the disk full, in any command:
+            # the transaction rolled back; say which database and what to do.
+            raise click.ClickException(describe_db_error(_db_path(ctx), e)) from e
+        except OSError as e:
+            if e.errno not in DISK_ERRNOS:
+                raise
+            raise click.ClickException(describe_os_error(e)) from e
 
 
 @click.group(cls=ListkitGroup, context_settings=CONTEXT_SETTINGS)
@@ -89,3 +99,11 @@ def cli(ctx: click.Context, workspace: Path) -> None:
 
 
 pass_workspace = click.make_pass_decorator(Workspace)
+
+
+def _db_path(ctx: click.Context) -> Path | str:
+    ws = ctx.obj if isinstance(ctx.obj, Workspace) else None
+    try:
+        return ws.settings.db_path if ws is not None else "(unknown)"
+    except ListkitError:
+        return ws.root / "listkit.db"

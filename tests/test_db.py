@@ -1,0 +1,200 @@
+"""The database under pressure: locked by another program, full disk, a newer
+schema, a read-only workspace. Each is one line naming the database and what
+to do; nothing is lost."""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from listkit import db as dbmod
+from listkit import sender, workspace
+from listkit.db import open_db
+from tests import smtp_server
+from tests.test_send import ADDRS, setup_campaign, totals
+
+
+@pytest.fixture
+def held_lock(workspace, monkeypatch):
+    """Another program holds the write lock; listkit waits only 0.1 s for it."""
+    monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_MS", 100)
+    other = sqlite3.connect(workspace / "listkit.db", isolation_level=None)
+
+    def hold():
+        other.execute("BEGIN IMMEDIATE")
+
+    yield hold
+    if other.in_transaction:
+        other.execute("ROLLBACK")
+    other.close()
+
+
+def test_a_locked_database_is_one_line_for_subscribers_add(run, workspace, held_lock):
+    run("lists", "create", "blog")
+    held_lock()
+    result = run("subscribers", "add", "ann@example.com", "--list", "blog", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: the database {workspace / 'listkit.db'} is locked by another program "
+        "(listkit waited 0.1 s): run the command again when it has finished; the change "
+        "that needed the lock was not made\n"
+    )
+
+
+def test_a_locked_database_stops_send_with_one_line_and_sends_nothing(run, workspace, held_lock):
+    controller, handler = smtp_server.start()
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        held_lock()
+        result = run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: the database {workspace / 'listkit.db'} is locked")
+    assert result.output.count("\n") == 1
+    assert handler.messages == []
+
+
+def full_after_open(monkeypatch):
+    """Every database listkit opens can no longer grow: a full disk, without root."""
+    real = dbmod.open_db
+
+    def opened(*args, **kwargs):
+        db = real(*args, **kwargs)
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+        return db
+
+    monkeypatch.setattr(workspace, "open_db", opened)
+    monkeypatch.setattr(sender, "open_db", opened)
+
+
+def test_a_full_disk_is_one_line_for_import_and_send_and_nothing_is_lost(
+    run, workspace, tmp_path, monkeypatch
+):
+    controller, handler = smtp_server.start()
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        many = tmp_path / "many.csv"
+        many.write_text("email\n" + "".join(f"s{i}@example.com\n" for i in range(3000)))
+        full_after_open(monkeypatch)
+        result = run("subscribers", "import", str(many), "--list", "blog", ok=False)
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: the database {workspace / 'listkit.db'} cannot grow: the disk is full; "
+            "free some space and run the command again (the change that needed the space "
+            "was not made)\n"
+        )
+        # The outbox of 3006 recipients cannot be written either.
+        monkeypatch.undo()
+        run("subscribers", "import", str(many), "--list", "blog")
+        full_after_open(monkeypatch)
+        result = run("send", "t", "--yes", ok=False)
+        assert result.exit_code == 1
+        assert result.output.startswith(f"Error: the database {workspace / 'listkit.db'} cannot")
+        assert handler.messages == []
+        monkeypatch.undo()
+        run("send", "t", "--yes")
+    finally:
+        controller.stop()
+    assert handler.recipients() == {
+        a: 1 for a in [*ADDRS, *(f"s{i}@example.com" for i in range(3000))]
+    }
+
+
+def test_a_file_on_a_full_disk_is_named(run, workspace, tmp_path):
+    run("lists", "create", "blog")
+    source = tmp_path / "in.csv"
+    source.write_text("email\nnot-an-address\nann@example.com\n")
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    result = run(
+        "subscribers", "import", str(source), "--list", "blog", "--errors", "/dev/full", ok=False
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: /dev/full: no space left on the device; free some space and run the command again\n"
+    )
+
+
+def test_a_database_from_a_newer_listkit_is_refused(run, workspace):
+    db = open_db(workspace / "listkit.db")
+    with db.conn:
+        db.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+            "VALUES ('listkit', 'm999_from_the_future', '2030-01-01')"
+        )
+    db.close()
+    result = run("lists", "ls", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {workspace / 'listkit.db'} was written by a newer listkit (schema steps "
+        "this one does not know: m999_from_the_future): upgrade listkit to use it; nothing "
+        "was changed\n"
+    )
+
+
+def test_a_read_only_workspace_says_what_is_wrong(workspace, tmp_path):
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare to mount the workspace read-only")
+    # Run listkit in a private mount namespace where the workspace is read-only.
+    script = (
+        f"mount --bind -o ro {workspace} {workspace} && "
+        f"mount -o remount,bind,ro {workspace} && "
+        f"exec {sys.executable} -m listkit -w {workspace} lists create blog"
+    )
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare -m is not permitted here")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTKIT_")}
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"Error: cannot write the database {workspace / 'listkit.db'}: the folder "
+        f"{workspace} or the file is not writable, and SQLite (in WAL mode) needs to write "
+        "the database and its -wal and -shm files beside it; run listkit as a user who may "
+        "write there, or work on a copy of the workspace\n"
+    )
+
+
+def test_a_database_locked_mid_send_stops_the_run_and_the_next_run_sends_nothing_twice(
+    run, workspace, monkeypatch
+):
+    from listkit.errors import SendError
+    from listkit.workspace import Workspace
+
+    addresses = [f"mid{i}@example.com" for i in range(40)]
+    controller, handler = smtp_server.start()
+    try:
+        setup_campaign(run, workspace, controller.port, addresses, extra="rate = 200\n")
+        monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_MS", 100)
+        other = sqlite3.connect(workspace / "listkit.db", isolation_level=None)
+
+        def lock_after_the_first(_result):
+            if not other.in_transaction:
+                other.execute("BEGIN IMMEDIATE")
+
+        ws = Workspace(workspace)
+        try:
+            with pytest.raises(SendError) as e:
+                sender.send_campaign(ws, "t", on_result=lock_after_the_first, batch=10)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+            ws.close()
+        assert str(e.value).startswith(f"the database {workspace / 'listkit.db'} is locked")
+        assert "resumes every message not recorded as sent" in str(e.value)
+        assert len(handler.messages) < len(addresses)
+        monkeypatch.undo()
+        run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    assert max(handler.recipients().values()) == 1
+    final = totals(workspace)
+    assert final["sent"] + final["unknown"] == len(addresses)
+    assert final["sent"] == len(handler.messages) - final["unknown"]
