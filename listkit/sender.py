@@ -67,6 +67,7 @@ from listkit.outbox import (
     recover,
     top_up,
 )
+from listkit.processes import exit_with_parent
 from listkit.smtp import Connection, ConnectionLost, wire_form
 from listkit.smtp import path as smtp_path
 from listkit.tracking import new_token
@@ -336,6 +337,7 @@ class Run:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_pool_init,
                 initargs=(
+                    os.getpid(),
                     self.composer.settings,
                     self.composer.offers_dir,
                     self.campaign.slug,
@@ -658,8 +660,9 @@ def compose_rows(composer: Composer, rows: list[Claimed]) -> list[tuple[bytes | 
 _POOL_COMPOSER: Composer | None = None
 
 
-def _pool_init(settings, offers_dir: Path, campaign: str, offer_slug: str) -> None:
+def _pool_init(parent_pid: int, settings, offers_dir: Path, campaign: str, offer_slug: str) -> None:
     global _POOL_COMPOSER
+    exit_with_parent(parent_pid)  # a `listkit send` killed with SIGKILL leaves no renderer
     offer = load_offer(offers_dir, offer_slug)
     _POOL_COMPOSER = Composer(offer, settings, campaign=campaign, offers_dir=offers_dir)
 

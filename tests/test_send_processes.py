@@ -94,3 +94,69 @@ def test_two_sends_at_once_never_send_twice(run, workspace, server):
     assert any("another listkit send is running" in out for out in outputs), outputs
     # Both runs together sent every message exactly once.
     assert json.loads(run("status", "t", "--json").output)["counts"]["sent"] == N
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc; zombies count as gone)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    left = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    left.add(pid)
+        except OSError:
+            pass
+    return left
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads processes from /proc")
+def test_a_send_killed_with_sigkill_leaves_no_process_behind(run, workspace, tmp_path):
+    controller, _handler = smtp_server.start()
+    try:
+        setup_campaign(run, workspace, controller.port, ["first@example.com"], extra="rate = 50\n")
+        many = tmp_path / "many.csv"  # enough recipients for the rendering process
+        many.write_text("email\n" + "".join(f"k{i}@example.com\n" for i in range(1100)))
+        run("subscribers", "import", str(many), "--list", "blog")
+        proc = listkit(workspace, "send", "t", "--yes")
+        deadline = time.monotonic() + 30
+        helpers: set[int] = set()
+        while time.monotonic() < deadline and proc.poll() is None:
+            helpers = descendants(proc.pid)
+            if helpers and totals_sent(workspace) > 0:
+                break
+            time.sleep(0.05)
+        assert helpers, "the send started no helper process"
+        assert proc.poll() is None, "the send ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while alive(helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert alive(helpers) == set()
+    finally:
+        controller.stop()
+
+
+def totals_sent(workspace: Path) -> int:
+    return sum(1 for _e, s in delivery_states(workspace).values() if s == "sent")
