@@ -70,3 +70,21 @@ def normalize_address(raw: str) -> str:
         return validate_email(address, check_deliverability=False).normalized
     except EmailNotValidError as e:
         raise InputError(str(e)) from None
+
+
+def ascii_domain(address: str) -> str | None:
+    """``address`` with its domain in IDNA A-labels (``anna@xn--bcher-kva.example``).
+
+    The form for a server without SMTPUTF8 and for a header that must stay
+    ASCII. None when that cannot be: the local part is not ASCII (only
+    SMTPUTF8 can carry it) or the domain is not a valid IDN.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        return None
+    if domain.isascii():
+        return address
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from listkit.addresses import ascii_domain
 from listkit.errors import HeaderInjection
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -86,7 +87,13 @@ def header_text(text: str) -> str:
 
 
 def format_address(name: str | None, address: str) -> str:
-    """``Name <address>`` with the name quoted or encoded as needed."""
+    """``Name <address>`` with the name quoted or encoded as needed.
+
+    An internationalised domain goes in A-labels (an address cannot be
+    RFC 2047-encoded), so the header is right for servers with and without
+    SMTPUTF8; only a non-ASCII local part stays UTF-8.
+    """
+    address = ascii_domain(address) or address
     if not name:
         return f"<{address}>"
     if _ATOMS.fullmatch(name) and "=?" not in name:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from listkit.addresses import normalize_address
+from listkit.addresses import ascii_domain, normalize_address
 from listkit.campaigns import (
     Campaign,
     campaign_row,
@@ -520,15 +520,34 @@ class Run:
     async def _deliver(self, conn: Connection, row: Claimed, data: bytes) -> tuple[Result, bool]:
         """Send one message (``data`` in wire form); (result, keep the connection)."""
         attempts = row.attempts
-        utf8 = not (row.email.isascii() and self.sender_address.isascii())
-        if utf8 and not conn.smtputf8:
-            reply = "the address is not ASCII and the server does not offer SMTPUTF8"
+        recipient, sender = row.email, self.sender_address
+        if not conn.smtputf8:
+            # Without SMTPUTF8 an internationalised domain goes in A-labels;
+            # only a non-ASCII local part needs the extension.
+            recipient = ascii_domain(recipient) or recipient
+            sender = ascii_domain(sender) or sender
+            if not (recipient.isascii() and sender.isascii()):
+                which = "sender's" if recipient.isascii() else "recipient's"
+                reply = (
+                    f"the {which} address has a non-ASCII local part and the server does "
+                    "not offer SMTPUTF8"
+                )
+                return Result(row.id, "failed", None, reply, attempts), True
+        utf8 = not (recipient.isascii() and sender.isascii())
+        if conn.max_size is not None and len(data) > conn.max_size:
+            # RFC 1870: refused before anything is uploaded, for this message only.
+            reply = (
+                f"the message is {len(data):,} bytes, over the server's limit of "
+                f"{conn.max_size:,} bytes (SIZE); make it smaller (images, attachments)"
+            )
             return Result(row.id, "failed", None, reply, attempts), True
         try:
-            mail = b"MAIL FROM:" + smtp_path(self.sender_address, utf8)
-            rcpt = b"RCPT TO:" + smtp_path(row.email, utf8) + b"\r\n"
+            mail = b"MAIL FROM:" + smtp_path(sender, utf8)
+            rcpt = b"RCPT TO:" + smtp_path(recipient, utf8) + b"\r\n"
         except ValueError as e:
             return Result(row.id, "failed", None, str(e), attempts), True
+        if conn.size is not None:
+            mail += b" SIZE=%d" % len(data)
         commands = (mail + (b" SMTPUTF8\r\n" if utf8 else b"\r\n"), rcpt, b"DATA\r\n")
         # Ask for the durable 'data' mark now, so that its commit overlaps the
         # round trips of the envelope; the content still waits for it. (The

@@ -135,6 +135,15 @@ class Connection:
     def __init__(self, client: aiosmtplib.SMTP, timeout: float | None):
         self.pipelining = client.supports_extension("pipelining")
         self.smtputf8 = client.supports_extension("smtputf8")
+        # RFC 1870: "SIZE" with the largest message the server takes (0 or
+        # nothing: no fixed limit). None when the server does not offer SIZE.
+        self.size: int | None = None
+        self.max_size: int | None = None
+        if client.supports_extension("size"):
+            self.size = 0
+            limit = (client.esmtp_extensions.get("size") or "").strip()
+            if limit.isdigit() and int(limit) > 0:
+                self.max_size = int(limit)
         self.timeout = timeout
         transport = client.transport
         if transport is None or transport.is_closing():

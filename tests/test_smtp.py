@@ -232,3 +232,52 @@ def test_a_refused_or_odd_envelope_reply_names_the_command_it_answered(
     assert server.messages == 0
     (problem,) = json.loads(run("status", "t", "--json").output)["problems"]
     assert (problem["state"], problem["reply"]) == (state, reply)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_message_over_the_servers_size_limit_fails_before_upload_and_the_rest_go(
+    run, workspace, pipelining
+):
+    addresses = ["a@example.com", "b@example.com", "c@example.com"]
+    with RecordingServer(pipelining) as probe:  # how big is one message?
+        setup_campaign(run, workspace, probe.port, addresses[:1])
+        run("send", "t", "--yes")
+    size = len(probe.data[0]) + 3  # the content, its final dot included
+    (workspace / "campaigns" / "t.toml").unlink()
+    (workspace / "campaigns" / "u.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nconcurrency = 1\n'
+    )
+    for address in addresses[1:]:
+        run("subscribers", "add", address, "--list", "blog")
+    # One subscriber has a long name: only that message is over the limit.
+    run("subscribers", "add", "c@example.com", "--list", "blog", "--name", "C" * 250)
+    limit = size + 100
+    with RecordingServer(pipelining, extensions=(b"SIZE %d" % limit,)) as server:
+        env = (workspace / ".env").read_text().replace(str(probe.port), str(server.port))
+        (workspace / ".env").write_text(env)
+        result = run("send", "u", "--yes", ok=False)
+    assert result.exit_code == 1
+    mails = [c for c in server.commands if c.startswith(b"MAIL FROM:")]
+    assert len(mails) == 2 and all(b" SIZE=" in m for m in mails)
+    assert all(int(m.split(b"SIZE=")[1].split()[0]) <= limit for m in mails)
+    assert server.messages == 2
+    problems = json.loads(run("status", "u", "--json").output)["problems"]
+    assert [(p["email"], p["state"]) for p in problems] == [("c@example.com", "failed")]
+    assert problems[0]["reply"].startswith("the message is ")
+    assert f"over the server's limit of {limit:,} bytes (SIZE)" in problems[0]["reply"]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_an_idn_domain_goes_as_a_labels_to_a_server_without_smtputf8(run, workspace, pipelining):
+    with RecordingServer(pipelining) as server:
+        setup_campaign(run, workspace, server.port, ["anna@bücher.example", "jörg@example.com"])
+        run("send", "t", "--yes", ok=False)
+    rcpts = [c for c in server.commands if c.startswith(b"RCPT TO:")]
+    assert rcpts == [b"RCPT TO:<anna@xn--bcher-kva.example>"]
+    assert server.messages == 1
+    assert b"\r\nTo: <anna@xn--bcher-kva.example>\r\n" in server.data[0]
+    (problem,) = json.loads(run("status", "t", "--json").output)["problems"]
+    assert (problem["email"], problem["state"]) == ("jörg@example.com", "failed")
+    assert problem["reply"] == (
+        "the recipient's address has a non-ASCII local part and the server does not offer SMTPUTF8"
+    )
