@@ -102,8 +102,12 @@ def send_lock(root: Path):
                 f"another listkit send is running in {root} (pid {holder}); "
                 "it will finish the work, nothing was sent by this run"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        pid = str(os.getpid()).encode()
+        try:
+            os.pwrite(fd, pid, 0)
+            os.ftruncate(fd, len(pid))
+        except OSError as e:  # a full disk: say which file
+            raise OSError(e.errno, e.strerror, str(path)) from None
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -198,3 +198,21 @@ def test_a_database_locked_mid_send_stops_the_run_and_the_next_run_sends_nothing
     final = totals(workspace)
     assert final["sent"] + final["unknown"] == len(addresses)
     assert final["sent"] == len(handler.messages) - final["unknown"]
+
+
+def test_a_send_lock_on_a_full_disk_is_named(run, workspace):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    controller, handler = smtp_server.start()
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        (workspace / sender.LOCK_NAME).symlink_to("/dev/full")  # writes fail: ENOSPC
+        result = run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {workspace / sender.LOCK_NAME}: no space left on the device; free some "
+        "space and run the command again\n"
+    )
+    assert handler.messages == []
