@@ -29,9 +29,14 @@ ENV_TEMPLATE = """\
 LISTKIT_DB=listkit.db
 
 # Where messages go: smtp://host:port (plain), smtp+starttls://user:pass@host:587
-# or smtps://user:pass@host:465. `listkit sink` runs a local capture server on
-# port 1025 for trying campaigns safely.
+# or smtps://user:pass@host:465. Percent-encode @ / : ? # % in the user name
+# and password (@ as %40, / as %2F, ...). `listkit sink` runs a local capture
+# server on port 1025 for trying campaigns safely.
 LISTKIT_SMTP_URL=smtp://127.0.0.1:1025
+
+# The name given to the server in EHLO (default: this machine's full name, or
+# the domain of LISTKIT_FROM). Set it to your mail host's name if you have one.
+# LISTKIT_EHLO_NAME=mail.example.com
 
 # The sender, as Name <address>.
 LISTKIT_FROM=Your Name <you@example.com>
