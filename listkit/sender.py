@@ -852,6 +852,12 @@ def send_due(
         except AlreadyRunning as e:
             outcomes.append(DueOutcome(slug, "locked", message=str(e)))
             break
+        except SendError as e:
+            # The server or the database refused us (login, TLS, sender, disk):
+            # the next campaign would meet the same refusal; a wrong password
+            # must not be tried once per campaign.
+            outcomes.append(DueOutcome(slug, "error", message=f"{e}; later campaigns wait"))
+            break
         except ListkitError as e:
             outcomes.append(DueOutcome(slug, "error", message=str(e)))
     return outcomes

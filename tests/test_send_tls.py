@@ -221,3 +221,31 @@ def test_an_untrusted_ca_is_named_with_the_setting_that_fixes_it(run, workspace,
     assert "TLS certificate is not trusted" in result.output
     assert "set LISTKIT_SMTP_CA" in result.output
     assert states(workspace) == {"pending": len(ADDRS)}
+
+
+def test_send_due_tries_a_wrong_password_once_for_all_due_campaigns(run, workspace, ca):
+    from datetime import UTC, datetime, timedelta
+
+    attempts = []
+
+    def counting(server, session, envelope, mechanism, auth_data):
+        attempts.append(mechanism)
+        return AuthResult(success=False, handled=False)
+
+    controller, _handler = smtp_server.start(
+        tls_context=server_context(ca[0]), authenticator=counting, auth_require_tls=True
+    )
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        due = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+        for slug in ("t", "u"):
+            (workspace / "campaigns" / f"{slug}.toml").write_text(
+                f'offer = "launch"\nlists = ["blog"]\nsend_at = "{due}"\n'
+            )
+        use(workspace, f"smtp+starttls://ann:wrong@127.0.0.1:{controller.port}?timeout=5", ca[1])
+        result = run("send", "--due", ok=False)
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert len(attempts) == 1, attempts
+    assert "refused the login" in result.output and "later campaigns wait" in result.output
