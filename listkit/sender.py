@@ -197,6 +197,17 @@ async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
     except aiosmtplib.SMTPConnectResponseError:
         client.close()
         raise  # a greeting refused (421 busy, ...): retried
+    except aiosmtplib.SMTPConnectTimeoutError as e:
+        client.close()
+        if smtp.tls != "tls" and "ready message" in str(e):
+            # Connected, and silence: a port that waits for a TLS handshake
+            # first (465) never greets in plain text; retrying cannot help.
+            raise SendError(
+                f"{where}: connected, but the server sent no greeting within "
+                f"{smtp.timeout:g} s; if port {smtp.port} expects TLS from the start "
+                "(implicit TLS, usually 465), use smtps://"
+            ) from None
+        raise
     except aiosmtplib.SMTPResponseException as e:
         # aiosmtplib's STARTTLS refused: the only reply its connect() checks
         # besides the greeting (handled above), EHLO (rare) and AUTH (ours).

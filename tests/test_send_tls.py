@@ -249,3 +249,20 @@ def test_send_due_tries_a_wrong_password_once_for_all_due_campaigns(run, workspa
     assert result.exit_code == 1
     assert len(attempts) == 1, attempts
     assert "refused the login" in result.output and "later campaigns wait" in result.output
+
+
+def test_starttls_against_an_implicit_tls_port_names_the_tls_mode(
+    run, workspace, implicit_tls_server, ca
+):
+    controller, _handler = implicit_tls_server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    use(workspace, f"smtp+starttls://ann:s3cret@127.0.0.1:{controller.port}?timeout=1", ca[1])
+    result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: LISTKIT_SMTP_URL (smtp+starttls://ann:****@127.0.0.1:{controller.port}): "
+        "connected, but the server sent no greeting within 1 s; if port "
+        f"{controller.port} expects TLS from the start (implicit TLS, usually 465), use "
+        "smtps://\n"
+    )
+    assert states(workspace) == {"pending": len(ADDRS)}
