@@ -880,6 +880,16 @@ async def _send_one(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> st
         client = await connect(smtp)
     except (aiosmtplib.SMTPException, OSError) as e:  # SendError passes through
         raise SendError(f"{where}: cannot connect: {e or type(e).__name__}") from None
+    if not client.supports_extension("smtputf8"):
+        # As in a run: an internationalised domain goes in A-labels.
+        to, sender = ascii_domain(to) or to, ascii_domain(sender) or sender
+        if not (to.isascii() and sender.isascii()):
+            with contextlib.suppress(Exception):
+                await client.quit()
+            raise SendError(
+                f"{to if not to.isascii() else sender}: a non-ASCII local part needs a "
+                "server that offers SMTPUTF8, and this one does not"
+            )
     try:
         await client.mail(sender)
         await client.rcpt(to)

@@ -281,3 +281,25 @@ def test_an_idn_domain_goes_as_a_labels_to_a_server_without_smtputf8(run, worksp
     assert problem["reply"] == (
         "the recipient's address has a non-ASCII local part and the server does not offer SMTPUTF8"
     )
+
+
+def test_test_to_an_idn_domain_goes_as_a_labels_to_a_server_without_smtputf8(run, workspace):
+    with RecordingServer(True) as server:
+        setup_campaign(run, workspace, server.port, ["ann@example.com"])
+        out = run("send", "t", "--test-to", "anna@bücher.example").output
+    assert out.startswith("Sent a test of t to anna@bücher.example")
+    assert [c for c in server.commands if c.startswith(b"RCPT TO:")] == [
+        b"RCPT TO:<anna@xn--bcher-kva.example>"
+    ]
+    assert b"\r\nTo: <anna@xn--bcher-kva.example>\r\n" in server.data[0]
+
+
+def test_test_to_a_non_ascii_local_part_without_smtputf8_is_a_one_line_error(run, workspace):
+    with RecordingServer(True) as server:
+        setup_campaign(run, workspace, server.port, ["ann@example.com"])
+        result = run("send", "t", "--test-to", "jörg@example.com", ok=False)
+    assert result.output == (
+        "Error: jörg@example.com: a non-ASCII local part needs a server that offers "
+        "SMTPUTF8, and this one does not\n"
+    )
+    assert server.messages == 0
