@@ -10,13 +10,13 @@ Scripts that need every value exactly read ``--json`` instead.
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 from listkit.errors import InputError
+from listkit.files import private_open
 
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
 NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -46,8 +46,6 @@ def writer(f: IO[str]) -> Writer:
 def create(path: Path) -> IO[str]:
     """Open a CSV file for writing that only its owner can read: it holds personal data."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        return private_open(path, "w", newline="", encoding="utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot be written ({e.strerror})") from None
-    os.fchmod(fd, 0o600)  # a file that was already there keeps its mode otherwise
-    return os.fdopen(fd, "w", newline="", encoding="utf-8")

@@ -952,4 +952,3 @@ def dry_run(
         write_private(directory / f"{written + 1:06d}-{safe}.eml", composed.data)
         written += 1
     return written, problems
-

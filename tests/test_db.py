@@ -5,6 +5,7 @@ to do; nothing is lost."""
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 
@@ -111,9 +112,22 @@ def test_a_file_on_a_full_disk_is_named(run, workspace, tmp_path):
     source.write_text("email\nnot-an-address\nann@example.com\n")
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
-    result = run(
-        "subscribers", "import", str(source), "--list", "blog", "--errors", "/dev/full", ok=False
-    )
+    device_mode = os.stat("/dev/full").st_mode
+    try:
+        result = run(
+            "subscribers",
+            "import",
+            str(source),
+            "--list",
+            "blog",
+            "--errors",
+            "/dev/full",
+            ok=False,
+        )
+        assert os.stat("/dev/full").st_mode == device_mode  # a device is not ours to narrow
+    finally:
+        if os.stat("/dev/full").st_mode != device_mode:  # put the machine back as it was
+            os.chmod("/dev/full", stat.S_IMODE(device_mode))
     assert result.exit_code == 1
     assert result.output == (
         "Error: /dev/full: no space left on the device; free some space and run the command again\n"
