@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -58,6 +59,8 @@ def open_db(path: Path | str, *, create: bool = True) -> Database:
     except sqlite3.DatabaseError as e:
         if conn is not None:
             conn.close()
+        if "unable to open" in str(e) and path.is_file() and _read_only_mount(path.parent):
+            return _open_read_only(path)
         raise ListkitError(describe_db_error(path, e)) from None
     except OSError as e:
         raise ListkitError(describe_os_error(e)) from None
@@ -65,6 +68,38 @@ def open_db(path: Path | str, *, create: bool = True) -> Database:
         if conn is not None:
             conn.close()
         raise
+    return db
+
+
+def _read_only_mount(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _open_read_only(path: Path) -> Database:
+    """The database on a read-only file system (a backup, a snapshot): for reading.
+
+    WAL mode needs to write its -shm file beside the database, so SQLite
+    cannot open it normally there. Nothing can change it through a read-only
+    mount, so it is opened as immutable (or read-only, when a -wal file left
+    there holds part of it). Commands that only read work; a write fails
+    with the error that says why.
+    """
+    flag = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?{flag}", uri=True, check_same_thread=False)
+        db = Database(conn)
+        _refuse_newer(db, path)
+        if migrations.pending(db):
+            conn.close()
+            raise ListkitError(
+                f"{path} is on a read-only file system and needs a schema update this "
+                "listkit makes on first use: open it once where it can be written"
+            )
+    except sqlite3.DatabaseError as e:
+        raise ListkitError(describe_db_error(path, e)) from None
     return db
 
 

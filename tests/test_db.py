@@ -151,24 +151,32 @@ def test_a_database_from_a_newer_listkit_is_refused(run, workspace):
     )
 
 
-def test_a_read_only_workspace_says_what_is_wrong(workspace, tmp_path):
-    if not shutil.which("unshare"):
-        pytest.skip("needs unshare to mount the workspace read-only")
-    # Run listkit in a private mount namespace where the workspace is read-only.
+def in_read_only_mount(folder, *args):
+    """Run listkit where ``folder`` is mounted read-only (a private mount namespace)."""
     script = (
-        f"mount --bind -o ro {workspace} {workspace} && "
-        f"mount -o remount,bind,ro {workspace} && "
-        f"exec {sys.executable} -m listkit -w {workspace} lists create blog"
+        f"mount --bind -o ro {folder} {folder} && "
+        f"mount -o remount,bind,ro {folder} && "
+        f"exec {sys.executable} -m listkit -w {folder} " + " ".join(args)
     )
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("unshare -m is not permitted here")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTKIT_")}
-    result = subprocess.run(
+    return subprocess.run(
         ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env
     )
-    assert result.returncode == 1, result.stderr
-    assert result.stderr == (
+
+
+def test_a_read_only_workspace_reads_and_says_why_it_cannot_write(run, workspace):
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare to mount the workspace read-only")
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -m is not permitted here")
+    run("lists", "create", "blog")
+    run("subscribers", "add", "ann@example.com", "--list", "blog")
+    reading = in_read_only_mount(workspace, "subscribers", "ls", "--list", "blog", "--json")
+    assert reading.returncode == 0, reading.stderr
+    assert "ann@example.com" in reading.stdout
+    writing = in_read_only_mount(workspace, "lists", "create", "news")
+    assert writing.returncode == 1, writing.stderr
+    assert writing.stderr == (
         f"Error: cannot write the database {workspace / 'listkit.db'}: the folder "
         f"{workspace} or the file is not writable, and SQLite (in WAL mode) needs to write "
         "the database and its -wal and -shm files beside it; run listkit as a user who may "
