@@ -6,7 +6,10 @@ subject, Message-ID) and, with a maildir, stored there. Nothing is relayed.
 
 from __future__ import annotations
 
-import mailbox
+import os
+import secrets
+import socket
+import time
 from collections.abc import Callable
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -15,10 +18,16 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
+from listkit.files import write_private
+
 
 class CaptureHandler:
     def __init__(self, maildir: Path | None = None, out: Callable[[str], None] = print):
-        self.maildir = mailbox.Maildir(str(maildir), create=True) if maildir else None
+        self.maildir = maildir
+        if maildir is not None:
+            maildir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for sub in ("tmp", "new", "cur"):
+                (maildir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.out = out
         self.count = 0
         self.message_ids: list[str] = []
@@ -32,13 +41,22 @@ class CaptureHandler:
         self.count += 1
         self.message_ids.append(message_id)
         if self.maildir is not None:
-            self.maildir.add(data)
+            self._store(data)
         stamp = datetime.now().strftime("%H:%M:%S")
         self.out(
             f"{stamp} #{self.count} from {envelope.mail_from} to {', '.join(envelope.rcpt_tos)}: "
             f"{headers.get('Subject', '')!s} {message_id} ({len(data):,} bytes)"
         )
         return "250 2.0.0 OK: captured by listkit sink"
+
+    def _store(self, data: bytes) -> None:
+        """Deliver into the maildir as Maildir readers expect (tmp/, then renamed
+        into new/), the file private: a captured message holds personal data."""
+        assert self.maildir is not None
+        name = f"{time.time():.6f}.P{os.getpid()}R{secrets.token_hex(6)}.{socket.gethostname()}"
+        tmp = self.maildir / "tmp" / name
+        write_private(tmp, data)
+        os.rename(tmp, self.maildir / "new" / name)
 
 
 def start_sink(

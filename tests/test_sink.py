@@ -23,3 +23,22 @@ def test_sink_captures_describes_and_stores_messages(tmp_path):
     assert "from me@example.com to ann@example.com: Hello <m1@example.com>" in lines[0]
     stored = list(mailbox.Maildir(str(tmp_path / "md")))
     assert len(stored) == 1 and stored[0]["Subject"] == "Hello"
+
+
+def test_sink_stores_messages_readable_by_their_owner_only(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    port = free_port()
+    controller, _handler = start_sink("127.0.0.1", port, maildir=tmp_path / "md", out=print)
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("me@example.com", ["ann@example.com"], b"Subject: Hi\r\n\r\nHi\r\n")
+    finally:
+        controller.stop()
+        os.umask(old)
+    (stored,) = (tmp_path / "md" / "new").iterdir()
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "md").stat().st_mode) == 0o700
+    assert [m["Subject"] for m in mailbox.Maildir(str(tmp_path / "md"))] == ["Hi"]
