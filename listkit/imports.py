@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import codecs
 import csv
-import ctypes
 import io
 import itertools
 import json
 import multiprocessing
 import os
 import re
-import signal
 import sqlite3
 import stat
 import sys
@@ -45,6 +43,7 @@ from listkit.addresses import email_key, normalize_address
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound
 from listkit.lists import get_list
+from listkit.processes import exit_with_parent
 
 CHUNK = 1000  # rows per chunk: small enough to stay in the CPU caches
 MAX_FIELD = 64 * 1024  # a longer value is refused (the row is rejected)
@@ -702,28 +701,14 @@ def _from_process(
         child.join()
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this (forked) process when its parent dies.
-
-    Without it, a parent killed with SIGKILL leaves the reader blocked
-    forever on a full pipe. ``prctl(PR_SET_PDEATHSIG)`` is Linux's; the check
-    after it covers a parent that died before it was set.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux's libc: the closed receiving end still ends the reader
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def _produce_into(produce, records, send, receive, parent: int) -> None:
     # The receiving end belongs to the parent: holding it open here would keep
     # the pipe alive after the parent dies, and a write would block instead of
     # failing with EPIPE.
     receive.close()
-    _die_with_parent(parent)
+    # Without this, a parent killed with SIGKILL would leave the reader blocked
+    # forever on a full pipe.
+    exit_with_parent(parent)
     try:
         for chunk in produce(records):
             send.send(chunk)
