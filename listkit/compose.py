@@ -18,6 +18,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from listkit.config import Settings
+from listkit.dkim import signer_for
 from listkit.errors import ConfigError, HeaderInjection, TemplateError
 from listkit.mime import MessageBuilder, Parts
 from listkit.offers import Offer, OfferTemplates
@@ -57,6 +58,9 @@ class Composer:
         self.templates = OfferTemplates(offer, offers_dir)
         self.offer_context = offer.as_context()
         self.coupon_base = offer.coupon or offer.slug.upper()
+        # DKIM signing, when configured, happens here, where the message is
+        # rendered: in the render process for large sends.
+        self.signer = signer_for(settings, sender_address)
         self.builder = MessageBuilder(
             sender_name=sender_name,
             sender_address=sender_address,
@@ -121,6 +125,8 @@ class Composer:
             list_id=f"{list_slug}.{self.domain}",
             list_name=list_title or list_slug,
         )
+        if self.signer is not None:
+            data = self.signer.sign(data)
         return Composed(
             message_id=mid,
             data=data,

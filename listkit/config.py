@@ -66,6 +66,30 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
         "URL parameter that carries a delivery's token",
         False,
     ),
+    "LISTKIT_DKIM_KEY": (
+        "dkim_key",
+        None,
+        "DKIM private key file (PEM, mode 600) that signs every message; unset: unsigned",
+        False,
+    ),
+    "LISTKIT_DKIM_SELECTOR": (
+        "dkim_selector",
+        None,
+        "DKIM selector: the public key is published at SELECTOR._domainkey.DOMAIN",
+        False,
+    ),
+    "LISTKIT_DKIM_DOMAIN": (
+        "dkim_domain",
+        None,
+        "DKIM signing domain (d=); unset: the domain of LISTKIT_FROM",
+        False,
+    ),
+    "LISTKIT_DNS": (
+        "dns",
+        None,
+        "DNS server `listkit doctor` asks, SERVER[:PORT]; unset: the system's resolvers",
+        False,
+    ),
 }
 
 SMTP_SCHEMES = {

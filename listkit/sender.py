@@ -408,6 +408,9 @@ class Run:
                 # Rendering runs on the other core while the workers send the
                 # previous batch from the queue.
                 built = await loop.run_in_executor(self.pool, _pool_compose, rows)
+            elif self.composer.signer is not None:
+                # Signing (RSA) is the costly step: keep it off the event loop.
+                built = await loop.run_in_executor(None, compose_rows, self.composer, rows)
             else:
                 built = compose_rows(self.composer, rows)
             for i, (row, (data, error)) in enumerate(zip(rows, built, strict=True)):

@@ -39,6 +39,8 @@ COMMAND_MODULES = {
     "sales": "sales",
     "report": "report",
     "serve": "serve",
+    "dkim": "dkim",
+    "doctor": "doctor",
 }
 
 

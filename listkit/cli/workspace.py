@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from listkit import dkim
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table
 from listkit.workspace import Workspace, init_workspace
@@ -44,8 +45,11 @@ def config(ws: Workspace, json_: bool) -> None:
         listkit config
     """
     rows = ws.settings.effective()
+    signing = dkim.status(ws.settings)
     if json_:
-        emit_json({r["name"]: {"value": r["value"], "source": r["source"]} for r in rows})
+        out = {r["name"]: {"value": r["value"], "source": r["source"]} for r in rows}
+        emit_json({**out, "dkim": signing})
         return
     click.echo(f"Workspace: {ws.root}")
     emit_table(rows, ["name", "value", "source"], headers=["setting", "value", "from"])
+    click.echo(dkim.describe(signing))

@@ -1,0 +1,384 @@
+"""DKIM: the workspace's signing key, its DNS record, and signing each message (RFC 6376).
+
+``Signer`` signs a message built by ``mime.MessageBuilder``: relaxed/relaxed
+canonicalization, rsa-sha256, every header the builder wrote (From, To,
+Subject, Date, Message-ID, List-Id, List-Unsubscribe, List-Unsubscribe-Post,
+MIME and the rest), the ones a receiver must find once signed once more so a
+copy added on the way breaks the signature. Canonicalization is ours (a few
+lines of RFC 6376 section 3.4); the RSA step is ``cryptography`` (OpenSSL):
+dkimpy signs in pure Python at about 7 ms a message, OpenSSL's RSA-2048 takes
+about 0.25 ms. Tests verify what we sign with dkimpy, an independent verifier.
+
+The rule: the key file is a secret. It is created 0600, and a key file that
+others can read or write is refused, as ssh refuses such a key: whoever reads
+it can send mail as the domain. Its content never appears in any output.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from listkit.errors import ConfigError, ListkitError
+
+KEY_SETTING = "LISTKIT_DKIM_KEY"
+SELECTOR_SETTING = "LISTKIT_DKIM_SELECTOR"
+DOMAIN_SETTING = "LISTKIT_DKIM_DOMAIN"
+
+# Headers signed once more than they occur: a receiver takes the first From,
+# Subject or List-Unsubscribe it finds, so a copy prepended on the way must break
+# the signature (RFC 6376 section 8.15). Absent ones (Reply-To, Cc) are signed
+# empty, so they cannot be added either.
+OVERSIGNED = (
+    "from",
+    "to",
+    "cc",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+)
+# Headers added or changed on the way that must not be signed.
+UNSIGNED = frozenset({"dkim-signature", "received", "return-path", "delivered-to"})
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+_WSP = re.compile(rb"[ \t]+")
+_TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
+_FOLDED = re.compile(rb"\r\n(?=[ \t])")
+_TRAILING_LINES = re.compile(rb"(?:\r\n)+\Z")
+MIN_BITS = 1024
+
+
+class KeyExists(ListkitError):
+    """keygen would overwrite a key."""
+
+
+def relaxed_header(name: bytes, value: bytes) -> bytes:
+    """``name:value`` in relaxed form (RFC 6376 3.4.2), with CRLF."""
+    value = _WSP.sub(b" ", _FOLDED.sub(b"", value)).strip(b" \r\n")
+    return name.strip().lower() + b":" + value + b"\r\n"
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The body in relaxed form (RFC 6376 3.4.4): WSP runs to one space, no
+    trailing WSP on a line, no empty lines at the end."""
+    body = _WSP.sub(b" ", _TRAILING_WSP.sub(b"\r\n", body))
+    if body.endswith(b" "):  # a last line without CRLF
+        body = body.rstrip(b" ")
+    body = _TRAILING_LINES.sub(b"", body)
+    return body + b"\r\n" if body else b""
+
+
+def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """(headers as (name, raw value with any folding), body); CRLF line ends."""
+    head, sep, body = message.partition(b"\r\n\r\n")
+    if not sep:
+        head, body = message.rstrip(b"\r\n"), b""
+    headers: list[tuple[bytes, bytes]] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, value + b"\r\n" + line)
+        else:
+            name, _, value = line.partition(b":")
+            headers.append((name, value))
+    return headers, body
+
+
+def _fold(text: str, width: int = 72) -> str:
+    """Break a long base64 value with folding whitespace (allowed inside b= and p=)."""
+    return "\r\n\t ".join(text[i : i + width] for i in range(0, len(text), width))
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs messages for one domain and selector with one RSA key."""
+
+    key: Any  # cryptography RSAPrivateKey
+    domain: str
+    selector: str
+    key_path: Path
+
+    @property
+    def bits(self) -> int:
+        return self.key.key_size
+
+    def sign(self, message: bytes, *, now: float | None = None) -> bytes:
+        """``message`` with a DKIM-Signature header in front."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        if b"\n" in message.replace(b"\r\n", b""):
+            message = _LINE_ENDS.sub(b"\r\n", message)  # sign what SMTP will carry
+        headers, body = split_message(message)
+        bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
+        # h= lists each header as often as it occurs (the verifier takes them from
+        # the bottom up), then the oversigned names once more.
+        unused: dict[bytes, list[bytes]] = {}
+        names: list[str] = []
+        for name, value in headers:
+            lower = name.strip().lower()
+            if lower.decode("ascii", "replace") in UNSIGNED:
+                continue
+            unused.setdefault(lower, []).append(value)
+            names.append(lower.decode("ascii"))
+        names.extend(OVERSIGNED)
+        signed = bytearray()
+        for name in names:
+            occurrences = unused.get(name.encode("ascii"))
+            if occurrences:
+                signed += relaxed_header(name.encode("ascii"), occurrences.pop())
+        timestamp = int(time.time() if now is None else now)
+        h = ":".join(names)
+        field = (
+            f"v=1; a=rsa-sha256; c=relaxed/relaxed; d={self.domain}; s={self.selector};\r\n"
+            f"\tt={timestamp}; h={_fold_list(h)};\r\n"
+            f"\tbh={bh};\r\n\tb="
+        )
+        signed += relaxed_header(b"dkim-signature", field.encode("ascii"))[:-2]
+        signature = self.key.sign(bytes(signed), padding.PKCS1v15(), hashes.SHA256())
+        b = _fold(base64.b64encode(signature).decode("ascii"))
+        return b"DKIM-Signature: " + field.encode("ascii") + b.encode("ascii") + b"\r\n" + message
+
+
+def _fold_list(h: str, width: int = 68) -> str:
+    """Fold the h= list after colons so no line runs long."""
+    lines, line = [], ""
+    for name in h.split(":"):
+        piece = name if not line else ":" + name
+        if line and len(line) + len(piece) > width:
+            lines.append(line + ":")
+            line = name
+        else:
+            line += piece
+    lines.append(line)
+    return "\r\n\t ".join(lines)
+
+
+def _load_private_key(path: Path, setting: str = KEY_SETTING):
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{setting}: no file {path}: create a key with `listkit dkim keygen`"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{setting}: cannot read {path} ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{setting}: {path} is not a file")
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"{setting}: {path} can be read or changed by others "
+            f"(mode {stat.S_IMODE(st.st_mode):03o}): run `chmod 600 {path}`, "
+            "and make a new key if others may have read it"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{setting}: cannot read {path} ({e.strerror})") from None
+    try:
+        key = load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ConfigError(
+            f"{setting}: {path} is encrypted with a passphrase: listkit needs an unencrypted "
+            f"key (`openssl pkey -in {path.name} -out new.pem`, then chmod 600)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(
+            f"{setting}: {path} is not a PEM private key: create one with `listkit dkim keygen`"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(
+            f"{setting}: {path} is not an RSA key: DKIM receivers expect rsa-sha256 "
+            "(`listkit dkim keygen` makes one)"
+        )
+    if key.key_size < MIN_BITS:
+        raise ConfigError(
+            f"{setting}: {path} is a {key.key_size}-bit key: receivers ignore keys under "
+            f"{MIN_BITS} bits; make a 2048-bit one with `listkit dkim keygen`"
+        )
+    return key
+
+
+def check_domain(value: str, setting: str) -> str:
+    value = value.strip().rstrip(".")
+    if not _DOMAIN.fullmatch(value):
+        raise ConfigError(f"{setting} must be a domain name like example.com, not {value!r}")
+    return value.lower()
+
+
+def check_selector(value: str) -> str:
+    value = value.strip()
+    if not _DOMAIN.fullmatch(value):
+        raise ConfigError(
+            f"{SELECTOR_SETTING} must be letters, digits and dashes (e.g. listkit2611), "
+            f"not {value!r}"
+        )
+    return value
+
+
+def key_path(settings) -> Path | None:
+    value = settings.values.get(KEY_SETTING)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else settings.workspace / path
+
+
+def signer_for(settings, from_address: str) -> Signer | None:
+    """The signer the settings ask for, or None when LISTKIT_DKIM_KEY is unset."""
+    path = key_path(settings)
+    if path is None:
+        for other in (SELECTOR_SETTING, DOMAIN_SETTING):
+            if settings.values.get(other):
+                raise ConfigError(
+                    f"{other} is set but {KEY_SETTING} is not: set the key file too "
+                    "(`listkit dkim keygen` makes one), or remove it to send unsigned"
+                )
+        return None
+    selector = settings.values.get(SELECTOR_SETTING)
+    if not selector:
+        raise ConfigError(
+            f"{SELECTOR_SETTING} is not set: add the selector your key is published under "
+            f"(the one `listkit dkim keygen` printed) to {settings.workspace / '.env'}"
+        )
+    domain_value = settings.values.get(DOMAIN_SETTING)
+    domain = (
+        check_domain(domain_value, DOMAIN_SETTING)
+        if domain_value
+        else check_domain(from_address.rpartition("@")[2], "LISTKIT_FROM's domain")
+    )
+    return Signer(
+        key=_load_private_key(path),
+        domain=domain,
+        selector=check_selector(selector),
+        key_path=path,
+    )
+
+
+def public_key_b64(key) -> str:
+    """The p= value: base64 of the DER SubjectPublicKeyInfo."""
+    from cryptography.hazmat.primitives import serialization
+
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(der).decode("ascii")
+
+
+def txt_value(key) -> str:
+    return f"v=DKIM1; k=rsa; p={public_key_b64(key)}"
+
+
+def zone_line(selector: str, domain: str, value: str) -> str:
+    """The record as a zone-file line; strings of at most 255 characters."""
+    chunks = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+    return f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
+
+
+def default_selector(today: datetime | None = None) -> str:
+    """``listkitYYYYMM``: a new selector per rotation keeps the old key valid meanwhile."""
+    return f"listkit{(today or datetime.now(UTC)):%Y%m}"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    path: Path
+    selector: str
+    domain: str
+    record_name: str
+    record_value: str
+    zone_line: str
+    bits: int
+
+
+def keygen(
+    workspace: Path, *, domain: str, selector: str | None = None, bits: int = 2048
+) -> NewKey:
+    """Write a new RSA key to ``dkim-SELECTOR.pem`` in the workspace, mode 0600."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    selector = check_selector(selector or default_selector())
+    domain = check_domain(domain, DOMAIN_SETTING)
+    if bits < 2048 or bits > 4096:
+        raise ListkitError(f"--bits must be between 2048 and 4096, not {bits}")
+    path = workspace / f"dkim-{selector}.pem"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyExists(
+            f"{path} already exists: keygen never overwrites a key; choose another --selector"
+        ) from None
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(pem)
+    value = txt_value(key)
+    return NewKey(
+        path=path,
+        selector=selector,
+        domain=domain,
+        record_name=f"{selector}._domainkey.{domain}",
+        record_value=value,
+        zone_line=zone_line(selector, domain, value),
+        bits=bits,
+    )
+
+
+def status(settings) -> dict[str, Any]:
+    """Whether messages are signed, and how; for `listkit config`. Never the key."""
+    try:
+        from_address = settings.sender_address()[1]
+    except ConfigError:
+        from_address = ""
+    try:
+        signer = signer_for(settings, from_address)
+    except ConfigError as e:
+        return {"signing": False, "error": str(e)}
+    if signer is None:
+        return {"signing": False}
+    return {
+        "signing": True,
+        "domain": signer.domain,
+        "selector": signer.selector,
+        "key": str(signer.key_path),
+        "bits": signer.bits,
+        "record": f"{signer.selector}._domainkey.{signer.domain}",
+    }
+
+
+def describe(info: dict[str, Any]) -> str:
+    if info.get("error"):
+        return f"DKIM signing: not possible: {info['error']}"
+    if not info["signing"]:
+        return f"DKIM signing: off (set {KEY_SETTING} and {SELECTOR_SETTING} to sign)"
+    return (
+        f"DKIM signing: on for {info['domain']} (selector {info['selector']}, "
+        f"RSA {info['bits']}, key published at {info['record']})"
+    )

@@ -1,0 +1,271 @@
+"""DKIM signing, checked by an independent verifier (dkimpy) against the published key."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+import dkim as dkimpy
+import pytest
+
+from listkit import dkim
+from listkit.compose import Composer
+from listkit.config import load_settings
+from listkit.offers import load_offer
+from tests import smtp_server
+
+SUBSCRIBER = {"id": 1, "email": "ann@example.org", "name": "Ann", "fields": {}}
+
+
+def keygen(run, *args: str) -> dict:
+    return json.loads(run("dkim", "keygen", "--json", *args).output)
+
+
+@pytest.fixture
+def signing(run, workspace: Path) -> dict:
+    """The workspace with a new key in .env; the DNS that publishes it."""
+    new = keygen(run, "--selector", "sel1")
+    with (workspace / ".env").open("a") as f:
+        f.write(f"LISTKIT_DKIM_KEY={Path(new['key']).name}\nLISTKIT_DKIM_SELECTOR=sel1\n")
+    return {f"{new['record_name']}.".encode(): new["record_value"].encode()}
+
+
+def verifies(message: bytes, dns: dict) -> bool:
+    return dkimpy.verify(message, dnsfunc=lambda name, timeout=5: dns.get(name))
+
+
+def composed(workspace: Path) -> bytes:
+    settings = load_settings(workspace)
+    offer = load_offer(workspace / "offers", "launch")
+    composer = Composer(offer, settings, campaign="launch", offers_dir=workspace / "offers")
+    return composer.compose(
+        subscriber=SUBSCRIBER, list_slug="blog", list_title="Blog", token="tok123tok123tok1"
+    ).data
+
+
+def test_a_signed_message_verifies_against_the_published_key(workspace, signing):
+    message = composed(workspace)
+    assert message.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;")
+    assert b"d=example.com; s=sel1;" in message
+    assert verifies(message, signing)
+
+
+def test_the_signature_covers_from_subject_and_the_one_click_unsubscribe_headers(
+    workspace, signing
+):
+    message = composed(workspace)
+    sig = dkimpy.util.parse_tag_value(message.split(b"\r\n\r\n")[0].split(b"DKIM-Signature:")[1])
+    h = re.sub(rb"\s", b"", sig[b"h"]).split(b":")
+    for name in (b"from", b"to", b"subject", b"date", b"message-id", b"list-id"):
+        assert name in h
+    assert b"list-unsubscribe" in h and b"list-unsubscribe-post" in h
+
+
+def test_a_header_changed_after_signing_fails_verification(workspace, signing):
+    message = composed(workspace)
+    assert verifies(message, signing)
+    changed = message.replace(b"List-Unsubscribe: <https://", b"List-Unsubscribe: <http://", 1)
+    assert changed != message
+    assert not verifies(changed, signing)
+
+
+def test_a_body_byte_changed_after_signing_fails_verification(workspace, signing):
+    message = composed(workspace)
+    head, body = message.split(b"\r\n\r\n", 1)
+    i = body.index(b"Ann")
+    changed = head + b"\r\n\r\n" + body[:i] + b"Bnn" + body[i + 3 :]
+    assert not verifies(changed, signing)
+
+
+def test_a_second_from_added_on_the_way_fails_verification(workspace, signing):
+    message = composed(workspace)
+    sig_end = message.index(b"\r\nFrom:") + 2
+    forged = message[:sig_end] + b"From: Mallory <m@evil.example>\r\n" + message[sig_end:]
+    assert not verifies(forged, signing)
+
+
+def test_a_relay_refolding_headers_and_adding_received_keeps_the_signature(workspace, signing):
+    message = composed(workspace)
+    refolded = b"Received: from x by y; Mon, 30 Nov 2026 02:00:00 +0000\r\n" + message.replace(
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        b"List-Unsubscribe-Post:   List-Unsubscribe=One-Click",
+    )
+    assert refolded != message
+    assert verifies(refolded, signing)
+
+
+def test_the_key_of_another_selector_does_not_verify(run, workspace, signing):
+    other = keygen(run, "--selector", "sel2")
+    wrong = {next(iter(signing)): other["record_value"].encode()}
+    assert not verifies(composed(workspace), wrong)
+
+
+def test_relaxed_canonicalization_follows_rfc_6376_examples():
+    # RFC 6376 section 3.4.5.
+    assert dkim.relaxed_header(b"A", b" X\r\n") == b"a:X\r\n"
+    assert dkim.relaxed_header(b"B ", b" Y\t\r\n\tZ  \r\n") == b"b:Y Z\r\n"
+    assert dkim.relaxed_body(b" C \r\nD \t E\r\n\r\n\r\n") == b" C\r\nD E\r\n"
+    assert dkim.relaxed_body(b"") == b""
+    assert dkim.relaxed_body(b"\r\n\r\n") == b""
+
+
+def test_keygen_writes_a_private_key_readable_by_the_owner_only(run, workspace):
+    result = run("dkim", "keygen", "--selector", "news")
+    path = workspace / "dkim-news.pem"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert "news._domainkey.example.com" in result.output
+    assert "v=DKIM1; k=rsa; p=MII" in result.output
+    assert "LISTKIT_DKIM_KEY=dkim-news.pem" in result.output
+    assert "LISTKIT_DKIM_SELECTOR=news" in result.output
+    assert "PRIVATE KEY" not in result.output
+
+
+def test_keygen_never_overwrites_a_key(run, workspace):
+    run("dkim", "keygen", "--selector", "news")
+    before = (workspace / "dkim-news.pem").read_bytes()
+    result = run("dkim", "keygen", "--selector", "news", ok=False)
+    assert result.exit_code == 1
+    assert "keygen never overwrites a key" in result.output
+    assert (workspace / "dkim-news.pem").read_bytes() == before
+
+
+def test_config_says_signing_is_on_and_for_which_domain_never_the_key(run, workspace, signing):
+    result = run("config")
+    assert (
+        "DKIM signing: on for example.com (selector sel1, RSA 2048, "
+        "key published at sel1._domainkey.example.com)"
+    ) in result.output
+    key_body = (workspace / "dkim-sel1.pem").read_text().splitlines()[1]
+    assert key_body not in result.output
+    data = json.loads(run("config", "--json").output)
+    assert data["dkim"]["signing"] is True and data["dkim"]["domain"] == "example.com"
+
+
+def test_config_says_signing_is_off_without_a_key(run):
+    assert "DKIM signing: off" in run("config").output
+
+
+def test_the_dkim_domain_setting_overrides_the_from_domain(workspace, signing, monkeypatch):
+    monkeypatch.setenv("LISTKIT_DKIM_DOMAIN", "mail.example.com")
+    message = composed(workspace)
+    assert b"d=mail.example.com;" in message
+    dns = {b"sel1._domainkey.mail.example.com.": next(iter(signing.values()))}
+    assert verifies(message, dns)
+
+
+def test_a_missing_key_file_is_an_error_naming_the_setting(run, workspace, monkeypatch):
+    monkeypatch.setenv("LISTKIT_DKIM_KEY", "nope.pem")
+    monkeypatch.setenv("LISTKIT_DKIM_SELECTOR", "sel1")
+    result = run("offers", "preview", "launch", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: LISTKIT_DKIM_KEY: no file {workspace / 'nope.pem'}: "
+        "create a key with `listkit dkim keygen`\n"
+    )
+
+
+def test_a_file_that_is_not_a_private_key_is_an_error_naming_the_setting(
+    run, workspace, monkeypatch
+):
+    bad = workspace / "bad.pem"
+    bad.write_text("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n")
+    bad.chmod(0o600)
+    monkeypatch.setenv("LISTKIT_DKIM_KEY", str(bad))
+    monkeypatch.setenv("LISTKIT_DKIM_SELECTOR", "sel1")
+    result = run("offers", "preview", "launch", ok=False)
+    assert result.output == (
+        f"Error: LISTKIT_DKIM_KEY: {bad} is not a PEM private key: "
+        "create one with `listkit dkim keygen`\n"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_key_file_is_an_error_naming_the_setting(run, workspace, signing):
+    (workspace / "dkim-sel1.pem").chmod(0o000)
+    result = run("offers", "preview", "launch", ok=False)
+    assert result.output.startswith("Error: LISTKIT_DKIM_KEY: cannot read")
+
+
+def test_a_key_file_others_can_read_is_refused(run, workspace, signing):
+    path = workspace / "dkim-sel1.pem"
+    path.chmod(0o644)
+    result = run("offers", "preview", "launch", ok=False)
+    assert result.output == (
+        f"Error: LISTKIT_DKIM_KEY: {path} can be read or changed by others (mode 644): "
+        f"run `chmod 600 {path}`, and make a new key if others may have read it\n"
+    )
+    assert "DKIM signing: not possible: LISTKIT_DKIM_KEY" in run("config").output
+
+
+def test_a_key_without_a_selector_is_an_error_naming_the_selector(run, workspace, monkeypatch):
+    new = keygen(run, "--selector", "sel1")
+    monkeypatch.setenv("LISTKIT_DKIM_KEY", new["key"])
+    result = run("offers", "preview", "launch", ok=False)
+    assert result.output.startswith("Error: LISTKIT_DKIM_SELECTOR is not set:")
+
+
+def test_a_selector_without_a_key_is_an_error_rather_than_unsigned_mail(run, monkeypatch):
+    monkeypatch.setenv("LISTKIT_DKIM_SELECTOR", "sel1")
+    result = run("offers", "preview", "launch", ok=False)
+    assert result.output.startswith(
+        "Error: LISTKIT_DKIM_SELECTOR is set but LISTKIT_DKIM_KEY is not"
+    )
+
+
+@pytest.fixture
+def server():
+    controller, handler = smtp_server.start()
+    yield controller, handler
+    controller.stop()
+
+
+def _campaign(run, workspace: Path, port: int, addresses: list[str]) -> None:
+    run("lists", "create", "blog")
+    for address in addresses:
+        run("subscribers", "add", address, "--list", "blog")
+    (workspace / "campaigns" / "t.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nconcurrency = 2\n'
+    )
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{port}")
+    )
+
+
+def test_every_sent_message_arrives_signed_and_verifies(run, workspace, signing, server):
+    controller, handler = server
+    addresses = [f"r{i}@example.org" for i in range(5)]
+    _campaign(run, workspace, controller.port, addresses)
+    run("send", "t", "--yes")
+    assert sorted(rcpt for _mid, rcpt, _data in handler.messages) == addresses
+    for _mid, _rcpt, data in handler.messages:
+        assert verifies(data, signing)
+
+
+def test_messages_rendered_in_the_render_process_are_signed_there(
+    run, workspace, signing, server, monkeypatch
+):
+    import listkit.sender
+
+    monkeypatch.setattr(listkit.sender, "POOL_THRESHOLD", 2)
+    monkeypatch.setattr(listkit.sender.os, "cpu_count", lambda: 2)
+    controller, handler = server
+    addresses = [f"p{i}@example.org" for i in range(3)]
+    _campaign(run, workspace, controller.port, addresses)
+    spawned = []
+    real = listkit.sender.ProcessPoolExecutor
+
+    def pool(*args, **kwargs):
+        spawned.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(listkit.sender, "ProcessPoolExecutor", pool)
+    run("send", "t", "--yes")
+    assert spawned, "the render process was not used"
+    assert len(handler.messages) == 3
+    for _mid, _rcpt, data in handler.messages:
+        assert verifies(data, signing)
