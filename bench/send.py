@@ -10,7 +10,11 @@ number of SMTP connections:
   claims, durable phase marks before DATA, results, all in SQLite with
   ``synchronous=FULL``.
 
-Prints both rates and the ratio (goal: listkit >= 0.8x), then the peak RSS
+- listkit signed: the same send with DKIM signing on (a 2048-bit key made by
+  ``listkit dkim keygen``), in the same rounds, against the unsigned send
+  (goal: signed >= 0.5x unsigned).
+
+Prints the rates and the ratios (goal: listkit >= 0.8x raw), then the peak RSS
 of `listkit send` for a 10x larger audience against the N-recipient run
 (goal: within 1.2x, under 200 MB).
 
@@ -78,11 +82,18 @@ def listkit(*args: str, workspace: Path) -> list[str]:
     return [sys.executable, "-m", "listkit", "--workspace", str(workspace), *args]
 
 
-def make_workspace(root: Path, n: int, port: int) -> Path:
+def make_workspace(root: Path, n: int, port: int, *, dkim: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    ws = root / f"ws{n}"
+    ws = root / f"ws{n}{'-dkim' if dkim else ''}"
     subprocess.run(listkit("init", str(ws), workspace=ws), check=True, capture_output=True)
     env = (ws / ".env").read_text().replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{port}")
+    if dkim:
+        subprocess.run(
+            listkit("dkim", "keygen", "--selector", "bench", workspace=ws),
+            check=True,
+            capture_output=True,
+        )
+        env += "LISTKIT_DKIM_KEY=dkim-bench.pem\nLISTKIT_DKIM_SELECTOR=bench\n"
     (ws / ".env").write_text(env)
     subprocess.run(
         listkit("lists", "create", "bench", workspace=ws), check=True, capture_output=True
@@ -171,9 +182,10 @@ def main() -> None:
             print(f"preparing workspaces ({n:,} and {n * args.memory_factor:,} subscribers) ...")
             # Raw and listkit runs alternate, a fresh workspace each round, and the
             # medians are compared: this machine's speed drifts between runs.
-            raws, lks = [], []
+            raws, lks, signed = [], [], []
             for round_ in range(args.rounds):
                 small = make_workspace(root / f"r{round_}", n, port)
+                small_dkim = make_workspace(root / f"r{round_}", n, port, dkim=True)
                 if round_ == 0:
                     template = sample_message(small, root)
                     eml = root / "raw.eml"
@@ -190,19 +202,29 @@ def main() -> None:
                 )
                 lk_s, rss_small, out = run_listkit(small)
                 lks.append(lk_s)
-                print(f"round {round_ + 1}: raw {raws[-1]:.2f}s, listkit {lk_s:.2f}s", flush=True)
+                signed_s, _rss, out_signed = run_listkit(small_dkim)
+                signed.append(signed_s)
+                print(
+                    f"round {round_ + 1}: raw {raws[-1]:.2f}s, listkit {lk_s:.2f}s, "
+                    f"listkit DKIM-signed {signed_s:.2f}s",
+                    flush=True,
+                )
             big = make_workspace(root, n * args.memory_factor, port)
             big_s, rss_big, out_big = run_listkit(big)
     finally:
         sink.terminate()
         sink.wait()
     raw_s, lk_s = statistics.median(raws), statistics.median(lks)
+    signed_s = statistics.median(signed)
     print(f"message size about {len(template):,} bytes; {CONNECTIONS} connections; smtp-sink")
     print(f"listkit: {out}")
     print(f"{'(median of ' + str(args.rounds) + ' rounds)':34}{'seconds':>9}{'msgs/s':>10}")
     print(f"{'raw aiosmtplib, prebuilt':34}{raw_s:9.2f}{n / raw_s:10,.0f}")
     print(f"{'listkit send (render+MIME+SQLite)':34}{lk_s:9.2f}{n / lk_s:10,.0f}")
+    print(f"{'listkit send, DKIM-signed':34}{signed_s:9.2f}{n / signed_s:10,.0f}")
     print(f"ratio listkit / raw: {raw_s / lk_s:.2f}x   (goal >= 0.8x)")
+    print(f"ratio signed / unsigned: {lk_s / signed_s:.2f}x   (goal >= 0.5x)")
+    print(f"listkit signed: {out_signed}")
     big_n = n * args.memory_factor
     print(
         f"peak RSS: {n:,} recipients {rss_small / 2**20:.0f} MB, "
