@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format clean report-screenshot
+.PHONY: demo test lint format clean report-screenshot integration-dkim
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,8 @@ clean:
 
 report-screenshot: $(STAMP)
 	$(BIN)/python scripts/screenshot_report.py --out bench/out
+
+# Needs root: installs postfix if missing and runs its own Postfix instance
+# (postfix -c DIR on loopback ports). Not part of `make test`.
+integration-dkim: $(STAMP)
+	$(BIN)/python scripts/integration_dkim.py
