@@ -124,7 +124,8 @@ class Signer:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
 
-        if b"\n" in message.replace(b"\r\n", b""):
+        bare = message.replace(b"\r\n", b"")
+        if b"\n" in bare or b"\r" in bare:
             message = _LINE_ENDS.sub(b"\r\n", message)  # sign what SMTP will carry
         headers, body = split_message(message)
         bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")

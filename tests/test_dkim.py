@@ -269,3 +269,19 @@ def test_messages_rendered_in_the_render_process_are_signed_there(
     assert len(handler.messages) == 3
     for _mid, _rcpt, data in handler.messages:
         assert verifies(data, signing)
+
+
+def test_checking_a_campaign_renders_every_message_without_signing_any(
+    run, workspace, signing, monkeypatch
+):
+    signed = []
+    real = dkim.Signer.sign
+    monkeypatch.setattr(
+        dkim.Signer, "sign", lambda self, m, **kw: signed.append(1) or real(self, m)
+    )
+    _campaign(run, workspace, 25, [f"c{i}@example.org" for i in range(3)])
+    result = run("campaigns", "check", "t")
+    assert "3" in result.output
+    assert signed == []
+    run("offers", "preview", "launch")
+    assert signed == [1]
