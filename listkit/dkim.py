@@ -324,6 +324,8 @@ def keygen(
     domain = check_domain(domain, DOMAIN_SETTING)
     if bits < 2048 or bits > 4096:
         raise ListkitError(f"--bits must be between 2048 and 4096, not {bits}")
+    if not workspace.is_dir():
+        raise ListkitError(f"no workspace at {workspace}: run `listkit init {workspace}` first")
     path = workspace / f"dkim-{selector}.pem"
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     pem = key.private_bytes(

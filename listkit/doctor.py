@@ -429,7 +429,10 @@ def _tags(record: str) -> dict[str, str]:
 
 def check_dkim(dns_: DNS, settings: Settings, from_domain: str) -> tuple[Check, str | None]:
     """The check, and the signing domain (for DMARC alignment) when signing is on."""
-    signer = dkim.signer_for(settings, settings.sender_address()[1])
+    try:
+        signer = dkim.signer_for(settings, settings.sender_address()[1])
+    except ConfigError as e:
+        return Check("DKIM", FAIL, str(e)), None
     if signer is None:
         return (
             Check(
@@ -529,6 +532,9 @@ def check_dmarc(dns_: DNS, from_domain: str, dkim_domain: str | None, spf_domain
         )
     tags = _tags(records[0])
     policy = tags.get("p", "").lower()
+    subdomain = where != name and "sp" in tags
+    if subdomain:  # the parent's record speaks for its subdomains through sp=
+        policy = tags["sp"].lower()
     if policy not in ("none", "quarantine", "reject"):
         return Check(
             "DMARC",
@@ -541,7 +547,7 @@ def check_dmarc(dns_: DNS, from_domain: str, dkim_domain: str | None, spf_domain
     dkim_ok = dkim_domain is not None and aligned(dkim_domain, from_domain, adkim)
     spf_ok = aligned(spf_domain, from_domain, aspf)
     mode = {"s": "strict", "r": "relaxed"}
-    parts = [f"p={policy}"]
+    parts = [f"p={policy}" + (" (subdomain policy)" if subdomain else "")]
     if dkim_domain is None:
         parts.append("no DKIM signature to align")
     else:

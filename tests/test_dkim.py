@@ -285,3 +285,18 @@ def test_checking_a_campaign_renders_every_message_without_signing_any(
     assert signed == []
     run("offers", "preview", "launch")
     assert signed == [1]
+
+
+def test_keygen_for_a_workspace_that_does_not_exist_says_so(tmp_path):
+    from click.testing import CliRunner
+
+    from listkit.cli import cli
+
+    missing = tmp_path / "nowhere"
+    result = CliRunner().invoke(
+        cli, ["-w", str(missing), "dkim", "keygen", "--domain", "example.com"]
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: no workspace at {missing}: run `listkit init {missing}` first\n"
+    )

@@ -313,3 +313,40 @@ def test_spf_mechanisms_a_mx_ip6_and_redirect_match_as_rfc_7208_says():
         assert result("192.0.2.99") == "pass"  # a/24
         assert result("2001:db9::1") == "pass"  # mx
         assert result("198.51.100.1") == "softfail"  # ~all
+
+
+def test_a_key_file_others_can_read_fails_the_dkim_check_and_the_others_still_run(
+    run, site, workspace
+):
+    (workspace / "dkim-sel1.pem").chmod(0o644)
+    result = doctor(run, site)
+    assert result.exit_code == 1
+    out = lines(result)
+    assert any(
+        line.startswith("FAIL  DKIM         LISTKIT_DKIM_KEY:") and "chmod 600" in line
+        for line in out
+    )
+    assert any(line.startswith("ok    SPF") for line in out)
+    assert any(line.startswith("ok    Unsubscribe") for line in out)
+
+
+def test_dns_servers_are_read_with_or_without_a_port_and_in_brackets_for_ipv6():
+    from listkit.doctor import parse_server
+
+    assert parse_server("1.1.1.1") == ("1.1.1.1", 53)
+    assert parse_server("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_server("[::1]:5353") == ("::1", 5353)
+    assert parse_server("::1") == ("::1", 53)
+
+
+def test_dmarc_falls_back_to_the_parent_domain_and_its_subdomain_policy(run, site, monkeypatch):
+    monkeypatch.setenv("LISTKIT_FROM", "News <news@mail.example.com>")
+    monkeypatch.setenv("LISTKIT_DKIM_DOMAIN", "example.com")
+    site["mail.example.com."] = [txt("v=spf1 a:mail.relay.test -all")]
+    site["_dmarc.example.com."] = [txt("v=DMARC1; p=reject; sp=none")]
+    result = doctor(run, site)
+    assert (
+        "ok    DMARC        _dmarc.example.com: p=none (subdomain policy); DKIM d=example.com "
+        "aligned (relaxed) with From mail.example.com; SPF envelope domain mail.example.com "
+        "aligned (relaxed) (p=none only monitors: receivers act on nothing)"
+    ) in lines(result)
