@@ -15,6 +15,7 @@ import trustme
 from listkit import dkim
 from listkit.doctor import DNS, SPF
 from tests.dns_server import DNSServer, txt
+from tests.smtp_server import free_port
 
 RELAY = "203.0.113.7"
 
@@ -350,3 +351,49 @@ def test_dmarc_falls_back_to_the_parent_domain_and_its_subdomain_policy(run, sit
         "aligned (relaxed) with From mail.example.com; SPF envelope domain mail.example.com "
         "aligned (relaxed) (p=none only monitors: receivers act on nothing)"
     ) in lines(result)
+
+
+def test_the_unsubscribe_check_passes_against_the_real_listkit_serve_over_https(
+    run, site, workspace, tmp_path, monkeypatch
+):
+    import time
+
+    import uvicorn
+
+    from listkit.web.app import create_app
+    from listkit.workspace import Workspace
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    ws = Workspace(workspace)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(ws),
+        host="127.0.0.1",
+        port=port,
+        ssl_certfile=str(tmp_path / "cert.pem"),
+        ssl_keyfile=str(tmp_path / "key.pem"),
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        monkeypatch.setenv("LISTKIT_BASE_URL", f"https://127.0.0.1:{port}")
+        result = doctor(run, site)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        ws.close()
+    assert f"ok    Unsubscribe  https://127.0.0.1:{port}/healthz answers 200 over HTTPS" in (
+        lines(result)
+    )
+    assert result.exit_code == 0, result.output
