@@ -135,8 +135,8 @@ class Signer:
         names: list[str] = []
         for name, value in headers:
             lower = name.strip().lower()
-            if lower.decode("ascii", "replace") in UNSIGNED:
-                continue
+            if not lower.isascii() or lower.decode("ascii") in UNSIGNED:
+                continue  # a non-ASCII name is not a header (RFC 5322); listkit writes none
             unused.setdefault(lower, []).append(value)
             names.append(lower.decode("ascii"))
         names.extend(OVERSIGNED)

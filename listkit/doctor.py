@@ -127,6 +127,10 @@ class SPFError(Exception):
     """permerror: the record cannot be evaluated as published."""
 
 
+class SPFUnsupported(Exception):
+    """The record uses something doctor does not evaluate (some macros)."""
+
+
 @dataclass
 class SPFResult:
     result: str  # pass, fail, softfail, neutral, none, permerror, temperror
@@ -161,6 +165,8 @@ class SPF:
             result, term = self._check_host(domain, depth=0)
         except SPFError as e:
             return SPFResult("permerror", None, self.lookups, [*self.notes, str(e)])
+        except SPFUnsupported as e:
+            return SPFResult("unknown", None, self.lookups, [*self.notes, str(e)])
         except DNSTrouble as e:
             return SPFResult("temperror", None, self.lookups, [*self.notes, str(e)])
         return SPFResult(result, term, self.lookups, self.notes)
@@ -199,7 +205,9 @@ class SPF:
         def one(m: re.Match) -> str:
             letter = m.group(1).lower()
             if letter not in values or m.group(2):
-                raise SPFError(f"macro %{{{m.group(1)}{m.group(2)}}} is not supported by doctor")
+                raise SPFUnsupported(
+                    f"macro %{{{m.group(1)}{m.group(2)}}} is not supported by doctor"
+                )
             return values[letter]
 
         spec = re.sub(r"%\{([A-Za-z])([^}]*)\}", one, spec)
@@ -389,6 +397,13 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
         r = SPF(dns_, ip, sender).check(domain)
         if r.result == "pass":
             allowed.append(f"{ip} (by {r.mechanism})")
+        elif r.result == "unknown":
+            return Check(
+                "SPF",
+                WARN,
+                f"doctor cannot evaluate the SPF record of {domain} ({'; '.join(r.notes)}): "
+                "check it with your provider's SPF tester",
+            )
         elif r.result in ("permerror", "temperror"):
             return Check(
                 "SPF",

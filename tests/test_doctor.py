@@ -397,3 +397,14 @@ def test_the_unsubscribe_check_passes_against_the_real_listkit_serve_over_https(
         lines(result)
     )
     assert result.exit_code == 0, result.output
+
+
+def test_an_spf_macro_doctor_cannot_expand_is_a_warning_not_a_broken_record(run, site):
+    site["example.com."] = [txt("v=spf1 exists:%{ir}.%{v}._spf.example.com -all")]
+    result = doctor(run, site)
+    out = lines(result)
+    assert (
+        "WARN  SPF          doctor cannot evaluate the SPF record of example.com "
+        "(macro %{ir} is not supported by doctor): check it with your provider's SPF tester"
+    ) in out
+    assert "permerror" not in result.output
