@@ -405,12 +405,17 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
                 "check it with your provider's SPF tester",
             )
         elif r.result in ("permerror", "temperror"):
+            fix = (
+                f"Fix the TXT record at {domain}: `{records[0]}`."
+                if r.result == "permerror"
+                else "A DNS server did not answer: run doctor again, or try another --dns."
+            )
             return Check(
                 "SPF",
                 FAIL,
                 f"the SPF record of {domain} cannot be evaluated ({r.result}): "
                 + "; ".join(r.notes),
-                [f"Fix the TXT record at {domain}: `{records[0]}`."],
+                [fix],
             )
         else:
             problems.append((ip, r))
@@ -425,7 +430,9 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
             f"the SPF record of {domain} does not allow your relay {relay}: {listed}",
             [
                 f"Change the TXT record at {domain} to `{fixed}` (or add the include:... "
-                "your SMTP provider documents)."
+                "your SMTP provider documents).",
+                "If your relay is a provider's submission server, it may send from other "
+                "addresses than its own: check one of those with --relay-ip.",
             ],
         )
     return Check("SPF", OK, f"{domain} allows your relay {relay}: {', '.join(allowed)}")
@@ -437,7 +444,7 @@ def _tags(record: str) -> dict[str, str]:
         key, eq, value = part.partition("=")
         if eq:
             tags[key.strip().lower()] = (
-                re.sub(r"\s+", "", value) if key.strip() == "p" else (value.strip())
+                re.sub(r"\s+", "", value) if key.strip() == "p" else value.strip()
             )
     return tags
 

@@ -154,6 +154,10 @@ def test_spf_that_does_not_allow_the_relay_fails_with_the_record_to_publish(run,
         "`v=spf1 ip4:203.0.113.7 ip4:198.51.100.0/24 mx -all` (or add the include:... "
         "your SMTP provider documents)."
     ) in out
+    assert (
+        "-> If your relay is a provider's submission server, it may send from other addresses "
+        "than its own: check one of those with --relay-ip."
+    ) in out
 
 
 def test_spf_with_more_than_ten_lookups_is_reported_broken(run, site):
