@@ -112,6 +112,48 @@ def test_relaxed_canonicalization_follows_rfc_6376_examples():
     assert dkim.relaxed_body(b"\r\n\r\n") == b""
 
 
+BODIES = [
+    b"",
+    b"\r\n\r\n",
+    b"plain\r\n",
+    b"a  b\t\tc \t \r\n",
+    b"\t leading\r\n \r\n\t\r\nlast\r\n\r\n \r\n",
+    b"x\r\n  \r\n",
+    b"=3D qp=20\r\n<p>    indented</p>\r\n\r\n",
+]
+HEADERS = [
+    (b"Subject", b" hello"),
+    (b"Subject ", b" a \r\n\tb  "),
+    (b"List-Unsubscribe", b"\r\n <https://example.com/u/x>"),
+    (b"X-Tabs", b"\t\ta\t\tb\t"),
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_relaxed_body_canonicalization_matches_dkimpy(body):
+    from dkim.canonicalization import Relaxed
+
+    assert dkim.relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+def test_a_message_without_a_final_line_end_is_signed_as_smtp_will_carry_it(workspace, signing):
+    from listkit.smtp import wire_form
+
+    signer = dkim.signer_for(load_settings(workspace), "you@example.com")
+    message = b"From: <you@example.com>\r\nSubject: x\r\n\r\nlast line   "
+    signed = signer.sign(message)
+    carried = wire_form(signed)[: -len(b".\r\n")]
+    assert verifies(carried, signing)
+
+
+@pytest.mark.parametrize(("name", "value"), HEADERS)
+def test_relaxed_header_canonicalization_matches_dkimpy(name, value):
+    from dkim.canonicalization import Relaxed
+
+    [(cname, cvalue)] = Relaxed.canonicalize_headers([(name, value)])
+    assert dkim.relaxed_header(name, value) == cname + b":" + cvalue
+
+
 def test_keygen_writes_a_private_key_readable_by_the_owner_only(run, workspace):
     result = run("dkim", "keygen", "--selector", "news")
     path = workspace / "dkim-news.pem"
@@ -300,3 +342,11 @@ def test_keygen_for_a_workspace_that_does_not_exist_says_so(tmp_path):
     assert result.output == (
         f"Error: no workspace at {missing}: run `listkit init {missing}` first\n"
     )
+
+
+def test_a_message_with_bare_line_feeds_is_signed_as_smtp_will_carry_it(workspace, signing):
+    from listkit.smtp import wire_form
+
+    signer = dkim.signer_for(load_settings(workspace), "you@example.com")
+    signed = signer.sign(b"From: <you@example.com>\nSubject: x\n\nline one\nline two\n")
+    assert verifies(wire_form(signed)[: -len(b".\r\n")], signing)
