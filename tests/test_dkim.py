@@ -350,3 +350,18 @@ def test_a_message_with_bare_line_feeds_is_signed_as_smtp_will_carry_it(workspac
     signer = dkim.signer_for(load_settings(workspace), "you@example.com")
     signed = signer.sign(b"From: <you@example.com>\nSubject: x\n\nline one\nline two\n")
     assert verifies(wire_form(signed)[: -len(b".\r\n")], signing)
+
+
+def test_record_prints_the_published_value_of_the_configured_key(run, workspace, signing):
+    out = run("dkim", "record").output.splitlines()
+    [value] = signing.values()
+    assert out[0] == "name:  sel1._domainkey.example.com"
+    assert out[1] == f"value: {value.decode()}"
+    assert out[2].startswith('sel1._domainkey.example.com. IN TXT ( "v=DKIM1; k=rsa; p=')
+
+
+def test_record_without_a_key_says_how_to_make_one(run):
+    result = run("dkim", "record", ok=False)
+    assert result.output == (
+        "Error: LISTKIT_DKIM_KEY is not set: make a key with `listkit dkim keygen` first\n"
+    )
