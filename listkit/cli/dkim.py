@@ -33,7 +33,9 @@ def _domain(ws: Workspace, domain: str | None) -> str:
 @dkim_group.command()
 @click.option("--selector", help="Selector to publish the key under.  [default: listkitYYYYMM]")
 @click.option("--domain", help="Signing domain.  [default: LISTKIT_DKIM_DOMAIN or the From domain]")
-@click.option("--bits", type=int, default=2048, show_default=True, help="RSA key size.")
+@click.option(
+    "--bits", type=int, default=2048, show_default=True, help="RSA key size, 2048 to 4096."
+)
 @click.option("--json", "json_", is_flag=True, help="Output JSON.")
 @pass_workspace
 def keygen(ws: Workspace, selector: str | None, domain: str | None, bits: int, json_: bool):

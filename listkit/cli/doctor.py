@@ -26,7 +26,13 @@ LABELS = {"ok": "ok  ", WARN: "WARN", FAIL: "FAIL"}
     metavar="ADDRESS",
     help="Public address your relay sends from (repeatable).  [default: the SMTP host's]",
 )
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds per query.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for each answer (DNS, HTTPS).",
+)
 @click.option("--json", "json_", is_flag=True, help="Output JSON.")
 @pass_workspace
 def doctor(
