@@ -365,3 +365,35 @@ def test_record_without_a_key_says_how_to_make_one(run):
     assert result.output == (
         "Error: LISTKIT_DKIM_KEY is not set: make a key with `listkit dkim keygen` first\n"
     )
+
+
+def test_a_key_setting_naming_a_folder_is_an_error_naming_the_setting(run, workspace, monkeypatch):
+    monkeypatch.setenv("LISTKIT_DKIM_KEY", "offers")
+    monkeypatch.setenv("LISTKIT_DKIM_SELECTOR", "sel1")
+    result = run("offers", "preview", "launch", ok=False)
+    assert result.output == f"Error: LISTKIT_DKIM_KEY: {workspace / 'offers'} is not a file\n"
+
+
+def test_a_passphrase_protected_key_is_an_error_saying_how_to_unlock_it(
+    run, workspace, monkeypatch
+):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = workspace / "locked.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"hunter2hunter2"),
+        )
+    )
+    path.chmod(0o600)
+    monkeypatch.setenv("LISTKIT_DKIM_KEY", "locked.pem")
+    monkeypatch.setenv("LISTKIT_DKIM_SELECTOR", "sel1")
+    result = run("offers", "preview", "launch", ok=False)
+    assert result.output.startswith(
+        f"Error: LISTKIT_DKIM_KEY: {path} is encrypted with a passphrase: "
+        "listkit needs an unencrypted key"
+    )

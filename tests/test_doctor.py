@@ -412,3 +412,10 @@ def test_an_spf_macro_doctor_cannot_expand_is_a_warning_not_a_broken_record(run,
         "(macro %{ir} is not supported by doctor): check it with your provider's SPF tester"
     ) in out
     assert "permerror" not in result.output
+
+
+def test_doctor_without_a_sender_names_the_setting(run, site, workspace):
+    (workspace / ".env").write_text("")
+    result = run("doctor", "--dns", "127.0.0.1:9", ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: LISTKIT_FROM is not set:")
