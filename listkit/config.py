@@ -90,6 +90,36 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
         "DNS server `listkit doctor` asks, SERVER[:PORT]; unset: the system's resolvers",
         False,
     ),
+    "LISTKIT_BOUNCE_ADDRESS": (
+        "bounce_address",
+        None,
+        "envelope sender for bounces: bounces@example.com sends as bounces+<token>@example.com",
+        False,
+    ),
+    "LISTKIT_IMAP_URL": (
+        "imap_url",
+        None,
+        "mailbox bounces arrive in: imaps://user:pass@host:993/INBOX or imap+starttls://...",
+        False,
+    ),
+    "LISTKIT_IMAP_CA": (
+        "imap_ca",
+        None,
+        "CA bundle (PEM file) to trust for an IMAP server with a private certificate",
+        False,
+    ),
+    "LISTKIT_IMAP_DONE": (
+        "imap_done",
+        "delete",
+        "what `bounces fetch` does with a message it understood: delete, or move:FOLDER",
+        False,
+    ),
+    "LISTKIT_SOFT_BOUNCES": (
+        "soft_bounces",
+        "3/30",
+        "N/DAYS: this many soft bounces within DAYS days suppress an address",
+        False,
+    ),
 }
 
 SMTP_SCHEMES = {
@@ -339,7 +369,7 @@ class Settings:
             value = self.values.get(name)
             if value and secret:
                 shown = "****"
-            elif value and name == "LISTKIT_SMTP_URL":
+            elif value and name in ("LISTKIT_SMTP_URL", "LISTKIT_IMAP_URL"):
                 shown = mask_url(value)
             else:
                 shown = value

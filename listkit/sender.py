@@ -71,6 +71,7 @@ from listkit.processes import exit_with_parent
 from listkit.smtp import Connection, ConnectionLost, wire_form
 from listkit.smtp import path as smtp_path
 from listkit.tracking import new_token
+from listkit.verp import bounce_address, verp_address
 from listkit.workspace import Workspace
 
 LOCK_NAME = ".listkit-send.lock"
@@ -316,8 +317,10 @@ class Run:
         max_connect_failures: int = 5,
         on_result: Callable[[Result], None] | None = None,
         compose_processes: int = 0,
+        bounce_address: str | None = None,
     ):
         self.compose_processes = compose_processes
+        self.bounce_address = bounce_address
         self.db_path = db_path
         self.campaign_id = campaign_id
         self.campaign = campaign
@@ -538,7 +541,13 @@ class Run:
     async def _deliver(self, conn: Connection, row: Claimed, data: bytes) -> tuple[Result, bool]:
         """Send one message (``data`` in wire form); (result, keep the connection)."""
         attempts = row.attempts
-        recipient, sender = row.email, self.sender_address
+        # With a bounce address, the envelope names the delivery (VERP).
+        envelope = (
+            verp_address(self.bounce_address, row.token)
+            if self.bounce_address
+            else self.sender_address
+        )
+        recipient, sender = row.email, envelope
         if not conn.smtputf8:
             # Without SMTPUTF8 an internationalised domain goes in A-labels;
             # only a non-ASCII local part needs the extension.
@@ -602,10 +611,12 @@ class Run:
             keep = reply.code != 421 and conn.is_connected and await self._rset(conn)
             if step == 0 and reply.code >= 500:
                 self.stopped = (
-                    f"the server refused the sender {self.sender_address}: "
-                    f"{reply.code} {reply.message}"
+                    f"the server refused the sender {envelope}: {reply.code} {reply.message}"
                 )
-                self.fatal = self.fatal or SendError(f"LISTKIT_FROM: {self.stopped}")
+                self.fatal = self.fatal or SendError(
+                    f"{'LISTKIT_BOUNCE_ADDRESS' if self.bounce_address else 'LISTKIT_FROM'}: "
+                    f"{self.stopped}"
+                )
                 return Result(row.id, "pending"), keep
             return self._refusal(row, reply.code, reply.message, _COMMANDS[step]), keep
         # The server waits for the content. Stopping now means closing the
@@ -720,6 +731,7 @@ class Prepared:
     composer: Composer
     smtp: SMTPSettings
     sender_address: str
+    bounce_address: str | None = None
 
 
 def prepare(ws: Workspace, slug: str) -> Prepared:
@@ -731,7 +743,8 @@ def prepare(ws: Workspace, slug: str) -> Prepared:
     _name, sender_address = ws.settings.sender_address()
     for list_slug in (*campaign.lists, *campaign.exclude_lists):
         get_list(ws.db, list_slug)
-    return Prepared(campaign, composer, smtp, sender_address)
+    bounces = bounce_address(ws.settings.bounce_address)
+    return Prepared(campaign, composer, smtp, sender_address, bounces)
 
 
 def send_campaign(
@@ -786,6 +799,7 @@ def send_campaign(
             composer=p.composer,
             smtp=p.smtp,
             sender_address=p.sender_address,
+            bounce_address=p.bounce_address,
             limit=limit,
             batch=batch,
             on_result=on_result,

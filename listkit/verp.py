@@ -1,0 +1,48 @@
+"""The VERP envelope: a bounce names the delivery it comes back for.
+
+With ``LISTKIT_BOUNCE_ADDRESS=bounces@example.com`` each message goes out with
+MAIL FROM ``bounces+<token>@example.com``; any bounce or delivery report
+returns to that address, and the token in it names exactly one delivery. The
+rule: a token is read back only when it has the exact shape of one
+(``tracking.is_token``), whatever case a relay gave the address.
+"""
+
+from __future__ import annotations
+
+import re
+
+from listkit.errors import ConfigError
+from listkit.tracking import is_token
+
+_ADDRESS = re.compile(r"([^@\s+<>]+)@([^@\s<>]+\.[^@\s<>]+)")
+_VERP = re.compile(r"[^@\s<>+]+\+([A-Za-z2-7]{16})@[^@\s<>]+")
+
+
+def bounce_address(value: str | None) -> str | None:
+    """The checked ``LISTKIT_BOUNCE_ADDRESS`` (domain lower-cased), or None when unset."""
+    if not value or not value.strip():
+        return None
+    m = _ADDRESS.fullmatch(value.strip())
+    if m is None:
+        raise ConfigError(
+            f"LISTKIT_BOUNCE_ADDRESS must be a plain address without '+', such as "
+            f"bounces@example.com, not {value.strip()!r}"
+        )
+    return f"{m.group(1)}@{m.group(2).lower()}"
+
+
+def verp_address(bounce: str, token: str) -> str:
+    """``bounces@example.com`` + token -> ``bounces+<token>@example.com``."""
+    local, _, domain = bounce.rpartition("@")
+    return f"{local}+{token}@{domain}"
+
+
+def token_from_address(address: str | None) -> str | None:
+    """The delivery token a VERP address carries, or None."""
+    if not address:
+        return None
+    m = _VERP.search(address)
+    if m is None:
+        return None
+    token = m.group(1).lower()
+    return token if is_token(token) else None
