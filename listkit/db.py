@@ -449,3 +449,37 @@ def _merge_memberships(conn: sqlite3.Connection, keep: int, gone: int) -> None:
         conn.execute(
             "DELETE FROM memberships WHERE list_id = ? AND subscriber_id = ?", [list_id, gone]
         )
+
+
+@migrations()
+def m013_bounces(db: Database) -> None:
+    # Bounce and complaint events (kind 'bounce' | 'complaint') carry the report
+    # they came from (report_id: the report's identity and the recipient, so the
+    # same report processed twice is recorded once), the address (soft bounces
+    # are counted per address) and what the report said (JSON).
+    db.execute("ALTER TABLE events ADD COLUMN report_id TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN email_key TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN detail TEXT")
+    db.execute("CREATE UNIQUE INDEX events_report ON events(report_id)")
+    db.execute("CREATE INDEX events_email ON events(email_key, kind, at)")
+    # Where `bounces fetch` got to in each IMAP mailbox: UIDs are only
+    # comparable under one UIDVALIDITY.
+    db.execute(
+        """
+        CREATE TABLE mailbox_state (
+            mailbox TEXT PRIMARY KEY,
+            uidvalidity INTEGER NOT NULL,
+            last_uid INTEGER NOT NULL DEFAULT 0,
+            updated TEXT NOT NULL
+        )"""
+    )
+    # Webhook deliveries already seen (Mailgun tokens, SNS message ids): each once.
+    db.execute(
+        """
+        CREATE TABLE webhook_seen (
+            source TEXT NOT NULL,
+            id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (source, id)
+        ) WITHOUT ROWID"""
+    )

@@ -1,0 +1,561 @@
+"""Bounces and complaints: reading reports into one shape, matching them, applying effects.
+
+Parsing is pure (``parse`` takes a message's bytes and returns a ``Report``):
+RFC 3464 delivery status notifications, RFC 5965 feedback reports (ARF
+complaints), the common plain-text bounces (Exim, qmail, old Gmail and
+Exchange), and auto-replies, which are recognised and ignored. A message that
+is none of these is ``unknown`` and is left alone by the mailbox readers.
+
+The rule for effects (``apply``, transaction-free: the caller commits): a
+report has its effect once, keyed on its identity (its Message-ID, or a digest
+of its bytes) and the recipient; a hard bounce suppresses the address, soft
+bounces suppress when ``LISTKIT_SOFT_BOUNCES`` of them fall within its window,
+a complaint unsubscribes from everything and suppresses. Nothing here ever
+makes an address active.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from email.utils import getaddresses, parseaddr
+
+from sqlite_utils import Database
+
+from listkit.addresses import email_key
+from listkit.db import now
+from listkit.errors import ConfigError
+from listkit.verp import token_from_address
+
+# What a recipient line of a report comes to.
+HARD, SOFT, COMPLAINT, IGNORED = "hard", "soft", "complaint", "ignored"
+
+_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+_REPLY_CODE = re.compile(r"(?<![\d.])([45])\d\d(?:[ -]|$)")
+_LISTKIT_MESSAGE_ID = re.compile(r"<?([a-z2-7]{16})\.lk@[^>\s]+>?", re.IGNORECASE)
+_MESSAGE_ID_HEADER = re.compile(r"^Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_ADDRESS = re.compile(r"<?([^\s<>@:;,\"']+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
+# Words of plain-text bounces that say the mailbox does not exist.
+_NO_SUCH_USER = re.compile(
+    r"user unknown|unknown user|no such (?:user|mailbox|recipient)|"
+    r"no mailbox here|does not exist|doesn't exist|recipient not found|"
+    r"address rejected|mailbox unavailable|invalid (?:mailbox|recipient)|"
+    r"account (?:has been )?disabled",
+    re.IGNORECASE,
+)
+_MAILBOX_FULL = re.compile(r"mailbox (?:is )?full|over ?quota|quota exceeded", re.IGNORECASE)
+_AUTO_SUBJECT = re.compile(
+    r"^(?:auto(?:matic)?[ -]?(?:reply|response)|out of (?:the )?office|vacation|"
+    r"abwesenheit|absence|réponse automatique|away from)",
+    re.IGNORECASE,
+)
+_BOUNCE_SENDER = re.compile(r"^(?:mailer-daemon|postmaster|mail delivery)", re.IGNORECASE)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|returned mail|delivery (?:status notification|failure|has failed)|"
+    r"mail delivery (?:failed|failure|system)|failure notice|non-?delivery|"
+    r"delivery failed|could not be delivered",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    email: str
+    outcome: str  # hard | soft | complaint | ignored
+    status: str | None = None  # the enhanced status code, 5.1.1
+    diagnostic: str | None = None
+
+
+@dataclass
+class Report:
+    """What one message says, before it is matched to a delivery."""
+
+    kind: str  # dsn | text_bounce | complaint | auto_reply | unknown
+    identity: str  # the report's own Message-ID, or sha256 of its bytes
+    format: str  # rfc3464 | arf | exim | qmail | gmail | exchange | generic | ...
+    recipients: list[Recipient] = field(default_factory=list)
+    token: str | None = None  # from the VERP address the report came back to
+    message_id: str | None = None  # the returned message's Message-ID
+    message_token: str | None = None  # the token in it, when it is one of ours
+    subject: str | None = None
+
+    @property
+    def understood(self) -> bool:
+        """True when acting on the report (or deliberately ignoring it) is safe."""
+        return self.kind != "unknown"
+
+
+def parse(data: bytes) -> Report:
+    """Read one message (its raw bytes) as a bounce, complaint, auto-reply or nothing."""
+    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    own_id = (msg.get("Message-ID") or "").strip()
+    identity = own_id if own_id else "sha256:" + hashlib.sha256(data).hexdigest()
+    subject = _header(msg, "Subject")
+    report = Report(kind="unknown", identity=identity, format="none", subject=subject)
+    report.token = _verp_token(msg)
+    report_type = (msg.get_param("report-type") or "").lower() if msg.is_multipart() else ""
+
+    feedback = _part(msg, "message/feedback-report")
+    if report_type == "feedback-report" or feedback is not None:
+        _read_arf(msg, feedback, report)
+        return report
+    status = _part(msg, "message/delivery-status")
+    if status is not None:
+        _read_dsn(msg, status, report)
+        if report.recipients:
+            return report
+    # Bounces say Auto-Submitted too (RFC 3834 asks them to): look for one first.
+    _read_text_bounce(msg, subject, report)
+    if report.kind == "unknown" and _is_auto_reply(msg, subject):
+        report.kind, report.format = "auto_reply", "rfc3834"
+    return report
+
+
+def _header(msg: Message, name: str) -> str | None:
+    value = msg.get(name)
+    if value is None:
+        return None
+    try:
+        decoded = email.header.make_header(email.header.decode_header(str(value)))
+        return re.sub(r"\s+", " ", str(decoded)).strip()
+    except (UnicodeError, LookupError, email.errors.HeaderParseError):
+        return re.sub(r"\s+", " ", str(value)).strip()
+
+
+def _part(msg: Message, content_type: str) -> Message | None:
+    for part in msg.walk():
+        if part.get_content_type() == content_type:
+            return part
+    return None
+
+
+def _text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        inner = part.get_payload()
+        if isinstance(inner, list):  # message/* parts hold their message
+            return "\n".join(m.as_string() for m in inner if isinstance(m, Message))
+        return str(inner or "")
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, errors="replace")
+    except LookupError:
+        return payload.decode("utf-8", errors="replace")
+
+
+def _verp_token(msg: Message) -> str | None:
+    for name in ("Delivered-To", "X-Original-To", "Envelope-To", "To", "X-Failed-Recipients"):
+        for value in msg.get_all(name) or []:
+            token = token_from_address(str(value))
+            if token:
+                return token
+    return None
+
+
+def _returned_headers(msg: Message) -> str:
+    """The headers of the message that came back (text/rfc822-headers or message/rfc822)."""
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype in ("text/rfc822-headers", "message/rfc822-headers"):
+            return _text(part)
+        if ctype == "message/rfc822":
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner:
+                return "".join(f"{k}: {v}\n" for k, v in inner[0].items())
+            return _text(part)
+    return ""
+
+
+def _returned_message_id(text: str) -> tuple[str | None, str | None]:
+    """(the returned Message-ID, the token it carries) from returned headers or text."""
+    m = _MESSAGE_ID_HEADER.search(text)
+    mid = m.group(1) if m else None
+    if mid:
+        t = _LISTKIT_MESSAGE_ID.fullmatch(mid)
+        return mid, t.group(1).lower() if t else None
+    return None, None
+
+
+def classify(status: str | None, diagnostic: str | None, action: str | None = None) -> str:
+    """hard, soft or ignored for one recipient of a bounce."""
+    action = (action or "").lower()
+    if action in ("delivered", "relayed", "expanded", "delayed"):
+        return IGNORED  # a success, or a warning that delivery is still being tried
+    text = diagnostic or ""
+    if status is None:
+        m = _STATUS.search(text)
+        status = ".".join(m.groups()) if m else None
+    if status and status.startswith("2."):
+        return IGNORED
+    if (status and status[2:] == "2.2") or _MAILBOX_FULL.search(text):
+        return SOFT  # a full mailbox may empty again
+    if status and status.startswith("5."):
+        subject, detail = status.split(".")[1:]
+        if subject == "1" or (subject, detail) in (("2", "1"), ("4", "1")):
+            return HARD  # bad address, disabled mailbox, (Microsoft) no such recipient
+        if subject == "0" and _NO_SUCH_USER.search(text):
+            return HARD
+        return SOFT  # policy, content, system or network: not the address itself
+    if status and status.startswith("4."):
+        return SOFT
+    code = _REPLY_CODE.search(text)
+    if code and code.group(1) == "5":
+        return HARD if _NO_SUCH_USER.search(text) else SOFT
+    if _NO_SUCH_USER.search(text):
+        return HARD
+    return SOFT
+
+
+def _fields(text: str) -> list[dict[str, str]]:
+    """The field groups of a message/delivery-status or feedback-report body."""
+    groups: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last = None
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if not line.strip():
+            if current:
+                groups.append(current)
+            current, last = {}, None
+            continue
+        if line[0] in " \t" and last:
+            current[last] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            last = name.strip().lower()
+            current[last] = value.strip()
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _typed_address(value: str | None) -> str | None:
+    """``rfc822; ann@example.com`` -> ``ann@example.com``."""
+    if not value:
+        return None
+    _kind, _, address = value.partition(";") if ";" in value else ("", "", value)
+    m = _ADDRESS.search(address.strip())
+    return m.group(1) if m else None
+
+
+def _status_body(part: Message) -> str:
+    # compat32 parses message/delivery-status into a list of header blocks.
+    inner = part.get_payload()
+    if isinstance(inner, list):
+        return "\n".join("".join(f"{k}: {v}\n" for k, v in block.items()) for block in inner)
+    return _text(part)
+
+
+def _read_dsn(msg: Message, status_part: Message, report: Report) -> None:
+    groups = _fields(_status_body(status_part))
+    per_message = groups[0] if groups else {}
+    mta = (per_message.get("reporting-mta") or "").lower()
+    report.kind = "dsn"
+    report.format = "rfc3464"
+    if "amazonses" in mta:
+        report.format = "ses"
+    elif "google" in mta:
+        report.format = "gmail"
+    elif "outlook" in mta or "prod.exchangelabs" in mta or "protection.outlook" in mta:
+        report.format = "exchange"
+    elif per_message.get("x-postfix-queue-id"):
+        report.format = "postfix"
+    if not report.token:
+        report.token = token_from_address(per_message.get("x-postfix-sender"))
+    for group in groups:
+        address = _typed_address(group.get("final-recipient") or group.get("original-recipient"))
+        if not address:
+            continue
+        status = group.get("status")
+        m = _STATUS.search(status or "")
+        status = ".".join(m.groups()) if m else None
+        diagnostic = group.get("diagnostic-code")
+        if diagnostic and ";" in diagnostic:
+            diagnostic = diagnostic.split(";", 1)[1].strip()
+        outcome = classify(status, diagnostic, group.get("action"))
+        report.recipients.append(Recipient(address, outcome, status, diagnostic))
+    headers = _returned_headers(msg)
+    report.message_id, report.message_token = _returned_message_id(headers)
+
+
+def _read_arf(msg: Message, feedback: Message | None, report: Report) -> None:
+    report.kind, report.format = "complaint", "arf"
+    fields: dict[str, str] = {}
+    if feedback is not None:
+        for group in _fields(_status_body(feedback)):
+            fields.update(group)
+    if not report.token:
+        report.token = token_from_address(fields.get("original-mail-from"))
+    headers = _returned_headers(msg)
+    report.message_id, report.message_token = _returned_message_id(headers)
+    recipient = _typed_address(fields.get("original-rcpt-to")) or _typed_address(
+        fields.get("removal-recipient")
+    )
+    if recipient is None:
+        to = re.search(r"^To:\s*(.+)$", headers, re.IGNORECASE | re.MULTILINE)
+        recipient = _typed_address(to.group(1)) if to else None
+    feedback_type = (fields.get("feedback-type") or "abuse").lower()
+    # Only an abuse (spam) report is a complaint; fraud, virus and the rest are not the
+    # reader's wish to stop receiving.
+    outcome = COMPLAINT if feedback_type in ("abuse", "complaint") else IGNORED
+    report.recipients.append(
+        Recipient(recipient or "", outcome, None, f"feedback-type {feedback_type}")
+    )
+
+
+def _is_auto_reply(msg: Message, subject: str | None) -> bool:
+    auto = (msg.get("Auto-Submitted") or "").strip().lower()
+    if auto and auto != "no":
+        return True
+    if msg.get("X-Autoreply") or msg.get("X-Autorespond") or msg.get("X-Auto-Response-Suppress"):
+        return True
+    if (msg.get("Precedence") or "").strip().lower() in ("auto_reply", "bulk", "junk"):
+        return True
+    return bool(subject and _AUTO_SUBJECT.match(subject))
+
+
+def _body_text(msg: Message) -> str:
+    if not msg.is_multipart():
+        return _text(msg)
+    texts = [
+        _text(p)
+        for p in msg.walk()
+        if p.get_content_type() == "text/plain" and p.get_content_disposition() != "attachment"
+    ]
+    return "\n".join(texts)
+
+
+_RETURNED_MARKERS = re.compile(
+    r"^(?:-{2,} ?This is a copy of the message|--- Below this line is a copy|"
+    r"-{2,} ?Original message|----- Original message -----|"
+    r"-{2,} ?The header of the original message)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _read_text_bounce(msg: Message, subject: str | None, report: Report) -> None:
+    sender = parseaddr(msg.get("From") or "")[1]
+    from_name = (msg.get("From") or "").strip()
+    looks_like = (
+        bool(_BOUNCE_SENDER.match(sender) or _BOUNCE_SENDER.match(from_name))
+        or bool(subject and _BOUNCE_SUBJECT.search(subject))
+        or msg.get("X-Failed-Recipients") is not None
+    )
+    if not looks_like:
+        return
+    body = _body_text(msg)
+    cut = _RETURNED_MARKERS.search(body)
+    explanation, returned = (body[: cut.start()], body[cut.end() :]) if cut else (body, "")
+    if not returned:
+        returned = _returned_headers(msg)
+    report.message_id, report.message_token = _returned_message_id(returned)
+    recipients: list[tuple[str, str]] = []  # (address, its explanation)
+    if "qmail-send program" in explanation:
+        report.format = "qmail"
+        for block in re.split(r"\n\s*\n", explanation):
+            m = re.match(r"\s*<([^>\s]+@[^>\s]+)>:\s*(.*)", block, re.DOTALL)
+            if m:
+                recipients.append((m.group(1), " ".join(m.group(2).split())))
+    elif msg.get("X-Failed-Recipients"):
+        report.format = "exim"
+        for _name, address in getaddresses(msg.get_all("X-Failed-Recipients") or []):
+            if not address:
+                continue
+            m = re.search(
+                rf"^\s+{re.escape(address)}\s*\n((?:[ \t]+\S.*\n?)*)",
+                explanation,
+                re.MULTILINE | re.IGNORECASE,
+            )
+            recipients.append((address, " ".join((m.group(1) if m else "").split())))
+    else:
+        m = re.search(
+            r"Delivery to the following recipients? failed( permanently)?:\s*\n\s*\n?"
+            r"\s*(\S+@\S+)(.*)",
+            explanation,
+            re.DOTALL,
+        )
+        if m:
+            report.format = "gmail"
+            detail = " ".join(m.group(3).split())
+            if not m.group(1) and "5." not in detail:
+                detail = "4.0.0 " + detail  # "failed temporarily"
+            recipients.append((m.group(2), detail))
+        else:
+            report.format = "generic"
+            seen = set()
+            for line in explanation.splitlines():
+                for am in _ADDRESS.finditer(line):
+                    address = am.group(1)
+                    if email_key(address) in seen or _BOUNCE_SENDER.match(address):
+                        continue
+                    if token_from_address(address):
+                        continue
+                    seen.add(email_key(address))
+                    recipients.append((address, " ".join(explanation.split())[:500]))
+            if len(recipients) != 1:
+                recipients = []  # unsure which address failed: leave it for a person
+    for address, detail in recipients:
+        m = _STATUS.search(detail)
+        status = ".".join(m.groups()) if m else None
+        outcome = classify(status, detail)
+        if "This is a permanent error" in explanation and outcome == SOFT and not status:
+            outcome = HARD if _NO_SUCH_USER.search(detail) else SOFT
+        report.recipients.append(Recipient(address, outcome, status, detail[:500] or None))
+    if report.recipients:
+        report.kind = "text_bounce"
+    else:
+        report.format = "none"
+
+
+# ---------------------------------------------------------------------------
+# Matching and effects
+
+
+@dataclass(frozen=True)
+class SoftRule:
+    count: int
+    days: int
+
+
+def soft_rule(value: str | None) -> SoftRule:
+    """``LISTKIT_SOFT_BOUNCES`` (``N/DAYS``, default 3/30)."""
+    value = (value or "3/30").strip()
+    m = re.fullmatch(r"(\d+)\s*/\s*(\d+)", value)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ConfigError(
+            f"LISTKIT_SOFT_BOUNCES must be N/DAYS such as 3/30 (3 soft bounces in 30 days), "
+            f"not {value!r}"
+        )
+    return SoftRule(int(m.group(1)), int(m.group(2)))
+
+
+# A recipient match only counts with a delivery this recent.
+RECENT_DAYS = 30
+
+
+@dataclass
+class Outcome:
+    """What one recipient line of a report did."""
+
+    recipient: str
+    outcome: str  # hard | soft | complaint | ignored
+    matched_by: str | None  # verp | message_id | recipient | None (no delivery found)
+    delivery_id: int | None
+    campaign: str | None
+    effect: str  # suppressed | unsubscribed | counted | already | duplicate | unmatched | ignored
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def match(db: Database, report: Report, recipient: str) -> tuple[str | None, tuple | None]:
+    """(how, delivery row (id, campaign_id, email, slug)) for one recipient of a report."""
+    sql = """SELECT d.id, d.campaign_id, d.email, c.slug FROM deliveries d
+             JOIN campaigns c ON c.id = d.campaign_id"""
+    if report.token:
+        row = db.execute(f"{sql} WHERE d.token = ?", [report.token]).fetchone()
+        if row:
+            return "verp", row
+    if report.message_token:
+        row = db.execute(f"{sql} WHERE d.token = ?", [report.message_token]).fetchone()
+        if row:
+            return "message_id", row
+    if recipient:
+        since = (datetime.now(UTC) - timedelta(days=RECENT_DAYS)).isoformat()
+        row = db.execute(
+            f"""{sql} JOIN subscribers s ON s.id = d.subscriber_id
+                WHERE s.key = ? AND d.sent_at >= ? AND d.state = 'sent'
+                ORDER BY d.sent_at DESC, d.id DESC LIMIT 1""",
+            [email_key(recipient), since],
+        ).fetchone()
+        if row:
+            return "recipient", row
+    return None, None
+
+
+def apply(db: Database, report: Report, *, source: str, rule: SoftRule | None = None) -> list:
+    """Record a report and have its effects, once. No transaction of its own: the caller
+    wraps it (``db.immediate`` in the CLI, the web writer in ``listkit serve``)."""
+    rule = rule or SoftRule(3, 30)
+    outcomes: list[Outcome] = []
+    if report.kind in ("unknown", "auto_reply"):
+        return outcomes
+    for rcpt in report.recipients:
+        how, row = match(db, report, rcpt.email)
+        delivery_id, campaign_id, address, slug = row if row else (None, None, rcpt.email, None)
+        # The delivery's own address wins over what a relay rewrote.
+        address = address or rcpt.email
+        o = Outcome(rcpt.email or address, rcpt.outcome, how, delivery_id, slug, "ignored")
+        outcomes.append(o)
+        if rcpt.outcome == IGNORED:
+            continue
+        if row is None:
+            o.effect = "unmatched"  # not ours, or too old to tell: never act on a stranger
+            continue
+        kind = "complaint" if rcpt.outcome == COMPLAINT else "bounce"
+        event_key = f"{report.identity}|{email_key(address)}"
+        detail = {
+            "outcome": rcpt.outcome,
+            "status": rcpt.status,
+            "diagnostic": rcpt.diagnostic,
+            "format": report.format,
+            "matched_by": how,
+            "source": source,
+        }
+        inserted = db.execute(
+            """INSERT INTO events (delivery_id, kind, at, report_id, email_key, detail)
+               VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+            [delivery_id, kind, now(), event_key, email_key(address), json.dumps(detail)],
+        ).rowcount
+        if not inserted:
+            o.effect = "duplicate"
+            continue
+        o.effect = _effect(db, rcpt, address, campaign_id, source, rule)
+    return outcomes
+
+
+def _effect(
+    db: Database, rcpt: Recipient, address: str, campaign_id: int, source: str, rule: SoftRule
+) -> str:
+    key = email_key(address)
+    stamp = now()
+    if rcpt.outcome == SOFT:
+        since = (datetime.now(UTC) - timedelta(days=rule.days)).isoformat()
+        n = db.execute(
+            """SELECT COUNT(*) FROM events WHERE email_key = ? AND kind = 'bounce'
+               AND at >= ? AND json_extract(detail, '$.outcome') = 'soft'""",
+            [key, since],
+        ).fetchone()[0]
+        if n < rule.count:
+            return "counted"
+        reason, status, note = (
+            "soft_bounce",
+            "bounced",
+            f"{n} soft bounces in {rule.days} days",
+        )
+    elif rcpt.outcome == HARD:
+        reason, status, note = "hard_bounce", "bounced", rcpt.status or rcpt.diagnostic
+    else:
+        reason, status, note = "complaint", "complained", "spam complaint"
+    suppressed = db.execute(
+        """INSERT INTO suppressions (key, email, reason, created, campaign_id, source, note)
+           VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING""",
+        [key, address.strip(), reason, stamp, campaign_id, source, (note or "")[:200]],
+    ).rowcount
+    # A complaint leaves every list; a bounce marks the address bounced on each. Only
+    # active memberships change: an unsubscribe already recorded stays as it was.
+    changed = db.execute(
+        """UPDATE memberships SET status = ?, status_at = ?, status_reason = ?, updated = ?
+           WHERE status = 'active'
+             AND subscriber_id = (SELECT id FROM subscribers WHERE key = ?)""",
+        [status, stamp, reason, stamp, key],
+    ).rowcount
+    if suppressed:
+        return "unsubscribed" if rcpt.outcome == COMPLAINT else "suppressed"
+    return "unsubscribed" if changed and rcpt.outcome == COMPLAINT else "already"

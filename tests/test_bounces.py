@@ -1,0 +1,293 @@
+"""Bounce and complaint reports: parsing the corpus, matching, effects once."""
+
+from pathlib import Path
+
+import pytest
+
+from listkit.bounces import SoftRule, apply, parse, soft_rule
+from listkit.errors import ConfigError
+from tests.world import World
+
+CORPUS = Path(__file__).parent / "fixtures" / "bounces"
+
+# file -> kind, format, [(recipient, outcome, status)], VERP token, token of the returned
+# Message-ID
+EXPECTED = {
+    "postfix_user_unknown.eml": (
+        "dsn",
+        "postfix",
+        [("nobody@example.net", "hard", "5.1.1")],
+        "postfixtokenaaaa",
+        "postfixtokenaaaa",
+    ),
+    "postfix_delayed.eml": (
+        "dsn",
+        "postfix",
+        [("slow@example.org", "ignored", "4.4.1")],
+        "postfixdelayedaa",
+        "postfixdelayedaa",
+    ),
+    "exim_user_unknown.eml": (
+        "text_bounce",
+        "exim",
+        [("gone@example.org", "hard", "5.1.1")],
+        None,
+        "eximtokenaaaaaaa",
+    ),
+    "qmail_no_mailbox.eml": (
+        "text_bounce",
+        "qmail",
+        [("nosuch@example.net", "hard", "5.1.1")],
+        "qmailtokenaaaaaa",
+        "qmailtokenaaaaaa",
+    ),
+    "microsoft_recipient_not_found.eml": (
+        "dsn",
+        "exchange",
+        [("left@contoso.example", "hard", "5.1.10")],
+        None,
+        "microsofttokenaa",
+    ),
+    "gmail_user_unknown.eml": (
+        "dsn",
+        "gmail",
+        [("missing.reader@gmail.com", "hard", "5.1.1")],
+        "gmailtokenaaaaaa",
+        "gmailtokenaaaaaa",
+    ),
+    "gmail_mailbox_full.eml": (
+        "dsn",
+        "gmail",
+        [("full.reader@gmail.com", "soft", "4.2.2")],
+        "gmailfullaaaaaaa",
+        "gmailfullaaaaaaa",
+    ),
+    "ses_bounce.eml": (
+        "dsn",
+        "ses",
+        [("ses.gone@example.net", "hard", "5.1.1")],
+        None,
+        None,
+    ),
+    "arf_complaint.eml": (
+        "complaint",
+        "arf",
+        [("angry.reader@hotmail.example", "complaint", None)],
+        "arftokenaaaaaaaa",
+        "arftokenaaaaaaaa",
+    ),
+    "vacation_reply.eml": ("auto_reply", "rfc3834", [], "vacationtokenaaa", None),
+    "not_a_bounce.eml": ("unknown", "none", [], None, None),
+}
+
+
+def test_every_file_of_the_corpus_has_an_expected_outcome():
+    assert sorted(p.name for p in CORPUS.glob("*.eml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_corpus_message_parses_to_its_expected_outcome(name):
+    kind, fmt, recipients, token, message_token = EXPECTED[name]
+    report = parse((CORPUS / name).read_bytes())
+    assert (report.kind, report.format) == (kind, fmt)
+    assert [(r.email, r.outcome, r.status) for r in report.recipients] == recipients
+    assert report.token == token
+    assert report.message_token == message_token
+
+
+def test_a_report_without_message_id_is_identified_by_its_bytes():
+    data = (CORPUS / "qmail_no_mailbox.eml").read_bytes()
+    assert parse(data).identity.startswith("sha256:")
+    assert parse(data).identity == parse(data).identity
+    assert parse(data + b"\n").identity != parse(data).identity
+
+
+def test_a_postfix_bounce_is_a_bounce_even_though_it_says_auto_submitted():
+    data = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+    assert b"Auto-Submitted: auto-replied" in data
+    assert parse(data).kind == "dsn"
+
+
+def test_a_full_mailbox_with_a_permanent_status_is_soft():
+    data = (CORPUS / "gmail_mailbox_full.eml").read_bytes()
+    data = data.replace(b"Status: 4.2.2", b"Status: 5.2.2")
+    assert [r.outcome for r in parse(data).recipients] == ["soft"]
+
+
+def test_a_policy_refusal_is_soft_not_hard():
+    data = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+    data = data.replace(b"Status: 5.1.1", b"Status: 5.7.1")
+    assert [r.outcome for r in parse(data).recipients] == ["soft"]
+
+
+def test_soft_bounce_setting_is_checked():
+    assert soft_rule(None) == SoftRule(3, 30)
+    assert soft_rule("5 / 10") == SoftRule(5, 10)
+    with pytest.raises(ConfigError, match=r"^LISTKIT_SOFT_BOUNCES must be N/DAYS"):
+        soft_rule("three")
+    with pytest.raises(ConfigError, match=r"^LISTKIT_SOFT_BOUNCES must be N/DAYS"):
+        soft_rule("0/30")
+
+
+# ---------------------------------------------------------------------------
+# Effects
+
+
+@pytest.fixture
+def world(ws):
+    return World(ws.db)
+
+
+def deliver(world, cid, email, token, list_slug="blog"):
+    """A recent sent delivery of ``email`` with a known token."""
+    from listkit.db import now
+
+    d = world.deliver(cid, email, list_slug, sent_at=now())
+    with world.db.conn:
+        world.db.execute("UPDATE deliveries SET token = ? WHERE id = ?", [token, d["id"]])
+    return d["id"]
+
+
+def process(db, name, **kwargs):
+    with db.conn:
+        return apply(db, parse((CORPUS / name).read_bytes()), source="test", **kwargs)
+
+
+def suppression(db, email):
+    return db.execute(
+        "SELECT reason, campaign_id FROM suppressions WHERE key = ?", [email]
+    ).fetchone()
+
+
+def statuses(db, email):
+    return dict(
+        db.execute(
+            """SELECT l.slug, m.status FROM memberships m JOIN lists l ON l.id = m.list_id
+               JOIN subscribers s ON s.id = m.subscriber_id WHERE s.key = ?""",
+            [email],
+        ).fetchall()
+    )
+
+
+MATCHES = {
+    # file, recipient as the delivery knows it, token: how it must be matched
+    "postfix_user_unknown.eml": ("nobody@example.net", "postfixtokenaaaa", "verp"),
+    "exim_user_unknown.eml": ("gone@example.org", "eximtokenaaaaaaa", "message_id"),
+    "qmail_no_mailbox.eml": ("nosuch@example.net", "qmailtokenaaaaaa", "verp"),
+    "microsoft_recipient_not_found.eml": (
+        "left@contoso.example",
+        "microsofttokenaa",
+        "message_id",
+    ),
+    "gmail_user_unknown.eml": ("missing.reader@gmail.com", "gmailtokenaaaaaa", "verp"),
+    "ses_bounce.eml": ("ses.gone@example.net", "sesrelaytokenaaa", "recipient"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MATCHES))
+def test_a_hard_bounce_suppresses_its_address_and_says_how_it_was_matched(ws, world, name):
+    email, token, how = MATCHES[name]
+    cid = world.campaign("launch")
+    did = deliver(world, cid, email, token)
+    deliver(world, cid, "bystander@example.com", "bystandertokenaa")
+    [outcome] = process(ws.db, name)
+    assert (outcome.matched_by, outcome.delivery_id, outcome.effect) == (how, did, "suppressed")
+    assert suppression(ws.db, email) == ("hard_bounce", cid)
+    assert statuses(ws.db, email) == {"blog": "bounced"}
+    assert suppression(ws.db, "bystander@example.com") is None
+    event = ws.db.execute(
+        "SELECT delivery_id, kind, json_extract(detail, '$.matched_by') FROM events"
+    ).fetchall()
+    assert event == [(did, "bounce", how)]
+
+
+def test_the_same_report_processed_twice_has_its_effect_once(ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "full.reader@gmail.com", "gmailfullaaaaaaa")
+    first = process(ws.db, "gmail_mailbox_full.eml", rule=SoftRule(2, 30))
+    again = process(ws.db, "gmail_mailbox_full.eml", rule=SoftRule(2, 30))
+    assert [o.effect for o in first + again] == ["counted", "duplicate"]
+    assert ws.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+    assert suppression(ws.db, "full.reader@gmail.com") is None
+
+
+def test_soft_bounces_suppress_when_enough_fall_within_the_window(ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "full.reader@gmail.com", "gmailfullaaaaaaa")
+    data = (CORPUS / "gmail_mailbox_full.eml").read_bytes()
+    effects = []
+    for n in range(3):
+        report = parse(data.replace(b"77f0SMTPIN", f"{n}SMTPIN".encode()))
+        with ws.db.conn:
+            effects += [o.effect for o in apply(ws.db, report, source="t", rule=SoftRule(3, 30))]
+    assert effects == ["counted", "counted", "suppressed"]
+    assert suppression(ws.db, "full.reader@gmail.com") == ("soft_bounce", cid)
+    assert statuses(ws.db, "full.reader@gmail.com") == {"blog": "bounced"}
+
+
+def test_old_soft_bounces_do_not_count(ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "full.reader@gmail.com", "gmailfullaaaaaaa")
+    process(ws.db, "gmail_mailbox_full.eml")
+    with ws.db.conn:
+        ws.db.execute("UPDATE events SET at = '2020-01-01T00:00:00+00:00'")
+    data = (CORPUS / "gmail_mailbox_full.eml").read_bytes().replace(b"77f0", b"88f0")
+    with ws.db.conn:
+        [o] = apply(ws.db, parse(data), source="t", rule=SoftRule(2, 30))
+    assert o.effect == "counted"
+
+
+def test_a_complaint_unsubscribes_from_every_list_and_suppresses(ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "angry.reader@hotmail.example", "arftokenaaaaaaaa")
+    world.list("customers", "angry.reader@hotmail.example")
+    world.list("old", "angry.reader@hotmail.example", status="unsubscribed")
+    [o] = process(ws.db, "arf_complaint.eml")
+    assert (o.outcome, o.matched_by, o.effect) == ("complaint", "verp", "unsubscribed")
+    assert suppression(ws.db, "angry.reader@hotmail.example") == ("complaint", cid)
+    assert statuses(ws.db, "angry.reader@hotmail.example") == {
+        "blog": "complained",
+        "customers": "complained",
+        "old": "unsubscribed",
+    }
+    kinds = ws.db.execute("SELECT kind FROM events").fetchall()
+    assert kinds == [("complaint",)]
+
+
+def test_an_address_already_suppressed_stays_so_and_keeps_its_first_reason(ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "nobody@example.net", "postfixtokenaaaa")
+    with ws.db.conn:
+        ws.db.execute(
+            """INSERT INTO suppressions (key, email, reason, created)
+               VALUES ('nobody@example.net', 'nobody@example.net', 'unsubscribed', 'x')"""
+        )
+        ws.db.execute("UPDATE memberships SET status = 'unsubscribed'")
+    [o] = process(ws.db, "postfix_user_unknown.eml")
+    assert o.effect == "already"
+    assert suppression(ws.db, "nobody@example.net") == ("unsubscribed", None)
+    assert statuses(ws.db, "nobody@example.net") == {"blog": "unsubscribed"}
+
+
+def test_a_bounce_for_no_known_delivery_changes_nothing(ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "someone.else@example.com", "someoneelseaaaaa")
+    [o] = process(ws.db, "ses_bounce.eml")
+    assert (o.matched_by, o.effect) == (None, "unmatched")
+    assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
+    assert ws.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("name", ["vacation_reply.eml", "not_a_bounce.eml", "postfix_delayed.eml"])
+def test_auto_replies_warnings_and_other_mail_have_no_effect(ws, world, name):
+    cid = world.campaign("launch")
+    for email, token in [
+        ("dana@example.org", "vacationtokenaaa"),
+        ("slow@example.org", "postfixdelayedaa"),
+        ("nobody@example.net", "humantokenaaaaaa"),
+    ]:
+        deliver(world, cid, email, token)
+    outcomes = process(ws.db, name)
+    assert all(o.effect == "ignored" for o in outcomes)
+    assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
+    assert ws.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
