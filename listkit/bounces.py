@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from email.utils import getaddresses, parseaddr
+from pathlib import Path
 
 from sqlite_utils import Database
 
@@ -449,6 +450,7 @@ class Outcome:
     delivery_id: int | None
     campaign: str | None
     effect: str  # suppressed | unsubscribed | counted | already | duplicate | unmatched | ignored
+    status: str | None = None  # the enhanced status code the report gave
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -491,7 +493,9 @@ def apply(db: Database, report: Report, *, source: str, rule: SoftRule | None = 
         delivery_id, campaign_id, address, slug = row if row else (None, None, rcpt.email, None)
         # The delivery's own address wins over what a relay rewrote.
         address = address or rcpt.email
-        o = Outcome(rcpt.email or address, rcpt.outcome, how, delivery_id, slug, "ignored")
+        o = Outcome(
+            rcpt.email or address, rcpt.outcome, how, delivery_id, slug, "ignored", rcpt.status
+        )
         outcomes.append(o)
         if rcpt.outcome == IGNORED:
             continue
@@ -559,3 +563,144 @@ def _effect(
     if suppressed:
         return "unsubscribed" if rcpt.outcome == COMPLAINT else "suppressed"
     return "unsubscribed" if changed and rcpt.outcome == COMPLAINT else "already"
+
+
+# ---------------------------------------------------------------------------
+# Intake: files and IMAP
+
+
+@dataclass
+class Handled:
+    """One message read from a mailbox, and what it did."""
+
+    label: str
+    kind: str
+    format: str
+    outcomes: list[Outcome]
+
+    @property
+    def understood(self) -> bool:
+        """Safe to move or delete: a report whose every recipient was matched (or that
+        says nothing to act on, as an auto-reply). Others stay for a person."""
+        if self.kind == "unknown":
+            return False
+        return all(o.effect != "unmatched" for o in self.outcomes)
+
+    def as_dict(self) -> dict:
+        return {
+            "message": self.label,
+            "kind": self.kind,
+            "format": self.format,
+            "understood": self.understood,
+            "recipients": [o.as_dict() for o in self.outcomes],
+        }
+
+
+def process(
+    db: Database, messages: list[tuple[str, bytes]], *, source: str, rule: SoftRule
+) -> list[Handled]:
+    """Parse and apply each message. No transaction of its own."""
+    handled = []
+    for label, data in messages:
+        report = parse(data)
+        outcomes = apply(db, report, source=source, rule=rule)
+        handled.append(Handled(label, report.kind, report.format, outcomes))
+    return handled
+
+
+def import_path(ws, path: str) -> list[Handled]:
+    """``listkit bounces import``: every message of a file, mbox, Maildir or folder, in one
+    transaction. The files are only read."""
+    from listkit.db import immediate
+    from listkit.mailbox import read_messages
+
+    rule = soft_rule(ws.settings.soft_bounces)
+    messages = list(read_messages(path))
+    with immediate(ws.db):
+        return process(ws.db, messages, source=f"import:{Path(path).name}", rule=rule)
+
+
+@dataclass
+class FetchSummary:
+    mailbox: str
+    handled: list[Handled] = field(default_factory=list)
+    removed: int = 0
+    removal: str = ""
+    finished_earlier: int = 0  # understood by an earlier run that stopped before removing
+
+    def as_dict(self) -> dict:
+        return {
+            "mailbox": self.mailbox,
+            "messages": [h.as_dict() for h in self.handled],
+            "removed": self.removed,
+            "removal": self.removal,
+            "finished_earlier": self.finished_earlier,
+        }
+
+
+# Test hook for the integration run: after the commit, before any message is
+# touched, say so on stderr and wait this many seconds (to be killed there).
+PAUSE_AFTER_COMMIT = "LISTKIT_TEST_PAUSE_AFTER_COMMIT"
+
+
+def fetch(ws, *, batch: int = 500) -> FetchSummary:
+    """``listkit bounces fetch``: read new messages over IMAP, commit, then move or delete
+    exactly those understood."""
+    import os
+    import sys
+    import time
+
+    from listkit.db import immediate
+    from listkit.mailbox import IMAPMailbox, done_action, imap_settings
+
+    settings = imap_settings(ws.settings)
+    move_to = done_action(ws.settings.imap_done)
+    rule = soft_rule(ws.settings.soft_bounces)
+    db = ws.db
+    key = f"{settings.username}@{settings.host}:{settings.port}/{settings.mailbox}"
+    summary = FetchSummary(mailbox=settings.masked())
+    box = IMAPMailbox(settings).open()
+    try:
+        row = db.execute(
+            "SELECT uidvalidity, last_uid, done_uids FROM mailbox_state WHERE mailbox = ?", [key]
+        ).fetchone()
+        last_uid, pending = 0, []
+        if row is not None and row[0] == box.uidvalidity:
+            last_uid, pending = row[1], json.loads(row[2])
+        if pending:
+            # A run that committed but stopped before moving or deleting them.
+            summary.removal = box.remove(pending, move_to)
+            summary.finished_earlier = len(pending)
+            with immediate(db):
+                db.execute("UPDATE mailbox_state SET done_uids = '[]' WHERE mailbox = ?", [key])
+        uids = box.uids_after(last_uid)
+        for start in range(0, len(uids), batch):
+            chunk = uids[start : start + batch]
+            messages = []
+            for uid in chunk:
+                data = box.fetch(uid)
+                if data is not None:
+                    messages.append((f"UID {uid}", data))
+            with immediate(db):
+                handled = process(db, messages, source="imap", rule=rule)
+                done = [int(h.label.split()[1]) for h in handled if h.understood]
+                db.execute(
+                    """INSERT INTO mailbox_state (mailbox, uidvalidity, last_uid, done_uids,
+                       updated) VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT (mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                       last_uid = excluded.last_uid, done_uids = excluded.done_uids,
+                       updated = excluded.updated""",
+                    [key, box.uidvalidity, chunk[-1], json.dumps(done), now()],
+                )
+            summary.handled.extend(handled)
+            pause = os.environ.get(PAUSE_AFTER_COMMIT)
+            if pause:
+                print("committed; pausing before removing messages", file=sys.stderr, flush=True)
+                time.sleep(float(pause))
+            summary.removal = box.remove(done, move_to) if done else summary.removal
+            summary.removed += len(done)
+            with immediate(db):
+                db.execute("UPDATE mailbox_state SET done_uids = '[]' WHERE mailbox = ?", [key])
+    finally:
+        box.close()
+    return summary

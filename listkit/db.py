@@ -462,14 +462,16 @@ def m013_bounces(db: Database) -> None:
     db.execute("ALTER TABLE events ADD COLUMN detail TEXT")
     db.execute("CREATE UNIQUE INDEX events_report ON events(report_id)")
     db.execute("CREATE INDEX events_email ON events(email_key, kind, at)")
-    # Where `bounces fetch` got to in each IMAP mailbox: UIDs are only
-    # comparable under one UIDVALIDITY.
+    # Where `bounces fetch` got to in each IMAP mailbox (UIDs are only
+    # comparable under one UIDVALIDITY), and the UIDs it understood and has yet
+    # to move or delete (committed with what it learned from them).
     db.execute(
         """
         CREATE TABLE mailbox_state (
             mailbox TEXT PRIMARY KEY,
             uidvalidity INTEGER NOT NULL,
             last_uid INTEGER NOT NULL DEFAULT 0,
+            done_uids TEXT NOT NULL DEFAULT '[]',
             updated TEXT NOT NULL
         )"""
     )

@@ -291,3 +291,71 @@ def test_auto_replies_warnings_and_other_mail_have_no_effect(ws, world, name):
     assert all(o.effect == "ignored" for o in outcomes)
     assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
     assert ws.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+
+
+# ---------------------------------------------------------------------------
+# listkit bounces import
+
+
+def test_bounces_import_reads_a_folder_and_reports_each_message_once(run, ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "nobody@example.net", "postfixtokenaaaa")
+    deliver(world, cid, "angry.reader@hotmail.example", "arftokenaaaaaaaa")
+    result = run("bounces", "import", str(CORPUS))
+    lines = result.output.splitlines()
+    assert (
+        "postfix_user_unknown.eml: delivery status report (postfix): nobody@example.net hard"
+        " 5.1.1, matched by verp to launch: suppressed"
+    ) in lines
+    assert (
+        "arf_complaint.eml: complaint (arf): angry.reader@hotmail.example complaint,"
+        " matched by verp to launch: unsubscribed"
+    ) in lines
+    assert "not_a_bounce.eml: not a bounce or complaint (left alone)" in lines
+    assert "vacation_reply.eml: auto-reply (ignored)" in lines
+    assert lines[-1].startswith("11 messages;")
+    again = run("bounces", "import", str(CORPUS), "--json")
+    import json
+
+    effects = [r["effect"] for m in json.loads(again.output) for r in m["recipients"]]
+    assert "suppressed" not in effects and "unsubscribed" not in effects
+    assert effects.count("duplicate") == 2
+
+
+def test_bounces_import_reads_mbox_and_maildir(run, ws, world, tmp_path):
+    import mailbox
+
+    cid = world.campaign("launch")
+    deliver(world, cid, "nosuch@example.net", "qmailtokenaaaaaa")
+    deliver(world, cid, "missing.reader@gmail.com", "gmailtokenaaaaaa")
+    box = mailbox.mbox(tmp_path / "bounces.mbox")
+    box.add((CORPUS / "qmail_no_mailbox.eml").read_bytes())
+    box.add((CORPUS / "not_a_bounce.eml").read_bytes())
+    box.close()
+    md = mailbox.Maildir(tmp_path / "Maildir")
+    md.add((CORPUS / "gmail_user_unknown.eml").read_bytes())
+    result = run("bounces", "import", str(tmp_path / "bounces.mbox"), "-q")
+    assert result.output == ("2 messages; 1 bounce; 1 not a bounce or complaint; 1 suppressed\n")
+    result = run("bounces", "import", str(tmp_path / "Maildir"), "-q")
+    assert result.output == "1 message; 1 delivery status report; 1 suppressed\n"
+    reasons = ws.db.execute("SELECT email, reason FROM suppressions ORDER BY email").fetchall()
+    assert reasons == [
+        ("missing.reader@gmail.com", "hard_bounce"),
+        ("nosuch@example.net", "hard_bounce"),
+    ]
+    assert len(md) == 1  # import only reads
+
+
+def test_bounces_import_of_a_missing_path_is_a_clear_error(run, tmp_path):
+    result = run("bounces", "import", str(tmp_path / "nope"), ok=False)
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path / 'nope'}: no such file or folder\n"
+
+
+def test_a_bad_soft_bounce_setting_is_named(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("LISTKIT_SOFT_BOUNCES", "lots")
+    result = run("bounces", "import", str(CORPUS), ok=False)
+    assert result.output == (
+        "Error: LISTKIT_SOFT_BOUNCES must be N/DAYS such as 3/30 (3 soft bounces in 30 days),"
+        " not 'lots'\n"
+    )

@@ -41,6 +41,7 @@ COMMAND_MODULES = {
     "serve": "serve",
     "dkim": "dkim",
     "doctor": "doctor",
+    "bounces": "bounces",
 }
 
 
