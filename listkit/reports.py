@@ -112,6 +112,7 @@ def build_report(
             "held_out": 0,
             "unsubscribed": 0,
             "bounced": 0,
+            "complaints": 0,
             "orders": 0,
             "revenue": {},
             "methods": {},
@@ -144,7 +145,8 @@ def build_report(
         f"""SELECT d.{column}, x.reason, COUNT(*) FROM suppressions x
             JOIN subscribers s ON s.key = x.key
             JOIN deliveries d ON d.campaign_id = x.campaign_id AND d.subscriber_id = s.id
-            WHERE x.campaign_id IS NOT NULL AND x.reason IN ('unsubscribed', 'hard_bounce')
+            WHERE x.campaign_id IS NOT NULL
+              AND x.reason IN ('unsubscribed', 'hard_bounce', 'soft_bounce')
             {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
             GROUP BY d.{column}, x.reason""",
         cparams,
@@ -152,6 +154,15 @@ def build_report(
         rows[_group(by, key, campaigns, list_names)][
             "unsubscribed" if reason == "unsubscribed" else "bounced"
         ] += n
+    # Complaints (spam reports), through the delivery complained about.
+    for key, n in db.execute(
+        f"""SELECT d.{column}, COUNT(DISTINCT d.id) FROM events e
+            JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = 'complaint'
+            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+            GROUP BY d.{column}""",
+        cparams,
+    ):
+        rows[_group(by, key, campaigns, list_names)]["complaints"] += n
     # Sales: one pass over the table, grouped finely enough for every figure below.
     totals = {"orders": 0, "revenue": {}, "unattributed": {"orders": 0, "revenue": {}}}
     days: dict[tuple[str, str], list[int]] = {}
@@ -190,6 +201,13 @@ def build_report(
             **({"title": titles.get(name)} if by == "list" else {}),
             **row,
             "conversion_rate": row["orders"] / row["sent"] if row["sent"] else None,
+            # Bounces of the messages tried (sent or refused); complaints of those sent.
+            "bounce_rate": (
+                row["bounced"] / (row["sent"] + row["failed"])
+                if row["sent"] + row["failed"]
+                else None
+            ),
+            "complaint_rate": row["complaints"] / row["sent"] if row["sent"] else None,
             "revenue_per_1000": per_thousand(row["revenue"], row["sent"]),
         }
         if by == "list":
@@ -220,8 +238,40 @@ def build_report(
         "lists_without_revenue": no_revenue,
         "lists_not_mailed": not_mailed,
         "holdout": _holdouts(db, campaigns, in_period if (start or end) else None),
+        "complaint_warnings": _complaint_warnings(db, campaigns, in_period, bool(start or end)),
         "over_time": over_time,
     }
+
+
+# Complaint rates past these put a sender's mail in the spam folder (Gmail's
+# sender guidelines: keep it under 0.1%, never reach 0.3%).
+COMPLAINT_LIMITS = (0.003, 0.001)
+
+
+def _complaint_warnings(db: Database, campaigns: dict, in_period: list, limited: bool) -> list:
+    out = []
+    for cid, sent, complaints in db.execute(
+        """SELECT d.campaign_id, COUNT(*) FILTER (WHERE d.state = 'sent'),
+                  COUNT(*) FILTER (WHERE EXISTS (SELECT 1 FROM events e
+                                   WHERE e.delivery_id = d.id AND e.kind = 'complaint'))
+           FROM deliveries d GROUP BY d.campaign_id ORDER BY d.campaign_id"""
+    ):
+        if (limited and cid not in in_period) or not sent or not complaints:
+            continue
+        rate = complaints / sent
+        limit = next((x for x in COMPLAINT_LIMITS if rate > x), None)
+        if limit is not None:
+            slug = campaigns.get(cid, {"slug": f"#{cid}"})["slug"]
+            out.append(
+                {
+                    "campaign": slug,
+                    "sent": sent,
+                    "complaints": complaints,
+                    "rate": rate,
+                    "limit": limit,
+                }
+            )
+    return out
 
 
 def _group(by: str, key, campaigns: dict, lists: dict | None = None) -> tuple[str, str]:

@@ -359,3 +359,70 @@ def test_a_bad_soft_bounce_setting_is_named(run, tmp_path, monkeypatch):
         "Error: LISTKIT_SOFT_BOUNCES must be N/DAYS such as 3/30 (3 soft bounces in 30 days),"
         " not 'lots'\n"
     )
+
+
+# ---------------------------------------------------------------------------
+# Report: bounce and complaint rates
+
+
+def complaint_world(ws, world, sent: int, complaints: int, hard: int = 0):
+    cid = world.campaign("big")
+    for i in range(sent):
+        deliver(
+            world,
+            cid,
+            f"r{i}@example.com",
+            f"{i:06d}".translate(str.maketrans("0123456789", "abcdefghij")) + "tokenaaaaa",
+        )
+    rows = ws.db.execute("SELECT token, email FROM deliveries ORDER BY id").fetchall()
+    data = (CORPUS / "arf_complaint.eml").read_bytes()
+    for n, (token, email) in enumerate(rows[:complaints]):
+        message = (
+            data.replace(b"arftokenaaaaaaaa", token.encode())
+            .replace(b"angry.reader@hotmail.example", email.encode())
+            .replace(b"fbl.2026", f"fbl{n}.2026".encode())
+        )
+        with ws.db.conn:
+            apply(ws.db, parse(message), source="t")
+    bounce = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+    for n, (token, email) in enumerate(rows[complaints : complaints + hard]):
+        message = (
+            bounce.replace(b"postfixtokenaaaa", token.encode())
+            .replace(b"nobody@example.net", email.encode())
+            .replace(b"20261130091403.", f"{n}.".encode())
+        )
+        with ws.db.conn:
+            apply(ws.db, parse(message), source="t")
+    return cid
+
+
+def test_report_gives_bounce_and_complaint_rates_per_list_and_campaign(ws, world):
+    from listkit.reports import build_report
+
+    complaint_world(ws, world, sent=200, complaints=1, hard=4)
+    [row] = build_report(ws.db, "campaign")["rows"]
+    assert (row["bounced"], row["complaints"]) == (4, 1)
+    assert (row["bounce_rate"], row["complaint_rate"]) == (4 / 200, 1 / 200)
+    [blog] = [r for r in build_report(ws.db, "list")["rows"] if r["list"] == "blog"]
+    assert (blog["complaints"], blog["complaint_rate"]) == (1, 1 / 200)
+
+
+@pytest.mark.parametrize(("complaints", "level"), [(1, None), (2, "0.1%"), (4, "0.3%")])
+def test_report_warns_when_a_campaigns_complaint_rate_passes_the_limits(
+    run, ws, world, complaints, level
+):
+    complaint_world(ws, world, sent=1000, complaints=complaints)
+    output = run("report", "--by", "campaign").output
+    warnings = [line for line in output.splitlines() if line.startswith("Warning")]
+    if level is None:
+        assert warnings == []
+    elif level == "0.1%":
+        assert warnings == [
+            f"Warning: campaign big has a complaint rate of 0.20% ({complaints} of 1000 sent),"
+            " above 0.1%: mailbox providers start filtering at this level"
+        ]
+    else:
+        assert warnings == [
+            f"Warning: campaign big has a complaint rate of 0.40% ({complaints} of 1000 sent),"
+            " above 0.3% (Gmail's limit): stop sending to this audience until it falls"
+        ]

@@ -73,8 +73,18 @@ def report(
                 )
         emit_csv(
             flat,
-            [*columns, "currency", "revenue", "conversion_rate", "revenue_per_1000", "methods"]
-            + (["mailed"] if by == "list" else []),
+            [
+                *columns,
+                "currency",
+                "revenue",
+                "conversion_rate",
+                "revenue_per_1000",
+                "methods",
+                "complaints",
+                "bounce_rate",
+                "complaint_rate",
+                *(["mailed"] if by == "list" else []),
+            ],
         )
         return
     rows = []
@@ -84,13 +94,22 @@ def report(
                 **r,
                 "revenue": format_amounts(r["revenue"], "-"),
                 "conv": f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "-",
+                "bounce_pct": _pct(r["bounce_rate"]),
+                "complaint_pct": _pct(r["complaint_rate"]),
                 "per_1000": format_amounts(r["revenue_per_1000"], "-"),
                 "methods": ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items())) or "-",
             }
         )
     emit_table(
         rows,
-        [*columns, "revenue", "conv", "per_1000", "methods"],
+        [
+            *columns[:6],
+            "bounce_pct",
+            "complaints",
+            "complaint_pct",
+            *columns[6:],
+            *("revenue", "conv", "per_1000", "methods"),
+        ],
         headers=[
             by,
             "audience",
@@ -98,6 +117,9 @@ def report(
             "failed",
             "unsub",
             "bounced",
+            "bounce %",
+            "compl",
+            "compl %",
             "orders",
             "revenue",
             "conv",
@@ -126,4 +148,18 @@ def report(
             f"Lift of {h['campaign']}: mailed {h['mailed_rate']:.2%} bought, held out "
             f"{h['held_out_rate']:.2%}: {h['difference']:+.2%}{interval}"
         )
+    for w in data["complaint_warnings"]:
+        advice = (
+            "above 0.3% (Gmail's limit): stop sending to this audience until it falls"
+            if w["limit"] >= 0.003
+            else "above 0.1%: mailbox providers start filtering at this level"
+        )
+        click.echo(
+            f"Warning: campaign {w['campaign']} has a complaint rate of {w['rate']:.2%} "
+            f"({w['complaints']} of {w['sent']} sent), {advice}"
+        )
     sys.stdout.flush()
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2%}"
