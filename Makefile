@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format clean report-screenshot integration-dkim
+.PHONY: demo test lint format clean report-screenshot integration-dkim integration-bounces
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,7 @@ report-screenshot: $(STAMP)
 # (postfix -c DIR on loopback ports). Not part of `make test`.
 integration-dkim: $(STAMP)
 	$(BIN)/python scripts/integration_dkim.py
+
+# Bounce intake against a real Postfix and Dovecot on loopback (as root: installs them).
+integration-bounces: $(STAMP)
+	$(BIN)/python scripts/integration_bounces.py

@@ -657,7 +657,8 @@ def fetch(ws, *, batch: int = 500) -> FetchSummary:
     move_to = done_action(ws.settings.imap_done)
     rule = soft_rule(ws.settings.soft_bounces)
     db = ws.db
-    key = f"{settings.username}@{settings.host}:{settings.port}/{settings.mailbox}"
+    # The mailbox, whichever port or TLS mode reaches it.
+    key = f"{settings.username}@{settings.host}/{settings.mailbox}"
     summary = FetchSummary(mailbox=settings.masked())
     box = IMAPMailbox(settings).open()
     try:

@@ -208,6 +208,11 @@ class IMAPMailbox:
             self.conn.login(s.username, s.password)
         except imaplib.IMAP4.error as e:
             raise self._fail("login refused", e) from None
+        # Servers announce more after login (Dovecot: MOVE, UIDPLUS) than in their greeting,
+        # and imaplib keeps the greeting's list: ask again.
+        typ, data = self.conn.capability()
+        if typ == "OK" and data and data[0]:
+            self.conn.capabilities = tuple(data[0].decode("ascii", "replace").upper().split())
         typ, data = self.conn.select(_quote(s.mailbox))
         if typ != "OK":
             raise IMAPError(f"IMAP {s.masked()}: cannot open mailbox {s.mailbox!r}: {data}")
