@@ -114,6 +114,24 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
         "what `bounces fetch` does with a message it understood: delete, or move:FOLDER",
         False,
     ),
+    "LISTKIT_SES_TOPIC_ARN": (
+        "ses_topic_arn",
+        None,
+        "SNS topic(s) of SES bounce and complaint notifications (ARNs, comma-separated)",
+        False,
+    ),
+    "LISTKIT_POSTMARK_WEBHOOK_AUTH": (
+        "postmark_webhook_auth",
+        None,
+        "user:password the Postmark bounce webhook URL carries (Basic auth)",
+        True,
+    ),
+    "LISTKIT_MAILGUN_SIGNING_KEY": (
+        "mailgun_signing_key",
+        None,
+        "Mailgun's HTTP webhook signing key",
+        True,
+    ),
     "LISTKIT_SOFT_BOUNCES": (
         "soft_bounces",
         "3/30",
