@@ -95,7 +95,7 @@ class Report:
 def parse(data: bytes) -> Report:
     """Read one message (its raw bytes) as a bounce, complaint, auto-reply or nothing."""
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
-    own_id = (msg.get("Message-ID") or "").strip()
+    own_id = _h(msg, "Message-ID").strip()
     identity = own_id if own_id else "sha256:" + hashlib.sha256(data).hexdigest()
     subject = _header(msg, "Subject")
     report = Report(kind="unknown", identity=identity, format="none", subject=subject)
@@ -118,6 +118,16 @@ def parse(data: bytes) -> Report:
     return report
 
 
+def _h(msg: Message, name: str) -> str:
+    """A header as text ('' when absent); raw 8-bit bytes come back as a Header object."""
+    value = msg.get(name)
+    return "" if value is None else str(value)
+
+
+def _all(msg: Message, name: str) -> list[str]:
+    return [str(v) for v in msg.get_all(name) or []]
+
+
 def _header(msg: Message, name: str) -> str | None:
     value = msg.get(name)
     if value is None:
@@ -125,7 +135,7 @@ def _header(msg: Message, name: str) -> str | None:
     try:
         decoded = email.header.make_header(email.header.decode_header(str(value)))
         return re.sub(r"\s+", " ", str(decoded)).strip()
-    except (UnicodeError, LookupError, email.errors.HeaderParseError):
+    except (ValueError, LookupError, email.errors.MessageError):  # garbage charsets
         return re.sub(r"\s+", " ", str(value)).strip()
 
 
@@ -146,14 +156,14 @@ def _text(part: Message) -> str:
     charset = part.get_content_charset() or "utf-8"
     try:
         return payload.decode(charset, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError):  # an unknown charset, or a name no codec can have
         return payload.decode("utf-8", errors="replace")
 
 
 def _verp_token(msg: Message) -> str | None:
     for name in ("Delivered-To", "X-Original-To", "Envelope-To", "To", "X-Failed-Recipients"):
-        for value in msg.get_all(name) or []:
-            token = token_from_address(str(value))
+        for value in _all(msg, name):
+            token = token_from_address(value)
             if token:
                 return token
     return None
@@ -311,12 +321,12 @@ def _read_arf(msg: Message, feedback: Message | None, report: Report) -> None:
 
 
 def _is_auto_reply(msg: Message, subject: str | None) -> bool:
-    auto = (msg.get("Auto-Submitted") or "").strip().lower()
+    auto = _h(msg, "Auto-Submitted").strip().lower()
     if auto and auto != "no":
         return True
-    if msg.get("X-Autoreply") or msg.get("X-Autorespond") or msg.get("X-Auto-Response-Suppress"):
+    if any(_h(msg, h) for h in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress")):
         return True
-    if (msg.get("Precedence") or "").strip().lower() in ("auto_reply", "bulk", "junk"):
+    if _h(msg, "Precedence").strip().lower() in ("auto_reply", "bulk", "junk"):
         return True
     return bool(subject and _AUTO_SUBJECT.match(subject))
 
@@ -341,12 +351,12 @@ _RETURNED_MARKERS = re.compile(
 
 
 def _read_text_bounce(msg: Message, subject: str | None, report: Report) -> None:
-    sender = parseaddr(msg.get("From") or "")[1]
-    from_name = (msg.get("From") or "").strip()
+    sender = parseaddr(_h(msg, "From"))[1]
+    from_name = _h(msg, "From").strip()
     looks_like = (
         bool(_BOUNCE_SENDER.match(sender) or _BOUNCE_SENDER.match(from_name))
         or bool(subject and _BOUNCE_SUBJECT.search(subject))
-        or msg.get("X-Failed-Recipients") is not None
+        or bool(_h(msg, "X-Failed-Recipients"))
     )
     if not looks_like:
         return
@@ -363,9 +373,9 @@ def _read_text_bounce(msg: Message, subject: str | None, report: Report) -> None
             m = re.match(r"\s*<([^>\s]+@[^>\s]+)>:\s*(.*)", block, re.DOTALL)
             if m:
                 recipients.append((m.group(1), " ".join(m.group(2).split())))
-    elif msg.get("X-Failed-Recipients"):
+    elif _h(msg, "X-Failed-Recipients"):
         report.format = "exim"
-        for _name, address in getaddresses(msg.get_all("X-Failed-Recipients") or []):
+        for _name, address in getaddresses(_all(msg, "X-Failed-Recipients")):
             if not address:
                 continue
             m = re.search(

@@ -208,12 +208,17 @@ class IMAPMailbox:
             self.conn.login(s.username, s.password)
         except imaplib.IMAP4.error as e:
             raise self._fail("login refused", e) from None
+        except OSError as e:
+            raise self._fail("connection lost", e) from None
         # Servers announce more after login (Dovecot: MOVE, UIDPLUS) than in their greeting,
         # and imaplib keeps the greeting's list: ask again.
-        typ, data = self.conn.capability()
-        if typ == "OK" and data and data[0]:
-            self.conn.capabilities = tuple(data[0].decode("ascii", "replace").upper().split())
-        typ, data = self.conn.select(_quote(s.mailbox))
+        try:
+            typ, data = self.conn.capability()
+            if typ == "OK" and data and data[0]:
+                self.conn.capabilities = tuple(data[0].decode("ascii", "replace").upper().split())
+            typ, data = self.conn.select(_quote(s.mailbox))
+        except (imaplib.IMAP4.error, OSError) as e:
+            raise self._fail("cannot open the mailbox", e) from None
         if typ != "OK":
             raise IMAPError(f"IMAP {s.masked()}: cannot open mailbox {s.mailbox!r}: {data}")
         _, values = self.conn.response("UIDVALIDITY")
@@ -227,7 +232,7 @@ class IMAPMailbox:
         assert self.conn is not None
         try:
             typ, data = self.conn.uid(*args)
-        except imaplib.IMAP4.error as e:
+        except (imaplib.IMAP4.error, OSError) as e:
             raise self._fail(f"UID {args[0]} failed", e) from None
         if typ != "OK":
             raise IMAPError(f"IMAP {self.settings.masked()}: UID {args[0]} refused: {data}")
@@ -253,6 +258,11 @@ class IMAPMailbox:
         if not uids:
             return "nothing to remove"
         uid_set = ",".join(str(u) for u in uids)
+        if move_to is not None:
+            assert self.conn is not None
+            # Create the folder the first time; "already exists" is a NO we can ignore.
+            with contextlib.suppress(imaplib.IMAP4.error):
+                self.conn.create(_quote(move_to))
         if move_to is not None and self.has("MOVE"):
             self._uid("MOVE", uid_set, _quote(move_to))
             return f"moved to {move_to}"

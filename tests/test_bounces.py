@@ -55,6 +55,13 @@ EXPECTED = {
         "gmailtokenaaaaaa",
         "gmailtokenaaaaaa",
     ),
+    "gmail_old_text.eml": (
+        "text_bounce",
+        "gmail",
+        [("old.reader@example.org", "hard", "5.1.1")],
+        None,
+        "gmailoldtokenaaa",
+    ),
     "gmail_mailbox_full.eml": (
         "dsn",
         "gmail",
@@ -181,6 +188,7 @@ MATCHES = {
     ),
     "gmail_user_unknown.eml": ("missing.reader@gmail.com", "gmailtokenaaaaaa", "verp"),
     "ses_bounce.eml": ("ses.gone@example.net", "sesrelaytokenaaa", "recipient"),
+    "gmail_old_text.eml": ("old.reader@example.org", "gmailoldtokenaaa", "message_id"),
 }
 
 
@@ -313,7 +321,7 @@ def test_bounces_import_reads_a_folder_and_reports_each_message_once(run, ws, wo
     ) in lines
     assert "not_a_bounce.eml: not a bounce or complaint (left alone)" in lines
     assert "vacation_reply.eml: auto-reply (ignored)" in lines
-    assert lines[-1].startswith("11 messages;")
+    assert lines[-1].startswith("12 messages;")
     again = run("bounces", "import", str(CORPUS), "--json")
     import json
 
@@ -426,3 +434,32 @@ def test_report_warns_when_a_campaigns_complaint_rate_passes_the_limits(
             f"Warning: campaign big has a complaint rate of 0.40% ({complaints} of 1000 sent),"
             " above 0.3% (Gmail's limit): stop sending to this audience until it falls"
         ]
+
+
+def test_a_report_with_raw_8bit_bytes_in_its_headers_is_still_read():
+    data = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+    data = data.replace(
+        b"Message-Id: <20261130091403", b"Message-Id: <\xe9t\xe9-20261130091403"
+    ).replace(b"To: bounces+postfixtokenaaaa", b"To: \xff bounces+postfixtokenaaaa")
+    report = parse(data)
+    assert (report.kind, report.token) == ("dsn", "postfixtokenaaaa")
+    assert [r.outcome for r in report.recipients] == ["hard"]
+
+
+@pytest.mark.parametrize("charset", [b"no-such-charset", b"utf\x00-8"])
+def test_a_bounce_whose_charset_is_unknown_or_garbage_is_read_as_utf8(charset):
+    data = (CORPUS / "qmail_no_mailbox.eml").read_bytes()
+    data = data.replace(
+        b"Subject: failure notice\n",
+        b'Subject: failure notice\nContent-Type: text/plain; charset="' + charset + b'"\n',
+    )
+    report = parse(data)
+    assert [(r.email, r.outcome) for r in report.recipients] == [("nosuch@example.net", "hard")]
+
+
+@pytest.mark.parametrize("charset", [b"u\xfff-8", b"utf\x00-8"])
+def test_a_subject_encoded_in_a_garbage_charset_does_not_stop_the_reading(charset):
+    data = (CORPUS / "qmail_no_mailbox.eml").read_bytes()
+    data = data.replace(b"Subject: failure notice", b"Subject: =?" + charset + b"?q?failure?=")
+    report = parse(data)
+    assert [(r.email, r.outcome) for r in report.recipients] == [("nosuch@example.net", "hard")]
