@@ -18,6 +18,8 @@ What it does, in a temporary folder it removes afterwards:
 4. ``listkit bounces fetch`` is killed (SIGKILL) right after its commit, then
    run again: exactly the unknown users are suppressed, each bounce is
    recorded once, the bounces leave the mailbox and the reply stays, unread.
+5. Over STARTTLS with ``LISTKIT_IMAP_DONE=move:Processed``, one more bounce
+   is moved to a folder that fetch creates.
 
 The system's own Postfix and Dovecot configuration is never touched and no
 system instance is started. Exit status 0 when every check holds.
@@ -410,6 +412,26 @@ def main() -> int:
             fail(f"third fetch (STARTTLS) read something again: {r.stdout}{r.stderr}")
         if len(maildir_messages(box)) != 1 or events() != len(UNKNOWN):
             fail("the third fetch changed something")
+
+        # LISTKIT_IMAP_DONE=move:Processed: a new bounce goes to that folder (created).
+        for step in (
+            ["lists", "create", "more"],
+            ["subscribers", "add", f"ghost4@{USERS}", "--list", "more"],
+        ):
+            listkit(ws, *step)
+        (ws / "campaigns" / "it2.toml").write_text('offer = "launch"\nlists = ["more"]\n')
+        if listkit(ws, "send", "it2", "--yes").returncode:
+            fail("listkit send it2 failed")
+        wait_for("the fourth bounce", lambda: len(maildir_messages(box)) == 2)
+        env_file.write_text(env_file.read_text() + "LISTKIT_IMAP_DONE=move:Processed\n")
+        r = listkit(ws, "bounces", "fetch")
+        say("fetch, moving: " + r.stdout.strip().splitlines()[-1])
+        processed = maildir_messages(box / ".Processed")
+        if r.returncode or len(processed) != 1 or len(maildir_messages(box)) != 1:
+            fail(f"move:Processed: {r.stdout}{r.stderr}; {len(processed)} in Processed")
+        expected = sorted([*expected, f"ghost4@{USERS}"])
+        if suppressed() != expected or events() != len(expected):
+            fail(f"after the move: suppressed {suppressed()}, {events()} bounce events")
         r = listkit(ws, "report", "--by", "campaign")
         say("report:\n" + r.stdout)
         say(f"OK: suppressed exactly {', '.join(expected)}; the reply stays in the mailbox")
