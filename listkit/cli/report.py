@@ -79,10 +79,10 @@ def report(
                 "revenue",
                 "conversion_rate",
                 "revenue_per_1000",
-                "methods",
                 "complaints",
                 "bounce_rate",
                 "complaint_rate",
+                "methods",
                 *(["mailed"] if by == "list" else []),
             ],
         )
