@@ -31,7 +31,7 @@ from sqlite_utils import Database
 
 from listkit.addresses import email_key
 from listkit.db import now
-from listkit.errors import ConfigError
+from listkit.errors import ConfigError, ListkitError
 from listkit.verp import token_from_address
 
 # What a recipient line of a report comes to.
@@ -653,9 +653,30 @@ class FetchSummary:
 PAUSE_AFTER_COMMIT = "LISTKIT_TEST_PAUSE_AFTER_COMMIT"
 
 
+FETCH_LOCK = ".listkit-bounces.lock"
+
+
 def fetch(ws, *, batch: int = 500) -> FetchSummary:
     """``listkit bounces fetch``: read new messages over IMAP, commit, then move or delete
-    exactly those understood."""
+    exactly those understood. One run at a time per workspace (cron runs may overlap)."""
+    import fcntl
+    import os
+
+    fd = os.open(ws.root / FETCH_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ListkitError(
+                "another `listkit bounces fetch` is running in this workspace; "
+                "try again when it has finished"
+            ) from None
+        return _fetch(ws, batch)
+    finally:
+        os.close(fd)
+
+
+def _fetch(ws, batch: int) -> FetchSummary:
     import os
     import sys
     import time

@@ -463,3 +463,22 @@ def test_a_subject_encoded_in_a_garbage_charset_does_not_stop_the_reading(charse
     data = data.replace(b"Subject: failure notice", b"Subject: =?" + charset + b"?q?failure?=")
     report = parse(data)
     assert [(r.email, r.outcome) for r in report.recipients] == [("nosuch@example.net", "hard")]
+
+
+def test_a_second_bounces_fetch_while_one_runs_stops_with_a_clear_error(
+    run, workspace, monkeypatch
+):
+    import fcntl
+    import os
+
+    monkeypatch.setenv("LISTKIT_IMAP_URL", "imaps://u:pw@127.0.0.1:1/INBOX")
+    fd = os.open(workspace / ".listkit-bounces.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run("bounces", "fetch", ok=False)
+    finally:
+        os.close(fd)
+    assert result.output == (
+        "Error: another `listkit bounces fetch` is running in this workspace; "
+        "try again when it has finished\n"
+    )
