@@ -20,6 +20,13 @@ EXPECTED = {
         "postfixtokenaaaa",
         "postfixtokenaaaa",
     ),
+    "postfix_virtual_unknown_user.eml": (
+        "dsn",
+        "postfix",
+        [("ghost4@users.example.com", "hard", "5.1.1")],
+        "mhpsbezciuv7tbok",
+        "mhpsbezciuv7tbok",
+    ),
     "postfix_delayed.eml": (
         "dsn",
         "postfix",
@@ -321,7 +328,7 @@ def test_bounces_import_reads_a_folder_and_reports_each_message_once(run, ws, wo
     ) in lines
     assert "not_a_bounce.eml: not a bounce or complaint (left alone)" in lines
     assert "vacation_reply.eml: auto-reply (ignored)" in lines
-    assert lines[-1].startswith("12 messages;")
+    assert lines[-1].startswith("13 messages;")
     again = run("bounces", "import", str(CORPUS), "--json")
     import json
 
