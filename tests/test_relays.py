@@ -329,3 +329,30 @@ def test_relay_secrets_are_masked_in_listkit_config(run, monkeypatch):
     monkeypatch.setenv("LISTKIT_MAILGUN_SIGNING_KEY", MAILGUN_KEY)
     output = run("config").output
     assert "hook-secret" not in output and MAILGUN_KEY not in output
+
+
+def test_a_real_listkit_serve_takes_a_mailgun_webhook_and_its_log_holds_no_secret(ws, workspace):
+    import urllib.error
+    import urllib.request
+
+    from tests.web_server import serve
+
+    world = World(ws.db)
+    cid = world.campaign("launch")
+    d = world.deliver(cid, "gone@example.net", "blog", sent_at=now())
+    token = ws.db.execute("SELECT token FROM deliveries WHERE id = ?", [d["id"]]).fetchone()[0]
+    body = json.dumps(mailgun_event(token)).encode()
+    with serve(workspace, env={"LISTKIT_MAILGUN_SIGNING_KEY": MAILGUN_KEY}) as base:
+        request = urllib.request.Request(base + "/relays/mailgun", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as r:
+            assert (r.status, r.read()) == (200, b"ok: 1\n")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=10)
+        assert e.value.code == 406
+    reason = ws.db.execute(
+        "SELECT reason FROM suppressions WHERE key = 'gone@example.net'"
+    ).fetchone()
+    assert reason == ("hard_bounce",)
+    log = (workspace / "serve.log").read_text()
+    assert "POST /relays/mailgun 200" in log and "POST /relays/mailgun 406" in log
+    assert MAILGUN_KEY not in log and token not in log
