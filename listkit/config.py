@@ -280,6 +280,17 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:****@{hostpart}"
 
 
+def mask_imap_url(url: str) -> str:
+    """Hide the password of an IMAP URL, even one with a raw '@' or '/' in it: everything
+    between the user and the last '@' goes."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0].split("/", 1)[0]
+    return f"{scheme}://{user}:****@{host}"
+
+
 def parse_sender(value: str) -> tuple[str, str]:
     """``Name <addr>`` or ``addr`` -> (name, addr); raises ConfigError."""
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
@@ -387,8 +398,10 @@ class Settings:
             value = self.values.get(name)
             if value and secret:
                 shown = "****"
-            elif value and name in ("LISTKIT_SMTP_URL", "LISTKIT_IMAP_URL"):
+            elif value and name == "LISTKIT_SMTP_URL":
                 shown = mask_url(value)
+            elif value and name == "LISTKIT_IMAP_URL":
+                shown = mask_imap_url(value)
             else:
                 shown = value
             rows.append(

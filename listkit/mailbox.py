@@ -106,7 +106,9 @@ def parse_imap_url(url: str) -> IMAPSettings:
     userinfo, at, hostport = authority.rpartition("@")
     if not at:
         raise ConfigError(f"{where} has no user and password: imaps://user:pass@host/INBOX")
-    if "@" in userinfo or "/" in userinfo or userinfo.count(":") != 1:
+    # A raw '@' after the first '/' means a '/' in the password: never guess where it ends
+    # (a mailbox name with '@' is percent-encoded too).
+    if "@" in path_query or "@" in userinfo or userinfo.count(":") != 1:
         raise ConfigError(
             f"{where}: the user and password must be 'user:pass', with @ / : in them "
             "percent-encoded (%40 %2F %3A)"

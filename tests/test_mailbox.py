@@ -84,3 +84,12 @@ def test_an_empty_folder_is_a_clear_error(tmp_path):
 
     with pytest.raises(InputError, match="no messages in this folder"):
         list(read_messages(str(tmp_path)))
+
+
+def test_an_imap_url_with_unencoded_at_or_slash_in_the_password_is_still_masked(run, monkeypatch):
+    monkeypatch.setenv("LISTKIT_IMAP_URL", "imaps://u:top@sec/ret@host/INBOX")
+    output = run("config").output
+    assert "sec" not in output and "ret@" not in output
+    assert "imaps://u:****@host/INBOX" in output
+    result = run("bounces", "fetch", ok=False)
+    assert "sec" not in result.output and "top" not in result.output
