@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import hashlib
 import json
 import re
@@ -86,11 +87,6 @@ class Report:
     message_token: str | None = None  # the token in it, when it is one of ours
     subject: str | None = None
 
-    @property
-    def understood(self) -> bool:
-        """True when acting on the report (or deliberately ignoring it) is safe."""
-        return self.kind != "unknown"
-
 
 def parse(data: bytes) -> Report:
     """Read one message (its raw bytes) as a bounce, complaint, auto-reply or nothing."""
@@ -100,7 +96,10 @@ def parse(data: bytes) -> Report:
     subject = _header(msg, "Subject")
     report = Report(kind="unknown", identity=identity, format="none", subject=subject)
     report.token = _verp_token(msg)
-    report_type = (msg.get_param("report-type") or "").lower() if msg.is_multipart() else ""
+    report_type = ""
+    if msg.is_multipart():
+        value = msg.get_param("report-type")
+        report_type = email.utils.collapse_rfc2231_value(value).lower() if value else ""
 
     feedback = _part(msg, "message/feedback-report")
     if report_type == "feedback-report" or feedback is not None:
@@ -161,7 +160,7 @@ def _text(part: Message) -> str:
 
 
 def _verp_token(msg: Message) -> str | None:
-    for name in ("Delivered-To", "X-Original-To", "Envelope-To", "To", "X-Failed-Recipients"):
+    for name in ("Delivered-To", "X-Original-To", "Envelope-To", "To"):
         for value in _all(msg, name):
             token = token_from_address(value)
             if token:
