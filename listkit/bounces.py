@@ -17,6 +17,8 @@ makes an address active.
 from __future__ import annotations
 
 import email
+import email.errors
+import email.header
 import email.policy
 import email.utils
 import hashlib
