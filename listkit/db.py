@@ -452,6 +452,23 @@ def _merge_memberships(conn: sqlite3.Connection, keep: int, gone: int) -> None:
 
 
 @migrations()
+def m009_sale_aliases(db: Database) -> None:
+    # Other ids of an order at its source (a Stripe charge or checkout session
+    # beside the payment intent that is the order's id), so that the same
+    # payment from an export and from a webhook is one sale.
+    db.execute(
+        """
+        CREATE TABLE sale_aliases (
+            source TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            sale_id INTEGER NOT NULL REFERENCES sales(id) ON DELETE CASCADE,
+            PRIMARY KEY (source, alias)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX sale_aliases_sale ON sale_aliases(sale_id)")
+
+
+@migrations()
 def m013_bounces(db: Database) -> None:
     # Bounce and complaint events (kind 'bounce' | 'complaint') carry the report
     # they came from (report_id: the report's identity and the recipient, so the

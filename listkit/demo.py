@@ -48,7 +48,7 @@ def _write_sales(root: Path, ws: Workspace, sent_at: datetime) -> tuple[Path, Pa
         if row["Purchase ID"] != "Totals":
             at = sent_at + timedelta(hours=2 + 5 * i)
             row["Purchase Date"] = at.strftime("%Y-%m-%d")
-            row["Purchase Time (UTC timezone)"] = at.strftime("%H:%M:%S")
+            row["Purchase Time (UTC timezone)"] = at.strftime("%Y-%m-%d %H:%M:%S UTC")
             if row["Purchase Email"] == "BUYER":
                 row["Purchase Email"] = buyers[i % len(buyers)][0]
         out.append(row)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -28,7 +29,7 @@ from sqlite_utils import Database
 from listkit.addresses import email_key
 from listkit.db import immediate, now
 from listkit.errors import InputError
-from listkit.money import currency_code, to_minor
+from listkit.money import MAX_MINOR, currency_code, to_minor
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
 REVENUE_STATUSES = ("paid", "partially_refunded", "refunded")
@@ -50,6 +51,9 @@ class Sale:
     utm_content: str | None = None
     product: str | None = None
     raw: dict = field(default_factory=dict)
+    # Other ids of the same order at the same source (a Stripe charge or checkout
+    # session beside its payment intent): an import finds the order by any of them.
+    aliases: tuple[str, ...] = ()
 
 
 class Skip(Exception):
@@ -58,11 +62,17 @@ class Skip(Exception):
 
 def parse_time(value: str, field_name: str) -> str:
     """Shop timestamps to ISO 8601 UTC; naive times are taken as UTC."""
-    text = (value or "").strip()
+    if isinstance(value, bool) or not isinstance(value, str | int | None):
+        raise InputError(f"{field_name} is not a date and time: {_short(value)}")
+    text = str(value if value is not None else "").strip()
     if not text:
         raise InputError(f"{field_name} is empty")
     if text.isdigit():
+        if len(text) > 11:  # past the year 5000: not a Unix time
+            raise InputError(f"{field_name} {text!r} is not a date and time")
         return datetime.fromtimestamp(int(text), UTC).isoformat()
+    if len(text) > 64:
+        raise InputError(f"{field_name} {text[:64]!r}... is not a date and time")
     candidate = text.replace("Z", "+00:00").replace(" UTC", "+00:00")
     for attempt in (candidate, candidate.replace(" +", "+").replace(" -", "-")):
         try:
@@ -81,21 +91,69 @@ def parse_time(value: str, field_name: str) -> str:
             raise InputError(f"{field_name} {text!r} is not a date and time")
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).isoformat()
+    try:
+        return dt.astimezone(UTC).isoformat()
+    except OverflowError:
+        raise InputError(f"{field_name} {text!r} is not a date and time") from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text(data: dict, key: str) -> str | None:
+    """A JSON field that must be text (or a whole number, for ids); None if absent."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InputError(f"{key} is not text: {_short(value)}")
+
+
+def _object(data: dict, key: str) -> dict:
+    """A JSON field that must be an object (or absent)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{key} is not an object: {_short(value)}")
+    return value
+
+
+def _minor_units(value: Any, key: str) -> int:
+    """A JSON amount already in minor units: a whole, non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{key} {_short(value)} is not whole minor units")
+    if value < 0:
+        raise InputError(f"{key} {value!r} is negative")
+    if value >= MAX_MINOR:
+        raise InputError(f"{key} {value!r} is too large an amount")
+    return value
+
+
+def _not_negative(amount: int, column: str, text: str) -> int:
+    if amount < 0:
+        raise InputError(f"{column} {text!r} is negative")
+    return amount
 
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "y", "t")
 
 
-def _money(row: dict, column: str, currency: str) -> int:
+def _money(row: dict, column: str, currency: str, decimal_comma: bool = False) -> int:
     value = (row.get(column) or "").strip()
     if not value:
         return 0
     try:
-        return to_minor(value, currency)
+        amount = to_minor(value, currency, decimal_comma=decimal_comma)
     except InputError as e:
         raise InputError(f"{column}: {e}") from None
+    return _not_negative(amount, column, value)
 
 
 def _optional(row: dict, column: str | None) -> str | None:
@@ -127,14 +185,22 @@ def gumroad_row(row: dict) -> Sale:
     partial = _money(row, "Partial Refund ($)", currency)
     fully = _flag(row.get("Fully Refunded?")) or (_flag(row.get("Refunded?")) and not partial)
     refunded = amount if fully else min(partial, amount)
-    date = _need(row, "Purchase Date")
-    time = (row.get("Purchase Time (UTC timezone)") or "00:00:00").strip()
+    # Gumroad writes the whole time here (`created_at.to_time.to_s`: '2024-03-14
+    # 09:12:31 UTC' or '... +0000'); older samples held only 'HH:MM:SS'.
+    time_column = "Purchase Time (UTC timezone)"
+    time = (row.get(time_column) or "").strip()
+    if len(time) > len("HH:MM:SS"):
+        at = parse_time(time, time_column)
+    else:
+        date = _need(row, "Purchase Date")
+        stamp = date if "T" in date or ":" in date else f"{date} {time or '00:00:00'}"
+        at = parse_time(stamp, "Purchase Date")
     return Sale(
         source="gumroad",
         order_id=purchase_id,
         amount=amount,
         currency=currency,
-        at=parse_time(date if "T" in date or ":" in date else f"{date} {time}", "Purchase Date"),
+        at=at,
         status="refunded" if fully else "partially_refunded" if refunded else "paid",
         refunded=refunded,
         email=(row.get("Purchase Email") or row.get("Buyer Email") or "").strip() or None,
@@ -169,9 +235,14 @@ def stripe_row(row: dict, token_keys: tuple[str, ...]) -> Sale:
         ),
         None,
     )
+    # The payment intent is the order a checkout webhook names; the charge (or
+    # payment) id stays an alias. Without the column they cannot be matched.
+    charge_id = _need(row, "id")
+    intent = (row.get("PaymentIntent ID") or row.get("Payment Intent ID") or "").strip()
     return Sale(
         source="stripe",
-        order_id=_need(row, "id"),
+        order_id=intent or charge_id,
+        aliases=(charge_id,) if intent else (),
         amount=amount,
         currency=currency,
         at=parse_time(row.get(date_column) or "", date_column),
@@ -208,8 +279,8 @@ def shopify_row(row: dict) -> Sale:
     financial = (row.get("Financial Status") or "").strip().lower()
     if not financial and not (row.get("Total") or "").strip():
         raise Skip(f"line item of order {name}")
-    if financial == "voided":
-        raise Skip("voided order")
+    if financial in ("voided", "expired"):
+        raise Skip(f"{financial} order")  # an authorization never captured: no sale
     status = SHOPIFY_STATUS.get(financial)
     if status is None:
         raise InputError(f"Financial Status {financial!r} is not one listkit knows")
@@ -249,6 +320,7 @@ class Columns:
     refunded: str | None = "refunded"
     utm_campaign: str | None = "utm_campaign"
     utm_content: str | None = "utm_content"
+    decimal_comma: bool = False
 
 
 def generic_row(row: dict, cols: Columns) -> Sale:
@@ -256,10 +328,14 @@ def generic_row(row: dict, cols: Columns) -> Sale:
         currency = currency_code(cols.fixed_currency)
     else:
         currency = currency_code(_need(row, cols.currency or "currency"))
-    amount = _money(row, cols.amount, currency)
     if not (row.get(cols.amount) or "").strip():
         raise InputError(f"{cols.amount} is empty")
-    refunded = min(_money(row, cols.refunded, currency), amount) if cols.refunded else 0
+    amount = _money(row, cols.amount, currency, cols.decimal_comma)
+    refunded = (
+        min(_money(row, cols.refunded, currency, cols.decimal_comma), amount)
+        if cols.refunded
+        else 0
+    )
     return Sale(
         source="csv",
         order_id=_need(row, cols.order),
@@ -281,39 +357,58 @@ def generic_row(row: dict, cols: Columns) -> Sale:
     )
 
 
-# --- Webhook payloads (JSON lines) -----------------------------------------------------------
+# --- Webhook payloads (JSON lines, and `listkit serve`'s /hooks routes) ------------------------
+
+
+def _whole_cents(value: Any, key: str) -> int:
+    """Gumroad's cents: a whole number, as text (form) or a number (JSON)."""
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,20}\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{key} {_short(value)} is not whole cents")
+    if value < 0:
+        raise InputError(f"{key} {str(value)!r} is negative")
+    if value >= MAX_MINOR:
+        raise InputError(f"{key} {value!r} is too large an amount")
+    return value
+
+
+def _json_flag(data: dict, key: str) -> bool:
+    value = data.get(key)
+    return value if isinstance(value, bool) else _flag(_text(data, key))
 
 
 def _gumroad_ping(data: dict, token_param: str) -> Sale:
-    if _flag(str(data.get("test", ""))):
+    if _json_flag(data, "test"):
         raise Skip("test purchase")
+    if _json_flag(data, "is_preorder_authorization"):
+        raise Skip("not a charge (pre-order authorization)")
     params: dict[str, str] = {}
-    for key, value in data.items():
-        k = key.replace("%5B", "[").replace("%5D", "]")
+    for key in data:
+        k = key.replace("%5B", "[").replace("%5D", "]").replace("%5b", "[").replace("%5d", "]")
         if k.startswith("url_params[") and k.endswith("]"):
-            params[k[len("url_params[") : -1]] = value
-    if isinstance(data.get("url_params"), dict):
-        params.update(data["url_params"])
-    currency = currency_code(str(data.get("currency") or "usd"))
-    try:
-        amount = int(str(data.get("price", "")).strip())
-    except ValueError:
-        raise InputError(f"price {data.get('price')!r} is not whole cents") from None
-    refunded = _flag(str(data.get("refunded", "")))
+            params[k[len("url_params[") : -1]] = _text(data, key) or ""
+    nested = data.get("url_params")
+    if isinstance(nested, dict):
+        params.update({k: _text(nested, k) or "" for k in nested})
+    # Gumroad's docs: `price` is "the price paid, in USD cents" whatever the
+    # product's `currency` says, so the sale is booked in USD.
+    amount = _whole_cents(data.get("price", ""), "price")
+    refunded = _json_flag(data, "refunded")
     return Sale(
         source="gumroad",
-        order_id=str(data.get("sale_id") or "").strip() or _missing("sale_id"),
+        order_id=_text(data, "sale_id") or _missing("sale_id"),
         amount=amount,
-        currency=currency,
-        at=parse_time(str(data.get("sale_timestamp") or ""), "sale_timestamp"),
-        status="refunded" if refunded else "paid",
+        currency="USD",
+        at=parse_time(data.get("sale_timestamp"), "sale_timestamp"),
+        status="refunded" if refunded and amount else "paid",
         refunded=amount if refunded else 0,
-        email=str(data.get("email") or "").strip() or None,
-        coupon=str(data.get("offer_code") or "").strip() or None,
+        email=_text(data, "email"),
+        coupon=_text(data, "offer_code"),
         token=params.get(token_param) or None,
         utm_campaign=params.get("utm_campaign") or None,
         utm_content=params.get("utm_content") or None,
-        product=str(data.get("product_name") or data.get("product_id") or "") or None,
+        product=_text(data, "product_name") or _text(data, "product_id"),
         raw=data,
     )
 
@@ -322,88 +417,185 @@ def _missing(name: str) -> str:
     raise InputError(f"{name} is missing")
 
 
+def _status(amount: int, refunded: int) -> str:
+    if amount and refunded >= amount:
+        return "refunded"
+    return "partially_refunded" if refunded else "paid"
+
+
+STRIPE_SALE_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+
+
 def _stripe_event(event: dict, token_param: str) -> Sale:
-    if event.get("type") != "checkout.session.completed":
-        raise Skip(f"Stripe event {event.get('type')!r} is not a completed checkout")
+    kind = _text(event, "type")
+    if kind not in (*STRIPE_SALE_EVENTS, "charge.refunded"):
+        raise Skip(f"Stripe event {kind!r} is not a sale or refund")
     if event.get("livemode") is False:
         raise Skip("test mode event")
-    obj = (event.get("data") or {}).get("object") or {}
-    if obj.get("payment_status") not in ("paid", "no_payment_required"):
-        raise Skip(f"payment_status {obj.get('payment_status')!r}")
-    currency = currency_code(str(obj.get("currency") or ""))
-    amount = obj.get("amount_total")
-    if not isinstance(amount, int):
-        raise InputError(f"amount_total {amount!r} is not whole minor units")
-    metadata = obj.get("metadata") or {}
-    created = obj.get("created") or event.get("created")
+    obj = _object(_object(event, "data"), "object")
+    metadata = _object(obj, "metadata")
+    if kind == "charge.refunded":
+        return _stripe_charge(event, obj, metadata, token_param)
+    payment_status = obj.get("payment_status")
+    if payment_status not in ("paid", "no_payment_required"):
+        # 'unpaid': a delayed method (bank debit, voucher); the sale comes with
+        # checkout.session.async_payment_succeeded.
+        raise Skip(f"payment_status {_short(payment_status)}")
+    currency = currency_code(_text(obj, "currency") or "")
+    amount = _minor_units(obj.get("amount_total"), "amount_total")
+    session_id = _text(obj, "id")
+    intent = _text(obj, "payment_intent")
+    # The event's time is when the payment succeeded; the session's `created` is
+    # when the buyer opened the checkout.
+    created = event.get("created") or obj.get("created")
     return Sale(
         source="stripe",
-        order_id=str(obj.get("payment_intent") or obj.get("id") or "") or _missing("id"),
+        order_id=intent or session_id or _missing("id"),
+        aliases=(session_id,) if intent and session_id else (),
         amount=amount,
         currency=currency,
-        at=parse_time(str(created or ""), "created"),
-        email=((obj.get("customer_details") or {}).get("email") or obj.get("customer_email")),
-        coupon=metadata.get("coupon"),
-        token=obj.get("client_reference_id") or metadata.get(token_param),
-        utm_campaign=metadata.get("utm_campaign"),
-        utm_content=metadata.get("utm_content"),
+        at=parse_time(created, "created"),
+        email=_text(_object(obj, "customer_details"), "email") or _text(obj, "customer_email"),
+        coupon=_text(metadata, "coupon"),
+        token=_text(obj, "client_reference_id") or _text(metadata, token_param),
+        utm_campaign=_text(metadata, "utm_campaign"),
+        utm_content=_text(metadata, "utm_content"),
         raw=event,
     )
 
 
+def _stripe_charge(event: dict, charge: dict, metadata: dict, token_param: str) -> Sale:
+    currency = currency_code(_text(charge, "currency") or "")
+    amount = _minor_units(charge.get("amount"), "amount")
+    refunded = min(_minor_units(charge.get("amount_refunded", 0), "amount_refunded"), amount)
+    if charge.get("refunded") is True:
+        refunded = amount
+    charge_id = _text(charge, "id")
+    intent = _text(charge, "payment_intent")
+    return Sale(
+        source="stripe",
+        order_id=intent or charge_id or _missing("id"),
+        aliases=(charge_id,) if intent and charge_id else (),
+        amount=amount,
+        currency=currency,
+        at=parse_time(charge.get("created") or event.get("created"), "created"),
+        status=_status(amount, refunded),
+        refunded=refunded,
+        email=_text(_object(charge, "billing_details"), "email") or _text(charge, "receipt_email"),
+        coupon=_text(metadata, "coupon"),
+        token=_text(metadata, token_param) or _text(metadata, "client_reference_id"),
+        utm_campaign=_text(metadata, "utm_campaign"),
+        utm_content=_text(metadata, "utm_content"),
+        raw=event,
+    )
+
+
+LEMON_SQUEEZY_SKIP = {"pending": "pending payment", "failed": "failed payment"}
+LEMON_SQUEEZY_SKIP["fraudulent"] = "fraudulent order"
+
+
 def _lemon_squeezy(payload: dict, token_param: str) -> Sale:
-    meta = payload.get("meta") or {}
-    event = meta.get("event_name")
+    meta = _object(payload, "meta")
+    event = _text(meta, "event_name")
     if event not in ("order_created", "order_refunded"):
         raise Skip(f"Lemon Squeezy event {event!r} is not an order")
     if meta.get("test_mode") is True:
         raise Skip("test mode order")
-    attrs = (payload.get("data") or {}).get("attributes") or {}
-    custom = meta.get("custom_data") or {}
-    currency = currency_code(str(attrs.get("currency") or ""))
-    total = attrs.get("total")
-    if not isinstance(total, int):
-        raise InputError(f"total {total!r} is not whole cents")
-    status = str(attrs.get("status") or "paid")
-    if status == "failed":
-        raise Skip("failed payment")
-    refunded = total if attrs.get("refunded") or status == "refunded" else 0
+    data = _object(payload, "data")
+    attrs = _object(data, "attributes")
+    custom = _object(meta, "custom_data")
+    status = _text(attrs, "status") or "paid"
+    if status in LEMON_SQUEEZY_SKIP:
+        raise Skip(LEMON_SQUEEZY_SKIP[status])
+    if status not in ("paid", "refunded", "partial_refund"):
+        raise InputError(f"status {status!r} is not one listkit knows")
+    currency = currency_code(_text(attrs, "currency") or "")
+    total = _minor_units(attrs.get("total"), "total")
+    refunded = total if attrs.get("refunded") is True or status == "refunded" else 0
     if status == "partial_refund":
-        refunded = int(attrs.get("refunded_amount") or 0)
+        refunded = min(_minor_units(attrs.get("refunded_amount", 0), "refunded_amount"), total)
     return Sale(
         source="lemonsqueezy",
-        order_id=str(attrs.get("order_number") or (payload.get("data") or {}).get("id") or "")
-        or _missing("order_number"),
+        order_id=_text(attrs, "order_number") or _text(data, "id") or _missing("order_number"),
         amount=total,
         currency=currency,
-        at=parse_time(str(attrs.get("created_at") or ""), "created_at"),
-        status="refunded"
-        if refunded >= total and total
-        else "partially_refunded"
-        if refunded
-        else "paid",
+        at=parse_time(attrs.get("created_at"), "created_at"),
+        status=_status(total, refunded),
         refunded=refunded,
-        email=attrs.get("user_email"),
-        coupon=custom.get("coupon"),
-        token=custom.get(token_param),
-        utm_campaign=custom.get("utm_campaign"),
-        utm_content=custom.get("utm_content"),
-        product=(attrs.get("first_order_item") or {}).get("product_name"),
+        email=_text(attrs, "user_email"),
+        coupon=_text(custom, "coupon"),
+        token=_text(custom, token_param),
+        utm_campaign=_text(custom, "utm_campaign"),
+        utm_content=_text(custom, "utm_content"),
+        product=_text(_object(attrs, "first_order_item"), "product_name"),
         raw=payload,
     )
 
 
-def webhook_sale(line: str, token_param: str) -> Sale:
-    text = line.strip()
+def listkit_sale(data: dict, token_param: str = "lk") -> Sale:
+    """A sale in listkit's own JSON (``POST /hooks/sale``): ``order_id``, ``amount`` (decimal
+    text in major units, e.g. "29.00"), ``currency``, ``at`` (ISO 8601 or Unix time); optional
+    ``email``, ``refunded``, ``coupon``, ``token`` (or the token parameter), ``utm_campaign``,
+    ``utm_content``, ``product``, ``source`` (default "webhook")."""
+    currency = currency_code(_text(data, "currency") or "")
+    amount = _not_negative(_json_amount(data, "amount", currency, required=True), "amount", "")
+    refunded = min(_json_amount(data, "refunded", currency), amount)
+    source = _text(data, "source") or "webhook"
+    if not re.fullmatch(r"[a-z0-9_-]{1,32}", source):
+        raise InputError(f"source {source!r} is not a short lower-case name")
+    return Sale(
+        source=source,
+        order_id=_text(data, "order_id") or _missing("order_id"),
+        amount=amount,
+        currency=currency,
+        at=parse_time(data.get("at"), "at"),
+        status=_status(amount, refunded),
+        refunded=refunded,
+        email=_text(data, "email"),
+        coupon=_text(data, "coupon"),
+        token=_text(data, "token") or _text(data, token_param),
+        utm_campaign=_text(data, "utm_campaign"),
+        utm_content=_text(data, "utm_content"),
+        product=_text(data, "product"),
+        raw=data,
+    )
+
+
+def _json_amount(data: dict, key: str, currency: str, required: bool = False) -> int:
+    text = _text(data, key)
+    if text is None:
+        if required:
+            _missing(key)
+        return 0
+    try:
+        amount = to_minor(text, currency)
+    except InputError as e:
+        raise InputError(f"{key}: {e}") from None
+    return _not_negative(amount, key, text)
+
+
+def parse_payload(text: str) -> dict:
+    """One saved webhook payload: a JSON object, or a raw form-encoded body."""
+    text = text.strip()
     if text.startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise InputError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise InputError("not a webhook payload: JSON nested too deeply") from None
     else:
-        data = dict(parse_qsl(text, keep_blank_values=True))  # a raw form-encoded ping
+        try:
+            data = dict(parse_qsl(text, keep_blank_values=True, max_num_fields=1000))
+        except ValueError:
+            raise InputError("not a form body listkit can read (over 1,000 fields)") from None
     if not isinstance(data, dict):
         raise InputError("not a JSON object")
+    return data
+
+
+def record_sale(data: dict, token_param: str) -> Sale:
+    """A webhook payload (already parsed) as a Sale; Skip or InputError otherwise."""
     if data.get("object") == "event" or ("type" in data and "data" in data):
         return _stripe_event(data, token_param)
     if "meta" in data and "data" in data:
@@ -411,6 +603,21 @@ def webhook_sale(line: str, token_param: str) -> Sale:
     if "sale_id" in data:
         return _gumroad_ping(data, token_param)
     raise InputError("not a Gumroad ping, Stripe event or Lemon Squeezy order")
+
+
+def webhook_sale(line: str, token_param: str) -> Sale:
+    return record_sale(parse_payload(line), token_param)
+
+
+def _looks_like_ping(line: str) -> bool:
+    """A saved Gumroad ping as its raw form body (``sale_id=...&price=...``)."""
+    if "=" not in line or "," in line.split("&", 1)[0]:
+        return False
+    try:
+        keys = {k for k, _v in parse_qsl(line.strip(), max_num_fields=1000)}
+    except ValueError:
+        return False
+    return "sale_id" in keys
 
 
 # --- Import ----------------------------------------------------------------------------------
@@ -490,7 +697,8 @@ def parse_file(
     if not content.strip():
         raise InputError("the file is empty: expected a header row and sales")
     text = io.StringIO(content, newline="")
-    if fmt == "auto" and content.lstrip()[:1] == "{":
+    first = content.lstrip().split("\n", 1)[0]
+    if fmt == "auto" and (first[:1] == "{" or _looks_like_ping(first)):
         fmt = "jsonl"
     if fmt == "jsonl":
         return "jsonl", _results(
@@ -527,72 +735,122 @@ def parse_file(
 
 def _results(items: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Sale | Skip | InputError]]:
     for number, make in items:
-        try:
-            yield number, make()
-        except (Skip, InputError) as e:
-            yield number, e
+        yield number, parse_one(make)
+
+
+def parse_one(make: Callable[[], Sale]) -> Sale | Skip | InputError:
+    """``make()``, or the Skip or InputError that says why this record is no sale.
+
+    A record this module did not foresee (a value of a type or size nobody
+    sends) is rejected like any other bad record: one bad line never stops the
+    others, and never shows a traceback.
+    """
+    try:
+        return make()
+    except (Skip, InputError) as e:
+        return e
+    except RecursionError:
+        return InputError("nested too deeply to be a sale record")
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as e:
+        return InputError(f"not a sale record listkit can read ({type(e).__name__})")
 
 
 def store(
     db: Database, sales: Iterable[tuple[int, Sale | Skip | InputError]], summary: SalesSummary
 ) -> list[int]:
     """Insert or update sales (one transaction); return the ids that changed."""
+    with immediate(db):
+        return store_records(db, sales, summary)
+
+
+def _existing(db: Database, sale: Sale) -> tuple | None:
+    """The stored order this sale is, found by its order id or any alias (oldest first)."""
+    ids = json.dumps([sale.order_id, *sale.aliases])
+    return db.execute(
+        """SELECT id, status, amount, refunded, currency, order_id FROM sales WHERE id = (
+             SELECT min(id) FROM (
+               SELECT id FROM sales
+               WHERE source = ? AND order_id IN (SELECT value FROM json_each(?))
+               UNION ALL SELECT sale_id FROM sale_aliases
+               WHERE source = ? AND alias IN (SELECT value FROM json_each(?))))""",
+        [sale.source, ids, sale.source, ids],
+    ).fetchone()
+
+
+def store_records(
+    db: Database, sales: Iterable[tuple[int, Sale | Skip | InputError]], summary: SalesSummary
+) -> list[int]:
+    """``store`` without its transaction: for callers inside one (``listkit serve``'s writer).
+
+    Refunds only grow: an older record of an order (a replayed checkout event
+    after its refund) never takes a refund back.
+    """
     changed: list[int] = []
     stamp = now()
-    with immediate(db):
-        for line, item in sales:
-            if isinstance(item, Skip):
-                reason = str(item)
-                key = "line item" if reason.startswith("line item") else reason
-                summary.skipped[key] = summary.skipped.get(key, 0) + 1
-                continue
-            if isinstance(item, InputError):
-                summary.rejected += 1
-                summary.errors.append({"line": line, "reason": str(item)})
-                continue
-            sale = item
-            row = db.execute(
-                """SELECT id, status, amount, refunded, currency FROM sales
-                   WHERE source = ? AND order_id = ?""",
-                [sale.source, sale.order_id],
-            ).fetchone()
-            values = [
-                sale.status,
-                sale.amount,
-                sale.refunded,
-                sale.currency,
-                sale.at,
-                sale.email,
-                email_key(sale.email) if sale.email else None,
-                sale.coupon,
-                sale.token,
-                sale.utm_campaign,
-                sale.utm_content,
-                sale.product,
-                json.dumps(sale.raw, ensure_ascii=False, default=str),
-            ]
-            if row is None:
-                sale_id = db.execute(
-                    """INSERT INTO sales (status, amount, refunded, currency, at, email, email_key,
-                       coupon, token, utm_campaign, utm_content, product, raw, source, order_id,
-                       imported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    [*values, sale.source, sale.order_id, stamp],
-                ).lastrowid
-                summary.imported += 1
-                changed.append(sale_id)
-            elif tuple(row[1:]) != (sale.status, sale.amount, sale.refunded, sale.currency):
-                db.execute(
-                    """UPDATE sales SET status = ?, amount = ?, refunded = ?, currency = ?, at = ?,
-                       email = ?, email_key = ?, coupon = coalesce(?, coupon),
-                       token = coalesce(?, token), utm_campaign = coalesce(?, utm_campaign),
-                       utm_content = coalesce(?, utm_content), product = coalesce(?, product),
-                       raw = ?, updated = ? WHERE id = ?""",
-                    [*values, stamp, row[0]],
-                )
-                summary.updated += 1
-                changed.append(row[0])
-            else:
-                summary.unchanged += 1
+    for line, item in sales:
+        if isinstance(item, Skip):
+            reason = str(item)
+            key = "line item" if reason.startswith("line item") else reason
+            summary.skipped[key] = summary.skipped.get(key, 0) + 1
+            continue
+        if isinstance(item, InputError):
+            summary.rejected += 1
+            summary.errors.append({"line": line, "reason": str(item)})
+            continue
+        sale = item
+        row = _existing(db, sale)
+        status, refunded = sale.status, sale.refunded
+        if (
+            row is not None
+            and (row[2], row[4]) == (sale.amount, sale.currency)
+            and row[3] > refunded
+        ):
+            refunded = row[3]
+            status = status if status == "pending" else _status(sale.amount, refunded)
+        values = [
+            status,
+            sale.amount,
+            refunded,
+            sale.currency,
+            sale.at,
+            sale.email,
+            email_key(sale.email) if sale.email else None,
+            sale.coupon,
+            sale.token,
+            sale.utm_campaign,
+            sale.utm_content,
+            sale.product,
+            json.dumps(sale.raw, ensure_ascii=False, default=str),
+        ]
+        if row is None:
+            sale_id = db.execute(
+                """INSERT INTO sales (status, amount, refunded, currency, at, email, email_key,
+                   coupon, token, utm_campaign, utm_content, product, raw, source, order_id,
+                   imported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [*values, sale.source, sale.order_id, stamp],
+            ).lastrowid
+            summary.imported += 1
+            changed.append(sale_id)
+        elif tuple(row[1:5]) != (status, sale.amount, refunded, sale.currency):
+            sale_id = row[0]
+            db.execute(
+                """UPDATE sales SET status = ?, amount = ?, refunded = ?, currency = ?, at = ?,
+                   email = coalesce(?, email), email_key = coalesce(?, email_key),
+                   coupon = coalesce(?, coupon), token = coalesce(?, token),
+                   utm_campaign = coalesce(?, utm_campaign), utm_content = coalesce(?, utm_content),
+                   product = coalesce(?, product), raw = ?, updated = ? WHERE id = ?""",
+                [*values, stamp, sale_id],
+            )
+            summary.updated += 1
+            changed.append(sale_id)
+        else:
+            sale_id = row[0]
+            summary.unchanged += 1
+        stored_id = row[5] if row is not None else sale.order_id
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO sale_aliases (source, alias, sale_id) VALUES (?, ?, ?)",
+            [(sale.source, a, sale_id) for a in {sale.order_id, *sale.aliases} - {stored_id}],
+        )
     return changed
 
 

@@ -41,15 +41,21 @@ def test_gumroad_csv_totals_row_refunds_and_bad_rows(run):
     assert (s["format"], s["imported"], s["skipped"], s["rejected"]) == (
         "gumroad",
         3,
-        {"totals row": 1},
+        {"totals row": 1, "not a charge (free trial or pre-order authorization)": 1},
         2,
     )
     assert s["errors"] == [
         {"line": 5, "reason": "Sale Price ($): 'twenty' is not an amount"},
-        {"line": 6, "reason": "Purchase Date 'yesterday 10:00:00' is not a date and time"},
+        {
+            "line": 6,
+            "reason": "Purchase Time (UTC timezone) 'yesterday 10:00:00 UTC' is not a date "
+            "and time",
+        },
     ]
     rows = {r["order"]: r for r in json.loads(run("sales", "ls", "--json").output)}
     assert (rows["G1"]["amount"], rows["G1"]["refunded"], rows["G1"]["status"]) == (2900, 0, "paid")
+    assert rows["G1"]["at"] == "2026-11-02T10:00:00+00:00"
+    assert rows["G2"]["at"] == "2026-11-02T10:05:00+00:00"  # the '+0000' spelling
     assert (rows["G2"]["refunded"], rows["G2"]["status"]) == (2900, "refunded")
     assert (rows["G3"]["amount"], rows["G3"]["refunded"]) == (2030, 530)
     totals = report(run)["totals"]
@@ -66,7 +72,7 @@ def test_reimport_changes_nothing_and_a_later_export_updates_refunds(run, tmp_pa
     later = tmp_path / "later.csv"
     text = (FIXTURES / "gumroad_sales.csv").read_text()
     lines = text.splitlines()
-    lines[1] = lines[1].replace(",0,,0,", ",1,,1,", 1)  # G1: Refunded? 1 ... Fully Refunded? 1
+    lines[1] = lines[1].replace(",0,0.0,0,", ",1,0.0,1,", 1)  # G1: Refunded? 1, Fully Refunded? 1
     later.write_text("\n".join(lines) + "\n")
     s = imported(run, later)
     assert (s["imported"], s["updated"]) == (0, 1)
@@ -134,11 +140,12 @@ def test_import_from_stdin_and_the_human_summary(run):
     text = (FIXTURES / "gumroad_sales.csv").read_text()
     out = run("sales", "import", "-", input=text).output
     assert out.splitlines() == [
-        "<stdin> (gumroad): 3 imported, 0 updated, 0 unchanged, 1 skipped (1 totals row), "
-        "2 rejected",
+        "<stdin> (gumroad): 3 imported, 0 updated, 0 unchanged, 2 skipped (1 not a charge "
+        "(free trial or pre-order authorization), 1 totals row), 2 rejected",
         "attributed: 3 by none",
         "  <stdin>, line 5: Sale Price ($): 'twenty' is not an amount",
-        "  <stdin>, line 6: Purchase Date 'yesterday 10:00:00' is not a date and time",
+        "  <stdin>, line 6: Purchase Time (UTC timezone) 'yesterday 10:00:00 UTC' is not a date "
+        "and time",
     ]
 
 

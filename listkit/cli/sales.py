@@ -44,9 +44,16 @@ def sales() -> None:
     "--utm-campaign-column", default="utm_campaign", show_default=True, help="Generic CSV."
 )
 @click.option("--utm-content-column", default="utm_content", show_default=True, help="Generic CSV.")
+@click.option(
+    "--decimal-comma",
+    is_flag=True,
+    help="Generic CSV: ',' is the decimal point and '.' groups thousands (1.234,50).",
+)
 @click.option("--json", "json_", is_flag=True, help="Output the summary as JSON.")
 @pass_workspace
-def sales_import(ws: Workspace, file, fmt: str, json_: bool, fixed_currency, **columns) -> None:
+def sales_import(
+    ws: Workspace, file, fmt: str, json_: bool, fixed_currency, decimal_comma: bool, **columns
+) -> None:
     """Import sales from FILE (or -): Gumroad, Stripe or Shopify CSV, CSV, or JSON lines.
 
     JSON lines hold saved webhook payloads: Gumroad pings, Stripe
@@ -72,6 +79,7 @@ def sales_import(ws: Workspace, file, fmt: str, json_: bool, fixed_currency, **c
         refunded=columns["refunded_column"],
         utm_campaign=columns["utm_campaign_column"],
         utm_content=columns["utm_content_column"],
+        decimal_comma=decimal_comma,
     )
     token_param = ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk"
     try:

@@ -1,0 +1,323 @@
+"""Sales values and statuses as the shops really send them, and bad rows that must be
+refused one by one (never stored as revenue, never stopping the import)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from listkit.errors import InputError
+from listkit.money import to_minor
+from listkit.sales import Sale, Skip, parse_file, webhook_sale
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sales"
+
+
+def imported(run, path: Path, *args):
+    return json.loads(run("sales", "import", str(path), "--json", *args).output)
+
+
+def sales(run) -> dict[str, dict]:
+    return {r["order"]: r for r in json.loads(run("sales", "ls", "--json").output)}
+
+
+def one(line: str | dict) -> Sale:
+    return webhook_sale(line if isinstance(line, str) else json.dumps(line), "lk")
+
+
+def stripe_event(kind: str, obj: dict, created: int = 1794000000, **extra) -> dict:
+    return {"object": "event", "type": kind, "livemode": True, "created": created,
+            "data": {"object": obj}, **extra}  # fmt: skip
+
+
+def session(**kw) -> dict:
+    obj = {"object": "checkout.session", "id": "cs_1", "payment_intent": "pi_1",
+           "client_reference_id": None, "customer_details": {"email": "jo@example.com"},
+           "amount_total": 4900, "currency": "gbp", "payment_status": "paid", "metadata": {},
+           "created": 1793990000}  # fmt: skip
+    obj.update(kw)
+    return obj
+
+
+def lemon(**attrs) -> dict:
+    base = {"order_number": 9001, "user_email": "kay@example.com", "currency": "USD",
+            "total": 1500, "status": "paid", "refunded": False,
+            "created_at": "2026-11-07T12:00:00.000000Z"}  # fmt: skip
+    base.update(attrs)
+    return {"meta": {"event_name": "order_created", "custom_data": {}},
+            "data": {"id": "1", "attributes": base}}  # fmt: skip
+
+
+def ping(**kw) -> dict:
+    base = {"sale_id": "gp1", "sale_timestamp": "2026-11-06T09:12:31Z",
+            "email": "ann@example.com", "price": "2900", "currency": "usd", "refunded": "false",
+            "test": "false"}  # fmt: skip
+    base.update(kw)
+    return base
+
+
+# --- money --------------------------------------------------------------------------------
+
+
+def test_a_decimal_comma_amount_is_read_as_decimals_not_thousands():
+    assert to_minor("29,00", "EUR") == 2900
+    assert to_minor("1.234,50", "EUR") == 123450
+    assert to_minor("1,234.50", "EUR") == 123450
+    assert to_minor("2,900", "JPY") == 2900  # JPY has no decimals: only thousands fit
+
+
+def test_separators_that_fit_no_reading_or_two_readings_are_errors():
+    with pytest.raises(InputError, match=r"'1,2,3' is not an amount"):
+        to_minor("1,2,3", "USD")
+    with pytest.raises(InputError, match=r"'1\.500' is ambiguous"):
+        to_minor("1.500", "EUR")  # 1.50 or 1,500?
+    with pytest.raises(InputError, match=r"'1,234' is ambiguous"):
+        to_minor("1,234", "KWD")  # KWD has three decimals
+    assert to_minor("1.500", "EUR", decimal_comma=True) == 150000
+    assert to_minor("29,5", "EUR", decimal_comma=True) == 2950
+
+
+def test_a_generic_csv_with_decimal_commas_and_the_option(run, tmp_path):
+    f = tmp_path / "orders.csv"
+    f.write_text(
+        "order,email,amount,currency,date\n"
+        '1,a@example.com,"29,00",EUR,2026-11-01\n'
+        '2,b@example.com,"1,2,3",EUR,2026-11-01\n'
+        '3,c@example.com,"1.500",EUR,2026-11-01\n'
+    )
+    s = imported(run, f, "--format", "csv")
+    assert (s["imported"], s["rejected"]) == (1, 2)
+    assert s["errors"][0] == {"line": 3, "reason": "amount: '1,2,3' is not an amount"}
+    assert s["errors"][1]["line"] == 4 and "--decimal-comma" in s["errors"][1]["reason"]
+    assert sales(run)["1"]["amount"] == 2900
+    s = imported(run, f, "--format", "csv", "--decimal-comma")
+    assert s["imported"] == 1 and sales(run)["3"]["amount"] == 150000
+
+
+def test_negative_and_boolean_amounts_and_unknown_currencies_are_refused_with_their_line(
+    run, tmp_path
+):
+    f = tmp_path / "hooks.jsonl"
+    lines = [
+        ping(sale_id="neg", price="-500"),
+        stripe_event("checkout.session.completed", session(amount_total=True)),
+        lemon(currency="ZZZ"),
+        ping(sale_id={"nested": 1}),
+        ping(sale_id="ok"),
+    ]
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = imported(run, f)
+    assert s["imported"] == 1 and s["rejected"] == 4
+    assert [e["line"] for e in s["errors"]] == [1, 2, 3, 4]
+    reasons = [e["reason"] for e in s["errors"]]
+    assert reasons[0] == "price '-500' is negative"
+    assert reasons[1] == "amount_total True is not whole minor units"
+    assert reasons[2] == "'ZZZ' is not an ISO 4217 currency code"
+    assert reasons[3] == "sale_id is not text: {'nested': 1}"
+    assert list(sales(run)) == ["ok"]
+
+
+def test_a_negative_csv_amount_is_refused():
+    with pytest.raises(InputError, match="is negative"):
+        from listkit.sales import Columns, generic_row
+
+        generic_row(
+            {"order": "1", "amount": "(5.00)", "currency": "USD", "date": "2026-11-01"}, Columns()
+        )
+
+
+T = '"sale_timestamp": "2026-11-06T09:12:31Z"'
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ('{"sale_id": "a", ' + T + ', "price": 1e309}', "price"),
+        ('{"sale_id": "a", ' + T + ', "price": "1E+9999999"}', "price"),
+        ('{"sale_id": "a", "sale_timestamp": "' + "9" * 20 + '", "price": "1"}', "sale_timestamp"),
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+        ('{"sale_id": "a", "sale_timestamp": {"t": 1}, "price": "100"}', "sale_timestamp"),
+        ('{"sale_id": "a", ' + T + ', "email": ["x"], "price": "1"}', "email"),
+    ],
+)  # fmt: skip
+def test_a_hostile_line_is_one_rejected_row_and_the_rest_are_imported(run, tmp_path, line, reason):
+    f = tmp_path / "hooks.jsonl"
+    good = json.dumps(ping(sale_id="good"))
+    f.write_text(f"{good}\n{line}\n{good.replace('good', 'good2')}\n")
+    s = imported(run, f)
+    assert (s["imported"], s["rejected"]) == (2, 1)
+    assert s["errors"][0]["line"] == 2 and reason in s["errors"][0]["reason"]
+
+
+def test_a_huge_amount_in_a_csv_is_one_rejected_row(run, tmp_path):
+    f = tmp_path / "orders.csv"
+    f.write_text(
+        "order,email,amount,currency,date\n"
+        "1,a@example.com,1E+9999999,USD,2026-11-01\n"
+        "2,a@example.com,99999999999999999999999,USD,2026-11-01\n"
+        "3,a@example.com,5,USD,99999999999999999999\n"
+        "4,a@example.com,5,USD,2026-11-01\n"
+    )
+    s = imported(run, f, "--format", "csv")
+    assert (s["imported"], s["rejected"]) == (1, 3)
+    assert [e["line"] for e in s["errors"]] == [2, 3, 4]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    ["sale_id", "sale_timestamp", "price", "currency", "email", "url_params", "refunded",
+     "type", "data", "object", "meta", "attributes", "amount_total", "payment_intent", "id",
+     "created", "total", "status", "event_name", "custom_data", "payment_status", "test"]
+)  # fmt: skip
+_records = st.recursive(
+    st.dictionaries(_keys, _json_values, max_size=8),
+    lambda children: st.dictionaries(_keys, children | _json_values, max_size=6),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_records)
+def test_no_json_record_raises_anything_but_a_rejection_or_a_skip(record):
+    line = json.dumps(record)
+    try:
+        sale = one(line)
+    except (Skip, InputError):
+        return
+    assert isinstance(sale.amount, int) and not isinstance(sale.amount, bool)
+    assert 0 <= sale.refunded <= sale.amount
+    assert isinstance(sale.order_id, str) and sale.order_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=25), min_size=5, max_size=5))
+def test_no_csv_row_raises_anything_but_a_rejection_or_a_skip(values):
+    import csv
+    import io
+
+    out = io.StringIO()
+    csv.writer(out).writerows([["order", "email", "amount", "currency", "date"], values])
+    _fmt, records = parse_file(io.BytesIO(out.getvalue().encode()), fmt="csv")
+    for _line, item in records:
+        assert isinstance(item, Sale | Skip | InputError)
+
+
+# --- Gumroad pings --------------------------------------------------------------------------
+
+
+def test_a_gumroad_ping_price_is_usd_cents_whatever_the_product_currency():
+    sale = one(ping(price="1100", currency="eur"))
+    assert (sale.amount, sale.currency) == (1100, "USD")
+    sale = one(ping(price="1100", currency="jpy"))
+    assert (sale.amount, sale.currency) == (1100, "USD")
+
+
+def test_a_gumroad_pre_order_authorization_is_not_a_charge():
+    with pytest.raises(Skip, match="pre-order authorization"):
+        one(ping(is_preorder_authorization="true"))
+
+
+def test_a_file_of_saved_form_encoded_pings_is_recognised(run, tmp_path):
+    f = tmp_path / "pings.txt"
+    f.write_text(
+        urlencode(ping(sale_id="f1")) + "\n" + urlencode(ping(sale_id="f2", email="b@example.com"))
+    )
+    s = imported(run, f)
+    assert (s["format"], s["imported"], s["rejected"]) == ("jsonl", 2, 0)
+
+
+# --- statuses --------------------------------------------------------------------------------
+
+
+def test_a_lemon_squeezy_pending_order_is_not_paid():
+    with pytest.raises(Skip, match="pending"):
+        one(lemon(status="pending"))
+
+
+def test_a_shopify_expired_order_is_skipped_not_an_error(run, tmp_path):
+    f = tmp_path / "orders.csv"
+    header = (FIXTURES / "shopify_orders.csv").read_text().splitlines()[0]
+    f.write_text(
+        header + "\n#2001,z@example.com,expired,,,,no,CAD,10.00,0.00,0.00,10.00,,0.00,,"
+        "2026-11-05 11:00:00 -0400,1,Mug,10.00,0.00,558,,Low,web\n"
+    )
+    s = imported(run, f)
+    assert (s["imported"], s["rejected"], s["skipped"]) == (0, 0, {"expired order": 1})
+
+
+def test_a_stripe_delayed_payment_is_recorded_when_it_succeeds_at_that_time(run, tmp_path):
+    f = tmp_path / "hooks.jsonl"
+    unpaid = stripe_event("checkout.session.completed", session(payment_status="unpaid"))
+    paid = stripe_event("checkout.session.async_payment_succeeded", session(), created=1794100000)
+    f.write_text(json.dumps(unpaid) + "\n" + json.dumps(paid) + "\n")
+    s = imported(run, f)
+    assert (s["imported"], s["skipped"]) == (1, {"payment_status 'unpaid'": 1})
+    row = sales(run)["pi_1"]
+    # when it was paid (the event), not when checkout began (the session's created)
+    assert row["at"] == "2026-11-08T01:06:40+00:00"
+    assert (row["amount"], row["currency"]) == (4900, "GBP")
+
+
+def test_a_stripe_charge_refunded_event_refunds_the_checkout_sale(run, tmp_path):
+    f = tmp_path / "hooks.jsonl"
+    paid = stripe_event("checkout.session.completed", session())
+    charge = {"object": "charge", "id": "ch_9", "payment_intent": "pi_1", "amount": 4900,
+              "amount_refunded": 1000, "currency": "gbp", "refunded": False, "status": "succeeded",
+              "created": 1794000000, "billing_details": {"email": "jo@example.com"},
+              "metadata": {}}  # fmt: skip
+    refund = stripe_event("charge.refunded", charge, created=1794200000)
+    f.write_text(json.dumps(paid) + "\n" + json.dumps(refund) + "\n")
+    s = imported(run, f)
+    assert (s["imported"], s["updated"]) == (1, 1)
+    row = sales(run)["pi_1"]
+    assert (row["refunded"], row["status"]) == (1000, "partially_refunded")
+    # an older event replayed afterwards never takes the refund back
+    f.write_text(json.dumps(paid) + "\n")
+    s = imported(run, f)
+    assert s["unchanged"] == 1 and sales(run)["pi_1"]["refunded"] == 1000
+
+
+def test_the_same_stripe_payment_from_the_csv_and_a_checkout_event_is_one_order(run, tmp_path):
+    csv_file = tmp_path / "payments.csv"
+    csv_file.write_text(
+        "id,Created date (UTC),Amount,Amount Refunded,Currency,Captured,Status,"
+        "Customer Email,PaymentIntent ID\n"
+        "ch_9,2026-11-03 08:00:00,49.00,0,gbp,true,Paid,jo@example.com,pi_1\n"
+        "ch_8,2026-11-03 09:00:00,10.00,0,gbp,true,Paid,al@example.com,pi_2\n"
+    )
+    hooks = tmp_path / "hooks.jsonl"
+    hooks.write_text(json.dumps(stripe_event("checkout.session.completed", session())) + "\n")
+    imported(run, csv_file)
+    s = imported(run, hooks)
+    assert (s["imported"], s["unchanged"] + s["updated"]) == (0, 1)
+    assert sorted(sales(run)) == ["pi_1", "pi_2"]
+    # the other way round: the event first, then the CSV
+    run("sales", "import", str(FIXTURES / "stripe_payments.csv"))  # unrelated rows
+    other = tmp_path / "hooks2.jsonl"
+    other.write_text(
+        json.dumps(
+            stripe_event("checkout.session.completed", session(id="cs_3", payment_intent="pi_3"))
+        )
+        + "\n"
+    )
+    imported(run, other)
+    later = tmp_path / "payments2.csv"
+    later.write_text(
+        "id,Created date (UTC),Amount,Amount Refunded,Currency,Captured,Status,"
+        "Customer Email,PaymentIntent ID\n"
+        "ch_7,2026-11-03 08:00:00,49.00,49.00,gbp,true,Refunded,jo@example.com,pi_3\n"
+    )
+    s = imported(run, later)
+    assert (s["imported"], s["updated"]) == (0, 1)
+    assert sales(run)["pi_3"]["status"] == "refunded"
