@@ -190,7 +190,14 @@ def _personal_coupons(db: Database, coupons: dict[int, str]) -> dict[int, Touch]
 
 
 def attribute_all(db: Database, ids: Iterable[int] | None = None) -> dict[str, int]:
-    """(Re)compute attribution for the given sales, or all; counts per method."""
+    """(Re)compute attribution for the given sales, or all, in one transaction; counts per
+    method."""
+    with immediate(db):
+        return attribute_sales(db, ids)
+
+
+def attribute_sales(db: Database, ids: Iterable[int] | None = None) -> dict[str, int]:
+    """``attribute_all`` without its transaction: for callers already inside one."""
     where, params = "", []
     if ids is not None:
         ids = list(ids)
@@ -247,10 +254,9 @@ def attribute_all(db: Database, ids: Iterable[int] | None = None) -> dict[str, i
                 sale["id"],
             )
         )
-    with immediate(db):
-        db.conn.executemany(
-            """UPDATE sales SET delivery_id = ?, campaign_id = ?, list_id = ?, offer = ?,
-               method = ? WHERE id = ?""",
-            updates,
-        )
+    db.conn.executemany(
+        """UPDATE sales SET delivery_id = ?, campaign_id = ?, list_id = ?, offer = ?,
+           method = ? WHERE id = ?""",
+        updates,
+    )
     return {m: n for m, n in results.items() if n}

@@ -60,6 +60,30 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
     ),
     "LISTKIT_BASE_URL": ("base_url", None, "public URL for unsubscribe links", False),
     "LISTKIT_SECRET": ("secret", None, "key that signs unsubscribe links and tokens", True),
+    "LISTKIT_STRIPE_WEBHOOK_SECRET": (
+        "stripe_webhook_secret",
+        None,
+        "Stripe endpoint signing secret(s) for /hooks/stripe, comma-separated while rotating",
+        True,
+    ),
+    "LISTKIT_LEMONSQUEEZY_SECRET": (
+        "lemonsqueezy_secret",
+        None,
+        "Lemon Squeezy webhook signing secret for /hooks/lemonsqueezy",
+        True,
+    ),
+    "LISTKIT_GUMROAD_SECRET": (
+        "gumroad_secret",
+        None,
+        "the secret path segment of the Gumroad ping URL /hooks/gumroad/<secret>",
+        True,
+    ),
+    "LISTKIT_WEBHOOK_SECRET": (
+        "webhook_secret",
+        None,
+        "key that signs sales posted to /hooks/sale",
+        True,
+    ),
     "LISTKIT_TOKEN_PARAM": (
         "token_param",
         "lk",

@@ -1,0 +1,174 @@
+"""Live sales webhooks: Stripe, Lemon Squeezy, Gumroad and listkit's own signed sale.
+
+The rule: a delivery is verified by its producer's own scheme before it is
+parsed, then goes through the same parser and upsert as ``listkit sales
+import`` (``sales.record_sale`` / ``sales.store_records``) and attribution
+runs for the sale it changed, all in one write that commits before the 2xx.
+A route whose secret is not set answers 404; a bad signature 400 and nothing
+stored; a payload that is no sale (a test purchase, an event type listkit
+does not book) 200 and nothing stored; a replayed delivery changes nothing.
+Secrets never appear in an answer or the log (the log names the route
+template, never the path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+
+from sqlite_utils import Database
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from listkit.attribution import attribute_sales
+from listkit.errors import InputError
+from listkit.sales import (
+    Sale,
+    SalesSummary,
+    Skip,
+    listkit_sale,
+    parse_one,
+    record_sale,
+    store_records,
+)
+from listkit.web.common import read_body, read_form
+
+# Stripe's default tolerance, used for listkit's own signed sales too.
+TOLERANCE_SECONDS = 300
+
+
+def _secret(request: Request, name: str) -> str:
+    """The setting's value; 404 when it is not set (the route is not configured)."""
+    value = (request.app.state.ws.settings.values.get(name) or "").strip()
+    if not value:
+        raise HTTPException(404, "Not Found")
+    return value
+
+
+def _hex_hmac(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def verify_timestamped(
+    header: str | None, body: bytes, secrets: list[str], now: float | None = None
+) -> None:
+    """Check a ``t=<unix>,v1=<hex>[,v1=<hex>...]`` signature (Stripe's scheme, also
+    listkit's own): hex HMAC-SHA256 of ``"<t>.<body>"`` with any of ``secrets``,
+    ``t`` within ``TOLERANCE_SECONDS`` of now. Raises HTTPException(400)."""
+    if not header:
+        raise HTTPException(400, "Missing signature header.")
+    stamp, signatures = None, []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            stamp = value
+        elif key == "v1":
+            signatures.append(value.strip().lower())
+    if stamp is None or not stamp.isdigit() or len(stamp) > 12 or not signatures:
+        raise HTTPException(400, "Malformed signature header.")
+    message = stamp.encode() + b"." + body
+    expected = [_hex_hmac(s, message) for s in secrets]
+    # Compare every pair, in constant time, without stopping at the first match.
+    matched = False
+    for sig in signatures:
+        for exp in expected:
+            matched |= hmac.compare_digest(sig.encode(), exp.encode())
+    if not matched:
+        raise HTTPException(400, "Bad signature.")
+    if abs((time.time() if now is None else now) - int(stamp)) > TOLERANCE_SECONDS:
+        raise HTTPException(400, "Signature timestamp outside the tolerance (replayed or clock).")
+
+
+def _json(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise HTTPException(400, "Bad payload: not JSON.") from None
+    except RecursionError:
+        raise HTTPException(400, "Bad payload: nested too deeply.") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, "Bad payload: not a JSON object.")
+    return data
+
+
+def _store(db: Database, sale: Sale) -> dict:
+    """Inside the writer's transaction: upsert the sale, attribute what changed."""
+    summary = SalesSummary(file="webhook")
+    changed = store_records(db, [(0, sale)], summary)
+    attributed = attribute_sales(db, changed) if changed else {}
+    return {"imported": summary.imported, "updated": summary.updated, "attributed": attributed}
+
+
+async def _book(request: Request, make) -> Response:
+    item = parse_one(make)
+    if isinstance(item, Skip):
+        return PlainTextResponse(f"Ignored: {item}.\n")
+    if isinstance(item, InputError):
+        raise HTTPException(400, f"Bad payload: {item}.")
+    result = await request.app.state.db.write(_store, item)
+    word = "recorded" if result["imported"] else "updated" if result["updated"] else "unchanged"
+    return PlainTextResponse(f"Sale {word}.\n")
+
+
+def _token_param(request: Request) -> str:
+    return request.app.state.ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk"
+
+
+async def stripe(request: Request) -> Response:
+    """Stripe: checkout.session.completed / async_payment_succeeded, charge.refunded."""
+    raw = _secret(request, "LISTKIT_STRIPE_WEBHOOK_SECRET")
+    secrets = [s.strip() for s in raw.split(",") if s.strip()]
+    body = await read_body(request)
+    verify_timestamped(request.headers.get("stripe-signature"), body, secrets)
+    data = _json(body)
+    if data.get("object") != "event" or "type" not in data:
+        raise HTTPException(400, "Bad payload: not a Stripe event.")
+    return await _book(request, lambda: record_sale(data, _token_param(request)))
+
+
+async def lemonsqueezy(request: Request) -> Response:
+    """Lemon Squeezy: ``X-Signature`` is the hex HMAC-SHA256 of the raw body."""
+    secret = _secret(request, "LISTKIT_LEMONSQUEEZY_SECRET")
+    body = await read_body(request)
+    given = (request.headers.get("x-signature") or "").strip().lower()
+    if not given:
+        raise HTTPException(400, "Missing signature header.")
+    if not hmac.compare_digest(given.encode(), _hex_hmac(secret, body).encode()):
+        raise HTTPException(400, "Bad signature.")
+    data = _json(body)
+    if not isinstance(data.get("meta"), dict):
+        raise HTTPException(400, "Bad payload: not a Lemon Squeezy event.")
+    return await _book(request, lambda: record_sale(data, _token_param(request)))
+
+
+async def gumroad(request: Request) -> Response:
+    """Gumroad Ping: unsigned form data; the secret path segment authenticates it."""
+    secret = _secret(request, "LISTKIT_GUMROAD_SECRET")
+    given = request.path_params["secret"]
+    if not hmac.compare_digest(given.encode(), secret.encode()):
+        raise HTTPException(404, "Not Found")
+    form = await read_form(request)
+    if "sale_id" not in form:
+        raise HTTPException(400, "Bad payload: not a Gumroad ping (no sale_id).")
+    return await _book(request, lambda: record_sale(form, _token_param(request)))
+
+
+async def sale(request: Request) -> Response:
+    """listkit's own sale: ``X-Listkit-Signature: t=<unix>,v1=<hex>`` as Stripe signs."""
+    secret = _secret(request, "LISTKIT_WEBHOOK_SECRET")
+    body = await read_body(request)
+    verify_timestamped(request.headers.get("x-listkit-signature"), body, [secret])
+    data = _json(body)
+    return await _book(request, lambda: listkit_sale(data, _token_param(request)))
+
+
+routes = [
+    Route("/hooks/stripe", stripe, methods=["POST"]),
+    Route("/hooks/lemonsqueezy", lemonsqueezy, methods=["POST"]),
+    Route("/hooks/gumroad/{secret}", gumroad, methods=["POST"]),
+    Route("/hooks/sale", sale, methods=["POST"]),
+]
