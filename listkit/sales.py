@@ -183,7 +183,11 @@ def gumroad_row(row: dict) -> Sale:
     currency = "USD"  # the ($) columns are in US dollars
     amount = _money(row, "Sale Price ($)", currency)
     partial = _money(row, "Partial Refund ($)", currency)
-    fully = _flag(row.get("Fully Refunded?")) or (_flag(row.get("Refunded?")) and not partial)
+    # A chargeback the seller lost took the money back, as a refund would.
+    lost = _flag(row.get("Disputed?")) and not _flag(row.get("Dispute Won?"))
+    fully = (
+        _flag(row.get("Fully Refunded?")) or (_flag(row.get("Refunded?")) and not partial) or lost
+    )
     refunded = amount if fully else min(partial, amount)
     # Gumroad writes the whole time here (`created_at.to_time.to_s`: '2024-03-14
     # 09:12:31 UTC' or '... +0000'); older samples held only 'HH:MM:SS'.
@@ -217,7 +221,7 @@ def gumroad_row(row: dict) -> Sale:
 
 def stripe_row(row: dict, token_keys: tuple[str, ...]) -> Sale:
     status = (row.get("Status") or "").strip().lower()
-    if status in ("failed", "canceled", "blocked"):
+    if status in ("failed", "canceled", "blocked", "incomplete"):
         raise Skip(f"{status} payment")
     if (row.get("Captured") or "true").strip().lower() == "false":
         raise Skip("not captured")
@@ -246,11 +250,8 @@ def stripe_row(row: dict, token_keys: tuple[str, ...]) -> Sale:
         amount=amount,
         currency=currency,
         at=parse_time(row.get(date_column) or "", date_column),
-        status="refunded"
-        if refunded >= amount and amount
-        else "partially_refunded"
-        if refunded
-        else "paid",
+        # 'Pending': a bank debit still processing; not revenue until it is Paid.
+        status="pending" if status == "pending" else _status(amount, refunded),
         refunded=refunded,
         email=(row.get("Customer Email") or "").strip() or None,
         coupon=(row.get("coupon (metadata)") or "").strip() or None,
@@ -383,18 +384,20 @@ def _gumroad_ping(data: dict, token_param: str) -> Sale:
         raise Skip("test purchase")
     if _json_flag(data, "is_preorder_authorization"):
         raise Skip("not a charge (pre-order authorization)")
-    params: dict[str, str] = {}
+    wanted = (token_param, "utm_campaign", "utm_content")
+    params: dict[str, str | None] = {}
     for key in data:
         k = key.replace("%5B", "[").replace("%5D", "]").replace("%5b", "[").replace("%5d", "]")
-        if k.startswith("url_params[") and k.endswith("]"):
-            params[k[len("url_params[") : -1]] = _text(data, key) or ""
+        if k.startswith("url_params[") and k.endswith("]") and k[11:-1] in wanted:
+            params[k[11:-1]] = _text(data, key)
     nested = data.get("url_params")
     if isinstance(nested, dict):
-        params.update({k: _text(nested, k) or "" for k in nested})
+        params.update({k: _text(nested, k) for k in wanted if k in nested})
     # Gumroad's docs: `price` is "the price paid, in USD cents" whatever the
     # product's `currency` says, so the sale is booked in USD.
     amount = _whole_cents(data.get("price", ""), "price")
-    refunded = _json_flag(data, "refunded")
+    lost = _json_flag(data, "disputed") and not _json_flag(data, "dispute_won")
+    refunded = _json_flag(data, "refunded") or lost
     return Sale(
         source="gumroad",
         order_id=_text(data, "sale_id") or _missing("sale_id"),
@@ -441,6 +444,8 @@ def _stripe_event(event: dict, token_param: str) -> Sale:
         # 'unpaid': a delayed method (bank debit, voucher); the sale comes with
         # checkout.session.async_payment_succeeded.
         raise Skip(f"payment_status {_short(payment_status)}")
+    if payment_status == "no_payment_required" and not obj.get("amount_total"):
+        raise Skip("no payment (setup or free checkout)")
     currency = currency_code(_text(obj, "currency") or "")
     amount = _minor_units(obj.get("amount_total"), "amount_total")
     session_id = _text(obj, "id")

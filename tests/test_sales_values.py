@@ -321,3 +321,61 @@ def test_the_same_stripe_payment_from_the_csv_and_a_checkout_event_is_one_order(
     s = imported(run, later)
     assert (s["imported"], s["updated"]) == (0, 1)
     assert sales(run)["pi_3"]["status"] == "refunded"
+
+
+# --- siblings: other values and statuses that are not revenue -------------------------------------
+
+
+def test_sales_add_refuses_a_negative_amount(run):
+    result = run(
+        "sales", "add", "--order", "M1", "--email", "a@example.com", "--amount", "-5",
+        "--currency", "USD", ok=False,
+    )  # fmt: skip
+    assert result.output == "Error: --amount: '-5' is negative\n"
+
+
+def test_a_gumroad_chargeback_that_was_lost_is_not_revenue(run, tmp_path):
+    text = (FIXTURES / "gumroad_sales.csv").read_text().splitlines()
+    header = text[0].split(",")
+    g1 = text[1].split(",")
+    g1[header.index("Disputed?")] = "1"
+    f = tmp_path / "disputed.csv"
+    f.write_text(text[0] + "\n" + ",".join(g1) + "\n")
+    imported(run, f)
+    row = sales(run)["G1"]
+    assert (row["status"], row["refunded"]) == ("refunded", 2900)
+    g1[header.index("Dispute Won?")] = "1"
+    f.write_text(text[0] + "\n" + ",".join(g1) + "\n")
+    imported(run, f)
+    assert sales(run)["G1"]["refunded"] == 2900  # refunds only grow: a won dispute is re-paid
+    sale = one(ping(disputed="true", dispute_won="false"))
+    assert (sale.status, sale.refunded) == ("refunded", 2900)
+
+
+def test_an_unrelated_nested_url_param_does_not_reject_a_gumroad_ping():
+    sale = one(ping(url_params={"lk": "abc", "ref": {"deep": [1]}}))
+    assert sale.token == "abc"
+
+
+def test_a_stripe_checkout_without_a_payment_is_skipped_not_rejected():
+    with pytest.raises(Skip, match="no payment"):
+        free = session(
+            mode="setup",
+            amount_total=None,
+            payment_status="no_payment_required",
+            payment_intent=None,
+        )
+        one(stripe_event("checkout.session.completed", free))
+
+
+def test_stripe_csv_payments_that_are_incomplete_or_pending_are_not_paid(run, tmp_path):
+    f = tmp_path / "payments.csv"
+    f.write_text(
+        "id,Created date (UTC),Amount,Amount Refunded,Currency,Captured,Status,Customer Email\n"
+        "ch_1,2026-11-03 08:00:00,49.00,0,eur,true,Incomplete,a@example.com\n"
+        "py_2,2026-11-03 08:00:00,49.00,0,eur,true,Pending,b@example.com\n"
+        "ch_3,2026-11-03 08:00:00,49.00,0,eur,true,Paid,c@example.com\n"
+    )
+    s = imported(run, f)
+    assert (s["imported"], s["skipped"]) == (2, {"incomplete payment": 1})
+    assert sales(run)["py_2"]["status"] == "pending"

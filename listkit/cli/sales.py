@@ -133,6 +133,8 @@ def sales_add(ws: Workspace, order, email, amount, currency, at, coupon, token, 
         minor = to_minor(amount, code)
     except InputError as e:
         raise InputError(f"--amount: {e}") from None
+    if minor < 0:
+        raise InputError(f"--amount: {amount!r} is negative")
     sale = Sale(
         source="manual",
         order_id=order,
