@@ -2,14 +2,17 @@
 
 Gumroad sales CSV, Stripe payments CSV and Shopify orders CSV are recognised
 by their headers; a generic CSV maps its columns by option; JSON lines hold
-saved webhook payloads (Gumroad ping, Stripe ``checkout.session.completed``,
-Lemon Squeezy ``order_created`` / ``order_refunded``).
+saved webhook payloads (Gumroad ping, Stripe ``checkout.session.completed`` /
+``async_payment_succeeded`` / ``charge.refunded``, Lemon Squeezy
+``order_created`` / ``order_refunded``); ``listkit serve``'s webhooks hand
+their verified payloads to the same ``record_sale`` and ``store_records``.
 
 The rules: one sale per (source, order id), so importing twice changes
 nothing and a later import updates refunds; amounts are integer minor units
 with their currency; rows that are not sales (totals, extra line items, test
 purchases, failed payments) are skipped with a reason; a bad row is reported
-with its line and field and never stops the others.
+with its line and field and never stops the others (``parse_one`` turns
+anything a record raises into a rejection); refunds only grow.
 """
 
 from __future__ import annotations

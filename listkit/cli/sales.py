@@ -56,8 +56,9 @@ def sales_import(
 ) -> None:
     """Import sales from FILE (or -): Gumroad, Stripe or Shopify CSV, CSV, or JSON lines.
 
-    JSON lines hold saved webhook payloads: Gumroad pings, Stripe
-    checkout.session.completed events, Lemon Squeezy orders. Importing again
+    JSON lines hold saved webhook payloads: Gumroad pings (JSON or raw form
+    bodies), Stripe checkout and charge.refunded events, Lemon Squeezy orders.
+    Importing again
     changes nothing; a later export updates refunds. Attribution runs after.
 
     \b
