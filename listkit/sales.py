@@ -31,7 +31,7 @@ from sqlite_utils import Database
 
 from listkit.addresses import email_key
 from listkit.db import immediate, now
-from listkit.errors import InputError
+from listkit.errors import InputError, ListkitError
 from listkit.money import MAX_MINOR, currency_code, to_minor
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
@@ -746,6 +746,38 @@ def _results(items: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Sale | Ski
         yield number, parse_one(make)
 
 
+def _checked(sale: Sale) -> Sale:
+    """The sale, if every text in it can be stored (JSON's ``\\ud800`` cannot)."""
+    for name in ("order_id", "email", "coupon", "token", "utm_campaign", "utm_content", "product"):
+        value = getattr(sale, name)
+        if value is not None and not _is_unicode(value):
+            raise InputError(f"{name} is not valid Unicode text")
+    if not all(_is_unicode(a) for a in sale.aliases):
+        raise InputError("an id is not valid Unicode text")
+    if not _is_unicode(json.dumps(sale.raw, ensure_ascii=False, default=str)):
+        raise InputError("the record holds text that is not valid Unicode")
+    return sale
+
+
+def _email_key(email: str | None) -> str | None:
+    """The buyer's key for attribution by email; None when the address cannot have one
+    (the sale still counts, it is just not matched by email)."""
+    if not email:
+        return None
+    try:
+        return email_key(email)
+    except (ValueError, ListkitError):
+        return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_one(make: Callable[[], Sale]) -> Sale | Skip | InputError:
     """``make()``, or the Skip or InputError that says why this record is no sale.
 
@@ -754,7 +786,7 @@ def parse_one(make: Callable[[], Sale]) -> Sale | Skip | InputError:
     others, and never shows a traceback.
     """
     try:
-        return make()
+        return _checked(make())
     except (Skip, InputError) as e:
         return e
     except RecursionError:
@@ -822,7 +854,7 @@ def store_records(
             sale.currency,
             sale.at,
             sale.email,
-            email_key(sale.email) if sale.email else None,
+            _email_key(sale.email),
             sale.coupon,
             sale.token,
             sale.utm_campaign,

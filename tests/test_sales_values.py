@@ -143,6 +143,8 @@ T = '"sale_timestamp": "2026-11-06T09:12:31Z"'
         ('{"a": ' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
         ('{"sale_id": "a", "sale_timestamp": {"t": 1}, "price": "100"}', "sale_timestamp"),
         ('{"sale_id": "a", ' + T + ', "email": ["x"], "price": "1"}', "email"),
+        ('{"sale_id": "a\\ud800", ' + T + ', "price": "1"}', "not valid Unicode"),
+        ('{"sale_id": "a", ' + T + ', "price": "1", "x": "\\udfff"}', "not valid Unicode"),
     ],
 )  # fmt: skip
 def test_a_hostile_line_is_one_rejected_row_and_the_rest_are_imported(run, tmp_path, line, reason):
