@@ -189,8 +189,45 @@ _records = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_records)
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+
+
+def _templates() -> list[dict]:
+    charge = {"object": "charge", "id": "ch_1", "payment_intent": "pi_1", "amount": 4900,
+              "amount_refunded": 100, "currency": "usd", "created": 1794000000,
+              "billing_details": {"email": "a@example.com"}, "metadata": {"lk": "t"}}  # fmt: skip
+    return [
+        ping(url_params={"lk": "t", "utm_campaign": "c"}),
+        ping(**{"url_params[lk]": "t", "is_preorder_authorization": "false"}),
+        stripe_event("checkout.session.completed", session(metadata={"coupon": "X"})),
+        stripe_event("checkout.session.async_payment_succeeded", session()),
+        stripe_event("charge.refunded", charge),
+        lemon(status="partial_refund", refunded_amount=100),
+    ]
+
+
+@st.composite
+def _mutated(draw):
+    """A real payload with one to three fields (at any depth) replaced by anything."""
+    import copy
+
+    record = copy.deepcopy(draw(st.sampled_from(_templates())))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from([p for p in _paths(record) if p]))
+        target = record
+        for key in path[:-1]:
+            target = target[key] if isinstance(target, dict) else {}
+        if isinstance(target, dict):
+            target[path[-1]] = draw(_json_values)
+    return record
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_records, _mutated()))
 def test_no_json_record_raises_anything_but_a_rejection_or_a_skip(record):
     line = json.dumps(record)
     try:
@@ -381,3 +418,50 @@ def test_stripe_csv_payments_that_are_incomplete_or_pending_are_not_paid(run, tm
     s = imported(run, f)
     assert (s["imported"], s["skipped"]) == (2, {"incomplete payment": 1})
     assert sales(run)["py_2"]["status"] == "pending"
+
+
+_SHOP_HEADERS = {
+    "gumroad": (FIXTURES / "gumroad_sales.csv").read_text().splitlines()[0].split(","),
+    "stripe": [
+        *(FIXTURES / "stripe_payments.csv").read_text().splitlines()[0].split(","),
+        "PaymentIntent ID",
+    ],
+    "shopify": (FIXTURES / "shopify_orders.csv").read_text().splitlines()[0].split(","),
+}
+_cells = st.one_of(
+    st.text(max_size=20),
+    st.sampled_from(["", "0", "1", "29.0", "-1", "1e309", "1,2,3", "paid", "refunded", "usd",
+                     "2026-11-02 10:00:00 UTC", "9" * 20, "Totals", "expired"]),
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(_SHOP_HEADERS)), st.data())
+def test_no_shop_export_row_raises_anything_but_a_rejection_or_a_skip(fmt, data):
+    import csv
+    import io
+
+    header = _SHOP_HEADERS[fmt]
+    row = data.draw(st.lists(_cells, min_size=len(header), max_size=len(header)))
+    out = io.StringIO()
+    csv.writer(out).writerows([header, row])
+    _fmt, records = parse_file(io.BytesIO(out.getvalue().encode()), fmt=fmt)
+    for _line, item in records:
+        assert isinstance(item, Sale | Skip | InputError)
+        if isinstance(item, Sale):
+            assert 0 <= item.refunded <= item.amount
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_records, _mutated()))
+def test_whatever_a_json_record_holds_storing_it_raises_nothing(record):
+    from listkit.db import open_db
+    from listkit.sales import SalesSummary, parse_one, record_sale, store_records
+
+    db = open_db(":memory:")
+    item = parse_one(lambda: record_sale(record, "lk"))
+    first, again = SalesSummary(file="x"), SalesSummary(file="x")
+    store_records(db, [(1, item)], first)
+    store_records(db, [(2, item)], again)  # found again by its id: nothing new
+    assert first.imported + first.rejected + sum(first.skipped.values()) == 1
+    assert again.imported == 0 and again.unchanged == first.imported
