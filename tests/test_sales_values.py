@@ -226,7 +226,7 @@ def _mutated(draw):
     return record
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(_records, _mutated()))
 def test_no_json_record_raises_anything_but_a_rejection_or_a_skip(record):
     line = json.dumps(record)
@@ -452,13 +452,22 @@ def test_no_shop_export_row_raises_anything_but_a_rejection_or_a_skip(fmt, data)
             assert 0 <= item.refunded <= item.amount
 
 
+_MEMORY_DB = None
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(_records, _mutated()))
 def test_whatever_a_json_record_holds_storing_it_raises_nothing(record):
     from listkit.db import open_db
     from listkit.sales import SalesSummary, parse_one, record_sale, store_records
 
-    db = open_db(":memory:")
+    global _MEMORY_DB
+    if _MEMORY_DB is None:
+        _MEMORY_DB = open_db(":memory:")
+    db = _MEMORY_DB
+    with db.conn:
+        db.execute("DELETE FROM sale_aliases")
+        db.execute("DELETE FROM sales")
     item = parse_one(lambda: record_sale(record, "lk"))
     first, again = SalesSummary(file="x"), SalesSummary(file="x")
     store_records(db, [(1, item)], first)
