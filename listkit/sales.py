@@ -453,13 +453,16 @@ def _stripe_event(event: dict, token_param: str) -> Sale:
     amount = _minor_units(obj.get("amount_total"), "amount_total")
     session_id = _text(obj, "id")
     intent = _text(obj, "payment_intent")
+    # A subscription checkout has no payment intent of its own, only its first
+    # invoice, which that invoice's charge names too.
+    invoice = _text(obj, "invoice")
     # The event's time is when the payment succeeded; the session's `created` is
     # when the buyer opened the checkout.
     created = event.get("created") or obj.get("created")
     return Sale(
         source="stripe",
         order_id=intent or session_id or _missing("id"),
-        aliases=(session_id,) if intent and session_id else (),
+        aliases=_others(intent or session_id, session_id, invoice),
         amount=amount,
         currency=currency,
         at=parse_time(created, "created"),
@@ -472,6 +475,10 @@ def _stripe_event(event: dict, token_param: str) -> Sale:
     )
 
 
+def _others(order_id: str | None, *ids: str | None) -> tuple[str, ...]:
+    return tuple(i for i in dict.fromkeys(ids) if i and i != order_id)
+
+
 def _stripe_charge(event: dict, charge: dict, metadata: dict, token_param: str) -> Sale:
     currency = currency_code(_text(charge, "currency") or "")
     amount = _minor_units(charge.get("amount"), "amount")
@@ -480,10 +487,11 @@ def _stripe_charge(event: dict, charge: dict, metadata: dict, token_param: str) 
         refunded = amount
     charge_id = _text(charge, "id")
     intent = _text(charge, "payment_intent")
+    invoice = _text(charge, "invoice")
     return Sale(
         source="stripe",
         order_id=intent or charge_id or _missing("id"),
-        aliases=(charge_id,) if intent and charge_id else (),
+        aliases=_others(intent or charge_id, charge_id, invoice),
         amount=amount,
         currency=currency,
         at=parse_time(charge.get("created") or event.get("created"), "created"),

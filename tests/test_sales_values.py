@@ -474,3 +474,22 @@ def test_whatever_a_json_record_holds_storing_it_raises_nothing(record):
     store_records(db, [(2, item)], again)  # found again by its id: nothing new
     assert first.imported + first.rejected + sum(first.skipped.values()) == 1
     assert again.imported == 0 and again.unchanged == first.imported
+
+
+def test_a_subscription_checkout_and_its_refunded_charge_are_one_order_through_the_invoice(
+    run, tmp_path
+):
+    first = session(id="cs_sub", payment_intent=None, mode="subscription", invoice="in_1")
+    charge = {"object": "charge", "id": "ch_5", "payment_intent": "pi_5", "invoice": "in_1",
+              "amount": 4900, "amount_refunded": 4900, "refunded": True, "currency": "gbp",
+              "created": 1794000000, "metadata": {}}  # fmt: skip
+    f = tmp_path / "hooks.jsonl"
+    f.write_text(
+        json.dumps(stripe_event("checkout.session.completed", first))
+        + "\n"
+        + json.dumps(stripe_event("charge.refunded", charge))
+        + "\n"
+    )
+    s = imported(run, f)
+    assert (s["imported"], s["updated"]) == (1, 1)
+    assert [(r["order"], r["status"]) for r in sales(run).values()] == [("cs_sub", "refunded")]
