@@ -202,9 +202,11 @@ def gumroad_row(row: dict) -> Sale:
         date = _need(row, "Purchase Date")
         stamp = date if "T" in date or ":" in date else f"{date} {time or '00:00:00'}"
         at = parse_time(stamp, "Purchase Date")
+    number = (row.get("Order Number") or "").strip()
     return Sale(
         source="gumroad",
         order_id=purchase_id,
+        aliases=(f"order_number:{number}",) if number else (),
         amount=amount,
         currency=currency,
         at=at,
@@ -401,9 +403,13 @@ def _gumroad_ping(data: dict, token_param: str) -> Sale:
     amount = _whole_cents(data.get("price", ""), "price")
     lost = _json_flag(data, "disputed") and not _json_flag(data, "dispute_won")
     refunded = _json_flag(data, "refunded") or lost
+    # The CSV's Purchase ID and the ping's sale_id name a sale differently in
+    # places; both carry the numeric order number (external_id_numeric).
+    number = _text(data, "order_number")
     return Sale(
         source="gumroad",
         order_id=_text(data, "sale_id") or _missing("sale_id"),
+        aliases=(f"order_number:{number}",) if number else (),
         amount=amount,
         currency="USD",
         at=parse_time(data.get("sale_timestamp"), "sale_timestamp"),

@@ -493,3 +493,13 @@ def test_a_subscription_checkout_and_its_refunded_charge_are_one_order_through_t
     s = imported(run, f)
     assert (s["imported"], s["updated"]) == (1, 1)
     assert [(r["order"], r["status"]) for r in sales(run).values()] == [("cs_sub", "refunded")]
+
+
+def test_a_gumroad_sale_from_the_csv_and_its_ping_are_one_order_by_the_order_number(run, tmp_path):
+    imported(run, FIXTURES / "gumroad_sales.csv")
+    f = tmp_path / "pings.txt"
+    # Gumroad's ping carries order_number (external_id_numeric), as the CSV's Order Number
+    f.write_text(urlencode(ping(sale_id="OBFUSCATED==", order_number="101", refunded="true")))
+    s = imported(run, f)
+    assert (s["imported"], s["updated"]) == (0, 1)
+    assert sales(run)["G1"]["status"] == "refunded"
