@@ -271,7 +271,8 @@ def test_a_gumroad_ping_with_a_wrong_secret_or_a_test_purchase_stores_nothing(cl
     assert (r.status_code, r.text) == (200, "Ignored: test purchase.\n")
     r = client.post(f"/hooks/gumroad/{GUMROAD}", data=gumroad_form(price="-1"))
     assert (r.status_code, r.text) == (400, "Bad payload: price '-1' is negative.\n")
-    r = client.post(f"/hooks/gumroad/{GUMROAD}", content=b'{"sale_id": "x"}')
+    r = client.post(f"/hooks/gumroad/{GUMROAD}", content=b"sale_id=x", headers={
+        "Content-Type": "text/plain"})  # fmt: skip
     assert r.status_code == 415
     assert sales_rows(workspace) == []
 
@@ -341,3 +342,15 @@ def test_a_signed_stripe_event_through_a_real_server_is_attributed_by_its_token(
         "blog",
     )
     assert STRIPE not in (workspace / "serve.log").read_text()
+
+
+def test_a_gumroad_ping_sent_as_json_is_recorded_too(client, workspace):
+    # Gumroad posts JSON instead of a form when the seller's ping content type is JSON
+    # (User::PingNotification#send_test_ping, notification_content_type).
+    ping = {**gumroad_form(sale_id="gj1", test=False, refunded=False), "price": 2900,
+            "url_params": {"utm_campaign": "launch"}}  # fmt: skip
+    ping.pop("url_params[utm_campaign]")
+    r = client.post(f"/hooks/gumroad/{GUMROAD}", json=ping)
+    assert (r.status_code, r.text) == (200, "Sale recorded.\n")
+    (row,) = sales_rows(workspace)
+    assert (row["order"], row["amount"], row["currency"]) == ("gj1", 2900, "USD")

@@ -146,15 +146,19 @@ async def lemonsqueezy(request: Request) -> Response:
 
 
 async def gumroad(request: Request) -> Response:
-    """Gumroad Ping: unsigned form data; the secret path segment authenticates it."""
+    """Gumroad Ping: unsigned form data (or JSON); the secret path segment authenticates it."""
     secret = _secret(request, "LISTKIT_GUMROAD_SECRET")
     given = request.path_params["secret"]
     if not hmac.compare_digest(given.encode(), secret.encode()):
         raise HTTPException(404, "Not Found")
-    form = await read_form(request)
-    if "sale_id" not in form:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":  # the seller's ping content type may be JSON
+        ping: dict = _json(await read_body(request))
+    else:
+        ping = await read_form(request)  # 415 for anything else
+    if "sale_id" not in ping:
         raise HTTPException(400, "Bad payload: not a Gumroad ping (no sale_id).")
-    return await _book(request, lambda: record_sale(form, _token_param(request)))
+    return await _book(request, lambda: record_sale(ping, _token_param(request)))
 
 
 async def sale(request: Request) -> Response:
