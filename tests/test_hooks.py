@@ -170,6 +170,12 @@ def test_a_signed_but_bad_stripe_payload_gets_400_with_a_reason(client, workspac
 def test_oversized_bodies_and_wrong_methods_are_refused(client, workspace):
     big = b"{" + b" " * (300 * 1024) + b"}"
     assert post_stripe(client, big).status_code == 413
+    assert post_lemon(client, big).status_code == 413
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = client.post(f"/hooks/gumroad/{GUMROAD}", content=b"a=" + b"x" * 300 * 1024, headers=form)
+    assert r.status_code == 413
+    r = client.post("/hooks/sale", content=big, headers={"X-Listkit-Signature": sign(OWN, big)})
+    assert r.status_code == 413
     assert client.get("/hooks/stripe").status_code == 405
     assert client.get("/hooks/sale").status_code == 405
     assert client.get(f"/hooks/gumroad/{GUMROAD}").status_code == 405
