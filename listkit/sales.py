@@ -672,16 +672,26 @@ class SalesSummary:
         return dict(self.__dict__)
 
 
-def _csv_records(text: IO[str]) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+def _csv_records(text: IO[str]) -> tuple[list[str], Iterator[tuple[int, dict | InputError]]]:
     reader = csv.reader(text)
     try:
         header = [h.strip().lstrip("\ufeff") for h in next(reader)]
     except StopIteration:
         raise InputError("the file is empty: expected a header row and sales") from None
+    except csv.Error as e:
+        raise InputError(f"the header row cannot be read as CSV ({e})") from None
 
-    def rows() -> Iterator[tuple[int, dict]]:
+    def rows() -> Iterator[tuple[int, dict | InputError]]:
         line = reader.line_num
-        for values in reader:
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # a field over the csv module's limit; the reader goes on
+                start, line = line + 1, reader.line_num
+                yield start, InputError(f"this row cannot be read as CSV ({e}): too large")
+                continue
             start, line = line + 1, reader.line_num
             if not any(v.strip() for v in values):
                 continue
@@ -752,7 +762,13 @@ def parse_file(
         parse = lambda row: stripe_row(row, keys)  # noqa: E731
     else:
         parse = shopify_row
-    return fmt, _results(((n, lambda row=row: parse(row)) for n, row in rows))
+    return fmt, _results(((n, lambda row=row: parse(_readable(row))) for n, row in rows))
+
+
+def _readable(row: dict | InputError) -> dict:
+    if isinstance(row, InputError):
+        raise row
+    return row
 
 
 def _results(items: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Sale | Skip | InputError]]:

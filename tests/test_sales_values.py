@@ -503,3 +503,23 @@ def test_a_gumroad_sale_from_the_csv_and_its_ping_are_one_order_by_the_order_num
     s = imported(run, f)
     assert (s["imported"], s["updated"]) == (0, 1)
     assert sales(run)["G1"]["status"] == "refunded"
+
+
+def test_a_csv_field_too_large_to_read_is_one_rejected_row(run, tmp_path):
+    f = tmp_path / "orders.csv"
+    f.write_text(
+        "order,email,amount,currency,date\n"
+        f"1,{'x' * 200_000},5,USD,2026-11-01\n"
+        "2,a@example.com,5,USD,2026-11-01\n"
+    )
+    s = imported(run, f, "--format", "csv")
+    assert (s["imported"], s["rejected"]) == (1, 1)
+    assert s["errors"][0]["line"] == 2 and "too large" in s["errors"][0]["reason"]
+
+
+def test_a_header_too_large_to_read_is_a_one_line_error(run, tmp_path):
+    f = tmp_path / "orders.csv"
+    f.write_text("order," + "x" * 200_000 + "\n1,2\n")
+    result = run("sales", "import", str(f), ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {f}: the header row cannot be read as CSV")
