@@ -606,6 +606,8 @@ def parse_payload(text: str) -> dict:
             raise InputError(f"not valid JSON ({e.msg} at column {e.colno})") from None
         except RecursionError:
             raise InputError("not a webhook payload: JSON nested too deeply") from None
+        except ValueError:  # a number of thousands of digits
+            raise InputError("not valid JSON (a number too long to read)") from None
     else:
         try:
             data = dict(parse_qsl(text, keep_blank_values=True, max_num_fields=1000))

@@ -160,6 +160,10 @@ def test_stripe_events_that_do_not_matter_get_200_and_nothing_stored(client, wor
 def test_a_signed_but_bad_stripe_payload_gets_400_with_a_reason(client, workspace):
     r = post_stripe(client, b"not json")
     assert (r.status_code, r.text) == (400, "Bad payload: not JSON.\n")
+    r = post_stripe(client, checkout(amount_total=1).replace(b"1,", b"1" * 5000 + b","))
+    assert (r.status_code, r.text) == (400, "Bad payload: not JSON.\n")
+    r = post_stripe(client, b'{"a": ' * 5000 + b"1" + b"}" * 5000)
+    assert (r.status_code, r.text) == (400, "Bad payload: nested too deeply.\n")
     r = post_stripe(client, checkout(amount_total=-5))
     assert (r.status_code, r.text) == (400, "Bad payload: amount_total -5 is negative.\n")
     r = post_stripe(client, checkout(currency="ZZZ"))
