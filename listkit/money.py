@@ -203,6 +203,23 @@ _PLAIN = re.compile(r"[+-]?\d*(\.\d*)?")
 _GROUPED = re.compile(r"\d{1,3}(?:[,.]\d{3})+")
 
 
+# Where Stripe's API minor unit is not ISO 4217's (docs.stripe.com/currencies, special
+# cases): ISK amounts stay two-decimal in the API (100 = 1 krona), MGA is zero-decimal.
+STRIPE_EXPONENTS = {"ISK": 2, "MGA": 0}
+
+
+def from_stripe_minor(amount: int, currency: str) -> int:
+    """An amount in Stripe's API minor units as ISO 4217 minor units ('isk' 50000 -> 500)."""
+    code = currency.upper()
+    shift = exponent(code) - STRIPE_EXPONENTS.get(code, exponent(code))
+    if shift >= 0:
+        return amount * 10**shift
+    whole, rest = divmod(amount, 10**-shift)
+    if rest:
+        raise InputError(f"{amount} (Stripe's minor units) is not whole {code}")
+    return whole
+
+
 def exponent(currency: str) -> int:
     return EXPONENTS.get(currency.upper(), 2)
 

@@ -32,7 +32,7 @@ from sqlite_utils import Database
 from listkit.addresses import email_key
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError
-from listkit.money import MAX_MINOR, currency_code, to_minor
+from listkit.money import MAX_MINOR, currency_code, from_stripe_minor, to_minor
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
 REVENUE_STATUSES = ("paid", "partially_refunded", "refunded")
@@ -456,7 +456,7 @@ def _stripe_event(event: dict, token_param: str) -> Sale:
     if payment_status == "no_payment_required" and not obj.get("amount_total"):
         raise Skip("no payment (setup or free checkout)")
     currency = currency_code(_text(obj, "currency") or "")
-    amount = _minor_units(obj.get("amount_total"), "amount_total")
+    amount = from_stripe_minor(_minor_units(obj.get("amount_total"), "amount_total"), currency)
     session_id = _text(obj, "id")
     intent = _text(obj, "payment_intent")
     # A subscription checkout has no payment intent of its own, only its first
@@ -487,8 +487,11 @@ def _others(order_id: str | None, *ids: str | None) -> tuple[str, ...]:
 
 def _stripe_charge(event: dict, charge: dict, metadata: dict, token_param: str) -> Sale:
     currency = currency_code(_text(charge, "currency") or "")
-    amount = _minor_units(charge.get("amount"), "amount")
-    refunded = min(_minor_units(charge.get("amount_refunded", 0), "amount_refunded"), amount)
+    amount = from_stripe_minor(_minor_units(charge.get("amount"), "amount"), currency)
+    refunded = from_stripe_minor(
+        _minor_units(charge.get("amount_refunded", 0), "amount_refunded"), currency
+    )
+    refunded = min(refunded, amount)
     if charge.get("refunded") is True:
         refunded = amount
     charge_id = _text(charge, "id")

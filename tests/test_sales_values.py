@@ -524,3 +524,18 @@ def test_a_header_too_large_to_read_is_a_one_line_error(run, tmp_path):
     result = run("sales", "import", str(f), ok=False)
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {f}: the header row cannot be read as CSV")
+
+
+def test_stripe_amounts_in_currencies_whose_stripe_minor_unit_is_not_iso_are_converted():
+    # docs.stripe.com/currencies: ISK stays two-decimal in the API (100 = 1 krona),
+    # MGA is zero-decimal in the API though ISO 4217 gives it two decimals.
+    isk = one(
+        stripe_event("checkout.session.completed", session(currency="isk", amount_total=50000))
+    )
+    assert (isk.amount, isk.currency) == (500, "ISK")
+    mga = one(
+        stripe_event("checkout.session.completed", session(currency="mga", amount_total=1000))
+    )
+    assert (mga.amount, mga.currency) == (100000, "MGA")
+    with pytest.raises(InputError, match="not whole ISK"):
+        one(stripe_event("checkout.session.completed", session(currency="isk", amount_total=50050)))
