@@ -540,3 +540,23 @@ def test_stripe_amounts_in_currencies_whose_stripe_minor_unit_is_not_iso_are_con
     assert (mga.amount, mga.currency) == (100000, "MGA")
     with pytest.raises(InputError, match="not whole ISK"):
         one(stripe_event("checkout.session.completed", session(currency="isk", amount_total=50050)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(max_size=60) | st.builds(urlencode, st.dictionaries(_keys, st.text(max_size=8))),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_no_line_of_a_json_lines_file_raises_anything_but_a_rejection_or_a_skip(lines):
+    import io
+
+    body = "\n".join(lines).encode("utf-8", "surrogatepass")
+    try:
+        _fmt, records = parse_file(io.BytesIO(body), fmt="jsonl")
+    except InputError:
+        return  # not UTF-8, or empty: the whole file is refused with one line
+    for _line, item in records:
+        assert isinstance(item, Sale | Skip | InputError)
