@@ -524,10 +524,10 @@ def _lemon_squeezy(payload: dict, token_param: str) -> Sale:
     event = _text(meta, "event_name")
     if event not in ("order_created", "order_refunded"):
         raise Skip(f"Lemon Squeezy event {event!r} is not an order")
-    if meta.get("test_mode") is True:
-        raise Skip("test mode order")
     data = _object(payload, "data")
     attrs = _object(data, "attributes")
+    if meta.get("test_mode") is True or attrs.get("test_mode") is True:
+        raise Skip("test mode order")
     custom = _object(meta, "custom_data")
     status = _text(attrs, "status") or "paid"
     if status in LEMON_SQUEEZY_SKIP:
@@ -536,9 +536,11 @@ def _lemon_squeezy(payload: dict, token_param: str) -> Sale:
         raise InputError(f"status {status!r} is not one listkit knows")
     currency = currency_code(_text(attrs, "currency") or "")
     total = _minor_units(attrs.get("total"), "total")
-    refunded = total if attrs.get("refunded") is True or status == "refunded" else 0
-    if status == "partial_refund":
-        refunded = min(_minor_units(attrs.get("refunded_amount", 0), "refunded_amount"), total)
+    # A partial refund leaves the order 'paid' (or 'partial_refund') with its
+    # refunded_amount set; a full one says refunded.
+    refunded = min(_minor_units(attrs.get("refunded_amount") or 0, "refunded_amount"), total)
+    if attrs.get("refunded") is True or status == "refunded":
+        refunded = total
     return Sale(
         source="lemonsqueezy",
         order_id=_text(attrs, "order_number") or _text(data, "id") or _missing("order_number"),

@@ -560,3 +560,23 @@ def test_no_line_of_a_json_lines_file_raises_anything_but_a_rejection_or_a_skip(
         return  # not UTF-8, or empty: the whole file is refused with one line
     for _line, item in records:
         assert isinstance(item, Sale | Skip | InputError)
+
+
+def test_a_lemon_squeezy_partial_refund_is_honoured_whatever_the_status_says():
+    # docs.lemonsqueezy.com/api/orders/issue-refund: after a partial refund the order
+    # stays status "paid", refunded false, with refunded_amount set
+    sale = one(lemon(status="paid", refunded=False, total=1199, refunded_amount=100))
+    assert (sale.status, sale.refunded) == ("partially_refunded", 100)
+    sale = one(lemon(status="partial_refund", total=1199, refunded_amount=100))
+    assert (sale.status, sale.refunded) == ("partially_refunded", 100)
+    sale = one(lemon(status="refunded", refunded=True, total=1199, refunded_amount=1199))
+    assert (sale.status, sale.refunded) == ("refunded", 1199)
+
+
+def test_a_lemon_squeezy_test_mode_order_is_not_revenue_wherever_it_says_so():
+    with pytest.raises(Skip, match="test mode"):
+        one(lemon(test_mode=True))  # the order object's own attribute
+    payload = lemon()
+    payload["meta"]["test_mode"] = True  # the webhook's meta
+    with pytest.raises(Skip, match="test mode"):
+        one(payload)
