@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -334,7 +335,9 @@ def test_a_signed_stripe_event_through_a_real_server_is_attributed_by_its_token(
     w = World(ws.db)
     campaign = w.campaign("launch")
     delivery = w.deliver(campaign, "jo@example.com", "blog")
-    configure(workspace, {"LISTKIT_STRIPE_WEBHOOK_SECRET": STRIPE})
+    configure(
+        workspace, {"LISTKIT_STRIPE_WEBHOOK_SECRET": STRIPE, "LISTKIT_GUMROAD_SECRET": GUMROAD}
+    )
     body = checkout(token=delivery["token"].upper())
     with serve(workspace) as base:
         request = urllib.request.Request(
@@ -344,6 +347,9 @@ def test_a_signed_stripe_event_through_a_real_server_is_attributed_by_its_token(
         )
         with urllib.request.urlopen(request, timeout=10) as r:
             assert (r.status, r.read()) == (200, b"Sale recorded.\n")
+        ping = urllib.parse.urlencode(gumroad_form(test="true")).encode()
+        with urllib.request.urlopen(base + f"/hooks/gumroad/{GUMROAD}", ping, timeout=10) as r:
+            assert (r.status, r.read()) == (200, b"Ignored: test purchase.\n")
     (row,) = sales_rows(workspace)
     assert (row["order"], row["method"], row["campaign"], row["list"]) == (
         "pi_live_1",
@@ -351,7 +357,9 @@ def test_a_signed_stripe_event_through_a_real_server_is_attributed_by_its_token(
         "launch",
         "blog",
     )
-    assert STRIPE not in (workspace / "serve.log").read_text()
+    log = (workspace / "serve.log").read_text()
+    assert "POST /hooks/gumroad/{secret} 200" in log
+    assert STRIPE not in log and GUMROAD not in log
 
 
 def test_a_gumroad_ping_sent_as_json_is_recorded_too(client, workspace):
