@@ -751,6 +751,11 @@ def parse_file(
         fmt = detect(header)
     if fmt == "csv":
         cols = columns or Columns()
+        if cols.fixed_currency:
+            try:
+                currency_code(cols.fixed_currency)
+            except InputError as e:
+                raise InputError(f"--currency: {e}") from None
         needed = [cols.order, cols.amount, cols.date] + (
             [] if cols.fixed_currency else [cols.currency]
         )

@@ -580,3 +580,10 @@ def test_a_lemon_squeezy_test_mode_order_is_not_revenue_wherever_it_says_so():
     payload["meta"]["test_mode"] = True  # the webhook's meta
     with pytest.raises(Skip, match="test mode"):
         one(payload)
+
+
+def test_an_unknown_currency_option_is_one_error_not_a_rejection_per_row(run, tmp_path):
+    f = tmp_path / "orders.csv"
+    f.write_text("order,amount,date\n1,5,2026-11-01\n2,6,2026-11-01\n")
+    result = run("sales", "import", str(f), "--format", "csv", "--currency", "ZZZ", ok=False)
+    assert result.output == f"Error: {f}: --currency: 'ZZZ' is not an ISO 4217 currency code\n"
