@@ -453,19 +453,22 @@ def test_no_shop_export_row_raises_anything_but_a_rejection_or_a_skip(fmt, data)
             assert 0 <= item.refunded <= item.amount
 
 
-_MEMORY_DB = None
+@pytest.fixture(scope="module")
+def examples_db(tmp_path_factory):
+    """One database for every example of the property test below."""
+    from listkit.db import open_db
+
+    db = open_db(tmp_path_factory.mktemp("examples") / "sales.db")
+    yield db
+    db.close()
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(_records, _mutated()))
-def test_whatever_a_json_record_holds_storing_it_raises_nothing(record):
-    from listkit.db import open_db
+@given(record=st.one_of(_records, _mutated()))
+def test_whatever_a_json_record_holds_storing_it_raises_nothing(examples_db, record):
     from listkit.sales import SalesSummary, parse_one, record_sale, store_records
 
-    global _MEMORY_DB
-    if _MEMORY_DB is None:
-        _MEMORY_DB = open_db(":memory:")
-    db = _MEMORY_DB
+    db = examples_db
     with db.conn:
         db.execute("DELETE FROM sale_aliases")
         db.execute("DELETE FROM sales")
