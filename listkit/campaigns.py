@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from listkit.audiences import Resolver, Rule, rules_from_table
 from listkit.db import now
 from listkit.errors import InputError, NotFound
 from listkit.lists import check_slug, get_list
@@ -32,6 +33,13 @@ FIELDS = {
     "concurrency",
     "holdout",
     "attribution_days",
+    "where",
+    "follows",
+    "after",
+    "variants",
+    "split",
+    "test_share",
+    "test_wait",
 }
 DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -55,6 +63,18 @@ class Campaign:
     holdout: float = 0.0
     attribution_days: int = 7
     path: Path = field(default=Path("."), compare=False)
+    where: tuple[Rule, ...] = ()
+    follows: str | None = None
+    after: timedelta | None = None
+    variants: tuple[str, ...] = ()
+    split: tuple[float, ...] = ()
+    test_share: float = 0.0
+    test_wait: timedelta | None = None
+
+    @property
+    def offers(self) -> tuple[str, ...]:
+        """Every offer the campaign sends: its variants, or its one offer."""
+        return self.variants or (self.offer,)
 
 
 def parse_duration(value: str, where: str, most: timedelta = MAX_LATE) -> timedelta:
@@ -143,7 +163,11 @@ def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
         except InputError as e:
             raise InputError(f"{path}: field {key}: {e}") from None
 
-    offer = name(need("offer", str), "offer", "offer")
+    extra = _extensions(data, path)
+    if extra["variants"] and "offer" not in data:
+        offer = extra["variants"][0]
+    else:
+        offer = name(need("offer", str), "offer", "offer")
     lists = need("lists", list)
     if not lists or not all(isinstance(x, str) for x in lists):
         raise InputError(f"{path}: field lists must be a non-empty list of list names")
@@ -209,7 +233,83 @@ def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
         holdout=holdout,
         attribution_days=days,
         path=path,
+        **extra,
     )
+
+
+def _extensions(data: dict, path: Path) -> dict:
+    """The audience rules, follow-up and variant fields of a campaign file."""
+    where = rules_from_table(data["where"], f"{path}: [where]") if "where" in data else ()
+    follows = data.get("follows")
+    after = None
+    if follows is not None:
+        if not isinstance(follows, str):
+            raise InputError(f"{path}: field follows must name a campaign, e.g. follows = 'launch'")
+        check_slug(follows, "campaign")
+        if follows == path.stem:
+            raise InputError(f"{path}: field follows names the campaign itself")
+        if "send_at" in data:
+            raise InputError(
+                f"{path}: a follow-up is due `after` the campaign it follows: drop send_at"
+            )
+        if not isinstance(data.get("after"), str):
+            raise InputError(
+                f"{path}: a follow-up needs field after: how long after {follows} finished "
+                "sending, e.g. after = '2d'"
+            )
+        after = parse_duration(data["after"], f"{path}: field after")
+    elif "after" in data:
+        raise InputError(f"{path}: field after needs follows = 'CAMPAIGN'")
+    variants = data.get("variants", [])
+    if not isinstance(variants, list) or not all(isinstance(v, str) for v in variants):
+        raise InputError(f"{path}: field variants must be a list of offer names")
+    if variants and len(variants) < 2:
+        raise InputError(f"{path}: field variants needs two or more offers")
+    if len(set(variants)) != len(variants):
+        raise InputError(f"{path}: field variants names an offer twice")
+    if variants and "offer" in data and data["offer"] not in variants:
+        raise InputError(f"{path}: give either offer or variants, not both")
+    split = data.get("split")
+    if split is None:
+        split = [1 / len(variants)] * len(variants) if variants else []
+    elif not variants:
+        raise InputError(f"{path}: field split needs variants")
+    elif (
+        not isinstance(split, list)
+        or len(split) != len(variants)
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in split)
+    ):
+        raise InputError(
+            f"{path}: field split needs one positive share per variant, e.g. [0.5, 0.5]"
+        )
+    total = float(sum(split))
+    test_share, test_wait = data.get("test_share", 0), None
+    if "test_share" in data or "test_wait" in data:
+        if not variants:
+            raise InputError(f"{path}: test_share and test_wait need variants")
+        if (
+            isinstance(test_share, bool)
+            or not isinstance(test_share, int | float)
+            or not 0 < test_share < 1
+        ):
+            raise InputError(
+                f"{path}: field test_share must be a fraction above 0 and below 1 (e.g. 0.2)"
+            )
+        if not isinstance(data.get("test_wait"), str):
+            raise InputError(
+                f"{path}: test_share needs field test_wait: how long after the test part "
+                "finished the rest gets the winner, e.g. test_wait = '1d'"
+            )
+        test_wait = parse_duration(data["test_wait"], f"{path}: field test_wait")
+    return {
+        "test_share": float(test_share),
+        "test_wait": test_wait,
+        "where": where,
+        "follows": follows,
+        "after": after,
+        "variants": tuple(variants),
+        "split": tuple(float(x) / total for x in split),
+    }
 
 
 def campaign_slugs(campaigns_dir: Path) -> list[str]:
@@ -224,31 +324,126 @@ def held_out(campaign_slug: str, key: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def _audience_sql(campaign: Campaign, db: Database) -> tuple[str, list]:
-    """SQL yielding (subscriber_id, email, key, list_id, list_slug) for the audience."""
+def _audience_sql(
+    campaign: Campaign, db: Database, rules: tuple[Rule, ...] | None = None, ordered: bool = True
+) -> tuple[str, list]:
+    """SQL yielding (subscriber_id, email, key, list_id) for the audience.
+
+    ``rules``: only these of the campaign's rules (the audience check counts
+    them one by one); the follow-up restriction always applies.
+    """
+    from listkit.sequences import followup_condition
+
+    rules = campaign.where if rules is None else rules
+    narrow, narrow_params = followup_condition(db, campaign)
+    rule_sql, rule_params = Resolver(db, offers=campaign.offers).conditions(rules)
+    if campaign.follows and not any(r.name in ("bought", "not_bought") for r in campaign.where):
+        from listkit.sequences import not_bought_since_first
+
+        cond, params = not_bought_since_first(db, campaign)
+        rule_sql, rule_params = rule_sql + cond, rule_params + params
     list_ids = [get_list(db, slug)["id"] for slug in campaign.lists]
     exclude_ids = [get_list(db, slug)["id"] for slug in campaign.exclude_lists]
-    order = " ".join(f"WHEN {lid} THEN {i}" for i, lid in enumerate(list_ids))
+    rank = " ".join(f"WHEN {lid} THEN {i}" for i, lid in enumerate(list_ids))
+    exclude, exclude_params = "", []
+    if exclude_ids:
+        exclude = """AND NOT EXISTS (SELECT 1 FROM memberships e WHERE e.subscriber_id = s.id
+                          AND e.list_id IN (SELECT value FROM json_each(?)))"""
+        exclude_params = [json.dumps(exclude_ids)]
+    # One pass over the active memberships of the lists, grouped by subscriber:
+    # SQLite takes list_id from the row holding the min() rank (a bare column
+    # beside min()), so each subscriber comes once, through the first of the
+    # campaign's lists it is on. The unary + keeps SQLite from walking every
+    # membership in subscriber order to group them: it reads only the lists'
+    # (by the status index) and sorts those.
     sql = f"""
-        SELECT s.id, s.email, s.key, m.list_id
-        FROM subscribers s
-        JOIN memberships m ON m.subscriber_id = s.id
-        WHERE m.list_id IN (SELECT value FROM json_each(?)) AND m.status = 'active'
-          AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
-          AND NOT EXISTS (SELECT 1 FROM memberships e WHERE e.subscriber_id = s.id
-                          AND e.list_id IN (SELECT value FROM json_each(?)))
-          AND m.list_id = (SELECT m2.list_id FROM memberships m2
-                           WHERE m2.subscriber_id = s.id AND m2.status = 'active'
-                             AND m2.list_id IN (SELECT value FROM json_each(?))
-                           ORDER BY CASE m2.list_id {order} END LIMIT 1)
-        ORDER BY s.id"""
-    ids = json.dumps(list_ids)
-    return sql, [ids, json.dumps(exclude_ids), ids]
+        SELECT s.id, s.email, s.key, a.list_id
+        FROM (SELECT m.subscriber_id AS sid, m.list_id AS list_id,
+                     min(CASE m.list_id {rank} END) AS list_rank
+              FROM memberships m
+              WHERE m.list_id IN (SELECT value FROM json_each(?)) AND m.status = 'active'
+              GROUP BY +m.subscriber_id) a
+        JOIN subscribers s ON s.id = a.sid
+        WHERE NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
+          {exclude}{narrow}{rule_sql}
+        {"ORDER BY s.id" if ordered else ""}"""
+    return sql, [json.dumps(list_ids), *exclude_params, *narrow_params, *rule_params]
+
+
+def audience_breakdown(db: Database, campaign: Campaign) -> dict:
+    """The audience per list before the rules, with each rule alone, with each rule and
+    those before it, and after all of them: one pass over the audience."""
+    resolver = Resolver(db, offers=campaign.offers)
+    conds = [resolver.condition(rule) for rule in campaign.where]
+    sql, params = _audience_sql(campaign, db, rules=(), ordered=False)
+    # Each rule once per recipient (a materialised 0/1 column), then the sums.
+    flags = "".join(f", ({cond}) AS r{i}" for i, (cond, _p) in enumerate(conds))
+    fparams = [x for _c, p in conds for x in p]
+    n = len(conds)
+    sums = ["COUNT(*)", *(f"SUM(r{i})" for i in range(n))]
+    sums += ["SUM(" + " AND ".join(f"r{i}" for i in range(k)) + ")" for k in range(2, n + 1)]
+    rows = db.execute(
+        f"""WITH a AS MATERIALIZED (SELECT a.list_id{flags} FROM ({sql}) a
+                                    JOIN subscribers s ON s.id = a.id)
+            SELECT list_id, {", ".join(sums)} FROM a GROUP BY list_id""",
+        [*fparams, *params],
+    ).fetchall()
+    names = dict(db.execute("SELECT id, slug FROM lists").fetchall())
+    per_list = {slug: 0 for slug in campaign.lists}
+    base, alone, cumulative = 0, [0] * n, [0] * n
+    for row in rows:
+        base += row[1]
+        for i in range(n):
+            alone[i] += row[2 + i]
+            cumulative[i] += row[2 + i] if i == 0 else row[2 + n + i - 1]
+        per_list[names[row[0]]] = row[-1]  # after every rule (the count when none)
+    return {
+        "lists": base,
+        "rules": [
+            {"rule": rule.label, "alone": alone[i], "with_previous": cumulative[i]}
+            for i, rule in enumerate(campaign.where)
+        ],
+        "per_list": per_list,
+        "total": sum(per_list.values()),
+    }
+
+
+def describe_audience(db: Database, campaign: Campaign) -> tuple[list[str], dict[str, int]]:
+    """Lines for `campaigns check` (what narrows the audience, rule by rule) and the
+    recipients per list; one pass over the audience."""
+    lines = []
+    per_list = None
+    if campaign.follows:
+        default = (
+            ""
+            if any(r.name in ("bought", "not_bought") for r in campaign.where)
+            else ", who have bought nothing since it started"
+        )
+        lines.append(
+            f"follows {campaign.follows}, {format_duration(campaign.after)} after it finished: "
+            f"to its recipients (never its held-out group){default}"
+        )
+    if campaign.where:
+        b = audience_breakdown(db, campaign)
+        per_list = b["per_list"]
+        lines.append(f"lists before the rules: {b['lists']} recipients")
+        for r in b["rules"]:
+            lines.append(
+                f"rule {r['rule']}: {r['alone']} alone, {r['with_previous']} with the rules above"
+            )
+    if campaign.variants:
+        shares = ", ".join(
+            f"{v} {share:.0%}" for v, share in zip(campaign.variants, campaign.split, strict=True)
+        )
+        lines.append(f"variants (a stable draw per subscriber): {shares}")
+    if campaign.holdout:
+        lines.append(f"holdout: {campaign.holdout:.0%} kept back")
+    return lines, per_list if per_list is not None else audience_count(db, campaign)
 
 
 def audience_count(db: Database, campaign: Campaign) -> dict[str, int]:
     """Recipients per targeted list after exclusions and suppressions."""
-    sql, params = _audience_sql(campaign, db)
+    sql, params = _audience_sql(campaign, db, ordered=False)
     counts = dict(
         db.execute(
             f"""SELECT l.slug, COUNT(*) FROM ({sql}) a
@@ -321,7 +516,7 @@ def set_state(db: Database, campaign_id: int, state: str) -> None:
     extra = ""
     if state == "sending":
         extra = ", started = coalesce(started, :stamp)"
-    elif state in ("done", "missed"):
+    elif state in ("done", "missed", "testing"):
         extra = ", finished = :stamp"
     db.execute(
         f"UPDATE campaigns SET state = :state{extra} WHERE id = :id",

@@ -162,6 +162,12 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
         "N/DAYS: this many soft bounces within DAYS days suppress an address",
         False,
     ),
+    "LISTKIT_SILENT_AFTER": (
+        "silent_after",
+        "5",
+        "messages sent, with no purchase and no click, that make a subscriber silent",
+        False,
+    ),
 }
 
 SMTP_SCHEMES = {
@@ -407,6 +413,15 @@ class Settings:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"LISTKIT_BASE_URL must be an http(s) URL, not {url!r}")
         return url.rstrip("/")
+
+    def silent_threshold(self) -> int:
+        """LISTKIT_SILENT_AFTER as a count of messages (1 or more)."""
+        raw = (self.values.get("LISTKIT_SILENT_AFTER") or "5").strip()
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(
+                f"LISTKIT_SILENT_AFTER must be a whole number of messages, not {raw!r}"
+            )
+        return int(raw)
 
     def secret_key(self) -> bytes:
         self.require("LISTKIT_SECRET")

@@ -502,3 +502,13 @@ def m013_bounces(db: Database) -> None:
             PRIMARY KEY (source, id)
         ) WITHOUT ROWID"""
     )
+
+
+@migrations()
+def m010_delivery_variants(db: Database) -> None:
+    # The offer a delivery carries when its campaign tests variants (NULL otherwise,
+    # and for held-out rows); sending claims one variant's rows at a time.
+    db.execute("ALTER TABLE deliveries ADD COLUMN variant TEXT")
+    # With test-then-send: 'test' (the share that tries the variants) or 'rest'
+    # (kept as state 'reserved' until the winner is chosen); NULL otherwise.
+    db.execute("ALTER TABLE deliveries ADD COLUMN part TEXT")

@@ -3,13 +3,17 @@
 It makes a workspace with `listkit init`, imports sample exports into three
 lists, starts the local capture server, sends the example campaign to it,
 records sample sales (a Gumroad export and a saved webhook) and prints the
-report, then writes the HTML report. Nothing leaves this machine.
+report; then sends the shipped follow-up to those who did not buy (moving
+the launch's finish back 3 days), runs a two-offer test on the podcast list,
+and writes the HTML report with the offer test and where buyers come from.
+Nothing leaves this machine.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import socket
 import sys
 import tempfile
@@ -132,9 +136,84 @@ def run_demo(quiet: bool = False) -> Path:
     step("sales", "import", str(webhooks))
     step("report")
     step("report", "--by", "campaign")
+
+    # A follow-up: the shipped launch-reminder goes 3 days after launch finished,
+    # to launch's recipients who have not bought (never its held-out group).
+    step("campaigns", "check", "launch-reminder")
+    _pretend_days_passed(root, "launch", 3)
+    say("\n(the demo moves launch's finish 3 days back, as if cron ran 3 days later)")
+    controller, handler = start_sink("127.0.0.1", port, out=captured.append)
+    try:
+        step("send", "--due")
+        step("send", "--due")  # cron again: nothing more, the follow-up went once
+        _variant_test(root, step, say)
+    finally:
+        controller.stop()
+    step("report", "--by", "variant")
+    step("report", "--by", "source")
     step("report", "--html", str(root / "report.html"))
     say(f"\nDemo workspace: {root}\nOpen {root / 'report.html'} in a browser.")
     return root
+
+
+def _pretend_days_passed(root: Path, slug: str, days: int) -> None:
+    ws = Workspace(root)
+    try:
+        with ws.db.conn:
+            ws.db.execute(
+                "UPDATE campaigns SET finished = ? WHERE slug = ?",
+                [(datetime.now(UTC) - timedelta(days=days, minutes=1)).isoformat(), slug],
+            )
+    finally:
+        ws.close()
+
+
+def _variant_test(root: Path, step, say) -> None:
+    """Two offers to the podcast list (which earned nothing): the ebook against a bundle."""
+    bundle = root / "offers" / "bundle"
+    shutil.copytree(root / "offers" / "launch", bundle)
+    toml = bundle / "offer.toml"
+    toml.write_text(
+        toml.read_text()
+        .replace('product = "The Field Guide to Selling (ebook)"', 'product = "Field Guide bundle"')
+        .replace('price = "29.00"', 'price = "49.00"')
+        .replace("the Field Guide is out", "the Field Guide bundle is out")
+    )
+    (root / "campaigns" / "podcast-test.toml").write_text(
+        "# An offer test: half the podcast list gets the ebook, half the bundle;\n"
+        "# 10% held out. `listkit report --by variant` judges them by revenue.\n"
+        'variants = ["launch", "bundle"]\nlists = ["podcast"]\nholdout = 0.1\n'
+    )
+    step("campaigns", "check", "podcast-test")
+    step("send", "podcast-test", "--yes")
+    ws = Workspace(root)
+    try:
+        rows = ws.db.execute(
+            """SELECT d.email, d.token, d.variant FROM deliveries d JOIN campaigns c
+               ON c.id = d.campaign_id WHERE c.slug = 'podcast-test' AND d.state = 'sent'
+               ORDER BY d.id"""
+        ).fetchall()
+    finally:
+        ws.close()
+    # Some listeners buy through their links: the bundle sells a little better.
+    buyers = [r for r in rows if r[2] == "bundle"][:3] + [r for r in rows if r[2] == "launch"][:2]
+    say("\n(some podcast listeners buy through their links)")
+    for n, (email, token, variant) in enumerate(buyers):
+        amount = "49.00" if variant == "bundle" else "29.00"
+        step(
+            "sales",
+            "add",
+            "--order",
+            f"pod-{n + 1}",
+            "--email",
+            email,
+            "--amount",
+            amount,
+            "--currency",
+            "USD",
+            "--token",
+            token,
+        )
 
 
 def main() -> int:

@@ -6,6 +6,7 @@
                                                  -> unknown   (lost after DATA began)
     pending -> skipped   (suppressed or unsubscribed by the time it was claimed)
     held_out             (kept back to measure lift; never mailed)
+    reserved -> pending  (test-then-send: the rest, given the winning offer once chosen)
 
 The rules: a claim is committed (``BEGIN IMMEDIATE``) before its SMTP
 transaction begins, and suppression is checked at claim time. Before the
@@ -32,8 +33,19 @@ from listkit.campaigns import Campaign, held_out, iter_audience
 from listkit.db import immediate, now
 from listkit.suppressions import suppress
 from listkit.tracking import message_id, new_token, personal_coupon
+from listkit.variants import assign_variant, in_test_part
 
-STATES = ("pending", "sending", "sent", "deferred", "failed", "unknown", "skipped", "held_out")
+STATES = (
+    "pending",
+    "sending",
+    "sent",
+    "deferred",
+    "failed",
+    "unknown",
+    "skipped",
+    "held_out",
+    "reserved",
+)
 DONE_STATES = ("sent", "held_out", "skipped")
 MAX_ATTEMPTS = 8
 BACKOFF = timedelta(minutes=5)
@@ -113,6 +125,15 @@ def _fill(
                     else "pending"
                 )
                 held += state == "held_out"
+                variant = part = None
+                if campaign.variants and state == "pending":
+                    variant = assign_variant(
+                        campaign.slug, subscriber["key"], campaign.variants, campaign.split
+                    )
+                    if campaign.test_share:
+                        part = "test"
+                        if not in_test_part(campaign.slug, subscriber["key"], campaign.test_share):
+                            state, variant, part = "reserved", None, "rest"
                 batch.append(
                     (
                         campaign_id,
@@ -124,11 +145,14 @@ def _fill(
                         personal_coupon(coupon_base, token),
                         state,
                         stamp,
+                        variant,
+                        part,
                     )
                 )
             db.conn.executemany(
                 """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-                   message_id, coupon, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   message_id, coupon, state, created, variant, part)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 batch,
             )
             created += len(batch)
@@ -170,8 +194,10 @@ class Claimed:
     attempts: int
 
 
-def claim(db: Database, campaign_id: int, run_id: str, limit: int) -> list[Claimed]:
-    """Claim up to ``limit`` due rows, committed before any is sent.
+def claim(
+    db: Database, campaign_id: int, run_id: str, limit: int, variant: str | None = None
+) -> list[Claimed]:
+    """Claim up to ``limit`` due rows (of one ``variant``, if given), committed before any is sent.
 
     Rows whose address is suppressed, or whose membership is no longer
     active, are marked ``skipped`` instead: an unsubscribe during a campaign
@@ -188,6 +214,8 @@ def claim(db: Database, campaign_id: int, run_id: str, limit: int) -> list[Claim
         ):
             if len(rows) >= limit:
                 break
+            if variant is not None:
+                where, params = f"{where} AND d.variant = ?", [*params, variant]
             rows += db.execute(
                 f"""SELECT d.id, d.subscriber_id, s.email, s.key, s.name, s.fields, l.slug,
                           l.title, d.token, d.message_id, d.attempts,

@@ -142,8 +142,9 @@ border-radius:6px}.empty{color:#59636e}.kpi{display:flex;gap:1.5em;flex-wrap:wra
 """
 
 
-def render_html(report: dict, by_list: dict, by_offer: dict) -> str:
-    """The report page; ``by_list`` and ``by_offer`` are reports for the same period."""
+def render_html(report: dict, by_list: dict, by_offer: dict, extra: str = "") -> str:
+    """The report page; ``by_list`` and ``by_offer`` are reports for the same period;
+    ``extra``: further sections (offer tests, where buyers come from), already HTML."""
     currency = main_currency(report)
     sections = []
     period = f"{report['since'] or 'the beginning'} to {report['until'] or 'today'}"
@@ -211,6 +212,7 @@ def render_html(report: dict, by_list: dict, by_offer: dict) -> str:
             f"({h['mailed_rate']:.2%}); held out: {h['held_out_buyers']:,} of {h['held_out']:,} "
             f"({h['held_out_rate']:.2%}). Difference {h['difference']:+.2%}, {interval}.</p>"
         )
+    sections.append(extra)
     data = json.dumps(
         {"report": report, "by_list": by_list, "by_offer": by_offer}, ensure_ascii=False
     ).replace("<", "\\u003c")  # nothing in the data can close or open a tag

@@ -68,9 +68,11 @@ from listkit.outbox import (
     top_up,
 )
 from listkit.processes import exit_with_parent
+from listkit.sequences import check_ready, followup_status
 from listkit.smtp import Connection, ConnectionLost, wire_form
 from listkit.smtp import path as smtp_path
 from listkit.tracking import new_token
+from listkit.variants import release_rest, rest_due
 from listkit.verp import bounce_address, verp_address
 from listkit.workspace import Workspace
 
@@ -318,9 +320,11 @@ class Run:
         on_result: Callable[[Result], None] | None = None,
         compose_processes: int = 0,
         bounce_address: str | None = None,
+        variant: str | None = None,
     ):
         self.compose_processes = compose_processes
         self.bounce_address = bounce_address
+        self.variant = variant
         self.db_path = db_path
         self.campaign_id = campaign_id
         self.campaign = campaign
@@ -401,7 +405,7 @@ class Run:
         while self.stopped is None and (remaining is None or remaining > 0):
             size = self.batch if remaining is None else min(self.batch, remaining)
             rows: list[Claimed] = await self.db(
-                claim, self.conn_db, self.campaign_id, self.run_id, size
+                claim, self.conn_db, self.campaign_id, self.run_id, size, self.variant
             )
             if not rows:
                 break
@@ -732,6 +736,14 @@ class Prepared:
     smtp: SMTPSettings
     sender_address: str
     bounce_address: str | None = None
+    # One composer per offer the campaign sends (its variants), by offer slug.
+    composers: dict[str, Composer] = field(default_factory=dict)
+
+    @property
+    def expires(self) -> str | None:
+        """The earliest expiry among the campaign's offers."""
+        dates = [c.offer.expires for c in self.composers.values() if c.offer.expires]
+        return min(dates) if dates else None
 
 
 def prepare(ws: Workspace, slug: str) -> Prepared:
@@ -739,12 +751,21 @@ def prepare(ws: Workspace, slug: str) -> Prepared:
     campaign = load_campaign(ws.campaigns_dir, slug)
     offer = load_offer(ws.offers_dir, campaign.offer)
     composer = Composer(offer, ws.settings, campaign=slug, offers_dir=ws.offers_dir)
+    composers = {offer.slug: composer}
+    for variant in campaign.variants:
+        if variant not in composers:
+            composers[variant] = Composer(
+                load_offer(ws.offers_dir, variant),
+                ws.settings,
+                campaign=slug,
+                offers_dir=ws.offers_dir,
+            )
     smtp = ws.settings.smtp()
     _name, sender_address = ws.settings.sender_address()
     for list_slug in (*campaign.lists, *campaign.exclude_lists):
         get_list(ws.db, list_slug)
     bounces = bounce_address(ws.settings.bounce_address)
-    return Prepared(campaign, composer, smtp, sender_address, bounces)
+    return Prepared(campaign, composer, smtp, sender_address, bounces, composers)
 
 
 def send_campaign(
@@ -767,9 +788,16 @@ def send_campaign(
     with send_lock(ws.root):
         p = prepared or prepare(ws, slug)
         db = ws.db
+        check_ready(db, p.campaign, p.expires)
+        row = campaign_row(db, slug)
+        if row is not None and row["state"] == "testing":
+            _due, when = rest_due(db, p.campaign, datetime.now(UTC))
+            raise ListkitError(
+                f"campaign {slug} is testing its variants: the rest gets the winner by "
+                f"`listkit send --due` from {when}"
+            )
         offer = p.composer.offer
         where = {"domain": p.composer.domain, "coupon_base": p.composer.coupon_base}
-        row = campaign_row(db, slug)
         summary = RunSummary(campaign=slug)
         if newcomers:
             if row is None or row["started"] is None:
@@ -791,35 +819,50 @@ def send_campaign(
         due = before["pending"] + before["deferred"]
         if limit is not None:
             due = min(due, limit)
-        run = Run(
-            compose_processes=1 if due >= POOL_THRESHOLD and (os.cpu_count() or 1) > 1 else 0,
-            db_path=ws.settings.db_path,
-            campaign_id=cid,
-            campaign=p.campaign,
-            composer=p.composer,
-            smtp=p.smtp,
-            sender_address=p.sender_address,
-            bounce_address=p.bounce_address,
-            limit=limit,
-            batch=batch,
-            on_result=on_result,
-        )
+        # A campaign testing offers sends one variant's rows at a time, each
+        # with its own offer's composer.
+        parts = [(v, p.composers[v]) for v in p.campaign.variants] or [(None, p.composer)]
+        run = None
         try:
-            summary.this_run = asyncio.run(run.run())
+            for variant, composer in parts:
+                left = None if limit is None else limit - sum(summary.this_run.values())
+                if left is not None and left <= 0:
+                    break
+                run = Run(
+                    compose_processes=1
+                    if due >= POOL_THRESHOLD and (os.cpu_count() or 1) > 1
+                    else 0,
+                    db_path=ws.settings.db_path,
+                    campaign_id=cid,
+                    campaign=p.campaign,
+                    composer=composer,
+                    smtp=p.smtp,
+                    sender_address=p.sender_address,
+                    bounce_address=p.bounce_address,
+                    limit=left,
+                    batch=batch,
+                    on_result=on_result,
+                    variant=variant,
+                )
+                for state, n in asyncio.run(run.run()).items():
+                    summary.this_run[state] = summary.this_run.get(state, 0) + n
+                if run.stopped:
+                    break
         except sqlite3.Error as e:
             # The database refused a write mid-run (locked past the timeout,
             # disk full): nothing more was sent. Rows not yet recorded stay
             # 'sending' at the phase they reached, and the next run resolves
             # them (pending again, or unknown if their content may be out).
             raise SendError(
-                f"{describe_db_error(run.db_path, e)}; sending stopped, and the next "
+                f"{describe_db_error(ws.settings.db_path, e)}; sending stopped, and the next "
                 f"`listkit send {slug}` resumes every message not recorded as sent"
             ) from None
         finally:
-            summary.stopped = run.stopped
+            summary.stopped = run.stopped if run is not None else None
             summary.totals = counts(db, cid)
             if summary.complete:
-                set_state(db, cid, "done")
+                # Test-then-send: the rest waits for the winner (`send --due`).
+                set_state(db, cid, "testing" if summary.totals.get("reserved") else "done")
         summary.elapsed = time.monotonic() - started
         return summary
 
@@ -852,17 +895,53 @@ def send_due(
         except ListkitError as e:
             outcomes.append(DueOutcome(slug, "error", message=str(e)))
             continue
-        status = due_status(campaign, at)
+        why = ""
+        if campaign.follows:
+            try:
+                expires = min(
+                    (e for o in campaign.offers if (e := load_offer(ws.offers_dir, o).expires)),
+                    default=None,
+                )
+            except ListkitError as e:
+                outcomes.append(DueOutcome(slug, "error", message=str(e)))
+                continue
+            status, why = followup_status(ws.db, campaign, at, expires)
+        else:
+            status = due_status(campaign, at)
         row = campaign_row(ws.db, slug)
         if rescheduled(row, campaign):
             reschedule(ws.db, row["id"], campaign)
             row = campaign_row(ws.db, slug)
         state = row["state"] if row else None
+        if state == "testing":  # test-then-send, sent by hand or not: the rest goes from here
+            due, _when = rest_due(ws.db, campaign, at)
+            if not due:
+                continue
+            try:
+                with send_lock(ws.root):
+                    pick = release_rest(ws.db, campaign)
+            except AlreadyRunning as e:
+                outcomes.append(DueOutcome(slug, "locked", message=str(e)))
+                break
+            chosen = f"{slug}: the rest ({pick['released']}) gets {pick['offer']}, {pick['why']}"
+            try:
+                outcomes.append(
+                    DueOutcome(slug, "sent", send_campaign(ws, slug, limit=limit), message=chosen)
+                )
+            except AlreadyRunning as e:
+                outcomes.append(DueOutcome(slug, "locked", message=str(e)))
+                break
+            except ListkitError as e:
+                outcomes.append(DueOutcome(slug, "error", message=str(e)))
+            continue
         if state in ("done", "missed") or status in ("manual", "waiting"):
             continue
         if status == "missed" and state != "sending":
             cid = register(ws.db, campaign, digest="", coupon=None)
             set_state(ws.db, cid, "missed")
+            if why:
+                outcomes.append(DueOutcome(slug, "missed", message=why))
+                continue
             # Whole minutes: the seconds a cron run takes are noise here.
             minutes = round((at - campaign.send_at).total_seconds() / 60)
             late = format_duration(timedelta(minutes=minutes))

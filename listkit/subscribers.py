@@ -156,7 +156,7 @@ def get_subscriber(db: Database, email: str) -> dict:
         return result
     sid, address, name, fields, created, source = row
     result.update(
-        {"email": address, "name": name, "fields": json.loads(fields)}
+        {"id": sid, "email": address, "name": name, "fields": json.loads(fields)}
         | {"created": created, "source": source}
     )
     keys = ("list", "status", "joined", "consent_at", "consent_method", "consent_source")

@@ -261,7 +261,8 @@ def test_dry_run_writes_one_eml_per_recipient_and_sends_nothing(run, workspace, 
     )
     assert len(list(out.glob("*.eml"))) == 6
     assert handler.messages == []
-    assert json.loads(run("campaigns", "ls", "--json").output)[1]["sent"] == 0
+    listed = json.loads(run("campaigns", "ls", "--json").output)
+    assert [c["sent"] for c in listed if c["campaign"] == "t"] == [0]
 
 
 def test_test_to_sends_one_sample_and_records_nothing(run, workspace, server):

@@ -67,3 +67,46 @@ def lists_rm(ws: Workspace, slug: str, yes: bool) -> None:
         click.confirm(f"Remove list {slug!r} and all its memberships?", abort=True)
     removed = remove_list(ws.db, slug)
     click.echo(f"Removed list {slug} ({removed} memberships).")
+
+
+@lists.command("prune")
+@click.argument("slug")
+@click.option(
+    "--silent",
+    is_flag=True,
+    help="Members mailed LISTKIT_SILENT_AFTER or more times with no purchase and no click.",
+)
+@click.option("--dry-run", is_flag=True, help="Show who would be moved out; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_workspace
+def lists_prune(ws: Workspace, slug: str, silent: bool, dry_run: bool, yes: bool) -> None:
+    """Move the silent members of a list out (status pruned, with the reason).
+
+    Their subscriber record, deliveries, sales and other lists stay; they are
+    no longer mailed through this list.
+
+    \b
+    Examples:
+        listkit lists prune blog --silent --dry-run
+        listkit lists prune blog --silent --yes
+    """
+    from listkit.stats import prune_silent, silent_members
+
+    if not silent:
+        raise click.UsageError("say what to prune: --silent")
+    threshold = ws.settings.silent_threshold()
+    members = silent_members(ws.db, slug, threshold)
+    what = f"mailed {threshold}+ times with no purchase and no click"
+    if dry_run or not members:
+        for m in members:
+            click.echo(f"  {m['email']} ({m['sent']} sent)")
+        verb = "would be" if members else "are"
+        click.echo(f"{len(members)} members of {slug} {verb} pruned ({what}); nothing changed.")
+        return
+    if not yes:
+        click.confirm(
+            f"Move {len(members)} members of {slug} out ({what})? Their history stays.",
+            abort=True,
+        )
+    n = prune_silent(ws.db, slug, threshold)
+    click.echo(f"Pruned {n} members of {slug} ({what}); their history stays.")

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from listkit.cli import cli, pass_workspace
+from listkit.cli.insights import INSIGHTS, insight_sections, show_insight, show_report_extras
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.errors import InputError
 from listkit.money import format_amounts
@@ -21,7 +22,13 @@ from listkit.workspace import Workspace
 
 
 @cli.command()
-@click.option("--by", type=click.Choice(BY), default="list", show_default=True)
+@click.option(
+    "--by",
+    type=click.Choice((*BY, *INSIGHTS)),
+    default="list",
+    show_default=True,
+    help="Group by list, offer or campaign; variant (offer tests), source or signup-month.",
+)
 @click.option("--since", help="First day, YYYY-MM-DD.")
 @click.option("--until", help="Last day, YYYY-MM-DD.")
 @click.option("--json", "json_", is_flag=True, help="Output JSON (revenue in minor units).")
@@ -43,12 +50,16 @@ def report(
     """
     if sum(map(bool, (json_, csv_, html))) > 1:
         raise click.UsageError("use one of --json, --csv and --html")
-    data = build_report(ws.db, by, since, until)
+    if by in INSIGHTS and html is None:
+        show_insight(ws, by, since, until, json_=json_, csv_=csv_)
+        return
+    data = build_report(ws.db, by if by in BY else "list", since, until)
     if html is not None:
         by_list = data if by == "list" else build_report(ws.db, "list", since, until)
         by_offer = data if by == "offer" else build_report(ws.db, "offer", since, until)
+        extra = insight_sections(ws, since, until)
         try:
-            html.write_text(render_html(data, by_list, by_offer), encoding="utf-8")
+            html.write_text(render_html(data, by_list, by_offer, extra=extra), encoding="utf-8")
         except OSError as e:
             raise InputError(f"--html {html}: cannot be written ({e.strerror})") from None
         click.echo(f"Wrote {html}.")
@@ -158,6 +169,7 @@ def report(
             f"Warning: campaign {w['campaign']} has a complaint rate of {w['rate']:.2%} "
             f"({w['complaints']} of {w['sent']} sent), {advice}"
         )
+    show_report_extras(ws, since, until)
     sys.stdout.flush()
 
 

@@ -13,6 +13,7 @@ from listkit.campaigns import (
     campaign_row,
     campaign_slugs,
     current_state,
+    describe_audience,
     iter_audience,
     load_campaign,
 )
@@ -30,6 +31,7 @@ from listkit.sender import (
     send_test,
 )
 from listkit.sender import dry_run as write_dry_run
+from listkit.variants import assign_variant
 from listkit.workspace import Workspace
 
 
@@ -102,15 +104,30 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
         listkit campaigns check launch
     """
     p = prepare(ws, slug)
-    per_list = audience_count(ws.db, p.campaign)
-    click.echo(f"Campaign {slug}: offer {p.campaign.offer}, SMTP {p.smtp.masked()}")
+    c = p.campaign
+    lines, per_list = describe_audience(ws.db, c)
+    offers = f"variants {', '.join(c.variants)}" if c.variants else f"offer {c.offer}"
+    click.echo(f"Campaign {slug}: {offers}, SMTP {p.smtp.masked()}")
+    for line in lines:
+        click.echo(f"  {line}")
     for list_slug, n in per_list.items():
         click.echo(f"  {list_slug}: {n} recipients")
-    if p.campaign.exclude_lists:
-        click.echo(f"  excluding members of: {', '.join(p.campaign.exclude_lists)}")
+    if c.exclude_lists:
+        click.echo(f"  excluding members of: {', '.join(c.exclude_lists)}")
     # Every recipient is checked and every failure listed (no limit): the count
-    # must be the campaign's, not that of the first few.
-    checked, found = check_offer(p.composer, iter_audience(ws.db, p.campaign), limit=sys.maxsize)
+    # must be the campaign's, not that of the first few. With variants, each
+    # recipient is rendered with the offer of its draw.
+    checked, found = 0, []
+    for offer_slug, composer in p.composers.items():
+        audience = iter_audience(ws.db, c)
+        if c.variants:
+            audience = (
+                a
+                for a in audience
+                if assign_variant(slug, a[0]["key"], c.variants, c.split) == offer_slug
+            )
+        n, problems_found = check_offer(composer, audience, limit=sys.maxsize)
+        checked, found = checked + n, found + problems_found
     for problem in found:
         click.echo(f"  {problem.subscriber}: {problem.message}", err=True)
     if found:
@@ -274,6 +291,8 @@ def _send_due(ws: Workspace, limit: int | None) -> None:
     failed = False
     for outcome in send_due(ws, limit=limit):
         if outcome.action == "sent":
+            if outcome.message:
+                click.echo(outcome.message)
             _print_summary(outcome.summary)
             failed = failed or not outcome.summary.ok
         elif outcome.action == "locked":

@@ -10,9 +10,12 @@ import click
 
 from listkit import csvout
 from listkit.addresses import normalize_address
+from listkit.audiences import matching_subscribers, rules_from_options
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
 from listkit.imports import FORMATS, import_subscribers
+from listkit.money import format_amounts, format_minor
+from listkit.stats import purchases
 from listkit.subscribers import (
     add_subscriber,
     get_subscriber,
@@ -157,17 +160,34 @@ def subscribers_import(
 
 
 @subscribers.command("ls")
-@click.option("--list", "list_", required=True, help="The list to show.")
+@click.option("--list", "list_", help="The list to show (required without --where).")
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="RULE=VALUE",
+    help="Audience rule, as in a campaign's [where] (repeat to combine; a|b for either).",
+)
 @click.option("--json", "json_", is_flag=True, help="Output JSON.")
 @click.option("--csv", "csv_", is_flag=True, help="Output CSV.")
 @pass_workspace
-def subscribers_ls(ws: Workspace, list_: str, json_: bool, csv_: bool) -> None:
-    """Show the members of a list, with status and consent evidence.
+def subscribers_ls(
+    ws: Workspace, list_: str | None, where: tuple[str, ...], json_: bool, csv_: bool
+) -> None:
+    """Show the members of a list, with status and consent evidence; or the
+    subscribers audience rules select (--where), to look at an audience first.
 
     \b
-    Example:
+    Examples:
         listkit subscribers ls --list blog --csv > blog.csv
+        listkit subscribers ls --list blog --where not_bought=anything --where field.plan=pro
+        listkit subscribers ls --where mailed_by=launch --where not_clicked_in=launch
     """
+    if where:
+        _ls_where(ws, list_, where, json_, csv_)
+        return
+    if list_ is None:
+        raise click.UsageError("name a list with --list, or select with --where")
     rows = list_members(ws.db, list_)
     columns = ["email", "name", "status", "joined", "consent_at", "confirmed_at", "consent_ip"]
     if json_:
@@ -178,18 +198,35 @@ def subscribers_ls(ws: Workspace, list_: str, json_: bool, csv_: bool) -> None:
         emit_table(list(rows), columns[:4], empty=f"List {list_} has no members.")
 
 
+def _ls_where(
+    ws: Workspace, list_: str | None, where: tuple[str, ...], json_: bool, csv_: bool
+) -> None:
+    rows = matching_subscribers(ws.db, rules_from_options(where), list_)
+    columns = ["email", "name", "lists", "signed_up", "source", "suppressed"]
+    if json_:
+        emit_json(rows)
+    elif csv_:
+        emit_csv(rows, [*columns, "fields"])
+    else:
+        emit_table(rows, columns, empty="No subscriber matches.")
+        click.echo(f"{len(rows)} subscribers match.")
+
+
 @subscribers.command("show")
 @click.argument("email")
 @click.option("--json", "json_", is_flag=True, help="Output JSON.")
 @pass_workspace
 def subscribers_show(ws: Workspace, email: str, json_: bool) -> None:
-    """Show one subscriber: fields, lists, consent, suppression, deliveries.
+    """Show one subscriber: fields, lists, consent, suppression, deliveries, purchases
+    and lifetime revenue.
 
     \b
     Example:
         listkit subscribers show ann@example.com
     """
     sub = get_subscriber(ws.db, email)
+    if sub.get("id") is not None:
+        sub.update(purchases(ws.db, sub.pop("id")))
     if json_:
         emit_json(sub)
         return
@@ -207,6 +244,15 @@ def subscribers_show(ws: Workspace, email: str, json_: bool) -> None:
         click.echo(f"  list {m['list']}: {m['status']}" + (f" ({consent})" if consent else ""))
     if sub["deliveries"]:
         click.echo("  deliveries: " + ", ".join(f"{n} {s}" for s, n in sub["deliveries"].items()))
+    for o in sub.get("purchases", []):
+        via = f", campaign {o['campaign']}" if o["campaign"] else ""
+        paid = format_minor(o["amount"] - o["refunded"], o["currency"])
+        click.echo(
+            f"  bought {o['product'] or '?'}: {paid}"
+            f" on {o['at'][:10]} (order {o['order']}, {o['status']}{via})"
+        )
+    if sub.get("lifetime_revenue"):
+        click.echo(f"  lifetime revenue: {format_amounts(sub['lifetime_revenue'])}")
 
 
 @cli.command("unsubscribe")

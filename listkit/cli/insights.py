@@ -1,0 +1,166 @@
+"""Report views beyond list/offer/campaign: offer tests (variant), where buyers come
+from (source, signup-month), and silent subscribers; as text, JSON, CSV and HTML."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+import click
+
+from listkit.cli.output import emit_csv, emit_json, emit_table
+from listkit.money import format_amounts
+from listkit.stats import buyers_by, silent_by_list
+from listkit.variants import table_rows, variant_report, verdict_lines
+from listkit.workspace import Workspace
+
+INSIGHTS = ("variant", "source", "signup-month")
+VARIANT_CSV = ["campaign", "variant", "delivered", "buyers", "currency", "revenue", "per_1000"]
+VARIANT_CSV += ["ci95_low", "ci95_high", "winner"]
+
+
+def show_insight(
+    ws: Workspace, by: str, since: str | None, until: str | None, *, json_: bool, csv_: bool
+) -> None:
+    if by == "variant":
+        tests = variant_report(ws.db, since, until)
+        if json_:
+            emit_json(tests)
+            return
+        if csv_:
+            emit_csv(
+                [
+                    {"campaign": t["campaign"], "currency": t["currency"], **v}
+                    | {"ci95_low": v["ci95"][0] if v["ci95"] else "", "winner": t["winner"] or ""}
+                    | {"ci95_high": v["ci95"][1] if v["ci95"] else ""}
+                    for t in tests
+                    for v in t["variants"]
+                ],
+                VARIANT_CSV,
+            )
+            return
+        if not tests:
+            click.echo("No offer tests yet: give a campaign variants = ['offer-a', 'offer-b'].")
+        for t in tests:
+            _print_test(t)
+        return
+    data = buyers_by(ws.db, by, since, until)
+    if json_:
+        emit_json(data)
+        return
+    rows = [
+        {
+            **r,
+            "revenue": format_amounts(r["revenue"], "-"),
+            "per_subscriber": format_amounts(r["revenue_per_subscriber"], "-"),
+        }
+        for r in data["rows"]
+    ]
+    if csv_:
+        emit_csv(
+            [
+                {
+                    **r,
+                    "currency": c,
+                    "revenue": v,
+                    "revenue_per_subscriber": r["revenue_per_subscriber"][c],
+                }
+                for r in data["rows"]
+                for c, v in (sorted(r["revenue"].items()) or [("", 0)])
+            ],
+            [
+                by,
+                "subscribers",
+                "buyers",
+                "orders",
+                "currency",
+                "revenue",
+                "revenue_per_subscriber",
+            ],
+        )
+        return
+    emit_table(
+        rows,
+        [by, "subscribers", "buyers", "orders", "revenue", "per_subscriber"],
+        headers=[by, "subscribers", "buyers", "orders", "revenue", "per subscriber"],
+        empty="No subscribers yet.",
+    )
+
+
+def _print_test(t: dict) -> None:
+    click.echo(
+        f"Offer test {t['campaign']} ({t['currency'] or 'no revenue yet'}, "
+        f"attribution window {t['window_days']} days):"
+    )
+    emit_table(
+        table_rows(t),
+        ["variant", "delivered", "buyers", "revenue", "per_1000", "ci95"],
+        headers=["variant", "delivered", "buyers", "revenue", "per 1k delivered", "95% interval"],
+    )
+    for line in verdict_lines(t):
+        click.echo(line)
+    click.echo("")
+
+
+def show_report_extras(ws: Workspace, since: str | None, until: str | None) -> None:
+    """After the main report: the offer tests' verdicts and the silent subscribers."""
+    for t in variant_report(ws.db, since, until):
+        click.echo(f"Offer test {t['campaign']}: " + " ".join(verdict_lines(t)))
+    threshold = ws.settings.silent_threshold()
+    silent = silent_by_list(ws.db, threshold)
+    if silent:
+        names = ", ".join(f"{s['list']} {s['silent']}" for s in silent)
+        click.echo(
+            f"Silent (mailed {threshold}+ times, no purchase, no click): {names}; "
+            "`listkit lists prune LIST --silent` moves them out"
+        )
+
+
+def insight_sections(ws: Workspace, since: str | None, until: str | None) -> str:
+    """HTML sections for the report page: offer tests, buyers by source and signup month,
+    silent subscribers; their data embedded as JSON (id listkit-insights)."""
+    tests = variant_report(ws.db, since, until)
+    sources = buyers_by(ws.db, "source", since, until)
+    months = buyers_by(ws.db, "signup-month", since, until)
+    threshold = ws.settings.silent_threshold()
+    silent = silent_by_list(ws.db, threshold)
+    parts = []
+    for t in tests:
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(r[k]))}</td>" for k in r) + "</tr>"
+            for r in table_rows(t)
+        )
+        verdict = "".join(f"<p>{escape(line)}</p>" for line in verdict_lines(t))
+        parts.append(
+            f'<h2>Offer test {escape(t["campaign"])}</h2><table class="variants" '
+            f'data-campaign="{escape(t["campaign"])}"><tr><th>variant</th><th>delivered</th>'
+            "<th>buyers</th><th>revenue</th><th>per 1,000 delivered</th><th>95% interval</th>"
+            f"</tr>{rows}</table>{verdict}"
+        )
+    for title, data in (("signup source", sources), ("signup month", months)):
+        key = data["by"]
+        rows = "".join(
+            f"<tr><td>{escape(str(r[key]))}</td><td>{r['subscribers']:,}</td>"
+            f"<td>{r['buyers']:,}</td><td>{r['orders']:,}</td>"
+            f"<td>{escape(format_amounts(r['revenue'], '–'))}</td>"
+            f"<td>{escape(format_amounts(r['revenue_per_subscriber'], '–'))}</td></tr>"
+            for r in data["rows"]
+        )
+        parts.append(
+            f"<h2>Where buyers come from: by {title}</h2><table><tr><th>{title}</th>"
+            "<th>subscribers</th><th>buyers</th><th>orders</th><th>revenue</th>"
+            f"<th>per subscriber</th></tr>{rows}</table>"
+        )
+    if silent:
+        names = ", ".join(f"{escape(s['list'])} ({s['silent']:,})" for s in silent)
+        parts.append(
+            f'<h2>Silent subscribers</h2><p class="warn">Mailed {threshold} or more times '
+            f"with no purchase and no click: {names}. <code>listkit lists prune LIST "
+            "--silent</code> moves them out, keeping their history.</p>"
+        )
+    data = json.dumps(
+        {"variants": tests, "by_source": sources, "by_signup_month": months, "silent": silent},
+        ensure_ascii=False,
+    ).replace("<", "\\u003c")
+    parts.append(f'<script type="application/json" id="listkit-insights">{data}</script>')
+    return "".join(parts)

@@ -1,0 +1,205 @@
+"""Follow-ups sent by `send --due` to the first campaign's recipients who did not buy."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from listkit.workspace import Workspace
+from tests import smtp_server
+
+ADDRS = [f"r{i}@example.com" for i in range(12)]
+
+
+@pytest.fixture
+def server():
+    controller, handler = smtp_server.start()
+    yield controller, handler
+    controller.stop()
+
+
+def setup(run, workspace, port, *, holdout=0.3):
+    run("lists", "create", "blog")
+    for address in ADDRS:
+        run("subscribers", "add", address, "--list", "blog")
+    (workspace / "campaigns" / "open.toml").write_text(
+        f'offer = "launch"\nlists = ["blog"]\nholdout = {holdout}\n'
+    )
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{port}")
+    )
+
+
+def followup(workspace, slug="reminder", follows="open", *, offer="launch", extra=""):
+    (workspace / "campaigns" / f"{slug}.toml").write_text(
+        f'offer = "{offer}"\nlists = ["blog"]\nfollows = "{follows}"\nafter = "2d"\n{extra}'
+    )
+
+
+def query(workspace, sql, params=()):
+    ws = Workspace(workspace)
+    try:
+        with ws.db.conn:
+            return ws.db.execute(sql, list(params)).fetchall()
+    finally:
+        ws.close()
+
+
+def finished_ago(workspace, slug, **delta):
+    at = (datetime.now(UTC) - timedelta(**delta)).isoformat()
+    query(
+        workspace, "UPDATE campaigns SET finished = ?, started = ? WHERE slug = ?", [at, at, slug]
+    )
+
+
+def states(workspace, slug):
+    return dict(
+        query(
+            workspace,
+            """SELECT d.email, d.state FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+               WHERE c.slug = ?""",
+            [slug],
+        )
+    )
+
+
+def buy(run, email, order):
+    run(
+        "sales", "add", "--order", order, "--email", email, "--amount", "29.00", "--currency", "USD"
+    )
+
+
+def test_a_follow_up_goes_once_to_the_first_campaigns_recipients_who_did_not_buy(
+    run, workspace, server
+):
+    controller, handler = server
+    setup(run, workspace, controller.port)
+    run("send", "open", "--yes")
+    first = states(workspace, "open")
+    mailed = sorted(e for e, s in first.items() if s == "sent")
+    held = {e for e, s in first.items() if s == "held_out"}
+    assert held and len(mailed) >= 3  # the world this test needs
+    finished_ago(workspace, "open", days=2, hours=1)
+    buy(run, mailed[0], "1001")
+    buy(run, sorted(held)[0], "1002")  # a held-out buyer changes nothing
+    followup(workspace)
+    before = len(handler.messages)
+    outputs = [run("send", "--due").output for _ in range(3)]  # cron, every few minutes
+    assert outputs[0].startswith(f"reminder: this run {len(mailed) - 1} sent")
+    assert outputs[1:] == ["", ""]
+    got = [rcpt for _mid, rcpt, _data in handler.messages[before:]]
+    assert sorted(got) == mailed[1:]  # each once; no buyer, nobody held out
+    assert not held & set(got)
+
+
+def test_a_follow_up_waits_until_after_has_passed_since_the_first_finished(run, workspace, server):
+    controller, handler = server
+    setup(run, workspace, controller.port, holdout=0)
+    followup(workspace)
+    assert run("send", "--due").output == ""  # the first has not been sent at all
+    run("send", "open", "--yes")
+    finished_ago(workspace, "open", days=1, hours=23)
+    sent = len(handler.messages)
+    assert run("send", "--due").output == ""
+    assert len(handler.messages) == sent
+    assert "waiting" not in states(workspace, "reminder").values()  # no outbox yet
+    finished_ago(workspace, "open", days=2, minutes=1)
+    assert run("send", "--due").output.startswith("reminder: this run 12 sent")
+
+
+def test_a_follow_up_is_not_sent_after_its_offers_expiry(run, workspace, server):
+    controller, handler = server
+    setup(run, workspace, controller.port, holdout=0)
+    shutil.copytree(workspace / "offers" / "launch", workspace / "offers" / "ended")
+    toml = workspace / "offers" / "ended" / "offer.toml"
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    toml.write_text(toml.read_text().replace('expires = "2026-12-31"', f'expires = "{yesterday}"'))
+    followup(workspace, offer="ended")
+    run("send", "open", "--yes")
+    finished_ago(workspace, "open", days=2, hours=1)
+    sent = len(handler.messages)
+    out = run("send", "--due").output
+    assert out == f"reminder: missed (its offer expired ({yesterday}); not sent)\n"
+    assert run("send", "--due").output == ""
+    assert len(handler.messages) == sent
+    result = run("send", "reminder", "--yes", ok=False)
+    assert "Error: campaign reminder: its offer expired" in result.output
+
+
+def test_a_follow_up_later_than_max_late_is_missed(run, workspace, server):
+    controller, handler = server
+    setup(run, workspace, controller.port, holdout=0)
+    followup(workspace, extra='max_late = "6h"\n')
+    run("send", "open", "--yes")
+    finished_ago(workspace, "open", days=2, hours=7)
+    sent = len(handler.messages)
+    assert run("send", "--due").output.startswith("reminder: missed (due ")
+    assert len(handler.messages) == sent
+
+
+def test_a_follow_up_cannot_be_sent_by_hand_before_the_first_finished(run, workspace, server):
+    controller, _handler = server
+    setup(run, workspace, controller.port)
+    followup(workspace)
+    result = run("send", "reminder", "--yes", ok=False)
+    assert result.output == (
+        "Error: campaign reminder follows open, which has not finished sending: send open first\n"
+    )
+
+
+def test_a_follow_up_with_its_own_bought_rule_replaces_the_default(run, workspace, server):
+    controller, handler = server
+    setup(run, workspace, controller.port, holdout=0)
+    run("send", "open", "--yes")
+    finished_ago(workspace, "open", days=2, hours=1)
+    buy(run, "r3@example.com", "2001")
+    # Thank the buyers instead: only those who bought.
+    followup(workspace, slug="thanks", extra='[where]\nbought = "anything"\n')
+    sent = len(handler.messages)
+    assert run("send", "--due").output.startswith("thanks: this run 1 sent")
+    assert [rcpt for _m, rcpt, _d in handler.messages[sent:]] == ["r3@example.com"]
+
+
+def test_a_chain_follows_the_follow_up_not_the_first(run, workspace, server):
+    controller, handler = server
+    setup(run, workspace, controller.port, holdout=0)
+    followup(workspace, extra="holdout = 0.5\n")
+    followup(workspace, slug="last-day", follows="reminder")
+    run("send", "open", "--yes")
+    finished_ago(workspace, "open", days=2, hours=1)
+    run("send", "--due")
+    second = states(workspace, "reminder")
+    assert "held_out" in second.values()
+    finished_ago(workspace, "reminder", days=2, hours=1)
+    sent = len(handler.messages)
+    run("send", "--due")
+    got = sorted(rcpt for _m, rcpt, _d in handler.messages[sent:])
+    assert got == sorted(e for e, s in second.items() if s == "sent")
+
+
+def test_campaigns_check_says_what_a_follow_up_goes_to(run, workspace, server):
+    controller, _handler = server
+    setup(run, workspace, controller.port, holdout=0)
+    followup(workspace)
+    run("send", "open", "--yes")
+    buy(run, "r0@example.com", "3001")
+    out = run("campaigns", "check", "reminder").output
+    assert (
+        "  follows open, 2d after it finished: to its recipients (never its held-out group), "
+        "who have bought nothing since it started\n"
+    ) in out
+    assert "  blog: 11 recipients\n" in out
+
+
+def test_a_follow_up_without_after_is_an_error_naming_the_field(run, workspace):
+    (workspace / "campaigns" / "r.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nfollows = "launch"\n'
+    )
+    result = run("campaigns", "check", "r", ok=False)
+    assert result.output == (
+        f"Error: {workspace / 'campaigns' / 'r.toml'}: a follow-up needs field after: how "
+        "long after launch finished sending, e.g. after = '2d'\n"
+    )
