@@ -255,8 +255,10 @@ def attribute_sales(db: Database, ids: Iterable[int] | None = None) -> dict[str,
             )
         )
     db.conn.executemany(
-        """UPDATE sales SET delivery_id = ?, campaign_id = ?, list_id = ?, offer = ?,
-           method = ? WHERE id = ?""",
+        # A delivery of an offer test carries its own offer (its variant).
+        """UPDATE sales SET delivery_id = ?1, campaign_id = ?2, list_id = ?3,
+           offer = coalesce((SELECT variant FROM deliveries WHERE id = ?1), ?4),
+           method = ?5 WHERE id = ?6""",
         updates,
     )
     return {m: n for m, n in results.items() if n}

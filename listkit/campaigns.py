@@ -492,7 +492,7 @@ def register(db: Database, campaign: Campaign, *, digest: str, coupon: str | Non
     row = campaign_row(db, campaign.slug)
     if row is not None:
         return row["id"]
-    return db.execute(
+    cid = db.execute(
         """INSERT INTO campaigns (slug, offer, lists, exclude_lists, template_digest, state,
            send_at, holdout, attribution_days, coupon, created)
            VALUES (?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?)""",
@@ -509,6 +509,11 @@ def register(db: Database, campaign: Campaign, *, digest: str, coupon: str | Non
             now(),
         ],
     ).lastrowid
+    if campaign.variants:
+        db.execute(
+            "UPDATE campaigns SET variants = ? WHERE id = ?", [json.dumps(campaign.variants), cid]
+        )
+    return cid
 
 
 def set_state(db: Database, campaign_id: int, state: str) -> None:

@@ -512,3 +512,5 @@ def m010_delivery_variants(db: Database) -> None:
     # With test-then-send: 'test' (the share that tries the variants) or 'rest'
     # (kept as state 'reserved' until the winner is chosen); NULL otherwise.
     db.execute("ALTER TABLE deliveries ADD COLUMN part TEXT")
+    # The offers a campaign tests (JSON list), so reports by offer can credit each.
+    db.execute("ALTER TABLE campaigns ADD COLUMN variants TEXT")

@@ -131,6 +131,10 @@ def build_report(
             row["audience"] += n
         if state in ("sent", "failed", "held_out"):
             row[state] += n
+    if by == "offer":
+        from listkit.variants import credit_variants
+
+        credit_variants(db, rows, campaigns, in_period if (start or end) else None)
     if by == "list":
         titles = {}
         for slug, title, active in db.execute(
@@ -169,8 +173,10 @@ def build_report(
     # A whole-table scan reads the sales in file order; walking an index to every
     # row costs more. A period uses the index on `at` instead.
     scan = "" if sale_where else "NOT INDEXED"
+    # By offer, a sale's own offer (an offer test's sale carries its variant's).
+    sale_column = "offer" if by == "offer" else column
     for key, currency, method, day, attributed, orders, revenue, n in db.execute(
-        f"""SELECT {column}, currency, method, substr(at, 1, 10), campaign_id IS NOT NULL,
+        f"""SELECT {sale_column}, currency, method, substr(at, 1, 10), campaign_id IS NOT NULL,
                    COUNT(*) FILTER (WHERE status IN {ORDER_STATUSES}), {REVENUE}, COUNT(*)
             FROM sales {scan} {sale_where} GROUP BY 1, 2, 3, 4, 5""",
         sparams,
@@ -188,7 +194,9 @@ def build_report(
         elif key is None:
             target = totals["unattributed"]
         else:
-            target = rows[_group(by, key, campaigns, list_names)]
+            target = rows[
+                ("offer", key) if by == "offer" else _group(by, key, campaigns, list_names)
+            ]
             target["methods"][method] = target["methods"].get(method, 0) + n
         target["orders"] += orders
         if revenue or currency in target["revenue"]:

@@ -188,6 +188,12 @@ def test_a_campaign_with_variants_sends_each_subscriber_the_offer_of_its_draw(
         subject = next(line for line in data.decode().splitlines() if line.startswith("Subject:"))
         got[rcpt] = "bundle" if "BUNDLE" in subject else "launch"
     assert got == expected  # each once, its own offer, nobody held out
+    by_offer = {
+        r["offer"]: r for r in json.loads(run("report", "--by", "offer", "--json").output)["rows"]
+    }
+    assert {o: by_offer[o]["sent"] for o in ("launch", "bundle")} == {
+        o: list(expected.values()).count(o) for o in ("launch", "bundle")
+    }
     out = run("report", "--by", "variant").output
     assert "Offer test ab (no revenue yet, attribution window 7 days):" in out
     assert "(held out)" in out
@@ -301,3 +307,32 @@ def test_test_then_send_sends_the_rest_the_leader_by_revenue_once(run, workspace
     assert json.loads(run("status", "ab", "--json").output)["state"] == "done"
     [report] = json.loads(run("report", "--by", "variant", "--json").output)
     assert sum(v["delivered"] for v in report["variants"]) == len(test)  # the test part only
+
+
+def test_a_sale_from_a_variant_is_credited_to_that_variants_offer(ws):
+    from listkit.attribution import attribute_all
+    from listkit.reports import build_report
+
+    w = World(ws.db)
+    cid = w.campaign("ab", offer="launch")
+    a = w.deliver(cid, "a@example.com", "blog")
+    b = w.deliver(cid, "b@example.com", "blog")
+    w.deliver(cid, "c@example.com", "blog")
+    with ws.db.conn:
+        ws.db.execute("UPDATE campaigns SET variants = ?", [json.dumps(["launch", "bundle"])])
+        ws.db.execute("UPDATE deliveries SET variant = 'launch' WHERE id = ?", [a["id"]])
+        ws.db.execute(
+            "UPDATE deliveries SET variant = 'bundle' WHERE email IN ('b@example.com', "
+            "'c@example.com')"
+        )
+        ws.db.execute(
+            """INSERT INTO sales (source, order_id, amount, currency, at, email, email_key, token,
+               imported) VALUES ('t', '1', 4900, 'USD', '2026-11-02T10:00:00+00:00',
+               'b@example.com', 'b@example.com', ?, '2026-11-02')""",
+            [b["token"]],
+        )
+    attribute_all(ws.db)
+    assert ws.db.execute("SELECT offer FROM sales").fetchone() == ("bundle",)
+    rows = {r["offer"]: r for r in build_report(ws.db, "offer")["rows"]}
+    assert (rows["bundle"]["sent"], rows["bundle"]["revenue"]) == (2, {"USD": 4900})
+    assert (rows["launch"]["sent"], rows["launch"]["revenue"]) == (1, {})
