@@ -151,6 +151,8 @@ def run_demo(quiet: bool = False) -> Path:
         controller.stop()
     step("report", "--by", "variant")
     step("report", "--by", "source")
+    step("campaigns", "ls")
+    step("report")
     step("report", "--html", str(root / "report.html"))
     say(f"\nDemo workspace: {root}\nOpen {root / 'report.html'} in a browser.")
     return root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 
@@ -203,3 +204,10 @@ def test_a_follow_up_without_after_is_an_error_naming_the_field(run, workspace):
         f"Error: {workspace / 'campaigns' / 'r.toml'}: a follow-up needs field after: how "
         "long after launch finished sending, e.g. after = '2d'\n"
     )
+
+
+def test_campaigns_ls_shows_when_a_follow_up_goes(run, workspace):
+    rows = {r["campaign"]: r for r in json.loads(run("campaigns", "ls", "--json").output)}
+    assert rows["launch-reminder"]["send_at"] == "3d after launch"
+    assert rows["launch-reminder"]["state"] == "follow-up"
+    assert rows["launch-last-day"]["send_at"] == "2d after launch-reminder"

@@ -158,6 +158,10 @@ def test_silent_subscribers_are_those_mailed_n_times_with_no_purchase_and_no_cli
         {"list": "podcast", "silent": 1, "threshold": 3},
     ]
     assert silent_by_list(silent_world.db, 2)[0]["silent"] == 2  # two counts at 2
+    assert json.loads(run("report", "--json").output)["silent"] == [
+        {"list": "blog", "silent": 1, "threshold": 3},
+        {"list": "podcast", "silent": 1, "threshold": 3},
+    ]
     out = run("report").output
     assert (
         "Silent (mailed 3+ times, no purchase, no click): blog 1, podcast 1; "

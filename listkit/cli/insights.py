@@ -102,6 +102,14 @@ def _print_test(t: dict) -> None:
     click.echo("")
 
 
+def report_extras(ws: Workspace, since: str | None, until: str | None) -> dict:
+    """What `report --json` adds: the offer tests and the silent subscribers per list."""
+    return {
+        "offer_tests": variant_report(ws.db, since, until),
+        "silent": silent_by_list(ws.db, ws.settings.silent_threshold()),
+    }
+
+
 def show_report_extras(ws: Workspace, since: str | None, until: str | None) -> None:
     """After the main report: the offer tests' verdicts and the silent subscribers."""
     for t in variant_report(ws.db, since, until):

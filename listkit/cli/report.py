@@ -12,7 +12,13 @@ from pathlib import Path
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.insights import INSIGHTS, insight_sections, show_insight, show_report_extras
+from listkit.cli.insights import (
+    INSIGHTS,
+    insight_sections,
+    report_extras,
+    show_insight,
+    show_report_extras,
+)
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.errors import InputError
 from listkit.money import format_amounts
@@ -65,7 +71,7 @@ def report(
         click.echo(f"Wrote {html}.")
         return
     if json_:
-        emit_json(data)
+        emit_json({**data, **report_extras(ws, since, until)})
         return
     columns = [by, "audience", "sent", "failed", "unsubscribed", "bounced", "orders"]
     if csv_:

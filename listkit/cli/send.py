@@ -14,6 +14,7 @@ from listkit.campaigns import (
     campaign_slugs,
     current_state,
     describe_audience,
+    format_duration,
     iter_audience,
     load_campaign,
 )
@@ -71,10 +72,12 @@ def campaigns_ls(ws: Workspace, json_: bool) -> None:
         rows.append(
             {
                 "campaign": slug,
-                "offer": c.offer,
+                "offer": ",".join(c.offers),
                 "lists": ",".join(c.lists),
-                "send_at": c.send_at.isoformat() if c.send_at else "manual",
-                "state": current_state(row, c),
+                "send_at": c.send_at.isoformat()
+                if c.send_at
+                else (f"{format_duration(c.after)} after {c.follows}" if c.follows else "manual"),
+                "state": current_state(row, c) if row or not c.follows else "follow-up",
                 "audience": audience,
                 "sent": totals.get("sent", 0),
             }
