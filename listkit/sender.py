@@ -72,7 +72,7 @@ from listkit.sequences import check_ready, followup_status
 from listkit.smtp import Connection, ConnectionLost, wire_form
 from listkit.smtp import path as smtp_path
 from listkit.tracking import new_token
-from listkit.variants import release_rest, rest_due
+from listkit.variants import assign_variant, release_rest, rest_due
 from listkit.verp import bounce_address, verp_address
 from listkit.workspace import Workspace
 
@@ -1037,8 +1037,12 @@ def dry_run(
     for subscriber, list_slug, title in iter_audience(ws.db, p.campaign):
         if limit is not None and written + len(problems) >= limit:
             break
+        composer = p.composer
+        if p.campaign.variants:  # an offer test: the offer of this recipient's draw
+            c = p.campaign
+            composer = p.composers[assign_variant(slug, subscriber["key"], c.variants, c.split)]
         try:
-            composed = p.composer.compose(
+            composed = composer.compose(
                 subscriber=subscriber, list_slug=list_slug, list_title=title, token=new_token()
             )
         except (TemplateError, HeaderInjection) as e:

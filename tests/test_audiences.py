@@ -332,3 +332,13 @@ def test_exclude_lists_keep_their_members_out_whatever_the_rules(world):
         where=rules_from_options(["bought=anything"]),
     )
     assert {s["email"] for s, _l, _t in iter_audience(world.db, campaign)} == {"ann@example.com"}
+
+
+def test_subscribers_ls_where_csv_never_hands_a_spreadsheet_a_formula(world, run):
+    with world.db.conn:
+        world.db.execute(
+            "UPDATE subscribers SET name = '=HYPERLINK(\"x\")' WHERE email = ?", ["bob@example.com"]
+        )
+    out = run("subscribers", "ls", "--where", "clicked_in=launch", "--csv").output
+    assert "'=HYPERLINK" in out
+    assert ",=HYPERLINK" not in out

@@ -336,3 +336,32 @@ def test_a_sale_from_a_variant_is_credited_to_that_variants_offer(ws):
     rows = {r["offer"]: r for r in build_report(ws.db, "offer")["rows"]}
     assert (rows["bundle"]["sent"], rows["bundle"]["revenue"]) == (2, {"USD": 4900})
     assert (rows["launch"]["sent"], rows["launch"]["revenue"]) == (1, {})
+
+
+def test_a_dry_run_of_an_offer_test_writes_each_recipient_its_own_variant(run, workspace, tmp_path):
+    import shutil
+
+    shutil.copytree(workspace / "offers" / "launch", workspace / "offers" / "bundle")
+    toml = workspace / "offers" / "bundle" / "offer.toml"
+    toml.write_text(toml.read_text().replace('subject = "', 'subject = "BUNDLE '))
+    run("lists", "create", "blog")
+    for i in range(12):
+        run("subscribers", "add", f"r{i}@example.com", "--list", "blog")
+    (workspace / "campaigns" / "ab.toml").write_text(
+        'variants = ["launch", "bundle"]\nlists = ["blog"]\n'
+    )
+    run("send", "ab", "--dry-run", str(tmp_path / "out"))
+    seen = {}
+    for eml in (tmp_path / "out").glob("*.eml"):
+        text = eml.read_text()
+        to = next(line for line in text.splitlines() if line.startswith("To:")).split()[-1]
+        subject = next(line for line in text.splitlines() if line.startswith("Subject:"))
+        seen[to.strip("<>")] = "bundle" if "BUNDLE" in subject else "launch"
+    expected = {
+        f"r{i}@example.com": assign_variant(
+            "ab", f"r{i}@example.com", ("launch", "bundle"), (0.5, 0.5)
+        )
+        for i in range(12)
+    }
+    assert set(expected.values()) == {"launch", "bundle"}
+    assert seen == expected
