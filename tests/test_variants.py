@@ -196,6 +196,9 @@ def test_a_campaign_with_variants_sends_each_subscriber_the_offer_of_its_draw(
     }
     out = run("report", "--by", "variant").output
     assert "Offer test ab (no revenue yet, attribution window 7 days):" in out
+    html = workspace / "r.html"
+    run("report", "--html", str(html))
+    assert '<h2>Offer test ab</h2><table class="variants" data-campaign="ab">' in html.read_text()
     assert "(held out)" in out
     assert "No winner: the variants do not differ yet" in out
 
@@ -365,3 +368,24 @@ def test_a_dry_run_of_an_offer_test_writes_each_recipient_its_own_variant(run, w
     }
     assert set(expected.values()) == {"launch", "bundle"}
     assert seen == expected
+
+
+def test_the_variant_draw_is_the_same_in_another_process_with_another_hash_seed():
+    import os
+    import subprocess
+    import sys
+
+    keys = [f"user{i}@example.com" for i in range(2000)]
+    code = (
+        "from listkit.variants import assign_variant\n"
+        f"keys = {keys!r}\n"
+        "print(''.join(assign_variant('spring', k, ('a', 'b'), (0.5, 0.5)) for k in keys))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    ).stdout.strip()
+    assert other == "".join(assign_variant("spring", k, ("a", "b"), (0.5, 0.5)) for k in keys)
