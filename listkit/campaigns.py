@@ -248,6 +248,12 @@ def _extensions(data: dict, path: Path) -> dict:
         check_slug(follows, "campaign")
         if follows == path.stem:
             raise InputError(f"{path}: field follows names the campaign itself")
+        if not (path.parent / f"{follows}.toml").is_file():
+            known = ", ".join(campaign_slugs(path.parent)) or "none"
+            raise InputError(
+                f"{path}: field follows: no campaign {follows!r} in {path.parent} "
+                f"(campaigns: {known})"
+            )
         if "send_at" in data:
             raise InputError(
                 f"{path}: a follow-up is due `after` the campaign it follows: drop send_at"

@@ -211,3 +211,14 @@ def test_campaigns_ls_shows_when_a_follow_up_goes(run, workspace):
     assert rows["launch-reminder"]["send_at"] == "3d after launch"
     assert rows["launch-reminder"]["state"] == "follow-up"
     assert rows["launch-last-day"]["send_at"] == "2d after launch-reminder"
+
+
+def test_a_follow_up_of_a_campaign_that_does_not_exist_is_an_error_naming_it(run, workspace):
+    (workspace / "campaigns" / "r.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nfollows = "lanch"\nafter = "2d"\n'
+    )
+    result = run("campaigns", "check", "r", ok=False)
+    assert result.output == (
+        f"Error: {workspace / 'campaigns' / 'r.toml'}: field follows: no campaign 'lanch' in "
+        f"{workspace / 'campaigns'} (campaigns: launch, launch-last-day, launch-reminder, r)\n"
+    )
