@@ -95,6 +95,17 @@ def _fill(
     batch: list[tuple] = []
     with immediate(db):
         list_ids = {r[0]: r[1] for r in db.execute("SELECT slug, id FROM lists")}
+        # Test-then-send: once the rest has been given the chosen offer, a
+        # newcomer of the rest gets it too, instead of waiting for a choice
+        # already made.
+        chosen = None
+        if campaign.test_share and newcomers_only:
+            row = db.execute(
+                """SELECT variant FROM deliveries WHERE campaign_id = ? AND part = 'rest'
+                   AND variant IS NOT NULL LIMIT 1""",
+                [campaign_id],
+            ).fetchone()
+            chosen = row[0] if row else None
         # The audience query reads while we insert into another table: fetch it
         # all as ids first would cost memory, so insert in batches from a list
         # materialised per batch.
@@ -134,6 +145,8 @@ def _fill(
                         part = "test"
                         if not in_test_part(campaign.slug, subscriber["key"], campaign.test_share):
                             state, variant, part = "reserved", None, "rest"
+                            if chosen is not None:
+                                state, variant = "pending", chosen
                 batch.append(
                     (
                         campaign_id,

@@ -389,3 +389,42 @@ def test_the_variant_draw_is_the_same_in_another_process_with_another_hash_seed(
         env={**os.environ, "PYTHONHASHSEED": "12345"},
     ).stdout.strip()
     assert other == "".join(assign_variant("spring", k, ("a", "b"), (0.5, 0.5)) for k in keys)
+
+
+def test_a_top_up_after_the_rest_was_released_mails_newcomers_the_chosen_offer(
+    run, workspace, server
+):
+    import shutil
+    from datetime import UTC, datetime, timedelta
+
+    from listkit.workspace import Workspace
+
+    controller, handler = server
+    shutil.copytree(workspace / "offers" / "launch", workspace / "offers" / "bundle")
+    run("lists", "create", "blog")
+    for i in range(20):
+        run("subscribers", "add", f"r{i}@example.com", "--list", "blog")
+    (workspace / "campaigns" / "ab.toml").write_text(
+        'variants = ["launch", "bundle"]\nlists = ["blog"]\ntest_share = 0.5\ntest_wait = "1h"\n'
+    )
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
+    )
+    run("send", "ab", "--yes")
+    w = Workspace(workspace)
+    try:
+        with w.db.conn:
+            w.db.execute(
+                "UPDATE campaigns SET finished = ?",
+                [(datetime.now(UTC) - timedelta(hours=2)).isoformat()],
+            )
+    finally:
+        w.close()
+    assert "gets launch, no revenue from the test yet" in run("send", "--due").output
+    for i in range(20, 40):
+        run("subscribers", "add", f"r{i}@example.com", "--list", "blog")
+    run("send", "ab", "--top-up", "--yes")
+    got = [r for _m, r, _d in handler.messages]
+    assert sorted(got) == sorted(f"r{i}@example.com" for i in range(40))  # each once
+    assert json.loads(run("status", "ab", "--json").output)["counts"]["reserved"] == 0
