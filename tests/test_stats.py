@@ -231,3 +231,13 @@ def test_the_html_report_has_where_buyers_come_from_and_its_data(world, run, tmp
     raw = re.search(r'<script type="application/json" id="listkit-insights">(.*?)</script>', html)
     data = json.loads(raw.group(1))
     assert data["by_source"] == json.loads(json.dumps(buyers_by(world.db, "source")))
+
+
+def test_adding_a_pruned_member_again_says_so_and_keeps_it_out(silent_world, run):
+    run("lists", "prune", "blog", "--silent", "--yes")
+    out = run("subscribers", "add", "sid@example.com", "--list", "blog").output
+    assert out == "sid@example.com was pruned from blog as silent: not made active again.\n"
+    assert silent_world.db.execute(
+        """SELECT m.status FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id
+           JOIN lists l ON l.id = m.list_id WHERE s.email = 'sid@example.com' AND l.slug = 'blog'"""
+    ).fetchone() == ("pruned",)

@@ -35,6 +35,7 @@ RESULT_TEXT = {
     "bounced": "{email} bounced on {list} earlier: not made active again.",
     "complained": "{email} complained on {list} earlier: not made active again.",
     "pending": "{email} has not confirmed on {list} yet: not made active.",
+    "pruned": "{email} was pruned from {list} as silent: not made active again.",
 }
 
 
