@@ -60,6 +60,7 @@ def report(
         show_insight(ws, by, since, until, json_=json_, csv_=csv_)
         return
     data = build_report(ws.db, by if by in BY else "list", since, until)
+    data = {**data, **report_extras(ws, since, until)}  # as --json gives it
     if html is not None:
         by_list = data if by == "list" else build_report(ws.db, "list", since, until)
         by_offer = data if by == "offer" else build_report(ws.db, "offer", since, until)
@@ -71,7 +72,7 @@ def report(
         click.echo(f"Wrote {html}.")
         return
     if json_:
-        emit_json({**data, **report_extras(ws, since, until)})
+        emit_json(data)
         return
     columns = [by, "audience", "sent", "failed", "unsubscribed", "bounced", "orders"]
     if csv_:
