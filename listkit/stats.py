@@ -109,8 +109,9 @@ def purchases(db: Database, subscriber_id: int) -> dict:
     return {"purchases": orders, "lifetime_revenue": lifetime}
 
 
-def _silent_sql(threshold: int, list_id: int | None = None) -> tuple[str, list]:
-    """Active members mailed ``threshold`` or more times with no purchase and no click."""
+def _silent_sql(threshold: int, list_id: int | None = None, ordered: bool = True):
+    """Active members mailed ``threshold`` or more times with no purchase and no click:
+    (list id, subscriber id, email, messages sent)."""
     sql = f"""
         SELECT m.list_id, s.id, s.email, sent.n
         FROM (SELECT subscriber_id, COUNT(*) AS n FROM deliveries WHERE state = 'sent'
@@ -118,24 +119,30 @@ def _silent_sql(threshold: int, list_id: int | None = None) -> tuple[str, list]:
         JOIN subscribers s ON s.id = sent.subscriber_id
         JOIN memberships m ON m.subscriber_id = s.id AND m.status = 'active'
         WHERE s.id NOT IN (SELECT sid FROM ({_owned(f"AND x.status IN {ORDER_STATUSES}")}))
-          AND s.id NOT IN (SELECT d.subscriber_id FROM deliveries d
-                           JOIN events e ON e.delivery_id = d.id AND e.kind = 'click')
+          AND s.id NOT IN (SELECT d.subscriber_id FROM events e
+                           JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = 'click')
           {"AND m.list_id = ?" if list_id is not None else ""}
-        ORDER BY s.id"""
+        {"ORDER BY m.list_id, s.id" if ordered else ""}"""
     return sql, [threshold] + ([list_id] if list_id is not None else [])
 
 
 def silent_by_list(db: Database, threshold: int) -> list[dict]:
     """Per list: how many active members are silent (mailed N+ times, no purchase, no click)."""
+    sql, params = _silent_sql(threshold, ordered=False)
+    names = dict(db.execute("SELECT id, slug FROM lists").fetchall())
+    counts = db.execute(f"SELECT list_id, COUNT(*) FROM ({sql}) GROUP BY list_id", params)
+    return sorted(
+        ({"list": names[lid], "silent": n, "threshold": threshold} for lid, n in counts),
+        key=lambda r: r["list"],
+    )
+
+
+def silent_subscribers(db: Database, threshold: int):
+    """Every silent member, per list: {"list", "email", "sent"}, streamed."""
     sql, params = _silent_sql(threshold)
     names = dict(db.execute("SELECT id, slug FROM lists").fetchall())
-    counts: dict[int, int] = defaultdict(int)
-    for list_id, *_rest in db.execute(sql, params):
-        counts[list_id] += 1
-    return [
-        {"list": names[lid], "silent": n, "threshold": threshold}
-        for lid, n in sorted(counts.items(), key=lambda i: names[i[0]])
-    ]
+    for list_id, _sid, email, n in db.execute(sql, params):
+        yield {"list": names[list_id], "email": email, "sent": n}
 
 
 def silent_members(db: Database, list_slug: str, threshold: int) -> list[dict]:

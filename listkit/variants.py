@@ -113,9 +113,8 @@ def variant_report(db: Database, since: str | None = None, until: str | None = N
     """For each campaign with variants (or a holdout beside them): the offer test's figures."""
     out = []
     campaigns = db.execute(
-        """SELECT id, slug, started, attribution_days FROM campaigns c WHERE started IS NOT NULL
-           AND EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = c.id
-                       AND d.variant IS NOT NULL) ORDER BY started, id"""
+        """SELECT id, slug, started, attribution_days FROM campaigns
+           WHERE started IS NOT NULL AND variants IS NOT NULL ORDER BY started, id"""
     ).fetchall()
     for cid, slug, started, days in campaigns:
         if (since and started < since) or (until and started[:10] > until):

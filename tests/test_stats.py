@@ -158,15 +158,24 @@ def test_silent_subscribers_are_those_mailed_n_times_with_no_purchase_and_no_cli
         {"list": "podcast", "silent": 1, "threshold": 3},
     ]
     assert silent_by_list(silent_world.db, 2)[0]["silent"] == 2  # two counts at 2
-    assert json.loads(run("report", "--json").output)["silent"] == [
+    data = json.loads(run("report", "--by", "silent", "--json").output)
+    assert data["lists"] == [
         {"list": "blog", "silent": 1, "threshold": 3},
         {"list": "podcast", "silent": 1, "threshold": 3},
     ]
-    out = run("report").output
-    assert (
-        "Silent (mailed 3+ times, no purchase, no click): blog 1, podcast 1; "
-        "`listkit lists prune LIST --silent` moves them out\n"
-    ) in out
+    assert data["subscribers"] == [
+        {"list": "blog", "email": "sid@example.com", "sent": 3},
+        {"list": "podcast", "email": "sid@example.com", "sent": 3},
+    ]
+    out = run("report", "--by", "silent").output
+    assert out.startswith("list     silent\nblog     1\npodcast  1\n")
+    assert "Silent: mailed 3+ times (LISTKIT_SILENT_AFTER), no purchase, no click." in out
+    csv_out = run("report", "--by", "silent", "--csv").output
+    assert csv_out.splitlines() == [
+        "list,email,sent",
+        "blog,sid@example.com,3",
+        "podcast,sid@example.com,3",
+    ]
 
 
 def test_lists_prune_silent_dry_run_changes_nothing(silent_world, run):

@@ -109,6 +109,7 @@ def test_the_report_by_variant_counts_revenue_per_subscriber_in_the_window(ws):
         rows.append(("b", w.deliver(cid, f"b{i}@example.com", "blog")))
     w.deliver(cid, "h0@example.com", "blog", state="held_out")
     with ws.db.conn:
+        ws.db.execute("UPDATE campaigns SET variants = ?", [json.dumps(["a", "b"])])
         for variant, d in rows:
             ws.db.execute("UPDATE deliveries SET variant = ? WHERE id = ?", [variant, d["id"]])
         for n, (email, at) in enumerate(

@@ -10,11 +10,11 @@ import click
 
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.money import format_amounts
-from listkit.stats import buyers_by, silent_by_list
+from listkit.stats import buyers_by, silent_by_list, silent_subscribers
 from listkit.variants import table_rows, variant_report, verdict_lines
 from listkit.workspace import Workspace
 
-INSIGHTS = ("variant", "source", "signup-month")
+INSIGHTS = ("variant", "source", "signup-month", "silent")
 VARIANT_CSV = ["campaign", "variant", "delivered", "buyers", "currency", "revenue", "per_1000"]
 VARIANT_CSV += ["ci95_low", "ci95_high", "winner"]
 
@@ -22,6 +22,9 @@ VARIANT_CSV += ["ci95_low", "ci95_high", "winner"]
 def show_insight(
     ws: Workspace, by: str, since: str | None, until: str | None, *, json_: bool, csv_: bool
 ) -> None:
+    if by == "silent":
+        _show_silent(ws, json_=json_, csv_=csv_)
+        return
     if by == "variant":
         tests = variant_report(ws.db, since, until)
         if json_:
@@ -87,6 +90,36 @@ def show_insight(
     )
 
 
+def _show_silent(ws: Workspace, *, json_: bool, csv_: bool) -> None:
+    """Members mailed LISTKIT_SILENT_AFTER+ times with no purchase and no click, per list."""
+    threshold = ws.settings.silent_threshold()
+    if csv_:
+        emit_csv(silent_subscribers(ws.db, threshold), ["list", "email", "sent"])
+        return
+    per_list = silent_by_list(ws.db, threshold)
+    if json_:
+        emit_json(
+            {
+                "threshold": threshold,
+                "lists": per_list,
+                "subscribers": list(silent_subscribers(ws.db, threshold)),
+            }
+        )
+        return
+    emit_table(
+        per_list,
+        ["list", "silent"],
+        empty=f"Nobody is silent: no active member was mailed {threshold}+ times without a "
+        "purchase or a click.",
+    )
+    if per_list:
+        click.echo(
+            f"Silent: mailed {threshold}+ times (LISTKIT_SILENT_AFTER), no purchase, no click. "
+            "`listkit report --by silent --csv` lists them; `listkit lists prune LIST --silent` "
+            "moves them out."
+        )
+
+
 def _print_test(t: dict) -> None:
     click.echo(
         f"Offer test {t['campaign']} ({t['currency'] or 'no revenue yet'}, "
@@ -103,25 +136,15 @@ def _print_test(t: dict) -> None:
 
 
 def report_extras(ws: Workspace, since: str | None, until: str | None) -> dict:
-    """What `report --json` adds: the offer tests and the silent subscribers per list."""
-    return {
-        "offer_tests": variant_report(ws.db, since, until),
-        "silent": silent_by_list(ws.db, ws.settings.silent_threshold()),
-    }
+    """What `report --json` adds: the offer tests."""
+    return {"offer_tests": variant_report(ws.db, since, until)}
 
 
 def show_report_extras(ws: Workspace, since: str | None, until: str | None) -> None:
-    """After the main report: the offer tests' verdicts and the silent subscribers."""
+    """After the main report: the offer tests' verdicts. (Silent subscribers take a pass
+    over every delivery: `report --by silent` shows them.)"""
     for t in variant_report(ws.db, since, until):
         click.echo(f"Offer test {t['campaign']}: " + " ".join(verdict_lines(t)))
-    threshold = ws.settings.silent_threshold()
-    silent = silent_by_list(ws.db, threshold)
-    if silent:
-        names = ", ".join(f"{s['list']} {s['silent']}" for s in silent)
-        click.echo(
-            f"Silent (mailed {threshold}+ times, no purchase, no click): {names}; "
-            "`listkit lists prune LIST --silent` moves them out"
-        )
 
 
 def insight_sections(ws: Workspace, since: str | None, until: str | None) -> str:

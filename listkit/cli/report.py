@@ -33,7 +33,8 @@ from listkit.workspace import Workspace
     type=click.Choice((*BY, *INSIGHTS)),
     default="list",
     show_default=True,
-    help="Group by list, offer or campaign; variant (offer tests), source or signup-month.",
+    help="Group by list, offer or campaign; variant (offer tests), source, signup-month; "
+    "silent (subscribers mailed LISTKIT_SILENT_AFTER+ times with no purchase, no click).",
 )
 @click.option("--since", help="First day, YYYY-MM-DD.")
 @click.option("--until", help="Last day, YYYY-MM-DD.")
@@ -53,6 +54,8 @@ def report(
         listkit report
         listkit report --by campaign --since 2026-11-01 --json
         listkit report --html report.html
+        listkit report --by variant
+        listkit report --by silent --csv > silent.csv
     """
     if sum(map(bool, (json_, csv_, html))) > 1:
         raise click.UsageError("use one of --json, --csv and --html")
