@@ -110,14 +110,18 @@ def judge(groups: dict[str, dict]) -> dict:
 
 
 def variant_report(db: Database, since: str | None = None, until: str | None = None) -> list[dict]:
-    """For each campaign with variants (or a holdout beside them): the offer test's figures."""
+    """For each campaign with variants (and the holdout beside them): the offer test's
+    figures; ``since``/``until`` select the campaigns started in the period."""
+    from listkit.reports import _bounds
+
+    start, end = _bounds(since, until)
     out = []
     campaigns = db.execute(
         """SELECT id, slug, started, attribution_days FROM campaigns
            WHERE started IS NOT NULL AND variants IS NOT NULL ORDER BY started, id"""
     ).fetchall()
     for cid, slug, started, days in campaigns:
-        if (since and started < since) or (until and started[:10] > until):
+        if (start and started < start) or (end and started >= end):
             continue
         end = (datetime.fromisoformat(started) + timedelta(days=days)).isoformat()
         currency = db.execute(

@@ -429,3 +429,8 @@ def test_a_top_up_after_the_rest_was_released_mails_newcomers_the_chosen_offer(
     got = [r for _m, r, _d in handler.messages]
     assert sorted(got) == sorted(f"r{i}@example.com" for i in range(40))  # each once
     assert json.loads(run("status", "ab", "--json").output)["counts"]["reserved"] == 0
+
+
+def test_report_by_variant_with_a_malformed_date_is_a_one_line_error(run, ws):
+    result = run("report", "--by", "variant", "--since", "last week", ok=False)
+    assert result.output == "Error: --since 'last week' is not a date such as 2026-11-01\n"
