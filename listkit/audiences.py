@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 from sqlite_utils import Database
 
@@ -145,11 +146,31 @@ def rules_from_options(options: Iterable[str]) -> tuple[Rule, ...]:
 class Resolver:
     """Turns rules into SQL conditions, checking names against the database."""
 
-    def __init__(self, db: Database, *, products: Iterable[str] = (), offers: Iterable[str] = ()):
+    def __init__(
+        self,
+        db: Database,
+        *,
+        products: Iterable[str] = (),
+        offers: Iterable[str] = (),
+        offers_dir: Path | None = None,
+    ):
         self.db = db
         self.extra_products = set(products)
         self.extra_offers = set(offers)
+        self.offers_dir = offers_dir
         self._campaigns: dict[str, int] | None = None
+
+    def _from_offers(self) -> None:
+        """Add the offers in the workspace (and their products) to the known names, once."""
+        if self.offers_dir is None:
+            return
+        from listkit.offers import list_offers
+
+        for offer in list_offers(self.offers_dir):
+            if not isinstance(offer, Exception):
+                self.extra_offers.add(offer.slug)
+                self.extra_products.add(offer.product)
+        self.offers_dir = None
 
     def campaign_id(self, slug: str, rule: str) -> int:
         if self._campaigns is None:
@@ -162,6 +183,8 @@ class Resolver:
         return self._campaigns[slug]
 
     def _known(self, column: str, value: str, rule: str, what: str, extra: set[str]) -> None:
+        if value not in extra:
+            self._from_offers()
         if value in extra:
             return
         if self.db.execute(f"SELECT 1 FROM sales WHERE {column} = ? LIMIT 1", [value]).fetchone():
@@ -255,12 +278,15 @@ def describe_rules() -> str:
 
 
 def matching_subscribers(
-    db: Database, rules: tuple[Rule, ...], list_slug: str | None = None
+    db: Database,
+    rules: tuple[Rule, ...],
+    list_slug: str | None = None,
+    offers_dir: Path | None = None,
 ) -> list[dict]:
     """Subscribers the rules select (active members of ``list_slug`` if given), in id order."""
     from listkit.lists import get_list
 
-    cond, params = Resolver(db).conditions(rules)
+    cond, params = Resolver(db, offers_dir=offers_dir).conditions(rules)
     where = "1"
     if list_slug is not None:
         where = """s.id IN (SELECT subscriber_id FROM memberships

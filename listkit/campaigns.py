@@ -342,7 +342,7 @@ def _audience_sql(
 
     rules = campaign.where if rules is None else rules
     narrow, narrow_params = followup_condition(db, campaign)
-    rule_sql, rule_params = Resolver(db, offers=campaign.offers).conditions(rules)
+    rule_sql, rule_params = _resolver(db, campaign).conditions(rules)
     if campaign.follows and not any(r.name in ("bought", "not_bought") for r in campaign.where):
         from listkit.sequences import not_bought_since_first
 
@@ -376,10 +376,16 @@ def _audience_sql(
     return sql, [json.dumps(list_ids), *exclude_params, *narrow_params, *rule_params]
 
 
+def _resolver(db: Database, campaign: Campaign) -> Resolver:
+    """Rules checked against the database and the workspace's offers (beside campaigns/)."""
+    offers_dir = campaign.path.parent.parent / "offers" if campaign.path != Path(".") else None
+    return Resolver(db, offers=campaign.offers, offers_dir=offers_dir)
+
+
 def audience_breakdown(db: Database, campaign: Campaign) -> dict:
     """The audience per list before the rules, with each rule alone, with each rule and
     those before it, and after all of them: one pass over the audience."""
-    resolver = Resolver(db, offers=campaign.offers)
+    resolver = _resolver(db, campaign)
     conds = [resolver.condition(rule) for rule in campaign.where]
     sql, params = _audience_sql(campaign, db, rules=(), ordered=False)
     # Each rule once per recipient (a materialised 0/1 column), then the sums.

@@ -342,3 +342,18 @@ def test_subscribers_ls_where_csv_never_hands_a_spreadsheet_a_formula(world, run
     out = run("subscribers", "ls", "--where", "clicked_in=launch", "--csv").output
     assert "'=HYPERLINK" in out
     assert ",=HYPERLINK" not in out
+
+
+def test_a_product_an_offer_sells_is_known_before_any_sale_of_it(run, workspace):
+    run("lists", "create", "blog")
+    run("subscribers", "add", "ann@example.com", "--list", "blog")
+    (workspace / "campaigns" / "first.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\n'
+        '[where]\nnot_bought = "product:The Field Guide to Selling (ebook)"\n'
+    )
+    out = run("campaigns", "check", "first").output
+    assert "  rule not_bought=product:The Field Guide to Selling (ebook): 1 alone" in out
+    listed = run(
+        "subscribers", "ls", "--where", "not_bought=product:The Field Guide to Selling (ebook)"
+    ).output
+    assert "ann@example.com" in listed

@@ -202,7 +202,7 @@ def subscribers_ls(
 def _ls_where(
     ws: Workspace, list_: str | None, where: tuple[str, ...], json_: bool, csv_: bool
 ) -> None:
-    rows = matching_subscribers(ws.db, rules_from_options(where), list_)
+    rows = matching_subscribers(ws.db, rules_from_options(where), list_, ws.offers_dir)
     columns = ["email", "name", "lists", "signed_up", "source", "suppressed"]
     if json_:
         emit_json(rows)
