@@ -435,6 +435,12 @@ def describe_audience(db: Database, campaign: Campaign) -> tuple[list[str], dict
             f"follows {campaign.follows}, {format_duration(campaign.after)} after it finished: "
             f"to its recipients (never its held-out group){default}"
         )
+        first = campaign_row(db, campaign.follows)
+        if first is None or first["state"] != "done":
+            lines.append(
+                f"{campaign.follows} has not finished sending: its recipients, and so this "
+                "audience, are not known yet"
+            )
     if campaign.where:
         b = audience_breakdown(db, campaign)
         per_list = b["per_list"]

@@ -222,3 +222,13 @@ def test_a_follow_up_of_a_campaign_that_does_not_exist_is_an_error_naming_it(run
         f"Error: {workspace / 'campaigns' / 'r.toml'}: field follows: no campaign 'lanch' in "
         f"{workspace / 'campaigns'} (campaigns: launch, launch-last-day, launch-reminder, r)\n"
     )
+
+
+def test_campaigns_check_of_a_follow_up_says_when_its_first_has_not_finished(run, workspace):
+    run("lists", "create", "blog")
+    run("lists", "create", "customers")
+    out = run("campaigns", "check", "launch-reminder").output
+    assert (
+        "  launch has not finished sending: its recipients, and so this audience, are not "
+        "known yet\n"
+    ) in out
