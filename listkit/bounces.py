@@ -32,6 +32,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from listkit import suppressions
 from listkit.addresses import email_key
 from listkit.db import now
 from listkit.errors import ConfigError, ListkitError
@@ -535,6 +536,14 @@ def apply(db: Database, report: Report, *, source: str, rule: SoftRule | None = 
     return outcomes
 
 
+# The suppression reason each outcome records (from suppressions.REASONS).
+SUPPRESSION_REASONS = {
+    HARD: suppressions.HARD_BOUNCE,
+    SOFT: suppressions.SOFT_BOUNCE,
+    COMPLAINT: suppressions.COMPLAINT,
+}
+
+
 def _effect(
     db: Database, rcpt: Recipient, address: str, campaign_id: int, source: str, rule: SoftRule
 ) -> str:
@@ -549,15 +558,12 @@ def _effect(
         ).fetchone()[0]
         if n < rule.count:
             return "counted"
-        reason, status, note = (
-            "soft_bounce",
-            "bounced",
-            f"{n} soft bounces in {rule.days} days",
-        )
+        status, note = "bounced", f"{n} soft bounces in {rule.days} days"
     elif rcpt.outcome == HARD:
-        reason, status, note = "hard_bounce", "bounced", rcpt.status or rcpt.diagnostic
+        status, note = "bounced", rcpt.status or rcpt.diagnostic
     else:
-        reason, status, note = "complaint", "complained", "spam complaint"
+        status, note = "complained", "spam complaint"
+    reason = SUPPRESSION_REASONS[rcpt.outcome]
     suppressed = db.execute(
         """INSERT INTO suppressions (key, email, reason, created, campaign_id, source, note)
            VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING""",

@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 from sqlite_utils import Database
 
 from listkit.errors import InputError
+from listkit.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 
 BY = ("list", "offer", "campaign")
 ORDER_STATUSES = "('paid', 'partially_refunded')"
@@ -150,13 +151,13 @@ def build_report(
             JOIN subscribers s ON s.key = x.key
             JOIN deliveries d ON d.campaign_id = x.campaign_id AND d.subscriber_id = s.id
             WHERE x.campaign_id IS NOT NULL
-              AND x.reason IN ('unsubscribed', 'hard_bounce', 'soft_bounce')
+              AND x.reason IN (SELECT value FROM json_each(?))
             {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
             GROUP BY d.{column}, x.reason""",
-        cparams,
+        [json.dumps([UNSUBSCRIBED, *BOUNCE_REASONS]), *cparams],
     ):
         rows[_group(by, key, campaigns, list_names)][
-            "unsubscribed" if reason == "unsubscribed" else "bounced"
+            "unsubscribed" if reason == UNSUBSCRIBED else "bounced"
         ] += n
     # Complaints (spam reports), through the delivery complained about.
     for key, n in db.execute(

@@ -10,11 +10,21 @@ from collections.abc import Iterable, Iterator
 
 from sqlite_utils import Database
 
-from listkit.addresses import email_key, normalize_address
 from listkit.db import immediate, now
 from listkit.errors import InputError
 
-REASONS = ("unsubscribed", "hard_bounce", "complaint", "manual")
+# Every reason a suppression row can carry, the one list everything validates
+# against: `suppress add --reason`, imports and the bounce effects.
+UNSUBSCRIBED, HARD_BOUNCE, SOFT_BOUNCE, COMPLAINT, MANUAL = (
+    "unsubscribed",
+    "hard_bounce",
+    "soft_bounce",
+    "complaint",
+    "manual",
+)
+REASONS = (UNSUBSCRIBED, HARD_BOUNCE, SOFT_BOUNCE, COMPLAINT, MANUAL)
+# The reasons that count as bounced in reports.
+BOUNCE_REASONS = (HARD_BOUNCE, SOFT_BOUNCE)
 
 
 def is_suppressed(db: Database, key: str) -> bool:
@@ -31,6 +41,8 @@ def suppress(
     note: str | None = None,
 ) -> bool:
     """Suppress ``email``; True if it was not suppressed before (the first reason is kept)."""
+    from listkit.addresses import email_key  # the validator is not loaded for REASONS alone
+
     if reason not in REASONS:
         raise InputError(f"unknown suppression reason {reason!r} (use one of {', '.join(REASONS)})")
     cursor = db.execute(
@@ -45,6 +57,8 @@ def suppress_many(
     db: Database, rows: Iterable[tuple[int, str]], reason: str, *, source: str
 ) -> dict:
     """Suppress (line, raw address) pairs; bad addresses are reported, never stop the rest."""
+    from listkit.addresses import normalize_address
+
     summary = {"suppressed": 0, "already": 0, "rejected": 0, "errors": []}
     with immediate(db):
         for line, raw in rows:

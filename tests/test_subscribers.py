@@ -176,3 +176,17 @@ def test_fast_validation_agrees_with_email_validator(raw):
 def test_email_key_is_case_folded():
     assert email_key(" Ann@Example.COM ") == "ann@example.com"
     assert email_key("STRASSE@example.com") == email_key("strasse@EXAMPLE.com")
+
+
+def test_suppress_add_accepts_every_reason_the_bounce_effects_use(run):
+    result = run("suppress", "add", "full@example.com", "--reason", "soft_bounce")
+    assert result.output == "Suppressed full@example.com (soft_bounce).\n"
+    assert "full@example.com  soft_bounce" in run("suppress", "ls").output
+
+
+def test_the_bounce_effects_suppress_only_with_known_reasons():
+    from listkit import bounces
+    from listkit.suppressions import REASONS
+
+    used = {bounces.SUPPRESSION_REASONS[o] for o in (bounces.HARD, bounces.SOFT, bounces.COMPLAINT)}
+    assert used <= set(REASONS)
