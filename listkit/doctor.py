@@ -1,6 +1,7 @@
 """`listkit doctor`: what mailbox providers check before they trust a bulk sender.
 
-For the domain of LISTKIT_FROM: SPF (does it allow the relay's address?),
+For the domain of LISTKIT_FROM: SPF (does it allow the relay's address? checked
+for the envelope sender's domain, LISTKIT_BOUNCE_ADDRESS's when that is set),
 the DKIM selector's public key (is it the workspace's key?), DMARC (present,
 its policy, aligned with the From domain), and the one-click unsubscribe URL
 (LISTKIT_BASE_URL) answering over HTTPS. Each check says in plain words what
@@ -26,6 +27,7 @@ from typing import Any
 from listkit import dkim
 from listkit.config import Settings
 from listkit.errors import ConfigError, InputError
+from listkit.verp import bounce_address
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
@@ -352,15 +354,20 @@ def reachable_from_outside(ip: IP) -> bool:
     return not any(ip.version == n.version and ip in n for n in _PRIVATE)
 
 
-def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) -> Check:
+def check_spf(
+    dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP], *, envelope: bool = False
+) -> Check:
+    """SPF of ``domain``, the envelope sender's domain (what receivers check SPF for);
+    ``envelope`` says it is LISTKIT_BOUNCE_ADDRESS's domain, not the From domain."""
     records = SPF(dns_, None, sender).records(domain)
+    shown = f"{domain} (the envelope sender, LISTKIT_BOUNCE_ADDRESS)" if envelope else domain
     public = [ip for ip in ips if reachable_from_outside(ip)]
     example_terms = " ".join(f"ip{ip.version}:{ip}" for ip in public) or "ip4:YOUR.RELAY.IP"
     if not records:
         return Check(
             "SPF",
             FAIL,
-            f"{domain} has no SPF record: receivers cannot tell which servers may send as it",
+            f"{shown} has no SPF record: receivers cannot tell which servers may send as it",
             [
                 f"Publish a TXT record at {domain} naming the servers that send your mail, "
                 f"e.g. `v=spf1 {example_terms} ~all` (your SMTP provider's docs give the "
@@ -371,7 +378,7 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
         return Check(
             "SPF",
             FAIL,
-            f"{domain} has {len(records)} SPF records; receivers treat that as an error",
+            f"{shown} has {len(records)} SPF records; receivers treat that as an error",
             [f"Merge them into one TXT record at {domain} starting with v=spf1."],
         )
     if not public:
@@ -385,7 +392,7 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
         return Check(
             "SPF",
             status,
-            f"{domain} publishes `{records[0]}`; {why}, so doctor cannot tell if it is allowed"
+            f"{shown} publishes `{records[0]}`; {why}, so doctor cannot tell if it is allowed"
             + (f"; the record is broken: {'; '.join(walk.notes)}" if status == FAIL else ""),
             [
                 "Run `listkit doctor --relay-ip ADDRESS` with the public address your relay "
@@ -401,7 +408,7 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
             return Check(
                 "SPF",
                 WARN,
-                f"doctor cannot evaluate the SPF record of {domain} ({'; '.join(r.notes)}): "
+                f"doctor cannot evaluate the SPF record of {shown} ({'; '.join(r.notes)}): "
                 "check it with your provider's SPF tester",
             )
         elif r.result in ("permerror", "temperror"):
@@ -413,7 +420,7 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
             return Check(
                 "SPF",
                 FAIL,
-                f"the SPF record of {domain} cannot be evaluated ({r.result}): "
+                f"the SPF record of {shown} cannot be evaluated ({r.result}): "
                 + "; ".join(r.notes),
                 [fix],
             )
@@ -427,7 +434,7 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
         return Check(
             "SPF",
             FAIL,
-            f"the SPF record of {domain} does not allow your relay {relay}: {listed}",
+            f"the SPF record of {shown} does not allow your relay {relay}: {listed}",
             [
                 f"Change the TXT record at {domain} to `{fixed}` (or add the include:... "
                 "your SMTP provider documents).",
@@ -435,7 +442,7 @@ def check_spf(dns_: DNS, domain: str, sender: str, relay: str, ips: list[IP]) ->
                 "addresses than its own: check one of those with --relay-ip.",
             ],
         )
-    return Check("SPF", OK, f"{domain} allows your relay {relay}: {', '.join(allowed)}")
+    return Check("SPF", OK, f"{shown} allows your relay {relay}: {', '.join(allowed)}")
 
 
 def _tags(record: str) -> dict[str, str]:
@@ -527,7 +534,16 @@ def aligned(domain: str, from_domain: str, mode: str) -> bool:
     return organizational(domain) == organizational(from_domain)
 
 
-def check_dmarc(dns_: DNS, from_domain: str, dkim_domain: str | None, spf_domain: str) -> Check:
+def check_dmarc(
+    dns_: DNS,
+    from_domain: str,
+    dkim_domain: str | None,
+    spf_domain: str,
+    *,
+    envelope: bool = False,
+) -> Check:
+    """DMARC of the From domain; ``spf_domain`` is the envelope sender's domain
+    (LISTKIT_BOUNCE_ADDRESS's when ``envelope``), which SPF alignment compares."""
     name = f"_dmarc.{from_domain}"
     records = [t for t in dns_.txt(name) if re.match(r"(?i)v=DMARC1\s*(;|$)", t)]
     where = name
@@ -578,8 +594,10 @@ def check_dmarc(dns_: DNS, from_domain: str, dkim_domain: str | None, spf_domain
             f"({mode.get(adkim, adkim)}) with From {from_domain}"
         )
     parts.append(
-        f"SPF envelope domain {spf_domain} {'aligned' if spf_ok else 'NOT aligned'} "
-        f"({mode.get(aspf, aspf)})"
+        f"SPF envelope domain {spf_domain}"
+        + (" (LISTKIT_BOUNCE_ADDRESS)" if envelope else "")
+        + f" {'aligned' if spf_ok else 'NOT aligned'} ({mode.get(aspf, aspf)})"
+        + (f" with From {from_domain}" if envelope else "")
     )
     summary = f"{where}: " + "; ".join(parts)
     advice = []
@@ -590,6 +608,15 @@ def check_dmarc(dns_: DNS, from_domain: str, dkim_domain: str | None, spf_domain
             f"Sign with the From domain: set LISTKIT_DKIM_DOMAIN={from_domain} (or a "
             f"subdomain of {organizational(from_domain)} with relaxed alignment) and publish "
             "the key there."
+        )
+    if envelope and not spf_ok:
+        status = WARN if status == OK else status
+        advice.append(
+            f"aspf=s aligns SPF only when the envelope domain is {from_domain} itself: set "
+            f"LISTKIT_BOUNCE_ADDRESS to an address at {from_domain}, or rely on DKIM alone."
+            if aspf == "s"
+            else f"The bounce domain {spf_domain} is outside {organizational(from_domain)}: "
+            f"use a bounce address at {from_domain} or one of its subdomains for SPF to align."
         )
     if not dkim_ok and not spf_ok:
         status = FAIL
@@ -705,7 +732,15 @@ def diagnose(
         resolver_note = str(e)
     else:
         resolver_note = ""
-    checks = [_guarded("SPF", check_spf, resolver, from_domain, sender, relay, ips)]
+    # SPF is checked for the envelope sender (MAIL FROM): the bounce address when set.
+    bounce = bounce_address(settings.bounce_address)
+    envelope = bounce or sender
+    spf_domain = envelope.rpartition("@")[2].lower()
+    checks = [
+        _guarded(
+            "SPF", check_spf, resolver, spf_domain, envelope, relay, ips, envelope=bool(bounce)
+        )
+    ]
     if resolver_note:
         checks[0].summary += f" (resolving the relay: {resolver_note})"
     try:
@@ -714,6 +749,16 @@ def diagnose(
         dkim_check = Check("DKIM", FAIL, f"DNS did not answer: {e}", ["Check --dns."])
         dkim_domain = None
     checks.append(dkim_check)
-    checks.append(_guarded("DMARC", check_dmarc, resolver, from_domain, dkim_domain, from_domain))
+    checks.append(
+        _guarded(
+            "DMARC",
+            check_dmarc,
+            resolver,
+            from_domain,
+            dkim_domain,
+            spf_domain,
+            envelope=bool(bounce),
+        )
+    )
     checks.append(check_unsubscribe(settings, ssl_context=ssl_context, timeout=timeout))
     return Report(from_domain, relay, resolver.where, checks)

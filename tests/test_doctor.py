@@ -419,3 +419,55 @@ def test_doctor_without_a_sender_names_the_setting(run, site, workspace):
     result = run("doctor", "--dns", "127.0.0.1:9", ok=False)
     assert result.exit_code == 1
     assert result.output.startswith("Error: LISTKIT_FROM is not set:")
+
+
+def test_with_a_bounce_address_spf_is_checked_for_the_envelope_domain(run, site, monkeypatch):
+    # The From domain has no SPF record; the envelope (bounce) domain allows the relay.
+    site["example.com."] = [("MX", "10 mx.example.com.")]
+    site["news.example.com."] = [txt("v=spf1 include:_spf.relay.test -all")]
+    monkeypatch.setenv("LISTKIT_BOUNCE_ADDRESS", "bounces@news.example.com")
+    result = doctor(run, site)
+    assert result.exit_code == 0, result.output
+    out = lines(result)
+    assert (
+        "ok    SPF          news.example.com (the envelope sender, LISTKIT_BOUNCE_ADDRESS) "
+        "allows your relay mail.relay.test: 203.0.113.7 (by include:_spf.relay.test)"
+    ) in out
+    assert (
+        "ok    DMARC        _dmarc.example.com: p=quarantine; DKIM d=example.com aligned "
+        "(relaxed) with From example.com; SPF envelope domain news.example.com "
+        "(LISTKIT_BOUNCE_ADDRESS) aligned (relaxed) with From example.com"
+    ) in out
+
+
+def test_a_bounce_domain_without_spf_fails_even_when_the_from_domain_has_one(
+    run, site, monkeypatch
+):
+    monkeypatch.setenv("LISTKIT_BOUNCE_ADDRESS", "bounces@news.example.com")
+    result = doctor(run, site)
+    assert result.exit_code == 1
+    out = lines(result)
+    assert (
+        "FAIL  SPF          news.example.com (the envelope sender, LISTKIT_BOUNCE_ADDRESS) "
+        "has no SPF record: receivers cannot tell which servers may send as it"
+    ) in out
+    assert any(line.startswith("-> Publish a TXT record at news.example.com ") for line in out)
+
+
+def test_strict_spf_alignment_with_a_bounce_subdomain_is_named_with_the_way_out(
+    run, site, monkeypatch
+):
+    site["news.example.com."] = [txt("v=spf1 include:_spf.relay.test -all")]
+    site["_dmarc.example.com."] = [txt("v=DMARC1; p=reject; aspf=s")]
+    monkeypatch.setenv("LISTKIT_BOUNCE_ADDRESS", "bounces@news.example.com")
+    result = doctor(run, site)
+    out = lines(result)
+    assert (
+        "WARN  DMARC        _dmarc.example.com: p=reject; DKIM d=example.com aligned "
+        "(relaxed) with From example.com; SPF envelope domain news.example.com "
+        "(LISTKIT_BOUNCE_ADDRESS) NOT aligned (strict) with From example.com"
+    ) in out
+    assert (
+        "-> aspf=s aligns SPF only when the envelope domain is example.com itself: set "
+        "LISTKIT_BOUNCE_ADDRESS to an address at example.com, or rely on DKIM alone."
+    ) in out
