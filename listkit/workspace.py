@@ -50,6 +50,25 @@ LISTKIT_BASE_URL=https://example.com/listkit
 # Signs unsubscribe links and tracking tokens. Keep it secret; changing it
 # breaks the links in messages already sent.
 LISTKIT_SECRET={secret}
+
+# DKIM signing: `listkit dkim keygen` writes a key and prints the two lines
+# to set here (and the DNS record to publish). Unset, mail goes unsigned.
+# The private key file (mode 600), relative to this folder:
+# LISTKIT_DKIM_KEY=dkim-news2611.pem
+# The selector: the public key is published at SELECTOR._domainkey.DOMAIN.
+# LISTKIT_DKIM_SELECTOR=news2611
+# The signing domain (d=), only if it is not the domain of LISTKIT_FROM:
+# LISTKIT_DKIM_DOMAIN=example.com
+
+# Bounces and complaints. The envelope sender (VERP): each message goes out
+# from bounces+<token>@example.com, so a bounce names its delivery.
+# LISTKIT_BOUNCE_ADDRESS=bounces@example.com
+# The mailbox `listkit bounces fetch` reads (imaps:// or imap+starttls://):
+# LISTKIT_IMAP_URL=imaps://bounces%40example.com:password@imap.example.com:993/INBOX
+# What fetch does with a message it understood: delete, or move:FOLDER.
+# LISTKIT_IMAP_DONE=move:Processed
+# This many soft bounces of an address within DAYS days suppress it:
+# LISTKIT_SOFT_BOUNCES=3/30
 """
 
 

@@ -111,3 +111,43 @@ def test_help_works_with_dash_h():
     result = CliRunner().invoke(cli, ["-h"])
     assert result.exit_code == 0
     assert "Usage: cli" in result.output or "Usage: listkit" in result.output
+
+
+def test_init_env_has_commented_dkim_and_bounce_examples_that_work_when_uncommented(
+    tmp_path: Path,
+):
+    from listkit.bounces import soft_rule
+    from listkit.mailbox import done_action, imap_settings
+    from listkit.verp import bounce_address
+
+    root = tmp_path / "shop"
+    CliRunner().invoke(cli, ["init", str(root)])
+    env = (root / ".env").read_text()
+    names = (
+        "LISTKIT_DKIM_KEY",
+        "LISTKIT_DKIM_SELECTOR",
+        "LISTKIT_DKIM_DOMAIN",
+        "LISTKIT_BOUNCE_ADDRESS",
+        "LISTKIT_IMAP_URL",
+        "LISTKIT_IMAP_DONE",
+        "LISTKIT_SOFT_BOUNCES",
+    )
+    settings = load_settings(root, environ={})
+    lines = env.splitlines()
+    for name in names:
+        assert settings.sources.get(name) != ".env", name  # only examples: nothing set
+        [at] = [i for i, line in enumerate(lines) if line.startswith(f"# {name}=")]
+        # Each example follows its own explanation (a comment that is not another example).
+        above = lines[at - 1]
+        assert above.startswith("# ") and "=" not in above.split()[1], (name, above)
+    assert "listkit dkim keygen" in env
+    (root / ".env").write_text(
+        "\n".join(
+            line[2:] if any(line.startswith(f"# {n}=") for n in names) else line for line in lines
+        )
+    )
+    active = load_settings(root, environ={})
+    assert bounce_address(active.bounce_address) == "bounces@example.com"
+    assert imap_settings(active).host == "imap.example.com"
+    assert done_action(active.imap_done) == "Processed"
+    assert soft_rule(active.soft_bounces).count == 3
