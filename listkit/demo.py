@@ -2,10 +2,11 @@
 
 It makes a workspace with `listkit init`, imports sample exports into three
 lists, starts the local capture server, sends the example campaign to it,
-records sample sales (a Gumroad export and a saved webhook) and prints the
-report; then sends the shipped follow-up to those who did not buy (moving
-the launch's finish back 3 days), runs a two-offer test on the podcast list,
-and writes the HTML report with the offer test and where buyers come from.
+reads the bounces and a spam complaint that came back (an mbox), records
+sample sales (a Gumroad export and a saved webhook) and prints the report;
+then sends the shipped follow-up to those who did not buy (moving the
+launch's finish back 3 days), runs a two-offer test on the podcast list, and
+writes the HTML report with the offer test and where buyers come from.
 Nothing leaves this machine.
 """
 
@@ -79,6 +80,105 @@ def _write_sales(root: Path, ws: Workspace, sent_at: datetime) -> tuple[Path, Pa
     return gumroad, webhooks
 
 
+DSN = """\
+From: MAILER-DAEMON@mx.fieldguide.example (Mail Delivery System)
+To: {envelope}
+Subject: Undelivered Mail Returned to Sender
+Date: {date}
+Message-Id: <{n}.demo-dsn@mx.fieldguide.example>
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b{n}"
+
+--b{n}
+Content-Type: text/plain; charset=us-ascii
+
+<{email}>: host mx.example.net said: 550 5.1.1 User unknown
+
+--b{n}
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.fieldguide.example
+X-Postfix-Sender: rfc822; {envelope}
+
+Final-Recipient: rfc822; {email}
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 <{email}>: Recipient address rejected: User unknown
+
+--b{n}--
+"""
+
+ARF = """\
+From: <staff@fbl.example.net>
+To: <{envelope}>
+Subject: complaint about message from 198.51.100.7
+Date: {date}
+Message-ID: <{n}.demo-fbl@fbl.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="f{n}"
+
+--f{n}
+Content-Type: text/plain; charset=us-ascii
+
+This is an email abuse report (RFC 5965).
+
+--f{n}
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: DemoFBL/1.0
+Version: 1
+Original-Mail-From: <{envelope}>
+Original-Rcpt-To: <{email}>
+
+--f{n}
+Content-Type: message/rfc822
+
+From: Field Guide <hello@fieldguide.example>
+To: {email}
+Subject: The Field Guide is out
+Message-ID: <{message_id}>
+
+--f{n}--
+"""
+
+
+def _write_bounces(root: Path, ws: Workspace) -> Path:
+    """What the bounce mailbox holds a day later, as an mbox: two addresses that do not
+    exist (delivery status reports as Postfix writes them) and one spam complaint (an
+    RFC 5965 feedback report), each sent back to its message's VERP address."""
+    import mailbox
+    from email.utils import format_datetime
+
+    from listkit.verp import verp_address
+
+    rows = ws.db.execute(
+        """SELECT d.email, d.token, d.message_id, l.slug FROM deliveries d
+           JOIN lists l ON l.id = d.list_id WHERE d.state = 'sent' ORDER BY d.id"""
+    ).fetchall()
+    blog = [r for r in rows if r[3] == "blog"]
+    customers = [r for r in rows if r[3] == "customers"]
+    date = format_datetime(datetime.now(UTC))
+    path = root / "bounces.mbox"
+    box = mailbox.mbox(path)
+    try:
+        for n, (email, token, _mid, _list) in enumerate([blog[-1], blog[-2]]):
+            envelope = verp_address("bounces@fieldguide.example", token)
+            box.add(DSN.format(n=n, envelope=envelope, email=email, date=date).encode())
+        email, token, message_id, _list = customers[-1]
+        envelope = verp_address("bounces@fieldguide.example", token)
+        box.add(
+            ARF.format(
+                n=9, envelope=envelope, email=email, date=date, message_id=message_id
+            ).encode()
+        )
+        box.flush()
+    finally:
+        box.close()
+    return path
+
+
 def run_demo(quiet: bool = False) -> Path:
     """Run the demo; return the workspace (its report is report.html)."""
     root = Path(tempfile.mkdtemp(prefix="listkit-demo-")) / "shop"
@@ -103,6 +203,10 @@ def run_demo(quiet: bool = False) -> Path:
     env = env.replace(
         "LISTKIT_FROM=Your Name <you@example.com>",
         "LISTKIT_FROM=Field Guide <hello@fieldguide.example>",
+    )
+    env = env.replace(
+        "# LISTKIT_BOUNCE_ADDRESS=bounces@example.com",
+        "LISTKIT_BOUNCE_ADDRESS=bounces@fieldguide.example",
     )
     (root / ".env").write_text(env)
     step("lists", "create", "blog", "--title", "Blog readers")
@@ -130,8 +234,10 @@ def run_demo(quiet: bool = False) -> Path:
     ws = Workspace(root)
     try:
         gumroad, webhooks = _write_sales(root, ws, sent_at)
+        bounces = _write_bounces(root, ws)
     finally:
         ws.close()
+    step("bounces", "import", str(bounces))
     step("sales", "import", str(gumroad))
     step("sales", "import", str(webhooks))
     step("report")

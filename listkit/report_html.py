@@ -12,6 +12,7 @@ import json
 from html import escape
 
 from listkit.money import exponent, format_amounts, format_minor
+from listkit.reports import COMPLAINT_LIMITS, complaint_warning_text
 
 WIDTH, BAR_H, GAP, LABEL_W = 960, 22, 8, 170
 
@@ -96,6 +97,53 @@ def _time_chart(
     )
 
 
+def _rate_chart(
+    chart_id: str, title: str, items: list[tuple[str, float | None]], limits: tuple = ()
+) -> str:
+    """A rate per row (a fraction, shown as a percentage), with dashed lines at ``limits``."""
+    items = [(label, rate) for label, rate in items if rate is not None]
+    if not items:
+        return _empty(title, "Nothing sent in this period.")
+    top = max([rate for _k, rate in items] + [x * 1.25 for x in limits]) or 1
+    span = WIDTH - LABEL_W - 120
+    height = len(items) * (BAR_H + GAP) + GAP + (18 if limits else 0)
+    bars = []
+    for i, (label, rate) in enumerate(items):
+        y = GAP + i * (BAR_H + GAP)
+        w = 0 if rate <= 0 else max(2, round(span * rate / top))
+        over = next((x for x in sorted(limits, reverse=True) if rate > x), None)
+        cls = "" if over is None else (" over" if over == max(limits) else " near")
+        bars.append(
+            f'<g class="bar rate{cls}" data-label="{escape(label)}" data-rate="{rate!r}">'
+            f'<text x="{LABEL_W - 8}" y="{y + BAR_H * 0.7:.1f}" text-anchor="end">'
+            f"{escape(label)}</text>"
+            f'<rect x="{LABEL_W}" y="{y}" width="{w}" height="{BAR_H}" rx="3"></rect>'
+            f'<text class="value" x="{LABEL_W + w + 6}" y="{y + BAR_H * 0.7:.1f}">'
+            f"{rate:.2%}</text></g>"
+        )
+    marks = []
+    bottom = height - 18
+    for limit in limits:
+        x = LABEL_W + round(span * limit / top)
+        marks.append(
+            f'<line class="limit" x1="{x}" y1="2" x2="{x}" y2="{bottom}"></line>'
+            f'<text class="limit" x="{x}" y="{bottom + 14}" text-anchor="middle">'
+            f"{limit:.1%}</text>"
+        )
+    return (
+        f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart rates" '
+        f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
+        f'aria-label="{escape(title)}">{"".join(bars)}{"".join(marks)}</svg></section>'
+    )
+
+
+def _rate_cell(row: str, name: str, rate: float | None) -> str:
+    """A table cell for a rate: the figure shown, and exactly in ``data-value``."""
+    value = "" if rate is None else repr(rate)
+    shown = "–" if rate is None else f"{rate:.2%}"
+    return f'<td data-row="{escape(row)}" data-rate="{name}" data-value="{value}">{shown}</td>'
+
+
 def main_currency(report: dict) -> str | None:
     revenue = report["totals"]["revenue"]
     if not revenue:
@@ -108,7 +156,8 @@ def _table(report: dict) -> str:
     by = report["by"]
     head = (
         f"<tr><th>{by}</th><th>audience</th><th>sent</th><th>failed</th><th>unsub.</th>"
-        "<th>bounced</th><th>orders</th><th>revenue</th><th>conv.</th><th>per 1,000 sent</th>"
+        "<th>bounced</th><th>bounce %</th><th>compl.</th><th>compl. %</th>"
+        "<th>orders</th><th>revenue</th><th>conv.</th><th>per 1,000 sent</th>"
         "<th>attributed by</th></tr>"
     )
     body = []
@@ -117,21 +166,24 @@ def _table(report: dict) -> str:
         per_k = format_amounts(r["revenue_per_1000"])
         conv = f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "–"
         methods = ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items()))
+        name = str(r[by])
         body.append(
-            f"<tr><td>{escape(str(r[by]))}</td><td>{r['audience']:,}</td><td>{r['sent']:,}</td>"
+            f"<tr><td>{escape(name)}</td><td>{r['audience']:,}</td><td>{r['sent']:,}</td>"
             f"<td>{r['failed']:,}</td><td>{r['unsubscribed']:,}</td><td>{r['bounced']:,}</td>"
+            f"{_rate_cell(name, 'bounce_rate', r['bounce_rate'])}<td>{r['complaints']:,}</td>"
+            f"{_rate_cell(name, 'complaint_rate', r['complaint_rate'])}"
             f"<td>{r['orders']:,}</td><td>{escape(revenue)}</td><td>{conv}</td>"
             f"<td>{escape(per_k or '–')}</td><td>{escape(methods or '–')}</td></tr>"
         )
-    return f"<table>{head}{''.join(body)}</table>"
+    return f'<div class="wide"><table>{head}{"".join(body)}</table></div>'
 
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1f2328;
 max-width:1000px;margin:2em auto;padding:0 1em;background:#fff}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.15em;margin:1.6em 0 .5em}
-.sub{color:#59636e;margin-top:0}table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{padding:.35em .5em;border-bottom:1px solid #d1d9e0;text-align:right}
+.sub{color:#59636e;margin-top:0}table{border-collapse:collapse;width:100%;font-size:12.5px}
+th,td{padding:.35em .4em;border-bottom:1px solid #d1d9e0;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f6f8fa}
 .chart rect{fill:#1a7f37}.chart.time rect.all{fill:#9ec5f4}
 .chart.time rect.attributed{fill:#0969da}.chart line{stroke:#8c959f}
@@ -139,12 +191,24 @@ svg.chart{max-width:100%;height:auto}.chart text{font-size:12px;fill:#1f2328}
 .chart text.value{fill:#59636e}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.6em 1em;
 border-radius:6px}.empty{color:#59636e}.kpi{display:flex;gap:1.5em;flex-wrap:wrap}
 .kpi div{background:#f6f8fa;border-radius:6px;padding:.6em 1em}.kpi b{display:block;font-size:1.3em}
+.warn.stop{background:#ffebe9;border-color:#cf222e}.chart.rates rect{fill:#8c959f}
+.chart.rates .near rect{fill:#d4a72c}.chart.rates .over rect{fill:#cf222e}
+.chart line.limit{stroke:#1f2328;stroke-width:1.5;stroke-dasharray:4 3}
+.chart text.limit{fill:#1f2328;font-size:11px}.wide{overflow-x:auto}
+th,td{white-space:nowrap}td:last-child,th:last-child{white-space:normal}
 """
 
 
-def render_html(report: dict, by_list: dict, by_offer: dict, extra: str = "") -> str:
-    """The report page; ``by_list`` and ``by_offer`` are reports for the same period;
-    ``extra``: further sections (offer tests, where buyers come from), already HTML."""
+def render_html(
+    report: dict,
+    by_list: dict,
+    by_offer: dict,
+    by_campaign: dict | None = None,
+    extra: str = "",
+) -> str:
+    """The report page; ``by_list``, ``by_offer`` (and ``by_campaign``, for the bounce and
+    complaint rates drawn per campaign) are reports for the same period; ``extra``:
+    further sections (offer tests, where buyers come from), already HTML."""
     currency = main_currency(report)
     sections = []
     period = f"{report['since'] or 'the beginning'} to {report['until'] or 'today'}"
@@ -157,6 +221,17 @@ def render_html(report: dict, by_list: dict, by_offer: dict, extra: str = "") ->
         f"<div>revenue<b>{escape(revenue)}</b></div>"
         f"<div>unattributed<b>{escape(unattributed or 'none')}</b></div></div>"
     )
+    if report["complaint_warnings"]:
+        # Complaints first: past Gmail's limit, more sending makes everything else worse.
+        warnings = []
+        for w in report["complaint_warnings"]:
+            level = (
+                "warn complaint stop" if w["limit"] >= max(COMPLAINT_LIMITS) else "warn complaint"
+            )
+            warnings.append(
+                f'<p class="{level}">{escape(complaint_warning_text(w), quote=False)}</p>'
+            )
+        sections.append("<h2>Complaints</h2>" + "".join(warnings))
     if currency:
         others = sorted(set(totals["revenue"]) - {currency})
         if others:
@@ -202,6 +277,20 @@ def render_html(report: dict, by_list: dict, by_offer: dict, extra: str = "") ->
             f'<h2>Lists not mailed</h2><p class="sub">{names}: no campaign of this period sent '
             "them anything, so they could not earn.</p>"
         )
+    if by_campaign is not None and by_campaign["rows"]:
+        sections += [
+            _rate_chart(
+                "complaint-rate-by-campaign",
+                "Complaint rate by campaign (of messages sent)",
+                [(r["campaign"], r["complaint_rate"]) for r in by_campaign["rows"]],
+                COMPLAINT_LIMITS,
+            ),
+            _rate_chart(
+                "bounce-rate-by-campaign",
+                "Bounce rate by campaign (of messages tried)",
+                [(r["campaign"], r["bounce_rate"]) for r in by_campaign["rows"]],
+            ),
+        ]
     sections.append(f"<h2>By {report['by']}</h2>{_table(report)}")
     for h in report["holdout"]:
         ci = h["ci95"]
@@ -214,7 +303,8 @@ def render_html(report: dict, by_list: dict, by_offer: dict, extra: str = "") ->
         )
     sections.append(extra)
     data = json.dumps(
-        {"report": report, "by_list": by_list, "by_offer": by_offer}, ensure_ascii=False
+        {"report": report, "by_list": by_list, "by_offer": by_offer, "by_campaign": by_campaign},
+        ensure_ascii=False,
     ).replace("<", "\\u003c")  # nothing in the data can close or open a tag
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -257,6 +257,19 @@ def build_report(
 COMPLAINT_LIMITS = (0.003, 0.001)
 
 
+def complaint_warning_text(warning: dict) -> str:
+    """One complaint warning of a report, in words (the text and HTML reports say the same)."""
+    advice = (
+        "above 0.3% (Gmail's limit): stop sending to this audience until it falls"
+        if warning["limit"] >= 0.003
+        else "above 0.1%: mailbox providers start filtering at this level"
+    )
+    return (
+        f"campaign {warning['campaign']} has a complaint rate of {warning['rate']:.2%} "
+        f"({warning['complaints']} of {warning['sent']} sent), {advice}"
+    )
+
+
 def _complaint_warnings(db: Database, campaigns: dict, in_period: list, limited: bool) -> list:
     out = []
     for cid, sent, complaints in db.execute(

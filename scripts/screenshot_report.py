@@ -3,7 +3,9 @@
 Runs the demo quietly (or takes a workspace), writes its HTML report, opens it in headless Chromium
 (Debian package `chromium`; installed here when missing and run as root),
 saves a PNG and the rendered DOM, and checks that every bar drawn in the
-charts carries the figure `listkit report --json` gives. Exits 1 on any
+charts carries the figure `listkit report --json` gives, and so does every
+bounce and complaint rate drawn (the per-campaign rate charts and the table's
+rate cells, figure and label) and every complaint warning. Exits 1 on any
 mismatch.
 
     .venv/bin/python scripts/screenshot_report.py [--out bench/out] [--workspace DIR]
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from html import unescape
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -26,6 +29,7 @@ from click.testing import CliRunner
 from listkit.cli import cli
 from listkit.demo import run_demo
 from listkit.report_html import main_currency
+from listkit.reports import complaint_warning_text
 
 FLAGS = [
     "--headless",
@@ -68,6 +72,75 @@ def bars(dom: str, chart: str) -> dict[str, int]:
     }
 
 
+def rate_bars(dom: str, chart: str) -> dict[str, float]:
+    match = re.search(rf'<svg id="{chart}".*?</svg>', dom, re.S)
+    if match is None:
+        raise SystemExit(f"chart {chart} is not in the rendered page")
+    found = re.findall(
+        r'<g class="bar rate[^"]*" data-label="([^"]+)" data-rate="([^"]+)">.*?'
+        r'<text class="value"[^>]*>([^<]*)</text>',
+        match.group(0),
+        re.S,
+    )
+    out = {}
+    for label, value, shown in found:
+        if shown != f"{float(value):.2%}":
+            raise SystemExit(f"chart {chart}: {label} is labelled {shown}, its value is {value}")
+        out[label] = float(value)
+    return out
+
+
+def rate_cells(dom: str) -> dict[tuple[str, str], float | None]:
+    """(row, rate) -> the rate in the table's cell; the text shown must say the same."""
+    out = {}
+    for row, name, value, shown in re.findall(
+        r'<td data-row="([^"]+)" data-rate="([a-z_]+)" data-value="([^"]*)">([^<]*)</td>', dom
+    ):
+        rate = float(value) if value else None
+        if shown != ("–" if rate is None else f"{rate:.2%}"):
+            raise SystemExit(f"table: {row} {name} shows {shown}, its value is {value!r}")
+        out[(row, name)] = rate
+    return out
+
+
+def warnings(dom: str) -> list[str]:
+    return [unescape(text) for text in re.findall(r'<p class="warn complaint[^"]*">(.*?)</p>', dom)]
+
+
+def check_rates(dom: str, by_list: dict, by_campaign: dict) -> bool:
+    """The drawn bounce and complaint rates and the warnings, against the JSON reports."""
+    failed = False
+    checks = {
+        "complaint-rate-by-campaign": {
+            r["campaign"]: r["complaint_rate"]
+            for r in by_campaign["rows"]
+            if r["complaint_rate"] is not None
+        },
+        "bounce-rate-by-campaign": {
+            r["campaign"]: r["bounce_rate"]
+            for r in by_campaign["rows"]
+            if r["bounce_rate"] is not None
+        },
+    }
+    for chart, expected in checks.items():
+        drawn = rate_bars(dom, chart)
+        failed |= drawn != expected
+        print(f"{chart}: {'ok' if drawn == expected else 'MISMATCH'} drawn={drawn} json={expected}")
+    expected_cells = {
+        (r["list"], name): r[name]
+        for r in by_list["rows"]
+        for name in ("bounce_rate", "complaint_rate")
+    }
+    cells = rate_cells(dom)
+    failed |= cells != expected_cells
+    print(f"table rates: {'ok' if cells == expected_cells else 'MISMATCH'} drawn={cells}")
+    expected_warnings = [complaint_warning_text(w) for w in by_list["complaint_warnings"]]
+    shown = warnings(dom)
+    failed |= shown != expected_warnings
+    print(f"complaint warnings: {'ok' if shown == expected_warnings else 'MISMATCH'} {shown}")
+    return failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
@@ -100,10 +173,11 @@ def main() -> int:
         ).stdout
     (args.out / "report.dom.html").write_text(dom)
     by_list, by_offer = report_json(root, "list"), report_json(root, "offer")
+    rates_failed = check_rates(dom, by_list, report_json(root, "campaign"))
     currency = main_currency(by_list)
     if currency is None:
         print("no revenue in the report: nothing drawn to check")
-        return 0 if "No revenue in this period." in dom else 1
+        return 0 if "No revenue in this period." in dom and not rates_failed else 1
     checks = {
         "revenue-by-list": {r["list"]: r["revenue"].get(currency, 0) for r in by_list["rows"]},
         "per-1000-by-list": {
@@ -114,7 +188,7 @@ def main() -> int:
             p["day"]: p["revenue"] for p in by_list["over_time"] if p["currency"] == currency
         },
     }
-    failed = False
+    failed = rates_failed
     for chart, expected in checks.items():
         drawn = bars(dom, chart)
         status = "ok" if drawn == expected else "MISMATCH"

@@ -489,3 +489,47 @@ def test_a_second_bounces_fetch_while_one_runs_stops_with_a_clear_error(
         "Error: another `listkit bounces fetch` is running in this workspace; "
         "try again when it has finished\n"
     )
+
+
+def rate_cells(html: str) -> dict[tuple[str, str], tuple[float, str]]:
+    """(row, rate name) -> (data-value, the text shown) for each rate cell of the table."""
+    import re
+
+    return {
+        (row, name): (float(value), shown)
+        for row, name, value, shown in re.findall(
+            r'<td data-row="([^"]+)" data-rate="([a-z_]+)" data-value="([^"]+)">([^<]*)</td>',
+            html,
+        )
+    }
+
+
+@pytest.mark.parametrize(("complaints", "level"), [(1, None), (2, "0.1%"), (4, "0.3%")])
+def test_html_report_shows_bounce_and_complaint_rates_and_the_warnings(
+    run, ws, world, tmp_path, complaints, level
+):
+    import json
+    import re
+
+    complaint_world(ws, world, sent=1000, complaints=complaints, hard=3)
+    out = tmp_path / "r.html"
+    run("report", "--by", "campaign", "--html", str(out))
+    html = out.read_text()
+    assert "<th>bounce %</th><th>compl.</th><th>compl. %</th>" in html
+    [row] = json.loads(run("report", "--by", "campaign", "--json").output)["rows"]
+    cells = rate_cells(html)
+    assert cells[("big", "bounce_rate")] == (row["bounce_rate"], "0.30%")
+    assert cells[("big", "complaint_rate")] == (row["complaint_rate"], f"{complaints / 10:.2f}%")
+    warnings = re.findall(r'<p class="warn complaint[^"]*">(.*?)</p>', html)
+    text = [
+        line
+        for line in run("report", "--by", "campaign").output.splitlines()
+        if line.startswith("Warning")
+    ]
+    assert len(warnings) == len(text) == (0 if level is None else 1)
+    if level is not None:
+        # The same words as the text report, with the limit passed.
+        assert warnings[0] == text[0].removeprefix("Warning: ")
+        assert f"above {level}" in warnings[0]
+    if level == "0.3%":
+        assert '<p class="warn complaint stop">' in html

@@ -23,7 +23,7 @@ from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.errors import InputError
 from listkit.money import format_amounts
 from listkit.report_html import render_html
-from listkit.reports import BY, build_report
+from listkit.reports import BY, build_report, complaint_warning_text
 from listkit.workspace import Workspace
 
 
@@ -67,9 +67,11 @@ def report(
     if html is not None:
         by_list = data if by == "list" else build_report(ws.db, "list", since, until)
         by_offer = data if by == "offer" else build_report(ws.db, "offer", since, until)
+        by_campaign = data if by == "campaign" else build_report(ws.db, "campaign", since, until)
         extra = insight_sections(ws, since, until)
         try:
-            html.write_text(render_html(data, by_list, by_offer, extra=extra), encoding="utf-8")
+            page = render_html(data, by_list, by_offer, by_campaign, extra=extra)
+            html.write_text(page, encoding="utf-8")
         except OSError as e:
             raise InputError(f"--html {html}: cannot be written ({e.strerror})") from None
         click.echo(f"Wrote {html}.")
@@ -170,15 +172,7 @@ def report(
             f"{h['held_out_rate']:.2%}: {h['difference']:+.2%}{interval}"
         )
     for w in data["complaint_warnings"]:
-        advice = (
-            "above 0.3% (Gmail's limit): stop sending to this audience until it falls"
-            if w["limit"] >= 0.003
-            else "above 0.1%: mailbox providers start filtering at this level"
-        )
-        click.echo(
-            f"Warning: campaign {w['campaign']} has a complaint rate of {w['rate']:.2%} "
-            f"({w['complaints']} of {w['sent']} sent), {advice}"
-        )
+        click.echo(f"Warning: {complaint_warning_text(w)}")
     show_report_extras(ws, since, until)
     sys.stdout.flush()
 
