@@ -582,6 +582,39 @@ def _effect(
     return "unsubscribed" if changed and rcpt.outcome == COMPLAINT else "already"
 
 
+def bounced_after_sent(db: Database, campaign_id: int) -> list[dict]:
+    """The campaign's deliveries the server accepted (state ``sent``) that a later bounce
+    report says bounced: hard, or the soft bounce that suppressed the address. They stay
+    ``sent`` (the message did go out, and nothing ever sends a ``sent`` row again); this
+    is how `listkit status` and the report tell them apart. Rows shaped as
+    ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
+    from listkit.reports import BOUNCED_DELIVERIES
+
+    cursor = db.execute(
+        f"""SELECT d.email, d.attempts, d.message_id,
+                   (SELECT json_extract(e.detail, '$.status') FROM events e
+                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1),
+                   (SELECT json_extract(e.detail, '$.diagnostic') FROM events e
+                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1)
+            FROM deliveries d
+            WHERE d.campaign_id = ? AND d.state = 'sent' AND d.id IN ({BOUNCED_DELIVERIES})
+            ORDER BY d.id""",
+        [campaign_id, json.dumps(suppressions.BOUNCE_REASONS)],
+    )
+    return [
+        {
+            "email": email,
+            "state": "bounced",
+            "attempts": attempts,
+            "code": status,
+            "reply": diagnostic,
+            "message_id": message_id,
+            "next_attempt": None,
+        }
+        for email, attempts, message_id, status, diagnostic in cursor
+    ]
+
+
 # ---------------------------------------------------------------------------
 # Intake: files and IMAP
 

@@ -21,6 +21,19 @@ from listkit.errors import InputError
 from listkit.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 
 BY = ("list", "offer", "campaign")
+# The ids of the deliveries that bounced: a hard bounce reported for the delivery
+# (by a DSN, a relay's webhook), or a bounce suppression the delivery caused (the
+# server refused it, or it was the soft bounce that crossed LISTKIT_SOFT_BOUNCES).
+# One parameter: the bounce reasons, as a JSON list.
+BOUNCED_DELIVERIES = """
+    SELECT e.delivery_id FROM events e
+    WHERE e.kind = 'bounce' AND e.delivery_id IS NOT NULL
+      AND json_extract(e.detail, '$.outcome') = 'hard'
+    UNION
+    SELECT b.id FROM suppressions x
+    JOIN subscribers s ON s.key = x.key
+    JOIN deliveries b ON b.campaign_id = x.campaign_id AND b.subscriber_id = s.id
+    WHERE x.campaign_id IS NOT NULL AND x.reason IN (SELECT value FROM json_each(?))"""
 ORDER_STATUSES = "('paid', 'partially_refunded')"
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 Z95 = 1.959964
@@ -145,20 +158,27 @@ def build_report(
         ):
             rows[("list", slug)]["audience"] = active
             titles[slug] = title
-    # Unsubscribes and hard bounces a campaign caused, through the delivery that caused them.
-    for key, reason, n in db.execute(
-        f"""SELECT d.{column}, x.reason, COUNT(*) FROM suppressions x
+    # Unsubscribes a campaign caused, through the delivery that caused them.
+    for key, n in db.execute(
+        f"""SELECT d.{column}, COUNT(*) FROM suppressions x
             JOIN subscribers s ON s.key = x.key
             JOIN deliveries d ON d.campaign_id = x.campaign_id AND d.subscriber_id = s.id
-            WHERE x.campaign_id IS NOT NULL
-              AND x.reason IN (SELECT value FROM json_each(?))
+            WHERE x.campaign_id IS NOT NULL AND x.reason = ?
             {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
-            GROUP BY d.{column}, x.reason""",
-        [json.dumps([UNSUBSCRIBED, *BOUNCE_REASONS]), *cparams],
+            GROUP BY d.{column}""",
+        [UNSUBSCRIBED, *cparams],
     ):
-        rows[_group(by, key, campaigns, list_names)][
-            "unsubscribed" if reason == UNSUBSCRIBED else "bounced"
-        ] += n
+        rows[_group(by, key, campaigns, list_names)]["unsubscribed"] += n
+    # Bounced deliveries: refused by the server or reported bounced later (even when the
+    # address had already been suppressed by another campaign's bounce).
+    for key, n in db.execute(
+        f"""SELECT d.{column}, COUNT(*) FROM deliveries d
+            WHERE d.id IN ({BOUNCED_DELIVERIES})
+            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+            GROUP BY d.{column}""",
+        [json.dumps(BOUNCE_REASONS), *cparams],
+    ):
+        rows[_group(by, key, campaigns, list_names)]["bounced"] += n
     # Complaints (spam reports), through the delivery complained about.
     for key, n in db.execute(
         f"""SELECT d.{column}, COUNT(DISTINCT d.id) FROM events e

@@ -533,3 +533,61 @@ def test_html_report_shows_bounce_and_complaint_rates_and_the_warnings(
         assert f"above {level}" in warnings[0]
     if level == "0.3%":
         assert '<p class="warn complaint stop">' in html
+
+
+# ---------------------------------------------------------------------------
+# A delivery that was sent, then bounced
+
+
+def test_a_delivery_that_bounced_after_it_was_sent_shows_as_bounced_in_status(run, ws, world):
+    import json
+
+    cid = world.campaign("launch")
+    deliver(world, cid, "nobody@example.net", "postfixtokenaaaa")
+    deliver(world, cid, "fine@example.net", "finetokenaaaaaaa")
+    process(ws.db, "postfix_user_unknown.eml")
+    data = json.loads(run("status", "launch", "--json").output)
+    assert data["counts"]["sent"] == 2
+    assert data["bounced_after_sent"] == 1
+    [row] = [r for r in data["problems"] if r["state"] == "bounced"]
+    assert (row["email"], row["code"]) == ("nobody@example.net", "5.1.1")
+    assert "User unknown" in row["reply"]
+    text = run("status", "launch").output
+    assert "sent 2 (1 bounced after it was sent: never sent again)" in text
+    assert "nobody@example.net" in text and "bounced" in text
+
+
+def test_retry_never_touches_a_delivery_that_bounced_after_it_was_sent(run, ws, world):
+    cid = world.campaign("launch")
+    did = deliver(world, cid, "nobody@example.net", "postfixtokenaaaa")
+    process(ws.db, "postfix_user_unknown.eml")
+    for which in ("--unknown", "--failed", "--deferred"):
+        assert run("retry", "launch", which).output.startswith("0 ")
+    state = ws.db.execute("SELECT state FROM deliveries WHERE id = ?", [did]).fetchone()[0]
+    assert state == "sent"
+
+
+def test_a_bounce_counts_for_its_campaign_even_when_another_campaign_suppressed_first(ws, world):
+    from listkit.reports import build_report
+
+    first = world.campaign("first")
+    deliver(world, first, "nobody@example.net", "postfixtokenaaaa")
+    second = world.campaign("second")
+    deliver(world, second, "nobody@example.net", "secondtokenaaaaa")
+    bounce = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+    with ws.db.conn:  # the second campaign's bounce comes back first and suppresses
+        apply(
+            ws.db,
+            parse(
+                bounce.replace(b"postfixtokenaaaa", b"secondtokenaaaaa").replace(
+                    b"20261130091403.", b"2."
+                )
+            ),
+            source="t",
+        )
+    process(ws.db, "postfix_user_unknown.eml")  # then the first campaign's
+    rows = {r["campaign"]: r for r in build_report(ws.db, "campaign")["rows"]}
+    assert (rows["first"]["bounced"], rows["second"]["bounced"]) == (1, 1)
+    assert rows["first"]["bounce_rate"] == 1.0
+    [blog] = build_report(ws.db, "list")["rows"]
+    assert blog["bounced"] == 2

@@ -314,7 +314,10 @@ def _send_due(ws: Workspace, limit: int | None) -> None:
 @click.option("--json", "json_", is_flag=True, help="Output JSON.")
 @pass_workspace
 def status(ws: Workspace, slug: str, json_: bool) -> None:
-    """Counts per delivery state, and the failed, unknown and deferred rows.
+    """Counts per delivery state, and the failed, unknown, deferred and bounced rows.
+
+    A message the server accepted that a bounce report later says bounced
+    stays counted as sent and is listed as bounced; nothing sends it again.
 
     \b
     Example:
@@ -324,13 +327,27 @@ def status(ws: Workspace, slug: str, json_: bool) -> None:
     if row is None:
         load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all
         raise NotFound(f"campaign {slug} has not been sent yet")
+    from listkit.bounces import bounced_after_sent
+
     totals = counts(ws.db, row["id"])
-    rows = problems(ws.db, row["id"])
+    bounced = bounced_after_sent(ws.db, row["id"])
+    rows = problems(ws.db, row["id"]) + bounced
     if json_:
-        emit_json({"campaign": slug, "state": row["state"], "counts": totals, "problems": rows})
+        emit_json(
+            {
+                "campaign": slug,
+                "state": row["state"],
+                "counts": totals,
+                "bounced_after_sent": len(bounced),
+                "problems": rows,
+            }
+        )
         return
     click.echo(f"Campaign {slug}: {row['state']} (started {row['started'] or '-'})")
-    click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in totals.items()))
+    shown = {k.replace("_", " "): str(v) for k, v in totals.items()}
+    if bounced:
+        shown["sent"] += f" ({len(bounced)} bounced after it was sent: never sent again)"
+    click.echo("  " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     if rows:
         emit_table(rows, ["email", "state", "attempts", "code", "reply", "message_id"])
 
