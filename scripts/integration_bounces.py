@@ -280,7 +280,19 @@ def listkit(ws: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+LIMIT = 180  # seconds: a run that takes longer stops, and still cleans up
+
+
+def _stop(signum, _frame) -> None:
+    # SystemExit unwinds through main's finally: Postfix stopped, the folder removed.
+    why = f"took longer than {LIMIT} s" if signum == signal.SIGALRM else "terminated"
+    raise SystemExit(f"integration-bounces: stopped: {why}")
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGALRM, _stop)
+    signal.alarm(LIMIT)
     install()
     work = Path(tempfile.mkdtemp(prefix="listkit-bounces-"))
     work.chmod(0o755)  # the mail user walks into it

@@ -17,7 +17,15 @@ Needs root (apt-get, and Postfix's master runs as root). What it does:
    verifier (the library behind ``dkimverify``), the published key served
    from the record keygen printed; checks each went through Postfix (its
    Received header) and that a copy changed by one byte fails;
-6. stops Postfix and the capture server, whatever happened.
+6. runs dkimpy's own ``dkimverify`` command on every message too, the way a
+   receiver would: it reads the key from DNS through dnspython, which asks
+   the servers of /etc/resolv.conf on port 53. So the record is served by a
+   DNS server on loopback (tests/dns_server.py) at 127.0.53.1:53 (or the next
+   free 127.0.53.x), and each ``dkimverify`` runs in a private mount namespace
+   (``unshare --mount``) where a resolv.conf naming that server is bind-mounted
+   over /etc/resolv.conf; the machine's own resolv.conf is never changed. A
+   changed copy must make ``dkimverify`` exit 1;
+7. stops Postfix, the DNS server and the capture server, whatever happened.
 
 Exit status 0 when every message verified.
 """
@@ -28,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +48,9 @@ import dkim as dkimpy
 from aiosmtpd.controller import Controller
 
 POSTFIX = "/usr/sbin/postfix"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.dns_server: the loopback DNS server of the tests
+DKIMVERIFY = Path(sys.executable).parent / "dkimverify"
 
 MASTER_CF = """\
 {listen} inet n - n - - smtpd
@@ -119,8 +131,30 @@ def ensure_postfix() -> None:
         raise SystemExit("postfix is missing and apt-get is not available: install postfix")
     log("installing postfix (Debian package) ...")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
+    # No system Postfix may start (it would outlive the run): policy-rc.d says no to
+    # every invoke-rc.d during the installation; only a policy we wrote is removed.
+    policy = Path("/usr/sbin/policy-rc.d")
+    ours = not policy.exists()
+    if ours:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        subprocess.run(
+            ["debconf-set-selections"],
+            input="postfix postfix/main_mailer_type select No configuration\n",
+            text=True,
+            check=False,
+            env=env,
+        )
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postfix"],
+            check=True,
+            env=env,
+        )
+    finally:
+        if ours:
+            policy.unlink()
 
 
 class Capture:
@@ -143,7 +177,43 @@ def listkit(workspace: Path, *args: str, **kwargs) -> subprocess.CompletedProces
     return result
 
 
+def dns_on_port_53(zones: dict):
+    """The loopback DNS server on port 53 of the first free 127.0.53.x."""
+    from tests.dns_server import DNSServer
+
+    for last in range(1, 20):
+        try:
+            return DNSServer(zones, host=f"127.0.53.{last}", port=53)
+        except OSError:
+            continue
+    raise SystemExit("no free 127.0.53.x:53 for the DNS server dkimverify asks")
+
+
+def dkimverify(message: bytes, resolv_conf: Path) -> subprocess.CompletedProcess:
+    """dkimpy's `dkimverify` command, its DNS pointed at our server in a private mount
+    namespace (a bind mount over /etc/resolv.conf that only this process sees)."""
+    script = 'mount --bind "$1" /etc/resolv.conf && exec "$2"'
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", str(resolv_conf), str(DKIMVERIFY)],
+        input=message,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+LIMIT = 180  # seconds: a run that takes longer stops, and still cleans up
+
+
+def _stop(signum, _frame) -> None:
+    # SystemExit unwinds through main's finally: Postfix stopped, the folder removed.
+    why = f"took longer than {LIMIT} s" if signum == signal.SIGALRM else "terminated"
+    raise SystemExit(f"integration-dkim: stopped: {why}")
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGALRM, _stop)
+    signal.alarm(LIMIT)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -227,13 +297,34 @@ def main() -> int:
         tampered = sample.replace(b"Reader", b"Raeder", 1)
         if tampered == sample or dkimpy.verify(tampered, dnsfunc=lookup):
             failed.append("a message changed after signing still verified")
+
+        # The `dkimverify` command, reading the published key from DNS.
+        from tests.dns_server import txt
+
+        zones = {f"{key['record_name']}.": [txt(key["record_value"])]}
+        server = dns_on_port_53(zones)
+        resolv_conf = tmp / "resolv.conf"
+        resolv_conf.write_text(f"nameserver {server.host}\n")
+        with server:
+            for rcpt, data in capture.messages:
+                r = dkimverify(data, resolv_conf)
+                if r.returncode != 0 or r.stdout.strip() != b"signature ok":
+                    failed.append(f"{rcpt}: dkimverify says {(r.stdout + r.stderr).strip()!r}")
+            r = dkimverify(tampered, resolv_conf)
+            if r.returncode != 1 or b"signature verification failed" not in r.stdout:
+                failed.append(f"dkimverify accepted a changed copy: {r.stdout + r.stderr!r}")
+        asked = {name for name, kind in server.queries if kind == "TXT"}
+        if f"{key['record_name']}." not in asked:
+            failed.append(f"dkimverify never asked the loopback DNS server ({server.queries})")
         if failed:
             for line in failed:
                 log(f"FAIL {line}")
             return 1
         log(
             f"{len(capture.messages)} messages went through Postfix and verify "
-            f"(d={key['domain']}, s={key['selector']}); a changed copy fails"
+            f"(d={key['domain']}, s={key['selector']}), with dkimpy's library and with its "
+            f"dkimverify command reading the key from DNS ({server.address}); "
+            "a changed copy fails both"
         )
         return 0
     finally:

@@ -1,6 +1,7 @@
 """A DNS server on loopback serving fixed zones, for `listkit doctor` tests.
 
-Built on dnspython, in a thread, on 127.0.0.1 with a random port (UDP; the
+Built on dnspython, in a thread, on 127.0.0.1 with a random port (or the
+address given: scripts/integration_dkim.py serves dkimverify on port 53) (UDP; the
 answers go out whole, whatever their size, which the resolver reads).
 Records are given as ``{"name.": [("TXT", '"v=spf1 -all"'), ("A", "192.0.2.1")]}``;
 a name not in the zones is NXDOMAIN, a name without that type answers empty.
@@ -29,19 +30,24 @@ def txt(value: str) -> tuple[str, str]:
 
 
 class DNSServer:
-    def __init__(self, zones: dict[str, list[tuple[str, str]]]):
+    def __init__(
+        self, zones: dict[str, list[tuple[str, str]]], host: str = "127.0.0.1", port: int = 0
+    ):
+        """``host`` and ``port`` for a resolver that cannot be told a port (one read from
+        a resolv.conf asks port 53), e.g. 127.0.53.1:53; a random port by default."""
         self.zones = {dns.name.from_text(k.lower()): v for k, v in zones.items()}
         self.queries: list[tuple[str, str]] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, port))
         self.sock.settimeout(0.1)
+        self.host = host
         self.port = self.sock.getsockname()[1]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def __enter__(self) -> DNSServer:
         self._thread.start()
