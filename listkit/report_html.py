@@ -118,7 +118,8 @@ def _rate_chart(
             f'<text x="{LABEL_W - 8}" y="{y + BAR_H * 0.7:.1f}" text-anchor="end">'
             f"{escape(label)}</text>"
             f'<rect x="{LABEL_W}" y="{y}" width="{w}" height="{BAR_H}" rx="3"></rect>'
-            f'<text class="value" x="{LABEL_W + w + 6}" y="{y + BAR_H * 0.7:.1f}">'
+            # The figures in a column right of the longest bar: never under a limit line.
+            f'<text class="value" x="{LABEL_W + span + 8}" y="{y + BAR_H * 0.7:.1f}">'
             f"{rate:.2%}</text></g>"
         )
     marks = []
