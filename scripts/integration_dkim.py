@@ -301,6 +301,13 @@ def main() -> int:
         # The `dkimverify` command, reading the published key from DNS.
         from tests.dns_server import txt
 
+        probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise SystemExit(
+                "integration-dkim: `unshare --mount` is refused here (it needs root with "
+                f"CAP_SYS_ADMIN): {probe.stderr.strip()}; dkimverify cannot be pointed at "
+                "the loopback DNS server without changing the machine's /etc/resolv.conf"
+            )
         zones = {f"{key['record_name']}.": [txt(key["record_value"])]}
         server = dns_on_port_53(zones)
         resolv_conf = tmp / "resolv.conf"
