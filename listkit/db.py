@@ -469,6 +469,49 @@ def m009_sale_aliases(db: Database) -> None:
 
 
 @migrations()
+def m011_signups_clicks_and_event_details(db: Database) -> None:
+    # Where an event came from: the evidence for an unsubscribe, a click, a consent.
+    db.execute("ALTER TABLE events ADD COLUMN ip TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN agent TEXT")
+    db.execute("CREATE INDEX events_kind ON events(kind, delivery_id)")
+    # A signup through a form (double opt-in): the consent evidence, and the
+    # confirmation mailed for it. state: new | mailed | not_mailed | failed | confirmed
+    db.execute(
+        """
+        CREATE TABLE signups (
+            id INTEGER PRIMARY KEY,
+            nonce TEXT NOT NULL UNIQUE,
+            list_id INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+            email TEXT NOT NULL,
+            key TEXT NOT NULL,
+            name TEXT,
+            created TEXT NOT NULL,
+            ip TEXT,
+            agent TEXT,
+            page TEXT,
+            form TEXT,
+            state TEXT NOT NULL DEFAULT 'new',
+            mailed_at TEXT,
+            mail_reply TEXT,
+            confirmed_at TEXT,
+            confirm_ip TEXT,
+            confirm_agent TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX signups_key ON signups(key, list_id)")
+    # The destinations of tracked links, per campaign, as the offer rendered them.
+    db.execute(
+        """
+        CREATE TABLE links (
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+            link TEXT NOT NULL,
+            url TEXT NOT NULL,
+            PRIMARY KEY (campaign_id, link)
+        ) WITHOUT ROWID"""
+    )
+
+
+@migrations()
 def m013_bounces(db: Database) -> None:
     # Bounce and complaint events (kind 'bounce' | 'complaint') carry the report
     # they came from (report_id: the report's identity and the recipient, so the

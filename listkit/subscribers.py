@@ -187,39 +187,44 @@ def unsubscribe(
 
     Returns ``{"email", "lists": [slugs changed], "suppressed": bool}``.
     """
+    with immediate(db):
+        return unsubscribe_core(db, email, list_slug, campaign_id=campaign_id)
+
+
+def unsubscribe_core(
+    db: Database, email: str, list_slug: str | None = None, *, campaign_id: int | None = None
+) -> dict:
+    """``unsubscribe`` inside the caller's transaction (it opens none itself)."""
     key = email_key(email)
     row = db.execute("SELECT id, email FROM subscribers WHERE key = ?", [key]).fetchone()
     stamp = now()
     reason = "unsubscribed" + (f" (campaign {campaign_id})" if campaign_id else "")
-    with immediate(db):
-        changed: list[str] = []
-        if row is not None:
-            where = "m.subscriber_id = ? AND m.status IN ('active', 'pending')"
-            params: list = [row[0]]
-            if list_slug is not None:
-                where += " AND m.list_id = ?"
-                params.append(get_list(db, list_slug)["id"])
-            changed = [
-                r[0]
-                for r in db.execute(
-                    f"""SELECT l.slug FROM memberships m JOIN lists l ON l.id = m.list_id
-                        WHERE {where} ORDER BY l.slug""",
-                    params,
-                )
-            ]
-            db.execute(
-                f"""UPDATE memberships AS m SET status = 'unsubscribed', status_at = ?,
-                    status_reason = ?, updated = ? WHERE {where}""",
-                [stamp, reason, stamp, *params],
+    changed: list[str] = []
+    if row is not None:
+        where = "m.subscriber_id = ? AND m.status IN ('active', 'pending')"
+        params: list = [row[0]]
+        if list_slug is not None:
+            where += " AND m.list_id = ?"
+            params.append(get_list(db, list_slug)["id"])
+        changed = [
+            r[0]
+            for r in db.execute(
+                f"""SELECT l.slug FROM memberships m JOIN lists l ON l.id = m.list_id
+                    WHERE {where} ORDER BY l.slug""",
+                params,
             )
-        elif list_slug is not None:
-            get_list(db, list_slug)
-            raise NotFound(f"{email.strip()!r} is not on list {list_slug!r}")
-        suppressed = False
-        if list_slug is None:
-            suppressed = suppress(
-                db, row[1] if row else email, "unsubscribed", campaign_id=campaign_id
-            )
+        ]
+        db.execute(
+            f"""UPDATE memberships AS m SET status = 'unsubscribed', status_at = ?,
+                status_reason = ?, updated = ? WHERE {where}""",
+            [stamp, reason, stamp, *params],
+        )
+    elif list_slug is not None:
+        get_list(db, list_slug)
+        raise NotFound(f"{email.strip()!r} is not on list {list_slug!r}")
+    suppressed = False
+    if list_slug is None:
+        suppressed = suppress(db, row[1] if row else email, "unsubscribed", campaign_id=campaign_id)
     return {"email": row[1] if row else email.strip(), "lists": changed, "suppressed": suppressed}
 
 
@@ -255,17 +260,56 @@ def unsubscribe_by_link(db: Database, secret: bytes, url: str) -> dict:
         raise InputError(str(e)) from None
     if not verify_unsubscribe(secret, token, signature):
         raise InputError("the link's signature does not match LISTKIT_SECRET: not a link we sent")
+    with immediate(db):
+        result = unsubscribe_delivery(db, token, everything=True, url=url)
+    if result is None:
+        raise NotFound(f"no delivery has token {token}")
+    return result
+
+
+def delivery_by_token(db: Database, token: str) -> dict | None:
+    """The delivery a token names, with its list and campaign, or None."""
     row = db.execute(
-        "SELECT email, campaign_id FROM deliveries WHERE token = ?", [token]
+        """SELECT d.id, d.email, d.campaign_id, c.slug, l.slug, l.title, d.sent_at
+           FROM deliveries d JOIN lists l ON l.id = d.list_id
+           JOIN campaigns c ON c.id = d.campaign_id WHERE d.token = ?""",
+        [token],
     ).fetchone()
     if row is None:
-        raise NotFound(f"no delivery has token {token}")
-    email, campaign_id = row
-    stamp = now()
-    with immediate(db):
-        db.execute(
-            "INSERT INTO events (delivery_id, kind, at, url) "
-            "SELECT id, 'unsubscribe', ?, ? FROM deliveries WHERE token = ?",
-            [stamp, url, token],
-        )
-    return unsubscribe(db, email, campaign_id=campaign_id)
+        return None
+    keys = ("id", "email", "campaign_id", "campaign", "list", "list_title", "sent_at")
+    return dict(zip(keys, row, strict=True))
+
+
+def unsubscribe_delivery(
+    db: Database,
+    token: str,
+    *,
+    everything: bool,
+    url: str | None = None,
+    ip: str | None = None,
+    agent: str | None = None,
+) -> dict | None:
+    """Unsubscribe the address of the delivery ``token`` names (the caller checked the
+    signature) from that delivery's list, or from everything; None for an unknown token.
+
+    Runs inside the caller's transaction. The ``unsubscribe`` event is recorded once
+    per delivery, however often the link is used: a repeated one-click POST changes
+    nothing more. ``result["first"]`` says whether this call recorded it.
+    """
+    delivery = delivery_by_token(db, token)
+    if delivery is None:
+        return None
+    cursor = db.execute(
+        """INSERT INTO events (delivery_id, kind, at, url, ip, agent)
+           SELECT ?, 'unsubscribe', ?, ?, ?, ? WHERE NOT EXISTS
+             (SELECT 1 FROM events WHERE delivery_id = ? AND kind = 'unsubscribe')""",
+        [delivery["id"], now(), url, ip, agent, delivery["id"]],
+    )
+    result = unsubscribe_core(
+        db,
+        delivery["email"],
+        None if everything else delivery["list"],
+        campaign_id=delivery["campaign_id"],
+    )
+    return {**result, "first": cursor.rowcount == 1, "list": delivery["list"]}

@@ -80,3 +80,47 @@ def verify_unsubscribe(secret: bytes, token: str, signature: str) -> bool:
 def message_id(token: str, domain: str) -> str:
     """The Message-ID of a delivery, on the sender's domain."""
     return f"<{token}.lk@{domain}>"
+
+
+def _sign(secret: bytes, purpose: str, value: str) -> str:
+    digest = hmac.new(secret, f"{purpose}:{value}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
+
+
+def link_id(url: str) -> str:
+    """A short name for one destination of an offer: the same URL always gets the same
+    name, in whichever process renders it (12 characters of base32 of its SHA-256)."""
+    digest = hashlib.sha256(url.encode("utf-8")).digest()
+    return base64.b32encode(digest[:10]).decode("ascii").lower()[:12]
+
+
+def is_link_id(value: str) -> bool:
+    return len(value) == 12 and set(value) <= TOKEN_ALPHABET
+
+
+def click_url(base_url: str, secret: bytes, token: str, link: str) -> str:
+    """The signed click-tracking URL of one link in one delivery."""
+    return f"{base_url.rstrip('/')}/c/{token}/{link}/{_sign(secret, 'click', token + '/' + link)}"
+
+
+def verify_click(secret: bytes, token: str, link: str, signature: str) -> bool:
+    return hmac.compare_digest(_sign(secret, "click", token + "/" + link), signature)
+
+
+# Confirmation tokens: "<nonce>.<expiry as Unix seconds>.<signature>".
+CONFIRM_DAYS = 7
+
+
+def confirm_token(secret: bytes, nonce: str, expires: int) -> str:
+    value = f"{nonce}.{expires}"
+    return f"{value}.{_sign(secret, 'confirm', value)}"
+
+
+def parse_confirm_token(secret: bytes, token: str) -> tuple[str, int] | None:
+    """(nonce, expiry) of a well-formed token whose signature matches, else None."""
+    parts = token.split(".")
+    if len(parts) != 3 or not is_token(parts[0]) or not parts[1].isdigit() or len(parts[1]) > 12:
+        return None
+    if not hmac.compare_digest(_sign(secret, "confirm", f"{parts[0]}.{parts[1]}"), parts[2]):
+        return None
+    return parts[0], int(parts[1])

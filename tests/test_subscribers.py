@@ -190,3 +190,20 @@ def test_the_bounce_effects_suppress_only_with_known_reasons():
 
     used = {bounces.SUPPRESSION_REASONS[o] for o in (bounces.HARD, bounces.SOFT, bounces.COMPLAINT)}
     assert used <= set(REASONS)
+
+
+def test_a_one_click_link_used_twice_records_one_unsubscribe_event(run, ws):
+    from listkit.tracking import unsubscribe_url
+    from tests.world import World
+
+    world = World(ws.db)
+    cid = world.campaign("c1")
+    delivery = world.deliver(cid, "a@example.com", "blog")
+    url = unsubscribe_url("https://lists.example.com", ws.settings.secret_key(), delivery["token"])
+    run("unsubscribe", url)
+    run("unsubscribe", url)
+    events = ws.db.execute(
+        "SELECT COUNT(*) FROM events WHERE delivery_id = ? AND kind = 'unsubscribe'",
+        [delivery["id"]],
+    ).fetchone()[0]
+    assert events == 1
