@@ -22,7 +22,14 @@ from listkit.dkim import signer_for
 from listkit.errors import ConfigError, HeaderInjection, TemplateError
 from listkit.mime import MessageBuilder, Parts
 from listkit.offers import Offer, OfferTemplates
-from listkit.tracking import message_id, personal_coupon, track, unsubscribe_url
+from listkit.tracking import (
+    click_url,
+    link_id,
+    message_id,
+    personal_coupon,
+    track,
+    unsubscribe_url,
+)
 
 NEEDED = ("LISTKIT_FROM", "LISTKIT_POSTAL_ADDRESS", "LISTKIT_BASE_URL", "LISTKIT_SECRET")
 
@@ -41,8 +48,20 @@ class Composed:
 class Composer:
     """Everything needed to build one campaign's messages, prepared once."""
 
-    def __init__(self, offer: Offer, settings: Settings, *, campaign: str, offers_dir: Path):
+    def __init__(
+        self,
+        offer: Offer,
+        settings: Settings,
+        *,
+        campaign: str,
+        offers_dir: Path,
+        track_clicks: bool = False,
+    ):
         settings.require(*NEEDED)
+        # With click tracking, buy_url and track() point at `listkit serve`, which
+        # redirects to the tracked link; ``links`` names every destination rendered.
+        self.track_clicks = track_clicks
+        self.links: dict[str, str] = {}
         sender_name, sender_address = settings.sender_address()
         self.settings = settings
         self.offers_dir = offers_dir
@@ -83,6 +102,10 @@ class Composer:
         used_coupon: list[str] = []
 
         def track_url(url: str) -> str:
+            if self.track_clicks:
+                link = link_id(str(url))
+                self.links[link] = str(url)
+                return click_url(self.base_url, self.secret, token, link)
             return track(
                 str(url),
                 campaign=self.campaign,

@@ -84,6 +84,12 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
         "key that signs sales posted to /hooks/sale",
         True,
     ),
+    "LISTKIT_TRACK_CLICKS": (
+        "track_clicks",
+        "yes",
+        "yes: campaign links go through listkit serve's /c/ redirect, which counts clicks",
+        False,
+    ),
     "LISTKIT_TOKEN_PARAM": (
         "token_param",
         "lk",
@@ -429,6 +435,15 @@ class Settings:
         if len(secret) < 16:
             raise ConfigError("LISTKIT_SECRET is too short: use at least 16 random characters")
         return secret.encode()
+
+    def clicks_tracked(self) -> bool:
+        """LISTKIT_TRACK_CLICKS as a yes/no."""
+        value = (self.values.get("LISTKIT_TRACK_CLICKS") or "yes").strip().lower()
+        if value in ("yes", "true", "on", "1"):
+            return True
+        if value in ("no", "false", "off", "0"):
+            return False
+        raise ConfigError(f"LISTKIT_TRACK_CLICKS must be yes or no, not {value!r}")
 
     def effective(self) -> list[dict[str, str | None]]:
         """Rows for `listkit config`: name, value (secrets masked), source, description."""

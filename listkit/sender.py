@@ -716,7 +716,13 @@ def _pool_init(parent_pid: int, settings, offers_dir: Path, campaign: str, offer
     global _POOL_COMPOSER
     exit_with_parent(parent_pid)  # a `listkit send` killed with SIGKILL leaves no renderer
     offer = load_offer(offers_dir, offer_slug)
-    _POOL_COMPOSER = Composer(offer, settings, campaign=campaign, offers_dir=offers_dir)
+    _POOL_COMPOSER = Composer(
+        offer,
+        settings,
+        campaign=campaign,
+        offers_dir=offers_dir,
+        track_clicks=settings.clicks_tracked(),
+    )
 
 
 def _pool_compose(rows: list[Claimed]) -> list[tuple[bytes | None, str | None]]:
@@ -750,7 +756,10 @@ def prepare(ws: Workspace, slug: str) -> Prepared:
     """Everything a send needs, checked before any connection is opened."""
     campaign = load_campaign(ws.campaigns_dir, slug)
     offer = load_offer(ws.offers_dir, campaign.offer)
-    composer = Composer(offer, ws.settings, campaign=slug, offers_dir=ws.offers_dir)
+    tracked = ws.settings.clicks_tracked()
+    composer = Composer(
+        offer, ws.settings, campaign=slug, offers_dir=ws.offers_dir, track_clicks=tracked
+    )
     composers = {offer.slug: composer}
     for variant in campaign.variants:
         if variant not in composers:
@@ -759,6 +768,7 @@ def prepare(ws: Workspace, slug: str) -> Prepared:
                 ws.settings,
                 campaign=slug,
                 offers_dir=ws.offers_dir,
+                track_clicks=tracked,
             )
     smtp = ws.settings.smtp()
     _name, sender_address = ws.settings.sender_address()

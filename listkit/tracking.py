@@ -74,7 +74,12 @@ def parse_unsubscribe_url(url: str) -> tuple[str, str]:
 
 
 def verify_unsubscribe(secret: bytes, token: str, signature: str) -> bool:
-    return hmac.compare_digest(_signature(secret, token), signature)
+    return _same(_signature(secret, token), signature)
+
+
+def _same(expected: str, given: str) -> bool:
+    """Constant-time comparison that also refuses (instead of raising on) non-ASCII input."""
+    return given.isascii() and hmac.compare_digest(expected, given)
 
 
 def message_id(token: str, domain: str) -> str:
@@ -104,7 +109,7 @@ def click_url(base_url: str, secret: bytes, token: str, link: str) -> str:
 
 
 def verify_click(secret: bytes, token: str, link: str, signature: str) -> bool:
-    return hmac.compare_digest(_sign(secret, "click", token + "/" + link), signature)
+    return _same(_sign(secret, "click", token + "/" + link), signature)
 
 
 # Confirmation tokens: "<nonce>.<expiry as Unix seconds>.<signature>".
@@ -119,8 +124,10 @@ def confirm_token(secret: bytes, nonce: str, expires: int) -> str:
 def parse_confirm_token(secret: bytes, token: str) -> tuple[str, int] | None:
     """(nonce, expiry) of a well-formed token whose signature matches, else None."""
     parts = token.split(".")
-    if len(parts) != 3 or not is_token(parts[0]) or not parts[1].isdigit() or len(parts[1]) > 12:
+    if len(parts) != 3 or not is_token(parts[0]):
         return None
-    if not hmac.compare_digest(_sign(secret, "confirm", f"{parts[0]}.{parts[1]}"), parts[2]):
+    if not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 12):
+        return None
+    if not _same(_sign(secret, "confirm", f"{parts[0]}.{parts[1]}"), parts[2]):
         return None
     return parts[0], int(parts[1])

@@ -27,7 +27,7 @@ from listkit.workspace import Workspace
 log = logging.getLogger("listkit.serve")
 
 # Route modules, in the order their routes are tried.
-ROUTE_MODULES: tuple[str, ...] = ("listkit.web.relays", "listkit.web.hooks")
+ROUTE_MODULES: tuple[str, ...] = ("listkit.web.relays", "listkit.web.hooks", "listkit.web.pages")
 
 
 async def healthz(request: Request) -> Response:

@@ -12,6 +12,7 @@ the exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -100,7 +101,9 @@ class WebDB:
                     conn.execute("ROLLBACK")
                 results = [(False, e)] * len(batch)
             for (ok, value), (_fn, _args, loop, future) in zip(results, batch, strict=True):
-                loop.call_soon_threadsafe(_settle, future, ok, value)
+                # A caller whose loop has closed (shutting down) is gone: nobody to tell.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, future, ok, value)
 
 
 def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:

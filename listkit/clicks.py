@@ -1,0 +1,112 @@
+"""Clicks on tracked links: who clicked what, and where the link really goes.
+
+The rules: the redirect goes to the link the offer itself contains for that
+delivery (its UTM parameters and token added), never to a URL taken from the
+request; a ``HEAD``, a known scanner's user agent, or a hit within
+``BOT_SECONDS`` of the message being sent is recorded as ``click_bot``, and
+only ``click`` counts as a person's click in reports and attribution.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+
+from listkit.compose import Composer
+from listkit.config import Settings
+from listkit.offers import load_offer
+
+# A hit this soon after sending is a mail scanner following every link.
+BOT_SECONDS = 10
+# User agents of link scanners and previewers (security gateways, chat and
+# social unfurlers, crawlers, command-line tools).
+BOT_AGENTS = re.compile(
+    r"bot\b|bot/|crawler|spider|slurp|preview|scanner|scan\b|proofpoint|mimecast|barracuda"
+    r"|safelinks|urldefense|messagelabs|symantec|fortiguard|trendmicro|sophos|ironport"
+    r"|google-safety|googleimageproxy|yahoomailproxy|facebookexternalhit|slackbot|discordbot"
+    r"|whatsapp|telegrambot|skypeuripreview|python-|curl/|wget/|go-http-client|headless",
+    re.IGNORECASE,
+)
+
+
+def click_kind(method: str, agent: str | None, sent_at: str | None, at: str) -> str:
+    """``click`` for what looks like a person, ``click_bot`` for a scanner or prefetch."""
+    if method == "HEAD" or not agent or BOT_AGENTS.search(agent):
+        return "click_bot"
+    if sent_at:
+        seconds = (datetime.fromisoformat(at) - datetime.fromisoformat(sent_at)).total_seconds()
+        if seconds < BOT_SECONDS:
+            return "click_bot"
+    return "click"
+
+
+def stored_link(db, campaign_id: int, link: str) -> str | None:
+    row = db.execute(
+        "SELECT url FROM links WHERE campaign_id = ? AND link = ?", [campaign_id, link]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def store_links(db, campaign_id: int, links: dict[str, str]) -> None:
+    for link, url in links.items():
+        db.execute(
+            "INSERT INTO links (campaign_id, link, url) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [campaign_id, link, url],
+        )
+
+
+def delivery_for_click(db, token: str) -> dict | None:
+    """What a click needs of its delivery: campaign, offer, list, subscriber, when sent."""
+    row = db.execute(
+        """SELECT d.id, d.campaign_id, c.slug, c.offer, l.slug, l.title, d.sent_at,
+                  s.id, s.email, s.key, s.name, s.fields
+           FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+           JOIN lists l ON l.id = d.list_id JOIN subscribers s ON s.id = d.subscriber_id
+           WHERE d.token = ?""",
+        [token],
+    ).fetchone()
+    if row is None:
+        return None
+    did, cid, campaign, offer, list_slug, list_title, sent_at, sid, email, key, name, fields = row
+    return {
+        "id": did,
+        "campaign_id": cid,
+        "campaign": campaign,
+        "offer": offer,
+        "list": list_slug,
+        "list_title": list_title,
+        "sent_at": sent_at,
+        "token": token,
+        "subscriber": {
+            "id": sid,
+            "email": email,
+            "key": key,
+            "name": name,
+            "fields": json.loads(fields),
+        },
+    }
+
+
+def links_as_rendered(settings: Settings, offers_dir, delivery: dict) -> dict[str, str]:
+    """Render the delivery's offer again and collect the links it tracks: {link id: url}."""
+    offer = load_offer(offers_dir, delivery["offer"])
+    composer = Composer(
+        offer, settings, campaign=delivery["campaign"], offers_dir=offers_dir, track_clicks=True
+    )
+    composer.compose(
+        subscriber=delivery["subscriber"],
+        list_slug=delivery["list"],
+        list_title=delivery["list_title"],
+        token=delivery["token"],
+    )
+    return dict(composer.links)
+
+
+def record_click(
+    db, delivery_id: int, kind: str, at: str, url: str, ip: str | None, agent: str | None
+) -> None:
+    db.execute(
+        "INSERT INTO events (delivery_id, kind, at, url, ip, agent) VALUES (?, ?, ?, ?, ?, ?)",
+        [delivery_id, kind, at, url, ip, (agent or "")[:512] or None],
+    )

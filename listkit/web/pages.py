@@ -1,0 +1,355 @@
+"""The reader's pages: one-click unsubscribe, signup with double opt-in, click redirects.
+
+The rules: GET and HEAD show and never change anything (mail scanners prefetch
+every link); only a POST unsubscribes or confirms. A tampered, unknown or
+malformed token gets a plain 4xx and changes nothing. A signup answers the
+same page and status whoever the address is, and its confirmation is mailed
+off the request path (``ConfirmationMailer``). A click redirects only to the
+link the offer itself contains for that delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from functools import partial
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from listkit import clicks, signups
+from listkit.db import now
+from listkit.errors import InputError, ListkitError, NotFound
+from listkit.lists import get_list
+from listkit.subscribers import delivery_by_token, unsubscribe_delivery
+from listkit.tracking import (
+    CONFIRM_DAYS,
+    is_link_id,
+    is_token,
+    parse_confirm_token,
+    track,
+    verify_click,
+    verify_unsubscribe,
+)
+from listkit.web.common import client_ip, read_body, read_form
+
+log = logging.getLogger("listkit.serve")
+
+FORM_LIMIT = 8 * 1024  # a signup or unsubscribe form is a few hundred bytes
+# A per-address limit on signups: this many in WINDOW seconds, then 429.
+SIGNUP_LIMIT = 5
+SIGNUP_WINDOW = 600
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+_env = SandboxedEnvironment(
+    loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+# Pages carry tokens in their URL: never let them leak through a Referer or a cache.
+_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'",
+}
+
+
+def page(name: str, status: int = 200, **context) -> HTMLResponse:
+    return HTMLResponse(_env.get_template(name).render(context), status, headers=_HEADERS)
+
+
+def signup_form(action: str, form_name: str) -> Markup:
+    """The HTML form that signs up to a list (also what `listkit form` prints)."""
+    return Markup(_env.get_template("form.html").render(action=action, form_name=form_name))
+
+
+def _agent(request: Request) -> str | None:
+    return request.headers.get("user-agent")
+
+
+# --- unsubscribe -------------------------------------------------------------
+
+
+def _unsubscribe_token(request: Request) -> str:
+    token, sig = request.path_params["token"], request.path_params["sig"]
+    secret = request.app.state.ws.settings.secret_key()
+    if not is_token(token) or not verify_unsubscribe(secret, token, sig):
+        raise HTTPException(404, "This unsubscribe link is not valid. Use the link in the message.")
+    return token
+
+
+async def unsubscribe_page(request: Request) -> Response:
+    token = _unsubscribe_token(request)
+    db = request.app.state.db
+    if request.method in ("GET", "HEAD"):
+        delivery = await db.read(delivery_by_token, token)
+        if delivery is None:
+            raise HTTPException(404, "This unsubscribe link is not valid any more.")
+        return page(
+            "unsubscribe.html",
+            email=delivery["email"],
+            list_name=delivery["list_title"] or delivery["list"],
+        )
+    body = await read_body(request, FORM_LIMIT)
+    everything = _unsubscribe_scope(request, body)
+    result = await db.write(
+        partial(
+            unsubscribe_delivery,
+            token=token,
+            everything=everything,
+            ip=client_ip(request),
+            agent=_agent(request),
+        )
+    )
+    if result is None:
+        raise HTTPException(404, "This unsubscribe link is not valid any more.")
+    delivery = await db.read(delivery_by_token, token)
+    return page(
+        "unsubscribed.html",
+        email=result["email"],
+        list_name=delivery["list_title"] or delivery["list"],
+        everything=everything,
+    )
+
+
+def _unsubscribe_scope(request: Request, body: bytes) -> bool:
+    """True for "from everything"; the RFC 8058 one-click body (urlencoded or
+    multipart) and the page's "this list" button mean the delivery's list."""
+    from urllib.parse import parse_qsl
+
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    text = body.decode("utf-8", "replace")
+    if ctype == "multipart/form-data":
+        if 'name="List-Unsubscribe"' in text and "One-Click" in text:
+            return False
+        raise HTTPException(400, f"Expected the body {ONE_CLICK}.")
+    fields = dict(parse_qsl(text, keep_blank_values=True, max_num_fields=10))
+    if fields.get("List-Unsubscribe") == "One-Click":
+        return False
+    scope = fields.get("scope")
+    if scope in ("list", "all"):
+        return scope == "all"
+    raise HTTPException(400, f"Expected the body {ONE_CLICK} or the page's form.")
+
+
+# --- signup and confirmation ---------------------------------------------------
+
+
+class SignupLimiter:
+    """At most ``limit`` signups per client address in ``window`` seconds."""
+
+    def __init__(self, limit: int = SIGNUP_LIMIT, window: float = SIGNUP_WINDOW):
+        self.limit, self.window = limit, window
+        self.hits: dict[str, deque[float]] = {}
+
+    def allow(self, ip: str | None) -> bool:
+        key = ip or "?"
+        t = time.monotonic()
+        if len(self.hits) > 10_000:  # forget old addresses instead of growing without bound
+            self.hits = {k: v for k, v in self.hits.items() if v and v[-1] > t - self.window}
+        hits = self.hits.setdefault(key, deque())
+        while hits and hits[0] <= t - self.window:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return False
+        hits.append(t)
+        return True
+
+
+class ConfirmationMailer:
+    """Mails confirmations off the request path, one task per app.
+
+    A signup that needs one is a ``signups`` row in state ``new``; the task
+    claims rows (committed before sending, so a crash never mails twice),
+    sends each through the workspace's SMTP settings, and records the answer.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def poke(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        self.wake.set()
+
+    async def _run(self) -> None:
+        from listkit.sender import _send_one
+
+        ws, db = self.app.state.ws, self.app.state.db
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while True:
+                batch = await db.write(signups.claim_confirmations)
+                if not batch:
+                    break
+                for signup in batch:
+                    try:
+                        mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
+                        data = mail.build(signup)
+                        smtp = ws.settings.smtp()
+                        _name, sender = ws.settings.sender_address()
+                        reply = await _send_one(smtp, sender, signup["email"], data)
+                        ok = True
+                    except ListkitError as e:
+                        ok, reply = False, str(e)
+                        log.error("confirmation not sent: %s", e)
+                    except Exception as e:  # connection trouble: recorded, not retried
+                        ok, reply = False, f"{type(e).__name__}: {e}"
+                        log.error("confirmation not sent: %s", type(e).__name__)
+                    await db.write(signups.mark_mailed, signup["id"], ok, reply)
+
+
+def _mailer(request: Request) -> ConfirmationMailer:
+    state = request.app.state
+    if getattr(state, "mailer", None) is None:
+        state.mailer = ConfirmationMailer(request.app)
+        state.limiter = SignupLimiter()
+    return state.mailer
+
+
+async def signup(request: Request) -> Response:
+    slug = request.path_params["list"]
+    db = request.app.state.db
+    try:
+        lst = await db.read(get_list, slug)
+    except (NotFound, InputError):
+        raise HTTPException(404, "There is no such list.") from None
+    list_name = lst["title"] or lst["slug"]
+    if request.method in ("GET", "HEAD"):
+        return page("signup.html", list_name=list_name, form=signup_form("", slug))
+    mailer = _mailer(request)
+    form = await read_form(request, FORM_LIMIT)
+    ip = client_ip(request)
+    if not request.app.state.limiter.allow(ip):
+        raise HTTPException(429, "Too many signups from your address. Try again in a while.")
+    done = page("signup_done.html", list_name=list_name, days=CONFIRM_DAYS)
+    if form.get("website"):  # the honeypot: a person never fills it in
+        return done
+    try:
+        signup_id = await db.write(
+            partial(
+                signups.record_signup,
+                list_slug=slug,
+                email=form.get("email", ""),
+                name=form.get("name"),
+                ip=ip,
+                agent=_agent(request),
+                page=request.headers.get("referer") or form.get("page"),
+                form=form.get("form") or slug,
+            )
+        )
+    except InputError:
+        return page(
+            "notice.html",
+            400,
+            heading="That is not an email address",
+            text="Go back and check the address you typed.",
+        )
+    if signup_id is not None:
+        mailer.poke()
+    return done
+
+
+def _confirm_nonce(request: Request) -> str:
+    secret = request.app.state.ws.settings.secret_key()
+    parsed = parse_confirm_token(secret, request.path_params["token"])
+    if parsed is None:
+        raise HTTPException(
+            404, "This confirmation link is not valid. Use the link in the message."
+        )
+    nonce, expires = parsed
+    if time.time() > expires:
+        raise HTTPException(
+            410, f"This confirmation link has expired (after {CONFIRM_DAYS} days). Sign up again."
+        )
+    return nonce
+
+
+async def confirm(request: Request) -> Response:
+    nonce = _confirm_nonce(request)
+    db = request.app.state.db
+    found = await db.read(signups.signup_by_nonce, nonce)
+    if found is None:
+        raise HTTPException(404, "This confirmation link is not valid any more.")
+    list_name = found["list_title"] or found["list"]
+    if request.method in ("GET", "HEAD"):
+        return page("confirm.html", list_name=list_name, email=found["email"])
+    await read_body(request, FORM_LIMIT)
+    result = await db.write(
+        partial(signups.confirm_signup, nonce=nonce, ip=client_ip(request), agent=_agent(request))
+    )
+    if result == "suppressed":
+        raise HTTPException(
+            409, "This address cannot be subscribed (it bounced or was blocked). Contact us."
+        )
+    return page("confirmed.html", list_name=list_name, email=found["email"])
+
+
+# --- clicks ----------------------------------------------------------------------
+
+
+async def click(request: Request) -> Response:
+    token, link, sig = (request.path_params[k] for k in ("token", "link", "sig"))
+    state = request.app.state
+    ws = state.ws
+    if not (is_token(token) and is_link_id(link)) or not verify_click(
+        ws.settings.secret_key(), token, link, sig
+    ):
+        raise HTTPException(404, "This link is not valid.")
+    delivery = await state.db.read(clicks.delivery_for_click, token)
+    if delivery is None:
+        raise HTTPException(404, "This link is not valid any more.")
+    cache = getattr(state, "links", None)
+    if cache is None:
+        cache = state.links = {}
+    url = cache.get((delivery["campaign_id"], link))
+    if url is None:
+        url = await state.db.read(clicks.stored_link, delivery["campaign_id"], link)
+    if url is None:
+        try:
+            rendered = await asyncio.to_thread(
+                clicks.links_as_rendered, ws.settings, ws.offers_dir, delivery
+            )
+        except ListkitError as e:
+            log.error("cannot render the offer of a clicked link: %s", e)
+            rendered = {}
+        if rendered:
+            await state.db.write(clicks.store_links, delivery["campaign_id"], rendered)
+        url = rendered.get(link)
+        if url is None:
+            raise HTTPException(404, "This link is not in the offer any more.")
+    cache[(delivery["campaign_id"], link)] = url
+    at = now()
+    kind = clicks.click_kind(request.method, _agent(request), delivery["sent_at"], at)
+    await state.db.write(
+        clicks.record_click, delivery["id"], kind, at, url, client_ip(request), _agent(request)
+    )
+    destination = track(
+        url,
+        campaign=delivery["campaign"],
+        list_slug=delivery["list"],
+        token=token,
+        token_param=ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk",
+    )
+    return RedirectResponse(destination, 302, headers={"Referrer-Policy": "no-referrer"})
+
+
+routes = [
+    Route("/u/{token}/{sig}", unsubscribe_page, methods=["GET", "HEAD", "POST"]),
+    Route("/s/{list}", signup, methods=["GET", "HEAD", "POST"]),
+    Route("/confirm/{token}", confirm, methods=["GET", "HEAD", "POST"]),
+    Route("/c/{token}/{link}/{sig}", click, methods=["GET", "HEAD"]),
+]

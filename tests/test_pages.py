@@ -1,0 +1,369 @@
+"""The reader's pages through Starlette's TestClient: unsubscribe, signup, confirm, click."""
+
+from __future__ import annotations
+
+import time
+from email import message_from_bytes
+from email.policy import default
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from starlette.testclient import TestClient
+
+from listkit.signups import expiry
+from listkit.suppressions import suppress
+from listkit.tracking import click_url, confirm_token, link_id, unsubscribe_url
+from listkit.web import create_app
+from tests import smtp_server
+from tests.world import World
+
+PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+ONE_CLICK = {"content-type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture
+def client(ws):
+    app = create_app(ws)
+    with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as c:
+        c.headers["user-agent"] = PERSON
+        yield c
+
+
+@pytest.fixture
+def world(ws):
+    return World(ws.db)
+
+
+@pytest.fixture
+def delivery(ws, world):
+    world.list("blog", "ann@example.com")
+    ws.db.execute("UPDATE lists SET title = 'The Blog' WHERE slug = 'blog'")
+    world.list("shop", "ann@example.com")
+    cid = world.campaign("spring")
+    return world.deliver(cid, "ann@example.com", "blog")
+
+
+def path_of(ws, token):
+    return unsubscribe_url("", ws.settings.secret_key(), token)
+
+
+def state(ws):
+    """Everything an unsubscribe may change."""
+    return (
+        ws.db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+        ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0],
+        sorted(ws.db.execute("SELECT list_id, status FROM memberships").fetchall()),
+    )
+
+
+def statuses(ws, email="ann@example.com"):
+    return dict(
+        ws.db.execute(
+            """SELECT l.slug, m.status FROM memberships m JOIN lists l ON l.id = m.list_id
+               JOIN subscribers s ON s.id = m.subscriber_id WHERE s.key = ?""",
+            [email],
+        ).fetchall()
+    )
+
+
+# --- unsubscribe ------------------------------------------------------------------
+
+
+def test_the_unsubscribe_page_names_the_list_and_get_or_head_change_nothing(ws, client, delivery):
+    before = state(ws)
+    r = client.get(path_of(ws, delivery["token"]))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "Unsubscribe from The Blog" in r.text and "from everything" in r.text
+    assert "<script" not in r.text
+    assert client.head(path_of(ws, delivery["token"])).status_code == 200
+    assert state(ws) == before
+
+
+def test_a_one_click_post_unsubscribes_from_the_list_once_and_answers_200(ws, client, delivery):
+    path = path_of(ws, delivery["token"])
+    for _ in range(3):
+        r = client.post(path, content="List-Unsubscribe=One-Click", headers=ONE_CLICK)
+        assert r.status_code == 200 and "You are unsubscribed" in r.text
+    assert statuses(ws) == {"blog": "unsubscribed", "shop": "active"}
+    events = ws.db.execute("SELECT delivery_id, kind, agent FROM events").fetchall()
+    assert events == [(delivery["id"], "unsubscribe", PERSON)]
+    reason = ws.db.execute("SELECT status_reason FROM memberships WHERE status = 'unsubscribed'")
+    assert "campaign" in reason.fetchone()[0]
+
+
+def test_a_multipart_one_click_body_is_understood(ws, client, delivery):
+    r = client.post(path_of(ws, delivery["token"]), files={"List-Unsubscribe": (None, "One-Click")})
+    assert r.status_code == 200
+    assert statuses(ws)["blog"] == "unsubscribed"
+
+
+def test_the_everything_button_unsubscribes_from_every_list_and_suppresses(ws, client, delivery):
+    r = client.post(path_of(ws, delivery["token"]), data={"scope": "all"})
+    assert r.status_code == 200 and "on any list" in r.text
+    assert statuses(ws) == {"blog": "unsubscribed", "shop": "unsubscribed"}
+    row = ws.db.execute("SELECT reason, campaign_id FROM suppressions").fetchone()
+    assert row[0] == "unsubscribed" and row[1] is not None
+
+
+def test_tampered_unknown_and_malformed_unsubscribe_links_get_404_and_change_nothing(
+    ws, client, delivery
+):
+    good = path_of(ws, delivery["token"])
+    unknown = path_of(ws, "aaaaaaaaaaaaaaaa")
+    tampered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    other_token = good.replace(delivery["token"], "bbbbbbbbbbbbbbbb")
+    before = state(ws)
+    for path in (unknown, tampered, other_token, "/u/short/sig", "/u/" + "é" * 16 + "/x"):
+        assert client.get(path).status_code == 404, path
+        r = client.post(path, content="List-Unsubscribe=One-Click", headers=ONE_CLICK)
+        assert r.status_code == 404, path
+        assert "Traceback" not in r.text
+    assert state(ws) == before
+
+
+def test_an_unsubscribe_post_needs_the_one_click_body_and_a_small_one(ws, client, delivery):
+    path = path_of(ws, delivery["token"])
+    before = state(ws)
+    assert client.post(path, content="", headers=ONE_CLICK).status_code == 400
+    assert client.post(path, content="x=1", headers=ONE_CLICK).status_code == 400
+    big = "List-Unsubscribe=One-Click&pad=" + "x" * 20000
+    assert client.post(path, content=big, headers=ONE_CLICK).status_code == 413
+    assert client.put(path, content="List-Unsubscribe=One-Click").status_code == 405
+    assert client.delete(path).status_code == 405
+    assert state(ws) == before
+
+
+# --- signup and confirmation ----------------------------------------------------------
+
+
+@pytest.fixture
+def smtp(ws):
+    controller, handler = smtp_server.start()
+    env = (ws.root / ".env").read_text()
+    (ws.root / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}?timeout=5")
+    )
+    ws._settings = None  # read the new setting
+    yield handler
+    controller.stop()
+
+
+def wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("waited in vain")
+        time.sleep(0.02)
+
+
+def confirmation_link(handler, to):
+    for _mid, rcpt, data in handler.messages:
+        if rcpt == to:
+            msg = message_from_bytes(data, policy=default)
+            text = msg.get_body(("plain",)).get_content()
+            line = next(w for w in text.split() if "/confirm/" in w)
+            return urlsplit(line).path.removeprefix("/listkit"), msg
+    return None
+
+
+def signup_states(ws):
+    return [r[0] for r in ws.db.execute("SELECT state FROM signups ORDER BY id")]
+
+
+def test_a_signup_looks_the_same_whoever_the_address_is(ws, client, world, smtp):
+    world.list("blog", "active@example.com")
+    world.list("blog", "gone@example.com", status="unsubscribed")
+    world.list("blog", "waiting@example.com", status="pending")
+    answers = set()
+    for email in (
+        "new@example.com",
+        "active@example.com",
+        "gone@example.com",
+        "waiting@example.com",
+    ):
+        r = client.post("/s/blog", data={"email": email, "name": "X"})
+        answers.add((r.status_code, r.text, tuple(sorted(r.headers.keys()))))
+    assert len(answers) == 1 and next(iter(answers))[0] == 200
+    wait_for(lambda: len(smtp.messages) == 3)
+    assert sorted(smtp.recipients()) == [
+        "gone@example.com",
+        "new@example.com",
+        "waiting@example.com",
+    ]
+    assert statuses(ws, "active@example.com") == {"blog": "active"}
+    assert statuses(ws, "new@example.com") == {"blog": "pending"}
+    assert statuses(ws, "gone@example.com") == {"blog": "unsubscribed"}
+
+
+def test_a_confirmation_needs_a_post_and_keeps_the_consent_evidence(ws, client, world, smtp):
+    world.list("blog")
+    r = client.post(
+        "/s/blog",
+        data={"email": "new@example.com", "name": "Ann", "form": "sidebar"},
+        headers={"referer": "https://blog.example.com/post/1"},
+    )
+    assert r.status_code == 200
+    wait_for(lambda: confirmation_link(smtp, "new@example.com") is not None)
+    path, msg = confirmation_link(smtp, "new@example.com")
+    assert msg["To"].addresses[0].display_name == "Ann"
+    assert msg["Subject"] == "Please confirm your subscription to Blog"
+    wait_for(lambda: signup_states(ws) == ["mailed"])  # recorded after the server's answer
+    r = client.get(path)
+    assert r.status_code == 200 and "Confirm my subscription" in r.text
+    assert client.head(path).status_code == 200
+    assert statuses(ws, "new@example.com") == {"blog": "pending"}
+    for _ in range(2):  # a replayed confirmation changes nothing more
+        r = client.post(path)
+        assert r.status_code == 200 and "You are subscribed" in r.text
+    assert statuses(ws, "new@example.com") == {"blog": "active"}
+    row = ws.db.execute(
+        """SELECT consent_method, consent_source, consent_ip, confirmed_at IS NOT NULL,
+                  confirm_ip FROM memberships"""
+    ).fetchone()
+    assert row == (
+        "double opt-in",
+        "https://blog.example.com/post/1",
+        "testclient",
+        1,
+        "testclient",
+    )
+    signup = ws.db.execute("SELECT form, agent, state FROM signups").fetchone()
+    assert signup == ("sidebar", PERSON, "confirmed")
+
+
+def test_tampered_and_expired_confirmations_change_nothing(ws, client, world):
+    world.list("blog")
+    client.post("/s/blog", data={"email": "new@example.com"})
+    nonce, created = ws.db.execute("SELECT nonce, created FROM signups").fetchone()
+    secret = ws.settings.secret_key()
+    good = confirm_token(secret, nonce, expiry(created))
+    expired = confirm_token(secret, nonce, int(time.time()) - 1)
+    forged = confirm_token(b"another-secret-of-16+", nonce, expiry(created))
+    for token, code in (
+        (good[:-1] + "x", 404),
+        (forged, 404),
+        (expired, 410),
+        ("x.y.z", 404),
+        ("aaaaaaaaaaaaaaaa.1.é", 404),
+    ):
+        assert client.get(f"/confirm/{token}").status_code == code, token
+        assert client.post(f"/confirm/{token}").status_code == code, token
+    assert statuses(ws, "new@example.com") == {"blog": "pending"}
+    assert client.post(f"/confirm/{good}").status_code == 200
+    assert statuses(ws, "new@example.com") == {"blog": "active"}
+
+
+def test_an_unsubscribed_address_comes_back_only_by_confirming(ws, client, world, delivery):
+    client.post(path_of(ws, delivery["token"]), data={"scope": "all"})
+    client.post("/s/blog", data={"email": "ann@example.com"})
+    assert statuses(ws)["blog"] == "unsubscribed"
+    nonce, created = ws.db.execute("SELECT nonce, created FROM signups").fetchone()
+    token = confirm_token(ws.settings.secret_key(), nonce, expiry(created))
+    assert client.post(f"/confirm/{token}").status_code == 200
+    assert statuses(ws) == {"blog": "active", "shop": "unsubscribed"}
+    assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
+
+
+def test_a_bounced_address_is_never_mailed_a_confirmation(ws, client, world, smtp):
+    world.list("blog")
+    suppress(ws.db, "bounced@example.com", "hard_bounce")
+    ws.db.conn.commit()
+    r = client.post("/s/blog", data={"email": "bounced@example.com"})
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    client.post("/s/blog", data={"email": "fine@example.com"})
+    wait_for(lambda: signup_states(ws) == ["not_mailed", "mailed"])
+    assert list(smtp.recipients()) == ["fine@example.com"]
+
+
+def test_the_honeypot_and_the_per_address_limit_stop_scripted_signups(ws, client, world):
+    world.list("blog")
+    r = client.post("/s/blog", data={"email": "bot@example.com", "website": "http://spam"})
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    assert signup_states(ws) == []
+    codes = [
+        client.post("/s/blog", data={"email": f"p{i}@example.com"}).status_code for i in range(6)
+    ]
+    assert codes == [200] * 4 + [429, 429]  # the honeypot hit counted too
+    assert len(signup_states(ws)) == 4
+
+
+def test_signup_errors_are_plain_and_say_what_to_do(ws, client, world):
+    world.list("blog")
+    assert client.get("/s/nolist").status_code == 404
+    assert client.post("/s/nolist", data={"email": "a@example.com"}).status_code == 404
+    r = client.post("/s/blog", data={"email": "not an address"})
+    assert r.status_code == 400 and "not an email address" in r.text
+    assert client.post("/s/blog", json={"email": "a@example.com"}).status_code == 415
+    big = {"email": "a@example.com", "name": "x" * 20000}
+    assert client.post("/s/blog", data=big).status_code == 413
+    assert client.put("/s/blog").status_code == 405
+    assert signup_states(ws) == []
+
+
+def test_the_signup_page_has_the_form_and_a_hidden_honeypot(client, world):
+    world.list("blog")
+    r = client.get("/s/blog")
+    assert r.status_code == 200
+    assert (
+        'name="email"' in r.text and 'name="website"' in r.text and 'aria-hidden="true"' in r.text
+    )
+
+
+# --- clicks ------------------------------------------------------------------------
+
+
+def click_path(ws, token, url):
+    return click_url("", ws.settings.secret_key(), token, link_id(url))
+
+
+def clicks_of(ws):
+    return ws.db.execute("SELECT kind, url FROM events ORDER BY id").fetchall()
+
+
+OFFER_URL = "https://shop.example.com/l/field-guide"
+
+
+def test_a_click_is_recorded_and_redirects_to_the_offers_tracked_link(ws, client, delivery):
+    r = client.get(click_path(ws, delivery["token"], OFFER_URL))
+    assert r.status_code == 302
+    location = urlsplit(r.headers["location"])
+    assert (location.scheme, location.netloc, location.path) == (
+        "https",
+        "shop.example.com",
+        "/l/field-guide",
+    )
+    query = parse_qs(location.query)
+    assert query["utm_campaign"] == ["spring"] and query["utm_content"] == ["blog"]
+    assert query["lk"] == [delivery["token"]]
+    assert clicks_of(ws) == [("click", OFFER_URL)]
+
+
+def test_head_scanners_and_instant_hits_are_recorded_as_bots(ws, client, world, delivery):
+    path = click_path(ws, delivery["token"], OFFER_URL)
+    assert client.head(path).status_code == 302
+    bot = {"user-agent": "Mozilla/5.0 (compatible; Barracuda Sentinel)"}
+    assert client.get(path, headers=bot).status_code == 302
+    fresh = world.deliver(
+        world.campaign("now", started=None),
+        "bob@example.com",
+        "blog",
+        sent_at=ws.db.execute("SELECT datetime('now')").fetchone()[0].replace(" ", "T") + "+00:00",
+    )
+    assert client.get(click_path(ws, fresh["token"], OFFER_URL)).status_code == 302
+    assert [k for k, _ in clicks_of(ws)] == ["click_bot", "click_bot", "click_bot"]
+
+
+def test_forged_links_and_links_not_in_the_offer_get_404_and_record_nothing(ws, client, delivery):
+    good = click_path(ws, delivery["token"], OFFER_URL)
+    elsewhere = click_path(ws, delivery["token"], "https://evil.example.net/")
+    forged = click_url("", b"another-secret-of-16+", delivery["token"], link_id(OFFER_URL))
+    for path in (
+        good[:-2] + "zz",
+        forged,
+        elsewhere,
+        "/c/short/x/y",
+        click_path(ws, "aaaaaaaaaaaaaaaa", OFFER_URL),
+    ):
+        assert client.get(path).status_code == 404, path
+    assert client.post(good).status_code == 405
+    assert clicks_of(ws) == []
