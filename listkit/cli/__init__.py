@@ -42,6 +42,7 @@ COMMAND_MODULES = {
     "dkim": "dkim",
     "doctor": "doctor",
     "bounces": "bounces",
+    "form": "serve",
 }
 
 

@@ -53,3 +53,31 @@ def serve(ws: Workspace, host: str, port: int, forwarded_allow_ips: str, quiet: 
         server_header=False,
         date_header=True,
     )
+
+
+@cli.command("form")
+@click.argument("list_slug", metavar="LIST")
+@click.option(
+    "--name",
+    "form_name",
+    help="Names this form in the consent evidence (default: the list), e.g. sidebar.",
+)
+@pass_workspace
+def form(ws: Workspace, list_slug: str, form_name: str | None) -> None:
+    """Print an HTML signup form for LIST, to paste into a blog or site.
+
+    It posts to LISTKIT_BASE_URL/s/LIST on `listkit serve`, which mails a
+    confirmation (double opt-in); the address joins the list as pending and
+    becomes active only when its owner confirms. The form has a hidden field
+    that scripts fill in and people do not (a honeypot).
+
+    \b
+    Example:
+        listkit form blog --name sidebar > signup-form.html
+    """
+    from listkit.lists import get_list
+    from listkit.web.pages import signup_form
+
+    lst = get_list(ws.db, list_slug)
+    action = f"{ws.settings.public_base_url()}/s/{lst['slug']}"
+    click.echo(signup_form(action, form_name or lst["slug"]))
