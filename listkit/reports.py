@@ -144,6 +144,7 @@ def build_report(
             "unsubscribed": 0,
             "bounced": 0,
             "complaints": 0,
+            "clicks": 0,
             "orders": 0,
             "revenue": {},
             "methods": {},
@@ -205,6 +206,15 @@ def build_report(
         cparams,
     ):
         rows[_group(by, key, campaigns, list_names)]["complaints"] += n
+    # A person's clicks (kind 'click'; scanners are 'click_bot'): deliveries clicked.
+    for key, n in db.execute(
+        f"""SELECT d.{column}, COUNT(DISTINCT e.delivery_id) FROM events e
+            JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = 'click'
+            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+            GROUP BY d.{column}""",
+        cparams,
+    ):
+        rows[_group(by, key, campaigns, list_names)]["clicks"] += n
     # Sales: one pass over the table, grouped finely enough for every figure below.
     totals = {"orders": 0, "revenue": {}, "unattributed": {"orders": 0, "revenue": {}}}
     days: dict[tuple[str, str], list[int]] = {}
@@ -254,6 +264,7 @@ def build_report(
                 else None
             ),
             "complaint_rate": row["complaints"] / row["sent"] if row["sent"] else None,
+            "click_to_buy": row["orders"] / row["clicks"] if row["clicks"] else None,
             "revenue_per_1000": per_thousand(row["revenue"], row["sent"]),
         }
         if by == "list":

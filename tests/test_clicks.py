@@ -1,0 +1,42 @@
+"""Clicks: which hits are a person's, and what reports make of them."""
+
+from listkit.clicks import click_kind, record_click
+from listkit.reports import build_report
+from tests.world import T0, World
+
+PERSON = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/605.1.15"
+
+
+def test_head_requests_scanners_and_instant_hits_are_not_a_persons_click():
+    later = "2026-11-01T10:05:00+00:00"
+    assert click_kind("GET", PERSON, T0, later) == "click"
+    assert click_kind("HEAD", PERSON, T0, later) == "click_bot"
+    assert click_kind("GET", None, T0, later) == "click_bot"
+    for agent in (
+        "Mozilla/5.0 (compatible; Googlebot/2.1)",
+        "Mozilla/4.0 (compatible; ms-office; MSOffice 16) SafeLinks",
+        "Proofpoint URL Defense",
+        "python-requests/2.31",
+        "Mozilla/5.0 HeadlessChrome/120",
+    ):
+        assert click_kind("GET", agent, T0, later) == "click_bot", agent
+    assert click_kind("GET", PERSON, T0, "2026-11-01T10:00:04+00:00") == "click_bot"
+
+
+def test_reports_count_clicking_deliveries_and_orders_per_click(ws, run, tmp_path):
+    world = World(ws.db)
+    cid = world.campaign("spring")
+    a = world.deliver(cid, "a@example.com", "blog")
+    b = world.deliver(cid, "b@example.com", "blog")
+    world.deliver(cid, "c@example.com", "shop")
+    with ws.db.conn:
+        for d, kind in ((a, "click"), (a, "click"), (b, "click"), (b, "click_bot")):
+            record_click(ws.db, d["id"], kind, T0, "https://x.example/", None, PERSON)
+    sales = tmp_path / "s.csv"
+    sales.write_text("order,email,amount,currency,date\n1,a@example.com,10.00,USD,2026-11-02\n")
+    run("sales", "import", str(sales))
+    rows = {r["list"]: r for r in build_report(ws.db, "list")["rows"]}
+    assert (rows["blog"]["clicks"], rows["shop"]["clicks"]) == (2, 0)
+    assert rows["blog"]["click_to_buy"] == 0.5 and rows["shop"]["click_to_buy"] is None
+    by_campaign = build_report(ws.db, "campaign")["rows"]
+    assert [(r["campaign"], r["clicks"]) for r in by_campaign] == [("spring", 2)]
