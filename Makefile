@@ -6,7 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format clean report-screenshot integration-dkim integration-bounces
+.PHONY: demo test lint format clean report-screenshot integration-dkim integration-bounces \
+	pages-screenshots bench-serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +45,12 @@ integration-dkim: $(STAMP)
 # Bounce intake against a real Postfix and Dovecot on loopback (as root: installs them).
 integration-bounces: $(STAMP)
 	$(BIN)/python scripts/integration_bounces.py
+
+# The unsubscribe, signup and confirmation pages driven in Debian's chromium
+# (installed with apt when missing); screenshots land in bench/out/pages/.
+pages-screenshots: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[browser]'
+	$(BIN)/python scripts/browser_pages.py --out bench/out/pages
+
+bench-serve: $(STAMP)
+	$(BIN)/python bench/serve.py
