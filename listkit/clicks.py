@@ -110,3 +110,26 @@ def record_click(
         "INSERT INTO events (delivery_id, kind, at, url, ip, agent) VALUES (?, ?, ?, ?, ?, ?)",
         [delivery_id, kind, at, url, ip, (agent or "")[:512] or None],
     )
+
+
+def record_known_click(
+    db, token: str, link: str, method: str, agent: str | None, ip: str | None, at: str
+) -> dict | None:
+    """One step for the common case: find the delivery and the link's stored destination
+    and record the click. None for an unknown token; ``url`` None (nothing recorded)
+    when the link is not stored yet and must be resolved by rendering the offer."""
+    delivery = db.execute(
+        """SELECT d.id, d.campaign_id, c.slug, l.slug, d.sent_at, k.url
+           FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+           JOIN lists l ON l.id = d.list_id
+           LEFT JOIN links k ON k.campaign_id = d.campaign_id AND k.link = ?
+           WHERE d.token = ?""",
+        [link, token],
+    ).fetchone()
+    if delivery is None:
+        return None
+    did, cid, campaign, list_slug, sent_at, url = delivery
+    result = {"id": did, "campaign_id": cid, "campaign": campaign, "list": list_slug, "url": url}
+    if url is not None:
+        record_click(db, did, click_kind(method, agent, sent_at, at), at, url, ip, agent)
+    return result

@@ -312,4 +312,9 @@ def unsubscribe_delivery(
         None if everything else delivery["list"],
         campaign_id=delivery["campaign_id"],
     )
-    return {**result, "first": cursor.rowcount == 1, "list": delivery["list"]}
+    return {
+        **result,
+        "first": cursor.rowcount == 1,
+        "list": delivery["list"],
+        "list_title": delivery["list_title"],
+    }

@@ -113,11 +113,10 @@ async def unsubscribe_page(request: Request) -> Response:
     )
     if result is None:
         raise HTTPException(404, "This unsubscribe link is not valid any more.")
-    delivery = await db.read(delivery_by_token, token)
     return page(
         "unsubscribed.html",
         email=result["email"],
-        list_name=delivery["list_title"] or delivery["list"],
+        list_name=result["list_title"] or result["list"],
         everything=everything,
     )
 
@@ -309,16 +308,16 @@ async def click(request: Request) -> Response:
         ws.settings.secret_key(), token, link, sig
     ):
         raise HTTPException(404, "This link is not valid.")
-    delivery = await state.db.read(clicks.delivery_for_click, token)
-    if delivery is None:
+    agent, ip = _agent(request), client_ip(request)
+    # The common case in one step on the writer: the link's destination is stored.
+    found = await state.db.write(
+        clicks.record_known_click, token, link, request.method, agent, ip, now()
+    )
+    if found is None:
         raise HTTPException(404, "This link is not valid any more.")
-    cache = getattr(state, "links", None)
-    if cache is None:
-        cache = state.links = {}
-    url = cache.get((delivery["campaign_id"], link))
-    if url is None:
-        url = await state.db.read(clicks.stored_link, delivery["campaign_id"], link)
-    if url is None:
+    url = found["url"]
+    if url is None:  # the campaign's first click on this link: render the offer to find it
+        delivery = await state.db.read(clicks.delivery_for_click, token)
         try:
             rendered = await asyncio.to_thread(
                 clicks.links_as_rendered, ws.settings, ws.offers_dir, delivery
@@ -326,21 +325,21 @@ async def click(request: Request) -> Response:
         except ListkitError as e:
             log.error("cannot render the offer of a clicked link: %s", e)
             rendered = {}
-        if rendered:
-            await state.db.write(clicks.store_links, delivery["campaign_id"], rendered)
         url = rendered.get(link)
         if url is None:
             raise HTTPException(404, "This link is not in the offer any more.")
-    cache[(delivery["campaign_id"], link)] = url
-    at = now()
-    kind = clicks.click_kind(request.method, _agent(request), delivery["sent_at"], at)
-    await state.db.write(
-        clicks.record_click, delivery["id"], kind, at, url, client_ip(request), _agent(request)
-    )
+        at = now()
+        kind = clicks.click_kind(request.method, agent, delivery["sent_at"], at)
+
+        def store_and_record(db):
+            clicks.store_links(db, delivery["campaign_id"], rendered)
+            clicks.record_click(db, delivery["id"], kind, at, url, ip, agent)
+
+        await state.db.write(store_and_record)
     destination = track(
         url,
-        campaign=delivery["campaign"],
-        list_slug=delivery["list"],
+        campaign=found["campaign"],
+        list_slug=found["list"],
         token=token,
         token_param=ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk",
     )
