@@ -40,3 +40,38 @@ def test_reports_count_clicking_deliveries_and_orders_per_click(ws, run, tmp_pat
     assert rows["blog"]["click_to_buy"] == 0.5 and rows["shop"]["click_to_buy"] is None
     by_campaign = build_report(ws.db, "campaign")["rows"]
     assert [(r["campaign"], r["clicks"]) for r in by_campaign] == [("spring", 2)]
+
+
+def test_with_click_tracking_offer_links_point_at_the_service(workspace):
+    from listkit.compose import Composer
+    from listkit.offers import load_offer
+    from listkit.tracking import link_id, verify_click
+    from listkit.workspace import Workspace
+
+    ws = Workspace(workspace)
+    offer = load_offer(ws.offers_dir, "launch")
+    kwargs = {"campaign": "spring", "offers_dir": ws.offers_dir}
+    args = {"subscriber": {"email": "a@example.com"}, "list_slug": "blog", "list_title": None}
+    tracked = Composer(offer, ws.settings, track_clicks=True, **kwargs)
+    message = tracked.compose(token="abcdefghijklmnop", **args)
+    link = link_id(offer.url)
+    prefix = f"https://example.com/listkit/c/abcdefghijklmnop/{link}/"
+    assert prefix in message.text and "shop.example.com" not in message.text
+    sig = message.text.split(prefix)[1].split()[0]
+    assert verify_click(ws.settings.secret_key(), "abcdefghijklmnop", link, sig)
+    assert tracked.links == {link: offer.url}
+    direct = Composer(offer, ws.settings, **kwargs).compose(token="abcdefghijklmnop", **args)
+    assert "/c/" not in direct.text and "utm_campaign=spring" in direct.text
+    ws.close()
+
+
+def test_the_track_clicks_setting_is_yes_or_no(workspace):
+    import pytest
+
+    from listkit.config import load_settings
+    from listkit.errors import ConfigError
+
+    assert load_settings(workspace, {}).clicks_tracked() is True
+    assert load_settings(workspace, {"LISTKIT_TRACK_CLICKS": "no"}).clicks_tracked() is False
+    with pytest.raises(ConfigError, match="LISTKIT_TRACK_CLICKS must be yes or no, not 'maybe'"):
+        load_settings(workspace, {"LISTKIT_TRACK_CLICKS": "maybe"}).clicks_tracked()

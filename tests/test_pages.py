@@ -376,3 +376,13 @@ def test_listkit_form_prints_a_form_that_posts_to_the_service(run):
     assert 'name="form" value="sidebar"' in out and 'name="website"' in out
     result = run("form", "nolist", ok=False)
     assert result.exit_code == 1 and "Error:" in result.output and "nolist" in result.output
+
+
+def test_a_name_that_would_break_a_header_gets_no_confirmation(ws, client, world, smtp):
+    world.list("blog")
+    client.post("/s/blog", data={"email": "evil@example.com", "name": "Eve\r\nBcc: x@example.net"})
+    client.post("/s/blog", data={"email": "fine@example.com", "name": "Fine"})
+    wait_for(lambda: signup_states(ws) == ["failed", "mailed"])
+    assert list(smtp.recipients()) == ["fine@example.com"]
+    reply = ws.db.execute("SELECT mail_reply FROM signups WHERE state = 'failed'").fetchone()[0]
+    assert "control character" in reply
