@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,11 @@ T = TypeVar("T")
 MAX_BODY = 256 * 1024
 # How many queued writes share one commit at the most.
 MAX_GROUP = 256
+# After each commit the writer leaves the write lock free this long (collecting
+# the next group meanwhile): under a stream of requests it would otherwise hold
+# the lock nearly all the time, and a `listkit send` in another process, which
+# polls for the lock, would wait instead of sending.
+GROUP_PAUSE = 0.004
 
 
 class WebDB:
@@ -104,6 +110,7 @@ class WebDB:
                 # A caller whose loop has closed (shutting down) is gone: nobody to tell.
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_settle, future, ok, value)
+            time.sleep(GROUP_PAUSE)
 
 
 def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
