@@ -9,9 +9,12 @@ The rule, in order, first match wins:
    else the list the sale's ``utm_content`` names);
 3. utm: the UTM campaign and content the shop kept (Gumroad's CSV keeps only
    those) name the campaign and list;
-4. email: the buyer's address received a message of a campaign within that
+4. click: the buyer clicked a tracked link (a person's ``click`` event, not a
+   scanner's) of a message within its campaign's ``attribution_days`` before
+   the sale (the latest such message wins);
+5. email: the buyer's address received a message of a campaign within that
    campaign's ``attribution_days`` before the sale (last touch wins);
-5. none: unattributed, still counted in totals.
+6. none: unattributed, still counted in totals.
 
 ``decide`` is pure; ``attribute_all`` fetches every candidate with a few
 set-wise queries (one per rule, never one per sale) and stores the results.
@@ -31,7 +34,7 @@ from sqlite_utils import Database
 
 from listkit.db import immediate
 
-METHODS = ("token", "coupon", "utm", "email", "none")
+METHODS = ("token", "coupon", "utm", "click", "email", "none")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Touch:
     list_id: int
     sent_at: str | None
     attribution_days: int
+    clicked_at: str | None = None  # the first time a person clicked one of its links
 
 
 def in_window(sale_at: str, sent_at: str | None, days: int) -> bool:
@@ -117,6 +121,13 @@ def decide(
         if t is not None:
             return Attribution("utm", t.delivery_id, utm_campaign, utm_list or t.list_id)
         return Attribution("utm", None, utm_campaign, utm_list)
+    sale = datetime.fromisoformat(sale_at)
+    t = last_touch(
+        sale_at,
+        (b for b in buyer if b.clicked_at and datetime.fromisoformat(b.clicked_at) <= sale),
+    )
+    if t is not None:
+        return Attribution("click", t.delivery_id, t.campaign_id, t.list_id)
     t = last_touch(sale_at, buyer)
     if t is not None:
         return Attribution("email", t.delivery_id, t.campaign_id, t.list_id)
@@ -159,7 +170,9 @@ def _candidates(db: Database, where: str, params: list) -> dict[str, dict]:
     }
     buyer: dict[int, list[Touch]] = defaultdict(list)
     for sid, *rest in db.execute(
-        f"""SELECT s.id, {_TOUCH} FROM sales s
+        f"""SELECT s.id, {_TOUCH}, (SELECT MIN(e.at) FROM events e
+                                    WHERE e.delivery_id = d.id AND e.kind = 'click')
+            FROM sales s
             JOIN subscribers sub ON sub.key = s.email_key
             JOIN deliveries d ON d.subscriber_id = sub.id
             JOIN campaigns c ON c.id = d.campaign_id

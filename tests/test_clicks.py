@@ -75,3 +75,27 @@ def test_the_track_clicks_setting_is_yes_or_no(workspace):
     assert load_settings(workspace, {"LISTKIT_TRACK_CLICKS": "no"}).clicks_tracked() is False
     with pytest.raises(ConfigError, match="LISTKIT_TRACK_CLICKS must be yes or no, not 'maybe'"):
         load_settings(workspace, {"LISTKIT_TRACK_CLICKS": "maybe"}).clicks_tracked()
+
+
+def test_a_sale_goes_to_the_campaign_the_buyer_clicked_before_a_later_unclicked_one(
+    ws, run, tmp_path
+):
+    world = World(ws.db)
+    clicked = world.deliver(world.campaign("spring"), "a@example.com", "blog")
+    world.deliver(
+        world.campaign("summer", started="2026-11-02T10:00:00+00:00"),
+        "a@example.com",
+        "blog",
+        sent_at="2026-11-02T10:00:00+00:00",
+    )
+    with ws.db.conn:
+        record_click(
+            ws.db, clicked["id"], "click", "2026-11-01T12:00:00+00:00", "https://x/", None, PERSON
+        )
+    sales = tmp_path / "s.csv"
+    sales.write_text("order,email,amount,currency,date\n1,a@example.com,10.00,USD,2026-11-03\n")
+    run("sales", "import", str(sales))
+    row = ws.db.execute(
+        "SELECT s.method, c.slug FROM sales s JOIN campaigns c ON c.id = s.campaign_id"
+    ).fetchone()
+    assert row == ("click", "spring")
