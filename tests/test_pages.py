@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from email import message_from_bytes
 from email.policy import default
@@ -21,8 +22,19 @@ PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0
 ONE_CLICK = {"content-type": "application/x-www-form-urlencoded"}
 
 
+def set_smtp(ws, url):
+    env = (ws.root / ".env").read_text()
+    (ws.root / ".env").write_text(
+        re.sub(r"(?m)^LISTKIT_SMTP_URL=.*$", f"LISTKIT_SMTP_URL={url}", env)
+    )
+    ws._settings = None  # read the new setting
+
+
 @pytest.fixture
 def client(ws):
+    # Confirmations go nowhere unless a test starts a server (the `smtp` fixture):
+    # a closed loopback port, never a server another program may run on 1025.
+    set_smtp(ws, f"smtp://127.0.0.1:{smtp_server.free_port()}?timeout=2")
     app = create_app(ws)
     with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as c:
         c.headers["user-agent"] = PERSON
@@ -139,16 +151,12 @@ def test_an_unsubscribe_post_needs_the_one_click_body_and_a_small_one(ws, client
 @pytest.fixture
 def smtp(ws):
     controller, handler = smtp_server.start()
-    env = (ws.root / ".env").read_text()
-    (ws.root / ".env").write_text(
-        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}?timeout=5")
-    )
-    ws._settings = None  # read the new setting
+    set_smtp(ws, f"smtp://127.0.0.1:{controller.port}?timeout=5")
     yield handler
     controller.stop()
 
 
-def wait_for(predicate, seconds=10.0):
+def wait_for(predicate, seconds=30.0):
     deadline = time.monotonic() + seconds
     while not predicate():
         if time.monotonic() > deadline:

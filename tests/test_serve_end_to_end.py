@@ -53,7 +53,7 @@ def message_to(handler, address, campaign_marker=None):
     return None
 
 
-def wait_for(predicate, seconds=15.0):
+def wait_for(predicate, seconds=30.0):
     deadline = time.monotonic() + seconds
     while not (value := predicate()):
         if time.monotonic() > deadline:
