@@ -57,9 +57,11 @@ def store_links(db, campaign_id: int, links: dict[str, str]) -> None:
 
 
 def delivery_for_click(db, token: str) -> dict | None:
-    """What a click needs of its delivery: campaign, offer, list, subscriber, when sent."""
+    """What a click needs of its delivery: campaign, offer (its variant's, in an offer
+    test), list, subscriber, when sent."""
     row = db.execute(
-        """SELECT d.id, d.campaign_id, c.slug, c.offer, l.slug, l.title, d.sent_at,
+        """SELECT d.id, d.campaign_id, c.slug, coalesce(d.variant, c.offer), l.slug, l.title,
+                  d.sent_at,
                   s.id, s.email, s.key, s.name, s.fields
            FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
            JOIN lists l ON l.id = d.list_id JOIN subscribers s ON s.id = d.subscriber_id

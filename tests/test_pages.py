@@ -394,3 +394,16 @@ def test_a_name_that_would_break_a_header_gets_no_confirmation(ws, client, world
     assert list(smtp.recipients()) == ["fine@example.com"]
     reply = ws.db.execute("SELECT mail_reply FROM signups WHERE state = 'failed'").fetchone()[0]
     assert "control character" in reply
+
+
+def test_a_click_in_a_variants_message_goes_to_the_variants_link(ws, client, delivery):
+    import shutil
+
+    shutil.copytree(ws.offers_dir / "launch", ws.offers_dir / "other")
+    toml = ws.offers_dir / "other" / "offer.toml"
+    toml.write_text(toml.read_text().replace("/l/field-guide", "/l/other-book"))
+    with ws.db.conn:
+        ws.db.execute("UPDATE deliveries SET variant = 'other' WHERE id = ?", [delivery["id"]])
+    r = client.get(click_path(ws, delivery["token"], "https://shop.example.com/l/other-book"))
+    assert r.status_code == 302
+    assert r.headers["location"].startswith("https://shop.example.com/l/other-book?")
