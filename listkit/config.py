@@ -238,7 +238,9 @@ def parse_smtp_url(url: str) -> SMTPSettings:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise ConfigError(f"{where} is malformed ({e}): {mask_url(url)}") from None
+        # urllib quotes a bad port ("... as 'X'"): with the host left out, X is the password.
+        reason = re.sub(r" as '.*'$", "", str(e))
+        raise ConfigError(f"{where} is malformed ({reason}): {mask_url(url)}") from None
     if parts.path not in ("", "/"):
         raise ConfigError(
             f"{where} is malformed: nothing may follow the host and port but ?options; "
@@ -309,19 +311,34 @@ def mask_url(url: str) -> str:
         return "****" if "@" in url or ":" in url else url
     userinfo, at, hostpart = rest.rpartition("@")
     if not at:
-        return url.strip()
+        return f"{scheme}://{_mask_hostless(rest)}"
     user, colon, _password = userinfo.partition(":")
     if not colon or any(c in user for c in "@/?#"):
         return f"{scheme}://****@{hostpart}"
     return f"{scheme}://{user}:****@{hostpart}"
 
 
+def _mask_hostless(rest: str) -> str:
+    """What follows ``scheme://`` in a URL without ``@``: ``host:port`` stays, but
+    ``user:password`` (the host forgotten) must not, so anything after a colon
+    that is not a port is hidden."""
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if netloc.endswith("]"):  # [IPv6] without a port
+        return rest
+    _host, colon, port = netloc.rpartition(":")
+    if colon and not port.isdigit():
+        return "****"
+    return rest
+
+
 def mask_imap_url(url: str) -> str:
     """Hide the password of an IMAP URL, even one with a raw '@' or '/' in it: everything
     between the user and the last '@' goes."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
+    if not sep:
+        return "****" if "@" in url or ":" in url else url
+    if "@" not in rest:
+        return f"{scheme}://{_mask_hostless(rest)}"
     userinfo, _, host = rest.rpartition("@")
     user = userinfo.split(":", 1)[0].split("/", 1)[0]
     return f"{scheme}://{user}:****@{host}"

@@ -173,3 +173,21 @@ def test_test_to_with_an_unreachable_server_is_a_one_line_error(run, workspace):
         f"Error: LISTKIT_SMTP_URL (smtp://127.0.0.1:{port}): cannot connect: "
     )
     assert result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "setting, url",
+    [
+        ("LISTKIT_SMTP_URL", "smtps://apikey:Hunter2Pass"),
+        ("LISTKIT_SMTP_URL", "smtp+starttls://apikey:Hunter2Pass/"),
+        ("LISTKIT_IMAP_URL", "imaps://bounces:Hunter2Pass"),
+        ("LISTKIT_IMAP_URL", "imaps:bounces:Hunter2Pass@imap.example.com"),
+    ],
+)
+def test_a_password_in_a_url_without_its_host_is_never_shown(run, monkeypatch, setting, url):
+    # user:password with the host forgotten: the password parses as the port.
+    monkeypatch.setenv(setting, url)
+    for args in (("config",), ("config", "--json"), ("send", "launch", "--test-to", "a@b.co")):
+        result = run(*args, ok=False)
+        assert "Hunter2Pass" not in result.output, args
+        assert "Traceback" not in result.output
