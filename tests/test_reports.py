@@ -262,6 +262,16 @@ def bars(html: str, chart: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r'data-label="([^"]+)" data-value="(-?\d+)"', svg)}
 
 
+def test_html_report_is_readable_by_its_owner_only_even_when_it_replaces_a_file(run, tmp_path):
+    # It holds the business's revenue by list and campaign: private, like the CSV exports.
+    fresh, old = tmp_path / "fresh.html", tmp_path / "old.html"
+    old.write_text("previous")
+    old.chmod(0o644)
+    for out in (fresh, old):
+        run("report", "--html", str(out))
+        assert out.stat().st_mode & 0o777 == 0o600, out
+
+
 def test_html_report_draws_the_json_figures_and_needs_no_network(run, shop, tmp_path):
     sales(run, tmp_path, SALES.replace("1500,JPY", "15,USD"))
     out = tmp_path / "r.html"

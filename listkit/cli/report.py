@@ -21,6 +21,7 @@ from listkit.cli.insights import (
 )
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.errors import InputError
+from listkit.files import write_private
 from listkit.money import format_amounts
 from listkit.report_html import render_html
 from listkit.reports import BY, build_report, complaint_warning_text
@@ -71,7 +72,7 @@ def report(
         extra = insight_sections(ws, since, until)
         try:
             page = render_html(data, by_list, by_offer, by_campaign, extra=extra)
-            html.write_text(page, encoding="utf-8")
+            write_private(html, page)
         except OSError as e:
             raise InputError(f"--html {html}: cannot be written ({e.strerror})") from None
         click.echo(f"Wrote {html}.")
