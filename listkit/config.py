@@ -486,6 +486,12 @@ def read_env_file(env_file: Path) -> dict[str, str | None]:
     if not env_file.is_file():
         return {}
     data = env_file.read_bytes()
+    if b"\x00" in data:  # no setting can hold one (nor can a path or an environment variable)
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise ConfigError(
+            f"{env_file}, line {line}: a NUL byte (0x00); remove it, or save the file again "
+            "as plain UTF-8 text"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

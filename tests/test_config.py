@@ -136,6 +136,18 @@ def test_an_env_file_that_is_not_utf8_is_a_one_line_error(run, workspace):
     )
 
 
+def test_a_nul_byte_in_the_env_file_is_a_one_line_error_naming_its_line(run, workspace):
+    (workspace / ".env").write_bytes(
+        b"LISTKIT_FROM=Ann <a@example.com>\nLISTKIT_DB=list\x00kit.db\n"
+    )
+    result = run("lists", "ls", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {workspace / '.env'}, line 2: a NUL byte (0x00); remove it, or save the "
+        "file again as plain UTF-8 text\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("setting", "fqdn", "expected"),
     [
