@@ -92,7 +92,19 @@ class Report:
 
 
 def parse(data: bytes) -> Report:
-    """Read one message (its raw bytes) as a bounce, complaint, auto-reply or nothing."""
+    """Read one message (its raw bytes) as a bounce, complaint, auto-reply or nothing.
+
+    Anyone can mail the bounce address: a message nested deeper than Python's
+    parser can follow (thousands of multiparts) is "unknown", left for a person,
+    and never stops the reading of the others."""
+    try:
+        return _parse(data)
+    except RecursionError:
+        identity = "sha256:" + hashlib.sha256(data).hexdigest()
+        return Report(kind="unknown", identity=identity, format="unreadable: nested too deeply")
+
+
+def _parse(data: bytes) -> Report:
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     own_id = _h(msg, "Message-ID").strip()
     identity = own_id if own_id else "sha256:" + hashlib.sha256(data).hexdigest()

@@ -361,6 +361,40 @@ def test_bounces_import_reads_mbox_and_maildir(run, ws, world, tmp_path):
     assert len(md) == 1  # import only reads
 
 
+def test_a_message_nested_too_deeply_to_parse_is_left_alone_and_the_others_are_read(
+    run, ws, world, tmp_path
+):
+    # Anyone can mail the bounce address: such a message must not stop every fetch.
+    cid = world.campaign("launch")
+    deliver(world, cid, "nobody@example.net", "postfixtokenaaaa")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nested = b"From: x@example.org\r\nSubject: hi\r\n"
+    nested += b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+        for i in range(3000)
+    )
+    (folder / "a_nested.eml").write_bytes(nested)
+    (folder / "b_rfc822.eml").write_bytes(
+        b"From: x@example.org\r\n" + b"Content-Type: message/rfc822\r\n\r\n" * 2000 + b"x\r\n"
+    )
+    (folder / "c_bounce.eml").write_bytes((CORPUS / "postfix_user_unknown.eml").read_bytes())
+    lines = run("bounces", "import", str(folder)).output.splitlines()
+    assert (
+        lines[0]
+        == "a_nested.eml: not a bounce or complaint (left alone) (unreadable: nested too deeply)"
+    )
+    assert (
+        lines[1]
+        == "b_rfc822.eml: not a bounce or complaint (left alone) (unreadable: nested too deeply)"
+    )
+    assert lines[2].endswith("matched by verp to launch: suppressed")
+    assert (
+        lines[-1]
+        == "3 messages; 1 delivery status report; 2 not a bounce or complaint; 1 suppressed"
+    )
+
+
 def test_bounces_import_of_a_missing_path_is_a_clear_error(run, tmp_path):
     result = run("bounces", "import", str(tmp_path / "nope"), ok=False)
     assert result.exit_code == 1
