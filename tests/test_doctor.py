@@ -471,3 +471,15 @@ def test_strict_spf_alignment_with_a_bounce_subdomain_is_named_with_the_way_out(
         "-> aspf=s aligns SPF only when the envelope domain is example.com itself: set "
         "LISTKIT_BOUNCE_ADDRESS to an address at example.com, or rely on DKIM alone."
     ) in out
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "1e308"])
+def test_a_doctor_timeout_that_is_not_a_sensible_number_of_seconds_is_refused(run, value):
+    # nan or inf would wait for ever on a DNS server that never answers.
+    result = run("doctor", "--timeout", value, ok=False)
+    assert result.exit_code == 2
+    shown = f"{float(value):g}"  # 1e308 is shown as 1e+308
+    assert result.output.endswith(
+        f"Error: Invalid value for '--timeout': {shown} is not a number of seconds from "
+        "more than 0 to 300\n"
+    )

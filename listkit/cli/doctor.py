@@ -12,6 +12,18 @@ from listkit.workspace import Workspace
 LABELS = {"ok": "ok  ", WARN: "WARN", FAIL: "FAIL"}
 
 
+MAX_TIMEOUT = 300.0
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # nan or inf would wait for ever on a server that never answers.
+    if not 0 < value <= MAX_TIMEOUT:
+        raise click.BadParameter(
+            f"{value:g} is not a number of seconds from more than 0 to {MAX_TIMEOUT:g}"
+        )
+    return value
+
+
 @cli.command()
 @click.option(
     "--dns",
@@ -29,6 +41,7 @@ LABELS = {"ok": "ok  ", WARN: "WARN", FAIL: "FAIL"}
 @click.option(
     "--timeout",
     type=float,
+    callback=_seconds,
     default=5.0,
     show_default=True,
     help="Seconds to wait for each answer (DNS, HTTPS).",
