@@ -132,6 +132,10 @@ def parse_imap_url(url: str) -> IMAPSettings:
             timeout = float(value)
         except ValueError:
             raise ConfigError(f"{where}: timeout={value!r} is not a number") from None
+        if not 0 < timeout < 86400:  # nan, inf or <= 0 would stop the socket with a traceback
+            raise ConfigError(
+                f"{where}: timeout={value!r} must be a number of seconds > 0 and below 86400"
+            )
     return IMAPSettings(
         host=m.group(1).strip("[]"),
         port=port,

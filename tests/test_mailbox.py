@@ -93,3 +93,14 @@ def test_an_imap_url_with_unencoded_at_or_slash_in_the_password_is_still_masked(
     assert "imaps://u:****@host/INBOX" in output
     result = run("bounces", "fetch", ok=False)
     assert "sec" not in result.output and "top" not in result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "1e308"])
+def test_an_imap_timeout_that_is_not_a_sensible_number_of_seconds_is_named(run, monkeypatch, value):
+    monkeypatch.setenv("LISTKIT_IMAP_URL", f"imaps://u:secretpw@127.0.0.1:1/INBOX?timeout={value}")
+    result = run("bounces", "fetch", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: LISTKIT_IMAP_URL: timeout={value!r} must be a number of seconds > 0 "
+        "and below 86400\n"
+    )
