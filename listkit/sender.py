@@ -53,7 +53,14 @@ from listkit.campaigns import (
 from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
 from listkit.config import SMTPSettings
 from listkit.db import describe_db_error, open_db
-from listkit.errors import HeaderInjection, InputError, ListkitError, SendError, TemplateError
+from listkit.errors import (
+    ConfigError,
+    HeaderInjection,
+    InputError,
+    ListkitError,
+    SendError,
+    TemplateError,
+)
 from listkit.files import PRIVATE, write_private
 from listkit.lists import get_list
 from listkit.offers import load_offer
@@ -772,6 +779,15 @@ def prepare(ws: Workspace, slug: str) -> Prepared:
             )
     smtp = ws.settings.smtp()
     _name, sender_address = ws.settings.sender_address()
+    try:
+        # Checked here, once: found per message, it would fail every recipient.
+        smtp_path(sender_address, True)
+    except ValueError:
+        raise ConfigError(
+            f"LISTKIT_FROM: {sender_address!r} cannot be the envelope sender (MAIL FROM): a "
+            "space, a control character, < or > is not allowed there; use a plain address "
+            "such as you@example.com"
+        ) from None
     for list_slug in (*campaign.lists, *campaign.exclude_lists):
         get_list(ws.db, list_slug)
     bounces = bounce_address(ws.settings.bounce_address)

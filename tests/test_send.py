@@ -651,3 +651,28 @@ def test_a_dry_run_folder_that_cannot_be_made_is_named_in_the_error(run, workspa
     assert (
         result.output == f"Error: --dry-run {where}: cannot create the folder (Not a directory)\n"
     )
+
+
+def test_a_sender_address_smtp_cannot_carry_stops_the_send_and_fails_no_recipient(
+    run, workspace, monkeypatch
+):
+    controller, handler = smtp_server.start(pipelining=True)
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        monkeypatch.setenv("LISTKIT_FROM", 'Shop <"shop team"@example.com>')
+        result = run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: LISTKIT_FROM: '\"shop team\"@example.com' cannot be the envelope sender "
+        "(MAIL FROM): a space, a control character, < or > is not allowed there; use a "
+        "plain address such as you@example.com\n"
+    )
+    assert handler.messages == []
+    ws = Workspace(workspace)
+    try:
+        states = ws.db.execute("SELECT state FROM deliveries").fetchall()
+    finally:
+        ws.close()
+    assert ("failed",) not in states
