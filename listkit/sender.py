@@ -100,7 +100,11 @@ class AlreadyRunning(ListkitError):
 
 @contextlib.contextmanager
 def send_lock(root: Path):
-    """Hold the workspace's send lock; raise AlreadyRunning if another run has it."""
+    """Hold the send lock in ``root``; raise AlreadyRunning if another run has it.
+
+    ``root`` is the database's folder (the workspace, unless LISTKIT_DB points
+    elsewhere): two workspaces sharing one database share the lock, or the
+    second run's recovery would hand the first run's claimed rows out again."""
     path = root / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE)
     try:
@@ -811,7 +815,7 @@ def send_campaign(
     sent whoever is in its audience now and has no row in it yet.
     """
     started = time.monotonic()
-    with send_lock(ws.root):
+    with send_lock(ws.settings.db_path.parent):
         p = prepared or prepare(ws, slug)
         db = ws.db
         check_ready(db, p.campaign, p.expires)

@@ -160,3 +160,35 @@ def test_a_send_killed_with_sigkill_leaves_no_process_behind(run, workspace, tmp
 
 def totals_sent(workspace: Path) -> int:
     return sum(1 for _e, s in delivery_states(workspace).values() if s == "sent")
+
+
+def test_two_workspaces_sharing_one_database_cannot_send_at_once(run, workspace, tmp_path):
+    # The lock must guard the database, not the folder: a second run's recovery would put
+    # the first run's claimed messages back to pending, and both would send them.
+    from listkit.errors import ListkitError
+    from listkit.sender import send_campaign, send_lock
+    from listkit.workspace import init_workspace
+
+    controller, handler = smtp_server.start(pipelining=True)
+    try:
+        setup_campaign(run, workspace, controller.port, ["a@example.com", "b@example.com"])
+        other = tmp_path / "other"
+        init_workspace(other)
+        env = (
+            (workspace / ".env")
+            .read_text()
+            .replace("LISTKIT_DB=listkit.db", f"LISTKIT_DB={workspace / 'listkit.db'}")
+        )
+        (other / ".env").write_text(env)
+        (other / "campaigns" / "t.toml").write_text(
+            (workspace / "campaigns" / "t.toml").read_text()
+        )
+        ws = Workspace(other)
+        try:
+            with send_lock(workspace), pytest.raises(ListkitError, match="another listkit send"):
+                send_campaign(ws, "t")
+        finally:
+            ws.close()
+    finally:
+        controller.stop()
+    assert handler.messages == []
