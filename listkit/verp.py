@@ -14,7 +14,8 @@ import re
 from listkit.errors import ConfigError
 from listkit.tracking import is_token
 
-_ADDRESS = re.compile(r"([^@\s+<>]+)@([^@\s<>]+\.[^@\s<>]+)")
+# No control character either: SMTP refuses it in MAIL FROM, and every message would fail.
+_ADDRESS = re.compile(r"([^@\s+<>\x00-\x1f\x7f]+)@([^@\s<>\x00-\x1f\x7f]+\.[^@\s<>\x00-\x1f\x7f]+)")
 _VERP = re.compile(r"[^@\s<>+]+\+([A-Za-z2-7]{16})@[^@\s<>]+")
 
 

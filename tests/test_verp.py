@@ -76,3 +76,10 @@ def test_a_bounce_address_with_a_plus_or_without_a_domain_is_refused():
         bounce_address("bounces")
     assert bounce_address(None) is None
     assert bounce_address(" Bounces@Example.com ") == "Bounces@example.com"
+
+
+@pytest.mark.parametrize("bad", ["bo\x01unces@example.com", "bounces@exa\x7fmple.com"])
+def test_a_bounce_address_with_a_control_character_is_refused_before_any_message(bad):
+    # Found per message, SMTP's check would mark every recipient failed.
+    with pytest.raises(ConfigError, match=r"^LISTKIT_BOUNCE_ADDRESS must be a plain address"):
+        bounce_address(bad)
