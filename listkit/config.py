@@ -351,6 +351,12 @@ def parse_sender(value: str) -> tuple[str, str]:
     name, addr = parseaddr(value.strip())
     if not addr or "@" not in addr or addr.startswith("@") or addr.endswith("@"):
         raise ConfigError(f"LISTKIT_FROM must look like 'Name <you@example.com>', not {value!r}")
+    if not addr.rpartition("@")[0].isascii():
+        # Only SMTPUTF8 carries it, and the From line of every message would need it.
+        raise ConfigError(
+            f"LISTKIT_FROM: the address {addr} has a non-ASCII local part, which most mail "
+            "servers cannot carry; use an ASCII address such as you@example.com"
+        )
     return name, addr
 
 

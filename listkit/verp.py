@@ -24,7 +24,7 @@ def bounce_address(value: str | None) -> str | None:
     if not value or not value.strip():
         return None
     m = _ADDRESS.fullmatch(value.strip())
-    if m is None:
+    if m is None or not m.group(1).isascii():
         raise ConfigError(
             f"LISTKIT_BOUNCE_ADDRESS must be a plain address without '+', such as "
             f"bounces@example.com, not {value.strip()!r}"

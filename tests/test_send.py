@@ -676,3 +676,24 @@ def test_a_sender_address_smtp_cannot_carry_stops_the_send_and_fails_no_recipien
     finally:
         ws.close()
     assert ("failed",) not in states
+
+
+def test_a_sender_with_a_non_ascii_local_part_is_refused_before_anything_is_sent(
+    run, workspace, monkeypatch
+):
+    # Most servers cannot carry it (SMTPUTF8), and the From header could not be built:
+    # a one-line error, not a traceback, and no recipient failed for the sender's sake.
+    controller, handler = smtp_server.start(enable_SMTPUTF8=False)
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS[:3])
+        monkeypatch.setenv("LISTKIT_FROM", "Jörg <jörg@example.com>")
+        result = run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: LISTKIT_FROM: the address jörg@example.com has a non-ASCII local part, "
+        "which most mail servers cannot carry; use an ASCII address such as you@example.com\n"
+    )
+    assert handler.messages == []
+    assert rows(workspace) == {}

@@ -83,3 +83,9 @@ def test_a_bounce_address_with_a_control_character_is_refused_before_any_message
     # Found per message, SMTP's check would mark every recipient failed.
     with pytest.raises(ConfigError, match=r"^LISTKIT_BOUNCE_ADDRESS must be a plain address"):
         bounce_address(bad)
+
+
+def test_a_bounce_address_with_a_non_ascii_local_part_is_refused():
+    # Without SMTPUTF8 it could not be sent, and it is every message's MAIL FROM.
+    with pytest.raises(ConfigError, match=r"^LISTKIT_BOUNCE_ADDRESS must be a plain address"):
+        bounce_address("rücklauf@example.com")
