@@ -203,7 +203,10 @@ def postmark_reports(event: dict) -> list[Report]:
     else:
         return []
     details = event.get("Details") or event.get("Description")
-    recipient = Recipient(event.get("Email") or "", outcome, None, f"{kind}: {details}"[:500])
+    email = event.get("Email") or ""
+    if not isinstance(email, str):
+        raise TypeError("Email is not a string")
+    recipient = Recipient(email, outcome, None, f"{kind}: {details}"[:500])
     # Postmark's own MessageID is not ours; the raw bounce (Content), when kept, has ours.
     message_token = None
     content = event.get("Content") or ""

@@ -356,3 +356,33 @@ def test_a_real_listkit_serve_takes_a_mailgun_webhook_and_its_log_holds_no_secre
     log = (workspace / "serve.log").read_text()
     assert "POST /relays/mailgun 200" in log and "POST /relays/mailgun 406" in log
     assert MAILGUN_KEY not in log and token not in log
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("envelope", 5), ("message", "x"), ("delivery-status", 5)],
+)
+def test_a_signed_mailgun_event_of_an_unexpected_shape_is_a_400_that_changes_nothing(
+    setup, field, value
+):
+    client, _fetcher, token, _cid = setup
+    event = mailgun_event(token)
+    event["event-data"][field] = value
+    r = client.post("/relays/mailgun", content=json.dumps(event))
+    assert (r.status_code, r.text) == (400, "Refused: the event has an unexpected shape.\n")
+    assert suppressions(client) == []
+    # The token was not used up: the relay's retry of a corrected event is taken.
+    r = client.post("/relays/mailgun", content=json.dumps(mailgun_event(token)))
+    assert (r.status_code, r.text) == (200, "ok: 1\n")
+
+
+@pytest.mark.parametrize("field, value", [("Email", ["x"]), ("Content", 7)])
+def test_a_postmark_event_of_an_unexpected_shape_is_a_400_that_changes_nothing(setup, field, value):
+    client, *_ = setup
+    event = postmark_bounce("SpamComplaint", "SpamComplaint")
+    event[field] = value
+    r = client.post(
+        "/relays/postmark", content=json.dumps(event), headers=basic("postmark:hook-secret")
+    )
+    assert (r.status_code, r.text) == (400, "Refused: the event has an unexpected shape.\n")
+    assert suppressions(client) == []

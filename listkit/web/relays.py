@@ -68,6 +68,15 @@ async def _apply(request: Request, reports: list[Report], source: str, seen=None
     return await request.app.state.db.write(write)
 
 
+def _reports(parse, event) -> list[Report]:
+    """The reports a verified event carries; 400 when it is not of the producer's shape
+    (a field of another type), rather than a 500 the relay would retry for ever."""
+    try:
+        return parse(event)
+    except (TypeError, AttributeError, KeyError, ValueError):
+        raise HTTPException(400, "Refused: the event has an unexpected shape.") from None
+
+
 def _refuse(status: int, e: relays.WebhookRefused) -> HTTPException:
     return HTTPException(status, f"Refused: {e}.")
 
@@ -98,7 +107,7 @@ async def ses(request: Request) -> Response:
         notification = relays.loads(message["Message"].encode())
     except relays.WebhookRefused:
         return PlainTextResponse("ignored: not an SES notification\n")
-    n = await _apply(request, relays.ses_reports(notification), "ses")
+    n = await _apply(request, _reports(relays.ses_reports, notification), "ses")
     return PlainTextResponse(f"ok: {n}\n")
 
 
@@ -114,7 +123,7 @@ async def postmark(request: Request) -> Response:
         event = relays.loads(await read_body(request))
     except relays.WebhookRefused as e:
         raise _refuse(400, e) from None
-    n = await _apply(request, relays.postmark_reports(event), "postmark")
+    n = await _apply(request, _reports(relays.postmark_reports, event), "postmark")
     return PlainTextResponse(f"ok: {n}\n")
 
 
@@ -132,7 +141,7 @@ async def mailgun(request: Request) -> Response:
     except relays.WebhookRefused as e:
         raise _refuse(403, e) from None
     event = data.get("event-data")
-    reports = relays.mailgun_reports(event) if isinstance(event, dict) else []
+    reports = _reports(relays.mailgun_reports, event) if isinstance(event, dict) else []
     n = await _apply(request, reports, "mailgun", seen=("mailgun", token))
     if n < 0:
         # 406 tells Mailgun not to retry: this signed request was handled already.
