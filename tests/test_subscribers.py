@@ -207,3 +207,15 @@ def test_a_one_click_link_used_twice_records_one_unsubscribe_event(run, ws):
         [delivery["id"]],
     ).fetchone()[0]
     assert events == 1
+
+
+@pytest.mark.parametrize("typo", ["ann@example,com", "javascript:alert(1)", "ann.example.com"])
+def test_unsubscribing_something_that_is_not_an_address_is_an_error_and_suppresses_nothing(
+    run, ws, typo
+):
+    # A typo must not look like success while the real address stays mailable.
+    result = run("unsubscribe", typo, ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {typo!r} is not an email address (")
+    assert result.output.endswith("): nothing was unsubscribed\n")
+    assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0

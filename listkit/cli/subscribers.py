@@ -13,11 +13,13 @@ from listkit.addresses import normalize_address
 from listkit.audiences import matching_subscribers, rules_from_options
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
+from listkit.errors import InputError
 from listkit.imports import FORMATS, import_subscribers
 from listkit.money import format_amounts, format_minor
 from listkit.stats import purchases
 from listkit.subscribers import (
     add_subscriber,
+    find_subscriber,
     get_subscriber,
     list_members,
     unsubscribe,
@@ -278,6 +280,14 @@ def unsubscribe_cmd(ws: Workspace, email: str, list_: str | None) -> None:
             raise click.UsageError("a link unsubscribes from everything: drop --list")
         result = unsubscribe_by_link(ws.db, ws.settings.secret_key(), email)
     else:
+        if find_subscriber(ws.db, email) is None:
+            # A typo must not pass for success while the real address stays mailable.
+            try:
+                normalize_address(email)
+            except InputError as e:
+                raise InputError(
+                    f"{email.strip()!r} is not an email address ({e}): nothing was unsubscribed"
+                ) from None
         result = unsubscribe(ws.db, email, list_)
     where = ", ".join(result["lists"]) or "no active list"
     click.echo(f"Unsubscribed {result['email']} from {where}.")
