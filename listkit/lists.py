@@ -7,7 +7,8 @@ import re
 from sqlite_utils import Database
 
 from listkit.db import immediate, now
-from listkit.errors import InputError, ListkitError, NotFound
+from listkit.errors import HeaderInjection, InputError, ListkitError, NotFound
+from listkit.mime import check_header
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -31,6 +32,14 @@ def get_list(db: Database, slug: str) -> dict:
 
 def create_list(db: Database, slug: str, title: str | None = None) -> dict:
     check_slug(slug)
+    try:
+        # The title goes in every message's List-Id header: refuse now what the
+        # sender would refuse for each member of the list.
+        check_header(title or "", "list title", slug)
+    except HeaderInjection:
+        raise InputError(
+            f"list title {title!r} contains a control character: refused, the list was not created"
+        ) from None
     if db.execute("SELECT 1 FROM lists WHERE slug = ?", [slug]).fetchone():
         raise ListkitError(f"list {slug!r} already exists")
     db.execute(

@@ -47,3 +47,15 @@ def test_lists_rm_asks_first(run):
     assert result.exit_code == 1
     assert "Aborted" in result.output
     assert "blog" in run("lists", "ls").output
+
+
+def test_a_list_title_with_a_control_character_is_refused_when_the_list_is_created(run):
+    # The title is in every message's List-Id: found at send time it fails every member.
+    for title in ("Blog\r\nBcc: x@example.com", "Blog\x00", "=?utf-8?q?a=0D=0Ab?="):
+        result = run("lists", "create", "blog", "--title", title, ok=False)
+        assert result.exit_code == 1
+        assert result.output.startswith("Error: list title ")
+        assert result.output.endswith(
+            "contains a control character: refused, the list was not created\n"
+        )
+    assert "blog" not in run("lists", "ls").output
