@@ -438,6 +438,11 @@ class Settings:
     def public_base_url(self) -> str:
         self.require("LISTKIT_BASE_URL")
         url = self.values["LISTKIT_BASE_URL"].strip()
+        if re.search(r"[\x00-\x20\x7f]", url):
+            # It is in every message's List-Unsubscribe header.
+            raise ConfigError(
+                f"LISTKIT_BASE_URL must be a URL without spaces or control characters, not {url!r}"
+            )
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"LISTKIT_BASE_URL must be an http(s) URL, not {url!r}")

@@ -203,3 +203,27 @@ def test_a_password_in_a_url_without_its_host_is_never_shown(run, monkeypatch, s
         result = run(*args, ok=False)
         assert "Hunter2Pass" not in result.output, args
         assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://shop.example/\r\nBcc: x@example.com",
+        "https://shop.example/my list",
+        "https://shop.example/\x7f",
+    ],
+)
+def test_a_base_url_with_a_space_or_control_character_stops_the_send_before_any_message(
+    run, workspace, monkeypatch, url
+):
+    # It is in every message's List-Unsubscribe header: found per message, it would fail
+    # every recipient (or fold the link in two at the space).
+    monkeypatch.setenv("LISTKIT_BASE_URL", url)
+    run("lists", "create", "blog")
+    run("lists", "create", "customers")
+    run("subscribers", "add", "a@example.com", "--list", "blog")
+    result = run("send", "launch", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: LISTKIT_BASE_URL must be a URL without spaces or control characters, not {url!r}\n"
+    )
