@@ -219,3 +219,30 @@ def test_unsubscribing_something_that_is_not_an_address_is_an_error_and_suppress
     assert result.output.startswith(f"Error: {typo!r} is not an email address (")
     assert result.output.endswith("): nothing was unsubscribed\n")
     assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
+
+
+def test_an_errors_file_that_is_the_file_being_imported_is_refused_and_the_export_kept(
+    run, ws, tmp_path
+):
+    run("lists", "create", "blog")
+    export = tmp_path / "members.csv"
+    export.write_text("email,name\nann@example.com,Ann\nnot-an-address,Bob\n")
+    (tmp_path / "link.csv").symlink_to(export)
+    for errors in (export, tmp_path / "link.csv"):
+        result = run(
+            "subscribers",
+            "import",
+            str(export),
+            "--list",
+            "blog",
+            "--errors",
+            str(errors),
+            ok=False,
+        )
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: --errors {errors} is the file being imported: name another file for the "
+            "rejected rows; nothing was imported\n"
+        )
+    assert export.read_text() == "email,name\nann@example.com,Ann\nnot-an-address,Bob\n"
+    assert ws.db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 from pathlib import Path
 
 import click
@@ -75,6 +76,13 @@ def subscribers_add(
     click.echo(RESULT_TEXT[result["result"]].format(**result))
 
 
+def _same_file(file, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(file.fileno()), os.stat(path))
+    except (OSError, ValueError):  # no such file yet, or an input without a descriptor
+        return False
+
+
 @subscribers.command("import")
 @click.argument("file", type=click.File("rb"))
 @click.option("--list", "list_", required=True, help="The list to import into.")
@@ -122,6 +130,12 @@ def subscribers_import(
         listkit subscribers import old.csv --list blog --encoding latin-1
     """
     name = input_name(file)
+    if errors_file is not None and _same_file(file, errors_file):
+        # Opening it for writing would empty the export before it is read.
+        raise InputError(
+            f"--errors {errors_file} is the file being imported: name another file for the "
+            "rejected rows; nothing was imported"
+        )
     errors_out = csvout.create(errors_file) if errors_file else None
     try:
         summary = import_subscribers(
