@@ -8,6 +8,7 @@ and never overwrites a file that is already there.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from sqlite_utils import Database
 
 from listkit.config import Settings, load_settings
 from listkit.db import open_db
-from listkit.errors import ListkitError
+from listkit.errors import InputError, ListkitError
 from listkit.files import write_private
 
 ENV_TEMPLATE = """\
@@ -152,6 +153,20 @@ class Workspace:
     @property
     def campaigns_dir(self) -> Path:
         return self.root / "campaigns"
+
+    def refuse_own_file(self, path: Path, option: str) -> None:
+        """InputError when ``path`` (an output file) is the database or ``.env``:
+        writing there would destroy every subscriber, or the settings."""
+        db = self.settings.db_path
+        own = [(db, "database"), (Path(f"{db}-wal"), "database"), (Path(f"{db}-shm"), "database")]
+        own.append((self.root / ".env", "settings file"))
+        for mine, what in own:
+            try:
+                same = os.path.samefile(path, mine)
+            except OSError:  # one of them does not exist
+                same = False
+            if same:
+                raise InputError(f"{option} {path} is this workspace's {what}: name another file")
 
     def close(self) -> None:
         if self._db is not None:

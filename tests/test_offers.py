@@ -360,3 +360,12 @@ def test_campaigns_check_fails_when_a_message_keeps_template_syntax(run, workspa
     assert result.exit_code == 1
     assert "launch/text.j2: template syntax left in the output" in result.output
     assert "1 of 1 messages fail to render" in result.output
+
+
+def test_a_preview_eml_over_the_database_is_refused_and_the_database_kept(run, workspace):
+    run("lists", "create", "blog")
+    db = workspace / "listkit.db"
+    result = run("offers", "preview", "launch", "--eml", str(db), ok=False)
+    assert result.exit_code == 1
+    assert result.output == f"Error: --eml {db} is this workspace's database: name another file\n"
+    assert "blog" in run("lists", "ls").output

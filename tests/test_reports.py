@@ -373,3 +373,20 @@ def test_an_html_report_path_that_cannot_be_written_is_named_in_the_error(run, t
     assert (
         result.output == f"Error: --html {where}: cannot be written (No such file or directory)\n"
     )
+
+
+@pytest.mark.parametrize("target", ["listkit.db", ".env"])
+def test_an_html_report_over_the_database_or_env_file_is_refused_and_both_are_kept(
+    run, workspace, target
+):
+    # `--html list<TAB>` completes to listkit.db: writing there destroyed every subscriber.
+    run("lists", "create", "blog")
+    before = (workspace / target).read_bytes()
+    result = run("report", "--html", str(workspace / target), ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: --html {workspace / target} is this workspace's "
+        f"{'database' if target == 'listkit.db' else 'settings file'}: name another file\n"
+    )
+    assert (workspace / target).read_bytes() == before
+    assert "blog" in run("lists", "ls").output

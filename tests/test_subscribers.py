@@ -246,3 +246,18 @@ def test_an_errors_file_that_is_the_file_being_imported_is_refused_and_the_expor
         )
     assert export.read_text() == "email,name\nann@example.com,Ann\nnot-an-address,Bob\n"
     assert ws.db.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0
+
+
+def test_an_errors_file_over_the_database_is_refused_and_the_database_kept(run, workspace):
+    run("lists", "create", "blog")
+    export = workspace / "members.csv"
+    export.write_text("email\nann@example.com\n")
+    db = workspace / "listkit.db"
+    result = run(
+        "subscribers", "import", str(export), "--list", "blog", "--errors", str(db), ok=False
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: --errors {db} is this workspace's database: name another file\n"
+    )
+    assert "blog" in run("lists", "ls").output

@@ -146,6 +146,7 @@ def offers_preview(
         click.echo(f"Opening {name}")
         webbrowser.open(Path(name).as_uri())
     if eml is not None:
+        ws.refuse_own_file(eml, "--eml")
         write_private(eml, message.data)
         click.echo(f"Wrote {eml} ({len(message.data):,} bytes).")
         return

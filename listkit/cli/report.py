@@ -66,6 +66,7 @@ def report(
     data = build_report(ws.db, by if by in BY else "list", since, until)
     data = {**data, **report_extras(ws, since, until)}  # as --json gives it
     if html is not None:
+        ws.refuse_own_file(html, "--html")
         by_list = data if by == "list" else build_report(ws.db, "list", since, until)
         by_offer = data if by == "offer" else build_report(ws.db, "offer", since, until)
         by_campaign = data if by == "campaign" else build_report(ws.db, "campaign", since, until)

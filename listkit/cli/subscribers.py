@@ -136,6 +136,8 @@ def subscribers_import(
             f"--errors {errors_file} is the file being imported: name another file for the "
             "rejected rows; nothing was imported"
         )
+    if errors_file is not None:
+        ws.refuse_own_file(errors_file, "--errors")
     errors_out = csvout.create(errors_file) if errors_file else None
     try:
         summary = import_subscribers(
