@@ -42,3 +42,21 @@ def test_sink_stores_messages_readable_by_their_owner_only(tmp_path):
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "md").stat().st_mode) == 0o700
     assert [m["Subject"] for m in mailbox.Maildir(str(tmp_path / "md"))] == ["Hi"]
+
+
+def test_sink_on_a_port_in_use_or_out_of_range_is_a_one_line_error(run):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("sink", "--port", str(port), ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: listkit sink cannot listen on 127.0.0.1:{port} (address already in use): "
+        "choose another --port or --host\n"
+    )
+    result = run("sink", "--port", "99999", ok=False)
+    assert result.exit_code == 2
+    assert "Invalid value for '--port': 99999 is not in the range 1<=x<=65535." in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -379,7 +380,7 @@ def retry_cmd(ws: Workspace, slug: str, which: str | None) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=1025, show_default=True, type=int)
+@click.option("--port", default=1025, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--maildir", type=click.Path(file_okay=False, path_type=Path), help="Also store messages here."
 )
@@ -395,7 +396,14 @@ def sink(host: str, port: int, maildir: Path | None) -> None:
     """
     from listkit.sink import start_sink
 
-    controller, _handler = start_sink(host, port, maildir=maildir, out=click.echo)
+    try:
+        controller, _handler = start_sink(host, port, maildir=maildir, out=click.echo)
+    except OSError as e:  # the port is taken, or the host is not this machine's
+        reason = (os.strerror(e.errno) if e.errno else str(e)).lower()
+        raise click.ClickException(
+            f"listkit sink cannot listen on {host}:{port} ({reason}): "
+            "choose another --port or --host"
+        ) from None
     click.echo(f"listkit sink listening on {host}:{port}; Ctrl-C to stop")
     try:
         while True:
