@@ -1000,7 +1000,12 @@ def send_due(
     return outcomes
 
 
-async def _send_one(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> str:
+async def send_message(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> str:
+    """Send one composed message now, over its own connection to ``smtp``; the server's
+    reply to the final dot (``"250 ..."``). Records nothing: `send --test-to` and the
+    service's signup confirmations use it. Any failure is a ``SendError`` naming
+    ``LISTKIT_SMTP_URL`` (password masked) or the server's refusal.
+    """
     where = f"LISTKIT_SMTP_URL ({smtp.masked()})"
     try:
         client = await connect(smtp)
@@ -1022,11 +1027,9 @@ async def _send_one(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> st
         response = await client.data(data)
         return f"{response.code} {response.message}"
     except aiosmtplib.SMTPResponseException as e:
-        raise SendError(f"the server refused the test message: {e.code} {e.message}") from None
+        raise SendError(f"the server refused the message: {e.code} {e.message}") from None
     except (aiosmtplib.SMTPException, OSError) as e:
-        raise SendError(
-            f"{where}: the test message was not sent: {e or type(e).__name__}"
-        ) from None
+        raise SendError(f"{where}: the message was not sent: {e or type(e).__name__}") from None
     finally:
         with contextlib.suppress(Exception):
             await client.quit()
@@ -1044,7 +1047,7 @@ def send_test(ws: Workspace, slug: str, to: str) -> tuple[Composed, str]:
         list_title=title,
         token=new_token(),
     )
-    reply = asyncio.run(_send_one(p.smtp, p.sender_address, address, composed.data))
+    reply = asyncio.run(send_message(p.smtp, p.sender_address, address, composed.data))
     return composed, reply
 
 

@@ -147,6 +147,23 @@ def claim_confirmations(db, limit: int = 20) -> list[dict]:
     return claimed
 
 
+CUT_OFF = (
+    "cut off while mailing (the service stopped): it may have been mailed, so it is not "
+    "mailed again; the person can sign up again"
+)
+
+
+def settle_cut_off(db) -> int:
+    """At the service's start: signups left ``sending`` by a run that stopped become
+    ``unknown``, never mailed again by themselves (the server may have the message,
+    as with the sender's ``unknown`` deliveries). How many there were.
+    """
+    return db.execute(
+        "UPDATE signups SET state = 'unknown', mail_reply = ? WHERE state = 'sending'",
+        [CUT_OFF],
+    ).rowcount
+
+
 def mark_mailed(db, signup_id: int, ok: bool, reply: str) -> None:
     db.execute(
         "UPDATE signups SET state = ?, mailed_at = ?, mail_reply = ? WHERE id = ?",

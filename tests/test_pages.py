@@ -407,3 +407,69 @@ def test_a_click_in_a_variants_message_goes_to_the_variants_link(ws, client, del
     r = client.get(click_path(ws, delivery["token"], "https://shop.example.com/l/other-book"))
     assert r.status_code == 302
     assert r.headers["location"].startswith("https://shop.example.com/l/other-book?")
+
+
+# --- confirmations waiting when the service stopped --------------------------------
+
+
+def waiting_signup(ws, email, state="new"):
+    """A signup recorded before this service started (by an earlier run of it)."""
+    from listkit.db import immediate
+    from listkit.signups import record_signup
+
+    with immediate(ws.db):
+        sid = record_signup(ws.db, "blog", email)
+        ws.db.execute("UPDATE signups SET state = ? WHERE id = ?", [state, sid])
+    return sid
+
+
+def serve_once(ws):
+    """Start the app (its lifespan included), let it settle, stop it."""
+    app = create_app(ws)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        wait_for(lambda: not {"new", "sending"} & set(signup_states(ws)))
+        assert c.get("/healthz").status_code == 200
+
+
+def mailed_to(handler):
+    return [rcpt for _mid, rcpt, _data in handler.messages]
+
+
+def test_a_confirmation_waiting_when_the_service_stopped_is_mailed_at_start_up(ws, world, smtp):
+    world.list("blog")
+    waiting_signup(ws, "waited@example.com")
+    serve_once(ws)
+    assert mailed_to(smtp) == ["waited@example.com"]
+    assert signup_states(ws) == ["mailed"]
+    serve_once(ws)  # started again: mailed once, never twice
+    assert mailed_to(smtp) == ["waited@example.com"]
+
+
+def test_a_confirmation_cut_off_while_sending_is_never_mailed_again_but_marked_unknown(
+    ws, world, smtp
+):
+    world.list("blog")
+    waiting_signup(ws, "cut@example.com", state="sending")
+    waiting_signup(ws, "next@example.com")
+    serve_once(ws)
+    assert mailed_to(smtp) == ["next@example.com"]
+    assert signup_states(ws) == ["unknown", "mailed"]
+    reply = ws.db.execute("SELECT mail_reply FROM signups WHERE state = 'unknown'").fetchone()[0]
+    assert "may have been mailed" in reply
+    # The person can sign up again, and that new signup is mailed.
+    app = create_app(ws)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.post("/s/blog", data={"email": "cut@example.com"})
+        wait_for(lambda: signup_states(ws) == ["unknown", "mailed", "mailed"])
+    assert sorted(mailed_to(smtp)) == ["cut@example.com", "next@example.com"]
+
+
+def test_the_sender_mails_one_composed_message_over_the_configured_smtp(ws, smtp):
+    import asyncio
+
+    from listkit.sender import send_message
+
+    data = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
+    reply = asyncio.run(send_message(ws.settings.smtp(), "a@example.com", "b@example.com", data))
+    assert reply.startswith("250")
+    assert mailed_to(smtp) == ["b@example.com"]

@@ -1,13 +1,16 @@
 """The ASGI app: routes from the route modules, plain error pages, a log without secrets.
 
 Each route module (``ROUTE_MODULES``) exposes ``routes``, a list of Starlette
-routes. Handlers reach the database only through ``request.app.state.db``
-(a ``WebDB``): reads on a per-thread connection, writes through one writer
-thread that commits before the handler answers.
+routes, and may expose ``lifespan(app)``, an async context manager entered when
+the app starts and left when it stops (the confirmation mailer's). Handlers
+reach the database only through ``request.app.state.db`` (a ``WebDB``): reads
+on a per-thread connection, writes through one writer thread that commits
+before the handler answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
@@ -89,10 +92,23 @@ def create_app(ws: Workspace, *, modules: Sequence[str] | None = None) -> Starle
     """The app for workspace ``ws``. Settings are read (and checked) now."""
     ws.settings  # noqa: B018 - read and check the settings before serving
     routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET", "HEAD"])]
+    lifespans = []
     for name in ROUTE_MODULES if modules is None else modules:
-        routes.extend(importlib.import_module(name).routes)
+        module = importlib.import_module(name)
+        routes.extend(module.routes)
+        if hasattr(module, "lifespan"):
+            lifespans.append(module.lifespan)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        async with contextlib.AsyncExitStack() as stack:
+            for enter in lifespans:
+                await stack.enter_async_context(enter(app))
+            yield
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )

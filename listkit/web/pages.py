@@ -11,6 +11,7 @@ link the offer itself contains for that delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from listkit import clicks, signups
 from listkit.db import now
 from listkit.errors import InputError, ListkitError, NotFound
 from listkit.lists import get_list
+from listkit.sender import send_message
 from listkit.subscribers import delivery_by_token, unsubscribe_delivery
 from listkit.tracking import (
     CONFIRM_DAYS,
@@ -171,12 +173,29 @@ class ConfirmationMailer:
     A signup that needs one is a ``signups`` row in state ``new``; the task
     claims rows (committed before sending, so a crash never mails twice),
     sends each through the workspace's SMTP settings, and records the answer.
+    It starts with the app: rows left ``sending`` by a run that stopped become
+    ``unknown`` (never mailed again), rows still ``new`` are mailed then; it
+    looks again on each signup and every ``PERIOD`` seconds.
     """
+
+    PERIOD = 60.0
 
     def __init__(self, app) -> None:
         self.app = app
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        cut_off = await self.app.state.db.write(signups.settle_cut_off)
+        if cut_off:
+            log.warning("%d confirmation(s) cut off by a stop marked unknown, not resent", cut_off)
+        self.poke()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
     def poke(self) -> None:
         if self.task is None or self.task.done():
@@ -184,39 +203,59 @@ class ConfirmationMailer:
         self.wake.set()
 
     async def _run(self) -> None:
-        from listkit.sender import _send_one
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.PERIOD)
+            self.wake.clear()
+            try:
+                await self._mail_due()
+            except Exception as e:  # the database, say: tried again at the next wake
+                log.error("confirmations not mailed now: %s", type(e).__name__)
 
+    async def _mail_due(self) -> None:
         ws, db = self.app.state.ws, self.app.state.db
         while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while True:
-                batch = await db.write(signups.claim_confirmations)
-                if not batch:
-                    break
-                for signup in batch:
-                    try:
-                        mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
-                        data = mail.build(signup)
-                        smtp = ws.settings.smtp()
-                        _name, sender = ws.settings.sender_address()
-                        reply = await _send_one(smtp, sender, signup["email"], data)
-                        ok = True
-                    except ListkitError as e:
-                        ok, reply = False, str(e)
-                        log.error("confirmation not sent: %s", e)
-                    except Exception as e:  # connection trouble: recorded, not retried
-                        ok, reply = False, f"{type(e).__name__}: {e}"
-                        log.error("confirmation not sent: %s", type(e).__name__)
-                    await db.write(signups.mark_mailed, signup["id"], ok, reply)
+            batch = await db.write(signups.claim_confirmations)
+            if not batch:
+                return
+            for signup in batch:
+                try:
+                    mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
+                    data = mail.build(signup)
+                    smtp = ws.settings.smtp()
+                    _name, sender = ws.settings.sender_address()
+                    reply = await send_message(smtp, sender, signup["email"], data)
+                    ok = True
+                except ListkitError as e:
+                    ok, reply = False, str(e)
+                    log.error("confirmation not sent: %s", e)
+                except Exception as e:  # connection trouble: recorded, not retried
+                    ok, reply = False, f"{type(e).__name__}: {e}"
+                    log.error("confirmation not sent: %s", type(e).__name__)
+                await db.write(signups.mark_mailed, signup["id"], ok, reply)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    """Start the confirmation mailer with the app (mailing what waited), stop it with it."""
+    mailer = _state_mailer(app)
+    await mailer.start()
+    try:
+        yield
+    finally:
+        await mailer.stop()
+
+
+def _state_mailer(app) -> ConfirmationMailer:
+    state = app.state
+    if getattr(state, "mailer", None) is None:
+        state.mailer = ConfirmationMailer(app)
+        state.limiter = SignupLimiter()
+    return state.mailer
 
 
 def _mailer(request: Request) -> ConfirmationMailer:
-    state = request.app.state
-    if getattr(state, "mailer", None) is None:
-        state.mailer = ConfirmationMailer(request.app)
-        state.limiter = SignupLimiter()
-    return state.mailer
+    return _state_mailer(request.app)
 
 
 async def signup(request: Request) -> Response:
