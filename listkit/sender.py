@@ -763,11 +763,16 @@ class Prepared:
         return min(dates) if dates else None
 
 
-def prepare(ws: Workspace, slug: str) -> Prepared:
-    """Everything a send needs, checked before any connection is opened."""
+def prepare(ws: Workspace, slug: str, *, recorded: bool = True) -> Prepared:
+    """Everything a send needs, checked before any connection is opened.
+
+    ``recorded=False`` (test and dry-run messages, which have no delivery) links
+    straight to the shop's tracked URLs: a click link of a token that is in no
+    delivery would answer 404.
+    """
     campaign = load_campaign(ws.campaigns_dir, slug)
     offer = load_offer(ws.offers_dir, campaign.offer)
-    tracked = ws.settings.clicks_tracked()
+    tracked = ws.settings.clicks_tracked() and recorded
     composer = Composer(
         offer, ws.settings, campaign=slug, offers_dir=ws.offers_dir, track_clicks=tracked
     )
@@ -1038,7 +1043,7 @@ async def send_message(smtp: SMTPSettings, sender: str, to: str, data: bytes) ->
 def send_test(ws: Workspace, slug: str, to: str) -> tuple[Composed, str]:
     """Send one message, rendered for a sample of the audience, to ``to``; record nothing."""
     address = normalize_address(to)
-    p = prepare(ws, slug)
+    p = prepare(ws, slug, recorded=False)
     sample = next(iter_audience(ws.db, p.campaign), None)
     subscriber, list_slug, title = sample or (dict(SAMPLE_SUBSCRIBER), p.campaign.lists[0], None)
     composed = p.composer.compose(
@@ -1059,7 +1064,7 @@ def dry_run(
     A recipient whose message cannot be built is listed, never a reason to stop:
     (messages written, problems).
     """
-    p = prepare(ws, slug)
+    p = prepare(ws, slug, recorded=False)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -697,3 +697,28 @@ def test_a_sender_with_a_non_ascii_local_part_is_refused_before_anything_is_sent
     )
     assert handler.messages == []
     assert rows(workspace) == {}
+
+
+def links_in(data: bytes) -> list[str]:
+    from email import message_from_bytes
+    from email.policy import default
+
+    text = message_from_bytes(data, policy=default).get_body(("plain",)).get_content()
+    return [w.strip("<>()") for w in text.split() if w.startswith(("http", "<http"))]
+
+
+def test_test_to_and_dry_run_messages_link_straight_to_the_shop_not_to_unrecorded_clicks(
+    run, workspace, server, tmp_path
+):
+    # Their tokens are in no delivery: a /c/ link would answer 404.
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    run("send", "t", "--test-to", "me@example.com")
+    out = tmp_path / "out"
+    run("send", "t", "--dry-run", str(out))
+    messages = [handler.messages[0][2]] + [p.read_bytes() for p in sorted(out.glob("*.eml"))]
+    assert len(messages) == 7
+    for data in messages:
+        shop = [u for u in links_in(data) if u.startswith("https://shop.example.com/")]
+        assert shop and all("utm_campaign=t" in u and "lk=" in u for u in shop)
+        assert not [u for u in links_in(data) if "/c/" in u]
