@@ -10,9 +10,10 @@ in one transaction, so an import either lands whole or (for a file-level
 problem such as a wrong encoding) not at all. Only a status that clearly
 means mailable makes a member active: rows an export marks unsubscribed,
 cleaned, bounced or complained become suppressions, rows not confirmed yet
-become pending members (never mailed, not suppressed), and a status listkit
-does not know rejects its row. A suppressed or unsubscribed address is never
-made active again by an import. Times are stored as UTC ISO 8601.
+become pending members (never mailed, not suppressed; a later export saying
+active makes them active, unless they are pending through our own signup
+form), and a status listkit does not know rejects its row. A suppressed or
+unsubscribed address is never made active again by an import. Times are stored as UTC ISO 8601.
 
 The file is streamed in chunks: memory does not grow with the file.
 """
@@ -917,6 +918,7 @@ class _Writer:
         # that each row binds only its own values.
         q_stamp, q_source = db.execute("SELECT quote(?), quote(?)", [stamp, self.source]).fetchone()
         lit = {"stamp": q_stamp, "source": q_source}
+        self.q_source = q_source
         self.insert_subs = (
             "INSERT INTO subscribers (email, key, name, fields, created, source) "
             f"VALUES (?, ?, ?, ?, {lit['stamp']}, {lit['source']}) ON CONFLICT (key) DO NOTHING"
@@ -996,19 +998,17 @@ class _Writer:
             )
         }
         old = [sid for sid, _, _ in found.values() if sid <= last]
-        member = (
-            dict(
-                conn.execute(
-                    """SELECT subscriber_id, status FROM memberships WHERE list_id = ?
-                       AND subscriber_id IN (SELECT value FROM json_each(?))""",
-                    [list_id, json.dumps(old)],
-                ).fetchall()
-            )
-            if old
-            else {}
-        )
+        member, method = {}, {}
+        if old:
+            for sid, mstatus, how in conn.execute(
+                """SELECT subscriber_id, status, consent_method FROM memberships
+                   WHERE list_id = ? AND subscriber_id IN (SELECT value FROM json_each(?))""",
+                [list_id, json.dumps(old)],
+            ):
+                member[sid], method[sid] = mstatus, how
         more = chunk.more or [(ACTIVE, None, None, None, None, None)] * len(chunk.subs)
         upd_subs, new_members, status_members, new_supp = [], [], [], []
+        confirmed_members = []
         for (address, key, name, fields), (status, c_at, cf_at, c_ip, cf_ip, s_at) in zip(
             chunk.subs, more, strict=True
         ):
@@ -1034,8 +1034,14 @@ class _Writer:
                 if current is None:
                     new_members.append((sid, "unsubscribed", c_at, c_ip, cf_at, cf_ip, stamp))
                 continue
-            # A pending member becomes active only by a confirmation, never by
-            # an import; an active one is not made pending again.
+            # A member pending by an import becomes active when a later export of
+            # that service says active (they confirmed there; the export is the
+            # consent record). One pending through our signup form becomes active
+            # only by confirming with us. An active one is not made pending again.
+            if current == "pending" and status == ACTIVE and method.get(sid) == "import":
+                confirmed_members.append((c_at, c_ip, cf_at, cf_ip, stamp, stamp, list_id, sid))
+                self.updated += 1
+                continue
             if current == "pending" or (status == PENDING and current is None):
                 if current is None:
                     new_members.append((sid, PENDING, c_at, c_ip, cf_at, cf_ip, None))
@@ -1057,6 +1063,14 @@ class _Writer:
             """UPDATE memberships SET status = ?, status_at = ?, updated = ?,
                status_reason = 'import' WHERE list_id = ? AND subscriber_id = ?""",
             status_members,
+        )
+        conn.executemany(
+            f"""UPDATE memberships SET status = 'active', consent_source = {self.q_source},
+               consent_at = coalesce(?, consent_at), consent_ip = coalesce(?, consent_ip),
+               confirmed_at = coalesce(?, confirmed_at), confirm_ip = coalesce(?, confirm_ip),
+               status_at = ?, updated = ?, status_reason = 'active in a later export'
+               WHERE list_id = ? AND subscriber_id = ? AND status = 'pending'""",
+            confirmed_members,
         )
         if new_supp:
             conn.executemany(

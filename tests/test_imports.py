@@ -587,3 +587,48 @@ def test_a_ghost_member_with_a_deletion_date_is_never_made_active(run, blog, tmp
     summary(run, f)
     assert members(run) == {"kept@example.com": "active", "gone@example.com": "unsubscribed"}
     assert suppressed(run) == {"gone@example.com": "unsubscribed"}
+
+
+def later_kit_export(tmp_path, *rows):
+    f = tmp_path / "kit_later.csv"
+    f.write_text(
+        "id,first_name,email_address,state,created_at,tags\n"
+        + "".join(
+            f"{100 + i},,{email},{state},2023-08-05T10:00:00Z,\n"
+            for i, (email, state) in enumerate(rows)
+        )
+    )
+    return f
+
+
+def consent(ws, email):
+    return ws.db.execute(
+        """SELECT m.status, m.consent_method, m.consent_source FROM memberships m
+           JOIN subscribers s ON s.id = m.subscriber_id WHERE s.key = ?""",
+        [email],
+    ).fetchone()
+
+
+def test_a_member_pending_by_an_import_becomes_active_when_a_later_export_says_active(
+    run, blog, ws, tmp_path
+):
+    summary(run, FIXTURES / "kit.csv")
+    assert members(run)["ivy@example.com"] == "pending"
+    s = summary(run, later_kit_export(tmp_path, ("ivy@example.com", "active")))
+    assert (s["updated"], s["pending"]) == (1, 0)
+    assert members(run)["ivy@example.com"] == "active"
+    # The later export, which says they confirmed there, is the consent record.
+    assert consent(ws, "ivy@example.com") == ("active", "import", "import:kit_later.csv")
+
+
+def test_a_member_pending_through_our_signup_form_stays_pending_whatever_an_import_says(
+    run, blog, ws, tmp_path
+):
+    from listkit.db import immediate
+    from listkit.signups import record_signup
+
+    with immediate(ws.db):
+        record_signup(ws.db, "blog", "sam@example.com", page="https://blog.example.com/")
+    s = summary(run, later_kit_export(tmp_path, ("sam@example.com", "active")))
+    assert s["pending"] == 1
+    assert consent(ws, "sam@example.com") == ("pending", "form", "https://blog.example.com/")
