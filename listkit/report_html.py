@@ -98,12 +98,16 @@ def _time_chart(
 
 
 def _rate_chart(
-    chart_id: str, title: str, items: list[tuple[str, float | None]], limits: tuple = ()
+    chart_id: str,
+    title: str,
+    items: list[tuple[str, float | None]],
+    limits: tuple = (),
+    empty: str = "Nothing sent in this period.",
 ) -> str:
     """A rate per row (a fraction, shown as a percentage), with dashed lines at ``limits``."""
     items = [(label, rate) for label, rate in items if rate is not None]
     if not items:
-        return _empty(title, "Nothing sent in this period.")
+        return _empty(title, empty)
     top = max([rate for _k, rate in items] + [x * 1.25 for x in limits]) or 1
     span = WIDTH - LABEL_W - 120
     height = len(items) * (BAR_H + GAP) + GAP + (18 if limits else 0)
@@ -159,7 +163,7 @@ def _table(report: dict) -> str:
         f"<tr><th>{by}</th><th>audience</th><th>sent</th><th>failed</th><th>unsub.</th>"
         "<th>bounced</th><th>bounce %</th><th>compl.</th><th>compl. %</th>"
         "<th>orders</th><th>revenue</th><th>conv.</th><th>per 1,000 sent</th>"
-        "<th>attributed by</th></tr>"
+        "<th>clicks</th><th>buy/click</th><th>attributed by</th></tr>"
     )
     body = []
     for r in report["rows"]:
@@ -174,7 +178,9 @@ def _table(report: dict) -> str:
             f"{_rate_cell(name, 'bounce_rate', r['bounce_rate'])}<td>{r['complaints']:,}</td>"
             f"{_rate_cell(name, 'complaint_rate', r['complaint_rate'])}"
             f"<td>{r['orders']:,}</td><td>{escape(revenue)}</td><td>{conv}</td>"
-            f"<td>{escape(per_k or '–')}</td><td>{escape(methods or '–')}</td></tr>"
+            f"<td>{escape(per_k or '–')}</td><td>{r['clicks']:,}</td>"
+            f"{_rate_cell(name, 'click_to_buy', r['click_to_buy'])}"
+            f"<td>{escape(methods or '–')}</td></tr>"
         )
     return f'<div class="wide"><table>{head}{"".join(body)}</table></div>'
 
@@ -290,6 +296,12 @@ def render_html(
                 "bounce-rate-by-campaign",
                 "Bounce rate by campaign (of messages tried)",
                 [(r["campaign"], r["bounce_rate"]) for r in by_campaign["rows"]],
+            ),
+            _rate_chart(
+                "click-to-buy-by-campaign",
+                "Orders per clicking delivery, by campaign (buy/click)",
+                [(r["campaign"], r["click_to_buy"]) for r in by_campaign["rows"]],
+                empty="No clicks recorded in this period.",
             ),
         ]
     sections.append(f"<h2>By {report['by']}</h2>{_table(report)}")

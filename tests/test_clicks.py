@@ -99,3 +99,48 @@ def test_a_sale_goes_to_the_campaign_the_buyer_clicked_before_a_later_unclicked_
         "SELECT s.method, c.slug FROM sales s JOIN campaigns c ON c.id = s.campaign_id"
     ).fetchone()
     assert row == ("click", "spring")
+
+
+def clicked_world(ws, run, tmp_path):
+    world = World(ws.db)
+    cid = world.campaign("spring")
+    a = world.deliver(cid, "a@example.com", "blog")
+    b = world.deliver(cid, "b@example.com", "blog")
+    world.deliver(cid, "c@example.com", "shop")
+    with ws.db.conn:
+        for d in (a, b):
+            record_click(ws.db, d["id"], "click", T0, "https://x.example/", None, PERSON)
+    sales = tmp_path / "s.csv"
+    sales.write_text("order,email,amount,currency,date\n1,a@example.com,10.00,USD,2026-11-02\n")
+    run("sales", "import", str(sales))
+
+
+def test_the_table_and_the_csv_show_clicks_and_click_to_buy(ws, run, tmp_path):
+    clicked_world(ws, run, tmp_path)
+    table = run("report").output.splitlines()
+    head = table[0]
+    blog = next(line for line in table if line.startswith("blog"))
+    shop = next(line for line in table if line.startswith("shop"))
+
+    def cell(line, name):  # the aligned column under the header `name`
+        start = head.index(name)
+        return line[start:].split("  ")[0].strip()
+
+    assert (cell(blog, "clicks"), cell(shop, "clicks")) == ("2", "0")
+    assert (cell(blog, "buy/click"), cell(shop, "buy/click")) == ("50.00%", "-")
+    lines = run("report", "--csv", "--by", "campaign").output.splitlines()
+    assert lines[0].split(",")[-3:-1] == ["clicks", "click_to_buy"]
+    assert lines[1].split(",")[-3:-1] == ["2", "0.5"]
+
+
+def test_the_html_report_has_a_clicks_column_and_draws_click_to_buy_per_campaign(ws, run, tmp_path):
+    import re
+
+    clicked_world(ws, run, tmp_path)
+    out = tmp_path / "r.html"
+    run("report", "--html", str(out))
+    html = out.read_text()
+    assert "<th>clicks</th><th>buy/click</th>" in html
+    assert re.search(r'<td data-row="blog" data-rate="click_to_buy" data-value="0.5">50.00%', html)
+    chart = re.search(r'<svg id="click-to-buy-by-campaign".*?</svg>', html).group(0)
+    assert 'data-label="spring" data-rate="0.5"' in chart

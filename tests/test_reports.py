@@ -218,12 +218,13 @@ def test_table_formats_money_and_csv_has_one_line_per_currency(run, shop, tmp_pa
     lines = run("report", "--csv").output.splitlines()
     assert lines[0] == (
         "list,audience,sent,failed,unsubscribed,bounced,orders,currency,revenue,"
-        "conversion_rate,revenue_per_1000,complaints,bounce_rate,complaint_rate,methods,mailed"
+        "conversion_rate,revenue_per_1000,complaints,bounce_rate,complaint_rate,clicks,click_to_buy,"
+        "methods,mailed"
     )
     assert [line for line in lines if line.startswith("blog,")] == [
-        "blog,4,5,1,0,0,3,EUR,9900,0.6,1980000,0,0.0,0.0,email=3,yes",
-        "blog,4,5,1,0,0,3,JPY,1500,0.6,300000,0,0.0,0.0,email=3,yes",
-        "blog,4,5,1,0,0,3,USD,2900,0.6,580000,0,0.0,0.0,email=3,yes",
+        "blog,4,5,1,0,0,3,EUR,9900,0.6,1980000,0,0.0,0.0,0,,email=3,yes",
+        "blog,4,5,1,0,0,3,JPY,1500,0.6,300000,0,0.0,0.0,0,,email=3,yes",
+        "blog,4,5,1,0,0,3,USD,2900,0.6,580000,0,0.0,0.0,0,,email=3,yes",
     ]
 
 

@@ -107,6 +107,8 @@ def report(
                 "complaints",
                 "bounce_rate",
                 "complaint_rate",
+                "clicks",
+                "click_to_buy",
                 "methods",
                 *(["mailed"] if by == "list" else []),
             ],
@@ -122,6 +124,7 @@ def report(
                 "bounce_pct": _pct(r["bounce_rate"]),
                 "complaint_pct": _pct(r["complaint_rate"]),
                 "per_1000": format_amounts(r["revenue_per_1000"], "-"),
+                "click_pct": _pct(r["click_to_buy"]),
                 "methods": ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items())) or "-",
             }
         )
@@ -133,7 +136,7 @@ def report(
             "complaints",
             "complaint_pct",
             *columns[6:],
-            *("revenue", "conv", "per_1000", "methods"),
+            *("revenue", "conv", "per_1000", "clicks", "click_pct", "methods"),
         ],
         headers=[
             by,
@@ -149,6 +152,8 @@ def report(
             "revenue",
             "conv",
             "per 1k sent",
+            "clicks",
+            "buy/click",
             "attributed by",
         ],
         empty="Nothing to report yet.",
