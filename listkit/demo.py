@@ -3,6 +3,7 @@
 It makes a workspace with `listkit init`, imports sample exports into three
 lists, starts the local capture server, sends the example campaign to it,
 reads the bounces and a spam complaint that came back (an mbox), records
+readers' clicks on the tracked buy link (as `listkit serve` would), records
 sample sales (a Gumroad export and a saved webhook) and prints the report;
 then sends the shipped follow-up to those who did not buy (moving the
 launch's finish back 3 days), runs a two-offer test on the podcast list, and
@@ -78,6 +79,34 @@ def _write_sales(root: Path, ws: Workspace, sent_at: datetime) -> tuple[Path, Pa
     webhooks = root / "webhooks.jsonl"
     webhooks.write_text(json.dumps(ping) + "\n")
     return gumroad, webhooks
+
+
+def _record_clicks(ws: Workspace, sent_at: datetime) -> int:
+    """Readers who clicked the launch's buy link within the hour (as `listkit serve`
+    records them): three of the buyers to come and three who will not buy, and one
+    link scanner's fetch, which is no person's click. How many people clicked."""
+    from listkit.clicks import click_kind, record_click
+
+    person = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"
+    scanner = "Mozilla/4.0 (compatible; ms-office; MSOffice 16) SafeLinks"
+    rows = ws.db.execute(
+        """SELECT d.id, l.slug, d.sent_at FROM deliveries d JOIN lists l ON l.id = d.list_id
+           JOIN campaigns c ON c.id = d.campaign_id
+           WHERE c.slug = 'launch' AND d.state = 'sent' ORDER BY d.id"""
+    ).fetchall()
+    blog = [r for r in rows if r[1] == "blog"]
+    customers = [r for r in rows if r[1] == "customers"]
+    url = "https://shop.example.com/l/field-guide"
+    at = (sent_at + timedelta(hours=1)).isoformat()
+    people = [blog[1], blog[4], customers[2], blog[0], blog[2], customers[0]]
+    with ws.db.conn:
+        for delivery_id, _list, sent in people:
+            kind = click_kind("GET", person, sent, at)
+            record_click(ws.db, delivery_id, kind, at, url, None, person)
+        delivery_id, _list, sent = blog[3]
+        kind = click_kind("GET", scanner, sent, at)
+        record_click(ws.db, delivery_id, kind, at, url, None, scanner)
+    return len(people)
 
 
 DSN = """\
@@ -235,8 +264,10 @@ def run_demo(quiet: bool = False) -> Path:
     try:
         gumroad, webhooks = _write_sales(root, ws, sent_at)
         bounces = _write_bounces(root, ws)
+        clicked = _record_clicks(ws, sent_at)
     finally:
         ws.close()
+    say(f"\n({clicked} readers click the launch's tracked buy link, one scanner fetches it)")
     step("bounces", "import", str(bounces))
     step("status", "launch")  # the two bounced messages stay sent, listed as bounced
     step("sales", "import", str(gumroad))

@@ -103,6 +103,7 @@ def _rate_chart(
     items: list[tuple[str, float | None]],
     limits: tuple = (),
     empty: str = "Nothing sent in this period.",
+    kind: str = "",
 ) -> str:
     """A rate per row (a fraction, shown as a percentage), with dashed lines at ``limits``."""
     items = [(label, rate) for label, rate in items if rate is not None]
@@ -136,7 +137,7 @@ def _rate_chart(
             f"{limit:.1%}</text>"
         )
     return (
-        f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart rates" '
+        f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart rates{kind}" '
         f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
         f'aria-label="{escape(title)}">{"".join(bars)}{"".join(marks)}</svg></section>'
     )
@@ -178,7 +179,8 @@ def _table(report: dict) -> str:
             f"{_rate_cell(name, 'bounce_rate', r['bounce_rate'])}<td>{r['complaints']:,}</td>"
             f"{_rate_cell(name, 'complaint_rate', r['complaint_rate'])}"
             f"<td>{r['orders']:,}</td><td>{escape(revenue)}</td><td>{conv}</td>"
-            f"<td>{escape(per_k or '–')}</td><td>{r['clicks']:,}</td>"
+            f"<td>{escape(per_k or '–')}</td>"
+            f'<td data-row="{escape(name)}" data-count="clicks">{r["clicks"]:,}</td>'
             f"{_rate_cell(name, 'click_to_buy', r['click_to_buy'])}"
             f"<td>{escape(methods or '–')}</td></tr>"
         )
@@ -187,7 +189,7 @@ def _table(report: dict) -> str:
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1f2328;
-max-width:1000px;margin:2em auto;padding:0 1em;background:#fff}
+max-width:1100px;margin:2em auto;padding:0 1em;background:#fff}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.15em;margin:1.6em 0 .5em}
 .sub{color:#59636e;margin-top:0}table{border-collapse:collapse;width:100%;font-size:12.5px}
 th,td{padding:.35em .4em;border-bottom:1px solid #d1d9e0;text-align:right}
@@ -203,6 +205,7 @@ border-radius:6px}.empty{color:#59636e}.kpi{display:flex;gap:1.5em;flex-wrap:wra
 .chart line.limit{stroke:#1f2328;stroke-width:1.5;stroke-dasharray:4 3}
 .chart text.limit{fill:#1f2328;font-size:11px}.wide{overflow-x:auto}
 th,td{white-space:nowrap}td:last-child,th:last-child{white-space:normal}
+th{white-space:normal;vertical-align:bottom}.chart.rates.clicks rect{fill:#0969da}
 """
 
 
@@ -302,6 +305,7 @@ def render_html(
                 "Orders per clicking delivery, by campaign (buy/click)",
                 [(r["campaign"], r["click_to_buy"]) for r in by_campaign["rows"]],
                 empty="No clicks recorded in this period.",
+                kind=" clicks",
             ),
         ]
     sections.append(f"<h2>By {report['by']}</h2>{_table(report)}")

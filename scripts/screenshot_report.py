@@ -5,8 +5,9 @@ Runs the demo quietly (or takes a workspace), writes its HTML report, opens it i
 saves a PNG and the rendered DOM, and checks that every bar drawn in the
 charts carries the figure `listkit report --json` gives, and so does every
 bounce and complaint rate drawn (the per-campaign rate charts and the table's
-rate cells, figure and label) and every complaint warning. Exits 1 on any
-mismatch.
+rate cells, figure and label), every complaint warning, and the clicks drawn:
+the table's clicks and buy/click cells and the buy/click chart per campaign.
+Exits 1 on any mismatch.
 
     .venv/bin/python scripts/screenshot_report.py [--out bench/out] [--workspace DIR]
 """
@@ -121,6 +122,11 @@ def check_rates(dom: str, by_list: dict, by_campaign: dict) -> bool:
             for r in by_campaign["rows"]
             if r["bounce_rate"] is not None
         },
+        "click-to-buy-by-campaign": {
+            r["campaign"]: r["click_to_buy"]
+            for r in by_campaign["rows"]
+            if r["click_to_buy"] is not None
+        },
     }
     for chart, expected in checks.items():
         drawn = rate_bars(dom, chart)
@@ -129,11 +135,20 @@ def check_rates(dom: str, by_list: dict, by_campaign: dict) -> bool:
     expected_cells = {
         (r["list"], name): r[name]
         for r in by_list["rows"]
-        for name in ("bounce_rate", "complaint_rate")
+        for name in ("bounce_rate", "complaint_rate", "click_to_buy")
     }
     cells = rate_cells(dom)
     failed |= cells != expected_cells
     print(f"table rates: {'ok' if cells == expected_cells else 'MISMATCH'} drawn={cells}")
+    clicks = {
+        row: int(value.replace(",", ""))
+        for row, value in re.findall(
+            r'<td data-row="([^"]+)" data-count="clicks">([^<]*)</td>', dom
+        )
+    }
+    expected_clicks = {r["list"]: r["clicks"] for r in by_list["rows"]}
+    failed |= clicks != expected_clicks
+    print(f"table clicks: {'ok' if clicks == expected_clicks else 'MISMATCH'} drawn={clicks}")
     expected_warnings = [complaint_warning_text(w) for w in by_list["complaint_warnings"]]
     shown = warnings(dom)
     failed |= shown != expected_warnings
