@@ -11,7 +11,13 @@ chromium (driven by playwright's Python package; no browser is downloaded):
   arrives, checks the address is still pending, clicks the button, checks it
   is active.
 
-Saves a screenshot of each page and exits 1 on any mismatch.
+It does all this twice, in a desktop window and at a phone's size (390 CSS
+pixels wide, touch), and on every page checks what a reader on that device
+meets: a viewport, no sideways scrolling, tap targets of at least 44 pixels
+on the phone, a label for every input, text contrast of at least 4.5:1 and
+inputs at 16 pixels or more (smaller ones make phones zoom in). Saves a
+screenshot of each page (`desktop-N-*.png`, `phone-N-*.png`) and exits 1 on
+any mismatch.
 
     .venv/bin/python scripts/browser_pages.py [--out bench/out/pages]
 """
@@ -108,6 +114,158 @@ def check(ok: bool, what: str, problems: list[str]) -> None:
         problems.append(what)
 
 
+# A desktop window, and a phone (iPhone 12/13/14's CSS size, touch, 3x pixels).
+SIZES = {
+    "desktop": {"viewport": {"width": 800, "height": 600}},
+    "phone": {
+        "viewport": {"width": 390, "height": 844},
+        "device_scale_factor": 3,
+        "is_mobile": True,
+        "has_touch": True,
+    },
+}
+# The smallest tap target a finger hits reliably: 44 CSS pixels (WCAG 2.5.5, Apple's HIG).
+TAP = 44
+
+
+def contrast(fg: str, bg: str) -> float:
+    """WCAG contrast ratio of two CSS `rgb(...)` colours."""
+
+    def luminance(css: str) -> float:
+        r, g, b = (int(x) / 255 for x in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+LOOK = """() => {
+  const out = {overflow: document.documentElement.scrollWidth - window.innerWidth,
+               viewport: !!document.querySelector('meta[name=viewport]'),
+               targets: [], texts: []};
+  const bg = (el) => { for (; el; el = el.parentElement) {
+      const c = getComputedStyle(el).backgroundColor;
+      if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c; }
+    return 'rgb(255, 255, 255)'; };
+  for (const el of document.querySelectorAll('button, input, a[href]')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || r.right < 0 || r.bottom < 0) continue;  // hidden
+    if (el.type === 'hidden') continue;
+    out.targets.push({what: el.outerHTML.slice(0, 60), w: r.width, h: r.height,
+                      label: el.tagName !== 'INPUT' || !!(el.labels && el.labels.length)});
+  }
+  for (const el of document.querySelectorAll('h1, p, label, strong, button, input')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right < 0) continue;
+    const cs = getComputedStyle(el);
+    out.texts.push({what: el.tagName + ' ' + (el.innerText || el.value || '').slice(0, 30),
+                    fg: cs.color, bg: bg(el), size: parseFloat(cs.fontSize)});
+  }
+  return out;
+}"""
+
+
+def look_at(page, name: str, width: str, problems: list[str]) -> None:
+    """What a reader on this device meets: no sideways scrolling, targets big enough
+    for a finger, labelled inputs, text readable (contrast 4.5:1, 16px inputs on a
+    phone so that it does not zoom in when one is tapped)."""
+    seen = page.evaluate(LOOK)
+    check(seen["viewport"], f"{width} {name}: has a viewport for phones", problems)
+    check(seen["overflow"] <= 0, f"{width} {name}: no sideways scrolling", problems)
+    small = [
+        f"{t['what']} {t['w']:.0f}x{t['h']:.0f}"
+        for t in seen["targets"]
+        if width == "phone" and min(t["w"], t["h"]) < TAP
+    ]
+    check(not small, f"{width} {name}: tap targets at least {TAP}px {small}", problems)
+    unlabelled = [t["what"] for t in seen["targets"] if not t["label"]]
+    check(not unlabelled, f"{width} {name}: every input has a label {unlabelled}", problems)
+    faint = [
+        f"{t['what']} {contrast(t['fg'], t['bg']):.1f}:1"
+        for t in seen["texts"]
+        if contrast(t["fg"], t["bg"]) < 4.5
+    ]
+    check(not faint, f"{width} {name}: text contrast at least 4.5:1 {faint}", problems)
+    tiny = [
+        t["what"]
+        for t in seen["texts"]
+        if width == "phone" and t["what"].startswith("INPUT") and t["size"] < 16
+    ]
+    check(not tiny, f"{width} {name}: inputs at 16px or more (no zoom on tap) {tiny}", problems)
+
+
+def drive(page, width, *, root, base, blog, unsubscribe_url, capture, out, problems) -> None:
+    """The reader's way through the pages at one device size; screenshots `<width>-N-*.png`."""
+    reader = f"reader-{width}@example.com"
+
+    def shot(name: str) -> None:
+        page.screenshot(path=str(out / f"{width}-{name}.png"), full_page=True)
+        look_at(page, name, width, problems)
+
+    page.goto(unsubscribe_url)
+    shot("1-unsubscribe")
+    check(
+        page.get_by_role("heading").inner_text() == "Unsubscribe from The Field Notes?",
+        "the unsubscribe page names the list",
+        problems,
+    )
+    before = status_of(root, "ann@example.com")
+    check(before in ("active", "unsubscribed"), f"opening it changed nothing ({before})", problems)
+    page.get_by_role("button", name="Unsubscribe from The Field Notes").click()
+    page.wait_for_load_state()
+    shot("2-unsubscribed")
+    check(
+        "You are unsubscribed" in page.inner_text("body"),
+        "the button answers 'You are unsubscribed'",
+        problems,
+    )
+    check(
+        status_of(root, "ann@example.com") == "unsubscribed",
+        "ann is unsubscribed from blog",
+        problems,
+    )
+
+    page.goto(blog.as_uri())
+    page.get_by_label("Email address").fill(reader)
+    page.get_by_label("Name (optional)").fill("Rita Reader")
+    shot("3-signup-form")
+    page.get_by_role("button", name="Subscribe").click()
+    page.wait_for_load_state()
+    shot("4-signup-done")
+    check(
+        "Check your inbox" in page.inner_text("body"),
+        "the signup answers 'Check your inbox'",
+        problems,
+    )
+    deadline = time.monotonic() + 15
+    while capture.to(reader) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    mail = capture.to(reader)
+    check(mail is not None, "a confirmation message arrived", problems)
+    if mail is not None:
+        text = mail.get_body(("plain",)).get_content()
+        link = next(w for w in text.split() if "/confirm/" in w)
+        page.goto(link)
+        shot("5-confirm")
+        check(
+            status_of(root, reader) == "pending",
+            "opening the confirmation link leaves the address pending",
+            problems,
+        )
+        page.get_by_role("button", name="Confirm my subscription").click()
+        page.wait_for_load_state()
+        shot("6-confirmed")
+        check(
+            "You are subscribed" in page.inner_text("body"),
+            "the button answers 'You are subscribed'",
+            problems,
+        )
+        check(status_of(root, reader) == "active", "the address is an active member", problems)
+    page.goto(base + "/s/blog")
+    shot("7-hosted-signup")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out/pages"))
@@ -139,7 +297,10 @@ def main() -> int:
         blog = Path(tmp) / "blog-post.html"
         blog.write_text(
             "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>My blog</title>"
-            "</head><body style='font-family:serif;max-width:36rem;margin:2rem auto'>"
+            # As every blog theme has: without it a phone draws the page 980 px wide.
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            "</head><body style='font-family:serif;max-width:36rem;margin:2rem auto;"
+            "padding:0 1rem'>"
             "<h1>Notes from the field</h1><p>A post, and at its end the form from "
             "<code>listkit form blog</code>:</p>" + cli_run(root, "form", "blog") + "</body></html>"
         )
@@ -168,76 +329,20 @@ def main() -> int:
                     time.sleep(0.1)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=browser_path, args=FLAGS)
-                page = browser.new_page(viewport={"width": 800, "height": 600})
-
-                page.goto(unsubscribe_url)
-                page.screenshot(path=str(args.out / "1-unsubscribe.png"), full_page=True)
-                check(
-                    page.get_by_role("heading").inner_text() == "Unsubscribe from The Field Notes?",
-                    "the unsubscribe page names the list",
-                    problems,
-                )
-                check(
-                    status_of(root, "ann@example.com") == "active",
-                    "opening it changed nothing",
-                    problems,
-                )
-                page.get_by_role("button", name="Unsubscribe from The Field Notes").click()
-                page.wait_for_load_state()
-                page.screenshot(path=str(args.out / "2-unsubscribed.png"), full_page=True)
-                check(
-                    "You are unsubscribed" in page.inner_text("body"),
-                    "the button answers 'You are unsubscribed'",
-                    problems,
-                )
-                check(
-                    status_of(root, "ann@example.com") == "unsubscribed",
-                    "ann is unsubscribed from blog",
-                    problems,
-                )
-
-                page.goto(blog.as_uri())
-                page.get_by_label("Email address").fill("reader@example.com")
-                page.get_by_label("Name (optional)").fill("Rita Reader")
-                page.screenshot(path=str(args.out / "3-signup-form.png"), full_page=True)
-                page.get_by_role("button", name="Subscribe").click()
-                page.wait_for_load_state()
-                page.screenshot(path=str(args.out / "4-signup-done.png"), full_page=True)
-                check(
-                    "Check your inbox" in page.inner_text("body"),
-                    "the signup answers 'Check your inbox'",
-                    problems,
-                )
-                deadline = time.monotonic() + 15
-                while capture.to("reader@example.com") is None and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                mail = capture.to("reader@example.com")
-                check(mail is not None, "a confirmation message arrived", problems)
-                if mail is not None:
-                    text = mail.get_body(("plain",)).get_content()
-                    link = next(w for w in text.split() if "/confirm/" in w)
-                    page.goto(link)
-                    page.screenshot(path=str(args.out / "5-confirm.png"), full_page=True)
-                    check(
-                        status_of(root, "reader@example.com") == "pending",
-                        "opening the confirmation link leaves the address pending",
-                        problems,
+                for width in ("desktop", "phone"):
+                    context = browser.new_context(**SIZES[width])
+                    drive(
+                        context.new_page(),
+                        width,
+                        root=root,
+                        base=base,
+                        blog=blog,
+                        unsubscribe_url=unsubscribe_url,
+                        capture=capture,
+                        out=args.out,
+                        problems=problems,
                     )
-                    page.get_by_role("button", name="Confirm my subscription").click()
-                    page.wait_for_load_state()
-                    page.screenshot(path=str(args.out / "6-confirmed.png"), full_page=True)
-                    check(
-                        "You are subscribed" in page.inner_text("body"),
-                        "the button answers 'You are subscribed'",
-                        problems,
-                    )
-                    check(
-                        status_of(root, "reader@example.com") == "active",
-                        "the address is an active member",
-                        problems,
-                    )
-                page.goto(base + "/s/blog")
-                page.screenshot(path=str(args.out / "7-hosted-signup.png"), full_page=True)
+                    context.close()
                 browser.close()
         finally:
             server.terminate()

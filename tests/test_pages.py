@@ -473,3 +473,18 @@ def test_the_sender_mails_one_composed_message_over_the_configured_smtp(ws, smtp
     reply = asyncio.run(send_message(ws.settings.smtp(), "a@example.com", "b@example.com", data))
     assert reply.startswith("250")
     assert mailed_to(smtp) == ["b@example.com"]
+
+
+def test_the_pasted_signup_form_is_big_enough_for_a_finger_and_does_not_zoom_a_phone(run):
+    # A blog's own styles may leave a form's fields at 21 px high and 13 px text:
+    # too small to tap, and a phone zooms in on a field under 16 px. The snippet
+    # carries its own sizes (checked in Chromium by `make pages-screenshots`).
+    run("lists", "create", "blog")
+    form = run("form", "blog").output
+    fields = re.findall(r"<(?:input|button)\b[^>]*>", form)
+    visible = [f for f in fields if 'type="hidden"' not in f and "lk-website" not in f]
+    assert len(visible) == 3
+    for field in visible:
+        style = re.search(r'style="([^"]*)"', field)
+        assert style, field
+        assert "min-height:44px" in style.group(1) and "font-size:16px" in style.group(1)
