@@ -26,8 +26,8 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from listkit.errors import InputError
+from listkit.reports import ORDER_STATUSES
 
-ORDER_STATUSES = "('paid', 'partially_refunded')"
 BOUGHT_KINDS = ("product", "offer", "campaign")
 DATE_RULES = ("signed_up_after", "signed_up_before", "last_purchase_after", "last_purchase_before")
 RULES = (

@@ -302,7 +302,7 @@ def render_html(
             ),
             _rate_chart(
                 "click-to-buy-by-campaign",
-                "Orders per clicking delivery, by campaign (buy/click)",
+                "Clicked deliveries that bought, by campaign (buy/click)",
                 [(r["campaign"], r["click_to_buy"]) for r in by_campaign["rows"]],
                 empty="No clicks recorded in this period.",
                 kind=" clicks",

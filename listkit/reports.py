@@ -145,6 +145,7 @@ def build_report(
             "bounced": 0,
             "complaints": 0,
             "clicks": 0,
+            "clicked_buyers": 0,
             "orders": 0,
             "revenue": {},
             "methods": {},
@@ -215,6 +216,16 @@ def build_report(
         cparams,
     ):
         rows[_group(by, key, campaigns, list_names)]["clicks"] += n
+    # Of those, the deliveries a sale is attributed to: click-to-buy is their share.
+    for key, n in db.execute(
+        f"""SELECT d.{column}, COUNT(*) FROM deliveries d
+            WHERE d.id IN (SELECT delivery_id FROM events WHERE kind = 'click')
+            AND d.id IN (SELECT delivery_id FROM sales WHERE status IN {ORDER_STATUSES})
+            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+            GROUP BY d.{column}""",
+        cparams,
+    ):
+        rows[_group(by, key, campaigns, list_names)]["clicked_buyers"] += n
     # Sales: one pass over the table, grouped finely enough for every figure below.
     totals = {"orders": 0, "revenue": {}, "unattributed": {"orders": 0, "revenue": {}}}
     days: dict[tuple[str, str], list[int]] = {}
@@ -264,7 +275,8 @@ def build_report(
                 else None
             ),
             "complaint_rate": row["complaints"] / row["sent"] if row["sent"] else None,
-            "click_to_buy": row["orders"] / row["clicks"] if row["clicks"] else None,
+            # Deliveries that clicked and then bought, of those that clicked (<= 100%).
+            "click_to_buy": row["clicked_buyers"] / row["clicks"] if row["clicks"] else None,
             "revenue_per_1000": per_thousand(row["revenue"], row["sent"]),
         }
         if by == "list":

@@ -17,8 +17,8 @@ from listkit.audiences import SIGNUP
 from listkit.db import immediate, now
 from listkit.errors import InputError
 from listkit.lists import get_list
+from listkit.reports import ORDER_STATUSES
 
-ORDER_STATUSES = "('paid', 'partially_refunded')"
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 ORDER_KEYS = ("at", "order", "product", "amount", "refunded", "currency", "status", "campaign")
 GROUPS = {

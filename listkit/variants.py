@@ -21,9 +21,9 @@ from datetime import datetime, timedelta
 from sqlite_utils import Database
 
 from listkit.money import format_minor
+from listkit.reports import ORDER_STATUSES
 
 Z95 = 1.959964
-ORDER_STATUSES = "('paid', 'partially_refunded')"
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 
 

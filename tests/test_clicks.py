@@ -42,6 +42,30 @@ def test_reports_count_clicking_deliveries_and_orders_per_click(ws, run, tmp_pat
     assert [(r["campaign"], r["clicks"]) for r in by_campaign] == [("spring", 2)]
 
 
+def test_click_to_buy_is_the_share_of_clicking_deliveries_that_bought_never_over_100(
+    ws, run, tmp_path
+):
+    world = World(ws.db)
+    cid = world.campaign("spring")
+    a = world.deliver(cid, "a@example.com", "blog")
+    b = world.deliver(cid, "b@example.com", "blog")
+    world.deliver(cid, "d@example.com", "blog")
+    with ws.db.conn:
+        for d in (a, b):
+            record_click(ws.db, d["id"], "click", T0, "https://x.example/", None, PERSON)
+    sales = tmp_path / "s.csv"
+    sales.write_text(
+        "order,email,amount,currency,date\n"
+        "1,a@example.com,10.00,USD,2026-11-02\n"
+        "2,a@example.com,10.00,USD,2026-11-03\n"  # a second order of the same clicker
+        "3,d@example.com,10.00,USD,2026-11-02\n"  # a buyer who never clicked
+    )
+    run("sales", "import", str(sales))
+    (row,) = build_report(ws.db, "list")["rows"]
+    assert (row["clicks"], row["orders"]) == (2, 3)
+    assert row["click_to_buy"] == 0.5  # a bought after clicking, b did not
+
+
 def test_with_click_tracking_offer_links_point_at_the_service(workspace):
     from listkit.compose import Composer
     from listkit.offers import load_offer
