@@ -39,35 +39,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from listkit.imports import MAILCHIMP_SUBSCRIBED
+
 FIRST = ["Ann", "Bob", "Chloé", "Dmitri", "Eve", "Fatima", "Günter", "Hana", "Ivan", "Jo"]
 LAST = ["Lee", "Smith", "Müller", "García", "Kim", "Novak", "Okafor", "Rossi", "Tanaka", "Ng"]
 ASCII = str.maketrans("éüí", "eui")
 DOMAINS = ["example.com", "mail.example.org", "example.net", "shop.example.co.uk"]
 
 
-MAILCHIMP = [
-    "Email Address",
-    "First Name",
-    "Last Name",
-    "PLAN",
-    "MEMBER_RATING",
-    "OPTIN_TIME",
-    "OPTIN_IP",
-    "CONFIRM_TIME",
-    "CONFIRM_IP",
-    "LATITUDE",
-    "LONGITUDE",
-    "GMTOFF",
-    "DSTOFF",
-    "TIMEZONE",
-    "CC",
-    "REGION",
-    "LAST_CHANGED",
-    "LEID",
-    "EUID",
-    "NOTES",
-    "TAGS",
-]
+# The importer's subscribed-export columns, with an audience merge field (PLAN)
+# where Mailchimp puts merge fields, after the names, and TAGS last: the
+# importer keeps both as custom fields, so neither is in its list.
+MAILCHIMP = [*MAILCHIMP_SUBSCRIBED[:3], "PLAN", *MAILCHIMP_SUBSCRIBED[3:], "TAGS"]
 
 
 def generate(path: Path, rows: int, shape: str = "csv") -> None:

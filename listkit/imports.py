@@ -171,27 +171,32 @@ def _state_column(columns: Sequence[str], mapping: dict[str, str], unsubscribed_
     return build
 
 
+# The columns of a subscribed export that listkit reads, in the export's order
+# (audience merge fields stand between the names and MEMBER_RATING, TAGS last).
+MAILCHIMP_SUBSCRIBED = (
+    "Email Address",
+    "First Name",
+    "Last Name",
+    "MEMBER_RATING",
+    "OPTIN_TIME",
+    "OPTIN_IP",
+    "CONFIRM_TIME",
+    "CONFIRM_IP",
+    "LATITUDE",
+    "LONGITUDE",
+    "GMTOFF",
+    "DSTOFF",
+    "TIMEZONE",
+    "CC",
+    "REGION",
+    "LAST_CHANGED",
+    "LEID",
+    "EUID",
+    "NOTES",
+)
 MAILCHIMP_KNOWN = frozenset(
     [
-        "Email Address",
-        "First Name",
-        "Last Name",
-        "MEMBER_RATING",
-        "OPTIN_TIME",
-        "OPTIN_IP",
-        "CONFIRM_TIME",
-        "CONFIRM_IP",
-        "LATITUDE",
-        "LONGITUDE",
-        "GMTOFF",
-        "DSTOFF",
-        "TIMEZONE",
-        "CC",
-        "REGION",
-        "LAST_CHANGED",
-        "LEID",
-        "EUID",
-        "NOTES",
+        *MAILCHIMP_SUBSCRIBED,
         "UNSUB_TIME",
         "UNSUB_CAMPAIGN_TITLE",
         "UNSUB_CAMPAIGN_ID",
