@@ -1,9 +1,9 @@
 """Benchmark: the audience `campaigns check` counts, with three rules, against one COUNT(*).
 
-Builds the database of ``bench/report.py`` (1,000,000 subscribers on 20 lists,
-50 campaigns with 5,000,000 deliveries, 50,000 sales; ``--scale`` shrinks it)
-and gives every third subscriber the custom field plan=pro. A campaign to
-five lists with three rules:
+Builds the database of ``bench/big_db.py``, as ``bench/report.py`` does
+(1,000,000 subscribers on 20 lists, 50 campaigns with 5,000,000 deliveries,
+50,000 sales; ``--scale`` shrinks it) and gives every third subscriber the
+custom field plan=pro. A campaign to five lists with three rules:
 
     mailed_by = "c1"      not_bought = "anything"      [where.field] plan = "pro"
 
@@ -24,17 +24,15 @@ Goal: listkit under 3x the one query (a goal, not a test).
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from report import build, timed  # bench/report.py builds the same world
+from big_db import arguments, ensure, timed  # the database bench/report.py uses too
 
 from listkit.audiences import rules_from_table
 from listkit.campaigns import Campaign, describe_audience
@@ -54,30 +52,22 @@ BASELINE = """
       AND json_extract(s.fields, '$.plan') = 'pro'"""
 
 
+def plan_pro(path: Path) -> None:
+    """This bench's extra: every third subscriber has the custom field plan=pro."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            """UPDATE subscribers SET fields = json_object('plan',
+               CASE WHEN id % 3 = 0 THEN 'pro' ELSE 'free' END)"""
+        )
+    conn.close()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--keep", type=Path, help="Build (or reuse) the database at this path.")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     with tempfile.TemporaryDirectory(prefix="listkit-bench-audience-") as tmp:
         path = args.keep or Path(tmp) / "listkit.db"
-        if not path.exists():
-            print(f"building the database (scale {args.scale}) ...", flush=True)
-            start = time.perf_counter()
-            n = build(path, args.scale)
-            conn = sqlite3.connect(path)
-            with conn:
-                conn.execute(
-                    """UPDATE subscribers SET fields = json_object('plan',
-                       CASE WHEN id % 3 = 0 THEN 'pro' ELSE 'free' END)"""
-                )
-            conn.close()
-            print(
-                f"built {n[0]:,} subscribers, {n[1]:,} deliveries, {n[2]:,} sales "
-                f"in {time.perf_counter() - start:.0f}s",
-                flush=True,
-            )
+        ensure(path, args.scale, then=plan_pro)
         conn = sqlite3.connect(path)
         db = open_db(path)
         campaign = Campaign(

@@ -1,9 +1,9 @@
 """Benchmark: `listkit report --by list --json` against one plain GROUP BY.
 
-Builds a listkit database (through ``open_db``, so with listkit's schema and
-indexes) holding 1,000,000 subscribers on 20 lists, 50 campaigns with
-5,000,000 deliveries and 50,000 sales (``--scale`` shrinks all of it), then in
-the same run, on the same file, warm, best of several runs each:
+Builds the listkit database of ``bench/big_db.py`` (through ``open_db``, so with
+listkit's schema and indexes) holding 1,000,000 subscribers on 20 lists, 50
+campaigns with 5,000,000 deliveries and 50,000 sales (``--scale`` shrinks all
+of it), then in the same run, on the same file, warm, best of several runs each:
 
 - baseline: ``SELECT list_id, COUNT(*) FROM deliveries GROUP BY list_id`` in
   ``sqlite3``;
@@ -17,126 +17,26 @@ Goal: the full report at most 3x the one query.
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from big_db import arguments, ensure, timed  # the database bench/audience.py uses too
 
 from listkit.db import open_db
 from listkit.reports import build_report
 
-LISTS, CAMPAIGNS = 20, 50
-
-
-def build(path: Path, scale: float) -> tuple[int, int, int]:
-    subscribers = int(1_000_000 * scale)
-    deliveries = int(5_000_000 * scale)
-    sales = int(50_000 * scale)
-    db = open_db(path)
-    db.close()
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA synchronous = OFF")  # building the fixture only
-    conn.execute("PRAGMA cache_size = -400000")
-    now = "2026-11-01T00:00:00+00:00"
-    with conn:
-        conn.executemany(
-            "INSERT INTO lists (id, slug, title, created) VALUES (?, ?, ?, ?)",
-            [(i, f"list{i}", f"List {i}", now) for i in range(1, LISTS + 1)],
-        )
-        conn.execute(
-            f"""WITH RECURSIVE n(i) AS
-                    (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {subscribers})
-                INSERT INTO subscribers (id, email, key, name, fields, created)
-                SELECT i, 'r' || i || '@example.com', 'r' || i || '@example.com', 'R ' || i,
-                       '{{}}', ?
-                FROM n""",
-            [now],
-        )
-        conn.execute(
-            f"""INSERT INTO memberships (list_id, subscriber_id, status, created)
-                SELECT 1 + (id % {LISTS}), id,
-                       CASE WHEN id % 50 = 0 THEN 'unsubscribed' ELSE 'active' END, ?
-                FROM subscribers""",
-            [now],
-        )
-        conn.executemany(
-            """INSERT INTO campaigns (id, slug, offer, lists, state, holdout, attribution_days,
-               created, started) VALUES (?, ?, ?, '[]', 'done', 0, 7, ?, ?)""",
-            [
-                (c, f"c{c}", f"offer{c % 7}", now, f"2026-10-{1 + c % 28:02d}T09:00:00+00:00")
-                for c in range(1, CAMPAIGNS + 1)
-            ],
-        )
-        per_campaign = deliveries // CAMPAIGNS
-        conn.execute(
-            f"""WITH RECURSIVE n(i) AS
-                    (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {deliveries - 1})
-                INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-                    message_id, state, created, sent_at)
-                SELECT 1 + i / {per_campaign},
-                       1 + (i * 7919) % {subscribers},
-                       1 + ((1 + (i * 7919) % {subscribers}) % {LISTS}),
-                       'x', printf('t%015d', i), NULL,
-                       CASE WHEN i % 97 = 0 THEN 'failed' WHEN i % 31 = 0 THEN 'held_out'
-                            ELSE 'sent' END,
-                       ?, ?
-                FROM n""",
-            [now, now],
-        )
-        conn.execute(
-            f"""WITH RECURSIVE n(i) AS
-                    (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {sales})
-                INSERT INTO sales (source, order_id, status, amount, refunded, currency, at,
-                    email, email_key, delivery_id, campaign_id, list_id, offer, method, imported)
-                SELECT 'gumroad', 'o' || i,
-                       CASE WHEN i % 40 = 0 THEN 'refunded' ELSE 'paid' END,
-                       2900, CASE WHEN i % 40 = 0 THEN 2900 ELSE 0 END,
-                       CASE WHEN i % 10 = 0 THEN 'EUR' ELSE 'USD' END,
-                       '2026-10-' || printf('%02d', 1 + i % 28) || 'T12:00:00+00:00',
-                       'r' || i || '@example.com', 'r' || i || '@example.com',
-                       CASE WHEN i % 3 = 0 THEN NULL ELSE i END,
-                       CASE WHEN i % 3 = 0 THEN NULL ELSE 1 + i % {CAMPAIGNS} END,
-                       CASE WHEN i % 3 = 0 OR i % {LISTS} IN (7, 13) THEN NULL
-                            ELSE 1 + i % {LISTS} END,
-                       'offer1',
-                       CASE WHEN i % 3 = 0 THEN 'none' ELSE 'token' END, ?
-                FROM n""",
-            [now],
-        )
-    conn.execute("ANALYZE")
-    conn.close()
-    return subscribers, deliveries, sales
-
-
-def timed(fn, repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--keep", type=Path, help="Build (or reuse) the database at this path.")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     with tempfile.TemporaryDirectory(prefix="listkit-bench-report-") as tmp:
         path = args.keep or Path(tmp) / "listkit.db"
-        if not path.exists():
-            print(f"building the database (scale {args.scale}) ...", flush=True)
-            start = time.perf_counter()
-            n = build(path, args.scale)
-            print(
-                f"built {n[0]:,} subscribers, {n[1]:,} deliveries, {n[2]:,} sales "
-                f"in {time.perf_counter() - start:.0f}s"
-            )
+        ensure(path, args.scale)
         workspace = path.parent
         conn = sqlite3.connect(path)
 
