@@ -25,8 +25,6 @@ any mismatch.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,33 +36,12 @@ from email.policy import default
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+from chromium import FLAGS, chromium
 from click.testing import CliRunner
 
 from listkit.cli import cli
 from listkit.sender import send_campaign
 from listkit.workspace import Workspace, init_workspace
-
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--hide-scrollbars",
-]
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise SystemExit("chromium is missing: install the Debian package chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
-    return shutil.which("chromium")
 
 
 class Capture:

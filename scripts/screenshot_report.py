@@ -1,7 +1,7 @@
 """Render the demo's HTML report in headless Chromium, save a screenshot, check the charts.
 
 Runs the demo quietly (or takes a workspace), writes its HTML report, opens it in headless Chromium
-(Debian package `chromium`; installed here when missing and run as root),
+(Debian package `chromium`; scripts/chromium.py installs it when missing and run as root),
 saves a PNG and the rendered DOM, and checks that every bar drawn in the
 charts carries the figure `listkit report --json` gives, and so does every
 bounce and complaint rate drawn (the per-campaign rate charts and the table's
@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from html import unescape
 from pathlib import Path
 
+from chromium import FLAGS as CHROMIUM_FLAGS
+from chromium import chromium
 from click.testing import CliRunner
 
 from listkit.cli import cli
@@ -32,29 +32,7 @@ from listkit.demo import run_demo
 from listkit.report_html import main_currency
 from listkit.reports import complaint_warning_text
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise SystemExit("chromium is missing: install the Debian package chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
-    return shutil.which("chromium")
+FLAGS = ["--headless", *CHROMIUM_FLAGS, "--disable-quic"]
 
 
 def report_json(root: Path, by: str) -> dict:
