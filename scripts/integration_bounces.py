@@ -22,7 +22,10 @@ What it does, in a temporary folder it removes afterwards:
    is moved to a folder that fetch creates.
 
 The system's own Postfix and Dovecot configuration is never touched and no
-system instance is started. Exit status 0 when every check holds.
+system instance is started. The Debian installation, the Postfix instance,
+free ports and the time limit (180 s; the run still cleans up) come from
+``scripts/postfix_instance.py``, shared with ``scripts/integration_dkim.py``.
+Exit status 0 when every check holds.
 """
 
 from __future__ import annotations
@@ -31,21 +34,30 @@ import contextlib
 import grp
 import os
 import pwd
-import shutil
 import signal
 import smtplib
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import quote
 
-ROOT = Path(__file__).resolve().parent.parent
-LISTKIT = [sys.executable, "-m", "listkit"]
+from postfix_instance import (
+    LISTKIT,
+    ROOT,
+    Postfix,
+    free_port,
+    install_packages,
+    listkit,
+    port_open,
+    postfix_missing,
+    temporary_folder,
+    time_limit,
+    wait_until,
+)
+
 KNOWN = ["reader1", "reader2", "reader3"]
 UNKNOWN = ["ghost1", "ghost2", "ghost3"]
 USERS = "users.example.com"
@@ -61,53 +73,12 @@ def fail(text: str) -> None:
     raise SystemExit(f"integration-bounces: FAILED: {text}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def install() -> None:
     """postfix and dovecot-imapd from Debian packages, without starting system instances."""
-    missing = [
-        pkg
-        for pkg, binary in (
-            ("postfix", "/usr/sbin/postfix"),
-            ("dovecot-imapd", "/usr/sbin/dovecot"),
-        )
-        if not Path(binary).exists()
-        or (pkg == "dovecot-imapd" and not Path("/usr/lib/dovecot/imap").exists())
-    ]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        fail(f"{', '.join(missing)} missing: run as root (it installs them) or install them")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # No service may start during the installation: policy-rc.d says no to every
-    # invoke-rc.d (Debian's policy interface). Only ours is removed afterwards.
-    policy = Path("/usr/sbin/policy-rc.d")
-    ours = not policy.exists()
-    if ours:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        say(f"installing {' '.join(missing)} ...")
-        subprocess.run(
-            ["debconf-set-selections"],
-            input="postfix postfix/main_mailer_type select No configuration\n",
-            text=True,
-            check=False,
-            env=env,
-        )
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-            check=True,
-            env=env,
-        )
-    finally:
-        if ours:
-            policy.unlink()
+    missing = postfix_missing()
+    if not Path("/usr/sbin/dovecot").exists() or not Path("/usr/lib/dovecot/imap").exists():
+        missing.append("dovecot-imapd")
+    install_packages(missing, say)
 
 
 def certificates(work: Path) -> Path:
@@ -124,68 +95,14 @@ def certificates(work: Path) -> Path:
     return work / "ca.pem"
 
 
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
-
-
-def start_postfix(work: Path, port: int, uid: int, gid: int) -> Path:
-    conf = work / "postfix"
-    conf.mkdir()
-    mail = work / "mail"
-    for d in (mail, mail / SHOP, mail / USERS):
-        d.mkdir(exist_ok=True)
-        os.chown(d, uid, gid)
-    (conf / "vmailbox").write_text(
-        f"bounces@{SHOP} {SHOP}/bounces/\n" + "".join(f"{u}@{USERS} {USERS}/{u}/\n" for u in KNOWN)
-    )
-    (conf / "master.cf").write_text(MASTER_CF.format(port=port))
-    (conf / "main.cf").write_text(
-        f"""\
-compatibility_level = 3.6
-queue_directory = {work}/postfix-queue
-data_directory = {work}/postfix-data
-maillog_file = {work}/postfix.log
-maillog_file_prefixes = {work}
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = mail.{SHOP}
-mydomain = {SHOP}
-myorigin = $myhostname
-mydestination =
-alias_maps =
-alias_database =
-local_recipient_maps =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
+# Mail for users.example.com: three known users; anything else is accepted, then
+# bounced by Postfix itself ("unknown user", 5.1.1, its own DSN) to the bounce
+# address, whose +tags (VERP) land in one Maildir.
+SETTINGS = """\
 relay_domains =
 smtpd_recipient_restrictions = permit_mynetworks, reject
 smtpd_reject_unlisted_recipient = no
-virtual_mailbox_domains = {SHOP}, {USERS}
+virtual_mailbox_domains = {shop}, {users}
 virtual_mailbox_maps = texthash:{conf}/vmailbox
 virtual_mailbox_base = {mail}
 virtual_uid_maps = static:{uid}
@@ -195,13 +112,22 @@ smtputf8_enable = no
 biff = no
 notify_classes =
 """
+
+
+def postfix_for_bounces(work: Path, port: int, uid: int, gid: int) -> Postfix:
+    folder = work / "postfix"
+    mail = work / "mail"
+    for d in (mail, mail / SHOP, mail / USERS):
+        d.mkdir(exist_ok=True)
+        os.chown(d, uid, gid)
+    settings = SETTINGS.format(
+        shop=SHOP, users=USERS, conf=folder / "etc", mail=mail, uid=uid, gid=gid
     )
-    (work / "postfix-queue").mkdir()
-    (work / "postfix-data").mkdir()
-    os.chown(work / "postfix-data", pwd.getpwnam("postfix").pw_uid, 0)
-    subprocess.run(["postfix", "-c", str(conf), "check"], check=True)
-    subprocess.run(["postfix", "-c", str(conf), "start"], check=True)
-    return conf
+    postfix = Postfix(folder, port, f"mail.{SHOP}", settings)
+    (postfix.conf / "vmailbox").write_text(
+        f"bounces@{SHOP} {SHOP}/bounces/\n" + "".join(f"{u}@{USERS} {USERS}/{u}/\n" for u in KNOWN)
+    )
+    return postfix
 
 
 def start_dovecot(work: Path, imaps: int, imap: int, uid: int, gid: int) -> Path:
@@ -251,17 +177,8 @@ service imap-login {{
 
 
 def wait_for(what: str, check, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    fail(f"timed out waiting for {what}")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    if not wait_until(check, timeout):
+        fail(f"timed out waiting for {what}")
 
 
 def maildir_messages(box: Path) -> list[Path]:
@@ -270,198 +187,178 @@ def maildir_messages(box: Path) -> list[Path]:
     )
 
 
-def listkit(ws: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*LISTKIT, "--workspace", str(ws), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        **kwargs,
-    )
-
-
-LIMIT = 180  # seconds: a run that takes longer stops, and still cleans up
-
-
-def _stop(signum, _frame) -> None:
-    # SystemExit unwinds through main's finally: Postfix stopped, the folder removed.
-    why = f"took longer than {LIMIT} s" if signum == signal.SIGALRM else "terminated"
-    raise SystemExit(f"integration-bounces: stopped: {why}")
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGALRM, _stop)
-    signal.alarm(LIMIT)
+    time_limit("integration-bounces")
     install()
-    work = Path(tempfile.mkdtemp(prefix="listkit-bounces-"))
-    work.chmod(0o755)  # the mail user walks into it
     nobody = pwd.getpwnam("nobody").pw_uid
     nogroup = grp.getgrnam("nogroup").gr_gid
     smtp_port, imaps_port, imap_port = free_port(), free_port(), free_port()
-    postfix_conf = dovecot_conf = None
-    try:
+    # The folder is mode 0755: the mail user walks into it.
+    with temporary_folder("listkit-bounces-", bool(os.environ.get("KEEP")), say) as work:
         ca = certificates(work)
-        postfix_conf = start_postfix(work, smtp_port, nobody, nogroup)
-        dovecot_conf = start_dovecot(work, imaps_port, imap_port, nobody, nogroup)
-        wait_for(
-            "Postfix and Dovecot to listen",
-            lambda: all(map(port_open, (smtp_port, imaps_port, imap_port))),
-        )
-        say(f"Postfix on 127.0.0.1:{smtp_port}, Dovecot IMAPS {imaps_port} / IMAP {imap_port}")
+        with postfix_for_bounces(work, smtp_port, nobody, nogroup):
+            dovecot_conf = None
+            try:
+                dovecot_conf = start_dovecot(work, imaps_port, imap_port, nobody, nogroup)
+                wait_for(
+                    "Dovecot to listen",
+                    lambda: all(map(port_open, (imaps_port, imap_port))),
+                )
+                say(
+                    f"Postfix on 127.0.0.1:{smtp_port}, "
+                    f"Dovecot IMAPS {imaps_port} / IMAP {imap_port}"
+                )
+                return checks(work, ca, smtp_port, imaps_port, imap_port)
+            finally:
+                if dovecot_conf is not None:
+                    subprocess.run(
+                        ["doveadm", "-c", str(dovecot_conf), "stop"], capture_output=True
+                    )
+                    pid = work / "dovecot-run" / "master.pid"
+                    if pid.exists():
+                        with contextlib.suppress(ValueError, ProcessLookupError):
+                            os.kill(int(pid.read_text()), signal.SIGTERM)
+                    time.sleep(0.5)
 
-        ws = work / "ws"
-        result = subprocess.run([*LISTKIT, "init", str(ws)], capture_output=True, text=True)
-        if result.returncode:
-            fail(f"listkit init: {result.stdout}{result.stderr}")
-        quoted_user = f"bounces%40{SHOP}"
-        quoted_password = quote(IMAP_PASSWORD, safe="")
-        env_file = ws / ".env"
-        env_file.write_text(
-            env_file.read_text()
-            + f"\nLISTKIT_SMTP_URL=smtp://127.0.0.1:{smtp_port}\n"
-            + f"LISTKIT_FROM=Field Guide Shop <shop@{SHOP}>\n"
-            + f"LISTKIT_BOUNCE_ADDRESS=bounces@{SHOP}\n"
-            + f"LISTKIT_IMAP_URL=imaps://{quoted_user}:{quoted_password}@127.0.0.1:{imaps_port}/INBOX\n"
-            + f"LISTKIT_IMAP_CA={ca}\n"
-        )
-        (ws / "campaigns" / "it.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
-        steps = [["lists", "create", "blog"]]
-        steps += [["subscribers", "add", f"{u}@{USERS}", "--list", "blog"] for u in KNOWN + UNKNOWN]
-        for step in steps:
-            r = listkit(ws, *step)
-            if r.returncode:
-                fail(f"listkit {' '.join(step)}: {r.stdout}{r.stderr}")
-        r = listkit(ws, "send", "it", "--yes")
+
+def checks(work: Path, ca: Path, smtp_port: int, imaps_port: int, imap_port: int) -> int:
+    """The campaign, the bounces and the three fetches; 0 when every check holds."""
+    ws = work / "ws"
+    result = subprocess.run([*LISTKIT, "init", str(ws)], capture_output=True, text=True)
+    if result.returncode:
+        fail(f"listkit init: {result.stdout}{result.stderr}")
+    quoted_user = f"bounces%40{SHOP}"
+    quoted_password = quote(IMAP_PASSWORD, safe="")
+    env_file = ws / ".env"
+    env_file.write_text(
+        env_file.read_text()
+        + f"\nLISTKIT_SMTP_URL=smtp://127.0.0.1:{smtp_port}\n"
+        + f"LISTKIT_FROM=Field Guide Shop <shop@{SHOP}>\n"
+        + f"LISTKIT_BOUNCE_ADDRESS=bounces@{SHOP}\n"
+        + f"LISTKIT_IMAP_URL=imaps://{quoted_user}:{quoted_password}@127.0.0.1:{imaps_port}/INBOX\n"
+        + f"LISTKIT_IMAP_CA={ca}\n"
+    )
+    (ws / "campaigns" / "it.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    steps = [["lists", "create", "blog"]]
+    steps += [["subscribers", "add", f"{u}@{USERS}", "--list", "blog"] for u in KNOWN + UNKNOWN]
+    for step in steps:
+        r = listkit(ws, *step)
         if r.returncode:
-            fail(f"listkit send: {r.stdout}{r.stderr}")
-        say("campaign sent: " + r.stdout.strip().splitlines()[-1])
+            fail(f"listkit {' '.join(step)}: {r.stdout}{r.stderr}")
+    r = listkit(ws, "send", "it", "--yes")
+    if r.returncode:
+        fail(f"listkit send: {r.stdout}{r.stderr}")
+    say("campaign sent: " + r.stdout.strip().splitlines()[-1])
 
-        # A person's reply to the bounce address: not a bounce, must stay.
-        reply = EmailMessage()
-        reply["From"] = f"reader1@{USERS}"
-        reply["To"] = f"bounces@{SHOP}"
-        reply["Subject"] = "Re: the Field Guide"
-        reply["Message-ID"] = f"<reply-1@{USERS}>"
-        reply.set_content("Does the discount work for the paperback too?\n")
-        with smtplib.SMTP("127.0.0.1", smtp_port) as s:
-            s.send_message(reply, from_addr=f"reader1@{USERS}", to_addrs=[f"bounces@{SHOP}"])
+    # A person's reply to the bounce address: not a bounce, must stay.
+    reply = EmailMessage()
+    reply["From"] = f"reader1@{USERS}"
+    reply["To"] = f"bounces@{SHOP}"
+    reply["Subject"] = "Re: the Field Guide"
+    reply["Message-ID"] = f"<reply-1@{USERS}>"
+    reply.set_content("Does the discount work for the paperback too?\n")
+    with smtplib.SMTP("127.0.0.1", smtp_port) as s:
+        s.send_message(reply, from_addr=f"reader1@{USERS}", to_addrs=[f"bounces@{SHOP}"])
 
-        box = work / "mail" / SHOP / "bounces"
-        wait_for(
-            "Postfix's bounces and the reply in the Maildir",
-            lambda: len(maildir_messages(box)) >= len(UNKNOWN) + 1,
+    box = work / "mail" / SHOP / "bounces"
+    wait_for(
+        "Postfix's bounces and the reply in the Maildir",
+        lambda: len(maildir_messages(box)) >= len(UNKNOWN) + 1,
+    )
+    time.sleep(1)  # anything more would be a defect: counted below
+    messages = maildir_messages(box)
+    if len(messages) != len(UNKNOWN) + 1:
+        fail(f"expected {len(UNKNOWN) + 1} messages in the bounce mailbox, found {len(messages)}")
+    sample = next(
+        p.read_text(errors="replace")
+        for p in messages
+        if "Undelivered" in p.read_text(errors="replace")
+    )
+    if "X-Postfix-Queue-ID" not in sample or "Status: 5.1.1" not in sample:
+        fail("the bounce is not Postfix's own DSN")
+    say(f"{len(messages)} messages in the bounce mailbox (Postfix DSNs and one reply)")
+
+    # Kill fetch right after its commit, before it touches the mailbox.
+    proc = subprocess.Popen(
+        [*LISTKIT, "--workspace", str(ws), "bounces", "fetch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "LISTKIT_TEST_PAUSE_AFTER_COMMIT": "120"},
+    )
+    line = proc.stderr.readline()
+    if "committed" not in line:
+        proc.kill()
+        fail(f"fetch did not reach its commit: {line}{proc.stderr.read()}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    say("bounces fetch killed (SIGKILL) after its commit")
+    if len(maildir_messages(box)) != len(UNKNOWN) + 1:
+        fail("messages were removed before the kill")
+
+    def suppressed() -> list[str]:
+        with sqlite3.connect(ws / "listkit.db") as db:
+            return [r[0] for r in db.execute("SELECT key FROM suppressions ORDER BY key")]
+
+    def events() -> int:
+        with sqlite3.connect(ws / "listkit.db") as db:
+            return db.execute("SELECT COUNT(*) FROM events WHERE kind = 'bounce'").fetchone()[0]
+
+    expected = sorted(f"{u}@{USERS}" for u in UNKNOWN)
+    if suppressed() != expected:
+        fail(f"after the killed run, suppressed {suppressed()}, expected {expected}")
+
+    r = listkit(ws, "bounces", "fetch")
+    if r.returncode:
+        fail(f"bounces fetch: {r.stdout}{r.stderr}")
+    say("fetch again: " + r.stdout.strip().splitlines()[-1])
+    if IMAP_PASSWORD in r.stdout + r.stderr or "s3cret" in r.stdout + r.stderr:
+        fail("the IMAP password appeared in the output")
+    if suppressed() != expected or events() != len(UNKNOWN):
+        fail(f"after the rerun: suppressed {suppressed()}, {events()} bounce events")
+    left = maildir_messages(box)
+    if len(left) != 1 or "Re: the Field Guide" not in left[0].read_text():
+        fail(f"the mailbox should hold only the reply, holds {[p.name for p in left]}")
+    if ":2," in left[0].name and "S" in left[0].name.split(":2,")[1]:
+        fail("the reply was marked read")
+
+    # STARTTLS on the plain port, a third run: nothing new, nothing removed.
+    env_file.write_text(
+        env_file.read_text().replace(
+            f"imaps://{quoted_user}:{quoted_password}@127.0.0.1:{imaps_port}",
+            f"imap+starttls://{quoted_user}:{quoted_password}@127.0.0.1:{imap_port}",
         )
-        time.sleep(1)  # anything more would be a defect: counted below
-        messages = maildir_messages(box)
-        if len(messages) != len(UNKNOWN) + 1:
-            fail(
-                f"expected {len(UNKNOWN) + 1} messages in the bounce mailbox, found {len(messages)}"
-            )
-        sample = next(
-            p.read_text(errors="replace")
-            for p in messages
-            if "Undelivered" in p.read_text(errors="replace")
-        )
-        if "X-Postfix-Queue-ID" not in sample or "Status: 5.1.1" not in sample:
-            fail("the bounce is not Postfix's own DSN")
-        say(f"{len(messages)} messages in the bounce mailbox (Postfix DSNs and one reply)")
+    )
+    r = listkit(ws, "bounces", "fetch", "--json")
+    if r.returncode or '"messages": []' not in r.stdout:
+        fail(f"third fetch (STARTTLS) read something again: {r.stdout}{r.stderr}")
+    if len(maildir_messages(box)) != 1 or events() != len(UNKNOWN):
+        fail("the third fetch changed something")
 
-        # Kill fetch right after its commit, before it touches the mailbox.
-        proc = subprocess.Popen(
-            [*LISTKIT, "--workspace", str(ws), "bounces", "fetch"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "LISTKIT_TEST_PAUSE_AFTER_COMMIT": "120"},
-        )
-        line = proc.stderr.readline()
-        if "committed" not in line:
-            proc.kill()
-            fail(f"fetch did not reach its commit: {line}{proc.stderr.read()}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        say("bounces fetch killed (SIGKILL) after its commit")
-        if len(maildir_messages(box)) != len(UNKNOWN) + 1:
-            fail("messages were removed before the kill")
-
-        def suppressed() -> list[str]:
-            with sqlite3.connect(ws / "listkit.db") as db:
-                return [r[0] for r in db.execute("SELECT key FROM suppressions ORDER BY key")]
-
-        def events() -> int:
-            with sqlite3.connect(ws / "listkit.db") as db:
-                return db.execute("SELECT COUNT(*) FROM events WHERE kind = 'bounce'").fetchone()[0]
-
-        expected = sorted(f"{u}@{USERS}" for u in UNKNOWN)
-        if suppressed() != expected:
-            fail(f"after the killed run, suppressed {suppressed()}, expected {expected}")
-
-        r = listkit(ws, "bounces", "fetch")
-        if r.returncode:
-            fail(f"bounces fetch: {r.stdout}{r.stderr}")
-        say("fetch again: " + r.stdout.strip().splitlines()[-1])
-        if IMAP_PASSWORD in r.stdout + r.stderr or "s3cret" in r.stdout + r.stderr:
-            fail("the IMAP password appeared in the output")
-        if suppressed() != expected or events() != len(UNKNOWN):
-            fail(f"after the rerun: suppressed {suppressed()}, {events()} bounce events")
-        left = maildir_messages(box)
-        if len(left) != 1 or "Re: the Field Guide" not in left[0].read_text():
-            fail(f"the mailbox should hold only the reply, holds {[p.name for p in left]}")
-        if ":2," in left[0].name and "S" in left[0].name.split(":2,")[1]:
-            fail("the reply was marked read")
-
-        # STARTTLS on the plain port, a third run: nothing new, nothing removed.
-        env_file.write_text(
-            env_file.read_text().replace(
-                f"imaps://{quoted_user}:{quoted_password}@127.0.0.1:{imaps_port}",
-                f"imap+starttls://{quoted_user}:{quoted_password}@127.0.0.1:{imap_port}",
-            )
-        )
-        r = listkit(ws, "bounces", "fetch", "--json")
-        if r.returncode or '"messages": []' not in r.stdout:
-            fail(f"third fetch (STARTTLS) read something again: {r.stdout}{r.stderr}")
-        if len(maildir_messages(box)) != 1 or events() != len(UNKNOWN):
-            fail("the third fetch changed something")
-
-        # LISTKIT_IMAP_DONE=move:Processed: a new bounce goes to that folder (created).
-        for step in (
-            ["lists", "create", "more"],
-            ["subscribers", "add", f"ghost4@{USERS}", "--list", "more"],
-        ):
-            listkit(ws, *step)
-        (ws / "campaigns" / "it2.toml").write_text('offer = "launch"\nlists = ["more"]\n')
-        if listkit(ws, "send", "it2", "--yes").returncode:
-            fail("listkit send it2 failed")
-        wait_for("the fourth bounce", lambda: len(maildir_messages(box)) == 2)
-        env_file.write_text(env_file.read_text() + "LISTKIT_IMAP_DONE=move:Processed\n")
-        r = listkit(ws, "bounces", "fetch")
-        say("fetch, moving: " + r.stdout.strip().splitlines()[-1])
-        processed = maildir_messages(box / ".Processed")
-        if r.returncode or len(processed) != 1 or len(maildir_messages(box)) != 1:
-            fail(f"move:Processed: {r.stdout}{r.stderr}; {len(processed)} in Processed")
-        expected = sorted([*expected, f"ghost4@{USERS}"])
-        if suppressed() != expected or events() != len(expected):
-            fail(f"after the move: suppressed {suppressed()}, {events()} bounce events")
-        r = listkit(ws, "report", "--by", "campaign")
-        say("report:\n" + r.stdout)
-        say(f"OK: suppressed exactly {', '.join(expected)}; the reply stays in the mailbox")
-        return 0
-    finally:
-        if postfix_conf is not None:
-            subprocess.run(["postfix", "-c", str(postfix_conf), "stop"], capture_output=True)
-        if dovecot_conf is not None:
-            subprocess.run(["doveadm", "-c", str(dovecot_conf), "stop"], capture_output=True)
-            pid = work / "dovecot-run" / "master.pid"
-            if pid.exists():
-                with contextlib.suppress(ValueError, ProcessLookupError):
-                    os.kill(int(pid.read_text()), signal.SIGTERM)
-        if os.environ.get("KEEP"):
-            say(f"kept {work}")
-        else:
-            time.sleep(0.5)
-            shutil.rmtree(work, ignore_errors=True)
+    # LISTKIT_IMAP_DONE=move:Processed: a new bounce goes to that folder (created).
+    for step in (
+        ["lists", "create", "more"],
+        ["subscribers", "add", f"ghost4@{USERS}", "--list", "more"],
+    ):
+        listkit(ws, *step)
+    (ws / "campaigns" / "it2.toml").write_text('offer = "launch"\nlists = ["more"]\n')
+    if listkit(ws, "send", "it2", "--yes").returncode:
+        fail("listkit send it2 failed")
+    wait_for("the fourth bounce", lambda: len(maildir_messages(box)) == 2)
+    env_file.write_text(env_file.read_text() + "LISTKIT_IMAP_DONE=move:Processed\n")
+    r = listkit(ws, "bounces", "fetch")
+    say("fetch, moving: " + r.stdout.strip().splitlines()[-1])
+    processed = maildir_messages(box / ".Processed")
+    if r.returncode or len(processed) != 1 or len(maildir_messages(box)) != 1:
+        fail(f"move:Processed: {r.stdout}{r.stderr}; {len(processed)} in Processed")
+    expected = sorted([*expected, f"ghost4@{USERS}"])
+    if suppressed() != expected or events() != len(expected):
+        fail(f"after the move: suppressed {suppressed()}, {events()} bounce events")
+    r = listkit(ws, "report", "--by", "campaign")
+    say("report:\n" + r.stdout)
+    say(f"OK: suppressed exactly {', '.join(expected)}; the reply stays in the mailbox")
+    return 0
 
 
 if __name__ == "__main__":

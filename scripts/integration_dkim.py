@@ -27,6 +27,10 @@ Needs root (apt-get, and Postfix's master runs as root). What it does:
    changed copy must make ``dkimverify`` exit 1;
 7. stops Postfix, the DNS server and the capture server, whatever happened.
 
+The Debian installation, the Postfix instance, free ports and the time limit
+come from ``scripts/postfix_instance.py``, shared with
+``scripts/integration_bounces.py``.
+
 Exit status 0 when every message verified.
 """
 
@@ -35,66 +39,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import dkim as dkimpy
 from aiosmtpd.controller import Controller
+from postfix_instance import (
+    ROOT,
+    Postfix,
+    free_port,
+    install_packages,
+    listkit_or_exit,
+    postfix_missing,
+    temporary_folder,
+    time_limit,
+)
 
-POSTFIX = "/usr/sbin/postfix"
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.dns_server: the loopback DNS server of the tests
 DKIMVERIFY = Path(sys.executable).parent / "dkimverify"
 
-MASTER_CF = """\
-{listen} inet n - n - - smtpd
-pickup     unix  n - n 60 1 pickup
-cleanup    unix  n - n -  0 cleanup
-qmgr       unix  n - n 300 1 qmgr
-rewrite    unix  - - n -  - trivial-rewrite
-bounce     unix  - - n -  0 bounce
-defer      unix  - - n -  0 bounce
-trace      unix  - - n -  0 bounce
-verify     unix  - - n -  1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -  - proxymap
-proxywrite unix  - - n -  1 proxymap
-smtp       unix  - - n -  - smtp
-relay      unix  - - n -  - smtp
-showq      unix  n - n -  - showq
-error      unix  - - n -  - error
-retry      unix  - - n -  - error
-discard    unix  - - n -  - discard
-local      unix  - n n -  - local
-anvil      unix  - - n -  1 anvil
-scache     unix  - - n -  1 scache
-postlog    unix-dgram n - n - 1 postlogd
-"""
-
-MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {root}/spool
-data_directory = {root}/data
-maillog_file = {root}/postfix.log
-maillog_file_prefixes = {root}
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = relay.listkit-integration.example
-mydomain = listkit-integration.example
-myorigin = $myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
-mynetworks = 127.0.0.0/8
+# This instance relays everything to the capture server (the "next hop").
+SETTINGS = """\
 smtpd_relay_restrictions = permit_mynetworks, reject
 relayhost = [127.0.0.1]:{next_hop}
 smtp_host_lookup = native
@@ -107,56 +74,6 @@ def log(message: str) -> None:
     print(f"integration-dkim: {message}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {seconds:g} s")
-
-
-def ensure_postfix() -> None:
-    if Path(POSTFIX).exists():
-        return
-    if not shutil.which("apt-get"):
-        raise SystemExit("postfix is missing and apt-get is not available: install postfix")
-    log("installing postfix (Debian package) ...")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # No system Postfix may start (it would outlive the run): policy-rc.d says no to
-    # every invoke-rc.d during the installation; only a policy we wrote is removed.
-    policy = Path("/usr/sbin/policy-rc.d")
-    ours = not policy.exists()
-    if ours:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        subprocess.run(
-            ["debconf-set-selections"],
-            input="postfix postfix/main_mailer_type select No configuration\n",
-            text=True,
-            check=False,
-            env=env,
-        )
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postfix"],
-            check=True,
-            env=env,
-        )
-    finally:
-        if ours:
-            policy.unlink()
-
-
 class Capture:
     """The next hop: keeps every message it is given."""
 
@@ -167,14 +84,6 @@ class Capture:
         for rcpt in envelope.rcpt_tos:
             self.messages.append((rcpt, envelope.original_content or envelope.content))
         return "250 2.0.0 captured"
-
-
-def listkit(workspace: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "listkit", "--workspace", str(workspace), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise SystemExit(f"listkit {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result
 
 
 def dns_on_port_53(zones: dict):
@@ -201,147 +110,126 @@ def dkimverify(message: bytes, resolv_conf: Path) -> subprocess.CompletedProcess
     )
 
 
-LIMIT = 180  # seconds: a run that takes longer stops, and still cleans up
-
-
-def _stop(signum, _frame) -> None:
-    # SystemExit unwinds through main's finally: Postfix stopped, the folder removed.
-    why = f"took longer than {LIMIT} s" if signum == signal.SIGALRM else "terminated"
-    raise SystemExit(f"integration-dkim: stopped: {why}")
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGALRM, _stop)
-    signal.alarm(LIMIT)
+    time_limit("integration-dkim")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: it installs and starts Postfix (make integration-dkim)")
-    ensure_postfix()
-    tmp = Path(tempfile.mkdtemp(prefix="listkit-integration-dkim-"))
-    os.chmod(tmp, 0o755)  # Postfix's daemons (user postfix) reach their queue below it
+    install_packages(postfix_missing(), log)
     capture = Capture()
     next_hop, listen = free_port(), free_port()
     controller = Controller(capture, hostname="127.0.0.1", port=next_hop)
     controller.start()
-    conf = tmp / "etc"
-    conf.mkdir()
-    (conf / "main.cf").write_text(MAIN_CF.format(root=tmp, next_hop=next_hop))
-    (conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{listen}"))
-    (tmp / "spool").mkdir()
-    (tmp / "data").mkdir()
-    shutil.chown(tmp / "data", "postfix")
-    maillog = tmp / "postfix.log"
-
-    def postfix(*args: str) -> None:
-        # Postfix reports to its log, not to a stderr that is not a terminal.
-        if subprocess.run([POSTFIX, "-c", str(conf), *args]).returncode != 0:
-            tail = maillog.read_text()[-2000:] if maillog.exists() else "(no log)"
-            raise SystemExit(f"postfix {' '.join(args)} failed; its log:\n{tail}")
-
-    postfix_started = False
     try:
-        postfix("check")
-        postfix("start")
-        postfix_started = True
-        wait_for_port(listen)
-        log(f"postfix (-c {conf}) on 127.0.0.1:{listen}, relaying to 127.0.0.1:{next_hop}")
-
-        ws = tmp / "ws"
-        listkit(ws, "init", str(ws))
-        new = listkit(ws, "dkim", "keygen", "--selector", "integration", "--json").stdout
-        key = json.loads(new)
-        env = (
-            (ws / ".env").read_text().replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{listen}")
-        )
-        env += "LISTKIT_DKIM_KEY=dkim-integration.pem\nLISTKIT_DKIM_SELECTOR=integration\n"
-        (ws / ".env").write_text(env)
-        listkit(ws, "lists", "create", "blog")
-        people = tmp / "people.csv"
-        people.write_text(
-            "email,name\n"
-            + "".join(f"reader{i}@example.org,Reader {i}\n" for i in range(args.messages))
-        )
-        listkit(ws, "subscribers", "import", str(people), "--list", "blog")
-        (ws / "campaigns" / "integration.toml").write_text(
-            'offer = "launch"\nlists = ["blog"]\nconcurrency = 2\n'
-        )
-        log(listkit(ws, "send", "integration", "--yes").stdout.strip())
-
-        deadline = time.monotonic() + 60
-        while len(capture.messages) < args.messages and time.monotonic() < deadline:
-            subprocess.run(["postqueue", "-c", str(conf), "-f"], capture_output=True)
-            time.sleep(0.5)
-        if len(capture.messages) < args.messages:
-            tail = maillog.read_text()[-3000:] if maillog.exists() else "(no log)"
-            raise SystemExit(
-                f"only {len(capture.messages)} of {args.messages} messages came through "
-                f"Postfix in 60 s; its log:\n{tail}"
+        with (
+            temporary_folder("listkit-integration-dkim-", args.keep, log) as tmp,
+            Postfix(
+                tmp / "postfix",
+                listen,
+                "relay.listkit-integration.example",
+                SETTINGS.format(next_hop=next_hop),
+            ) as postfix,
+        ):
+            log(
+                f"postfix (-c {postfix.conf}) on 127.0.0.1:{listen}, "
+                f"relaying to 127.0.0.1:{next_hop}"
             )
-
-        dns = {f"{key['record_name']}.".encode(): key["record_value"].encode()}
-
-        def lookup(name, timeout=5):
-            return dns.get(name)
-
-        failed = []
-        for rcpt, data in capture.messages:
-            if b"by relay.listkit-integration.example (Postfix)" not in data:
-                failed.append(f"{rcpt}: no Received header from Postfix")
-            elif not dkimpy.verify(data, dnsfunc=lookup):
-                failed.append(f"{rcpt}: signature does not verify")
-        sample = capture.messages[0][1]
-        tampered = sample.replace(b"Reader", b"Raeder", 1)
-        if tampered == sample or dkimpy.verify(tampered, dnsfunc=lookup):
-            failed.append("a message changed after signing still verified")
-
-        # The `dkimverify` command, reading the published key from DNS.
-        from tests.dns_server import txt
-
-        probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
-        if probe.returncode != 0:
-            raise SystemExit(
-                "integration-dkim: `unshare --mount` is refused here (it needs root with "
-                f"CAP_SYS_ADMIN): {probe.stderr.strip()}; dkimverify cannot be pointed at "
-                "the loopback DNS server without changing the machine's /etc/resolv.conf"
-            )
-        zones = {f"{key['record_name']}.": [txt(key["record_value"])]}
-        server = dns_on_port_53(zones)
-        resolv_conf = tmp / "resolv.conf"
-        resolv_conf.write_text(f"nameserver {server.host}\n")
-        with server:
-            for rcpt, data in capture.messages:
-                r = dkimverify(data, resolv_conf)
-                if r.returncode != 0 or r.stdout.strip() != b"signature ok":
-                    failed.append(f"{rcpt}: dkimverify says {(r.stdout + r.stderr).strip()!r}")
-            r = dkimverify(tampered, resolv_conf)
-            if r.returncode != 1 or b"signature verification failed" not in r.stdout:
-                failed.append(f"dkimverify accepted a changed copy: {r.stdout + r.stderr!r}")
-        asked = {name for name, kind in server.queries if kind == "TXT"}
-        if f"{key['record_name']}." not in asked:
-            failed.append(f"dkimverify never asked the loopback DNS server ({server.queries})")
-        if failed:
-            for line in failed:
-                log(f"FAIL {line}")
-            return 1
-        log(
-            f"{len(capture.messages)} messages went through Postfix and verify "
-            f"(d={key['domain']}, s={key['selector']}), with dkimpy's library and with its "
-            f"dkimverify command reading the key from DNS ({server.address}); "
-            "a changed copy fails both"
-        )
-        return 0
+            return send_and_verify(args, tmp, postfix, capture)
     finally:
-        if postfix_started:
-            subprocess.run([POSTFIX, "-c", str(conf), "stop"], capture_output=True)
         controller.stop()
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def send_and_verify(args: argparse.Namespace, tmp: Path, postfix: Postfix, capture: Capture) -> int:
+    """Send the campaign through ``postfix`` and verify what reaches ``capture``."""
+    ws = tmp / "ws"
+    listkit_or_exit(ws, "init", str(ws))
+    new = listkit_or_exit(ws, "dkim", "keygen", "--selector", "integration", "--json").stdout
+    key = json.loads(new)
+    env = (
+        (ws / ".env")
+        .read_text()
+        .replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{postfix.port}")
+    )
+    env += "LISTKIT_DKIM_KEY=dkim-integration.pem\nLISTKIT_DKIM_SELECTOR=integration\n"
+    (ws / ".env").write_text(env)
+    listkit_or_exit(ws, "lists", "create", "blog")
+    people = tmp / "people.csv"
+    people.write_text(
+        "email,name\n"
+        + "".join(f"reader{i}@example.org,Reader {i}\n" for i in range(args.messages))
+    )
+    listkit_or_exit(ws, "subscribers", "import", str(people), "--list", "blog")
+    (ws / "campaigns" / "integration.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nconcurrency = 2\n'
+    )
+    log(listkit_or_exit(ws, "send", "integration", "--yes").stdout.strip())
+
+    deadline = time.monotonic() + 60
+    while len(capture.messages) < args.messages and time.monotonic() < deadline:
+        postfix.flush()
+        time.sleep(0.5)
+    if len(capture.messages) < args.messages:
+        tail = postfix.log_tail(3000)
+        raise SystemExit(
+            f"only {len(capture.messages)} of {args.messages} messages came through "
+            f"Postfix in 60 s; its log:\n{tail}"
+        )
+
+    dns = {f"{key['record_name']}.".encode(): key["record_value"].encode()}
+
+    def lookup(name, timeout=5):
+        return dns.get(name)
+
+    failed = []
+    for rcpt, data in capture.messages:
+        if b"by relay.listkit-integration.example (Postfix)" not in data:
+            failed.append(f"{rcpt}: no Received header from Postfix")
+        elif not dkimpy.verify(data, dnsfunc=lookup):
+            failed.append(f"{rcpt}: signature does not verify")
+    sample = capture.messages[0][1]
+    tampered = sample.replace(b"Reader", b"Raeder", 1)
+    if tampered == sample or dkimpy.verify(tampered, dnsfunc=lookup):
+        failed.append("a message changed after signing still verified")
+
+    # The `dkimverify` command, reading the published key from DNS.
+    from tests.dns_server import txt
+
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SystemExit(
+            "integration-dkim: `unshare --mount` is refused here (it needs root with "
+            f"CAP_SYS_ADMIN): {probe.stderr.strip()}; dkimverify cannot be pointed at "
+            "the loopback DNS server without changing the machine's /etc/resolv.conf"
+        )
+    zones = {f"{key['record_name']}.": [txt(key["record_value"])]}
+    server = dns_on_port_53(zones)
+    resolv_conf = tmp / "resolv.conf"
+    resolv_conf.write_text(f"nameserver {server.host}\n")
+    with server:
+        for rcpt, data in capture.messages:
+            r = dkimverify(data, resolv_conf)
+            if r.returncode != 0 or r.stdout.strip() != b"signature ok":
+                failed.append(f"{rcpt}: dkimverify says {(r.stdout + r.stderr).strip()!r}")
+        r = dkimverify(tampered, resolv_conf)
+        if r.returncode != 1 or b"signature verification failed" not in r.stdout:
+            failed.append(f"dkimverify accepted a changed copy: {r.stdout + r.stderr!r}")
+    asked = {name for name, kind in server.queries if kind == "TXT"}
+    if f"{key['record_name']}." not in asked:
+        failed.append(f"dkimverify never asked the loopback DNS server ({server.queries})")
+    if failed:
+        for line in failed:
+            log(f"FAIL {line}")
+        return 1
+    log(
+        f"{len(capture.messages)} messages went through Postfix and verify "
+        f"(d={key['domain']}, s={key['selector']}), with dkimpy's library and with its "
+        f"dkimverify command reading the key from DNS ({server.address}); "
+        "a changed copy fails both"
+    )
+    return 0
 
 
 if __name__ == "__main__":
