@@ -235,3 +235,44 @@ def test_a_send_lock_on_a_full_disk_is_named(run, workspace):
         "space and run the command again\n"
     )
     assert handler.messages == []
+
+
+def test_waiting_for_the_write_lock_tries_again_every_few_milliseconds_until_it_is_free(
+    tmp_path,
+):
+    path = tmp_path / "lock.db"
+    open_db(path).conn.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    conn = open_db(path).conn
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 20:
+            other.execute("COMMIT")  # the other writer lets go
+
+    dbmod.begin_immediate(conn, sleep=sleep)
+    assert conn.in_transaction
+    assert len(sleeps) == 20
+    assert max(sleeps) <= dbmod.LOCK_POLL_MAX <= 0.002
+    conn.execute("ROLLBACK")
+    # The connection keeps its busy timeout for every other statement.
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == dbmod.BUSY_TIMEOUT_MS
+    other.close()
+
+
+def test_a_write_lock_held_past_the_timeout_is_sqlites_database_is_locked(tmp_path):
+    path = tmp_path / "lock.db"
+    open_db(path).conn.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    conn = open_db(path).conn
+    sleeps = []
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        dbmod.begin_immediate(conn, timeout=0, sleep=sleeps.append)
+    assert sleeps == []
+    assert not conn.in_transaction
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == dbmod.BUSY_TIMEOUT_MS
+    other.execute("ROLLBACK")
+    other.close()

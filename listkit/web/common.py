@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from listkit.db import open_db
+from listkit.db import begin_immediate, open_db
 
 T = TypeVar("T")
 
@@ -89,7 +89,7 @@ class WebDB:
                     break
             results: list[tuple[bool, Any]] = []
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                begin_immediate(conn)
                 for fn, args, _loop, _future in batch:
                     conn.execute("SAVEPOINT write")
                     try:
