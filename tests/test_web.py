@@ -115,3 +115,43 @@ def test_writes_commit_together_and_a_failing_write_rolls_back_alone(ws):
 def test_listkit_serve_runs_as_a_process_on_loopback(workspace):
     with serve(workspace) as base, urllib.request.urlopen(base + "/healthz") as r:
         assert r.read() == b"ok\n"
+
+
+def test_a_web_write_waits_for_another_programs_write_lock_and_commits_once_it_is_free(
+    tmp_path, monkeypatch
+):
+    import sqlite3
+
+    from listkit import db as dbmod
+    from listkit.web import common
+
+    path = tmp_path / "web.db"
+    dbmod.open_db(path).conn.close()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE notes (text TEXT)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO notes VALUES ('from the other program')")
+    tries = []
+
+    def begin(conn):
+        def sleep(seconds):
+            tries.append(seconds)
+            if other.in_transaction:
+                other.execute("COMMIT")  # the other program lets go after the first try
+
+        dbmod.begin_immediate(conn, sleep=sleep)
+
+    monkeypatch.setattr(common, "begin_immediate", begin)
+    web = common.WebDB(path)
+
+    def add(db, text):
+        db.execute("INSERT INTO notes VALUES (?)", [text])
+        return text
+
+    assert asyncio.run(web.write(add, "from the service")) == "from the service"
+    assert len(tries) == 1
+    assert [r[0] for r in other.execute("SELECT text FROM notes ORDER BY rowid")] == [
+        "from the other program",
+        "from the service",
+    ]
+    other.close()
