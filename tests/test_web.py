@@ -155,3 +155,81 @@ def test_a_web_write_waits_for_another_programs_write_lock_and_commits_once_it_i
         "from the service",
     ]
     other.close()
+
+
+def _web_db_with_a_table(tmp_path):
+    from listkit import db as dbmod
+    from listkit.web import common
+
+    path = tmp_path / "web.db"
+    dbmod.open_db(path).conn.close()
+    return path, common.WebDB(path)
+
+
+def _add_pages(db, n):
+    db.execute("CREATE TABLE IF NOT EXISTS blobs (data BLOB)")
+    db.conn.executemany("INSERT INTO blobs VALUES (zeroblob(4000))", [()] * n)
+
+
+def test_a_web_commit_never_checkpoints_the_wal_on_the_request_path(tmp_path, monkeypatch):
+    from listkit.web import common
+
+    monkeypatch.setattr(common, "CHECKPOINT_EVERY", 10**9)
+    path, web = _web_db_with_a_table(tmp_path)
+    before = path.stat().st_size
+
+    async def writes():
+        for _ in range(3):  # past SQLite's automatic checkpoint at 1,000 pages
+            await web.write(_add_pages, 500)
+
+    asyncio.run(writes())
+    # The pages are committed (in the WAL) but were not copied into the database file.
+    assert path.stat().st_size == before
+    assert (tmp_path / "web.db-wal").stat().st_size > 1000 * 4096
+
+
+def test_a_thread_of_its_own_checkpoints_what_the_web_writer_committed(tmp_path, monkeypatch):
+    import time
+
+    from listkit.web import common
+
+    monkeypatch.setattr(common, "CHECKPOINT_EVERY", 2)
+    path, web = _web_db_with_a_table(tmp_path)
+
+    async def writes():
+        for _ in range(2):
+            await web.write(_add_pages, 100)
+
+    asyncio.run(writes())
+    for _ in range(300):  # the checkpoint runs beside the writer: wait for it, 30 s at most
+        if path.stat().st_size > 200 * 4000:
+            break
+        time.sleep(0.1)
+    assert path.stat().st_size > 200 * 4000
+
+
+def test_writes_committed_in_one_group_each_get_their_own_answer_and_a_failing_one_only_its_error(
+    tmp_path,
+):
+    path, web = _web_db_with_a_table(tmp_path)
+    asyncio.run(web.write(lambda db: db.execute("CREATE TABLE notes (n INTEGER NOT NULL)")))
+
+    def add(db, n):
+        db.execute("INSERT INTO notes VALUES (?)", [n])
+        return n * 10
+
+    async def many():
+        return await asyncio.gather(
+            *(web.write(add, n if n != 7 else None) for n in range(20)), return_exceptions=True
+        )
+
+    answers = asyncio.run(many())
+    assert [a for i, a in enumerate(answers) if i != 7] == [n * 10 for n in range(20) if n != 7]
+    assert isinstance(answers[7], Exception) and "NOT NULL" in str(answers[7])
+    import sqlite3
+
+    other = sqlite3.connect(path)
+    assert [r[0] for r in other.execute("SELECT n FROM notes ORDER BY n")] == [
+        n for n in range(20) if n != 7
+    ]
+    other.close()

@@ -39,6 +39,11 @@ MAX_GROUP = 256
 # the lock nearly all the time, and a `listkit send` in another process, which
 # polls for the lock, would wait instead of sending.
 GROUP_PAUSE = 0.004
+# The writer's connection never checkpoints the WAL itself (a checkpoint run by
+# a COMMIT keeps that group's callers waiting while it copies pages into the
+# database and fsyncs it): a thread of its own checkpoints (PASSIVE: it waits
+# for nobody and nobody waits for it) after this many group commits.
+CHECKPOINT_EVERY = 32
 
 
 class WebDB:
@@ -50,6 +55,7 @@ class WebDB:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._checkpoint = threading.Event()
 
     def _connection(self) -> Database:
         db = getattr(self._local, "db", None)
@@ -76,10 +82,23 @@ class WebDB:
                     target=self._run, name="listkit-writer", daemon=True
                 )
                 self._writer.start()
+                threading.Thread(
+                    target=self._checkpoints, name="listkit-checkpoint", daemon=True
+                ).start()
+
+    def _checkpoints(self) -> None:
+        conn = open_db(self.path, create=False).conn
+        while True:
+            self._checkpoint.wait()
+            self._checkpoint.clear()
+            with contextlib.suppress(Exception):  # the next one catches up
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _run(self) -> None:
         db = open_db(self.path, create=False)
         conn = db.conn
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        commits = 0
         while True:
             batch = [self._queue.get()]
             while len(batch) < MAX_GROUP:
@@ -102,24 +121,32 @@ class WebDB:
                         conn.execute("RELEASE write")
                         results.append((True, value))
                 conn.execute("COMMIT")
+                commits += 1
+                if commits % CHECKPOINT_EVERY == 0:
+                    self._checkpoint.set()
             except BaseException as e:  # the whole group failed: tell everyone
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 results = [(False, e)] * len(batch)
+            # One wake-up per event loop for the whole group, not one per caller.
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
             for (ok, value), (_fn, _args, loop, future) in zip(results, batch, strict=True):
+                by_loop.setdefault(loop, []).append((future, ok, value))
+            for loop, settled in by_loop.items():
                 # A caller whose loop has closed (shutting down) is gone: nobody to tell.
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_settle, future, ok, value)
+                    loop.call_soon_threadsafe(_settle, settled)
             time.sleep(GROUP_PAUSE)
 
 
-def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle(settled: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for future, ok, value in settled:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
