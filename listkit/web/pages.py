@@ -55,6 +55,7 @@ _env = SandboxedEnvironment(
     loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
+    auto_reload=False,  # the package's own templates: no file check on every page
 )
 # Pages carry tokens in their URL: never let them leak through a Referer or a cache.
 _HEADERS = {
