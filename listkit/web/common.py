@@ -37,8 +37,11 @@ MAX_GROUP = 256
 # After each commit the writer leaves the write lock free this long (collecting
 # the next group meanwhile): under a stream of requests it would otherwise hold
 # the lock nearly all the time, and a `listkit send` in another process, which
-# polls for the lock, would wait instead of sending.
-GROUP_PAUSE = 0.004
+# polls for the lock, would wait instead of sending. A send commits a group of
+# marks (one per SMTP connection) before those messages' content goes out, so
+# its speed follows how many commits it makes per gap: 12 ms leaves room for
+# several (4 ms left it about one; bench/serve.py).
+GROUP_PAUSE = 0.012
 # The writer's connection never checkpoints the WAL itself (a checkpoint run by
 # a COMMIT keeps that group's callers waiting while it copies pages into the
 # database and fsyncs it): a thread of its own checkpoints (PASSIVE: it waits
