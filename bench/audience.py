@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from big_db import arguments, ensure, timed  # the database bench/report.py uses too
 
-from listkit.audiences import rules_from_table
-from listkit.campaigns import Campaign, describe_audience
+from listkit.audience.audiences import rules_from_table
 from listkit.db import open_db
+from listkit.send.campaigns import Campaign, describe_audience
 
 LISTS = ("list1", "list2", "list3", "list4", "list5")
 

@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from listkit.bounces import import_path  # noqa: E402
-from listkit.tracking import new_token  # noqa: E402
+from listkit.inbox.bounces import import_path  # noqa: E402
+from listkit.mail.tracking import new_token  # noqa: E402
 from listkit.workspace import Workspace, init_workspace  # noqa: E402
 
 TEMPLATE = (ROOT / "tests" / "fixtures" / "bounces" / "postfix_user_unknown.eml").read_bytes()

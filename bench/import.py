@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from listkit.imports import MAILCHIMP_SUBSCRIBED
+from listkit.audience.imports import MAILCHIMP_SUBSCRIBED
 
 FIRST = ["Ann", "Bob", "Chloé", "Dmitri", "Eve", "Fatima", "Günter", "Hana", "Ivan", "Jo"]
 LAST = ["Lee", "Smith", "Müller", "García", "Kim", "Novak", "Okafor", "Rossi", "Tanaka", "Ng"]

@@ -24,11 +24,11 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
-from listkit.compose import Composer
 from listkit.config import load_settings
-from listkit.mime import MessageBuilder, Parts
-from listkit.offers import load_offer
-from listkit.tracking import new_token
+from listkit.mail.compose import Composer
+from listkit.mail.mime import MessageBuilder, Parts
+from listkit.mail.offers import load_offer
+from listkit.mail.tracking import new_token
 from listkit.workspace import init_workspace
 
 NAMES = ["Ann Lee", "Zoë Müller", "山田 太郎", "José Núñez", "Chris O'Neil", "Priya 😀"]

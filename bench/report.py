@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from big_db import arguments, ensure, timed  # the database bench/audience.py uses too
 
 from listkit.db import open_db
-from listkit.reports import build_report
+from listkit.sales.reports import build_report
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0
 def prepare_targets(ws: Path, n: int) -> tuple[list[str], list[str]]:
     """An earlier campaign with ``n`` sent deliveries; (unsubscribe paths, click paths)."""
     from listkit.db import now
-    from listkit.tracking import click_url, link_id, new_token, unsubscribe_url
+    from listkit.mail.tracking import click_url, link_id, new_token, unsubscribe_url
     from listkit.workspace import Workspace
 
     w = Workspace(ws)

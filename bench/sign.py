@@ -23,11 +23,11 @@ from pathlib import Path
 
 import dkim as dkimpy
 
-from listkit import dkim
-from listkit.compose import Composer
 from listkit.config import load_settings
-from listkit.offers import load_offer
-from listkit.tracking import new_token
+from listkit.mail import dkim
+from listkit.mail.compose import Composer
+from listkit.mail.offers import load_offer
+from listkit.mail.tracking import new_token
 from listkit.workspace import init_workspace
 
 

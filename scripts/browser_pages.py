@@ -40,7 +40,7 @@ from chromium import FLAGS, chromium
 from click.testing import CliRunner
 
 from listkit.cli import cli
-from listkit.sender import send_campaign
+from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace, init_workspace
 
 

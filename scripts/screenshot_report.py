@@ -29,8 +29,8 @@ from click.testing import CliRunner
 
 from listkit.cli import cli
 from listkit.demo import run_demo
-from listkit.report_html import main_currency
-from listkit.reports import complaint_warning_text
+from listkit.sales.report_html import main_currency
+from listkit.sales.reports import complaint_warning_text
 
 FLAGS = ["--headless", *CHROMIUM_FLAGS, "--disable-quic"]
 

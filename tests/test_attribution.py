@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from listkit.attribution import (
+from listkit.sales.attribution import (
     Touch,
     attribute_all,
     decide,

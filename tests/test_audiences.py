@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from listkit.addresses import email_key
-from listkit.audiences import matching_subscribers, rules_from_options, rules_from_table
-from listkit.campaigns import Campaign, audience_breakdown, iter_audience, load_campaign
+from listkit.audience.addresses import email_key
+from listkit.audience.audiences import matching_subscribers, rules_from_options, rules_from_table
 from listkit.errors import InputError
+from listkit.send.campaigns import Campaign, audience_breakdown, iter_audience, load_campaign
 from tests.world import World
 
 SALE_N = iter(range(1, 1000))

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from listkit.bounces import SoftRule, apply, parse, soft_rule
 from listkit.errors import ConfigError
+from listkit.inbox.bounces import SoftRule, apply, parse, soft_rule
 from tests.world import World
 
 CORPUS = Path(__file__).parent / "fixtures" / "bounces"
@@ -446,7 +446,7 @@ def complaint_world(ws, world, sent: int, complaints: int, hard: int = 0):
 
 
 def test_report_gives_bounce_and_complaint_rates_per_list_and_campaign(ws, world):
-    from listkit.reports import build_report
+    from listkit.sales.reports import build_report
 
     complaint_world(ws, world, sent=200, complaints=1, hard=4)
     [row] = build_report(ws.db, "campaign")["rows"]
@@ -602,7 +602,7 @@ def test_retry_never_touches_a_delivery_that_bounced_after_it_was_sent(run, ws, 
 
 
 def test_a_bounce_counts_for_its_campaign_even_when_another_campaign_suppressed_first(ws, world):
-    from listkit.reports import build_report
+    from listkit.sales.reports import build_report
 
     first = world.campaign("first")
     deliver(world, first, "nobody@example.net", "postfixtokenaaaa")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from listkit.campaigns import load_campaign
 from listkit.errors import InputError
+from listkit.send.campaigns import load_campaign
 
 BASE = 'offer = "launch"\nlists = ["blog"]\n'
 

@@ -1,7 +1,7 @@
 """Clicks: which hits are a person's, and what reports make of them."""
 
-from listkit.clicks import click_kind, record_click
-from listkit.reports import build_report
+from listkit.mail.clicks import click_kind, record_click
+from listkit.sales.reports import build_report
 from tests.world import T0, World
 
 PERSON = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/605.1.15"
@@ -67,9 +67,9 @@ def test_click_to_buy_is_the_share_of_clicking_deliveries_that_bought_never_over
 
 
 def test_with_click_tracking_offer_links_point_at_the_service(workspace):
-    from listkit.compose import Composer
-    from listkit.offers import load_offer
-    from listkit.tracking import link_id, verify_click
+    from listkit.mail.compose import Composer
+    from listkit.mail.offers import load_offer
+    from listkit.mail.tracking import link_id, verify_click
     from listkit.workspace import Workspace
 
     ws = Workspace(workspace)

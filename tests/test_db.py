@@ -12,8 +12,9 @@ import sys
 import pytest
 
 from listkit import db as dbmod
-from listkit import sender, workspace
+from listkit import workspace
 from listkit.db import open_db
+from listkit.send import sender
 from tests import smtp_server
 from tests.test_send import ADDRS, setup_campaign, totals
 

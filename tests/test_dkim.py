@@ -11,10 +11,10 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
-from listkit import dkim
-from listkit.compose import Composer
 from listkit.config import load_settings
-from listkit.offers import load_offer
+from listkit.mail import dkim
+from listkit.mail.compose import Composer
+from listkit.mail.offers import load_offer
 from tests import smtp_server
 
 SUBSCRIBER = {"id": 1, "email": "ann@example.org", "name": "Ann", "fields": {}}
@@ -137,7 +137,7 @@ def test_relaxed_body_canonicalization_matches_dkimpy(body):
 
 
 def test_a_message_without_a_final_line_end_is_signed_as_smtp_will_carry_it(workspace, signing):
-    from listkit.smtp import wire_form
+    from listkit.send.smtp import wire_form
 
     signer = dkim.signer_for(load_settings(workspace), "you@example.com")
     message = b"From: <you@example.com>\r\nSubject: x\r\n\r\nlast line   "
@@ -291,21 +291,21 @@ def test_every_sent_message_arrives_signed_and_verifies(run, workspace, signing,
 def test_messages_rendered_in_the_render_process_are_signed_there(
     run, workspace, signing, server, monkeypatch
 ):
-    import listkit.sender
+    import listkit.send.sender
 
-    monkeypatch.setattr(listkit.sender, "POOL_THRESHOLD", 2)
-    monkeypatch.setattr(listkit.sender.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(listkit.send.sender, "POOL_THRESHOLD", 2)
+    monkeypatch.setattr(listkit.send.sender.os, "cpu_count", lambda: 2)
     controller, handler = server
     addresses = [f"p{i}@example.org" for i in range(3)]
     _campaign(run, workspace, controller.port, addresses)
     spawned = []
-    real = listkit.sender.ProcessPoolExecutor
+    real = listkit.send.sender.ProcessPoolExecutor
 
     def pool(*args, **kwargs):
         spawned.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(listkit.sender, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(listkit.send.sender, "ProcessPoolExecutor", pool)
     run("send", "t", "--yes")
     assert spawned, "the render process was not used"
     assert len(handler.messages) == 3
@@ -345,7 +345,7 @@ def test_keygen_for_a_workspace_that_does_not_exist_says_so(tmp_path):
 
 
 def test_a_message_with_bare_line_feeds_is_signed_as_smtp_will_carry_it(workspace, signing):
-    from listkit.smtp import wire_form
+    from listkit.send.smtp import wire_form
 
     signer = dkim.signer_for(load_settings(workspace), "you@example.com")
     signed = signer.sign(b"From: <you@example.com>\nSubject: x\n\nline one\nline two\n")

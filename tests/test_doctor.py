@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from listkit import dkim
-from listkit.doctor import DNS, SPF
+from listkit.mail import dkim
+from listkit.mail.doctor import DNS, SPF
 from tests.dns_server import DNSServer, txt
 from tests.smtp_server import free_port
 
@@ -336,7 +336,7 @@ def test_a_key_file_others_can_read_fails_the_dkim_check_and_the_others_still_ru
 
 
 def test_dns_servers_are_read_with_or_without_a_port_and_in_brackets_for_ipv6():
-    from listkit.doctor import parse_server
+    from listkit.mail.doctor import parse_server
 
     assert parse_server("1.1.1.1") == ("1.1.1.1", 53)
     assert parse_server("127.0.0.1:5353") == ("127.0.0.1", 5353)

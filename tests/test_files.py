@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from listkit.cli import cli
-from listkit.sender import LOCK_NAME
+from listkit.send.sender import LOCK_NAME
 from tests import smtp_server
 from tests.test_send import ADDRS, setup_campaign
 

@@ -20,10 +20,10 @@ def big_file(tmp_path):
 
 @pytest.fixture(params=["in-process", "reader-process"])
 def reader(request, monkeypatch):
-    import listkit.imports
+    import listkit.audience.imports
 
     if request.param == "reader-process":
-        monkeypatch.setattr(listkit.imports, "PROCESS_MIN_BYTES", 0)
+        monkeypatch.setattr(listkit.audience.imports, "PROCESS_MIN_BYTES", 0)
 
 
 def test_a_full_database_ends_the_import_with_one_line_and_imports_nothing(
@@ -75,16 +75,18 @@ def test_a_database_locked_past_the_busy_timeout_ends_the_import_with_one_line(
 
 
 def test_a_read_error_in_the_reader_process_is_one_line(run, big_file, monkeypatch):
-    import listkit.imports
+    import listkit.audience.imports
 
-    monkeypatch.setattr(listkit.imports, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(listkit.audience.imports, "PROCESS_MIN_BYTES", 0)
     run("lists", "create", "blog")
 
     def failing(records):
         raise OSError(5, "Input/output error")
         yield  # a generator, as the real one
 
-    monkeypatch.setattr(listkit.imports._Parser, "chunks", lambda self, records: failing(records))
+    monkeypatch.setattr(
+        listkit.audience.imports._Parser, "chunks", lambda self, records: failing(records)
+    )
     result = run("subscribers", "import", str(big_file), "--list", "blog", ok=False)
     assert result.output == (
         f"Error: reading {big_file} failed: Input/output error; nothing was imported\n"
@@ -102,8 +104,8 @@ class _FullDisk(io.RawIOBase):
 
 
 def test_a_full_disk_under_the_errors_file_imports_nothing_and_says_so(ws, tmp_path):
-    from listkit.imports import import_subscribers
-    from listkit.lists import create_list
+    from listkit.audience.imports import import_subscribers
+    from listkit.audience.lists import create_list
 
     create_list(ws.db, "blog")
     f = tmp_path / "some_bad.csv"

@@ -11,18 +11,18 @@ FIXTURES = Path(__file__).parent / "fixtures" / "subscribers"
 @pytest.fixture(params=["in-process", "reader-process"], autouse=True)
 def reader(request, monkeypatch):
     """Every test runs twice: the file read in this process, and in a forked reader."""
-    import listkit.imports
+    import listkit.audience.imports
 
     calls = []
-    real = listkit.imports._from_process
+    real = listkit.audience.imports._from_process
 
     def spy(*args):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(listkit.imports, "_from_process", spy)
+    monkeypatch.setattr(listkit.audience.imports, "_from_process", spy)
     if request.param == "reader-process":
-        monkeypatch.setattr(listkit.imports, "PROCESS_MIN_BYTES", 0)
+        monkeypatch.setattr(listkit.audience.imports, "PROCESS_MIN_BYTES", 0)
     return calls
 
 
@@ -156,7 +156,7 @@ def test_a_status_listkit_does_not_know_rejects_the_row(run, blog, tmp_path):
 
 
 def test_pending_members_are_never_in_a_campaign_audience(run, blog, ws, workspace):
-    from listkit.campaigns import audience_count, iter_audience, load_campaign
+    from listkit.send.campaigns import audience_count, iter_audience, load_campaign
 
     run("lists", "create", "customers")
     summary(run, FIXTURES / "kit.csv")
@@ -324,9 +324,9 @@ def test_same_address_in_three_letter_cases_is_one_subscriber(run, blog, tmp_pat
 
 
 def test_duplicates_across_chunks_are_detected(run, blog, tmp_path, monkeypatch):
-    import listkit.imports
+    import listkit.audience.imports
 
-    monkeypatch.setattr(listkit.imports, "CHUNK", 2)
+    monkeypatch.setattr(listkit.audience.imports, "CHUNK", 2)
     f = tmp_path / "dups.csv"
     f.write_text(
         "email\na@example.com\nb@example.com\nc@example.com\nA@example.com\nd@example.com\n"
@@ -486,9 +486,9 @@ def test_the_reader_process_is_used_for_large_input_only(run, blog, tmp_path, re
 
 
 def test_an_error_in_the_reader_process_imports_nothing(run, blog, tmp_path, monkeypatch):
-    import listkit.imports
+    import listkit.audience.imports
 
-    monkeypatch.setattr(listkit.imports, "CHUNK", 2)
+    monkeypatch.setattr(listkit.audience.imports, "CHUNK", 2)
     rows = "".join(f"u{i}@example.com\n" for i in range(10))
     f = tmp_path / "late_error.csv"
     f.write_bytes(b"email\n" + rows.encode() + b"z\xff@example.com\n")
@@ -529,10 +529,10 @@ def test_a_pipe_on_stdin_is_read_in_the_reader_process(run, blog, workspace):
 def test_a_reader_process_that_dies_imports_nothing(run, blog, tmp_path, monkeypatch):
     import os
 
-    import listkit.imports
+    import listkit.audience.imports
 
-    monkeypatch.setattr(listkit.imports, "PROCESS_MIN_BYTES", 0)
-    monkeypatch.setattr(listkit.imports, "_produce_into", lambda *args: os._exit(3))
+    monkeypatch.setattr(listkit.audience.imports, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(listkit.audience.imports, "_produce_into", lambda *args: os._exit(3))
     f = tmp_path / "some.csv"
     f.write_text("email\na@example.com\nb@example.com\n")
     result = do_import(run, f, ok=False)
@@ -570,7 +570,7 @@ def test_a_flag_that_is_neither_true_nor_false_rejects_the_row(run, blog, tmp_pa
     ],
 )
 def test_export_times_are_read_as_utc(written, stored):
-    from listkit.imports import utc_time
+    from listkit.audience.imports import utc_time
 
     assert utc_time(written) == stored
 
@@ -624,8 +624,8 @@ def test_a_member_pending_by_an_import_becomes_active_when_a_later_export_says_a
 def test_a_member_pending_through_our_signup_form_stays_pending_whatever_an_import_says(
     run, blog, ws, tmp_path
 ):
+    from listkit.audience.signups import record_signup
     from listkit.db import immediate
-    from listkit.signups import record_signup
 
     with immediate(ws.db):
         record_signup(ws.db, "blog", "sam@example.com", page="https://blog.example.com/")

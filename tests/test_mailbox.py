@@ -6,7 +6,7 @@ IMAP itself is exercised against a real Dovecot in scripts/integration_bounces.s
 import pytest
 
 from listkit.errors import ConfigError
-from listkit.mailbox import done_action, parse_imap_url, read_messages
+from listkit.inbox.mailbox import done_action, parse_imap_url, read_messages
 
 
 def test_an_imaps_url_gives_host_port_mailbox_and_a_decoded_password():

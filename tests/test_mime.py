@@ -6,7 +6,7 @@ from email.policy import default
 import pytest
 
 from listkit.errors import HeaderInjection
-from listkit.mime import MessageBuilder, Parts, check_header
+from listkit.mail.mime import MessageBuilder, Parts, check_header
 
 
 def builder(name="Shop Owner"):

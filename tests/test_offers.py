@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from listkit.compose import Composer
 from listkit.config import load_settings
 from listkit.errors import HeaderInjection, NotFound, TemplateError
-from listkit.offers import list_offers, load_offer
+from listkit.mail.compose import Composer
+from listkit.mail.offers import list_offers, load_offer
 
 
 def write_offer(root: Path, slug="deal", toml=None, text="Hi {{ subscriber.name }}\n", html=None):

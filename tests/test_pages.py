@@ -11,9 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from starlette.testclient import TestClient
 
-from listkit.signups import expiry
-from listkit.suppressions import suppress
-from listkit.tracking import click_url, confirm_token, link_id, unsubscribe_url
+from listkit.audience.signups import expiry
+from listkit.audience.suppressions import suppress
+from listkit.mail.tracking import click_url, confirm_token, link_id, unsubscribe_url
 from listkit.web import create_app
 from tests import smtp_server
 from tests.world import World
@@ -414,8 +414,8 @@ def test_a_click_in_a_variants_message_goes_to_the_variants_link(ws, client, del
 
 def waiting_signup(ws, email, state="new"):
     """A signup recorded before this service started (by an earlier run of it)."""
+    from listkit.audience.signups import record_signup
     from listkit.db import immediate
-    from listkit.signups import record_signup
 
     with immediate(ws.db):
         sid = record_signup(ws.db, "blog", email)
@@ -467,7 +467,7 @@ def test_a_confirmation_cut_off_while_sending_is_never_mailed_again_but_marked_u
 def test_the_sender_mails_one_composed_message_over_the_configured_smtp(ws, smtp):
     import asyncio
 
-    from listkit.sender import send_message
+    from listkit.send.sender import send_message
 
     data = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
     reply = asyncio.run(send_message(ws.settings.smtp(), "a@example.com", "b@example.com", data))

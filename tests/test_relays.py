@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from starlette.testclient import TestClient
 
 from listkit.db import now
-from listkit.relays import sns_string_to_sign
+from listkit.inbox.relays import sns_string_to_sign
 from listkit.web import create_app
 from tests.world import World
 

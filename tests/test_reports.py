@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from listkit.reports import build_report, lift, per_thousand
-from listkit.suppressions import suppress
+from listkit.audience.suppressions import suppress
+from listkit.sales.reports import build_report, lift, per_thousand
 from tests.world import World
 
 
@@ -175,7 +175,7 @@ def test_a_period_counts_the_sales_and_campaigns_inside_it(run, shop, tmp_path):
 
 
 def test_unsubscribes_and_bounces_caused_by_a_campaign_are_counted(run, ws, shop):
-    from listkit.subscribers import unsubscribe
+    from listkit.audience.subscribers import unsubscribe
 
     t = ws.db.execute("SELECT id FROM campaigns WHERE slug = 't'").fetchone()[0]
     unsubscribe(ws.db, "a@example.com", campaign_id=t)
@@ -189,7 +189,7 @@ def test_unsubscribes_and_bounces_caused_by_a_campaign_are_counted(run, ws, shop
 
 def test_unsubscribe_link_is_verified_and_counted_against_its_campaign(run, workspace, shop):
     from listkit.config import load_settings
-    from listkit.tracking import unsubscribe_url
+    from listkit.mail.tracking import unsubscribe_url
 
     token = shop.db.execute(
         """SELECT token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
@@ -307,7 +307,7 @@ def test_html_escapes_names_from_the_data(ws, tmp_path):
     w = World(ws.db)
     cid = w.campaign("x", offer="<b>offer</b>")
     w.deliver(cid, "a@example.com", "<script>")
-    from listkit.report_html import render_html
+    from listkit.sales.report_html import render_html
 
     data = build_report(ws.db, "list")
     html = render_html(data, data, build_report(ws.db, "offer"))
@@ -316,7 +316,7 @@ def test_html_escapes_names_from_the_data(ws, tmp_path):
 
 
 def test_charts_use_the_currency_with_most_revenue_in_whole_units():
-    from listkit.report_html import main_currency
+    from listkit.sales.report_html import main_currency
 
     # 0.100 KWD is more minor units than USD 0.50, but fewer whole units.
     assert main_currency({"totals": {"revenue": {"KWD": 100, "USD": 50}}}) == "USD"

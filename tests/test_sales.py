@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from listkit.money import format_amounts, format_minor, to_minor
+from listkit.sales.money import format_amounts, format_minor, to_minor
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sales"
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from listkit.errors import InputError
-from listkit.money import to_minor
-from listkit.sales import Sale, Skip, parse_file, webhook_sale
+from listkit.sales.money import to_minor
+from listkit.sales.sales import Sale, Skip, parse_file, webhook_sale
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sales"
 
@@ -124,7 +124,7 @@ def test_negative_and_boolean_amounts_and_unknown_currencies_are_refused_with_th
 
 def test_a_negative_csv_amount_is_refused():
     with pytest.raises(InputError, match="is negative"):
-        from listkit.sales import Columns, generic_row
+        from listkit.sales.sales import Columns, generic_row
 
         generic_row(
             {"order": "1", "amount": "(5.00)", "currency": "USD", "date": "2026-11-01"}, Columns()
@@ -466,7 +466,7 @@ def examples_db(tmp_path_factory):
 @settings(max_examples=200, deadline=None)
 @given(record=st.one_of(_records, _mutated()))
 def test_whatever_a_json_record_holds_storing_it_raises_nothing(examples_db, record):
-    from listkit.sales import SalesSummary, parse_one, record_sale, store_records
+    from listkit.sales.sales import SalesSummary, parse_one, record_sale, store_records
 
     db = examples_db
     with db.conn:

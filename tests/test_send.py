@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from listkit.outbox import counts
-from listkit.sender import send_campaign
+from listkit.send.outbox import counts
+from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
 from tests import smtp_server
 
@@ -173,7 +173,7 @@ def test_unsubscribed_during_the_campaign_gets_nothing_after(run, workspace, ser
     def on_result(result):
         done.append(result)
         if len(done) == 1:
-            from listkit.subscribers import unsubscribe
+            from listkit.audience.subscribers import unsubscribe
 
             # Another connection, as a separate `listkit unsubscribe` would.
             other = Workspace(workspace)
@@ -231,7 +231,7 @@ def test_holdout_is_reproducible_and_never_mailed(run, workspace, server):
     assert 5 <= t["held_out"] <= 25
     held = {e for e, (state, *_rest) in rows(workspace).items() if state == "held_out"}
     assert not held & set(handler.recipients())
-    from listkit.campaigns import held_out
+    from listkit.send.campaigns import held_out
 
     assert held == {a for a in many if held_out("t", a, 0.25)}
 
@@ -403,7 +403,7 @@ def test_retry_reopens_a_finished_campaign_for_send_due(run, workspace, server):
 def test_format_duration():
     from datetime import timedelta
 
-    from listkit.campaigns import format_duration, parse_duration
+    from listkit.send.campaigns import format_duration, parse_duration
 
     assert format_duration(timedelta(days=2, hours=3)) == "2d3h"
     assert format_duration(parse_duration("90m", "x")) == "1h30m"
@@ -568,7 +568,7 @@ def test_a_missed_campaign_whose_send_at_is_moved_is_due_again(run, workspace, s
 def test_top_up_mails_each_newcomer_of_a_finished_campaign_exactly_once(
     run, workspace, server, tmp_path
 ):
-    from listkit.campaigns import held_out
+    from listkit.send.campaigns import held_out
 
     controller, handler = server
     first = [f"a{i}@example.com" for i in range(20)]

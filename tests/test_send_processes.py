@@ -166,7 +166,7 @@ def test_two_workspaces_sharing_one_database_cannot_send_at_once(run, workspace,
     # The lock must guard the database, not the folder: a second run's recovery would put
     # the first run's claimed messages back to pending, and both would send them.
     from listkit.errors import ListkitError
-    from listkit.sender import send_campaign, send_lock
+    from listkit.send.sender import send_campaign, send_lock
     from listkit.workspace import init_workspace
 
     controller, handler = smtp_server.start(pipelining=True)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from listkit.sender import send_campaign
+from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
 from tests import smtp_server
 from tests.web_server import serve

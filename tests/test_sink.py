@@ -1,7 +1,7 @@
 import mailbox
 import smtplib
 
-from listkit.sink import start_sink
+from listkit.send.sink import start_sink
 from tests.smtp_server import free_port
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from listkit.smtp import ConnectionLost, Reply, _Replies, path, wire_form
+from listkit.send.smtp import ConnectionLost, Reply, _Replies, path, wire_form
 from tests.smtp_server import free_port
 from tests.test_send import setup_campaign, totals
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from listkit.addresses import email_key
-from listkit.campaigns import Campaign, iter_audience
-from listkit.stats import buyers_by, silent_by_list
+from listkit.audience.addresses import email_key
+from listkit.sales.stats import buyers_by, silent_by_list
+from listkit.send.campaigns import Campaign, iter_audience
 from tests.world import World
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from listkit.addresses import email_key, normalize_address
+from listkit.audience.addresses import email_key, normalize_address
 from listkit.errors import InputError
 
 
@@ -185,15 +185,15 @@ def test_suppress_add_accepts_every_reason_the_bounce_effects_use(run):
 
 
 def test_the_bounce_effects_suppress_only_with_known_reasons():
-    from listkit import bounces
-    from listkit.suppressions import REASONS
+    from listkit.audience.suppressions import REASONS
+    from listkit.inbox import bounces
 
     used = {bounces.SUPPRESSION_REASONS[o] for o in (bounces.HARD, bounces.SOFT, bounces.COMPLAINT)}
     assert used <= set(REASONS)
 
 
 def test_a_one_click_link_used_twice_records_one_unsubscribe_event(run, ws):
-    from listkit.tracking import unsubscribe_url
+    from listkit.mail.tracking import unsubscribe_url
     from tests.world import World
 
     world = World(ws.db)

@@ -1,6 +1,6 @@
 from urllib.parse import parse_qs, urlsplit
 
-from listkit.tracking import (
+from listkit.mail.tracking import (
     is_token,
     message_id,
     new_token,

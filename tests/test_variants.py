@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from listkit.addresses import email_key
-from listkit.campaigns import load_campaign
+from listkit.audience.addresses import email_key
 from listkit.errors import InputError
-from listkit.variants import assign_variant, difference, judge, mean_interval, variant_report
+from listkit.send.campaigns import load_campaign
+from listkit.send.variants import assign_variant, difference, judge, mean_interval, variant_report
 from tests import smtp_server
 from tests.world import World
 
@@ -33,7 +33,7 @@ def test_the_variant_draw_is_stable_and_within_one_percent_of_the_split_on_10000
 
 
 def test_the_variant_draw_does_not_follow_the_holdout_draw():
-    from listkit.campaigns import held_out
+    from listkit.send.campaigns import held_out
 
     keys = [f"user{i}@example.com" for i in range(20_000)]
     held = [k for k in keys if held_out("spring", k, 0.5)]
@@ -236,7 +236,7 @@ def test_test_then_send_sends_the_rest_the_leader_by_revenue_once(run, workspace
     import shutil
     from datetime import UTC, datetime, timedelta
 
-    from listkit.variants import in_test_part
+    from listkit.send.variants import in_test_part
     from listkit.workspace import Workspace
 
     controller, handler = server
@@ -314,8 +314,8 @@ def test_test_then_send_sends_the_rest_the_leader_by_revenue_once(run, workspace
 
 
 def test_a_sale_from_a_variant_is_credited_to_that_variants_offer(ws):
-    from listkit.attribution import attribute_all
-    from listkit.reports import build_report
+    from listkit.sales.attribution import attribute_all
+    from listkit.sales.reports import build_report
 
     w = World(ws.db)
     cid = w.campaign("ab", offer="launch")
@@ -378,7 +378,7 @@ def test_the_variant_draw_is_the_same_in_another_process_with_another_hash_seed(
 
     keys = [f"user{i}@example.com" for i in range(2000)]
     code = (
-        "from listkit.variants import assign_variant\n"
+        "from listkit.send.variants import assign_variant\n"
         f"keys = {keys!r}\n"
         "print(''.join(assign_variant('spring', k, ('a', 'b'), (0.5, 0.5)) for k in keys))"
     )

@@ -116,9 +116,9 @@ def test_help_works_with_dash_h():
 def test_init_env_has_commented_dkim_and_bounce_examples_that_work_when_uncommented(
     tmp_path: Path,
 ):
-    from listkit.bounces import soft_rule
-    from listkit.mailbox import done_action, imap_settings
-    from listkit.verp import bounce_address
+    from listkit.inbox.bounces import soft_rule
+    from listkit.inbox.mailbox import done_action, imap_settings
+    from listkit.send.verp import bounce_address
 
     root = tmp_path / "shop"
     CliRunner().invoke(cli, ["init", str(root)])

@@ -11,9 +11,9 @@ import json
 
 from sqlite_utils import Database
 
-from listkit.addresses import email_key
+from listkit.audience.addresses import email_key
 from listkit.db import now
-from listkit.tracking import new_token, personal_coupon
+from listkit.mail.tracking import new_token, personal_coupon
 
 T0 = "2026-11-01T10:00:00+00:00"
 

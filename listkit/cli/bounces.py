@@ -6,9 +6,9 @@ from collections import Counter
 
 import click
 
-from listkit.bounces import FetchSummary, Handled, fetch, import_path
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json
+from listkit.inbox.bounces import FetchSummary, Handled, fetch, import_path
 from listkit.workspace import Workspace
 
 KIND_TEXT = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from listkit import dkim
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json
 from listkit.errors import ConfigError
+from listkit.mail import dkim
 from listkit.workspace import Workspace
 
 

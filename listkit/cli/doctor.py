@@ -6,7 +6,7 @@ import click
 
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json
-from listkit.doctor import FAIL, WARN, diagnose
+from listkit.mail.doctor import FAIL, WARN, diagnose
 from listkit.workspace import Workspace
 
 LABELS = {"ok": "ok  ", WARN: "WARN", FAIL: "FAIL"}

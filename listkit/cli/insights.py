@@ -9,9 +9,9 @@ from html import escape
 import click
 
 from listkit.cli.output import emit_csv, emit_json, emit_table
-from listkit.money import format_amounts
-from listkit.stats import buyers_by, silent_by_list, silent_subscribers
-from listkit.variants import table_rows, variant_report, verdict_lines
+from listkit.sales.money import format_amounts
+from listkit.sales.stats import buyers_by, silent_by_list, silent_subscribers
+from listkit.send.variants import table_rows, variant_report, verdict_lines
 from listkit.workspace import Workspace
 
 INSIGHTS = ("variant", "source", "signup-month", "silent")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from listkit.audience.lists import create_list, list_lists, remove_list
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table
-from listkit.lists import create_list, list_lists, remove_list
 from listkit.workspace import Workspace
 
 
@@ -90,7 +90,7 @@ def lists_prune(ws: Workspace, slug: str, silent: bool, dry_run: bool, yes: bool
         listkit lists prune blog --silent --dry-run
         listkit lists prune blog --silent --yes
     """
-    from listkit.stats import prune_silent, silent_members
+    from listkit.sales.stats import prune_silent, silent_members
 
     if not silent:
         raise click.UsageError("say what to prune: --silent")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
+from listkit.audience.lists import get_list
+from listkit.audience.subscribers import find_subscriber, iter_members
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table
-from listkit.compose import PREVIEW_TOKEN, SAMPLE_SUBSCRIBER, Composer, check_offer
 from listkit.errors import ListkitError, TemplateError
 from listkit.files import write_private
-from listkit.lists import get_list
-from listkit.offers import list_offers, load_offer
-from listkit.subscribers import find_subscriber, iter_members
+from listkit.mail.compose import PREVIEW_TOKEN, SAMPLE_SUBSCRIBER, Composer, check_offer
+from listkit.mail.offers import list_offers, load_offer
 from listkit.workspace import Workspace
 
 

@@ -22,9 +22,9 @@ from listkit.cli.insights import (
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.errors import InputError
 from listkit.files import write_private
-from listkit.money import format_amounts
-from listkit.report_html import render_html
-from listkit.reports import BY, build_report, complaint_warning_text
+from listkit.sales.money import format_amounts
+from listkit.sales.report_html import render_html
+from listkit.sales.reports import BY, build_report, complaint_warning_text
 from listkit.workspace import Workspace
 
 

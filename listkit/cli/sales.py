@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from listkit.attribution import attribute_all
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
 from listkit.errors import InputError
-from listkit.money import currency_code, format_minor, to_minor
-from listkit.sales import (
+from listkit.sales.attribution import attribute_all
+from listkit.sales.money import currency_code, format_minor, to_minor
+from listkit.sales.sales import (
     FORMATS,
     Columns,
     Sale,

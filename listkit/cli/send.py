@@ -9,7 +9,11 @@ from pathlib import Path
 
 import click
 
-from listkit.campaigns import (
+from listkit.cli import cli, pass_workspace
+from listkit.cli.output import emit_json, emit_table
+from listkit.errors import ListkitError, NotFound
+from listkit.mail.compose import check_offer
+from listkit.send.campaigns import (
     audience_count,
     campaign_row,
     campaign_slugs,
@@ -19,12 +23,8 @@ from listkit.campaigns import (
     iter_audience,
     load_campaign,
 )
-from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json, emit_table
-from listkit.compose import check_offer
-from listkit.errors import ListkitError, NotFound
-from listkit.outbox import counts, problems, retry
-from listkit.sender import (
+from listkit.send.outbox import counts, problems, retry
+from listkit.send.sender import (
     AlreadyRunning,
     RunSummary,
     prepare,
@@ -32,8 +32,8 @@ from listkit.sender import (
     send_due,
     send_test,
 )
-from listkit.sender import dry_run as write_dry_run
-from listkit.variants import assign_variant
+from listkit.send.sender import dry_run as write_dry_run
+from listkit.send.variants import assign_variant
 from listkit.workspace import Workspace
 
 
@@ -328,7 +328,7 @@ def status(ws: Workspace, slug: str, json_: bool) -> None:
     if row is None:
         load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all
         raise NotFound(f"campaign {slug} has not been sent yet")
-    from listkit.bounces import bounced_after_sent
+    from listkit.inbox.bounces import bounced_after_sent
 
     totals = counts(ws.db, row["id"])
     bounced = bounced_after_sent(ws.db, row["id"])
@@ -394,7 +394,7 @@ def sink(host: str, port: int, maildir: Path | None) -> None:
     Example:
         listkit sink --maildir captured/
     """
-    from listkit.sink import start_sink
+    from listkit.send.sink import start_sink
 
     try:
         controller, _handler = start_sink(host, port, maildir=maildir, out=click.echo)

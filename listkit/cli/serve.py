@@ -75,7 +75,7 @@ def form(ws: Workspace, list_slug: str, form_name: str | None) -> None:
     Example:
         listkit form blog --name sidebar > signup-form.html
     """
-    from listkit.lists import get_list
+    from listkit.audience.lists import get_list
     from listkit.web.pages import signup_form
 
     lst = get_list(ws.db, list_slug)

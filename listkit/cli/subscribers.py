@@ -10,15 +10,10 @@ from pathlib import Path
 import click
 
 from listkit import csvout
-from listkit.addresses import normalize_address
-from listkit.audiences import matching_subscribers, rules_from_options
-from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
-from listkit.errors import InputError
-from listkit.imports import FORMATS, import_subscribers
-from listkit.money import format_amounts, format_minor
-from listkit.stats import purchases
-from listkit.subscribers import (
+from listkit.audience.addresses import normalize_address
+from listkit.audience.audiences import matching_subscribers, rules_from_options
+from listkit.audience.imports import FORMATS, import_subscribers
+from listkit.audience.subscribers import (
     add_subscriber,
     find_subscriber,
     get_subscriber,
@@ -26,7 +21,12 @@ from listkit.subscribers import (
     unsubscribe,
     unsubscribe_by_link,
 )
-from listkit.suppressions import REASONS, list_suppressions, suppress, suppress_many
+from listkit.audience.suppressions import REASONS, list_suppressions, suppress, suppress_many
+from listkit.cli import cli, pass_workspace
+from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
+from listkit.errors import InputError
+from listkit.sales.money import format_amounts, format_minor
+from listkit.sales.stats import purchases
 from listkit.workspace import Workspace
 
 RESULT_TEXT = {

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from listkit import dkim
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table
+from listkit.mail import dkim
 from listkit.workspace import Workspace, init_workspace
 
 

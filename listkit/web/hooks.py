@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from listkit.attribution import attribute_sales
 from listkit.errors import InputError
-from listkit.sales import (
+from listkit.sales.attribution import attribute_sales
+from listkit.sales.sales import (
     Sale,
     SalesSummary,
     Skip,

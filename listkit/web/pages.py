@@ -26,13 +26,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from listkit import clicks, signups
+from listkit.audience import signups
+from listkit.audience.lists import get_list
+from listkit.audience.subscribers import delivery_by_token, unsubscribe_delivery
 from listkit.db import now
 from listkit.errors import InputError, ListkitError, NotFound
-from listkit.lists import get_list
-from listkit.sender import send_message
-from listkit.subscribers import delivery_by_token, unsubscribe_delivery
-from listkit.tracking import (
+from listkit.mail import clicks
+from listkit.mail.tracking import (
     CONFIRM_DAYS,
     is_link_id,
     is_token,
@@ -41,6 +41,7 @@ from listkit.tracking import (
     verify_click,
     verify_unsubscribe,
 )
+from listkit.send.sender import send_message
 from listkit.web.common import client_ip, read_body, read_form
 
 log = logging.getLogger("listkit.serve")

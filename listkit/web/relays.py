@@ -1,6 +1,6 @@
 """Webhook routes of sending relays: POST /relays/ses, /relays/postmark, /relays/mailgun.
 
-Each is verified by its producer's scheme (see ``listkit.relays``) before its
+Each is verified by its producer's scheme (see ``listkit.inbox.relays``) before its
 body is read, then its events go through ``bounces.apply`` in one write that
 commits before the answer. A relay whose setting is unset has no endpoint
 (404). Refusals answer 401/403 with the reason, never a secret.
@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from listkit import relays
-from listkit.bounces import Report, apply, soft_rule
 from listkit.db import now
+from listkit.inbox import relays
+from listkit.inbox.bounces import Report, apply, soft_rule
 from listkit.web.common import read_body
 
 MAX_FETCH = 64 * 1024

@@ -18,11 +18,11 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from listkit.config import Settings
-from listkit.dkim import signer_for
 from listkit.errors import ConfigError, HeaderInjection, TemplateError
-from listkit.mime import MessageBuilder, Parts
-from listkit.offers import Offer, OfferTemplates
-from listkit.tracking import (
+from listkit.mail.dkim import signer_for
+from listkit.mail.mime import MessageBuilder, Parts
+from listkit.mail.offers import Offer, OfferTemplates
+from listkit.mail.tracking import (
     click_url,
     link_id,
     message_id,

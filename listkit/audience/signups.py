@@ -23,13 +23,13 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from listkit.addresses import email_key, normalize_address
+from listkit.audience.addresses import email_key, normalize_address
+from listkit.audience.lists import get_list
 from listkit.config import Settings
 from listkit.db import now
 from listkit.errors import TemplateError
-from listkit.lists import get_list
-from listkit.mime import check_header
-from listkit.tracking import CONFIRM_DAYS, confirm_token, new_token
+from listkit.mail.mime import check_header
+from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, new_token
 
 CONFIRM_DIR = "_confirm"
 MAX_NAME = 256
@@ -322,7 +322,7 @@ class ConfirmationMail:
 
 
 def _address(name: str | None, address: str, field: str, who: str) -> str:
-    from listkit.mime import format_address
+    from listkit.mail.mime import format_address
 
     check_header(name or "", field, who)
     check_header(address, field, who)

@@ -13,9 +13,9 @@ import json
 import re
 from datetime import datetime
 
-from listkit.compose import Composer
 from listkit.config import Settings
-from listkit.offers import load_offer
+from listkit.mail.compose import Composer
+from listkit.mail.offers import load_offer
 
 # A hit this soon after sending is a mail scanner following every link.
 BOT_SECONDS = 10

@@ -32,11 +32,11 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from listkit import suppressions
-from listkit.addresses import email_key
+from listkit.audience import suppressions
+from listkit.audience.addresses import email_key
 from listkit.db import now
 from listkit.errors import ConfigError, ListkitError
-from listkit.verp import token_from_address
+from listkit.send.verp import token_from_address
 
 # What a recipient line of a report comes to.
 HARD, SOFT, COMPLAINT, IGNORED = "hard", "soft", "complaint", "ignored"
@@ -600,7 +600,7 @@ def bounced_after_sent(db: Database, campaign_id: int) -> list[dict]:
     ``sent`` (the message did go out, and nothing ever sends a ``sent`` row again); this
     is how `listkit status` and the report tell them apart. Rows shaped as
     ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
-    from listkit.reports import BOUNCED_DELIVERIES
+    from listkit.sales.reports import BOUNCED_DELIVERIES
 
     cursor = db.execute(
         f"""SELECT d.email, d.attempts, d.message_id,
@@ -674,7 +674,7 @@ def import_path(ws, path: str) -> list[Handled]:
     """``listkit bounces import``: every message of a file, mbox, Maildir or folder, in one
     transaction. The files are only read."""
     from listkit.db import immediate
-    from listkit.mailbox import read_messages
+    from listkit.inbox.mailbox import read_messages
 
     rule = soft_rule(ws.settings.soft_bounces)
     messages = list(read_messages(path))
@@ -734,7 +734,7 @@ def _fetch(ws, batch: int) -> FetchSummary:
     import time
 
     from listkit.db import immediate
-    from listkit.mailbox import IMAPMailbox, done_action, imap_settings
+    from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings
 
     settings = imap_settings(ws.settings)
     move_to = done_action(ws.settings.imap_done)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from listkit.addresses import ascii_domain
+from listkit.audience.addresses import ascii_domain
 from listkit.errors import HeaderInjection
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")

@@ -29,10 +29,10 @@ from urllib.parse import parse_qsl
 
 from sqlite_utils import Database
 
-from listkit.addresses import email_key
+from listkit.audience.addresses import email_key
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError
-from listkit.money import MAX_MINOR, currency_code, from_stripe_minor, to_minor
+from listkit.sales.money import MAX_MINOR, currency_code, from_stripe_minor, to_minor
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
 REVENUE_STATUSES = ("paid", "partially_refunded", "refunded")

@@ -40,10 +40,10 @@ from typing import IO, Any, NamedTuple
 from sqlite_utils import Database
 
 from listkit import csvout
-from listkit.addresses import email_key, normalize_address
+from listkit.audience.addresses import email_key, normalize_address
+from listkit.audience.lists import get_list
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound
-from listkit.lists import get_list
 from listkit.processes import exit_with_parent
 
 CHUNK = 1000  # rows per chunk: small enough to stay in the CPU caches

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 from sqlite_utils import Database
 
-from listkit.addresses import email_key, normalize_address
+from listkit.audience.addresses import email_key, normalize_address
+from listkit.audience.lists import get_list
+from listkit.audience.suppressions import suppress
 from listkit.db import immediate, now
 from listkit.errors import InputError, NotFound
-from listkit.lists import get_list
-from listkit.suppressions import suppress
-from listkit.tracking import parse_unsubscribe_url, verify_unsubscribe
+from listkit.mail.tracking import parse_unsubscribe_url, verify_unsubscribe
 
 MAX_NAME = 256
 

@@ -17,8 +17,8 @@ from datetime import date, datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.audience.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 from listkit.errors import InputError
-from listkit.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 
 BY = ("list", "offer", "campaign")
 # The ids of the deliveries that bounced: a hard bounce reported for the delivery
@@ -165,7 +165,7 @@ def build_report(
         if state in ("sent", "failed", "held_out"):
             row[state] += n
     if by == "offer":
-        from listkit.variants import credit_variants
+        from listkit.send.variants import credit_variants
 
         credit_variants(db, rows, campaigns, in_period if (start or end) else None)
     if by == "list":

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
-from listkit.money import format_minor
-from listkit.reports import ORDER_STATUSES
+from listkit.sales.money import format_minor
+from listkit.sales.reports import ORDER_STATUSES
 
 Z95 = 1.959964
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
@@ -112,7 +112,7 @@ def judge(groups: dict[str, dict]) -> dict:
 def variant_report(db: Database, since: str | None = None, until: str | None = None) -> list[dict]:
     """For each campaign with variants (and the holdout beside them): the offer test's
     figures; ``since``/``until`` select the campaigns started in the period."""
-    from listkit.reports import _bounds
+    from listkit.sales.reports import _bounds
 
     start, end = _bounds(since, until)
     out = []

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from listkit.audiences import Resolver, Rule, rules_from_table
+from listkit.audience.audiences import Resolver, Rule, rules_from_table
+from listkit.audience.lists import check_slug, get_list
 from listkit.db import now
 from listkit.errors import InputError, NotFound
-from listkit.lists import check_slug, get_list
 
 FIELDS = {
     "offer",
@@ -338,13 +338,13 @@ def _audience_sql(
     ``rules``: only these of the campaign's rules (the audience check counts
     them one by one); the follow-up restriction always applies.
     """
-    from listkit.sequences import followup_condition
+    from listkit.send.sequences import followup_condition
 
     rules = campaign.where if rules is None else rules
     narrow, narrow_params = followup_condition(db, campaign)
     rule_sql, rule_params = _resolver(db, campaign).conditions(rules)
     if campaign.follows and not any(r.name in ("bought", "not_bought") for r in campaign.where):
-        from listkit.sequences import not_bought_since_first
+        from listkit.send.sequences import not_bought_since_first
 
         cond, params = not_bought_since_first(db, campaign)
         rule_sql, rule_params = rule_sql + cond, rule_params + params

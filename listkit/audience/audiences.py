@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from listkit.errors import InputError
-from listkit.reports import ORDER_STATUSES
+from listkit.sales.reports import ORDER_STATUSES
 
 BOUGHT_KINDS = ("product", "offer", "campaign")
 DATE_RULES = ("signed_up_after", "signed_up_before", "last_purchase_after", "last_purchase_before")
@@ -164,7 +164,7 @@ class Resolver:
         """Add the offers in the workspace (and their products) to the known names, once."""
         if self.offers_dir is None:
             return
-        from listkit.offers import list_offers
+        from listkit.mail.offers import list_offers
 
         for offer in list_offers(self.offers_dir):
             if not isinstance(offer, Exception):
@@ -284,7 +284,7 @@ def matching_subscribers(
     offers_dir: Path | None = None,
 ) -> list[dict]:
     """Subscribers the rules select (active members of ``list_slug`` if given), in id order."""
-    from listkit.lists import get_list
+    from listkit.audience.lists import get_list
 
     cond, params = Resolver(db, offers_dir=offers_dir).conditions(rules)
     where = "1"

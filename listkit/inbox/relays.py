@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from listkit.bounces import COMPLAINT, HARD, IGNORED, SOFT, Recipient, Report, classify
 from listkit.errors import ListkitError
-from listkit.verp import token_from_address
+from listkit.inbox.bounces import COMPLAINT, HARD, IGNORED, SOFT, Recipient, Report, classify
+from listkit.send.verp import token_from_address
 
 _MESSAGE_TOKEN = re.compile(r"^<?([a-z2-7]{16})\.lk@[^>\s]+>?$", re.IGNORECASE)
 

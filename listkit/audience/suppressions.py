@@ -41,7 +41,9 @@ def suppress(
     note: str | None = None,
 ) -> bool:
     """Suppress ``email``; True if it was not suppressed before (the first reason is kept)."""
-    from listkit.addresses import email_key  # the validator is not loaded for REASONS alone
+    from listkit.audience.addresses import (
+        email_key,  # the validator is not loaded for REASONS alone
+    )
 
     if reason not in REASONS:
         raise InputError(f"unknown suppression reason {reason!r} (use one of {', '.join(REASONS)})")
@@ -57,7 +59,7 @@ def suppress_many(
     db: Database, rows: Iterable[tuple[int, str]], reason: str, *, source: str
 ) -> dict:
     """Suppress (line, raw address) pairs; bad addresses are reported, never stop the rest."""
-    from listkit.addresses import normalize_address
+    from listkit.audience.addresses import normalize_address
 
     summary = {"suppressed": 0, "already": 0, "rejected": 0, "errors": []}
     with immediate(db):

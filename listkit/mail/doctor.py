@@ -24,10 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from listkit import dkim
 from listkit.config import Settings
 from listkit.errors import ConfigError, InputError
-from listkit.verp import bounce_address
+from listkit.mail import dkim
+from listkit.send.verp import bounce_address
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4

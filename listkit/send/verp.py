@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from listkit.errors import ConfigError
-from listkit.tracking import is_token
+from listkit.mail.tracking import is_token
 
 # No control character either: SMTP refuses it in MAIL FROM, and every message would fail.
 _ADDRESS = re.compile(r"([^@\s+<>\x00-\x1f\x7f]+)@([^@\s<>\x00-\x1f\x7f]+\.[^@\s<>\x00-\x1f\x7f]+)")

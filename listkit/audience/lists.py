@@ -8,7 +8,7 @@ from sqlite_utils import Database
 
 from listkit.db import immediate, now
 from listkit.errors import HeaderInjection, InputError, ListkitError, NotFound
-from listkit.mime import check_header
+from listkit.mail.mime import check_header
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 

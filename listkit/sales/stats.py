@@ -13,11 +13,11 @@ from collections import defaultdict
 
 from sqlite_utils import Database
 
-from listkit.audiences import SIGNUP
+from listkit.audience.audiences import SIGNUP
+from listkit.audience.lists import get_list
 from listkit.db import immediate, now
 from listkit.errors import InputError
-from listkit.lists import get_list
-from listkit.reports import ORDER_STATUSES
+from listkit.sales.reports import ORDER_STATUSES
 
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 ORDER_KEYS = ("at", "order", "product", "amount", "refunded", "currency", "status", "campaign")
@@ -38,7 +38,7 @@ def _owned(period: str) -> str:
 
 
 def _period(since: str | None, until: str | None) -> tuple[str, list]:
-    from listkit.reports import _bounds
+    from listkit.sales.reports import _bounds
 
     start, end = _bounds(since, until)
     sql, params = "", []

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlite_utils import Database
 
-from listkit.audiences import PURCHASES
-from listkit.campaigns import format_duration
+from listkit.audience.audiences import PURCHASES
 from listkit.errors import ListkitError
+from listkit.send.campaigns import format_duration
 
 
 def _first(db: Database, slug: str) -> tuple | None:

@@ -36,8 +36,24 @@ from pathlib import Path
 
 import aiosmtplib
 
-from listkit.addresses import ascii_domain, normalize_address
-from listkit.campaigns import (
+from listkit.audience.addresses import ascii_domain, normalize_address
+from listkit.audience.lists import get_list
+from listkit.config import SMTPSettings
+from listkit.db import describe_db_error, open_db
+from listkit.errors import (
+    ConfigError,
+    HeaderInjection,
+    InputError,
+    ListkitError,
+    SendError,
+    TemplateError,
+)
+from listkit.files import PRIVATE, write_private
+from listkit.mail.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
+from listkit.mail.offers import load_offer
+from listkit.mail.tracking import new_token
+from listkit.processes import exit_with_parent
+from listkit.send.campaigns import (
     Campaign,
     campaign_row,
     campaign_slugs,
@@ -50,21 +66,7 @@ from listkit.campaigns import (
     rescheduled,
     set_state,
 )
-from listkit.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
-from listkit.config import SMTPSettings
-from listkit.db import describe_db_error, open_db
-from listkit.errors import (
-    ConfigError,
-    HeaderInjection,
-    InputError,
-    ListkitError,
-    SendError,
-    TemplateError,
-)
-from listkit.files import PRIVATE, write_private
-from listkit.lists import get_list
-from listkit.offers import load_offer
-from listkit.outbox import (
+from listkit.send.outbox import (
     Claimed,
     Result,
     build_outbox,
@@ -74,13 +76,11 @@ from listkit.outbox import (
     recover,
     top_up,
 )
-from listkit.processes import exit_with_parent
-from listkit.sequences import check_ready, followup_status
-from listkit.smtp import Connection, ConnectionLost, wire_form
-from listkit.smtp import path as smtp_path
-from listkit.tracking import new_token
-from listkit.variants import assign_variant, release_rest, rest_due
-from listkit.verp import bounce_address, verp_address
+from listkit.send.sequences import check_ready, followup_status
+from listkit.send.smtp import Connection, ConnectionLost, wire_form
+from listkit.send.smtp import path as smtp_path
+from listkit.send.variants import assign_variant, release_rest, rest_due
+from listkit.send.verp import bounce_address, verp_address
 from listkit.workspace import Workspace
 
 LOCK_NAME = ".listkit-send.lock"

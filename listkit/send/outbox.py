@@ -29,11 +29,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlite_utils import Database
 
-from listkit.campaigns import Campaign, held_out, iter_audience
+from listkit.audience.suppressions import suppress
 from listkit.db import immediate, now
-from listkit.suppressions import suppress
-from listkit.tracking import message_id, new_token, personal_coupon
-from listkit.variants import assign_variant, in_test_part
+from listkit.mail.tracking import message_id, new_token, personal_coupon
+from listkit.send.campaigns import Campaign, held_out, iter_audience
+from listkit.send.variants import assign_variant, in_test_part
 
 STATES = (
     "pending",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from html import escape
 
-from listkit.money import exponent, format_amounts, format_minor
-from listkit.reports import COMPLAINT_LIMITS, complaint_warning_text
+from listkit.sales.money import exponent, format_amounts, format_minor
+from listkit.sales.reports import COMPLAINT_LIMITS, complaint_warning_text
 
 WIDTH, BAR_H, GAP, LABEL_W = 960, 22, 8, 170
 

@@ -1,0 +1,1 @@
+"""What comes back: bounce and complaint reports from mailboxes and relays."""

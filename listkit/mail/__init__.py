@@ -1,0 +1,3 @@
+"""What a message is: offers, composing, MIME, tracked links and clicks, DKIM, and the
+sender check (doctor).
+"""

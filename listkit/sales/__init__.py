@@ -1,0 +1,1 @@
+"""What readers bought and what earned it: sales, attribution, money, reports."""
