@@ -198,24 +198,17 @@ def build_report(
         [json.dumps(BOUNCE_REASONS), *cparams],
     ):
         rows[_group(by, key, campaigns, list_names)]["bounced"] += n
-    # Complaints (spam reports), through the delivery complained about.
-    for key, n in db.execute(
-        f"""SELECT d.{column}, COUNT(DISTINCT d.id) FROM events e
-            JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = 'complaint'
-            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
-            GROUP BY d.{column}""",
-        cparams,
-    ):
-        rows[_group(by, key, campaigns, list_names)]["complaints"] += n
-    # A person's clicks (kind 'click'; scanners are 'click_bot'): deliveries clicked.
-    for key, n in db.execute(
-        f"""SELECT d.{column}, COUNT(DISTINCT e.delivery_id) FROM events e
-            JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = 'click'
-            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
-            GROUP BY d.{column}""",
-        cparams,
-    ):
-        rows[_group(by, key, campaigns, list_names)]["clicks"] += n
+    # Deliveries with an event of a kind: complaints (spam reports) and a person's
+    # clicks (kind 'click'; scanners are 'click_bot').
+    for field, kind in (("complaints", "complaint"), ("clicks", "click")):
+        for key, n in db.execute(
+            f"""SELECT d.{column}, COUNT(DISTINCT d.id) FROM events e
+                JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = ?
+                {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+                GROUP BY d.{column}""",
+            [kind, *cparams],
+        ):
+            rows[_group(by, key, campaigns, list_names)][field] += n
     # Of those, the deliveries a sale is attributed to: click-to-buy is their share.
     for key, n in db.execute(
         f"""SELECT d.{column}, COUNT(*) FROM deliveries d
