@@ -186,29 +186,40 @@ class ConfirmationMailer:
         self.app = app
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self.stopping = False
 
     async def start(self) -> None:
+        self.stopping = False
         cut_off = await self.app.state.db.write(signups.settle_cut_off)
         if cut_off:
             log.warning("%d confirmation(s) cut off by a stop marked unknown, not resent", cut_off)
         self.poke()
 
     async def stop(self) -> None:
+        # The flag ends the loop even if a cancellation is lost on the way (as
+        # asyncio.wait_for loses one that arrives as its awaited event is set);
+        # asyncio.wait neither swallows a cancellation of stop() itself.
+        self.stopping = True
+        self.wake.set()
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await asyncio.wait({self.task})
 
     def poke(self) -> None:
+        if self.stopping:
+            return
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
         self.wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self.stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.PERIOD)
+                async with asyncio.timeout(self.PERIOD):
+                    await self.wake.wait()
             self.wake.clear()
+            if self.stopping:
+                return
             try:
                 await self._mail_due()
             except Exception as e:  # the database, say: tried again at the next wake
