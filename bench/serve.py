@@ -165,16 +165,23 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-def send(ws: Path, slug: str, code: Path) -> float:
+def send(ws: Path, slug: str, code: Path) -> tuple[float, float]:
+    """Run `listkit send`; (seconds, CPU seconds of it and its rendering processes)."""
     started = time.perf_counter()
-    subprocess.run(
+    proc = subprocess.Popen(
         listkit("send", slug, "--yes", workspace=ws),
-        check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         cwd=code,
         env=code_env(code),
     )
-    return time.perf_counter() - started
+    out = proc.stdout.read()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"listkit send failed:\n{out.decode(errors='replace')}")
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
 def code_env(code: Path) -> dict[str, str]:
@@ -212,7 +219,9 @@ def run_round(args, root: Path, code: Path) -> dict:
                 break
             except OSError:
                 time.sleep(0.1)
-        alone = send(ws, "bench", code)
+        sink_cpu = cpu_seconds(sink.pid)
+        alone, alone_cpu = send(ws, "bench", code)
+        sink_cpu = cpu_seconds(sink.pid) - sink_cpu
         stop, out = root / "stop", root / "load.json"
         load = subprocess.Popen(
             [
@@ -235,7 +244,7 @@ def run_round(args, root: Path, code: Path) -> dict:
         )
         time.sleep(0.5)  # the load is running before the send starts
         server_cpu = cpu_seconds(server.pid)
-        loaded = send(ws, "bench2", code)
+        loaded, loaded_cpu = send(ws, "bench2", code)
         stop.touch()
         if load.wait() != 0:
             raise SystemExit("the load generator failed")
@@ -280,6 +289,9 @@ def run_round(args, root: Path, code: Path) -> dict:
         "ratio": alone / loaded,
         "server_cpu": server_cpu,
         "load_cpu": data["cpu"],
+        "alone_cpu": alone_cpu,
+        "loaded_cpu": loaded_cpu,
+        "sink_cpu_alone": sink_cpu,
     }
 
 
@@ -308,7 +320,8 @@ def report(label: str, r: dict, clients: int) -> None:
     )
     print(
         f"[{label}] CPU during the loaded send: service {r['server_cpu']:.1f} s, "
-        f"load generator {r['load_cpu']:.1f} s",
+        f"load generator {r['load_cpu']:.1f} s, the send {r['loaded_cpu']:.1f} s "
+        f"(alone: the send {r['alone_cpu']:.1f} s, smtp-sink {r['sink_cpu_alone']:.1f} s)",
         flush=True,
     )
 
