@@ -4,8 +4,8 @@ The rule: such a file is readable and writable by its owner only (0600),
 whatever the umask, from the moment it exists (it is created with that
 mode, never created open and then narrowed). ``.env`` (passwords, the
 signing secret), the database and its WAL and SHM files (SQLite gives them
-the database's mode), ``--errors`` files, ``.eml`` output and the send lock
-all go through here.
+the database's mode), ``--errors`` files, ``.eml`` output, the send lock
+and the send marks all go through here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ def _private_opener(path: str, flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def private_fd(path: Path | str, flags: int) -> int:
+    """``os.open(path, flags)``, the file created (or narrowed) to mode 0600."""
+    return _private_opener(str(path), flags)
 
 
 def private_open(path: Path | str, mode: str = "w", **kwargs: Any) -> IO:

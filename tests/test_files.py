@@ -49,7 +49,7 @@ def test_a_database_made_by_its_first_command_is_private(tmp_path):
     assert mode(tmp_path / "other.db") == 0o600
 
 
-def test_errors_file_eml_output_and_send_lock_are_private(run, workspace, tmp_path):
+def test_errors_file_eml_output_send_lock_and_marks_are_private(run, workspace, tmp_path):
     run("lists", "create", "blog")
     source = tmp_path / "in.csv"
     source.write_text("email,name\nann@example.com,Ann\nnot-an-address,Bob\n")
@@ -70,3 +70,4 @@ def test_errors_file_eml_output_and_send_lock_are_private(run, workspace, tmp_pa
     finally:
         controller.stop()
     assert mode(workspace / LOCK_NAME) == 0o600
+    assert mode(workspace / "listkit.db-marks") == 0o600

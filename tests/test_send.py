@@ -189,6 +189,34 @@ def test_unsubscribed_during_the_campaign_gets_nothing_after(run, workspace, ser
     assert summary.ok
 
 
+def test_unsubscribed_after_being_claimed_gets_nothing(run, workspace, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    ws = Workspace(workspace)
+    done = []
+
+    def on_result(result):
+        done.append(result)
+        if len(done) == 1:  # every row was claimed in one batch before the first result
+            from listkit.audience.subscribers import unsubscribe
+
+            other = Workspace(workspace)
+            unsubscribe(other.db, "r5@example.com")
+            other.close()
+
+    try:
+        summary = send_campaign(ws, "t", on_result=on_result)
+        state, reply = ws.db.execute(
+            "SELECT state, last_reply FROM deliveries WHERE email = 'r5@example.com'"
+        ).fetchone()
+    finally:
+        ws.close()
+    assert "r5@example.com" not in handler.recipients()
+    assert state == "skipped"
+    assert reply == "unsubscribed or suppressed while the campaign was sending"
+    assert summary.totals["skipped"] == 1 and summary.totals["sent"] == 5
+
+
 def test_a_subscriber_on_two_lists_gets_one_message_through_the_first(run, workspace, server):
     controller, handler = server
     setup_campaign(run, workspace, controller.port, ADDRS[:3], lists=("blog", "shop"))

@@ -192,3 +192,31 @@ def test_two_workspaces_sharing_one_database_cannot_send_at_once(run, workspace,
     finally:
         controller.stop()
     assert handler.messages == []
+
+
+def test_a_send_killed_while_the_server_holds_a_message_resends_nothing(run, workspace, server):
+    controller, handler = server
+    addresses = [f"h{i}@example.com" for i in range(6)]
+    setup_campaign(run, workspace, controller.port, addresses, timeout=60)
+    # The server takes h2's content and never answers the final dot.
+    handler.fault("h2@example.com", "timeout_after_data")
+    proc = listkit(workspace, "send", "t", "--yes")
+    deadline = time.monotonic() + 30
+    while "h2@example.com" not in handler.recipients():
+        assert time.monotonic() < deadline, "the message never reached the server"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    final = listkit(workspace, "send", "t", "--yes")
+    output, _ = final.communicate(timeout=60)
+    states = {email: state for email, state in delivery_states(workspace).values()}
+    # It may be out (it is: the server has it), so the next run must not send it again.
+    assert states["h2@example.com"] == "unknown", output
+    assert handler.recipients()["h2@example.com"] == 1
+    assert max(handler.recipients().values()) == 1
+    # The others: sent once, or unknown if the kill caught them in flight too.
+    for address, state in states.items():
+        assert state in ("sent", "unknown"), (address, state, output)
+        if state == "sent":
+            assert handler.recipients()[address] == 1, address
+    assert final.returncode == 1 and "unknown" in output

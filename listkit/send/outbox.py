@@ -277,49 +277,34 @@ def backoff(attempts: int) -> timedelta:
     return min(BACKOFF * 2 ** max(attempts - 1, 0), BACKOFF_MAX)
 
 
-def record(
-    db: Database, campaign_id: int, data_ids: Iterable[int], results: Iterable[Result]
-) -> set[int]:
-    """One transaction: phase marks (the content may go out) and final results.
+def may_go(db: Database, delivery_ids: Iterable[int]) -> set[int]:
+    """Which of these claimed rows may still be mailed: the address is not
+    suppressed and its membership is still active (a read: no write lock)."""
+    return {
+        row[0]
+        for row in db.execute(
+            """SELECT d.id FROM deliveries d
+               WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state = 'sending'
+                 AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
+                                 ON s.key = x.key WHERE s.id = d.subscriber_id)
+                 AND EXISTS (SELECT 1 FROM memberships m
+                             WHERE m.list_id = d.list_id AND m.subscriber_id = d.subscriber_id
+                             AND m.status = 'active')""",
+            [json.dumps(list(delivery_ids))],
+        ).fetchall()
+    }
 
-    Returns the ids whose DATA must not go out after all: the address was
-    suppressed or unsubscribed since the claim. They are marked ``skipped``.
-    """
+
+def record(db: Database, campaign_id: int, results: Iterable[Result]) -> None:
+    """One transaction: the results of a group of messages."""
     stamp = now()
     at = datetime.now(UTC)
-    refused: set[int] = set()
-    data_ids, results = list(data_ids), list(results)
+    results = list(results)
     conn = db.conn
     with immediate(db):
-        if data_ids:
-            # One statement for the whole group; RETURNING says which rows may go out.
-            marked = {
-                row[0]
-                for row in conn.execute(
-                    """UPDATE deliveries SET phase = 'data', updated = ?
-                       WHERE id IN (SELECT value FROM json_each(?)) AND state = 'sending'
-                         AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
-                                         ON s.key = x.key WHERE s.id = deliveries.subscriber_id)
-                         AND EXISTS (SELECT 1 FROM memberships m
-                                     WHERE m.list_id = deliveries.list_id
-                                     AND m.subscriber_id = deliveries.subscriber_id
-                                     AND m.status = 'active')
-                       RETURNING id""",
-                    [stamp, json.dumps(data_ids)],
-                ).fetchall()
-            }
-            refused = set(data_ids) - marked
-            conn.executemany(
-                """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
-                   last_reply = 'unsubscribed or suppressed while the campaign was sending'
-                   WHERE id = ? AND state = 'sending'""",
-                [(stamp, i) for i in refused],
-            )
         updates = []
         for r in results:
             state, next_attempt = r.state, None
-            if state == "skipped":
-                continue
             if state == "deferred":
                 if r.attempts >= MAX_ATTEMPTS:
                     state = "failed"
@@ -342,7 +327,6 @@ def record(
                        (SELECT subscriber_id FROM deliveries WHERE id = ?)""",
                     [stamp, f"{r.code} {r.reply}"[:200], r.id],
                 )
-    return refused
 
 
 def counts(db: Database, campaign_id: int) -> dict[str, int]:

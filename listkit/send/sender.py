@@ -5,8 +5,10 @@ The rules (see ``outbox`` for the state machine):
 - every SMTP transaction carries one recipient, so each RCPT reply is that
   recipient's answer (no partial refusals to untangle);
 - a row is claimed, and committed, before its transaction starts; before its
-  content goes out it is durably marked ``data``; those marks and the results
-  of many messages share one commit, made off the event loop;
+  content goes out it is durably marked in the marks file (``marks``: no
+  SQLite lock to wait for while another process writes the database), many
+  messages' marks sharing one sync; results share one commit; both are made
+  off the event loop;
 - the transaction runs on ``smtp.Connection`` (pipelined when the server
   offers PIPELINING); aiosmtplib opens and authenticates the connection;
 - a message is ``sent`` only after the server's 2xx to the final dot;
@@ -66,12 +68,14 @@ from listkit.send.campaigns import (
     rescheduled,
     set_state,
 )
+from listkit.send.marks import MarkFile, fold_marks
 from listkit.send.outbox import (
     Claimed,
     Result,
     build_outbox,
     claim,
     counts,
+    may_go,
     record,
     recover,
     top_up,
@@ -354,15 +358,37 @@ class Run:
         self.connected_once = False
         self.first_connect = asyncio.Lock()
 
-    # The database lives on one thread; every call goes through it.
+    # The database lives on one thread; every call goes through it. The marks
+    # have a thread of their own (with a connection that only reads), so that
+    # a mark never waits behind a commit that waits for the write lock.
     async def db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def in_marks_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.mark_executor, fn, *args)
 
     def _open(self) -> None:
         self.conn_db = open_db(self.db_path)
 
+    def _open_marks(self) -> None:
+        self.mark_db = open_db(self.db_path)
+        self.mark_file = MarkFile(self.db_path)
+
+    def _close_marks(self, clear: bool) -> None:
+        if clear:
+            self.mark_file.clear()
+        self.mark_file.close()
+        self.mark_db.close()
+
+    def _mark(self, ids: list[int]) -> set[int]:
+        """Durably mark the rows of ``ids`` that may still go out; returns those."""
+        allowed = may_go(self.mark_db, ids)
+        self.mark_file.mark(self.run_id, [i for i in ids if i in allowed])
+        return allowed
+
     async def run(self) -> dict[str, int]:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-db")
+        self.mark_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-marks")
         self.pool = None
         if self.compose_processes:
             self.pool = ProcessPoolExecutor(
@@ -379,16 +405,23 @@ class Run:
             )
         try:
             await self.db(self._open)
+            await self.in_marks_thread(self._open_marks)
             # Room for two batches: one being sent while the next is rendered.
             self.queue: asyncio.Queue = asyncio.Queue(
                 maxsize=max(self.campaign.concurrency * 2, self.batch * 2)
             )
             self.marks: list[tuple[int, asyncio.Future]] = []
             self.results: list[Result] = []
+            # Marked rows whose result is not recorded yet: the marks file is
+            # emptied at the end only if none is left.
+            self.open_marks: set[int] = set()
+            self.unrecorded = False
             self.wake = asyncio.Event()
+            self.mark_wake = asyncio.Event()
             self.closing = False
             self.limiter = RateLimiter(self.campaign.rate)
             flusher = asyncio.create_task(self._flusher())
+            marker = asyncio.create_task(self._marker())
             workers = [
                 asyncio.create_task(self._worker()) for _ in range(self.campaign.concurrency)
             ]
@@ -399,11 +432,17 @@ class Run:
                 for w in workers:
                     w.cancel()
                 self.closing = True
+                self.mark_wake.set()
+                await marker
                 self.wake.set()
                 await flusher
             await self.db(self.conn_db.close)
+            await self.in_marks_thread(
+                self._close_marks, not self.open_marks and not self.unrecorded
+            )
         finally:
             self.executor.shutdown(wait=True)
+            self.mark_executor.shutdown(wait=True)
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
         if self.fatal is not None:
@@ -459,30 +498,50 @@ class Run:
         """
         future = asyncio.get_running_loop().create_future()
         self.marks.append((delivery_id, future))
-        self.wake.set()
+        self.mark_wake.set()
         return future
 
+    async def _marker(self) -> None:
+        """Writes the marks asked for meanwhile, all with one sync, while the
+        previous group's sync runs; then lets their content go."""
+        while True:
+            await self.mark_wake.wait()
+            self.mark_wake.clear()
+            while self.marks:
+                marks, self.marks = self.marks, []
+                try:
+                    allowed = await self.in_marks_thread(self._mark, [m[0] for m in marks])
+                except BaseException as e:  # nothing more may be sent
+                    self.fatal = self.fatal or e
+                    self.stopped = self.stopped or f"cannot mark messages as going out: {e}"
+                    for _, future in marks:
+                        if not future.done():
+                            future.set_exception(SendError(self.stopped))
+                    continue
+                self.open_marks.update(allowed)
+                for delivery_id, future in marks:
+                    if not future.done():
+                        future.set_result(delivery_id in allowed)
+            # Checked after draining: a close signalled while we worked is not lost.
+            if self.closing:
+                return
+
     async def _flusher(self) -> None:
+        """Records the results that came in meanwhile, in one commit, while the
+        previous group's commit runs."""
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.marks or self.results:
-                marks, self.marks = self.marks, []
+            while self.results:
                 results, self.results = self.results, []
                 try:
-                    refused = await self.db(
-                        record, self.conn_db, self.campaign_id, [m[0] for m in marks], results
-                    )
+                    await self.db(record, self.conn_db, self.campaign_id, results)
                 except BaseException as e:  # the database refused: nothing more may be sent
                     self.fatal = self.fatal or e
                     self.stopped = self.stopped or f"database error: {e}"
-                    for _, future in marks:
-                        if not future.done():
-                            future.set_exception(SendError(f"database error: {e}"))
+                    self.unrecorded = True
                     continue
-                for delivery_id, future in marks:
-                    if not future.done():
-                        future.set_result(delivery_id not in refused)
+                self.open_marks.difference_update(r.id for r in results)
             # Checked after draining: a close signalled while we worked is not lost.
             if self.closing:
                 return
@@ -845,6 +904,9 @@ def send_campaign(
         else:
             cid = register(db, p.campaign, digest=offer.digest, coupon=offer.coupon)
             build_outbox(db, cid, p.campaign, **where)
+        # Marks left by a run that died first, so that its rows whose content
+        # may be out become unknown, not pending.
+        fold_marks(db, ws.settings.db_path)
         summary.recovered = recover(db, cid)
         set_state(db, cid, "sending")
         before = counts(db, cid)

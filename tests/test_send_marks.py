@@ -1,0 +1,91 @@
+"""The marks file: what it says survives a crash, and only for the claim it was written for."""
+
+import zlib
+
+from listkit.send.marks import MarkFile, fold_marks, marks_path, read_marks
+from listkit.send.outbox import claim, recover
+from listkit.send.sender import prepare
+from listkit.workspace import Workspace
+from tests.test_send import setup_campaign
+
+ADDRS = [f"m{i}@example.com" for i in range(5)]
+
+
+def line(run_id: str, delivery_id: int) -> bytes:
+    body = f"{run_id} {delivery_id}".encode()
+    return body + b" %08x\n" % zlib.crc32(body)
+
+
+def test_only_whole_lines_with_their_checksum_count(tmp_path):
+    path = tmp_path / "listkit.db-marks"
+    assert read_marks(path) == []  # no file: nothing marked
+    path.write_bytes(
+        line("111-aa", 1)
+        + line("111-aa", 2).replace(b" 2 ", b" 3 ")  # the id changed: checksum fails
+        + b"garbage\n"
+        + b"\xff\xfe 4 00000000\n"
+        + line("111-aa", 5)
+        + line("111-aa", 60)[:-1]  # cut short by a crash: never synced
+    )
+    assert read_marks(path) == [("111-aa", 1), ("111-aa", 5)]
+
+
+def test_mark_file_appends_synced_lines(tmp_path):
+    db_path = tmp_path / "listkit.db"
+    marks = MarkFile(db_path)
+    marks.mark("7-ab", [3, 4])
+    marks.mark("7-ab", [])
+    marks.mark("7-ab", [9])
+    assert read_marks(marks_path(db_path)) == [("7-ab", 3), ("7-ab", 4), ("7-ab", 9)]
+    marks.clear()
+    assert read_marks(marks_path(db_path)) == []
+    marks.close()
+
+
+def test_folded_marks_make_a_dead_runs_rows_unknown_and_the_rest_pending(run, workspace):
+    setup_campaign(run, workspace, 25, ADDRS)
+    ws = Workspace(workspace)
+    try:
+        # A run that died: it claimed every row and marked two as going out.
+        from listkit.send.campaigns import register
+        from listkit.send.outbox import build_outbox
+
+        p = prepare(ws, "t")
+        cid = register(ws.db, p.campaign, digest="x", coupon=None)
+        build_outbox(ws.db, cid, p.campaign, domain="example.com", coupon_base="")
+        rows = claim(ws.db, cid, "100-dead", 10)
+        ids = {r.email: r.id for r in rows}
+        marks = MarkFile(ws.settings.db_path)
+        marks.mark("100-dead", [ids["m1@example.com"], ids["m3@example.com"]])
+        # A line of an older claim of another row says nothing about this claim.
+        marks.mark("99-older", [ids["m4@example.com"]])
+        marks.close()
+
+        assert fold_marks(ws.db, ws.settings.db_path) == 2
+        assert marks_path(ws.settings.db_path).stat().st_size == 0
+        assert recover(ws.db, cid) == {"pending": 3, "unknown": 2}
+        states = dict(ws.db.execute("SELECT email, state FROM deliveries").fetchall())
+        assert states == {
+            "m0@example.com": "pending",
+            "m1@example.com": "unknown",
+            "m2@example.com": "pending",
+            "m3@example.com": "unknown",
+            "m4@example.com": "pending",
+        }
+        # Folding again (a crash after the commit, before the file was emptied) changes nothing.
+        assert fold_marks(ws.db, ws.settings.db_path) == 0
+    finally:
+        ws.close()
+
+
+def test_a_finished_run_leaves_the_marks_file_empty(run, workspace):
+    from tests import smtp_server
+
+    controller, handler = smtp_server.start()
+    try:
+        setup_campaign(run, workspace, controller.port, ADDRS)
+        run("send", "t", "--yes")
+    finally:
+        controller.stop()
+    assert handler.recipients() == {a: 1 for a in ADDRS}
+    assert (workspace / "listkit.db-marks").read_bytes() == b""
