@@ -30,11 +30,12 @@ import secrets
 import sqlite3
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosmtplib
 
@@ -86,6 +87,8 @@ from listkit.send.smtp import path as smtp_path
 from listkit.send.variants import assign_variant, release_rest, rest_due
 from listkit.send.verp import bounce_address, verp_address
 from listkit.workspace import Workspace
+
+T = TypeVar("T")
 
 LOCK_NAME = ".listkit-send.lock"
 # From this many messages on, rendering moves to a second process (its start-up
@@ -300,6 +303,18 @@ class RunSummary:
     def ok(self) -> bool:
         bad = ("pending", "sending", "deferred", "failed", "unknown")
         return self.stopped is None and all(self.totals.get(s, 0) == 0 for s in bad)
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on uvloop where it is installed (its event loop costs about
+    half the CPU of asyncio's per message; the send's main process is the busy
+    one), else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 class RateLimiter:
@@ -941,7 +956,7 @@ def send_campaign(
                     on_result=on_result,
                     variant=variant,
                 )
-                for state, n in asyncio.run(run.run()).items():
+                for state, n in run_loop(run.run()).items():
                     summary.this_run[state] = summary.this_run.get(state, 0) + n
                 if run.stopped:
                     break
