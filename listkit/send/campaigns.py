@@ -472,6 +472,17 @@ def audience_count(db: Database, campaign: Campaign) -> dict[str, int]:
     return {slug: counts.get(slug, 0) for slug in campaign.lists}
 
 
+def snapshot_audience(db: Database, campaign: Campaign, table: str) -> None:
+    """The campaign's audience as it is now, in one read, into the temporary table
+    ``table`` of this connection: (id, email, key, list_id), in subscriber order.
+
+    Nothing of the database is written (a temporary table is the connection's
+    own), so it takes no write lock however large the audience."""
+    sql, params = _audience_sql(campaign, db)
+    db.execute(f"DROP TABLE IF EXISTS temp.{table}")
+    db.execute(f"CREATE TEMP TABLE {table} AS SELECT id, email, key, list_id FROM ({sql})", params)
+
+
 def iter_audience(db: Database, campaign: Campaign):
     """(subscriber dict, list slug, list title) for each recipient, streamed."""
     sql, params = _audience_sql(campaign, db)

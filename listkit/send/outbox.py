@@ -32,7 +32,7 @@ from sqlite_utils import Database
 from listkit.audience.suppressions import suppress
 from listkit.db import immediate, now
 from listkit.mail.tracking import message_id, new_token, personal_coupon
-from listkit.send.campaigns import Campaign, held_out, iter_audience
+from listkit.send.campaigns import Campaign, held_out, snapshot_audience
 from listkit.send.variants import assign_variant, in_test_part
 
 STATES = (
@@ -52,12 +52,27 @@ BACKOFF = timedelta(minutes=5)
 BACKOFF_MAX = timedelta(hours=6)
 
 
+# How many deliveries one transaction of an outbox build inserts. Between two,
+# the write lock is free: `listkit serve` answering unsubscribes and clicks,
+# or another writer, waits milliseconds, not for the whole audience (20,000
+# rows took 0.74 s in one transaction; a million would pass the busy timeout).
+FILL_CHUNK = 250
+
+
 def build_outbox(
     db: Database, campaign_id: int, campaign: Campaign, *, domain: str, coupon_base: str
 ) -> int:
-    """Create the deliveries of a campaign once (its audience frozen); rows created."""
+    """Create the deliveries of a campaign once (its audience frozen); rows created.
+
+    The rows go in in chunks, each committed. A build cut short (the process
+    died) left some rows and a campaign never started: the next call adds the
+    rest of the audience, as it is then, and whoever has a row keeps it.
+    """
     if has_outbox(db, campaign_id):
-        return 0
+        started = db.execute("SELECT started FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
+        if started is None or started[0] is not None:
+            return 0
+        return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=True)[0]
     return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=False)[0]
 
 
@@ -90,69 +105,58 @@ def _fill(
     *,
     newcomers_only: bool,
 ) -> tuple[int, int]:
+    """Insert a delivery for each of the audience (only those without one, if
+    ``newcomers_only``); (rows added, of which held out).
+
+    The audience is read once, into a temporary table; the rows are made
+    outside any transaction and inserted ``FILL_CHUNK`` at a time, each chunk
+    in a short write transaction of its own (which checks, for
+    ``newcomers_only``, who has a row by then).
+    """
     stamp = now()
     created = held = 0
-    batch: list[tuple] = []
-    with immediate(db):
-        list_ids = {r[0]: r[1] for r in db.execute("SELECT slug, id FROM lists")}
-        # Test-then-send: once the rest has been given the chosen offer, a
-        # newcomer of the rest gets it too, instead of waiting for a choice
-        # already made.
-        chosen = None
-        if campaign.test_share and newcomers_only:
-            row = db.execute(
-                """SELECT variant FROM deliveries WHERE campaign_id = ? AND part = 'rest'
-                   AND variant IS NOT NULL LIMIT 1""",
-                [campaign_id],
-            ).fetchone()
-            chosen = row[0] if row else None
-        # The audience query reads while we insert into another table: fetch it
-        # all as ids first would cost memory, so insert in batches from a list
-        # materialised per batch.
-        audience = iter_audience(db, campaign)
+    # Test-then-send: once the rest has been given the chosen offer, a
+    # newcomer of the rest gets it too, instead of waiting for a choice
+    # already made.
+    chosen = None
+    if campaign.test_share and newcomers_only:
+        row = db.execute(
+            """SELECT variant FROM deliveries WHERE campaign_id = ? AND part = 'rest'
+               AND variant IS NOT NULL LIMIT 1""",
+            [campaign_id],
+        ).fetchone()
+        chosen = row[0] if row else None
+    snapshot_audience(db, campaign, "lk_audience")
+    try:
+        last = 0
         while True:
-            chunk = [next(audience, None) for _ in range(2000)]
-            chunk = [c for c in chunk if c is not None]
+            chunk = db.execute(
+                """SELECT rowid, id, email, key, list_id FROM temp.lk_audience
+                   WHERE rowid > ? ORDER BY rowid LIMIT ?""",
+                [last, FILL_CHUNK],
+            ).fetchall()
             if not chunk:
                 break
-            known: set[int] = set()
-            if newcomers_only:
-                # One probe of the (campaign_id, subscriber_id) unique index per chunk.
-                known = {
-                    r[0]
-                    for r in db.execute(
-                        """SELECT subscriber_id FROM deliveries WHERE campaign_id = ?
-                           AND subscriber_id IN (SELECT value FROM json_each(?))""",
-                        [campaign_id, json.dumps([c[0]["id"] for c in chunk])],
-                    )
-                }
-            for subscriber, list_slug, _title in chunk:
-                if subscriber["id"] in known:
-                    continue
+            last = chunk[-1][0]
+            rows = []
+            for _rowid, subscriber_id, email, key, list_id in chunk:
                 token = new_token()
-                state = (
-                    "held_out"
-                    if held_out(campaign.slug, subscriber["key"], campaign.holdout)
-                    else "pending"
-                )
-                held += state == "held_out"
+                state = "held_out" if held_out(campaign.slug, key, campaign.holdout) else "pending"
                 variant = part = None
                 if campaign.variants and state == "pending":
-                    variant = assign_variant(
-                        campaign.slug, subscriber["key"], campaign.variants, campaign.split
-                    )
+                    variant = assign_variant(campaign.slug, key, campaign.variants, campaign.split)
                     if campaign.test_share:
                         part = "test"
-                        if not in_test_part(campaign.slug, subscriber["key"], campaign.test_share):
+                        if not in_test_part(campaign.slug, key, campaign.test_share):
                             state, variant, part = "reserved", None, "rest"
                             if chosen is not None:
                                 state, variant = "pending", chosen
-                batch.append(
+                rows.append(
                     (
                         campaign_id,
-                        subscriber["id"],
-                        list_ids[list_slug],
-                        subscriber["email"],
+                        subscriber_id,
+                        list_id,
+                        email,
                         token,
                         message_id(token, domain),
                         personal_coupon(coupon_base, token),
@@ -162,14 +166,28 @@ def _fill(
                         part,
                     )
                 )
-            db.conn.executemany(
-                """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-                   message_id, coupon, state, created, variant, part)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                batch,
-            )
-            created += len(batch)
-            batch.clear()
+            with immediate(db):
+                if newcomers_only:
+                    # One probe of the (campaign_id, subscriber_id) unique index per chunk.
+                    known = {
+                        r[0]
+                        for r in db.execute(
+                            """SELECT subscriber_id FROM deliveries WHERE campaign_id = ?
+                               AND subscriber_id IN (SELECT value FROM json_each(?))""",
+                            [campaign_id, json.dumps([r[1] for r in rows])],
+                        )
+                    }
+                    rows = [r for r in rows if r[1] not in known]
+                db.conn.executemany(
+                    """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
+                       message_id, coupon, state, created, variant, part)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    rows,
+                )
+            created += len(rows)
+            held += sum(r[7] == "held_out" for r in rows)
+    finally:
+        db.execute("DROP TABLE IF EXISTS temp.lk_audience")
     return created, held
 
 
