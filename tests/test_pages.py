@@ -488,3 +488,33 @@ def test_the_pasted_signup_form_is_big_enough_for_a_finger_and_does_not_zoom_a_p
         style = re.search(r'style="([^"]*)"', field)
         assert style, field
         assert "min-height:44px" in style.group(1) and "font-size:16px" in style.group(1)
+
+
+async def test_the_first_clicks_of_a_campaign_render_its_offer_once(ws, world, monkeypatch):
+    import asyncio
+
+    import httpx2
+
+    from listkit.mail import clicks
+
+    readers = [f"p{i}@example.com" for i in range(8)]
+    world.list("blog", *readers)
+    cid = world.campaign("spring")
+    tokens = [world.deliver(cid, email, "blog")["token"] for email in readers]
+    renders = []
+    real = clicks.links_as_rendered
+
+    def counting(*args):
+        renders.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(clicks, "links_as_rendered", counting)
+    transport = httpx2.ASGITransport(app=create_app(ws))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://listkit") as c:
+        answers = await asyncio.gather(
+            *(c.get(click_path(ws, t, OFFER_URL), headers={"user-agent": PERSON}) for t in tokens)
+        )
+    assert [a.status_code for a in answers] == [302] * 8
+    assert all(a.headers["location"].startswith(OFFER_URL + "?") for a in answers)
+    assert len(renders) == 1  # the others found the link stored
+    assert clicks_of(ws) == [("click", OFFER_URL)] * 8

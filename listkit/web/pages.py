@@ -369,7 +369,41 @@ async def click(request: Request) -> Response:
         raise HTTPException(404, "This link is not valid any more.")
     url = found["url"]
     if url is None:  # the campaign's first click on this link: render the offer to find it
-        delivery = await state.db.read(clicks.delivery_for_click, token)
+        url = await _first_click(request, token, link, agent, ip)
+    destination = track(
+        url,
+        campaign=found["campaign"],
+        list_slug=found["list"],
+        token=token,
+        token_param=ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk",
+    )
+    return RedirectResponse(destination, 302, headers={"Referrer-Policy": "no-referrer"})
+
+
+async def _first_click(request: Request, token: str, link: str, agent, ip) -> str:
+    """Resolve a link the campaign has not stored yet, record the click; its destination.
+
+    The clicks of a campaign's first minutes come together: one of them renders
+    the offer and stores its links, the others wait for it and find theirs
+    stored (rendering once per click would keep the service busy for seconds).
+    """
+    state = request.app.state
+    ws = state.ws
+    delivery = await state.db.read(clicks.delivery_for_click, token)
+    if delivery is None:
+        raise HTTPException(404, "This link is not valid any more.")
+    # One lock per campaign, of this app (and so of its event loop).
+    locks = getattr(state, "link_locks", None)
+    if locks is None:
+        locks = state.link_locks = {}
+    async with locks.setdefault(delivery["campaign_id"], asyncio.Lock()):
+        again = await state.db.write(
+            clicks.record_known_click, token, link, request.method, agent, ip, now()
+        )
+        if again is None:
+            raise HTTPException(404, "This link is not valid any more.")
+        if again["url"] is not None:
+            return again["url"]
         try:
             rendered = await asyncio.to_thread(
                 clicks.links_as_rendered, ws.settings, ws.offers_dir, delivery
@@ -388,14 +422,7 @@ async def click(request: Request) -> Response:
             clicks.record_click(db, delivery["id"], kind, at, url, ip, agent)
 
         await state.db.write(store_and_record)
-    destination = track(
-        url,
-        campaign=found["campaign"],
-        list_slug=found["list"],
-        token=token,
-        token_param=ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk",
-    )
-    return RedirectResponse(destination, 302, headers={"Referrer-Policy": "no-referrer"})
+        return url
 
 
 routes = [
