@@ -5,6 +5,8 @@ import json
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from listkit.send.smtp import ConnectionLost, Reply, _Replies, path, wire_form
 from tests.smtp_server import free_port
@@ -17,6 +19,16 @@ def test_wire_form_normalises_line_ends_and_stuffs_dots():
         b"..starts\r\n...two\r\nmid.dle\r\n..\r\n.\r\n"
     )
     assert wire_form(b"") == b"\r\n.\r\n"
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\n."]), max_size=30))
+def test_wire_form_is_the_plain_normalise_then_stuff_for_any_line_ends_and_dots(parts):
+    import re
+
+    message = b"".join(parts)
+    expected = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+    expected += b"" if expected.endswith(b"\r\n") else b"\r\n"
+    assert wire_form(message) == re.sub(rb"(?m)^\.", b"..", expected) + b".\r\n"
 
 
 def test_path_refuses_what_could_break_a_command():
