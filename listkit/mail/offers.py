@@ -196,6 +196,7 @@ class OfferTemplates:
         self.offer = offer
         # Immutable: a template cannot change the offer, a list or a dict it is
         # given (``offer.update(...)`` would change it for every later recipient).
+        self._globals: dict[int, dict[str, Any]] = {}
         self.env = ImmutableSandboxedEnvironment(
             loader=jinja2.FileSystemLoader(str(offers_dir)),
             undefined=jinja2.StrictUndefined,
@@ -263,8 +264,18 @@ class OfferTemplates:
         return None
 
     def _render(self, template: jinja2.Template, name: str, context: dict, who: str) -> str:
+        # What Template.render does, with the template's globals merged into a
+        # plain dict once per template instead of from a ChainMap on every
+        # render (a sixth of the time of rendering a message).
+        merged = self._globals.get(id(template))
+        if merged is None:
+            merged = self._globals[id(template)] = dict(template.globals)
+        ctx = template.new_context({**merged, **context}, shared=True)
         try:
-            return template.render(context)
+            try:
+                return template.environment.concat(template.root_render_func(ctx))
+            except Exception:
+                template.environment.handle_exception()
         except SecurityError as e:
             where = _template_line(e, name)
             raise TemplateError(f"{where}: not allowed in the sandbox: {e} (for {who})") from None
