@@ -9,14 +9,17 @@
     reserved -> pending  (test-then-send: the rest, given the winning offer once chosen)
 
 The rules: a claim is committed (``BEGIN IMMEDIATE``) before its SMTP
-transaction begins, and suppression is checked at claim time. Before the
-message content (after DATA's 354) can reach the server the row's phase
-durably says ``data``; a run that dies leaves ``sending`` rows that the next
-run resolves by that phase: ``claimed`` goes back to pending (the server never
-got the content and its final dot, so it has no message), ``data`` becomes
-unknown (the server may have it). ``unknown`` is never retried by itself.
+transaction begins, and suppression is checked at claim time and again
+(``may_go``) just before the content goes. Before the message content (after
+DATA's 354) can reach the server, the run durably marks it in the marks file
+(``marks``: no write lock), which the next send folds into the row's phase
+(``data``); a run that dies leaves ``sending`` rows that the next run resolves
+by that phase: ``claimed`` goes back to pending (the server never got the
+content and its final dot, so it has no message), ``data`` becomes unknown
+(the server may have it). ``unknown`` is never retried by itself.
 
-A campaign's audience is frozen when its outbox is first built; ``top_up``
+A campaign's audience is frozen when its outbox is built (in short
+transactions; a build cut short is completed by the next one); ``top_up``
 adds only subscribers who have no row in it yet, so nobody gets a second one.
 """
 
