@@ -383,46 +383,51 @@ async def click(request: Request) -> Response:
 async def _first_click(request: Request, token: str, link: str, agent, ip) -> str:
     """Resolve a link the campaign has not stored yet, record the click; its destination.
 
-    The clicks of a campaign's first minutes come together: one of them renders
-    the offer and stores its links, the others wait for it and find theirs
-    stored (rendering once per click would keep the service busy for seconds).
+    The clicks of a campaign's first minutes come together: one rendering of
+    the offer (per offer of the campaign) finds and stores its links, and
+    every click that came meanwhile waits for that one instead of rendering
+    it again (which kept the service busy for a second).
     """
     state = request.app.state
-    ws = state.ws
     delivery = await state.db.read(clicks.delivery_for_click, token)
     if delivery is None:
         raise HTTPException(404, "This link is not valid any more.")
-    # One lock per campaign, of this app (and so of its event loop).
-    locks = getattr(state, "link_locks", None)
-    if locks is None:
-        locks = state.link_locks = {}
-    async with locks.setdefault(delivery["campaign_id"], asyncio.Lock()):
-        again = await state.db.write(
-            clicks.record_known_click, token, link, request.method, agent, ip, now()
+    key = (delivery["campaign_id"], delivery["offer"])
+    # One rendering per campaign and offer, kept by this app (and so of its
+    # event loop): a click that comes after it finished finds its result here,
+    # as later clicks find the stored links.
+    renders = getattr(state, "link_renders", None)
+    if renders is None:
+        renders = state.link_renders = {}
+    if key not in renders:
+        renders[key] = asyncio.ensure_future(_store_links(state, delivery))
+    try:
+        url = (await asyncio.shield(renders[key])).get(link)
+    except Exception:
+        renders.pop(key, None)  # the next click tries again
+        raise
+    if url is None:  # not in that rendering: a link of this subscriber's own
+        url = (await _store_links(state, delivery)).get(link)
+    if url is None:
+        raise HTTPException(404, "This link is not in the offer any more.")
+    at = now()
+    kind = clicks.click_kind(request.method, agent, delivery["sent_at"], at)
+    await state.db.write(clicks.record_click, delivery["id"], kind, at, url, ip, agent)
+    return url
+
+
+async def _store_links(state, delivery: dict) -> dict[str, str]:
+    """Render the delivery's offer and store the links it tracks; {link id: url}."""
+    ws = state.ws
+    try:
+        rendered = await asyncio.to_thread(
+            clicks.links_as_rendered, ws.settings, ws.offers_dir, delivery
         )
-        if again is None:
-            raise HTTPException(404, "This link is not valid any more.")
-        if again["url"] is not None:
-            return again["url"]
-        try:
-            rendered = await asyncio.to_thread(
-                clicks.links_as_rendered, ws.settings, ws.offers_dir, delivery
-            )
-        except ListkitError as e:
-            log.error("cannot render the offer of a clicked link: %s", e)
-            rendered = {}
-        url = rendered.get(link)
-        if url is None:
-            raise HTTPException(404, "This link is not in the offer any more.")
-        at = now()
-        kind = clicks.click_kind(request.method, agent, delivery["sent_at"], at)
-
-        def store_and_record(db):
-            clicks.store_links(db, delivery["campaign_id"], rendered)
-            clicks.record_click(db, delivery["id"], kind, at, url, ip, agent)
-
-        await state.db.write(store_and_record)
-        return url
+    except ListkitError as e:
+        log.error("cannot render the offer of a clicked link: %s", e)
+        return {}
+    await state.db.write(clicks.store_links, delivery["campaign_id"], rendered)
+    return rendered
 
 
 routes = [
