@@ -52,10 +52,8 @@ class MarkFile:
 
     def __init__(self, db_path: Path) -> None:
         self.path = marks_path(db_path)
-        try:
-            self.fd = private_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, str(self.path)) from None
+        # os.open's error names the file already.
+        self.fd = private_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def mark(self, run_id: str, delivery_ids: Iterable[int]) -> None:
         """Append one line per id and sync: once this returns, the marks survive a crash."""

@@ -427,10 +427,10 @@ class Run:
             )
             self.marks: list[tuple[int, asyncio.Future]] = []
             self.results: list[Result] = []
-            # Marked rows whose result is not recorded yet: the marks file is
-            # emptied at the end only if none is left.
+            # Marked rows whose result is not recorded yet (a failed commit
+            # leaves its rows here): the marks file is emptied at the end only
+            # if none is left.
             self.open_marks: set[int] = set()
-            self.unrecorded = False
             self.wake = asyncio.Event()
             self.mark_wake = asyncio.Event()
             self.closing = False
@@ -452,9 +452,7 @@ class Run:
                 self.wake.set()
                 await flusher
             await self.db(self.conn_db.close)
-            await self.in_marks_thread(
-                self._close_marks, not self.open_marks and not self.unrecorded
-            )
+            await self.in_marks_thread(self._close_marks, not self.open_marks)
         finally:
             self.executor.shutdown(wait=True)
             self.mark_executor.shutdown(wait=True)
@@ -554,7 +552,6 @@ class Run:
                 except BaseException as e:  # the database refused: nothing more may be sent
                     self.fatal = self.fatal or e
                     self.stopped = self.stopped or f"database error: {e}"
-                    self.unrecorded = True
                     continue
                 self.open_marks.difference_update(r.id for r in results)
             # Checked after draining: a close signalled while we worked is not lost.
