@@ -43,6 +43,7 @@ COMMAND_MODULES = {
     "doctor": "doctor",
     "bounces": "bounces",
     "form": "serve",
+    "backup": "backup",
 }
 
 
