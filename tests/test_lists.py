@@ -41,11 +41,24 @@ def test_lists_rm_removes_memberships_but_keeps_subscribers(run, ws):
     )
 
 
-def test_lists_rm_asks_first(run):
+def test_lists_rm_asks_first_on_a_terminal(run, monkeypatch):
+    from listkit.cli import output
+
+    monkeypatch.setattr(output, "stdin_is_terminal", lambda: True)
     run("lists", "create", "blog")
     result = run("lists", "rm", "blog", input="n\n", ok=False)
     assert result.exit_code == 1
     assert "Aborted" in result.output
+    assert "blog" in run("lists", "ls").output
+
+
+def test_lists_rm_without_a_terminal_says_to_pass_yes_and_removes_nothing(run):
+    run("lists", "create", "blog")
+    result = run("lists", "rm", "blog", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: not a terminal, so nobody can confirm: run `listkit lists rm blog --yes`\n"
+    )
     assert "blog" in run("lists", "ls").output
 
 

@@ -212,7 +212,15 @@ def test_lists_prune_silent_moves_them_out_with_a_reason_and_keeps_their_history
     assert audience == {"cal@example.com", "bea@example.com", "two@example.com"}
 
 
-def test_lists_prune_asks_first_and_needs_silent(silent_world, run):
+def test_lists_prune_asks_first_and_needs_silent(silent_world, run, monkeypatch):
+    from listkit.cli import output
+
+    result = run("lists", "prune", "blog", "--silent", ok=False)
+    assert result.output == (
+        "Error: not a terminal, so nobody can confirm: run "
+        "`listkit lists prune blog --silent --yes`\n"
+    )
+    monkeypatch.setattr(output, "stdin_is_terminal", lambda: True)
     result = run("lists", "prune", "blog", "--silent", input="n\n", ok=False)
     assert result.exit_code == 1 and "Aborted" in result.output
     assert silent_by_list(silent_world.db, 3)[0]["silent"] == 1

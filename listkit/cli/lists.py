@@ -6,7 +6,7 @@ import click
 
 from listkit.audience.lists import create_list, list_lists, remove_list
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json, emit_table
+from listkit.cli.output import confirm, emit_json, emit_table
 from listkit.workspace import Workspace
 
 
@@ -64,7 +64,7 @@ def lists_rm(ws: Workspace, slug: str, yes: bool) -> None:
         listkit lists rm old-list --yes
     """
     if not yes:
-        click.confirm(f"Remove list {slug!r} and all its memberships?", abort=True)
+        confirm(f"Remove list {slug!r} and all its memberships?", f"listkit lists rm {slug} --yes")
     removed = remove_list(ws.db, slug)
     click.echo(f"Removed list {slug} ({removed} memberships).")
 
@@ -104,9 +104,9 @@ def lists_prune(ws: Workspace, slug: str, silent: bool, dry_run: bool, yes: bool
         click.echo(f"{len(members)} members of {slug} {verb} pruned ({what}); nothing changed.")
         return
     if not yes:
-        click.confirm(
+        confirm(
             f"Move {len(members)} members of {slug} out ({what})? Their history stays.",
-            abort=True,
+            f"listkit lists prune {slug} --silent --yes",
         )
     n = prune_silent(ws.db, slug, threshold)
     click.echo(f"Pruned {n} members of {slug} ({what}); their history stays.")

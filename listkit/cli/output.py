@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from listkit import csvout
+from listkit.errors import ListkitError
 
 
 def emit_json(data: Any) -> None:
@@ -70,3 +71,20 @@ def input_name(file) -> str:
     """How to name an input file in messages: its path, or <stdin> for '-'."""
     name = getattr(file, "name", "<stdin>")
     return "<stdin>" if name in ("-", "<stdin>") else str(name)
+
+
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def require_terminal(command: str, hint: str = "") -> None:
+    """Refuse, naming the command with --yes, when nobody is there to answer a question
+    (cron, a pipe): click.confirm would read nothing and print only "Aborted!"."""
+    if not stdin_is_terminal():
+        raise ListkitError(f"not a terminal, so nobody can confirm: run `{command}`{hint}")
+
+
+def confirm(question: str, command: str) -> None:
+    """Ask ``question`` on a terminal (no: abort); without one, say to run ``command``."""
+    require_terminal(command)
+    click.confirm(question, abort=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json, emit_table
+from listkit.cli.output import emit_json, emit_table, require_terminal
 from listkit.errors import ListkitError, NotFound
 from listkit.mail.compose import check_offer
 from listkit.send.campaigns import (
@@ -266,11 +266,7 @@ def send(
         return
     p = prepare(ws, slug)
     if not yes:
-        if not sys.stdin.isatty():
-            raise ListkitError(
-                "not a terminal, so nobody can confirm: run `listkit send "
-                f"{slug} --yes` (look first with --dry-run DIR)"
-            )
+        require_terminal(f"listkit send {slug} --yes", " (look first with --dry-run DIR)")
         per_list = audience_count(ws.db, p.campaign)
         row = campaign_row(ws.db, slug)
         done = counts(ws.db, row["id"]) if row else {}
