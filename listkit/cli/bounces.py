@@ -7,7 +7,7 @@ from collections import Counter
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json
+from listkit.cli.output import emit_json, json_option
 from listkit.inbox.bounces import FetchSummary, Handled, fetch, import_path
 from listkit.workspace import Workspace
 
@@ -64,7 +64,7 @@ def _totals(handled: list[Handled]) -> str:
 
 @bounces.command("import")
 @click.argument("path")
-@click.option("--json", "json_", is_flag=True, help="Print the results as JSON.")
+@json_option
 @click.option("--quiet", "-q", is_flag=True, help="Only the summary line.")
 @pass_workspace
 def bounces_import(ws: Workspace, path: str, json_: bool, quiet: bool) -> None:
@@ -86,7 +86,7 @@ def bounces_import(ws: Workspace, path: str, json_: bool, quiet: bool) -> None:
 
 
 @bounces.command("fetch")
-@click.option("--json", "json_", is_flag=True, help="Print the results as JSON.")
+@json_option
 @click.option("--quiet", "-q", is_flag=True, help="Only the summary line (for cron).")
 @pass_workspace
 def bounces_fetch(ws: Workspace, json_: bool, quiet: bool) -> None:

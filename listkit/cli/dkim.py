@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json
+from listkit.cli.output import emit_json, json_option
 from listkit.errors import ConfigError
 from listkit.mail import dkim
 from listkit.workspace import Workspace
@@ -36,7 +36,7 @@ def _domain(ws: Workspace, domain: str | None) -> str:
 @click.option(
     "--bits", type=int, default=2048, show_default=True, help="RSA key size, 2048 to 4096."
 )
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def keygen(ws: Workspace, selector: str | None, domain: str | None, bits: int, json_: bool):
     """Write a new DKIM key into the workspace (mode 600) and print its DNS record.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json
+from listkit.cli.output import emit_json, json_option
 from listkit.mail.doctor import FAIL, WARN, diagnose
 from listkit.workspace import Workspace
 
@@ -46,7 +46,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
     show_default=True,
     help="Seconds to wait for each answer (DNS, HTTPS).",
 )
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def doctor(
     ws: Workspace, dns_server: str | None, relay_ips: tuple[str, ...], timeout: float, json_: bool

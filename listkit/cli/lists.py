@@ -6,7 +6,7 @@ import click
 
 from listkit.audience.lists import create_list, list_lists, remove_list
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import confirm, emit_json, emit_table
+from listkit.cli.output import confirm, emit_json, emit_table, json_option
 from listkit.workspace import Workspace
 
 
@@ -31,7 +31,7 @@ def lists_create(ws: Workspace, slug: str, title: str | None) -> None:
 
 
 @lists.command("ls")
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def lists_ls(ws: Workspace, json_: bool) -> None:
     """Show every list with its active, unsubscribed and bounced counts.

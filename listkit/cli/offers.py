@@ -11,7 +11,7 @@ import click
 from listkit.audience.lists import get_list
 from listkit.audience.subscribers import find_subscriber, iter_members
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json, emit_table
+from listkit.cli.output import emit_json, emit_table, json_option
 from listkit.errors import ListkitError, TemplateError
 from listkit.files import write_private
 from listkit.mail.compose import PREVIEW_TOKEN, SAMPLE_SUBSCRIBER, Composer, check_offer
@@ -25,7 +25,7 @@ def offers() -> None:
 
 
 @offers.command("ls")
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def offers_ls(ws: Workspace, json_: bool) -> None:
     """Show the offers in offers/, with product, price and coupon.

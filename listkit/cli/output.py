@@ -17,6 +17,10 @@ import click
 from listkit import csvout
 from listkit.errors import ListkitError
 
+# Machine output: one option, one wording, on every command that has it.
+JSON_HELP = "Output JSON (for scripts)."
+json_option = click.option("--json", "json_", is_flag=True, help=JSON_HELP)
+
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))

@@ -19,7 +19,7 @@ from listkit.cli.insights import (
     show_insight,
     show_report_extras,
 )
-from listkit.cli.output import emit_csv, emit_json, emit_table
+from listkit.cli.output import emit_csv, emit_json, emit_table, json_option
 from listkit.errors import InputError
 from listkit.files import write_private
 from listkit.sales.money import format_amounts
@@ -39,7 +39,7 @@ from listkit.workspace import Workspace
 )
 @click.option("--since", help="First day, YYYY-MM-DD.")
 @click.option("--until", help="Last day, YYYY-MM-DD.")
-@click.option("--json", "json_", is_flag=True, help="Output JSON (revenue in minor units).")
+@json_option
 @click.option("--csv", "csv_", is_flag=True, help="Output CSV.")
 @click.option(
     "--html", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report here."
@@ -49,6 +49,8 @@ def report(
     ws: Workspace, by: str, since, until, json_: bool, csv_: bool, html: Path | None
 ) -> None:
     """Which lists, offers and campaigns produce revenue, and which produce nothing.
+
+    With --json, money is in minor units (cents) with its currency.
 
     \b
     Examples:

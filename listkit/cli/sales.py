@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
+from listkit.cli.output import emit_csv, emit_json, emit_table, input_name, json_option
 from listkit.errors import InputError
 from listkit.sales.attribution import attribute_all
 from listkit.sales.money import currency_code, format_minor, to_minor
@@ -30,7 +30,14 @@ def sales() -> None:
 
 @sales.command("import")
 @click.argument("file", type=click.File("rb"))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="The file's shape; auto recognises it by its header.",
+)
 @click.option("--order-column", default="order", show_default=True, help="Generic CSV.")
 @click.option("--email-column", default="email", show_default=True, help="Generic CSV.")
 @click.option("--amount-column", default="amount", show_default=True, help="Generic CSV.")
@@ -49,7 +56,7 @@ def sales() -> None:
     is_flag=True,
     help="Generic CSV: ',' is the decimal point and '.' groups thousands (1.234,50).",
 )
-@click.option("--json", "json_", is_flag=True, help="Output the summary as JSON.")
+@json_option
 @pass_workspace
 def sales_import(
     ws: Workspace, file, fmt: str, json_: bool, fixed_currency, decimal_comma: bool, **columns
@@ -154,7 +161,7 @@ def sales_add(ws: Workspace, order, email, amount, currency, at, coupon, token, 
 
 
 @sales.command("ls")
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @click.option("--csv", "csv_", is_flag=True, help="Output CSV.")
 @pass_workspace
 def sales_ls(ws: Workspace, json_: bool, csv_: bool) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json, emit_table, require_terminal
+from listkit.cli.output import emit_json, emit_table, json_option, require_terminal
 from listkit.errors import ListkitError, NotFound
 from listkit.mail.compose import check_offer
 from listkit.send.campaigns import (
@@ -43,7 +43,7 @@ def campaigns() -> None:
 
 
 @campaigns.command("ls")
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def campaigns_ls(ws: Workspace, json_: bool) -> None:
     """Show each campaign: offer, lists, schedule, state, audience and sent.
@@ -308,7 +308,7 @@ def _send_due(ws: Workspace, limit: int | None) -> None:
 
 @cli.command()
 @click.argument("slug")
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def status(ws: Workspace, slug: str, json_: bool) -> None:
     """Counts per delivery state, and the failed, unknown, deferred and bounced rows.
@@ -375,8 +375,14 @@ def retry_cmd(ws: Workspace, slug: str, which: str | None) -> None:
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=1025, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=1025,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on; point LISTKIT_SMTP_URL at it.",
+)
 @click.option(
     "--maildir", type=click.Path(file_okay=False, path_type=Path), help="Also store messages here."
 )

@@ -12,7 +12,13 @@ from listkit.workspace import Workspace
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (your proxy forwards LISTKIT_BASE_URL here).",
+)
 @click.option(
     "--forwarded-allow-ips",
     default="127.0.0.1",

@@ -23,7 +23,7 @@ from listkit.audience.subscribers import (
 )
 from listkit.audience.suppressions import REASONS, list_suppressions, suppress, suppress_many
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
+from listkit.cli.output import emit_csv, emit_json, emit_table, input_name, json_option
 from listkit.errors import InputError
 from listkit.sales.money import format_amounts, format_minor
 from listkit.sales.stats import purchases
@@ -103,7 +103,7 @@ def _same_file(file, path: Path) -> bool:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write every rejected row here, with its line number and reason.",
 )
-@click.option("--json", "json_", is_flag=True, help="Output the summary as JSON.")
+@json_option
 @pass_workspace
 def subscribers_import(
     ws: Workspace,
@@ -187,7 +187,7 @@ def subscribers_import(
     metavar="RULE=VALUE",
     help="Audience rule, as in a campaign's [where] (repeat to combine; a|b for either).",
 )
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @click.option("--csv", "csv_", is_flag=True, help="Output CSV.")
 @pass_workspace
 def subscribers_ls(
@@ -233,7 +233,7 @@ def _ls_where(
 
 @subscribers.command("show")
 @click.argument("email")
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def subscribers_show(ws: Workspace, email: str, json_: bool) -> None:
     """Show one subscriber: fields, lists, consent, suppression, deliveries, purchases
@@ -322,7 +322,13 @@ def suppress_group() -> None:
 
 @suppress_group.command("add")
 @click.argument("email")
-@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
+@click.option(
+    "--reason",
+    type=click.Choice(REASONS),
+    default="manual",
+    show_default=True,
+    help="Why the address is suppressed, as reports count it.",
+)
 @pass_workspace
 def suppress_add(ws: Workspace, email: str, reason: str) -> None:
     """Suppress EMAIL.
@@ -340,8 +346,14 @@ def suppress_add(ws: Workspace, email: str, reason: str) -> None:
 
 @suppress_group.command("import")
 @click.argument("file", type=click.File("r", encoding="utf-8-sig"))
-@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
-@click.option("--json", "json_", is_flag=True, help="Output the summary as JSON.")
+@click.option(
+    "--reason",
+    type=click.Choice(REASONS),
+    default="manual",
+    show_default=True,
+    help="Why the address is suppressed, as reports count it.",
+)
+@json_option
 @pass_workspace
 def suppress_import(ws: Workspace, file, reason: str, json_: bool) -> None:
     """Suppress every address in FILE: one per line, or a CSV with an email column.
@@ -376,7 +388,7 @@ def suppress_import(ws: Workspace, file, reason: str, json_: bool) -> None:
 
 
 @suppress_group.command("ls")
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def suppress_ls(ws: Workspace, json_: bool) -> None:
     """Show suppressed addresses, why and since when.

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_json, emit_table
+from listkit.cli.output import emit_json, emit_table, json_option
 from listkit.mail import dkim
 from listkit.workspace import Workspace, init_workspace
 
@@ -35,7 +35,7 @@ def init(ctx: click.Context, directory: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--json", "json_", is_flag=True, help="Output JSON.")
+@json_option
 @pass_workspace
 def config(ws: Workspace, json_: bool) -> None:
     """Show the effective settings and where each comes from; secrets are masked.
