@@ -340,14 +340,58 @@ def test_offers_preview_shows_the_html_part_too(run):
     assert "<strong>Field Guide to Selling</strong>" in out
 
 
-def test_offers_preview_open_writes_the_html_and_opens_it(run, monkeypatch):
-    opened = []
-    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
+@pytest.fixture
+def browsers(monkeypatch):
+    """What the webbrowser module finds, set per test; the pages it is asked to open."""
+    import webbrowser
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
+        monkeypatch.delenv(name, raising=False)
+    opened: list[str] = []
+    found: list[webbrowser.BaseBrowser] = []
+
+    def get(using=None):
+        if not found:
+            raise webbrowser.Error("could not locate runnable browser")
+        return found[0]
+
+    monkeypatch.setattr(webbrowser, "get", get)
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    return found, opened
+
+
+def test_offers_preview_open_writes_the_html_and_opens_it(run, monkeypatch, browsers):
+    import webbrowser
+
+    found, opened = browsers
+    found.append(webbrowser.GenericBrowser("firefox"))
+    monkeypatch.setenv("DISPLAY", ":0")
     out = run("offers", "preview", "launch", "--open").output
     assert len(opened) == 1 and opened[0].startswith("file://")
     path = Path(opened[0].removeprefix("file://"))
     assert "Get the Field Guide" in path.read_text()
-    assert str(path) in out
+    assert f"Opened {path} in a browser." in out
+
+
+@pytest.mark.parametrize("console", [None, "lynx"])
+def test_offers_preview_open_without_a_browser_to_open_says_where_the_file_is(
+    run, browsers, console
+):
+    import webbrowser
+
+    found, opened = browsers
+    if console:  # a text browser, found on a server with no display: not for a page
+        found.append(webbrowser.GenericBrowser(console))
+    out = run("offers", "preview", "launch", "--open").output
+    assert opened == []
+    line = next(x for x in out.splitlines() if "HTML part" in x and ".html" in x)
+    path = Path(line.rsplit(" ", 1)[1])
+    assert line == (
+        f"No browser can be opened here (no graphical display): the HTML part is in {path}"
+    )
+    assert "Get the Field Guide" in path.read_text()
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert "Opening" not in out
 
 
 def test_campaigns_check_fails_when_a_message_keeps_template_syntax(run, workspace):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -94,6 +95,20 @@ def offers_check(ws: Workspace, slug: str, list_: str | None) -> None:
     click.echo(f"Offer {slug}: renders for {'all ' if list_ else ''}{who}.")
 
 
+def _can_open_a_browser() -> bool:
+    """Whether a browser can show a page: one is found, and it is not a text browser
+    (lynx, w3m: all webbrowser finds on a server) on a machine without a display."""
+    import webbrowser
+
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    if sys.platform in ("darwin", "win32") or os.environ.get("BROWSER"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 @offers.command("preview")
 @click.argument("slug")
 @click.option("--email", help="Render for this subscriber (default: a sample subscriber).")
@@ -106,7 +121,8 @@ def offers_check(ws: Workspace, slug: str, list_: str | None) -> None:
     "--open",
     "open_",
     is_flag=True,
-    help="Also write the HTML part to a private temporary file and open it in a browser.",
+    help="Also write the HTML part to a private temporary file and open it in a browser "
+    "(without one, say where the file is).",
 )
 @pass_workspace
 def offers_preview(
@@ -143,8 +159,12 @@ def offers_preview(
         fd, name = tempfile.mkstemp(prefix=f"listkit-{slug}-", suffix=".html")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(message.html)
-        click.echo(f"Opening {name}")
-        webbrowser.open(Path(name).as_uri())
+        if _can_open_a_browser() and webbrowser.open(Path(name).as_uri()):
+            click.echo(f"Opened {name} in a browser.")
+        else:
+            click.echo(
+                f"No browser can be opened here (no graphical display): the HTML part is in {name}"
+            )
     if eml is not None:
         ws.refuse_own_file(eml, "--eml")
         write_private(eml, message.data)
