@@ -443,6 +443,7 @@ def test_with_a_bounce_address_spf_is_checked_for_the_envelope_domain(run, site,
 def test_a_bounce_domain_without_spf_fails_even_when_the_from_domain_has_one(
     run, site, monkeypatch
 ):
+    site["news.example.com."] = [("MX", "10 mx.example.com.")]  # it exists, without SPF
     monkeypatch.setenv("LISTKIT_BOUNCE_ADDRESS", "bounces@news.example.com")
     result = doctor(run, site)
     assert result.exit_code == 1
@@ -452,6 +453,32 @@ def test_a_bounce_domain_without_spf_fails_even_when_the_from_domain_has_one(
         "has no SPF record: receivers cannot tell which servers may send as it"
     ) in out
     assert any(line.startswith("-> Publish a TXT record at news.example.com ") for line in out)
+
+
+def test_a_from_domain_that_does_not_exist_is_named_so_not_as_missing_spf(run, site, monkeypatch):
+    monkeypatch.setenv("LISTKIT_FROM", "Shop <news@exampel.com>")  # a typo: no such domain
+    result = doctor(run, site)
+    assert result.exit_code == 1
+    out = lines(result)
+    assert (
+        "FAIL  SPF          exampel.com does not exist in DNS (NXDOMAIN): no receiver can "
+        "check mail sent as it"
+    ) in out
+    assert (
+        "-> Check the domain of LISTKIT_FROM for a typo; a new domain needs its DNS zone "
+        "published (with an SPF record) before it can send."
+    ) in out
+    assert not any("has no SPF record" in line for line in out)
+
+
+def test_a_bounce_domain_that_does_not_exist_is_named_with_its_setting(run, site, monkeypatch):
+    monkeypatch.setenv("LISTKIT_BOUNCE_ADDRESS", "bounces@bounce.exampel.com")
+    out = lines(doctor(run, site))
+    assert (
+        "FAIL  SPF          bounce.exampel.com (the envelope sender, LISTKIT_BOUNCE_ADDRESS) "
+        "does not exist in DNS (NXDOMAIN): no receiver can check mail sent as it"
+    ) in out
+    assert any(line.startswith("-> Check the domain of LISTKIT_BOUNCE_ADDRESS") for line in out)
 
 
 def test_strict_spf_alignment_with_a_bounce_subdomain_is_named_with_the_way_out(

@@ -55,6 +55,10 @@ class DNSTrouble(Exception):
     """The resolver did not answer (timeout, SERVFAIL): nothing can be concluded."""
 
 
+class NoSuchName(Exception):
+    """DNS answered that the name does not exist (NXDOMAIN)."""
+
+
 def parse_server(value: str, setting: str = "LISTKIT_DNS") -> tuple[str, int]:
     """``SERVER[:PORT]`` (``[v6]:port`` for IPv6) -> (address, port)."""
     value = value.strip()
@@ -94,12 +98,29 @@ class DNS:
         self.where = f"{server[0]}:{server[1]}" if server else "the system's resolver"
 
     def _query(self, name: str, rdtype: str):
+        """The records of that type; [] when there are none or the name does not exist."""
+        try:
+            return self._resolve(name, rdtype)
+        except NoSuchName:
+            return []
+
+    def exists(self, name: str) -> bool:
+        """False when DNS says the name does not exist at all (NXDOMAIN)."""
+        try:
+            self._resolve(name, "TXT")
+        except NoSuchName:
+            return False
+        return True
+
+    def _resolve(self, name: str, rdtype: str):
         import dns.exception
         import dns.resolver
 
         try:
             return list(self.resolver.resolve(name, rdtype, raise_on_no_answer=False) or [])
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        except dns.resolver.NXDOMAIN:
+            raise NoSuchName(name) from None
+        except dns.resolver.NoAnswer:
             return []
         except dns.resolver.NoNameservers as e:
             raise DNSTrouble(f"no DNS server answered for {name} ({e})") from None
@@ -363,6 +384,17 @@ def check_spf(
     shown = f"{domain} (the envelope sender, LISTKIT_BOUNCE_ADDRESS)" if envelope else domain
     public = [ip for ip in ips if reachable_from_outside(ip)]
     example_terms = " ".join(f"ip{ip.version}:{ip}" for ip in public) or "ip4:YOUR.RELAY.IP"
+    if not records and not dns_.exists(domain):
+        setting = "LISTKIT_BOUNCE_ADDRESS" if envelope else "LISTKIT_FROM"
+        return Check(
+            "SPF",
+            FAIL,
+            f"{shown} does not exist in DNS (NXDOMAIN): no receiver can check mail sent as it",
+            [
+                f"Check the domain of {setting} for a typo; a new domain needs its DNS zone "
+                "published (with an SPF record) before it can send."
+            ],
+        )
     if not records:
         return Check(
             "SPF",
