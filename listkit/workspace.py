@@ -159,6 +159,7 @@ class Workspace:
         writing there would destroy every subscriber, or the settings."""
         db = self.settings.db_path
         own = [(db, "database"), (Path(f"{db}-wal"), "database"), (Path(f"{db}-shm"), "database")]
+        own.append((Path(f"{db}-marks"), "send marks file"))
         own.append((self.root / ".env", "settings file"))
         for mine, what in own:
             try:

@@ -132,3 +132,13 @@ def test_a_restored_copy_never_resends_what_a_send_had_in_flight(run, workspace,
     states = dict(ws.db.execute("SELECT email, state FROM deliveries").fetchall())
     ws.close()
     assert states == {"a@example.com": "sent", "b@example.com": "unknown"}
+
+
+def test_the_send_marks_file_is_never_the_destination_even_with_force(run, workspace):
+    marks = workspace / "listkit.db-marks"
+    marks.write_bytes(b"run1 7 0badc0de\n")
+    result = run("backup", str(marks), "--force", ok=False)
+    assert result.output == (
+        f"Error: DEST {marks} is this workspace's send marks file: name another file\n"
+    )
+    assert marks.read_bytes() == b"run1 7 0badc0de\n"
