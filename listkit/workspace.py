@@ -155,8 +155,9 @@ class Workspace:
         return self.root / "campaigns"
 
     def refuse_own_file(self, path: Path, option: str) -> None:
-        """InputError when ``path`` (an output file) is the database or ``.env``:
-        writing there would destroy every subscriber, or the settings."""
+        """InputError when ``path`` (an output file) is the database (its WAL, SHM or
+        send marks) or ``.env``: writing there would destroy every subscriber, the
+        record of what may have been sent, or the settings."""
         db = self.settings.db_path
         own = [(db, "database"), (Path(f"{db}-wal"), "database"), (Path(f"{db}-shm"), "database")]
         own.append((Path(f"{db}-marks"), "send marks file"))

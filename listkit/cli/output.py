@@ -22,6 +22,18 @@ JSON_HELP = "Output JSON (for scripts)."
 json_option = click.option("--json", "json_", is_flag=True, help=JSON_HELP)
 
 
+def format_option(formats: Sequence[str]):
+    """An importer's ``--format`` (``fmt``): one of ``formats``, ``auto`` by default."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(formats),
+        default="auto",
+        show_default=True,
+        help="The file's shape; auto recognises it by its header.",
+    )
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 

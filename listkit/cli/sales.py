@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_csv, emit_json, emit_table, input_name, json_option
+from listkit.cli.output import (
+    emit_csv,
+    emit_json,
+    emit_table,
+    format_option,
+    input_name,
+    json_option,
+)
 from listkit.errors import InputError
 from listkit.sales.attribution import attribute_all
 from listkit.sales.money import currency_code, format_minor, to_minor
@@ -30,14 +37,7 @@ def sales() -> None:
 
 @sales.command("import")
 @click.argument("file", type=click.File("rb"))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="auto",
-    show_default=True,
-    help="The file's shape; auto recognises it by its header.",
-)
+@format_option(FORMATS)
 @click.option("--order-column", default="order", show_default=True, help="Generic CSV.")
 @click.option("--email-column", default="email", show_default=True, help="Generic CSV.")
 @click.option("--amount-column", default="amount", show_default=True, help="Generic CSV.")

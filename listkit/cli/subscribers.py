@@ -23,7 +23,14 @@ from listkit.audience.subscribers import (
 )
 from listkit.audience.suppressions import REASONS, list_suppressions, suppress, suppress_many
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_csv, emit_json, emit_table, input_name, json_option
+from listkit.cli.output import (
+    emit_csv,
+    emit_json,
+    emit_table,
+    format_option,
+    input_name,
+    json_option,
+)
 from listkit.errors import InputError
 from listkit.sales.money import format_amounts, format_minor
 from listkit.sales.stats import purchases
@@ -86,14 +93,7 @@ def _same_file(file, path: Path) -> bool:
 @subscribers.command("import")
 @click.argument("file", type=click.File("rb"))
 @click.option("--list", "list_", required=True, help="The list to import into.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="auto",
-    show_default=True,
-    help="The export's shape; auto recognises it by its header.",
-)
+@format_option(FORMATS)
 @click.option("--email-column", help="Generic CSV: the column holding the address.")
 @click.option("--name-column", help="Generic CSV: the column holding the name.")
 @click.option("--encoding", default="utf-8", show_default=True, help="The file's text encoding.")
@@ -315,6 +315,15 @@ def unsubscribe_cmd(ws: Workspace, email: str, list_: str | None) -> None:
         )
 
 
+reason_option = click.option(
+    "--reason",
+    type=click.Choice(REASONS),
+    default="manual",
+    show_default=True,
+    help="Why the address is suppressed, as reports count it.",
+)
+
+
 @cli.group("suppress")
 def suppress_group() -> None:
     """Addresses that never receive a campaign, whatever a list says."""
@@ -322,13 +331,7 @@ def suppress_group() -> None:
 
 @suppress_group.command("add")
 @click.argument("email")
-@click.option(
-    "--reason",
-    type=click.Choice(REASONS),
-    default="manual",
-    show_default=True,
-    help="Why the address is suppressed, as reports count it.",
-)
+@reason_option
 @pass_workspace
 def suppress_add(ws: Workspace, email: str, reason: str) -> None:
     """Suppress EMAIL.
@@ -346,13 +349,7 @@ def suppress_add(ws: Workspace, email: str, reason: str) -> None:
 
 @suppress_group.command("import")
 @click.argument("file", type=click.File("r", encoding="utf-8-sig"))
-@click.option(
-    "--reason",
-    type=click.Choice(REASONS),
-    default="manual",
-    show_default=True,
-    help="Why the address is suppressed, as reports count it.",
-)
+@reason_option
 @json_option
 @pass_workspace
 def suppress_import(ws: Workspace, file, reason: str, json_: bool) -> None:
