@@ -29,7 +29,7 @@ from tests.web_server import serve
 
 PUBLIC = "https://lists.example.com"
 HOOK_SECRET = "listkit-hook-secret-0123456789"
-READERS = 240
+READERS = 360
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -161,27 +161,28 @@ def test_backups_taken_under_load_and_sigkill_hold_every_acknowledged_event(
             sender = listkit(workspace, "send", "t", "--yes")
             load.thread.start()
             deadline = time.monotonic() + 4
-            n = 0
-            while True:
+            for n in range(7):  # backups one after another; the kills land in the last
                 dest = tmp_path / f"copy-{n}.db"
                 began = time.monotonic()
                 backup = listkit(workspace, "backup", str(dest))
-                if time.monotonic() > deadline or n == 6:
-                    time.sleep(0.2)  # the kill lands while this backup runs
+                last = n == 6 or time.monotonic() > deadline
+                if last:
+                    time.sleep(0.2)
+                    sending = sender.poll() is None
                     sender.send_signal(signal.SIGKILL)
                     kill_serve(workspace)
                 output, _ = backup.communicate(timeout=60)
                 assert backup.returncode == 0, output
                 copies.append((began, dest))
-                if sender.poll() is not None:
+                if last:
                     break
-                n += 1
             sender.wait()
             load.stop.set()
             load.thread.join(30)
     finally:
         controller.stop()
 
+    assert sending, "the send ended before it could be killed"
     assert len(copies) >= 2
     kinds = {kind for _at, kind, _what in load.acked}
     assert kinds == {"unsubscribe", "click", "sale"}, load.acked[:5]
