@@ -89,7 +89,7 @@ def backup_database(db: Database, source: Path, dest: Path, *, force: bool = Fal
     fd, partial = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
     os.close(fd)
     try:
-        in_flight, tables = _copy(db, Path(partial))
+        in_flight, tables = _copy(db, Path(partial), dest)
         _fsync(partial)
         os.replace(partial, dest)
         claimed = False
@@ -103,14 +103,15 @@ def backup_database(db: Database, source: Path, dest: Path, *, force: bool = Fal
     return Backup(source, dest, dest.stat().st_size, tables, in_flight)
 
 
-def _copy(db: Database, partial: Path) -> tuple[int, int]:
-    """Copy into ``partial``, mark in-flight rows, check it; (rows marked, tables)."""
+def _copy(db: Database, partial: Path, dest: Path) -> tuple[int, int]:
+    """Copy into ``partial`` (to become ``dest``), mark in-flight rows, check it;
+    (rows marked, tables)."""
     copy = sqlite3.connect(str(partial), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         try:
             db.conn.backup(copy)  # pages=-1: the whole database in one step, one snapshot
         except sqlite3.Error as e:
-            raise ListkitError(describe_db_error(partial, e)) from None
+            raise ListkitError(describe_db_error(dest, e)) from None
         copy.execute("PRAGMA synchronous = FULL")
         in_flight = 0
         if _has_table(copy, "deliveries"):

@@ -142,3 +142,27 @@ def test_the_send_marks_file_is_never_the_destination_even_with_force(run, works
         f"Error: DEST {marks} is this workspace's send marks file: name another file\n"
     )
     assert marks.read_bytes() == b"run1 7 0badc0de\n"
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_failed_backup_leaves_nothing_under_dest_and_an_old_backup_as_it_was(
+    run, workspace, tmp_path, monkeypatch, force
+):
+    import sqlite3 as real
+
+    from listkit import backup
+    from listkit.errors import ListkitError
+
+    def full_disk(db, partial, dest):
+        partial.write_bytes(b"half a copy")
+        raise ListkitError(backup.describe_db_error(dest, real.OperationalError("disk is full")))
+
+    monkeypatch.setattr(backup, "_copy", full_disk)
+    dest = tmp_path / "b.db"
+    if force:
+        dest.write_bytes(b"yesterday's backup")
+    result = run("backup", str(dest), *(["--force"] if force else []), ok=False)
+    assert result.output.startswith(f"Error: the database {dest} cannot grow: the disk is full")
+    if force:
+        assert dest.read_bytes() == b"yesterday's backup"
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["b.db", "ws"] if force else ["ws"])
