@@ -388,8 +388,11 @@ def audience_breakdown(db: Database, campaign: Campaign) -> dict:
     resolver = _resolver(db, campaign)
     conds = [resolver.condition(rule) for rule in campaign.where]
     sql, params = _audience_sql(campaign, db, rules=(), ordered=False)
-    # Each rule once per recipient (a materialised 0/1 column), then the sums.
-    flags = "".join(f", ({cond}) AS r{i}" for i, (cond, _p) in enumerate(conds))
+    # Each rule once per recipient (a materialised 0/1 column), then the sums. A
+    # rule that is neither true nor false (a custom field the subscriber lacks)
+    # keeps them out of the audience, as in the WHERE clause: it counts 0, never
+    # NULL (a list whose members all lack the field would sum to NULL).
+    flags = "".join(f", coalesce(({cond}), 0) AS r{i}" for i, (cond, _p) in enumerate(conds))
     fparams = [x for _c, p in conds for x in p]
     n = len(conds)
     sums = ["COUNT(*)", *(f"SUM(r{i})" for i in range(n))]
