@@ -2,7 +2,9 @@
 
 The rule: a subscriber on several of a campaign's lists gets one message,
 targeted through the first list it is on, in the order the campaign lists
-them; excluded lists, suppressions and inactive memberships never mail.
+them; excluded lists, suppressions and inactive memberships never mail, nor
+does a follow-up to a reader who unsubscribed from a message of a campaign it
+follows (on whatever list).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlite_utils import Database
 
 from listkit.audience.audiences import Resolver, Rule, rules_from_table
 from listkit.audience.lists import check_slug, get_list
+from listkit.audience.suppressions import DECLINED
 from listkit.db import now
 from listkit.errors import InputError, NotFound
 
@@ -348,6 +351,8 @@ def _audience_sql(
 
         cond, params = not_bought_since_first(db, campaign)
         rule_sql, rule_params = rule_sql + cond, rule_params + params
+    rule_sql += f" AND s.id NOT IN ({DECLINED})"
+    rule_params = [*rule_params, json.dumps(declined_campaigns(db, campaign))]
     list_ids = [get_list(db, slug)["id"] for slug in campaign.lists]
     exclude_ids = [get_list(db, slug)["id"] for slug in campaign.exclude_lists]
     rank = " ".join(f"WHEN {lid} THEN {i}" for i, lid in enumerate(list_ids))
@@ -374,6 +379,28 @@ def _audience_sql(
           {exclude}{narrow}{rule_sql}
         {"ORDER BY s.id" if ordered else ""}"""
     return sql, [json.dumps(list_ids), *exclude_params, *narrow_params, *rule_params]
+
+
+def lineage(campaign: Campaign) -> tuple[str, ...]:
+    """The campaign and the campaigns it follows, back to the first (slugs, nearest first)."""
+    slugs, current = [campaign.slug], campaign
+    while current.follows and current.follows not in slugs:
+        slugs.append(current.follows)
+        current = load_campaign(campaign.path.parent, current.follows)
+    return tuple(slugs)
+
+
+def declined_campaigns(db: Database, campaign: Campaign) -> list[int]:
+    """Ids of the campaigns a reader's "no" to stops this one for them (``DECLINED``):
+    it and every campaign it follows, once they have been sent."""
+    slugs = lineage(campaign)
+    return [
+        row[0]
+        for row in db.execute(
+            "SELECT id FROM campaigns WHERE slug IN (SELECT value FROM json_each(?))",
+            [json.dumps(slugs)],
+        )
+    ]
 
 
 def _resolver(db: Database, campaign: Campaign) -> Resolver:

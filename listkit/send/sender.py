@@ -60,6 +60,7 @@ from listkit.send.campaigns import (
     Campaign,
     campaign_row,
     campaign_slugs,
+    declined_campaigns,
     due_status,
     format_duration,
     iter_audience,
@@ -384,6 +385,8 @@ class Run:
 
     def _open(self) -> None:
         self.conn_db = open_db(self.db_path)
+        # Whose "no" stops this campaign: read once, checked at each claim and mark.
+        self.declined = declined_campaigns(self.conn_db, self.campaign)
 
     def _open_marks(self) -> None:
         self.mark_db = open_db(self.db_path)
@@ -397,7 +400,7 @@ class Run:
 
     def _mark(self, ids: list[int]) -> set[int]:
         """Durably mark the rows of ``ids`` that may still go out; returns those."""
-        allowed = may_go(self.mark_db, ids)
+        allowed = may_go(self.mark_db, ids, self.declined)
         self.mark_file.mark(self.run_id, [i for i in ids if i in allowed])
         return allowed
 
@@ -468,7 +471,13 @@ class Run:
         while self.stopped is None and (remaining is None or remaining > 0):
             size = self.batch if remaining is None else min(self.batch, remaining)
             rows: list[Claimed] = await self.db(
-                claim, self.conn_db, self.campaign_id, self.run_id, size, self.variant
+                claim,
+                self.conn_db,
+                self.campaign_id,
+                self.run_id,
+                size,
+                self.variant,
+                self.declined,
             )
             if not rows:
                 break
