@@ -285,6 +285,59 @@ def test_dry_run_writes_one_eml_per_recipient_and_sends_nothing(run, workspace, 
     assert [c["sent"] for c in listed if c["campaign"] == "t"] == [0]
 
 
+HELD = [f"h{i}@example.com" for i in range(20)]
+
+
+def database_digest(workspace):
+    """The database's whole content, as SQL: equal digests, nothing was written."""
+    import hashlib
+
+    ws = Workspace(workspace)
+    try:
+        return hashlib.sha256("\n".join(ws.db.conn.iterdump()).encode()).hexdigest()
+    finally:
+        ws.close()
+
+
+def held_out_of(addresses, share):
+    from listkit.audience.addresses import email_key
+    from listkit.send.campaigns import held_out
+
+    held = {a for a in addresses if held_out("t", email_key(a), share)}
+    assert 0 < len(held) < len(addresses)  # the world these tests need
+    return held
+
+
+def test_a_dry_run_writes_no_message_for_the_held_out_and_nothing_to_the_database(
+    run, workspace, tmp_path
+):
+    setup_campaign(run, workspace, smtp_server.free_port(), HELD, extra="holdout = 0.3\n")
+    held = held_out_of(HELD, 0.3)
+    before = database_digest(workspace)
+    out = tmp_path / "out"
+    mailed = len(HELD) - len(held)
+    assert run("send", "t", "--dry-run", str(out)).output == (
+        f"Wrote {mailed} messages to {out} ({len(held)} more held out: never mailed); "
+        "nothing was sent.\n"
+    )
+    written = {p.name.split("-", 1)[1].removesuffix(".eml") for p in out.glob("*.eml")}
+    assert written == set(HELD) - held
+    assert database_digest(workspace) == before
+
+
+def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_send(run, workspace):
+    setup_campaign(run, workspace, smtp_server.free_port(), HELD, extra="holdout = 0.3\n")
+    held = held_out_of(HELD, 0.3)
+    before = database_digest(workspace)
+    out = run("campaigns", "check", "t").output
+    mailed = len(HELD) - len(held)
+    assert f"  blog: {len(HELD)} recipients\n" in out
+    assert out.endswith(
+        f"OK: {mailed} messages render; ready to send ({len(held)} more held out: never mailed).\n"
+    )
+    assert database_digest(workspace) == before
+
+
 def test_test_to_sends_one_sample_and_records_nothing(run, workspace, server):
     controller, handler = server
     setup_campaign(run, workspace, controller.port, ADDRS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -22,6 +23,7 @@ from listkit.send.campaigns import (
     format_duration,
     iter_audience,
     load_campaign,
+    without_holdout,
 )
 from listkit.send.outbox import counts, problems, retry
 from listkit.send.sender import (
@@ -123,7 +125,10 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
     # recipient is rendered with the offer of its draw.
     checked, found = 0, []
     for offer_slug, composer in p.composers.items():
-        audience = iter_audience(ws.db, c)
+        # Those the campaign will mail: the held-out group is not "ready to send"
+        # (each pass goes through the whole audience, and counts it again).
+        held: Counter = Counter()
+        audience = without_holdout(c, iter_audience(ws.db, c), held)
         if c.variants:
             audience = (
                 a
@@ -136,7 +141,8 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
         click.echo(f"  {problem.subscriber}: {problem.message}", err=True)
     if found:
         raise ListkitError(f"campaign {slug}: {len(found)} of {checked} messages fail to render")
-    click.echo(f"OK: {checked} messages render; ready to send.")
+    kept = f" ({held['held_out']} more held out: never mailed)" if held["held_out"] else ""
+    click.echo(f"OK: {checked} messages render; ready to send{kept}.")
 
 
 def _print_summary(s: RunSummary) -> None:
@@ -250,7 +256,7 @@ def send(
     if not slug:
         raise click.UsageError("name a campaign (see `listkit campaigns ls`), or use --due")
     if dry_run is not None:
-        n, found = write_dry_run(ws, slug, dry_run, limit)
+        n, found, held = write_dry_run(ws, slug, dry_run, limit)
         for problem in found:
             click.echo(f"  {problem.subscriber}: {problem.message}", err=True)
         if found:
@@ -258,7 +264,8 @@ def send(
                 f"campaign {slug}: {len(found)} of {n + len(found)} recipients cannot be "
                 f"rendered (listed above); the other {n} are in {dry_run}. Nothing was sent."
             )
-        click.echo(f"Wrote {n} messages to {dry_run}; nothing was sent.")
+        kept = f" ({held} more held out: never mailed)" if held else ""
+        click.echo(f"Wrote {n} messages to {dry_run}{kept}; nothing was sent.")
         return
     if test_to is not None:
         composed, reply = send_test(ws, slug, test_to)

@@ -14,6 +14,8 @@ import json
 import math
 import re
 import tomllib
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -528,6 +530,17 @@ def iter_audience(db: Database, campaign: Campaign):
             slug,
             title,
         )
+
+
+def without_holdout(campaign: Campaign, audience: Iterable, held: Counter) -> Iterator:
+    """The recipients of ``audience`` (``iter_audience``) the campaign will mail: its
+    held-out group (by the outbox's rule, ``held_out``) left out and counted in
+    ``held["held_out"]``."""
+    for item in audience:
+        if held_out(campaign.slug, item[0]["key"], campaign.holdout):
+            held["held_out"] += 1
+        else:
+            yield item
 
 
 def campaign_row(db: Database, slug: str) -> dict | None:

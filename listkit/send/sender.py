@@ -30,6 +30,7 @@ import secrets
 import sqlite3
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ from listkit.send.campaigns import (
     reschedule,
     rescheduled,
     set_state,
+    without_holdout,
 )
 from listkit.send.marks import MarkFile, fold_marks
 from listkit.send.outbox import (
@@ -1141,11 +1143,12 @@ def send_test(ws: Workspace, slug: str, to: str) -> tuple[Composed, str]:
 
 def dry_run(
     ws: Workspace, slug: str, directory: Path, limit: int | None = None
-) -> tuple[int, list[Problem]]:
-    """Write one .eml per recipient into ``directory``; send and record nothing.
+) -> tuple[int, list[Problem], int]:
+    """Write one .eml per recipient the campaign would mail into ``directory``;
+    send and record nothing (the held-out group gets no message, as in a send).
 
     A recipient whose message cannot be built is listed, never a reason to stop:
-    (messages written, problems).
+    (messages written, problems, held out).
     """
     p = prepare(ws, slug, recorded=False)
     try:
@@ -1154,8 +1157,9 @@ def dry_run(
         raise InputError(
             f"--dry-run {directory}: cannot create the folder ({e.strerror})"
         ) from None
-    written, problems = 0, []
-    for subscriber, list_slug, title in iter_audience(ws.db, p.campaign):
+    written, problems, held = 0, [], Counter()
+    audience = without_holdout(p.campaign, iter_audience(ws.db, p.campaign), held)
+    for subscriber, list_slug, title in audience:
         if limit is not None and written + len(problems) >= limit:
             break
         composer = p.composer
@@ -1172,4 +1176,4 @@ def dry_run(
         safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", subscriber["email"])[:100]
         write_private(directory / f"{written + 1:06d}-{safe}.eml", composed.data)
         written += 1
-    return written, problems
+    return written, problems, held["held_out"]
