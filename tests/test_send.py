@@ -338,6 +338,32 @@ def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_se
     assert database_digest(workspace) == before
 
 
+def test_status_without_a_campaign_shows_every_campaign(run, workspace):
+    setup_campaign(run, workspace, smtp_server.free_port(), ADDRS, extra="holdout = 0.3\n")
+    (workspace / "campaigns" / "later.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    ws = Workspace(workspace)
+    try:
+        from tests.world import World
+
+        w = World(ws.db)
+        cid = w.campaign("t")
+        w.deliver(cid, "r0@example.com", "blog")
+        w.deliver(cid, "r1@example.com", "blog", state="failed", code=550)
+        w.deliver(cid, "r2@example.com", "blog", state="held_out")
+    finally:
+        ws.close()
+    data = json.loads(run("status", "--json").output)
+    by = {c["campaign"]: c for c in data}
+    assert by["t"]["state"] == "done"
+    assert by["t"]["counts"]["sent"] == 1 and by["t"]["counts"]["failed"] == 1
+    assert by["later"]["state"] == "manual" and by["later"]["counts"] == {}
+    assert set(by) >= {"t", "later", "launch"}  # and the workspace's own examples
+    table = run("status").output
+    line = next(x for x in table.splitlines() if x.split()[:1] == ["t"])
+    assert line.split()[:5] == ["t", "done", "1", "1", "1"]  # state, sent, failed, held out
+    assert "listkit status CAMPAIGN" in table  # where the details are
+
+
 def test_test_to_sends_one_sample_and_records_nothing(run, workspace, server):
     controller, handler = server
     setup_campaign(run, workspace, controller.port, ADDRS)

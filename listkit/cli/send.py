@@ -23,6 +23,7 @@ from listkit.send.campaigns import (
     format_duration,
     iter_audience,
     load_campaign,
+    recorded_slugs,
     without_holdout,
 )
 from listkit.send.outbox import counts, problems, retry
@@ -317,20 +318,64 @@ def _send_due(ws: Workspace, limit: int | None) -> None:
         sys.exit(1)
 
 
+STATUS_COLUMNS = ("sent", "failed", "held_out", "pending", "deferred", "unknown", "skipped")
+
+
+def _status_all(ws: Workspace, json_: bool) -> None:
+    """Every campaign (its file, or its row once sent): its state and counts."""
+    rows = []
+    for slug in sorted(set(campaign_slugs(ws.campaigns_dir)) | set(recorded_slugs(ws.db))):
+        row = campaign_row(ws.db, slug)
+        try:
+            c = load_campaign(ws.campaigns_dir, slug)
+            state = current_state(row, c) if row or not c.follows else "follow-up"
+        except ListkitError as e:
+            state = row["state"] if row else f"ERROR: {e}"
+        totals = {k: v for k, v in counts(ws.db, row["id"]).items() if v} if row else {}
+        rows.append(
+            {
+                "campaign": slug,
+                "state": state,
+                "started": row["started"] if row else None,
+                "counts": totals,
+            }
+        )
+    if json_:
+        emit_json(rows)
+        return
+    emit_table(
+        [
+            {**r, **{k: r["counts"].get(k, 0) for k in STATUS_COLUMNS}, "started": r["started"]}
+            for r in rows
+        ],
+        ["campaign", "state", *STATUS_COLUMNS, "started"],
+        headers=["campaign", "state", *(k.replace("_", " ") for k in STATUS_COLUMNS), "started"],
+        empty=f"No campaigns in {ws.campaigns_dir}.",
+    )
+    if rows:
+        click.echo("Each campaign's failed, unknown and deferred messages: listkit status CAMPAIGN")
+
+
 @cli.command()
-@click.argument("slug")
+@click.argument("slug", required=False)
 @click.option("--json", "json_", is_flag=True, help="Output JSON.")
 @pass_workspace
-def status(ws: Workspace, slug: str, json_: bool) -> None:
+def status(ws: Workspace, slug: str | None, json_: bool) -> None:
     """Counts per delivery state, and the failed, unknown, deferred and bounced rows.
+
+    Without SLUG: every campaign, one line each (its state and counts).
 
     A message the server accepted that a bounce report later says bounced
     stays counted as sent and is listed as bounced; nothing sends it again.
 
     \b
-    Example:
+    Examples:
+        listkit status
         listkit status launch
     """
+    if slug is None:
+        _status_all(ws, json_)
+        return
     row = campaign_row(ws.db, slug)
     if row is None:
         load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all

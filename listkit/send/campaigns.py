@@ -543,6 +543,11 @@ def without_holdout(campaign: Campaign, audience: Iterable, held: Counter) -> It
             yield item
 
 
+def recorded_slugs(db: Database) -> list[str]:
+    """The campaigns the database has a row for (sent, sending, missed...)."""
+    return [r[0] for r in db.execute("SELECT slug FROM campaigns ORDER BY slug")]
+
+
 def campaign_row(db: Database, slug: str) -> dict | None:
     check_campaign_slug(slug)
     row = db.execute(
