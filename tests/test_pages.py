@@ -566,7 +566,7 @@ def test_the_pasted_signup_form_is_big_enough_for_a_finger_and_does_not_zoom_a_p
     run("lists", "create", "blog")
     form = run("form", "blog").output
     fields = re.findall(r"<(?:input|button)\b[^>]*>", form)
-    visible = [f for f in fields if 'type="hidden"' not in f and "lk-website" not in f]
+    visible = [f for f in fields if 'type="hidden"' not in f and 'name="website"' not in f]
     assert len(visible) == 3
     for field in visible:
         style = re.search(r'style="([^"]*)"', field)
@@ -612,3 +612,15 @@ def test_serve_refuses_to_start_with_a_site_url_that_is_not_a_url(run, workspace
     assert result.output == (
         "Error: LISTKIT_SITE_URL must be an http(s) URL, not 'blog.example.org'\n"
     )
+
+
+def test_two_pasted_forms_on_one_page_share_no_element_id_and_each_label_finds_its_field(run):
+    run("lists", "create", "blog")
+    run("lists", "create", "podcast")
+    page = run("form", "blog").output + run("form", "blog").output + run("form", "podcast").output
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == 9 and len(set(ids)) == 9
+    for snippet in re.findall(r"<form\b.*?</form>", page, re.S):
+        mine = set(re.findall(r'\bid="([^"]+)"', snippet))
+        assert set(re.findall(r'\bfor="([^"]+)"', snippet)) == mine
+    assert all(i.startswith(("lk-blog-", "lk-podcast-")) for i in ids)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import secrets
 import time
 from collections import deque
 from functools import partial
@@ -96,8 +98,16 @@ def broken_link(request: Request, heading: str, text: str) -> HTMLResponse:
 
 
 def signup_form(action: str, form_name: str) -> Markup:
-    """The HTML form that signs up to a list (also what `listkit form` prints)."""
-    return Markup(_env.get_template("form.html").render(action=action, form_name=form_name))
+    """The HTML form that signs up to a list (also what `listkit form` prints).
+
+    Its element ids are its own (the form's name and a random suffix), so that
+    two forms pasted into one page never share one and each label finds its field.
+    """
+    stem = re.sub(r"[^a-z0-9]+", "-", form_name.lower()).strip("-")[:40] or "form"
+    prefix = f"lk-{stem}-{secrets.token_hex(3)}"
+    return Markup(
+        _env.get_template("form.html").render(action=action, form_name=form_name, prefix=prefix)
+    )
 
 
 def _agent(request: Request) -> str | None:
