@@ -130,8 +130,8 @@ def _broken_unsubscribe(request: Request) -> HTMLResponse:
         request,
         "This unsubscribe link does not work",
         "It may have been cut or changed on its way here (a long link split over two "
-        "lines does that), or it is older than what we keep. Open the message again and "
-        "use its Unsubscribe link, or your mail program's Unsubscribe button.",
+        "lines does that), or it names a message we have no record of. Open the message "
+        "again and use its Unsubscribe link, or your mail program's Unsubscribe button.",
     )
 
 
