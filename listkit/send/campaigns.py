@@ -384,11 +384,18 @@ def _audience_sql(
 
 
 def lineage(campaign: Campaign) -> tuple[str, ...]:
-    """The campaign and the campaigns it follows, back to the first (slugs, nearest first)."""
-    slugs, current = [campaign.slug], campaign
-    while current.follows and current.follows not in slugs:
-        slugs.append(current.follows)
-        current = load_campaign(campaign.path.parent, current.follows)
+    """The campaign and the campaigns it follows, back to the first (slugs, nearest first).
+
+    Only each file's ``follows`` is read: a mistake elsewhere in a campaign up
+    the chain is that campaign's error, not a reason to lose the chain."""
+    slugs, follows = [campaign.slug], campaign.follows
+    while follows and follows not in slugs:
+        slugs.append(follows)
+        path = campaign.path.parent / f"{follows}.toml"
+        if not path.is_file():
+            break
+        follows = _read_toml(path).get("follows")
+        follows = follows if isinstance(follows, str) else None
     return tuple(slugs)
 
 
