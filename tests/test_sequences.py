@@ -237,8 +237,12 @@ def test_campaigns_check_of_a_follow_up_says_when_its_first_has_not_finished(run
 # --- a reader's "no" to a campaign stops its follow-ups, on every list ------------
 
 
-def two_lists(run, workspace, port, *, first_lists, followup_lists):
-    """blog: r0, r1, two; customers: two, r2. `open` and the `reminder` that follows it."""
+OTHERS = ["r0@example.com", "r1@example.com", "r2@example.com"]
+
+
+def two_lists(run, workspace, port, followup_lists=("blog", "customers")):
+    """blog: r0, r1, two; customers: two, r2. `open` (to blog, customers: two@ through
+    blog) and the `reminder` that follows it, to ``followup_lists`` in that order."""
     run("lists", "create", "blog")
     run("lists", "create", "customers")
     for address, lst in [
@@ -250,10 +254,11 @@ def two_lists(run, workspace, port, *, first_lists, followup_lists):
     ]:
         run("subscribers", "add", address, "--list", lst)
     (workspace / "campaigns" / "open.toml").write_text(
-        f'offer = "launch"\nlists = {json.dumps(first_lists)}\n'
+        'offer = "launch"\nlists = ["blog", "customers"]\n'
     )
     (workspace / "campaigns" / "reminder.toml").write_text(
-        f'offer = "launch"\nlists = {json.dumps(followup_lists)}\nfollows = "open"\nafter = "2d"\n'
+        f'offer = "launch"\nlists = {json.dumps(list(followup_lists))}\nfollows = "open"\n'
+        'after = "2d"\n'
     )
     env = (workspace / ".env").read_text()
     (workspace / ".env").write_text(
@@ -293,13 +298,7 @@ def test_a_one_click_no_to_a_campaign_keeps_its_follow_up_from_a_reader_on_anoth
     run, workspace, server
 ):
     controller, handler = server
-    two_lists(
-        run,
-        workspace,
-        controller.port,
-        first_lists=["blog", "customers"],
-        followup_lists=["blog", "customers"],
-    )
+    two_lists(run, workspace, controller.port)
     run("send", "open", "--yes")
     assert states(workspace, "open")["two@example.com"] == "sent"  # through blog
     one_click(workspace, "open", "two@example.com")
@@ -307,7 +306,7 @@ def test_a_one_click_no_to_a_campaign_keeps_its_follow_up_from_a_reader_on_anoth
     before = len(handler.messages)
     assert run("send", "--due").output.startswith("reminder: this run 3 sent")
     got = sorted(rcpt for _m, rcpt, _d in handler.messages[before:])
-    assert got == ["r0@example.com", "r1@example.com", "r2@example.com"]
+    assert got == OTHERS
     # The list they left is left; the other list keeps them for other campaigns.
     lists = dict(
         query(
@@ -324,13 +323,7 @@ def test_a_no_that_comes_after_a_follow_up_was_queued_is_honoured_when_it_is_cla
 ):
     controller, handler = server
     # The follow-up targets two@ through customers, which the "no" leaves alone.
-    two_lists(
-        run,
-        workspace,
-        controller.port,
-        first_lists=["blog", "customers"],
-        followup_lists=["customers", "blog"],
-    )
+    two_lists(run, workspace, controller.port, ["customers", "blog"])
     run("send", "open", "--yes")
     finished_ago(workspace, "open", days=2, hours=1)
     before = len(handler.messages)
@@ -339,7 +332,7 @@ def test_a_no_that_comes_after_a_follow_up_was_queued_is_honoured_when_it_is_cla
     one_click(workspace, "open", "two@example.com")
     run("send", "--due")  # resumed
     got = [rcpt for _m, rcpt, _d in handler.messages[before:]]
-    assert sorted(got) == ["r0@example.com", "r1@example.com", "r2@example.com"]
+    assert sorted(got) == OTHERS
     assert states(workspace, "reminder")["two@example.com"] == "skipped"
 
 
@@ -347,14 +340,7 @@ def test_a_no_to_the_first_campaign_also_stops_the_follow_up_of_the_follow_up(
     run, workspace, server
 ):
     controller, handler = server
-    two_lists(
-        run,
-        workspace,
-        controller.port,
-        first_lists=["blog", "customers"],
-        followup_lists=["customers", "blog"],
-    )
-    followup(workspace, slug="last-day", follows="reminder")
+    two_lists(run, workspace, controller.port, ["customers", "blog"])
     (workspace / "campaigns" / "last-day.toml").write_text(
         'offer = "launch"\nlists = ["customers", "blog"]\nfollows = "reminder"\nafter = "2d"\n'
     )
@@ -367,4 +353,4 @@ def test_a_no_to_the_first_campaign_also_stops_the_follow_up_of_the_follow_up(
     before = len(handler.messages)
     run("send", "--due")
     got = sorted(rcpt for _m, rcpt, _d in handler.messages[before:])
-    assert got == ["r0@example.com", "r1@example.com", "r2@example.com"]
+    assert got == OTHERS
