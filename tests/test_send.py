@@ -596,6 +596,32 @@ def test_a_bad_campaign_file_is_that_campaigns_error_and_the_others_are_still_se
     assert shown["a"].startswith("ERROR: ") and "not UTF-8" in shown["a"]
 
 
+def test_campaigns_ls_and_status_show_a_follow_up_whose_first_campaigns_file_is_broken(
+    run, workspace
+):
+    campaigns = workspace / "campaigns"
+    (campaigns / "open.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    (campaigns / "again.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nfollows = "open"\nafter = "2d"\n'
+    )
+    (campaigns / "nudge.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nfollows = "again"\nafter = "2d"\n'
+    )
+    run("lists", "create", "blog")
+    (campaigns / "again.toml").write_text('offer = "launch"\nfollows = = "open"\n')
+    result = run("campaigns", "ls", "--json", ok=False)
+    assert result.exit_code == 1
+    shown = {r["campaign"]: r["state"] for r in json.loads(result.stdout)}
+    assert shown["open"] == "manual"
+    assert shown["again"].startswith("ERROR: ")
+    assert shown["nudge"].startswith("ERROR: ") and "again.toml" in shown["nudge"]
+    assert {r["campaign"] for r in json.loads(run("status", "--json").output)} >= {
+        "open",
+        "again",
+        "nudge",
+    }
+
+
 def test_dry_run_lists_every_recipient_that_cannot_be_rendered_and_writes_the_others(
     run, workspace, server, tmp_path
 ):

@@ -72,6 +72,10 @@ def campaigns_ls(ws: Workspace, json_: bool) -> None:
             audience = sum(audience_count(ws.db, c).values())
         except NotFound:
             audience = None
+        except ListkitError as e:  # a rule, or a broken file up a follow-up's chain
+            rows.append({"campaign": slug, "state": f"ERROR: {e}"})
+            bad += 1
+            continue
         totals = counts(ws.db, row["id"]) if row else {}
         rows.append(
             {
