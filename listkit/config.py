@@ -59,6 +59,12 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
         False,
     ),
     "LISTKIT_BASE_URL": ("base_url", None, "public URL for unsubscribe links", False),
+    "LISTKIT_SITE_URL": (
+        "site_url",
+        None,
+        "your site or blog, linked from the reader's pages (default: LISTKIT_BASE_URL's site)",
+        False,
+    ),
     "LISTKIT_SECRET": ("secret", None, "key that signs unsubscribe links and tokens", True),
     "LISTKIT_STRIPE_WEBHOOK_SECRET": (
         "stripe_webhook_secret",
@@ -447,6 +453,25 @@ class Settings:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"LISTKIT_BASE_URL must be an http(s) URL, not {url!r}")
         return url.rstrip("/")
+
+    def site_url(self) -> str | None:
+        """Where the reader's pages lead back to: LISTKIT_SITE_URL, else the site
+        (scheme and host) of LISTKIT_BASE_URL, else None."""
+        url = (self.values.get("LISTKIT_SITE_URL") or "").strip()
+        if url:
+            parts = urlsplit(url)
+            if (
+                re.search(r"[\x00-\x20\x7f]", url)
+                or parts.scheme not in ("http", "https")
+                or not parts.netloc
+            ):
+                raise ConfigError(f"LISTKIT_SITE_URL must be an http(s) URL, not {url!r}")
+            return url
+        try:
+            parts = urlsplit(self.public_base_url())
+        except ConfigError:
+            return None
+        return f"{parts.scheme}://{parts.netloc}/"
 
     def silent_threshold(self) -> int:
         """LISTKIT_SILENT_AFTER as a count of messages (1 or more)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -357,3 +358,42 @@ def test_a_product_an_offer_sells_is_known_before_any_sale_of_it(run, workspace)
         "subscribers", "ls", "--where", "not_bought=product:The Field Guide to Selling (ebook)"
     ).output
     assert "ann@example.com" in listed
+
+
+def readme_example(name: str) -> str:
+    """The TOML block of README.md that starts with the comment ``# campaigns/NAME``."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index(f"```toml\n# campaigns/{name}\n") + len("```toml\n")
+    return readme[start : readme.index("```", start)]
+
+
+def test_the_readmes_winback_example_checks_as_written_with_a_field_rule_over_two_lists(
+    world, run, workspace
+):
+    # fay (customers) has no custom fields: her field rule is neither true nor false.
+    world.campaign("spring")
+    (workspace / "campaigns" / "winback.toml").write_text(readme_example("winback.toml"))
+    out = run("campaigns", "check", "winback").output
+    assert out.splitlines()[1:] == [
+        "  lists before the rules: 6 recipients",
+        "  rule not_bought=anything: 3 alone, 3 with the rules above",
+        "  rule mailed_by=launch: 3 alone, 1 with the rules above",
+        "  rule not_clicked_in=launch|spring: 5 alone, 0 with the rules above",
+        "  rule signed_up_after=2026-01-01: 5 alone, 0 with the rules above",
+        "  rule field.plan=pro: 2 alone, 0 with the rules above",
+        "  blog: 0 recipients",
+        "  customers: 0 recipients",
+        "OK: 0 messages render; ready to send.",
+    ]
+
+
+def test_a_field_rule_counts_a_subscriber_without_the_field_as_not_matching(world):
+    campaign = Campaign(
+        slug="next",
+        offer="launch",
+        lists=("blog", "customers"),
+        where=rules_from_options(["field.plan=pro"]),
+    )
+    b = audience_breakdown(world.db, campaign)
+    assert b["rules"] == [{"rule": "field.plan=pro", "alone": 2, "with_previous": 2}]
+    assert b["per_list"] == {"blog": 2, "customers": 0}

@@ -72,3 +72,20 @@ def test_a_campaign_file_that_cannot_be_read_is_an_input_error(tmp_path):
     assert str(e.value) == (
         f"{tmp_path / 'c.toml'}: not UTF-8 (line 3, byte 0xff): save the file as UTF-8"
     )
+
+
+def test_the_lineage_of_a_follow_up_goes_back_to_the_first_campaign_and_stops_at_a_loop(tmp_path):
+    from listkit.send.campaigns import lineage
+
+    for slug, follows in (("open", None), ("reminder", "open"), ("last", "reminder")):
+        text = 'offer = "launch"\nlists = ["blog"]\n'
+        if follows:
+            text += f'follows = "{follows}"\nafter = "1d"\n'
+        (tmp_path / f"{slug}.toml").write_text(text)
+    assert lineage(load_campaign(tmp_path, "last")) == ("last", "reminder", "open")
+    assert lineage(load_campaign(tmp_path, "open")) == ("open",)
+    # open made to follow last: a loop, walked once.
+    (tmp_path / "open.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nfollows = "last"\nafter = "1d"\n'
+    )
+    assert lineage(load_campaign(tmp_path, "last")) == ("last", "reminder", "open")

@@ -145,6 +145,90 @@ def test_an_unsubscribe_post_needs_the_one_click_body_and_a_small_one(ws, client
     assert state(ws) == before
 
 
+def set_env(ws, name, value):
+    env = (ws.root / ".env").read_text()
+    (ws.root / ".env").write_text(
+        re.sub(rf"(?m)^{name}=.*\n", "", env) + ("" if value is None else f"{name}={value}\n")
+    )
+    ws._settings = None
+
+
+def everything_form(text):
+    return 'name="scope" value="all"' in text and "Unsubscribe from everything" in text
+
+
+def test_a_one_click_result_says_which_list_was_left_that_the_campaign_stops_and_offers_everything(
+    ws, client, delivery
+):
+    path = path_of(ws, delivery["token"])
+    r = client.post(path, content="List-Unsubscribe=One-Click", headers=ONE_CLICK)
+    assert r.status_code == 200
+    text = " ".join(r.text.split())
+    assert "You left The Blog" in text
+    assert "This campaign and its follow-ups will not reach you, on any list." in text
+    assert "You are still on Shop." in text
+    assert everything_form(r.text)
+    # The page's "everything" then does what it says.
+    r = client.post(path, data={"scope": "all"})
+    assert "will receive nothing more from us, on any list" in r.text
+    assert statuses(ws) == {"blog": "unsubscribed", "shop": "unsubscribed"}
+
+
+def test_a_used_unsubscribe_link_says_so_and_still_offers_everything(ws, client, delivery):
+    path = path_of(ws, delivery["token"])
+    client.post(path, content="List-Unsubscribe=One-Click", headers=ONE_CLICK)
+    before = state(ws)
+    r = client.get(path)
+    assert r.status_code == 200
+    assert "You are already unsubscribed from The Blog" in r.text
+    assert "Unsubscribe from The Blog</button>" not in r.text  # nothing asked again
+    assert everything_form(r.text)
+    assert state(ws) == before
+    client.post(path, data={"scope": "all"})
+    r = client.get(path)
+    assert "You are already unsubscribed from everything" in r.text
+    assert "<form" not in r.text
+
+
+def test_a_broken_unsubscribe_link_gets_a_page_saying_what_to_do(ws, client, delivery):
+    good = path_of(ws, delivery["token"])
+    before = state(ws)
+    for path in (good[:-3], path_of(ws, "aaaaaaaaaaaaaaaa"), "/u/short/sig"):
+        for r in (
+            client.get(path),
+            client.post(path, content="List-Unsubscribe=One-Click", headers=ONE_CLICK),
+        ):
+            assert r.status_code == 404, path
+            assert r.headers["content-type"].startswith("text/html")
+            text = " ".join(r.text.split())
+            assert "This unsubscribe link does not work" in text
+            assert "you@example.com" in text  # whom to write to instead
+            assert "Unsubscribe" in text and "ann@example.com" not in text
+    assert state(ws) == before
+
+
+def test_a_broken_click_link_gets_a_page_not_a_bare_404(ws, client, delivery):
+    r = client.get(f"/c/{delivery['token']}/abcdefgh/forged")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "This link does not work" in r.text
+
+
+def test_the_reader_pages_link_back_to_the_site(ws, client, delivery):
+    path = path_of(ws, delivery["token"])
+    # Without LISTKIT_SITE_URL: the site LISTKIT_BASE_URL is on.
+    assert '<a href="https://example.com/">' in client.get(path).text
+    set_env(ws, "LISTKIT_SITE_URL", "https://blog.example.org/")
+    app = create_app(ws)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        for r in (
+            c.get(path),
+            c.post(path, content="List-Unsubscribe=One-Click", headers=ONE_CLICK),
+            c.get(path),
+            c.get("/u/short/sig"),
+        ):
+            assert '<a href="https://blog.example.org/">Back to blog.example.org</a>' in r.text
+
+
 # --- signup and confirmation ----------------------------------------------------------
 
 
@@ -482,7 +566,7 @@ def test_the_pasted_signup_form_is_big_enough_for_a_finger_and_does_not_zoom_a_p
     run("lists", "create", "blog")
     form = run("form", "blog").output
     fields = re.findall(r"<(?:input|button)\b[^>]*>", form)
-    visible = [f for f in fields if 'type="hidden"' not in f and "lk-website" not in f]
+    visible = [f for f in fields if 'type="hidden"' not in f and 'name="website"' not in f]
     assert len(visible) == 3
     for field in visible:
         style = re.search(r'style="([^"]*)"', field)
@@ -518,3 +602,25 @@ async def test_the_first_clicks_of_a_campaign_render_its_offer_once(ws, world, m
     assert all(a.headers["location"].startswith(OFFER_URL + "?") for a in answers)
     assert len(renders) == 1  # the others found the link stored
     assert clicks_of(ws) == [("click", OFFER_URL)] * 8
+
+
+def test_serve_refuses_to_start_with_a_site_url_that_is_not_a_url(run, workspace):
+    with (workspace / ".env").open("a") as f:
+        f.write("LISTKIT_SITE_URL=blog.example.org\n")
+    result = run("serve", "--port", "0", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: LISTKIT_SITE_URL must be an http(s) URL, not 'blog.example.org'\n"
+    )
+
+
+def test_two_pasted_forms_on_one_page_share_no_element_id_and_each_label_finds_its_field(run):
+    run("lists", "create", "blog")
+    run("lists", "create", "podcast")
+    page = run("form", "blog").output + run("form", "blog").output + run("form", "podcast").output
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == 9 and len(set(ids)) == 9
+    for snippet in re.findall(r"<form\b.*?</form>", page, re.S):
+        mine = set(re.findall(r'\bid="([^"]+)"', snippet))
+        assert set(re.findall(r'\bfor="([^"]+)"', snippet)) == mine
+    assert all(i.startswith(("lk-blog-", "lk-podcast-")) for i in ids)

@@ -202,7 +202,9 @@ def test_unsubscribe_link_is_verified_and_counted_against_its_campaign(run, work
     assert result.output == (
         "Error: the link's signature does not match LISTKIT_SECRET: not a link we sent\n"
     )
-    assert run("unsubscribe", url).output.startswith("Unsubscribed b@example.com from blog.")
+    assert run("unsubscribe", url, "--everything").output.startswith(
+        "b@example.com: You are unsubscribed from everything.\n"
+    )
     rows = {r["campaign"]: r for r in report(run, "--by", "campaign")["rows"]}
     assert (rows["t"]["unsubscribed"], rows["u"]["unsubscribed"]) == (0, 1)
 

@@ -285,6 +285,85 @@ def test_dry_run_writes_one_eml_per_recipient_and_sends_nothing(run, workspace, 
     assert [c["sent"] for c in listed if c["campaign"] == "t"] == [0]
 
 
+HELD = [f"h{i}@example.com" for i in range(20)]
+
+
+def database_digest(workspace):
+    """The database's whole content, as SQL: equal digests, nothing was written."""
+    import hashlib
+
+    ws = Workspace(workspace)
+    try:
+        return hashlib.sha256("\n".join(ws.db.conn.iterdump()).encode()).hexdigest()
+    finally:
+        ws.close()
+
+
+def held_out_of(addresses, share):
+    from listkit.audience.addresses import email_key
+    from listkit.send.campaigns import held_out
+
+    held = {a for a in addresses if held_out("t", email_key(a), share)}
+    assert 0 < len(held) < len(addresses)  # the world these tests need
+    return held
+
+
+def test_a_dry_run_writes_no_message_for_the_held_out_and_nothing_to_the_database(
+    run, workspace, tmp_path
+):
+    setup_campaign(run, workspace, smtp_server.free_port(), HELD, extra="holdout = 0.3\n")
+    held = held_out_of(HELD, 0.3)
+    before = database_digest(workspace)
+    out = tmp_path / "out"
+    mailed = len(HELD) - len(held)
+    assert run("send", "t", "--dry-run", str(out)).output == (
+        f"Wrote {mailed} messages to {out} ({len(held)} more held out: never mailed); "
+        "nothing was sent.\n"
+    )
+    written = {p.name.split("-", 1)[1].removesuffix(".eml") for p in out.glob("*.eml")}
+    assert written == set(HELD) - held
+    assert database_digest(workspace) == before
+
+
+def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_send(run, workspace):
+    setup_campaign(run, workspace, smtp_server.free_port(), HELD, extra="holdout = 0.3\n")
+    held = held_out_of(HELD, 0.3)
+    before = database_digest(workspace)
+    out = run("campaigns", "check", "t").output
+    mailed = len(HELD) - len(held)
+    assert f"  blog: {len(HELD)} recipients\n" in out
+    assert out.endswith(
+        f"OK: {mailed} messages render; ready to send ({len(held)} more held out: never mailed).\n"
+    )
+    assert database_digest(workspace) == before
+
+
+def test_status_without_a_campaign_shows_every_campaign(run, workspace):
+    setup_campaign(run, workspace, smtp_server.free_port(), ADDRS, extra="holdout = 0.3\n")
+    (workspace / "campaigns" / "later.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    ws = Workspace(workspace)
+    try:
+        from tests.world import World
+
+        w = World(ws.db)
+        cid = w.campaign("t")
+        w.deliver(cid, "r0@example.com", "blog")
+        w.deliver(cid, "r1@example.com", "blog", state="failed", code=550)
+        w.deliver(cid, "r2@example.com", "blog", state="held_out")
+    finally:
+        ws.close()
+    data = json.loads(run("status", "--json").output)
+    by = {c["campaign"]: c for c in data}
+    assert by["t"]["state"] == "done"
+    assert by["t"]["counts"]["sent"] == 1 and by["t"]["counts"]["failed"] == 1
+    assert by["later"]["state"] == "manual" and by["later"]["counts"] == {}
+    assert set(by) >= {"t", "later", "launch"}  # and the workspace's own examples
+    table = run("status").output
+    line = next(x for x in table.splitlines() if x.split()[:1] == ["t"])
+    assert line.split()[:5] == ["t", "done", "1", "1", "1"]  # state, sent, failed, held out
+    assert "listkit status CAMPAIGN" in table  # where the details are
+
+
 def test_test_to_sends_one_sample_and_records_nothing(run, workspace, server):
     controller, handler = server
     setup_campaign(run, workspace, controller.port, ADDRS)
@@ -515,6 +594,32 @@ def test_a_bad_campaign_file_is_that_campaigns_error_and_the_others_are_still_se
     shown = {r["campaign"]: r["state"] for r in json.loads(result.stdout)}
     assert shown["t"] == "done" and shown["launch"] == "manual"
     assert shown["a"].startswith("ERROR: ") and "not UTF-8" in shown["a"]
+
+
+def test_campaigns_ls_and_status_show_a_follow_up_whose_first_campaigns_file_is_broken(
+    run, workspace
+):
+    campaigns = workspace / "campaigns"
+    (campaigns / "open.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    (campaigns / "again.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nfollows = "open"\nafter = "2d"\n'
+    )
+    (campaigns / "nudge.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nfollows = "again"\nafter = "2d"\n'
+    )
+    run("lists", "create", "blog")
+    (campaigns / "again.toml").write_text('offer = "launch"\nfollows = = "open"\n')
+    result = run("campaigns", "ls", "--json", ok=False)
+    assert result.exit_code == 1
+    shown = {r["campaign"]: r["state"] for r in json.loads(result.stdout)}
+    assert shown["open"] == "manual"
+    assert shown["again"].startswith("ERROR: ")
+    assert shown["nudge"].startswith("ERROR: ") and "again.toml" in shown["nudge"]
+    assert {r["campaign"] for r in json.loads(run("status", "--json").output)} >= {
+        "open",
+        "again",
+        "nudge",
+    }
 
 
 def test_dry_run_lists_every_recipient_that_cannot_be_rendered_and_writes_the_others(

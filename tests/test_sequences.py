@@ -232,3 +232,125 @@ def test_campaigns_check_of_a_follow_up_says_when_its_first_has_not_finished(run
         "  launch has not finished sending: its recipients, and so this audience, are not "
         "known yet\n"
     ) in out
+
+
+# --- a reader's "no" to a campaign stops its follow-ups, on every list ------------
+
+
+OTHERS = ["r0@example.com", "r1@example.com", "r2@example.com"]
+
+
+def two_lists(run, workspace, port, followup_lists=("blog", "customers")):
+    """blog: r0, r1, two; customers: two, r2. `open` (to blog, customers: two@ through
+    blog) and the `reminder` that follows it, to ``followup_lists`` in that order."""
+    run("lists", "create", "blog")
+    run("lists", "create", "customers")
+    for address, lst in [
+        ("r0@example.com", "blog"),
+        ("r1@example.com", "blog"),
+        ("two@example.com", "blog"),
+        ("two@example.com", "customers"),
+        ("r2@example.com", "customers"),
+    ]:
+        run("subscribers", "add", address, "--list", lst)
+    (workspace / "campaigns" / "open.toml").write_text(
+        'offer = "launch"\nlists = ["blog", "customers"]\n'
+    )
+    (workspace / "campaigns" / "reminder.toml").write_text(
+        f'offer = "launch"\nlists = {json.dumps(list(followup_lists))}\nfollows = "open"\n'
+        'after = "2d"\n'
+    )
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{port}")
+    )
+
+
+def one_click(workspace, slug, email):
+    """The reader presses their mail client's Unsubscribe on the message `slug` sent them."""
+    from starlette.testclient import TestClient
+
+    from listkit.mail.tracking import unsubscribe_url
+    from listkit.web import create_app
+
+    [(token,)] = query(
+        workspace,
+        """SELECT d.token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+           WHERE c.slug = ? AND d.email = ?""",
+        [slug, email],
+    )
+    ws = Workspace(workspace)
+    try:
+        path = unsubscribe_url("", ws.settings.secret_key(), token)
+        with TestClient(create_app(ws)) as client:
+            r = client.post(
+                path,
+                content="List-Unsubscribe=One-Click",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+        assert r.status_code == 200
+        return r.text
+    finally:
+        ws.close()
+
+
+def test_a_one_click_no_to_a_campaign_keeps_its_follow_up_from_a_reader_on_another_list(
+    run, workspace, server
+):
+    controller, handler = server
+    two_lists(run, workspace, controller.port)
+    run("send", "open", "--yes")
+    assert states(workspace, "open")["two@example.com"] == "sent"  # through blog
+    one_click(workspace, "open", "two@example.com")
+    finished_ago(workspace, "open", days=2, hours=1)
+    before = len(handler.messages)
+    assert run("send", "--due").output.startswith("reminder: this run 3 sent")
+    got = sorted(rcpt for _m, rcpt, _d in handler.messages[before:])
+    assert got == OTHERS
+    # The list they left is left; the other list keeps them for other campaigns.
+    lists = dict(
+        query(
+            workspace,
+            """SELECT l.slug, m.status FROM memberships m JOIN lists l ON l.id = m.list_id
+               JOIN subscribers s ON s.id = m.subscriber_id WHERE s.key = 'two@example.com'""",
+        )
+    )
+    assert lists == {"blog": "unsubscribed", "customers": "active"}
+
+
+def test_a_no_that_comes_after_a_follow_up_was_queued_is_honoured_when_it_is_claimed(
+    run, workspace, server
+):
+    controller, handler = server
+    # The follow-up targets two@ through customers, which the "no" leaves alone.
+    two_lists(run, workspace, controller.port, ["customers", "blog"])
+    run("send", "open", "--yes")
+    finished_ago(workspace, "open", days=2, hours=1)
+    before = len(handler.messages)
+    run("send", "--due", "--limit", "1", ok=False)  # the follow-up's outbox is built, one sent
+    assert states(workspace, "reminder")["two@example.com"] == "pending"
+    one_click(workspace, "open", "two@example.com")
+    run("send", "--due")  # resumed
+    got = [rcpt for _m, rcpt, _d in handler.messages[before:]]
+    assert sorted(got) == OTHERS
+    assert states(workspace, "reminder")["two@example.com"] == "skipped"
+
+
+def test_a_no_to_the_first_campaign_also_stops_the_follow_up_of_the_follow_up(
+    run, workspace, server
+):
+    controller, handler = server
+    two_lists(run, workspace, controller.port, ["customers", "blog"])
+    (workspace / "campaigns" / "last-day.toml").write_text(
+        'offer = "launch"\nlists = ["customers", "blog"]\nfollows = "reminder"\nafter = "2d"\n'
+    )
+    run("send", "open", "--yes")
+    finished_ago(workspace, "open", days=2, hours=1)
+    run("send", "--due")
+    assert states(workspace, "reminder")["two@example.com"] == "sent"  # through customers
+    one_click(workspace, "open", "two@example.com")  # the first message, read late
+    finished_ago(workspace, "reminder", days=2, hours=1)
+    before = len(handler.messages)
+    run("send", "--due")
+    got = sorted(rcpt for _m, rcpt, _d in handler.messages[before:])
+    assert got == OTHERS

@@ -261,3 +261,57 @@ def test_an_errors_file_over_the_database_is_refused_and_the_database_kept(run, 
         f"Error: --errors {db} is this workspace's database: name another file\n"
     )
     assert "blog" in run("lists", "ls").output
+
+
+def link_world(ws):
+    """a@ on blog and shop; campaign c1 mailed a@ through blog; its one-click link."""
+    from listkit.mail.tracking import unsubscribe_url
+    from tests.world import World
+
+    world = World(ws.db)
+    world.list("shop", "a@example.com")
+    delivery = world.deliver(world.campaign("c1"), "a@example.com", "blog")
+    return unsubscribe_url("https://lists.example.com", ws.settings.secret_key(), delivery["token"])
+
+
+def memberships(ws):
+    return dict(
+        ws.db.execute(
+            """SELECT l.slug, m.status FROM memberships m JOIN lists l ON l.id = m.list_id"""
+        ).fetchall()
+    )
+
+
+def test_unsubscribe_with_a_link_does_what_the_link_does_and_says_it_as_the_page_does(run, ws):
+    url = link_world(ws)
+    out = run("unsubscribe", url).output
+    assert out == (
+        "a@example.com: You are unsubscribed from Blog.\n"
+        "  You left Blog.\n"
+        "  This campaign and its follow-ups will not reach you, on any list.\n"
+        "  You are still on Shop.\n"
+        "  (listkit unsubscribe URL --everything: from every list, and suppressed)\n"
+    )
+    assert memberships(ws) == {"blog": "unsubscribed", "shop": "active"}
+    assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
+
+
+def test_unsubscribe_with_a_link_and_everything_leaves_every_list_and_suppresses(run, ws):
+    url = link_world(ws)
+    out = run("unsubscribe", url, "--everything").output
+    assert out == (
+        "a@example.com: You are unsubscribed from everything.\n"
+        "  You will receive nothing more from us, on any list.\n"
+    )
+    assert memberships(ws) == {"blog": "unsubscribed", "shop": "unsubscribed"}
+    assert ws.db.execute("SELECT reason FROM suppressions").fetchall() == [("unsubscribed",)]
+
+
+def test_everything_and_list_do_not_go_together_and_a_link_names_its_own_list(run, ws):
+    url = link_world(ws)
+    result = run("unsubscribe", "a@example.com", "--everything", "--list", "shop", ok=False)
+    assert result.exit_code == 2
+    assert "give --list or --everything, not both" in result.output
+    result = run("unsubscribe", url, "--list", "shop", ok=False)
+    assert result.exit_code == 2
+    assert "a link unsubscribes from the list its message was sent through" in result.output

@@ -251,9 +251,11 @@ def find_subscriber(db: Database, email: str) -> tuple[dict, dict | None] | None
     return subscriber, ({"slug": lst[0], "title": lst[1]} if lst else None)
 
 
-def unsubscribe_by_link(db: Database, secret: bytes, url: str) -> dict:
-    """Honour a one-click unsubscribe link: verify its signature, unsubscribe the
-    delivery's address from everything, and record the campaign that caused it."""
+def unsubscribe_by_link(db: Database, secret: bytes, url: str, *, everything: bool = False) -> dict:
+    """Honour a one-click unsubscribe link as the link itself does: verify its
+    signature, unsubscribe the delivery's address from the delivery's list (or
+    from everything), stop the campaign and its follow-ups for them, and record
+    the campaign that caused it."""
     try:
         token, signature = parse_unsubscribe_url(url)
     except ValueError as e:
@@ -261,7 +263,7 @@ def unsubscribe_by_link(db: Database, secret: bytes, url: str) -> dict:
     if not verify_unsubscribe(secret, token, signature):
         raise InputError("the link's signature does not match LISTKIT_SECRET: not a link we sent")
     with immediate(db):
-        result = unsubscribe_delivery(db, token, everything=True, url=url)
+        result = unsubscribe_delivery(db, token, everything=everything, url=url)
     if result is None:
         raise NotFound(f"no delivery has token {token}")
     return result
@@ -314,7 +316,74 @@ def unsubscribe_delivery(
     )
     return {
         **result,
+        **_standing(db, delivery),
         "first": cursor.rowcount == 1,
+        "everything": everything,
+        "already": False,
+    }
+
+
+def delivery_standing(db: Database, token: str) -> dict | None:
+    """Where the reader of the delivery ``token`` names stands now (None for an
+    unknown token), in the shape ``unsubscribe_delivery`` answers: ``email``,
+    ``list``, ``list_title``, ``declined`` (its link was used: the campaign and
+    its follow-ups stop for them), ``suppressed``, ``left`` (no longer on the
+    delivery's list), ``still_on`` (titles of the lists they are on), and
+    ``everything``/``already`` (True when suppressed: nothing more to ask)."""
+    delivery = delivery_by_token(db, token)
+    if delivery is None:
+        return None
+    standing = _standing(db, delivery)
+    return {
+        "email": delivery["email"],
+        **standing,
+        "everything": standing["suppressed"],
+        "already": standing["suppressed"] or standing["left"],
+    }
+
+
+def _standing(db: Database, delivery: dict) -> dict:
+    row = db.execute(
+        """SELECT s.id, EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key),
+                  EXISTS (SELECT 1 FROM events WHERE delivery_id = ? AND kind = 'unsubscribe'),
+                  (SELECT m.status FROM memberships m JOIN deliveries d ON d.id = ?
+                   WHERE m.subscriber_id = d.subscriber_id AND m.list_id = d.list_id)
+           FROM subscribers s JOIN deliveries d ON d.subscriber_id = s.id WHERE d.id = ?""",
+        [delivery["id"], delivery["id"], delivery["id"]],
+    ).fetchone()
+    sid, suppressed, declined, status = row
+    still_on = [
+        r[0]
+        for r in db.execute(
+            """SELECT coalesce(l.title, l.slug) FROM memberships m JOIN lists l ON l.id = m.list_id
+               WHERE m.subscriber_id = ? AND m.status = 'active' ORDER BY l.slug""",
+            [sid],
+        )
+    ]
+    return {
         "list": delivery["list"],
         "list_title": delivery["list_title"],
+        "campaign": delivery["campaign"],
+        "suppressed": bool(suppressed),
+        "declined": bool(declined),
+        "left": status not in ("active", "pending"),
+        "still_on": [] if suppressed else still_on,
     }
+
+
+def describe_unsubscribe(result: dict) -> tuple[str, list[str]]:
+    """What an unsubscribe through a message's link did, in the reader's words: a
+    heading and sentences. The unsubscribe page and `listkit unsubscribe URL` say
+    the same."""
+    list_name = result["list_title"] or result["list"]
+    already = "already " if result["already"] else ""
+    if result["everything"] or result["suppressed"]:
+        return f"You are {already}unsubscribed from everything", [
+            "You will receive nothing more from us, on any list."
+        ]
+    lines = [f"You left {list_name}."]
+    if result["declined"]:
+        lines.append("This campaign and its follow-ups will not reach you, on any list.")
+    if result["still_on"]:
+        lines.append(f"You are still on {', '.join(result['still_on'])}.")
+    return f"You are {already}unsubscribed from {list_name}", lines

@@ -26,6 +26,14 @@ REASONS = (UNSUBSCRIBED, HARD_BOUNCE, SOFT_BOUNCE, COMPLAINT, MANUAL)
 # The reasons that count as bounced in reports.
 BOUNCE_REASONS = (HARD_BOUNCE, SOFT_BOUNCE)
 
+# A reader who unsubscribed through a message said no to the campaign that sent
+# it and to every follow-up of it, whatever list those reach them through: the
+# subscribers who did so for any campaign of the JSON array of ids bound to it.
+# The evidence is a delivery's unsubscribe event, which only its signed link makes.
+DECLINED = """SELECT d.subscriber_id FROM events e JOIN deliveries d ON d.id = e.delivery_id
+              WHERE e.kind = 'unsubscribe'
+                AND d.campaign_id IN (SELECT value FROM json_each(?))"""
+
 
 def is_suppressed(db: Database, key: str) -> bool:
     return db.execute("SELECT 1 FROM suppressions WHERE key = ?", [key]).fetchone() is not None

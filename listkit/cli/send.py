@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -22,6 +23,8 @@ from listkit.send.campaigns import (
     format_duration,
     iter_audience,
     load_campaign,
+    recorded_slugs,
+    without_holdout,
 )
 from listkit.send.outbox import counts, problems, retry
 from listkit.send.sender import (
@@ -69,6 +72,10 @@ def campaigns_ls(ws: Workspace, json_: bool) -> None:
             audience = sum(audience_count(ws.db, c).values())
         except NotFound:
             audience = None
+        except ListkitError as e:  # a rule, or a broken file up a follow-up's chain
+            rows.append({"campaign": slug, "state": f"ERROR: {e}"})
+            bad += 1
+            continue
         totals = counts(ws.db, row["id"]) if row else {}
         rows.append(
             {
@@ -123,7 +130,10 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
     # recipient is rendered with the offer of its draw.
     checked, found = 0, []
     for offer_slug, composer in p.composers.items():
-        audience = iter_audience(ws.db, c)
+        # Those the campaign will mail: the held-out group is not "ready to send"
+        # (each pass goes through the whole audience, and counts it again).
+        held: Counter = Counter()
+        audience = without_holdout(c, iter_audience(ws.db, c), held)
         if c.variants:
             audience = (
                 a
@@ -136,7 +146,8 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
         click.echo(f"  {problem.subscriber}: {problem.message}", err=True)
     if found:
         raise ListkitError(f"campaign {slug}: {len(found)} of {checked} messages fail to render")
-    click.echo(f"OK: {checked} messages render; ready to send.")
+    kept = f" ({held['held_out']} more held out: never mailed)" if held["held_out"] else ""
+    click.echo(f"OK: {checked} messages render; ready to send{kept}.")
 
 
 def _print_summary(s: RunSummary) -> None:
@@ -250,7 +261,7 @@ def send(
     if not slug:
         raise click.UsageError("name a campaign (see `listkit campaigns ls`), or use --due")
     if dry_run is not None:
-        n, found = write_dry_run(ws, slug, dry_run, limit)
+        n, found, held = write_dry_run(ws, slug, dry_run, limit)
         for problem in found:
             click.echo(f"  {problem.subscriber}: {problem.message}", err=True)
         if found:
@@ -258,7 +269,8 @@ def send(
                 f"campaign {slug}: {len(found)} of {n + len(found)} recipients cannot be "
                 f"rendered (listed above); the other {n} are in {dry_run}. Nothing was sent."
             )
-        click.echo(f"Wrote {n} messages to {dry_run}; nothing was sent.")
+        kept = f" ({held} more held out: never mailed)" if held else ""
+        click.echo(f"Wrote {n} messages to {dry_run}{kept}; nothing was sent.")
         return
     if test_to is not None:
         composed, reply = send_test(ws, slug, test_to)
@@ -306,20 +318,64 @@ def _send_due(ws: Workspace, limit: int | None) -> None:
         sys.exit(1)
 
 
+STATUS_COLUMNS = ("sent", "failed", "held_out", "pending", "deferred", "unknown", "skipped")
+
+
+def _status_all(ws: Workspace, json_: bool) -> None:
+    """Every campaign (its file, or its row once sent): its state and counts."""
+    rows = []
+    for slug in sorted(set(campaign_slugs(ws.campaigns_dir)) | set(recorded_slugs(ws.db))):
+        row = campaign_row(ws.db, slug)
+        try:
+            c = load_campaign(ws.campaigns_dir, slug)
+            state = current_state(row, c) if row or not c.follows else "follow-up"
+        except ListkitError as e:
+            state = row["state"] if row else f"ERROR: {e}"
+        totals = {k: v for k, v in counts(ws.db, row["id"]).items() if v} if row else {}
+        rows.append(
+            {
+                "campaign": slug,
+                "state": state,
+                "started": row["started"] if row else None,
+                "counts": totals,
+            }
+        )
+    if json_:
+        emit_json(rows)
+        return
+    emit_table(
+        [
+            {**r, **{k: r["counts"].get(k, 0) for k in STATUS_COLUMNS}, "started": r["started"]}
+            for r in rows
+        ],
+        ["campaign", "state", *STATUS_COLUMNS, "started"],
+        headers=["campaign", "state", *(k.replace("_", " ") for k in STATUS_COLUMNS), "started"],
+        empty=f"No campaigns in {ws.campaigns_dir}.",
+    )
+    if rows:
+        click.echo("Each campaign's failed, unknown and deferred messages: listkit status CAMPAIGN")
+
+
 @cli.command()
-@click.argument("slug")
+@click.argument("slug", required=False)
 @json_option
 @pass_workspace
-def status(ws: Workspace, slug: str, json_: bool) -> None:
+def status(ws: Workspace, slug: str | None, json_: bool) -> None:
     """Counts per delivery state, and the failed, unknown, deferred and bounced rows.
+
+    Without SLUG: every campaign, one line each (its state and counts).
 
     A message the server accepted that a bounce report later says bounced
     stays counted as sent and is listed as bounced; nothing sends it again.
 
     \b
-    Example:
+    Examples:
+        listkit status
         listkit status launch
     """
+    if slug is None:
+        _status_all(ws, json_)
+        return
     row = campaign_row(ws.db, slug)
     if row is None:
         load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all

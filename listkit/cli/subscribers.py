@@ -15,6 +15,7 @@ from listkit.audience.audiences import matching_subscribers, rules_from_options
 from listkit.audience.imports import FORMATS, import_subscribers
 from listkit.audience.subscribers import (
     add_subscriber,
+    describe_unsubscribe,
     find_subscriber,
     get_subscriber,
     list_members,
@@ -277,34 +278,52 @@ def subscribers_show(ws: Workspace, email: str, json_: bool) -> None:
 @cli.command("unsubscribe")
 @click.argument("email")
 @click.option("--list", "list_", help="Only from this list (default: from everything).")
+@click.option(
+    "--everything", is_flag=True, help="With a link: from every list, and suppress the address."
+)
 @pass_workspace
-def unsubscribe_cmd(ws: Workspace, email: str, list_: str | None) -> None:
+def unsubscribe_cmd(ws: Workspace, email: str, list_: str | None, everything: bool) -> None:
     """Unsubscribe EMAIL from one list, or from everything (which also suppresses it).
 
     EMAIL may also be a one-click unsubscribe link from a message listkit sent
-    (its signature is checked): the campaign that sent it is recorded as the
-    cause, and reports count it.
+    (its signature is checked). It does what the link does for its reader:
+    leaves the list the message was sent through, stops that campaign and its
+    follow-ups for them on every list, and records the campaign as the cause;
+    --everything leaves every list and suppresses the address. It says what
+    happened in the words the unsubscribe page uses.
 
     \b
     Examples:
         listkit unsubscribe ann@example.com --list blog
         listkit unsubscribe ann@example.com
         listkit unsubscribe https://example.com/listkit/u/abcdefghijklmnop/SIGNATURE
+        listkit unsubscribe https://example.com/listkit/u/abcdefghijklmnop/SIGNATURE --everything
     """
+    if list_ is not None and everything:
+        raise click.UsageError("give --list or --everything, not both")
     if email.startswith(("http://", "https://")):
         if list_ is not None:
-            raise click.UsageError("a link unsubscribes from everything: drop --list")
-        result = unsubscribe_by_link(ws.db, ws.settings.secret_key(), email)
-    else:
-        if find_subscriber(ws.db, email) is None:
-            # A typo must not pass for success while the real address stays mailable.
-            try:
-                normalize_address(email)
-            except InputError as e:
-                raise InputError(
-                    f"{email.strip()!r} is not an email address ({e}): nothing was unsubscribed"
-                ) from None
-        result = unsubscribe(ws.db, email, list_)
+            raise click.UsageError(
+                "a link unsubscribes from the list its message was sent through: drop --list "
+                "(or add --everything)"
+            )
+        result = unsubscribe_by_link(ws.db, ws.settings.secret_key(), email, everything=everything)
+        heading, lines = describe_unsubscribe(result)
+        click.echo(f"{result['email']}: {heading}.")
+        for line in lines:
+            click.echo(f"  {line}")
+        if not (result["everything"] or result["suppressed"]):
+            click.echo("  (listkit unsubscribe URL --everything: from every list, and suppressed)")
+        return
+    if find_subscriber(ws.db, email) is None:
+        # A typo must not pass for success while the real address stays mailable.
+        try:
+            normalize_address(email)
+        except InputError as e:
+            raise InputError(
+                f"{email.strip()!r} is not an email address ({e}): nothing was unsubscribed"
+            ) from None
+    result = unsubscribe(ws.db, email, list_)
     where = ", ".join(result["lists"]) or "no active list"
     click.echo(f"Unsubscribed {result['email']} from {where}.")
     if list_ is None:

@@ -2,7 +2,9 @@
 
 The rule: a subscriber on several of a campaign's lists gets one message,
 targeted through the first list it is on, in the order the campaign lists
-them; excluded lists, suppressions and inactive memberships never mail.
+them; excluded lists, suppressions and inactive memberships never mail, nor
+does a follow-up to a reader who unsubscribed from a message of a campaign it
+follows (on whatever list).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import math
 import re
 import tomllib
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +24,7 @@ from sqlite_utils import Database
 
 from listkit.audience.audiences import Resolver, Rule, rules_from_table
 from listkit.audience.lists import check_slug, get_list
+from listkit.audience.suppressions import DECLINED
 from listkit.db import now
 from listkit.errors import InputError, NotFound
 
@@ -348,6 +353,8 @@ def _audience_sql(
 
         cond, params = not_bought_since_first(db, campaign)
         rule_sql, rule_params = rule_sql + cond, rule_params + params
+    rule_sql += f" AND s.id NOT IN ({DECLINED})"
+    rule_params = [*rule_params, json.dumps(declined_campaigns(db, campaign))]
     list_ids = [get_list(db, slug)["id"] for slug in campaign.lists]
     exclude_ids = [get_list(db, slug)["id"] for slug in campaign.exclude_lists]
     rank = " ".join(f"WHEN {lid} THEN {i}" for i, lid in enumerate(list_ids))
@@ -376,6 +383,35 @@ def _audience_sql(
     return sql, [json.dumps(list_ids), *exclude_params, *narrow_params, *rule_params]
 
 
+def lineage(campaign: Campaign) -> tuple[str, ...]:
+    """The campaign and the campaigns it follows, back to the first (slugs, nearest first).
+
+    Only each file's ``follows`` is read: a mistake elsewhere in a campaign up
+    the chain is that campaign's error, not a reason to lose the chain."""
+    slugs, follows = [campaign.slug], campaign.follows
+    while follows and follows not in slugs:
+        slugs.append(follows)
+        path = campaign.path.parent / f"{follows}.toml"
+        if not path.is_file():
+            break
+        follows = _read_toml(path).get("follows")
+        follows = follows if isinstance(follows, str) else None
+    return tuple(slugs)
+
+
+def declined_campaigns(db: Database, campaign: Campaign) -> list[int]:
+    """Ids of the campaigns a reader's "no" to stops this one for them (``DECLINED``):
+    it and every campaign it follows, once they have been sent."""
+    slugs = lineage(campaign)
+    return [
+        row[0]
+        for row in db.execute(
+            "SELECT id FROM campaigns WHERE slug IN (SELECT value FROM json_each(?))",
+            [json.dumps(slugs)],
+        )
+    ]
+
+
 def _resolver(db: Database, campaign: Campaign) -> Resolver:
     """Rules checked against the database and the workspace's offers (beside campaigns/)."""
     offers_dir = campaign.path.parent.parent / "offers" if campaign.path != Path(".") else None
@@ -388,8 +424,11 @@ def audience_breakdown(db: Database, campaign: Campaign) -> dict:
     resolver = _resolver(db, campaign)
     conds = [resolver.condition(rule) for rule in campaign.where]
     sql, params = _audience_sql(campaign, db, rules=(), ordered=False)
-    # Each rule once per recipient (a materialised 0/1 column), then the sums.
-    flags = "".join(f", ({cond}) AS r{i}" for i, (cond, _p) in enumerate(conds))
+    # Each rule once per recipient (a materialised 0/1 column), then the sums. A
+    # rule that is neither true nor false (a custom field the subscriber lacks)
+    # keeps them out of the audience, as in the WHERE clause: it counts 0, never
+    # NULL (a list whose members all lack the field would sum to NULL).
+    flags = "".join(f", coalesce(({cond}), 0) AS r{i}" for i, (cond, _p) in enumerate(conds))
     fparams = [x for _c, p in conds for x in p]
     n = len(conds)
     sums = ["COUNT(*)", *(f"SUM(r{i})" for i in range(n))]
@@ -498,6 +537,22 @@ def iter_audience(db: Database, campaign: Campaign):
             slug,
             title,
         )
+
+
+def without_holdout(campaign: Campaign, audience: Iterable, held: Counter) -> Iterator:
+    """The recipients of ``audience`` (``iter_audience``) the campaign will mail: its
+    held-out group (by the outbox's rule, ``held_out``) left out and counted in
+    ``held["held_out"]``."""
+    for item in audience:
+        if held_out(campaign.slug, item[0]["key"], campaign.holdout):
+            held["held_out"] += 1
+        else:
+            yield item
+
+
+def recorded_slugs(db: Database) -> list[str]:
+    """The campaigns the database has a row for (sent, sending, missed...)."""
+    return [r[0] for r in db.execute("SELECT slug FROM campaigns ORDER BY slug")]
 
 
 def campaign_row(db: Database, slug: str) -> dict | None:

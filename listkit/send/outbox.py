@@ -4,7 +4,8 @@
                                                  -> deferred  (4xx, 421, lost before DATA)
                                                  -> failed    (5xx for that recipient)
                                                  -> unknown   (lost after DATA began)
-    pending -> skipped   (suppressed or unsubscribed by the time it was claimed)
+    pending -> skipped   (suppressed or unsubscribed by the time it was claimed, or
+                          unsubscribed from a message of a campaign it follows)
     held_out             (kept back to measure lift; never mailed)
     reserved -> pending  (test-then-send: the rest, given the winning offer once chosen)
 
@@ -32,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlite_utils import Database
 
-from listkit.audience.suppressions import suppress
+from listkit.audience.suppressions import DECLINED, suppress
 from listkit.db import immediate, now
 from listkit.mail.tracking import message_id, new_token, personal_coupon
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
@@ -229,14 +230,21 @@ class Claimed:
 
 
 def claim(
-    db: Database, campaign_id: int, run_id: str, limit: int, variant: str | None = None
+    db: Database,
+    campaign_id: int,
+    run_id: str,
+    limit: int,
+    variant: str | None = None,
+    declined: Iterable[int] = (),
 ) -> list[Claimed]:
     """Claim up to ``limit`` due rows (of one ``variant``, if given), committed before any is sent.
 
-    Rows whose address is suppressed, or whose membership is no longer
-    active, are marked ``skipped`` instead: an unsubscribe during a campaign
-    is honoured.
+    Rows whose address is suppressed, whose membership is no longer active,
+    or whose reader unsubscribed from a message of a campaign in ``declined``
+    (the campaign and those it follows: ``declined_campaigns``) are marked
+    ``skipped`` instead: an unsubscribe during a campaign is honoured.
     """
+    declined_json = json.dumps(list(declined))
     stamp = now()
     with immediate(db):
         # Two index walks (deferred rows now due, then pending ones in id order):
@@ -258,11 +266,12 @@ def claim(
                                            WHERE m.list_id = d.list_id
                                            AND m.subscriber_id = d.subscriber_id
                                            AND m.status = 'active')
+                            OR d.subscriber_id IN ({DECLINED})
                    FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                    JOIN lists l ON l.id = d.list_id
                    WHERE d.campaign_id = ? AND {where}
                    ORDER BY d.id LIMIT ?""",
-                [campaign_id, *params, limit - len(rows)],
+                [declined_json, campaign_id, *params, limit - len(rows)],
             ).fetchall()
         claimed, skipped = [], []
         for row in rows:
@@ -298,20 +307,23 @@ def backoff(attempts: int) -> timedelta:
     return min(BACKOFF * 2 ** max(attempts - 1, 0), BACKOFF_MAX)
 
 
-def may_go(db: Database, delivery_ids: Iterable[int]) -> set[int]:
+def may_go(db: Database, delivery_ids: Iterable[int], declined: Iterable[int] = ()) -> set[int]:
     """Which of these claimed rows may still be mailed: the address is not
-    suppressed and its membership is still active (a read: no write lock)."""
+    suppressed, its membership is still active and its reader has not
+    unsubscribed from a message of a campaign in ``declined`` (a read: no
+    write lock)."""
     return {
         row[0]
         for row in db.execute(
-            """SELECT d.id FROM deliveries d
+            f"""SELECT d.id FROM deliveries d
                WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state = 'sending'
                  AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
                                  ON s.key = x.key WHERE s.id = d.subscriber_id)
                  AND EXISTS (SELECT 1 FROM memberships m
                              WHERE m.list_id = d.list_id AND m.subscriber_id = d.subscriber_id
-                             AND m.status = 'active')""",
-            [json.dumps(list(delivery_ids))],
+                             AND m.status = 'active')
+                 AND d.subscriber_id NOT IN ({DECLINED})""",
+            [json.dumps(list(delivery_ids)), json.dumps(list(declined))],
         ).fetchall()
     }
 

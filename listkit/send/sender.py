@@ -30,6 +30,7 @@ import secrets
 import sqlite3
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from listkit.send.campaigns import (
     Campaign,
     campaign_row,
     campaign_slugs,
+    declined_campaigns,
     due_status,
     format_duration,
     iter_audience,
@@ -68,6 +70,7 @@ from listkit.send.campaigns import (
     reschedule,
     rescheduled,
     set_state,
+    without_holdout,
 )
 from listkit.send.marks import MarkFile, fold_marks
 from listkit.send.outbox import (
@@ -384,6 +387,8 @@ class Run:
 
     def _open(self) -> None:
         self.conn_db = open_db(self.db_path)
+        # Whose "no" stops this campaign: read once, checked at each claim and mark.
+        self.declined = declined_campaigns(self.conn_db, self.campaign)
 
     def _open_marks(self) -> None:
         self.mark_db = open_db(self.db_path)
@@ -397,7 +402,7 @@ class Run:
 
     def _mark(self, ids: list[int]) -> set[int]:
         """Durably mark the rows of ``ids`` that may still go out; returns those."""
-        allowed = may_go(self.mark_db, ids)
+        allowed = may_go(self.mark_db, ids, self.declined)
         self.mark_file.mark(self.run_id, [i for i in ids if i in allowed])
         return allowed
 
@@ -468,7 +473,13 @@ class Run:
         while self.stopped is None and (remaining is None or remaining > 0):
             size = self.batch if remaining is None else min(self.batch, remaining)
             rows: list[Claimed] = await self.db(
-                claim, self.conn_db, self.campaign_id, self.run_id, size, self.variant
+                claim,
+                self.conn_db,
+                self.campaign_id,
+                self.run_id,
+                size,
+                self.variant,
+                self.declined,
             )
             if not rows:
                 break
@@ -1132,11 +1143,12 @@ def send_test(ws: Workspace, slug: str, to: str) -> tuple[Composed, str]:
 
 def dry_run(
     ws: Workspace, slug: str, directory: Path, limit: int | None = None
-) -> tuple[int, list[Problem]]:
-    """Write one .eml per recipient into ``directory``; send and record nothing.
+) -> tuple[int, list[Problem], int]:
+    """Write one .eml per recipient the campaign would mail into ``directory``;
+    send and record nothing (the held-out group gets no message, as in a send).
 
     A recipient whose message cannot be built is listed, never a reason to stop:
-    (messages written, problems).
+    (messages written, problems, held out).
     """
     p = prepare(ws, slug, recorded=False)
     try:
@@ -1145,8 +1157,9 @@ def dry_run(
         raise InputError(
             f"--dry-run {directory}: cannot create the folder ({e.strerror})"
         ) from None
-    written, problems = 0, []
-    for subscriber, list_slug, title in iter_audience(ws.db, p.campaign):
+    written, problems, held = 0, [], Counter()
+    audience = without_holdout(p.campaign, iter_audience(ws.db, p.campaign), held)
+    for subscriber, list_slug, title in audience:
         if limit is not None and written + len(problems) >= limit:
             break
         composer = p.composer
@@ -1163,4 +1176,4 @@ def dry_run(
         safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", subscriber["email"])[:100]
         write_private(directory / f"{written + 1:06d}-{safe}.eml", composed.data)
         written += 1
-    return written, problems
+    return written, problems, held["held_out"]

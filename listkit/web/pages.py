@@ -2,7 +2,10 @@
 
 The rules: GET and HEAD show and never change anything (mail scanners prefetch
 every link); only a POST unsubscribes or confirms. A tampered, unknown or
-malformed token gets a plain 4xx and changes nothing. A signup answers the
+malformed token gets a 4xx (for an unsubscribe or click link, a page that
+says what to do instead) and changes nothing. A reader's page links back to
+the site, and says what an unsubscribe did (or had done): the list left, the
+campaign stopped with its follow-ups, and "everything" while there is more. A signup answers the
 same page and status whoever the address is, and its confirmation is mailed
 off the request path (``ConfirmationMailer``). A click redirects only to the
 link the offer itself contains for that delivery.
@@ -13,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import secrets
 import time
 from collections import deque
 from functools import partial
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
@@ -28,7 +34,11 @@ from starlette.routing import Route
 
 from listkit.audience import signups
 from listkit.audience.lists import get_list
-from listkit.audience.subscribers import delivery_by_token, unsubscribe_delivery
+from listkit.audience.subscribers import (
+    delivery_standing,
+    describe_unsubscribe,
+    unsubscribe_delivery,
+)
 from listkit.db import now
 from listkit.errors import InputError, ListkitError, NotFound
 from listkit.mail import clicks
@@ -68,13 +78,36 @@ _HEADERS = {
 }
 
 
-def page(name: str, status: int = 200, **context) -> HTMLResponse:
+def page(
+    name: str, status: int = 200, *, request: Request | None = None, **context
+) -> HTMLResponse:
+    """Render a page; with the ``request``, it links back to the site (``LISTKIT_SITE_URL``)."""
+    if request is not None and "site" not in context:
+        url = request.app.state.ws.settings.site_url()
+        context["site"] = {"url": url, "name": urlsplit(url).hostname} if url else None
     return HTMLResponse(_env.get_template(name).render(context), status, headers=_HEADERS)
 
 
+def broken_link(request: Request, heading: str, text: str) -> HTMLResponse:
+    """A 404 page for a link that is cut, changed or no longer known: what to do instead."""
+    try:
+        _name, contact = request.app.state.ws.settings.sender_address()
+    except ListkitError:
+        contact = None
+    return page("broken.html", 404, request=request, heading=heading, text=text, contact=contact)
+
+
 def signup_form(action: str, form_name: str) -> Markup:
-    """The HTML form that signs up to a list (also what `listkit form` prints)."""
-    return Markup(_env.get_template("form.html").render(action=action, form_name=form_name))
+    """The HTML form that signs up to a list (also what `listkit form` prints).
+
+    Its element ids are its own (the form's name and a random suffix), so that
+    two forms pasted into one page never share one and each label finds its field.
+    """
+    stem = re.sub(r"[^a-z0-9]+", "-", form_name.lower()).strip("-")[:40] or "form"
+    prefix = f"lk-{stem}-{secrets.token_hex(3)}"
+    return Markup(
+        _env.get_template("form.html").render(action=action, form_name=form_name, prefix=prefix)
+    )
 
 
 def _agent(request: Request) -> str | None:
@@ -84,25 +117,40 @@ def _agent(request: Request) -> str | None:
 # --- unsubscribe -------------------------------------------------------------
 
 
-def _unsubscribe_token(request: Request) -> str:
+def _unsubscribe_token(request: Request) -> str | None:
     token, sig = request.path_params["token"], request.path_params["sig"]
     secret = request.app.state.ws.settings.secret_key()
     if not is_token(token) or not verify_unsubscribe(secret, token, sig):
-        raise HTTPException(404, "This unsubscribe link is not valid. Use the link in the message.")
+        return None
     return token
+
+
+def _broken_unsubscribe(request: Request) -> HTMLResponse:
+    return broken_link(
+        request,
+        "This unsubscribe link does not work",
+        "It may have been cut or changed on its way here (a long link split over two "
+        "lines does that), or it names a message we have no record of. Open the message "
+        "again and use its Unsubscribe link, or your mail program's Unsubscribe button.",
+    )
 
 
 async def unsubscribe_page(request: Request) -> Response:
     token = _unsubscribe_token(request)
+    if token is None:
+        return _broken_unsubscribe(request)
     db = request.app.state.db
     if request.method in ("GET", "HEAD"):
-        delivery = await db.read(delivery_by_token, token)
-        if delivery is None:
-            raise HTTPException(404, "This unsubscribe link is not valid any more.")
+        standing = await db.read(delivery_standing, token)
+        if standing is None:
+            return _broken_unsubscribe(request)
+        if standing["already"]:
+            return _unsubscribed(request, standing)
         return page(
             "unsubscribe.html",
-            email=delivery["email"],
-            list_name=delivery["list_title"] or delivery["list"],
+            request=request,
+            email=standing["email"],
+            list_name=standing["list_title"] or standing["list"],
         )
     body = await read_body(request, FORM_LIMIT)
     everything = _unsubscribe_scope(request, body)
@@ -116,20 +164,26 @@ async def unsubscribe_page(request: Request) -> Response:
         )
     )
     if result is None:
-        raise HTTPException(404, "This unsubscribe link is not valid any more.")
+        return _broken_unsubscribe(request)
+    return _unsubscribed(request, result)
+
+
+def _unsubscribed(request: Request, result: dict) -> HTMLResponse:
+    """What the unsubscribe did (or had done), and "everything" while there is more to leave."""
+    heading, lines = describe_unsubscribe(result)
     return page(
         "unsubscribed.html",
+        request=request,
+        heading=heading,
+        lines=lines,
         email=result["email"],
-        list_name=result["list_title"] or result["list"],
-        everything=everything,
+        everything=result["everything"] or result["suppressed"],
     )
 
 
 def _unsubscribe_scope(request: Request, body: bytes) -> bool:
     """True for "from everything"; the RFC 8058 one-click body (urlencoded or
     multipart) and the page's "this list" button mean the delivery's list."""
-    from urllib.parse import parse_qsl
-
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     text = body.decode("utf-8", "replace")
     if ctype == "multipart/form-data":
@@ -359,17 +413,22 @@ async def click(request: Request) -> Response:
     if not (is_token(token) and is_link_id(link)) or not verify_click(
         ws.settings.secret_key(), token, link, sig
     ):
-        raise HTTPException(404, "This link is not valid.")
+        return _broken_click(request)
     agent, ip = _agent(request), client_ip(request)
     # The common case in one step on the writer: the link's destination is stored.
     found = await state.db.write(
         clicks.record_known_click, token, link, request.method, agent, ip, now()
     )
     if found is None:
-        raise HTTPException(404, "This link is not valid any more.")
+        return _broken_click(request)
     url = found["url"]
     if url is None:  # the campaign's first click on this link: render the offer to find it
-        url = await _first_click(request, token, link, agent, ip)
+        try:
+            url = await _first_click(request, token, link, agent, ip)
+        except HTTPException as e:
+            if e.status_code != 404:
+                raise
+            return _broken_click(request)
     destination = track(
         url,
         campaign=found["campaign"],
@@ -378,6 +437,15 @@ async def click(request: Request) -> Response:
         token_param=ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk",
     )
     return RedirectResponse(destination, 302, headers={"Referrer-Policy": "no-referrer"})
+
+
+def _broken_click(request: Request) -> HTMLResponse:
+    return broken_link(
+        request,
+        "This link does not work",
+        "It may have been cut or changed on its way here (a long link split over two "
+        "lines does that). Open the message again and use its link.",
+    )
 
 
 async def _first_click(request: Request, token: str, link: str, agent, ip) -> str:
