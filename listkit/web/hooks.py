@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 
 from sqlite_utils import Database
@@ -25,6 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from listkit.errors import InputError
+from listkit.payloads import loads_object
 from listkit.sales.attribution import attribute_sales
 from listkit.sales.sales import (
     Sale,
@@ -84,15 +84,11 @@ def verify_timestamped(
 
 
 def _json(body: bytes) -> dict:
+    """The body as a JSON object within ``payloads``' limits; 400 saying why not."""
     try:
-        data = json.loads(body)
-    except ValueError:  # not UTF-8, not JSON, or a number of thousands of digits
-        raise HTTPException(400, "Bad payload: not JSON.") from None
-    except RecursionError:
-        raise HTTPException(400, "Bad payload: nested too deeply.") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, "Bad payload: not a JSON object.")
-    return data
+        return loads_object(body)
+    except InputError as e:
+        raise HTTPException(400, f"Bad payload: {e}.") from None
 
 
 def _store(db: Database, sale: Sale) -> dict:
