@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 from sqlite_utils import Database
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from listkit.db import begin_immediate, open_db
 
@@ -161,11 +161,16 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
         if int(declared) > limit:
             raise HTTPException(413, "Request body too large.")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, "Request body too large.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, "Request body too large.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left, or the server closed a body that did not arrive in
+        # time (listkit.web.server): nobody to answer, nothing to log as an error.
+        raise HTTPException(408, "The request did not arrive in time.") from None
     return b"".join(chunks)
 
 
