@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from starlette.exceptions import HTTPException
 from starlette.testclient import TestClient
 
 from listkit.cli import cli
 from listkit.web import create_app
+from listkit.web.hooks import verify_timestamped
 from listkit.workspace import Workspace
 from tests.web_server import serve
 from tests.world import World
@@ -376,3 +378,27 @@ def test_a_gumroad_ping_sent_as_json_is_recorded_too(client, workspace):
     assert (r.status_code, r.text) == (200, "Sale recorded.\n")
     (row,) = sales_rows(workspace)
     assert (row["order"], row["amount"], row["currency"]) == ("gj1", 2900, "USD")
+
+
+@pytest.mark.parametrize("amount", ["٣", "１２", "٣.٠٠"])
+def test_a_listkit_sale_whose_amount_is_not_in_ascii_digits_is_refused(client, workspace, amount):
+    sale = {"order_id": "A-2", "amount": amount, "currency": "USD", "at": "2026-11-07T12:00:00Z"}
+    body = json.dumps(sale).encode()
+    r = client.post("/hooks/sale", content=body, headers={"X-Listkit-Signature": sign(OWN, body)})
+    assert r.status_code == 400 and r.text.startswith("Bad payload: amount: ")
+    assert sales_rows(workspace) == []
+
+
+def test_a_gumroad_ping_whose_price_is_not_in_ascii_digits_is_refused(client, workspace):
+    r = client.post(f"/hooks/gumroad/{GUMROAD}", data=gumroad_form(price="２９００"))
+    assert r.status_code == 400 and r.text.startswith("Bad payload: price ")
+    assert sales_rows(workspace) == []
+
+
+def test_a_signature_timestamp_in_digits_other_than_ascii_is_malformed():
+    # A header is read as Latin-1, where '²' is a digit to str.isdigit() but not to int().
+    body = b'{"order_id": "A-3"}'
+    digest = hmac.new(OWN.encode(), "².".encode() + body, hashlib.sha256).hexdigest()
+    with pytest.raises(HTTPException) as e:
+        verify_timestamped(f"t=²,v1={digest}", body, [OWN])
+    assert (e.value.status_code, e.value.detail) == (400, "Malformed signature header.")

@@ -590,3 +590,42 @@ def test_an_unknown_currency_option_is_one_error_not_a_rejection_per_row(run, tm
     f.write_text("order,amount,date\n1,5,2026-11-01\n2,6,2026-11-01\n")
     result = run("sales", "import", str(f), "--format", "csv", "--currency", "ZZZ", ok=False)
     assert result.output == f"Error: {f}: --currency: 'ZZZ' is not an ISO 4217 currency code\n"
+
+
+# --- amounts and times are ASCII digits -------------------------------------------------------
+
+# Python's int() and Decimal() read these as 3, 12, 5, 3 and 1794000000.
+NOT_ASCII_DIGITS = ["٣", "１２", "٣.٥٠", "۳", "29.٥٠", "१२"]
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DIGITS)
+def test_an_amount_in_digits_other_than_ascii_is_not_an_amount(text):
+    with pytest.raises(InputError, match="is not an amount"):
+        to_minor(text, "USD")
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DIGITS)
+def test_an_amount_in_digits_other_than_ascii_is_a_rejected_row_in_every_importer(
+    run, tmp_path, text
+):
+    gumroad = tmp_path / "gumroad.jsonl"
+    gumroad.write_text(json.dumps(ping(sale_id="g1", price=text)) + "\n")
+    generic = tmp_path / "orders.csv"
+    generic.write_text(
+        "order,email,amount,currency,date,refunded\n"
+        f"1,a@example.com,{text},USD,2026-11-01,\n"
+        f"2,a@example.com,5,USD,2026-11-01,{text}\n"
+    )
+    own = tmp_path / "own.jsonl"
+    own_sale = {"order_id": "o1", "amount": text, "currency": "EUR", "at": "2026-11-07"}
+    own.write_text(json.dumps(own_sale) + "\n")
+    assert imported(run, gumroad)["rejected"] == 1
+    assert imported(run, generic, "--format", "csv")["rejected"] == 2
+    assert run("sales", "add", "--order", "m1", "--email", "a@example.com", "--amount", text,
+               "--currency", "USD", ok=False).exit_code == 1  # fmt: skip
+    assert sales(run) == {}
+
+
+def test_a_unix_time_in_digits_other_than_ascii_is_not_a_time():
+    with pytest.raises(InputError, match="sale_timestamp"):
+        one(ping(sale_timestamp="١٧٩٤٠٠٠٠٠٠"))

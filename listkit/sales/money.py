@@ -3,6 +3,11 @@
 Amounts are stored as integers in the currency's minor unit (cents for USD,
 yen for JPY) beside their currency code, and never converted between
 currencies.
+
+The rule: every amount any importer or webhook reads goes through ``to_minor``
+(decimal text in major units) or ``whole_minor`` (a number already in minor
+units), and both read ASCII digits only: Python's ``int()`` and ``Decimal()``
+take '٣' and '１２' for 3 and 12, which no shop writes.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ CURRENCIES = frozenset(
 # and SQLite's integers end at 2^63.
 MAX_MINOR = 10**15
 _CLEAN = re.compile(r"[\s$€£¥]")
-_PLAIN = re.compile(r"[+-]?\d*(\.\d*)?")
-_GROUPED = re.compile(r"\d{1,3}(?:[,.]\d{3})+")
+_PLAIN = re.compile(r"[+-]?[0-9]*(\.[0-9]*)?")
+_GROUPED = re.compile(r"[0-9]{1,3}(?:[,.][0-9]{3})+")
+_WHOLE = re.compile(r"-?[0-9]{1,20}")
 
 
 # Where Stripe's API minor unit is not ISO 4217's (docs.stripe.com/currencies, special
@@ -139,6 +145,8 @@ def to_minor(text: str | int, currency: str, *, decimal_comma: bool = False) -> 
         cleaned = "-" + cleaned[1:-1]
     if len(cleaned) > 40:
         raise InputError(f"{raw[:40]!r}... is not an amount")
+    if not cleaned.isascii():  # digits of another script, or other signs
+        raise InputError(f"{raw!r} is not an amount (write it in digits 0-9)")
     cleaned = _decimal_text(cleaned, currency, decimal_comma)
     if not _PLAIN.fullmatch(cleaned) or not any(c.isdigit() for c in cleaned):
         raise InputError(f"{raw!r} is not an amount")
@@ -152,6 +160,21 @@ def to_minor(text: str | int, currency: str, *, decimal_comma: bool = False) -> 
     if scaled != scaled.to_integral_value():
         raise InputError(f"{raw!r} has more decimals than {currency.upper()} allows")
     return int(scaled)
+
+
+def whole_minor(value: object, *, text: bool = False) -> int:
+    """An amount already in minor units: a whole number (or, with ``text``, its ASCII
+    digits, as a form sends it), at least 0 and below ``MAX_MINOR``. ValueError
+    with the reason otherwise; the caller names the field."""
+    if text and isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("is not " + ("whole cents" if text else "whole minor units"))
+    if value < 0:
+        raise ValueError("is negative")
+    if value >= MAX_MINOR:
+        raise ValueError("is too large an amount")
+    return value
 
 
 def format_minor(amount: int, currency: str) -> str:

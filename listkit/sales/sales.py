@@ -33,7 +33,7 @@ from listkit.audience.addresses import email_key
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError
 from listkit.payloads import loads_object
-from listkit.sales.money import MAX_MINOR, currency_code, from_stripe_minor, to_minor
+from listkit.sales.money import currency_code, from_stripe_minor, to_minor, whole_minor
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
 REVENUE_STATUSES = ("paid", "partially_refunded", "refunded")
@@ -71,7 +71,7 @@ def parse_time(value: str, field_name: str) -> str:
     text = str(value if value is not None else "").strip()
     if not text:
         raise InputError(f"{field_name} is empty")
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         if len(text) > 11:  # past the year 5000: not a Unix time
             raise InputError(f"{field_name} {text!r} is not a date and time")
         return datetime.fromtimestamp(int(text), UTC).isoformat()
@@ -128,15 +128,12 @@ def _object(data: dict, key: str) -> dict:
     return value
 
 
-def _minor_units(value: Any, key: str) -> int:
-    """A JSON amount already in minor units: a whole, non-negative number."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{key} {_short(value)} is not whole minor units")
-    if value < 0:
-        raise InputError(f"{key} {value!r} is negative")
-    if value >= MAX_MINOR:
-        raise InputError(f"{key} {value!r} is too large an amount")
-    return value
+def _minor_units(value: Any, key: str, text: bool = False) -> int:
+    """A JSON amount already in minor units (``text``: or its digits, as a form sends it)."""
+    try:
+        return whole_minor(value, text=text)
+    except ValueError as e:
+        raise InputError(f"{key} {_short(value)} {e}") from None
 
 
 def _not_negative(amount: int, column: str, text: str) -> int:
@@ -367,19 +364,6 @@ def generic_row(row: dict, cols: Columns) -> Sale:
 # --- Webhook payloads (JSON lines, and `listkit serve`'s /hooks routes) ------------------------
 
 
-def _whole_cents(value: Any, key: str) -> int:
-    """Gumroad's cents: a whole number, as text (form) or a number (JSON)."""
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,20}\s*", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{key} {_short(value)} is not whole cents")
-    if value < 0:
-        raise InputError(f"{key} {str(value)!r} is negative")
-    if value >= MAX_MINOR:
-        raise InputError(f"{key} {value!r} is too large an amount")
-    return value
-
-
 def _json_flag(data: dict, key: str) -> bool:
     value = data.get(key)
     return value if isinstance(value, bool) else _flag(_text(data, key))
@@ -401,7 +385,7 @@ def _gumroad_ping(data: dict, token_param: str) -> Sale:
         params.update({k: _text(nested, k) for k in wanted if k in nested})
     # Gumroad's docs: `price` is "the price paid, in USD cents" whatever the
     # product's `currency` says, so the sale is booked in USD.
-    amount = _whole_cents(data.get("price", ""), "price")
+    amount = _minor_units(data.get("price", ""), "price", text=True)
     lost = _json_flag(data, "disputed") and not _json_flag(data, "dispute_won")
     refunded = _json_flag(data, "refunded") or lost
     # The CSV's Purchase ID and the ping's sale_id name a sale differently in

@@ -156,7 +156,7 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise HTTPException(400, "Bad Content-Length.")
         if int(declared) > limit:
             raise HTTPException(413, "Request body too large.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 from sqlite_utils import Database
@@ -68,7 +69,7 @@ def verify_timestamped(
             stamp = value
         elif key == "v1":
             signatures.append(value.strip().lower())
-    if stamp is None or not stamp.isdigit() or len(stamp) > 12 or not signatures:
+    if stamp is None or not re.fullmatch(r"[0-9]{1,12}", stamp) or not signatures:
         raise HTTPException(400, "Malformed signature header.")
     message = stamp.encode() + b"." + body
     expected = [_hex_hmac(s, message) for s in secrets]
