@@ -402,3 +402,13 @@ def test_a_signature_timestamp_in_digits_other_than_ascii_is_malformed():
     with pytest.raises(HTTPException) as e:
         verify_timestamped(f"t=²,v1={digest}", body, [OWN])
     assert (e.value.status_code, e.value.detail) == (400, "Malformed signature header.")
+
+
+@pytest.mark.parametrize("field", ["amount", "at", "currency", "source", "refunded"])
+def test_a_refused_listkit_sale_names_the_field_and_quotes_no_buyer(client, workspace, field):
+    sale = {"order_id": "A-4", "amount": "3", "currency": "USD", "at": "2026-11-07T12:00:00Z"}
+    sale[field] = "ann.buyer@example.com"
+    body = json.dumps(sale).encode()
+    r = client.post("/hooks/sale", content=body, headers={"X-Listkit-Signature": sign(OWN, body)})
+    assert r.status_code == 400 and r.text.startswith("Bad payload: ")
+    assert field in r.text and "ann.buyer" not in r.text

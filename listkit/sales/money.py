@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from listkit.errors import InputError
+from listkit.errors import InputError, quoted
 
 # ISO 4217 exponents that are not 2.
 EXPONENTS = {
@@ -70,12 +70,12 @@ def exponent(currency: str) -> int:
 
 def currency_code(value: str) -> str:
     if not isinstance(value, str):
-        raise InputError(f"{value!r} is not a currency code")
+        raise InputError(f"{quoted(value)} is not a currency code")
     code = value.strip().upper()
     if len(code) != 3 or not code.isascii() or not code.isalpha():
-        raise InputError(f"{value!r} is not a 3-letter currency code")
+        raise InputError(f"{quoted(value)} is not a 3-letter currency code")
     if code not in CURRENCIES:
-        raise InputError(f"{value!r} is not an ISO 4217 currency code")
+        raise InputError(f"{quoted(value)} is not an ISO 4217 currency code")
     return code
 
 
@@ -95,7 +95,7 @@ def _decimal_text(raw: str, currency: str, decimal_comma: bool) -> str:
     sign = ""
     if text[:1] in "+-":
         sign, text = text[0].replace("+", ""), text[1:]
-    bad = InputError(f"{raw!r} is not an amount")
+    bad = InputError(f"{quoted(raw)} is not an amount")
     point, group = (",", ".") if decimal_comma else (".", ",")
     commas, dots = text.count(","), text.count(".")
     if not commas and not dots:
@@ -126,7 +126,7 @@ def _decimal_text(raw: str, currency: str, decimal_comma: bool) -> str:
     if sep == "." and decimals_fit:
         return sign + whole + "." + frac  # '9.999' KWD
     raise InputError(
-        f"{raw!r} is ambiguous (thousands or decimals?): write it without separators, or "
+        f"{quoted(raw)} is ambiguous (thousands or decimals?): write it without separators, or "
         "use --decimal-comma if ',' is the decimal point in this file"
     )
 
@@ -138,27 +138,27 @@ def to_minor(text: str | int, currency: str, *, decimal_comma: bool = False) -> 
     decimals than the currency has. Negative amounts pass (callers decide).
     """
     if isinstance(text, bool) or not isinstance(text, str | int):
-        raise InputError(f"{text!r} is not an amount")
+        raise InputError(f"{quoted(text)} is not an amount")
     raw = str(text).strip()
     cleaned = _CLEAN.sub("", raw)
     if cleaned.startswith("(") and cleaned.endswith(")"):
         cleaned = "-" + cleaned[1:-1]
     if len(cleaned) > 40:
-        raise InputError(f"{raw[:40]!r}... is not an amount")
+        raise InputError(f"{quoted(raw)} is not an amount")
     if not cleaned.isascii():  # digits of another script, or other signs
-        raise InputError(f"{raw!r} is not an amount (write it in digits 0-9)")
+        raise InputError(f"{quoted(raw)} is not an amount (write it in digits 0-9)")
     cleaned = _decimal_text(cleaned, currency, decimal_comma)
     if not _PLAIN.fullmatch(cleaned) or not any(c.isdigit() for c in cleaned):
-        raise InputError(f"{raw!r} is not an amount")
+        raise InputError(f"{quoted(raw)} is not an amount")
     try:
         value = Decimal(cleaned)
     except InvalidOperation:
-        raise InputError(f"{raw!r} is not an amount") from None
+        raise InputError(f"{quoted(raw)} is not an amount") from None
     scaled = value.scaleb(exponent(currency))
     if abs(scaled) >= MAX_MINOR:
-        raise InputError(f"{raw!r} is too large an amount")
+        raise InputError(f"{quoted(raw)} is too large an amount")
     if scaled != scaled.to_integral_value():
-        raise InputError(f"{raw!r} has more decimals than {currency.upper()} allows")
+        raise InputError(f"{quoted(raw)} has more decimals than {currency.upper()} allows")
     return int(scaled)
 
 
