@@ -8,8 +8,10 @@ are still dribbling, keep answering others, and log no error.
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
+import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
@@ -69,8 +71,14 @@ def dribble(s: socket.socket, start: bytes, piece: bytes) -> bytes | None:
 
 @pytest.fixture
 def server(workspace):
-    # /hooks/sale reads the body of a request (it answers 404 while its secret is unset).
-    env = {"LISTKIT_WEBHOOK_SECRET": "listkit-hook-secret-0123456789"}
+    # Every webhook route on (a route whose setting is unset answers 404 unread).
+    env = {
+        "LISTKIT_WEBHOOK_SECRET": "listkit-hook-secret-0123456789",
+        "LISTKIT_STRIPE_WEBHOOK_SECRET": "whsec_test_current_0123456789",
+        "LISTKIT_SES_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:ses-bounces",
+        "LISTKIT_POSTMARK_WEBHOOK_AUTH": "postmark:hook-secret",
+        "LISTKIT_MAILGUN_SIGNING_KEY": "key-0123456789abcdef0123456789abcdef",
+    }
     with serve(workspace, "--request-timeout", LIMIT, env=env) as base:
         yield base
 
@@ -134,6 +142,35 @@ def test_a_request_that_arrives_in_time_is_answered_over_a_kept_alive_connection
             # The next request on this connection comes later than the limit after
             # the connection was opened: its own deadline starts with its first byte.
             time.sleep(0.3)
+
+
+HOSTILE = [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"a": ' + b"9" * 5000 + b"}",
+    b'{"Type": "Notification", "SignatureVersion": [1], "Signature": 7}',
+    '{"signature": {"timestamp": "١", "token": "é", "signature": "é"}}'.encode(),
+    b"\xff\xfe{",
+]
+
+
+def test_hostile_bodies_on_the_webhook_routes_of_a_real_server_log_no_error(server, workspace):
+    auth = "Basic " + base64.b64encode(b"postmark:hook-secret").decode()
+    statuses = set()
+    for route in ("/relays/ses", "/relays/mailgun", "/relays/postmark", "/hooks/sale"):
+        for body in HOSTILE:
+            request = urllib.request.Request(
+                server + route, data=body, method="POST", headers={"Authorization": auth}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    statuses.add((route, r.status))
+            except urllib.error.HTTPError as e:
+                statuses.add((route, e.code))
+    # Postmark's credentials are right: a JSON object of no Postmark shape is no bounce.
+    assert {code for _route, code in statuses} == {400, 403} | {200}
+    assert statuses >= {(r, 400) for r in ("/relays/ses", "/relays/mailgun", "/hooks/sale")}
+    log = (workspace / "serve.log").read_text()
+    assert "Traceback" not in log and " ERROR " not in log and " 500 " not in log
 
 
 def test_serve_refuses_a_request_timeout_that_is_not_a_positive_number(run):
