@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 from listkit.errors import ListkitError
 from listkit.inbox.bounces import COMPLAINT, HARD, IGNORED, SOFT, Recipient, Report, classify
-from listkit.payloads import loads_object
 from listkit.send.verp import token_from_address
 
 _MESSAGE_TOKEN = re.compile(r"^<?([a-z2-7]{16})\.lk@[^>\s]+>?$", re.IGNORECASE)
@@ -306,8 +305,3 @@ def mailgun_reports(data: dict) -> list[Report]:
             message_token=_message_token(message_id),
         )
     ]
-
-
-def loads(body: bytes) -> dict:
-    """A relay's JSON body, within ``payloads``' limits; InputError (a 400) otherwise."""
-    return loads_object(body)

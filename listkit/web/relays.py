@@ -21,6 +21,7 @@ from listkit.db import now
 from listkit.errors import InputError
 from listkit.inbox import relays
 from listkit.inbox.bounces import Report, apply, soft_rule
+from listkit.payloads import loads_object
 from listkit.web.common import read_body
 
 MAX_FETCH = 64 * 1024
@@ -85,7 +86,7 @@ def _refuse(status: int, e: relays.WebhookRefused) -> HTTPException:
 def _payload(body: bytes) -> dict:
     """The body as a JSON object within ``payloads``' limits; 400 saying why not."""
     try:
-        return relays.loads(body)
+        return loads_object(body)
     except InputError as e:
         raise HTTPException(400, f"Bad payload: {e}.") from None
 
@@ -112,7 +113,7 @@ async def ses(request: Request) -> Response:
     if kind != "Notification":
         return PlainTextResponse("ok\n")
     try:
-        notification = relays.loads(message["Message"].encode())
+        notification = loads_object(message["Message"])
     except InputError:
         return PlainTextResponse("ignored: not an SES notification\n")
     n = await _apply(request, _reports(relays.ses_reports, notification), "ses")
