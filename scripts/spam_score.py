@@ -6,9 +6,10 @@ imported from sample exports), renders every offer for one of the demo's
 readers as ``listkit offers preview --eml`` writes it, and the signup
 confirmation message, then scores each with ``spamassassin -L -t``: local
 tests only (no DNS, no network), no Bayes, no autolearn, no preferences of
-the user who runs it. Prints each message's score and the rules that fired;
-exits 1 when any scores above ``--max``. As root it installs Debian's
-``spamassassin`` when it is missing.
+the user who runs it (the empty ``~/.spamassassin`` SpamAssassin makes
+anyway is removed again when it was not there before). Prints each message's
+score and the rules that fired; exits 1 when any scores above ``--max``. As
+root it installs Debian's ``spamassassin`` when it is missing.
 
     python scripts/spam_score.py [--max 0.0] [--out DIR]
 """
@@ -16,6 +17,9 @@ exits 1 when any scores above ``--max``. As root it installs Debian's
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -36,7 +40,7 @@ from listkit.demo import run_demo
 from listkit.workspace import Workspace
 
 # Rules SpamAssassin would run over the network, and learning, are off.
-SA_OPTIONS = ["-L", "-t", "--cf=use_bayes 0", "--cf=bayes_auto_learn 0"]
+SA_OPTIONS = ["-L", "-t", "-x", "--cf=use_bayes 0", "--cf=bayes_auto_learn 0"]
 
 
 def render(root: Path, out: Path) -> list[Path]:
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not shutil.which("spamassassin"):
         install_packages(["spamassassin"], print)
+    # SpamAssassin makes its user state folder in the home of the user, whatever $HOME says.
+    state = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".spamassassin"
+    state_was_there = state.exists()
     root = run_demo(quiet=True)
     try:
         with tempfile.TemporaryDirectory(prefix="listkit-spam-") as tmp:
@@ -108,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                     worst.append(eml.stem)
     finally:
         shutil.rmtree(root.parent, ignore_errors=True)
+        if not state_was_there:
+            with contextlib.suppress(OSError):  # not empty: something else uses it
+                state.rmdir()
     if worst:
         print(f"above {args.max}: {', '.join(worst)}", file=sys.stderr)
         return 1
