@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from starlette.exceptions import HTTPException
 from starlette.testclient import TestClient
 
 from listkit.cli import cli
 from listkit.web import create_app
+from listkit.web.hooks import verify_timestamped
 from listkit.workspace import Workspace
 from tests.web_server import serve
 from tests.world import World
@@ -160,11 +162,15 @@ def test_stripe_events_that_do_not_matter_get_200_and_nothing_stored(client, wor
 
 def test_a_signed_but_bad_stripe_payload_gets_400_with_a_reason(client, workspace):
     r = post_stripe(client, b"not json")
-    assert (r.status_code, r.text) == (400, "Bad payload: not JSON.\n")
+    assert r.status_code == 400
+    assert r.text == "Bad payload: not JSON (Expecting value at line 1, column 1).\n"
     r = post_stripe(client, checkout(amount_total=1).replace(b"1,", b"1" * 5000 + b","))
-    assert (r.status_code, r.text) == (400, "Bad payload: not JSON.\n")
+    assert (r.status_code, r.text) == (
+        400,
+        "Bad payload: not JSON listkit reads: a number longer than 40 digits.\n",
+    )
     r = post_stripe(client, b'{"a": ' * 5000 + b"1" + b"}" * 5000)
-    assert (r.status_code, r.text) == (400, "Bad payload: nested too deeply.\n")
+    assert (r.status_code, r.text) == (400, "Bad payload: nested too deeply (over 32 levels).\n")
     r = post_stripe(client, checkout(amount_total=-5))
     assert (r.status_code, r.text) == (400, "Bad payload: amount_total -5 is negative.\n")
     r = post_stripe(client, checkout(currency="ZZZ"))
@@ -372,3 +378,37 @@ def test_a_gumroad_ping_sent_as_json_is_recorded_too(client, workspace):
     assert (r.status_code, r.text) == (200, "Sale recorded.\n")
     (row,) = sales_rows(workspace)
     assert (row["order"], row["amount"], row["currency"]) == ("gj1", 2900, "USD")
+
+
+@pytest.mark.parametrize("amount", ["٣", "１２", "٣.٠٠"])
+def test_a_listkit_sale_whose_amount_is_not_in_ascii_digits_is_refused(client, workspace, amount):
+    sale = {"order_id": "A-2", "amount": amount, "currency": "USD", "at": "2026-11-07T12:00:00Z"}
+    body = json.dumps(sale).encode()
+    r = client.post("/hooks/sale", content=body, headers={"X-Listkit-Signature": sign(OWN, body)})
+    assert r.status_code == 400 and r.text.startswith("Bad payload: amount: ")
+    assert sales_rows(workspace) == []
+
+
+def test_a_gumroad_ping_whose_price_is_not_in_ascii_digits_is_refused(client, workspace):
+    r = client.post(f"/hooks/gumroad/{GUMROAD}", data=gumroad_form(price="２９００"))
+    assert r.status_code == 400 and r.text.startswith("Bad payload: price ")
+    assert sales_rows(workspace) == []
+
+
+def test_a_signature_timestamp_in_digits_other_than_ascii_is_malformed():
+    # A header is read as Latin-1, where '²' is a digit to str.isdigit() but not to int().
+    body = b'{"order_id": "A-3"}'
+    digest = hmac.new(OWN.encode(), "².".encode() + body, hashlib.sha256).hexdigest()
+    with pytest.raises(HTTPException) as e:
+        verify_timestamped(f"t=²,v1={digest}", body, [OWN])
+    assert (e.value.status_code, e.value.detail) == (400, "Malformed signature header.")
+
+
+@pytest.mark.parametrize("field", ["amount", "at", "currency", "source", "refunded"])
+def test_a_refused_listkit_sale_names_the_field_and_quotes_no_buyer(client, workspace, field):
+    sale = {"order_id": "A-4", "amount": "3", "currency": "USD", "at": "2026-11-07T12:00:00Z"}
+    sale[field] = "ann.buyer@example.com"
+    body = json.dumps(sale).encode()
+    r = client.post("/hooks/sale", content=body, headers={"X-Listkit-Signature": sign(OWN, body)})
+    assert r.status_code == 400 and r.text.startswith("Bad payload: ")
+    assert field in r.text and "ann.buyer" not in r.text

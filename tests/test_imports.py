@@ -355,7 +355,7 @@ def test_invalid_addresses_are_rejected_with_line_and_reason(run, blog, tmp_path
     s = summary(run, f, "--errors", str(errors))
     assert (s["imported"], s["rejected"]) == (2, 2)
     assert [(e["line"], e["reason"]) for e in s["errors"]] == [
-        (3, "invalid address 'not-an-address': An email address must have an @-sign."),
+        (3, "invalid address in column 'email': An email address must have an @-sign."),
         (4, "no address"),
     ]
     lines = errors.read_text().splitlines()
@@ -441,7 +441,9 @@ def test_generic_csv_maps_columns_by_option(run, blog, tmp_path):
     x = json.loads(run("subscribers", "show", "x@example.com", "--json").output)
     assert (x["name"], x["fields"]) == ("Xena", {"Plan": "pro"})
     result = do_import(run, f, "--email-column", "Nope", ok=False)
-    assert "--email-column 'Nope' is not in the header (columns: Mail, Who, Plan)" in result.output
+    assert "--email-column 'Nope' is not in the header (columns: 'Mail', 'Who', 'Plan')" in (
+        result.output
+    )
 
 
 def test_asking_for_the_wrong_format_says_what_it_needs(run, blog):
@@ -469,7 +471,7 @@ def test_human_summary_lists_rejections(run, blog, tmp_path):
     f.write_text("email\na@example.com\nbad\n")
     out = do_import(run, f).output
     assert f"{f} (csv) -> blog: 1 imported, 0 updated, 0 suppressed, 1 rejected" in out
-    assert "line 3: invalid address 'bad'" in out
+    assert "line 3: invalid address in column 'email': An email address must have" in out
 
 
 def test_the_reader_process_is_used_for_large_input_only(run, blog, tmp_path, reader, request):
@@ -632,3 +634,24 @@ def test_a_member_pending_through_our_signup_form_stays_pending_whatever_an_impo
     s = summary(run, later_kit_export(tmp_path, ("sam@example.com", "active")))
     assert s["pending"] == 1
     assert consent(ws, "sam@example.com") == ("pending", "form", "https://blog.example.com/")
+
+
+def test_a_file_without_a_header_row_is_refused_without_quoting_its_first_reader(
+    run, blog, tmp_path
+):
+    f = tmp_path / "noheader.csv"
+    f.write_text("ann.buyer@example.com,Ann Buyer\nbob@example.com,Bob\n")
+    result = do_import(run, f, ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: the header has no address column and its first line holds an address: "
+        "the file needs a header row naming its columns (email, name, ...)\n"
+    )
+
+
+def test_an_invalid_address_is_named_by_its_line_and_column_not_quoted(run, blog, tmp_path):
+    f = tmp_path / "h.csv"
+    f.write_text("email\na@example.com\nann.buyer@@example.com\n")
+    out = do_import(run, f).output
+    assert "line 3: invalid address in column 'email': The part after the @-sign" in out
+    assert "ann.buyer" not in out

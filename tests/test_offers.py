@@ -413,3 +413,21 @@ def test_a_preview_eml_over_the_database_is_refused_and_the_database_kept(run, w
     assert result.exit_code == 1
     assert result.output == f"Error: --eml {db} is this workspace's database: name another file\n"
     assert "blog" in run("lists", "ls").output
+
+
+@pytest.mark.parametrize("slug", ["launch", "launch-reminder", "launch-last-day"])
+def test_shipped_layout_hides_the_preheader_without_text_coloured_like_its_background(
+    workspace, slug
+):
+    # SpamAssassin scores text whose colour is close to the background's
+    # (HTML_FONT_LOW_CONTRAST, +0.7), and counts `transparent` as such.
+    html = html_of(compose(workspace, slug=slug))
+    styles = [
+        dict(d.split(":", 1) for d in style.replace(" ", "").split(";") if ":" in d)
+        for style in re.findall(r'style="([^"]*)"', html)
+    ]
+    hidden = [s for s in styles if s.get("display") == "none"]
+    assert hidden, "the preheader is not hidden"
+    for declarations in hidden:
+        assert "color" not in declarations, declarations
+        assert declarations.get("mso-hide") == "all" and declarations.get("opacity") == "0"

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 
 import pytest
@@ -385,4 +386,88 @@ def test_a_postmark_event_of_an_unexpected_shape_is_a_400_that_changes_nothing(s
         "/relays/postmark", content=json.dumps(event), headers=basic("postmark:hook-secret")
     )
     assert (r.status_code, r.text) == (400, "Refused: the event has an unexpected shape.\n")
+    assert suppressions(client) == []
+
+
+# --- hostile requests: 400 or 403, never a 500 nor a traceback ---------------------------------
+
+HOSTILE_JSON = {
+    "deeply nested arrays": b"[" * 100_000 + b"]" * 100_000,
+    "deeply nested objects": b'{"a": ' * 20_000 + b"1" + b"}" * 20_000,
+    "nested deeper than any relay sends": b'{"a": ' * 40 + b"1" + b"}" * 40,
+    "a 5,000-digit number": b'{"Type": "Notification", "n": ' + b"9" * 5000 + b"}",
+    "a 5,000-digit fraction": b'{"Type": "Notification", "n": 0.' + b"9" * 5000 + b"}",
+    "NaN": b'{"Type": "Notification", "n": NaN}',
+    "not UTF-8": b'{"Type": "\xff"}',
+    "not JSON": b"Type=Notification",
+}
+
+
+def no_errors_logged(caplog) -> bool:
+    return not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize("route", ["/relays/ses", "/relays/mailgun", "/relays/postmark"])
+@pytest.mark.parametrize("body", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
+def test_hostile_json_on_a_relay_route_is_a_400_and_logs_no_error(setup, caplog, route, body):
+    client, *_ = setup
+    caplog.set_level(logging.DEBUG)
+    r = client.post(route, content=body, headers=basic("postmark:hook-secret"))
+    assert r.status_code == 400 and r.text.startswith("Bad payload: ")
+    assert no_errors_logged(caplog)
+    assert suppressions(client) == []
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("signature", "é" * 64),
+        ("signature", "0" * 63),
+        ("signature", "g" * 64),
+        ("signature", "0" * 5000),
+        ("signature", 7),
+        ("signature", ["0" * 64]),
+        ("timestamp", "١٧٩٤٠٠٠٠٠٠"),
+        ("timestamp", "9" * 5000),
+        ("timestamp", {"t": 1}),
+        ("token", "é"),
+        ("token", None),
+    ],
+)
+def test_a_malformed_mailgun_signature_of_any_kind_is_a_403_that_logs_no_error(
+    setup, caplog, field, value
+):
+    client, _fetcher, token, _cid = setup
+    caplog.set_level(logging.DEBUG)
+    event = mailgun_event(token)
+    event["signature"][field] = value
+    r = client.post("/relays/mailgun", content=json.dumps(event))
+    assert r.status_code == 403 and r.text.startswith("Refused: the Mailgun signature ")
+    assert no_errors_logged(caplog)
+    assert suppressions(client) == []
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("Signature", "é" * 344),
+        ("Signature", 7),
+        ("Signature", "not base64!"),
+        ("SigningCertURL", ["https://sns.us-east-1.amazonaws.com/x.pem"]),
+        ("SigningCertURL", "https://sns.us-east-1.amazonaws.com:99999/x.pem"),
+        ("SignatureVersion", {"v": 1}),
+        ("Type", ["Notification"]),
+        ("Message", "\ud800"),
+    ],
+)
+def test_a_malformed_sns_signature_of_any_kind_is_a_403_that_logs_no_error(
+    setup, signer, caplog, field, value
+):
+    client, _fetcher, token, _cid = setup
+    caplog.set_level(logging.DEBUG)
+    message = sign(notification(ses_bounce(token)), signer[1])
+    message[field] = value
+    r = client.post("/relays/ses", content=json.dumps(message))
+    assert r.status_code == 403 and r.text.startswith("Refused: ")
+    assert no_errors_logged(caplog)
     assert suppressions(client) == []

@@ -117,8 +117,8 @@ def test_negative_and_boolean_amounts_and_unknown_currencies_are_refused_with_th
     reasons = [e["reason"] for e in s["errors"]]
     assert reasons[0] == "price '-500' is negative"
     assert reasons[1] == "amount_total True is not whole minor units"
-    assert reasons[2] == "'ZZZ' is not an ISO 4217 currency code"
-    assert reasons[3] == "sale_id is not text: {'nested': 1}"
+    assert reasons[2] == "currency: 'ZZZ' is not an ISO 4217 currency code"
+    assert reasons[3] == "sale_id (an object) is not text"
     assert list(sales(run)) == ["ok"]
 
 
@@ -144,7 +144,7 @@ T = '"sale_timestamp": "2026-11-06T09:12:31Z"'
         ('{"sale_id": "a", "sale_timestamp": {"t": 1}, "price": "100"}', "sale_timestamp"),
         ('{"sale_id": "a", ' + T + ', "email": ["x"], "price": "1"}', "email"),
         ('{"sale_id": "a\\ud800", ' + T + ', "price": "1"}', "not valid Unicode"),
-        ('{"sale_id": "a", ' + T + ', "price": ' + "1" * 5000 + "}", "not valid JSON"),
+        ('{"sale_id": "a", ' + T + ', "price": ' + "1" * 5000 + "}", "longer than 40 digits"),
         ('{"sale_id": "a", ' + T + ', "price": "1", "x": "\\udfff"}', "not valid Unicode"),
     ],
 )  # fmt: skip
@@ -590,3 +590,91 @@ def test_an_unknown_currency_option_is_one_error_not_a_rejection_per_row(run, tm
     f.write_text("order,amount,date\n1,5,2026-11-01\n2,6,2026-11-01\n")
     result = run("sales", "import", str(f), "--format", "csv", "--currency", "ZZZ", ok=False)
     assert result.output == f"Error: {f}: --currency: 'ZZZ' is not an ISO 4217 currency code\n"
+
+
+# --- amounts and times are ASCII digits -------------------------------------------------------
+
+# Python's int() and Decimal() read these as 3, 12, 5, 3 and 1794000000.
+NOT_ASCII_DIGITS = ["٣", "１２", "٣.٥٠", "۳", "29.٥٠", "१२"]
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DIGITS)
+def test_an_amount_in_digits_other_than_ascii_is_not_an_amount(text):
+    with pytest.raises(InputError, match="is not an amount"):
+        to_minor(text, "USD")
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DIGITS)
+def test_an_amount_in_digits_other_than_ascii_is_a_rejected_row_in_every_importer(
+    run, tmp_path, text
+):
+    gumroad = tmp_path / "gumroad.jsonl"
+    gumroad.write_text(json.dumps(ping(sale_id="g1", price=text)) + "\n")
+    generic = tmp_path / "orders.csv"
+    generic.write_text(
+        "order,email,amount,currency,date,refunded\n"
+        f"1,a@example.com,{text},USD,2026-11-01,\n"
+        f"2,a@example.com,5,USD,2026-11-01,{text}\n"
+    )
+    own = tmp_path / "own.jsonl"
+    own_sale = {"order_id": "o1", "amount": text, "currency": "EUR", "at": "2026-11-07"}
+    own.write_text(json.dumps(own_sale) + "\n")
+    assert imported(run, gumroad)["rejected"] == 1
+    assert imported(run, generic, "--format", "csv")["rejected"] == 2
+    assert run("sales", "add", "--order", "m1", "--email", "a@example.com", "--amount", text,
+               "--currency", "USD", ok=False).exit_code == 1  # fmt: skip
+    assert sales(run) == {}
+
+
+def test_a_unix_time_in_digits_other_than_ascii_is_not_a_time():
+    with pytest.raises(InputError, match="sale_timestamp"):
+        one(ping(sale_timestamp="١٧٩٤٠٠٠٠٠٠"))
+
+
+# --- errors name the line and the field, never a buyer ------------------------------------------
+
+BUYER = "ann.buyer@example.com"
+
+
+def test_no_error_of_a_sales_import_quotes_a_buyer_or_echoes_a_record(run, tmp_path):
+    unclaimed = tmp_path / "pings.txt"  # a saved form body that is no Gumroad ping
+    unclaimed.write_text(f"email={BUYER.replace('@', '%40')}&price=100&name=Ann+Buyer\n")
+    result = run("sales", "import", str(unclaimed), ok=False)
+    assert result.exit_code == 1 and "pings.txt" in result.output
+    assert "ann.buyer" not in result.output and "Ann" not in result.output
+    lines = [
+        {"type": {"email": BUYER}, "data": {}},
+        stripe_event("checkout.session.completed", session(created=BUYER), created=None),
+        stripe_event("checkout.session.completed", session(payment_status={"by": BUYER})),
+        ping(price=BUYER),
+        ping(sale_timestamp=BUYER),
+        ping(sale_id=[BUYER]),
+        lemon(status=BUYER),
+        lemon(currency=BUYER),
+        {"buyer": BUYER, "total": 5},
+    ]
+    f = tmp_path / "hooks.jsonl"
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = run("sales", "import", str(f))
+    assert "ann.buyer" not in result.output
+    assert "1 skipped (1 payment_status (an object))" in result.output
+    assert [line for line in result.output.splitlines() if "hooks.jsonl, line" in line] == [
+        f"  {f}, line {n}: {reason}"
+        for n, reason in [
+            (1, "type (an object) is not text"),
+            (2, "created (an address) is not a date and time"),
+            (4, "price (an address) is not whole cents"),
+            (5, "sale_timestamp (an address) is not a date and time"),
+            (6, "sale_id (a list) is not text"),
+            (7, "status (an address) is not one listkit knows"),
+            (8, "currency: (an address) is not a 3-letter currency code"),
+            (9, "not a Gumroad ping, Stripe event or Lemon Squeezy order"),
+        ]
+    ]
+    csv_file = tmp_path / "orders.csv"
+    csv_file.write_text(
+        f"order,email,amount,currency,date\n1,{BUYER},{BUYER},USD,2026-11-01\n"
+        f"2,{BUYER},5,USD,{BUYER}\n3,{BUYER},5,{BUYER},2026-11-01\n"
+    )
+    result = run("sales", "import", str(csv_file), "--format", "csv")
+    assert result.output.count("line") == 3 and "ann.buyer" not in result.output

@@ -43,7 +43,7 @@ from listkit import csvout
 from listkit.audience.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
 from listkit.db import immediate, now
-from listkit.errors import InputError, ListkitError, NotFound
+from listkit.errors import InputError, ListkitError, NotFound, quoted
 from listkit.processes import exit_with_parent
 
 CHUNK = 1000  # rows per chunk: small enough to stay in the CPU caches
@@ -133,7 +133,7 @@ def _flag_column(column: str, when_true: str, when_false: str, gone_at: str = ""
             if flag in FALSE:
                 return when_false
             if flag:
-                raise _BadRow(f"{column} {value!r} is not true or false")
+                raise _BadRow(f"{column} {quoted(value)} is not true or false")
             return ACTIVE  # left empty: the producer's default (subscribed)
 
         return status
@@ -158,7 +158,7 @@ def _state_column(columns: Sequence[str], mapping: dict[str, str], unsubscribed_
             found = mapping.get(value.lower())
             if found is None:
                 raise _BadRow(
-                    f"{column} {value!r} is not one listkit knows ({known})"
+                    f"{column} {quoted(value)} is not one listkit knows ({known})"
                     if value
                     else f"{column} is empty (expected one of {known})"
                 )
@@ -371,16 +371,21 @@ def generic_shape(
         if email_column not in header:
             raise InputError(
                 f"--email-column {email_column!r} is not in the header "
-                f"(columns: {', '.join(header)})"
+                f"(columns: {', '.join(quoted(c) for c in header)})"
             )
         email = email_column
     else:
         email = next((lower[n] for n in EMAIL_NAMES if n in lower), None)
+        if email is None and any("@" in c for c in header):
+            raise InputError(
+                "the header has no address column and its first line holds an address: "
+                "the file needs a header row naming its columns (email, name, ...)"
+            )
         if email is None:
             raise InputError(
                 "the header has no address column (looked for "
                 + ", ".join(repr(n) for n in EMAIL_NAMES[:3])
-                + f"); columns found: {', '.join(repr(c) for c in header) or 'none'}. "
+                + f"); columns found: {', '.join(quoted(c) for c in header) or 'none'}. "
                 "Name it with --email-column"
             )
     if name_column is not None:
@@ -752,6 +757,7 @@ class _Parser:
         self.size = size
         self.width = len(header)
         self.email_i = idx[shape.email]
+        self.email_label = shape.email
         self.name_is = [idx[c] for c in shape.names if c in idx]
         self.name_label = "/".join(header[i] for i in self.name_is)
         self.evidence = [
@@ -795,12 +801,13 @@ class _Parser:
                 try:
                     row[i] = utc_time(value)
                 except ValueError:
-                    raise _BadRow(f"{col} {value!r} is not a date and time") from None
+                    raise _BadRow(f"{col} {quoted(value)} is not a date and time") from None
         return row
 
     def chunks(self, records: Iterator[tuple[int, list[str] | str]]) -> Iterator[_Chunk]:
         """Validated chunks of at most ``size`` rows (the hot loop of an import)."""
         width, email_i, size = self.width, self.email_i, self.size
+        invalid = f"invalid address in column {quoted(self.email_label)}"
         times_of = self._times if self.times else None
         name_of = self._name if self.name_is else None
         extras = [(i, encoded) for i, _, encoded in self.extras]
@@ -833,8 +840,8 @@ class _Parser:
                 try:
                     address = normalize(raw)
                 except InputError as e:
-                    shown = raw.strip()
-                    reason = f"invalid address {shown!r}: {e}" if shown else "no address"
+                    # The reason, never the address: errors quote nobody.
+                    reason = f"{invalid}: {e}" if raw.strip() else "no address"
                     rejects.append((line, reason, row))
                     continue
                 name = name_of(row) if name_of else None

@@ -9,6 +9,9 @@ import click
 from listkit.cli import cli, pass_workspace
 from listkit.workspace import Workspace
 
+# Seconds a request has to arrive whole (see listkit.web.server).
+REQUEST_TIMEOUT = 10.0
+
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -25,9 +28,23 @@ from listkit.workspace import Workspace
     show_default=True,
     help="Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed ('*' for any).",
 )
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=REQUEST_TIMEOUT,
+    show_default=True,
+    help="Seconds a request's headers and body have to arrive; slower ones get 408 and are closed.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
 @pass_workspace
-def serve(ws: Workspace, host: str, port: int, forwarded_allow_ips: str, quiet: bool) -> None:
+def serve(
+    ws: Workspace,
+    host: str,
+    port: int,
+    forwarded_allow_ips: str,
+    request_timeout: float,
+    quiet: bool,
+) -> None:
     """Serve unsubscribe links, signups, clicks and webhooks over HTTP.
 
     Run it behind a TLS reverse proxy (Caddy, nginx) that forwards
@@ -41,6 +58,7 @@ def serve(ws: Workspace, host: str, port: int, forwarded_allow_ips: str, quiet: 
     import uvicorn
 
     from listkit.web import create_app
+    from listkit.web.server import protocol
 
     # Opens (and migrates) the database and checks the settings before listening.
     ws.db  # noqa: B018
@@ -53,6 +71,7 @@ def serve(ws: Workspace, host: str, port: int, forwarded_allow_ips: str, quiet: 
         app,
         host=host,
         port=port,
+        http=protocol(request_timeout),
         access_log=False,  # it prints paths, which carry tokens and webhook secrets
         log_level="warning" if quiet else "info",
         proxy_headers=True,

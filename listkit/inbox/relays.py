@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable
@@ -58,11 +57,14 @@ _SNS_KEYS["UnsubscribeConfirmation"] = _SNS_KEYS["SubscriptionConfirmation"]
 
 def is_sns_url(url: str, *, pem: bool = False) -> bool:
     """True for ``https://sns.<region>.amazonaws.com/...`` (and ``.pem`` when asked)."""
+    if not isinstance(url, str):
+        return False
     try:
         parts = urlsplit(url)
-    except ValueError:
+        port = parts.port
+    except ValueError:  # not a URL, or a port out of range
         return False
-    if parts.scheme != "https" or parts.port not in (None, 443) or parts.username:
+    if parts.scheme != "https" or port not in (None, 443) or parts.username:
         return False
     if not _SNS_HOST.fullmatch(parts.hostname or ""):
         return False
@@ -71,8 +73,8 @@ def is_sns_url(url: str, *, pem: bool = False) -> bool:
 
 def sns_string_to_sign(message: dict) -> bytes:
     kind = message.get("Type")
-    if kind not in _SNS_KEYS:
-        raise WebhookRefused(f"unknown SNS message type {kind!r}")
+    if not isinstance(kind, str) or kind not in _SNS_KEYS:
+        raise WebhookRefused("unknown SNS message type")
     out = []
     for key in _SNS_KEYS[kind]:
         if key == "Subject" and message.get(key) is None:
@@ -81,7 +83,10 @@ def sns_string_to_sign(message: dict) -> bytes:
         if not isinstance(value, str):
             raise WebhookRefused(f"SNS message without {key}")
         out.append(f"{key}\n{value}\n")
-    return "".join(out).encode("utf-8")
+    try:
+        return "".join(out).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON): nobody signed it
+        raise WebhookRefused("the SNS message is not valid Unicode text") from None
 
 
 def verify_sns(message: dict, fetch_certificate: Callable[[str], bytes]) -> None:
@@ -92,14 +97,18 @@ def verify_sns(message: dict, fetch_certificate: Callable[[str], bytes]) -> None
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
     version = message.get("SignatureVersion")
-    algorithm = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(str(version))
+    algorithms = {"1": hashes.SHA1(), "2": hashes.SHA256()}
+    algorithm = algorithms.get(version) if isinstance(version, str) else None
     if algorithm is None:
-        raise WebhookRefused(f"unsupported SNS SignatureVersion {version!r}")
+        raise WebhookRefused('unsupported SNS SignatureVersion (listkit reads "1" and "2")')
     url = message.get("SigningCertURL") or message.get("SigningCertUrl") or ""
     if not is_sns_url(url, pem=True):
         raise WebhookRefused("SigningCertURL is not an https://sns.<region>.amazonaws.com/ .pem")
+    given = message.get("Signature")
     try:
-        signature = base64.b64decode(message.get("Signature") or "", validate=True)
+        if not isinstance(given, str) or not given.isascii():
+            raise ValueError
+        signature = base64.b64decode(given, validate=True)
     except ValueError:
         raise WebhookRefused("the SNS Signature is not base64") from None
     data = sns_string_to_sign(message)
@@ -230,13 +239,29 @@ def postmark_reports(event: dict) -> list[Report]:
 MAILGUN_WINDOW = 300  # seconds a signed timestamp stays acceptable
 
 
+_MAILGUN_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_MAILGUN_TOKEN = re.compile(r"[\x21-\x7e]{1,256}")
+_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def verify_mailgun(signature: dict, key: str, now: float | None = None) -> str:
-    """Check a Mailgun webhook signature; returns its token (to be seen once)."""
-    timestamp = str(signature.get("timestamp") or "")
-    token = str(signature.get("token") or "")
-    given = str(signature.get("signature") or "")
-    if not timestamp.isdigit() or not token or not given:
+    """Check a Mailgun webhook signature; returns its token (to be seen once).
+
+    Every part must have its shape (ASCII digits, a printable ASCII token, 64
+    hex digits) before anything is computed from it: anything else is refused
+    as malformed, whatever its type or length."""
+    timestamp = signature.get("timestamp")
+    if isinstance(timestamp, int) and not isinstance(timestamp, bool):
+        timestamp = str(timestamp)
+    token, given = signature.get("token"), signature.get("signature")
+    if not all(isinstance(v, str) and v for v in (timestamp, token, given)):
         raise WebhookRefused("the Mailgun signature is incomplete")
+    if not (
+        _MAILGUN_TIMESTAMP.fullmatch(timestamp)
+        and _MAILGUN_TOKEN.fullmatch(token)
+        and _HEX_SHA256.fullmatch(given)
+    ):
+        raise WebhookRefused("the Mailgun signature is malformed")
     expected = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, given.lower()):
         raise WebhookRefused("the Mailgun signature does not match")
@@ -280,13 +305,3 @@ def mailgun_reports(data: dict) -> list[Report]:
             message_token=_message_token(message_id),
         )
     ]
-
-
-def loads(body: bytes) -> dict:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise WebhookRefused("the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise WebhookRefused("the body is not a JSON object")
-    return data

@@ -3,6 +3,11 @@
 Amounts are stored as integers in the currency's minor unit (cents for USD,
 yen for JPY) beside their currency code, and never converted between
 currencies.
+
+The rule: every amount any importer or webhook reads goes through ``to_minor``
+(decimal text in major units) or ``whole_minor`` (a number already in minor
+units), and both read ASCII digits only: Python's ``int()`` and ``Decimal()``
+take '٣' and '１２' for 3 and 12, which no shop writes.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from listkit.errors import InputError
+from listkit.errors import InputError, quoted
 
 # ISO 4217 exponents that are not 2.
 EXPONENTS = {
@@ -37,8 +42,9 @@ CURRENCIES = frozenset(
 # and SQLite's integers end at 2^63.
 MAX_MINOR = 10**15
 _CLEAN = re.compile(r"[\s$€£¥]")
-_PLAIN = re.compile(r"[+-]?\d*(\.\d*)?")
-_GROUPED = re.compile(r"\d{1,3}(?:[,.]\d{3})+")
+_PLAIN = re.compile(r"[+-]?[0-9]*(\.[0-9]*)?")
+_GROUPED = re.compile(r"[0-9]{1,3}(?:[,.][0-9]{3})+")
+_WHOLE = re.compile(r"-?[0-9]{1,20}")
 
 
 # Where Stripe's API minor unit is not ISO 4217's (docs.stripe.com/currencies, special
@@ -64,12 +70,12 @@ def exponent(currency: str) -> int:
 
 def currency_code(value: str) -> str:
     if not isinstance(value, str):
-        raise InputError(f"{value!r} is not a currency code")
+        raise InputError(f"{quoted(value)} is not a currency code")
     code = value.strip().upper()
     if len(code) != 3 or not code.isascii() or not code.isalpha():
-        raise InputError(f"{value!r} is not a 3-letter currency code")
+        raise InputError(f"{quoted(value)} is not a 3-letter currency code")
     if code not in CURRENCIES:
-        raise InputError(f"{value!r} is not an ISO 4217 currency code")
+        raise InputError(f"{quoted(value)} is not an ISO 4217 currency code")
     return code
 
 
@@ -89,7 +95,7 @@ def _decimal_text(raw: str, currency: str, decimal_comma: bool) -> str:
     sign = ""
     if text[:1] in "+-":
         sign, text = text[0].replace("+", ""), text[1:]
-    bad = InputError(f"{raw!r} is not an amount")
+    bad = InputError(f"{quoted(raw)} is not an amount")
     point, group = (",", ".") if decimal_comma else (".", ",")
     commas, dots = text.count(","), text.count(".")
     if not commas and not dots:
@@ -120,7 +126,7 @@ def _decimal_text(raw: str, currency: str, decimal_comma: bool) -> str:
     if sep == "." and decimals_fit:
         return sign + whole + "." + frac  # '9.999' KWD
     raise InputError(
-        f"{raw!r} is ambiguous (thousands or decimals?): write it without separators, or "
+        f"{quoted(raw)} is ambiguous (thousands or decimals?): write it without separators, or "
         "use --decimal-comma if ',' is the decimal point in this file"
     )
 
@@ -132,26 +138,43 @@ def to_minor(text: str | int, currency: str, *, decimal_comma: bool = False) -> 
     decimals than the currency has. Negative amounts pass (callers decide).
     """
     if isinstance(text, bool) or not isinstance(text, str | int):
-        raise InputError(f"{text!r} is not an amount")
+        raise InputError(f"{quoted(text)} is not an amount")
     raw = str(text).strip()
     cleaned = _CLEAN.sub("", raw)
     if cleaned.startswith("(") and cleaned.endswith(")"):
         cleaned = "-" + cleaned[1:-1]
     if len(cleaned) > 40:
-        raise InputError(f"{raw[:40]!r}... is not an amount")
+        raise InputError(f"{quoted(raw)} is not an amount")
+    if not cleaned.isascii():  # digits of another script, or other signs
+        raise InputError(f"{quoted(raw)} is not an amount (write it in digits 0-9)")
     cleaned = _decimal_text(cleaned, currency, decimal_comma)
     if not _PLAIN.fullmatch(cleaned) or not any(c.isdigit() for c in cleaned):
-        raise InputError(f"{raw!r} is not an amount")
+        raise InputError(f"{quoted(raw)} is not an amount")
     try:
         value = Decimal(cleaned)
     except InvalidOperation:
-        raise InputError(f"{raw!r} is not an amount") from None
+        raise InputError(f"{quoted(raw)} is not an amount") from None
     scaled = value.scaleb(exponent(currency))
     if abs(scaled) >= MAX_MINOR:
-        raise InputError(f"{raw!r} is too large an amount")
+        raise InputError(f"{quoted(raw)} is too large an amount")
     if scaled != scaled.to_integral_value():
-        raise InputError(f"{raw!r} has more decimals than {currency.upper()} allows")
+        raise InputError(f"{quoted(raw)} has more decimals than {currency.upper()} allows")
     return int(scaled)
+
+
+def whole_minor(value: object, *, text: bool = False) -> int:
+    """An amount already in minor units: a whole number (or, with ``text``, its ASCII
+    digits, as a form sends it), at least 0 and below ``MAX_MINOR``. ValueError
+    with the reason otherwise; the caller names the field."""
+    if text and isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("is not " + ("whole cents" if text else "whole minor units"))
+    if value < 0:
+        raise ValueError("is negative")
+    if value >= MAX_MINOR:
+        raise ValueError("is too large an amount")
+    return value
 
 
 def format_minor(amount: int, currency: str) -> str:

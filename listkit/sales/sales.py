@@ -31,8 +31,9 @@ from sqlite_utils import Database
 
 from listkit.audience.addresses import email_key
 from listkit.db import immediate, now
-from listkit.errors import InputError, ListkitError
-from listkit.sales.money import MAX_MINOR, currency_code, from_stripe_minor, to_minor
+from listkit.errors import InputError, ListkitError, quoted
+from listkit.payloads import loads_object
+from listkit.sales.money import currency_code, from_stripe_minor, to_minor, whole_minor
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
 REVENUE_STATUSES = ("paid", "partially_refunded", "refunded")
@@ -66,16 +67,16 @@ class Skip(Exception):
 def parse_time(value: str, field_name: str) -> str:
     """Shop timestamps to ISO 8601 UTC; naive times are taken as UTC."""
     if isinstance(value, bool) or not isinstance(value, str | int | None):
-        raise InputError(f"{field_name} is not a date and time: {_short(value)}")
+        raise InputError(f"{field_name} {quoted(value)} is not a date and time")
     text = str(value if value is not None else "").strip()
     if not text:
         raise InputError(f"{field_name} is empty")
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         if len(text) > 11:  # past the year 5000: not a Unix time
-            raise InputError(f"{field_name} {text!r} is not a date and time")
+            raise InputError(f"{field_name} {quoted(text)} is not a date and time")
         return datetime.fromtimestamp(int(text), UTC).isoformat()
     if len(text) > 64:
-        raise InputError(f"{field_name} {text[:64]!r}... is not a date and time")
+        raise InputError(f"{field_name} {quoted(text)} is not a date and time")
     candidate = text.replace("Z", "+00:00").replace(" UTC", "+00:00")
     for attempt in (candidate, candidate.replace(" +", "+").replace(" -", "-")):
         try:
@@ -91,18 +92,13 @@ def parse_time(value: str, field_name: str) -> str:
             except ValueError:
                 continue
         else:
-            raise InputError(f"{field_name} {text!r} is not a date and time")
+            raise InputError(f"{field_name} {quoted(text)} is not a date and time")
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     try:
         return dt.astimezone(UTC).isoformat()
     except OverflowError:
-        raise InputError(f"{field_name} {text!r} is not a date and time") from None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+        raise InputError(f"{field_name} {quoted(text)} is not a date and time") from None
 
 
 def _text(data: dict, key: str) -> str | None:
@@ -114,7 +110,7 @@ def _text(data: dict, key: str) -> str | None:
         return value.strip() or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise InputError(f"{key} is not text: {_short(value)}")
+    raise InputError(f"{key} {quoted(value)} is not text")
 
 
 def _object(data: dict, key: str) -> dict:
@@ -123,24 +119,28 @@ def _object(data: dict, key: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InputError(f"{key} is not an object: {_short(value)}")
+        raise InputError(f"{key} {quoted(value)} is not an object")
     return value
 
 
-def _minor_units(value: Any, key: str) -> int:
-    """A JSON amount already in minor units: a whole, non-negative number."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{key} {_short(value)} is not whole minor units")
-    if value < 0:
-        raise InputError(f"{key} {value!r} is negative")
-    if value >= MAX_MINOR:
-        raise InputError(f"{key} {value!r} is too large an amount")
-    return value
+def _minor_units(value: Any, key: str, text: bool = False) -> int:
+    """A JSON amount already in minor units (``text``: or its digits, as a form sends it)."""
+    try:
+        return whole_minor(value, text=text)
+    except ValueError as e:
+        raise InputError(f"{key} {quoted(value)} {e}") from None
+
+
+def _currency(value: str, column: str) -> str:
+    try:
+        return currency_code(value)
+    except InputError as e:
+        raise InputError(f"{column}: {e}") from None
 
 
 def _not_negative(amount: int, column: str, text: str) -> int:
     if amount < 0:
-        raise InputError(f"{column} {text!r} is negative")
+        raise InputError(f"{column} {quoted(text)} is negative")
     return amount
 
 
@@ -230,7 +230,7 @@ def stripe_row(row: dict, token_keys: tuple[str, ...]) -> Sale:
         raise Skip(f"{status} payment")
     if (row.get("Captured") or "true").strip().lower() == "false":
         raise Skip("not captured")
-    currency = currency_code(_need(row, "Currency"))
+    currency = _currency(_need(row, "Currency"), "Currency")
     amount = _money(row, "Amount", currency)
     refunded = min(_money(row, "Amount Refunded", currency), amount)
     if status == "refunded" and not refunded:
@@ -289,8 +289,8 @@ def shopify_row(row: dict) -> Sale:
         raise Skip(f"{financial} order")  # an authorization never captured: no sale
     status = SHOPIFY_STATUS.get(financial)
     if status is None:
-        raise InputError(f"Financial Status {financial!r} is not one listkit knows")
-    currency = currency_code(_need(row, "Currency"))
+        raise InputError(f"Financial Status {quoted(financial)} is not one listkit knows")
+    currency = _currency(_need(row, "Currency"), "Currency")
     amount = _money(row, "Total", currency)
     refunded = min(_money(row, "Refunded Amount", currency), amount)
     if financial == "refunded":
@@ -333,7 +333,7 @@ def generic_row(row: dict, cols: Columns) -> Sale:
     if cols.fixed_currency:
         currency = currency_code(cols.fixed_currency)
     else:
-        currency = currency_code(_need(row, cols.currency or "currency"))
+        currency = _currency(_need(row, cols.currency or "currency"), cols.currency or "currency")
     if not (row.get(cols.amount) or "").strip():
         raise InputError(f"{cols.amount} is empty")
     amount = _money(row, cols.amount, currency, cols.decimal_comma)
@@ -366,19 +366,6 @@ def generic_row(row: dict, cols: Columns) -> Sale:
 # --- Webhook payloads (JSON lines, and `listkit serve`'s /hooks routes) ------------------------
 
 
-def _whole_cents(value: Any, key: str) -> int:
-    """Gumroad's cents: a whole number, as text (form) or a number (JSON)."""
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,20}\s*", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{key} {_short(value)} is not whole cents")
-    if value < 0:
-        raise InputError(f"{key} {str(value)!r} is negative")
-    if value >= MAX_MINOR:
-        raise InputError(f"{key} {value!r} is too large an amount")
-    return value
-
-
 def _json_flag(data: dict, key: str) -> bool:
     value = data.get(key)
     return value if isinstance(value, bool) else _flag(_text(data, key))
@@ -400,7 +387,7 @@ def _gumroad_ping(data: dict, token_param: str) -> Sale:
         params.update({k: _text(nested, k) for k in wanted if k in nested})
     # Gumroad's docs: `price` is "the price paid, in USD cents" whatever the
     # product's `currency` says, so the sale is booked in USD.
-    amount = _whole_cents(data.get("price", ""), "price")
+    amount = _minor_units(data.get("price", ""), "price", text=True)
     lost = _json_flag(data, "disputed") and not _json_flag(data, "dispute_won")
     refunded = _json_flag(data, "refunded") or lost
     # The CSV's Purchase ID and the ping's sale_id name a sale differently in
@@ -441,7 +428,7 @@ STRIPE_SALE_EVENTS = ("checkout.session.completed", "checkout.session.async_paym
 def _stripe_event(event: dict, token_param: str) -> Sale:
     kind = _text(event, "type")
     if kind not in (*STRIPE_SALE_EVENTS, "charge.refunded"):
-        raise Skip(f"Stripe event {kind!r} is not a sale or refund")
+        raise Skip(f"Stripe event {quoted(kind)} is not a sale or refund")
     if event.get("livemode") is False:
         raise Skip("test mode event")
     obj = _object(_object(event, "data"), "object")
@@ -452,10 +439,10 @@ def _stripe_event(event: dict, token_param: str) -> Sale:
     if payment_status not in ("paid", "no_payment_required"):
         # 'unpaid': a delayed method (bank debit, voucher); the sale comes with
         # checkout.session.async_payment_succeeded.
-        raise Skip(f"payment_status {_short(payment_status)}")
+        raise Skip(f"payment_status {quoted(payment_status)}")
     if payment_status == "no_payment_required" and not obj.get("amount_total"):
         raise Skip("no payment (setup or free checkout)")
-    currency = currency_code(_text(obj, "currency") or "")
+    currency = _currency(_text(obj, "currency") or "", "currency")
     amount = from_stripe_minor(_minor_units(obj.get("amount_total"), "amount_total"), currency)
     session_id = _text(obj, "id")
     intent = _text(obj, "payment_intent")
@@ -486,7 +473,7 @@ def _others(order_id: str | None, *ids: str | None) -> tuple[str, ...]:
 
 
 def _stripe_charge(event: dict, charge: dict, metadata: dict, token_param: str) -> Sale:
-    currency = currency_code(_text(charge, "currency") or "")
+    currency = _currency(_text(charge, "currency") or "", "currency")
     amount = from_stripe_minor(_minor_units(charge.get("amount"), "amount"), currency)
     refunded = from_stripe_minor(
         _minor_units(charge.get("amount_refunded", 0), "amount_refunded"), currency
@@ -523,7 +510,7 @@ def _lemon_squeezy(payload: dict, token_param: str) -> Sale:
     meta = _object(payload, "meta")
     event = _text(meta, "event_name")
     if event not in ("order_created", "order_refunded"):
-        raise Skip(f"Lemon Squeezy event {event!r} is not an order")
+        raise Skip(f"Lemon Squeezy event {quoted(event)} is not an order")
     data = _object(payload, "data")
     attrs = _object(data, "attributes")
     if meta.get("test_mode") is True or attrs.get("test_mode") is True:
@@ -533,8 +520,8 @@ def _lemon_squeezy(payload: dict, token_param: str) -> Sale:
     if status in LEMON_SQUEEZY_SKIP:
         raise Skip(LEMON_SQUEEZY_SKIP[status])
     if status not in ("paid", "refunded", "partial_refund"):
-        raise InputError(f"status {status!r} is not one listkit knows")
-    currency = currency_code(_text(attrs, "currency") or "")
+        raise InputError(f"status {quoted(status)} is not one listkit knows")
+    currency = _currency(_text(attrs, "currency") or "", "currency")
     total = _minor_units(attrs.get("total"), "total")
     # A partial refund leaves the order 'paid' (or 'partial_refund') with its
     # refunded_amount set; a full one says refunded.
@@ -564,12 +551,12 @@ def listkit_sale(data: dict, token_param: str = "lk") -> Sale:
     text in major units, e.g. "29.00"), ``currency``, ``at`` (ISO 8601 or Unix time); optional
     ``email``, ``refunded``, ``coupon``, ``token`` (or the token parameter), ``utm_campaign``,
     ``utm_content``, ``product``, ``source`` (default "webhook")."""
-    currency = currency_code(_text(data, "currency") or "")
+    currency = _currency(_text(data, "currency") or "", "currency")
     amount = _not_negative(_json_amount(data, "amount", currency, required=True), "amount", "")
     refunded = min(_json_amount(data, "refunded", currency), amount)
     source = _text(data, "source") or "webhook"
     if not re.fullmatch(r"[a-z0-9_-]{1,32}", source):
-        raise InputError(f"source {source!r} is not a short lower-case name")
+        raise InputError(f"source {quoted(source)} is not a short lower-case name")
     return Sale(
         source=source,
         order_id=_text(data, "order_id") or _missing("order_id"),
@@ -605,22 +592,11 @@ def parse_payload(text: str) -> dict:
     """One saved webhook payload: a JSON object, or a raw form-encoded body."""
     text = text.strip()
     if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e.msg} at column {e.colno})") from None
-        except RecursionError:
-            raise InputError("not a webhook payload: JSON nested too deeply") from None
-        except ValueError:  # a number of thousands of digits
-            raise InputError("not valid JSON (a number too long to read)") from None
-    else:
-        try:
-            data = dict(parse_qsl(text, keep_blank_values=True, max_num_fields=1000))
-        except ValueError:
-            raise InputError("not a form body listkit can read (over 1,000 fields)") from None
-    if not isinstance(data, dict):
-        raise InputError("not a JSON object")
-    return data
+        return loads_object(text)
+    try:
+        return dict(parse_qsl(text, keep_blank_values=True, max_num_fields=1000))
+    except ValueError:
+        raise InputError("not a form body listkit can read (over 1,000 fields)") from None
 
 
 def record_sale(data: dict, token_param: str) -> Sale:
@@ -763,8 +739,8 @@ def parse_file(
         if missing:
             raise InputError(
                 f"the header lacks {', '.join(repr(c) for c in missing)} (columns: "
-                f"{', '.join(header)}); map them with --order-column, --amount-column, "
-                "--currency-column (or --currency), --date-column"
+                f"{', '.join(quoted(c) for c in header)}); map them with --order-column, "
+                "--amount-column, --currency-column (or --currency), --date-column"
             )
         parse = lambda row: generic_row(row, cols)  # noqa: E731
     elif fmt == "gumroad":

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 from sqlite_utils import Database
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from listkit.db import begin_immediate, open_db
 
@@ -156,16 +156,21 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise HTTPException(400, "Bad Content-Length.")
         if int(declared) > limit:
             raise HTTPException(413, "Request body too large.")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, "Request body too large.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, "Request body too large.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left, or the server closed a body that did not arrive in
+        # time (listkit.web.server): nobody to answer, nothing to log as an error.
+        raise HTTPException(408, "The request did not arrive in time.") from None
     return b"".join(chunks)
 
 

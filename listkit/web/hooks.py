@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+import re
 import time
 
 from sqlite_utils import Database
@@ -25,6 +25,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from listkit.errors import InputError
+from listkit.payloads import loads_object
 from listkit.sales.attribution import attribute_sales
 from listkit.sales.sales import (
     Sale,
@@ -68,7 +69,7 @@ def verify_timestamped(
             stamp = value
         elif key == "v1":
             signatures.append(value.strip().lower())
-    if stamp is None or not stamp.isdigit() or len(stamp) > 12 or not signatures:
+    if stamp is None or not re.fullmatch(r"[0-9]{1,12}", stamp) or not signatures:
         raise HTTPException(400, "Malformed signature header.")
     message = stamp.encode() + b"." + body
     expected = [_hex_hmac(s, message) for s in secrets]
@@ -84,15 +85,11 @@ def verify_timestamped(
 
 
 def _json(body: bytes) -> dict:
+    """The body as a JSON object within ``payloads``' limits; 400 saying why not."""
     try:
-        data = json.loads(body)
-    except ValueError:  # not UTF-8, not JSON, or a number of thousands of digits
-        raise HTTPException(400, "Bad payload: not JSON.") from None
-    except RecursionError:
-        raise HTTPException(400, "Bad payload: nested too deeply.") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, "Bad payload: not a JSON object.")
-    return data
+        return loads_object(body)
+    except InputError as e:
+        raise HTTPException(400, f"Bad payload: {e}.") from None
 
 
 def _store(db: Database, sale: Sale) -> dict:

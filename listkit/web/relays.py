@@ -18,8 +18,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from listkit.db import now
+from listkit.errors import InputError
 from listkit.inbox import relays
 from listkit.inbox.bounces import Report, apply, soft_rule
+from listkit.payloads import loads_object
 from listkit.web.common import read_body
 
 MAX_FETCH = 64 * 1024
@@ -81,13 +83,20 @@ def _refuse(status: int, e: relays.WebhookRefused) -> HTTPException:
     return HTTPException(status, f"Refused: {e}.")
 
 
+def _payload(body: bytes) -> dict:
+    """The body as a JSON object within ``payloads``' limits; 400 saying why not."""
+    try:
+        return loads_object(body)
+    except InputError as e:
+        raise HTTPException(400, f"Bad payload: {e}.") from None
+
+
 async def ses(request: Request) -> Response:
     topics = _settings(request).ses_topic_arn
     if not topics:
         raise HTTPException(404, "Not found.")
-    body = await read_body(request)
+    message = _payload(await read_body(request))
     try:
-        message = relays.loads(body)
         await run_in_threadpool(relays.verify_sns, message, lambda u: _certificate(request, u))
     except relays.WebhookRefused as e:
         raise _refuse(403, e) from None
@@ -104,8 +113,8 @@ async def ses(request: Request) -> Response:
     if kind != "Notification":
         return PlainTextResponse("ok\n")
     try:
-        notification = relays.loads(message["Message"].encode())
-    except relays.WebhookRefused:
+        notification = loads_object(message["Message"])
+    except InputError:
         return PlainTextResponse("ignored: not an SES notification\n")
     n = await _apply(request, _reports(relays.ses_reports, notification), "ses")
     return PlainTextResponse(f"ok: {n}\n")
@@ -119,10 +128,7 @@ async def postmark(request: Request) -> Response:
         raise HTTPException(
             401, "Credentials required.", headers={"WWW-Authenticate": 'Basic realm="listkit"'}
         )
-    try:
-        event = relays.loads(await read_body(request))
-    except relays.WebhookRefused as e:
-        raise _refuse(400, e) from None
+    event = _payload(await read_body(request))
     n = await _apply(request, _reports(relays.postmark_reports, event), "postmark")
     return PlainTextResponse(f"ok: {n}\n")
 
@@ -131,9 +137,8 @@ async def mailgun(request: Request) -> Response:
     key = _settings(request).mailgun_signing_key
     if not key:
         raise HTTPException(404, "Not found.")
-    body = await read_body(request)
+    data = _payload(await read_body(request))
     try:
-        data = relays.loads(body)
         signature = data.get("signature")
         if not isinstance(signature, dict):
             raise relays.WebhookRefused("no signature")
