@@ -27,6 +27,7 @@ import difflib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -117,9 +118,22 @@ def shop(demo_workspace: Path, tmp_path: Path) -> Path:
     return root
 
 
+COMMAND_TIMEOUT = 120  # seconds: a command that waits for ever (a server) fails, not hangs
+
+
+def _timed_out(signum, frame):
+    raise TimeoutError(f"still running after {COMMAND_TIMEOUT} s: mark it not run if it serves")
+
+
 def _invoke(argv: list[str], cwd: Path, monkeypatch) -> tuple[int, str]:
     monkeypatch.chdir(cwd)
-    result = CliRunner().invoke(cli, argv)
+    previous = signal.signal(signal.SIGALRM, _timed_out)
+    signal.alarm(COMMAND_TIMEOUT)
+    try:
+        result = CliRunner().invoke(cli, argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     output = result.output
     if result.exception and not isinstance(result.exception, SystemExit):
         import traceback
@@ -367,3 +381,81 @@ def test_every_example_is_run_or_marked_not_run(capsys) -> None:
 def test_every_known_failure_names_an_example() -> None:
     stale = [key for key in KNOWN_FAILURES if not any(key in b.body for b in RUNNABLE)]
     assert not stale, f"KNOWN_FAILURES entries that match no example: {stale}"
+
+
+def _block(markdown: str, tmp_path: Path) -> Block:
+    path = tmp_path / "doc.md"
+    path.write_text(markdown)
+    (found,) = [b for b in blocks(path) if b.lang]
+    return found
+
+
+def test_an_optional_part_is_included_and_each_alternative_runs_once(tmp_path) -> None:
+    block = _block("```sh\nlistkit sales ls [--list blog] [--json|--csv]\n```\n", tmp_path)
+    (command,) = commands(block)
+    assert command.forms() == [
+        "listkit sales ls --list blog --json",
+        "listkit sales ls --list blog --csv",
+    ]
+
+
+def test_a_bar_with_spaces_or_in_quotes_is_no_alternative(tmp_path) -> None:
+    block = _block(
+        "```sh\nlistkit report --json | jq .\nlistkit subscribers ls --where 'bought=a|b'\n```\n",
+        tmp_path,
+    )
+    pipe, quoted = commands(block)
+    assert pipe.forms() == ["listkit report --json | jq ."]
+    assert in_process(pipe.forms()[0]) is None
+    assert quoted.forms() == ["listkit subscribers ls --where 'bought=a|b'"]
+    assert in_process(quoted.forms()[0]) == [
+        "listkit",
+        "subscribers",
+        "ls",
+        "--where",
+        "bought=a|b",
+    ]
+
+
+def test_a_line_marked_not_run_says_why_even_on_its_comments_next_line(tmp_path) -> None:
+    block = _block(
+        "```sh\nlistkit serve   # the service\n"
+        "                # (not run: keeps running)\nlistkit form blog\n```\n",
+        tmp_path,
+    )
+    serve, form = commands(block)
+    assert serve.not_run == "keeps running"
+    assert form.not_run is None
+
+
+def test_continued_lines_are_one_command(tmp_path) -> None:
+    block = _block("```sh\nlistkit sales import orders.csv \\\n    --currency EUR\n```\n", tmp_path)
+    (command,) = commands(block)
+    assert in_process(command.forms()[0]) == [
+        "listkit",
+        "sales",
+        "import",
+        "orders.csv",
+        "--currency",
+        "EUR",
+    ]
+
+
+def test_a_console_block_keeps_the_output_under_each_command(tmp_path) -> None:
+    block = _block("```console\n$ listkit lists ls\nblog  3\n```\n", tmp_path)
+    (command,) = commands(block)
+    assert (command.text, command.output) == ("listkit lists ls", ["blog  3"])
+
+
+def test_a_block_marker_must_say_why_or_the_docs_fail(tmp_path) -> None:
+    path = tmp_path / "doc.md"
+    path.write_text("<!-- example: skip -->\n```sh\nlistkit lists ls\n```\n")
+    with pytest.raises(ValueError, match="unknown example marker 'skip'"):
+        blocks(path)
+    path.write_text("<!-- example: not run: starts a server -->\n```sh\nlistkit serve\n```\n")
+    assert blocks(path)[0].not_run == "starts a server"
+
+
+def test_the_shape_of_output_ignores_figures_and_column_widths() -> None:
+    assert shape("blog    40  USD 69.60  9.38%  -\n") == shape("blog 1 USD 1,069.00 100.00% 7\n")
+    assert shape("blog 40\n") != shape("podcast 40\n")
