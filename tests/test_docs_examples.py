@@ -301,6 +301,7 @@ def test_the_example_runs_as_written(block: Block, shop: Path, monkeypatch) -> N
         if server or _needs_shell(block):
             code, output = _run_bash(block, shop, server.url if server else None)
             assert code == 0, f"{block.where}: the block failed:\n{output}"
+            _assert_no_secret(shop, block.where, output)
             if server:
                 server.stop()
                 refused = server.refused()
@@ -308,9 +309,21 @@ def test_the_example_runs_as_written(block: Block, shop: Path, monkeypatch) -> N
         else:
             for where, code, output in _run_in_process(block, shop, monkeypatch):
                 assert code == 0, f"{where}\nexited {code}:\n{output}"
+                _assert_no_secret(shop, where, output)
     finally:
         if server:
             server.stop()
+
+
+SECRET_SETTING = re.compile(r"(?m)^(LISTKIT_\w*(?:SECRET|AUTH|SIGNING_KEY)\w*)=(.{8,})$")
+
+
+def _assert_no_secret(shop: Path, where: str, output: str) -> None:
+    """No example prints a secret of the workspace's .env (the signing secret, the
+    webhook secret), whatever else it shows."""
+    for name, value in SECRET_SETTING.findall((shop / ".env").read_text()):
+        if value.strip() in output:
+            pytest.fail(f"{where}: the output shows {name}")  # and not its value
 
 
 def _write_new_toml_examples(shop: Path) -> None:
@@ -333,6 +346,7 @@ def _console_check(block: Block, shop: Path, monkeypatch) -> None:
         argv = in_process(forms[0])
         assert argv and argv[0] == "listkit", f"{block.where}: run it in a ```sh block"
         code, output = _invoke(argv[1:], shop, monkeypatch)
+        _assert_no_secret(shop, block.where, output)
         expected = "\n".join(command.output)
         diff = "\n".join(
             difflib.unified_diff(
