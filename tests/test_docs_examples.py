@@ -15,8 +15,9 @@ own checker (`campaigns check`, `offers check`), and one that says
 
 Files the examples read that the demo does not make (a subscriber export,
 a list of bounced addresses, a generic sales CSV) are in tests/fixtures/docs/
-and copied into each example's workspace. Placeholders are not used: the
-examples name real lists, offers and files of that workspace. What cannot run
+and copied into each example's workspace. The examples name real lists,
+offers and files of that workspace rather than placeholders; `https://HOST`
+is the one kept, and only a block marked `serve` may use it. What cannot run
 here is marked in the Markdown (see tests/docs_examples.py) and counted by
 `test_every_example_is_run_or_marked_not_run`.
 """
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import traceback
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -136,8 +138,6 @@ def _invoke(argv: list[str], cwd: Path, monkeypatch) -> tuple[int, str]:
         signal.signal(signal.SIGALRM, previous)
     output = result.output
     if result.exception and not isinstance(result.exception, SystemExit):
-        import traceback
-
         output += "".join(traceback.format_exception(result.exception))
     return result.exit_code, output
 
