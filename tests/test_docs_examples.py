@@ -361,7 +361,7 @@ def _console_check(block: Block, shop: Path, monkeypatch) -> None:
 
 def test_every_example_is_run_or_marked_not_run(capsys) -> None:
     """The inventory: what runs, what is marked not run (and why), what is no example."""
-    ran, skipped, other = Counter(), [], Counter()
+    ran, skipped, other, placeholders = Counter(), [], Counter(), []
     for block in ALL_BLOCKS:
         if block.lang not in RUN:
             other[block.lang or "(no language)"] += 1
@@ -377,7 +377,10 @@ def test_every_example_is_run_or_marked_not_run(capsys) -> None:
                 else:
                     ran["commands"] += 1
                     ran["command forms"] += len(command.forms())
+                    if "https://HOST" in command.text and not block.serve:
+                        placeholders.append(f"{block.path.name}:{command.line}")
     assert ran["commands"] > 0
+    assert not placeholders, f"https://HOST outside a block marked serve: {placeholders}"
     with capsys.disabled():
         print(
             "\ndocs examples: run "
