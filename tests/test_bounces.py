@@ -1,5 +1,7 @@
 """Bounce and complaint reports: parsing the corpus, matching, effects once."""
 
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -838,3 +840,240 @@ def test_a_bounce_counts_for_its_campaign_even_when_another_campaign_suppressed_
     assert rows["first"]["bounce_rate"] == 1.0
     [blog] = build_report(ws.db, "list")["rows"]
     assert blog["bounced"] == 2
+
+
+# ---------------------------------------------------------------------------
+# One classifier: the same reply, at send time and in a report later
+
+SAME_REPLY = [
+    # (code, reply text as the server wrote it, the verdict both must give)
+    (550, "5.2.1 The email account that you tried to reach is disabled.", "soft"),
+    (554, "5.4.1 Recipient address rejected: Access denied", "hard"),
+    (
+        550,
+        "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+        "hard",
+    ),
+    (550, "Unknown user (#5.5.0)", "hard"),
+    (550, "5.1.1 No such user here", "hard"),
+    (552, "5.2.2 Mailbox full", "soft"),
+    (550, "5.7.1 Message rejected as spam", "soft"),
+    (501, "5.1.8 Sender address rejected", "soft"),
+    (550, "Requested action not taken: mailbox unavailable", "soft"),
+    (451, "4.3.0 Temporary lookup failure", "soft"),
+]
+
+
+def dsn_with(code: int, text: str) -> bytes:
+    """Postfix's report of a refusal (the fixture), carrying this reply."""
+    from listkit.mail.replies import reply_parts
+
+    data = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+    status = reply_parts(text)[1] or f"{str(code)[0]}.0.0"
+    data = data.replace(b"Status: 5.1.1", f"Status: {status}".encode())
+    return data.replace(
+        b"550 5.1.1 <nobody@example.net>: Recipient address\n    rejected: User unknown in local"
+        b" recipient table",
+        f"{code} {text}".encode(),
+    )
+
+
+@pytest.mark.parametrize(("code", "text", "verdict"), SAME_REPLY)
+def test_a_refusal_at_send_time_and_in_a_later_report_get_the_same_verdict(code, text, verdict):
+    from listkit.mail.replies import classify
+
+    [report_time] = [r.outcome for r in parse(dsn_with(code, text)).recipients]
+    assert (classify(code, text, command="RCPT TO"), report_time) == (verdict, verdict)
+
+
+def test_one_classifier_serves_send_and_inbox():
+    import listkit.inbox.bounces
+    import listkit.send.sender
+    from listkit.mail import replies
+
+    assert listkit.inbox.bounces.classify is replies.classify
+    assert listkit.send.sender.classify is replies.classify
+    assert not hasattr(listkit.send.sender, "is_hard_bounce")
+
+
+def test_a_refusal_of_the_sender_or_the_content_is_never_hard():
+    from listkit.mail.replies import classify
+
+    assert classify(550, "5.1.1 User unknown", command="MAIL FROM") == "soft"
+    assert classify(550, "Unknown user", command="the final dot") == "soft"
+    assert classify(550, "5.1.1 User unknown", command="the final dot") == "hard"
+
+
+@pytest.fixture
+def refusing_server():
+    from tests import smtp_server
+
+    class Refusing(smtp_server.FaultHandler):
+        replies: typing.ClassVar[dict[str, str]] = {}
+
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address in self.replies:
+                return self.replies[address]
+            return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    handler = Refusing()
+    controller, handler = smtp_server.start(handler=handler)
+    yield controller, handler
+    controller.stop()
+
+
+def test_a_real_server_refusal_suppresses_exactly_what_its_report_would(
+    run, workspace, ws, refusing_server
+):
+    # A real aiosmtpd server answers RCPT with each reply; what send suppresses is what
+    # the same words in a Postfix report would suppress.
+    from tests.test_send import setup_campaign
+
+    controller, handler = refusing_server
+    addresses = [f"r{i}@example.com" for i in range(len(SAME_REPLY))]
+    handler.replies = {
+        a: f"{code} {text}" for a, (code, text, _v) in zip(addresses, SAME_REPLY, strict=True)
+    }
+    setup_campaign(run, workspace, controller.port, addresses)
+    run("send", "t", "--yes", ok=False)
+    suppressed = {
+        r[0] for r in ws.db.execute("SELECT email FROM suppressions WHERE reason = 'hard_bounce'")
+    }
+    expected = {
+        a for a, (_c, _t, verdict) in zip(addresses, SAME_REPLY, strict=True) if verdict == "hard"
+    }
+    assert suppressed == expected
+    from_reports = {
+        a
+        for a, (code, text, _v) in zip(addresses, SAME_REPLY, strict=True)
+        if [r.outcome for r in parse(dsn_with(code, text)).recipients] == ["hard"]
+    }
+    assert from_reports == suppressed
+
+
+# ---------------------------------------------------------------------------
+# Only listkit's own reports count; a person's mail is never a report
+
+
+def forged(kind: str, victim: str) -> bytes:
+    """What anyone can mail to the plain bounce address, naming a subscriber."""
+    if kind == "dsn":
+        data = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+        data = data.replace(b"postfixtokenaaaa", b"").replace(b"+@", b"@")
+        data = re.sub(rb"Message-I[dD]: <[a-z2-7]{16}\.lk@[^>]+>", b"Message-ID: <x@y>", data)
+        return data.replace(b"nobody@example.net", victim.encode())
+    if kind == "arf":
+        data = (CORPUS / "arf_complaint.eml").read_bytes()
+        data = data.replace(b"arftokenaaaaaaaa", b"").replace(b"+@", b"@")
+        data = re.sub(rb"<[a-z2-7]{16}\.lk@", b"<forged@", data)
+        return data.replace(b"angry.reader@hotmail.example", victim.encode())
+    return (
+        b"From: MAILER-DAEMON@example.org\nTo: bounces@example.com\nSubject: failure notice\n"
+        b"Message-ID: <forged.1@example.org>\n\nThis message could not be delivered to "
+        + victim.encode()
+        + b": 550 5.1.1 user unknown\n"
+    )
+
+
+@pytest.mark.parametrize("kind", ["dsn", "arf", "text"])
+def test_with_verp_a_report_without_a_token_or_message_id_suppresses_nobody(ws, world, kind):
+    cid = world.campaign("launch")
+    deliver(world, cid, "victim@example.org", "victimtokenaaaaa")
+    report = parse(forged(kind, "victim@example.org"))
+    assert (report.token, report.message_token) == (None, None)
+    with ws.db.conn:
+        outcomes = apply(ws.db, report, source="t", verp=True)
+    assert [(o.matched_by, o.effect) for o in outcomes] == [(None, "unmatched")]
+    assert suppression(ws.db, "victim@example.org") is None
+    assert ws.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+
+
+def test_without_verp_only_a_report_in_a_mail_servers_form_matches_by_recipient(ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "victim@example.org", "victimtokenaaaaa")
+    with ws.db.conn:
+        [text] = apply(ws.db, parse(forged("text", "victim@example.org")), source="t")
+    assert (text.matched_by, text.effect) == (None, "unmatched")
+    with ws.db.conn:
+        [dsn] = apply(ws.db, parse(forged("dsn", "victim@example.org")), source="t")
+    assert (dsn.matched_by, dsn.effect) == ("recipient", "suppressed")
+
+
+def test_a_token_in_the_report_still_counts_with_verp(ws, world):
+    cid = world.campaign("launch")
+    did = deliver(world, cid, "nobody@example.net", "postfixtokenaaaa")
+    [o] = process(ws.db, "postfix_user_unknown.eml", verp=True)
+    assert (o.matched_by, o.delivery_id, o.effect) == ("verp", did, "suppressed")
+
+
+PERSON_UNDELIVERABLE = b"""From: Ann Reader <ann@example.org>
+To: bounces@example.com
+Subject: Re: Undeliverable: your offer
+Message-ID: <reply.1@example.org>
+Content-Type: text/plain; charset=utf-8
+
+Hi, I forwarded your offer to my colleague bob@example.org but he says that
+address does not exist any more. Could you send it to me again?
+"""
+
+PERSON_VACATION = b"""From: Ann Reader <ann@example.org>
+To: bounces+victimtokenaaaaa@example.com
+Subject: Vacation plans
+Message-ID: <reply.2@example.org>
+Content-Type: text/plain; charset=utf-8
+
+Thanks for the offer! We are going to the coast next week, any tips?
+"""
+
+
+@pytest.mark.parametrize(
+    "data", [PERSON_UNDELIVERABLE, PERSON_VACATION], ids=["undeliverable", "vacation"]
+)
+def test_a_persons_message_is_no_report_suppresses_nobody_and_stays(ws, world, data):
+    from listkit.inbox.bounces import process as process_messages
+
+    cid = world.campaign("launch")
+    deliver(world, cid, "bob@example.org", "bobtokenaaaaaaaa")
+    deliver(world, cid, "ann@example.org", "victimtokenaaaaa")
+    assert parse(data).kind == "unknown"
+    with ws.db.conn:
+        [handled] = process_messages(ws.db, [("m", data)], source="t", rule=SoftRule(3, 30))
+    assert (handled.kind, handled.understood) == ("unknown", False)
+    assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "removable"),
+    [
+        ("postfix_user_unknown.eml", True),  # multipart/report, matched
+        ("vacation_reply.eml", True),  # Auto-Submitted
+        ("exim_user_unknown.eml", True),  # X-Failed-Recipients
+        ("qmail_no_mailbox.eml", False),  # known by its words alone
+        ("not_a_bounce.eml", False),
+    ],
+)
+def test_fetch_may_remove_only_what_form_or_headers_identify(ws, world, name, removable):
+    from listkit.inbox.bounces import process as process_messages
+
+    cid = world.campaign("launch")
+    for email, token in [
+        ("nobody@example.net", "postfixtokenaaaa"),
+        ("gone@example.org", "eximtokenaaaaaaa"),
+        ("nosuch@example.net", "qmailtokenaaaaaa"),
+    ]:
+        deliver(world, cid, email, token)
+    data = (CORPUS / name).read_bytes()
+    with ws.db.conn:
+        [h] = process_messages(ws.db, [(name, data)], source="t", rule=SoftRule(3, 30), verp=True)
+    assert h.understood is removable
+
+
+def test_an_unmatched_report_stays_in_the_mailbox(ws, world):
+    from listkit.inbox.bounces import process as process_messages
+
+    world.campaign("launch")
+    with ws.db.conn:
+        [h] = process_messages(
+            ws.db, [("f", forged("dsn", "x@example.org"))], source="t", rule=SoftRule(3, 30)
+        )
+    assert (h.kind, h.understood) == ("dsn", False)
