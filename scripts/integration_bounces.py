@@ -47,6 +47,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import quote
@@ -232,9 +233,7 @@ SISIMAI = ROOT / "tests" / "fixtures" / "bounces" / "sisimai"
 
 
 def subject_of(path: Path) -> str:
-    from email import message_from_bytes
-
-    return str(message_from_bytes(path.read_bytes())["Subject"]).strip()
+    return subject_of_bytes(path.read_bytes())
 
 
 def send_others(ws: Path, smtp_port: int) -> list[str]:
@@ -276,8 +275,6 @@ def send_others(ws: Path, smtp_port: int) -> list[str]:
 
 
 def subject_of_bytes(data: bytes) -> str:
-    from email import message_from_bytes
-
     return str(message_from_bytes(data)["Subject"]).strip()
 
 

@@ -1068,12 +1068,15 @@ def test_fetch_may_remove_only_what_form_or_headers_identify(ws, world, name, re
     assert h.understood is removable
 
 
-def test_an_unmatched_report_stays_in_the_mailbox(ws, world):
+def test_a_report_for_no_delivery_of_ours_stays_in_the_mailbox_even_with_no_effect(ws, world):
     from listkit.inbox.bounces import process as process_messages
 
     world.campaign("launch")
+    delay = (CORPUS / "postfix_delayed.eml").read_bytes().replace(b"postfixdelayedaa", b"other")
+    messages = [("forged", forged("dsn", "x@example.org")), ("delay", delay)]
     with ws.db.conn:
-        [h] = process_messages(
-            ws.db, [("f", forged("dsn", "x@example.org"))], source="t", rule=SoftRule(3, 30)
-        )
-    assert (h.kind, h.understood) == ("dsn", False)
+        handled = process_messages(ws.db, messages, source="t", rule=SoftRule(3, 30), verp=True)
+    assert [(h.kind, [o.effect for o in h.outcomes], h.understood) for h in handled] == [
+        ("dsn", ["unmatched"], False),
+        ("dsn", ["ignored"], False),
+    ]

@@ -2,9 +2,19 @@
 
 Parsing is pure (``parse`` takes a message's bytes and returns a ``Report``):
 RFC 3464 delivery status notifications, RFC 5965 feedback reports (ARF
-complaints), the common plain-text bounces (Exim, qmail, old Gmail and
-Exchange), and auto-replies, which are recognised and ignored. A message that
-is none of these is ``unknown`` and is left alone by the mailbox readers.
+complaints) and Microsoft's JMRP, the common plain-text bounces (Exim, qmail,
+old Gmail and Exchange), and auto-replies, which are recognised and ignored.
+What each refusal means is ``mail.replies.classify``'s verdict, the one
+``send`` gives the same reply. A message that is none of these is ``unknown``
+and is left alone by the mailbox readers; a subject alone never makes a
+message a bounce or an auto-reply.
+
+The rule for matching (``match``): only a report naming one of listkit's
+deliveries by its token (the VERP address, or a returned listkit Message-ID)
+is listkit's own. Without VERP, a report in a mail server's own form
+(``Report.structured``) may also match the recipient's recent delivery. A
+person's message never suppresses anyone, and a mailbox reader removes only
+what it knew by form or headers (``Handled.understood``).
 
 The rule for effects (``apply``, transaction-free: the caller commits): a
 report has its effect once, keyed on its identity (its Message-ID, or a digest
@@ -379,7 +389,7 @@ def _looks_like_bounce(msg: Message) -> bool:
     return (
         bool(_BOUNCE_SENDER.match(sender) or _BOUNCE_SENDER.match(_h(msg, "From").strip()))
         or msg.get_content_type() == "multipart/report"
-        or bool(_h(msg, "X-MS-Exchange-Message-Is-Ndr") or "X-MS-Exchange-Message-Is-Ndr" in msg)
+        or "X-MS-Exchange-Message-Is-Ndr" in msg
     )
 
 
@@ -711,10 +721,11 @@ class Handled:
     def understood(self) -> bool:
         """Safe to move or delete: known as a report or auto-reply by its form or headers
         (``Report.known_by``: never by its subject or words alone), and every recipient
-        matched (or nothing to act on, as an auto-reply). Others stay for a person."""
+        matched to a delivery, even one it has no effect on (an auto-reply names none).
+        Others stay for a person."""
         if self.kind == "unknown" or self.known_by is None:
             return False
-        return all(o.effect != "unmatched" for o in self.outcomes)
+        return all(o.matched_by is not None for o in self.outcomes)
 
     def as_dict(self) -> dict:
         return {
