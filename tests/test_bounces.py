@@ -180,6 +180,7 @@ SISIMAI = {
     "lhost-postfix-02.eml": [("userunknown", 1), ("userunknown", 1)],
     "lhost-postfix-03.eml": [("filtered", 0)],
     "lhost-postfix-04.eml": [("userunknown", 1)],
+    "lhost-postfix-34.eml": [("networkerror", 0)],
     "lhost-powermta-01.eml": [("userunknown", 1)],
     "lhost-qmail-01.eml": [("userunknown", 1)],
     "lhost-qmail-02.eml": [("userunknown", 1), ("userunknown", 1)],

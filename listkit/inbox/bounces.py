@@ -303,7 +303,7 @@ def _read_dsn(msg: Message, status_part: Message, report: Report) -> None:
         c.upper().replace("END OF ", "")
         for c in re.findall(
             r"(?:in reply to (?:the )?|>>> ?)(end of DATA|DATA|RCPT TO|MAIL FROM)\b",
-            _body_text(msg),
+            _human_part(msg),
             re.IGNORECASE,
         )
     }
@@ -391,6 +391,16 @@ def _looks_like_bounce(msg: Message) -> bool:
         or msg.get_content_type() == "multipart/report"
         or "X-MS-Exchange-Message-Is-Ndr" in msg
     )
+
+
+def _human_part(msg: Message) -> str:
+    """The text a report's first part gives people (RFC 6522), not the returned message."""
+    part = msg.get_payload(0) if msg.is_multipart() else msg
+    if isinstance(part, Message) and part.is_multipart():
+        part = next((p for p in part.walk() if p.get_content_type() == "text/plain"), None)
+    if not isinstance(part, Message) or part.get_content_maintype() != "text":
+        return ""
+    return _text(part)
 
 
 def _body_text(msg: Message) -> str:

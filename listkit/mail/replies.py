@@ -54,7 +54,7 @@ _NOT_THE_ADDRESS = re.compile(
     r"sender|mail from|envelope from|\bspf\b|\bdkim\b|\bdmarc\b|spam|black ?list|"
     r"block ?list|\bblocked\b|\brbl\b|reputation|policy|too many|rate limit|"
     r"relay(?:ing)? (?:denied|not permitted|access denied)|not permitted to relay|"
-    r"authenticat|content|virus|\bptr\b|reverse dns|try again later",
+    r"authenticat|content|virus|\bptr\b|reverse dns|try again|temporar(?:y|ily)",
     re.IGNORECASE,
 )
 # Which command a report says the refusal answered.
