@@ -30,7 +30,7 @@ _REPLY_CODE = re.compile(r"(?<![\d.#\w-])([245]\d\d)(?=[ \-:]|$)")
 _HARD_STATUSES = {"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"}
 
 # Words that say the recipient's mailbox or domain does not exist.
-NO_SUCH_RECIPIENT = re.compile(
+_NO_SUCH_RECIPIENT = re.compile(
     r"user unknown|unknown user|unknown (?:local[- ]part|recipient|or illegal user)|"
     r"recipient unknown|user (?:not found|not exist|does not exist)|"
     r"no such (?:user|mailbox|recipient|address|account|domain)|no mailbox here|"
@@ -123,6 +123,6 @@ def classify(
         return SOFT
     if status == "5.4.1" and re.search(r"recipient address rejected", text, re.IGNORECASE):
         return HARD  # Exchange Online: the domain has no such recipient
-    if NO_SUCH_RECIPIENT.search(text):
+    if _NO_SUCH_RECIPIENT.search(text):
         return HARD
     return SOFT
