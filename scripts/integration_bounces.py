@@ -13,11 +13,18 @@ What it does, in a temporary folder it removes afterwards:
    127.0.0.1 (implicit TLS and STARTTLS, a trustme certificate), serving that
    Maildir.
 3. A listkit workspace sends a campaign to three known and three unknown
-   users with ``LISTKIT_BOUNCE_ADDRESS``; a person's reply also lands in the
-   bounce mailbox.
+   users with ``LISTKIT_BOUNCE_ADDRESS``. The bounce mailbox also receives a
+   person's reply, a person's "Vacation plans" message, a forged delivery
+   report naming reader1 (sent to the plain bounce address: no token, no
+   listkit Message-ID), an Office 365 NDR for reader2 (Sisimai's
+   lhost-office365-01 with reader2's VERP address, "550 5.1.10
+   RecipientNotFound") and a Gmail delay warning for reader3 (Sisimai's
+   lhost-gmail-08, "THIS IS A WARNING MESSAGE ONLY").
 4. ``listkit bounces fetch`` is killed (SIGKILL) right after its commit, then
-   run again: exactly the unknown users are suppressed, each bounce is
-   recorded once, the bounces leave the mailbox and the reply stays, unread.
+   run again: exactly the unknown users and reader2 are suppressed, each
+   bounce is recorded once, the bounces leave the mailbox, and the people's
+   messages, the forged report and the warning (known by its words alone)
+   stay, unread.
 5. Over STARTTLS with ``LISTKIT_IMAP_DONE=move:Processed``, one more bounce
    is moved to a folder that fetch creates.
 
@@ -40,6 +47,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import quote
@@ -221,6 +229,55 @@ def main() -> int:
                     time.sleep(0.5)
 
 
+SISIMAI = ROOT / "tests" / "fixtures" / "bounces" / "sisimai"
+
+
+def subject_of(path: Path) -> str:
+    return subject_of_bytes(path.read_bytes())
+
+
+def send_others(ws: Path, smtp_port: int) -> list[str]:
+    """Mail the bounce mailbox what is not a bounce of listkit's, and one real bounce
+    Postfix cannot make (Office 365's). The subjects of those that must stay."""
+    with sqlite3.connect(ws / "listkit.db") as db:
+        tokens = dict(db.execute("SELECT email, token FROM deliveries"))
+    plain = f"bounces@{SHOP}"
+
+    def verp(user: str) -> str:
+        return f"bounces+{tokens[f'{user}@{USERS}']}@{SHOP}"
+
+    vacation = EmailMessage()
+    vacation["From"] = f"reader3@{USERS}"
+    vacation["To"] = plain
+    vacation["Subject"] = "Vacation plans"
+    vacation["Message-ID"] = f"<vacation-plans@{USERS}>"
+    vacation.set_content("We are off to the coast next week. Does the offer still hold?\n")
+    # Anyone can write a delivery report: this one names reader1, without a token.
+    forged = (ROOT / "tests" / "fixtures" / "bounces" / "postfix_user_unknown.eml").read_bytes()
+    forged = (
+        forged.replace(b"bounces+postfixtokenaaaa@example.com", plain.encode())
+        .replace(b"nobody@example.net", f"reader1@{USERS}".encode())
+        .replace(b"postfixtokenaaaa.lk@", b"forged.1@")
+        .replace(b"Subject: Undelivered Mail Returned to Sender", b"Subject: Forged report")
+    )
+    o365 = (SISIMAI / "lhost-office365-01.eml").read_bytes()
+    o365 = o365.replace(b"kijitora@example.com", f"reader2@{USERS}".encode()).replace(
+        b"To: <sironeko@example.ed.jp>", f"To: <{verp('reader2')}>".encode()
+    )
+    warning = (SISIMAI / "lhost-gmail-08.eml").read_bytes()
+    warning = warning.replace(b"kijitora@example.com", f"reader3@{USERS}".encode())
+    with smtplib.SMTP("127.0.0.1", smtp_port) as s:
+        s.send_message(vacation, from_addr=f"reader3@{USERS}", to_addrs=[plain])
+        s.sendmail("", [plain], forged)
+        s.sendmail("", [verp("reader2")], o365)
+        s.sendmail("", [verp("reader3")], warning)
+    return ["Vacation plans", "Forged report", subject_of_bytes(warning)]
+
+
+def subject_of_bytes(data: bytes) -> str:
+    return str(message_from_bytes(data)["Subject"]).strip()
+
+
 def checks(work: Path, ca: Path, smtp_port: int, imaps_port: int, imap_port: int) -> int:
     """The campaign, the bounces and the three fetches; 0 when every check holds."""
     ws = work / "ws"
@@ -260,15 +317,18 @@ def checks(work: Path, ca: Path, smtp_port: int, imaps_port: int, imap_port: int
     with smtplib.SMTP("127.0.0.1", smtp_port) as s:
         s.send_message(reply, from_addr=f"reader1@{USERS}", to_addrs=[f"bounces@{SHOP}"])
 
+    stay = send_others(ws, smtp_port)
+
     box = work / "mail" / SHOP / "bounces"
+    arriving = len(UNKNOWN) + 1 + len(stay) + 1  # the reply; the Office 365 NDR, a real bounce
     wait_for(
-        "Postfix's bounces and the reply in the Maildir",
-        lambda: len(maildir_messages(box)) >= len(UNKNOWN) + 1,
+        "Postfix's bounces and the other messages in the Maildir",
+        lambda: len(maildir_messages(box)) >= arriving,
     )
     time.sleep(1)  # anything more would be a defect: counted below
     messages = maildir_messages(box)
-    if len(messages) != len(UNKNOWN) + 1:
-        fail(f"expected {len(UNKNOWN) + 1} messages in the bounce mailbox, found {len(messages)}")
+    if len(messages) != arriving:
+        fail(f"expected {arriving} messages in the bounce mailbox, found {len(messages)}")
     sample = next(
         p.read_text(errors="replace")
         for p in messages
@@ -294,7 +354,7 @@ def checks(work: Path, ca: Path, smtp_port: int, imaps_port: int, imap_port: int
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     say("bounces fetch killed (SIGKILL) after its commit")
-    if len(maildir_messages(box)) != len(UNKNOWN) + 1:
+    if len(maildir_messages(box)) != arriving:
         fail("messages were removed before the kill")
 
     def suppressed() -> list[str]:
@@ -305,7 +365,7 @@ def checks(work: Path, ca: Path, smtp_port: int, imaps_port: int, imap_port: int
         with sqlite3.connect(ws / "listkit.db") as db:
             return db.execute("SELECT COUNT(*) FROM events WHERE kind = 'bounce'").fetchone()[0]
 
-    expected = sorted(f"{u}@{USERS}" for u in UNKNOWN)
+    expected = sorted([*(f"{u}@{USERS}" for u in UNKNOWN), f"reader2@{USERS}"])
     if suppressed() != expected:
         fail(f"after the killed run, suppressed {suppressed()}, expected {expected}")
 
@@ -315,13 +375,16 @@ def checks(work: Path, ca: Path, smtp_port: int, imaps_port: int, imap_port: int
     say("fetch again: " + r.stdout.strip().splitlines()[-1])
     if IMAP_PASSWORD in r.stdout + r.stderr or "s3cret" in r.stdout + r.stderr:
         fail("the IMAP password appeared in the output")
-    if suppressed() != expected or events() != len(UNKNOWN):
+    if suppressed() != expected or events() != len(expected):
         fail(f"after the rerun: suppressed {suppressed()}, {events()} bounce events")
     left = maildir_messages(box)
-    if len(left) != 1 or "Re: the Field Guide" not in left[0].read_text():
-        fail(f"the mailbox should hold only the reply, holds {[p.name for p in left]}")
-    if ":2," in left[0].name and "S" in left[0].name.split(":2,")[1]:
-        fail("the reply was marked read")
+    subjects = sorted(subject_of(p) for p in left)
+    if subjects != sorted(["Re: the Field Guide", *stay]):
+        fail(f"the mailbox should hold the reply and {stay}, holds {subjects}")
+    for p in left:
+        if ":2," in p.name and "S" in p.name.split(":2,")[1]:
+            fail(f"{subject_of(p)!r} was marked read")
+    say(f"left in the mailbox, unread: {subjects}")
 
     # STARTTLS on the plain port, a third run: nothing new, nothing removed.
     env_file.write_text(
@@ -333,7 +396,7 @@ def checks(work: Path, ca: Path, smtp_port: int, imaps_port: int, imap_port: int
     r = listkit(ws, "bounces", "fetch", "--json")
     if r.returncode or '"messages": []' not in r.stdout:
         fail(f"third fetch (STARTTLS) read something again: {r.stdout}{r.stderr}")
-    if len(maildir_messages(box)) != 1 or events() != len(UNKNOWN):
+    if len(maildir_messages(box)) != len(left) or events() != len(expected):
         fail("the third fetch changed something")
 
     # LISTKIT_IMAP_DONE=move:Processed: a new bounce goes to that folder (created).
@@ -345,19 +408,19 @@ def checks(work: Path, ca: Path, smtp_port: int, imaps_port: int, imap_port: int
     (ws / "campaigns" / "it2.toml").write_text('offer = "launch"\nlists = ["more"]\n')
     if listkit(ws, "send", "it2", "--yes").returncode:
         fail("listkit send it2 failed")
-    wait_for("the fourth bounce", lambda: len(maildir_messages(box)) == 2)
+    wait_for("the next bounce", lambda: len(maildir_messages(box)) == len(left) + 1)
     env_file.write_text(env_file.read_text() + "LISTKIT_IMAP_DONE=move:Processed\n")
     r = listkit(ws, "bounces", "fetch")
     say("fetch, moving: " + r.stdout.strip().splitlines()[-1])
     processed = maildir_messages(box / ".Processed")
-    if r.returncode or len(processed) != 1 or len(maildir_messages(box)) != 1:
+    if r.returncode or len(processed) != 1 or len(maildir_messages(box)) != len(left):
         fail(f"move:Processed: {r.stdout}{r.stderr}; {len(processed)} in Processed")
     expected = sorted([*expected, f"ghost4@{USERS}"])
     if suppressed() != expected or events() != len(expected):
         fail(f"after the move: suppressed {suppressed()}, {events()} bounce events")
     r = listkit(ws, "report", "--by", "campaign")
     say("report:\n" + r.stdout)
-    say(f"OK: suppressed exactly {', '.join(expected)}; the reply stays in the mailbox")
+    say(f"OK: suppressed exactly {', '.join(expected)}; {len(left)} messages stay in the mailbox")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Bounce and complaint reports: parsing the corpus, matching, effects once."""
 
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,210 @@ def test_each_corpus_message_parses_to_its_expected_outcome(name):
     assert report.message_token == message_token
 
 
+# ---------------------------------------------------------------------------
+# Real messages: Sisimai's set-of-emails, with Sisimai's own verdicts
+
+SISIMAI_CORPUS = CORPUS / "sisimai"
+
+# Per message, each recipient's (reason, hardbounce) as Sisimai's own test tables give
+# them (sisimai/p5-sisimai v5.1.0p3, t/*-lhost-*.t, t/*-rhost-*.t, t/890-rfc3464.t,
+# t/891-rfc3834.t, t/899-arf.t: ``$isexpected``).
+SISIMAI = {
+    "arf-01.eml": [("feedback", 0)],
+    "arf-02.eml": [("feedback", 0)],
+    "arf-12.eml": [("feedback", 0)],
+    "arf-14.eml": [("feedback", 0)],
+    "arf-18.eml": [("feedback", 0)],
+    "arf-22.eml": [("feedback", 0)],
+    "is-not-bounce-01.eml": [],  # maildir/not: not a bounce
+    "is-not-bounce-02.eml": [],  # maildir/not: not a bounce
+    "lhost-activehunter-01.eml": [("userunknown", 1)],
+    "lhost-amavis-01.eml": [("userunknown", 1)],
+    "lhost-amavis-03.eml": [("spamdetected", 0)],
+    "lhost-amazonses-01.eml": [("securityerror", 0)],
+    "lhost-amazonses-05.eml": [("userunknown", 1)],
+    "lhost-amazonses-06.eml": [("userunknown", 1)],
+    "lhost-amazonworkmail-01.eml": [("userunknown", 1)],
+    "lhost-amazonworkmail-03.eml": [("systemerror", 0)],
+    "lhost-barracuda-01.eml": [("spamdetected", 0)],
+    "lhost-bigfoot-02.eml": [("userunknown", 1)],
+    "lhost-courier-01.eml": [("userunknown", 1)],
+    "lhost-courier-02.eml": [("filtered", 0)],
+    "lhost-domino-03.eml": [("networkerror", 0)],
+    "lhost-einsundeins-02.eml": [("mesgtoobig", 0)],
+    "lhost-exchange2003-05.eml": [("userunknown", 1)],
+    "lhost-exchange2007-01.eml": [("userunknown", 1)],
+    "lhost-exchange2007-02.eml": [("mailboxfull", 0)],
+    "lhost-exchange2007-06.eml": [("userunknown", 1)],
+    "lhost-exim-01.eml": [("blocked", 0)],
+    "lhost-exim-02.eml": [("userunknown", 1), ("userunknown", 1)],
+    "lhost-exim-05.eml": [("userunknown", 1)],
+    "lhost-exim-07.eml": [("mailboxfull", 0)],
+    "lhost-exim-31.eml": [("hostunknown", 1)],
+    "lhost-ezweb-02.eml": [("suspend", 0)],
+    "lhost-ezweb-04.eml": [("userunknown", 1)],
+    "lhost-gmail-01.eml": [("userunknown", 1)],
+    "lhost-gmail-03.eml": [("filtered", 0)],
+    "lhost-gmail-06.eml": [("mailboxfull", 0)],
+    "lhost-gmail-08.eml": [("expired", 0)],
+    "lhost-gmail-18.eml": [("userunknown", 1)],
+    "lhost-gmx-01.eml": [("mailboxfull", 0)],
+    "lhost-gmx-02.eml": [("userunknown", 1)],
+    "lhost-googlegroups-01.eml": [("rejected", 0)],
+    "lhost-imailserver-04.eml": [("expired", 0)],
+    "lhost-mailfoundry-02.eml": [("mailboxfull", 0)],
+    "lhost-mailru-01.eml": [("userunknown", 1)],
+    "lhost-mailru-02.eml": [("mailboxfull", 0)],
+    "lhost-mcafee-01.eml": [("userunknown", 1)],
+    "lhost-messagingserver-01.eml": [("userunknown", 1)],
+    "lhost-messagingserver-04.eml": [("mailboxfull", 0)],
+    "lhost-mfilter-02.eml": [("userunknown", 1)],
+    "lhost-office365-01.eml": [("userunknown", 1)],
+    "lhost-office365-02.eml": [("userunknown", 1)],
+    "lhost-office365-03.eml": [("authfailure", 0)],
+    "lhost-office365-12.eml": [("mailboxfull", 0)],
+    "lhost-opensmtpd-06.eml": [("expired", 0)],
+    "lhost-opensmtpd-11.eml": [("authfailure", 0)],
+    "lhost-outlook-01.eml": [("mailboxfull", 0)],
+    "lhost-outlook-02.eml": [("userunknown", 1)],
+    "lhost-postfix-02.eml": [("userunknown", 1), ("userunknown", 1)],
+    "lhost-postfix-03.eml": [("filtered", 0)],
+    "lhost-postfix-04.eml": [("userunknown", 1)],
+    "lhost-postfix-34.eml": [("networkerror", 0)],
+    "lhost-powermta-01.eml": [("userunknown", 1)],
+    "lhost-qmail-01.eml": [("userunknown", 1)],
+    "lhost-qmail-02.eml": [("userunknown", 1), ("userunknown", 1)],
+    "lhost-qmail-03.eml": [("rejected", 0)],
+    "lhost-qmail-25.eml": [("mailboxfull", 0), ("userunknown", 1)],
+    "lhost-receivingses-03.eml": [("onhold", 0)],
+    "lhost-sendgrid-01.eml": [("userunknown", 1)],
+    "lhost-sendgrid-03.eml": [("expired", 0)],
+    "lhost-sendmail-04.eml": [("rejected", 0)],
+    "lhost-sendmail-12.eml": [("expired", 0)],
+    "lhost-sendmail-15.eml": [("hostunknown", 1)],
+    "lhost-sendmail-17.eml": [("hasmoved", 1)],
+    "lhost-surfcontrol-02.eml": [("systemerror", 0)],
+    "lhost-x2-03.eml": [("expired", 0)],
+    "lhost-x3-05.eml": [("undefined", 0)],
+    "lhost-x4-01.eml": [("mailboxfull", 0)],
+    "lhost-x5-01.eml": [("userunknown", 1)],
+    "lhost-x6-01.eml": [("networkerror", 0)],
+    "lhost-yahoo-01.eml": [("userunknown", 1)],
+    "lhost-yahoo-02.eml": [("mailboxfull", 0)],
+    "lhost-yahoo-03.eml": [("userunknown", 1)],
+    "lhost-yandex-01.eml": [("userunknown", 1)],
+    "lhost-yandex-02.eml": [("userunknown", 1), ("mailboxfull", 0)],
+    "rfc3464-03.eml": [("policyviolation", 0)],
+    "rfc3464-10.eml": [("hasmoved", 1)],
+    "rfc3464-28.eml": [("delivered", 0), ("delivered", 0)],
+    "rfc3834-01.eml": [("vacation", 0)],
+    "rfc3834-02.eml": [("vacation", 0)],
+    "rhost-apple-01.eml": [("hasmoved", 1)],
+    "rhost-apple-02.eml": [("authfailure", 0)],
+    "rhost-cox-01.eml": [("blocked", 0)],
+    "rhost-franceptt-01.eml": [("userunknown", 1)],
+    "rhost-franceptt-04.eml": [("spamdetected", 0)],
+    "rhost-godaddy-02.eml": [("blocked", 0)],
+    "rhost-google-01.eml": [("suspend", 0)],
+    "rhost-google-03.eml": [("authfailure", 0)],
+    "rhost-iua-01.eml": [("suspend", 0)],
+    "rhost-kddi-01.eml": [("filtered", 0)],
+    "rhost-microsoft-01.eml": [("blocked", 0)],
+    "rhost-microsoft-02.eml": [("userunknown", 1)],
+    "rhost-microsoft-04.eml": [("authfailure", 0)],
+    "rhost-mimecast-01.eml": [("policyviolation", 0)],
+    "rhost-nttdocomo-01.eml": [("filtered", 0)],
+    "rhost-spectrum-01.eml": [("toomanyconn", 0)],
+    "rhost-tencent-01.eml": [("toomanyconn", 0)],
+    "rhost-yahooinc-01.eml": [("policyviolation", 0)],
+}
+
+
+# Sisimai's verdict -> listkit's. Sisimai's own hardbounce flag decides hard (it is 1 for
+# userunknown, hostunknown, hasmoved and a permanent notaccept); every other bounce reason
+# (mailboxfull, expired, filtered, rejected, blocked, suspend, systemerror, networkerror,
+# policyviolation, authfailure, spamdetected, toomanyconn, onhold, undefined...) is soft,
+# counted towards LISTKIT_SOFT_BOUNCES. feedback is a complaint, vacation an auto-reply
+# (ignored), delivered (and a delay, which Sisimai does not report) has no effect, and a
+# message that is no report at all is a person's mail, left alone.
+NOT_A_BOUNCE = {"feedback": "complaint", "vacation": "auto-reply", "delivered": "no effect"}
+
+
+def sisimai_verdicts(name: str) -> list[str]:
+    rows = SISIMAI[name]
+    if not rows:
+        return ["person"]
+    return sorted(
+        {NOT_A_BOUNCE.get(reason) or ("hard" if hard else "soft") for reason, hard in rows}
+    )
+
+
+# Where listkit decides otherwise, on purpose, and why.
+LISTKIT_DIFFERS = {
+    "lhost-exim-31.eml": (
+        ["soft"],
+        "'The account or domain may not exist, they may be blacklisted': in doubt, keep the"
+        " reader (Sisimai: hostunknown)",
+    ),
+    "lhost-gmail-06.eml": (
+        ["no effect"],
+        "THIS IS A WARNING MESSAGE ONLY: Gmail is still retrying (Sisimai reads the error)",
+    ),
+    "lhost-gmail-08.eml": (
+        ["no effect"],
+        "THIS IS A WARNING MESSAGE ONLY: Gmail is still retrying (Sisimai reads the error)",
+    ),
+    "lhost-opensmtpd-06.eml": (
+        ["no effect"],
+        "Action: delayed, the server is still retrying (Sisimai: expired)",
+    ),
+    "rfc3834-02.eml": (
+        ["person"],
+        "'Automatic reply:' in the subject and no Auto-Submitted or auto-reply header: a"
+        " subject alone never makes mail removable; no effect either way",
+    ),
+    "arf-18.eml": (
+        ["no effect"],
+        "feedback-type auth-failure: a DMARC report about the message, not a reader's no",
+    ),
+}
+
+LISTKIT_VERDICT = {"hard": "hard", "soft": "soft", "complaint": "complaint", "ignored": "no effect"}
+
+
+def listkit_verdicts(data: bytes) -> list[str]:
+    report = parse(data)
+    if report.kind == "auto_reply":
+        return ["auto-reply"]
+    if report.kind == "unknown":
+        return ["person"]
+    return sorted({LISTKIT_VERDICT[r.outcome] for r in report.recipients})
+
+
+def test_every_real_message_has_sisimais_verdict():
+    assert sorted(p.name for p in SISIMAI_CORPUS.glob("*.eml")) == sorted(SISIMAI)
+    assert len(SISIMAI) >= 23 + 40
+
+
+def test_the_table_of_real_messages_expected_and_actual(capsys):
+    rows = []
+    for name in sorted(SISIMAI):
+        expected = LISTKIT_DIFFERS.get(name, (sisimai_verdicts(name), ""))[0]
+        actual = listkit_verdicts((SISIMAI_CORPUS / name).read_bytes())
+        rows.append((name, "/".join(sisimai_verdicts(name)), "/".join(expected), "/".join(actual)))
+    with capsys.disabled():
+        print(f"\n{'message':32} {'sisimai':12} {'expected':12} actual")
+        for row in rows:
+            print(f"{row[0]:32} {row[1]:12} {row[2]:12} {row[3]}")
+    assert [r for r in rows if r[2] != r[3]] == []
+
+
+@pytest.mark.parametrize("name", sorted(SISIMAI))
+def test_each_real_message_gets_its_verdict(name):
+    expected, _why = LISTKIT_DIFFERS.get(name, (sisimai_verdicts(name), ""))
+    assert listkit_verdicts((SISIMAI_CORPUS / name).read_bytes()) == expected
+
+
 def test_a_report_without_message_id_is_identified_by_its_bytes():
     data = (CORPUS / "qmail_no_mailbox.eml").read_bytes()
     assert parse(data).identity.startswith("sha256:")
@@ -130,7 +336,11 @@ def test_a_full_mailbox_with_a_permanent_status_is_soft():
 
 def test_a_policy_refusal_is_soft_not_hard():
     data = (CORPUS / "postfix_user_unknown.eml").read_bytes()
-    data = data.replace(b"Status: 5.1.1", b"Status: 5.7.1")
+    data = data.replace(b"Status: 5.1.1", b"Status: 5.7.1").replace(
+        b"550 5.1.1 <nobody@example.net>: Recipient address\n    rejected: User unknown in local"
+        b" recipient table",
+        b"554 5.7.1 <nobody@example.net>: Recipient address\n    rejected: Access denied",
+    )
     assert [r.outcome for r in parse(data).recipients] == ["soft"]
 
 
@@ -312,11 +522,17 @@ def test_auto_replies_warnings_and_other_mail_have_no_effect(ws, world, name):
 # listkit bounces import
 
 
-def test_bounces_import_reads_a_folder_and_reports_each_message_once(run, ws, world):
+def test_bounces_import_reads_a_folder_and_reports_each_message_once(run, ws, world, tmp_path):
+    import shutil
+
+    folder = tmp_path / "bounces"
+    folder.mkdir()
+    for eml in CORPUS.glob("*.eml"):
+        shutil.copy(eml, folder)
     cid = world.campaign("launch")
     deliver(world, cid, "nobody@example.net", "postfixtokenaaaa")
     deliver(world, cid, "angry.reader@hotmail.example", "arftokenaaaaaaaa")
-    result = run("bounces", "import", str(CORPUS))
+    result = run("bounces", "import", str(folder))
     lines = result.output.splitlines()
     assert (
         "postfix_user_unknown.eml: delivery status report (postfix): nobody@example.net hard"
@@ -329,7 +545,7 @@ def test_bounces_import_reads_a_folder_and_reports_each_message_once(run, ws, wo
     assert "not_a_bounce.eml: not a bounce or complaint (left alone)" in lines
     assert "vacation_reply.eml: auto-reply (ignored)" in lines
     assert lines[-1].startswith("13 messages;")
-    again = run("bounces", "import", str(CORPUS), "--json")
+    again = run("bounces", "import", str(folder), "--json")
     import json
 
     effects = [r["effect"] for m in json.loads(again.output) for r in m["recipients"]]
@@ -625,3 +841,243 @@ def test_a_bounce_counts_for_its_campaign_even_when_another_campaign_suppressed_
     assert rows["first"]["bounce_rate"] == 1.0
     [blog] = build_report(ws.db, "list")["rows"]
     assert blog["bounced"] == 2
+
+
+# ---------------------------------------------------------------------------
+# One classifier: the same reply, at send time and in a report later
+
+SAME_REPLY = [
+    # (code, reply text as the server wrote it, the verdict both must give)
+    (550, "5.2.1 The email account that you tried to reach is disabled.", "soft"),
+    (554, "5.4.1 Recipient address rejected: Access denied", "hard"),
+    (
+        550,
+        "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+        "hard",
+    ),
+    (550, "Unknown user (#5.5.0)", "hard"),
+    (550, "5.1.1 No such user here", "hard"),
+    (552, "5.2.2 Mailbox full", "soft"),
+    (550, "5.7.1 Message rejected as spam", "soft"),
+    (501, "5.1.8 Sender address rejected", "soft"),
+    (550, "Requested action not taken: mailbox unavailable", "soft"),
+    (451, "4.3.0 Temporary lookup failure", "soft"),
+]
+
+
+def dsn_with(code: int, text: str) -> bytes:
+    """Postfix's report of a refusal (the fixture), carrying this reply."""
+    from listkit.mail.replies import reply_parts
+
+    data = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+    status = reply_parts(text)[1] or f"{str(code)[0]}.0.0"
+    data = data.replace(b"Status: 5.1.1", f"Status: {status}".encode())
+    return data.replace(
+        b"550 5.1.1 <nobody@example.net>: Recipient address\n    rejected: User unknown in local"
+        b" recipient table",
+        f"{code} {text}".encode(),
+    )
+
+
+@pytest.mark.parametrize(("code", "text", "verdict"), SAME_REPLY)
+def test_a_refusal_at_send_time_and_in_a_later_report_get_the_same_verdict(code, text, verdict):
+    from listkit.mail.replies import classify
+
+    [report_time] = [r.outcome for r in parse(dsn_with(code, text)).recipients]
+    assert (classify(code, text, command="RCPT TO"), report_time) == (verdict, verdict)
+
+
+def test_one_classifier_serves_send_and_inbox():
+    import listkit.inbox.bounces
+    import listkit.send.sender
+    from listkit.mail import replies
+
+    assert listkit.inbox.bounces.classify is replies.classify
+    assert listkit.send.sender.classify is replies.classify
+    assert not hasattr(listkit.send.sender, "is_hard_bounce")
+
+
+def test_a_refusal_of_the_sender_or_the_content_is_never_hard():
+    from listkit.mail.replies import classify
+
+    assert classify(550, "5.1.1 User unknown", command="MAIL FROM") == "soft"
+    assert classify(550, "Unknown user", command="the final dot") == "soft"
+    assert classify(550, "5.1.1 User unknown", command="the final dot") == "hard"
+
+
+@pytest.fixture
+def refusing_server():
+    from tests import smtp_server
+
+    class Refusing(smtp_server.FaultHandler):
+        replies: typing.ClassVar[dict[str, str]] = {}
+
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address in self.replies:
+                return self.replies[address]
+            return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    handler = Refusing()
+    controller, handler = smtp_server.start(handler=handler)
+    yield controller, handler
+    controller.stop()
+
+
+def test_a_real_server_refusal_suppresses_exactly_what_its_report_would(
+    run, workspace, ws, refusing_server
+):
+    # A real aiosmtpd server answers RCPT with each reply; what send suppresses is what
+    # the same words in a Postfix report would suppress.
+    from tests.test_send import setup_campaign
+
+    controller, handler = refusing_server
+    addresses = [f"r{i}@example.com" for i in range(len(SAME_REPLY))]
+    handler.replies = {
+        a: f"{code} {text}" for a, (code, text, _v) in zip(addresses, SAME_REPLY, strict=True)
+    }
+    setup_campaign(run, workspace, controller.port, addresses)
+    run("send", "t", "--yes", ok=False)
+    suppressed = {
+        r[0] for r in ws.db.execute("SELECT email FROM suppressions WHERE reason = 'hard_bounce'")
+    }
+    expected = {
+        a for a, (_c, _t, verdict) in zip(addresses, SAME_REPLY, strict=True) if verdict == "hard"
+    }
+    assert suppressed == expected
+    from_reports = {
+        a
+        for a, (code, text, _v) in zip(addresses, SAME_REPLY, strict=True)
+        if [r.outcome for r in parse(dsn_with(code, text)).recipients] == ["hard"]
+    }
+    assert from_reports == suppressed
+
+
+# ---------------------------------------------------------------------------
+# Only listkit's own reports count; a person's mail is never a report
+
+
+def forged(kind: str, victim: str) -> bytes:
+    """What anyone can mail to the plain bounce address, naming a subscriber."""
+    if kind == "dsn":
+        data = (CORPUS / "postfix_user_unknown.eml").read_bytes()
+        data = data.replace(b"postfixtokenaaaa", b"").replace(b"+@", b"@")
+        data = re.sub(rb"Message-I[dD]: <[a-z2-7]{16}\.lk@[^>]+>", b"Message-ID: <x@y>", data)
+        return data.replace(b"nobody@example.net", victim.encode())
+    if kind == "arf":
+        data = (CORPUS / "arf_complaint.eml").read_bytes()
+        data = data.replace(b"arftokenaaaaaaaa", b"").replace(b"+@", b"@")
+        data = re.sub(rb"<[a-z2-7]{16}\.lk@", b"<forged@", data)
+        return data.replace(b"angry.reader@hotmail.example", victim.encode())
+    return (
+        b"From: MAILER-DAEMON@example.org\nTo: bounces@example.com\nSubject: failure notice\n"
+        b"Message-ID: <forged.1@example.org>\n\nThis message could not be delivered to "
+        + victim.encode()
+        + b": 550 5.1.1 user unknown\n"
+    )
+
+
+@pytest.mark.parametrize("kind", ["dsn", "arf", "text"])
+def test_with_verp_a_report_without_a_token_or_message_id_suppresses_nobody(ws, world, kind):
+    cid = world.campaign("launch")
+    deliver(world, cid, "victim@example.org", "victimtokenaaaaa")
+    report = parse(forged(kind, "victim@example.org"))
+    assert (report.token, report.message_token) == (None, None)
+    with ws.db.conn:
+        outcomes = apply(ws.db, report, source="t", verp=True)
+    assert [(o.matched_by, o.effect) for o in outcomes] == [(None, "unmatched")]
+    assert suppression(ws.db, "victim@example.org") is None
+    assert ws.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+
+
+def test_without_verp_only_a_report_in_a_mail_servers_form_matches_by_recipient(ws, world):
+    cid = world.campaign("launch")
+    deliver(world, cid, "victim@example.org", "victimtokenaaaaa")
+    with ws.db.conn:
+        [text] = apply(ws.db, parse(forged("text", "victim@example.org")), source="t")
+    assert (text.matched_by, text.effect) == (None, "unmatched")
+    with ws.db.conn:
+        [dsn] = apply(ws.db, parse(forged("dsn", "victim@example.org")), source="t")
+    assert (dsn.matched_by, dsn.effect) == ("recipient", "suppressed")
+
+
+def test_a_token_in_the_report_still_counts_with_verp(ws, world):
+    cid = world.campaign("launch")
+    did = deliver(world, cid, "nobody@example.net", "postfixtokenaaaa")
+    [o] = process(ws.db, "postfix_user_unknown.eml", verp=True)
+    assert (o.matched_by, o.delivery_id, o.effect) == ("verp", did, "suppressed")
+
+
+PERSON_UNDELIVERABLE = b"""From: Ann Reader <ann@example.org>
+To: bounces@example.com
+Subject: Re: Undeliverable: your offer
+Message-ID: <reply.1@example.org>
+Content-Type: text/plain; charset=utf-8
+
+Hi, I forwarded your offer to my colleague bob@example.org but he says that
+address does not exist any more. Could you send it to me again?
+"""
+
+PERSON_VACATION = b"""From: Ann Reader <ann@example.org>
+To: bounces+victimtokenaaaaa@example.com
+Subject: Vacation plans
+Message-ID: <reply.2@example.org>
+Content-Type: text/plain; charset=utf-8
+
+Thanks for the offer! We are going to the coast next week, any tips?
+"""
+
+
+@pytest.mark.parametrize(
+    "data", [PERSON_UNDELIVERABLE, PERSON_VACATION], ids=["undeliverable", "vacation"]
+)
+def test_a_persons_message_is_no_report_suppresses_nobody_and_stays(ws, world, data):
+    from listkit.inbox.bounces import process as process_messages
+
+    cid = world.campaign("launch")
+    deliver(world, cid, "bob@example.org", "bobtokenaaaaaaaa")
+    deliver(world, cid, "ann@example.org", "victimtokenaaaaa")
+    assert parse(data).kind == "unknown"
+    with ws.db.conn:
+        [handled] = process_messages(ws.db, [("m", data)], source="t", rule=SoftRule(3, 30))
+    assert (handled.kind, handled.understood) == ("unknown", False)
+    assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "removable"),
+    [
+        ("postfix_user_unknown.eml", True),  # multipart/report, matched
+        ("vacation_reply.eml", True),  # Auto-Submitted
+        ("exim_user_unknown.eml", True),  # X-Failed-Recipients
+        ("qmail_no_mailbox.eml", False),  # known by its words alone
+        ("not_a_bounce.eml", False),
+    ],
+)
+def test_fetch_may_remove_only_what_form_or_headers_identify(ws, world, name, removable):
+    from listkit.inbox.bounces import process as process_messages
+
+    cid = world.campaign("launch")
+    for email, token in [
+        ("nobody@example.net", "postfixtokenaaaa"),
+        ("gone@example.org", "eximtokenaaaaaaa"),
+        ("nosuch@example.net", "qmailtokenaaaaaa"),
+    ]:
+        deliver(world, cid, email, token)
+    data = (CORPUS / name).read_bytes()
+    with ws.db.conn:
+        [h] = process_messages(ws.db, [(name, data)], source="t", rule=SoftRule(3, 30), verp=True)
+    assert h.understood is removable
+
+
+def test_a_report_for_no_delivery_of_ours_stays_in_the_mailbox_even_with_no_effect(ws, world):
+    from listkit.inbox.bounces import process as process_messages
+
+    world.campaign("launch")
+    delay = (CORPUS / "postfix_delayed.eml").read_bytes().replace(b"postfixdelayedaa", b"other")
+    messages = [("forged", forged("dsn", "x@example.org")), ("delay", delay)]
+    with ws.db.conn:
+        handled = process_messages(ws.db, messages, source="t", rule=SoftRule(3, 30), verp=True)
+    assert [(h.kind, [o.effect for o in h.outcomes], h.understood) for h in handled] == [
+        ("dsn", ["unmatched"], False),
+        ("dsn", ["ignored"], False),
+    ]

@@ -2,9 +2,19 @@
 
 Parsing is pure (``parse`` takes a message's bytes and returns a ``Report``):
 RFC 3464 delivery status notifications, RFC 5965 feedback reports (ARF
-complaints), the common plain-text bounces (Exim, qmail, old Gmail and
-Exchange), and auto-replies, which are recognised and ignored. A message that
-is none of these is ``unknown`` and is left alone by the mailbox readers.
+complaints) and Microsoft's JMRP, the common plain-text bounces (Exim, qmail,
+old Gmail and Exchange), and auto-replies, which are recognised and ignored.
+What each refusal means is ``mail.replies.classify``'s verdict, the one
+``send`` gives the same reply. A message that is none of these is ``unknown``
+and is left alone by the mailbox readers; a subject alone never makes a
+message a bounce or an auto-reply.
+
+The rule for matching (``match``): only a report naming one of listkit's
+deliveries by its token (the VERP address, or a returned listkit Message-ID)
+is listkit's own. Without VERP, a report in a mail server's own form
+(``Report.structured``) may also match the recipient's recent delivery. A
+person's message never suppresses anyone, and a mailbox reader removes only
+what it knew by form or headers (``Handled.understood``).
 
 The rule for effects (``apply``, transaction-free: the caller commits): a
 report has its effect once, keyed on its identity (its Message-ID, or a digest
@@ -36,37 +46,16 @@ from listkit.audience import suppressions
 from listkit.audience.addresses import email_key
 from listkit.db import now
 from listkit.errors import ConfigError, ListkitError
-from listkit.send.verp import token_from_address
+from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
+from listkit.send.verp import bounce_address, token_from_address
 
-# What a recipient line of a report comes to.
-HARD, SOFT, COMPLAINT, IGNORED = "hard", "soft", "complaint", "ignored"
+# What a recipient line of a report comes to (the verdicts are ``mail.replies``').
+COMPLAINT = "complaint"
 
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_REPLY_CODE = re.compile(r"(?<![\d.])([45])\d\d(?:[ -]|$)")
 _LISTKIT_MESSAGE_ID = re.compile(r"<?([a-z2-7]{16})\.lk@[^>\s]+>?", re.IGNORECASE)
 _MESSAGE_ID_HEADER = re.compile(r"^Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _ADDRESS = re.compile(r"<?([^\s<>@:;,\"']+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
-# Words of plain-text bounces that say the mailbox does not exist.
-_NO_SUCH_USER = re.compile(
-    r"user unknown|unknown user|no such (?:user|mailbox|recipient)|"
-    r"no mailbox here|does not exist|doesn't exist|recipient not found|"
-    r"address rejected|mailbox unavailable|invalid (?:mailbox|recipient)|"
-    r"account (?:has been )?disabled",
-    re.IGNORECASE,
-)
-_MAILBOX_FULL = re.compile(r"mailbox (?:is )?full|over ?quota|quota exceeded", re.IGNORECASE)
-_AUTO_SUBJECT = re.compile(
-    r"^(?:auto(?:matic)?[ -]?(?:reply|response)|out of (?:the )?office|vacation|"
-    r"abwesenheit|absence|réponse automatique|away from)",
-    re.IGNORECASE,
-)
 _BOUNCE_SENDER = re.compile(r"^(?:mailer-daemon|postmaster|mail delivery)", re.IGNORECASE)
-_BOUNCE_SUBJECT = re.compile(
-    r"undeliver|returned mail|delivery (?:status notification|failure|has failed)|"
-    r"mail delivery (?:failed|failure|system)|failure notice|non-?delivery|"
-    r"delivery failed|could not be delivered",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -89,6 +78,17 @@ class Report:
     message_id: str | None = None  # the returned message's Message-ID
     message_token: str | None = None  # the token in it, when it is one of ours
     subject: str | None = None
+    # What the report was known by, when a mail server's form or headers say what it is:
+    # "multipart/report" (an RFC 3464 delivery report or RFC 5965 feedback report, whole),
+    # "jmrp" (Microsoft's complaint), "auto-submitted", "x-autoreply", "x-failed-recipients"
+    # or a relay's signed notification ("relay"). None: known by its words alone.
+    known_by: str | None = None
+
+    @property
+    def structured(self) -> bool:
+        """A delivery or feedback report in a mail server's own form (or a relay's signed
+        notification): the only kind a recipient match may act on."""
+        return self.known_by in ("multipart/report", "jmrp", "relay")
 
 
 def parse(data: bytes) -> Report:
@@ -118,18 +118,52 @@ def _parse(data: bytes) -> Report:
 
     feedback = _part(msg, "message/feedback-report")
     if report_type == "feedback-report" or feedback is not None:
+        if report_type == "feedback-report" and feedback is not None:
+            report.known_by = "multipart/report"
         _read_arf(msg, feedback, report)
+        return report
+    jmrp = _jmrp_original(msg, subject)
+    if jmrp is not None:
+        report.known_by = "jmrp"
+        _read_jmrp(jmrp, report)
         return report
     status = _part(msg, "message/delivery-status")
     if status is not None:
         _read_dsn(msg, status, report)
         if report.recipients:
+            if report_type == "delivery-status":
+                report.known_by = "multipart/report"
+            else:
+                report.known_by = _known_header(msg)
             return report
+        report.kind, report.format = "unknown", "none"
     # Bounces say Auto-Submitted too (RFC 3834 asks them to): look for one first.
-    _read_text_bounce(msg, subject, report)
-    if report.kind == "unknown" and _is_auto_reply(msg, subject):
+    _read_text_bounce(msg, report)
+    if report.kind != "unknown":
+        report.known_by = _known_header(msg)
+    elif _is_auto_reply(msg) and not _looks_like_bounce(msg):
         report.kind, report.format = "auto_reply", "rfc3834"
+        report.known_by = _known_header(msg)
     return report
+
+
+# Headers only mail software writes on what it generates (RFC 3834 Auto-Submitted, the
+# auto-responders' own, Exim's list of failed recipients): what lets a message be removed.
+_AUTO_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponder")
+
+
+def _known_header(msg: Message) -> str | None:
+    auto = _h(msg, "Auto-Submitted").strip().lower()
+    if auto and not auto.startswith("no"):
+        return "auto-submitted"
+    for name in _AUTO_HEADERS:
+        if _h(msg, name):
+            return name.lower()
+    if _h(msg, "Precedence").strip().lower() == "auto_reply":
+        return "precedence: auto_reply"
+    if _h(msg, "X-Failed-Recipients"):
+        return "x-failed-recipients"
+    return None
 
 
 def _h(msg: Message, name: str) -> str:
@@ -207,36 +241,6 @@ def _returned_message_id(text: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def classify(status: str | None, diagnostic: str | None, action: str | None = None) -> str:
-    """hard, soft or ignored for one recipient of a bounce."""
-    action = (action or "").lower()
-    if action in ("delivered", "relayed", "expanded", "delayed"):
-        return IGNORED  # a success, or a warning that delivery is still being tried
-    text = diagnostic or ""
-    if status is None:
-        m = _STATUS.search(text)
-        status = ".".join(m.groups()) if m else None
-    if status and status.startswith("2."):
-        return IGNORED
-    if (status and status[2:] == "2.2") or _MAILBOX_FULL.search(text):
-        return SOFT  # a full mailbox may empty again
-    if status and status.startswith("5."):
-        subject, detail = status.split(".")[1:]
-        if subject == "1" or (subject, detail) in (("2", "1"), ("4", "1")):
-            return HARD  # bad address, disabled mailbox, (Microsoft) no such recipient
-        if subject == "0" and _NO_SUCH_USER.search(text):
-            return HARD
-        return SOFT  # policy, content, system or network: not the address itself
-    if status and status.startswith("4."):
-        return SOFT
-    code = _REPLY_CODE.search(text)
-    if code and code.group(1) == "5":
-        return HARD if _NO_SUCH_USER.search(text) else SOFT
-    if _NO_SUCH_USER.search(text):
-        return HARD
-    return SOFT
-
-
 def _fields(text: str) -> list[dict[str, str]]:
     """The field groups of a message/delivery-status or feedback-report body."""
     groups: list[dict[str, str]] = []
@@ -293,17 +297,30 @@ def _read_dsn(msg: Message, status_part: Message, report: Report) -> None:
         report.format = "postfix"
     if not report.token:
         report.token = token_from_address(per_message.get("x-postfix-sender"))
+    # The human part says which command the refusal answered ("in reply to end of DATA
+    # command", ">>> DATA"); when it names only the content's, that holds for every line.
+    commands = {
+        c.upper().replace("END OF ", "")
+        for c in re.findall(
+            r"(?:in reply to (?:the )?|>>> ?)(end of DATA|DATA|RCPT TO|MAIL FROM)\b",
+            _human_part(msg),
+            re.IGNORECASE,
+        )
+    }
+    command = "DATA" if commands == {"DATA"} else None
     for group in groups:
         address = _typed_address(group.get("final-recipient") or group.get("original-recipient"))
         if not address:
             continue
         status = group.get("status")
-        m = _STATUS.search(status or "")
+        m = ENHANCED_STATUS.search(status or "")
         status = ".".join(m.groups()) if m else None
         diagnostic = group.get("diagnostic-code")
         if diagnostic and ";" in diagnostic:
             diagnostic = diagnostic.split(";", 1)[1].strip()
-        outcome = classify(status, diagnostic, group.get("action"))
+        outcome = classify(
+            None, diagnostic, status=status, action=group.get("action"), command=command
+        )
         report.recipients.append(Recipient(address, outcome, status, diagnostic))
     headers = _returned_headers(msg)
     report.message_id, report.message_token = _returned_message_id(headers)
@@ -326,23 +343,64 @@ def _read_arf(msg: Message, feedback: Message | None, report: Report) -> None:
         to = re.search(r"^To:\s*(.+)$", headers, re.IGNORECASE | re.MULTILINE)
         recipient = _typed_address(to.group(1)) if to else None
     feedback_type = (fields.get("feedback-type") or "abuse").lower()
-    # Only an abuse (spam) report is a complaint; fraud, virus and the rest are not the
-    # reader's wish to stop receiving.
-    outcome = COMPLAINT if feedback_type in ("abuse", "complaint") else IGNORED
+    # An abuse (spam) report or an opt-out is the reader's "no"; fraud, virus,
+    # auth-failure and the rest are about the message, not the reader's wish.
+    outcome = COMPLAINT if feedback_type in ("abuse", "complaint", "opt-out") else IGNORED
     report.recipients.append(
         Recipient(recipient or "", outcome, None, f"feedback-type {feedback_type}")
     )
 
 
-def _is_auto_reply(msg: Message, subject: str | None) -> bool:
-    auto = _h(msg, "Auto-Submitted").strip().lower()
-    if auto and auto != "no":
-        return True
-    if any(_h(msg, h) for h in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress")):
-        return True
-    if _h(msg, "Precedence").strip().lower() in ("auto_reply", "bulk", "junk"):
-        return True
-    return bool(subject and _AUTO_SUBJECT.match(subject))
+def _jmrp_original(msg: Message, subject: str | None) -> Message | None:
+    """The complained-of message of a Microsoft JMRP report, else None.
+
+    Outlook.com's junk mail reporting program sends a multipart/mixed message,
+    "complaint about message from <IP>", that attaches the original as message/rfc822
+    with the reader's address in ``X-HmXmrOriginalRecipient``."""
+    if msg.get_content_type() != "multipart/mixed" or not subject:
+        return None
+    if not subject.lower().startswith("complaint about message from"):
+        return None
+    for part in msg.walk():
+        if part.get_content_type() == "message/rfc822":
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and inner[0].get("X-HmXmrOriginalRecipient"):
+                return inner[0]
+    return None
+
+
+def _read_jmrp(original: Message, report: Report) -> None:
+    report.kind, report.format = "complaint", "jmrp"
+    headers = "".join(f"{k}: {v}\n" for k, v in original.items())
+    report.message_id, report.message_token = _returned_message_id(headers)
+    recipient = _typed_address(_h(original, "X-HmXmrOriginalRecipient"))
+    report.recipients.append(Recipient(recipient or "", COMPLAINT, None, "feedback-type abuse"))
+
+
+def _is_auto_reply(msg: Message) -> bool:
+    """Said so by its headers (never by its subject alone: "Vacation plans" is a person)."""
+    known = _known_header(msg)
+    return known is not None and known != "x-failed-recipients"
+
+
+def _looks_like_bounce(msg: Message) -> bool:
+    """From a mail system, or a report: never to be taken for an auto-reply and deleted."""
+    sender = parseaddr(_h(msg, "From"))[1]
+    return (
+        bool(_BOUNCE_SENDER.match(sender) or _BOUNCE_SENDER.match(_h(msg, "From").strip()))
+        or msg.get_content_type() == "multipart/report"
+        or "X-MS-Exchange-Message-Is-Ndr" in msg
+    )
+
+
+def _human_part(msg: Message) -> str:
+    """The text a report's first part gives people (RFC 6522), not the returned message."""
+    part = msg.get_payload(0) if msg.is_multipart() else msg
+    if isinstance(part, Message) and part.is_multipart():
+        part = next((p for p in part.walk() if p.get_content_type() == "text/plain"), None)
+    if not isinstance(part, Message) or part.get_content_maintype() != "text":
+        return ""
+    return _text(part)
 
 
 def _body_text(msg: Message) -> str:
@@ -359,18 +417,18 @@ def _body_text(msg: Message) -> str:
 _RETURNED_MARKERS = re.compile(
     r"^(?:-{2,} ?This is a copy of the message|--- Below this line is a copy|"
     r"-{2,} ?Original message|----- Original message -----|"
-    r"-{2,} ?The header of the original message)",
+    r"-{2,} ?The header of the original message|Original message headers:)",
     re.IGNORECASE | re.MULTILINE,
 )
 
 
-def _read_text_bounce(msg: Message, subject: str | None, report: Report) -> None:
+def _read_text_bounce(msg: Message, report: Report) -> None:
+    # A mail system's sender, or Exim's header: never a subject alone (a person may
+    # write "Undeliverable" in one).
     sender = parseaddr(_h(msg, "From"))[1]
     from_name = _h(msg, "From").strip()
-    looks_like = (
-        bool(_BOUNCE_SENDER.match(sender) or _BOUNCE_SENDER.match(from_name))
-        or bool(subject and _BOUNCE_SUBJECT.search(subject))
-        or bool(_h(msg, "X-Failed-Recipients"))
+    looks_like = bool(_BOUNCE_SENDER.match(sender) or _BOUNCE_SENDER.match(from_name)) or bool(
+        _h(msg, "X-Failed-Recipients")
     )
     if not looks_like:
         return
@@ -381,61 +439,72 @@ def _read_text_bounce(msg: Message, subject: str | None, report: Report) -> None
         returned = _returned_headers(msg)
     report.message_id, report.message_token = _returned_message_id(returned)
     recipients: list[tuple[str, str]] = []  # (address, its explanation)
+    gmail = re.search(
+        r"Delivery to the following recipients? (?:(failed permanently)|failed temporarily|"
+        r"(has been delayed)|failed):\s*\n\s*\n?\s*(\S+@\S+)(.*)",
+        explanation,
+        re.DOTALL,
+    )
     if "qmail-send program" in explanation:
         report.format = "qmail"
         for block in re.split(r"\n\s*\n", explanation):
             m = re.match(r"\s*<([^>\s]+@[^>\s]+)>:\s*(.*)", block, re.DOTALL)
             if m:
                 recipients.append((m.group(1), " ".join(m.group(2).split())))
+    elif gmail:
+        report.format = "gmail"
+        detail = " ".join(gmail.group(4).split())
+        if not gmail.group(1) and not ENHANCED_STATUS.search(detail):
+            detail = "4.0.0 " + detail  # "failed temporarily", or a delay
+        recipients.append((gmail.group(3), detail))
     elif _h(msg, "X-Failed-Recipients"):
         report.format = "exim"
         for _name, address in getaddresses(_all(msg, "X-Failed-Recipients")):
             if not address:
                 continue
             m = re.search(
-                rf"^\s+{re.escape(address)}\s*\n((?:[ \t]+\S.*\n?)*)",
+                rf"^\s+<?{re.escape(address)}>?:?\s*\n((?:[ \t]+\S.*\n?)*)",
                 explanation,
                 re.MULTILINE | re.IGNORECASE,
             )
             recipients.append((address, " ".join((m.group(1) if m else "").split())))
     else:
-        m = re.search(
-            r"Delivery to the following recipients? failed( permanently)?:\s*\n\s*\n?"
-            r"\s*(\S+@\S+)(.*)",
-            explanation,
-            re.DOTALL,
-        )
-        if m:
-            report.format = "gmail"
-            detail = " ".join(m.group(3).split())
-            if not m.group(1) and "5." not in detail:
-                detail = "4.0.0 " + detail  # "failed temporarily"
-            recipients.append((m.group(2), detail))
-        else:
-            report.format = "generic"
-            seen = set()
-            for line in explanation.splitlines():
-                for am in _ADDRESS.finditer(line):
-                    address = am.group(1)
-                    if email_key(address) in seen or _BOUNCE_SENDER.match(address):
-                        continue
-                    if token_from_address(address):
-                        continue
-                    seen.add(email_key(address))
-                    recipients.append((address, " ".join(explanation.split())[:500]))
-            if len(recipients) != 1:
-                recipients = []  # unsure which address failed: leave it for a person
+        report.format = "generic"
+        seen = set()
+        for line in explanation.splitlines():
+            for am in _ADDRESS.finditer(line):
+                address = am.group(1)
+                if email_key(address) in seen or _BOUNCE_SENDER.match(address):
+                    continue
+                if token_from_address(address):
+                    continue
+                seen.add(email_key(address))
+                recipients.append((address, " ".join(explanation.split())[:500]))
+        if len(recipients) != 1:
+            recipients = []  # unsure which address failed: leave it for a person
+        returned_by = re.search(r"Remote Server returned '([^']*)'", explanation)
+        if "Delivery has failed to these recipients or groups" in explanation:
+            report.format = "exchange"  # Exchange's NDR, its delivery-status part missing
+            if returned_by and recipients:
+                recipients = [(recipients[0][0], " ".join(returned_by.group(1).split()))]
+    # "THIS IS A WARNING MESSAGE ONLY": the server is still trying; nothing has failed.
+    delayed = bool(_DELAY_WARNING.search(explanation)) or bool(gmail and gmail.group(2))
     for address, detail in recipients:
-        m = _STATUS.search(detail)
+        m = ENHANCED_STATUS.search(detail)
         status = ".".join(m.groups()) if m else None
-        outcome = classify(status, detail)
-        if "This is a permanent error" in explanation and outcome == SOFT and not status:
-            outcome = HARD if _NO_SUCH_USER.search(detail) else SOFT
+        outcome = classify(None, detail, action="delayed" if delayed else None)
         report.recipients.append(Recipient(address, outcome, status, detail[:500] or None))
     if report.recipients:
         report.kind = "text_bounce"
     else:
         report.format = "none"
+
+
+_DELAY_WARNING = re.compile(
+    r"this is a warning message only|has been delayed|will (?:be retried|continue trying|"
+    r"keep trying)|still (?:being )?(?:retried|trying)|could not be delivered yet",
+    re.IGNORECASE,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -480,8 +549,16 @@ class Outcome:
         return dict(self.__dict__)
 
 
-def match(db: Database, report: Report, recipient: str) -> tuple[str | None, tuple | None]:
-    """(how, delivery row (id, campaign_id, email, slug)) for one recipient of a report."""
+def match(
+    db: Database, report: Report, recipient: str, *, verp: bool = False
+) -> tuple[str | None, tuple | None]:
+    """(how, delivery row (id, campaign_id, email, slug)) for one recipient of a report.
+
+    The VERP token and the token in a returned Message-ID name one delivery: only
+    someone who received that message knows them. A recipient's address is known to
+    anyone, so it counts only without VERP (``verp`` False), only for a report in a mail
+    server's own form (``Report.structured``), and only for a delivery of the last
+    ``RECENT_DAYS``."""
     sql = """SELECT d.id, d.campaign_id, d.email, c.slug FROM deliveries d
              JOIN campaigns c ON c.id = d.campaign_id"""
     if report.token:
@@ -492,7 +569,7 @@ def match(db: Database, report: Report, recipient: str) -> tuple[str | None, tup
         row = db.execute(f"{sql} WHERE d.token = ?", [report.message_token]).fetchone()
         if row:
             return "message_id", row
-    if recipient:
+    if recipient and not verp and report.structured:
         since = (datetime.now(UTC) - timedelta(days=RECENT_DAYS)).isoformat()
         row = db.execute(
             f"""{sql} JOIN subscribers s ON s.id = d.subscriber_id
@@ -505,15 +582,24 @@ def match(db: Database, report: Report, recipient: str) -> tuple[str | None, tup
     return None, None
 
 
-def apply(db: Database, report: Report, *, source: str, rule: SoftRule | None = None) -> list:
+def apply(
+    db: Database,
+    report: Report,
+    *,
+    source: str,
+    rule: SoftRule | None = None,
+    verp: bool = False,
+) -> list:
     """Record a report and have its effects, once. No transaction of its own: the caller
-    wraps it (``db.immediate`` in the CLI, the web writer in ``listkit serve``)."""
+    wraps it (``db.immediate`` in the CLI, the web writer in ``listkit serve``).
+    ``verp``: the workspace sends with VERP (``LISTKIT_BOUNCE_ADDRESS``), so only a
+    report naming one of its deliveries by token counts (see ``match``)."""
     rule = rule or SoftRule(3, 30)
     outcomes: list[Outcome] = []
     if report.kind in ("unknown", "auto_reply"):
         return outcomes
     for rcpt in report.recipients:
-        how, row = match(db, report, rcpt.email)
+        how, row = match(db, report, rcpt.email, verp=verp)
         delivery_id, campaign_id, address, slug = row if row else (None, None, rcpt.email, None)
         # The delivery's own address wins over what a relay rewrote.
         address = address or rcpt.email
@@ -639,14 +725,17 @@ class Handled:
     kind: str
     format: str
     outcomes: list[Outcome]
+    known_by: str | None = None  # Report.known_by
 
     @property
     def understood(self) -> bool:
-        """Safe to move or delete: a report whose every recipient was matched (or that
-        says nothing to act on, as an auto-reply). Others stay for a person."""
-        if self.kind == "unknown":
+        """Safe to move or delete: known as a report or auto-reply by its form or headers
+        (``Report.known_by``: never by its subject or words alone), and every recipient
+        matched to a delivery, even one it has no effect on (an auto-reply names none).
+        Others stay for a person."""
+        if self.kind == "unknown" or self.known_by is None:
             return False
-        return all(o.effect != "unmatched" for o in self.outcomes)
+        return all(o.matched_by is not None for o in self.outcomes)
 
     def as_dict(self) -> dict:
         return {
@@ -654,20 +743,31 @@ class Handled:
             "kind": self.kind,
             "format": self.format,
             "understood": self.understood,
+            "known_by": self.known_by,
             "recipients": [o.as_dict() for o in self.outcomes],
         }
 
 
 def process(
-    db: Database, messages: list[tuple[str, bytes]], *, source: str, rule: SoftRule
+    db: Database,
+    messages: list[tuple[str, bytes]],
+    *,
+    source: str,
+    rule: SoftRule,
+    verp: bool = False,
 ) -> list[Handled]:
     """Parse and apply each message. No transaction of its own."""
     handled = []
     for label, data in messages:
         report = parse(data)
-        outcomes = apply(db, report, source=source, rule=rule)
-        handled.append(Handled(label, report.kind, report.format, outcomes))
+        outcomes = apply(db, report, source=source, rule=rule, verp=verp)
+        handled.append(Handled(label, report.kind, report.format, outcomes, report.known_by))
     return handled
+
+
+def verp_on(ws) -> bool:
+    """Whether the workspace sends with VERP (``LISTKIT_BOUNCE_ADDRESS`` set)."""
+    return bounce_address(ws.settings.bounce_address) is not None
 
 
 def import_path(ws, path: str) -> list[Handled]:
@@ -679,7 +779,9 @@ def import_path(ws, path: str) -> list[Handled]:
     rule = soft_rule(ws.settings.soft_bounces)
     messages = list(read_messages(path))
     with immediate(ws.db):
-        return process(ws.db, messages, source=f"import:{Path(path).name}", rule=rule)
+        return process(
+            ws.db, messages, source=f"import:{Path(path).name}", rule=rule, verp=verp_on(ws)
+        )
 
 
 @dataclass
@@ -739,6 +841,7 @@ def _fetch(ws, batch: int) -> FetchSummary:
     settings = imap_settings(ws.settings)
     move_to = done_action(ws.settings.imap_done)
     rule = soft_rule(ws.settings.soft_bounces)
+    verp = verp_on(ws)
     db = ws.db
     # The mailbox, whichever port or TLS mode reaches it.
     key = f"{settings.username}@{settings.host}/{settings.mailbox}"
@@ -766,7 +869,7 @@ def _fetch(ws, batch: int) -> FetchSummary:
                 if data is not None:
                     messages.append((f"UID {uid}", data))
             with immediate(db):
-                handled = process(db, messages, source="imap", rule=rule)
+                handled = process(db, messages, source="imap", rule=rule, verp=verp)
                 done = [int(h.label.split()[1]) for h in handled if h.understood]
                 db.execute(
                     """INSERT INTO mailbox_state (mailbox, uidvalidity, last_uid, done_uids,

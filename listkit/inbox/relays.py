@@ -21,7 +21,8 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from listkit.errors import ListkitError
-from listkit.inbox.bounces import COMPLAINT, HARD, IGNORED, SOFT, Recipient, Report, classify
+from listkit.inbox.bounces import COMPLAINT, Recipient, Report
+from listkit.mail.replies import HARD, IGNORED, SOFT, classify
 from listkit.send.verp import token_from_address
 
 _MESSAGE_TOKEN = re.compile(r"^<?([a-z2-7]{16})\.lk@[^>\s]+>?$", re.IGNORECASE)
@@ -146,7 +147,8 @@ def ses_reports(notification: dict) -> list[Report]:
             status = r.get("status")
             diagnostic = r.get("diagnosticCode")
             if bounce_type == "Permanent" and sub_type in ("General", "NoEmail"):
-                outcome = HARD if classify(status, diagnostic) != SOFT or not status else SOFT
+                verdict = classify(None, diagnostic, status=status)
+                outcome = HARD if verdict != SOFT or not status else SOFT
                 if sub_type == "NoEmail":
                     outcome = HARD
             elif bounce_type == "Permanent" and sub_type == "Suppressed":
@@ -169,6 +171,7 @@ def ses_reports(notification: dict) -> list[Report]:
     kind_name = "complaint" if kind == "Complaint" else "dsn"
     return [
         Report(
+            known_by="relay",
             kind=kind_name,
             identity=identity,
             format="ses",
@@ -224,6 +227,7 @@ def postmark_reports(event: dict) -> list[Report]:
         message_token = _message_token(m.group(1))
     return [
         Report(
+            known_by="relay",
             kind=report_kind,
             identity=f"postmark:{event.get('ID')}",
             format="postmark",
@@ -290,12 +294,13 @@ def mailgun_reports(data: dict) -> list[Report]:
         elif data.get("reason") == "suppress-bounce":
             outcome = HARD  # Mailgun's own bounce list: it will not try again
         else:
-            outcome = classify(status.get("enhanced-code"), text or None)
+            outcome = classify(None, text or None, status=status.get("enhanced-code"))
         kind, detail = "dsn", f"{data.get('severity')} {data.get('reason')}: {text}"
     else:
         return []
     return [
         Report(
+            known_by="relay",
             kind=kind,
             identity=f"mailgun:{data.get('id')}",
             format="mailgun",

@@ -55,6 +55,7 @@ from listkit.errors import (
 from listkit.files import PRIVATE, write_private
 from listkit.mail.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
 from listkit.mail.offers import load_offer
+from listkit.mail.replies import HARD, classify
 from listkit.mail.tracking import new_token
 from listkit.processes import exit_with_parent
 from listkit.send.campaigns import (
@@ -97,11 +98,9 @@ LOCK_NAME = ".listkit-send.lock"
 # From this many messages on, rendering moves to a second process (its start-up
 # costs about a third of a second).
 POOL_THRESHOLD = 1000
-HARD_BOUNCE_CODES = (550, 551, 553)
 # The replies that let a transaction go on: to MAIL FROM, RCPT TO and DATA.
 _ENVELOPE_OK = ((250,), (250, 251), (354,))
 _COMMANDS = ("MAIL FROM", "RCPT TO", "DATA")
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
 
 
 class AlreadyRunning(ListkitError):
@@ -135,14 +134,6 @@ def send_lock(root: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def is_hard_bounce(code: int, reply: str) -> bool:
-    """5xx that says the address does not exist (5.1.x), or a bare 550/551/553."""
-    m = _ENHANCED.match(reply or "")
-    if m:
-        return m.group(1) == "5" and m.group(2) == "1"
-    return code in HARD_BOUNCE_CODES
 
 
 def _smtp_client(smtp: SMTPSettings) -> aiosmtplib.SMTP:
@@ -770,7 +761,7 @@ class Run:
                 code,
                 text,
                 row.attempts,
-                hard_bounce=is_hard_bounce(code, message),
+                hard_bounce=classify(code, message, command=command) == HARD,
                 email=row.email,
             )
         return Result(row.id, "deferred", code, text, row.attempts)
