@@ -18,6 +18,7 @@ from listkit.audience.subscribers import (
     find_subscriber,
     get_subscriber,
     list_members,
+    set_subscriber,
     unsubscribe,
     unsubscribe_by_link,
 )
@@ -60,20 +61,82 @@ def subscribers() -> None:
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--list", "list_", required=True, help="The list to add to.")
-@click.option("--name", help="The subscriber's name.")
+@click.option("--name", help="The subscriber's full name.")
+@click.option("--first-name", help="The first name (the full name becomes first and last).")
+@click.option("--last-name", help="The last name (the full name becomes first and last).")
 @click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field.")
 @pass_workspace
 def subscribers_add(
-    ws: Workspace, email: str, list_: str, name: str | None, fields: tuple[str, ...]
+    ws: Workspace,
+    email: str,
+    list_: str,
+    name: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    fields: tuple[str, ...],
 ) -> None:
     """Add EMAIL to a list (or update it). Suppressed addresses stay suppressed.
 
     \b
-    Example:
+    Examples:
         listkit subscribers add ann@example.com --list blog --name Ann --field plan=pro
+        listkit subscribers add uma@example.com --list blog --first-name Uma --last-name Smith
     """
-    result = add_subscriber(ws.db, email, list_, name=name, fields=_fields(fields))
+    result = add_subscriber(
+        ws.db,
+        email,
+        list_,
+        name=name,
+        first_name=first_name,
+        last_name=last_name,
+        fields=_fields(fields),
+    )
     click.echo(RESULT_TEXT[result["result"]].format(**result))
+
+
+@subscribers.command("set")
+@click.argument("subscriber")
+@click.option("--name", help="The full name (first and last are then split from it).")
+@click.option("--first-name", help="The first name; the full name becomes first and last.")
+@click.option("--last-name", help="The last name; the full name becomes first and last.")
+@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field.")
+@pass_workspace
+def subscribers_set(
+    ws: Workspace,
+    subscriber: str,
+    name: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    fields: tuple[str, ...],
+) -> None:
+    """Change the name or custom fields of SUBSCRIBER (an address, or the id an
+    error message names). Lists and consent are not touched; an empty value
+    (--last-name "") clears a name.
+
+    \b
+    Examples:
+        listkit subscribers set uma@example.com --first-name Uma --last-name Smith
+        listkit subscribers set 42 --name "Ann Lee"
+        listkit subscribers set ann@example.com --field plan=pro
+    """
+    if name is None and first_name is None and last_name is None and not fields:
+        raise click.UsageError("give --name, --first-name, --last-name or --field")
+    result = set_subscriber(
+        ws.db,
+        subscriber,
+        name=name,
+        first_name=first_name,
+        last_name=last_name,
+        fields=_fields(fields),
+    )
+
+    def shown(value: str | None, what: str) -> str:
+        return f"{what} {value!r}" if value else f"no {what}"
+
+    click.echo(
+        f"Updated {result['email']}: {shown(result['name'], 'name')} "
+        f"({shown(result['first_name'], 'first')}, {shown(result['last_name'], 'last')})."
+    )
 
 
 def _same_file(file, path: Path) -> bool:

@@ -70,7 +70,7 @@ def delivery_for_click(db, token: str) -> dict | None:
     row = db.execute(
         """SELECT d.id, d.campaign_id, c.slug, coalesce(d.variant, c.offer), l.slug, l.title,
                   d.sent_at,
-                  s.id, s.email, s.key, s.name, s.fields
+                  s.id, s.email, s.key, s.name, s.first_name, s.last_name, s.fields
            FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
            JOIN lists l ON l.id = d.list_id JOIN subscribers s ON s.id = d.subscriber_id
            WHERE d.token = ?""",
@@ -78,7 +78,8 @@ def delivery_for_click(db, token: str) -> dict | None:
     ).fetchone()
     if row is None:
         return None
-    did, cid, campaign, offer, list_slug, list_title, sent_at, sid, email, key, name, fields = row
+    did, cid, campaign, offer, list_slug, list_title, sent_at, sid, email, key, *names, fields = row
+    name, first, last = names
     return {
         "id": did,
         "campaign_id": cid,
@@ -93,6 +94,8 @@ def delivery_for_click(db, token: str) -> dict | None:
             "email": email,
             "key": key,
             "name": name,
+            "first_name": first,
+            "last_name": last,
             "fields": json.loads(fields),
         },
     }

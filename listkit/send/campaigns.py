@@ -487,14 +487,23 @@ def iter_audience(db: Database, campaign: Campaign):
     """(subscriber dict, list slug, list title) for each recipient, streamed."""
     sql, params = _audience_sql(campaign, db)
     cursor = db.execute(
-        f"""SELECT s.id, s.email, s.key, s.name, s.fields, l.slug, l.title
+        f"""SELECT s.id, s.email, s.key, s.name, s.first_name, s.last_name, s.fields, l.slug,
+                   l.title
             FROM ({sql}) a JOIN subscribers s ON s.id = a.id JOIN lists l ON l.id = a.list_id
             ORDER BY s.id""",
         params,
     )
-    for sid, email, key, name, fields, slug, title in cursor:
+    for sid, email, key, name, first, last, fields, slug, title in cursor:
         yield (
-            {"id": sid, "email": email, "key": key, "name": name, "fields": json.loads(fields)},
+            {
+                "id": sid,
+                "email": email,
+                "key": key,
+                "name": name,
+                "first_name": first,
+                "last_name": last,
+                "fields": json.loads(fields),
+            },
             slug,
             title,
         )

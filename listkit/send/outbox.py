@@ -220,6 +220,8 @@ class Claimed:
     email: str
     key: str
     name: str | None
+    first_name: str | None
+    last_name: str | None
     fields: str
     list_slug: str
     list_title: str | None
@@ -251,7 +253,8 @@ def claim(
             if variant is not None:
                 where, params = f"{where} AND d.variant = ?", [*params, variant]
             rows += db.execute(
-                f"""SELECT d.id, d.subscriber_id, s.email, s.key, s.name, s.fields, l.slug,
+                f"""SELECT d.id, d.subscriber_id, s.email, s.key, s.name, s.first_name,
+                          s.last_name, s.fields, l.slug,
                           l.title, d.token, d.message_id, d.attempts,
                           EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
                             OR NOT EXISTS (SELECT 1 FROM memberships m

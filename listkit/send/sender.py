@@ -772,6 +772,8 @@ def compose_claimed(composer: Composer, row: Claimed) -> Composed:
             "email": row.email,
             "key": row.key,
             "name": row.name,
+            "first_name": row.first_name,
+            "last_name": row.last_name,
             "fields": json.loads(row.fields),
         },
         list_slug=row.list_slug,
