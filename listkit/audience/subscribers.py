@@ -21,31 +21,46 @@ from listkit.errors import InputError, NotFound
 from listkit.mail.tracking import parse_unsubscribe_url, verify_unsubscribe
 from listkit.text import lines, one_line
 
+# What composing a message needs of a subscriber (table alias ``s``), in the
+# order ``subscriber_dict`` takes it.
+SUBSCRIBER_COLUMNS = "s.id, s.email, s.key, s.name, s.first_name, s.last_name, s.fields"
+
+
+def subscriber_dict(
+    sid: int,
+    email: str,
+    key: str,
+    name: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    fields: str,
+) -> dict:
+    """A subscriber as the composer takes it, from the ``SUBSCRIBER_COLUMNS`` of a row:
+    first and last names as stored (None where only the full name is known),
+    ``fields`` a dict."""
+    return {
+        "id": sid,
+        "email": email,
+        "key": key,
+        "name": name,
+        "first_name": first_name,
+        "last_name": last_name,
+        "fields": json.loads(fields),
+    }
+
 
 def iter_members(db: Database, list_slug: str, status: str = "active") -> Iterator[dict]:
-    """Subscribers of a list with the given membership status, in id order.
-
-    Each is ``{"id", "email", "key", "name", "first_name", "last_name", "fields"}``
-    with ``fields`` a dict (first and last names as stored: None where only the
-    full name is known).
-    """
+    """Subscribers of a list with the given membership status, in id order, each
+    a ``subscriber_dict``."""
     list_id = get_list(db, list_slug)["id"]
     cursor = db.execute(
-        """SELECT s.id, s.email, s.key, s.name, s.first_name, s.last_name, s.fields
+        f"""SELECT {SUBSCRIBER_COLUMNS}
            FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id
            WHERE m.list_id = ? AND m.status = ? ORDER BY s.id""",
         [list_id, status],
     )
-    for sid, email, key, name, first, last, fields in cursor:
-        yield {
-            "id": sid,
-            "email": email,
-            "key": key,
-            "name": name,
-            "first_name": first,
-            "last_name": last,
-            "fields": json.loads(fields),
-        }
+    for row in cursor:
+        yield subscriber_dict(*row)
 
 
 def list_members(db: Database, list_slug: str) -> Iterator[dict]:
@@ -326,27 +341,16 @@ def unsubscribe_core(
 def find_subscriber(db: Database, email: str) -> tuple[dict, dict | None] | None:
     """(subscriber, first active list or None) for ``email``, as the sender sees them."""
     row = db.execute(
-        """SELECT id, email, key, name, first_name, last_name, fields FROM subscribers
-           WHERE key = ?""",
-        [email_key(email)],
+        f"SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.key = ?", [email_key(email)]
     ).fetchone()
     if row is None:
         return None
-    sid, address, key, name, first, last, fields = row
+    subscriber = subscriber_dict(*row)
     lst = db.execute(
         """SELECT l.slug, l.title FROM memberships m JOIN lists l ON l.id = m.list_id
            WHERE m.subscriber_id = ? AND m.status = 'active' ORDER BY l.slug LIMIT 1""",
-        [sid],
+        [subscriber["id"]],
     ).fetchone()
-    subscriber = {
-        "id": sid,
-        "email": address,
-        "key": key,
-        "name": name,
-        "first_name": first,
-        "last_name": last,
-        "fields": json.loads(fields),
-    }
     return subscriber, ({"slug": lst[0], "title": lst[1]} if lst else None)
 
 

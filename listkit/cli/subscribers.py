@@ -53,6 +53,22 @@ def _fields(values: tuple[str, ...]) -> dict[str, str]:
     return fields
 
 
+def _name_options(command):
+    """--name, --first-name, --last-name and --field, as add and set take them."""
+    for option in reversed(
+        (
+            click.option("--name", help="The full name (first and last are split from it)."),
+            click.option("--first-name", help="The first name; the name becomes first and last."),
+            click.option("--last-name", help="The last name; the name becomes first and last."),
+            click.option(
+                "--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field."
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 @cli.group()
 def subscribers() -> None:
     """Add, import, list and show subscribers."""
@@ -61,10 +77,7 @@ def subscribers() -> None:
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--list", "list_", required=True, help="The list to add to.")
-@click.option("--name", help="The subscriber's full name.")
-@click.option("--first-name", help="The first name (the full name becomes first and last).")
-@click.option("--last-name", help="The last name (the full name becomes first and last).")
-@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field.")
+@_name_options
 @pass_workspace
 def subscribers_add(
     ws: Workspace,
@@ -96,10 +109,7 @@ def subscribers_add(
 
 @subscribers.command("set")
 @click.argument("subscriber")
-@click.option("--name", help="The full name (first and last are then split from it).")
-@click.option("--first-name", help="The first name; the full name becomes first and last.")
-@click.option("--last-name", help="The last name; the full name becomes first and last.")
-@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field.")
+@_name_options
 @pass_workspace
 def subscribers_set(
     ws: Workspace,
