@@ -642,9 +642,7 @@ def mailchimp_rows(tmp_path, *rows):
     return f
 
 
-def test_a_line_break_or_control_character_in_an_imported_name_becomes_a_space(
-    run, blog, tmp_path
-):
+def test_a_line_break_or_control_character_in_an_imported_name_becomes_a_space(run, blog, tmp_path):
     f = mailchimp_rows(
         tmp_path,
         'uma@example.com,"Uma\nJane",Smith,,,2,2024-01-02 10:00:00,,,,,,,,,,,,,,,\n',
@@ -653,9 +651,17 @@ def test_a_line_break_or_control_character_in_an_imported_name_becomes_a_space(
     s = summary(run, f)
     assert (s["imported"], s["rejected"]) == (2, 0)
     uma = json.loads(run("subscribers", "show", "uma@example.com", "--json").output)
-    assert (uma["name"], uma["first_name"], uma["last_name"]) == ("Uma Jane Smith", "Uma Jane", "Smith")
+    assert (uma["name"], uma["first_name"], uma["last_name"]) == (
+        "Uma Jane Smith",
+        "Uma Jane",
+        "Smith",
+    )
     ray = json.loads(run("subscribers", "show", "ray@example.com", "--json").output)
-    assert (ray["name"], ray["first_name"], ray["last_name"]) == ("Ray [31mBanks", "Ray", "[31mBanks")
+    assert (ray["name"], ray["first_name"], ray["last_name"]) == (
+        "Ray [31mBanks",
+        "Ray",
+        "[31mBanks",
+    )
 
 
 def test_custom_fields_keep_their_line_breaks_and_lose_other_control_characters(
@@ -728,7 +734,11 @@ def test_a_later_export_with_a_new_name_replaces_all_of_its_parts(run, blog, tmp
     nameless.write_text("email,plan\nann@example.com,pro\n")
     summary(run, nameless)
     ann = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
-    assert (ann["name"], ann["first_name"], ann["fields"]["plan"]) == ("Annie Lee-Wong", "Annie", "pro")
+    assert (ann["name"], ann["first_name"], ann["fields"]["plan"]) == (
+        "Annie Lee-Wong",
+        "Annie",
+        "pro",
+    )
 
 
 def test_every_mailchimp_column_not_stored_elsewhere_becomes_a_custom_field(run, blog):
@@ -761,6 +771,11 @@ def test_every_export_keeps_its_producer_ids_as_custom_fields(run, blog):
     summary(run, FIXTURES / "ghost.csv")
     summary(run, FIXTURES / "kit.csv")
     gina = json.loads(run("subscribers", "show", "gina@example.com", "--json").output)
-    assert gina["fields"] == {"id": "64a1", "complimentary_plan": "false", "labels": "vip,early", "tiers": "Free"}
+    assert gina["fields"] == {
+        "id": "64a1",
+        "complimentary_plan": "false",
+        "labels": "vip,early",
+        "tiers": "Free",
+    }
     kim = json.loads(run("subscribers", "show", "kim@example.com", "--json").output)
     assert kim["fields"] == {"id": "101", "tags": "a,b"}

@@ -35,7 +35,8 @@ def test_stored_first_and_last_names_win_over_the_split_of_the_full_name():
 def test_templates_see_first_and_last_name_and_the_full_name(workspace):
     write_offer(
         workspace,
-        text="Hi {{ subscriber.first_name }} / {{ subscriber.last_name }} / {{ subscriber.name }}\n",
+        text="Hi {{ subscriber.first_name }} / {{ subscriber.last_name }}"
+        " / {{ subscriber.name }}\n",
     )
     stored = compose(
         workspace, {"name": "Mary Ann Smith", "first_name": "Mary Ann", "last_name": "Smith"}
@@ -75,7 +76,9 @@ def test_offers_check_passes_for_a_subscriber_stored_with_a_line_break_in_the_na
 ):
     run("lists", "create", "blog")
     run("subscribers", "add", "ann@example.com", "--list", "blog")
-    ws.db.execute("UPDATE subscribers SET name = ? WHERE key = ?", ["Ann\nSmith", "ann@example.com"])
+    ws.db.execute(
+        "UPDATE subscribers SET name = ? WHERE key = ?", ["Ann\nSmith", "ann@example.com"]
+    )
     ws.db.conn.commit()
     out = run("offers", "check", "launch", "--list", "blog").output
     assert out == "Offer launch: renders for all 1 subscribers of blog.\n"
@@ -135,8 +138,15 @@ def test_setting_a_name_for_nobody_is_an_error_naming_what_was_asked(run):
 def test_subscribers_add_takes_first_and_last_names(run):
     run("lists", "create", "blog")
     run(
-        "subscribers", "add", "uma@example.com", "--list", "blog",
-        "--first-name", "Uma", "--last-name", "Smith",
+        "subscribers",
+        "add",
+        "uma@example.com",
+        "--list",
+        "blog",
+        "--first-name",
+        "Uma",
+        "--last-name",
+        "Smith",
     )
     uma = show(run, "uma@example.com")
     assert (uma["name"], uma["first_name"], uma["last_name"]) == ("Uma Smith", "Uma", "Smith")

@@ -799,6 +799,19 @@ class _Parser:
         full = (row[self.full_i].strip() or None) if self.full_i is not None else None
         return full or join_name(first, last), first, last
 
+    def _names_of(self) -> Callable[[list[str]], tuple[str | None, str | None, str | None]]:
+        """``_names``, or for the usual first and last name columns the same
+        without its general case (it runs for every row)."""
+        if self.full_i is not None or self.first_i is None or self.last_i is None:
+            return self._names
+        first_i, last_i = self.first_i, self.last_i
+
+        def first_and_last(row: list[str]) -> tuple[str | None, str | None, str | None]:
+            first, last = row[first_i].strip() or None, row[last_i].strip() or None
+            return (f"{first} {last}" if first and last else first or last), first, last
+
+        return first_and_last
+
     def _clean(self, row: list[str]) -> list[str]:
         """The row's text as ``listkit.text`` cleans it (the address is left to its
         validation: a control character in it makes it invalid)."""
@@ -832,7 +845,7 @@ class _Parser:
         """Validated chunks of at most ``size`` rows (the hot loop of an import)."""
         width, email_i, size = self.width, self.email_i, self.size
         times_of = self._times if self.times else None
-        names_of = self._names if self.name_is else None
+        names_of = self._names_of() if self.name_is else None
         clean = self._clean
         extras = [(i, encoded) for i, _, encoded in self.extras]
         status_of = self.status
