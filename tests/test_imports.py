@@ -779,3 +779,11 @@ def test_every_export_keeps_its_producer_ids_as_custom_fields(run, blog):
     }
     kim = json.loads(run("subscribers", "show", "kim@example.com", "--json").output)
     assert kim["fields"] == {"id": "101", "tags": "a,b"}
+
+
+def test_the_source_of_a_suppression_import_holds_no_control_character(run, tmp_path):
+    f = tmp_path / "odd\nbounces.txt"
+    f.write_text("gone@example.com\n")
+    run("suppress", "import", str(f))
+    [row] = json.loads(run("suppress", "ls", "--json").output)
+    assert row["source"] == f"import:{tmp_path}/odd bounces.txt"

@@ -28,6 +28,7 @@ from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
 from listkit.errors import InputError
 from listkit.sales.money import format_amounts, format_minor
 from listkit.sales.stats import purchases
+from listkit.text import one_line
 from listkit.workspace import Workspace
 
 RESULT_TEXT = {
@@ -436,7 +437,7 @@ def suppress_import(ws: Workspace, file, reason: str, json_: bool) -> None:
         rows = [(n + 2, r[col] if col < len(r) else "") for n, r in enumerate(reader) if r]
     else:
         rows = [(n + 1, line) for n, line in enumerate(lines) if line.strip()]
-    summary = suppress_many(ws.db, rows, reason, source=f"import:{file.name}")
+    summary = suppress_many(ws.db, rows, reason, source=f"import:{one_line(file.name)}")
     if json_:
         emit_json(summary)
         return
