@@ -604,3 +604,12 @@ def m010_delivery_variants(db: Database) -> None:
     # serves every lookup by subscriber the old one did, at the same insert cost.
     db.execute("DROP INDEX IF EXISTS deliveries_subscriber")
     db.execute("CREATE INDEX deliveries_subscriber_state ON deliveries(subscriber_id, state)")
+
+
+@migrations()
+def m019_subscriber_first_and_last_names(db: Database) -> None:
+    # First and last names as an export or a person gave them (NULL when only a
+    # full name is known: templates then split `name`, see audience/names.py).
+    # `name` stays the full name.
+    db.execute("ALTER TABLE subscribers ADD COLUMN first_name TEXT")
+    db.execute("ALTER TABLE subscribers ADD COLUMN last_name TEXT")

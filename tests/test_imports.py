@@ -655,3 +655,158 @@ def test_an_invalid_address_is_named_by_its_line_and_column_not_quoted(run, blog
     out = do_import(run, f).output
     assert "line 3: invalid address in column 'email': The part after the @-sign" in out
     assert "ann.buyer" not in out
+
+
+def mailchimp_rows(tmp_path, *rows):
+    """A Mailchimp subscribed export (the fixture's own header) holding ``rows``."""
+    header = (FIXTURES / "mailchimp_subscribed.csv").read_text().splitlines()[0]
+    f = tmp_path / "mailchimp_more.csv"
+    f.write_text(header + "\n" + "".join(rows), newline="")
+    return f
+
+
+def test_a_line_break_or_control_character_in_an_imported_name_becomes_a_space(run, blog, tmp_path):
+    f = mailchimp_rows(
+        tmp_path,
+        'uma@example.com,"Uma\nJane",Smith,,,2,2024-01-02 10:00:00,,,,,,,,,,,,,,,\n',
+        'ray@example.com,"Ray\r\n","\x1b[31mBanks\x7f",,,2,2024-01-02 10:00:00,,,,,,,,,,,,,,,\n',
+    )
+    s = summary(run, f)
+    assert (s["imported"], s["rejected"]) == (2, 0)
+    uma = json.loads(run("subscribers", "show", "uma@example.com", "--json").output)
+    assert (uma["name"], uma["first_name"], uma["last_name"]) == (
+        "Uma Jane Smith",
+        "Uma Jane",
+        "Smith",
+    )
+    ray = json.loads(run("subscribers", "show", "ray@example.com", "--json").output)
+    assert (ray["name"], ray["first_name"], ray["last_name"]) == (
+        "Ray [31mBanks",
+        "Ray",
+        "[31mBanks",
+    )
+
+
+def test_custom_fields_keep_their_line_breaks_and_lose_other_control_characters(
+    run, blog, tmp_path
+):
+    f = tmp_path / "notes.csv"
+    f.write_bytes(
+        b'email,name,"Favourite\nTopic",note\n'
+        b'a@example.com,A,"pricing\x1b[0m","first line\r\nsecond\tline\xc2\x85"\n'
+    )
+    s = summary(run, f)
+    assert (s["imported"], s["rejected"]) == (1, 0)
+    a = json.loads(run("subscribers", "show", "a@example.com", "--json").output)
+    assert a["fields"] == {"Favourite Topic": "pricing [0m", "note": "first line\nsecond line"}
+
+
+def test_the_source_of_an_import_holds_no_control_character(run, blog, ws, tmp_path):
+    f = tmp_path / "odd\nname.csv"
+    f.write_text("email\na@example.com\n")
+    summary(run, f)
+    row = ws.db.execute("SELECT source FROM subscribers").fetchone()
+    member = ws.db.execute("SELECT consent_source FROM memberships").fetchone()
+    assert (row[0], member[0]) == ("import:odd name.csv", "import:odd name.csv")
+
+
+def test_mailchimp_first_and_last_names_are_kept_apart_and_joined_in_name(run, blog):
+    summary(run, FIXTURES / "mailchimp_subscribed.csv")
+    ann = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
+    assert (ann["name"], ann["first_name"], ann["last_name"]) == ("Ann Lee", "Ann", "Lee")
+    pad = json.loads(run("subscribers", "show", "pad@example.com", "--json").output)
+    assert (pad["name"], pad["first_name"], pad["last_name"]) == ("Dolor Simet", "Dolor", "Simet")
+
+
+def test_beehiiv_and_kit_first_names_come_from_their_own_columns(run, blog):
+    summary(run, FIXTURES / "beehiiv.csv")
+    summary(run, FIXTURES / "kit.csv")
+    bee = json.loads(run("subscribers", "show", "bee@example.com", "--json").output)
+    assert (bee["name"], bee["first_name"], bee["last_name"]) == ("Bee Hive", "Bee", "Hive")
+    ina = json.loads(run("subscribers", "show", "ina@example.com", "--json").output)
+    assert (ina["first_name"], ina["last_name"]) == ("Ina", None)
+    kim = json.loads(run("subscribers", "show", "kim@example.com", "--json").output)
+    assert (kim["name"], kim["first_name"], kim["last_name"]) == ("Kim", "Kim", None)
+
+
+def test_a_single_name_column_is_split_as_ghost_splits_it(run, blog, tmp_path):
+    summary(run, FIXTURES / "ghost.csv")
+    gina = json.loads(run("subscribers", "show", "gina@example.com", "--json").output)
+    assert (gina["name"], gina["first_name"], gina["last_name"]) == ("Gina Ghost", "Gina", "Ghost")
+    f = tmp_path / "names.csv"
+    f.write_text("email,name\nm@example.com,Mary Ann  van Dyke\nc@example.com,Cher\n")
+    summary(run, f)
+    m = json.loads(run("subscribers", "show", "m@example.com", "--json").output)
+    assert (m["first_name"], m["last_name"]) == ("Mary", "Ann  van Dyke")
+    c = json.loads(run("subscribers", "show", "c@example.com", "--json").output)
+    assert (c["first_name"], c["last_name"]) == ("Cher", None)
+
+
+def test_a_later_export_with_a_new_name_replaces_all_of_its_parts(run, blog, tmp_path):
+    summary(run, FIXTURES / "mailchimp_subscribed.csv")
+    f = tmp_path / "renamed.csv"
+    f.write_text("email,name\nann@example.com,Annie Lee-Wong\n")
+    summary(run, f)
+    ann = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
+    assert (ann["name"], ann["first_name"], ann["last_name"]) == (
+        "Annie Lee-Wong",
+        "Annie",
+        "Lee-Wong",
+    )
+    nameless = tmp_path / "nameless.csv"
+    nameless.write_text("email,plan\nann@example.com,pro\n")
+    summary(run, nameless)
+    ann = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
+    assert (ann["name"], ann["first_name"], ann["fields"]["plan"]) == (
+        "Annie Lee-Wong",
+        "Annie",
+        "pro",
+    )
+
+
+def test_every_mailchimp_column_not_stored_elsewhere_becomes_a_custom_field(run, blog):
+    summary(run, FIXTURES / "mailchimp_subscribed.csv")
+    ann = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
+    assert ann["fields"] == {
+        "Favourite Topic": "pricing",
+        "MEMBER_RATING": "2",
+        "LAST_CHANGED": "2024-01-02T10:05:00+00:00",
+        "LEID": "101",
+        "EUID": "a1",
+        "TAGS": '"Launch","VIP"',
+    }
+    zoe = json.loads(run("subscribers", "show", "zoe.muller@example.de", "--json").output)
+    assert (zoe["fields"]["CC"], zoe["fields"]["REGION"]) == ("DE", "BE")
+    summary(run, FIXTURES / "mailchimp_unsubscribed.csv")
+    gone = json.loads(run("subscribers", "show", "gone@example.com", "--json").output)
+    assert gone["fields"] == {
+        "MEMBER_RATING": "1",
+        "UNSUB_TIME": "2024-03-01T09:00:00+00:00",
+        "UNSUB_CAMPAIGN_TITLE": "Spring sale",
+        "UNSUB_CAMPAIGN_ID": "abc123",
+        "UNSUB_REASON": "NORMAL",
+        "LEID": "201",
+        "EUID": "b1",
+    }
+
+
+def test_every_export_keeps_its_producer_ids_as_custom_fields(run, blog):
+    summary(run, FIXTURES / "ghost.csv")
+    summary(run, FIXTURES / "kit.csv")
+    gina = json.loads(run("subscribers", "show", "gina@example.com", "--json").output)
+    assert gina["fields"] == {
+        "id": "64a1",
+        "complimentary_plan": "false",
+        "labels": "vip,early",
+        "tiers": "Free",
+    }
+    kim = json.loads(run("subscribers", "show", "kim@example.com", "--json").output)
+    assert kim["fields"] == {"id": "101", "tags": "a,b"}
+
+
+def test_the_source_of_a_suppression_import_holds_no_control_character(run, tmp_path):
+    f = tmp_path / "odd\nbounces.txt"
+    f.write_text("gone@example.com\n")
+    run("suppress", "import", str(f))
+    [row] = json.loads(run("suppress", "ls", "--json").output)
+    assert row["source"] == f"import:{tmp_path}/odd bounces.txt"

@@ -171,9 +171,9 @@ def test_personal_coupon_is_reported_when_used(workspace):
 
 @pytest.mark.parametrize(
     "subscriber, subject, where",
+    # A line break in a name or field reaches a header as a space (tests/test_names.py);
+    # what is left to refuse: control characters the template writes, encoded-words.
     [
-        ({"name": "Ann\r\nBcc: x@example.com"}, None, "To name"),
-        ({"fields": {"city": "Paris\nBcc: x@example.com"}}, "Hi {{ subscriber.city }}", "Subject"),
         ({}, "Deal\\u0000", "Subject"),
         ({}, "=?UTF-8?Q?=0D=0A?=Bcc: x@example.com", "Subject"),
         ({"name": "=?UTF-8?Q?=0D=0A?=Bcc: x@example.com"}, None, "To name"),

@@ -15,6 +15,13 @@ active makes them active, unless they are pending through our own signup
 form), and a status listkit does not know rejects its row. A suppressed or
 unsubscribed address is never made active again by an import. Times are stored as UTC ISO 8601.
 
+Text is cleaned as ``listkit.text`` says: names, column names and the file
+name kept as the source are one line (a control character, a line break
+included, becomes a space); a custom field keeps its line breaks and loses any
+other control character; a row holding a NUL byte is rejected. Every column
+that is not stored in a place of its own (address, names, consent and
+confirm times and IPs, the status column) becomes a custom field.
+
 The file is streamed in chunks: memory does not grow with the file.
 """
 
@@ -33,7 +40,7 @@ import stat
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple
 
@@ -42,13 +49,14 @@ from sqlite_utils import Database
 from listkit import csvout
 from listkit.audience.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
+from listkit.audience.names import MAX_NAME, join_name
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound, quoted
 from listkit.processes import exit_with_parent
+from listkit.text import lines, one_line
 
 CHUNK = 1000  # rows per chunk: small enough to stay in the CPU caches
 MAX_FIELD = 64 * 1024  # a longer value is refused (the row is rejected)
-MAX_NAME = 256
 csv.field_size_limit(1024 * 1024)  # the parser's own limit; beyond it a record is re-read
 
 FORMATS = ("auto", "mailchimp", "substack", "kit", "ghost", "beehiiv", "csv")
@@ -98,7 +106,9 @@ class Shape:
 
     name: str
     email: str
-    names: tuple[str, ...] = ()
+    full_name: str | None = None  # the column of a whole name
+    first_name: str | None = None  # the columns of first and last names, kept apart
+    last_name: str | None = None
     consent_at: str | None = None
     confirmed_at: str | None = None
     consent_ip: str | None = None
@@ -108,6 +118,10 @@ class Shape:
     times: frozenset[str] = frozenset()  # columns holding times, stored as UTC wherever kept
     # (header -> index) -> (row -> status); the row function raises _BadRow
     status: Callable[[dict[str, int]], Callable[[list[str]], str]] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c for c in (self.full_name, self.first_name, self.last_name) if c)
 
 
 def _always(value: str) -> Callable[[dict[str, int]], Callable[[list[str]], str]]:
@@ -171,8 +185,8 @@ def _state_column(columns: Sequence[str], mapping: dict[str, str], unsubscribed_
     return build
 
 
-# The columns of a subscribed export that listkit reads, in the export's order
-# (audience merge fields stand between the names and MEMBER_RATING, TAGS last).
+# The columns of a subscribed export, in the export's order (audience merge
+# fields stand between the names and MEMBER_RATING, TAGS last).
 MAILCHIMP_SUBSCRIBED = (
     "Email Address",
     "First Name",
@@ -194,28 +208,29 @@ MAILCHIMP_SUBSCRIBED = (
     "EUID",
     "NOTES",
 )
+# The columns stored in places of their own; every other one (MEMBER_RATING,
+# TIMEZONE, CC, LEID, TAGS, UNSUB_REASON, ...) is kept as a custom field.
 MAILCHIMP_KNOWN = frozenset(
-    [
-        *MAILCHIMP_SUBSCRIBED,
-        "UNSUB_TIME",
-        "UNSUB_CAMPAIGN_TITLE",
-        "UNSUB_CAMPAIGN_ID",
-        "UNSUB_REASON",
-        "UNSUB_REASON_OTHER",
-        "CLEAN_TIME",
-        "CLEAN_CAMPAIGN_TITLE",
-        "CLEAN_CAMPAIGN_ID",
-    ]
+    {
+        "Email Address",
+        "First Name",
+        "Last Name",
+        "OPTIN_TIME",
+        "OPTIN_IP",
+        "CONFIRM_TIME",
+        "CONFIRM_IP",
+    }
 )
 _MAILCHIMP = {
     "email": "Email Address",
-    "names": ("First Name", "Last Name"),
+    "first_name": "First Name",
+    "last_name": "Last Name",
     "consent_at": "OPTIN_TIME",
     "confirmed_at": "CONFIRM_TIME",
     "consent_ip": "OPTIN_IP",
     "confirm_ip": "CONFIRM_IP",
     "known": MAILCHIMP_KNOWN,
-    "times": frozenset({"OPTIN_TIME", "CONFIRM_TIME", "UNSUB_TIME", "CLEAN_TIME"}),
+    "times": frozenset({"OPTIN_TIME", "CONFIRM_TIME", "UNSUB_TIME", "CLEAN_TIME", "LAST_CHANGED"}),
 }
 # Kit's subscriber states; `inactive` is a subscriber who has not confirmed yet.
 KIT_STATES = {
@@ -286,9 +301,9 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
             Shape(
                 "ghost",
                 email="email",
-                names=("name",),
+                full_name="name",
                 consent_at="created_at",
-                known=frozenset({"id", "email", "name", "subscribed_to_emails", "created_at"}),
+                known=frozenset({"email", "name", "subscribed_to_emails", "created_at"}),
                 times=frozenset({"created_at", "deleted_at"}),
                 status_at="deleted_at",
                 status=_flag_column("subscribed_to_emails", ACTIVE, UNSUBSCRIBED, "deleted_at"),
@@ -300,7 +315,8 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
             Shape(
                 "beehiiv",
                 email="email",
-                names=("First Name", "Last Name"),
+                first_name="First Name",
+                last_name="Last Name",
                 consent_at="created_at",
                 status_at="unsubscribed_at",
                 known=frozenset({"email", "First Name", "Last Name", "status", "created_at"}),
@@ -314,7 +330,8 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
             Shape(
                 "kit",
                 email=lower.get("email_address") or lower["email"],
-                names=tuple(lower[c] for c in ("first_name", "last_name") if c in lower),
+                first_name=lower.get("first_name"),
+                last_name=lower.get("last_name"),
                 consent_at=lower.get("created_at"),
                 times=frozenset(lower[c] for c in ("created_at",) if c in lower),
                 known=frozenset(
@@ -360,6 +377,8 @@ def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
 
 EMAIL_NAMES = ("email", "email address", "e-mail", "email_address", "mail", "emailaddress")
 NAME_NAMES = ("name", "full name", "full_name", "fullname")
+FIRST_NAMES = ("first name", "first_name", "firstname")
+LAST_NAMES = ("last name", "last_name", "lastname")
 
 
 def generic_shape(
@@ -388,19 +407,13 @@ def generic_shape(
                 + f"); columns found: {', '.join(quoted(c) for c in header) or 'none'}. "
                 "Name it with --email-column"
             )
-    if name_column is not None:
-        if name_column not in header:
-            raise InputError(f"--name-column {name_column!r} is not in the header")
-        names: tuple[str, ...] = (name_column,)
-    elif any(n in lower for n in NAME_NAMES):
-        names = (next(lower[n] for n in NAME_NAMES if n in lower),)
-    else:
-        names = tuple(
-            lower[n]
-            for n in ("first name", "first_name", "firstname", "last name", "last_name", "lastname")
-            if n in lower
-        )[:2]
-    return Shape("csv", email=email, names=names, known=frozenset({email, *names}))
+    if name_column is not None and name_column not in header:
+        raise InputError(f"--name-column {name_column!r} is not in the header")
+    full = name_column or next((lower[n] for n in NAME_NAMES if n in lower), None)
+    first = next((lower[n] for n in FIRST_NAMES if n in lower), None)
+    last = next((lower[n] for n in LAST_NAMES if n in lower), None)
+    shape = Shape("csv", email=email, full_name=full, first_name=first, last_name=last)
+    return replace(shape, known=frozenset({email, *shape.names}))
 
 
 @dataclass
@@ -523,7 +536,7 @@ def import_subscribers(
             if isinstance(row, str):
                 raise InputError(f"{name}, line {line}: the header row is unreadable ({row})")
             if row and any(c.strip() for c in row):
-                header = [c.strip().lstrip("\ufeff") for c in row]
+                header = [one_line(c.strip().lstrip("\ufeff")) for c in row]
                 break
         if header is None:
             raise InputError(f"{name} is empty: expected a header row and subscribers")
@@ -597,7 +610,7 @@ def _write(
     if writer is not None:
         writer.writerow(["line", "reason", *header])
     # The file name, not its path: the evidence of where consent came from.
-    out = _Writer(db, list_id, f"import:{os.path.basename(name) or name}")
+    out = _Writer(db, list_id, f"import:{one_line(os.path.basename(name) or name)}")
     # Every membership written below references the list checked under the
     # write lock and a subscriber inserted or looked up in the same
     # transaction, so SQLite's per-row foreign-key checks would only repeat
@@ -733,7 +746,8 @@ def _produce_into(produce, records, send, receive, parent: int) -> None:
 class _Chunk(NamedTuple):
     """Validated rows, at most one per address, in file order."""
 
-    subs: list[tuple[str, str, str | None, str]]  # (email, key, name, fields JSON)
+    # (email, key, name, first name, last name, fields JSON)
+    subs: list[tuple[str, str, str | None, str | None, str | None, str]]
     # (status, consent_at, confirmed_at, consent_ip, confirm_ip, status_at) per
     # sub, or None when every row is active and carries no consent evidence
     more: list[tuple[str, str | None, str | None, str | None, str | None, str | None]] | None
@@ -758,7 +772,10 @@ class _Parser:
         self.width = len(header)
         self.email_i = idx[shape.email]
         self.email_label = shape.email
-        self.name_is = [idx[c] for c in shape.names if c in idx]
+        self.full_i, self.first_i, self.last_i = (
+            idx.get(c) if c else None for c in (shape.full_name, shape.first_name, shape.last_name)
+        )
+        self.name_is = [i for i in (self.full_i, self.first_i, self.last_i) if i is not None]
         self.name_label = "/".join(header[i] for i in self.name_is)
         self.evidence = [
             idx.get(c) if c else None
@@ -777,12 +794,38 @@ class _Parser:
             if col and col not in shape.known and idx[col] == i and i not in self.name_is
         ]
         self.status = shape.status(idx) if shape.status else None
+        # Custom fields may span lines; every other column is one line.
+        self.multiline = frozenset(i for i, _, _ in self.extras)
 
-    def _name(self, row: list[str]) -> str | None:
-        if len(self.name_is) == 2:  # first and last name, the usual case: no generator
-            first, last = row[self.name_is[0]].strip(), row[self.name_is[1]].strip()
-            return f"{first} {last}" if first and last else first or last or None
-        return " ".join(v for i in self.name_is if (v := row[i].strip())) or None
+    def _names(self, row: list[str]) -> tuple[str | None, str | None, str | None]:
+        """(full name, first name, last name) of a row; the full name joins the
+        other two when the export has no column of its own for it."""
+        first = (row[self.first_i].strip() or None) if self.first_i is not None else None
+        last = (row[self.last_i].strip() or None) if self.last_i is not None else None
+        full = (row[self.full_i].strip() or None) if self.full_i is not None else None
+        return full or join_name(first, last), first, last
+
+    def _names_of(self) -> Callable[[list[str]], tuple[str | None, str | None, str | None]]:
+        """``_names``, or for the usual first and last name columns the same
+        without its general case (it runs for every row)."""
+        if self.full_i is not None or self.first_i is None or self.last_i is None:
+            return self._names
+        first_i, last_i = self.first_i, self.last_i
+
+        def first_and_last(row: list[str]) -> tuple[str | None, str | None, str | None]:
+            first, last = row[first_i].strip() or None, row[last_i].strip() or None
+            return (f"{first} {last}" if first and last else first or last), first, last
+
+        return first_and_last
+
+    def _clean(self, row: list[str]) -> list[str]:
+        """The row's text as ``listkit.text`` cleans it (the address is left to its
+        validation: a control character in it makes it invalid)."""
+        email_i, multiline = self.email_i, self.multiline
+        return [
+            v if i == email_i else lines(v) if i in multiline else one_line(v)
+            for i, v in enumerate(row)
+        ]
 
     def _too_long(self, row: list[str], name: str | None) -> str | None:
         """Why a long row is refused (a name or a field over its limit), or None."""
@@ -809,7 +852,8 @@ class _Parser:
         width, email_i, size = self.width, self.email_i, self.size
         invalid = f"invalid address in column {quoted(self.email_label)}"
         times_of = self._times if self.times else None
-        name_of = self._name if self.name_is else None
+        names_of = self._names_of() if self.name_is else None
+        clean = self._clean
         extras = [(i, encoded) for i, _, encoded in self.extras]
         status_of = self.status
         evidence_is = self.evidence
@@ -836,18 +880,21 @@ class _Parser:
                 if "\x00" in joined:
                     rejects.append((line, "contains a NUL byte", row))
                     continue
+                given = row  # as read, for --errors
+                if not joined.isprintable():  # C-fast: most rows need no cleaning
+                    row = clean(row)
                 raw = row[email_i]
                 try:
                     address = normalize(raw)
                 except InputError as e:
                     # The reason, never the address: errors quote nobody.
                     reason = f"{invalid}: {e}" if raw.strip() else "no address"
-                    rejects.append((line, reason, row))
+                    rejects.append((line, reason, given))
                     continue
-                name = name_of(row) if name_of else None
+                name, first, last = names_of(row) if names_of else (None, None, None)
                 # Only a long row can carry a name or a field over its limit.
                 if len(joined) > shortest_risky and (problem := too_long(row, name)):
-                    rejects.append((line, problem, row))
+                    rejects.append((line, problem, given))
                     continue
                 key = email_key(address)
                 if key.endswith(DELETION_REQUEST):
@@ -858,7 +905,7 @@ class _Parser:
                         kept = times_of(row) if times_of is not None else row
                         status = status_of(row) if status_of else ACTIVE
                     except _BadRow as e:
-                        rejects.append((line, str(e), row))
+                        rejects.append((line, str(e), given))
                         continue
                 else:
                     kept, status = row, ACTIVE
@@ -891,7 +938,7 @@ class _Parser:
                     duplicates += 1
                     continue
                 seen.add(key)
-                subs.append((address, key, name, fields))
+                subs.append((address, key, name, first, last, fields))
                 if len(subs) >= size:
                     break
             else:
@@ -900,7 +947,7 @@ class _Parser:
             yield _Chunk(subs, more, all_active, rejects, rows, deletions, duplicates)
 
 
-def _keys(subs: list[tuple[str, str, str | None, str]]) -> str:
+def _keys(subs: list[tuple[str, str, str | None, str | None, str | None, str]]) -> str:
     """The address keys of a chunk's rows, as a JSON array for ``json_each``."""
     return json.dumps([s[1] for s in subs])
 
@@ -932,8 +979,9 @@ class _Writer:
         lit = {"stamp": q_stamp, "source": q_source}
         self.q_source = q_source
         self.insert_subs = (
-            "INSERT INTO subscribers (email, key, name, fields, created, source) "
-            f"VALUES (?, ?, ?, ?, {lit['stamp']}, {lit['source']}) ON CONFLICT (key) DO NOTHING"
+            "INSERT INTO subscribers (email, key, name, first_name, last_name, fields, created, "
+            f"source) VALUES (?, ?, ?, ?, ?, ?, {lit['stamp']}, {lit['source']}) "
+            "ON CONFLICT (key) DO NOTHING"
         )
         # OR ROLLBACK: memberships are only inserted where none exists, so a
         # conflict would be a bug, and it ends the import as any error does.
@@ -1021,16 +1069,21 @@ class _Writer:
         more = chunk.more or [(ACTIVE, None, None, None, None, None)] * len(chunk.subs)
         upd_subs, new_members, status_members, new_supp = [], [], [], []
         confirmed_members = []
-        for (address, key, name, fields), (status, c_at, cf_at, c_ip, cf_ip, s_at) in zip(
-            chunk.subs, more, strict=True
-        ):
+        for (address, key, name, first_name, last_name, fields), (
+            status,
+            c_at,
+            cf_at,
+            c_ip,
+            cf_ip,
+            s_at,
+        ) in zip(chunk.subs, more, strict=True):
             sid, created, updated = found[key]
             new = sid > last
             if not new:
                 if stamp in (created, updated):
                     self.skipped["duplicate"] += 1  # seen earlier in this file
                     continue
-                upd_subs.append((name, fields, stamp, sid))
+                upd_subs.append((name, first_name, last_name, fields, stamp, sid))
             current = None if new else member.get(sid)
             if status in MEMBER_STATUS:
                 new_supp.append((key, address, status, stamp, self.source))
@@ -1065,9 +1118,13 @@ class _Writer:
                 self.imported += 1
             else:
                 self.updated += 1
+        # A row with a name replaces the whole name, parts included; one without
+        # leaves it as it was.
         conn.executemany(
-            """UPDATE subscribers SET name = coalesce(?, name), fields = json_patch(fields, ?),
-               updated = ? WHERE id = ?""",
+            """UPDATE subscribers SET name = coalesce(?1, name),
+               first_name = iif(?1 IS NULL, first_name, ?2),
+               last_name = iif(?1 IS NULL, last_name, ?3),
+               fields = json_patch(fields, ?4), updated = ?5 WHERE id = ?6""",
             upd_subs,
         )
         conn.executemany(self.insert_members, new_members)

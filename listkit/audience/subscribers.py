@@ -1,7 +1,8 @@
 """Subscribers and their list memberships.
 
 The rule: an address that is suppressed, or unsubscribed from a list, is never
-made active again by an add or an import; the caller is told so.
+made active again by an add or an import; the caller is told so. Names are
+kept as ``audience.names`` says.
 """
 
 from __future__ import annotations
@@ -13,28 +14,53 @@ from sqlite_utils import Database
 
 from listkit.audience.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
+from listkit.audience.names import MAX_NAME, clean_name, join_name, name_parts
 from listkit.audience.suppressions import suppress
 from listkit.db import immediate, now
 from listkit.errors import InputError, NotFound
 from listkit.mail.tracking import parse_unsubscribe_url, verify_unsubscribe
+from listkit.text import lines, one_line
 
-MAX_NAME = 256
+# What composing a message needs of a subscriber (table alias ``s``), in the
+# order ``subscriber_dict`` takes it.
+SUBSCRIBER_COLUMNS = "s.id, s.email, s.key, s.name, s.first_name, s.last_name, s.fields"
+
+
+def subscriber_dict(
+    sid: int,
+    email: str,
+    key: str,
+    name: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    fields: str,
+) -> dict:
+    """A subscriber as the composer takes it, from the ``SUBSCRIBER_COLUMNS`` of a row:
+    first and last names as stored (None where only the full name is known),
+    ``fields`` a dict."""
+    return {
+        "id": sid,
+        "email": email,
+        "key": key,
+        "name": name,
+        "first_name": first_name,
+        "last_name": last_name,
+        "fields": json.loads(fields),
+    }
 
 
 def iter_members(db: Database, list_slug: str, status: str = "active") -> Iterator[dict]:
-    """Subscribers of a list with the given membership status, in id order.
-
-    Each is ``{"id", "email", "key", "name", "fields"}`` with ``fields`` a dict.
-    """
+    """Subscribers of a list with the given membership status, in id order, each
+    a ``subscriber_dict``."""
     list_id = get_list(db, list_slug)["id"]
     cursor = db.execute(
-        """SELECT s.id, s.email, s.key, s.name, s.fields
+        f"""SELECT {SUBSCRIBER_COLUMNS}
            FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id
            WHERE m.list_id = ? AND m.status = ? ORDER BY s.id""",
         [list_id, status],
     )
-    for sid, email, key, name, fields in cursor:
-        yield {"id": sid, "email": email, "key": key, "name": name, "fields": json.loads(fields)}
+    for row in cursor:
+        yield subscriber_dict(*row)
 
 
 def list_members(db: Database, list_slug: str) -> Iterator[dict]:
@@ -69,6 +95,8 @@ def add_subscriber(
     list_slug: str,
     *,
     name: str | None = None,
+    first_name: str | None = None,
+    last_name: str | None = None,
     fields: dict[str, str] | None = None,
     source: str = "manual",
 ) -> dict:
@@ -78,32 +106,31 @@ def add_subscriber(
     list), ``updated`` (already an active member), ``suppressed``,
     ``unsubscribed``, ``bounced``, ``complained`` or ``pending`` (kept as it
     was: not made active; a pending member becomes active by confirming).
-    Name and field values are trimmed.
+    Names are cleaned and field values trimmed (``_renamed``, ``_clean_fields``);
+    an empty or missing name leaves a known subscriber's name as it was.
     """
     address = normalize_address(email)
     key = email_key(address)
-    name = (name or "").strip() or None
-    fields = {k.strip(): v.strip() for k, v in (fields or {}).items()}
-    if name is not None and len(name) > MAX_NAME:
-        raise InputError(f"name is longer than {MAX_NAME} characters")
+    fields = _clean_fields(fields)
+    given = tuple(v or None for v in (name, first_name, last_name))
+    _renamed((None, None, None), *given)  # refuse an overlong name before anything
     lst = get_list(db, list_slug)
     stamp = now()
     with immediate(db):
-        row = db.execute("SELECT id, name, fields FROM subscribers WHERE key = ?", [key]).fetchone()
+        row = db.execute(
+            "SELECT id, name, first_name, last_name, fields FROM subscribers WHERE key = ?", [key]
+        ).fetchone()
         if row is None:
+            names = _renamed((None, None, None), *given)
             sid = db.execute(
-                """INSERT INTO subscribers (email, key, name, fields, created, updated, source)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                [address, key, name, json.dumps(fields or {}), stamp, stamp, source],
+                """INSERT INTO subscribers (email, key, name, first_name, last_name, fields,
+                   created, updated, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [address, key, *names, json.dumps(fields), stamp, stamp, source],
             ).lastrowid
             result = "added"
         else:
-            sid, old_name, old_fields = row
-            merged = {**json.loads(old_fields), **(fields or {})}
-            db.execute(
-                "UPDATE subscribers SET name = ?, fields = ?, updated = ? WHERE id = ?",
-                [name or old_name, json.dumps(merged), stamp, sid],
-            )
+            sid, *old, old_fields = row
+            _update_subscriber(db, sid, _renamed(tuple(old), *given), old_fields, fields, stamp)
             result = "updated"
         suppression = db.execute("SELECT reason FROM suppressions WHERE key = ?", [key]).fetchone()
         member = db.execute(
@@ -136,11 +163,93 @@ def add_subscriber(
     return {"email": address, "list": list_slug, "result": result}
 
 
+def _clean_fields(fields: dict[str, str] | None) -> dict[str, str]:
+    """Custom fields as stored: one-line names, values trimmed with their line breaks."""
+    return {one_line(k): lines(v) for k, v in (fields or {}).items()}
+
+
+def _renamed(
+    old: tuple[str | None, str | None, str | None],
+    name: str | None,
+    first_name: str | None,
+    last_name: str | None,
+) -> tuple[str | None, str | None, str | None]:
+    """(name, first name, last name) after a change to ``old``.
+
+    None leaves a part as it was and an empty string clears it. A new full name
+    alone replaces the parts (they are then split from it); a new first or last
+    name keeps the other part and makes the full name the two joined, unless a
+    full name is given too. InputError for a name over ``MAX_NAME`` characters.
+    """
+    if first_name is None and last_name is None:
+        new = old if name is None else (clean_name(name), None, None)
+    else:
+        old_first, old_last = name_parts(*old)
+        first = old_first if first_name is None else clean_name(first_name)
+        last = old_last if last_name is None else clean_name(last_name)
+        full = join_name(first, last) if name is None else clean_name(name)
+        new = (full, first, last)
+    for label, value in zip(("name", "first name", "last name"), new, strict=True):
+        if value is not None and len(value) > MAX_NAME:
+            raise InputError(f"{label} is longer than {MAX_NAME} characters")
+    return new
+
+
+def _update_subscriber(
+    db: Database,
+    sid: int,
+    names: tuple[str | None, str | None, str | None],
+    old_fields: str,
+    fields: dict[str, str],
+    stamp: str,
+) -> None:
+    merged = {**json.loads(old_fields), **fields}
+    db.execute(
+        """UPDATE subscribers SET name = ?, first_name = ?, last_name = ?, fields = ?,
+           updated = ? WHERE id = ?""",
+        [*names, json.dumps(merged), stamp, sid],
+    )
+
+
+def set_subscriber(
+    db: Database,
+    who: str,
+    *,
+    name: str | None = None,
+    first_name: str | None = None,
+    last_name: str | None = None,
+    fields: dict[str, str] | None = None,
+) -> dict:
+    """Change the name or custom fields of a known subscriber, by address or by id.
+
+    None leaves a value as it was; an empty name clears it (see ``_renamed``).
+    Memberships are not touched. Returns the subscriber's address, full name
+    and first and last names as templates see them.
+    """
+    by_id = who.strip().isdigit()
+    with immediate(db):
+        row = db.execute(
+            "SELECT id, email, name, first_name, last_name, fields FROM subscribers WHERE "
+            + ("id = ?" if by_id else "key = ?"),
+            [int(who) if by_id else email_key(who)],
+        ).fetchone()
+        if row is None:
+            who = who.strip()
+            raise NotFound(f"no subscriber with id {who}" if by_id else f"no subscriber {who!r}")
+        sid, address, *old, old_fields = row
+        names = _renamed(tuple(old), name, first_name, last_name)
+        _update_subscriber(db, sid, names, old_fields, _clean_fields(fields), now())
+    first, last = name_parts(*names)
+    return {"id": sid, "email": address, "name": names[0], "first_name": first, "last_name": last}
+
+
 def get_subscriber(db: Database, email: str) -> dict:
     """A subscriber with memberships, suppression and delivery counts."""
     key = email_key(email)
     row = db.execute(
-        "SELECT id, email, name, fields, created, source FROM subscribers WHERE key = ?", [key]
+        """SELECT id, email, name, first_name, last_name, fields, created, source
+           FROM subscribers WHERE key = ?""",
+        [key],
     ).fetchone()
     suppression = db.execute(
         """SELECT s.reason, s.created, c.slug FROM suppressions s
@@ -154,10 +263,11 @@ def get_subscriber(db: Database, email: str) -> dict:
         result["suppressed"] = dict(zip(("reason", "at", "campaign"), suppression, strict=True))
     if row is None:
         return result
-    sid, address, name, fields, created, source = row
+    sid, address, name, first, last, fields, created, source = row
+    first, last = name_parts(name, first, last)
     result.update(
-        {"id": sid, "email": address, "name": name, "fields": json.loads(fields)}
-        | {"created": created, "source": source}
+        {"id": sid, "email": address, "name": name, "first_name": first, "last_name": last}
+        | {"fields": json.loads(fields), "created": created, "source": source}
     )
     keys = ("list", "status", "joined", "consent_at", "consent_method", "consent_source")
     keys += ("consent_ip", "confirmed_at", "confirm_ip", "status_at", "status_reason")
@@ -231,23 +341,16 @@ def unsubscribe_core(
 def find_subscriber(db: Database, email: str) -> tuple[dict, dict | None] | None:
     """(subscriber, first active list or None) for ``email``, as the sender sees them."""
     row = db.execute(
-        "SELECT id, email, key, name, fields FROM subscribers WHERE key = ?", [email_key(email)]
+        f"SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.key = ?", [email_key(email)]
     ).fetchone()
     if row is None:
         return None
-    sid, address, key, name, fields = row
+    subscriber = subscriber_dict(*row)
     lst = db.execute(
         """SELECT l.slug, l.title FROM memberships m JOIN lists l ON l.id = m.list_id
            WHERE m.subscriber_id = ? AND m.status = 'active' ORDER BY l.slug LIMIT 1""",
-        [sid],
+        [subscriber["id"]],
     ).fetchone()
-    subscriber = {
-        "id": sid,
-        "email": address,
-        "key": key,
-        "name": name,
-        "fields": json.loads(fields),
-    }
     return subscriber, ({"slug": lst[0], "title": lst[1]} if lst else None)
 
 

@@ -19,6 +19,7 @@ from listkit.audience.subscribers import (
     find_subscriber,
     get_subscriber,
     list_members,
+    set_subscriber,
     unsubscribe,
     unsubscribe_by_link,
 )
@@ -35,6 +36,7 @@ from listkit.cli.output import (
 from listkit.errors import InputError
 from listkit.sales.money import format_amounts, format_minor
 from listkit.sales.stats import purchases
+from listkit.text import one_line
 from listkit.workspace import Workspace
 
 RESULT_TEXT = {
@@ -60,6 +62,22 @@ def _fields(values: tuple[str, ...]) -> dict[str, str]:
     return fields
 
 
+def _name_options(command):
+    """--name, --first-name, --last-name and --field, as add and set take them."""
+    for option in reversed(
+        (
+            click.option("--name", help="The full name (first and last are split from it)."),
+            click.option("--first-name", help="The first name; the name becomes first and last."),
+            click.option("--last-name", help="The last name; the name becomes first and last."),
+            click.option(
+                "--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field."
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 @cli.group()
 def subscribers() -> None:
     """Add, import, list and show subscribers."""
@@ -68,20 +86,76 @@ def subscribers() -> None:
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--list", "list_", required=True, help="The list to add to.")
-@click.option("--name", help="The subscriber's name.")
-@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A custom field.")
+@_name_options
 @pass_workspace
 def subscribers_add(
-    ws: Workspace, email: str, list_: str, name: str | None, fields: tuple[str, ...]
+    ws: Workspace,
+    email: str,
+    list_: str,
+    name: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    fields: tuple[str, ...],
 ) -> None:
     """Add EMAIL to a list (or update it). Suppressed addresses stay suppressed.
 
     \b
-    Example:
+    Examples:
         listkit subscribers add ann@example.com --list blog --name Ann --field plan=pro
+        listkit subscribers add uma@example.com --list blog --first-name Uma --last-name Smith
     """
-    result = add_subscriber(ws.db, email, list_, name=name, fields=_fields(fields))
+    result = add_subscriber(
+        ws.db,
+        email,
+        list_,
+        name=name,
+        first_name=first_name,
+        last_name=last_name,
+        fields=_fields(fields),
+    )
     click.echo(RESULT_TEXT[result["result"]].format(**result))
+
+
+@subscribers.command("set")
+@click.argument("subscriber")
+@_name_options
+@pass_workspace
+def subscribers_set(
+    ws: Workspace,
+    subscriber: str,
+    name: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    fields: tuple[str, ...],
+) -> None:
+    """Change the name or custom fields of SUBSCRIBER (an address, or the id an
+    error message names). Lists and consent are not touched; an empty value
+    (--last-name "") clears a name.
+
+    \b
+    Examples:
+        listkit subscribers set uma@example.com --first-name Uma --last-name Smith
+        listkit subscribers set 42 --name "Ann Lee"
+        listkit subscribers set ann@example.com --field plan=pro
+    """
+    if name is None and first_name is None and last_name is None and not fields:
+        raise click.UsageError("give --name, --first-name, --last-name or --field")
+    result = set_subscriber(
+        ws.db,
+        subscriber,
+        name=name,
+        first_name=first_name,
+        last_name=last_name,
+        fields=_fields(fields),
+    )
+
+    def shown(value: str | None, what: str) -> str:
+        return f"{what} {value!r}" if value else f"no {what}"
+
+    click.echo(
+        f"Updated {result['email']}: {shown(result['name'], 'name')} "
+        f"({shown(result['first_name'], 'first')}, {shown(result['last_name'], 'last')})."
+    )
 
 
 def _same_file(file, path: Path) -> bool:
@@ -391,7 +465,7 @@ def suppress_import(ws: Workspace, file, reason: str, json_: bool) -> None:
         rows = [(n + 2, r[col] if col < len(r) else "") for n, r in enumerate(reader) if r]
     else:
         rows = [(n + 1, line) for n, line in enumerate(lines) if line.strip()]
-    summary = suppress_many(ws.db, rows, reason, source=f"import:{file.name}")
+    summary = suppress_many(ws.db, rows, reason, source=f"import:{one_line(file.name)}")
     if json_:
         emit_json(summary)
         return

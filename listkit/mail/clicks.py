@@ -10,10 +10,10 @@ only ``click`` counts as a person's click in reports and attribution.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from datetime import datetime
 
+from listkit.audience.subscribers import SUBSCRIBER_COLUMNS, subscriber_dict
 from listkit.config import Settings
 from listkit.mail.compose import Composer
 from listkit.mail.offers import load_offer
@@ -68,9 +68,9 @@ def delivery_for_click(db, token: str) -> dict | None:
     """What a click needs of its delivery: campaign, offer (its variant's, in an offer
     test), list, subscriber, when sent."""
     row = db.execute(
-        """SELECT d.id, d.campaign_id, c.slug, coalesce(d.variant, c.offer), l.slug, l.title,
+        f"""SELECT d.id, d.campaign_id, c.slug, coalesce(d.variant, c.offer), l.slug, l.title,
                   d.sent_at,
-                  s.id, s.email, s.key, s.name, s.fields
+                  {SUBSCRIBER_COLUMNS}
            FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
            JOIN lists l ON l.id = d.list_id JOIN subscribers s ON s.id = d.subscriber_id
            WHERE d.token = ?""",
@@ -78,7 +78,7 @@ def delivery_for_click(db, token: str) -> dict | None:
     ).fetchone()
     if row is None:
         return None
-    did, cid, campaign, offer, list_slug, list_title, sent_at, sid, email, key, name, fields = row
+    did, cid, campaign, offer, list_slug, list_title, sent_at, *subscriber = row
     return {
         "id": did,
         "campaign_id": cid,
@@ -88,13 +88,7 @@ def delivery_for_click(db, token: str) -> dict | None:
         "list_title": list_title,
         "sent_at": sent_at,
         "token": token,
-        "subscriber": {
-            "id": sid,
-            "email": email,
-            "key": key,
-            "name": name,
-            "fields": json.loads(fields),
-        },
+        "subscriber": subscriber_dict(*subscriber),
     }
 
 

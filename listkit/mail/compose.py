@@ -20,8 +20,8 @@ from markupsafe import Markup, escape
 from listkit.config import Settings
 from listkit.errors import ConfigError, HeaderInjection, TemplateError
 from listkit.mail.dkim import signer_for
-from listkit.mail.mime import MessageBuilder, Parts
-from listkit.mail.offers import Offer, OfferTemplates
+from listkit.mail.mime import MessageBuilder, Parts, check_header
+from listkit.mail.offers import Offer, OfferTemplates, subscriber_context
 from listkit.mail.tracking import (
     click_url,
     link_id,
@@ -120,14 +120,10 @@ class Composer:
             return code
 
         unsubscribe = unsubscribe_url(self.base_url, self.secret, token)
-        fields = subscriber.get("fields") or {}
+        reader = subscriber_context(subscriber)
+        self._check_name(reader["name"], subscriber.get("id"), who)
         context: dict[str, Any] = {
-            "subscriber": {
-                **fields,
-                "email": subscriber["email"],
-                "name": subscriber.get("name"),
-                "fields": fields,
-            },
+            "subscriber": reader,
             "offer": self.offer_context,
             "campaign": {"slug": self.campaign},
             "list": {"slug": list_slug, "title": list_title},
@@ -145,7 +141,7 @@ class Composer:
         data = self.builder.build(
             Parts(
                 to_address=subscriber["email"],
-                to_name=subscriber.get("name"),
+                to_name=reader["name"],
                 subject=subject.strip(),
                 text=text,
                 html=html,
@@ -167,6 +163,22 @@ class Composer:
             coupon=used_coupon[0] if used_coupon else None,
             leftover=self.templates.leftovers(rendered),
         )
+
+    @staticmethod
+    def _check_name(name: str | None, sid: int | None, who: str) -> None:
+        """The To name's check, saying how to mend the name when it is refused.
+
+        The name is on one line already; what can still be refused is an
+        encoded-word (``=?...?=``) that decodes to a control character."""
+        try:
+            check_header(name or "", "To name", who)
+        except HeaderInjection as e:
+            if not sid:
+                raise
+            raise HeaderInjection(
+                f"{e}; the name of subscriber {sid} hides a control character in an "
+                f"encoded-word: set it with `listkit subscribers set {sid} --name 'NEW NAME'`"
+            ) from None
 
     def _text_footer(self, text: str, unsubscribe: str) -> str:
         missing = []

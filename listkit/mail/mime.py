@@ -25,8 +25,8 @@ from email.utils import format_datetime
 
 from listkit.audience.addresses import ascii_domain
 from listkit.errors import HeaderInjection
+from listkit.text import CONTROL as _CONTROL
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
 # What a display name may hold without quoting (RFC 5322 atext and spaces).
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")

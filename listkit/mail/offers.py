@@ -6,7 +6,8 @@ currency, buy link, optional coupon and expiry; ``text.j2`` (required) and
 
 The rule: templates render in Jinja's sandbox with undefined variables as
 errors, HTML autoescaped and text not; every error names the template, the
-line and (when rendering for one) the subscriber.
+line and (when rendering for one) the subscriber. The subject, a header, sees
+the subscriber's values on one line: data never puts a line break in a header.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from listkit.audience.names import clean_name, name_parts
 from listkit.errors import NotFound, TemplateError
+from listkit.text import CONTROL, one_line
 
 REQUIRED = ("subject", "url", "product", "price", "currency")
 OPTIONAL = ("preheader", "coupon", "expires")
@@ -74,6 +77,37 @@ class Offer:
             "coupon": self.coupon,
             "expires": self.expires,
         }
+
+
+def subscriber_context(subscriber: dict) -> dict[str, Any]:
+    """What templates see as ``subscriber``: each custom field by its name, then
+    ``email``, ``name`` (the full name, one line), ``first_name`` and
+    ``last_name`` (as stored, else split from the name: ``audience.names``) and
+    ``fields``. A name that is not there is None."""
+    fields = subscriber.get("fields") or {}
+    name = clean_name(subscriber.get("name"))
+    first, last = name_parts(
+        name, clean_name(subscriber.get("first_name")), clean_name(subscriber.get("last_name"))
+    )
+    return {
+        **fields,
+        "email": subscriber["email"],
+        "name": name,
+        "first_name": first,
+        "last_name": last,
+        "fields": fields,
+    }
+
+
+def _one_line_fields(subscriber: dict[str, Any]) -> dict[str, Any]:
+    """``subscriber`` (a ``subscriber_context``) with every custom field on one line,
+    for the subject; the same object when no field holds a control character."""
+    fields = subscriber["fields"]
+    if not any(isinstance(v, str) and CONTROL.search(v) for v in fields.values()):
+        return subscriber
+    flat = {k: one_line(v) if isinstance(v, str) else v for k, v in fields.items()}
+    own = {k: subscriber[k] for k in ("email", "name", "first_name", "last_name")}
+    return {**flat, **own, "fields": flat}
 
 
 def load_offer(offers_dir: Path, slug: str) -> Offer:
@@ -234,8 +268,18 @@ class OfferTemplates:
 
         The subject and preheader are templates too: the bodies see them
         rendered, as ``subject`` and ``preheader`` and as ``offer.preheader``.
+        The subject sees the subscriber's custom fields on one line.
         """
-        subject = self._render(self.subject, self.subject_name, context, who)
+        subscriber = context.get("subscriber")
+        one_line_subscriber = _one_line_fields(subscriber) if subscriber else subscriber
+        subject = self._render(
+            self.subject,
+            self.subject_name,
+            context
+            if one_line_subscriber is subscriber
+            else {**context, "subscriber": one_line_subscriber},
+            who,
+        )
         preheader = self._render(self.preheader, self.preheader_name, context, who)
         context = {
             **context,

@@ -24,6 +24,7 @@ from sqlite_utils import Database
 
 from listkit.audience.audiences import Resolver, Rule, rules_from_table
 from listkit.audience.lists import check_slug, get_list
+from listkit.audience.subscribers import SUBSCRIBER_COLUMNS, subscriber_dict
 from listkit.audience.suppressions import DECLINED
 from listkit.db import now
 from listkit.errors import InputError, NotFound
@@ -526,17 +527,13 @@ def iter_audience(db: Database, campaign: Campaign):
     """(subscriber dict, list slug, list title) for each recipient, streamed."""
     sql, params = _audience_sql(campaign, db)
     cursor = db.execute(
-        f"""SELECT s.id, s.email, s.key, s.name, s.fields, l.slug, l.title
+        f"""SELECT {SUBSCRIBER_COLUMNS}, l.slug, l.title
             FROM ({sql}) a JOIN subscribers s ON s.id = a.id JOIN lists l ON l.id = a.list_id
             ORDER BY s.id""",
         params,
     )
-    for sid, email, key, name, fields, slug, title in cursor:
-        yield (
-            {"id": sid, "email": email, "key": key, "name": name, "fields": json.loads(fields)},
-            slug,
-            title,
-        )
+    for *subscriber, slug, title in cursor:
+        yield subscriber_dict(*subscriber), slug, title
 
 
 def without_holdout(campaign: Campaign, audience: Iterable, held: Counter) -> Iterator:

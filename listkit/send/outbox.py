@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.audience.subscribers import SUBSCRIBER_COLUMNS
 from listkit.audience.suppressions import DECLINED, suppress
 from listkit.db import immediate, now
 from listkit.mail.tracking import message_id, new_token, personal_coupon
@@ -221,6 +222,8 @@ class Claimed:
     email: str
     key: str
     name: str | None
+    first_name: str | None
+    last_name: str | None
     fields: str
     list_slug: str
     list_title: str | None
@@ -259,7 +262,7 @@ def claim(
             if variant is not None:
                 where, params = f"{where} AND d.variant = ?", [*params, variant]
             rows += db.execute(
-                f"""SELECT d.id, d.subscriber_id, s.email, s.key, s.name, s.fields, l.slug,
+                f"""SELECT d.id, {SUBSCRIBER_COLUMNS}, l.slug,
                           l.title, d.token, d.message_id, d.attempts,
                           EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
                             OR NOT EXISTS (SELECT 1 FROM memberships m

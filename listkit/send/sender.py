@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import multiprocessing
 import os
 import re
@@ -42,6 +41,7 @@ import aiosmtplib
 
 from listkit.audience.addresses import ascii_domain, normalize_address
 from listkit.audience.lists import get_list
+from listkit.audience.subscribers import subscriber_dict
 from listkit.config import SMTPSettings
 from listkit.db import describe_db_error, open_db
 from listkit.errors import (
@@ -769,13 +769,15 @@ class Run:
 
 def compose_claimed(composer: Composer, row: Claimed) -> Composed:
     return composer.compose(
-        subscriber={
-            "id": row.subscriber_id,
-            "email": row.email,
-            "key": row.key,
-            "name": row.name,
-            "fields": json.loads(row.fields),
-        },
+        subscriber=subscriber_dict(
+            row.subscriber_id,
+            row.email,
+            row.key,
+            row.name,
+            row.first_name,
+            row.last_name,
+            row.fields,
+        ),
         list_slug=row.list_slug,
         list_title=row.list_title,
         token=row.token,
