@@ -66,7 +66,7 @@ def show_insight(
                     **r,
                     "currency": c,
                     "revenue": v,
-                    "revenue_per_subscriber": r["revenue_per_subscriber"][c],
+                    "revenue_per_subscriber": r["revenue_per_subscriber"].get(c, ""),
                 }
                 for r in data["rows"]
                 for c, v in (sorted(r["revenue"].items()) or [("", 0)])
