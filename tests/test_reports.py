@@ -391,3 +391,39 @@ def test_an_html_report_over_the_database_or_env_file_is_refused_and_both_are_ke
     )
     assert (workspace / target).read_bytes() == before
     assert "blog" in run("lists", "ls").output
+
+
+def test_one_click_this_list_and_everything_unsubscribes_each_count_once_where_they_came_from(
+    run, ws, shop
+):
+    # Only "everything" (a suppression) was counted: the RFC 8058 one-click POST and the
+    # page's "this list" button leave an unsubscribe event and a membership, no suppression.
+    from listkit.audience.subscribers import unsubscribe_delivery
+    from listkit.db import immediate
+
+    def token(campaign, email):
+        return ws.db.execute(
+            """SELECT token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+               WHERE c.slug = ? AND d.email = ?""",
+            [campaign, email],
+        ).fetchone()[0]
+
+    with immediate(ws.db):
+        unsubscribe_delivery(ws.db, token("t", "a@example.com"), everything=False)  # one-click
+        unsubscribe_delivery(ws.db, token("t", "d@example.com"), everything=False)  # this list
+        unsubscribe_delivery(ws.db, token("u", "b@example.com"), everything=True)
+        # The same reader again, from everything this time: still one unsubscribe.
+        unsubscribe_delivery(ws.db, token("t", "a@example.com"), everything=True)
+    by_list = {r["list"]: r["unsubscribed"] for r in report(run)["rows"]}
+    assert (by_list["blog"], by_list["shop"]) == (2, 1)
+    by_campaign = report(run, "--by", "campaign")["rows"]
+    assert {r["campaign"]: r["unsubscribed"] for r in by_campaign} == {"t": 2, "u": 1}
+    assert {r["offer"]: r["unsubscribed"] for r in report(run, "--by", "offer")["rows"]} == {
+        "course": 1,
+        "launch": 2,
+    }
+    lines = run("report", "--by", "campaign", "--csv").output.splitlines()
+    assert [line.split(",")[4] for line in lines] == ["unsubscribed", "2", "1"]
+    table = run("report", "--by", "campaign").output.splitlines()
+    unsub = table[0].index("unsub")
+    assert [line[unsub : unsub + 5].strip() for line in table[1:3]] == ["2", "1"]

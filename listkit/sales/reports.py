@@ -21,19 +21,33 @@ from listkit.audience.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 from listkit.errors import InputError
 
 BY = ("list", "offer", "campaign")
-# The ids of the deliveries that bounced: a hard bounce reported for the delivery
-# (by a DSN, a relay's webhook), or a bounce suppression the delivery caused (the
-# server refused it, or it was the soft bounce that crossed LISTKIT_SOFT_BOUNCES).
-# One parameter: the bounce reasons, as a JSON list.
-BOUNCED_DELIVERIES = """
-    SELECT e.delivery_id FROM events e
-    WHERE e.kind = 'bounce' AND e.delivery_id IS NOT NULL
-      AND json_extract(e.detail, '$.outcome') = 'hard'
+
+
+def _deliveries_marked(event: str) -> str:
+    """SQL for the ids of the deliveries a reader's answer is tied to: an event of the
+    delivery matching ``event`` (on alias ``e``), or a suppression the delivery caused
+    (its campaign, its reader) with one of the reasons given as the one parameter, a
+    JSON list. A UNION: a delivery with both counts once."""
+    return f"""
+    SELECT e.delivery_id FROM events e WHERE e.delivery_id IS NOT NULL AND {event}
     UNION
     SELECT b.id FROM suppressions x
     JOIN subscribers s ON s.key = x.key
     JOIN deliveries b ON b.campaign_id = x.campaign_id AND b.subscriber_id = s.id
     WHERE x.campaign_id IS NOT NULL AND x.reason IN (SELECT value FROM json_each(?))"""
+
+
+# The deliveries that bounced: a hard bounce reported for the delivery (by a DSN, a
+# relay's webhook), or a bounce suppression the delivery caused (the server refused it,
+# or it was the soft bounce that crossed LISTKIT_SOFT_BOUNCES).
+BOUNCED_DELIVERIES = _deliveries_marked(
+    "e.kind = 'bounce' AND json_extract(e.detail, '$.outcome') = 'hard'"
+)
+# The deliveries a reader unsubscribed through, whatever they chose: the one-click POST
+# (RFC 8058) and the page's "this list" leave the delivery's unsubscribe event and an
+# unsubscribed membership; "everything" and a pasted link also suppress, naming the
+# campaign. Each reader's unsubscribe counts once, against that delivery's list.
+UNSUBSCRIBED_DELIVERIES = _deliveries_marked("e.kind = 'unsubscribe'")
 ORDER_STATUSES = "('paid', 'partially_refunded')"
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 Z95 = 1.959964
@@ -177,27 +191,20 @@ def build_report(
         ):
             rows[("list", slug)]["audience"] = active
             titles[slug] = title
-    # Unsubscribes a campaign caused, through the delivery that caused them.
-    for key, n in db.execute(
-        f"""SELECT d.{column}, COUNT(*) FROM suppressions x
-            JOIN subscribers s ON s.key = x.key
-            JOIN deliveries d ON d.campaign_id = x.campaign_id AND d.subscriber_id = s.id
-            WHERE x.campaign_id IS NOT NULL AND x.reason = ?
-            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
-            GROUP BY d.{column}""",
-        [UNSUBSCRIBED, *cparams],
+    # Unsubscribes and bounces a campaign caused, through the delivery that caused them
+    # (bounced: refused by the server or reported later, even when the address had
+    # already been suppressed by another campaign's bounce).
+    for field, marked, reasons in (
+        ("unsubscribed", UNSUBSCRIBED_DELIVERIES, [UNSUBSCRIBED]),
+        ("bounced", BOUNCED_DELIVERIES, list(BOUNCE_REASONS)),
     ):
-        rows[_group(by, key, campaigns, list_names)]["unsubscribed"] += n
-    # Bounced deliveries: refused by the server or reported bounced later (even when the
-    # address had already been suppressed by another campaign's bounce).
-    for key, n in db.execute(
-        f"""SELECT d.{column}, COUNT(*) FROM deliveries d
-            WHERE d.id IN ({BOUNCED_DELIVERIES})
-            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
-            GROUP BY d.{column}""",
-        [json.dumps(BOUNCE_REASONS), *cparams],
-    ):
-        rows[_group(by, key, campaigns, list_names)]["bounced"] += n
+        for key, n in db.execute(
+            f"""SELECT d.{column}, COUNT(*) FROM deliveries d WHERE d.id IN ({marked})
+                {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+                GROUP BY d.{column}""",
+            [json.dumps(reasons), *cparams],
+        ):
+            rows[_group(by, key, campaigns, list_names)][field] += n
     # Deliveries with an event of a kind: complaints (spam reports) and a person's
     # clicks (kind 'click'; scanners are 'click_bot').
     for field, kind in (("complaints", "complaint"), ("clicks", "click")):
