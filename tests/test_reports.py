@@ -427,3 +427,57 @@ def test_one_click_this_list_and_everything_unsubscribes_each_count_once_where_t
     table = run("report", "--by", "campaign").output.splitlines()
     unsub = table[0].index("unsub")
     assert [line[unsub : unsub + 5].strip() for line in table[1:3]] == ["2", "1"]
+
+
+def test_a_list_whose_readers_were_mailed_through_another_list_is_not_called_not_mailed(
+    run, shop, tmp_path
+):
+    # A reader on two lists of a campaign gets one message, targeted through one list:
+    # the other list's readers were mailed, through that list.
+    shop.list("fans", "a@example.com", "b@example.com", "d@example.com")
+    shop.list("mixed", "c@example.com", "z9@example.com")
+    sales(run, tmp_path, SALES)
+    data = report(run)
+    assert data["lists_not_mailed"] == [{"list": "dormant", "active": 2, "sent": 0}]
+    assert data["lists_mailed_through_others"] == [
+        {"list": "fans", "active": 3, "mailed": 3, "through": {"blog": 2, "shop": 1}},
+        {"list": "mixed", "active": 2, "mailed": 1, "through": {"blog": 1}},
+    ]
+    rows = {r["list"]: r for r in data["rows"]}
+    assert (rows["fans"]["mailed"], rows["fans"]["mailed_through"]) == (
+        False,
+        {"blog": 2, "shop": 1},
+    )
+    assert rows["blog"]["mailed_through"] == {}
+    by_campaign = report(run, "--by", "campaign")
+    assert [x["list"] for x in by_campaign["lists_not_mailed"]] == ["dormant"]
+    assert [x["list"] for x in by_campaign["lists_mailed_through_others"]] == ["fans", "mixed"]
+    # Only the campaigns of the period: u mailed a and b through blog.
+    later = report(run, "--since", "2026-11-05")
+    assert later["lists_mailed_through_others"] == [
+        {"list": "fans", "active": 3, "mailed": 2, "through": {"blog": 2}},
+    ]
+    assert [x["list"] for x in later["lists_not_mailed"]] == ["dormant", "mixed", "shop"]
+
+    text = run("report").output
+    assert "Lists not mailed: dormant (2 active)\n" in text
+    assert (
+        "Lists mailed through other lists (a reader on several lists of a campaign gets one "
+        "message): fans (3 active: 2 mailed through blog, 1 through shop), "
+        "mixed (2 active: 1 mailed through blog)\n"
+    ) in text
+    mailed = {
+        line.split(",")[0]: line.split(",")[-1]
+        for line in run("report", "--csv").output.splitlines()[1:]
+    }
+    assert (mailed["fans"], mailed["mixed"], mailed["dormant"]) == (
+        "through blog+shop",
+        "through blog",
+        "no",
+    )
+    out = tmp_path / "r.html"
+    run("report", "--html", str(out))
+    html = out.read_text()
+    assert "<h2>Lists mailed through other lists</h2>" in html
+    assert "fans (3 active: 2 mailed through blog, 1 through shop)" in html
+    assert not re.search(r"<h2>Lists not mailed</h2><p[^>]*>[^<]*fans", html)

@@ -12,7 +12,12 @@ import json
 from html import escape
 
 from listkit.sales.money import exponent, format_amounts, format_minor
-from listkit.sales.reports import COMPLAINT_LIMITS, complaint_warning_text
+from listkit.sales.reports import (
+    COMPLAINT_LIMITS,
+    MAILED_THROUGH_NOTE,
+    complaint_warning_text,
+    mailed_through_text,
+)
 
 WIDTH, BAR_H, GAP, LABEL_W = 960, 22, 8, 170
 
@@ -286,6 +291,15 @@ def render_html(
         sections.append(
             f'<h2>Lists not mailed</h2><p class="sub">{names}: no campaign of this period sent '
             "them anything, so they could not earn.</p>"
+        )
+    if by_list["lists_mailed_through_others"]:
+        names = ", ".join(
+            escape(mailed_through_text(x)) for x in by_list["lists_mailed_through_others"]
+        )
+        sections.append(
+            f'<h2>Lists mailed through other lists</h2><p class="sub">{names}: no message '
+            f"went through these lists, but their readers were mailed ({MAILED_THROUGH_NOTE}); "
+            "their sales are credited to the list each message went through.</p>"
         )
     if by_campaign is not None and by_campaign["rows"]:
         sections += [

@@ -293,7 +293,30 @@ def build_report(
     else:
         idle = _lists_without_revenue(db, sale_where, sparams, cparams)
     no_revenue = [entry for mailed, entry in idle if mailed]
-    not_mailed = [entry for mailed, entry in idle if not mailed]
+    unmailed = (
+        [r["list"] for r in result_rows if r.get("mailed") is False and r["audience"] > 0]
+        if by == "list"
+        else [entry["list"] for mailed, entry in idle if not mailed]
+    )
+    through = _mailed_through(db, unmailed, cparams)
+    if by == "list":
+        for r in result_rows:
+            r["mailed_through"] = through.get(r["list"], {}).get("through", {})
+    not_mailed = [entry for mailed, entry in idle if not mailed and entry["list"] not in through]
+    mailed_through_others = (
+        [
+            {"list": name, "active": active, **through[name]}
+            for name, active in sorted(
+                (r["list"], r["audience"]) for r in result_rows if r["list"] in through
+            )
+        ]
+        if by == "list"
+        else [
+            {"list": entry["list"], "active": entry["active"], **through[entry["list"]]}
+            for mailed, entry in idle
+            if not mailed and entry["list"] in through
+        ]
+    )
     over_time = [
         {"day": day, "currency": cur, "revenue": rev, "attributed": attr}
         for (day, cur), (rev, attr) in sorted(days.items())
@@ -306,6 +329,7 @@ def build_report(
         "totals": totals,
         "lists_without_revenue": no_revenue,
         "lists_not_mailed": not_mailed,
+        "lists_mailed_through_others": mailed_through_others,
         "holdout": _holdouts(db, campaigns, in_period if (start or end) else None),
         "complaint_warnings": _complaint_warnings(db, campaigns, in_period, bool(start or end)),
         "over_time": over_time,
@@ -328,6 +352,19 @@ def complaint_warning_text(warning: dict) -> str:
         f"campaign {warning['campaign']} has a complaint rate of {warning['rate']:.2%} "
         f"({warning['complaints']} of {warning['sent']} sent), {advice}"
     )
+
+
+MAILED_THROUGH_NOTE = "a reader on several lists of a campaign gets one message"
+
+
+def mailed_through_text(entry: dict) -> str:
+    """One list of ``lists_mailed_through_others`` in words (text and HTML reports alike):
+    ``fans (3 active: 2 mailed through blog, 1 through shop)``."""
+    through = ", ".join(
+        f"{n:,} {'mailed ' if i == 0 else ''}through {other}"
+        for i, (other, n) in enumerate(entry["through"].items())
+    )
+    return f"{entry['list']} ({entry['active']:,} active: {through})"
 
 
 def _complaint_warnings(db: Database, campaigns: dict, in_period: list, limited: bool) -> list:
@@ -361,6 +398,35 @@ def _group(by: str, key, campaigns: dict, lists: dict | None = None) -> tuple[st
         return ("list", (lists or {}).get(key, f"#{key}"))
     campaign = campaigns.get(key, {"slug": f"#{key}", "offer": "?"})
     return (by, campaign["slug"] if by == "campaign" else campaign["offer"])
+
+
+def _mailed_through(db: Database, slugs: list[str], cparams: list) -> dict[str, dict]:
+    """For the lists named (none of the period's messages went through them): those
+    whose active readers received a message of the period through another list, as
+    {slug: {"mailed": readers, "through": {other list: readers}}}. A reader on several
+    lists of a campaign gets one message, targeted through one of them."""
+    if not slugs:
+        return {}
+    in_period = "AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""
+    sql = f"""FROM lists l JOIN memberships m ON m.list_id = l.id AND m.status = 'active'
+              JOIN deliveries d ON d.subscriber_id = m.subscriber_id AND d.state = 'sent'
+                   AND d.list_id != l.id {in_period}
+              JOIN lists o ON o.id = d.list_id
+              WHERE l.slug IN (SELECT value FROM json_each(?))"""
+    params = [*cparams, json.dumps(slugs)]
+    out: dict[str, dict] = {}
+    for slug, n in db.execute(
+        f"SELECT l.slug, COUNT(DISTINCT m.subscriber_id) {sql} GROUP BY l.slug", params
+    ):
+        out[slug] = {"mailed": n, "through": {}}
+    for slug, other, n in db.execute(
+        f"""SELECT l.slug, o.slug, COUNT(DISTINCT m.subscriber_id) {sql}
+            GROUP BY l.slug, o.slug ORDER BY l.slug, COUNT(DISTINCT m.subscriber_id) DESC,
+            o.slug""",
+        params,
+    ):
+        out[slug]["through"][other] = n
+    return out
 
 
 def _lists_without_revenue(
