@@ -11,6 +11,12 @@ from listkit.errors import HeaderInjection, InputError, ListkitError, NotFound
 from listkit.mail.mime import check_header
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# A membership (alias ``m``) whose address is suppressed: whatever its status says, it
+# is never mailed again. Its list counts it as suppressed, not active.
+SUPPRESSED_MEMBER = """EXISTS (SELECT 1 FROM subscribers ms JOIN suppressions mx ON mx.key = ms.key
+                              WHERE ms.id = m.subscriber_id)"""
+# A member a campaign can mail: active and not suppressed (`lists ls` and the reports).
+MAILABLE_MEMBER = f"m.status = 'active' AND NOT {SUPPRESSED_MEMBER}"
 
 
 def check_slug(slug: str, what: str = "list") -> str:
@@ -49,17 +55,21 @@ def create_list(db: Database, slug: str, title: str | None = None) -> dict:
 
 
 def list_lists(db: Database) -> list[dict]:
-    """Every list with its member counts: active, unsubscribed, bounced (and complained)."""
+    """Every list with its member counts: active (mailable), suppressed (an active
+    membership of a suppressed address), unsubscribed, bounced (and complained)."""
     cursor = db.execute(
-        """SELECT l.slug, l.title, l.created,
-                  COUNT(m.subscriber_id) FILTER (WHERE m.status = 'active'),
+        f"""SELECT l.slug, l.title, l.created,
+                  COUNT(m.subscriber_id) FILTER (WHERE {MAILABLE_MEMBER}),
+                  COUNT(m.subscriber_id) FILTER (WHERE m.status = 'active'
+                                                 AND {SUPPRESSED_MEMBER}),
                   COUNT(m.subscriber_id) FILTER (WHERE m.status = 'unsubscribed'),
                   COUNT(m.subscriber_id) FILTER (WHERE m.status = 'bounced'),
                   COUNT(m.subscriber_id) FILTER (WHERE m.status = 'complained')
            FROM lists l LEFT JOIN memberships m ON m.list_id = l.id
            GROUP BY l.id ORDER BY l.slug"""
     )
-    keys = ("slug", "title", "created", "active", "unsubscribed", "bounced", "complained")
+    keys = ("slug", "title", "created", "active", "suppressed", "unsubscribed", "bounced")
+    keys += ("complained",)
     return [dict(zip(keys, row, strict=True)) for row in cursor]
 
 

@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.audience.lists import MAILABLE_MEMBER
 from listkit.audience.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 from listkit.errors import InputError
 
@@ -185,8 +186,8 @@ def build_report(
     if by == "list":
         titles = {}
         for slug, title, active in db.execute(
-            """SELECT l.slug, l.title, (SELECT COUNT(*) FROM memberships m
-                                        WHERE m.list_id = l.id AND m.status = 'active')
+            f"""SELECT l.slug, l.title, (SELECT COUNT(*) FROM memberships m
+                                         WHERE m.list_id = l.id AND {MAILABLE_MEMBER})
                FROM lists l"""
         ):
             rows[("list", slug)]["audience"] = active
@@ -408,7 +409,7 @@ def _mailed_through(db: Database, slugs: list[str], cparams: list) -> dict[str, 
     if not slugs:
         return {}
     in_period = "AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""
-    sql = f"""FROM lists l JOIN memberships m ON m.list_id = l.id AND m.status = 'active'
+    sql = f"""FROM lists l JOIN memberships m ON m.list_id = l.id AND {MAILABLE_MEMBER}
               JOIN deliveries d ON d.subscriber_id = m.subscriber_id AND d.state = 'sent'
                    AND d.list_id != l.id {in_period}
               JOIN lists o ON o.id = d.list_id
@@ -448,7 +449,7 @@ def _lists_without_revenue(
         (bool(mailed), {"list": slug, "active": active})
         for lid, slug, active, mailed in db.execute(
             f"""SELECT l.id, l.slug, (SELECT COUNT(*) FROM memberships m
-                                      WHERE m.list_id = l.id AND m.status = 'active'),
+                                      WHERE m.list_id = l.id AND {MAILABLE_MEMBER}),
                        EXISTS (SELECT 1 FROM deliveries d WHERE d.list_id = l.id
                                AND d.state = 'sent' {in_period})
                FROM lists l ORDER BY l.slug""",
