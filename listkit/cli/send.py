@@ -48,6 +48,10 @@ def campaigns() -> None:
 def campaigns_ls(ws: Workspace, json_: bool) -> None:
     """Show each campaign: offer, lists, schedule, state, audience and sent.
 
+    The audience of a campaign that has started is the readers it chose (the
+    held-out ones too), the same figure as `listkit report --by campaign`;
+    before it starts, the readers it would choose now.
+
     A campaign file that cannot be read shows its error; the others are still
     shown, and the exit status is 1.
 
@@ -65,11 +69,15 @@ def campaigns_ls(ws: Workspace, json_: bool) -> None:
             bad += 1
             continue
         row = campaign_row(ws.db, slug)
-        try:
-            audience = sum(audience_count(ws.db, c).values())
-        except NotFound:
-            audience = None
         totals = counts(ws.db, row["id"]) if row else {}
+        # Once queued, the audience is the readers the campaign chose (held out included),
+        # as `report --by campaign` counts it; before, who would be chosen now.
+        audience = sum(totals.values()) or None
+        if audience is None:
+            try:
+                audience = sum(audience_count(ws.db, c).values())
+            except NotFound:
+                audience = None
         rows.append(
             {
                 "campaign": slug,
