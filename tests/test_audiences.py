@@ -357,3 +357,21 @@ def test_a_product_an_offer_sells_is_known_before_any_sale_of_it(run, workspace)
         "subscribers", "ls", "--where", "not_bought=product:The Field Guide to Selling (ebook)"
     ).output
     assert "ann@example.com" in listed
+
+
+def test_subscribers_ls_where_prints_booleans_as_json_does_not_as_python(world, run):
+    # The table and the CSV said False (Python's spelling); --json says false.
+    run("suppress", "add", "bob@example.com")
+    args = ("subscribers", "ls", "--where", "mailed_by=launch")
+    header, *lines = run(*args).output.splitlines()[:-1]
+    suppressed = header.index("suppressed")
+    cells = {line.split()[0]: line[suppressed:].split()[0] for line in lines}
+    assert (cells["ann@example.com"], cells["bob@example.com"]) == ("false", "true")
+    data = {r["email"]: r["suppressed"] for r in json.loads(run(*args, "--json").output)}
+    assert (data["ann@example.com"], data["bob@example.com"]) == (False, True)
+    csv_lines = run(*args, "--csv").output.splitlines()
+    assert csv_lines[0].split(",")[5] == "suppressed"
+    column = {line.split(",")[0]: line.split(",")[5] for line in csv_lines[1:]}
+    assert set(column.values()) == {"false", "true"}
+    assert column == cells
+    assert "False" not in run(*args).output + run(*args, "--csv").output

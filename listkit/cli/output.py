@@ -30,8 +30,12 @@ def emit_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def _cell(value: Any) -> str:
+    """A value as tables and CSV show it: spelled as --json spells it (true, false),
+    nothing for no value."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
