@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from listkit.cli import cli, pass_workspace
-from listkit.cli.output import emit_csv, emit_json, emit_table, input_name
+from listkit.cli.output import emit_csv, emit_json, emit_table, input_name, shown_time
 from listkit.errors import InputError
 from listkit.sales.attribution import attribute_all
 from listkit.sales.money import currency_code, format_minor, to_minor
@@ -160,11 +160,13 @@ def sales_add(ws: Workspace, order, email, amount, currency, at, coupon, token, 
 def sales_ls(ws: Workspace, json_: bool, csv_: bool) -> None:
     """Show recorded sales with their attribution.
 
+    Times are ISO 8601 in UTC, to the second, in the table, CSV and JSON alike.
+
     \b
     Example:
         listkit sales ls --json
     """
-    rows = list_sales(ws.db)
+    rows = [r | {"at": shown_time(r["at"])} for r in list_sales(ws.db)]
     columns = ["source", "order", "at", "email", "currency", "amount", "refunded", "status"]
     columns += ["coupon", "method", "campaign", "list"]
     if json_:
