@@ -33,7 +33,7 @@ from listkit.send.sender import (
     send_test,
 )
 from listkit.send.sender import dry_run as write_dry_run
-from listkit.send.variants import assign_variant
+from listkit.send.variants import assign_variant, campaign_share_warnings
 from listkit.workspace import Workspace
 
 
@@ -124,6 +124,8 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
         click.echo(f"  {line}")
     for list_slug, n in per_list.items():
         click.echo(f"  {list_slug}: {n} recipients")
+    for warning in campaign_share_warnings(ws.db, c):
+        click.echo(f"  Warning: {warning}")
     if c.exclude_lists:
         click.echo(f"  excluding members of: {', '.join(c.exclude_lists)}")
     # Every recipient is checked and every failure listed (no limit): the count
@@ -295,8 +297,15 @@ def send(
     except AlreadyRunning as e:
         raise ListkitError(str(e)) from None
     _print_summary(summary)
+    _warn_shares(ws, p.campaign)
     if not summary.ok:
         sys.exit(1)
+
+
+def _warn_shares(ws: Workspace, campaign) -> None:
+    """After a run of an offer test: the shares that gave nobody (see variants)."""
+    for warning in campaign_share_warnings(ws.db, campaign):
+        click.echo(f"  Warning: {warning}")
 
 
 def _send_due(ws: Workspace, limit: int | None) -> None:
@@ -306,6 +315,7 @@ def _send_due(ws: Workspace, limit: int | None) -> None:
             if outcome.message:
                 click.echo(outcome.message)
             _print_summary(outcome.summary)
+            _warn_shares(ws, load_campaign(ws.campaigns_dir, outcome.campaign))
             failed = failed or not outcome.summary.ok
         elif outcome.action == "locked":
             click.echo(outcome.message)  # another run is on it: not a failure

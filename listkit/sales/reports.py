@@ -53,6 +53,7 @@ ORDER_STATUSES = "('paid', 'partially_refunded')"
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 Z95 = 1.959964
 NO_LIST = "(no list)"
+NO_OFFER = "(no offer)"
 REVENUE = f"coalesce(SUM(amount - refunded) FILTER (WHERE status IN {REVENUE_STATUSES}), 0)"
 
 
@@ -247,9 +248,10 @@ def build_report(
         per_day = days.setdefault((day, currency), [0, 0])
         per_day[0] += revenue
         per_day[1] += revenue if attributed else 0
-        if key is None and by == "list" and attributed:
-            # Attributed to a campaign (its coupon) through no known list.
-            target = rows[("list", NO_LIST)]
+        if key is None and by in ("list", "offer") and attributed:
+            # Attributed to a campaign (its coupon) through no known list, or to an offer
+            # test none of whose variants was delivered.
+            target = rows[(by, NO_LIST if by == "list" else NO_OFFER)]
             target["methods"][method] = target["methods"].get(method, 0) + n
         elif key is None:
             target = totals["unattributed"]
