@@ -258,9 +258,13 @@ def test_holdout_compares_mailed_and_held_out_buyers_in_the_window(run, ws, tmp_
 # --- HTML -----------------------------------------------------------------------------------
 
 
-def bars(html: str, chart: str) -> dict[str, int]:
-    svg = re.search(rf'<svg id="{chart}".*?</svg>', html, re.S).group(0)
-    return {k: int(v) for k, v in re.findall(r'data-label="([^"]+)" data-value="(-?\d+)"', svg)}
+def chart(html: str, chart_id: str) -> str:
+    return re.search(rf'<div id="{chart_id}".*?</section>', html, re.S).group(0)
+
+
+def bars(html: str, chart_id: str) -> dict[str, int]:
+    drawn = chart(html, chart_id)
+    return {k: int(v) for k, v in re.findall(r'data-label="([^"]+)" data-value="(-?\d+)"', drawn)}
 
 
 def test_html_report_is_readable_by_its_owner_only_even_when_it_replaces_a_file(run, tmp_path):
@@ -510,3 +514,58 @@ def test_campaigns_ls_and_the_report_by_campaign_give_a_sent_campaign_the_same_a
     (row,) = report(run, "--by", "campaign")["rows"]
     assert row["failed"] == 1
     assert listed["t"]["audience"] == row["audience"] == 5
+
+
+def _chromium_scripts():
+    import importlib.util
+    import shutil
+
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("Debian's chromium is not installed")
+    path = Path(__file__).parent.parent / "scripts" / "chromium.py"
+    spec = importlib.util.spec_from_file_location("listkit_scripts_chromium", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_the_html_report_fits_a_phone_and_a_laptop_with_chart_text_of_at_least_11px(
+    run, shop, tmp_path, width
+):
+    # On a 390 px phone the page was 702 px wide and the charts' text 4-5 px: SVGs 960
+    # units wide scaled down to fit, text and all. Measured in Chromium, as laid out.
+    chromium = _chromium_scripts()
+    sales(run, tmp_path, SALES)
+    shop.list("fans", "a@example.com")
+    out = tmp_path / "r.html"
+    run("report", "--html", str(out))
+    page = chromium.layout(out.read_text(), width)
+    assert page["viewport"] == width
+    assert page["scroll_width"] <= width, page["wider_than_viewport"]
+    chart_text = [t for t in page["texts"] if t["chart"]]
+    assert len(chart_text) > 20
+    too_small = [t for t in page["texts"] if t["size"] < 11]
+    assert too_small == []
+
+
+def test_a_tiny_bounce_rate_draws_a_sliver_not_a_full_bar(ws):
+    # 0.04% was drawn full width: the bars were scaled against the largest rate, however
+    # small. The scale now ends at 5% at least (past 2% a sender's reputation suffers).
+    from listkit.sales.report_html import render_html
+
+    w = World(ws.db)
+    cid = w.campaign("big")
+    for i in range(2500):
+        w.deliver(cid, f"r{i}@example.com", "blog")
+    suppress(ws.db, "r0@example.com", "hard_bounce", campaign_id=cid)
+    by_campaign = build_report(ws.db, "campaign")
+    assert by_campaign["rows"][0]["bounce_rate"] == 1 / 2500
+    by_list = build_report(ws.db, "list")
+    html = render_html(by_list, by_list, build_report(ws.db, "offer"), by_campaign)
+    drawn = chart(html, "bounce-rate-by-campaign")
+    assert 'data-scale="0.05"' in drawn
+    (width,) = re.findall(r'<span class="fill" style="width:([^"]+)"', drawn)
+    assert width == "max(2px, 0.80%)"
+    assert '<span class="value">0.04%</span>' in drawn
+    assert re.search(r'<span class="tick"[^>]*>5%</span>', drawn)

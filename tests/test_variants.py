@@ -199,7 +199,10 @@ def test_a_campaign_with_variants_sends_each_subscriber_the_offer_of_its_draw(
     assert "Offer test ab (no revenue yet, attribution window 7 days):" in out
     html = workspace / "r.html"
     run("report", "--html", str(html))
-    assert '<h2>Offer test ab</h2><table class="variants" data-campaign="ab">' in html.read_text()
+    assert (
+        '<h2>Offer test ab</h2><div class="wide"><table class="variants" data-campaign="ab">'
+        in html.read_text()
+    )
     assert "(held out)" in out
     assert "No winner: the variants do not differ yet" in out
 
