@@ -569,3 +569,21 @@ def test_a_tiny_bounce_rate_draws_a_sliver_not_a_full_bar(ws):
     assert width == "max(2px, 0.80%)"
     assert '<span class="value">0.04%</span>' in drawn
     assert re.search(r'<span class="tick"[^>]*>5%</span>', drawn)
+
+
+def test_the_readme_report_example_is_what_listkit_report_prints_for_the_demo(
+    tmp_path, monkeypatch
+):
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from listkit.cli import cli
+    from listkit.demo import run_demo
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = re.search(r"```\n\$ listkit report\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = run_demo(quiet=True)
+    printed = CliRunner().invoke(cli, ["--workspace", str(root), "report"]).output
+    assert example == printed
