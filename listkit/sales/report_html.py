@@ -1,9 +1,11 @@
-"""The HTML report: one self-contained file (no network), charts drawn as inline SVG.
+"""The HTML report: one self-contained file (no network), charts drawn in HTML and CSS.
 
-Every bar carries its figure in ``data-value`` (minor units) and the whole
-report is embedded as JSON (``<script type="application/json"
-id="listkit-report">``), so a script can check what is drawn against what
-``listkit report --json`` says.
+The rule: the page fits a 390 px phone as well as a laptop (no sideways scroll,
+no chart text under 11 px, as Chromium lays it out: scripts/screenshot_report.py
+and the report tests measure it). Every bar carries its figure in
+``data-value`` (minor units) and the whole report is embedded as JSON
+(``<script type="application/json" id="listkit-report">``), so a script can
+check what is drawn against what ``listkit report --json`` says.
 """
 
 from __future__ import annotations
@@ -81,10 +83,10 @@ def _time_chart(
         height = _pct_width(value, top).replace("2px", "1px")
         share = _pct_width(attributed, value)
         columns.append(
-            f'<div class="col"><span class="tick value">{money}</span>'
-            f'<div class="bar" data-label="{day}" data-value="{value}" '
+            f'<div class="col"><div class="bar" data-label="{day}" data-value="{value}" '
             f'data-attributed="{attributed}" data-currency="{currency}" '
             f'title="{day}: {money}" style="height:{height}">'
+            f'<span class="tick value">{money}</span>'
             f'<span class="attributed" style="height:{share}"></span></div>'
             f'<span class="tick day">{_short_day(day)}</span></div>'
         )
@@ -236,10 +238,11 @@ white-space:nowrap}.axis .tick:first-child{transform:none}
 border-bottom:1px solid #8c959f}
 .time .col{flex:1 1 0;min-width:0;display:flex;flex-direction:column;justify-content:flex-end;
 align-items:center}
-.time .bar{width:100%;max-width:80px;display:flex;align-items:flex-end}
+.time .bar{width:100%;max-width:80px;display:flex;align-items:flex-end;position:relative}
 .time .bar .attributed{display:block;width:100%}
 .time .tick{display:none;font-size:11px;color:#59636e;white-space:nowrap}
-.time.few .tick.value{display:block;margin-bottom:2px}
+.time.few .tick.value{display:block;position:absolute;bottom:100%;left:50%;
+transform:translateX(-50%);margin-bottom:2px}.time.few .plot{padding-top:1.5em}
 .time .ends{display:flex;justify-content:space-between;margin:.3em 0 0;color:#59636e}
 @media (min-width:700px){.time.few .plot{height:230px}
 .time.few .col{position:relative}.time.few .tick.day{display:block;position:absolute;

@@ -5,7 +5,10 @@ converted; refunds reduce it; unattributed sales still count in the totals;
 every figure is an aggregate computed in SQL (the reports stay fast on
 millions of deliveries), and the Python here only arranges them. A list no
 campaign of the period sent anything through is "not mailed", never a list
-that "earned nothing".
+that "earned nothing", unless its readers were mailed through another list of
+the campaign: then it says which. A reader's unsubscribe counts once, against
+the message it came from, however they said it (one-click, this list,
+everything).
 """
 
 from __future__ import annotations
