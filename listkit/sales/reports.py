@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta
 
 from sqlite_utils import Database
 
-from listkit.audience.lists import MAILABLE_MEMBER
+from listkit.audience.lists import MAILABLE_MEMBER, member_counts
 from listkit.audience.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 from listkit.errors import InputError
 
@@ -189,12 +189,9 @@ def build_report(
         credit_variants(db, rows, campaigns, in_period if (start or end) else None)
     if by == "list":
         titles = {}
-        for slug, title, active in db.execute(
-            f"""SELECT l.slug, l.title, (SELECT COUNT(*) FROM memberships m
-                                         WHERE m.list_id = l.id AND {MAILABLE_MEMBER})
-               FROM lists l"""
-        ):
-            rows[("list", slug)]["audience"] = active
+        members = member_counts(db)
+        for lid, slug, title in db.execute("SELECT id, slug, title FROM lists"):
+            rows[("list", slug)]["audience"] = members.get(lid, {}).get("active", 0)
             titles[slug] = title
     # Unsubscribes and bounces a campaign caused, through the delivery that caused them
     # (bounced: refused by the server or reported later, even when the address had
@@ -450,17 +447,16 @@ def _lists_without_revenue(
     }
     # One index seek per list (deliveries_list is on list_id, state).
     in_period = "AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""
+    members = member_counts(db)
     return [
-        (bool(mailed), {"list": slug, "active": active})
-        for lid, slug, active, mailed in db.execute(
-            f"""SELECT l.id, l.slug, (SELECT COUNT(*) FROM memberships m
-                                      WHERE m.list_id = l.id AND {MAILABLE_MEMBER}),
-                       EXISTS (SELECT 1 FROM deliveries d WHERE d.list_id = l.id
-                               AND d.state = 'sent' {in_period})
+        (bool(mailed), {"list": slug, "active": members[lid]["active"]})
+        for lid, slug, mailed in db.execute(
+            f"""SELECT l.id, l.slug, EXISTS (SELECT 1 FROM deliveries d WHERE d.list_id = l.id
+                                            AND d.state = 'sent' {in_period})
                FROM lists l ORDER BY l.slug""",
             cparams,
         )
-        if active and lid not in earned
+        if members.get(lid, {}).get("active") and lid not in earned
     ]
 
 
