@@ -402,22 +402,32 @@ def test_one_click_this_list_and_everything_unsubscribes_each_count_once_where_t
 ):
     # Only "everything" (a suppression) was counted: the RFC 8058 one-click POST and the
     # page's "this list" button leave an unsubscribe event and a membership, no suppression.
-    from listkit.audience.subscribers import unsubscribe_delivery
-    from listkit.db import immediate
+    # Through the web app's own routes, as the reader's mail program and browser send them.
+    from starlette.testclient import TestClient
 
-    def token(campaign, email):
-        return ws.db.execute(
+    from listkit.mail.tracking import unsubscribe_url
+    from listkit.web import create_app
+
+    def path(campaign, email):
+        token = ws.db.execute(
             """SELECT token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
                WHERE c.slug = ? AND d.email = ?""",
             [campaign, email],
         ).fetchone()[0]
+        return unsubscribe_url("", ws.settings.secret_key(), token)
 
-    with immediate(ws.db):
-        unsubscribe_delivery(ws.db, token("t", "a@example.com"), everything=False)  # one-click
-        unsubscribe_delivery(ws.db, token("t", "d@example.com"), everything=False)  # this list
-        unsubscribe_delivery(ws.db, token("u", "b@example.com"), everything=True)
-        # The same reader again, from everything this time: still one unsubscribe.
-        unsubscribe_delivery(ws.db, token("t", "a@example.com"), everything=True)
+    one_click = {"content-type": "application/x-www-form-urlencoded"}
+    with TestClient(create_app(ws), raise_server_exceptions=False) as client:
+        answers = [
+            client.post(
+                path("t", "a@example.com"), content="List-Unsubscribe=One-Click", headers=one_click
+            ),
+            client.post(path("t", "d@example.com"), data={"scope": "list"}),
+            client.post(path("u", "b@example.com"), data={"scope": "all"}),
+            # The same reader again, from everything this time: still one unsubscribe.
+            client.post(path("t", "a@example.com"), data={"scope": "all"}),
+        ]
+    assert [r.status_code for r in answers] == [200, 200, 200, 200]
     by_list = {r["list"]: r["unsubscribed"] for r in report(run)["rows"]}
     assert (by_list["blog"], by_list["shop"]) == (2, 1)
     by_campaign = report(run, "--by", "campaign")["rows"]
