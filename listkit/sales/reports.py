@@ -296,30 +296,18 @@ def build_report(
     else:
         idle = _lists_without_revenue(db, sale_where, sparams, cparams)
     no_revenue = [entry for mailed, entry in idle if mailed]
-    unmailed = (
-        [r["list"] for r in result_rows if r.get("mailed") is False and r["audience"] > 0]
-        if by == "list"
-        else [entry["list"] for mailed, entry in idle if not mailed]
-    )
-    through = _mailed_through(db, unmailed, cparams)
+    # Lists no message of the period went through, and the readers of theirs that
+    # were mailed through another list all the same.
+    unmailed = {entry["list"]: entry for mailed, entry in idle if not mailed}
+    through = _mailed_through(db, list(unmailed), cparams)
+    not_mailed = [entry for name, entry in unmailed.items() if name not in through]
+    mailed_through_others = [
+        {"list": name, "active": unmailed[name]["active"], **through[name]}
+        for name in sorted(through)
+    ]
     if by == "list":
         for r in result_rows:
             r["mailed_through"] = through.get(r["list"], {}).get("through", {})
-    not_mailed = [entry for mailed, entry in idle if not mailed and entry["list"] not in through]
-    mailed_through_others = (
-        [
-            {"list": name, "active": active, **through[name]}
-            for name, active in sorted(
-                (r["list"], r["audience"]) for r in result_rows if r["list"] in through
-            )
-        ]
-        if by == "list"
-        else [
-            {"list": entry["list"], "active": entry["active"], **through[entry["list"]]}
-            for mailed, entry in idle
-            if not mailed and entry["list"] in through
-        ]
-    )
     over_time = [
         {"day": day, "currency": cur, "revenue": rev, "attributed": attr}
         for (day, cur), (rev, attr) in sorted(days.items())
