@@ -193,15 +193,16 @@ def build_report(
         for lid, slug, title in db.execute("SELECT id, slug, title FROM lists"):
             rows[("list", slug)]["audience"] = members.get(lid, {}).get("active", 0)
             titles[slug] = title
-    # Unsubscribes and bounces a campaign caused, through the delivery that caused them
-    # (bounced: refused by the server or reported later, even when the address had
-    # already been suppressed by another campaign's bounce).
-    for field, marked, reasons in (
-        ("unsubscribed", UNSUBSCRIBED_DELIVERIES, [UNSUBSCRIBED]),
-        ("bounced", BOUNCED_DELIVERIES, list(BOUNCE_REASONS)),
+    # Unsubscribes and bounces a campaign caused, through the delivery that caused them:
+    # readers who unsubscribed (one who left through two messages of a group counts once
+    # in it), messages that bounced (refused by the server or reported later, even when
+    # the address had already been suppressed by another campaign's bounce).
+    for field, counted, marked, reasons in (
+        ("unsubscribed", "DISTINCT d.subscriber_id", UNSUBSCRIBED_DELIVERIES, [UNSUBSCRIBED]),
+        ("bounced", "*", BOUNCED_DELIVERIES, list(BOUNCE_REASONS)),
     ):
         for key, n in db.execute(
-            f"""SELECT d.{column}, COUNT(*) FROM deliveries d WHERE d.id IN ({marked})
+            f"""SELECT d.{column}, COUNT({counted}) FROM deliveries d WHERE d.id IN ({marked})
                 {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
                 GROUP BY d.{column}""",
             [json.dumps(reasons), *cparams],
