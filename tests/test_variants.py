@@ -509,3 +509,26 @@ def test_check_and_send_warn_when_a_share_of_the_audience_rounds_to_nobody(run, 
     assert len(handler.messages) == 6  # every reader got launch
     assert untested in run("send", "untested", "--yes").output
     assert len(handler.messages) == 6  # nobody in the test part: the rest waits
+
+
+def test_a_coupon_sale_of_an_offer_test_that_delivered_nothing_is_credited_to_no_offer(ws):
+    from listkit.sales.attribution import attribute_all
+    from listkit.sales.reports import build_report
+
+    w = World(ws.db)
+    cid = w.campaign("ab", offer="launch", coupon="LAUNCH30")
+    w.deliver(cid, "a@example.com", "blog", state="held_out")
+    with ws.db.conn:
+        ws.db.execute("UPDATE campaigns SET variants = ?", [json.dumps(["launch", "bundle"])])
+        ws.db.execute(
+            """INSERT INTO sales (source, order_id, amount, currency, at, email, email_key,
+               coupon, imported) VALUES ('t', '1', 4900, 'USD', '2026-11-02T10:00:00+00:00',
+               'new@example.com', 'new@example.com', 'LAUNCH30', '2026-11-02')"""
+        )
+    assert attribute_all(ws.db) == {"coupon": 1}
+    assert ws.db.execute("SELECT campaign_id, offer FROM sales").fetchone() == (cid, None)
+    data = build_report(ws.db, "offer")
+    rows = {r["offer"]: r for r in data["rows"]}
+    assert rows["(no offer)"]["revenue"] == {"USD": 4900}
+    assert rows["(no offer)"]["methods"] == {"coupon": 1}
+    assert data["totals"]["unattributed"] == {"orders": 0, "revenue": {}}
