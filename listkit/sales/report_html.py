@@ -28,7 +28,8 @@ BOUNCE_SCALE, COMPLAINT_SCALE = 0.05, 0.005
 
 # Charts are HTML and CSS, not SVG: an SVG drawn for a laptop and scaled down to a
 # phone's width scales its text down with it (4 px on a 390 px screen), while HTML
-# text keeps its size and the bars take whatever width is left.
+# text keeps its size and the bars take whatever width is left (and a screen reader
+# reads the figures as text).
 
 
 def _empty(title: str, text: str) -> str:
@@ -54,8 +55,8 @@ def _bar_chart(chart_id: str, title: str, items: list[tuple[str, int]], currency
         for label, value in items
     )
     return (
-        f'<section><h2>{escape(title)}</h2><div id="{chart_id}" class="chart bars" '
-        f'role="img" aria-label="{escape(title)}">{bars}</div></section>'
+        f'<section><h2>{escape(title)}</h2><div id="{chart_id}" class="chart bars">'
+        f"{bars}</div></section>"
     )
 
 
@@ -91,8 +92,8 @@ def _time_chart(
             f'<span class="tick day">{_short_day(day)}</span></div>'
         )
     return (
-        f'<section><h2>{escape(title)}</h2><div id="{chart_id}" class="chart time{few}" '
-        f'role="img" aria-label="{escape(title)}"><p class="legend">highest day '
+        f'<section><h2>{escape(title)}</h2><div id="{chart_id}" class="chart time{few}">'
+        '<p class="legend">highest day '
         f"{escape(format_minor(top, currency))} "
         '<span class="key attributed"></span>attributed '
         '<span class="key all"></span>unattributed</p>'
@@ -147,7 +148,7 @@ def _rate_chart(
     )
     return (
         f'<section><h2>{escape(title)}</h2><div id="{chart_id}" class="chart bars rates{kind}" '
-        f'role="img" aria-label="{escape(title)}" data-scale="{top!r}">{"".join(bars)}'
+        f'data-scale="{top!r}">{"".join(bars)}'
         f'<div class="axis"><span class="label"></span><span class="track">{axis}</span>'
         f'<span class="value"></span></div>{legend}</div></section>'
     )
