@@ -1,4 +1,4 @@
-"""Render the demo's HTML report in headless Chromium, save a screenshot, check the charts.
+"""Render the demo's HTML report in headless Chromium, save screenshots, check the charts.
 
 Runs the demo quietly (or takes a workspace), writes its HTML report, opens it in headless Chromium
 (Debian package `chromium`; scripts/chromium.py installs it when missing and run as root),
@@ -7,6 +7,10 @@ charts carries the figure `listkit report --json` gives, and so does every
 bounce and complaint rate drawn (the per-campaign rate charts and the table's
 rate cells, figure and label), every complaint warning, and the clicks drawn:
 the table's clicks and buy/click cells and the buy/click chart per campaign.
+Then it lays the page out at a phone's width (390 px) and a laptop's (1280 px),
+saves a full-page PNG of each (report-390.png, report-1280.png) and checks, as
+Chromium laid them out, that the page never scrolls sideways (its scrollWidth is
+at most the viewport's width) and that no chart text is drawn under 11 px.
 Exits 1 on any mismatch.
 
     .venv/bin/python scripts/screenshot_report.py [--out bench/out] [--workspace DIR]
@@ -24,7 +28,7 @@ from html import unescape
 from pathlib import Path
 
 from chromium import FLAGS as CHROMIUM_FLAGS
-from chromium import chromium
+from chromium import chromium, layout, screenshot
 from click.testing import CliRunner
 
 from listkit.cli import cli
@@ -41,24 +45,27 @@ def report_json(root: Path, by: str) -> dict:
     return json.loads(result.output)
 
 
-def bars(dom: str, chart: str) -> dict[str, int]:
-    match = re.search(rf'<svg id="{chart}".*?</svg>', dom, re.S)
+def _chart(dom: str, chart: str) -> str:
+    match = re.search(rf'<div id="{chart}".*?</section>', dom, re.S)
     if match is None:
         raise SystemExit(f"chart {chart} is not in the rendered page")
+    return match.group(0)
+
+
+def bars(dom: str, chart: str) -> dict[str, int]:
     return {
         label: int(value)
-        for label, value in re.findall(r'data-label="([^"]+)" data-value="(-?\d+)"', match.group(0))
+        for label, value in re.findall(
+            r'data-label="([^"]+)" data-value="(-?\d+)"', _chart(dom, chart)
+        )
     }
 
 
 def rate_bars(dom: str, chart: str) -> dict[str, float]:
-    match = re.search(rf'<svg id="{chart}".*?</svg>', dom, re.S)
-    if match is None:
-        raise SystemExit(f"chart {chart} is not in the rendered page")
     found = re.findall(
-        r'<g class="bar rate[^"]*" data-label="([^"]+)" data-rate="([^"]+)">.*?'
-        r'<text class="value"[^>]*>([^<]*)</text>',
-        match.group(0),
+        r'<div class="bar rate[^"]*" data-label="([^"]+)" data-rate="([^"]+)">.*?'
+        r'<span class="value">([^<]*)</span>',
+        _chart(dom, chart),
         re.S,
     )
     out = {}
@@ -67,6 +74,40 @@ def rate_bars(dom: str, chart: str) -> dict[str, float]:
             raise SystemExit(f"chart {chart}: {label} is labelled {shown}, its value is {value}")
         out[label] = float(value)
     return out
+
+
+MIN_TEXT_PX = 11
+
+
+def check_layout(html: str, out: Path) -> bool:
+    """At 390 and 1280 px: no sideways scroll, no chart text under 11 px; a PNG of each."""
+    failed = False
+    for width in (390, 1280):
+        page = layout(html, width)
+        small = [t for t in page["texts"] if t["chart"] and t["size"] < MIN_TEXT_PX]
+        chart_sizes = [t["size"] for t in page["texts"] if t["chart"]]
+        fits = page["scroll_width"] <= page["viewport"] == width
+        failed |= not fits or bool(small) or not chart_sizes
+        print(
+            f"layout at {width}px: {'ok' if fits else 'SIDEWAYS SCROLL'} scrollWidth "
+            f"{page['scroll_width']} for a viewport of {page['viewport']}"
+            + (f" (wider: {page['wider_than_viewport']})" if not fits else "")
+        )
+        print(
+            f"chart text at {width}px: {'ok' if not small and chart_sizes else 'TOO SMALL'} "
+            f"{len(chart_sizes)} texts, smallest {min(chart_sizes, default=0)}px"
+            + (f" {small[:5]}" if small else "")
+        )
+        full = page["scroll_height"]
+        png = (out / f"report-{width}.png").resolve()
+        screenshot(html, width, png, full, full=full)
+        print(f"screenshot at {width}px: {png} ({png.stat().st_size:,} bytes, {full}px tall)")
+        # The same page in screen-sized parts, to look at in an image viewer.
+        step = 1400 if width < 800 else 1000
+        for n, top in enumerate(range(0, full, step), 1):
+            part = (out / f"report-{width}-part{n}.png").resolve()
+            screenshot(html, width, part, min(step, full - top), top=top, full=full)
+    return failed
 
 
 def rate_cells(dom: str) -> dict[tuple[str, str], float | None]:
@@ -167,6 +208,7 @@ def main() -> int:
     (args.out / "report.dom.html").write_text(dom)
     by_list, by_offer = report_json(root, "list"), report_json(root, "offer")
     rates_failed = check_rates(dom, by_list, report_json(root, "campaign"))
+    rates_failed |= check_layout(html.read_text(), args.out)
     currency = main_currency(by_list)
     if currency is None:
         print("no revenue in the report: nothing drawn to check")

@@ -371,16 +371,16 @@ def test_the_readmes_winback_example_checks_as_written_with_a_field_rule_over_tw
     world, run, workspace
 ):
     # fay (customers) has no custom fields: her field rule is neither true nor false.
-    world.campaign("spring")
+    world.campaign("launch-reminder")
     (workspace / "campaigns" / "winback.toml").write_text(readme_example("winback.toml"))
     out = run("campaigns", "check", "winback").output
     assert out.splitlines()[1:] == [
         "  lists before the rules: 6 recipients",
         "  rule not_bought=anything: 3 alone, 3 with the rules above",
         "  rule mailed_by=launch: 3 alone, 1 with the rules above",
-        "  rule not_clicked_in=launch|spring: 5 alone, 0 with the rules above",
-        "  rule signed_up_after=2026-01-01: 5 alone, 0 with the rules above",
-        "  rule field.plan=pro: 2 alone, 0 with the rules above",
+        "  rule not_clicked_in=launch|launch-reminder: 5 alone, 0 with the rules above",
+        "  rule signed_up_after=2025-01-01: 6 alone, 0 with the rules above",
+        "  rule field.plan=yearly: 0 alone, 0 with the rules above",
         "  blog: 0 recipients",
         "  customers: 0 recipients",
         "OK: 0 messages render; ready to send.",
@@ -397,3 +397,21 @@ def test_a_field_rule_counts_a_subscriber_without_the_field_as_not_matching(worl
     b = audience_breakdown(world.db, campaign)
     assert b["rules"] == [{"rule": "field.plan=pro", "alone": 2, "with_previous": 2}]
     assert b["per_list"] == {"blog": 2, "customers": 0}
+
+
+def test_subscribers_ls_where_prints_booleans_as_json_does_not_as_python(world, run):
+    # The table and the CSV said False (Python's spelling); --json says false.
+    run("suppress", "add", "bob@example.com")
+    args = ("subscribers", "ls", "--where", "mailed_by=launch")
+    header, *lines = run(*args).output.splitlines()[:-1]
+    suppressed = header.index("suppressed")
+    cells = {line.split()[0]: line[suppressed:].split()[0] for line in lines}
+    assert (cells["ann@example.com"], cells["bob@example.com"]) == ("false", "true")
+    data = {r["email"]: r["suppressed"] for r in json.loads(run(*args, "--json").output)}
+    assert (data["ann@example.com"], data["bob@example.com"]) == (False, True)
+    csv_lines = run(*args, "--csv").output.splitlines()
+    assert csv_lines[0].split(",")[5] == "suppressed"
+    column = {line.split(",")[0]: line.split(",")[5] for line in csv_lines[1:]}
+    assert set(column.values()) == {"false", "true"}
+    assert column == cells
+    assert "False" not in run(*args).output + run(*args, "--csv").output

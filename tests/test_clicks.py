@@ -166,5 +166,5 @@ def test_the_html_report_has_a_clicks_column_and_draws_click_to_buy_per_campaign
     html = out.read_text()
     assert "<th>clicks</th><th>buy/click</th>" in html
     assert re.search(r'<td data-row="blog" data-rate="click_to_buy" data-value="0.5">50.00%', html)
-    chart = re.search(r'<svg id="click-to-buy-by-campaign".*?</svg>', html).group(0)
+    chart = re.search(r'<div id="click-to-buy-by-campaign".*?</section>', html).group(0)
     assert 'data-label="spring" data-rate="0.5"' in chart

@@ -72,3 +72,20 @@ def test_a_list_title_with_a_control_character_is_refused_when_the_list_is_creat
             "contains a control character: refused, the list was not created\n"
         )
     assert "blog" not in run("lists", "ls").output
+
+
+def test_lists_ls_does_not_count_a_suppressed_member_as_active(run):
+    # A hard bounce or an "everything" unsubscribe suppresses the address; its membership
+    # may stay active (the server refused it, or an import said "subscribed"), yet the
+    # address is never mailed again: it is suppressed, not active.
+    run("lists", "create", "blog", "--title", "Blog")
+    for email in ("a@example.com", "b@example.com", "c@example.com"):
+        run("subscribers", "add", email, "--list", "blog")
+    run("suppress", "add", "c@example.com", "--reason", "hard_bounce")
+    (row,) = json.loads(run("lists", "ls", "--json").output)
+    assert (row["active"], row["suppressed"], row["unsubscribed"]) == (2, 1, 0)
+    header, blog = run("lists", "ls").output.splitlines()
+    assert header.split() == ["list", "title", "active", "suppressed", "unsubscribed", "bounced"]
+    assert blog.split() == ["blog", "Blog", "2", "1", "0", "0"]
+    rows = {r["list"]: r for r in json.loads(run("report", "--json").output)["rows"]}
+    assert rows["blog"]["audience"] == 2

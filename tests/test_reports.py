@@ -260,9 +260,13 @@ def test_holdout_compares_mailed_and_held_out_buyers_in_the_window(run, ws, tmp_
 # --- HTML -----------------------------------------------------------------------------------
 
 
-def bars(html: str, chart: str) -> dict[str, int]:
-    svg = re.search(rf'<svg id="{chart}".*?</svg>', html, re.S).group(0)
-    return {k: int(v) for k, v in re.findall(r'data-label="([^"]+)" data-value="(-?\d+)"', svg)}
+def chart(html: str, chart_id: str) -> str:
+    return re.search(rf'<div id="{chart_id}".*?</section>', html, re.S).group(0)
+
+
+def bars(html: str, chart_id: str) -> dict[str, int]:
+    drawn = chart(html, chart_id)
+    return {k: int(v) for k, v in re.findall(r'data-label="([^"]+)" data-value="(-?\d+)"', drawn)}
 
 
 def test_html_report_is_readable_by_its_owner_only_even_when_it_replaces_a_file(run, tmp_path):
@@ -393,3 +397,208 @@ def test_an_html_report_over_the_database_or_env_file_is_refused_and_both_are_ke
     )
     assert (workspace / target).read_bytes() == before
     assert "blog" in run("lists", "ls").output
+
+
+def test_one_click_this_list_and_everything_unsubscribes_each_count_once_where_they_came_from(
+    run, ws, shop
+):
+    # Only "everything" (a suppression) was counted: the RFC 8058 one-click POST and the
+    # page's "this list" button leave an unsubscribe event and a membership, no suppression.
+    # Through the web app's own routes, as the reader's mail program and browser send them.
+    from starlette.testclient import TestClient
+
+    from listkit.mail.tracking import unsubscribe_url
+    from listkit.web import create_app
+
+    def path(campaign, email):
+        token = ws.db.execute(
+            """SELECT token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+               WHERE c.slug = ? AND d.email = ?""",
+            [campaign, email],
+        ).fetchone()[0]
+        return unsubscribe_url("", ws.settings.secret_key(), token)
+
+    one_click = {"content-type": "application/x-www-form-urlencoded"}
+    with TestClient(create_app(ws), raise_server_exceptions=False) as client:
+        answers = [
+            client.post(
+                path("t", "a@example.com"), content="List-Unsubscribe=One-Click", headers=one_click
+            ),
+            client.post(path("t", "d@example.com"), data={"scope": "list"}),
+            client.post(path("u", "b@example.com"), data={"scope": "all"}),
+            # The same reader again, from everything this time: still one unsubscribe.
+            client.post(path("t", "a@example.com"), data={"scope": "all"}),
+            # b left blog through t's message, then everything through u's (both came
+            # through blog): one reader of blog, an unsubscribe in each campaign.
+            client.post(path("t", "b@example.com"), data={"scope": "list"}),
+        ]
+    assert [r.status_code for r in answers] == [200] * 5
+    by_list = {r["list"]: r["unsubscribed"] for r in report(run)["rows"]}
+    assert (by_list["blog"], by_list["shop"]) == (2, 1)
+    by_campaign = report(run, "--by", "campaign")["rows"]
+    assert {r["campaign"]: r["unsubscribed"] for r in by_campaign} == {"t": 3, "u": 1}
+    assert {r["offer"]: r["unsubscribed"] for r in report(run, "--by", "offer")["rows"]} == {
+        "course": 1,
+        "launch": 3,
+    }
+    lines = run("report", "--by", "campaign", "--csv").output.splitlines()
+    assert [line.split(",")[4] for line in lines] == ["unsubscribed", "3", "1"]
+    table = run("report", "--by", "campaign").output.splitlines()
+    unsub = table[0].index("unsub")
+    assert [line[unsub : unsub + 5].strip() for line in table[1:3]] == ["3", "1"]
+
+
+def test_a_list_whose_readers_were_mailed_through_another_list_is_not_called_not_mailed(
+    run, shop, tmp_path
+):
+    # A reader on two lists of a campaign gets one message, targeted through one list:
+    # the other list's readers were mailed, through that list.
+    shop.list("fans", "a@example.com", "b@example.com", "d@example.com")
+    shop.list("mixed", "c@example.com", "z9@example.com")
+    sales(run, tmp_path, SALES)
+    data = report(run)
+    assert data["lists_not_mailed"] == [{"list": "dormant", "active": 2, "sent": 0}]
+    assert data["lists_mailed_through_others"] == [
+        {"list": "fans", "active": 3, "mailed": 3, "through": {"blog": 2, "shop": 1}},
+        {"list": "mixed", "active": 2, "mailed": 1, "through": {"blog": 1}},
+    ]
+    rows = {r["list"]: r for r in data["rows"]}
+    assert (rows["fans"]["mailed"], rows["fans"]["mailed_through"]) == (
+        False,
+        {"blog": 2, "shop": 1},
+    )
+    assert rows["blog"]["mailed_through"] == {}
+    by_campaign = report(run, "--by", "campaign")
+    assert [x["list"] for x in by_campaign["lists_not_mailed"]] == ["dormant"]
+    assert [x["list"] for x in by_campaign["lists_mailed_through_others"]] == ["fans", "mixed"]
+    # Only the campaigns of the period: u mailed a and b through blog.
+    later = report(run, "--since", "2026-11-05")
+    assert later["lists_mailed_through_others"] == [
+        {"list": "fans", "active": 3, "mailed": 2, "through": {"blog": 2}},
+    ]
+    assert [x["list"] for x in later["lists_not_mailed"]] == ["dormant", "mixed", "shop"]
+
+    text = run("report").output
+    assert "Lists not mailed: dormant (2 active)\n" in text
+    assert (
+        "Lists mailed through other lists (a reader on several lists of a campaign gets one "
+        "message): fans (3 active: 2 mailed through blog, 1 through shop), "
+        "mixed (2 active: 1 mailed through blog)\n"
+    ) in text
+    mailed = {
+        line.split(",")[0]: line.split(",")[-1]
+        for line in run("report", "--csv").output.splitlines()[1:]
+    }
+    assert (mailed["fans"], mailed["mixed"], mailed["dormant"]) == (
+        "through blog+shop",
+        "through blog",
+        "no",
+    )
+    out = tmp_path / "r.html"
+    run("report", "--html", str(out))
+    html = out.read_text()
+    assert "<h2>Lists mailed through other lists</h2>" in html
+    assert "fans (3 active: 2 mailed through blog, 1 through shop)" in html
+    assert not re.search(r"<h2>Lists not mailed</h2><p[^>]*>[^<]*fans", html)
+
+
+def test_campaigns_ls_and_the_report_by_campaign_give_a_sent_campaign_the_same_audience(
+    run, workspace
+):
+    # The server refused one address (550): it is suppressed after the send. campaigns ls
+    # counted the audience afresh (one fewer), the report the readers the campaign chose.
+    from tests import smtp_server
+
+    controller, handler = smtp_server.start()
+    try:
+        run("lists", "create", "blog")
+        for i in range(5):
+            run("subscribers", "add", f"r{i}@example.com", "--list", "blog")
+        (workspace / "campaigns" / "t.toml").write_text(
+            'offer = "launch"\nlists = ["blog"]\nholdout = 0.2\n'
+        )
+        env = (workspace / ".env").read_text()
+        (workspace / ".env").write_text(
+            env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
+        )
+        handler.fault("r1@example.com", "550")
+        run("send", "t", "--yes", ok=False)
+    finally:
+        controller.stop()
+    listed = {c["campaign"]: c for c in json.loads(run("campaigns", "ls", "--json").output)}
+    (row,) = report(run, "--by", "campaign")["rows"]
+    assert row["failed"] == 1
+    assert listed["t"]["audience"] == row["audience"] == 5
+
+
+def _chromium_scripts():
+    import importlib.util
+    import shutil
+
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("Debian's chromium is not installed")
+    path = Path(__file__).parent.parent / "scripts" / "chromium.py"
+    spec = importlib.util.spec_from_file_location("listkit_scripts_chromium", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_the_html_report_fits_a_phone_and_a_laptop_with_chart_text_of_at_least_11px(
+    run, shop, tmp_path, width
+):
+    # On a 390 px phone the page was 702 px wide and the charts' text 4-5 px: SVGs 960
+    # units wide scaled down to fit, text and all. Measured in Chromium, as laid out.
+    chromium = _chromium_scripts()
+    sales(run, tmp_path, SALES)
+    shop.list("fans", "a@example.com")
+    out = tmp_path / "r.html"
+    run("report", "--html", str(out))
+    page = chromium.layout(out.read_text(), width)
+    assert page["viewport"] == width
+    assert page["scroll_width"] <= width, page["wider_than_viewport"]
+    chart_text = [t for t in page["texts"] if t["chart"]]
+    assert len(chart_text) > 20
+    too_small = [t for t in page["texts"] if t["size"] < 11]
+    assert too_small == []
+
+
+def test_a_tiny_bounce_rate_draws_a_sliver_not_a_full_bar(ws):
+    # 0.04% was drawn full width: the bars were scaled against the largest rate, however
+    # small. The scale now ends at 5% at least (past 2% a sender's reputation suffers).
+    from listkit.sales.report_html import render_html
+
+    w = World(ws.db)
+    cid = w.campaign("big")
+    for i in range(2500):
+        w.deliver(cid, f"r{i}@example.com", "blog")
+    suppress(ws.db, "r0@example.com", "hard_bounce", campaign_id=cid)
+    by_campaign = build_report(ws.db, "campaign")
+    assert by_campaign["rows"][0]["bounce_rate"] == 1 / 2500
+    by_list = build_report(ws.db, "list")
+    html = render_html(by_list, by_list, build_report(ws.db, "offer"), by_campaign)
+    drawn = chart(html, "bounce-rate-by-campaign")
+    assert 'data-scale="0.05"' in drawn
+    (width,) = re.findall(r'<span class="fill" style="width:([^"]+)"', drawn)
+    assert width == "max(2px, 0.80%)"
+    assert '<span class="value">0.04%</span>' in drawn
+    assert re.search(r'<span class="tick"[^>]*>5%</span>', drawn)
+
+
+def test_the_readme_report_example_is_what_listkit_report_prints_for_the_demo(
+    tmp_path, monkeypatch
+):
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from listkit.cli import cli
+    from listkit.demo import run_demo
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = re.search(r"```(?:console)?\n\$ listkit report\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = run_demo(quiet=True)
+    printed = CliRunner().invoke(cli, ["--workspace", str(root), "report"]).output
+    assert example == printed

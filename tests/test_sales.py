@@ -1,6 +1,9 @@
 """Sales imports and `sales add/ls`, on fixtures in each real shape (see FORMATS.md)."""
 
+import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -224,3 +227,21 @@ def test_sales_add_and_unknown_format(run, tmp_path):
     empty = tmp_path / "e.csv"
     empty.write_text("")
     assert "the file is empty" in imported(run, empty, ok=False).output
+
+
+def test_sales_ls_shows_every_time_in_one_format(run):
+    # A shop's fractional seconds, a Unix time and "now" came out as three formats.
+    add = ("sales", "add", "--email", "ann@example.com", "--amount", "29", "--currency", "USD")
+    run(*add, "--order", "1", "--at", "2026-11-02T10:00:00.250Z")
+    run(*add, "--order", "2", "--at", "1762077600")
+    run(*add, "--order", "3")
+    one = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")
+    table = run("sales", "ls").output.splitlines()
+    at = table[0].index(" at ") + 1
+    shown = [line[at:].split()[0] for line in table[1:]]
+    assert shown[:2] == ["2025-11-02T10:00:00+00:00", "2026-11-02T10:00:00+00:00"]
+    assert one.fullmatch(shown[2])
+    rows = json.loads(run("sales", "ls", "--json").output)
+    assert all(one.fullmatch(r["at"]) for r in rows)
+    csv_rows = list(csv.DictReader(io.StringIO(run("sales", "ls", "--csv").output)))
+    assert [r["at"] for r in csv_rows] == [r["at"] for r in rows]

@@ -258,3 +258,16 @@ def test_adding_a_pruned_member_again_says_so_and_keeps_it_out(silent_world, run
         """SELECT m.status FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id
            JOIN lists l ON l.id = m.list_id WHERE s.email = 'sid@example.com' AND l.slug = 'blog'"""
     ).fetchone() == ("pruned",)
+
+
+@pytest.mark.parametrize("by", ["source", "signup-month"])
+def test_report_csv_by_source_or_month_gives_a_group_without_revenue_an_empty_currency(
+    world, run, by
+):
+    # A group nobody bought in ended the CSV in a KeyError: ''.
+    world.list("blog", "eve@example.com")
+    origin(world.db, "eve@example.com", "api", "2026-05-01T10:00:00+00:00")
+    lines = run("report", "--by", by, "--csv").output.splitlines()
+    assert lines[0] == f"{by},subscribers,buyers,orders,currency,revenue,revenue_per_subscriber"
+    key = "api" if by == "source" else "2026-05"
+    assert f"{key},1,0,0,,0," in lines

@@ -199,7 +199,10 @@ def test_a_campaign_with_variants_sends_each_subscriber_the_offer_of_its_draw(
     assert "Offer test ab (no revenue yet, attribution window 7 days):" in out
     html = workspace / "r.html"
     run("report", "--html", str(html))
-    assert '<h2>Offer test ab</h2><table class="variants" data-campaign="ab">' in html.read_text()
+    assert (
+        '<h2>Offer test ab</h2><div class="wide"><table class="variants" data-campaign="ab">'
+        in html.read_text()
+    )
     assert "(held out)" in out
     assert "No winner: the variants do not differ yet" in out
 
@@ -434,3 +437,98 @@ def test_a_top_up_after_the_rest_was_released_mails_newcomers_the_chosen_offer(
 def test_report_by_variant_with_a_malformed_date_is_a_one_line_error(run, ws):
     result = run("report", "--by", "variant", "--since", "last week", ok=False)
     assert result.output == "Error: --since 'last week' is not a date such as 2026-11-01\n"
+
+
+def test_a_campaign_wide_coupon_sale_is_never_credited_to_a_variant_that_mailed_nobody(ws):
+    # The campaign's own offer is its first variant; when the draw mailed that variant to
+    # nobody, a coupon sale from a buyer the campaign did not mail went to it all the same.
+    from listkit.sales.attribution import attribute_all
+    from listkit.sales.reports import build_report
+
+    w = World(ws.db)
+    cid = w.campaign("ab", offer="launch", coupon="LAUNCH30")
+    for email in ("a@example.com", "b@example.com"):
+        w.deliver(cid, email, "blog")
+    with ws.db.conn:
+        ws.db.execute("UPDATE campaigns SET variants = ?", [json.dumps(["launch", "bundle"])])
+        ws.db.execute("UPDATE deliveries SET variant = 'bundle'")
+        ws.db.execute(
+            """INSERT INTO sales (source, order_id, amount, currency, at, email, email_key,
+               coupon, imported) VALUES ('t', '1', 4900, 'USD', '2026-11-02T10:00:00+00:00',
+               'new@example.com', 'new@example.com', 'LAUNCH30', '2026-11-02')"""
+        )
+    assert attribute_all(ws.db) == {"coupon": 1}
+    assert ws.db.execute("SELECT offer FROM sales").fetchone() == ("bundle",)
+    rows = {r["offer"]: r for r in build_report(ws.db, "offer")["rows"]}
+    assert (rows["bundle"]["sent"], rows["bundle"]["revenue"]) == (2, {"USD": 4900})
+    assert "launch" not in rows or (rows["launch"]["sent"], rows["launch"]["orders"]) == (0, 0)
+    # Both variants mailed: the sale cannot say which, and goes to the campaign's offer.
+    with ws.db.conn:
+        ws.db.execute("UPDATE deliveries SET variant = 'launch' WHERE email = 'a@example.com'")
+    attribute_all(ws.db)
+    assert ws.db.execute("SELECT offer FROM sales").fetchone() == ("launch",)
+
+
+def test_check_and_send_warn_when_a_share_of_the_audience_rounds_to_nobody(run, workspace, server):
+    import shutil
+
+    from listkit.send.variants import in_test_part
+
+    controller, handler = server
+    shutil.copytree(workspace / "offers" / "launch", workspace / "offers" / "bundle")
+    run("lists", "create", "blog")
+    readers = [f"r{i}@example.com" for i in range(6)]
+    for a in readers:
+        run("subscribers", "add", a, "--list", "blog")
+    # The draws are stable: with these shares nobody lands in bundle, nobody in the test.
+    assert {assign_variant("tiny", email_key(a), ("launch", "bundle"), (0.99, 0.01))
+            for a in readers} == {"launch"}  # fmt: skip
+    assert not any(in_test_part("untested", email_key(a), 0.02) for a in readers)
+    (workspace / "campaigns" / "tiny.toml").write_text(
+        'variants = ["launch", "bundle"]\nsplit = [0.99, 0.01]\nlists = ["blog"]\n'
+    )
+    (workspace / "campaigns" / "untested.toml").write_text(
+        'variants = ["launch", "bundle"]\nlists = ["blog"]\ntest_share = 0.02\ntest_wait = "1d"\n'
+    )
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
+    )
+    tiny = (
+        "Warning: variant bundle (split 1%) gets none of the 6 readers: it cannot be "
+        "judged; give it a larger share or drop it\n"
+    )
+    untested = (
+        "Warning: test_share 2% puts none of the 6 readers in the test part: nobody tries "
+        "the variants, and the rest gets launch untested\n"
+    )
+    assert tiny in run("campaigns", "check", "tiny").output
+    assert untested in run("campaigns", "check", "untested").output
+    assert "Warning" not in run("campaigns", "check", "untested").output.replace(untested, "")
+    assert tiny in run("send", "tiny", "--yes").output
+    assert len(handler.messages) == 6  # every reader got launch
+    assert untested in run("send", "untested", "--yes").output
+    assert len(handler.messages) == 6  # nobody in the test part: the rest waits
+
+
+def test_a_coupon_sale_of_an_offer_test_that_delivered_nothing_is_credited_to_no_offer(ws):
+    from listkit.sales.attribution import attribute_all
+    from listkit.sales.reports import build_report
+
+    w = World(ws.db)
+    cid = w.campaign("ab", offer="launch", coupon="LAUNCH30")
+    w.deliver(cid, "a@example.com", "blog", state="held_out")
+    with ws.db.conn:
+        ws.db.execute("UPDATE campaigns SET variants = ?", [json.dumps(["launch", "bundle"])])
+        ws.db.execute(
+            """INSERT INTO sales (source, order_id, amount, currency, at, email, email_key,
+               coupon, imported) VALUES ('t', '1', 4900, 'USD', '2026-11-02T10:00:00+00:00',
+               'new@example.com', 'new@example.com', 'LAUNCH30', '2026-11-02')"""
+        )
+    assert attribute_all(ws.db) == {"coupon": 1}
+    assert ws.db.execute("SELECT campaign_id, offer FROM sales").fetchone() == (cid, None)
+    data = build_report(ws.db, "offer")
+    rows = {r["offer"]: r for r in data["rows"]}
+    assert rows["(no offer)"]["revenue"] == {"USD": 4900}
+    assert rows["(no offer)"]["methods"] == {"coupon": 1}
+    assert data["totals"]["unattributed"] == {"orders": 0, "revenue": {}}

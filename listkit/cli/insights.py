@@ -66,7 +66,7 @@ def show_insight(
                     **r,
                     "currency": c,
                     "revenue": v,
-                    "revenue_per_subscriber": r["revenue_per_subscriber"][c],
+                    "revenue_per_subscriber": r["revenue_per_subscriber"].get(c, ""),
                 }
                 for r in data["rows"]
                 for c, v in (sorted(r["revenue"].items()) or [("", 0)])
@@ -163,10 +163,10 @@ def insight_sections(ws: Workspace, since: str | None, until: str | None) -> str
         )
         verdict = "".join(f"<p>{escape(line)}</p>" for line in verdict_lines(t))
         parts.append(
-            f'<h2>Offer test {escape(t["campaign"])}</h2><table class="variants" '
-            f'data-campaign="{escape(t["campaign"])}"><tr><th>variant</th><th>delivered</th>'
-            "<th>buyers</th><th>revenue</th><th>per 1,000 delivered</th><th>95% interval</th>"
-            f"</tr>{rows}</table>{verdict}"
+            f'<h2>Offer test {escape(t["campaign"])}</h2><div class="wide"><table '
+            f'class="variants" data-campaign="{escape(t["campaign"])}"><tr><th>variant</th>'
+            "<th>delivered</th><th>buyers</th><th>revenue</th><th>per 1,000 delivered</th>"
+            f"<th>95% interval</th></tr>{rows}</table></div>{verdict}"
         )
     for title, data in (("signup source", sources), ("signup month", months)):
         key = data["by"]
@@ -178,9 +178,9 @@ def insight_sections(ws: Workspace, since: str | None, until: str | None) -> str
             for r in data["rows"]
         )
         parts.append(
-            f"<h2>Where buyers come from: by {title}</h2><table><tr><th>{title}</th>"
-            "<th>subscribers</th><th>buyers</th><th>orders</th><th>revenue</th>"
-            f"<th>per subscriber</th></tr>{rows}</table>"
+            f'<h2>Where buyers come from: by {title}</h2><div class="wide"><table><tr>'
+            f"<th>{title}</th><th>subscribers</th><th>buyers</th><th>orders</th>"
+            f"<th>revenue</th><th>per subscriber</th></tr>{rows}</table></div>"
         )
     if silent:
         names = ", ".join(f"{escape(s['list'])} ({s['silent']:,})" for s in silent)

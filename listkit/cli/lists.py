@@ -34,7 +34,11 @@ def lists_create(ws: Workspace, slug: str, title: str | None) -> None:
 @json_option
 @pass_workspace
 def lists_ls(ws: Workspace, json_: bool) -> None:
-    """Show every list with its active, unsubscribed and bounced counts.
+    """Show every list with its active, suppressed, unsubscribed and bounced counts.
+
+    Active members are those a campaign can mail; suppressed ones are members
+    whose address is suppressed (a hard bounce, a complaint, "unsubscribe from
+    everything"): never mailed again, whatever their list says.
 
     \b
     Example:
@@ -46,8 +50,8 @@ def lists_ls(ws: Workspace, json_: bool) -> None:
         return
     emit_table(
         rows,
-        ["slug", "title", "active", "unsubscribed", "bounced"],
-        headers=["list", "title", "active", "unsubscribed", "bounced"],
+        ["slug", "title", "active", "suppressed", "unsubscribed", "bounced"],
+        headers=["list", "title", "active", "suppressed", "unsubscribed", "bounced"],
         empty="No lists yet: create one with `listkit lists create SLUG`.",
     )
 

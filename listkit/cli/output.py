@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -46,9 +47,24 @@ def emit_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
         writer.writerow([_cell(row.get(k)) for k in columns])
 
 
+def shown_time(stored: str | None) -> str | None:
+    """A stored time as every output shows it: ISO 8601 in UTC, to the second
+    (``2026-11-02T10:00:00+00:00``), whatever fraction or offset it was stored with."""
+    if not stored:
+        return stored
+    dt = datetime.fromisoformat(stored)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="seconds")
+
+
 def _cell(value: Any) -> str:
+    """A value as tables and CSV show it: spelled as --json spells it (true, false),
+    nothing for no value."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)

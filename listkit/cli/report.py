@@ -24,7 +24,13 @@ from listkit.errors import InputError
 from listkit.files import write_private
 from listkit.sales.money import format_amounts
 from listkit.sales.report_html import render_html
-from listkit.sales.reports import BY, build_report, complaint_warning_text
+from listkit.sales.reports import (
+    BY,
+    MAILED_THROUGH_NOTE,
+    build_report,
+    complaint_warning_text,
+    mailed_through_text,
+)
 from listkit.workspace import Workspace
 
 
@@ -95,7 +101,7 @@ def report(
                         "revenue": r["revenue"].get(cur, 0),
                         "revenue_per_1000": r["revenue_per_1000"].get(cur, ""),
                         "methods": " ".join(f"{m}={n}" for m, n in sorted(r["methods"].items())),
-                        "mailed": {True: "yes", False: "no"}.get(r.get("mailed"), ""),
+                        "mailed": _mailed_cell(r),
                     }
                 )
         emit_csv(
@@ -173,6 +179,9 @@ def report(
     if data["lists_not_mailed"]:
         names = ", ".join(f"{x['list']} ({x['active']} active)" for x in data["lists_not_mailed"])
         click.echo(f"Lists not mailed: {names}")
+    if data["lists_mailed_through_others"]:
+        names = ", ".join(mailed_through_text(x) for x in data["lists_mailed_through_others"])
+        click.echo(f"Lists mailed through other lists ({MAILED_THROUGH_NOTE}): {names}")
     for h in data["holdout"]:
         ci = h["ci95"]
         interval = f" (95% interval {ci[0]:+.2%} to {ci[1]:+.2%})" if ci else ""
@@ -184,6 +193,14 @@ def report(
         click.echo(f"Warning: {complaint_warning_text(w)}")
     show_report_extras(ws, since, until)
     sys.stdout.flush()
+
+
+def _mailed_cell(row: dict) -> str:
+    """The CSV's ``mailed``: yes, no, empty for "(no list)", or the lists its readers were
+    mailed through (``through blog+shop``) when no message went through this one."""
+    if row.get("mailed_through"):
+        return "through " + "+".join(row["mailed_through"])
+    return {True: "yes", False: "no"}.get(row.get("mailed"), "")
 
 
 def _pct(rate: float | None) -> str:

@@ -12,6 +12,7 @@ from listkit.cli.output import (
     format_option,
     input_name,
     json_option,
+    shown_time,
 )
 from listkit.errors import InputError
 from listkit.sales.attribution import attribute_all
@@ -167,11 +168,13 @@ def sales_add(ws: Workspace, order, email, amount, currency, at, coupon, token, 
 def sales_ls(ws: Workspace, json_: bool, csv_: bool) -> None:
     """Show recorded sales with their attribution.
 
+    Times are ISO 8601 in UTC, to the second, in the table, CSV and JSON alike.
+
     \b
     Example:
         listkit sales ls --json
     """
-    rows = list_sales(ws.db)
+    rows = [r | {"at": shown_time(r["at"])} for r in list_sales(ws.db)]
     columns = ["source", "order", "at", "email", "currency", "amount", "refunded", "status"]
     columns += ["coupon", "method", "campaign", "list"]
     if json_:

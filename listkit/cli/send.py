@@ -36,7 +36,7 @@ from listkit.send.sender import (
     send_test,
 )
 from listkit.send.sender import dry_run as write_dry_run
-from listkit.send.variants import assign_variant
+from listkit.send.variants import assign_variant, campaign_share_warnings
 from listkit.workspace import Workspace
 
 
@@ -50,6 +50,10 @@ def campaigns() -> None:
 @pass_workspace
 def campaigns_ls(ws: Workspace, json_: bool) -> None:
     """Show each campaign: offer, lists, schedule, state, audience and sent.
+
+    The audience of a campaign that has started is the readers it chose (the
+    held-out ones too), the same figure as `listkit report --by campaign`;
+    before it starts, the readers it would choose now.
 
     A campaign file that cannot be read shows its error; the others are still
     shown, and the exit status is 1.
@@ -68,15 +72,19 @@ def campaigns_ls(ws: Workspace, json_: bool) -> None:
             bad += 1
             continue
         row = campaign_row(ws.db, slug)
-        try:
-            audience = sum(audience_count(ws.db, c).values())
-        except NotFound:
-            audience = None
-        except ListkitError as e:  # a rule, or a broken file up a follow-up's chain
-            rows.append({"campaign": slug, "state": f"ERROR: {e}"})
-            bad += 1
-            continue
         totals = counts(ws.db, row["id"]) if row else {}
+        # Once queued, the audience is the readers the campaign chose (held out included),
+        # as `report --by campaign` counts it; before, who would be chosen now.
+        audience = sum(totals.values()) or None
+        if audience is None:
+            try:
+                audience = sum(audience_count(ws.db, c).values())
+            except NotFound:
+                audience = None
+            except ListkitError as e:  # a rule, or a broken file up a follow-up's chain
+                rows.append({"campaign": slug, "state": f"ERROR: {e}"})
+                bad += 1
+                continue
         rows.append(
             {
                 "campaign": slug,
@@ -123,6 +131,8 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
         click.echo(f"  {line}")
     for list_slug, n in per_list.items():
         click.echo(f"  {list_slug}: {n} recipients")
+    for warning in campaign_share_warnings(ws.db, c):
+        click.echo(f"  Warning: {warning}")
     if c.exclude_lists:
         click.echo(f"  excluding members of: {', '.join(c.exclude_lists)}")
     # Every recipient is checked and every failure listed (no limit): the count
@@ -295,8 +305,15 @@ def send(
     except AlreadyRunning as e:
         raise ListkitError(str(e)) from None
     _print_summary(summary)
+    _warn_shares(ws, p.campaign)
     if not summary.ok:
         sys.exit(1)
+
+
+def _warn_shares(ws: Workspace, campaign) -> None:
+    """After a run of an offer test: the shares that gave nobody (see variants)."""
+    for warning in campaign_share_warnings(ws.db, campaign):
+        click.echo(f"  Warning: {warning}")
 
 
 def _send_due(ws: Workspace, limit: int | None) -> None:
@@ -306,6 +323,7 @@ def _send_due(ws: Workspace, limit: int | None) -> None:
             if outcome.message:
                 click.echo(outcome.message)
             _print_summary(outcome.summary)
+            _warn_shares(ws, load_campaign(ws.campaigns_dir, outcome.campaign))
             failed = failed or not outcome.summary.ok
         elif outcome.action == "locked":
             click.echo(outcome.message)  # another run is on it: not a failure

@@ -202,6 +202,26 @@ def _personal_coupons(db: Database, coupons: dict[int, str]) -> dict[int, Touch]
     return found
 
 
+def _campaign_offers(db: Database, campaigns: list) -> dict[int, str | None]:
+    """The offer a campaign's sale without a delivery is credited to: the campaign's offer;
+    for an offer test, only a variant that was delivered (its own offer when it was,
+    else the variant delivered most), never one that mailed nobody (None if none did)."""
+    offers = {cid: offer for cid, _slug, offer, _coupon, _started in campaigns}
+    delivered: dict[int, dict[str, int]] = defaultdict(dict)
+    tests = [cid for (cid,) in db.execute("SELECT id FROM campaigns WHERE variants IS NOT NULL")]
+    for cid, variant, n in db.execute(
+        """SELECT campaign_id, variant, COUNT(*) FROM deliveries
+           WHERE campaign_id IN (SELECT value FROM json_each(?)) AND state = 'sent'
+           AND variant IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",
+        [json.dumps(tests)],
+    ):
+        delivered[cid][variant] = n
+    for cid in tests:
+        if offers.get(cid) not in delivered[cid]:
+            offers[cid] = next(iter(delivered[cid]), None)
+    return offers
+
+
 def attribute_all(db: Database, ids: Iterable[int] | None = None) -> dict[str, int]:
     """(Re)compute attribution for the given sales, or all, in one transaction; counts per
     method."""
@@ -230,7 +250,7 @@ def attribute_sales(db: Database, ids: Iterable[int] | None = None) -> dict[str,
     campaigns = db.execute(
         "SELECT id, slug, offer, coupon, started FROM campaigns ORDER BY started DESC, id DESC"
     ).fetchall()
-    offers = {cid: offer for cid, _slug, offer, _coupon, _started in campaigns}
+    offers = _campaign_offers(db, campaigns)
     slugs = {slug: cid for cid, slug, _offer, _coupon, _started in campaigns}
     lists = dict(db.execute("SELECT slug, id FROM lists").fetchall())
     by_coupon: dict[str, list[tuple[int, str]]] = defaultdict(list)

@@ -1,9 +1,11 @@
-"""The HTML report: one self-contained file (no network), charts drawn as inline SVG.
+"""The HTML report: one self-contained file (no network), charts drawn in HTML and CSS.
 
-Every bar carries its figure in ``data-value`` (minor units) and the whole
-report is embedded as JSON (``<script type="application/json"
-id="listkit-report">``), so a script can check what is drawn against what
-``listkit report --json`` says.
+The rule: the page fits a 390 px phone as well as a laptop (no sideways scroll,
+no chart text under 11 px, as Chromium lays it out: scripts/screenshot_report.py
+and the report tests measure it). Every bar carries its figure in
+``data-value`` (minor units) and the whole report is embedded as JSON
+(``<script type="application/json" id="listkit-report">``), so a script can
+check what is drawn against what ``listkit report --json`` says.
 """
 
 from __future__ import annotations
@@ -12,88 +14,92 @@ import json
 from html import escape
 
 from listkit.sales.money import exponent, format_amounts, format_minor
-from listkit.sales.reports import COMPLAINT_LIMITS, complaint_warning_text
+from listkit.sales.reports import (
+    COMPLAINT_LIMITS,
+    MAILED_THROUGH_NOTE,
+    complaint_warning_text,
+    mailed_through_text,
+)
 
-WIDTH, BAR_H, GAP, LABEL_W = 960, 22, 8, 170
+# Where the rate charts' scales end at least: bounce rates past 2% already hurt a
+# sender's reputation, complaint rates past Gmail's 0.3% stop the mail; a rate of
+# 0.04% is then a sliver, as it should be. Buy/click is a share of 100%.
+BOUNCE_SCALE, COMPLAINT_SCALE = 0.05, 0.005
+
+# Charts are HTML and CSS, not SVG: an SVG drawn for a laptop and scaled down to a
+# phone's width scales its text down with it (4 px on a 390 px screen), while HTML
+# text keeps its size and the bars take whatever width is left (and a screen reader
+# reads the figures as text).
 
 
 def _empty(title: str, text: str) -> str:
     return f'<section><h2>{escape(title)}</h2><p class="empty">{text}</p></section>'
 
 
+def _pct_width(value: float, top: float) -> str:
+    """A bar's width as a share of its track: at least a sliver when above zero."""
+    if value <= 0 or top <= 0:
+        return "0%"
+    return f"max(2px, {min(100.0, 100 * value / top):.2f}%)"
+
+
 def _bar_chart(chart_id: str, title: str, items: list[tuple[str, int]], currency: str) -> str:
     if not items:
         return _empty(title, "No data in this period.")
-    top = max(v for _k, v in items) or 1
-    height = len(items) * (BAR_H + GAP) + GAP
-    bars = []
-    for i, (label, value) in enumerate(items):
-        y = GAP + i * (BAR_H + GAP)
-        w = 0 if value <= 0 else max(2, round((WIDTH - LABEL_W - 120) * value / top))
-        bars.append(
-            f'<g class="bar" data-label="{escape(label)}" data-value="{value}" '
-            f'data-currency="{currency}">'
-            f'<text x="{LABEL_W - 8}" y="{y + BAR_H * 0.7:.1f}" text-anchor="end">'
-            f"{escape(label)}</text>"
-            f'<rect x="{LABEL_W}" y="{y}" width="{w}" height="{BAR_H}" rx="3"></rect>'
-            f'<text class="value" x="{LABEL_W + w + 6}" y="{y + BAR_H * 0.7:.1f}">'
-            f"{escape(format_minor(value, currency))}</text></g>"
-        )
-    return (
-        f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart" '
-        f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
-        f'aria-label="{escape(title)}">{"".join(bars)}</svg></section>'
+    top = max(v for _k, v in items)
+    bars = "".join(
+        f'<div class="bar" data-label="{escape(label)}" data-value="{value}" '
+        f'data-currency="{currency}"><span class="label">{escape(label)}</span>'
+        f'<span class="track"><span class="fill" style="width:{_pct_width(value, top)}">'
+        f'</span></span><span class="value">{escape(format_minor(value, currency))}</span></div>'
+        for label, value in items
     )
+    return (
+        f'<section><h2>{escape(title)}</h2><div id="{chart_id}" class="chart bars">'
+        f"{bars}</div></section>"
+    )
+
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _short_day(day: str) -> str:
+    """``2026-11-03`` -> ``3 Nov``: short enough to stand under a bar."""
+    return f"{int(day[8:10])} {MONTHS[int(day[5:7]) - 1]}"
 
 
 def _time_chart(
     chart_id: str, title: str, points: list[tuple[str, int, int]], currency: str
 ) -> str:
-    """Revenue per day: a bar per day, its attributed part drawn darker."""
+    """Revenue per day: a column per day, its attributed part drawn darker. With a few
+    days each column carries its figure and day (on a wide screen); with many, the
+    first and last day name the axis."""
     if not points:
         return _empty(title, "No sales in this period.")
-    height, pad, base = 240, 44, 200
-    top = max(v for _d, v, _a in points) or 1
-    step = (WIDTH - 2 * pad) / len(points)
-    few = len(points) <= 14
-    bars = []
-    for i, (day, value, attributed) in enumerate(points):
-        h = 0 if value <= 0 else max(2, round((base - pad) * value / top))
-        ha = 0 if attributed <= 0 else max(1, round((base - pad) * attributed / top))
-        x, w = pad + i * step + 1, max(min(step - 2, 80), 1)
+    top = max(v for _d, v, _a in points)
+    few = " few" if len(points) <= 10 else ""
+    columns = []
+    for day, value, attributed in points:
         money = escape(format_minor(value, currency))
-        label = (
-            f'<text class="value" x="{x + w / 2:.1f}" y="{base - h - 6}" '
-            f'text-anchor="middle">{money}</text>'
-            f'<text x="{x + w / 2:.1f}" y="{base + 18}" text-anchor="middle">{day}</text>'
-            if few
-            else ""
+        height = _pct_width(value, top).replace("2px", "1px")
+        share = _pct_width(attributed, value)
+        columns.append(
+            f'<div class="col"><div class="bar" data-label="{day}" data-value="{value}" '
+            f'data-attributed="{attributed}" data-currency="{currency}" '
+            f'title="{day}: {money}" style="height:{height}">'
+            f'<span class="tick value">{money}</span>'
+            f'<span class="attributed" style="height:{share}"></span></div>'
+            f'<span class="tick day">{_short_day(day)}</span></div>'
         )
-        bars.append(
-            f'<g class="bar" data-label="{day}" data-value="{value}" '
-            f'data-attributed="{attributed}" data-currency="{currency}">'
-            f'<rect class="all" x="{x:.1f}" y="{base - h}" width="{w:.1f}" height="{h}">'
-            f"<title>{day}: {money}</title></rect>"
-            f'<rect class="attributed" x="{x:.1f}" y="{base - ha}" width="{w:.1f}" '
-            f'height="{ha}"></rect>{label}</g>'
-        )
-    axis = [f'<line x1="{pad}" y1="{base}" x2="{WIDTH - pad}" y2="{base}"></line>']
-    if not few:
-        axis.append(f'<text x="{pad}" y="{base + 18}">{points[0][0]}</text>')
-        axis.append(
-            f'<text x="{WIDTH - pad}" y="{base + 18}" text-anchor="end">{points[-1][0]}</text>'
-        )
-    axis.append(
-        f'<text x="{pad}" y="{pad - 24}">highest day {escape(format_minor(top, currency))}</text>'
-        f'<rect class="attributed" x="{WIDTH - pad - 230}" y="{pad - 34}" width="12" '
-        f'height="12"></rect><text x="{WIDTH - pad - 212}" y="{pad - 24}">attributed</text>'
-        f'<rect class="all" x="{WIDTH - pad - 120}" y="{pad - 34}" width="12" height="12">'
-        f'</rect><text x="{WIDTH - pad - 102}" y="{pad - 24}">unattributed</text>'
-    )
     return (
-        f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart time" '
-        f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
-        f'aria-label="{escape(title)}">{"".join(bars)}{"".join(axis)}</svg></section>'
+        f'<section><h2>{escape(title)}</h2><div id="{chart_id}" class="chart time{few}">'
+        '<p class="legend">highest day '
+        f"{escape(format_minor(top, currency))} "
+        '<span class="key attributed"></span>attributed '
+        '<span class="key all"></span>unattributed</p>'
+        f'<div class="plot">{"".join(columns)}</div>'
+        f'<p class="ends"><span>{points[0][0]}</span><span>{points[-1][0]}</span></p>'
+        "</div></section>"
     )
 
 
@@ -104,43 +110,53 @@ def _rate_chart(
     limits: tuple = (),
     empty: str = "Nothing sent in this period.",
     kind: str = "",
+    floor: float = 0.0,
 ) -> str:
-    """A rate per row (a fraction, shown as a percentage), with dashed lines at ``limits``."""
+    """A rate per row (a fraction, shown as a percentage), with dashed lines at ``limits``.
+
+    Bars are scaled against the largest of the rates, the limits (with room past
+    them) and ``floor``: a sensible maximum for the figure, so that a tiny rate
+    draws a tiny bar, not a full one because every rate is tiny. The axis says
+    where the scale ends."""
     items = [(label, rate) for label, rate in items if rate is not None]
     if not items:
         return _empty(title, empty)
-    top = max([rate for _k, rate in items] + [x * 1.25 for x in limits]) or 1
-    span = WIDTH - LABEL_W - 120
-    height = len(items) * (BAR_H + GAP) + GAP + (18 if limits else 0)
+    top = max([rate for _k, rate in items] + [x * 1.25 for x in limits] + [floor]) or 1
+    marks = "".join(
+        f'<span class="limit" style="left:{100 * limit / top:.2f}%"></span>' for limit in limits
+    )
     bars = []
-    for i, (label, rate) in enumerate(items):
-        y = GAP + i * (BAR_H + GAP)
-        w = 0 if rate <= 0 else max(2, round(span * rate / top))
+    for label, rate in items:
         over = next((x for x in sorted(limits, reverse=True) if rate > x), None)
         cls = "" if over is None else (" over" if over == max(limits) else " near")
         bars.append(
-            f'<g class="bar rate{cls}" data-label="{escape(label)}" data-rate="{rate!r}">'
-            f'<text x="{LABEL_W - 8}" y="{y + BAR_H * 0.7:.1f}" text-anchor="end">'
-            f"{escape(label)}</text>"
-            f'<rect x="{LABEL_W}" y="{y}" width="{w}" height="{BAR_H}" rx="3"></rect>'
-            # The figures in a column right of the longest bar: never under a limit line.
-            f'<text class="value" x="{LABEL_W + span + 8}" y="{y + BAR_H * 0.7:.1f}">'
-            f"{rate:.2%}</text></g>"
+            f'<div class="bar rate{cls}" data-label="{escape(label)}" data-rate="{rate!r}">'
+            f'<span class="label">{escape(label)}</span><span class="track">'
+            f'<span class="fill" style="width:{_pct_width(rate, top)}"></span>{marks}</span>'
+            f'<span class="value">{rate:.2%}</span></div>'
         )
-    marks = []
-    bottom = height - 18
-    for limit in limits:
-        x = LABEL_W + round(span * limit / top)
-        marks.append(
-            f'<line class="limit" x1="{x}" y1="2" x2="{x}" y2="{bottom}"></line>'
-            f'<text class="limit" x="{x}" y="{bottom + 14}" text-anchor="middle">'
-            f"{limit:.1%}</text>"
-        )
-    return (
-        f'<section><h2>{escape(title)}</h2><svg id="{chart_id}" class="chart rates{kind}" '
-        f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
-        f'aria-label="{escape(title)}">{"".join(bars)}{"".join(marks)}</svg></section>'
+    # The scale's ends on an axis; the limits in words (labels at the lines collide on a
+    # phone when the rates are far above the limits).
+    axis = (
+        '<span class="tick" style="left:0">0%</span>'
+        f'<span class="tick" style="left:100%">{_pct_label(top)}</span>'
     )
+    legend = (
+        f'<p class="legend">Dashed lines: {" and ".join(f"{x:.1%}" for x in sorted(limits))}.</p>'
+        if limits
+        else ""
+    )
+    return (
+        f'<section><h2>{escape(title)}</h2><div id="{chart_id}" class="chart bars rates{kind}" '
+        f'data-scale="{top!r}">{"".join(bars)}'
+        f'<div class="axis"><span class="label"></span><span class="track">{axis}</span>'
+        f'<span class="value"></span></div>{legend}</div></section>'
+    )
+
+
+def _pct_label(x: float) -> str:
+    """0.05 -> ``5%``, 0.005 -> ``0.5%``: the end of a rate chart's scale."""
+    return f"{x * 100:.3g}%"
 
 
 def _rate_cell(row: str, name: str, rate: float | None) -> str:
@@ -189,23 +205,52 @@ def _table(report: dict) -> str:
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1f2328;
-max-width:1100px;margin:2em auto;padding:0 1em;background:#fff}
+max-width:1100px;margin:2em auto;padding:0 1em;background:#fff;overflow-wrap:anywhere}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.15em;margin:1.6em 0 .5em}
 .sub{color:#59636e;margin-top:0}table{border-collapse:collapse;width:100%;font-size:12.5px}
 th,td{padding:.35em .4em;border-bottom:1px solid #d1d9e0;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f6f8fa}
-.chart rect{fill:#1a7f37}.chart.time rect.all{fill:#9ec5f4}
-.chart.time rect.attributed{fill:#0969da}.chart line{stroke:#8c959f}
-svg.chart{max-width:100%;height:auto}.chart text{font-size:12px;fill:#1f2328}
-.chart text.value{fill:#59636e}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.6em 1em;
-border-radius:6px}.empty{color:#59636e}.kpi{display:flex;gap:1.5em;flex-wrap:wrap}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.6em 1em;
+border-radius:6px}.empty{color:#59636e}.kpi{display:flex;gap:1em 1.5em;flex-wrap:wrap}
 .kpi div{background:#f6f8fa;border-radius:6px;padding:.6em 1em}.kpi b{display:block;font-size:1.3em}
-.warn.stop{background:#ffebe9;border-color:#cf222e}.chart.rates rect{fill:#8c959f}
-.chart.rates .near rect{fill:#d4a72c}.chart.rates .over rect{fill:#cf222e}
-.chart line.limit{stroke:#1f2328;stroke-width:1.5;stroke-dasharray:4 3}
-.chart text.limit{fill:#1f2328;font-size:11px}.wide{overflow-x:auto}
+.warn.stop{background:#ffebe9;border-color:#cf222e}.wide{overflow-x:auto}
+.wide table{overflow-wrap:normal}.wide td:last-child{min-width:8em}
+.rates .legend{margin:.2em 0 0;color:#59636e}
 th,td{white-space:nowrap}td:last-child,th:last-child{white-space:normal}
-th{white-space:normal;vertical-align:bottom}.chart.rates.clicks rect{fill:#0969da}
+th{white-space:normal;vertical-align:bottom}
+.chart{font-size:13px}
+.bars .bar,.bars .axis{display:grid;grid-template-columns:minmax(5em,11em) minmax(0,1fr) 7.5em;
+gap:.6em;align-items:center;margin:.35em 0}
+.bars .label{overflow-wrap:anywhere}.bars .value{color:#59636e;white-space:nowrap}
+.bars .track{position:relative;height:20px}
+.bars .fill{display:block;height:100%;background:#1a7f37;border-radius:3px}
+.rates .fill{background:#8c959f}.rates .near .fill{background:#d4a72c}
+.rates .over .fill{background:#cf222e}.rates.clicks .fill{background:#0969da}
+.rates .limit{position:absolute;top:-3px;bottom:-3px;border-left:1.5px dashed #1f2328}
+.axis{margin-top:0}.axis .track{height:1.4em}
+.axis .tick{position:absolute;top:0;transform:translateX(-50%);font-size:11px;color:#59636e;
+white-space:nowrap}.axis .tick:first-child{transform:none}
+.axis .tick:last-child{transform:translateX(-100%)}
+.time .legend{margin:0 0 .4em;color:#59636e}
+.time .key{display:inline-block;width:12px;height:12px;margin:0 .3em 0 .8em;vertical-align:-1px}
+.time .key.attributed,.time .bar .attributed{background:#0969da}
+.time .key.all,.time .bar{background:#9ec5f4}
+.time .plot{display:flex;align-items:stretch;gap:2px;height:200px;
+border-bottom:1px solid #8c959f}
+.time .col{flex:1 1 0;min-width:0;display:flex;flex-direction:column;justify-content:flex-end;
+align-items:center}
+.time .bar{width:100%;max-width:80px;display:flex;align-items:flex-end;position:relative}
+.time .bar .attributed{display:block;width:100%}
+.time .tick{display:none;font-size:11px;color:#59636e;white-space:nowrap}
+.time.few .tick.value{display:block;position:absolute;bottom:100%;left:50%;
+transform:translateX(-50%);margin-bottom:2px}.time.few .plot{padding-top:1.5em}
+.time .ends{display:flex;justify-content:space-between;margin:.3em 0 0;color:#59636e}
+@media (min-width:700px){.time.few .plot{height:230px}
+.time.few .col{position:relative}.time.few .tick.day{display:block;position:absolute;
+bottom:-1.6em}.time.few .plot{margin-bottom:1.8em}.time.few .ends{display:none}}
+@media (max-width:699px){.time.few .tick.value{display:none}
+.bars .bar,.bars .axis{grid-template-columns:minmax(0,1fr) auto;gap:.1em .6em}
+.bars .label{grid-column:1/-1}.bars .axis .label{display:none}.bars .axis .value{display:none}}
 """
 
 
@@ -287,6 +332,15 @@ def render_html(
             f'<h2>Lists not mailed</h2><p class="sub">{names}: no campaign of this period sent '
             "them anything, so they could not earn.</p>"
         )
+    if by_list["lists_mailed_through_others"]:
+        names = ", ".join(
+            escape(mailed_through_text(x)) for x in by_list["lists_mailed_through_others"]
+        )
+        sections.append(
+            f'<h2>Lists mailed through other lists</h2><p class="sub">{names}: no message '
+            f"went through these lists, but their readers were mailed ({MAILED_THROUGH_NOTE}); "
+            "their sales are credited to the list each message went through.</p>"
+        )
     if by_campaign is not None and by_campaign["rows"]:
         sections += [
             _rate_chart(
@@ -294,11 +348,13 @@ def render_html(
                 "Complaint rate by campaign (of messages sent)",
                 [(r["campaign"], r["complaint_rate"]) for r in by_campaign["rows"]],
                 COMPLAINT_LIMITS,
+                floor=COMPLAINT_SCALE,
             ),
             _rate_chart(
                 "bounce-rate-by-campaign",
                 "Bounce rate by campaign (of messages tried)",
                 [(r["campaign"], r["bounce_rate"]) for r in by_campaign["rows"]],
+                floor=BOUNCE_SCALE,
             ),
             _rate_chart(
                 "click-to-buy-by-campaign",
@@ -306,6 +362,7 @@ def render_html(
                 [(r["campaign"], r["click_to_buy"]) for r in by_campaign["rows"]],
                 empty="No clicks recorded in this period.",
                 kind=" clicks",
+                floor=1.0,
             ),
         ]
     sections.append(f"<h2>By {report['by']}</h2>{_table(report)}")

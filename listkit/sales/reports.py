@@ -5,7 +5,10 @@ converted; refunds reduce it; unattributed sales still count in the totals;
 every figure is an aggregate computed in SQL (the reports stay fast on
 millions of deliveries), and the Python here only arranges them. A list no
 campaign of the period sent anything through is "not mailed", never a list
-that "earned nothing".
+that "earned nothing", unless its readers were mailed through another list of
+the campaign: then it says which. A reader's unsubscribe counts once, against
+the message it came from, however they said it (one-click, this list,
+everything).
 """
 
 from __future__ import annotations
@@ -17,27 +20,43 @@ from datetime import date, datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.audience.lists import MAILABLE_MEMBER, member_counts
 from listkit.audience.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 from listkit.errors import InputError
 
 BY = ("list", "offer", "campaign")
-# The ids of the deliveries that bounced: a hard bounce reported for the delivery
-# (by a DSN, a relay's webhook), or a bounce suppression the delivery caused (the
-# server refused it, or it was the soft bounce that crossed LISTKIT_SOFT_BOUNCES).
-# One parameter: the bounce reasons, as a JSON list.
-BOUNCED_DELIVERIES = """
-    SELECT e.delivery_id FROM events e
-    WHERE e.kind = 'bounce' AND e.delivery_id IS NOT NULL
-      AND json_extract(e.detail, '$.outcome') = 'hard'
+
+
+def _deliveries_marked(event: str) -> str:
+    """SQL for the ids of the deliveries a reader's answer is tied to: an event of the
+    delivery matching ``event`` (on alias ``e``), or a suppression the delivery caused
+    (its campaign, its reader) with one of the reasons given as the one parameter, a
+    JSON list. A UNION: a delivery with both counts once."""
+    return f"""
+    SELECT e.delivery_id FROM events e WHERE e.delivery_id IS NOT NULL AND {event}
     UNION
     SELECT b.id FROM suppressions x
     JOIN subscribers s ON s.key = x.key
     JOIN deliveries b ON b.campaign_id = x.campaign_id AND b.subscriber_id = s.id
     WHERE x.campaign_id IS NOT NULL AND x.reason IN (SELECT value FROM json_each(?))"""
+
+
+# The deliveries that bounced: a hard bounce reported for the delivery (by a DSN, a
+# relay's webhook), or a bounce suppression the delivery caused (the server refused it,
+# or it was the soft bounce that crossed LISTKIT_SOFT_BOUNCES).
+BOUNCED_DELIVERIES = _deliveries_marked(
+    "e.kind = 'bounce' AND json_extract(e.detail, '$.outcome') = 'hard'"
+)
+# The deliveries a reader unsubscribed through, whatever they chose: the one-click POST
+# (RFC 8058) and the page's "this list" leave the delivery's unsubscribe event and an
+# unsubscribed membership; "everything" and a pasted link also suppress, naming the
+# campaign. Each reader's unsubscribe counts once, against that delivery's list.
+UNSUBSCRIBED_DELIVERIES = _deliveries_marked("e.kind = 'unsubscribe'")
 ORDER_STATUSES = "('paid', 'partially_refunded')"
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 Z95 = 1.959964
 NO_LIST = "(no list)"
+NO_OFFER = "(no offer)"
 REVENUE = f"coalesce(SUM(amount - refunded) FILTER (WHERE status IN {REVENUE_STATUSES}), 0)"
 
 
@@ -170,34 +189,25 @@ def build_report(
         credit_variants(db, rows, campaigns, in_period if (start or end) else None)
     if by == "list":
         titles = {}
-        for slug, title, active in db.execute(
-            """SELECT l.slug, l.title, (SELECT COUNT(*) FROM memberships m
-                                        WHERE m.list_id = l.id AND m.status = 'active')
-               FROM lists l"""
-        ):
-            rows[("list", slug)]["audience"] = active
+        members = member_counts(db)
+        for lid, slug, title in db.execute("SELECT id, slug, title FROM lists"):
+            rows[("list", slug)]["audience"] = members.get(lid, {}).get("active", 0)
             titles[slug] = title
-    # Unsubscribes a campaign caused, through the delivery that caused them.
-    for key, n in db.execute(
-        f"""SELECT d.{column}, COUNT(*) FROM suppressions x
-            JOIN subscribers s ON s.key = x.key
-            JOIN deliveries d ON d.campaign_id = x.campaign_id AND d.subscriber_id = s.id
-            WHERE x.campaign_id IS NOT NULL AND x.reason = ?
-            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
-            GROUP BY d.{column}""",
-        [UNSUBSCRIBED, *cparams],
+    # Unsubscribes and bounces a campaign caused, through the delivery that caused them:
+    # readers who unsubscribed (one who left through two messages of a group counts once
+    # in it), messages that bounced (refused by the server or reported later, even when
+    # the address had already been suppressed by another campaign's bounce).
+    for field, counted, marked, reasons in (
+        ("unsubscribed", "DISTINCT d.subscriber_id", UNSUBSCRIBED_DELIVERIES, [UNSUBSCRIBED]),
+        ("bounced", "*", BOUNCED_DELIVERIES, list(BOUNCE_REASONS)),
     ):
-        rows[_group(by, key, campaigns, list_names)]["unsubscribed"] += n
-    # Bounced deliveries: refused by the server or reported bounced later (even when the
-    # address had already been suppressed by another campaign's bounce).
-    for key, n in db.execute(
-        f"""SELECT d.{column}, COUNT(*) FROM deliveries d
-            WHERE d.id IN ({BOUNCED_DELIVERIES})
-            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
-            GROUP BY d.{column}""",
-        [json.dumps(BOUNCE_REASONS), *cparams],
-    ):
-        rows[_group(by, key, campaigns, list_names)]["bounced"] += n
+        for key, n in db.execute(
+            f"""SELECT d.{column}, COUNT({counted}) FROM deliveries d WHERE d.id IN ({marked})
+                {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+                GROUP BY d.{column}""",
+            [json.dumps(reasons), *cparams],
+        ):
+            rows[_group(by, key, campaigns, list_names)][field] += n
     # Deliveries with an event of a kind: complaints (spam reports) and a person's
     # clicks (kind 'click'; scanners are 'click_bot').
     for field, kind in (("complaints", "complaint"), ("clicks", "click")):
@@ -239,9 +249,10 @@ def build_report(
         per_day = days.setdefault((day, currency), [0, 0])
         per_day[0] += revenue
         per_day[1] += revenue if attributed else 0
-        if key is None and by == "list" and attributed:
-            # Attributed to a campaign (its coupon) through no known list.
-            target = rows[("list", NO_LIST)]
+        if key is None and by in ("list", "offer") and attributed:
+            # Attributed to a campaign (its coupon) through no known list, or to an offer
+            # test none of whose variants was delivered.
+            target = rows[(by, NO_LIST if by == "list" else NO_OFFER)]
             target["methods"][method] = target["methods"].get(method, 0) + n
         elif key is None:
             target = totals["unattributed"]
@@ -286,7 +297,18 @@ def build_report(
     else:
         idle = _lists_without_revenue(db, sale_where, sparams, cparams)
     no_revenue = [entry for mailed, entry in idle if mailed]
-    not_mailed = [entry for mailed, entry in idle if not mailed]
+    # Lists no message of the period went through, and the readers of theirs that
+    # were mailed through another list all the same.
+    unmailed = {entry["list"]: entry for mailed, entry in idle if not mailed}
+    through = _mailed_through(db, list(unmailed), cparams)
+    not_mailed = [entry for name, entry in unmailed.items() if name not in through]
+    mailed_through_others = [
+        {"list": name, "active": unmailed[name]["active"], **through[name]}
+        for name in sorted(through)
+    ]
+    if by == "list":
+        for r in result_rows:
+            r["mailed_through"] = through.get(r["list"], {}).get("through", {})
     over_time = [
         {"day": day, "currency": cur, "revenue": rev, "attributed": attr}
         for (day, cur), (rev, attr) in sorted(days.items())
@@ -299,6 +321,7 @@ def build_report(
         "totals": totals,
         "lists_without_revenue": no_revenue,
         "lists_not_mailed": not_mailed,
+        "lists_mailed_through_others": mailed_through_others,
         "holdout": _holdouts(db, campaigns, in_period if (start or end) else None),
         "complaint_warnings": _complaint_warnings(db, campaigns, in_period, bool(start or end)),
         "over_time": over_time,
@@ -321,6 +344,19 @@ def complaint_warning_text(warning: dict) -> str:
         f"campaign {warning['campaign']} has a complaint rate of {warning['rate']:.2%} "
         f"({warning['complaints']} of {warning['sent']} sent), {advice}"
     )
+
+
+MAILED_THROUGH_NOTE = "a reader on several lists of a campaign gets one message"
+
+
+def mailed_through_text(entry: dict) -> str:
+    """One list of ``lists_mailed_through_others`` in words (text and HTML reports alike):
+    ``fans (3 active: 2 mailed through blog, 1 through shop)``."""
+    through = ", ".join(
+        f"{n:,} {'mailed ' if i == 0 else ''}through {other}"
+        for i, (other, n) in enumerate(entry["through"].items())
+    )
+    return f"{entry['list']} ({entry['active']:,} active: {through})"
 
 
 def _complaint_warnings(db: Database, campaigns: dict, in_period: list, limited: bool) -> list:
@@ -356,6 +392,35 @@ def _group(by: str, key, campaigns: dict, lists: dict | None = None) -> tuple[st
     return (by, campaign["slug"] if by == "campaign" else campaign["offer"])
 
 
+def _mailed_through(db: Database, slugs: list[str], cparams: list) -> dict[str, dict]:
+    """For the lists named (none of the period's messages went through them): those
+    whose active readers received a message of the period through another list, as
+    {slug: {"mailed": readers, "through": {other list: readers}}}. A reader on several
+    lists of a campaign gets one message, targeted through one of them."""
+    if not slugs:
+        return {}
+    in_period = "AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""
+    sql = f"""FROM lists l JOIN memberships m ON m.list_id = l.id AND {MAILABLE_MEMBER}
+              JOIN deliveries d ON d.subscriber_id = m.subscriber_id AND d.state = 'sent'
+                   AND d.list_id != l.id {in_period}
+              JOIN lists o ON o.id = d.list_id
+              WHERE l.slug IN (SELECT value FROM json_each(?))"""
+    params = [*cparams, json.dumps(slugs)]
+    out: dict[str, dict] = {}
+    for slug, n in db.execute(
+        f"SELECT l.slug, COUNT(DISTINCT m.subscriber_id) {sql} GROUP BY l.slug", params
+    ):
+        out[slug] = {"mailed": n, "through": {}}
+    for slug, other, n in db.execute(
+        f"""SELECT l.slug, o.slug, COUNT(DISTINCT m.subscriber_id) {sql}
+            GROUP BY l.slug, o.slug ORDER BY l.slug, COUNT(DISTINCT m.subscriber_id) DESC,
+            o.slug""",
+        params,
+    ):
+        out[slug]["through"][other] = n
+    return out
+
+
 def _lists_without_revenue(
     db: Database, sale_where: str, sparams: list, cparams: list
 ) -> list[tuple[bool, dict]]:
@@ -371,17 +436,16 @@ def _lists_without_revenue(
     }
     # One index seek per list (deliveries_list is on list_id, state).
     in_period = "AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""
+    members = member_counts(db)
     return [
-        (bool(mailed), {"list": slug, "active": active})
-        for lid, slug, active, mailed in db.execute(
-            f"""SELECT l.id, l.slug, (SELECT COUNT(*) FROM memberships m
-                                      WHERE m.list_id = l.id AND m.status = 'active'),
-                       EXISTS (SELECT 1 FROM deliveries d WHERE d.list_id = l.id
-                               AND d.state = 'sent' {in_period})
+        (bool(mailed), {"list": slug, "active": members[lid]["active"]})
+        for lid, slug, mailed in db.execute(
+            f"""SELECT l.id, l.slug, EXISTS (SELECT 1 FROM deliveries d WHERE d.list_id = l.id
+                                            AND d.state = 'sent' {in_period})
                FROM lists l ORDER BY l.slug""",
             cparams,
         )
-        if active and lid not in earned
+        if members.get(lid, {}).get("active") and lid not in earned
     ]
 
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
 from listkit.sales.money import format_minor
 from listkit.sales.reports import ORDER_STATUSES
+from listkit.send.campaigns import Campaign, campaign_row, held_out, iter_audience
 
 Z95 = 1.959964
 REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
@@ -43,6 +46,62 @@ def in_test_part(campaign_slug: str, key: str, share: float) -> bool:
     """Test-then-send: whether a subscriber is in the share that tries the variants."""
     digest = hashlib.sha256(f"{campaign_slug}\0test\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def _share(x: float) -> str:
+    return f"{x * 100:.3g}%"
+
+
+def share_warnings(campaign: Campaign, keys: Iterable[str]) -> list[str]:
+    """What an offer test's shares give nobody, for these readers (the audience, held-out
+    ones left out): the test part of test-then-send, or a variant. A share too small
+    for the audience rounds to no reader, and nothing says so when the test runs."""
+    if not campaign.variants:
+        return []
+    keys = list(keys)
+    if not keys:
+        return []
+    slug, n = campaign.slug, len(keys)
+    part = keys
+    if campaign.test_share:
+        part = [k for k in keys if in_test_part(slug, k, campaign.test_share)]
+        if not part:
+            return [
+                f"test_share {_share(campaign.test_share)} puts none of the {n:,} readers in "
+                "the test part: nobody tries the variants, and the rest gets "
+                f"{campaign.variants[0]} untested"
+            ]
+    drawn = Counter(assign_variant(slug, k, campaign.variants, campaign.split) for k in part)
+    of = f"the {len(part):,} readers" + (" of the test part" if campaign.test_share else "")
+    return [
+        f"variant {variant} (split {_share(share)}) gets none of {of}: it cannot be judged; "
+        "give it a larger share or drop it"
+        for variant, share in zip(campaign.variants, campaign.split, strict=True)
+        if not drawn[variant]
+    ]
+
+
+def campaign_share_warnings(db: Database, campaign: Campaign) -> list[str]:
+    """``share_warnings`` for the readers the campaign chose (once queued) or would
+    choose now."""
+    if not campaign.variants:
+        return []
+    row = campaign_row(db, campaign.slug)
+    keys = [
+        key
+        for (key,) in db.execute(
+            """SELECT s.key FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+               WHERE d.campaign_id = ? AND d.state != 'held_out'""",
+            [row["id"] if row else None],
+        )
+    ]
+    if not keys:
+        keys = [
+            sub["key"]
+            for sub, _slug, _title in iter_audience(db, campaign)
+            if not held_out(campaign.slug, sub["key"], campaign.holdout)
+        ]
+    return share_warnings(campaign, keys)
 
 
 def mean_interval(n: int, total: float, sumsq: float) -> dict:
