@@ -604,3 +604,12 @@ def m010_delivery_variants(db: Database) -> None:
     # serves every lookup by subscriber the old one did, at the same insert cost.
     db.execute("DROP INDEX IF EXISTS deliveries_subscriber")
     db.execute("CREATE INDEX deliveries_subscriber_state ON deliveries(subscriber_id, state)")
+
+
+@migrations()
+def m014_signup_confirmation_limits(db: Database) -> None:
+    # The confirmation mailer reads the signups waiting for its decision, and
+    # counts a list's confirmations of the last hour (its budget), on every
+    # signup: from indexes, not a scan of every signup the list ever had.
+    db.execute("CREATE INDEX signups_waiting ON signups(id) WHERE state = 'new'")
+    db.execute("CREATE INDEX signups_list_mailed ON signups(list_id, mailed_at)")

@@ -3,9 +3,10 @@
 The rules: GET and HEAD show and never change anything (mail scanners prefetch
 every link); only a POST unsubscribes or confirms. A tampered, unknown or
 malformed token gets a plain 4xx and changes nothing. A signup answers the
-same page and status whoever the address is, and its confirmation is mailed
-off the request path (``ConfirmationMailer``). A click redirects only to the
-link the offer itself contains for that delivery.
+same page and status whoever the address is, in the same time: the request
+only records it, and the mailer (``ConfirmationMailer``) decides and mails
+off the request path. A click redirects only to the link the offer itself
+contains for that delivery.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from listkit.audience import signups
 from listkit.audience.lists import get_list
 from listkit.audience.subscribers import delivery_by_token, unsubscribe_delivery
 from listkit.db import now
-from listkit.errors import InputError, ListkitError, NotFound
+from listkit.errors import ConfigError, InputError, ListkitError, NotFound
 from listkit.mail import clicks
 from listkit.mail.tracking import (
     CONFIRM_DAYS,
@@ -41,7 +44,8 @@ from listkit.mail.tracking import (
     verify_click,
     verify_unsubscribe,
 )
-from listkit.send.sender import send_message
+from listkit.send.single import send_one
+from listkit.send.verp import bounce_address, envelope_sender
 from listkit.web.common import client_ip, read_body, read_form
 
 log = logging.getLogger("listkit.serve")
@@ -172,18 +176,23 @@ class SignupLimiter:
 class ConfirmationMailer:
     """Mails confirmations off the request path, one task per app.
 
-    A signup that needs one is a ``signups`` row in state ``new``; the task
-    claims rows (committed before sending, so a crash never mails twice),
-    sends each through the workspace's SMTP settings, and records the answer.
-    It starts with the app: rows left ``sending`` by a run that stopped become
-    ``unknown`` (never mailed again), rows still ``new`` are mailed then; it
-    looks again on each signup and every ``PERIOD`` seconds.
+    Every signup is a ``signups`` row in state ``new``; the task decides
+    each (``signups.claim_confirmations``: the daily and hourly limits, who
+    is already a member or suppressed), claims those to be mailed (committed
+    before sending, so a crash never mails twice), sends each through the
+    workspace's SMTP settings (``send_one``: the campaigns' transaction, DKIM
+    when configured, the bounce address as envelope sender), and records the
+    answer. It starts with the app: rows left ``sending`` by a run that
+    stopped become ``unknown`` (never mailed again), rows still ``new`` are
+    decided then; it looks again on each signup and every ``PERIOD`` seconds.
     """
 
     PERIOD = 60.0
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, clock: Callable[[], datetime] | None = None) -> None:
         self.app = app
+        # The time the limits count from (a test passes its own clock).
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.stopping = False
@@ -228,24 +237,43 @@ class ConfirmationMailer:
     async def _mail_due(self) -> None:
         ws, db = self.app.state.ws, self.app.state.db
         while True:
-            batch = await db.write(signups.claim_confirmations)
+            try:
+                per_hour = ws.settings.confirm_budget()
+            except ConfigError as e:  # the signups wait for the setting to be fixed
+                log.error("confirmations not mailed now: %s", e)
+                return
+            batch = await db.write(
+                partial(signups.claim_confirmations, at=self.clock(), per_hour=per_hour)
+            )
             if not batch:
                 return
+            try:
+                mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
+                smtp = ws.settings.smtp()
+                bounces = bounce_address(ws.settings.bounce_address)
+            except ListkitError as e:  # a setting or the template: none can be mailed
+                log.error("confirmations not sent: %s", e)
+                for signup in batch:
+                    await db.write(signups.mark_mailed, signup["id"], False, str(e))
+                continue
             for signup in batch:
-                try:
-                    mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
-                    data = mail.build(signup)
-                    smtp = ws.settings.smtp()
-                    _name, sender = ws.settings.sender_address()
-                    reply = await send_message(smtp, sender, signup["email"], data)
-                    ok = True
-                except ListkitError as e:
-                    ok, reply = False, str(e)
-                    log.error("confirmation not sent: %s", e)
-                except Exception as e:  # connection trouble: recorded, not retried
-                    ok, reply = False, f"{type(e).__name__}: {e}"
-                    log.error("confirmation not sent: %s", type(e).__name__)
-                await db.write(signups.mark_mailed, signup["id"], ok, reply)
+                await self._mail_one(mail, smtp, bounces, signup)
+
+    async def _mail_one(self, mail, smtp, bounces: str | None, signup: dict) -> None:
+        """Mail one claimed confirmation and record the answer. The log names the
+        signup, never the address (the reason, with the reply, is in ``signups``)."""
+        # VERP as campaigns: the signup's own token names what bounced.
+        envelope = envelope_sender(bounces, mail.sender_address, signup["nonce"])
+        try:
+            reply = await send_one(smtp, envelope, signup["email"], mail.build(signup))
+            ok = True
+        except ListkitError as e:
+            ok, reply = False, str(e)
+            log.error("confirmation of signup %d not sent: %s", signup["id"], type(e).__name__)
+        except Exception as e:  # unexpected: recorded, not retried
+            ok, reply = False, f"{type(e).__name__}: {e}"
+            log.error("confirmation of signup %d not sent: %s", signup["id"], type(e).__name__)
+        await self.app.state.db.write(signups.mark_mailed, signup["id"], ok, reply)
 
 
 @contextlib.asynccontextmanager
@@ -290,7 +318,7 @@ async def signup(request: Request) -> Response:
     if form.get("website"):  # the honeypot: a person never fills it in
         return done
     try:
-        signup_id = await db.write(
+        await db.write(
             partial(
                 signups.record_signup,
                 list_slug=slug,
@@ -309,8 +337,7 @@ async def signup(request: Request) -> Response:
             heading="That is not an email address",
             text="Go back and check the address you typed.",
         )
-    if signup_id is not None:
-        mailer.poke()
+    mailer.poke()  # whoever it is: the mailer decides, after the answer
     return done
 
 
