@@ -15,22 +15,27 @@ from listkit.workspace import Workspace
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--forwarded-allow-ips",
-    default="127.0.0.1",
-    show_default=True,
-    help="Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed ('*' for any).",
+    metavar="IPS",
+    help="Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed, comma-separated "
+    "(127.0.0.1 behind a proxy on this machine). Default: none, the peer is the client.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
 @pass_workspace
-def serve(ws: Workspace, host: str, port: int, forwarded_allow_ips: str, quiet: bool) -> None:
+def serve(
+    ws: Workspace, host: str, port: int, forwarded_allow_ips: str | None, quiet: bool
+) -> None:
     """Serve unsubscribe links, signups, clicks and webhooks over HTTP.
 
     Run it behind a TLS reverse proxy (Caddy, nginx) that forwards
-    LISTKIT_BASE_URL to it; see the README. It uses the workspace's database
-    beside the CLI: an unsubscribe is honoured by a send that is running.
+    LISTKIT_BASE_URL to it, and name that proxy with --forwarded-allow-ips:
+    the client address is consent evidence and the key of the signup limit,
+    and X-Forwarded-For is believed only from the proxies named. It uses the
+    workspace's database beside the CLI: an unsubscribe is honoured by a send
+    that is running.
 
     \b
     Example:
-        listkit serve --port 8080
+        listkit serve --port 8080 --forwarded-allow-ips 127.0.0.1
     """
     import uvicorn
 
@@ -38,6 +43,7 @@ def serve(ws: Workspace, host: str, port: int, forwarded_allow_ips: str, quiet: 
 
     # Opens (and migrates) the database and checks the settings before listening.
     ws.db  # noqa: B018
+    ws.settings.confirm_budget()
     app = create_app(ws)
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,8 +54,10 @@ def serve(ws: Workspace, host: str, port: int, forwarded_allow_ips: str, quiet: 
         port=port,
         access_log=False,  # it prints paths, which carry tokens and webhook secrets
         log_level="warning" if quiet else "info",
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
+        # Without proxies named, uvicorn reads no proxy header at all (it would
+        # otherwise believe one from 127.0.0.1, or from $FORWARDED_ALLOW_IPS).
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or "",
         server_header=False,
         date_header=True,
     )
