@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import tomllib
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 import jinja2
@@ -33,8 +31,8 @@ from listkit.config import Settings
 from listkit.db import now
 from listkit.errors import TemplateError
 from listkit.mail.dkim import signer_for
-from listkit.mail.mime import check_header, format_address
-from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, new_token
+from listkit.mail.mime import MessageBuilder, Parts
+from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, message_id, new_token
 
 CONFIRM_DIR = "_confirm"
 MAX_NAME = 256
@@ -306,7 +304,15 @@ class ConfirmationMail:
         self.base_url = settings.public_base_url()
         self.secret = settings.secret_key()
         self.postal_address = settings.values["LISTKIT_POSTAL_ADDRESS"].strip()
-        # Signed like every other message, when DKIM is configured.
+        # Built and signed (when DKIM is configured) as campaigns' messages are,
+        # but no list mail: no List-Id, no List-Unsubscribe.
+        self.domain = self.sender_address.rpartition("@")[2]
+        self.builder = MessageBuilder(
+            sender_name=self.sender_name,
+            sender_address=self.sender_address,
+            list_id=None,
+            auto_submitted=True,
+        )
         self.signer = signer_for(settings, self.sender_address)
         folder = offers_dir / CONFIRM_DIR
         toml = folder / "confirm.toml"
@@ -352,25 +358,19 @@ class ConfirmationMail:
             html = self.html.render(context) if self.html is not None else None
         except jinja2.TemplateError as e:
             raise TemplateError(f"offers/{CONFIRM_DIR}: {e} (for {who})") from None
-        domain = self.sender_address.rpartition("@")[2]
-        msg = EmailMessage()
-        msg["From"] = _address(self.sender_name, self.sender_address, "LISTKIT_FROM", who)
-        msg["To"] = _address(signup["name"], signup["email"], "To", who)
-        msg["Subject"] = check_header(subject, "Subject", who)
-        msg["Date"] = format_datetime(datetime.now(UTC))
-        msg["Message-ID"] = make_msgid("confirm", domain=domain)
-        msg["Auto-Submitted"] = "auto-generated"
-        msg.set_content(text)
-        if html is not None:
-            msg.add_alternative(html, subtype="html")
-        data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+        data = self.builder.build(
+            Parts(
+                to_address=signup["email"],
+                to_name=signup["name"],
+                subject=subject,
+                text=text,
+                html=html,
+                message_id=message_id(signup["nonce"], self.domain),
+                unsubscribe_url=None,
+            ),
+            who=who,
+        )
         return self.signer.sign(data) if self.signer is not None else data
-
-
-def _address(name: str | None, address: str, field: str, who: str) -> str:
-    check_header(name or "", field, who)
-    check_header(address, field, who)
-    return format_address(name, address)
 
 
 def signup_summary(db, list_slug: str | None = None) -> list[dict]:
