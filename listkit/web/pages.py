@@ -188,6 +188,7 @@ class ConfirmationMailer:
     """
 
     PERIOD = 60.0
+    GATHER = 1.0
 
     def __init__(self, app, clock: Callable[[], datetime] | None = None) -> None:
         self.app = app
@@ -196,6 +197,7 @@ class ConfirmationMailer:
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.stopping = False
+        self._mail: tuple[tuple, signups.ConfirmationMail] | None = None
 
     async def start(self) -> None:
         self.stopping = False
@@ -226,6 +228,9 @@ class ConfirmationMailer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.PERIOD):
                     await self.wake.wait()
+            # The signups of the next moment are decided and mailed together:
+            # the work lands on few requests' time, whichever kind woke it.
+            await asyncio.sleep(self.GATHER)
             self.wake.clear()
             if self.stopping:
                 return
@@ -248,32 +253,52 @@ class ConfirmationMailer:
             if not batch:
                 return
             try:
-                mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
+                mail = self._confirmation_mail()
                 smtp = ws.settings.smtp()
                 bounces = bounce_address(ws.settings.bounce_address)
             except ListkitError as e:  # a setting or the template: none can be mailed
                 log.error("confirmations not sent: %s", e)
-                for signup in batch:
-                    await db.write(signups.mark_mailed, signup["id"], False, str(e))
-                continue
-            for signup in batch:
-                await self._mail_one(mail, smtp, bounces, signup)
+                answers = [(signup["id"], False, str(e)) for signup in batch]
+            else:
+                answers = [await self._mail_one(mail, smtp, bounces, s) for s in batch]
+            # One commit for the batch: the service's writes stay few. A stop
+            # before it leaves these 'sending', and so 'unknown', never resent.
+            await db.write(_mark_all, answers)
 
-    async def _mail_one(self, mail, smtp, bounces: str | None, signup: dict) -> None:
-        """Mail one claimed confirmation and record the answer. The log names the
+    def _confirmation_mail(self) -> signups.ConfirmationMail:
+        """The confirmation message's templates, read again only when a file of
+        ``offers/_confirm/`` changed (reading them costs more than a message)."""
+        ws = self.app.state.ws
+        folder = ws.offers_dir / signups.CONFIRM_DIR
+        try:
+            key = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()))
+        except OSError:
+            key = None
+        if key is None or self._mail is None or self._mail[0] != key:
+            mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
+            self._mail = (key, mail) if key is not None else None
+            return mail
+        return self._mail[1]
+
+    async def _mail_one(
+        self, mail, smtp, bounces: str | None, signup: dict
+    ) -> tuple[int, bool, str]:
+        """Mail one claimed confirmation; (signup, sent, reply). The log names the
         signup, never the address (the reason, with the reply, is in ``signups``)."""
         # VERP as campaigns: the signup's own token names what bounced.
         envelope = envelope_sender(bounces, mail.sender_address, signup["nonce"])
         try:
             reply = await send_one(smtp, envelope, signup["email"], mail.build(signup))
-            ok = True
-        except ListkitError as e:
-            ok, reply = False, str(e)
+            return signup["id"], True, reply
+        except Exception as e:  # ListkitError says why; anything else: recorded, not retried
+            reply = str(e) if isinstance(e, ListkitError) else f"{type(e).__name__}: {e}"
             log.error("confirmation of signup %d not sent: %s", signup["id"], type(e).__name__)
-        except Exception as e:  # unexpected: recorded, not retried
-            ok, reply = False, f"{type(e).__name__}: {e}"
-            log.error("confirmation of signup %d not sent: %s", signup["id"], type(e).__name__)
-        await self.app.state.db.write(signups.mark_mailed, signup["id"], ok, reply)
+            return signup["id"], False, reply
+
+
+def _mark_all(db, answers: list[tuple[int, bool, str]]) -> None:
+    for signup_id, ok, reply in answers:
+        signups.mark_mailed(db, signup_id, ok, reply)
 
 
 @contextlib.asynccontextmanager
