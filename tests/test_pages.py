@@ -447,6 +447,18 @@ def test_a_confirmation_waiting_when_the_service_stopped_is_mailed_at_start_up(w
     assert mailed_to(smtp) == ["waited@example.com"]
 
 
+def test_signups_not_to_be_mailed_never_hold_back_the_ones_after_them(ws, world, smtp):
+    # More than a batch of signups that get no confirmation (members already),
+    # then one that does: the mailer decides them all, not one batch per wake.
+    world.list("blog", *(f"member{i}@example.com" for i in range(45)))
+    for i in range(45):
+        waiting_signup(ws, f"member{i}@example.com")
+    waiting_signup(ws, "new@example.com")
+    serve_once(ws)
+    assert mailed_to(smtp) == ["new@example.com"]
+    assert signup_states(ws) == ["not_mailed"] * 45 + ["mailed"]
+
+
 def test_a_confirmation_cut_off_while_sending_is_never_mailed_again_but_marked_unknown(
     ws, world, smtp
 ):

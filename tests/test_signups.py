@@ -36,7 +36,8 @@ def sign_up(ws, email, at, *, ip="192.0.2.1", list_slug="blog"):
 def mail_due(ws, at, *, per_hour=100, reply=(True, "250 2.0.0 queued")):
     """Claim what is due at ``at`` and record the server's answer; the addresses mailed."""
     with immediate(ws.db):
-        claimed = claim_confirmations(ws.db, at=at, per_hour=per_hour)
+        claimed, more = claim_confirmations(ws.db, at=at, per_hour=per_hour)
+    assert not more
     with immediate(ws.db):
         for signup in claimed:
             mark_mailed(ws.db, signup["id"], *reply)

@@ -94,10 +94,10 @@ AGAIN = (
 
 def claim_confirmations(
     db, *, per_hour: int, at: datetime | None = None, limit: int = 20
-) -> list[dict]:
-    """Decide the signups waiting (state ``new``) as of ``at``; those to be mailed now,
-    marked ``sending`` (inside the caller's transaction, committed before anything is
-    sent: a crash never mails twice).
+) -> tuple[list[dict], bool]:
+    """Decide up to ``limit`` signups waiting (state ``new``) as of ``at``: (those to
+    be mailed now, marked ``sending``; whether more wait). Inside the caller's
+    transaction, committed before anything is sent: a crash never mails twice.
 
     Not mailed, with the reason in ``mail_reply``: an address suppressed (but for
     an unsubscribe) or already an active member; one mailed a confirmation for
@@ -142,7 +142,7 @@ def claim_confirmations(
             {"id": gid, "nonce": nonce, "email": email, "name": name, "created": created}
             | {"list": slug, "list_title": title}
         )
-    return claimed
+    return claimed, len(rows) == limit
 
 
 def _not_mailed(db, key: str, list_id: int, day_ago: str) -> str | None:

@@ -247,10 +247,12 @@ class ConfirmationMailer:
             except ConfigError as e:  # the signups wait for the setting to be fixed
                 log.error("confirmations not mailed now: %s", e)
                 return
-            batch = await db.write(
+            batch, more = await db.write(
                 partial(signups.claim_confirmations, at=self.clock(), per_hour=per_hour)
             )
             if not batch:
+                if more:
+                    continue
                 return
             try:
                 mail = self._confirmation_mail()
