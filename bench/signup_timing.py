@@ -9,7 +9,11 @@ unsubscribed, then POSTs one signup for each of them and for 200 strangers,
 the four kinds shuffled together, one request at a time on one keep-alive
 connection, timing each answer from the request's first byte to the
 response's last. (A few signups of other strangers first warm the service
-up; they are not counted.)
+up; they are not counted.) The requests start at a steady pace (every 25 ms,
+``--interval``), as signups come, not back to back: back to back, each would
+wait for the end of the pause the service's writer makes after the commit of
+the one before (``web.common.GROUP_PAUSE``), and that wait, not the signup,
+would be what is timed.
 
 Each run prints the median answer time per kind, each kind's median as a
 ratio of the strangers' (the baseline kind), and the largest difference
@@ -123,7 +127,7 @@ def sign_up(conn: http.client.HTTPConnection, email: str, client: int) -> float:
     return elapsed
 
 
-def run(code: Path, n: int, warm: int, seed: int) -> dict:
+def run(code: Path, n: int, warm: int, seed: int, interval: float) -> dict:
     env = code_env(code)
     with tempfile.TemporaryDirectory() as tmp:
         sink_port = free_port()
@@ -133,17 +137,17 @@ def run(code: Path, n: int, warm: int, seed: int) -> dict:
         load_before = os.getloadavg()
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            client = 0
-            for i in range(warm):
-                client += 1
-                sign_up(conn, f"warm{i}@bench.example.net", client)
-            order = [(kind, i) for kind in KINDS for i in range(n)]
-            random.Random(seed).shuffle(order)
-            times: dict[str, list[float]] = {kind: [] for kind in KINDS}
-            for kind, i in order:
-                client += 1
-                domain = "bench.example.net" if kind == "stranger" else "bench.example.com"
+            order = [("warm", i) for i in range(warm)]
+            rest = [(kind, i) for kind in KINDS for i in range(n)]
+            random.Random(seed).shuffle(rest)
+            times: dict[str, list[float]] = {kind: [] for kind in ("warm", *KINDS)}
+            start = time.monotonic()
+            for client, (kind, i) in enumerate(order + rest, 1):
+                # The next slot of the pace (or at once, if this one is late).
+                time.sleep(max(0.0, start + client * interval - time.monotonic()))
+                domain = "bench.example.com" if kind in KINDS[1:] else "bench.example.net"
                 times[kind].append(sign_up(conn, f"{kind}{i}@{domain}", client))
+            del times["warm"]
             conn.close()
             load_after = os.getloadavg()
             time.sleep(1)  # let the mailer finish what it has
@@ -182,11 +186,15 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=200, help="signups of each kind")
     parser.add_argument("--warm", type=int, default=30, help="uncounted signups first")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--interval", type=float, default=0.025, help="seconds between request starts"
+    )
     parser.add_argument("--compare", metavar="REF", help="git revision to run beside this tree")
     args = parser.parse_args()
     here = Path(__file__).resolve().parent.parent
     print(
-        f"{args.per_kind} signups of each kind per run, shuffled; machine: "
+        f"{args.per_kind} signups of each kind per run, shuffled, one every "
+        f"{args.interval * 1000:g} ms; machine: "
         f"{os.cpu_count()} cores, shared (load average {os.getloadavg()[0]:.2f}); "
         "times are per answer, client side",
         flush=True,
@@ -198,7 +206,7 @@ def main() -> None:
             codes.insert(0, (args.compare, extract(args.compare, Path(tmp) / "ref")))
         for n in range(args.runs):
             for label, code in codes:
-                r = run(code, args.per_kind, args.warm, seed=n)
+                r = run(code, args.per_kind, args.warm, seed=n, interval=args.interval)
                 report(f"{label}, run {n + 1}", r)
                 failed |= code == here and r["spread"] >= GOAL_MS
     sys.exit(1 if failed else 0)
