@@ -204,6 +204,33 @@ def test_a_signup_looks_the_same_whoever_the_address_is(ws, client, world, smtp)
     assert statuses(ws, "gone@example.com") == {"blog": "unsubscribed"}
 
 
+def test_every_signup_answer_waits_for_the_same_floor_whoever_the_address_is(
+    ws, client, world, monkeypatch
+):
+    # What varies beneath the floor (a commit waiting for the writer, the mailer
+    # busy with an earlier signup) must not show in the answer's time.
+    from listkit.web import pages
+
+    waits = []
+
+    async def not_before(when):
+        waits.append(when)
+
+    monkeypatch.setattr(pages, "_not_before", not_before)
+    world.list("blog", "active@example.com")
+    world.list("blog", "gone@example.com", status="unsubscribed")
+    world.list("blog", "waiting@example.com", status="pending")
+    forms = [{"email": e} for e in ("new@example.com", "active@example.com", "gone@example.com")]
+    forms += [{"email": "waiting@example.com"}, {"email": "bot@example.com", "website": "x"}]
+    before = time.monotonic()
+    for form in forms:
+        assert client.post("/s/blog", data=form).status_code == 200
+    assert len(waits) == 5
+    assert all(
+        before + pages.ANSWER_FLOOR <= w <= time.monotonic() + pages.ANSWER_FLOOR for w in waits
+    )
+
+
 def test_a_confirmation_needs_a_post_and_keeps_the_consent_evidence(ws, client, world, smtp):
     world.list("blog")
     r = client.post(
