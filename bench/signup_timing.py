@@ -48,11 +48,25 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.send import free_port, listkit, start_sink
-from bench.serve import code_env, extract
+from bench.serve import code_env
 
 KINDS = ("stranger", "member", "pending", "unsubscribed")
 GOAL_MS = 0.5
 PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+def extract(ref: str, into: Path) -> Path:
+    """The listkit package of git revision ``ref``, with its example offers and
+    campaigns (which `listkit init` copies), extracted into ``into``."""
+    repo = Path(__file__).resolve().parent.parent
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", ref, "listkit", "offers", "campaigns"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def make_workspace(root: Path, n: int, smtp_port: int, env: dict[str, str]) -> Path:
@@ -60,7 +74,9 @@ def make_workspace(root: Path, n: int, smtp_port: int, env: dict[str, str]) -> P
     ws = root / "ws"
 
     def cli(*args: str) -> None:
-        subprocess.run(listkit(*args, workspace=ws), check=True, capture_output=True, env=env)
+        subprocess.run(
+            listkit(*args, workspace=ws), check=True, capture_output=True, env=env, cwd=root
+        )
 
     cli("init", str(ws))
     text = (
@@ -93,8 +109,14 @@ def start_serve(ws: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     command = listkit(
         "serve", "--port", str(port), "--forwarded-allow-ips", "127.0.0.1", "--quiet", workspace=ws
     )
+    # From the workspace: `python -m` puts the current folder first on the
+    # path, and from this repository it would run this tree's listkit, not REF's.
     proc = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=(ws / "serve.log").open("wb"), env=env
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=(ws / "serve.log").open("wb"),
+        env=env,
+        cwd=ws,
     )
     deadline = time.monotonic() + 30
     while True:
