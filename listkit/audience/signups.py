@@ -117,15 +117,17 @@ def claim_confirmations(
         [limit],
     ).fetchall()
     claimed = []
+    spent: dict[int, int] = {}  # confirmations of the last hour, per list
     for gid, nonce, email, key, name, created, ip, page, form, slug, title, list_id in rows:
         reason = _not_mailed(db, key, list_id, day_ago)
         if reason is None:
-            spent = db.execute(
-                """SELECT COUNT(*) FROM signups WHERE list_id = ? AND mailed_at > ?
-                   AND state IN ('sending', 'mailed', 'unknown', 'failed')""",
-                [list_id, hour_ago],
-            ).fetchone()[0]
-            if spent >= per_hour:
+            if list_id not in spent:
+                spent[list_id] = db.execute(
+                    """SELECT COUNT(*) FROM signups WHERE list_id = ? AND mailed_at > ?
+                       AND state IN ('sending', 'mailed', 'unknown', 'failed')""",
+                    [list_id, hour_ago],
+                ).fetchone()[0]
+            if spent[list_id] >= per_hour:
                 reason = (
                     f"over the list's budget of {per_hour} confirmations an hour "
                     "(LISTKIT_CONFIRM_PER_HOUR): not mailed; the person can sign up again later"
@@ -136,6 +138,7 @@ def claim_confirmations(
                 [reason, gid],
             )
             continue
+        spent[list_id] += 1
         _join_pending(db, list_id, slug, email, key, name, ip, page or form, stamp)
         db.execute("UPDATE signups SET state = 'sending', mailed_at = ? WHERE id = ?", [stamp, gid])
         claimed.append(
