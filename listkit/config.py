@@ -180,6 +180,12 @@ SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
         "messages sent, with no purchase and no click, that make a subscriber silent",
         False,
     ),
+    "LISTKIT_CONFIRM_PER_HOUR": (
+        "confirm_per_hour",
+        "100",
+        "signup confirmations `listkit serve` mails per list in an hour, at the most",
+        False,
+    ),
 }
 
 SMTP_SCHEMES = {
@@ -479,6 +485,17 @@ class Settings:
         if not raw.isdigit() or int(raw) < 1:
             raise ConfigError(
                 f"LISTKIT_SILENT_AFTER must be a whole number of messages, not {raw!r}"
+            )
+        return int(raw)
+
+    def confirm_budget(self) -> int:
+        """LISTKIT_CONFIRM_PER_HOUR: confirmations mailed per list in an hour (1 or more)."""
+        name = "LISTKIT_CONFIRM_PER_HOUR"
+        raw = (self.values.get(name) or SETTINGS[name][1] or "").strip()
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(
+                "LISTKIT_CONFIRM_PER_HOUR must be a whole number of confirmations an hour "
+                f"per list (1 or more), not {raw!r}"
             )
         return int(raw)
 

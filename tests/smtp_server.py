@@ -38,6 +38,7 @@ class FaultHandler:
         self.ehlo_count = 0
         self.faults: dict[str, list[str]] = {}
         self.messages: list[tuple[str, str, bytes]] = []  # (message_id, rcpt, data)
+        self.senders: list[str] = []  # each message's envelope sender (MAIL FROM)
         self.rcpt_attempts: Counter[str] = Counter()
 
     def fault(self, address: str, *behaviours: str) -> None:
@@ -75,6 +76,7 @@ class FaultHandler:
         if behaviour == "data_554":
             return "554 5.7.1 Message refused as spam"
         self.messages.append((str(headers["Message-ID"]), rcpt, data))
+        self.senders.append(envelope.mail_from)
         if behaviour == "disconnect_after_data":
             server.transport.close()
             return "421 closing"

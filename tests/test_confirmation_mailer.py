@@ -9,7 +9,7 @@ from listkit.web.pages import ConfirmationMailer
 class _DB:
     async def write(self, fn, *args):
         await asyncio.sleep(0)
-        return []  # no confirmation due
+        return [], False  # no confirmation due
 
 
 def test_stopping_the_confirmation_mailer_right_after_a_signup_woke_it_always_ends():

@@ -152,3 +152,21 @@ def test_a_list_title_of_1500_characters_never_makes_a_line_over_998():
     data = builder().build(parts(), list_name=title_nospace, list_id="blog.shop.example.com")
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     parse(data)
+
+
+def test_a_message_that_is_no_list_mail_has_no_list_headers_and_says_it_is_automatic():
+    # A signup's confirmation: sent because someone asked, to one address.
+    b = MessageBuilder(
+        sender_name="Shop Owner",
+        sender_address="owner@shop.example.com",
+        list_id=None,
+        auto_submitted=True,
+    )
+    data = b.build(parts(unsubscribe_url=None))
+    msg = parse(data)
+    for name in ("List-Id", "List-Unsubscribe", "List-Unsubscribe-Post"):
+        assert name not in msg, name
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["To"].addresses[0].display_name == "Ann"
+    assert body(msg, "plain") == "Hi Ann\n"
+    assert body(msg, "html") == "<p>Hi Ann</p>\n"

@@ -215,3 +215,44 @@ def test_unsubscribe_click_and_signup_through_a_running_service(workspace, setup
 
     log = (workspace / "serve.log").read_text()
     assert bob_token not in log and "/u/{token}/{sig}" in log
+
+
+def sign_up(base, email, forwarded_for):
+    return request(
+        base,
+        PUBLIC + "/s/blog",
+        data=f"email={email}".encode(),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Forwarded-For": forwarded_for,
+        },
+    )[0]
+
+
+def test_x_forwarded_for_is_believed_only_from_the_proxies_serve_is_told_of(workspace, setup):
+    handler = setup
+    stranger = "stranger@example.net"
+
+    def settled():
+        return query(workspace, "SELECT COUNT(*) FROM signups WHERE state IN ('new', 'sending')")
+
+    with serve(workspace) as base:  # no proxy named: the peer is the client
+        assert sign_up(base, "direct%40example.net", "203.0.113.7") == 200
+        wait_for(lambda: settled() == [(0,)])
+    assert query(workspace, "SELECT ip FROM signups") == [("127.0.0.1",)]
+
+    # Behind a proxy on this machine: twelve signups of one stranger's address,
+    # from four client addresses the proxy names, in a second or two.
+    with serve(workspace, "--forwarded-allow-ips", "127.0.0.1") as base:
+        codes = [sign_up(base, "stranger%40example.net", f"198.51.100.{i % 4}") for i in range(12)]
+        assert codes == [200] * 12
+        wait_for(lambda: settled() == [(0,)])
+    assert [rcpt for _m, rcpt, _d in handler.messages].count(stranger) == 1
+    ips = query(workspace, "SELECT ip FROM signups WHERE email = ? ORDER BY id", [stranger])
+    assert [ip for (ip,) in ips] == [f"198.51.100.{i % 4}" for i in range(12)]
+    assert query(
+        workspace,
+        "SELECT consent_ip FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id "
+        "WHERE s.key = ?",
+        [stranger],
+    ) == [("198.51.100.0",)]

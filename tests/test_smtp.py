@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import threading
 
 import pytest
@@ -311,7 +312,47 @@ def test_test_to_a_non_ascii_local_part_without_smtputf8_is_a_one_line_error(run
         setup_campaign(run, workspace, server.port, ["ann@example.com"])
         result = run("send", "t", "--test-to", "jörg@example.com", ok=False)
     assert result.output == (
-        "Error: jörg@example.com: a non-ASCII local part needs a server that offers "
-        "SMTPUTF8, and this one does not\n"
+        "Error: the message was not sent: the recipient's address has a non-ASCII local "
+        "part and the server does not offer SMTPUTF8\n"
+    )
+    assert server.messages == 0
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_test_message_goes_through_the_campaigns_transaction_with_the_bounce_envelope(
+    run, workspace, pipelining
+):
+    with RecordingServer(pipelining, extensions=(b"8BITMIME", b"SIZE 10000000")) as server:
+        setup_campaign(run, workspace, server.port, ["ann@example.com"], extra="")
+        with (workspace / ".env").open("a") as f:
+            f.write("LISTKIT_BOUNCE_ADDRESS=bounces@example.com\n")
+        out = run("send", "t", "--test-to", "me@example.com").output
+    assert out.startswith("Sent a test of t to me@example.com")
+    assert out.rstrip().endswith(": 250 2.0.0 queued")
+    (mail,) = [c for c in server.commands if c.startswith(b"MAIL FROM:")]
+    assert re.fullmatch(rb"MAIL FROM:<bounces\+[a-z2-7]{16}@example\.com> SIZE=\d+", mail)
+    size = int(mail.rsplit(b"=", 1)[1])
+    assert size == len(server.data[0]) + 3  # the content in wire form, as campaigns count it
+    together = [r for r in server.reads if b"MAIL FROM:" in r and b"RCPT TO:" in r]
+    assert len(together) == (1 if pipelining else 0)
+
+
+def test_a_test_message_over_the_servers_size_limit_is_refused_as_a_campaigns_is(run, workspace):
+    with RecordingServer(True, extensions=(b"SIZE 1000",)) as server:
+        setup_campaign(run, workspace, server.port, ["ann@example.com"])
+        result = run("send", "t", "--test-to", "me@example.com", ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: the message was not sent: the message is ")
+    assert "over the server's limit of 1,000 bytes (SIZE)" in result.output
+    assert server.messages == 0 and not any(c.startswith(b"MAIL") for c in server.commands)
+
+
+def test_a_test_message_refused_by_the_server_is_an_error_with_its_reply(run, workspace):
+    replies = {b"RCPT": b"550 5.1.1 no such user"}
+    with RecordingServer(True, replies=replies) as server:
+        setup_campaign(run, workspace, server.port, ["ann@example.com"])
+        result = run("send", "t", "--test-to", "me@example.com", ok=False)
+    assert result.output == (
+        "Error: the server refused the message: 550 5.1.1 no such user (reply to RCPT TO)\n"
     )
     assert server.messages == 0

@@ -1,7 +1,11 @@
 """Signups through a form, with double opt-in: the consent evidence and the confirmation.
 
-The rules: a signup never tells who is on a list (the caller answers the same
-way whatever happens here); an address becomes an ``active`` member only by
+The rules: a signup never tells who is on a list, by its answer or by its
+time: recording one does the same work whoever the address is, and who is
+mailed is decided afterwards, off the request path; an address is mailed at
+most one confirmation per list a day, and a list at most its hourly budget
+(``LISTKIT_CONFIRM_PER_HOUR``), so nobody can aim confirmations at someone
+else's mailbox; an address becomes an ``active`` member only by
 confirming (a ``pending`` member is never mailed a campaign); a confirmed
 member is never downgraded; an address suppressed for a bounce, a complaint or
 by hand is never mailed a confirmation; one that unsubscribed comes back only
@@ -15,9 +19,7 @@ transaction (the web app's writer, or ``immediate()``).
 from __future__ import annotations
 
 import tomllib
-from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jinja2
@@ -28,8 +30,9 @@ from listkit.audience.lists import get_list
 from listkit.config import Settings
 from listkit.db import now
 from listkit.errors import TemplateError
-from listkit.mail.mime import check_header
-from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, new_token
+from listkit.mail.dkim import signer_for
+from listkit.mail.mime import MessageBuilder, Parts
+from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, message_id, new_token
 
 CONFIRM_DIR = "_confirm"
 MAX_NAME = 256
@@ -50,101 +53,140 @@ def record_signup(
     agent: str | None = None,
     page: str | None = None,
     form: str | None = None,
-) -> int | None:
-    """Record a signup (InputError for an address that is not one); the signup's id
-    when a confirmation is to be mailed, else None (already active, or suppressed).
+    at: str | None = None,
+) -> int:
+    """Record a signup as it came (InputError for an address that is not one); its id.
 
-    A new address becomes a subscriber with a ``pending`` membership; a known one
-    keeps its membership as it is until it confirms.
+    The same work whoever the address is, and nothing read about it: the
+    answer cannot tell, by its content or its time, who is on the list.
+    Whether it is mailed a confirmation is decided later, off the request path
+    (``claim_confirmations``).
     """
     address = normalize_address(email)
-    key = email_key(address)
     name = (name or "").strip()[:MAX_NAME] or None
     lst = get_list(db, list_slug)
-    stamp = now()
-    suppression = db.execute("SELECT reason FROM suppressions WHERE key = ?", [key]).fetchone()
-    row = db.execute("SELECT id FROM subscribers WHERE key = ?", [key]).fetchone()
-    member = None
-    if row is not None:
-        member = db.execute(
-            "SELECT status FROM memberships WHERE list_id = ? AND subscriber_id = ?",
-            [lst["id"], row[0]],
-        ).fetchone()
-    blocked = suppression is not None and suppression[0] != "unsubscribed"
-    if blocked or (member is not None and member[0] in ("active", "bounced", "complained")):
-        state = "not_mailed"
-    else:
-        state = "new"
-    signup_id = db.execute(
+    return db.execute(
         """INSERT INTO signups (nonce, list_id, email, key, name, created, ip, agent, page, form,
-           state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+           state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'new')""",
         [
             new_token(),
             lst["id"],
             address,
-            key,
+            email_key(address),
             name,
-            stamp,
+            at or now(),
             ip,
             _clip(agent),
             _clip(page),
             _clip(form),
-            state,
         ],
     ).lastrowid
-    if state != "new":
-        return None
-    if row is None:
-        sid = db.execute(
-            """INSERT INTO subscribers (email, key, name, fields, created, updated, source)
-               VALUES (?, ?, ?, '{}', ?, ?, ?)""",
-            [address, key, name, stamp, stamp, f"form:{list_slug}"],
-        ).lastrowid
-    else:
-        sid = row[0]
-    if member is None:
-        db.execute(
-            """INSERT INTO memberships (list_id, subscriber_id, status, created, consent_at,
-               consent_method, consent_source, consent_ip, status_at, status_reason)
-               VALUES (?, ?, 'pending', ?, ?, 'form', ?, ?, ?, 'signed up, not confirmed')""",
-            [lst["id"], sid, stamp, stamp, _clip(page or form), ip, stamp],
-        )
-    return signup_id
 
 
-def claim_confirmations(db, limit: int = 20) -> list[dict]:
-    """Signups whose confirmation is to be mailed now, marked ``sending`` (inside the
-    caller's transaction, committed before anything is sent: a crash never mails twice).
+# At most one confirmation per address and list in this time, whoever asks for it.
+ONE_PER = timedelta(days=1)
+# The states of a signup whose confirmation went out, or may have.
+_MAILED = ("sending", "mailed", "unknown")
+AGAIN = (
+    "a confirmation was mailed to this address for this list less than a day ago: not mailed again"
+)
 
-    Checked again here: an address suppressed or confirmed since it signed up is not mailed.
+
+def claim_confirmations(
+    db, *, per_hour: int, at: datetime | None = None, limit: int = 20
+) -> tuple[list[dict], bool]:
+    """Decide up to ``limit`` signups waiting (state ``new``) as of ``at``: (those to
+    be mailed now, marked ``sending``; whether more wait). Inside the caller's
+    transaction, committed before anything is sent: a crash never mails twice.
+
+    Not mailed, with the reason in ``mail_reply``: an address suppressed (but for
+    an unsubscribe) or already an active member; one mailed a confirmation for
+    the list less than a day ago (a stranger's address signed up again and again
+    gets one message); one past the list's budget of ``per_hour`` confirmations
+    an hour. One to be mailed that is new joins the list as ``pending``, with
+    its consent evidence.
     """
+    at = at or datetime.now(UTC)
+    stamp = at.isoformat()
+    day_ago, hour_ago = (at - ONE_PER).isoformat(), (at - timedelta(hours=1)).isoformat()
     rows = db.execute(
-        """SELECT g.id, g.nonce, g.email, g.name, g.created, l.slug, l.title, g.list_id
+        """SELECT g.id, g.nonce, g.email, g.key, g.name, g.created, g.ip, g.page, g.form,
+                  l.slug, l.title, g.list_id
            FROM signups g JOIN lists l ON l.id = g.list_id
            WHERE g.state = 'new' ORDER BY g.id LIMIT ?""",
         [limit],
     ).fetchall()
     claimed = []
-    for sid, nonce, email, name, created, slug, title, list_id in rows:
-        key = email_key(email)
-        blocked = (
+    spent: dict[int, int] = {}  # confirmations of the last hour, per list
+    for gid, nonce, email, key, name, created, ip, page, form, slug, title, list_id in rows:
+        reason = _not_mailed(db, key, list_id, day_ago)
+        if reason is None:
+            if list_id not in spent:
+                spent[list_id] = db.execute(
+                    """SELECT COUNT(*) FROM signups WHERE list_id = ? AND mailed_at > ?
+                       AND state IN ('sending', 'mailed', 'unknown', 'failed')""",
+                    [list_id, hour_ago],
+                ).fetchone()[0]
+            if spent[list_id] >= per_hour:
+                reason = (
+                    f"over the list's budget of {per_hour} confirmations an hour "
+                    "(LISTKIT_CONFIRM_PER_HOUR): not mailed; the person can sign up again later"
+                )
+        if reason is not None:
             db.execute(
-                "SELECT 1 FROM suppressions WHERE key = ? AND reason != 'unsubscribed'", [key]
-            ).fetchone()
-            or db.execute(
-                """SELECT 1 FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id
-               WHERE s.key = ? AND m.list_id = ? AND m.status = 'active'""",
-                [key, list_id],
-            ).fetchone()
-        )
-        state = "not_mailed" if blocked else "sending"
-        db.execute("UPDATE signups SET state = ? WHERE id = ?", [state, sid])
-        if not blocked:
-            claimed.append(
-                {"id": sid, "nonce": nonce, "email": email, "name": name, "created": created}
-                | {"list": slug, "list_title": title}
+                "UPDATE signups SET state = 'not_mailed', mail_reply = ? WHERE id = ?",
+                [reason, gid],
             )
-    return claimed
+            continue
+        spent[list_id] += 1
+        _join_pending(db, list_id, slug, email, key, name, ip, page or form, stamp)
+        db.execute("UPDATE signups SET state = 'sending', mailed_at = ? WHERE id = ?", [stamp, gid])
+        claimed.append(
+            {"id": gid, "nonce": nonce, "email": email, "name": name, "created": created}
+            | {"list": slug, "list_title": title}
+        )
+    return claimed, len(rows) == limit
+
+
+def _not_mailed(db, key: str, list_id: int, day_ago: str) -> str | None:
+    """Why this address gets no confirmation for this list now, or None."""
+    suppression = db.execute("SELECT reason FROM suppressions WHERE key = ?", [key]).fetchone()
+    if suppression is not None and suppression[0] != "unsubscribed":
+        return "suppressed (a bounce, a complaint or by hand): never mailed a confirmation"
+    member = db.execute(
+        """SELECT m.status FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id
+           WHERE s.key = ? AND m.list_id = ?""",
+        [key, list_id],
+    ).fetchone()
+    if member is not None and member[0] in ("active", "bounced", "complained"):
+        return f"already a member of the list ({member[0]}): not mailed"
+    recent = db.execute(
+        f"""SELECT 1 FROM signups WHERE key = ? AND list_id = ? AND mailed_at > ?
+            AND state IN ({", ".join("?" * len(_MAILED))}) LIMIT 1""",
+        [key, list_id, day_ago, *_MAILED],
+    ).fetchone()
+    return AGAIN if recent is not None else None
+
+
+def _join_pending(db, list_id, slug, email, key, name, ip, source, stamp) -> None:
+    """A new address becomes a subscriber with a ``pending`` membership; a known one
+    keeps its membership as it is until it confirms."""
+    row = db.execute("SELECT id FROM subscribers WHERE key = ?", [key]).fetchone()
+    if row is None:
+        sid = db.execute(
+            """INSERT INTO subscribers (email, key, name, fields, created, updated, source)
+               VALUES (?, ?, ?, '{}', ?, ?, ?)""",
+            [email, key, name, stamp, stamp, f"form:{slug}"],
+        ).lastrowid
+    else:
+        sid = row[0]
+    db.execute(
+        """INSERT INTO memberships (list_id, subscriber_id, status, created, consent_at,
+           consent_method, consent_source, consent_ip, status_at, status_reason)
+           VALUES (?, ?, 'pending', ?, ?, 'form', ?, ?, ?, 'signed up, not confirmed')
+           ON CONFLICT (list_id, subscriber_id) DO NOTHING""",
+        [list_id, sid, stamp, stamp, _clip(source), ip, stamp],
+    )
 
 
 CUT_OFF = (
@@ -165,9 +207,11 @@ def settle_cut_off(db) -> int:
 
 
 def mark_mailed(db, signup_id: int, ok: bool, reply: str) -> None:
+    """The server's answer to a confirmation claimed ``sending`` (``mailed_at`` is
+    when it was claimed; a signup confirmed meanwhile stays confirmed)."""
     db.execute(
-        "UPDATE signups SET state = ?, mailed_at = ?, mail_reply = ? WHERE id = ?",
-        ["mailed" if ok else "failed", now(), reply[:500], signup_id],
+        "UPDATE signups SET state = ?, mail_reply = ? WHERE id = ? AND state = 'sending'",
+        ["mailed" if ok else "failed", reply[:500], signup_id],
     )
 
 
@@ -263,6 +307,16 @@ class ConfirmationMail:
         self.base_url = settings.public_base_url()
         self.secret = settings.secret_key()
         self.postal_address = settings.values["LISTKIT_POSTAL_ADDRESS"].strip()
+        # Built and signed (when DKIM is configured) as campaigns' messages are,
+        # but no list mail: no List-Id, no List-Unsubscribe.
+        self.domain = self.sender_address.rpartition("@")[2]
+        self.builder = MessageBuilder(
+            sender_name=self.sender_name,
+            sender_address=self.sender_address,
+            list_id=None,
+            auto_submitted=True,
+        )
+        self.signer = signer_for(settings, self.sender_address)
         folder = offers_dir / CONFIRM_DIR
         toml = folder / "confirm.toml"
         if not toml.is_file():
@@ -307,26 +361,19 @@ class ConfirmationMail:
             html = self.html.render(context) if self.html is not None else None
         except jinja2.TemplateError as e:
             raise TemplateError(f"offers/{CONFIRM_DIR}: {e} (for {who})") from None
-        domain = self.sender_address.rpartition("@")[2]
-        msg = EmailMessage()
-        msg["From"] = _address(self.sender_name, self.sender_address, "LISTKIT_FROM", who)
-        msg["To"] = _address(signup["name"], signup["email"], "To", who)
-        msg["Subject"] = check_header(subject, "Subject", who)
-        msg["Date"] = format_datetime(datetime.now(UTC))
-        msg["Message-ID"] = make_msgid("confirm", domain=domain)
-        msg["Auto-Submitted"] = "auto-generated"
-        msg.set_content(text)
-        if html is not None:
-            msg.add_alternative(html, subtype="html")
-        return msg.as_bytes()
-
-
-def _address(name: str | None, address: str, field: str, who: str) -> str:
-    from listkit.mail.mime import format_address
-
-    check_header(name or "", field, who)
-    check_header(address, field, who)
-    return format_address(name, address)
+        data = self.builder.build(
+            Parts(
+                to_address=signup["email"],
+                to_name=signup["name"],
+                subject=subject,
+                text=text,
+                html=html,
+                message_id=message_id(signup["nonce"], self.domain),
+                unsubscribe_url=None,
+            ),
+            who=who,
+        )
+        return self.signer.sign(data) if self.signer is not None else data
 
 
 def signup_summary(db, list_slug: str | None = None) -> list[dict]:

@@ -24,9 +24,9 @@ REQUEST_TIMEOUT = 10.0
 )
 @click.option(
     "--forwarded-allow-ips",
-    default="127.0.0.1",
-    show_default=True,
-    help="Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed ('*' for any).",
+    metavar="IPS",
+    help="Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed, comma-separated "
+    "(127.0.0.1 behind a proxy on this machine). Default: none, the peer is the client.",
 )
 @click.option(
     "--request-timeout",
@@ -41,19 +41,22 @@ def serve(
     ws: Workspace,
     host: str,
     port: int,
-    forwarded_allow_ips: str,
+    forwarded_allow_ips: str | None,
     request_timeout: float,
     quiet: bool,
 ) -> None:
     """Serve unsubscribe links, signups, clicks and webhooks over HTTP.
 
     Run it behind a TLS reverse proxy (Caddy, nginx) that forwards
-    LISTKIT_BASE_URL to it; see the README. It uses the workspace's database
-    beside the CLI: an unsubscribe is honoured by a send that is running.
+    LISTKIT_BASE_URL to it, and name that proxy with --forwarded-allow-ips:
+    the client address is consent evidence and the key of the signup limit,
+    and X-Forwarded-For is believed only from the proxies named. It uses the
+    workspace's database beside the CLI: an unsubscribe is honoured by a send
+    that is running.
 
     \b
     Example:
-        listkit serve --port 8080
+        listkit serve --port 8080 --forwarded-allow-ips 127.0.0.1
     """
     import uvicorn
 
@@ -63,6 +66,7 @@ def serve(
     # Opens (and migrates) the database and checks the settings before listening.
     ws.db  # noqa: B018
     ws.settings.site_url()  # the reader's pages link there: a bad value stops us here
+    ws.settings.confirm_budget()
     app = create_app(ws)
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,8 +78,10 @@ def serve(
         http=protocol(request_timeout),
         access_log=False,  # it prints paths, which carry tokens and webhook secrets
         log_level="warning" if quiet else "info",
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
+        # Without proxies named, uvicorn reads no proxy header at all (it would
+        # otherwise believe one from 127.0.0.1, or from $FORWARDED_ALLOW_IPS).
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or "",
         server_header=False,
         date_header=True,
     )

@@ -153,19 +153,26 @@ class Parts:
     text: str
     html: str | None
     message_id: str
-    unsubscribe_url: str
+    unsubscribe_url: str | None  # None: no list mail (a signup's confirmation)
 
 
 class MessageBuilder:
-    """Builds the messages of one campaign; constant headers are formatted once."""
+    """Builds the messages of one campaign; constant headers are formatted once.
+
+    ``list_id=None`` builds messages that are no list mail (a signup's
+    confirmation): no List-Id, no List-Unsubscribe. ``auto_submitted`` marks
+    them ``Auto-Submitted: auto-generated`` (RFC 3834), so that no
+    autoresponder answers them.
+    """
 
     def __init__(
         self,
         *,
         sender_name: str | None,
         sender_address: str,
-        list_id: str,
+        list_id: str | None,
         list_name: str | None = None,
+        auto_submitted: bool = False,
     ):
         check_header(sender_name or "", "LISTKIT_FROM", "the sender")
         check_header(sender_address, "LISTKIT_FROM", "the sender")
@@ -178,7 +185,8 @@ class MessageBuilder:
         self._fixed = (
             f"{fold('From: ' + format_address(sender_name, sender_address))}\r\n"
             "MIME-Version: 1.0\r\n"
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+            + ("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" if list_id else "")
+            + ("Auto-Submitted: auto-generated\r\n" if auto_submitted else "")
         ).encode("ascii")
 
     def _date_header(self, now: float | None) -> str:
@@ -203,22 +211,26 @@ class MessageBuilder:
         check_header(parts.to_name or "", "To name", who)
         check_header(parts.subject, "Subject", who)
         check_header(parts.message_id, "Message-ID", who)
-        check_header(parts.unsubscribe_url, "List-Unsubscribe", who)
-        list_id = list_id or self.list_id
-        list_name = list_name if list_name is not None else self.list_name
-        check_header(list_id, "List-Id", who)
-        check_header(list_name or "", "List-Id", who)
-        if list_name and len(list_name) > MAX_LIST_NAME:
-            list_name = list_name[: MAX_LIST_NAME - 3].rstrip() + "..."
-        list_phrase = format_address(list_name, list_id) if list_name else f"<{list_id}>"
         head = (
             f"{fold('To: ' + format_address(parts.to_name, parts.to_address))}\r\n"
             f"{fold('Subject: ' + header_text(parts.subject))}\r\n"
             f"Date: {self._date_header(now)}\r\n"
             f"Message-ID: {parts.message_id}\r\n"
-            f"{fold('List-Id: ' + list_phrase)}\r\n"
-            f"{fold(f'List-Unsubscribe: <{parts.unsubscribe_url}>')}\r\n"
-        ).encode()
+        )
+        list_id = list_id or self.list_id
+        if list_id is not None:
+            check_header(parts.unsubscribe_url or "", "List-Unsubscribe", who)
+            list_name = list_name if list_name is not None else self.list_name
+            check_header(list_id, "List-Id", who)
+            check_header(list_name or "", "List-Id", who)
+            if list_name and len(list_name) > MAX_LIST_NAME:
+                list_name = list_name[: MAX_LIST_NAME - 3].rstrip() + "..."
+            list_phrase = format_address(list_name, list_id) if list_name else f"<{list_id}>"
+            head += (
+                f"{fold('List-Id: ' + list_phrase)}\r\n"
+                f"{fold(f'List-Unsubscribe: <{parts.unsubscribe_url}>')}\r\n"
+            )
+        head = head.encode()
         text_part = (
             b'Content-Type: text/plain; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + _qp(parts.text)

@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import sqlite3
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -39,7 +38,7 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 
-from listkit.audience.addresses import ascii_domain, normalize_address
+from listkit.audience.addresses import normalize_address
 from listkit.audience.lists import get_list
 from listkit.audience.subscribers import subscriber_dict
 from listkit.config import SMTPSettings
@@ -86,10 +85,11 @@ from listkit.send.outbox import (
     top_up,
 )
 from listkit.send.sequences import check_ready, followup_status
-from listkit.send.smtp import Connection, ConnectionLost, wire_form
+from listkit.send.single import send_one
+from listkit.send.smtp import Connection, ConnectionLost, connect, transact, wire_form
 from listkit.send.smtp import path as smtp_path
 from listkit.send.variants import assign_variant, release_rest, rest_due
-from listkit.send.verp import bounce_address, verp_address
+from listkit.send.verp import bounce_address, envelope_sender
 from listkit.workspace import Workspace
 
 T = TypeVar("T")
@@ -98,9 +98,6 @@ LOCK_NAME = ".listkit-send.lock"
 # From this many messages on, rendering moves to a second process (its start-up
 # costs about a third of a second).
 POOL_THRESHOLD = 1000
-# The replies that let a transaction go on: to MAIL FROM, RCPT TO and DATA.
-_ENVELOPE_OK = ((250,), (250, 251), (354,))
-_COMMANDS = ("MAIL FROM", "RCPT TO", "DATA")
 
 
 class AlreadyRunning(ListkitError):
@@ -134,148 +131,6 @@ def send_lock(root: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _smtp_client(smtp: SMTPSettings) -> aiosmtplib.SMTP:
-    # No credentials here: aiosmtplib would try every AUTH mechanism the server
-    # offers with a wrong password; ``connect`` makes exactly one attempt.
-    return aiosmtplib.SMTP(
-        hostname=smtp.host,
-        port=smtp.port,
-        use_tls=smtp.tls == "tls",
-        start_tls=smtp.tls == "starttls",
-        timeout=smtp.timeout,
-        cert_bundle=smtp.ca_file,
-        local_hostname=smtp.ehlo_name or "localhost",
-    )
-
-
-# AUTH mechanisms in the order listkit uses them: one of them, once.
-_AUTH_MECHANISMS = ("plain", "login", "cram-md5")
-# OpenSSL verify codes (X509_V_ERR_*) that mean "no trusted CA signed this".
-_UNTRUSTED = {2, 18, 19, 20, 21}
-
-
-def _ssl_error(e: BaseException) -> ssl.SSLError | None:
-    """The TLS error behind ``e``, if any (aiosmtplib wraps it)."""
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, ssl.SSLError):
-            return e
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return None
-
-
-def _tls_problem(smtp: SMTPSettings, e: ssl.SSLError) -> str:
-    """Why the TLS handshake failed, and what to do, for the three usual causes."""
-    if isinstance(e, ssl.SSLCertVerificationError):
-        code = e.verify_code
-        if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-            return (
-                f"the server's TLS certificate is not for {smtp.host} ({e.verify_message}); "
-                "use the host name the certificate names in LISTKIT_SMTP_URL"
-            )
-        if code in _UNTRUSTED:
-            return (
-                f"the server's TLS certificate is not trusted ({e.verify_message}); if it "
-                "uses a private CA, set LISTKIT_SMTP_CA to that CA's PEM file"
-            )
-        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-            return f"the server's TLS certificate has expired ({e.verify_message})"
-        return f"the server's TLS certificate was refused ({e.verify_message})"
-    reason = (e.reason or str(e)).upper()
-    if smtp.tls == "tls" and any(
-        r in reason for r in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH")
-    ):
-        return (
-            f"port {smtp.port} does not speak TLS from the start (it answered in plain "
-            "text): for a STARTTLS port such as 587 use smtp+starttls://, smtps:// is for "
-            "implicit TLS (port 465)"
-        )
-    return f"TLS failed: {e.reason or e}"
-
-
-async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
-    """An open, authenticated connection; SendError for what retrying cannot fix."""
-    client = _smtp_client(smtp)
-    where = f"LISTKIT_SMTP_URL ({smtp.masked()})"
-    try:
-        await client.connect()
-        if client.is_ehlo_or_helo_needed:
-            await client.ehlo()  # so that supports_extension() answers before the first MAIL
-        if smtp.username:
-            await _login(client, smtp, where)
-    except SendError:
-        client.close()
-        raise
-    except aiosmtplib.SMTPConnectResponseError:
-        client.close()
-        raise  # a greeting refused (421 busy, ...): retried
-    except aiosmtplib.SMTPConnectTimeoutError as e:
-        client.close()
-        if smtp.tls != "tls" and "ready message" in str(e):
-            # Connected, and silence: a port that waits for a TLS handshake
-            # first (465) never greets in plain text; retrying cannot help.
-            raise SendError(
-                f"{where}: connected, but the server sent no greeting within "
-                f"{smtp.timeout:g} s; if port {smtp.port} expects TLS from the start "
-                "(implicit TLS, usually 465), use smtps://"
-            ) from None
-        raise
-    except aiosmtplib.SMTPResponseException as e:
-        # aiosmtplib's STARTTLS refused: the only reply its connect() checks
-        # besides the greeting (handled above), EHLO (rare) and AUTH (ours).
-        client.close()
-        if smtp.tls == "starttls" and not isinstance(e, aiosmtplib.SMTPHeloError):
-            raise SendError(
-                f"{where}: the server refused STARTTLS: {e.code} {e.message}; nothing is "
-                "sent without it"
-            ) from None
-        raise
-    except aiosmtplib.SMTPNotSupported as e:
-        client.close()
-        raise SendError(f"{where}: {e}") from None
-    except (aiosmtplib.SMTPException, OSError) as e:
-        client.close()
-        tls_error = _ssl_error(e)
-        if tls_error is not None:
-            raise SendError(f"{where}: {_tls_problem(smtp, tls_error)}") from None
-        if "STARTTLS" in str(e).upper() and "not supported" in str(e).lower():
-            raise SendError(
-                f"{where}: the server does not offer STARTTLS; use smtps:// for implicit "
-                "TLS, or smtp:// only on a trusted local network"
-            ) from None
-        raise
-    return client
-
-
-async def _login(client: aiosmtplib.SMTP, smtp: SMTPSettings, where: str) -> None:
-    """One AUTH attempt with one mechanism: a wrong password is tried once, not per
-    mechanism (servers count failures, and fail2ban or the provider locks the account)."""
-    if not client.supports_extension("auth"):
-        hint = (
-            ""
-            if client.get_transport_info("sslcontext")
-            else ("; many servers offer AUTH only over TLS: try smtp+starttls:// or smtps://")
-        )
-        raise SendError(f"{where}: the server does not offer AUTH{hint}")
-    offered = [m for m in _AUTH_MECHANISMS if m in client.server_auth_methods]
-    if not offered:
-        raise SendError(
-            f"{where}: the server offers no AUTH mechanism listkit knows "
-            f"(it offers {', '.join(client.server_auth_methods) or 'none'}; "
-            "listkit knows PLAIN, LOGIN, CRAM-MD5)"
-        )
-    method = getattr(client, "auth_" + offered[0].replace("-", ""))
-    try:
-        await method(smtp.username, smtp.password or "")
-    except aiosmtplib.SMTPAuthenticationError as e:
-        raise SendError(
-            f"{where}: the server refused the login for user {smtp.username!r}: "
-            f"{e.code} {e.message}; check the user name and password (listkit tried once, "
-            "to keep the account from being locked)"
-        ) from None
 
 
 @dataclass
@@ -630,127 +485,28 @@ class Run:
         """Send one message (``data`` in wire form); (result, keep the connection)."""
         attempts = row.attempts
         # With a bounce address, the envelope names the delivery (VERP).
-        envelope = (
-            verp_address(self.bounce_address, row.token)
-            if self.bounce_address
-            else self.sender_address
-        )
-        recipient, sender = row.email, envelope
-        if not conn.smtputf8:
-            # Without SMTPUTF8 an internationalised domain goes in A-labels;
-            # only a non-ASCII local part needs the extension.
-            recipient = ascii_domain(recipient) or recipient
-            sender = ascii_domain(sender) or sender
-            if not (recipient.isascii() and sender.isascii()):
-                which = "sender's" if recipient.isascii() else "recipient's"
-                reply = (
-                    f"the {which} address has a non-ASCII local part and the server does "
-                    "not offer SMTPUTF8"
-                )
-                return Result(row.id, "failed", None, reply, attempts), True
-        utf8 = not (recipient.isascii() and sender.isascii())
-        if conn.max_size is not None and len(data) > conn.max_size:
-            # RFC 1870: refused before anything is uploaded, for this message only.
-            reply = (
-                f"the message is {len(data):,} bytes, over the server's limit of "
-                f"{conn.max_size:,} bytes (SIZE); make it smaller (images, attachments)"
-            )
-            return Result(row.id, "failed", None, reply, attempts), True
-        try:
-            mail = b"MAIL FROM:" + smtp_path(sender, utf8)
-            rcpt = b"RCPT TO:" + smtp_path(recipient, utf8) + b"\r\n"
-        except ValueError as e:
-            return Result(row.id, "failed", None, str(e), attempts), True
-        if conn.size is not None:
-            mail += b" SIZE=%d" % len(data)
-        commands = (mail + (b" SMTPUTF8\r\n" if utf8 else b"\r\n"), rcpt, b"DATA\r\n")
-        # Ask for the durable 'data' mark now, so that its commit overlaps the
-        # round trips of the envelope; the content still waits for it. (The
-        # DATA command itself may go first: without the content and its final
-        # dot the server has no message.)
-        mark = self._mark_data(row.id)
-        try:
-            if conn.pipelining:
-                futures = conn.send(b"".join(commands), len(commands))
-                replies = [await conn.reply(f) for f in futures]
-            else:
-                replies = []
-                for step, command in enumerate(commands):
-                    replies.append(await conn.reply(conn.send(command)[0]))
-                    if replies[-1].code not in _ENVELOPE_OK[step]:
-                        break
-        except (TimeoutError, ConnectionLost) as e:
-            _settle(mark)
-            conn.abort()
-            reply = f"connection lost before DATA: {self._lost(e)}"
-            return Result(row.id, "deferred", None, reply, attempts), False
-        for step, reply in enumerate(replies):
-            if reply.code in _ENVELOPE_OK[step]:
-                continue
-            _settle(mark)
-            if not 400 <= reply.code < 600:
-                # Neither acceptance nor refusal: the server is out of step with
-                # us. Nothing of the message went out; drop the connection.
-                conn.abort()
-                text = f"unexpected reply to {_COMMANDS[step]}: {reply.code} {reply.message}"
-                return Result(row.id, "deferred", None, text[:500], attempts), False
-            if replies[-1].code == 354:  # DATA accepted after a refusal: abandon it
-                conn.abort()
-            keep = reply.code != 421 and conn.is_connected and await self._rset(conn)
-            if step == 0 and reply.code >= 500:
-                self.stopped = (
-                    f"the server refused the sender {envelope}: {reply.code} {reply.message}"
-                )
+        envelope = envelope_sender(self.bounce_address, self.sender_address, row.token)
+        out = await transact(conn, envelope, row.email, data, ready=lambda: self._mark_data(row.id))
+        state = out.state
+        if state == "sent":
+            return Result(row.id, "sent", out.code, out.reply[:500], attempts), True
+        if state == "refused":
+            assert out.code is not None and out.command is not None
+            if out.command == "MAIL FROM" and out.code >= 500:
+                self.stopped = f"the server refused the sender {envelope}: {out.code} {out.reply}"
                 self.fatal = self.fatal or SendError(
                     f"{'LISTKIT_BOUNCE_ADDRESS' if self.bounce_address else 'LISTKIT_FROM'}: "
                     f"{self.stopped}"
                 )
-                return Result(row.id, "pending"), keep
-            return self._refusal(row, reply.code, reply.message, _COMMANDS[step]), keep
-        # The server waits for the content. Stopping now means closing the
-        # connection without the final dot, which abandons the message.
-        try:
-            go = await mark
-        except SendError:
-            conn.abort()
+                return Result(row.id, "pending"), out.keep
+            return self._refusal(row, out.code, out.reply, out.command), out.keep
+        if state == "stopped":
             return Result(row.id, "pending"), False
-        if not go:
-            conn.abort()
+        if state == "held":
             reply = "unsubscribed or suppressed while the campaign was sending"
             return Result(row.id, "skipped", None, reply, attempts), False
-        try:
-            end = await conn.reply(conn.send(data)[0])
-        except (TimeoutError, ConnectionLost) as e:
-            conn.abort()
-            reply = f"no reply to the final dot: {self._lost(e)}"
-            return Result(row.id, "unknown", None, reply[:500], attempts), False
-        if 200 <= end.code < 300:
-            return Result(row.id, "sent", end.code, end.message[:500], attempts), True
-        if 400 <= end.code < 600:
-            # The server answered: a definite refusal of the message.
-            return self._refusal(row, end.code, end.message, "the final dot"), (
-                end.code != 421 and conn.is_connected
-            )
-        # Neither accepted nor refused: the server may have the message.
-        conn.abort()
-        reply = f"unexpected reply to the final dot: {end.code} {end.message}"
-        return Result(row.id, "unknown", None, reply[:500], attempts), False
-
-    def _lost(self, e: BaseException) -> str:
-        """Why a reply did not come: TimeoutError has no text of its own."""
-        if isinstance(e, TimeoutError):
-            return f"timed out after {self.smtp.timeout:g} s"
-        return str(e) or type(e).__name__
-
-    @staticmethod
-    async def _rset(conn: Connection) -> bool:
-        """Reset the transaction after a refusal; False if the connection is no good."""
-        try:
-            reply = await conn.command(b"RSET")
-        except (TimeoutError, ConnectionLost):
-            conn.abort()
-            return False
-        return reply.code == 250 and conn.is_connected
+        # failed (not tried), deferred (nothing went out), unknown (the server may have it)
+        return Result(row.id, state, None, out.reply, attempts), out.keep
 
     def _refusal(self, row: Claimed, code: int, message: str, command: str) -> Result:
         text = f"{message[:500]} (reply to {command})"
@@ -814,11 +570,6 @@ def _pool_init(parent_pid: int, settings, offers_dir: Path, campaign: str, offer
 def _pool_compose(rows: list[Claimed]) -> list[tuple[bytes | None, str | None]]:
     assert _POOL_COMPOSER is not None
     return compose_rows(_POOL_COMPOSER, rows)
-
-
-def _settle(future: asyncio.Future) -> None:
-    """Let a mark we no longer wait for finish quietly."""
-    future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 @dataclass
@@ -1083,54 +834,21 @@ def send_due(
     return outcomes
 
 
-async def send_message(smtp: SMTPSettings, sender: str, to: str, data: bytes) -> str:
-    """Send one composed message now, over its own connection to ``smtp``; the server's
-    reply to the final dot (``"250 ..."``). Records nothing: `send --test-to` and the
-    service's signup confirmations use it. Any failure is a ``SendError`` naming
-    ``LISTKIT_SMTP_URL`` (password masked) or the server's refusal.
-    """
-    where = f"LISTKIT_SMTP_URL ({smtp.masked()})"
-    try:
-        client = await connect(smtp)
-    except (aiosmtplib.SMTPException, OSError) as e:  # SendError passes through
-        raise SendError(f"{where}: cannot connect: {e or type(e).__name__}") from None
-    if not client.supports_extension("smtputf8"):
-        # As in a run: an internationalised domain goes in A-labels.
-        to, sender = ascii_domain(to) or to, ascii_domain(sender) or sender
-        if not (to.isascii() and sender.isascii()):
-            with contextlib.suppress(Exception):
-                await client.quit()
-            raise SendError(
-                f"{to if not to.isascii() else sender}: a non-ASCII local part needs a "
-                "server that offers SMTPUTF8, and this one does not"
-            )
-    try:
-        await client.mail(sender)
-        await client.rcpt(to)
-        response = await client.data(data)
-        return f"{response.code} {response.message}"
-    except aiosmtplib.SMTPResponseException as e:
-        raise SendError(f"the server refused the message: {e.code} {e.message}") from None
-    except (aiosmtplib.SMTPException, OSError) as e:
-        raise SendError(f"{where}: the message was not sent: {e or type(e).__name__}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            await client.quit()
-
-
 def send_test(ws: Workspace, slug: str, to: str) -> tuple[Composed, str]:
     """Send one message, rendered for a sample of the audience, to ``to``; record nothing."""
     address = normalize_address(to)
     p = prepare(ws, slug, recorded=False)
     sample = next(iter_audience(ws.db, p.campaign), None)
     subscriber, list_slug, title = sample or (dict(SAMPLE_SUBSCRIBER), p.campaign.lists[0], None)
+    token = new_token()
     composed = p.composer.compose(
         subscriber={**subscriber, "email": address},
         list_slug=list_slug,
         list_title=title,
-        token=new_token(),
+        token=token,
     )
-    reply = asyncio.run(send_message(p.smtp, p.sender_address, address, composed.data))
+    envelope = envelope_sender(p.bounce_address, p.sender_address, token)
+    reply = asyncio.run(send_one(p.smtp, envelope, address, composed.data))
     return composed, reply
 
 

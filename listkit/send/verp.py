@@ -38,6 +38,12 @@ def verp_address(bounce: str, token: str) -> str:
     return f"{local}+{token}@{domain}"
 
 
+def envelope_sender(bounce: str | None, sender: str, token: str) -> str:
+    """A message's MAIL FROM: the VERP bounce address naming ``token`` when
+    LISTKIT_BOUNCE_ADDRESS is set, else the sender's own address."""
+    return verp_address(bounce, token) if bounce else sender
+
+
 def token_from_address(address: str | None) -> str | None:
     """The delivery token a VERP address carries, or None."""
     if not address:

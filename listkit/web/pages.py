@@ -5,10 +5,12 @@ every link); only a POST unsubscribes or confirms. A tampered, unknown or
 malformed token gets a 4xx (for an unsubscribe or click link, a page that
 says what to do instead) and changes nothing. A reader's page links back to
 the site, and says what an unsubscribe did (or had done): the list left, the
-campaign stopped with its follow-ups, and "everything" while there is more. A signup answers the
-same page and status whoever the address is, and its confirmation is mailed
-off the request path (``ConfirmationMailer``). A click redirects only to the
-link the offer itself contains for that delivery.
+campaign stopped with its follow-ups, and "everything" while there is more. A
+signup answers the same page and status whoever the address is, in the same
+time: the request only records it, the mailer (``ConfirmationMailer``) decides
+and mails off the request path, and the answer leaves no sooner than
+``ANSWER_FLOOR`` after the request came. A click redirects only to the link
+the offer itself contains for that delivery.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import re
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -40,7 +44,7 @@ from listkit.audience.subscribers import (
     unsubscribe_delivery,
 )
 from listkit.db import now
-from listkit.errors import InputError, ListkitError, NotFound
+from listkit.errors import ConfigError, InputError, ListkitError, NotFound
 from listkit.mail import clicks
 from listkit.mail.tracking import (
     CONFIRM_DAYS,
@@ -51,7 +55,8 @@ from listkit.mail.tracking import (
     verify_click,
     verify_unsubscribe,
 )
-from listkit.send.sender import send_message
+from listkit.send.single import send_one
+from listkit.send.verp import bounce_address, envelope_sender
 from listkit.web.common import client_ip, read_body, read_form
 
 log = logging.getLogger("listkit.serve")
@@ -60,6 +65,8 @@ FORM_LIMIT = 8 * 1024  # a signup or unsubscribe form is a few hundred bytes
 # A per-address limit on signups: this many in WINDOW seconds, then 429.
 SIGNUP_LIMIT = 5
 SIGNUP_WINDOW = 600
+# A signup is answered this long after it came, at the soonest (seconds).
+ANSWER_FLOOR = 0.05
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
 _env = SandboxedEnvironment(
@@ -226,21 +233,29 @@ class SignupLimiter:
 class ConfirmationMailer:
     """Mails confirmations off the request path, one task per app.
 
-    A signup that needs one is a ``signups`` row in state ``new``; the task
-    claims rows (committed before sending, so a crash never mails twice),
-    sends each through the workspace's SMTP settings, and records the answer.
-    It starts with the app: rows left ``sending`` by a run that stopped become
-    ``unknown`` (never mailed again), rows still ``new`` are mailed then; it
-    looks again on each signup and every ``PERIOD`` seconds.
+    Every signup is a ``signups`` row in state ``new``; the task decides
+    each (``signups.claim_confirmations``: the daily and hourly limits, who
+    is already a member or suppressed), claims those to be mailed (committed
+    before sending, so a crash never mails twice), sends each through the
+    workspace's SMTP settings (``send_one``: the campaigns' transaction, DKIM
+    when configured, the bounce address as envelope sender), and records the
+    answer. It starts with the app: rows left ``sending`` by a run that
+    stopped become ``unknown`` (never mailed again), rows still ``new`` are
+    decided then; it looks again on each signup and every ``PERIOD`` seconds.
     """
 
     PERIOD = 60.0
+    GATHER = 1.0  # seconds of signups decided and mailed together
+    BATCH = 200  # signups decided in one write, their answers recorded in one
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, clock: Callable[[], datetime] | None = None) -> None:
         self.app = app
+        # The time the limits count from (a test passes its own clock).
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.stopping = False
+        self._mail: tuple[tuple, signups.ConfirmationMail] | None = None
 
     async def start(self) -> None:
         self.stopping = False
@@ -271,6 +286,9 @@ class ConfirmationMailer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.PERIOD):
                     await self.wake.wait()
+            # The signups of the next moment are decided and mailed together:
+            # the work lands on few requests' time, whichever kind woke it.
+            await asyncio.sleep(self.GATHER)
             self.wake.clear()
             if self.stopping:
                 return
@@ -282,24 +300,70 @@ class ConfirmationMailer:
     async def _mail_due(self) -> None:
         ws, db = self.app.state.ws, self.app.state.db
         while True:
-            batch = await db.write(signups.claim_confirmations)
-            if not batch:
+            try:
+                per_hour = ws.settings.confirm_budget()
+            except ConfigError as e:  # the signups wait for the setting to be fixed
+                log.error("confirmations not mailed now: %s", e)
                 return
-            for signup in batch:
-                try:
-                    mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
-                    data = mail.build(signup)
-                    smtp = ws.settings.smtp()
-                    _name, sender = ws.settings.sender_address()
-                    reply = await send_message(smtp, sender, signup["email"], data)
-                    ok = True
-                except ListkitError as e:
-                    ok, reply = False, str(e)
-                    log.error("confirmation not sent: %s", e)
-                except Exception as e:  # connection trouble: recorded, not retried
-                    ok, reply = False, f"{type(e).__name__}: {e}"
-                    log.error("confirmation not sent: %s", type(e).__name__)
-                await db.write(signups.mark_mailed, signup["id"], ok, reply)
+            batch, more = await db.write(
+                partial(
+                    signups.claim_confirmations,
+                    at=self.clock(),
+                    per_hour=per_hour,
+                    limit=self.BATCH,
+                )
+            )
+            if not batch:
+                if more:
+                    continue
+                return
+            try:
+                mail = self._confirmation_mail()
+                smtp = ws.settings.smtp()
+                bounces = bounce_address(ws.settings.bounce_address)
+            except ListkitError as e:  # a setting or the template: none can be mailed
+                log.error("confirmations not sent: %s", e)
+                answers = [(signup["id"], False, str(e)) for signup in batch]
+            else:
+                answers = [await self._mail_one(mail, smtp, bounces, s) for s in batch]
+            # One commit for the batch: the service's writes stay few. A stop
+            # before it leaves these 'sending', and so 'unknown', never resent.
+            await db.write(_mark_all, answers)
+
+    def _confirmation_mail(self) -> signups.ConfirmationMail:
+        """The confirmation message's templates, read again only when a file of
+        ``offers/_confirm/`` changed (reading them costs more than a message)."""
+        ws = self.app.state.ws
+        folder = ws.offers_dir / signups.CONFIRM_DIR
+        try:
+            key = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()))
+        except OSError:
+            key = None
+        if key is None or self._mail is None or self._mail[0] != key:
+            mail = signups.ConfirmationMail(ws.settings, ws.offers_dir)
+            self._mail = (key, mail) if key is not None else None
+            return mail
+        return self._mail[1]
+
+    async def _mail_one(
+        self, mail, smtp, bounces: str | None, signup: dict
+    ) -> tuple[int, bool, str]:
+        """Mail one claimed confirmation; (signup, sent, reply). The log names the
+        signup, never the address (the reason, with the reply, is in ``signups``)."""
+        # VERP as campaigns: the signup's own token names what bounced.
+        envelope = envelope_sender(bounces, mail.sender_address, signup["nonce"])
+        try:
+            reply = await send_one(smtp, envelope, signup["email"], mail.build(signup))
+            return signup["id"], True, reply
+        except Exception as e:  # ListkitError says why; anything else: recorded, not retried
+            reply = str(e) if isinstance(e, ListkitError) else f"{type(e).__name__}: {e}"
+            log.error("confirmation of signup %d not sent: %s", signup["id"], type(e).__name__)
+            return signup["id"], False, reply
+
+
+def _mark_all(db, answers: list[tuple[int, bool, str]]) -> None:
+    for signup_id, ok, reply in answers:
+        signups.mark_mailed(db, signup_id, ok, reply)
 
 
 @contextlib.asynccontextmanager
@@ -335,6 +399,7 @@ async def signup(request: Request) -> Response:
     list_name = lst["title"] or lst["slug"]
     if request.method in ("GET", "HEAD"):
         return page("signup.html", list_name=list_name, form=signup_form("", slug))
+    arrived = time.monotonic()
     mailer = _mailer(request)
     form = await read_form(request, FORM_LIMIT)
     ip = client_ip(request)
@@ -342,9 +407,10 @@ async def signup(request: Request) -> Response:
         raise HTTPException(429, "Too many signups from your address. Try again in a while.")
     done = page("signup_done.html", list_name=list_name, days=CONFIRM_DAYS)
     if form.get("website"):  # the honeypot: a person never fills it in
+        await _not_before(arrived + ANSWER_FLOOR)
         return done
     try:
-        signup_id = await db.write(
+        await db.write(
             partial(
                 signups.record_signup,
                 list_slug=slug,
@@ -363,9 +429,16 @@ async def signup(request: Request) -> Response:
             heading="That is not an email address",
             text="Go back and check the address you typed.",
         )
-    if signup_id is not None:
-        mailer.poke()
+    mailer.poke()  # whoever it is: the mailer decides, after the answer
+    await _not_before(arrived + ANSWER_FLOOR)
     return done
+
+
+async def _not_before(when: float) -> None:
+    """Wait until ``when`` (``time.monotonic()``): what varies beneath the floor
+    (a commit that waits for the writer, the mailer busy with an earlier
+    signup, a loaded machine) does not show in the answer's time."""
+    await asyncio.sleep(max(0.0, when - time.monotonic()))
 
 
 def _confirm_nonce(request: Request) -> str:
