@@ -262,7 +262,7 @@ class ConfirmationMail:
         self.sender_name, self.sender_address = settings.sender_address()
         self.base_url = settings.public_base_url()
         self.secret = settings.secret_key()
-        self.postal_address = settings.values["LISTKIT_POSTAL_ADDRESS"].strip()
+        self.postal_address = settings.postal_address
         folder = offers_dir / CONFIRM_DIR
         toml = folder / "confirm.toml"
         if not toml.is_file():

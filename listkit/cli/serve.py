@@ -62,7 +62,7 @@ def serve(
 
     # Opens (and migrates) the database and checks the settings before listening.
     ws.db  # noqa: B018
-    ws.settings.site_url()  # the reader's pages link there: a bad value stops us here
+    ws.settings.reader_site_url()  # the reader's pages link there: a bad value stops us here
     app = create_app(ws)
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
