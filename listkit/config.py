@@ -290,7 +290,7 @@ YES_NO = Kind("yes/no", _yes_no)
 COUNT = Kind("whole number", _count)
 HTTP_URL = Kind("http(s) URL", _http_url)
 HOST_NAME = Kind("host name", _host_name)
-SENDER = Kind("Name <address>", lambda text, _workspace: parse_sender(text))
+SENDER = Kind("`Name <address>`", lambda text, _workspace: parse_sender(text))
 SMTP_URL = Kind("SMTP URL", lambda text, _workspace: parse_smtp_url(text))
 SIGNING_KEY = Kind("text, 16+ characters", _signing_key)
 

@@ -48,7 +48,7 @@ def serve(
     """Serve unsubscribe links, signups, clicks and webhooks over HTTP.
 
     Run it behind a TLS reverse proxy (Caddy, nginx) that forwards
-    LISTKIT_BASE_URL to it; see the README. It uses the workspace's database
+    LISTKIT_BASE_URL to it; see docs/serve.md. It uses the workspace's database
     beside the CLI: an unsubscribe is honoured by a send that is running.
 
     \b
