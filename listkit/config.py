@@ -307,11 +307,12 @@ class Setting(Generic[T]):
 
     name: str
     kind: Kind[T]
-    doc: str  # one line of Markdown, for the docs' table and `listkit config --json`
+    doc: str  # one line of Markdown: the docs' table (scripts/docs.py) shows it
     default: str | None = None
     default_doc: str | None = None  # the docs' words for the default, when a value does not say it
     secret: bool = False
     mask: Callable[[str], str] | None = None  # how `listkit config` shows a value that is no secret
+    attr: str = field(init=False, default="")  # its name on Settings, set when declared there
 
     def __set_name__(self, owner: type, attr: str) -> None:
         object.__setattr__(self, "attr", attr)
@@ -532,9 +533,6 @@ class Settings:
         "messages sent, with no purchase and no click, that make a subscriber silent",
         "5",
     )
-
-    def __str__(self) -> str:
-        return repr(self)
 
     @property
     def db_path(self) -> Path:

@@ -2,6 +2,7 @@
 environment over .env, the .env file itself, the EHLO name."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,21 @@ def test_the_settings_object_never_shows_a_secret_when_printed(tmp_path):
     for shown in (repr(settings), str(settings), f"{settings}", repr([settings])):
         for value in secrets.values():
             assert value not in shown
+
+
+AROUND_SETTINGS = re.compile(
+    r"""settings\.(?:values|raw)\b|environ(?:\.get)?[\[(]\s*["']LISTKIT_|getenv\(\s*["']LISTKIT_"""
+    r"""|dotenv_values|load_dotenv"""
+)
+
+
+def test_no_module_but_config_reads_a_setting_around_its_declaration():
+    package = Path(config.__file__).parent
+    readers = [
+        f"{path.relative_to(package.parent)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "config.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if AROUND_SETTINGS.search(line)
+    ]
+    assert not readers, "read settings as settings.<attribute>:\n" + "\n".join(readers)
