@@ -1,8 +1,12 @@
 """Settings: read from the environment and the workspace's ``.env``.
 
-The rule: a variable already in the environment wins over ``.env``; a setting
-is only checked when a command needs it, and then a missing or malformed one
-is named in the error (``LISTKIT_SMTP_URL ...``). Secrets are never printed.
+The rule: each setting is declared once, as a ``Setting`` of ``Settings``
+(its variable, type, default, whether it is secret, its one-line doc), and
+read only through it: no default is restated elsewhere, and the docs' table
+is generated from the declarations. A variable already in the environment
+wins over ``.env``; a setting is only checked when a command reads it, and
+then a missing or malformed one is named in the error (``LISTKIT_SMTP_URL
+...``) with what it should be. Secrets are never printed, not even by repr.
 """
 
 from __future__ import annotations
@@ -14,179 +18,23 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
+from typing import ClassVar, Generic, TypeVar, overload
 from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
 
 from listkit.errors import ConfigError
 
+T = TypeVar("T")
+
 # A host name (letters, digits, hyphens, dots) or an address literal.
 _EHLO_NAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]"
 )
-
-# name -> (attribute, default, description, secret)
-SETTINGS: dict[str, tuple[str, str | None, str, bool]] = {
-    "LISTKIT_DB": ("db", "listkit.db", "SQLite database file (relative to the workspace)", False),
-    "LISTKIT_SMTP_URL": (
-        "smtp_url",
-        None,
-        "smtp://host:port, smtp+starttls://user:pass@host:587 or smtps://user:pass@host:465"
-        " (percent-encode @ / : ? # % in the user name and password)",
-        False,
-    ),
-    "LISTKIT_SMTP_CA": (
-        "smtp_ca",
-        None,
-        "CA bundle (PEM file) to trust for a server with a private certificate",
-        False,
-    ),
-    "LISTKIT_EHLO_NAME": (
-        "ehlo_name",
-        None,
-        "name listkit gives in EHLO (default: this machine's full name, else the From domain)",
-        False,
-    ),
-    "LISTKIT_FROM": ("sender", None, "sender, as Name <address>", False),
-    "LISTKIT_POSTAL_ADDRESS": (
-        "postal_address",
-        None,
-        "postal address for every message",
-        False,
-    ),
-    "LISTKIT_BASE_URL": ("base_url", None, "public URL for unsubscribe links", False),
-    "LISTKIT_SITE_URL": (
-        "site_url",
-        None,
-        "your site or blog, linked from the reader's pages (default: LISTKIT_BASE_URL's site)",
-        False,
-    ),
-    "LISTKIT_SECRET": ("secret", None, "key that signs unsubscribe links and tokens", True),
-    "LISTKIT_STRIPE_WEBHOOK_SECRET": (
-        "stripe_webhook_secret",
-        None,
-        "Stripe endpoint signing secret(s) for /hooks/stripe, comma-separated while rotating",
-        True,
-    ),
-    "LISTKIT_LEMONSQUEEZY_SECRET": (
-        "lemonsqueezy_secret",
-        None,
-        "Lemon Squeezy webhook signing secret for /hooks/lemonsqueezy",
-        True,
-    ),
-    "LISTKIT_GUMROAD_SECRET": (
-        "gumroad_secret",
-        None,
-        "the secret path segment of the Gumroad ping URL /hooks/gumroad/<secret>",
-        True,
-    ),
-    "LISTKIT_WEBHOOK_SECRET": (
-        "webhook_secret",
-        None,
-        "key that signs sales posted to /hooks/sale",
-        True,
-    ),
-    "LISTKIT_TRACK_CLICKS": (
-        "track_clicks",
-        "yes",
-        "yes: campaign links go through listkit serve's /c/ redirect, which counts clicks",
-        False,
-    ),
-    "LISTKIT_TOKEN_PARAM": (
-        "token_param",
-        "lk",
-        "URL parameter that carries a delivery's token",
-        False,
-    ),
-    "LISTKIT_DKIM_KEY": (
-        "dkim_key",
-        None,
-        "DKIM private key file (PEM, mode 600) that signs every message; unset: unsigned",
-        False,
-    ),
-    "LISTKIT_DKIM_SELECTOR": (
-        "dkim_selector",
-        None,
-        "DKIM selector: the public key is published at SELECTOR._domainkey.DOMAIN",
-        False,
-    ),
-    "LISTKIT_DKIM_DOMAIN": (
-        "dkim_domain",
-        None,
-        "DKIM signing domain (d=); unset: the domain of LISTKIT_FROM",
-        False,
-    ),
-    "LISTKIT_DNS": (
-        "dns",
-        None,
-        "DNS server `listkit doctor` asks, SERVER[:PORT]; unset: the system's resolvers",
-        False,
-    ),
-    "LISTKIT_BOUNCE_ADDRESS": (
-        "bounce_address",
-        None,
-        "envelope sender for bounces: bounces@example.com sends as bounces+<token>@example.com",
-        False,
-    ),
-    "LISTKIT_IMAP_URL": (
-        "imap_url",
-        None,
-        "mailbox bounces arrive in: imaps://user:pass@host:993/INBOX or imap+starttls://...",
-        False,
-    ),
-    "LISTKIT_IMAP_CA": (
-        "imap_ca",
-        None,
-        "CA bundle (PEM file) to trust for an IMAP server with a private certificate",
-        False,
-    ),
-    "LISTKIT_IMAP_DONE": (
-        "imap_done",
-        "delete",
-        "what `bounces fetch` does with a message it understood: delete, or move:FOLDER",
-        False,
-    ),
-    "LISTKIT_SES_TOPIC_ARN": (
-        "ses_topic_arn",
-        None,
-        "SNS topic(s) of SES bounce and complaint notifications (ARNs, comma-separated)",
-        False,
-    ),
-    "LISTKIT_POSTMARK_WEBHOOK_AUTH": (
-        "postmark_webhook_auth",
-        None,
-        "user:password the Postmark bounce webhook URL carries (Basic auth)",
-        True,
-    ),
-    "LISTKIT_MAILGUN_SIGNING_KEY": (
-        "mailgun_signing_key",
-        None,
-        "Mailgun's HTTP webhook signing key",
-        True,
-    ),
-    "LISTKIT_SOFT_BOUNCES": (
-        "soft_bounces",
-        "3/30",
-        "N/DAYS: this many soft bounces within DAYS days suppress an address",
-        False,
-    ),
-    "LISTKIT_SILENT_AFTER": (
-        "silent_after",
-        "5",
-        "messages sent, with no purchase and no click, that make a subscriber silent",
-        False,
-    ),
-    "LISTKIT_CONFIRM_PER_HOUR": (
-        "confirm_per_hour",
-        "100",
-        "signup confirmations `listkit serve` mails per list in an hour, at the most",
-        False,
-    ),
-}
 
 SMTP_SCHEMES = {
     "smtp": ("plain", 25),
@@ -372,30 +220,341 @@ def parse_sender(value: str) -> tuple[str, str]:
     return name, addr
 
 
+class Invalid(ValueError):
+    """A value a setting's kind refuses; the message says what it should be
+    ("must be yes or no"), and the setting's name and value are added to it."""
+
+
+@dataclass(frozen=True)
+class Kind(Generic[T]):
+    """A setting's type: what the docs call it, and how its text becomes a value."""
+
+    label: str
+    parse: Callable[[str, Path], T]  # (text, workspace) -> value; raises Invalid
+
+
+def _text(text: str, _workspace: Path) -> str:
+    return text.strip()
+
+
+def _file(text: str, workspace: Path) -> Path:
+    path = Path(text.strip()).expanduser()
+    return path if path.is_absolute() else workspace / path
+
+
+def _yes_no(text: str, _workspace: Path) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise Invalid("must be yes or no")
+
+
+def _count(text: str, _workspace: Path) -> int:
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise Invalid("must be a whole number of messages")
+    return int(value)
+
+
+def _per_hour(text: str, _workspace: Path) -> int:
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise Invalid("must be a whole number of confirmations an hour per list (1 or more)")
+    return int(value)
+
+
+def _http_url(text: str, _workspace: Path) -> str:
+    url = text.strip()
+    if re.search(r"[\x00-\x20\x7f]", url):
+        # It is in every message's List-Unsubscribe header.
+        raise Invalid("must be a URL without spaces or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise Invalid("must be an http(s) URL")
+    return url
+
+
+def _host_name(text: str, _workspace: Path) -> str:
+    name = text.strip()
+    if not _EHLO_NAME.fullmatch(name):
+        raise Invalid(
+            "must be a host name like mail.example.com (or an address literal like [192.0.2.1])"
+        )
+    return name
+
+
+def _signing_key(text: str, _workspace: Path) -> str:
+    if len(text) < 16:
+        raise Invalid("is too short: use at least 16 random characters")
+    return text
+
+
+TEXT = Kind("text", _text)
+FILE = Kind("file", _file)
+YES_NO = Kind("yes/no", _yes_no)
+COUNT = Kind("whole number", _count)
+PER_HOUR = Kind("whole number, 1 or more", _per_hour)
+HTTP_URL = Kind("http(s) URL", _http_url)
+HOST_NAME = Kind("host name", _host_name)
+SENDER = Kind("`Name <address>`", lambda text, _workspace: parse_sender(text))
+SMTP_URL = Kind("SMTP URL", lambda text, _workspace: parse_smtp_url(text))
+SIGNING_KEY = Kind("text, 16+ characters", _signing_key)
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One setting, declared once: its variable, type, default and doc.
+
+    As a class attribute of ``Settings`` it reads as the typed value
+    (``settings.silent_after`` is an int), checked when it is read: a
+    malformed value is a ConfigError naming the setting and what it should
+    be, and quoting the value unless the setting is a secret.
+    """
+
+    name: str
+    kind: Kind[T]
+    doc: str  # one line of Markdown: the docs' table (scripts/docs.py) shows it
+    default: str | None = None
+    default_doc: str | None = None  # the docs' words for the default, when a value does not say it
+    secret: bool = False
+    mask: Callable[[str], str] | None = None  # how `listkit config` shows a value that is no secret
+    attr: str = field(init=False, default="")  # its name on Settings, set when declared there
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        object.__setattr__(self, "attr", attr)
+        owner.declared = {**getattr(owner, "declared", {}), self.name: self}
+
+    @overload
+    def __get__(self, settings: None, owner: type | None = None) -> Setting[T]: ...
+    @overload
+    def __get__(self, settings: Settings, owner: type | None = None) -> T | None: ...
+    def __get__(self, settings, owner=None):
+        if settings is None:
+            return self
+        text = settings.raw[self.name]
+        if text is None:
+            return None
+        try:
+            return self.kind.parse(text, settings.workspace)
+        except Invalid as e:
+            shown = "" if self.secret else f", not {text.strip()!r}"
+            raise ConfigError(f"{self.name} {e}{shown}") from None
+
+    def shown(self, text: str | None) -> str | None:
+        """The value as `listkit config` shows it: a secret masked."""
+        if not text:
+            return text
+        if self.secret:
+            return "****"
+        return self.mask(text) if self.mask else text
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The effective settings of one workspace."""
+    """The effective settings of one workspace, each read through its declaration.
+
+    ``raw`` holds the text as read (or the default); ``sources`` says where
+    each came from. Neither is shown by ``repr``, which would print secrets.
+    """
 
     workspace: Path
-    values: Mapping[str, str | None]
-    sources: Mapping[str, str]
+    raw: Mapping[str, str | None] = field(repr=False)
+    sources: Mapping[str, str] = field(repr=False)
 
-    def __getattr__(self, attr: str):
-        if attr.startswith("_") or attr in ("values", "sources", "workspace"):
-            raise AttributeError(attr)  # during unpickling, before the fields exist
-        for name, (a, _default, _desc, _secret) in SETTINGS.items():
-            if a == attr:
-                return self.values.get(name)
-        raise AttributeError(attr)
+    declared: ClassVar[dict[str, Setting]]
+
+    db = Setting(
+        "LISTKIT_DB", FILE, "SQLite database file, relative to the workspace", "listkit.db"
+    )
+    smtp_url = Setting(
+        "LISTKIT_SMTP_URL",
+        SMTP_URL,
+        "`smtp://host:port` (plain), `smtp+starttls://user:pass@host:587`, "
+        "`smtps://user:pass@host:465`; options `?timeout=SECONDS` (default 30), "
+        "`&insecure_auth=1` (percent-encode `@ / : ? # %` in the user name and password)",
+        mask=mask_url,
+    )
+    smtp_ca = Setting(
+        "LISTKIT_SMTP_CA",
+        FILE,
+        "PEM file of a private CA to trust for the SMTP server",
+        default_doc="system CAs",
+    )
+    ehlo_name = Setting(
+        "LISTKIT_EHLO_NAME",
+        HOST_NAME,
+        "the name listkit gives the server in EHLO, e.g. `mail.example.com`",
+        default_doc="this machine's full name if it has a dot; else the domain of `LISTKIT_FROM`",
+    )
+    sender = Setting(
+        "LISTKIT_FROM",
+        SENDER,
+        "sender, `Name <address>`; the address's local part must be ASCII "
+        "(its domain may be international)",
+    )
+    postal_address = Setting(
+        "LISTKIT_POSTAL_ADDRESS", TEXT, "your postal address, shown in every message"
+    )
+    base_url = Setting(
+        "LISTKIT_BASE_URL",
+        HTTP_URL,
+        "public URL of `listkit serve` (behind your TLS proxy): unsubscribe, click and "
+        "confirmation links point there (http or https, no spaces)",
+    )
+    site_url = Setting(
+        "LISTKIT_SITE_URL",
+        HTTP_URL,
+        "your site or blog (http or https): the reader's pages (unsubscribe, broken link) "
+        "link back to it",
+        default_doc="the site of `LISTKIT_BASE_URL` (`https://example.com/`)",
+    )
+    secret = Setting(
+        "LISTKIT_SECRET",
+        SIGNING_KEY,
+        "signs unsubscribe, click and confirmation links",
+        default_doc="random, from `listkit init`",
+        secret=True,
+    )
+    stripe_webhook_secret = Setting(
+        "LISTKIT_STRIPE_WEBHOOK_SECRET",
+        TEXT,
+        "Stripe endpoint signing secret(s) (`whsec_...`) for `/hooks/stripe`; several, "
+        "comma-separated, while rotating",
+        default_doc="none (route off)",
+        secret=True,
+    )
+    lemonsqueezy_secret = Setting(
+        "LISTKIT_LEMONSQUEEZY_SECRET",
+        TEXT,
+        "Lemon Squeezy webhook signing secret for `/hooks/lemonsqueezy`",
+        default_doc="none (route off)",
+        secret=True,
+    )
+    gumroad_secret = Setting(
+        "LISTKIT_GUMROAD_SECRET",
+        TEXT,
+        "the secret last path segment of the Gumroad ping URL `/hooks/gumroad/<secret>`",
+        default_doc="none (route off)",
+        secret=True,
+    )
+    webhook_secret = Setting(
+        "LISTKIT_WEBHOOK_SECRET",
+        TEXT,
+        "key that signs sales posted to `/hooks/sale`",
+        default_doc="none (route off)",
+        secret=True,
+    )
+    track_clicks = Setting(
+        "LISTKIT_TRACK_CLICKS",
+        YES_NO,
+        "`yes`: a campaign's `buy_url` and `track()` links go through "
+        "`LISTKIT_BASE_URL/c/...`, which counts the click and redirects; "
+        "`no`: links go straight to the shop",
+        "yes",
+    )
+    token_param = Setting(
+        "LISTKIT_TOKEN_PARAM", TEXT, "URL parameter carrying a delivery's token", "lk"
+    )
+    dkim_key = Setting(
+        "LISTKIT_DKIM_KEY",
+        FILE,
+        "DKIM private key file (PEM, mode 600, relative to the workspace); set, every "
+        "message is signed",
+        default_doc="none: unsigned",
+    )
+    dkim_selector = Setting(
+        "LISTKIT_DKIM_SELECTOR",
+        TEXT,
+        "DKIM selector: the public key is published at `SELECTOR._domainkey.DOMAIN`",
+        default_doc="none (needed with the key)",
+    )
+    dkim_domain = Setting(
+        "LISTKIT_DKIM_DOMAIN",
+        TEXT,
+        "DKIM signing domain (`d=`)",
+        default_doc="the domain of `LISTKIT_FROM`",
+    )
+    dns = Setting(
+        "LISTKIT_DNS",
+        TEXT,
+        "DNS server `listkit doctor` asks, `SERVER[:PORT]` (`[::1]:53` for IPv6)",
+        default_doc="the system's resolvers",
+    )
+    bounce_address = Setting(
+        "LISTKIT_BOUNCE_ADDRESS",
+        TEXT,
+        "envelope sender for bounces (VERP): `bounces@example.com` sends each message as "
+        "`bounces+<token>@example.com`",
+        default_doc="none: the `LISTKIT_FROM` address",
+    )
+    imap_url = Setting(
+        "LISTKIT_IMAP_URL",
+        TEXT,
+        "mailbox `listkit bounces fetch` reads: `imaps://user:pass@host:993/INBOX` or "
+        "`imap+starttls://user:pass@host:143/INBOX` (percent-encode `@ / :` in the user and "
+        "password); option `?timeout=SECONDS` (default 60, below 86400)",
+        mask=mask_imap_url,
+    )
+    imap_ca = Setting(
+        "LISTKIT_IMAP_CA",
+        FILE,
+        "PEM file of a private CA to trust for the IMAP server",
+        default_doc="system CAs",
+    )
+    imap_done = Setting(
+        "LISTKIT_IMAP_DONE",
+        TEXT,
+        "what `bounces fetch` does with a message it understood: `delete`, or `move:FOLDER`",
+        "delete",
+    )
+    ses_topic_arn = Setting(
+        "LISTKIT_SES_TOPIC_ARN",
+        TEXT,
+        "SNS topic ARN(s), comma-separated, whose SES notifications `POST /relays/ses` accepts",
+        default_doc="none: no endpoint",
+    )
+    postmark_webhook_auth = Setting(
+        "LISTKIT_POSTMARK_WEBHOOK_AUTH",
+        TEXT,
+        "`user:password` of the Postmark webhook URL (Basic auth)",
+        default_doc="none: no endpoint",
+        secret=True,
+    )
+    mailgun_signing_key = Setting(
+        "LISTKIT_MAILGUN_SIGNING_KEY",
+        TEXT,
+        "Mailgun's HTTP webhook signing key",
+        default_doc="none: no endpoint",
+        secret=True,
+    )
+    soft_bounces = Setting(
+        "LISTKIT_SOFT_BOUNCES",
+        TEXT,
+        "`N/DAYS`: this many soft bounces of an address within DAYS days suppress it",
+        "3/30",
+    )
+    silent_after = Setting(
+        "LISTKIT_SILENT_AFTER",
+        COUNT,
+        "messages sent, with no purchase and no click, that make a subscriber silent",
+        "5",
+    )
+    confirm_per_hour = Setting(
+        "LISTKIT_CONFIRM_PER_HOUR",
+        PER_HOUR,
+        "signup confirmations `listkit serve` mails per list in an hour, at the most",
+        "100",
+    )
 
     @property
     def db_path(self) -> Path:
-        path = Path(self.values["LISTKIT_DB"] or "listkit.db").expanduser()
-        return path if path.is_absolute() else self.workspace / path
+        return self.db
 
     def require(self, *names: str) -> None:
         """Raise ConfigError naming every missing setting among ``names``."""
-        missing = [n for n in names if not self.values.get(n)]
+        missing = [n for n in names if not self.raw[n]]
         if missing:
             listed = ", ".join(missing)
             verb = "is" if len(missing) == 1 else "are"
@@ -406,15 +565,12 @@ class Settings:
 
     def smtp(self) -> SMTPSettings:
         self.require("LISTKIT_SMTP_URL")
-        smtp = parse_smtp_url(self.values["LISTKIT_SMTP_URL"])
-        smtp = replace(smtp, ehlo_name=self.ehlo_hostname())
-        ca = self.values.get("LISTKIT_SMTP_CA")
+        smtp = replace(self.smtp_url, ehlo_name=self.ehlo_hostname())
+        ca = self.smtp_ca
         if ca:
-            path = Path(ca).expanduser()
-            path = path if path.is_absolute() else self.workspace / path
-            if not path.is_file():
-                raise ConfigError(f"LISTKIT_SMTP_CA: no file {path}")
-            smtp = replace(smtp, ca_file=str(path))
+            if not ca.is_file():
+                raise ConfigError(f"LISTKIT_SMTP_CA: no file {ca}")
+            smtp = replace(smtp, ca_file=str(ca))
         return smtp
 
     def ehlo_hostname(self) -> str:
@@ -423,21 +579,15 @@ class Settings:
         Receiving servers check the EHLO name: ``localhost`` or a bare host
         name reads as a misconfigured or compromised client.
         """
-        name = (self.values.get("LISTKIT_EHLO_NAME") or "").strip()
+        name = self.ehlo_name
         if name:
-            if not _EHLO_NAME.fullmatch(name):
-                raise ConfigError(
-                    f"LISTKIT_EHLO_NAME must be a host name like mail.example.com "
-                    f"(or an address literal like [192.0.2.1]), not {name!r}"
-                )
             return name
         fqdn = _fqdn()
         if "." in fqdn and _EHLO_NAME.fullmatch(fqdn) and not fqdn.startswith("localhost"):
             return fqdn
-        sender = self.values.get("LISTKIT_FROM")
-        if sender:
-            with contextlib.suppress(ConfigError, UnicodeError):
-                domain = parse_sender(sender)[1].rpartition("@")[2]
+        with contextlib.suppress(ConfigError, UnicodeError):
+            if self.sender:
+                domain = self.sender[1].rpartition("@")[2]
                 domain = domain.encode("idna").decode("ascii")
                 if _EHLO_NAME.fullmatch(domain):
                     return domain
@@ -445,93 +595,38 @@ class Settings:
 
     def sender_address(self) -> tuple[str, str]:
         self.require("LISTKIT_FROM")
-        return parse_sender(self.values["LISTKIT_FROM"])
+        return self.sender
 
     def public_base_url(self) -> str:
         self.require("LISTKIT_BASE_URL")
-        url = self.values["LISTKIT_BASE_URL"].strip()
-        if re.search(r"[\x00-\x20\x7f]", url):
-            # It is in every message's List-Unsubscribe header.
-            raise ConfigError(
-                f"LISTKIT_BASE_URL must be a URL without spaces or control characters, not {url!r}"
-            )
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"LISTKIT_BASE_URL must be an http(s) URL, not {url!r}")
-        return url.rstrip("/")
+        return self.base_url.rstrip("/")
 
-    def site_url(self) -> str | None:
+    def reader_site_url(self) -> str | None:
         """Where the reader's pages lead back to: LISTKIT_SITE_URL, else the site
         (scheme and host) of LISTKIT_BASE_URL, else None."""
-        url = (self.values.get("LISTKIT_SITE_URL") or "").strip()
-        if url:
-            parts = urlsplit(url)
-            if (
-                re.search(r"[\x00-\x20\x7f]", url)
-                or parts.scheme not in ("http", "https")
-                or not parts.netloc
-            ):
-                raise ConfigError(f"LISTKIT_SITE_URL must be an http(s) URL, not {url!r}")
-            return url
+        if self.site_url:
+            return self.site_url
         try:
             parts = urlsplit(self.public_base_url())
         except ConfigError:
             return None
         return f"{parts.scheme}://{parts.netloc}/"
 
-    def silent_threshold(self) -> int:
-        """LISTKIT_SILENT_AFTER as a count of messages (1 or more)."""
-        raw = (self.values.get("LISTKIT_SILENT_AFTER") or "5").strip()
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigError(
-                f"LISTKIT_SILENT_AFTER must be a whole number of messages, not {raw!r}"
-            )
-        return int(raw)
-
-    def confirm_budget(self) -> int:
-        """LISTKIT_CONFIRM_PER_HOUR: confirmations mailed per list in an hour (1 or more)."""
-        name = "LISTKIT_CONFIRM_PER_HOUR"
-        raw = (self.values.get(name) or SETTINGS[name][1] or "").strip()
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigError(
-                "LISTKIT_CONFIRM_PER_HOUR must be a whole number of confirmations an hour "
-                f"per list (1 or more), not {raw!r}"
-            )
-        return int(raw)
-
     def secret_key(self) -> bytes:
         self.require("LISTKIT_SECRET")
-        secret = self.values["LISTKIT_SECRET"]
-        if len(secret) < 16:
-            raise ConfigError("LISTKIT_SECRET is too short: use at least 16 random characters")
-        return secret.encode()
-
-    def clicks_tracked(self) -> bool:
-        """LISTKIT_TRACK_CLICKS as a yes/no."""
-        value = (self.values.get("LISTKIT_TRACK_CLICKS") or "yes").strip().lower()
-        if value in ("yes", "true", "on", "1"):
-            return True
-        if value in ("no", "false", "off", "0"):
-            return False
-        raise ConfigError(f"LISTKIT_TRACK_CLICKS must be yes or no, not {value!r}")
+        return self.secret.encode()
 
     def effective(self) -> list[dict[str, str | None]]:
         """Rows for `listkit config`: name, value (secrets masked), source, description."""
-        rows = []
-        for name, (_attr, _default, desc, secret) in SETTINGS.items():
-            value = self.values.get(name)
-            if value and secret:
-                shown = "****"
-            elif value and name == "LISTKIT_SMTP_URL":
-                shown = mask_url(value)
-            elif value and name == "LISTKIT_IMAP_URL":
-                shown = mask_imap_url(value)
-            else:
-                shown = value
-            rows.append(
-                {"name": name, "value": shown, "source": self.sources[name], "description": desc}
-            )
-        return rows
+        return [
+            {
+                "name": name,
+                "value": setting.shown(self.raw[name]),
+                "source": self.sources[name],
+                "description": setting.doc,
+            }
+            for name, setting in self.declared.items()
+        ]
 
 
 def read_env_file(env_file: Path) -> dict[str, str | None]:
@@ -564,17 +659,18 @@ def load_settings(workspace: Path, environ: Mapping[str, str] | None = None) -> 
     """
     environ = os.environ if environ is None else environ
     file_values = read_env_file(workspace / ".env")
-    values: dict[str, str | None] = {}
+    raw: dict[str, str | None] = {}
     sources: dict[str, str] = {}
-    for name, (_attr, default, _desc, _secret) in SETTINGS.items():
+    for name, setting in Settings.declared.items():
+        default = setting.default
         if name in environ:
-            values[name] = environ[name] or default
+            raw[name] = environ[name] or default
             sources[name] = "environment" if environ[name] else "environment (empty)"
         elif file_values.get(name):
-            values[name], sources[name] = file_values[name], ".env"
+            raw[name], sources[name] = file_values[name], ".env"
         else:
-            values[name], sources[name] = default, "default" if default else "unset"
-    return Settings(workspace=workspace, values=values, sources=sources)
+            raw[name], sources[name] = default, "default" if default else "unset"
+    return Settings(workspace=workspace, raw=raw, sources=sources)
 
 
 @functools.cache

@@ -101,7 +101,7 @@ def init_workspace(directory: Path) -> list[Path]:
         for src in sorted((examples / sub).rglob("*")):
             if src.is_file() and "__pycache__" not in src.parts:
                 plan.append((directory / sub / src.relative_to(examples / sub), src))
-    db_file = directory / "listkit.db"
+    db_file = directory / Settings.db.default
     existing = [dest for dest, _src in plan if dest.exists()]
     if db_file.exists():
         existing.append(db_file)

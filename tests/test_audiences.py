@@ -361,8 +361,8 @@ def test_a_product_an_offer_sells_is_known_before_any_sale_of_it(run, workspace)
 
 
 def readme_example(name: str) -> str:
-    """The TOML block of README.md that starts with the comment ``# campaigns/NAME``."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    """The TOML block of docs/selling.md that starts with the comment ``# campaigns/NAME``."""
+    readme = (Path(__file__).parent.parent / "docs" / "selling.md").read_text()
     start = readme.index(f"```toml\n# campaigns/{name}\n") + len("```toml\n")
     return readme[start : readme.index("```", start)]
 

@@ -95,10 +95,10 @@ def test_the_track_clicks_setting_is_yes_or_no(workspace):
     from listkit.config import load_settings
     from listkit.errors import ConfigError
 
-    assert load_settings(workspace, {}).clicks_tracked() is True
-    assert load_settings(workspace, {"LISTKIT_TRACK_CLICKS": "no"}).clicks_tracked() is False
+    assert load_settings(workspace, {}).track_clicks is True
+    assert load_settings(workspace, {"LISTKIT_TRACK_CLICKS": "no"}).track_clicks is False
     with pytest.raises(ConfigError, match="LISTKIT_TRACK_CLICKS must be yes or no, not 'maybe'"):
-        load_settings(workspace, {"LISTKIT_TRACK_CLICKS": "maybe"}).clicks_tracked()
+        load_settings(workspace, {"LISTKIT_TRACK_CLICKS": "maybe"}).track_clicks  # noqa: B018
 
 
 def test_a_sale_goes_to_the_campaign_the_buyer_clicked_before_a_later_unclicked_one(

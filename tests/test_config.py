@@ -2,6 +2,8 @@
 environment over .env, the .env file itself, the EHLO name."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -120,7 +122,7 @@ def test_an_empty_environment_variable_overrides_env(workspace, monkeypatch):
     )
     monkeypatch.setenv("LISTKIT_SMTP_CA", "")
     settings = load_settings(workspace)
-    assert settings.values["LISTKIT_SMTP_CA"] is None
+    assert settings.smtp_ca is None
     assert settings.sources["LISTKIT_SMTP_CA"] == "environment (empty)"
     assert settings.smtp().ca_file is None
 
@@ -227,3 +229,98 @@ def test_a_base_url_with_a_space_or_control_character_stops_the_send_before_any_
     assert result.output == (
         f"Error: LISTKIT_BASE_URL must be a URL without spaces or control characters, not {url!r}\n"
     )
+
+
+def test_each_default_is_the_value_read_when_nothing_is_set(tmp_path):
+    settings = load_settings(tmp_path, environ={})
+    assert settings.db_path == tmp_path / "listkit.db"
+    assert settings.token_param == "lk"
+    assert settings.track_clicks is True
+    assert settings.silent_after == 5
+    assert settings.imap_done == "delete"
+    assert settings.soft_bounces == "3/30"
+    assert settings.sender is None and settings.smtp_url is None and settings.dkim_key is None
+
+
+def test_settings_are_read_as_their_types(tmp_path):
+    settings = load_settings(
+        tmp_path,
+        environ={
+            "LISTKIT_SILENT_AFTER": " 12 ",
+            "LISTKIT_TRACK_CLICKS": "Off",
+            "LISTKIT_DKIM_KEY": "keys/dkim.pem",
+            "LISTKIT_SMTP_CA": "/etc/ca.pem",
+            "LISTKIT_FROM": "Ann <ann@example.com>",
+            "LISTKIT_SMTP_URL": "smtps://ann:pw@mail.example.com",
+        },
+    )
+    assert settings.silent_after == 12
+    assert settings.track_clicks is False
+    assert settings.dkim_key == tmp_path / "keys" / "dkim.pem"
+    assert settings.smtp_ca == Path("/etc/ca.pem")
+    assert settings.sender == ("Ann", "ann@example.com")
+    assert (settings.smtp_url.host, settings.smtp_url.port) == ("mail.example.com", 465)
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        (
+            "LISTKIT_SILENT_AFTER",
+            "0",
+            "LISTKIT_SILENT_AFTER must be a whole number of messages, not '0'",
+        ),
+        ("LISTKIT_TRACK_CLICKS", "maybe", "LISTKIT_TRACK_CLICKS must be yes or no, not 'maybe'"),
+        (
+            "LISTKIT_SITE_URL",
+            "ftp://x.example",
+            "LISTKIT_SITE_URL must be an http(s) URL, not 'ftp://x.example'",
+        ),
+    ],
+)
+def test_a_bad_value_is_an_error_naming_the_setting_and_what_it_should_be(
+    tmp_path, name, value, message
+):
+    settings = load_settings(tmp_path, environ={name: value})
+    attr = next(s for s in config.Settings.declared.values() if s.name == name).attr
+    with pytest.raises(ConfigError) as e:
+        getattr(settings, attr)
+    assert str(e.value) == message
+
+
+def test_a_bad_secret_is_named_but_never_quoted(tmp_path):
+    settings = load_settings(tmp_path, environ={"LISTKIT_SECRET": "short-secret"})
+    with pytest.raises(ConfigError) as e:
+        settings.secret_key()
+    assert str(e.value) == "LISTKIT_SECRET is too short: use at least 16 random characters"
+
+
+def test_the_settings_object_never_shows_a_secret_when_printed(tmp_path):
+    secrets = {
+        s.name: f"{s.attr}-value-0123456789abcdef"
+        for s in config.Settings.declared.values()
+        if s.secret
+    }
+    assert "LISTKIT_SECRET" in secrets and "LISTKIT_WEBHOOK_SECRET" in secrets
+    settings = load_settings(tmp_path, environ=secrets)
+    for shown in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        for value in secrets.values():
+            assert value not in shown
+
+
+AROUND_SETTINGS = re.compile(
+    r"""settings\.(?:values|raw)\b|environ(?:\.get)?[\[(]\s*["']LISTKIT_|getenv\(\s*["']LISTKIT_"""
+    r"""|dotenv_values|load_dotenv"""
+)
+
+
+def test_no_module_but_config_reads_a_setting_around_its_declaration():
+    package = Path(config.__file__).parent
+    readers = [
+        f"{path.relative_to(package.parent)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "config.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if AROUND_SETTINGS.search(line)
+    ]
+    assert not readers, "read settings as settings.<attribute>:\n" + "\n".join(readers)

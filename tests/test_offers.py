@@ -148,7 +148,7 @@ def test_footer_is_added_when_templates_leave_out_address_and_unsubscribe(worksp
     write_offer(workspace, text="Buy now\n", html="<html><body><p>Buy now</p></body></html>\n")
     message = compose(workspace)
     settings = load_settings(workspace)
-    postal = settings.values["LISTKIT_POSTAL_ADDRESS"]
+    postal = settings.postal_address
     assert postal in message.text and "Unsubscribe: https://example.com/listkit/u/" in message.text
     assert postal in message.html and ">Unsubscribe</a></div></body>" in message.html
 

@@ -1,4 +1,4 @@
-"""The README's shell example for `/hooks/sale`, run as written (only HOST
+"""The serve page's shell example for `/hooks/sale` (docs/serve.md), run as written (only HOST
 replaced) from the workspace, by a shell that never read `.env`, against a real
 `listkit serve`."""
 
@@ -16,13 +16,13 @@ import pytest
 
 from tests.web_server import serve
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parent.parent / "docs" / "serve.md"
 SECRET = "readme-example-secret-0123456789"
 
 
 def readme_example() -> str:
     text = README.read_text()
-    start = text.index("### Sales webhooks")
+    start = text.index("## Sales webhooks")
     return re.search(r"```sh\n(.*?)```", text[start:], re.S).group(1)
 
 

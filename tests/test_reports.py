@@ -596,7 +596,7 @@ def test_the_readme_report_example_is_what_listkit_report_prints_for_the_demo(
     from listkit.cli import cli
     from listkit.demo import run_demo
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent / "docs" / "sales.md").read_text()
     example = re.search(r"```(?:console)?\n\$ listkit report\n(.*?)```", readme, re.S).group(1)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     root = run_demo(quiet=True)

@@ -162,12 +162,12 @@ def test_the_mailer_decides_who_is_mailed_and_a_stranger_joins_as_pending(ws, wo
 
 
 def test_the_hourly_budget_is_a_setting_with_a_default(workspace):
-    assert load_settings(workspace, {}).confirm_budget() == 100
-    assert load_settings(workspace, {"LISTKIT_CONFIRM_PER_HOUR": "20"}).confirm_budget() == 20
+    assert load_settings(workspace, {}).confirm_per_hour == 100
+    assert load_settings(workspace, {"LISTKIT_CONFIRM_PER_HOUR": "20"}).confirm_per_hour == 20
     for bad in ("0", "-3", "many", "2.5"):
         settings = load_settings(workspace, {"LISTKIT_CONFIRM_PER_HOUR": bad})
         with pytest.raises(ConfigError) as e:
-            settings.confirm_budget()
+            settings.confirm_per_hour  # noqa: B018
         assert str(e.value) == (
             "LISTKIT_CONFIRM_PER_HOUR must be a whole number of confirmations an hour "
             f"per list (1 or more), not {bad!r}"

@@ -17,7 +17,7 @@ def test_init_creates_a_working_workspace(tmp_path: Path):
     assert (root / "campaigns" / "launch.toml").is_file()
     assert (root / "listkit.db").is_file()
     settings = load_settings(root, environ={})
-    assert len(settings.values["LISTKIT_SECRET"]) >= 32
+    assert len(settings.secret) >= 32
     assert settings.sources["LISTKIT_SECRET"] == ".env"
 
 
@@ -25,8 +25,8 @@ def test_init_gives_each_workspace_its_own_secret(tmp_path: Path):
     runner = CliRunner()
     runner.invoke(cli, ["init", str(tmp_path / "a")])
     runner.invoke(cli, ["init", str(tmp_path / "b")])
-    a = load_settings(tmp_path / "a", environ={}).values["LISTKIT_SECRET"]
-    b = load_settings(tmp_path / "b", environ={}).values["LISTKIT_SECRET"]
+    a = load_settings(tmp_path / "a", environ={}).secret
+    b = load_settings(tmp_path / "b", environ={}).secret
     assert a != b
 
 
@@ -45,7 +45,7 @@ def test_init_refuses_to_overwrite_and_changes_nothing(tmp_path: Path):
 def test_environment_wins_over_env_file(workspace: Path, monkeypatch):
     monkeypatch.setenv("LISTKIT_FROM", "Env <env@example.com>")
     settings = load_settings(workspace)
-    assert settings.values["LISTKIT_FROM"] == "Env <env@example.com>"
+    assert settings.sender == ("Env", "env@example.com")
     assert settings.sources["LISTKIT_FROM"] == "environment"
     assert settings.sources["LISTKIT_POSTAL_ADDRESS"] == ".env"
 
@@ -53,7 +53,7 @@ def test_environment_wins_over_env_file(workspace: Path, monkeypatch):
 def test_config_masks_secrets(run, workspace: Path, monkeypatch):
     monkeypatch.setenv("LISTKIT_SMTP_URL", "smtps://ann:hunter2secret@mail.example.com")
     result = run("config")
-    secret = load_settings(workspace).values["LISTKIT_SECRET"]
+    secret = load_settings(workspace).secret
     assert secret not in result.output
     assert "hunter2secret" not in result.output
     assert "smtps://ann:****@mail.example.com" in result.output

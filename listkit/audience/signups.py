@@ -306,7 +306,7 @@ class ConfirmationMail:
         self.sender_name, self.sender_address = settings.sender_address()
         self.base_url = settings.public_base_url()
         self.secret = settings.secret_key()
-        self.postal_address = settings.values["LISTKIT_POSTAL_ADDRESS"].strip()
+        self.postal_address = settings.postal_address
         # Built and signed (when DKIM is configured) as campaigns' messages are,
         # but no list mail: no List-Id, no List-Unsubscribe.
         self.domain = self.sender_address.rpartition("@")[2]

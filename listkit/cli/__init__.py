@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from listkit import __version__
+from listkit.config import Settings
 from listkit.db import DISK_ERRNOS, describe_db_error, describe_os_error
 from listkit.errors import ListkitError
 from listkit.workspace import Workspace
@@ -111,4 +112,4 @@ def _db_path(ctx: click.Context) -> Path | str:
     try:
         return ws.settings.db_path if ws is not None else "(unknown)"
     except ListkitError:
-        return ws.root / "listkit.db"
+        return ws.root / Settings.db.default

@@ -25,8 +25,8 @@ def dkim_group() -> None:
 def _domain(ws: Workspace, domain: str | None) -> str:
     if domain:
         return domain
-    if ws.settings.values.get(dkim.DOMAIN_SETTING):
-        return ws.settings.values[dkim.DOMAIN_SETTING]
+    if ws.settings.dkim_domain:
+        return ws.settings.dkim_domain
     return ws.settings.sender_address()[1].rpartition("@")[2]
 
 

@@ -92,7 +92,7 @@ def show_insight(
 
 def _show_silent(ws: Workspace, *, json_: bool, csv_: bool) -> None:
     """Members mailed LISTKIT_SILENT_AFTER+ times with no purchase and no click, per list."""
-    threshold = ws.settings.silent_threshold()
+    threshold = ws.settings.silent_after
     if csv_:
         emit_csv(silent_subscribers(ws.db, threshold), ["list", "email", "sent"])
         return
@@ -153,7 +153,7 @@ def insight_sections(ws: Workspace, since: str | None, until: str | None) -> str
     tests = variant_report(ws.db, since, until)
     sources = buyers_by(ws.db, "source", since, until)
     months = buyers_by(ws.db, "signup-month", since, until)
-    threshold = ws.settings.silent_threshold()
+    threshold = ws.settings.silent_after
     silent = silent_by_list(ws.db, threshold)
     parts = []
     for t in tests:

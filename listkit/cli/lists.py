@@ -98,7 +98,7 @@ def lists_prune(ws: Workspace, slug: str, silent: bool, dry_run: bool, yes: bool
 
     if not silent:
         raise click.UsageError("say what to prune: --silent")
-    threshold = ws.settings.silent_threshold()
+    threshold = ws.settings.silent_after
     members = silent_members(ws.db, slug, threshold)
     what = f"mailed {threshold}+ times with no purchase and no click"
     if dry_run or not members:

@@ -90,7 +90,7 @@ def sales_import(
         utm_content=columns["utm_content_column"],
         decimal_comma=decimal_comma,
     )
-    token_param = ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk"
+    token_param = ws.settings.token_param
     try:
         detected, records = parse_file(file, fmt=fmt, columns=cols, token_param=token_param)
     except InputError as e:

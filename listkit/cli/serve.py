@@ -50,9 +50,9 @@ def serve(
     Run it behind a TLS reverse proxy (Caddy, nginx) that forwards
     LISTKIT_BASE_URL to it, and name that proxy with --forwarded-allow-ips:
     the client address is consent evidence and the key of the signup limit,
-    and X-Forwarded-For is believed only from the proxies named. It uses the
-    workspace's database beside the CLI: an unsubscribe is honoured by a send
-    that is running.
+    and X-Forwarded-For is believed only from the proxies named (see
+    docs/serve.md). It uses the workspace's database beside the CLI: an
+    unsubscribe is honoured by a send that is running.
 
     \b
     Example:
@@ -65,8 +65,8 @@ def serve(
 
     # Opens (and migrates) the database and checks the settings before listening.
     ws.db  # noqa: B018
-    ws.settings.site_url()  # the reader's pages link there: a bad value stops us here
-    ws.settings.confirm_budget()
+    ws.settings.reader_site_url()  # the reader's pages link there: a bad value stops us here
+    ws.settings.confirm_per_hour  # noqa: B018 (a bad value stops us here too)
     app = create_app(ws)
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -44,6 +44,7 @@ from sqlite_utils import Database
 
 from listkit.audience import suppressions
 from listkit.audience.addresses import email_key
+from listkit.config import Settings
 from listkit.db import now
 from listkit.errors import ConfigError, ListkitError
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
@@ -519,7 +520,7 @@ class SoftRule:
 
 def soft_rule(value: str | None) -> SoftRule:
     """``LISTKIT_SOFT_BOUNCES`` (``N/DAYS``, default 3/30)."""
-    value = (value or "3/30").strip()
+    value = (value or Settings.soft_bounces.default).strip()
     m = re.fullmatch(r"(\d+)\s*/\s*(\d+)", value)
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
         raise ConfigError(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+from listkit.config import Settings
 from listkit.errors import ConfigError, InputError, ListkitError
 
 # ---------------------------------------------------------------------------
@@ -150,11 +151,9 @@ def parse_imap_url(url: str) -> IMAPSettings:
 def imap_settings(settings) -> IMAPSettings:
     """The workspace's IMAP settings, checked (URL, CA file)."""
     settings.require("LISTKIT_IMAP_URL")
-    imap = parse_imap_url(settings.values["LISTKIT_IMAP_URL"])
-    ca = settings.values.get("LISTKIT_IMAP_CA")
-    if ca:
-        path = Path(ca).expanduser()
-        path = path if path.is_absolute() else settings.workspace / path
+    imap = parse_imap_url(settings.imap_url)
+    path = settings.imap_ca
+    if path:
         if not path.is_file():
             raise ConfigError(f"LISTKIT_IMAP_CA: no file {path}")
         imap = IMAPSettings(**{**imap.__dict__, "ca_file": str(path)})
@@ -163,7 +162,7 @@ def imap_settings(settings) -> IMAPSettings:
 
 def done_action(value: str | None) -> str | None:
     """``LISTKIT_IMAP_DONE``: None to delete, or the folder to move to."""
-    value = (value or "delete").strip()
+    value = (value or Settings.imap_done.default).strip()
     if value == "delete":
         return None
     if value.startswith("move:") and value[5:].strip():

@@ -69,8 +69,8 @@ class Composer:
         self.campaign = campaign
         self.base_url = settings.public_base_url()
         self.secret = settings.secret_key()
-        self.postal_address = settings.values["LISTKIT_POSTAL_ADDRESS"].strip()
-        self.token_param = settings.values.get("LISTKIT_TOKEN_PARAM") or "lk"
+        self.postal_address = settings.postal_address
+        self.token_param = settings.token_param
         self.domain = sender_address.rpartition("@")[2]
         if not self.domain:
             raise ConfigError("LISTKIT_FROM has no domain after the @")

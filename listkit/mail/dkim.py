@@ -256,31 +256,30 @@ def check_selector(value: str) -> str:
 
 
 def key_path(settings) -> Path | None:
-    value = settings.values.get(KEY_SETTING)
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else settings.workspace / path
+    return settings.dkim_key
 
 
 def signer_for(settings, from_address: str) -> Signer | None:
     """The signer the settings ask for, or None when LISTKIT_DKIM_KEY is unset."""
     path = key_path(settings)
     if path is None:
-        for other in (SELECTOR_SETTING, DOMAIN_SETTING):
-            if settings.values.get(other):
+        for other, value in (
+            (SELECTOR_SETTING, settings.dkim_selector),
+            (DOMAIN_SETTING, settings.dkim_domain),
+        ):
+            if value:
                 raise ConfigError(
                     f"{other} is set but {KEY_SETTING} is not: set the key file too "
                     "(`listkit dkim keygen` makes one), or remove it to send unsigned"
                 )
         return None
-    selector = settings.values.get(SELECTOR_SETTING)
+    selector = settings.dkim_selector
     if not selector:
         raise ConfigError(
             f"{SELECTOR_SETTING} is not set: add the selector your key is published under "
             f"(the one `listkit dkim keygen` printed) to {settings.workspace / '.env'}"
         )
-    domain_value = settings.values.get(DOMAIN_SETTING)
+    domain_value = settings.dkim_domain
     domain = (
         check_domain(domain_value, DOMAIN_SETTING)
         if domain_value

@@ -352,7 +352,7 @@ def _relay_addresses(
             raise InputError(f"--relay-ip {value!r} is not an IP address") from None
     if given:
         return ", ".join(map(str, given)), given
-    if not settings.values.get("LISTKIT_SMTP_URL"):
+    if settings.smtp_url is None:
         return "", []
     host = settings.smtp().host
     try:
@@ -753,7 +753,7 @@ def diagnose(
     """Run every check for the From domain of ``settings``."""
     sender = settings.sender_address()[1]
     from_domain = sender.rpartition("@")[2].lower()
-    server_value = dns_server or settings.values.get("LISTKIT_DNS")
+    server_value = dns_server or settings.dns
     setting = "--dns" if dns_server else "LISTKIT_DNS"
     server = parse_server(server_value, setting) if server_value else None
     resolver = DNS(server, timeout=timeout)

@@ -15,6 +15,8 @@ import hmac
 import secrets
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from listkit.config import Settings
+
 UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_content")
 STRIPE_LINK_HOSTS = ("buy.stripe.com",)
 TOKEN_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
@@ -29,7 +31,14 @@ def is_token(value: str) -> bool:
     return len(value) == 16 and set(value) <= TOKEN_ALPHABET
 
 
-def track(url: str, *, campaign: str, list_slug: str, token: str, token_param: str = "lk") -> str:
+def track(
+    url: str,
+    *,
+    campaign: str,
+    list_slug: str,
+    token: str,
+    token_param: str = Settings.token_param.default,
+) -> str:
     """``url`` with UTM parameters and the delivery token added.
 
     Existing parameters and the fragment are kept; existing ``utm_*`` values

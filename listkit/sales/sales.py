@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 from sqlite_utils import Database
 
 from listkit.audience.addresses import email_key
+from listkit.config import Settings
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, quoted
 from listkit.payloads import loads_object
@@ -546,7 +547,7 @@ def _lemon_squeezy(payload: dict, token_param: str) -> Sale:
     )
 
 
-def listkit_sale(data: dict, token_param: str = "lk") -> Sale:
+def listkit_sale(data: dict, token_param: str = Settings.token_param.default) -> Sale:
     """A sale in listkit's own JSON (``POST /hooks/sale``): ``order_id``, ``amount`` (decimal
     text in major units, e.g. "29.00"), ``currency``, ``at`` (ISO 8601 or Unix time); optional
     ``email``, ``refunded``, ``coupon``, ``token`` (or the token parameter), ``utm_campaign``,
@@ -694,7 +695,7 @@ def parse_file(
     *,
     fmt: str = "auto",
     columns: Columns | None = None,
-    token_param: str = "lk",
+    token_param: str = Settings.token_param.default,
 ) -> tuple[str, Iterator[tuple[int, Sale | Skip | InputError]]]:
     """(format, (line, Sale or Skip or error) for each record)."""
     if fmt not in FORMATS:

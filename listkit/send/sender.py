@@ -563,7 +563,7 @@ def _pool_init(parent_pid: int, settings, offers_dir: Path, campaign: str, offer
         settings,
         campaign=campaign,
         offers_dir=offers_dir,
-        track_clicks=settings.clicks_tracked(),
+        track_clicks=settings.track_clicks,
     )
 
 
@@ -598,7 +598,7 @@ def prepare(ws: Workspace, slug: str, *, recorded: bool = True) -> Prepared:
     """
     campaign = load_campaign(ws.campaigns_dir, slug)
     offer = load_offer(ws.offers_dir, campaign.offer)
-    tracked = ws.settings.clicks_tracked() and recorded
+    tracked = ws.settings.track_clicks and recorded
     composer = Composer(
         offer, ws.settings, campaign=slug, offers_dir=ws.offers_dir, track_clicks=tracked
     )

@@ -42,9 +42,9 @@ from listkit.web.common import read_body, read_form
 TOLERANCE_SECONDS = 300
 
 
-def _secret(request: Request, name: str) -> str:
+def _secret(request: Request, attr: str) -> str:
     """The setting's value; 404 when it is not set (the route is not configured)."""
-    value = (request.app.state.ws.settings.values.get(name) or "").strip()
+    value = getattr(request.app.state.ws.settings, attr)
     if not value:
         raise HTTPException(404, "Not Found")
     return value
@@ -112,12 +112,12 @@ async def _book(request: Request, make) -> Response:
 
 
 def _token_param(request: Request) -> str:
-    return request.app.state.ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk"
+    return request.app.state.ws.settings.token_param
 
 
 async def stripe(request: Request) -> Response:
     """Stripe: checkout.session.completed / async_payment_succeeded, charge.refunded."""
-    raw = _secret(request, "LISTKIT_STRIPE_WEBHOOK_SECRET")
+    raw = _secret(request, "stripe_webhook_secret")
     secrets = [s.strip() for s in raw.split(",") if s.strip()]
     body = await read_body(request)
     verify_timestamped(request.headers.get("stripe-signature"), body, secrets)
@@ -129,7 +129,7 @@ async def stripe(request: Request) -> Response:
 
 async def lemonsqueezy(request: Request) -> Response:
     """Lemon Squeezy: ``X-Signature`` is the hex HMAC-SHA256 of the raw body."""
-    secret = _secret(request, "LISTKIT_LEMONSQUEEZY_SECRET")
+    secret = _secret(request, "lemonsqueezy_secret")
     body = await read_body(request)
     given = (request.headers.get("x-signature") or "").strip().lower()
     if not given:
@@ -144,7 +144,7 @@ async def lemonsqueezy(request: Request) -> Response:
 
 async def gumroad(request: Request) -> Response:
     """Gumroad Ping: unsigned form data (or JSON); the secret path segment authenticates it."""
-    secret = _secret(request, "LISTKIT_GUMROAD_SECRET")
+    secret = _secret(request, "gumroad_secret")
     given = request.path_params["secret"]
     if not hmac.compare_digest(given.encode(), secret.encode()):
         raise HTTPException(404, "Not Found")
@@ -160,7 +160,7 @@ async def gumroad(request: Request) -> Response:
 
 async def sale(request: Request) -> Response:
     """listkit's own sale: ``X-Listkit-Signature: t=<unix>,v1=<hex>`` as Stripe signs."""
-    secret = _secret(request, "LISTKIT_WEBHOOK_SECRET")
+    secret = _secret(request, "webhook_secret")
     body = await read_body(request)
     verify_timestamped(request.headers.get("x-listkit-signature"), body, [secret])
     data = _json(body)

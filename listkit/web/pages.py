@@ -90,7 +90,7 @@ def page(
 ) -> HTMLResponse:
     """Render a page; with the ``request``, it links back to the site (``LISTKIT_SITE_URL``)."""
     if request is not None and "site" not in context:
-        url = request.app.state.ws.settings.site_url()
+        url = request.app.state.ws.settings.reader_site_url()
         context["site"] = {"url": url, "name": urlsplit(url).hostname} if url else None
     return HTMLResponse(_env.get_template(name).render(context), status, headers=_HEADERS)
 
@@ -301,7 +301,7 @@ class ConfirmationMailer:
         ws, db = self.app.state.ws, self.app.state.db
         while True:
             try:
-                per_hour = ws.settings.confirm_budget()
+                per_hour = ws.settings.confirm_per_hour
             except ConfigError as e:  # the signups wait for the setting to be fixed
                 log.error("confirmations not mailed now: %s", e)
                 return
@@ -507,7 +507,7 @@ async def click(request: Request) -> Response:
         campaign=found["campaign"],
         list_slug=found["list"],
         token=token,
-        token_param=ws.settings.values.get("LISTKIT_TOKEN_PARAM") or "lk",
+        token_param=ws.settings.token_param,
     )
     return RedirectResponse(destination, 302, headers={"Referrer-Policy": "no-referrer"})
 
