@@ -273,10 +273,6 @@ class Resolver:
         return sql, params
 
 
-def describe_rules() -> str:
-    return ", ".join(RULES)
-
-
 def matching_subscribers(
     db: Database,
     rules: tuple[Rule, ...],

@@ -327,18 +327,3 @@ def _address(name: str | None, address: str, field: str, who: str) -> str:
     check_header(name or "", field, who)
     check_header(address, field, who)
     return format_address(name, address)
-
-
-def signup_summary(db, list_slug: str | None = None) -> list[dict]:
-    """Signups with their evidence, newest first (for `listkit subscribers show` and tests)."""
-    where, params = "", []
-    if list_slug is not None:
-        where, params = "WHERE g.list_id = ?", [get_list(db, list_slug)["id"]]
-    keys = ("email", "list", "state", "created", "ip", "agent", "page", "form", "confirmed_at")
-    rows = db.execute(
-        f"""SELECT g.email, l.slug, g.state, g.created, g.ip, g.agent, g.page, g.form,
-                   g.confirmed_at FROM signups g JOIN lists l ON l.id = g.list_id {where}
-            ORDER BY g.id DESC""",
-        params,
-    )
-    return [dict(zip(keys, r, strict=True)) for r in rows]

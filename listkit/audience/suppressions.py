@@ -35,10 +35,6 @@ DECLINED = """SELECT d.subscriber_id FROM events e JOIN deliveries d ON d.id = e
                 AND d.campaign_id IN (SELECT value FROM json_each(?))"""
 
 
-def is_suppressed(db: Database, key: str) -> bool:
-    return db.execute("SELECT 1 FROM suppressions WHERE key = ?", [key]).fetchone() is not None
-
-
 def suppress(
     db: Database,
     email: str,

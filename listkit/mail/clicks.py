@@ -49,13 +49,6 @@ def click_kind(method: str, agent: str | None, sent_at: str | None, at: str) -> 
     return "click"
 
 
-def stored_link(db, campaign_id: int, link: str) -> str | None:
-    row = db.execute(
-        "SELECT url FROM links WHERE campaign_id = ? AND link = ?", [campaign_id, link]
-    ).fetchone()
-    return row[0] if row else None
-
-
 def store_links(db, campaign_id: int, links: dict[str, str]) -> None:
     for link, url in links.items():
         db.execute(

@@ -15,7 +15,6 @@ import hmac
 import secrets
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_content")
 STRIPE_LINK_HOSTS = ("buy.stripe.com",)
 TOKEN_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 

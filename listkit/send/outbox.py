@@ -51,7 +51,6 @@ STATES = (
     "held_out",
     "reserved",
 )
-DONE_STATES = ("sent", "held_out", "skipped")
 MAX_ATTEMPTS = 8
 BACKOFF = timedelta(minutes=5)
 BACKOFF_MAX = timedelta(hours=6)
