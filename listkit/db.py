@@ -512,6 +512,22 @@ def m009_sale_aliases(db: Database) -> None:
 
 
 @migrations()
+def m010_delivery_variants(db: Database) -> None:
+    # The offer a delivery carries when its campaign tests variants (NULL otherwise,
+    # and for held-out rows); sending claims one variant's rows at a time.
+    db.execute("ALTER TABLE deliveries ADD COLUMN variant TEXT")
+    # With test-then-send: 'test' (the share that tries the variants) or 'rest'
+    # (kept as state 'reserved' until the winner is chosen); NULL otherwise.
+    db.execute("ALTER TABLE deliveries ADD COLUMN part TEXT")
+    # The offers a campaign tests (JSON list), so reports by offer can credit each.
+    db.execute("ALTER TABLE campaigns ADD COLUMN variants TEXT")
+    # Messages sent per subscriber (silent subscribers) from the index alone; it
+    # serves every lookup by subscriber the old one did, at the same insert cost.
+    db.execute("DROP INDEX IF EXISTS deliveries_subscriber")
+    db.execute("CREATE INDEX deliveries_subscriber_state ON deliveries(subscriber_id, state)")
+
+
+@migrations()
 def m011_signups_clicks_and_event_details(db: Database) -> None:
     # Where an event came from: the evidence for an unsubscribe, a click, a consent.
     db.execute("ALTER TABLE events ADD COLUMN ip TEXT")
@@ -588,22 +604,6 @@ def m013_bounces(db: Database) -> None:
             PRIMARY KEY (source, id)
         ) WITHOUT ROWID"""
     )
-
-
-@migrations()
-def m010_delivery_variants(db: Database) -> None:
-    # The offer a delivery carries when its campaign tests variants (NULL otherwise,
-    # and for held-out rows); sending claims one variant's rows at a time.
-    db.execute("ALTER TABLE deliveries ADD COLUMN variant TEXT")
-    # With test-then-send: 'test' (the share that tries the variants) or 'rest'
-    # (kept as state 'reserved' until the winner is chosen); NULL otherwise.
-    db.execute("ALTER TABLE deliveries ADD COLUMN part TEXT")
-    # The offers a campaign tests (JSON list), so reports by offer can credit each.
-    db.execute("ALTER TABLE campaigns ADD COLUMN variants TEXT")
-    # Messages sent per subscriber (silent subscribers) from the index alone; it
-    # serves every lookup by subscriber the old one did, at the same insert cost.
-    db.execute("DROP INDEX IF EXISTS deliveries_subscriber")
-    db.execute("CREATE INDEX deliveries_subscriber_state ON deliveries(subscriber_id, state)")
 
 
 @migrations()
