@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from listkit.errors import InputError
-from listkit.sales.reports import ORDER_STATUSES
+from listkit.vocab import ORDER_SQL
 
 BOUGHT_KINDS = ("product", "offer", "campaign")
 DATE_RULES = ("signed_up_after", "signed_up_before", "last_purchase_after", "last_purchase_before")
@@ -49,11 +49,11 @@ PURCHASES = f"""
     SELECT p.id AS sid, x.at AS at, x.product AS product, x.offer AS offer,
            x.campaign_id AS campaign_id
     FROM sales x JOIN subscribers p ON p.key = x.email_key
-    WHERE x.status IN {ORDER_STATUSES}
+    WHERE x.status IN {ORDER_SQL}
     UNION ALL
     SELECT d.subscriber_id, x.at, x.product, x.offer, x.campaign_id
     FROM sales x JOIN deliveries d ON d.id = x.delivery_id
-    WHERE x.status IN {ORDER_STATUSES}"""
+    WHERE x.status IN {ORDER_SQL}"""
 
 # When a subscriber signed up: the earliest consent time any list recorded
 # (exports carry the original signup time), else when listkit first saw them.

@@ -30,6 +30,7 @@ from listkit.db import now
 from listkit.errors import TemplateError
 from listkit.mail.mime import check_header
 from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, new_token
+from listkit.vocab import ACTIVE, BOUNCED, COMPLAINED
 
 CONFIRM_DIR = "_confirm"
 MAX_NAME = 256
@@ -71,7 +72,7 @@ def record_signup(
             [lst["id"], row[0]],
         ).fetchone()
     blocked = suppression is not None and suppression[0] != "unsubscribed"
-    if blocked or (member is not None and member[0] in ("active", "bounced", "complained")):
+    if blocked or (member is not None and member[0] in (ACTIVE, BOUNCED, COMPLAINED)):
         state = "not_mailed"
     else:
         state = "new"
@@ -225,7 +226,7 @@ def confirm_signup(
     member = db.execute(
         "SELECT status FROM memberships WHERE list_id = ? AND subscriber_id = ?", [list_id, sid]
     ).fetchone()
-    if member is not None and member[0] in ("bounced", "complained"):
+    if member is not None and member[0] in (BOUNCED, COMPLAINED):
         return "suppressed"
     if member is None or member[0] != "active":  # an active member stays as it is
         db.execute(

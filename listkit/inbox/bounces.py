@@ -42,8 +42,9 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from listkit.audience import suppressions
+from listkit import vocab
 from listkit.audience.addresses import email_key
+from listkit.audience.suppressions import BOUNCED_DELIVERIES
 from listkit.db import now
 from listkit.errors import ConfigError, ListkitError
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
@@ -612,7 +613,7 @@ def apply(
         if row is None:
             o.effect = "unmatched"  # not ours, or too old to tell: never act on a stranger
             continue
-        kind = "complaint" if rcpt.outcome == COMPLAINT else "bounce"
+        kind = vocab.COMPLAINT if rcpt.outcome == COMPLAINT else vocab.BOUNCE
         event_key = f"{report.identity}|{email_key(address)}"
         detail = {
             "outcome": rcpt.outcome,
@@ -634,11 +635,11 @@ def apply(
     return outcomes
 
 
-# The suppression reason each outcome records (from suppressions.REASONS).
+# The suppression reason each outcome records (from vocab.SUPPRESSION_REASONS).
 SUPPRESSION_REASONS = {
-    HARD: suppressions.HARD_BOUNCE,
-    SOFT: suppressions.SOFT_BOUNCE,
-    COMPLAINT: suppressions.COMPLAINT,
+    HARD: vocab.HARD_BOUNCE,
+    SOFT: vocab.SOFT_BOUNCE,
+    COMPLAINT: vocab.COMPLAINT,
 }
 
 
@@ -656,11 +657,11 @@ def _effect(
         ).fetchone()[0]
         if n < rule.count:
             return "counted"
-        status, note = "bounced", f"{n} soft bounces in {rule.days} days"
+        status, note = vocab.BOUNCED, f"{n} soft bounces in {rule.days} days"
     elif rcpt.outcome == HARD:
-        status, note = "bounced", rcpt.status or rcpt.diagnostic
+        status, note = vocab.BOUNCED, rcpt.status or rcpt.diagnostic
     else:
-        status, note = "complained", "spam complaint"
+        status, note = vocab.COMPLAINED, "spam complaint"
     reason = SUPPRESSION_REASONS[rcpt.outcome]
     suppressed = db.execute(
         """INSERT INTO suppressions (key, email, reason, created, campaign_id, source, note)
@@ -686,8 +687,6 @@ def bounced_after_sent(db: Database, campaign_id: int) -> list[dict]:
     ``sent`` (the message did go out, and nothing ever sends a ``sent`` row again); this
     is how `listkit status` and the report tell them apart. Rows shaped as
     ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
-    from listkit.sales.reports import BOUNCED_DELIVERIES
-
     cursor = db.execute(
         f"""SELECT d.email, d.attempts, d.message_id,
                    (SELECT json_extract(e.detail, '$.status') FROM events e
@@ -697,7 +696,7 @@ def bounced_after_sent(db: Database, campaign_id: int) -> list[dict]:
             FROM deliveries d
             WHERE d.campaign_id = ? AND d.state = 'sent' AND d.id IN ({BOUNCED_DELIVERIES})
             ORDER BY d.id""",
-        [campaign_id, json.dumps(suppressions.BOUNCE_REASONS)],
+        [campaign_id, json.dumps(vocab.BOUNCE_REASONS)],
     )
     return [
         {

@@ -36,7 +36,6 @@ from listkit.payloads import loads_object
 from listkit.sales.money import currency_code, from_stripe_minor, to_minor, whole_minor
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
-REVENUE_STATUSES = ("paid", "partially_refunded", "refunded")
 
 
 @dataclass

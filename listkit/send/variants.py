@@ -23,11 +23,10 @@ from datetime import datetime, timedelta
 from sqlite_utils import Database
 
 from listkit.sales.money import format_minor
-from listkit.sales.reports import ORDER_STATUSES
 from listkit.send.campaigns import Campaign, campaign_row, held_out, iter_audience
+from listkit.vocab import ORDER_SQL, REVENUE_SQL
 
 Z95 = 1.959964
-REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 
 
 def assign_variant(campaign_slug: str, key: str, variants: tuple[str, ...], split) -> str:
@@ -187,7 +186,7 @@ def variant_report(db: Database, since: str | None = None, until: str | None = N
             f"""SELECT x.currency FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                 JOIN sales x ON x.email_key = s.key
                 WHERE d.campaign_id = ? AND x.at >= ? AND x.at <= ?
-                AND x.status IN {REVENUE_STATUSES}
+                AND x.status IN {REVENUE_SQL}
                 GROUP BY x.currency ORDER BY SUM(x.amount - x.refunded) DESC LIMIT 1""",
             [cid, started, end],
         ).fetchone()
@@ -198,10 +197,10 @@ def variant_report(db: Database, since: str | None = None, until: str | None = N
             f"""SELECT grp, COUNT(*), SUM(b), SUM(r), SUM(r * r) FROM (
                   SELECT CASE WHEN d.state = 'held_out' THEN NULL ELSE d.variant END AS grp,
                     EXISTS (SELECT 1 FROM sales x WHERE x.email_key = s.key AND x.at >= :start
-                            AND x.at <= :end AND x.status IN {ORDER_STATUSES}) AS b,
+                            AND x.at <= :end AND x.status IN {ORDER_SQL}) AS b,
                     coalesce((SELECT SUM(x.amount - x.refunded) FROM sales x
                               WHERE x.email_key = s.key AND x.at >= :start AND x.at <= :end
-                              AND x.currency = :cur AND x.status IN {REVENUE_STATUSES}), 0) AS r
+                              AND x.currency = :cur AND x.status IN {REVENUE_SQL}), 0) AS r
                   FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                   WHERE d.campaign_id = :cid AND (d.state = 'held_out'
                         OR (d.state = 'sent' AND d.variant IS NOT NULL
