@@ -422,7 +422,7 @@ def m008_rekey_international_domains(db: Database) -> None:
     ``<old key>#merged-into-<id>``. Of two suppressions that become one, the
     earliest is kept.
     """
-    from listkit.audience.addresses import email_key
+    from listkit.addresses import email_key
 
     conn = db.conn
     not_ascii = "*[^\x01-\x7f]*"
@@ -609,7 +609,7 @@ def m013_bounces(db: Database) -> None:
 @migrations()
 def m019_subscriber_first_and_last_names(db: Database) -> None:
     # First and last names as an export or a person gave them (NULL when only a
-    # full name is known: templates then split `name`, see audience/names.py).
+    # full name is known: templates then split `name`, see listkit/names.py).
     # `name` stays the full name.
     db.execute("ALTER TABLE subscribers ADD COLUMN first_name TEXT")
     db.execute("ALTER TABLE subscribers ADD COLUMN last_name TEXT")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from listkit.audience.addresses import email_key, normalize_address
+from listkit.addresses import email_key, normalize_address
 from listkit.errors import InputError
 
 

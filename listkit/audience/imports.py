@@ -47,11 +47,11 @@ from typing import IO, Any, NamedTuple
 from sqlite_utils import Database
 
 from listkit import csvout, vocab
-from listkit.audience.addresses import email_key, normalize_address
+from listkit.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
-from listkit.audience.names import MAX_NAME, join_name
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound, quoted
+from listkit.names import MAX_NAME, join_name
 from listkit.processes import exit_with_parent
 from listkit.text import lines, one_line
 

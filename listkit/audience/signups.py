@@ -23,7 +23,7 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from listkit.audience.addresses import email_key, normalize_address
+from listkit.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
 from listkit.config import Settings
 from listkit.db import now

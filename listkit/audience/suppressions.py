@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from sqlite_utils import Database
 
-from listkit.audience.addresses import email_key, normalize_address
+from listkit.addresses import email_key, normalize_address
 from listkit.db import immediate, now
 from listkit.errors import InputError
 from listkit.vocab import SUPPRESSION_REASONS

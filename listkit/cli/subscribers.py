@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from listkit import csvout
-from listkit.audience.addresses import normalize_address
+from listkit.addresses import normalize_address
 from listkit.audience.audiences import matching_subscribers, rules_from_options
 from listkit.audience.imports import FORMATS, import_subscribers
 from listkit.audience.subscribers import (

@@ -43,12 +43,12 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from listkit import vocab
-from listkit.audience.addresses import email_key
+from listkit.addresses import email_key
 from listkit.audience.suppressions import BOUNCED_DELIVERIES
 from listkit.db import now
 from listkit.errors import ConfigError, ListkitError
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
-from listkit.send.verp import bounce_address, token_from_address
+from listkit.mail.verp import bounce_address, token_from_address
 
 # What a recipient line of a report comes to (the verdicts are ``mail.replies``').
 COMPLAINT = "complaint"

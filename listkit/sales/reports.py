@@ -158,8 +158,6 @@ def build_report(
         if state in ("sent", "failed", "held_out"):
             row[state] += n
     if by == "offer":
-        from listkit.send.variants import credit_variants
-
         credit_variants(db, rows, campaigns, in_period if (start or end) else None)
     if by == "list":
         titles = {}
@@ -449,3 +447,24 @@ def _holdouts(db: Database, campaigns: dict, only: list[int] | None) -> list[dic
             }
         )
     return out
+
+
+def credit_variants(db: Database, rows: dict, campaigns: dict, only: list[int] | None) -> None:
+    """Report by offer: move an offer test's deliveries from the campaign's offer (its
+    first variant) to the offer each delivery carried. ``rows`` is keyed ('offer', slug)."""
+    ids = [cid for (cid,) in db.execute("SELECT id FROM campaigns WHERE variants IS NOT NULL")]
+    ids = [cid for cid in ids if only is None or cid in only]
+    if not ids:
+        return
+    for cid, variant, state, n in db.execute(
+        """SELECT campaign_id, variant, state, COUNT(*) FROM deliveries
+           WHERE campaign_id IN (SELECT value FROM json_each(?)) AND variant IS NOT NULL
+           GROUP BY 1, 2, 3""",
+        [json.dumps(ids)],
+    ):
+        home, there = rows[("offer", campaigns[cid]["offer"])], rows[("offer", variant)]
+        for key in (
+            ("audience", state) if state in ("sent", "failed", "held_out") else ("audience",)
+        ):
+            home[key] -= n
+            there[key] += n

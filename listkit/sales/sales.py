@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 from sqlite_utils import Database
 
-from listkit.audience.addresses import email_key
+from listkit.addresses import email_key
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, quoted
 from listkit.payloads import loads_object

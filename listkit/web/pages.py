@@ -41,7 +41,7 @@ from listkit.audience.subscribers import (
 )
 from listkit.db import now
 from listkit.errors import InputError, ListkitError, NotFound
-from listkit.mail import clicks
+from listkit.inbox import clicks
 from listkit.mail.tracking import (
     CONFIRM_DAYS,
     is_link_id,
