@@ -422,7 +422,7 @@ def m008_rekey_international_domains(db: Database) -> None:
     ``<old key>#merged-into-<id>``. Of two suppressions that become one, the
     earliest is kept.
     """
-    from listkit.addresses import email_key
+    from listkit.addresses import email_key  # lazy: email-validator, for this step alone
 
     conn = db.conn
     not_ascii = "*[^\x01-\x7f]*"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from listkit.audience.lists import get_list
 from listkit.errors import InputError
 from listkit.vocab import ORDER_SQL
 
@@ -164,6 +165,7 @@ class Resolver:
         """Add the offers in the workspace (and their products) to the known names, once."""
         if self.offers_dir is None:
             return
+        # Lazy: Jinja loads only for rules that name offers, not for every command.
         from listkit.mail.offers import list_offers
 
         for offer in list_offers(self.offers_dir):
@@ -280,8 +282,6 @@ def matching_subscribers(
     offers_dir: Path | None = None,
 ) -> list[dict]:
     """Subscribers the rules select (active members of ``list_slug`` if given), in id order."""
-    from listkit.audience.lists import get_list
-
     cond, params = Resolver(db, offers_dir=offers_dir).conditions(rules)
     where = "1"
     if list_slug is not None:

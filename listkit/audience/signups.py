@@ -28,7 +28,7 @@ from listkit.audience.lists import get_list
 from listkit.config import Settings
 from listkit.db import now
 from listkit.errors import TemplateError
-from listkit.mail.mime import check_header
+from listkit.mail.mime import check_header, format_address
 from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, new_token
 from listkit.vocab import ACTIVE, BOUNCED, COMPLAINED
 
@@ -323,8 +323,6 @@ class ConfirmationMail:
 
 
 def _address(name: str | None, address: str, field: str, who: str) -> str:
-    from listkit.mail.mime import format_address
-
     check_header(name or "", field, who)
     check_header(address, field, who)
     return format_address(name, address)

@@ -45,8 +45,9 @@ from sqlite_utils import Database
 from listkit import vocab
 from listkit.addresses import email_key
 from listkit.audience.suppressions import BOUNCED_DELIVERIES
-from listkit.db import now
+from listkit.db import immediate, now
 from listkit.errors import ConfigError, ListkitError
+from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings, read_messages
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
 from listkit.mail.verp import bounce_address, token_from_address
 
@@ -772,9 +773,6 @@ def verp_on(ws) -> bool:
 def import_path(ws, path: str) -> list[Handled]:
     """``listkit bounces import``: every message of a file, mbox, Maildir or folder, in one
     transaction. The files are only read."""
-    from listkit.db import immediate
-    from listkit.inbox.mailbox import read_messages
-
     rule = soft_rule(ws.settings.soft_bounces)
     messages = list(read_messages(path))
     with immediate(ws.db):
@@ -833,9 +831,6 @@ def _fetch(ws, batch: int) -> FetchSummary:
     import os
     import sys
     import time
-
-    from listkit.db import immediate
-    from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings
 
     settings = imap_settings(ws.settings)
     move_to = done_action(ws.settings.imap_done)

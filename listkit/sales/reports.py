@@ -34,7 +34,9 @@ NO_OFFER = "(no offer)"
 REVENUE = f"coalesce(SUM(amount - refunded) FILTER (WHERE status IN {REVENUE_SQL}), 0)"
 
 
-def _bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+def period_bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    """``--since``/``--until`` dates as the ISO start and the (exclusive) ISO end."""
+
     def parse(value: str, name: str) -> date:
         try:
             return date.fromisoformat(value)
@@ -100,7 +102,7 @@ def build_report(
 ) -> dict:
     if by not in BY:
         raise InputError(f"--by must be one of {', '.join(BY)}")
-    start, end = _bounds(since, until)
+    start, end = period_bounds(since, until)
     campaigns = {
         cid: {"slug": slug, "offer": offer, "started": started, "days": days, "holdout": holdout}
         for cid, slug, offer, started, days, holdout in db.execute(

@@ -17,6 +17,7 @@ from listkit.audience.audiences import SIGNUP
 from listkit.audience.lists import get_list
 from listkit.db import immediate, now
 from listkit.errors import InputError
+from listkit.sales.reports import period_bounds
 from listkit.vocab import ORDER_SQL, REVENUE_SQL
 
 ORDER_KEYS = ("at", "order", "product", "amount", "refunded", "currency", "status", "campaign")
@@ -37,9 +38,7 @@ def _owned(period: str) -> str:
 
 
 def _period(since: str | None, until: str | None) -> tuple[str, list]:
-    from listkit.sales.reports import _bounds
-
-    start, end = _bounds(since, until)
+    start, end = period_bounds(since, until)
     sql, params = "", []
     if start:
         sql, params = sql + " AND x.at >= ?", [*params, start]

@@ -21,7 +21,9 @@ from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.db import immediate, now
 from listkit.sales.money import format_minor
+from listkit.sales.reports import period_bounds
 from listkit.send.campaigns import Campaign, campaign_row, held_out, iter_audience
 from listkit.vocab import ORDER_SQL, REVENUE_SQL
 
@@ -169,9 +171,7 @@ def judge(groups: dict[str, dict]) -> dict:
 def variant_report(db: Database, since: str | None = None, until: str | None = None) -> list[dict]:
     """For each campaign with variants (and the holdout beside them): the offer test's
     figures; ``since``/``until`` select the campaigns started in the period."""
-    from listkit.sales.reports import _bounds
-
-    start, end = _bounds(since, until)
+    start, end = period_bounds(since, until)
     out = []
     campaigns = db.execute(
         """SELECT id, slug, started, attribution_days FROM campaigns
@@ -317,8 +317,6 @@ def release_rest(db: Database, campaign) -> dict:
     The leader by revenue per 1,000 delivered goes, clear winner or not (it is
     the best estimate there is); with no revenue at all, the first variant.
     """
-    from listkit.db import immediate, now
-
     cid = db.execute("SELECT id FROM campaigns WHERE slug = ?", [campaign.slug]).fetchone()[0]
     test = next((t for t in variant_report(db) if t["campaign"] == campaign.slug), None)
     revenue = test is not None and any(v["revenue"] for v in test["variants"])
