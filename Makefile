@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine with only Python and make:
 #   make demo   sets up .venv and runs a demo workspace against a local capture server
-#   make test   sets up .venv and runs ruff and the whole test suite (which checks the docs)
+#   make test   sets up .venv and runs ruff, the layers check and the whole test suite (which checks the docs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -21,6 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The generated parts of docs/ (settings table, command reference, modules' rules);

@@ -422,7 +422,7 @@ def m008_rekey_international_domains(db: Database) -> None:
     ``<old key>#merged-into-<id>``. Of two suppressions that become one, the
     earliest is kept.
     """
-    from listkit.audience.addresses import email_key
+    from listkit.addresses import email_key  # lazy: email-validator, for this step alone
 
     conn = db.conn
     not_ascii = "*[^\x01-\x7f]*"
@@ -512,6 +512,22 @@ def m009_sale_aliases(db: Database) -> None:
 
 
 @migrations()
+def m010_delivery_variants(db: Database) -> None:
+    # The offer a delivery carries when its campaign tests variants (NULL otherwise,
+    # and for held-out rows); sending claims one variant's rows at a time.
+    db.execute("ALTER TABLE deliveries ADD COLUMN variant TEXT")
+    # With test-then-send: 'test' (the share that tries the variants) or 'rest'
+    # (kept as state 'reserved' until the winner is chosen); NULL otherwise.
+    db.execute("ALTER TABLE deliveries ADD COLUMN part TEXT")
+    # The offers a campaign tests (JSON list), so reports by offer can credit each.
+    db.execute("ALTER TABLE campaigns ADD COLUMN variants TEXT")
+    # Messages sent per subscriber (silent subscribers) from the index alone; it
+    # serves every lookup by subscriber the old one did, at the same insert cost.
+    db.execute("DROP INDEX IF EXISTS deliveries_subscriber")
+    db.execute("CREATE INDEX deliveries_subscriber_state ON deliveries(subscriber_id, state)")
+
+
+@migrations()
 def m011_signups_clicks_and_event_details(db: Database) -> None:
     # Where an event came from: the evidence for an unsubscribe, a click, a consent.
     db.execute("ALTER TABLE events ADD COLUMN ip TEXT")
@@ -591,22 +607,6 @@ def m013_bounces(db: Database) -> None:
 
 
 @migrations()
-def m010_delivery_variants(db: Database) -> None:
-    # The offer a delivery carries when its campaign tests variants (NULL otherwise,
-    # and for held-out rows); sending claims one variant's rows at a time.
-    db.execute("ALTER TABLE deliveries ADD COLUMN variant TEXT")
-    # With test-then-send: 'test' (the share that tries the variants) or 'rest'
-    # (kept as state 'reserved' until the winner is chosen); NULL otherwise.
-    db.execute("ALTER TABLE deliveries ADD COLUMN part TEXT")
-    # The offers a campaign tests (JSON list), so reports by offer can credit each.
-    db.execute("ALTER TABLE campaigns ADD COLUMN variants TEXT")
-    # Messages sent per subscriber (silent subscribers) from the index alone; it
-    # serves every lookup by subscriber the old one did, at the same insert cost.
-    db.execute("DROP INDEX IF EXISTS deliveries_subscriber")
-    db.execute("CREATE INDEX deliveries_subscriber_state ON deliveries(subscriber_id, state)")
-
-
-@migrations()
 def m014_signup_confirmation_limits(db: Database) -> None:
     # The confirmation mailer reads the signups waiting for its decision, and
     # counts a list's confirmations of the last hour (its budget), on every
@@ -618,7 +618,7 @@ def m014_signup_confirmation_limits(db: Database) -> None:
 @migrations()
 def m019_subscriber_first_and_last_names(db: Database) -> None:
     # First and last names as an export or a person gave them (NULL when only a
-    # full name is known: templates then split `name`, see audience/names.py).
+    # full name is known: templates then split `name`, see listkit/names.py).
     # `name` stays the full name.
     db.execute("ALTER TABLE subscribers ADD COLUMN first_name TEXT")
     db.execute("ALTER TABLE subscribers ADD COLUMN last_name TEXT")

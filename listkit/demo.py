@@ -25,6 +25,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from listkit.cli import cli
+from listkit.inbox.clicks import click_kind, record_click
+from listkit.mail.verp import verp_address
 from listkit.send.sink import start_sink
 from listkit.workspace import Workspace
 
@@ -85,8 +87,6 @@ def _record_clicks(ws: Workspace, sent_at: datetime) -> int:
     """Readers who clicked the launch's buy link within the hour (as `listkit serve`
     records them): three of the buyers to come and three who will not buy, and one
     link scanner's fetch, which is no person's click. How many people clicked."""
-    from listkit.mail.clicks import click_kind, record_click
-
     person = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"
     scanner = "Mozilla/4.0 (compatible; ms-office; MSOffice 16) SafeLinks"
     rows = ws.db.execute(
@@ -179,8 +179,6 @@ def _write_bounces(root: Path, ws: Workspace) -> Path:
     RFC 5965 feedback report), each sent back to its message's VERP address."""
     import mailbox
     from email.utils import format_datetime
-
-    from listkit.send.verp import verp_address
 
     rows = ws.db.execute(
         """SELECT d.email, d.token, d.message_id, l.slug FROM deliveries d

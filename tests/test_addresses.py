@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 from sqlite_utils import Database
 
-from listkit.audience.addresses import email_key
+from listkit.addresses import email_key
 from listkit.db import migrations, open_db
 
 UNICODE = "anna@bücher.example"

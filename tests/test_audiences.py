@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from listkit.audience.addresses import email_key
+from listkit.addresses import email_key
 from listkit.audience.audiences import matching_subscribers, rules_from_options, rules_from_table
 from listkit.errors import InputError
 from listkit.send.campaigns import Campaign, audience_breakdown, iter_audience, load_campaign

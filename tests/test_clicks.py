@@ -1,6 +1,6 @@
 """Clicks: which hits are a person's, and what reports make of them."""
 
-from listkit.mail.clicks import click_kind, record_click
+from listkit.inbox.clicks import click_kind, record_click
 from listkit.sales.reports import build_report
 from tests.world import T0, World
 

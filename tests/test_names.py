@@ -6,7 +6,7 @@ from email.policy import default
 
 import pytest
 
-from listkit.audience.names import name_parts, split_name
+from listkit.names import name_parts, split_name
 from tests.test_offers import compose, write_offer
 
 

@@ -643,7 +643,7 @@ async def test_the_first_clicks_of_a_campaign_render_its_offer_once(ws, world, m
 
     import httpx2
 
-    from listkit.mail import clicks
+    from listkit.inbox import clicks
 
     readers = [f"p{i}@example.com" for i in range(8)]
     world.list("blog", *readers)

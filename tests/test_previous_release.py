@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from listkit.db import migrations
+from listkit.db import migrations, open_db
 from tests import smtp_server
 
 FIXTURE = Path(__file__).parent / "fixtures" / "previous-release.db"
@@ -111,3 +111,35 @@ def test_a_previous_release_database_sends_a_new_campaign_and_never_mails_the_su
         "fay@example.com",
         "Ünï@bücher.example",
     ]
+
+
+def schema(path: Path) -> dict[str, list]:
+    """Every table's columns (in order) and every index's definition."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        shape = {t: conn.execute(f"PRAGMA table_info([{t}])").fetchall() for t in tables}
+        shape["indexes"] = sorted(
+            conn.execute("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index'")
+        )
+        shape.pop("_sqlite_migrations")
+        return shape
+    finally:
+        conn.close()
+
+
+def test_schema_steps_are_registered_in_the_order_of_their_numbers():
+    # sqlite-utils applies the steps a database lacks in the order they are registered.
+    names = [m.name for m in migrations._migrations]
+    assert names == sorted(names)
+
+
+def test_a_fresh_database_and_a_migrated_previous_release_have_the_same_schema(
+    run, workspace, old_db, tmp_path
+):
+    fresh = tmp_path / "fresh.db"
+    open_db(fresh).conn.close()
+    run("lists", "ls")  # migrates the previous release's database
+    assert schema(fresh) == schema(old_db)

@@ -300,7 +300,7 @@ def database_digest(workspace):
 
 
 def held_out_of(addresses, share):
-    from listkit.audience.addresses import email_key
+    from listkit.addresses import email_key
     from listkit.send.campaigns import held_out
 
     held = {a for a in addresses if held_out("t", email_key(a), share)}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from listkit.audience.addresses import email_key
+from listkit.addresses import email_key
 from listkit.sales.stats import buyers_by, silent_by_list
 from listkit.send.campaigns import Campaign, iter_audience
 from tests.world import World

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from listkit.audience.addresses import email_key, normalize_address
+from listkit.addresses import email_key, normalize_address
 from listkit.errors import InputError
 
 
@@ -185,11 +185,11 @@ def test_suppress_add_accepts_every_reason_the_bounce_effects_use(run):
 
 
 def test_the_bounce_effects_suppress_only_with_known_reasons():
-    from listkit.audience.suppressions import REASONS
     from listkit.inbox import bounces
+    from listkit.vocab import SUPPRESSION_REASONS
 
     used = {bounces.SUPPRESSION_REASONS[o] for o in (bounces.HARD, bounces.SOFT, bounces.COMPLAINT)}
-    assert used <= set(REASONS)
+    assert used <= set(SUPPRESSION_REASONS)
 
 
 def test_a_one_click_link_used_twice_records_one_unsubscribe_event(run, ws):

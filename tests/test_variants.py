@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from listkit.audience.addresses import email_key
+from listkit.addresses import email_key
 from listkit.errors import InputError
 from listkit.send.campaigns import load_campaign
 from listkit.send.variants import assign_variant, difference, judge, mean_interval, variant_report

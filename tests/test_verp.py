@@ -3,7 +3,7 @@
 import pytest
 
 from listkit.errors import ConfigError
-from listkit.send.verp import bounce_address, token_from_address, verp_address
+from listkit.mail.verp import bounce_address, token_from_address, verp_address
 from tests import smtp_server
 from tests.test_send import ADDRS, setup_campaign
 

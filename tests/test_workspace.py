@@ -118,7 +118,7 @@ def test_init_env_has_commented_dkim_and_bounce_examples_that_work_when_uncommen
 ):
     from listkit.inbox.bounces import soft_rule
     from listkit.inbox.mailbox import done_action, imap_settings
-    from listkit.send.verp import bounce_address
+    from listkit.mail.verp import bounce_address
 
     root = tmp_path / "shop"
     CliRunner().invoke(cli, ["init", str(root)])

@@ -11,7 +11,7 @@ import json
 
 from sqlite_utils import Database
 
-from listkit.audience.addresses import email_key
+from listkit.addresses import email_key
 from listkit.db import now
 from listkit.mail.tracking import new_token, personal_coupon
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from listkit.audience.lists import get_list
 from listkit.errors import InputError
-from listkit.sales.reports import ORDER_STATUSES
+from listkit.vocab import ORDER_SQL
 
 BOUGHT_KINDS = ("product", "offer", "campaign")
 DATE_RULES = ("signed_up_after", "signed_up_before", "last_purchase_after", "last_purchase_before")
@@ -49,11 +50,11 @@ PURCHASES = f"""
     SELECT p.id AS sid, x.at AS at, x.product AS product, x.offer AS offer,
            x.campaign_id AS campaign_id
     FROM sales x JOIN subscribers p ON p.key = x.email_key
-    WHERE x.status IN {ORDER_STATUSES}
+    WHERE x.status IN {ORDER_SQL}
     UNION ALL
     SELECT d.subscriber_id, x.at, x.product, x.offer, x.campaign_id
     FROM sales x JOIN deliveries d ON d.id = x.delivery_id
-    WHERE x.status IN {ORDER_STATUSES}"""
+    WHERE x.status IN {ORDER_SQL}"""
 
 # When a subscriber signed up: the earliest consent time any list recorded
 # (exports carry the original signup time), else when listkit first saw them.
@@ -164,6 +165,7 @@ class Resolver:
         """Add the offers in the workspace (and their products) to the known names, once."""
         if self.offers_dir is None:
             return
+        # Lazy: Jinja loads only for rules that name offers, not for every command.
         from listkit.mail.offers import list_offers
 
         for offer in list_offers(self.offers_dir):
@@ -273,10 +275,6 @@ class Resolver:
         return sql, params
 
 
-def describe_rules() -> str:
-    return ", ".join(RULES)
-
-
 def matching_subscribers(
     db: Database,
     rules: tuple[Rule, ...],
@@ -284,8 +282,6 @@ def matching_subscribers(
     offers_dir: Path | None = None,
 ) -> list[dict]:
     """Subscribers the rules select (active members of ``list_slug`` if given), in id order."""
-    from listkit.audience.lists import get_list
-
     cond, params = Resolver(db, offers_dir=offers_dir).conditions(rules)
     where = "1"
     if list_slug is not None:

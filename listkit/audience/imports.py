@@ -46,12 +46,12 @@ from typing import IO, Any, NamedTuple
 
 from sqlite_utils import Database
 
-from listkit import csvout
-from listkit.audience.addresses import email_key, normalize_address
+from listkit import csvout, vocab
+from listkit.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
-from listkit.audience.names import MAX_NAME, join_name
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound, quoted
+from listkit.names import MAX_NAME, join_name
 from listkit.processes import exit_with_parent
 from listkit.text import lines, one_line
 
@@ -61,15 +61,15 @@ csv.field_size_limit(1024 * 1024)  # the parser's own limit; beyond it a record 
 
 FORMATS = ("auto", "mailchimp", "substack", "kit", "ghost", "beehiiv", "csv")
 
-# Statuses an export row can carry.
-ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING = (
-    "active",
-    "unsubscribed",
-    "hard_bounce",
-    "complaint",
-    "pending",
-)
-MEMBER_STATUS = {UNSUBSCRIBED: "unsubscribed", BOUNCED: "bounced", COMPLAINED: "complained"}
+# Statuses an export row can carry: a membership's active or pending, or a
+# suppression reason, and the membership status each reason leaves.
+ACTIVE, PENDING = vocab.ACTIVE, vocab.PENDING
+UNSUBSCRIBED, BOUNCED, COMPLAINED = vocab.UNSUBSCRIBED, vocab.HARD_BOUNCE, vocab.COMPLAINT
+MEMBER_STATUS = {
+    UNSUBSCRIBED: vocab.UNSUBSCRIBED,
+    BOUNCED: vocab.BOUNCED,
+    COMPLAINED: vocab.COMPLAINED,
+}
 TRUE = frozenset({"true", "1", "yes", "y", "t"})
 FALSE = frozenset({"false", "0", "no", "n", "f"})
 # Substack replaces the address of a reader who asked to be deleted with a

@@ -25,7 +25,7 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from listkit.audience.addresses import email_key, normalize_address
+from listkit.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
 from listkit.config import Settings
 from listkit.db import now
@@ -33,6 +33,7 @@ from listkit.errors import TemplateError
 from listkit.mail.dkim import signer_for
 from listkit.mail.mime import MessageBuilder, Parts
 from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, message_id, new_token
+from listkit.vocab import BOUNCED, COMPLAINED
 
 CONFIRM_DIR = "_confirm"
 MAX_NAME = 256
@@ -269,7 +270,7 @@ def confirm_signup(
     member = db.execute(
         "SELECT status FROM memberships WHERE list_id = ? AND subscriber_id = ?", [list_id, sid]
     ).fetchone()
-    if member is not None and member[0] in ("bounced", "complained"):
+    if member is not None and member[0] in (BOUNCED, COMPLAINED):
         return "suppressed"
     if member is None or member[0] != "active":  # an active member stays as it is
         db.execute(
@@ -374,18 +375,3 @@ class ConfirmationMail:
             who=who,
         )
         return self.signer.sign(data) if self.signer is not None else data
-
-
-def signup_summary(db, list_slug: str | None = None) -> list[dict]:
-    """Signups with their evidence, newest first (for `listkit subscribers show` and tests)."""
-    where, params = "", []
-    if list_slug is not None:
-        where, params = "WHERE g.list_id = ?", [get_list(db, list_slug)["id"]]
-    keys = ("email", "list", "state", "created", "ip", "agent", "page", "form", "confirmed_at")
-    rows = db.execute(
-        f"""SELECT g.email, l.slug, g.state, g.created, g.ip, g.agent, g.page, g.form,
-                   g.confirmed_at FROM signups g JOIN lists l ON l.id = g.list_id {where}
-            ORDER BY g.id DESC""",
-        params,
-    )
-    return [dict(zip(keys, r, strict=True)) for r in rows]

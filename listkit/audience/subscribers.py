@@ -2,7 +2,7 @@
 
 The rule: an address that is suppressed, or unsubscribed from a list, is never
 made active again by an add or an import; the caller is told so. Names are
-kept as ``audience.names`` says.
+kept as ``names`` says.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from collections.abc import Iterator
 
 from sqlite_utils import Database
 
-from listkit.audience.addresses import email_key, normalize_address
+from listkit.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
-from listkit.audience.names import MAX_NAME, clean_name, join_name, name_parts
 from listkit.audience.suppressions import suppress
 from listkit.db import immediate, now
 from listkit.errors import InputError, NotFound
 from listkit.mail.tracking import parse_unsubscribe_url, verify_unsubscribe
+from listkit.names import MAX_NAME, clean_name, join_name, name_parts
 from listkit.text import lines, one_line
 
 # What composing a message needs of a subscriber (table alias ``s``), in the

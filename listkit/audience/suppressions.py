@@ -10,21 +10,10 @@ from collections.abc import Iterable, Iterator
 
 from sqlite_utils import Database
 
+from listkit.addresses import email_key, normalize_address
 from listkit.db import immediate, now
 from listkit.errors import InputError
-
-# Every reason a suppression row can carry, the one list everything validates
-# against: `suppress add --reason`, imports and the bounce effects.
-UNSUBSCRIBED, HARD_BOUNCE, SOFT_BOUNCE, COMPLAINT, MANUAL = (
-    "unsubscribed",
-    "hard_bounce",
-    "soft_bounce",
-    "complaint",
-    "manual",
-)
-REASONS = (UNSUBSCRIBED, HARD_BOUNCE, SOFT_BOUNCE, COMPLAINT, MANUAL)
-# The reasons that count as bounced in reports.
-BOUNCE_REASONS = (HARD_BOUNCE, SOFT_BOUNCE)
+from listkit.vocab import SUPPRESSION_REASONS
 
 # A reader who unsubscribed through a message said no to the campaign that sent
 # it and to every follow-up of it, whatever list those reach them through: the
@@ -35,8 +24,31 @@ DECLINED = """SELECT d.subscriber_id FROM events e JOIN deliveries d ON d.id = e
                 AND d.campaign_id IN (SELECT value FROM json_each(?))"""
 
 
-def is_suppressed(db: Database, key: str) -> bool:
-    return db.execute("SELECT 1 FROM suppressions WHERE key = ?", [key]).fetchone() is not None
+def _deliveries_marked(event: str) -> str:
+    """SQL for the ids of the deliveries a reader's answer is tied to: an event of the
+    delivery matching ``event`` (on alias ``e``), or a suppression the delivery caused
+    (its campaign, its reader) with one of the reasons given as the one parameter, a
+    JSON list. A UNION: a delivery with both counts once."""
+    return f"""
+    SELECT e.delivery_id FROM events e WHERE e.delivery_id IS NOT NULL AND {event}
+    UNION
+    SELECT b.id FROM suppressions x
+    JOIN subscribers s ON s.key = x.key
+    JOIN deliveries b ON b.campaign_id = x.campaign_id AND b.subscriber_id = s.id
+    WHERE x.campaign_id IS NOT NULL AND x.reason IN (SELECT value FROM json_each(?))"""
+
+
+# The deliveries that bounced: a hard bounce reported for the delivery (by a DSN, a
+# relay's webhook), or a bounce suppression the delivery caused (the server refused it,
+# or it was the soft bounce that crossed LISTKIT_SOFT_BOUNCES).
+BOUNCED_DELIVERIES = _deliveries_marked(
+    "e.kind = 'bounce' AND json_extract(e.detail, '$.outcome') = 'hard'"
+)
+# The deliveries a reader unsubscribed through, whatever they chose: the one-click POST
+# (RFC 8058) and the page's "this list" leave the delivery's unsubscribe event and an
+# unsubscribed membership; "everything" and a pasted link also suppress, naming the
+# campaign. Each reader's unsubscribe counts once, against that delivery's list.
+UNSUBSCRIBED_DELIVERIES = _deliveries_marked("e.kind = 'unsubscribe'")
 
 
 def suppress(
@@ -49,12 +61,10 @@ def suppress(
     note: str | None = None,
 ) -> bool:
     """Suppress ``email``; True if it was not suppressed before (the first reason is kept)."""
-    from listkit.audience.addresses import (
-        email_key,  # the validator is not loaded for REASONS alone
-    )
-
-    if reason not in REASONS:
-        raise InputError(f"unknown suppression reason {reason!r} (use one of {', '.join(REASONS)})")
+    if reason not in SUPPRESSION_REASONS:
+        raise InputError(
+            f"unknown suppression reason {reason!r} (use one of {', '.join(SUPPRESSION_REASONS)})"
+        )
     cursor = db.execute(
         """INSERT INTO suppressions (key, email, reason, created, campaign_id, source, note)
            VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING""",
@@ -67,8 +77,6 @@ def suppress_many(
     db: Database, rows: Iterable[tuple[int, str]], reason: str, *, source: str
 ) -> dict:
     """Suppress (line, raw address) pairs; bad addresses are reported, never stop the rest."""
-    from listkit.audience.addresses import normalize_address
-
     summary = {"suppressed": 0, "already": 0, "rejected": 0, "errors": []}
     with immediate(db):
         for line, raw in rows:

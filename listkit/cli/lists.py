@@ -7,6 +7,7 @@ import click
 from listkit.audience.lists import create_list, list_lists, remove_list
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import confirm, emit_json, emit_table, json_option
+from listkit.sales.stats import prune_silent, silent_members
 from listkit.workspace import Workspace
 
 
@@ -94,8 +95,6 @@ def lists_prune(ws: Workspace, slug: str, silent: bool, dry_run: bool, yes: bool
         listkit lists prune blog --silent --dry-run
         listkit lists prune blog --silent --yes
     """
-    from listkit.sales.stats import prune_silent, silent_members
-
     if not silent:
         raise click.UsageError("say what to prune: --silent")
     threshold = ws.settings.silent_after

@@ -14,6 +14,7 @@ from listkit.cli.output import (
     json_option,
     shown_time,
 )
+from listkit.db import now
 from listkit.errors import InputError
 from listkit.sales.attribution import attribute_all
 from listkit.sales.money import currency_code, format_minor, to_minor
@@ -132,8 +133,6 @@ def sales_add(ws: Workspace, order, email, amount, currency, at, coupon, token, 
     Example:
         listkit sales add --order 1001 --email ann@example.com --amount 29.00 --currency USD
     """
-    from listkit.db import now
-
     try:
         code = currency_code(currency)
     except InputError as e:

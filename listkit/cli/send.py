@@ -13,6 +13,7 @@ import click
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table, json_option, require_terminal
 from listkit.errors import ListkitError, NotFound
+from listkit.inbox.bounces import bounced_after_sent
 from listkit.mail.compose import check_offer
 from listkit.send.campaigns import (
     audience_count,
@@ -398,8 +399,6 @@ def status(ws: Workspace, slug: str | None, json_: bool) -> None:
     if row is None:
         load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all
         raise NotFound(f"campaign {slug} has not been sent yet")
-    from listkit.inbox.bounces import bounced_after_sent
-
     totals = counts(ws.db, row["id"])
     bounced = bounced_after_sent(ws.db, row["id"])
     rows = problems(ws.db, row["id"]) + bounced
@@ -470,6 +469,7 @@ def sink(host: str, port: int, maildir: Path | None) -> None:
     Example:
         listkit sink --maildir captured/
     """
+    # Lazy: aiosmtpd loads for `listkit sink` alone.
     from listkit.send.sink import start_sink
 
     try:

@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from listkit.audience.lists import get_list
 from listkit.cli import cli, pass_workspace
 from listkit.workspace import Workspace
 
@@ -58,6 +59,7 @@ def serve(
     Example:
         listkit serve --port 8080 --forwarded-allow-ips 127.0.0.1
     """
+    # Lazy: uvicorn and Starlette load for `listkit serve` alone.
     import uvicorn
 
     from listkit.web import create_app
@@ -107,8 +109,7 @@ def form(ws: Workspace, list_slug: str, form_name: str | None) -> None:
     Example:
         listkit form blog --name sidebar > signup-form.html
     """
-    from listkit.audience.lists import get_list
-    from listkit.web.pages import signup_form
+    from listkit.web.pages import signup_form  # lazy: Starlette, for `listkit form` alone
 
     lst = get_list(ws.db, list_slug)
     action = f"{ws.settings.public_base_url()}/s/{lst['slug']}"

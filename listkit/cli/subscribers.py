@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from listkit import csvout
-from listkit.audience.addresses import normalize_address
+from listkit.addresses import normalize_address
 from listkit.audience.audiences import matching_subscribers, rules_from_options
 from listkit.audience.imports import FORMATS, import_subscribers
 from listkit.audience.subscribers import (
@@ -23,7 +23,7 @@ from listkit.audience.subscribers import (
     unsubscribe,
     unsubscribe_by_link,
 )
-from listkit.audience.suppressions import REASONS, list_suppressions, suppress, suppress_many
+from listkit.audience.suppressions import list_suppressions, suppress, suppress_many
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import (
     emit_csv,
@@ -37,6 +37,7 @@ from listkit.errors import InputError
 from listkit.sales.money import format_amounts, format_minor
 from listkit.sales.stats import purchases
 from listkit.text import one_line
+from listkit.vocab import SUPPRESSION_REASONS
 from listkit.workspace import Workspace
 
 RESULT_TEXT = {
@@ -410,7 +411,7 @@ def unsubscribe_cmd(ws: Workspace, email: str, list_: str | None, everything: bo
 
 reason_option = click.option(
     "--reason",
-    type=click.Choice(REASONS),
+    type=click.Choice(SUPPRESSION_REASONS),
     default="manual",
     show_default=True,
     help="Why the address is suppressed, as reports count it.",

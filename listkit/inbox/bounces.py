@@ -42,13 +42,15 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from listkit.audience import suppressions
-from listkit.audience.addresses import email_key
+from listkit import vocab
+from listkit.addresses import email_key
+from listkit.audience.suppressions import BOUNCED_DELIVERIES
 from listkit.config import Settings
-from listkit.db import now
+from listkit.db import immediate, now
 from listkit.errors import ConfigError, ListkitError
+from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings, read_messages
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
-from listkit.send.verp import bounce_address, token_from_address
+from listkit.mail.verp import bounce_address, token_from_address
 
 # What a recipient line of a report comes to (the verdicts are ``mail.replies``').
 COMPLAINT = "complaint"
@@ -613,7 +615,7 @@ def apply(
         if row is None:
             o.effect = "unmatched"  # not ours, or too old to tell: never act on a stranger
             continue
-        kind = "complaint" if rcpt.outcome == COMPLAINT else "bounce"
+        kind = vocab.COMPLAINT if rcpt.outcome == COMPLAINT else vocab.BOUNCE
         event_key = f"{report.identity}|{email_key(address)}"
         detail = {
             "outcome": rcpt.outcome,
@@ -635,11 +637,11 @@ def apply(
     return outcomes
 
 
-# The suppression reason each outcome records (from suppressions.REASONS).
+# The suppression reason each outcome records (from vocab.SUPPRESSION_REASONS).
 SUPPRESSION_REASONS = {
-    HARD: suppressions.HARD_BOUNCE,
-    SOFT: suppressions.SOFT_BOUNCE,
-    COMPLAINT: suppressions.COMPLAINT,
+    HARD: vocab.HARD_BOUNCE,
+    SOFT: vocab.SOFT_BOUNCE,
+    COMPLAINT: vocab.COMPLAINT,
 }
 
 
@@ -657,11 +659,11 @@ def _effect(
         ).fetchone()[0]
         if n < rule.count:
             return "counted"
-        status, note = "bounced", f"{n} soft bounces in {rule.days} days"
+        status, note = vocab.BOUNCED, f"{n} soft bounces in {rule.days} days"
     elif rcpt.outcome == HARD:
-        status, note = "bounced", rcpt.status or rcpt.diagnostic
+        status, note = vocab.BOUNCED, rcpt.status or rcpt.diagnostic
     else:
-        status, note = "complained", "spam complaint"
+        status, note = vocab.COMPLAINED, "spam complaint"
     reason = SUPPRESSION_REASONS[rcpt.outcome]
     suppressed = db.execute(
         """INSERT INTO suppressions (key, email, reason, created, campaign_id, source, note)
@@ -687,8 +689,6 @@ def bounced_after_sent(db: Database, campaign_id: int) -> list[dict]:
     ``sent`` (the message did go out, and nothing ever sends a ``sent`` row again); this
     is how `listkit status` and the report tell them apart. Rows shaped as
     ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
-    from listkit.sales.reports import BOUNCED_DELIVERIES
-
     cursor = db.execute(
         f"""SELECT d.email, d.attempts, d.message_id,
                    (SELECT json_extract(e.detail, '$.status') FROM events e
@@ -698,7 +698,7 @@ def bounced_after_sent(db: Database, campaign_id: int) -> list[dict]:
             FROM deliveries d
             WHERE d.campaign_id = ? AND d.state = 'sent' AND d.id IN ({BOUNCED_DELIVERIES})
             ORDER BY d.id""",
-        [campaign_id, json.dumps(suppressions.BOUNCE_REASONS)],
+        [campaign_id, json.dumps(vocab.BOUNCE_REASONS)],
     )
     return [
         {
@@ -774,9 +774,6 @@ def verp_on(ws) -> bool:
 def import_path(ws, path: str) -> list[Handled]:
     """``listkit bounces import``: every message of a file, mbox, Maildir or folder, in one
     transaction. The files are only read."""
-    from listkit.db import immediate
-    from listkit.inbox.mailbox import read_messages
-
     rule = soft_rule(ws.settings.soft_bounces)
     messages = list(read_messages(path))
     with immediate(ws.db):
@@ -835,9 +832,6 @@ def _fetch(ws, batch: int) -> FetchSummary:
     import os
     import sys
     import time
-
-    from listkit.db import immediate
-    from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings
 
     settings = imap_settings(ws.settings)
     move_to = done_action(ws.settings.imap_done)

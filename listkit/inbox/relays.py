@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from listkit.errors import ListkitError
 from listkit.inbox.bounces import COMPLAINT, Recipient, Report
 from listkit.mail.replies import HARD, IGNORED, SOFT, classify
-from listkit.send.verp import token_from_address
+from listkit.mail.verp import token_from_address
 
 _MESSAGE_TOKEN = re.compile(r"^<?([a-z2-7]{16})\.lk@[^>\s]+>?$", re.IGNORECASE)
 

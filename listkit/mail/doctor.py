@@ -27,7 +27,7 @@ from typing import Any
 from listkit.config import Settings
 from listkit.errors import ConfigError, InputError
 from listkit.mail import dkim
-from listkit.send.verp import bounce_address
+from listkit.mail.verp import bounce_address
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4

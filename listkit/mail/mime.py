@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from listkit.audience.addresses import ascii_domain
+from listkit.addresses import ascii_domain
 from listkit.errors import HeaderInjection
 from listkit.text import CONTROL as _CONTROL
 

@@ -25,8 +25,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from listkit.audience.names import clean_name, name_parts
 from listkit.errors import NotFound, TemplateError
+from listkit.names import clean_name, name_parts
 from listkit.text import CONTROL, one_line
 
 REQUIRED = ("subject", "url", "product", "price", "currency")
@@ -82,7 +82,7 @@ class Offer:
 def subscriber_context(subscriber: dict) -> dict[str, Any]:
     """What templates see as ``subscriber``: each custom field by its name, then
     ``email``, ``name`` (the full name, one line), ``first_name`` and
-    ``last_name`` (as stored, else split from the name: ``audience.names``) and
+    ``last_name`` (as stored, else split from the name: ``names``) and
     ``fields``. A name that is not there is None."""
     fields = subscriber.get("fields") or {}
     name = clean_name(subscriber.get("name"))

@@ -17,7 +17,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from listkit.config import Settings
 
-UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_content")
 STRIPE_LINK_HOSTS = ("buy.stripe.com",)
 TOKEN_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 

@@ -33,8 +33,7 @@ from datetime import datetime, timedelta
 from sqlite_utils import Database
 
 from listkit.db import immediate
-
-METHODS = ("token", "coupon", "utm", "click", "email", "none")
+from listkit.vocab import ATTRIBUTION_METHODS
 
 
 @dataclass(frozen=True)
@@ -258,7 +257,7 @@ def attribute_sales(db: Database, ids: Iterable[int] | None = None) -> dict[str,
         if coupon and started:
             by_coupon[coupon.strip().casefold()].append((cid, started))
 
-    results = {m: 0 for m in METHODS}
+    results = {m: 0 for m in ATTRIBUTION_METHODS}
     updates = []
     for sale in sales:
         at = datetime.fromisoformat(sale["at"])

@@ -21,46 +21,22 @@ from datetime import date, datetime, timedelta
 from sqlite_utils import Database
 
 from listkit.audience.lists import MAILABLE_MEMBER, member_counts
-from listkit.audience.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
+from listkit.audience.suppressions import BOUNCED_DELIVERIES, UNSUBSCRIBED_DELIVERIES
 from listkit.errors import InputError
+from listkit.vocab import BOUNCE_REASONS, ORDER_SQL, REVENUE_SQL, UNSUBSCRIBED
 
 BY = ("list", "offer", "campaign")
 
 
-def _deliveries_marked(event: str) -> str:
-    """SQL for the ids of the deliveries a reader's answer is tied to: an event of the
-    delivery matching ``event`` (on alias ``e``), or a suppression the delivery caused
-    (its campaign, its reader) with one of the reasons given as the one parameter, a
-    JSON list. A UNION: a delivery with both counts once."""
-    return f"""
-    SELECT e.delivery_id FROM events e WHERE e.delivery_id IS NOT NULL AND {event}
-    UNION
-    SELECT b.id FROM suppressions x
-    JOIN subscribers s ON s.key = x.key
-    JOIN deliveries b ON b.campaign_id = x.campaign_id AND b.subscriber_id = s.id
-    WHERE x.campaign_id IS NOT NULL AND x.reason IN (SELECT value FROM json_each(?))"""
-
-
-# The deliveries that bounced: a hard bounce reported for the delivery (by a DSN, a
-# relay's webhook), or a bounce suppression the delivery caused (the server refused it,
-# or it was the soft bounce that crossed LISTKIT_SOFT_BOUNCES).
-BOUNCED_DELIVERIES = _deliveries_marked(
-    "e.kind = 'bounce' AND json_extract(e.detail, '$.outcome') = 'hard'"
-)
-# The deliveries a reader unsubscribed through, whatever they chose: the one-click POST
-# (RFC 8058) and the page's "this list" leave the delivery's unsubscribe event and an
-# unsubscribed membership; "everything" and a pasted link also suppress, naming the
-# campaign. Each reader's unsubscribe counts once, against that delivery's list.
-UNSUBSCRIBED_DELIVERIES = _deliveries_marked("e.kind = 'unsubscribe'")
-ORDER_STATUSES = "('paid', 'partially_refunded')"
-REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 Z95 = 1.959964
 NO_LIST = "(no list)"
 NO_OFFER = "(no offer)"
-REVENUE = f"coalesce(SUM(amount - refunded) FILTER (WHERE status IN {REVENUE_STATUSES}), 0)"
+REVENUE = f"coalesce(SUM(amount - refunded) FILTER (WHERE status IN {REVENUE_SQL}), 0)"
 
 
-def _bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+def period_bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    """``--since``/``--until`` dates as the ISO start and the (exclusive) ISO end."""
+
     def parse(value: str, name: str) -> date:
         try:
             return date.fromisoformat(value)
@@ -126,7 +102,7 @@ def build_report(
 ) -> dict:
     if by not in BY:
         raise InputError(f"--by must be one of {', '.join(BY)}")
-    start, end = _bounds(since, until)
+    start, end = period_bounds(since, until)
     campaigns = {
         cid: {"slug": slug, "offer": offer, "started": started, "days": days, "holdout": holdout}
         for cid, slug, offer, started, days, holdout in db.execute(
@@ -184,8 +160,6 @@ def build_report(
         if state in ("sent", "failed", "held_out"):
             row[state] += n
     if by == "offer":
-        from listkit.send.variants import credit_variants
-
         credit_variants(db, rows, campaigns, in_period if (start or end) else None)
     if by == "list":
         titles = {}
@@ -223,7 +197,7 @@ def build_report(
     for key, n in db.execute(
         f"""SELECT d.{column}, COUNT(*) FROM deliveries d
             WHERE d.id IN (SELECT delivery_id FROM events WHERE kind = 'click')
-            AND d.id IN (SELECT delivery_id FROM sales WHERE status IN {ORDER_STATUSES})
+            AND d.id IN (SELECT delivery_id FROM sales WHERE status IN {ORDER_SQL})
             {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
             GROUP BY d.{column}""",
         cparams,
@@ -239,7 +213,7 @@ def build_report(
     sale_column = "offer" if by == "offer" else column
     for key, currency, method, day, attributed, orders, revenue, n in db.execute(
         f"""SELECT {sale_column}, currency, method, substr(at, 1, 10), campaign_id IS NOT NULL,
-                   COUNT(*) FILTER (WHERE status IN {ORDER_STATUSES}), {REVENUE}, COUNT(*)
+                   COUNT(*) FILTER (WHERE status IN {ORDER_SQL}), {REVENUE}, COUNT(*)
             FROM sales {scan} {sale_where} GROUP BY 1, 2, 3, 4, 5""",
         sparams,
     ):
@@ -430,7 +404,7 @@ def _lists_without_revenue(
         for (lid,) in db.execute(
             f"""SELECT DISTINCT list_id FROM sales {sale_where}
                 {"AND" if sale_where else "WHERE"} list_id IS NOT NULL
-                AND status IN {ORDER_STATUSES}""",
+                AND status IN {ORDER_SQL}""",
             sparams,
         )
     }
@@ -459,7 +433,7 @@ def _holdouts(db: Database, campaigns: dict, only: list[int] | None) -> list[dic
         for state, n, buyers in db.execute(
             f"""SELECT d.state, COUNT(*), coalesce(SUM(EXISTS (
                     SELECT 1 FROM sales x WHERE x.email_key = s.key AND x.at >= ?
-                    AND x.at <= ? AND x.status IN {ORDER_STATUSES})), 0)
+                    AND x.at <= ? AND x.status IN {ORDER_SQL})), 0)
                 FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                 WHERE d.campaign_id = ? AND d.state IN ('sent', 'held_out')
                 GROUP BY d.state""",
@@ -475,3 +449,24 @@ def _holdouts(db: Database, campaigns: dict, only: list[int] | None) -> list[dic
             }
         )
     return out
+
+
+def credit_variants(db: Database, rows: dict, campaigns: dict, only: list[int] | None) -> None:
+    """Report by offer: move an offer test's deliveries from the campaign's offer (its
+    first variant) to the offer each delivery carried. ``rows`` is keyed ('offer', slug)."""
+    ids = [cid for (cid,) in db.execute("SELECT id FROM campaigns WHERE variants IS NOT NULL")]
+    ids = [cid for cid in ids if only is None or cid in only]
+    if not ids:
+        return
+    for cid, variant, state, n in db.execute(
+        """SELECT campaign_id, variant, state, COUNT(*) FROM deliveries
+           WHERE campaign_id IN (SELECT value FROM json_each(?)) AND variant IS NOT NULL
+           GROUP BY 1, 2, 3""",
+        [json.dumps(ids)],
+    ):
+        home, there = rows[("offer", campaigns[cid]["offer"])], rows[("offer", variant)]
+        for key in (
+            ("audience", state) if state in ("sent", "failed", "held_out") else ("audience",)
+        ):
+            home[key] -= n
+            there[key] += n

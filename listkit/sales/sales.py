@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 from sqlite_utils import Database
 
-from listkit.audience.addresses import email_key
+from listkit.addresses import email_key
 from listkit.config import Settings
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, quoted
@@ -37,7 +37,6 @@ from listkit.payloads import loads_object
 from listkit.sales.money import currency_code, from_stripe_minor, to_minor, whole_minor
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
-REVENUE_STATUSES = ("paid", "partially_refunded", "refunded")
 
 
 @dataclass

@@ -17,9 +17,9 @@ from listkit.audience.audiences import SIGNUP
 from listkit.audience.lists import get_list
 from listkit.db import immediate, now
 from listkit.errors import InputError
-from listkit.sales.reports import ORDER_STATUSES
+from listkit.sales.reports import period_bounds
+from listkit.vocab import ORDER_SQL, REVENUE_SQL
 
-REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 ORDER_KEYS = ("at", "order", "product", "amount", "refunded", "currency", "status", "campaign")
 GROUPS = {
     "source": "coalesce(s.source, '(unknown)')",
@@ -38,9 +38,7 @@ def _owned(period: str) -> str:
 
 
 def _period(since: str | None, until: str | None) -> tuple[str, list]:
-    from listkit.sales.reports import _bounds
-
-    start, end = _bounds(since, until)
+    start, end = period_bounds(since, until)
     sql, params = "", []
     if start:
         sql, params = sql + " AND x.at >= ?", [*params, start]
@@ -61,10 +59,10 @@ def buyers_by(db: Database, by: str, since: str | None = None, until: str | None
     for key, currency, buyers, orders, revenue in db.execute(
         f"""WITH owned AS ({_owned(period)})
             SELECT {group}, x.currency,
-                   COUNT(DISTINCT s.id) FILTER (WHERE x.status IN {ORDER_STATUSES}),
-                   COUNT(*) FILTER (WHERE x.status IN {ORDER_STATUSES}),
+                   COUNT(DISTINCT s.id) FILTER (WHERE x.status IN {ORDER_SQL}),
+                   COUNT(*) FILTER (WHERE x.status IN {ORDER_SQL}),
                    coalesce(SUM(x.amount - x.refunded) FILTER (WHERE x.status IN
-                            {REVENUE_STATUSES}), 0)
+                            {REVENUE_SQL}), 0)
             FROM owned o JOIN sales x ON x.id = o.sale JOIN subscribers s ON s.id = o.sid
             GROUP BY 1, 2""",
         params * 2,
@@ -118,7 +116,7 @@ def _silent_sql(threshold: int, list_id: int | None = None, ordered: bool = True
               GROUP BY subscriber_id HAVING COUNT(*) >= ?) sent
         JOIN subscribers s ON s.id = sent.subscriber_id
         JOIN memberships m ON m.subscriber_id = s.id AND m.status = 'active'
-        WHERE s.id NOT IN (SELECT sid FROM ({_owned(f"AND x.status IN {ORDER_STATUSES}")}))
+        WHERE s.id NOT IN (SELECT sid FROM ({_owned(f"AND x.status IN {ORDER_SQL}")}))
           AND s.id NOT IN (SELECT d.subscriber_id FROM events e
                            JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = 'click')
           {"AND m.list_id = ?" if list_id is not None else ""}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from listkit.audience.audiences import Resolver, Rule, rules_from_table
+from listkit.audience.audiences import PURCHASES, Resolver, Rule, rules_from_table
 from listkit.audience.lists import check_slug, get_list
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS, subscriber_dict
 from listkit.audience.suppressions import DECLINED
@@ -336,6 +336,33 @@ def held_out(campaign_slug: str, key: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def followed_campaign(db: Database, slug: str) -> tuple | None:
+    """(id, state, started, finished) of the campaign a follow-up follows, or None."""
+    return db.execute(
+        "SELECT id, state, started, finished FROM campaigns WHERE slug = ?", [slug]
+    ).fetchone()
+
+
+def followup_condition(db: Database, campaign) -> tuple[str, list]:
+    """``AND s.id IN (the first campaign's recipients)`` for a follow-up, else nothing."""
+    if not campaign.follows:
+        return "", []
+    row = followed_campaign(db, campaign.follows)
+    return (
+        " AND s.id IN (SELECT subscriber_id FROM deliveries WHERE campaign_id = ? "
+        "AND state = 'sent')",
+        [row[0] if row else -1],
+    )
+
+
+def not_bought_since_first(db: Database, campaign) -> tuple[str, list]:
+    """The default rule of a follow-up: no purchase since the first campaign started."""
+    row = followed_campaign(db, campaign.follows)
+    if row is None or row[2] is None:
+        return "", []
+    return f" AND NOT (s.id IN (SELECT sid FROM ({PURCHASES}) WHERE at >= ?))", [row[2]]
+
+
 def _audience_sql(
     campaign: Campaign, db: Database, rules: tuple[Rule, ...] | None = None, ordered: bool = True
 ) -> tuple[str, list]:
@@ -344,14 +371,10 @@ def _audience_sql(
     ``rules``: only these of the campaign's rules (the audience check counts
     them one by one); the follow-up restriction always applies.
     """
-    from listkit.send.sequences import followup_condition
-
     rules = campaign.where if rules is None else rules
     narrow, narrow_params = followup_condition(db, campaign)
     rule_sql, rule_params = _resolver(db, campaign).conditions(rules)
     if campaign.follows and not any(r.name in ("bought", "not_bought") for r in campaign.where):
-        from listkit.send.sequences import not_bought_since_first
-
         cond, params = not_bought_since_first(db, campaign)
         rule_sql, rule_params = rule_sql + cond, rule_params + params
     rule_sql += f" AND s.id NOT IN ({DECLINED})"

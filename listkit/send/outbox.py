@@ -39,19 +39,8 @@ from listkit.db import immediate, now
 from listkit.mail.tracking import message_id, new_token, personal_coupon
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
 from listkit.send.variants import assign_variant, in_test_part
+from listkit.vocab import DELIVERY_STATES
 
-STATES = (
-    "pending",
-    "sending",
-    "sent",
-    "deferred",
-    "failed",
-    "unknown",
-    "skipped",
-    "held_out",
-    "reserved",
-)
-DONE_STATES = ("sent", "held_out", "skipped")
 MAX_ATTEMPTS = 8
 BACKOFF = timedelta(minutes=5)
 BACKOFF_MAX = timedelta(hours=6)
@@ -372,7 +361,7 @@ def counts(db: Database, campaign_id: int) -> dict[str, int]:
             [campaign_id],
         ).fetchall()
     )
-    return {s: found.get(s, 0) for s in STATES}
+    return {s: found.get(s, 0) for s in DELIVERY_STATES}
 
 
 def problems(db: Database, campaign_id: int, limit: int = 100) -> list[dict]:

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 
-from listkit.audience.addresses import normalize_address
+from listkit.addresses import normalize_address
 from listkit.audience.lists import get_list
 from listkit.audience.subscribers import subscriber_dict
 from listkit.config import SMTPSettings
@@ -56,6 +56,7 @@ from listkit.mail.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
 from listkit.mail.offers import load_offer
 from listkit.mail.replies import HARD, classify
 from listkit.mail.tracking import new_token
+from listkit.mail.verp import bounce_address, envelope_sender
 from listkit.processes import exit_with_parent
 from listkit.send.campaigns import (
     Campaign,
@@ -89,7 +90,6 @@ from listkit.send.single import send_one
 from listkit.send.smtp import Connection, ConnectionLost, connect, transact, wire_form
 from listkit.send.smtp import path as smtp_path
 from listkit.send.variants import assign_variant, release_rest, rest_due
-from listkit.send.verp import bounce_address, envelope_sender
 from listkit.workspace import Workspace
 
 T = TypeVar("T")

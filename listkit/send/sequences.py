@@ -4,7 +4,9 @@ The rules: a follow-up goes only to subscribers the first campaign actually
 mailed (state ``sent``), so the first's holdout stays clean; by default only
 to those with no purchase since the first started (its ``[where]`` rules on
 ``bought``/``not_bought`` replace that default); it is due when the first
-has finished plus ``after``, and never once its offer has expired.
+has finished plus ``after``, and never once its offer has expired. (The
+audience conditions are ``campaigns.followup_condition`` and
+``campaigns.not_bought_since_first``: every audience is built there.)
 """
 
 from __future__ import annotations
@@ -13,35 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlite_utils import Database
 
-from listkit.audience.audiences import PURCHASES
 from listkit.errors import ListkitError
-from listkit.send.campaigns import format_duration
-
-
-def _first(db: Database, slug: str) -> tuple | None:
-    return db.execute(
-        "SELECT id, state, started, finished FROM campaigns WHERE slug = ?", [slug]
-    ).fetchone()
-
-
-def followup_condition(db: Database, campaign) -> tuple[str, list]:
-    """``AND s.id IN (the first campaign's recipients)`` for a follow-up, else nothing."""
-    if not campaign.follows:
-        return "", []
-    row = _first(db, campaign.follows)
-    return (
-        " AND s.id IN (SELECT subscriber_id FROM deliveries WHERE campaign_id = ? "
-        "AND state = 'sent')",
-        [row[0] if row else -1],
-    )
-
-
-def not_bought_since_first(db: Database, campaign) -> tuple[str, list]:
-    """The default rule of a follow-up: no purchase since the first campaign started."""
-    row = _first(db, campaign.follows)
-    if row is None or row[2] is None:
-        return "", []
-    return f" AND NOT (s.id IN (SELECT sid FROM ({PURCHASES}) WHERE at >= ?))", [row[2]]
+from listkit.send.campaigns import followed_campaign, format_duration
 
 
 def expiry(expires: str | None) -> datetime | None:
@@ -61,7 +36,7 @@ def followup_status(
     db: Database, campaign, at: datetime, expires: str | None = None
 ) -> tuple[str, str]:
     """('waiting' | 'due' | 'missed', why) for a follow-up at time ``at``."""
-    row = _first(db, campaign.follows)
+    row = followed_campaign(db, campaign.follows)
     if row is None or row[1] != "done" or not row[3]:
         return "waiting", f"waits for {campaign.follows} to finish sending"
     due_at = datetime.fromisoformat(row[3]) + (campaign.after or timedelta())
@@ -83,7 +58,7 @@ def check_ready(db: Database, campaign, expires: str | None, at: datetime | None
     """Refuse to start a follow-up by hand before the first has finished, or after expiry."""
     if not campaign.follows:
         return
-    row = _first(db, campaign.follows)
+    row = followed_campaign(db, campaign.follows)
     mine = db.execute("SELECT state FROM campaigns WHERE slug = ?", [campaign.slug]).fetchone()
     if mine is not None and mine[0] == "sending":
         return  # resuming: it started in time

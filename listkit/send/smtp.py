@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import aiosmtplib
 
-from listkit.audience.addresses import ascii_domain
+from listkit.addresses import ascii_domain
 from listkit.config import SMTPSettings
 from listkit.errors import SendError
 

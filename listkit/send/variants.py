@@ -14,7 +14,6 @@ when the difference's interval excludes zero.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -22,12 +21,13 @@ from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.db import immediate, now
 from listkit.sales.money import format_minor
-from listkit.sales.reports import ORDER_STATUSES
+from listkit.sales.reports import period_bounds
 from listkit.send.campaigns import Campaign, campaign_row, held_out, iter_audience
+from listkit.vocab import ORDER_SQL, REVENUE_SQL
 
 Z95 = 1.959964
-REVENUE_STATUSES = "('paid', 'partially_refunded', 'refunded')"
 
 
 def assign_variant(campaign_slug: str, key: str, variants: tuple[str, ...], split) -> str:
@@ -171,9 +171,7 @@ def judge(groups: dict[str, dict]) -> dict:
 def variant_report(db: Database, since: str | None = None, until: str | None = None) -> list[dict]:
     """For each campaign with variants (and the holdout beside them): the offer test's
     figures; ``since``/``until`` select the campaigns started in the period."""
-    from listkit.sales.reports import _bounds
-
-    start, end = _bounds(since, until)
+    start, end = period_bounds(since, until)
     out = []
     campaigns = db.execute(
         """SELECT id, slug, started, attribution_days FROM campaigns
@@ -187,7 +185,7 @@ def variant_report(db: Database, since: str | None = None, until: str | None = N
             f"""SELECT x.currency FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                 JOIN sales x ON x.email_key = s.key
                 WHERE d.campaign_id = ? AND x.at >= ? AND x.at <= ?
-                AND x.status IN {REVENUE_STATUSES}
+                AND x.status IN {REVENUE_SQL}
                 GROUP BY x.currency ORDER BY SUM(x.amount - x.refunded) DESC LIMIT 1""",
             [cid, started, end],
         ).fetchone()
@@ -198,10 +196,10 @@ def variant_report(db: Database, since: str | None = None, until: str | None = N
             f"""SELECT grp, COUNT(*), SUM(b), SUM(r), SUM(r * r) FROM (
                   SELECT CASE WHEN d.state = 'held_out' THEN NULL ELSE d.variant END AS grp,
                     EXISTS (SELECT 1 FROM sales x WHERE x.email_key = s.key AND x.at >= :start
-                            AND x.at <= :end AND x.status IN {ORDER_STATUSES}) AS b,
+                            AND x.at <= :end AND x.status IN {ORDER_SQL}) AS b,
                     coalesce((SELECT SUM(x.amount - x.refunded) FROM sales x
                               WHERE x.email_key = s.key AND x.at >= :start AND x.at <= :end
-                              AND x.currency = :cur AND x.status IN {REVENUE_STATUSES}), 0) AS r
+                              AND x.currency = :cur AND x.status IN {REVENUE_SQL}), 0) AS r
                   FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                   WHERE d.campaign_id = :cid AND (d.state = 'held_out'
                         OR (d.state = 'sent' AND d.variant IS NOT NULL
@@ -319,8 +317,6 @@ def release_rest(db: Database, campaign) -> dict:
     The leader by revenue per 1,000 delivered goes, clear winner or not (it is
     the best estimate there is); with no revenue at all, the first variant.
     """
-    from listkit.db import immediate, now
-
     cid = db.execute("SELECT id FROM campaigns WHERE slug = ?", [campaign.slug]).fetchone()[0]
     test = next((t for t in variant_report(db) if t["campaign"] == campaign.slug), None)
     revenue = test is not None and any(v["revenue"] for v in test["variants"])
@@ -340,24 +336,3 @@ def release_rest(db: Database, campaign) -> dict:
     else:
         why = "the leader by revenue per 1,000, not a clear winner"
     return {"offer": chosen, "released": n, "why": why}
-
-
-def credit_variants(db: Database, rows: dict, campaigns: dict, only: list[int] | None) -> None:
-    """Report by offer: move an offer test's deliveries from the campaign's offer (its
-    first variant) to the offer each delivery carried. ``rows`` is keyed ('offer', slug)."""
-    ids = [cid for (cid,) in db.execute("SELECT id FROM campaigns WHERE variants IS NOT NULL")]
-    ids = [cid for cid in ids if only is None or cid in only]
-    if not ids:
-        return
-    for cid, variant, state, n in db.execute(
-        """SELECT campaign_id, variant, state, COUNT(*) FROM deliveries
-           WHERE campaign_id IN (SELECT value FROM json_each(?)) AND variant IS NOT NULL
-           GROUP BY 1, 2, 3""",
-        [json.dumps(ids)],
-    ):
-        home, there = rows[("offer", campaigns[cid]["offer"])], rows[("offer", variant)]
-        for key in (
-            ("audience", state) if state in ("sent", "failed", "held_out") else ("audience",)
-        ):
-            home[key] -= n
-            there[key] += n

@@ -45,7 +45,7 @@ from listkit.audience.subscribers import (
 )
 from listkit.db import now
 from listkit.errors import ConfigError, InputError, ListkitError, NotFound
-from listkit.mail import clicks
+from listkit.inbox import clicks
 from listkit.mail.tracking import (
     CONFIRM_DAYS,
     is_link_id,
@@ -55,8 +55,8 @@ from listkit.mail.tracking import (
     verify_click,
     verify_unsubscribe,
 )
+from listkit.mail.verp import bounce_address, envelope_sender
 from listkit.send.single import send_one
-from listkit.send.verp import bounce_address, envelope_sender
 from listkit.web.common import client_ip, read_body, read_form
 
 log = logging.getLogger("listkit.serve")

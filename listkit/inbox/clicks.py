@@ -17,6 +17,7 @@ from listkit.audience.subscribers import SUBSCRIBER_COLUMNS, subscriber_dict
 from listkit.config import Settings
 from listkit.mail.compose import Composer
 from listkit.mail.offers import load_offer
+from listkit.vocab import CLICK, CLICK_BOT
 
 # A hit this soon after sending is a mail scanner following every link.
 BOT_SECONDS = 10
@@ -41,19 +42,12 @@ def is_bot_agent(agent: str) -> bool:
 def click_kind(method: str, agent: str | None, sent_at: str | None, at: str) -> str:
     """``click`` for what looks like a person, ``click_bot`` for a scanner or prefetch."""
     if method == "HEAD" or not agent or is_bot_agent(agent):
-        return "click_bot"
+        return CLICK_BOT
     if sent_at:
         seconds = (datetime.fromisoformat(at) - datetime.fromisoformat(sent_at)).total_seconds()
         if seconds < BOT_SECONDS:
-            return "click_bot"
-    return "click"
-
-
-def stored_link(db, campaign_id: int, link: str) -> str | None:
-    row = db.execute(
-        "SELECT url FROM links WHERE campaign_id = ? AND link = ?", [campaign_id, link]
-    ).fetchone()
-    return row[0] if row else None
+            return CLICK_BOT
+    return CLICK
 
 
 def store_links(db, campaign_id: int, links: dict[str, str]) -> None:
