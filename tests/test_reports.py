@@ -2,6 +2,7 @@
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,51 @@ def test_holdout_compares_mailed_and_held_out_buyers_in_the_window(run, ws, tmp_
     assert "Lift of h: mailed 15.00% bought, held out 10.00%: +5.00% (95% interval" in (
         run("report").output
     )
+
+
+def _statements(monkeypatch) -> list[str]:
+    """The SQL statements (parameters bound) the workspace's database runs from now on."""
+    import listkit.workspace
+
+    statements: list[str] = []
+    opened = listkit.workspace.open_db
+
+    def traced(*args, **kwargs):
+        db = opened(*args, **kwargs)
+        db.conn.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(listkit.workspace, "open_db", traced)
+    return statements
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report"],
+        ["report", "--json"],
+        ["report", "--by", "campaign", "--csv"],
+        ["report", "--html", "r.html"],
+        ["report", "--by", "offer", "--html", "r.html"],
+        ["report", "--by", "variant", "--html", "r.html"],
+    ],
+)
+def test_one_report_command_builds_its_figures_once_reading_no_table_twice(
+    run, shop, tmp_path, monkeypatch, args
+):
+    # `report --html` built the report three times (four with --by variant), and the
+    # table read the offer tests twice: every figure was computed again, every query run
+    # again, on a database of millions of deliveries.
+    sales(run, tmp_path, SALES)
+    statements = _statements(monkeypatch)
+    run(*[str(tmp_path / a) if a.endswith(".html") else a for a in args])
+    # The queries that read campaigns and their outcome (a lookup of the lists' names
+    # may repeat).
+    figures = Counter(
+        s for s in statements if re.search(r"\b(campaigns|deliveries|sales|events)\b", s)
+    )
+    assert len(figures) > 5
+    assert {sql: n for sql, n in figures.items() if n > 1} == {}
 
 
 # --- HTML -----------------------------------------------------------------------------------
