@@ -18,48 +18,50 @@ from listkit.workspace import Workspace
 INSIGHTS = ("variant", "source", "signup-month", "silent")
 VARIANT_CSV = ["campaign", "variant", "delivered", "buyers", "currency", "revenue", "per_1000"]
 VARIANT_CSV += ["ci95_low", "ci95_high", "winner"]
+BUYERS_CSV = ["subscribers", "buyers", "orders", "currency", "revenue", "revenue_per_subscriber"]
 
 
 def show_insight(
     ws: Workspace, by: str, since: str | None, until: str | None, *, json_: bool, csv_: bool
 ) -> None:
+    """``report --by`` one of INSIGHTS, as a table, JSON or CSV."""
     if by == "silent":
         _show_silent(ws, json_=json_, csv_=csv_)
+    elif by == "variant":
+        _show_variants(variant_report(ws.db, since, until), json_=json_, csv_=csv_)
+    else:
+        _show_buyers(buyers_by(ws.db, by, since, until), json_=json_, csv_=csv_)
+
+
+def _show_variants(tests: list[dict], *, json_: bool, csv_: bool) -> None:
+    """The offer tests: each variant's figures, the difference and the verdict."""
+    if json_:
+        emit_json(tests)
         return
-    if by == "variant":
-        tests = variant_report(ws.db, since, until)
-        if json_:
-            emit_json(tests)
-            return
-        if csv_:
-            emit_csv(
-                [
-                    {"campaign": t["campaign"], "currency": t["currency"], **v}
-                    | {"ci95_low": v["ci95"][0] if v["ci95"] else "", "winner": t["winner"] or ""}
-                    | {"ci95_high": v["ci95"][1] if v["ci95"] else ""}
-                    for t in tests
-                    for v in t["variants"]
-                ],
-                VARIANT_CSV,
-            )
-            return
-        if not tests:
-            click.echo("No offer tests yet: give a campaign variants = ['offer-a', 'offer-b'].")
-        for t in tests:
-            _print_test(t)
+    if csv_:
+        emit_csv(
+            [
+                {"campaign": t["campaign"], "currency": t["currency"], **v}
+                | {"ci95_low": v["ci95"][0] if v["ci95"] else "", "winner": t["winner"] or ""}
+                | {"ci95_high": v["ci95"][1] if v["ci95"] else ""}
+                for t in tests
+                for v in t["variants"]
+            ],
+            VARIANT_CSV,
+        )
         return
-    data = buyers_by(ws.db, by, since, until)
+    if not tests:
+        click.echo("No offer tests yet: give a campaign variants = ['offer-a', 'offer-b'].")
+    for t in tests:
+        _print_test(t)
+
+
+def _show_buyers(data: dict, *, json_: bool, csv_: bool) -> None:
+    """Where buyers come from: subscribers, buyers and revenue by source or signup month."""
+    by = data["by"]
     if json_:
         emit_json(data)
         return
-    rows = [
-        {
-            **r,
-            "revenue": format_amounts(r["revenue"], "-"),
-            "per_subscriber": format_amounts(r["revenue_per_subscriber"], "-"),
-        }
-        for r in data["rows"]
-    ]
     if csv_:
         emit_csv(
             [
@@ -72,17 +74,17 @@ def show_insight(
                 for r in data["rows"]
                 for c, v in (sorted(r["revenue"].items()) or [("", 0)])
             ],
-            [
-                by,
-                "subscribers",
-                "buyers",
-                "orders",
-                "currency",
-                "revenue",
-                "revenue_per_subscriber",
-            ],
+            [by, *BUYERS_CSV],
         )
         return
+    rows = [
+        {
+            **r,
+            "revenue": format_amounts(r["revenue"], "-"),
+            "per_subscriber": format_amounts(r["revenue_per_subscriber"], "-"),
+        }
+        for r in data["rows"]
+    ]
     emit_table(
         rows,
         [by, "subscribers", "buyers", "orders", "revenue", "per_subscriber"],
