@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import TypeVar
 
 from sqlite_utils import Database
 
@@ -26,6 +28,7 @@ from listkit.audience.suppressions import BOUNCE_REASONS, UNSUBSCRIBED
 from listkit.errors import InputError
 
 BY = ("list", "offer", "campaign")
+T = TypeVar("T")
 
 
 def _deliveries_marked(event: str) -> str:
@@ -140,6 +143,7 @@ class Period:
 
     @property
     def limited(self) -> bool:
+        """Whether the period is bounded (else it is all time)."""
         return bool(self.start or self.end)
 
     @property
@@ -149,7 +153,7 @@ class Period:
 
     @property
     def cparams(self) -> list:
-        """The parameter of ``CAMPAIGN_IN_PERIOD``: none when the period is all time."""
+        """The parameter ``campaign_filter`` takes: none when the period is all time."""
         return [json.dumps(self.in_period)] if self.limited else []
 
     def campaign_filter(self, prefix: str = "AND", column: str = "campaign_id") -> str:
@@ -173,7 +177,7 @@ class Period:
         """The report row a delivery's list or campaign id falls in, grouped ``by``."""
         return _group(by, key, self.campaigns, self.list_names)
 
-    def once(self, name: str, compute):
+    def once(self, name: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, computed the first time ``name`` is asked for in this period."""
         if name not in self.shared:
             self.shared[name] = compute()
@@ -256,10 +260,9 @@ def _grouped_report(db: Database, period: Period, by: str) -> dict:
         "lists_without_revenue": idle["lists_without_revenue"],
         "lists_not_mailed": idle["lists_not_mailed"],
         "lists_mailed_through_others": idle["lists_mailed_through_others"],
-        "holdout": period.once("holdout", lambda: _holdouts(db, period.campaigns, period.only)),
+        "holdout": period.once("holdout", lambda: _holdouts(db, period)),
         "complaint_warnings": period.once(
-            "complaint_warnings",
-            lambda: _complaint_warnings(db, period.campaigns, period.in_period, period.limited),
+            "complaint_warnings", lambda: _complaint_warnings(db, period)
         ),
         "over_time": [
             {"day": day, "currency": cur, "revenue": rev, "attributed": attr}
@@ -473,7 +476,8 @@ def mailed_through_text(entry: dict) -> str:
     return f"{entry['list']} ({entry['active']:,} active: {through})"
 
 
-def _complaint_warnings(db: Database, campaigns: dict, in_period: list, limited: bool) -> list:
+def _complaint_warnings(db: Database, period: Period) -> list[dict]:
+    """The period's campaigns whose complaint rate passed one of COMPLAINT_LIMITS."""
     out = []
     for cid, sent, complaints in db.execute(
         """SELECT d.campaign_id, COUNT(*) FILTER (WHERE d.state = 'sent'),
@@ -481,12 +485,12 @@ def _complaint_warnings(db: Database, campaigns: dict, in_period: list, limited:
                                    WHERE e.delivery_id = d.id AND e.kind = 'complaint'))
            FROM deliveries d GROUP BY d.campaign_id ORDER BY d.campaign_id"""
     ):
-        if (limited and cid not in in_period) or not sent or not complaints:
+        if (period.limited and cid not in period.in_period) or not sent or not complaints:
             continue
         rate = complaints / sent
         limit = next((x for x in COMPLAINT_LIMITS if rate > x), None)
         if limit is not None:
-            slug = campaigns.get(cid, {"slug": f"#{cid}"})["slug"]
+            slug = period.campaigns.get(cid, {"slug": f"#{cid}"})["slug"]
             out.append(
                 {
                     "campaign": slug,
@@ -562,10 +566,11 @@ def _lists_without_revenue(db: Database, period: Period) -> list[tuple[bool, dic
     ]
 
 
-def _holdouts(db: Database, campaigns: dict, only: list[int] | None) -> list[dict]:
+def _holdouts(db: Database, period: Period) -> list[dict]:
+    """The period's campaigns with a holdout: the lift of their mail, in their window."""
     out = []
-    for cid, c in sorted(campaigns.items()):
-        if not c["holdout"] or not c["started"] or (only is not None and cid not in only):
+    for cid, c in sorted(period.campaigns.items()):
+        if not c["holdout"] or not c["started"] or (period.limited and cid not in period.in_period):
             continue
         window_end = datetime.fromisoformat(c["started"]) + timedelta(days=c["days"])
         figures = {"sent": (0, 0), "held_out": (0, 0)}
