@@ -1,12 +1,15 @@
 """Reports: figures per list, offer and campaign; table, CSV, JSON and HTML output; holdout."""
 
 import json
+import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from listkit.audience.suppressions import suppress
+from listkit.sales.attribution import attribute_all
 from listkit.sales.reports import build_report, lift, per_thousand
 from tests.world import World
 
@@ -255,6 +258,50 @@ def test_holdout_compares_mailed_and_held_out_buyers_in_the_window(run, ws, tmp_
     assert "Lift of h: mailed 15.00% bought, held out 10.00%: +5.00% (95% interval" in (
         run("report").output
     )
+
+
+def _statements(monkeypatch) -> list[str]:
+    """The SQL statements (parameters bound) the workspace's database runs from now on."""
+    import listkit.workspace
+
+    statements: list[str] = []
+    opened = listkit.workspace.open_db
+
+    def traced(*args, **kwargs):
+        db = opened(*args, **kwargs)
+        db.conn.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(listkit.workspace, "open_db", traced)
+    return statements
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report"],
+        ["report", "--json"],
+        ["report", "--by", "campaign", "--csv"],
+        ["report", "--html", "r.html"],
+        ["report", "--by", "offer", "--html", "r.html"],
+        ["report", "--by", "variant", "--html", "r.html"],
+    ],
+)
+def test_one_report_command_builds_its_figures_once_reading_no_table_twice(
+    world, tmp_path, monkeypatch, args
+):
+    # `report --html` built the report three times (four with --by variant), and the
+    # table read the offer tests twice: every figure was computed again, every query run
+    # again, on a database of millions of deliveries.
+    statements = _statements(monkeypatch)
+    world(*[str(tmp_path / a) if a.endswith(".html") else a for a in args])
+    # The queries that read campaigns and their outcome (a lookup of the lists' names
+    # may repeat).
+    figures = Counter(
+        s for s in statements if re.search(r"\b(campaigns|deliveries|sales|events)\b", s)
+    )
+    assert len(figures) > 5
+    assert {sql: n for sql, n in figures.items() if n > 1} == {}
 
 
 # --- HTML -----------------------------------------------------------------------------------
@@ -602,3 +649,96 @@ def test_the_readme_report_example_is_what_listkit_report_prints_for_the_demo(
     root = run_demo(quiet=True)
     printed = CliRunner().invoke(cli, ["--workspace", str(root), "report"]).output
     assert example == printed
+
+
+# --- every form, as before ------------------------------------------------------------------
+# `listkit report` in every form, compared with what it printed before the report code was
+# split into steps (tests/golden/): a refactoring changes no figure and no byte. A change
+# meant to alter the output rewrites the files, to be read in the diff:
+# GOLDEN_WRITE=1 .venv/bin/pytest tests/test_reports.py -k golden
+
+GOLDEN = Path(__file__).parent / "golden"
+BYS = ("list", "offer", "campaign", "variant", "source", "signup-month", "silent")
+PERIODS = ((), ("--since", "2026-11-05"), ("--since", "2026-11-01", "--until", "2026-11-04"))
+
+
+@pytest.fixture
+def world(run, ws, shop, tmp_path):
+    """The shop, and: a list mailed through another; a holdout campaign with a bounce,
+    an unsubscribe, a complaint and clicks; an offer test; more sales."""
+    w = shop
+    w.list("fans", "a@example.com", "b@example.com")
+    h = w.campaign("h", holdout=0.2, days=7, offer="<b>offer</b>")
+    mailed = {f"m{i}@example.com": w.deliver(h, f"m{i}@example.com", "blog") for i in range(40)}
+    for i in range(10):
+        w.deliver(h, f"h{i}@example.com", "blog", state="held_out")
+    ab = w.campaign("ab", offer="launch", started="2026-11-05T10:00:00+00:00")
+    x1, x2, _x3 = (w.deliver(ab, f"x{i}@example.com", "pod") for i in (1, 2, 3))
+    with ws.db.conn:
+        ws.db.execute(
+            "UPDATE campaigns SET variants = ? WHERE id = ?", ['["launch", "bundle"]', ab]
+        )
+        ws.db.execute("UPDATE deliveries SET variant = 'launch' WHERE id = ?", [x1["id"]])
+        ws.db.execute(
+            "UPDATE deliveries SET variant = 'bundle' WHERE email IN (?, ?)",
+            ["x2@example.com", "x3@example.com"],
+        )
+        ws.db.execute(
+            """INSERT INTO sales (source, order_id, amount, currency, at, email, email_key,
+               token, imported) VALUES ('t', 'v1', 4900, 'USD', '2026-11-06T10:00:00+00:00',
+               'x2@example.com', 'x2@example.com', ?, '2026-11-06')""",
+            [x2["token"]],
+        )
+        for kind, i in [("complaint", 2), ("click", 3), ("click", 4), ("click_bot", 5)]:
+            ws.db.execute(
+                "INSERT INTO events (delivery_id, kind, at, detail) VALUES (?, ?, ?, '{}')",
+                [mailed[f"m{i}@example.com"]["id"], kind, "2026-11-02T10:00:00+00:00"],
+            )
+        ws.db.execute(
+            "INSERT INTO events (delivery_id, kind, at, detail) VALUES (?, ?, ?, '{}')",
+            [mailed["m6@example.com"]["id"], "unsubscribe", "2026-11-02T10:00:00+00:00"],
+        )
+    attribute_all(ws.db)
+    suppress(ws.db, "m0@example.com", "hard_bounce", campaign_id=h)
+    suppress(ws.db, "m1@example.com", "unsubscribed", campaign_id=h)
+    f = tmp_path / "sales.csv"
+    f.write_text(
+        "order,email,amount,currency,date,coupon,utm_campaign,utm_content\n"
+        + SALES
+        + "".join(f"m{i},m{i}@example.com,10,USD,2026-11-03T00:00:00Z,,,\n" for i in range(3, 9))
+        + "h0,h0@example.com,10,USD,2026-11-08T10:00:00Z,,,\n"
+    )
+    run("sales", "import", str(f))
+    return run
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("GOLDEN_WRITE") == "1":
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_every_form_of_the_report_prints_the_golden_output(world):
+    out = []
+    for by in BYS:
+        for period in PERIODS:
+            for form in ((), ("--json",), ("--csv",)):
+                args = ("report", "--by", by, *period, *form)
+                result = world(*args)
+                out.append(f"$ listkit {' '.join(args)}\n{result.output}")
+    _golden("report.txt", "\n".join(out))
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("report-by-list.html", ()),
+        ("report-by-offer-since.html", ("--by", "offer", "--since", "2026-11-05")),
+        ("report-by-variant-until.html", ("--by", "variant", "--until", "2026-11-04")),
+    ],
+)
+def test_the_html_report_is_the_golden_page(world, tmp_path, name, args):
+    page = tmp_path / "report.html"
+    world("report", *args, "--html", str(page))
+    _golden(name, page.read_text())

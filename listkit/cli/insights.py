@@ -10,6 +10,7 @@ import click
 
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.sales.money import format_amounts
+from listkit.sales.reports import BY, build_reports
 from listkit.sales.stats import buyers_by, silent_by_list, silent_subscribers
 from listkit.send.variants import table_rows, variant_report, verdict_lines
 from listkit.workspace import Workspace
@@ -17,48 +18,50 @@ from listkit.workspace import Workspace
 INSIGHTS = ("variant", "source", "signup-month", "silent")
 VARIANT_CSV = ["campaign", "variant", "delivered", "buyers", "currency", "revenue", "per_1000"]
 VARIANT_CSV += ["ci95_low", "ci95_high", "winner"]
+BUYERS_CSV = ["subscribers", "buyers", "orders", "currency", "revenue", "revenue_per_subscriber"]
 
 
 def show_insight(
     ws: Workspace, by: str, since: str | None, until: str | None, *, json_: bool, csv_: bool
 ) -> None:
+    """``report --by`` one of INSIGHTS, as a table, JSON or CSV."""
     if by == "silent":
         _show_silent(ws, json_=json_, csv_=csv_)
+    elif by == "variant":
+        _show_variants(variant_report(ws.db, since, until), json_=json_, csv_=csv_)
+    else:
+        _show_buyers(buyers_by(ws.db, by, since, until), json_=json_, csv_=csv_)
+
+
+def _show_variants(tests: list[dict], *, json_: bool, csv_: bool) -> None:
+    """The offer tests: each variant's figures, the difference and the verdict."""
+    if json_:
+        emit_json(tests)
         return
-    if by == "variant":
-        tests = variant_report(ws.db, since, until)
-        if json_:
-            emit_json(tests)
-            return
-        if csv_:
-            emit_csv(
-                [
-                    {"campaign": t["campaign"], "currency": t["currency"], **v}
-                    | {"ci95_low": v["ci95"][0] if v["ci95"] else "", "winner": t["winner"] or ""}
-                    | {"ci95_high": v["ci95"][1] if v["ci95"] else ""}
-                    for t in tests
-                    for v in t["variants"]
-                ],
-                VARIANT_CSV,
-            )
-            return
-        if not tests:
-            click.echo("No offer tests yet: give a campaign variants = ['offer-a', 'offer-b'].")
-        for t in tests:
-            _print_test(t)
+    if csv_:
+        emit_csv(
+            [
+                {"campaign": t["campaign"], "currency": t["currency"], **v}
+                | {"ci95_low": v["ci95"][0] if v["ci95"] else "", "winner": t["winner"] or ""}
+                | {"ci95_high": v["ci95"][1] if v["ci95"] else ""}
+                for t in tests
+                for v in t["variants"]
+            ],
+            VARIANT_CSV,
+        )
         return
-    data = buyers_by(ws.db, by, since, until)
+    if not tests:
+        click.echo("No offer tests yet: give a campaign variants = ['offer-a', 'offer-b'].")
+    for t in tests:
+        _print_test(t)
+
+
+def _show_buyers(data: dict, *, json_: bool, csv_: bool) -> None:
+    """Where buyers come from: subscribers, buyers and revenue by source or signup month."""
+    by = data["by"]
     if json_:
         emit_json(data)
         return
-    rows = [
-        {
-            **r,
-            "revenue": format_amounts(r["revenue"], "-"),
-            "per_subscriber": format_amounts(r["revenue_per_subscriber"], "-"),
-        }
-        for r in data["rows"]
-    ]
     if csv_:
         emit_csv(
             [
@@ -71,17 +74,17 @@ def show_insight(
                 for r in data["rows"]
                 for c, v in (sorted(r["revenue"].items()) or [("", 0)])
             ],
-            [
-                by,
-                "subscribers",
-                "buyers",
-                "orders",
-                "currency",
-                "revenue",
-                "revenue_per_subscriber",
-            ],
+            [by, *BUYERS_CSV],
         )
         return
+    rows = [
+        {
+            **r,
+            "revenue": format_amounts(r["revenue"], "-"),
+            "per_subscriber": format_amounts(r["revenue_per_subscriber"], "-"),
+        }
+        for r in data["rows"]
+    ]
     emit_table(
         rows,
         [by, "subscribers", "buyers", "orders", "revenue", "per_subscriber"],
@@ -135,63 +138,94 @@ def _print_test(t: dict) -> None:
     click.echo("")
 
 
-def report_extras(ws: Workspace, since: str | None, until: str | None) -> dict:
-    """What `report --json` adds: the offer tests."""
-    return {"offer_tests": variant_report(ws.db, since, until)}
+def report_data(
+    ws: Workspace, by: str, since: str | None, until: str | None, *, page: bool = False
+) -> dict:
+    """Everything one ``listkit report`` shows, built once: ``report``, the report
+    grouped ``by`` (by list for the other views) with the period's offer tests (as
+    ``--json`` gives it); for the HTML ``page`` also ``by_list``, ``by_offer`` and
+    ``by_campaign`` (``report`` itself where it is that grouping) and ``insights``,
+    the data of the page's further sections."""
+    main = by if by in BY else "list"
+    groupings = (main, *(g for g in BY if g != main)) if page else (main,)
+    reports = build_reports(ws.db, groupings, since, until)
+    tests = variant_report(ws.db, since, until)
+    data = {"report": {**reports[main], "offer_tests": tests}}
+    if page:
+        for grouping in BY:
+            data[f"by_{grouping}"] = data["report"] if by == grouping else reports[grouping]
+        data["insights"] = _insights(ws, since, until, tests)
+    return data
 
 
-def show_report_extras(ws: Workspace, since: str | None, until: str | None) -> None:
+def _insights(ws: Workspace, since: str | None, until: str | None, tests: list[dict]) -> dict:
+    """The HTML report's further figures: offer tests, buyers by source and signup
+    month, silent subscribers (and the threshold that makes one silent)."""
+    threshold = ws.settings.silent_after
+    return {
+        "variants": tests,
+        "by_source": buyers_by(ws.db, "source", since, until),
+        "by_signup_month": buyers_by(ws.db, "signup-month", since, until),
+        "silent": silent_by_list(ws.db, threshold),
+        "threshold": threshold,
+    }
+
+
+def show_offer_verdicts(tests: list[dict]) -> None:
     """After the main report: the offer tests' verdicts. (Silent subscribers take a pass
     over every delivery: `report --by silent` shows them.)"""
-    for t in variant_report(ws.db, since, until):
+    for t in tests:
         click.echo(f"Offer test {t['campaign']}: " + " ".join(verdict_lines(t)))
 
 
-def insight_sections(ws: Workspace, since: str | None, until: str | None) -> str:
+def insight_sections(insights: dict) -> str:
     """HTML sections for the report page: offer tests, buyers by source and signup month,
     silent subscribers; their data embedded as JSON (id listkit-insights)."""
-    tests = variant_report(ws.db, since, until)
-    sources = buyers_by(ws.db, "source", since, until)
-    months = buyers_by(ws.db, "signup-month", since, until)
-    threshold = ws.settings.silent_after
-    silent = silent_by_list(ws.db, threshold)
-    parts = []
-    for t in tests:
-        rows = "".join(
-            "<tr>" + "".join(f"<td>{escape(str(r[k]))}</td>" for k in r) + "</tr>"
-            for r in table_rows(t)
-        )
-        verdict = "".join(f"<p>{escape(line)}</p>" for line in verdict_lines(t))
+    parts = [_offer_test_section(t) for t in insights["variants"]]
+    for title, data in (
+        ("signup source", insights["by_source"]),
+        ("signup month", insights["by_signup_month"]),
+    ):
+        parts.append(_buyers_section(title, data))
+    if insights["silent"]:
+        names = ", ".join(f"{escape(s['list'])} ({s['silent']:,})" for s in insights["silent"])
         parts.append(
-            f'<h2>Offer test {escape(t["campaign"])}</h2><div class="wide"><table '
-            f'class="variants" data-campaign="{escape(t["campaign"])}"><tr><th>variant</th>'
-            "<th>delivered</th><th>buyers</th><th>revenue</th><th>per 1,000 delivered</th>"
-            f"<th>95% interval</th></tr>{rows}</table></div>{verdict}"
-        )
-    for title, data in (("signup source", sources), ("signup month", months)):
-        key = data["by"]
-        rows = "".join(
-            f"<tr><td>{escape(str(r[key]))}</td><td>{r['subscribers']:,}</td>"
-            f"<td>{r['buyers']:,}</td><td>{r['orders']:,}</td>"
-            f"<td>{escape(format_amounts(r['revenue'], '–'))}</td>"
-            f"<td>{escape(format_amounts(r['revenue_per_subscriber'], '–'))}</td></tr>"
-            for r in data["rows"]
-        )
-        parts.append(
-            f'<h2>Where buyers come from: by {title}</h2><div class="wide"><table><tr>'
-            f"<th>{title}</th><th>subscribers</th><th>buyers</th><th>orders</th>"
-            f"<th>revenue</th><th>per subscriber</th></tr>{rows}</table></div>"
-        )
-    if silent:
-        names = ", ".join(f"{escape(s['list'])} ({s['silent']:,})" for s in silent)
-        parts.append(
-            f'<h2>Silent subscribers</h2><p class="warn">Mailed {threshold} or more times '
-            f"with no purchase and no click: {names}. <code>listkit lists prune LIST "
+            f'<h2>Silent subscribers</h2><p class="warn">Mailed {insights["threshold"]} or more '
+            f"times with no purchase and no click: {names}. <code>listkit lists prune LIST "
             "--silent</code> moves them out, keeping their history.</p>"
         )
     data = json.dumps(
-        {"variants": tests, "by_source": sources, "by_signup_month": months, "silent": silent},
-        ensure_ascii=False,
+        {k: v for k, v in insights.items() if k != "threshold"}, ensure_ascii=False
     ).replace("<", "\\u003c")
     parts.append(f'<script type="application/json" id="listkit-insights">{data}</script>')
     return "".join(parts)
+
+
+def _offer_test_section(t: dict) -> str:
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(r[k]))}</td>" for k in r) + "</tr>"
+        for r in table_rows(t)
+    )
+    verdict = "".join(f"<p>{escape(line)}</p>" for line in verdict_lines(t))
+    return (
+        f'<h2>Offer test {escape(t["campaign"])}</h2><div class="wide"><table '
+        f'class="variants" data-campaign="{escape(t["campaign"])}"><tr><th>variant</th>'
+        "<th>delivered</th><th>buyers</th><th>revenue</th><th>per 1,000 delivered</th>"
+        f"<th>95% interval</th></tr>{rows}</table></div>{verdict}"
+    )
+
+
+def _buyers_section(title: str, data: dict) -> str:
+    key = data["by"]
+    rows = "".join(
+        f"<tr><td>{escape(str(r[key]))}</td><td>{r['subscribers']:,}</td>"
+        f"<td>{r['buyers']:,}</td><td>{r['orders']:,}</td>"
+        f"<td>{escape(format_amounts(r['revenue'], '–'))}</td>"
+        f"<td>{escape(format_amounts(r['revenue_per_subscriber'], '–'))}</td></tr>"
+        for r in data["rows"]
+    )
+    return (
+        f'<h2>Where buyers come from: by {title}</h2><div class="wide"><table><tr>'
+        f"<th>{title}</th><th>subscribers</th><th>buyers</th><th>orders</th>"
+        f"<th>revenue</th><th>per subscriber</th></tr>{rows}</table></div>"
+    )

@@ -15,9 +15,9 @@ from listkit.cli import cli, pass_workspace
 from listkit.cli.insights import (
     INSIGHTS,
     insight_sections,
-    report_extras,
+    report_data,
     show_insight,
-    show_report_extras,
+    show_offer_verdicts,
 )
 from listkit.cli.output import emit_csv, emit_json, emit_table, json_option
 from listkit.errors import InputError
@@ -27,7 +27,6 @@ from listkit.sales.report_html import render_html
 from listkit.sales.reports import (
     BY,
     MAILED_THROUGH_NOTE,
-    build_report,
     complaint_warning_text,
     mailed_through_text,
 )
@@ -71,101 +70,115 @@ def report(
     if by in INSIGHTS and html is None:
         show_insight(ws, by, since, until, json_=json_, csv_=csv_)
         return
-    data = build_report(ws.db, by if by in BY else "list", since, until)
-    data = {**data, **report_extras(ws, since, until)}  # as --json gives it
+    data = report_data(ws, by, since, until, page=html is not None)
     if html is not None:
-        ws.refuse_own_file(html, "--html")
-        by_list = data if by == "list" else build_report(ws.db, "list", since, until)
-        by_offer = data if by == "offer" else build_report(ws.db, "offer", since, until)
-        by_campaign = data if by == "campaign" else build_report(ws.db, "campaign", since, until)
-        extra = insight_sections(ws, since, until)
-        try:
-            page = render_html(data, by_list, by_offer, by_campaign, extra=extra)
-            write_private(html, page)
-        except OSError as e:
-            raise InputError(f"--html {html}: cannot be written ({e.strerror})") from None
-        click.echo(f"Wrote {html}.")
-        return
-    if json_:
-        emit_json(data)
-        return
-    columns = [by, "audience", "sent", "failed", "unsubscribed", "bounced", "orders"]
-    if csv_:
-        flat = []
-        for r in data["rows"]:
-            for cur in sorted(r["revenue"]) or [""]:
-                flat.append(
-                    {
-                        **r,
-                        "currency": cur,
-                        "revenue": r["revenue"].get(cur, 0),
-                        "revenue_per_1000": r["revenue_per_1000"].get(cur, ""),
-                        "methods": " ".join(f"{m}={n}" for m, n in sorted(r["methods"].items())),
-                        "mailed": _mailed_cell(r),
-                    }
-                )
-        emit_csv(
-            flat,
-            [
-                *columns,
-                "currency",
-                "revenue",
-                "conversion_rate",
-                "revenue_per_1000",
-                "complaints",
-                "bounce_rate",
-                "complaint_rate",
-                "clicks",
-                "click_to_buy",
-                "methods",
-                *(["mailed"] if by == "list" else []),
-            ],
+        _write_page(ws, html, data)
+    elif json_:
+        emit_json(data["report"])
+    elif csv_:
+        _emit_csv(data["report"])
+    else:
+        _print_table(data["report"])
+        _print_notes(data["report"])
+        show_offer_verdicts(data["report"]["offer_tests"])
+        sys.stdout.flush()
+
+
+# The columns of the table and the CSV, after the grouping's own.
+COUNTS = ["audience", "sent", "failed", "unsubscribed", "bounced"]
+# The table's columns after the grouping's own, with their headers.
+TABLE = (
+    *zip(COUNTS, ["audience", "sent", "failed", "unsub", "bounced"], strict=True),
+    ("bounce_pct", "bounce %"),
+    ("complaints", "compl"),
+    ("complaint_pct", "compl %"),
+    ("orders", "orders"),
+    ("revenue", "revenue"),
+    ("conv", "conv"),
+    ("per_1000", "per 1k sent"),
+    ("clicks", "clicks"),
+    ("click_pct", "buy/click"),
+    ("methods", "attributed by"),
+)
+
+
+def _write_page(ws: Workspace, html: Path, data: dict) -> None:
+    """The HTML report, written private; neither over the database nor over .env."""
+    ws.refuse_own_file(html, "--html")
+    extra = insight_sections(data["insights"])
+    try:
+        page = render_html(
+            data["report"], data["by_list"], data["by_offer"], data["by_campaign"], extra=extra
         )
-        return
-    rows = []
+        write_private(html, page)
+    except OSError as e:
+        raise InputError(f"--html {html}: cannot be written ({e.strerror})") from None
+    click.echo(f"Wrote {html}.")
+
+
+def _emit_csv(data: dict) -> None:
+    """One line per row and currency; money in minor units."""
+    by = data["by"]
+    flat = []
     for r in data["rows"]:
-        rows.append(
-            {
-                **r,
-                "revenue": format_amounts(r["revenue"], "-"),
-                "conv": f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "-",
-                "bounce_pct": _pct(r["bounce_rate"]),
-                "complaint_pct": _pct(r["complaint_rate"]),
-                "per_1000": format_amounts(r["revenue_per_1000"], "-"),
-                "click_pct": _pct(r["click_to_buy"]),
-                "methods": ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items())) or "-",
-            }
-        )
+        for cur in sorted(r["revenue"]) or [""]:
+            flat.append(
+                {
+                    **r,
+                    "currency": cur,
+                    "revenue": r["revenue"].get(cur, 0),
+                    "revenue_per_1000": r["revenue_per_1000"].get(cur, ""),
+                    "methods": " ".join(f"{m}={n}" for m, n in sorted(r["methods"].items())),
+                    "mailed": _mailed_cell(r),
+                }
+            )
+    emit_csv(
+        flat,
+        [
+            by,
+            *COUNTS,
+            "orders",
+            "currency",
+            "revenue",
+            "conversion_rate",
+            "revenue_per_1000",
+            "complaints",
+            "bounce_rate",
+            "complaint_rate",
+            "clicks",
+            "click_to_buy",
+            "methods",
+            *(["mailed"] if by == "list" else []),
+        ],
+    )
+
+
+def _print_table(data: dict) -> None:
+    """The rows for people: money formatted, rates as percentages."""
+    by = data["by"]
+    rows = [
+        {
+            **r,
+            "revenue": format_amounts(r["revenue"], "-"),
+            "conv": f"{r['conversion_rate']:.2%}" if r["conversion_rate"] is not None else "-",
+            "bounce_pct": _pct(r["bounce_rate"]),
+            "complaint_pct": _pct(r["complaint_rate"]),
+            "per_1000": format_amounts(r["revenue_per_1000"], "-"),
+            "click_pct": _pct(r["click_to_buy"]),
+            "methods": ", ".join(f"{m} {n}" for m, n in sorted(r["methods"].items())) or "-",
+        }
+        for r in data["rows"]
+    ]
     emit_table(
         rows,
-        [
-            *columns[:6],
-            "bounce_pct",
-            "complaints",
-            "complaint_pct",
-            *columns[6:],
-            *("revenue", "conv", "per_1000", "clicks", "click_pct", "methods"),
-        ],
-        headers=[
-            by,
-            "audience",
-            "sent",
-            "failed",
-            "unsub",
-            "bounced",
-            "bounce %",
-            "compl",
-            "compl %",
-            "orders",
-            "revenue",
-            "conv",
-            "per 1k sent",
-            "clicks",
-            "buy/click",
-            "attributed by",
-        ],
+        [by, *(column for column, _header in TABLE)],
+        headers=[by, *(header for _column, header in TABLE)],
         empty="Nothing to report yet.",
     )
+
+
+def _print_notes(data: dict) -> None:
+    """Under the table: the totals, the lists that earned nothing, lift, warnings."""
     t = data["totals"]
     total = format_amounts(t["revenue"], "none")
     un = format_amounts(t["unattributed"]["revenue"])
@@ -191,8 +204,6 @@ def report(
         )
     for w in data["complaint_warnings"]:
         click.echo(f"Warning: {complaint_warning_text(w)}")
-    show_report_extras(ws, since, until)
-    sys.stdout.flush()
 
 
 def _mailed_cell(row: dict) -> str:

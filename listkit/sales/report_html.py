@@ -264,57 +264,95 @@ def render_html(
     """The report page; ``by_list``, ``by_offer`` (and ``by_campaign``, for the bounce and
     complaint rates drawn per campaign) are reports for the same period; ``extra``:
     further sections (offer tests, where buyers come from), already HTML."""
-    currency = main_currency(report)
-    sections = []
+    sections = [
+        _kpis(report["totals"]),
+        # Complaints first: past Gmail's limit, more sending makes everything else worse.
+        _complaints(report["complaint_warnings"]),
+        _revenue_charts(report, by_list, by_offer),
+        _idle_lists(by_list),
+        _rate_charts(by_campaign),
+        f"<h2>By {report['by']}</h2>{_table(report)}",
+        *(_lift(h) for h in report["holdout"]),
+        extra,
+    ]
+    data = json.dumps(
+        {"report": report, "by_list": by_list, "by_offer": by_offer, "by_campaign": by_campaign},
+        ensure_ascii=False,
+    ).replace("<", "\\u003c")  # nothing in the data can close or open a tag
     period = f"{report['since'] or 'the beginning'} to {report['until'] or 'today'}"
-    totals = report["totals"]
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>listkit report</title>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<style>{CSS}</style></head><body><h1>Which lists make money</h1>"
+        f'<p class="sub">listkit report, {escape(period)}</p>{"".join(sections)}'
+        f'<script type="application/json" id="listkit-report">{data}</script></body></html>\n'
+    )
+
+
+def _kpis(totals: dict) -> str:
+    """The totals: orders, revenue, and the revenue no campaign is credited with."""
     revenue = format_amounts(totals["revenue"], "none")
     unattributed = format_amounts(totals["unattributed"]["revenue"])
-    sections.append(
+    return (
         '<div class="kpi">'
         f"<div>orders<b>{totals['orders']:,}</b></div>"
         f"<div>revenue<b>{escape(revenue)}</b></div>"
         f"<div>unattributed<b>{escape(unattributed or 'none')}</b></div></div>"
     )
-    if report["complaint_warnings"]:
-        # Complaints first: past Gmail's limit, more sending makes everything else worse.
-        warnings = []
-        for w in report["complaint_warnings"]:
-            level = (
-                "warn complaint stop" if w["limit"] >= max(COMPLAINT_LIMITS) else "warn complaint"
-            )
-            warnings.append(
-                f'<p class="{level}">{escape(complaint_warning_text(w), quote=False)}</p>'
-            )
-        sections.append("<h2>Complaints</h2>" + "".join(warnings))
-    if currency:
-        others = sorted(set(totals["revenue"]) - {currency})
-        if others:
-            sections.append(
-                f'<p class="sub">Charts show {currency}; also earned in {", ".join(others)} '
-                "(see the table; currencies are never converted).</p>"
-            )
-        lists_rev = [(r["list"], r["revenue"].get(currency, 0)) for r in by_list["rows"]]
-        lists_k = [(r["list"], r["revenue_per_1000"].get(currency, 0)) for r in by_list["rows"]]
-        offers_rev = [(r["offer"], r["revenue"].get(currency, 0)) for r in by_offer["rows"]]
-        days = [
-            (p["day"], p["revenue"], p["attributed"])
-            for p in report["over_time"]
-            if p["currency"] == currency
-        ]
-        sections += [
-            _bar_chart("revenue-by-list", f"Revenue by list ({currency})", lists_rev, currency),
-            _bar_chart(
-                "per-1000-by-list",
-                f"Revenue per 1,000 sent, by list ({currency})",
-                lists_k,
-                currency,
-            ),
-            _bar_chart("revenue-by-offer", f"Revenue by offer ({currency})", offers_rev, currency),
-            _time_chart("revenue-over-time", f"Revenue per day ({currency})", days, currency),
-        ]
-    else:
-        sections.append('<p class="empty">No revenue in this period.</p>')
+
+
+def _complaints(warnings: list[dict]) -> str:
+    """The campaigns whose complaint rate passed a limit; past Gmail's, a stop sign."""
+    if not warnings:
+        return ""
+    paragraphs = []
+    for w in warnings:
+        level = "warn complaint stop" if w["limit"] >= max(COMPLAINT_LIMITS) else "warn complaint"
+        paragraphs.append(
+            f'<p class="{level}">{escape(complaint_warning_text(w), quote=False)}</p>'
+        )
+    return "<h2>Complaints</h2>" + "".join(paragraphs)
+
+
+def _revenue_charts(report: dict, by_list: dict, by_offer: dict) -> str:
+    """Revenue by list, per 1,000 sent by list, by offer and per day, in the currency
+    with the most revenue (the others are named: currencies are never converted)."""
+    currency = main_currency(report)
+    if not currency:
+        return '<p class="empty">No revenue in this period.</p>'
+    sections = []
+    others = sorted(set(report["totals"]["revenue"]) - {currency})
+    if others:
+        sections.append(
+            f'<p class="sub">Charts show {currency}; also earned in {", ".join(others)} '
+            "(see the table; currencies are never converted).</p>"
+        )
+    lists_rev = [(r["list"], r["revenue"].get(currency, 0)) for r in by_list["rows"]]
+    lists_k = [(r["list"], r["revenue_per_1000"].get(currency, 0)) for r in by_list["rows"]]
+    offers_rev = [(r["offer"], r["revenue"].get(currency, 0)) for r in by_offer["rows"]]
+    days = [
+        (p["day"], p["revenue"], p["attributed"])
+        for p in report["over_time"]
+        if p["currency"] == currency
+    ]
+    sections += [
+        _bar_chart("revenue-by-list", f"Revenue by list ({currency})", lists_rev, currency),
+        _bar_chart(
+            "per-1000-by-list",
+            f"Revenue per 1,000 sent, by list ({currency})",
+            lists_k,
+            currency,
+        ),
+        _bar_chart("revenue-by-offer", f"Revenue by offer ({currency})", offers_rev, currency),
+        _time_chart("revenue-over-time", f"Revenue per day ({currency})", days, currency),
+    ]
+    return "".join(sections)
+
+
+def _idle_lists(by_list: dict) -> str:
+    """The lists that earned nothing: mailed, not mailed, or mailed through other lists."""
+    sections = []
     if by_list["lists_without_revenue"]:
         names = ", ".join(
             f"{escape(x['list'])} ({x['active']:,} active, {x['sent']:,} sent)"
@@ -341,50 +379,48 @@ def render_html(
             f"went through these lists, but their readers were mailed ({MAILED_THROUGH_NOTE}); "
             "their sales are credited to the list each message went through.</p>"
         )
-    if by_campaign is not None and by_campaign["rows"]:
-        sections += [
+    return "".join(sections)
+
+
+def _rate_charts(by_campaign: dict | None) -> str:
+    """Complaint, bounce and buy/click rates per campaign, against their limits."""
+    if by_campaign is None or not by_campaign["rows"]:
+        return ""
+    rows = by_campaign["rows"]
+    return "".join(
+        [
             _rate_chart(
                 "complaint-rate-by-campaign",
                 "Complaint rate by campaign (of messages sent)",
-                [(r["campaign"], r["complaint_rate"]) for r in by_campaign["rows"]],
+                [(r["campaign"], r["complaint_rate"]) for r in rows],
                 COMPLAINT_LIMITS,
                 floor=COMPLAINT_SCALE,
             ),
             _rate_chart(
                 "bounce-rate-by-campaign",
                 "Bounce rate by campaign (of messages tried)",
-                [(r["campaign"], r["bounce_rate"]) for r in by_campaign["rows"]],
+                [(r["campaign"], r["bounce_rate"]) for r in rows],
                 floor=BOUNCE_SCALE,
             ),
             _rate_chart(
                 "click-to-buy-by-campaign",
                 "Clicked deliveries that bought, by campaign (buy/click)",
-                [(r["campaign"], r["click_to_buy"]) for r in by_campaign["rows"]],
+                [(r["campaign"], r["click_to_buy"]) for r in rows],
                 empty="No clicks recorded in this period.",
                 kind=" clicks",
                 floor=1.0,
             ),
         ]
-    sections.append(f"<h2>By {report['by']}</h2>{_table(report)}")
-    for h in report["holdout"]:
-        ci = h["ci95"]
-        interval = f"95% interval {ci[0]:+.2%} to {ci[1]:+.2%}" if ci else "no interval"
-        sections.append(
-            f"<h2>Lift of {escape(h['campaign'])} (holdout {h['holdout']:.0%})</h2>"
-            f"<p>Mailed: {h['mailed_buyers']:,} of {h['mailed']:,} bought "
-            f"({h['mailed_rate']:.2%}); held out: {h['held_out_buyers']:,} of {h['held_out']:,} "
-            f"({h['held_out_rate']:.2%}). Difference {h['difference']:+.2%}, {interval}.</p>"
-        )
-    sections.append(extra)
-    data = json.dumps(
-        {"report": report, "by_list": by_list, "by_offer": by_offer, "by_campaign": by_campaign},
-        ensure_ascii=False,
-    ).replace("<", "\\u003c")  # nothing in the data can close or open a tag
+    )
+
+
+def _lift(h: dict) -> str:
+    """A holdout campaign: the purchase rates of the mailed and the held out."""
+    ci = h["ci95"]
+    interval = f"95% interval {ci[0]:+.2%} to {ci[1]:+.2%}" if ci else "no interval"
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        "<title>listkit report</title>"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<style>{CSS}</style></head><body><h1>Which lists make money</h1>"
-        f'<p class="sub">listkit report, {escape(period)}</p>{"".join(sections)}'
-        f'<script type="application/json" id="listkit-report">{data}</script></body></html>\n'
+        f"<h2>Lift of {escape(h['campaign'])} (holdout {h['holdout']:.0%})</h2>"
+        f"<p>Mailed: {h['mailed_buyers']:,} of {h['mailed']:,} bought "
+        f"({h['mailed_rate']:.2%}); held out: {h['held_out_buyers']:,} of {h['held_out']:,} "
+        f"({h['held_out_rate']:.2%}). Difference {h['difference']:+.2%}, {interval}.</p>"
     )

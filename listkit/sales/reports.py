@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import TypeVar
 
 from sqlite_utils import Database
 
@@ -26,6 +29,7 @@ from listkit.errors import InputError
 from listkit.vocab import BOUNCE_REASONS, ORDER_SQL, REVENUE_SQL, UNSUBSCRIBED
 
 BY = ("list", "offer", "campaign")
+T = TypeVar("T")
 
 
 Z95 = 1.959964
@@ -97,11 +101,68 @@ def lift(mailed: int, mailed_buyers: int, held: int, held_buyers: int) -> dict:
     return result
 
 
-def build_report(
-    db: Database, by: str = "list", since: str | None = None, until: str | None = None
-) -> dict:
-    if by not in BY:
-        raise InputError(f"--by must be one of {', '.join(BY)}")
+@dataclass
+class Period:
+    """What a report's period selects, read once and shared by its groupings: the
+    campaigns (all of them, by id), the lists' slugs, and which campaigns started in
+    the period; ``start``/``end`` bound it (ISO dates, ``end`` exclusive), both None
+    for all time. Figures every grouping shares are kept in ``shared`` once computed."""
+
+    since: str | None
+    until: str | None
+    start: str | None
+    end: str | None
+    campaigns: dict[int, dict]
+    list_names: dict[int, str]
+    in_period: list[int]
+    shared: dict = field(default_factory=dict)
+
+    @property
+    def limited(self) -> bool:
+        """Whether the period is bounded (else it is all time)."""
+        return bool(self.start or self.end)
+
+    @property
+    def only(self) -> list[int] | None:
+        """The campaigns of the period, or None when the period is all time."""
+        return self.in_period if self.limited else None
+
+    @property
+    def cparams(self) -> list:
+        """The parameter ``campaign_filter`` takes: none when the period is all time."""
+        return [json.dumps(self.in_period)] if self.limited else []
+
+    def campaign_filter(self, prefix: str = "AND", column: str = "campaign_id") -> str:
+        """SQL keeping the deliveries of the period's campaigns (with ``cparams``)."""
+        if not self.limited:
+            return ""
+        return f"{prefix} {column} IN (SELECT value FROM json_each(?))"
+
+    def sale_filter(self) -> tuple[str, list]:
+        """The WHERE clause keeping the sales made in the period, and its parameters."""
+        clauses, params = [], []
+        if self.start:
+            clauses.append("at >= ?")
+            params.append(self.start)
+        if self.end:
+            clauses.append("at < ?")
+            params.append(self.end)
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def group(self, by: str, key) -> tuple[str, str]:
+        """The report row a delivery's list or campaign id falls in, grouped ``by``."""
+        return _group(by, key, self.campaigns, self.list_names)
+
+    def once(self, name: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, computed the first time ``name`` is asked for in this period."""
+        if name not in self.shared:
+            self.shared[name] = compute()
+        return self.shared[name]
+
+
+def read_period(db: Database, since: str | None, until: str | None) -> Period:
+    """The period ``since``..``until`` (days, both included) and the campaigns and lists
+    a report of it names. InputError for a date that is not one."""
     start, end = period_bounds(since, until)
     campaigns = {
         cid: {"slug": slug, "offer": offer, "started": started, "days": days, "holdout": holdout}
@@ -109,7 +170,6 @@ def build_report(
             "SELECT id, slug, offer, started, attribution_days, holdout FROM campaigns"
         )
     }
-    list_names = dict(db.execute("SELECT id, slug FROM lists").fetchall())
     in_period = [
         cid
         for cid, c in campaigns.items()
@@ -117,100 +177,168 @@ def build_report(
         and (start is None or c["started"] >= start)
         and (end is None or c["started"] < end)
     ]
-    campaign_filter, cparams = "", []
-    if start or end:
-        campaign_filter = "WHERE campaign_id IN (SELECT value FROM json_each(?))"
-        cparams = [json.dumps(in_period)]
-    sale_filter, sparams = [], []
-    if start:
-        sale_filter.append("at >= ?")
-        sparams.append(start)
-    if end:
-        sale_filter.append("at < ?")
-        sparams.append(end)
-    sale_where = ("WHERE " + " AND ".join(sale_filter)) if sale_filter else ""
+    list_names = dict(db.execute("SELECT id, slug FROM lists").fetchall())
+    return Period(since, until, start, end, campaigns, list_names, in_period)
 
-    rows: dict = defaultdict(
-        lambda: {
-            "audience": 0,
-            "sent": 0,
-            "failed": 0,
-            "held_out": 0,
-            "unsubscribed": 0,
-            "bounced": 0,
-            "complaints": 0,
-            "clicks": 0,
-            "clicked_buyers": 0,
-            "orders": 0,
-            "revenue": {},
-            "methods": {},
-        }
-    )
-    # Deliveries per group and state: one pass over a covering index.
+
+def build_report(
+    db: Database, by: str = "list", since: str | None = None, until: str | None = None
+) -> dict:
+    """The report of the period grouped ``by`` list, offer or campaign (what ``listkit
+    report --json`` prints)."""
+    return build_reports(db, (by,), since, until)[by]
+
+
+def build_reports(
+    db: Database, groupings: tuple[str, ...], since: str | None = None, until: str | None = None
+) -> dict[str, dict]:
+    """The reports of one period, one per grouping (list, offer, campaign), built
+    together: what they share (the period, the holdouts, the complaint warnings, the
+    counts per campaign) is read once."""
+    for by in groupings:
+        if by not in BY:
+            raise InputError(f"--by must be one of {', '.join(BY)}")
+    period = read_period(db, since, until)
+    return {by: _grouped_report(db, period, by) for by in groupings}
+
+
+def _grouped_report(db: Database, period: Period, by: str) -> dict:
+    """One report: its rows grouped ``by``, the totals, the idle lists and the rest."""
+    rows: dict = defaultdict(_empty_row)
     column = "list_id" if by == "list" else "campaign_id"
+    figures = period.once(column, lambda: _delivery_figures(db, period, column))
+    for key, counts in figures.items():
+        row = rows[period.group(by, key)]
+        for name, n in counts.items():
+            # A list's audience is its active members (below), not its deliveries.
+            if not (by == "list" and name == "audience"):
+                row[name] += n
+    if by == "offer":
+        credit_variants(db, rows, period.campaigns, period.only)
+    titles = _list_rows(db, period, rows) if by == "list" else {}
+    totals, days = _count_sales(db, period, by, rows)
+    result_rows = [
+        _finish_row(by, name, row, titles)
+        for (_kind, name), row in sorted(rows.items(), key=lambda item: str(item[0][1]))
+    ]
+    idle = _idle_lists(db, period, by, result_rows)
+    if by == "list":
+        for r in result_rows:
+            r["mailed_through"] = idle["through"].get(r["list"], {}).get("through", {})
+    return {
+        "by": by,
+        "since": period.since,
+        "until": period.until,
+        "rows": result_rows,
+        "totals": totals,
+        "lists_without_revenue": idle["lists_without_revenue"],
+        "lists_not_mailed": idle["lists_not_mailed"],
+        "lists_mailed_through_others": idle["lists_mailed_through_others"],
+        "holdout": period.once("holdout", lambda: _holdouts(db, period)),
+        "complaint_warnings": period.once(
+            "complaint_warnings", lambda: _complaint_warnings(db, period)
+        ),
+        "over_time": [
+            {"day": day, "currency": cur, "revenue": rev, "attributed": attr}
+            for (day, cur), (rev, attr) in sorted(days.items())
+        ],
+    }
+
+
+def _empty_row() -> dict:
+    return {
+        "audience": 0,
+        "sent": 0,
+        "failed": 0,
+        "held_out": 0,
+        "unsubscribed": 0,
+        "bounced": 0,
+        "complaints": 0,
+        "clicks": 0,
+        "clicked_buyers": 0,
+        "orders": 0,
+        "revenue": {},
+        "methods": {},
+    }
+
+
+def _delivery_figures(db: Database, period: Period, column: str) -> dict:
+    """The period's deliveries counted per ``column`` (list_id or campaign_id): all of
+    them (``audience``), per state, and those readers answered (unsubscribed, bounced,
+    complained, clicked, clicked and bought)."""
+    figures: dict = defaultdict(lambda: defaultdict(int))
+    in_period, cparams = period.campaign_filter("AND", "d.campaign_id"), period.cparams
+    # Deliveries per group and state: one pass over a covering index.
     for key, state, n in db.execute(
-        f"SELECT {column}, state, COUNT(*) FROM deliveries {campaign_filter} "
+        f"SELECT {column}, state, COUNT(*) FROM deliveries {period.campaign_filter('WHERE')} "
         f"GROUP BY {column}, state",
         cparams,
     ):
-        group = _group(by, key, campaigns, list_names)
-        row = rows[group]
-        if by != "list":
-            row["audience"] += n
+        figures[key]["audience"] += n
         if state in ("sent", "failed", "held_out"):
-            row[state] += n
-    if by == "offer":
-        credit_variants(db, rows, campaigns, in_period if (start or end) else None)
-    if by == "list":
-        titles = {}
-        members = member_counts(db)
-        for lid, slug, title in db.execute("SELECT id, slug, title FROM lists"):
-            rows[("list", slug)]["audience"] = members.get(lid, {}).get("active", 0)
-            titles[slug] = title
+            figures[key][state] += n
     # Unsubscribes and bounces a campaign caused, through the delivery that caused them:
     # readers who unsubscribed (one who left through two messages of a group counts once
     # in it), messages that bounced (refused by the server or reported later, even when
     # the address had already been suppressed by another campaign's bounce).
-    for field, counted, marked, reasons in (
+    for name, counted, marked, reasons in (
         ("unsubscribed", "DISTINCT d.subscriber_id", UNSUBSCRIBED_DELIVERIES, [UNSUBSCRIBED]),
         ("bounced", "*", BOUNCED_DELIVERIES, list(BOUNCE_REASONS)),
     ):
         for key, n in db.execute(
             f"""SELECT d.{column}, COUNT({counted}) FROM deliveries d WHERE d.id IN ({marked})
-                {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+                {in_period}
                 GROUP BY d.{column}""",
             [json.dumps(reasons), *cparams],
         ):
-            rows[_group(by, key, campaigns, list_names)][field] += n
+            figures[key][name] += n
     # Deliveries with an event of a kind: complaints (spam reports) and a person's
     # clicks (kind 'click'; scanners are 'click_bot').
-    for field, kind in (("complaints", "complaint"), ("clicks", "click")):
+    for name, kind in (("complaints", "complaint"), ("clicks", "click")):
         for key, n in db.execute(
             f"""SELECT d.{column}, COUNT(DISTINCT d.id) FROM events e
                 JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = ?
-                {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+                {in_period}
                 GROUP BY d.{column}""",
             [kind, *cparams],
         ):
-            rows[_group(by, key, campaigns, list_names)][field] += n
+            figures[key][name] += n
     # Of those, the deliveries a sale is attributed to: click-to-buy is their share.
     for key, n in db.execute(
         f"""SELECT d.{column}, COUNT(*) FROM deliveries d
             WHERE d.id IN (SELECT delivery_id FROM events WHERE kind = 'click')
             AND d.id IN (SELECT delivery_id FROM sales WHERE status IN {ORDER_SQL})
-            {"AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""}
+            {in_period}
             GROUP BY d.{column}""",
         cparams,
     ):
-        rows[_group(by, key, campaigns, list_names)]["clicked_buyers"] += n
-    # Sales: one pass over the table, grouped finely enough for every figure below.
+        figures[key]["clicked_buyers"] += n
+    return figures
+
+
+def _list_rows(db: Database, period: Period, rows: dict) -> dict[str, str]:
+    """By list: a row for every list, its audience the active members; returns the
+    lists' titles by slug."""
+    titles = {}
+    members = period.once("members", lambda: member_counts(db))
+    for lid, slug, title in db.execute("SELECT id, slug, title FROM lists"):
+        rows[("list", slug)]["audience"] = members.get(lid, {}).get("active", 0)
+        titles[slug] = title
+    return titles
+
+
+def _count_sales(db: Database, period: Period, by: str, rows: dict) -> tuple[dict, dict]:
+    """Sales: one pass over the table, grouped finely enough for every figure. Adds
+    orders, revenue and attribution methods to ``rows``; returns the totals and the
+    revenue per (day, currency) as [all, attributed]."""
+    sale_where, sparams = period.sale_filter()
     totals = {"orders": 0, "revenue": {}, "unattributed": {"orders": 0, "revenue": {}}}
     days: dict[tuple[str, str], list[int]] = {}
     # A whole-table scan reads the sales in file order; walking an index to every
     # row costs more. A period uses the index on `at` instead.
     scan = "" if sale_where else "NOT INDEXED"
     # By offer, a sale's own offer (an offer test's sale carries its variant's).
-    sale_column = "offer" if by == "offer" else column
+    sale_column = {"list": "list_id", "offer": "offer"}.get(by, "campaign_id")
     for key, currency, method, day, attributed, orders, revenue, n in db.execute(
         f"""SELECT {sale_column}, currency, method, substr(at, 1, 10), campaign_id IS NOT NULL,
                    COUNT(*) FILTER (WHERE status IN {ORDER_SQL}), {REVENUE}, COUNT(*)
@@ -231,37 +359,41 @@ def build_report(
         elif key is None:
             target = totals["unattributed"]
         else:
-            target = rows[
-                ("offer", key) if by == "offer" else _group(by, key, campaigns, list_names)
-            ]
+            target = rows[("offer", key) if by == "offer" else period.group(by, key)]
             target["methods"][method] = target["methods"].get(method, 0) + n
         target["orders"] += orders
         if revenue or currency in target["revenue"]:
             target["revenue"][currency] = target["revenue"].get(currency, 0) + revenue
+    return totals, days
 
-    result_rows = []
-    for (kind, name), row in sorted(rows.items(), key=lambda item: str(item[0][1])):
-        row = {
-            by: name,
-            **({"title": titles.get(name)} if by == "list" else {}),
-            **row,
-            "conversion_rate": row["orders"] / row["sent"] if row["sent"] else None,
-            # Bounces of the messages tried (sent or refused); complaints of those sent.
-            "bounce_rate": (
-                row["bounced"] / (row["sent"] + row["failed"])
-                if row["sent"] + row["failed"]
-                else None
-            ),
-            "complaint_rate": row["complaints"] / row["sent"] if row["sent"] else None,
-            # Deliveries that clicked and then bought, of those that clicked (<= 100%).
-            "click_to_buy": row["clicked_buyers"] / row["clicks"] if row["clicks"] else None,
-            "revenue_per_1000": per_thousand(row["revenue"], row["sent"]),
-        }
-        if by == "list":
-            # Mailed: a campaign of the period sent at least one message through it.
-            row["mailed"] = None if name == NO_LIST else row["sent"] > 0
-        del kind
-        result_rows.append(row)
+
+def _finish_row(by: str, name: str, row: dict, titles: dict[str, str]) -> dict:
+    """A report row as printed: its name (and title), its counts and the rates."""
+    row = {
+        by: name,
+        **({"title": titles.get(name)} if by == "list" else {}),
+        **row,
+        "conversion_rate": row["orders"] / row["sent"] if row["sent"] else None,
+        # Bounces of the messages tried (sent or refused); complaints of those sent.
+        "bounce_rate": (
+            row["bounced"] / (row["sent"] + row["failed"]) if row["sent"] + row["failed"] else None
+        ),
+        "complaint_rate": row["complaints"] / row["sent"] if row["sent"] else None,
+        # Deliveries that clicked and then bought, of those that clicked (<= 100%).
+        "click_to_buy": row["clicked_buyers"] / row["clicks"] if row["clicks"] else None,
+        "revenue_per_1000": per_thousand(row["revenue"], row["sent"]),
+    }
+    if by == "list":
+        # Mailed: a campaign of the period sent at least one message through it.
+        row["mailed"] = None if name == NO_LIST else row["sent"] > 0
+    return row
+
+
+def _idle_lists(db: Database, period: Period, by: str, result_rows: list[dict]) -> dict:
+    """The lists with active members and nothing earned: mailed in the period
+    (``lists_without_revenue``), not mailed (``lists_not_mailed``), or not mailed while
+    their readers were, through another list (``lists_mailed_through_others``);
+    ``through``: those, by slug."""
     if by == "list":
         idle = [
             (r["mailed"], {"list": r["list"], "active": r["audience"], "sent": r["sent"]})
@@ -269,36 +401,21 @@ def build_report(
             if r["mailed"] is not None and r["audience"] > 0 and not any(r["revenue"].values())
         ]
     else:
-        idle = _lists_without_revenue(db, sale_where, sparams, cparams)
-    no_revenue = [entry for mailed, entry in idle if mailed]
+        idle = period.once("lists_without_revenue", lambda: _lists_without_revenue(db, period))
     # Lists no message of the period went through, and the readers of theirs that
     # were mailed through another list all the same.
     unmailed = {entry["list"]: entry for mailed, entry in idle if not mailed}
-    through = _mailed_through(db, list(unmailed), cparams)
-    not_mailed = [entry for name, entry in unmailed.items() if name not in through]
-    mailed_through_others = [
-        {"list": name, "active": unmailed[name]["active"], **through[name]}
-        for name in sorted(through)
-    ]
-    if by == "list":
-        for r in result_rows:
-            r["mailed_through"] = through.get(r["list"], {}).get("through", {})
-    over_time = [
-        {"day": day, "currency": cur, "revenue": rev, "attributed": attr}
-        for (day, cur), (rev, attr) in sorted(days.items())
-    ]
+    through = period.once(
+        ("mailed_through", *unmailed), lambda: _mailed_through(db, list(unmailed), period.cparams)
+    )
     return {
-        "by": by,
-        "since": since,
-        "until": until,
-        "rows": result_rows,
-        "totals": totals,
-        "lists_without_revenue": no_revenue,
-        "lists_not_mailed": not_mailed,
-        "lists_mailed_through_others": mailed_through_others,
-        "holdout": _holdouts(db, campaigns, in_period if (start or end) else None),
-        "complaint_warnings": _complaint_warnings(db, campaigns, in_period, bool(start or end)),
-        "over_time": over_time,
+        "lists_without_revenue": [entry for mailed, entry in idle if mailed],
+        "lists_not_mailed": [entry for name, entry in unmailed.items() if name not in through],
+        "lists_mailed_through_others": [
+            {"list": name, "active": unmailed[name]["active"], **through[name]}
+            for name in sorted(through)
+        ],
+        "through": through,
     }
 
 
@@ -333,7 +450,8 @@ def mailed_through_text(entry: dict) -> str:
     return f"{entry['list']} ({entry['active']:,} active: {through})"
 
 
-def _complaint_warnings(db: Database, campaigns: dict, in_period: list, limited: bool) -> list:
+def _complaint_warnings(db: Database, period: Period) -> list[dict]:
+    """The period's campaigns whose complaint rate passed one of COMPLAINT_LIMITS."""
     out = []
     for cid, sent, complaints in db.execute(
         """SELECT d.campaign_id, COUNT(*) FILTER (WHERE d.state = 'sent'),
@@ -341,12 +459,12 @@ def _complaint_warnings(db: Database, campaigns: dict, in_period: list, limited:
                                    WHERE e.delivery_id = d.id AND e.kind = 'complaint'))
            FROM deliveries d GROUP BY d.campaign_id ORDER BY d.campaign_id"""
     ):
-        if (limited and cid not in in_period) or not sent or not complaints:
+        if (period.limited and cid not in period.in_period) or not sent or not complaints:
             continue
         rate = complaints / sent
         limit = next((x for x in COMPLAINT_LIMITS if rate > x), None)
         if limit is not None:
-            slug = campaigns.get(cid, {"slug": f"#{cid}"})["slug"]
+            slug = period.campaigns.get(cid, {"slug": f"#{cid}"})["slug"]
             out.append(
                 {
                     "campaign": slug,
@@ -395,10 +513,9 @@ def _mailed_through(db: Database, slugs: list[str], cparams: list) -> dict[str, 
     return out
 
 
-def _lists_without_revenue(
-    db: Database, sale_where: str, sparams: list, cparams: list
-) -> list[tuple[bool, dict]]:
+def _lists_without_revenue(db: Database, period: Period) -> list[tuple[bool, dict]]:
     """(mailed in the period, {list, active}) for each list with members and no orders."""
+    sale_where, sparams = period.sale_filter()
     earned = {
         lid
         for (lid,) in db.execute(
@@ -409,24 +526,25 @@ def _lists_without_revenue(
         )
     }
     # One index seek per list (deliveries_list is on list_id, state).
-    in_period = "AND d.campaign_id IN (SELECT value FROM json_each(?))" if cparams else ""
-    members = member_counts(db)
+    in_period = period.campaign_filter("AND", "d.campaign_id")
+    members = period.once("members", lambda: member_counts(db))
     return [
         (bool(mailed), {"list": slug, "active": members[lid]["active"]})
         for lid, slug, mailed in db.execute(
             f"""SELECT l.id, l.slug, EXISTS (SELECT 1 FROM deliveries d WHERE d.list_id = l.id
                                             AND d.state = 'sent' {in_period})
                FROM lists l ORDER BY l.slug""",
-            cparams,
+            period.cparams,
         )
         if members.get(lid, {}).get("active") and lid not in earned
     ]
 
 
-def _holdouts(db: Database, campaigns: dict, only: list[int] | None) -> list[dict]:
+def _holdouts(db: Database, period: Period) -> list[dict]:
+    """The period's campaigns with a holdout: the lift of their mail, in their window."""
     out = []
-    for cid, c in sorted(campaigns.items()):
-        if not c["holdout"] or not c["started"] or (only is not None and cid not in only):
+    for cid, c in sorted(period.campaigns.items()):
+        if not c["holdout"] or not c["started"] or (period.limited and cid not in period.in_period):
             continue
         window_end = datetime.fromisoformat(c["started"]) + timedelta(days=c["days"])
         figures = {"sent": (0, 0), "held_out": (0, 0)}
