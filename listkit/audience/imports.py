@@ -28,13 +28,10 @@ The file is streamed in chunks: memory does not grow with the file.
 from __future__ import annotations
 
 import codecs
-import csv
 import io
-import itertools
 import json
 import multiprocessing
 import os
-import re
 import sqlite3
 import stat
 import sys
@@ -46,7 +43,7 @@ from typing import IO, Any, NamedTuple
 
 from sqlite_utils import Database
 
-from listkit import csvout
+from listkit import csvin, csvout
 from listkit.audience.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
 from listkit.audience.names import MAX_NAME, join_name
@@ -57,7 +54,6 @@ from listkit.text import lines, one_line
 
 CHUNK = 1000  # rows per chunk: small enough to stay in the CPU caches
 MAX_FIELD = 64 * 1024  # a longer value is refused (the row is rejected)
-csv.field_size_limit(1024 * 1024)  # the parser's own limit; beyond it a record is re-read
 
 FORMATS = ("auto", "mailchimp", "substack", "kit", "ghost", "beehiiv", "csv")
 
@@ -437,60 +433,6 @@ class ImportSummary:
         return dict(self.__dict__)
 
 
-def _records(text: IO[str], where: str) -> Iterator[tuple[int, list[str] | str]]:
-    """(line, fields) for each record of a CSV text, or (line, reason) for a broken one.
-
-    Line numbers are physical lines (LF, CRLF or a lone CR each end one). The
-    lines of the record being parsed are kept in ``taken`` (a C-level tap, so
-    the common case costs no Python per line); when a record is broken (an
-    unclosed quote, an oversized field) its first line is rejected and the
-    lines after it are parsed again: one bad quote does not swallow the rows
-    after it.
-    """
-    taken: dict[int, str] = {}
-    numbers = itertools.count(1)
-    lines: Iterator[str] = map(taken.setdefault, numbers, text)
-    while True:
-        reader = csv.reader(lines, strict=True)
-        try:
-            for row in reader:
-                line = next(iter(taken))
-                taken.clear()
-                yield line, row
-            return
-        except csv.Error as e:
-            held = list(taken.items())
-            taken.clear()
-            first = held[0][0] if held else next(numbers) - 1
-            reason = (
-                "unclosed quote"
-                if "unexpected end of data" in str(e) or len(held) > 1
-                else f"unreadable CSV ({e})"
-            )
-            if "field larger" in str(e):
-                reason = "a field is larger than 1 MB (or a quote is not closed)"
-            yield first, reason
-            again = held[1:]
-            lines = map(
-                taken.setdefault,
-                itertools.chain([n for n, _ in again], numbers),
-                itertools.chain([s for _, s in again], text),
-            )
-        except UnicodeDecodeError as e:
-            # The decoder works a block at a time: the bad byte is on the line
-            # being read plus the line ends before it in that block.
-            line = next(numbers) - 1 + len(_EOL.findall(e.object, 0, e.start))
-            name = "UTF-8" if e.encoding.startswith("utf-8") else e.encoding
-            raise InputError(
-                f"{where}, line {line}: not {name} text (byte 0x{e.object[e.start]:02x}). If the "
-                "file is Latin-1 or Windows-1252, run again with --encoding latin-1 (or cp1252); "
-                "nothing was imported"
-            ) from None
-
-
-_EOL = re.compile(rb"\r\n|\r|\n")
-
-
 def _check_encoding(encoding: str) -> str:
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         return "utf-8-sig"  # tolerate Excel's byte-order mark either way
@@ -530,7 +472,7 @@ def import_subscribers(
     summary = ImportSummary(file=name, list=list_slug)
     text = io.TextIOWrapper(stream, encoding=encoding, newline="")
     try:
-        records = _records(text, name)
+        records = csvin.records(text, name)
         header: list[str] | None = None
         for line, row in records:
             if isinstance(row, str):

@@ -17,7 +17,6 @@ anything a record raises into a rejection); refunds only grow.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -29,6 +28,7 @@ from urllib.parse import parse_qsl
 
 from sqlite_utils import Database
 
+from listkit import csvin
 from listkit.audience.addresses import email_key
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, quoted
@@ -656,29 +656,21 @@ class SalesSummary:
 
 
 def _csv_records(text: IO[str]) -> tuple[list[str], Iterator[tuple[int, dict | InputError]]]:
-    reader = csv.reader(text)
+    records = csvin.records(text, "the file")
     try:
-        header = [h.strip().lstrip("\ufeff") for h in next(reader)]
+        _, header = next(records)
     except StopIteration:
         raise InputError("the file is empty: expected a header row and sales") from None
-    except csv.Error as e:
-        raise InputError(f"the header row cannot be read as CSV ({e})") from None
+    if isinstance(header, str):
+        raise InputError(f"the header row cannot be read as CSV ({header})")
+    header = [h.strip().lstrip("\ufeff") for h in header]
 
     def rows() -> Iterator[tuple[int, dict | InputError]]:
-        line = reader.line_num
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:  # a field over the csv module's limit; the reader goes on
-                start, line = line + 1, reader.line_num
-                yield start, InputError(f"this row cannot be read as CSV ({e}): too large")
-                continue
-            start, line = line + 1, reader.line_num
-            if not any(v.strip() for v in values):
-                continue
-            yield start, dict(zip(header, values, strict=False))
+        for line, values in records:
+            if isinstance(values, str):  # a broken record: that line only, the reader goes on
+                yield line, InputError(f"this row cannot be read as CSV: {values}")
+            elif any(v.strip() for v in values):
+                yield line, dict(zip(header, values, strict=False))
 
     return header, rows()
 
