@@ -47,13 +47,23 @@ def email_key(address: str) -> str:
         return unicodedata.normalize("NFC", text.casefold())
     local = unicodedata.normalize("NFC", local.casefold())
     if not domain.isascii():
-        try:
-            # UTS 46 maps the domain as browsers and mail software do (case,
-            # full-width dots) before encoding it.
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError:
-            domain = unicodedata.normalize("NFC", domain)
+        domain = ascii_host(domain) or unicodedata.normalize("NFC", domain)
     return f"{local}@{domain.casefold()}"
+
+
+def ascii_host(domain: str) -> str | None:
+    """A domain in IDNA A-labels by UTS 46 (``straße.de`` -> ``xn--strae-oqa.de``), as
+    browsers and mail software map it (case, full-width dots, ß kept as itself, not
+    IDNA 2003's ``strasse``); an ASCII domain as it is; None if it is not a valid IDN.
+
+    The one IDNA encoding of listkit: settings, imports and sending all use it.
+    """
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
 
 
 def normalize_address(raw: str) -> str:
@@ -82,9 +92,5 @@ def ascii_domain(address: str) -> str | None:
     local, at, domain = address.rpartition("@")
     if not at or not local.isascii():
         return None
-    if domain.isascii():
-        return address
-    try:
-        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
-    except idna.IDNAError:
-        return None
+    host = ascii_host(domain)
+    return None if host is None else f"{local}@{host}"
