@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
 
+from listkit.domains import ascii_host
 from listkit.errors import ConfigError
 
 # A host name (letters, digits, hyphens, dots) or an address literal.
@@ -357,13 +358,17 @@ def parse_sender(value: str) -> tuple[str, str]:
     name, addr = parseaddr(value.strip())
     if not addr or "@" not in addr or addr.startswith("@") or addr.endswith("@"):
         raise ConfigError(f"LISTKIT_FROM must look like 'Name <you@example.com>', not {value!r}")
-    if not addr.rpartition("@")[0].isascii():
+    local, _, domain = addr.rpartition("@")
+    if not local.isascii():
         # Only SMTPUTF8 carries it, and the From line of every message would need it.
         raise ConfigError(
             f"LISTKIT_FROM: the address {addr} has a non-ASCII local part, which most mail "
             "servers cannot carry; use an ASCII address such as you@example.com"
         )
-    return name, addr
+    host = ascii_host(domain)
+    if host is None:
+        raise ConfigError(f"LISTKIT_FROM: {domain!r} is not a valid domain name")
+    return name, f"{local}@{host}"
 
 
 @dataclass(frozen=True)
@@ -430,9 +435,8 @@ class Settings:
             return fqdn
         sender = self.values.get("LISTKIT_FROM")
         if sender:
-            with contextlib.suppress(ConfigError, UnicodeError):
-                domain = parse_sender(sender)[1].rpartition("@")[2]
-                domain = domain.encode("idna").decode("ascii")
+            with contextlib.suppress(ConfigError):
+                domain = parse_sender(sender)[1].rpartition("@")[2]  # in A-labels
                 if _EHLO_NAME.fullmatch(domain):
                     return domain
         return fqdn if _EHLO_NAME.fullmatch(fqdn) else "localhost"

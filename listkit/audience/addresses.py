@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-import idna
 from email_validator import EmailNotValidError, validate_email
 
+from listkit.domains import ascii_host
 from listkit.errors import InputError
 
 # A subset of what email-validator accepts: dot-atom local part, LDH domain
@@ -49,21 +49,6 @@ def email_key(address: str) -> str:
     if not domain.isascii():
         domain = ascii_host(domain) or unicodedata.normalize("NFC", domain)
     return f"{local}@{domain.casefold()}"
-
-
-def ascii_host(domain: str) -> str | None:
-    """A domain in IDNA A-labels by UTS 46 (``straße.de`` -> ``xn--strae-oqa.de``), as
-    browsers and mail software map it (case, full-width dots, ß kept as itself, not
-    IDNA 2003's ``strasse``); an ASCII domain as it is; None if it is not a valid IDN.
-
-    The one IDNA encoding of listkit: settings, imports and sending all use it.
-    """
-    if domain.isascii():
-        return domain
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        return None
 
 
 def normalize_address(raw: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from listkit.audience.addresses import ascii_host
+from listkit.domains import ascii_host
 
 _OURS = re.compile(r"<?([a-z2-7]{16})\.lk@[^>\s]+>?", re.IGNORECASE)
 _HEADER = re.compile(r"^Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
