@@ -13,7 +13,8 @@ cleaned, bounced or complained become suppressions, rows not confirmed yet
 become pending members (never mailed, not suppressed; a later export saying
 active makes them active, unless they are pending through our own signup
 form), and a status listkit does not know rejects its row. A suppressed or
-unsubscribed address is never made active again by an import. Times are stored as UTC ISO 8601.
+unsubscribed address is never made active again by an import. Times are read by
+``listkit.times`` and stored as UTC ISO 8601.
 
 Text is cleaned as ``listkit.text`` says: names, column names and the file
 name kept as the source are one line (a control character, a line break
@@ -38,7 +39,6 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple
 
 from sqlite_utils import Database
@@ -51,6 +51,7 @@ from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound, quoted
 from listkit.processes import exit_with_parent
 from listkit.text import lines, one_line
+from listkit.times import parse_time
 
 CHUNK = 1000  # rows per chunk: small enough to stay in the CPU caches
 MAX_FIELD = 64 * 1024  # a longer value is refused (the row is rejected)
@@ -71,25 +72,6 @@ FALSE = frozenset({"false", "0", "no", "n", "f"})
 # Substack replaces the address of a reader who asked to be deleted with a
 # placeholder at this domain: nobody to mail, nothing to keep.
 DELETION_REQUEST = "@deletion-request.substack.com"
-
-
-def utc_time(value: str) -> str:
-    """An export's time as ISO 8601 UTC (``2026-11-22T11:21:16+00:00``); ValueError if none.
-
-    Reads ``2024-01-02 10:00:00`` (Mailchimp), ``2023-05-01T12:00:00.000Z``
-    (Substack, Ghost, Kit), ``2023-03-24 10:23:10 UTC`` (Beehiiv) and any ISO
-    8601 time with an offset. A time without a zone is taken as UTC.
-    """
-    text = value.strip()
-    if text.endswith(" UTC"):
-        text = text[:-4]
-    dt = datetime.fromisoformat(text)
-    # YYYY-MM-DD HH:MM:SS without a zone, the usual case: the text is the answer.
-    if len(text) == 19 and dt.tzinfo is None and text[4] == "-" and text[16] == ":":
-        return f"{text[:10]}T{text[11:]}+00:00"
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC).isoformat()
-    return dt.astimezone(UTC).isoformat()
 
 
 class _BadRow(Exception):
@@ -784,9 +766,9 @@ class _Parser:
         for i, col in self.times:
             if value := row[i].strip():
                 try:
-                    row[i] = utc_time(value)
-                except ValueError:
-                    raise _BadRow(f"{col} {quoted(value)} is not a date and time") from None
+                    row[i] = parse_time(value, col)
+                except InputError as e:
+                    raise _BadRow(str(e)) from None
         return row
 
     def chunks(self, records: Iterator[tuple[int, list[str] | str]]) -> Iterator[_Chunk]:

@@ -22,7 +22,6 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import parse_qsl
 
@@ -34,6 +33,7 @@ from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, quoted
 from listkit.payloads import loads_object
 from listkit.sales.money import currency_code, from_stripe_minor, to_minor, whole_minor
+from listkit.times import parse_time
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
 REVENUE_STATUSES = ("paid", "partially_refunded", "refunded")
@@ -62,43 +62,6 @@ class Sale:
 
 class Skip(Exception):
     """A row that is not a sale; the message is the reason."""
-
-
-def parse_time(value: str, field_name: str) -> str:
-    """Shop timestamps to ISO 8601 UTC; naive times are taken as UTC."""
-    if isinstance(value, bool) or not isinstance(value, str | int | None):
-        raise InputError(f"{field_name} {quoted(value)} is not a date and time")
-    text = str(value if value is not None else "").strip()
-    if not text:
-        raise InputError(f"{field_name} is empty")
-    if text.isascii() and text.isdigit():
-        if len(text) > 11:  # past the year 5000: not a Unix time
-            raise InputError(f"{field_name} {quoted(text)} is not a date and time")
-        return datetime.fromtimestamp(int(text), UTC).isoformat()
-    if len(text) > 64:
-        raise InputError(f"{field_name} {quoted(text)} is not a date and time")
-    candidate = text.replace("Z", "+00:00").replace(" UTC", "+00:00")
-    for attempt in (candidate, candidate.replace(" +", "+").replace(" -", "-")):
-        try:
-            dt = datetime.fromisoformat(attempt)
-            break
-        except ValueError:
-            continue
-    else:
-        for fmt in ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d %b %Y %H:%M:%S"):
-            try:
-                dt = datetime.strptime(text, fmt)
-                break
-            except ValueError:
-                continue
-        else:
-            raise InputError(f"{field_name} {quoted(text)} is not a date and time")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    try:
-        return dt.astimezone(UTC).isoformat()
-    except OverflowError:
-        raise InputError(f"{field_name} {quoted(text)} is not a date and time") from None
 
 
 def _text(data: dict, key: str) -> str | None:
