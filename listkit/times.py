@@ -21,19 +21,20 @@ _FORMATS = ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d %b %Y %H:%M:%
 def parse_time(value: object, field_name: str) -> str:
     """``value`` as ISO 8601 UTC; InputError naming ``field_name`` (and quoting the
     value only as ``quoted`` does: never an address) when it is no time."""
+    # YYYY-MM-DD HH:MM:SS without a zone, the usual case of an export (read for every
+    # row of a large import): the text is the answer.
+    if value.__class__ is str and len(value) == 19 and value[10] == " " and value[16] == ":":
+        try:
+            naive = datetime.fromisoformat(value).tzinfo is None
+        except ValueError:
+            naive = False
+        if naive:
+            return f"{value[:10]}T{value[11:]}+00:00"
     if isinstance(value, bool) or not isinstance(value, str | int | None):
         raise InputError(f"{field_name} {quoted(value)} is not a date and time")
     text = str(value if value is not None else "").strip()
     if not text:
         raise InputError(f"{field_name} is empty")
-    # YYYY-MM-DD HH:MM:SS without a zone, the usual case of an export: the text is the answer.
-    if len(text) == 19 and text[4] == "-" and text[10] == " " and text[16] == ":":
-        try:
-            naive = datetime.fromisoformat(text).tzinfo is None
-        except ValueError:
-            naive = False
-        if naive:
-            return f"{text[:10]}T{text[11:]}+00:00"
     dt = _parsed(text)
     if dt is None:
         raise InputError(f"{field_name} {quoted(text)} is not a date and time")
