@@ -63,5 +63,3 @@ def test_unsubscribe_urls_are_signed_and_tampering_fails():
     assert not verify_unsubscribe(secret, "abcdefghijklmnoq", sig)
     assert not verify_unsubscribe(b"t" * 32, token, sig)
     assert not verify_unsubscribe(secret, token, sig[:-1] + ("A" if sig[-1] != "A" else "B"))
-
-
