@@ -1,9 +1,10 @@
 """Live sales webhooks: Stripe, Lemon Squeezy, Gumroad and listkit's own signed sale.
 
-The rule: a delivery is verified by its producer's own scheme before it is
-parsed, then goes through the same parser and upsert as ``listkit sales
-import`` (``sales.record_sale`` / ``sales.store_records``) and attribution
-runs for the sale it changed, all in one write that commits before the 2xx.
+The rule: a delivery is verified by its producer's own scheme (checked by
+``listkit.signing``) before it is parsed, then goes through the same parser
+and upsert as ``listkit sales import`` (``sales.record_sale`` /
+``sales.store_records``) and attribution runs for the sale it changed, all
+in one write that commits before the 2xx.
 A route whose secret is not set answers 404; a bad signature 400 and nothing
 stored; a payload that is no sale (a test purchase, an event type listkit
 does not book) 200 and nothing stored; a replayed delivery changes nothing.
