@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-import idna
 from email_validator import EmailNotValidError, validate_email
 
+from listkit.domains import ascii_host
 from listkit.errors import InputError
 
 # A subset of what email-validator accepts: dot-atom local part, LDH domain
@@ -47,12 +47,7 @@ def email_key(address: str) -> str:
         return unicodedata.normalize("NFC", text.casefold())
     local = unicodedata.normalize("NFC", local.casefold())
     if not domain.isascii():
-        try:
-            # UTS 46 maps the domain as browsers and mail software do (case,
-            # full-width dots) before encoding it.
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError:
-            domain = unicodedata.normalize("NFC", domain)
+        domain = ascii_host(domain) or unicodedata.normalize("NFC", domain)
     return f"{local}@{domain.casefold()}"
 
 
@@ -82,9 +77,5 @@ def ascii_domain(address: str) -> str | None:
     local, at, domain = address.rpartition("@")
     if not at or not local.isascii():
         return None
-    if domain.isascii():
-        return address
-    try:
-        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
-    except idna.IDNAError:
-        return None
+    host = ascii_host(domain)
+    return None if host is None else f"{local}@{host}"

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
 
+from listkit.domains import ascii_host
 from listkit.errors import ConfigError
 
 T = TypeVar("T")
@@ -211,13 +212,17 @@ def parse_sender(value: str) -> tuple[str, str]:
     name, addr = parseaddr(value.strip())
     if not addr or "@" not in addr or addr.startswith("@") or addr.endswith("@"):
         raise ConfigError(f"LISTKIT_FROM must look like 'Name <you@example.com>', not {value!r}")
-    if not addr.rpartition("@")[0].isascii():
+    local, _, domain = addr.rpartition("@")
+    if not local.isascii():
         # Only SMTPUTF8 carries it, and the From line of every message would need it.
         raise ConfigError(
             f"LISTKIT_FROM: the address {addr} has a non-ASCII local part, which most mail "
             "servers cannot carry; use an ASCII address such as you@example.com"
         )
-    return name, addr
+    host = ascii_host(domain)
+    if host is None:
+        raise ConfigError(f"LISTKIT_FROM: {domain!r} is not a valid domain name")
+    return name, f"{local}@{host}"
 
 
 class Invalid(ValueError):
@@ -392,7 +397,8 @@ class Settings:
         "LISTKIT_FROM",
         SENDER,
         "sender, `Name <address>`; the address's local part must be ASCII "
-        "(its domain may be international)",
+        "(its domain may be international, and is used in its UTS 46 ASCII form: "
+        "`straße.de` is `xn--strae-oqa.de`, never `strasse.de`)",
     )
     postal_address = Setting(
         "LISTKIT_POSTAL_ADDRESS", TEXT, "your postal address, shown in every message"
@@ -486,7 +492,7 @@ class Settings:
         "LISTKIT_BOUNCE_ADDRESS",
         TEXT,
         "envelope sender for bounces (VERP): `bounces@example.com` sends each message as "
-        "`bounces+<token>@example.com`",
+        "`bounces+<token>@example.com` (an international domain in its UTS 46 ASCII form)",
         default_doc="none: the `LISTKIT_FROM` address",
     )
     imap_url = Setting(
@@ -585,10 +591,9 @@ class Settings:
         fqdn = _fqdn()
         if "." in fqdn and _EHLO_NAME.fullmatch(fqdn) and not fqdn.startswith("localhost"):
             return fqdn
-        with contextlib.suppress(ConfigError, UnicodeError):
+        with contextlib.suppress(ConfigError):
             if self.sender:
-                domain = self.sender[1].rpartition("@")[2]
-                domain = domain.encode("idna").decode("ascii")
+                domain = self.sender[1].rpartition("@")[2]  # in A-labels (parse_sender)
                 if _EHLO_NAME.fullmatch(domain):
                     return domain
         return fqdn if _EHLO_NAME.fullmatch(fqdn) else "localhost"

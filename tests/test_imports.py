@@ -561,22 +561,6 @@ def test_a_flag_that_is_neither_true_nor_false_rejects_the_row(run, blog, tmp_pa
     assert members(run) == {"a@example.com": "active"}
 
 
-@pytest.mark.parametrize(
-    ("written", "stored"),
-    [
-        ("2024-01-02 10:00:00", "2024-01-02T10:00:00+00:00"),
-        ("2023-03-24 10:23:10 UTC", "2023-03-24T10:23:10+00:00"),
-        ("2023-05-01T12:00:00.713Z", "2023-05-01T12:00:00.713000+00:00"),
-        ("2024-03-14 09:12:31 -0400", "2024-03-14T13:12:31+00:00"),
-        ("2024-01-02 10:00+01", "2024-01-02T09:00:00+00:00"),
-    ],
-)
-def test_export_times_are_read_as_utc(written, stored):
-    from listkit.audience.imports import utc_time
-
-    assert utc_time(written) == stored
-
-
 def test_a_ghost_member_with_a_deletion_date_is_never_made_active(run, blog, tmp_path):
     f = tmp_path / "ghost_deleted.csv"
     f.write_text(

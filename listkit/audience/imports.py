@@ -13,7 +13,8 @@ cleaned, bounced or complained become suppressions, rows not confirmed yet
 become pending members (never mailed, not suppressed; a later export saying
 active makes them active, unless they are pending through our own signup
 form), and a status listkit does not know rejects its row. A suppressed or
-unsubscribed address is never made active again by an import. Times are stored as UTC ISO 8601.
+unsubscribed address is never made active again by an import. Times are read by
+``listkit.times`` and stored as UTC ISO 8601.
 
 Text is cleaned as ``listkit.text`` says: names, column names and the file
 name kept as the source are one line (a control character, a line break
@@ -28,25 +29,21 @@ The file is streamed in chunks: memory does not grow with the file.
 from __future__ import annotations
 
 import codecs
-import csv
 import io
-import itertools
 import json
 import multiprocessing
 import os
-import re
 import sqlite3
 import stat
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple
 
 from sqlite_utils import Database
 
-from listkit import csvout, vocab
+from listkit import csvin, csvout, vocab
 from listkit.addresses import email_key, normalize_address
 from listkit.audience.lists import get_list
 from listkit.db import immediate, now
@@ -54,10 +51,10 @@ from listkit.errors import InputError, ListkitError, NotFound, quoted
 from listkit.names import MAX_NAME, join_name
 from listkit.processes import exit_with_parent
 from listkit.text import lines, one_line
+from listkit.times import parse_time
 
 CHUNK = 1000  # rows per chunk: small enough to stay in the CPU caches
 MAX_FIELD = 64 * 1024  # a longer value is refused (the row is rejected)
-csv.field_size_limit(1024 * 1024)  # the parser's own limit; beyond it a record is re-read
 
 FORMATS = ("auto", "mailchimp", "substack", "kit", "ghost", "beehiiv", "csv")
 
@@ -77,27 +74,27 @@ FALSE = frozenset({"false", "0", "no", "n", "f"})
 DELETION_REQUEST = "@deletion-request.substack.com"
 
 
-def utc_time(value: str) -> str:
-    """An export's time as ISO 8601 UTC (``2026-11-22T11:21:16+00:00``); ValueError if none.
-
-    Reads ``2024-01-02 10:00:00`` (Mailchimp), ``2023-05-01T12:00:00.000Z``
-    (Substack, Ghost, Kit), ``2023-03-24 10:23:10 UTC`` (Beehiiv) and any ISO
-    8601 time with an offset. A time without a zone is taken as UTC.
-    """
-    text = value.strip()
-    if text.endswith(" UTC"):
-        text = text[:-4]
-    dt = datetime.fromisoformat(text)
-    # YYYY-MM-DD HH:MM:SS without a zone, the usual case: the text is the answer.
-    if len(text) == 19 and dt.tzinfo is None and text[4] == "-" and text[16] == ":":
-        return f"{text[:10]}T{text[11:]}+00:00"
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC).isoformat()
-    return dt.astimezone(UTC).isoformat()
-
-
 class _BadRow(Exception):
     """A row that cannot be imported; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Status:
+    """How a row's status is read, as data (``status_reader`` reads it).
+
+    ``fixed``: every row has it (a Mailchimp export is one status). ``flag``:
+    a true/false column and the status each means; empty is the producer's
+    default (active), anything else rejects the row. ``states``: the status
+    columns (the first present counts) and the status of each value, lower
+    case; a value not named rejects the row. ``gone_at``: a date in this
+    column makes the row unsubscribed (a member deleted or unsubscribed in
+    the producer). Without its column, a row is active.
+    """
+
+    fixed: str | None = None
+    flag: tuple[str, str, str] | None = None  # (column, status when true, when false)
+    states: tuple[tuple[str, ...], dict[str, str]] | None = None  # (columns, value -> status)
+    gone_at: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,73 +113,61 @@ class Shape:
     status_at: str | None = None  # when the row stopped being mailable
     known: frozenset[str] = frozenset()
     times: frozenset[str] = frozenset()  # columns holding times, stored as UTC wherever kept
-    # (header -> index) -> (row -> status); the row function raises _BadRow
-    status: Callable[[dict[str, int]], Callable[[list[str]], str]] | None = None
+    status: Status | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c for c in (self.full_name, self.first_name, self.last_name) if c)
 
 
-def _always(value: str) -> Callable[[dict[str, int]], Callable[[list[str]], str]]:
-    return lambda idx: lambda row: value
-
-
-def _flag_column(column: str, when_true: str, when_false: str, gone_at: str = ""):
-    """A true/false column; anything else rejects the row. A date in ``gone_at``
-    (a member deleted in the producer) makes the row unsubscribed."""
-
-    def build(idx: dict[str, int]):
-        i, gone = idx.get(column), idx.get(gone_at)
+def status_reader(status: Status, idx: dict[str, int]) -> Callable[[list[str]], str]:
+    """The function giving each row's status for a header (column -> index); it
+    raises _BadRow for a value the status description does not allow."""
+    if status.fixed is not None:
+        fixed = status.fixed
+        return lambda row: fixed
+    gone = idx.get(status.gone_at) if status.gone_at else None
+    if status.flag is not None:
+        column, when_true, when_false = status.flag
+        i = idx.get(column)
         if i is None:
             return lambda row: ACTIVE
 
-        def status(row: list[str]) -> str:
+        def flag(row: list[str]) -> str:
             if gone is not None and row[gone].strip():
                 return UNSUBSCRIBED
             value = row[i].strip()
-            flag = value.lower()
-            if flag in TRUE:
+            lowered = value.lower()
+            if lowered in TRUE:
                 return when_true
-            if flag in FALSE:
+            if lowered in FALSE:
                 return when_false
-            if flag:
+            if lowered:
                 raise _BadRow(f"{column} {quoted(value)} is not true or false")
             return ACTIVE  # left empty: the producer's default (subscribed)
 
-        return status
+        return flag
+    assert status.states is not None
+    columns, mapping = status.states
+    column = next((c for c in columns if c in idx), None)
+    if column is None:
+        return lambda row: ACTIVE
+    i, known = idx[column], ", ".join(mapping)
 
-    return build
+    def state(row: list[str]) -> str:
+        value = row[i].strip()
+        found = mapping.get(value.lower())
+        if found is None:
+            raise _BadRow(
+                f"{column} {quoted(value)} is not one listkit knows ({known})"
+                if value
+                else f"{column} is empty (expected one of {known})"
+            )
+        if gone is not None and found in (ACTIVE, PENDING) and row[gone].strip():
+            return UNSUBSCRIBED
+        return found
 
-
-def _state_column(columns: Sequence[str], mapping: dict[str, str], unsubscribed_at: str = ""):
-    """A status column whose values are all named in ``mapping``: any other value
-    rejects the row (nothing but a known mailable status makes a member active).
-    A date in ``unsubscribed_at`` makes the row unsubscribed whatever its status."""
-    known = ", ".join(mapping)
-
-    def build(idx: dict[str, int]):
-        column = next((c for c in columns if c in idx), None)
-        if column is None:
-            return lambda row: ACTIVE
-        i, u = idx[column], idx.get(unsubscribed_at)
-
-        def status(row: list[str]) -> str:
-            value = row[i].strip()
-            found = mapping.get(value.lower())
-            if found is None:
-                raise _BadRow(
-                    f"{column} {quoted(value)} is not one listkit knows ({known})"
-                    if value
-                    else f"{column} is empty (expected one of {known})"
-                )
-            if u is not None and found in (ACTIVE, PENDING) and row[u].strip():
-                return UNSUBSCRIBED
-            return found
-
-        return status
-
-    return build
+    return state
 
 
 # The columns of a subscribed export, in the export's order (audience merge
@@ -208,30 +193,6 @@ MAILCHIMP_SUBSCRIBED = (
     "EUID",
     "NOTES",
 )
-# The columns stored in places of their own; every other one (MEMBER_RATING,
-# TIMEZONE, CC, LEID, TAGS, UNSUB_REASON, ...) is kept as a custom field.
-MAILCHIMP_KNOWN = frozenset(
-    {
-        "Email Address",
-        "First Name",
-        "Last Name",
-        "OPTIN_TIME",
-        "OPTIN_IP",
-        "CONFIRM_TIME",
-        "CONFIRM_IP",
-    }
-)
-_MAILCHIMP = {
-    "email": "Email Address",
-    "first_name": "First Name",
-    "last_name": "Last Name",
-    "consent_at": "OPTIN_TIME",
-    "confirmed_at": "CONFIRM_TIME",
-    "consent_ip": "OPTIN_IP",
-    "confirm_ip": "CONFIRM_IP",
-    "known": MAILCHIMP_KNOWN,
-    "times": frozenset({"OPTIN_TIME", "CONFIRM_TIME", "UNSUB_TIME", "CLEAN_TIME", "LAST_CHANGED"}),
-}
 # Kit's subscriber states; `inactive` is a subscriber who has not confirmed yet.
 KIT_STATES = {
     "active": ACTIVE,
@@ -256,122 +217,189 @@ BEEHIIV_STATES = {
 }
 
 
+@dataclass(frozen=True)
+class Format:
+    """One producer's export: the columns that recognise it and how they map.
+
+    Recognised when the header has every column of ``needs`` and, if given,
+    one of ``needs_one_of``; with ``any_case`` column names match in any case
+    (Kit's vary) and the shape names them as the file spells them. Each
+    column of the shape is a column name or a tuple of names, the first
+    present counting; ``known`` and ``times`` name columns that may be absent.
+    """
+
+    format: str  # the --format name
+    name: str  # the name an import reports
+    needs: tuple[str, ...]
+    needs_one_of: tuple[str, ...] = ()
+    any_case: bool = False
+    email: str | tuple[str, ...] = "email"
+    full_name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    consent_at: str | None = None
+    confirmed_at: str | None = None
+    consent_ip: str | None = None
+    confirm_ip: str | None = None
+    status_at: str | None = None
+    known: tuple[str, ...] = ()
+    times: tuple[str, ...] = ()
+    status: Status = Status(fixed=ACTIVE)
+
+    def shape(self, header: Sequence[str]) -> Shape | None:
+        """This format's shape of ``header``, or None when the header is not its."""
+        fold = str.lower if self.any_case else str
+        spelled = {fold(c): c for c in header}
+
+        def column(names: str | tuple[str, ...] | None) -> str | None:
+            """The first of ``names`` the header has, as the header spells it."""
+            for n in (names,) if isinstance(names, str) else names or ():
+                if fold(n) in spelled:
+                    return spelled[fold(n)]
+            return None
+
+        def present(names: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(c for c in map(column, names) if c is not None)
+
+        if len(present(self.needs)) < len(self.needs):
+            return None
+        if self.needs_one_of and column(self.needs_one_of) is None:
+            return None
+        status = self.status
+        if status.states is not None:
+            columns, mapping = status.states
+            status = replace(status, states=(present(columns), mapping))
+        return Shape(
+            self.name,
+            email=column(self.email) or "",
+            full_name=column(self.full_name),
+            first_name=column(self.first_name),
+            last_name=column(self.last_name),
+            consent_at=column(self.consent_at),
+            confirmed_at=column(self.confirmed_at),
+            consent_ip=column(self.consent_ip),
+            confirm_ip=column(self.confirm_ip),
+            status_at=column(self.status_at),
+            known=frozenset(present(self.known)),
+            times=frozenset(present(self.times)),
+            status=status,
+        )
+
+
+_MAILCHIMP = Format(
+    "mailchimp",
+    "mailchimp",
+    needs=("Email Address",),
+    email="Email Address",
+    first_name="First Name",
+    last_name="Last Name",
+    consent_at="OPTIN_TIME",
+    confirmed_at="CONFIRM_TIME",
+    consent_ip="OPTIN_IP",
+    confirm_ip="CONFIRM_IP",
+    # Stored in places of their own; every other column (MEMBER_RATING,
+    # TIMEZONE, CC, LEID, TAGS, UNSUB_REASON, ...) is kept as a custom field.
+    known=(
+        "Email Address",
+        "First Name",
+        "Last Name",
+        "OPTIN_TIME",
+        "OPTIN_IP",
+        "CONFIRM_TIME",
+        "CONFIRM_IP",
+    ),
+    times=("OPTIN_TIME", "CONFIRM_TIME", "UNSUB_TIME", "CLEAN_TIME", "LAST_CHANGED"),
+)
+_KIT = Format(
+    "kit",
+    "kit",
+    needs=("email_address",),
+    any_case=True,
+    email=("email_address", "email"),
+    first_name="first_name",
+    last_name="last_name",
+    consent_at="created_at",
+    known=("email", "email_address", "first_name", "last_name", "state", "status", "created_at"),
+    times=("created_at",),
+    status=Status(states=(("state", "status"), KIT_STATES)),
+)
+
+# Every export listkit recognises, in the order an automatic detection tries
+# them: the first whose columns the header has is the file's format.
+FORMAT_TABLE: tuple[Format, ...] = (
+    replace(
+        _MAILCHIMP,
+        name="mailchimp (cleaned)",
+        needs=("Email Address", "CLEAN_TIME"),
+        status_at="CLEAN_TIME",
+        status=Status(fixed=BOUNCED),
+    ),
+    replace(
+        _MAILCHIMP,
+        name="mailchimp (unsubscribed)",
+        needs=("Email Address", "UNSUB_TIME"),
+        status_at="UNSUB_TIME",
+        status=Status(fixed=UNSUBSCRIBED),
+    ),
+    _MAILCHIMP,
+    Format(
+        "substack",
+        "substack",
+        # The signups file has active_subscription; the paid subscribers
+        # file has expiry and type instead.
+        needs=("email", "email_disabled"),
+        needs_one_of=("active_subscription", "expiry"),
+        consent_at="created_at",
+        known=("email", "email_disabled", "created_at"),
+        times=("created_at", "expiry", "first_payment_at"),
+        status=Status(flag=("email_disabled", UNSUBSCRIBED, ACTIVE)),
+    ),
+    Format(
+        "ghost",
+        "ghost",
+        needs=("email", "subscribed_to_emails"),
+        full_name="name",
+        consent_at="created_at",
+        status_at="deleted_at",
+        known=("email", "name", "subscribed_to_emails", "created_at"),
+        times=("created_at", "deleted_at"),
+        status=Status(flag=("subscribed_to_emails", ACTIVE, UNSUBSCRIBED), gone_at="deleted_at"),
+    ),
+    Format(
+        "beehiiv",
+        "beehiiv",
+        needs=("email", "status"),
+        needs_one_of=("First Name", "tier"),
+        first_name="First Name",
+        last_name="Last Name",
+        consent_at="created_at",
+        status_at="unsubscribed_at",
+        known=("email", "First Name", "Last Name", "status", "created_at"),
+        times=("created_at", "unsubscribed_at", "Subscription Date (Substack)"),
+        status=Status(states=(("status",), BEEHIIV_STATES), gone_at="unsubscribed_at"),
+    ),
+    _KIT,
+    replace(_KIT, needs=("email",), needs_one_of=("state", "status")),
+)
+# What a format asked for by name needs, for the error when a header lacks it.
+FORMAT_NEEDS = {
+    "mailchimp": "an 'Email Address' column",
+    "substack": "'email' and 'active_subscription' columns",
+    "ghost": "'email' and 'subscribed_to_emails' columns",
+    "beehiiv": "'email', 'status' and 'First Name' columns",
+    "kit": "an 'email' or 'email_address' column",
+}
+
+
 def detect(header: Sequence[str], wanted: str = "auto") -> Shape:
     """The export shape of a header row; InputError names the columns it lacks."""
-    cols = set(header)
-    lower = {c.lower(): c for c in header}
-    shapes: dict[str, Callable[[], Shape | None]] = {
-        "mailchimp": lambda: (
-            (
-                Shape(
-                    "mailchimp (cleaned)",
-                    **_MAILCHIMP,
-                    status_at="CLEAN_TIME",
-                    status=_always(BOUNCED),
-                )
-                if "CLEAN_TIME" in cols
-                else Shape(
-                    "mailchimp (unsubscribed)",
-                    **_MAILCHIMP,
-                    status_at="UNSUB_TIME",
-                    status=_always(UNSUBSCRIBED),
-                )
-                if "UNSUB_TIME" in cols
-                else Shape("mailchimp", **_MAILCHIMP, status=_always(ACTIVE))
-            )
-            if "Email Address" in cols
-            else None
-        ),
-        "substack": lambda: (
-            Shape(
-                "substack",
-                email="email",
-                consent_at="created_at",
-                known=frozenset({"email", "email_disabled", "created_at"}),
-                times=frozenset({"created_at", "expiry", "first_payment_at"}),
-                status=_flag_column("email_disabled", UNSUBSCRIBED, ACTIVE),
-            )
-            # The signups file has active_subscription; the paid subscribers
-            # file has expiry and type instead.
-            if {"email", "email_disabled"} <= cols
-            and ("active_subscription" in cols or "expiry" in cols)
-            else None
-        ),
-        "ghost": lambda: (
-            Shape(
-                "ghost",
-                email="email",
-                full_name="name",
-                consent_at="created_at",
-                known=frozenset({"email", "name", "subscribed_to_emails", "created_at"}),
-                times=frozenset({"created_at", "deleted_at"}),
-                status_at="deleted_at",
-                status=_flag_column("subscribed_to_emails", ACTIVE, UNSUBSCRIBED, "deleted_at"),
-            )
-            if {"email", "subscribed_to_emails"} <= cols
-            else None
-        ),
-        "beehiiv": lambda: (
-            Shape(
-                "beehiiv",
-                email="email",
-                first_name="First Name",
-                last_name="Last Name",
-                consent_at="created_at",
-                status_at="unsubscribed_at",
-                known=frozenset({"email", "First Name", "Last Name", "status", "created_at"}),
-                times=frozenset({"created_at", "unsubscribed_at", "Subscription Date (Substack)"}),
-                status=_state_column(("status",), BEEHIIV_STATES, "unsubscribed_at"),
-            )
-            if {"email", "status"} <= cols and ("First Name" in cols or "tier" in cols)
-            else None
-        ),
-        "kit": lambda: (
-            Shape(
-                "kit",
-                email=lower.get("email_address") or lower["email"],
-                first_name=lower.get("first_name"),
-                last_name=lower.get("last_name"),
-                consent_at=lower.get("created_at"),
-                times=frozenset(lower[c] for c in ("created_at",) if c in lower),
-                known=frozenset(
-                    lower[c]
-                    for c in (
-                        "email",
-                        "email_address",
-                        "first_name",
-                        "last_name",
-                        "state",
-                        "status",
-                        "created_at",
-                    )
-                    if c in lower
-                ),
-                status=_state_column(
-                    [lower[c] for c in ("state", "status") if c in lower], KIT_STATES
-                ),
-            )
-            if "email_address" in lower
-            or ("email" in lower and ("state" in lower or "status" in lower))
-            else None
-        ),
-    }
     if wanted == "csv":
         raise AssertionError("generic CSV shapes come from generic_shape()")
-    order = list(shapes) if wanted == "auto" else [wanted]
-    for name in order:
-        shape = shapes[name]()
-        if shape is not None:
+    for fmt in FORMAT_TABLE:
+        if wanted in ("auto", fmt.format) and (shape := fmt.shape(header)) is not None:
             return shape
     if wanted != "auto":
-        needs = {
-            "mailchimp": "an 'Email Address' column",
-            "substack": "'email' and 'active_subscription' columns",
-            "ghost": "'email' and 'subscribed_to_emails' columns",
-            "beehiiv": "'email', 'status' and 'First Name' columns",
-            "kit": "an 'email' or 'email_address' column",
-        }[wanted]
-        raise InputError(f"this is not a {wanted} export: it needs {needs}")
+        raise InputError(f"this is not a {wanted} export: it needs {FORMAT_NEEDS[wanted]}")
     return generic_shape(header)
 
 
@@ -437,60 +465,6 @@ class ImportSummary:
         return dict(self.__dict__)
 
 
-def _records(text: IO[str], where: str) -> Iterator[tuple[int, list[str] | str]]:
-    """(line, fields) for each record of a CSV text, or (line, reason) for a broken one.
-
-    Line numbers are physical lines (LF, CRLF or a lone CR each end one). The
-    lines of the record being parsed are kept in ``taken`` (a C-level tap, so
-    the common case costs no Python per line); when a record is broken (an
-    unclosed quote, an oversized field) its first line is rejected and the
-    lines after it are parsed again: one bad quote does not swallow the rows
-    after it.
-    """
-    taken: dict[int, str] = {}
-    numbers = itertools.count(1)
-    lines: Iterator[str] = map(taken.setdefault, numbers, text)
-    while True:
-        reader = csv.reader(lines, strict=True)
-        try:
-            for row in reader:
-                line = next(iter(taken))
-                taken.clear()
-                yield line, row
-            return
-        except csv.Error as e:
-            held = list(taken.items())
-            taken.clear()
-            first = held[0][0] if held else next(numbers) - 1
-            reason = (
-                "unclosed quote"
-                if "unexpected end of data" in str(e) or len(held) > 1
-                else f"unreadable CSV ({e})"
-            )
-            if "field larger" in str(e):
-                reason = "a field is larger than 1 MB (or a quote is not closed)"
-            yield first, reason
-            again = held[1:]
-            lines = map(
-                taken.setdefault,
-                itertools.chain([n for n, _ in again], numbers),
-                itertools.chain([s for _, s in again], text),
-            )
-        except UnicodeDecodeError as e:
-            # The decoder works a block at a time: the bad byte is on the line
-            # being read plus the line ends before it in that block.
-            line = next(numbers) - 1 + len(_EOL.findall(e.object, 0, e.start))
-            name = "UTF-8" if e.encoding.startswith("utf-8") else e.encoding
-            raise InputError(
-                f"{where}, line {line}: not {name} text (byte 0x{e.object[e.start]:02x}). If the "
-                "file is Latin-1 or Windows-1252, run again with --encoding latin-1 (or cp1252); "
-                "nothing was imported"
-            ) from None
-
-
-_EOL = re.compile(rb"\r\n|\r|\n")
-
-
 def _check_encoding(encoding: str) -> str:
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         return "utf-8-sig"  # tolerate Excel's byte-order mark either way
@@ -530,7 +504,7 @@ def import_subscribers(
     summary = ImportSummary(file=name, list=list_slug)
     text = io.TextIOWrapper(stream, encoding=encoding, newline="")
     try:
-        records = _records(text, name)
+        records = csvin.records(text, name)
         header: list[str] | None = None
         for line, row in records:
             if isinstance(row, str):
@@ -793,7 +767,7 @@ class _Parser:
             for i, col in enumerate(header)
             if col and col not in shape.known and idx[col] == i and i not in self.name_is
         ]
-        self.status = shape.status(idx) if shape.status else None
+        self.status = status_reader(shape.status, idx) if shape.status else None
         # Custom fields may span lines; every other column is one line.
         self.multiline = frozenset(i for i, _, _ in self.extras)
 
@@ -842,9 +816,9 @@ class _Parser:
         for i, col in self.times:
             if value := row[i].strip():
                 try:
-                    row[i] = utc_time(value)
-                except ValueError:
-                    raise _BadRow(f"{col} {quoted(value)} is not a date and time") from None
+                    row[i] = parse_time(value, col)
+                except InputError as e:
+                    raise _BadRow(str(e)) from None
         return row
 
     def chunks(self, records: Iterator[tuple[int, list[str] | str]]) -> Iterator[_Chunk]:

@@ -31,8 +31,9 @@ from listkit.config import Settings
 from listkit.db import now
 from listkit.errors import TemplateError
 from listkit.mail.dkim import signer_for
+from listkit.mail.message_ids import message_id
 from listkit.mail.mime import MessageBuilder, Parts
-from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, message_id, new_token
+from listkit.mail.tracking import CONFIRM_DAYS, confirm_token, new_token
 from listkit.vocab import BOUNCED, COMPLAINED
 
 CONFIRM_DIR = "_confirm"

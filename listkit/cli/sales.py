@@ -26,9 +26,9 @@ from listkit.sales.sales import (
     add_sale,
     list_sales,
     parse_file,
-    parse_time,
     store,
 )
+from listkit.times import parse_time
 from listkit.workspace import Workspace
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import csv
+import io
 import os
 from pathlib import Path
 
 import click
 
-from listkit import csvout
+from listkit import csvin, csvout
 from listkit.addresses import normalize_address
 from listkit.audience.audiences import matching_subscribers, rules_from_options
 from listkit.audience.imports import FORMATS, import_subscribers
@@ -453,20 +453,32 @@ def suppress_import(ws: Workspace, file, reason: str, json_: bool) -> None:
     Example:
         listkit suppress import bounces.txt --reason hard_bounce
     """
-    lines = file.read().splitlines()
+    text = file.read()
+    lines = text.splitlines()
     rows: list[tuple[int, str]] = []
+    broken: list[dict] = []
     if lines and "," in lines[0]:
-        reader = csv.reader(lines)
-        header = [c.strip().lower() for c in next(reader)]
+        records = csvin.records(io.StringIO(text, newline=""), file.name)
+        _, first = next(records)
+        if isinstance(first, str):
+            raise click.ClickException(f"{file.name}: the header row is unreadable ({first})")
+        header = [c.strip().lower() for c in first]
         col = next(
             (header.index(c) for c in ("email", "email address", "e-mail") if c in header), None
         )
         if col is None:
             raise click.ClickException(f"{file.name}: the header has no email column")
-        rows = [(n + 2, r[col] if col < len(r) else "") for n, r in enumerate(reader) if r]
+        for line, r in records:
+            if isinstance(r, str):  # a broken record: its line only
+                broken.append({"line": line, "value": "", "reason": r})
+            elif r:
+                rows.append((line, r[col] if col < len(r) else ""))
     else:
         rows = [(n + 1, line) for n, line in enumerate(lines) if line.strip()]
     summary = suppress_many(ws.db, rows, reason, source=f"import:{one_line(file.name)}")
+    if broken:
+        summary["rejected"] += len(broken)
+        summary["errors"] = sorted([*summary["errors"], *broken], key=lambda e: e["line"])
     if json_:
         emit_json(summary)
         return

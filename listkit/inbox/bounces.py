@@ -49,14 +49,13 @@ from listkit.config import Settings
 from listkit.db import immediate, now
 from listkit.errors import ConfigError, ListkitError
 from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings, read_messages
+from listkit.mail.message_ids import returned_message_id
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
 from listkit.mail.verp import bounce_address, token_from_address
 
 # What a recipient line of a report comes to (the verdicts are ``mail.replies``').
 COMPLAINT = "complaint"
 
-_LISTKIT_MESSAGE_ID = re.compile(r"<?([a-z2-7]{16})\.lk@[^>\s]+>?", re.IGNORECASE)
-_MESSAGE_ID_HEADER = re.compile(r"^Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _ADDRESS = re.compile(r"<?([^\s<>@:;,\"']+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
 _BOUNCE_SENDER = re.compile(r"^(?:mailer-daemon|postmaster|mail delivery)", re.IGNORECASE)
 
@@ -234,16 +233,6 @@ def _returned_headers(msg: Message) -> str:
     return ""
 
 
-def _returned_message_id(text: str) -> tuple[str | None, str | None]:
-    """(the returned Message-ID, the token it carries) from returned headers or text."""
-    m = _MESSAGE_ID_HEADER.search(text)
-    mid = m.group(1) if m else None
-    if mid:
-        t = _LISTKIT_MESSAGE_ID.fullmatch(mid)
-        return mid, t.group(1).lower() if t else None
-    return None, None
-
-
 def _fields(text: str) -> list[dict[str, str]]:
     """The field groups of a message/delivery-status or feedback-report body."""
     groups: list[dict[str, str]] = []
@@ -326,7 +315,7 @@ def _read_dsn(msg: Message, status_part: Message, report: Report) -> None:
         )
         report.recipients.append(Recipient(address, outcome, status, diagnostic))
     headers = _returned_headers(msg)
-    report.message_id, report.message_token = _returned_message_id(headers)
+    report.message_id, report.message_token = returned_message_id(headers)
 
 
 def _read_arf(msg: Message, feedback: Message | None, report: Report) -> None:
@@ -338,7 +327,7 @@ def _read_arf(msg: Message, feedback: Message | None, report: Report) -> None:
     if not report.token:
         report.token = token_from_address(fields.get("original-mail-from"))
     headers = _returned_headers(msg)
-    report.message_id, report.message_token = _returned_message_id(headers)
+    report.message_id, report.message_token = returned_message_id(headers)
     recipient = _typed_address(fields.get("original-rcpt-to")) or _typed_address(
         fields.get("removal-recipient")
     )
@@ -375,7 +364,7 @@ def _jmrp_original(msg: Message, subject: str | None) -> Message | None:
 def _read_jmrp(original: Message, report: Report) -> None:
     report.kind, report.format = "complaint", "jmrp"
     headers = "".join(f"{k}: {v}\n" for k, v in original.items())
-    report.message_id, report.message_token = _returned_message_id(headers)
+    report.message_id, report.message_token = returned_message_id(headers)
     recipient = _typed_address(_h(original, "X-HmXmrOriginalRecipient"))
     report.recipients.append(Recipient(recipient or "", COMPLAINT, None, "feedback-type abuse"))
 
@@ -440,7 +429,7 @@ def _read_text_bounce(msg: Message, report: Report) -> None:
     explanation, returned = (body[: cut.start()], body[cut.end() :]) if cut else (body, "")
     if not returned:
         returned = _returned_headers(msg)
-    report.message_id, report.message_token = _returned_message_id(returned)
+    report.message_id, report.message_token = returned_message_id(returned)
     recipients: list[tuple[str, str]] = []  # (address, its explanation)
     gmail = re.search(
         r"Delivery to the following recipients? (?:(failed permanently)|failed temporarily|"

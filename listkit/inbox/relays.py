@@ -4,7 +4,8 @@ The rule: a webhook is verified by its producer's own scheme before its body
 is read as anything (SNS: the RSA signature over the canonical string, with a
 certificate fetched only from an ``https://sns.<region>.amazonaws.com/`` URL,
 and the topic; Postmark: the Basic credentials of the URL; Mailgun: HMAC-SHA256
-of timestamp and token, within a replay window, each token once). Then each
+of timestamp and token, within ``signing.REPLAY_WINDOW``, each token once;
+the checks themselves are ``listkit.signing``'s). Then each
 event becomes a ``bounces.Report`` and goes through the same matching and
 effects as a bounce read from a mailbox. Pure functions: no database, no
 network (the certificate fetcher is passed in).
@@ -13,28 +14,20 @@ network (the certificate fetcher is passed in).
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import re
-import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from listkit import signing
 from listkit.errors import ListkitError
 from listkit.inbox.bounces import COMPLAINT, Recipient, Report
+from listkit.mail.message_ids import returned_message_id, token_of
 from listkit.mail.replies import HARD, IGNORED, SOFT, classify
 from listkit.mail.verp import token_from_address
-
-_MESSAGE_TOKEN = re.compile(r"^<?([a-z2-7]{16})\.lk@[^>\s]+>?$", re.IGNORECASE)
 
 
 class WebhookRefused(ListkitError):
     """A webhook that failed its producer's verification; the message says why."""
-
-
-def _message_token(message_id: str | None) -> str | None:
-    m = _MESSAGE_TOKEN.match((message_id or "").strip())
-    return m.group(1).lower() if m else None
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +171,7 @@ def ses_reports(notification: dict) -> list[Report]:
             recipients=recipients,
             token=token,
             message_id=message_id,
-            message_token=_message_token(message_id),
+            message_token=token_of(message_id),
         )
     ]
 
@@ -188,17 +181,6 @@ def ses_reports(notification: dict) -> list[Report]:
 
 POSTMARK_HARD = {"HardBounce", "BadEmailAddress", "ManuallyDeactivated"}
 POSTMARK_SOFT = {"Transient", "SoftBounce", "DnsError", "Blocked", "DMARCPolicy", "Undeliverable"}
-
-
-def check_basic_auth(header: str | None, expected: str) -> bool:
-    """Constant-time check of an ``Authorization: Basic`` header against ``user:pass``."""
-    if not header or not header.lower().startswith("basic "):
-        return False
-    try:
-        given = base64.b64decode(header[6:].strip(), validate=True)
-    except ValueError:
-        return False
-    return hmac.compare_digest(given, expected.encode("utf-8"))
 
 
 def postmark_reports(event: dict) -> list[Report]:
@@ -220,11 +202,7 @@ def postmark_reports(event: dict) -> list[Report]:
         raise TypeError("Email is not a string")
     recipient = Recipient(email, outcome, None, f"{kind}: {details}"[:500])
     # Postmark's own MessageID is not ours; the raw bounce (Content), when kept, has ours.
-    message_token = None
-    content = event.get("Content") or ""
-    m = re.search(r"^Message-ID:\s*(<[^>\s]+>)", content, re.IGNORECASE | re.MULTILINE)
-    if m:
-        message_token = _message_token(m.group(1))
+    _, message_token = returned_message_id(event.get("Content") or "")
     return [
         Report(
             known_by="relay",
@@ -239,9 +217,6 @@ def postmark_reports(event: dict) -> list[Report]:
 
 # ---------------------------------------------------------------------------
 # Mailgun
-
-MAILGUN_WINDOW = 300  # seconds a signed timestamp stays acceptable
-
 
 _MAILGUN_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _MAILGUN_TOKEN = re.compile(r"[\x21-\x7e]{1,256}")
@@ -266,11 +241,9 @@ def verify_mailgun(signature: dict, key: str, now: float | None = None) -> str:
         and _HEX_SHA256.fullmatch(given)
     ):
         raise WebhookRefused("the Mailgun signature is malformed")
-    expected = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, given.lower()):
+    if not signing.same(signing.hmac_hex(key, (timestamp + token).encode()), given.lower()):
         raise WebhookRefused("the Mailgun signature does not match")
-    now = time.time() if now is None else now
-    if abs(now - int(timestamp)) > MAILGUN_WINDOW:
+    if not signing.fresh(timestamp, now):
         raise WebhookRefused("the Mailgun timestamp is outside the replay window")
     return token
 
@@ -307,6 +280,6 @@ def mailgun_reports(data: dict) -> list[Report]:
             recipients=[Recipient(recipient, outcome, None, detail[:500])],
             token=token,
             message_id=message_id,
-            message_token=_message_token(message_id),
+            message_token=token_of(message_id),
         )
     ]

@@ -20,12 +20,12 @@ from markupsafe import Markup, escape
 from listkit.config import Settings
 from listkit.errors import ConfigError, HeaderInjection, TemplateError
 from listkit.mail.dkim import signer_for
+from listkit.mail.message_ids import message_id
 from listkit.mail.mime import MessageBuilder, Parts, check_header
 from listkit.mail.offers import Offer, OfferTemplates, subscriber_context
 from listkit.mail.tracking import (
     click_url,
     link_id,
-    message_id,
     personal_coupon,
     track,
     unsubscribe_url,

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import secrets
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from listkit.config import Settings
+from listkit.signing import sign, verify
 
 STRIPE_LINK_HOSTS = ("buy.stripe.com",)
 TOKEN_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
@@ -63,14 +63,9 @@ def personal_coupon(base: str, token: str) -> str:
     return f"{base}-{token[:8].upper()}"
 
 
-def _signature(secret: bytes, token: str) -> str:
-    digest = hmac.new(secret, b"unsubscribe:" + token.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
-
-
 def unsubscribe_url(base_url: str, secret: bytes, token: str) -> str:
     """The signed one-click unsubscribe URL of one delivery."""
-    return f"{base_url.rstrip('/')}/u/{token}/{_signature(secret, token)}"
+    return f"{base_url.rstrip('/')}/u/{token}/{sign(secret, 'unsubscribe', token)}"
 
 
 def parse_unsubscribe_url(url: str) -> tuple[str, str]:
@@ -82,22 +77,7 @@ def parse_unsubscribe_url(url: str) -> tuple[str, str]:
 
 
 def verify_unsubscribe(secret: bytes, token: str, signature: str) -> bool:
-    return _same(_signature(secret, token), signature)
-
-
-def _same(expected: str, given: str) -> bool:
-    """Constant-time comparison that also refuses (instead of raising on) non-ASCII input."""
-    return given.isascii() and hmac.compare_digest(expected, given)
-
-
-def message_id(token: str, domain: str) -> str:
-    """The Message-ID of a delivery, on the sender's domain."""
-    return f"<{token}.lk@{domain}>"
-
-
-def _sign(secret: bytes, purpose: str, value: str) -> str:
-    digest = hmac.new(secret, f"{purpose}:{value}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
+    return verify(secret, "unsubscribe", token, signature)
 
 
 def link_id(url: str) -> str:
@@ -113,11 +93,11 @@ def is_link_id(value: str) -> bool:
 
 def click_url(base_url: str, secret: bytes, token: str, link: str) -> str:
     """The signed click-tracking URL of one link in one delivery."""
-    return f"{base_url.rstrip('/')}/c/{token}/{link}/{_sign(secret, 'click', token + '/' + link)}"
+    return f"{base_url.rstrip('/')}/c/{token}/{link}/{sign(secret, 'click', token + '/' + link)}"
 
 
 def verify_click(secret: bytes, token: str, link: str, signature: str) -> bool:
-    return _same(_sign(secret, "click", token + "/" + link), signature)
+    return verify(secret, "click", token + "/" + link, signature)
 
 
 # Confirmation tokens: "<nonce>.<expiry as Unix seconds>.<signature>".
@@ -126,7 +106,7 @@ CONFIRM_DAYS = 7
 
 def confirm_token(secret: bytes, nonce: str, expires: int) -> str:
     value = f"{nonce}.{expires}"
-    return f"{value}.{_sign(secret, 'confirm', value)}"
+    return f"{value}.{sign(secret, 'confirm', value)}"
 
 
 def parse_confirm_token(secret: bytes, token: str) -> tuple[str, int] | None:
@@ -136,6 +116,6 @@ def parse_confirm_token(secret: bytes, token: str) -> tuple[str, int] | None:
         return None
     if not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 12):
         return None
-    if not _same(_sign(secret, "confirm", f"{parts[0]}.{parts[1]}"), parts[2]):
+    if not verify(secret, "confirm", f"{parts[0]}.{parts[1]}", parts[2]):
         return None
     return parts[0], int(parts[1])

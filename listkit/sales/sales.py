@@ -17,24 +17,24 @@ anything a record raises into a rejection); refunds only grow.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import parse_qsl
 
 from sqlite_utils import Database
 
+from listkit import csvin
 from listkit.addresses import email_key
 from listkit.config import Settings
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, quoted
 from listkit.payloads import loads_object
 from listkit.sales.money import currency_code, from_stripe_minor, to_minor, whole_minor
+from listkit.times import parse_time
 
 FORMATS = ("auto", "gumroad", "stripe", "shopify", "csv", "jsonl")
 
@@ -62,43 +62,6 @@ class Sale:
 
 class Skip(Exception):
     """A row that is not a sale; the message is the reason."""
-
-
-def parse_time(value: str, field_name: str) -> str:
-    """Shop timestamps to ISO 8601 UTC; naive times are taken as UTC."""
-    if isinstance(value, bool) or not isinstance(value, str | int | None):
-        raise InputError(f"{field_name} {quoted(value)} is not a date and time")
-    text = str(value if value is not None else "").strip()
-    if not text:
-        raise InputError(f"{field_name} is empty")
-    if text.isascii() and text.isdigit():
-        if len(text) > 11:  # past the year 5000: not a Unix time
-            raise InputError(f"{field_name} {quoted(text)} is not a date and time")
-        return datetime.fromtimestamp(int(text), UTC).isoformat()
-    if len(text) > 64:
-        raise InputError(f"{field_name} {quoted(text)} is not a date and time")
-    candidate = text.replace("Z", "+00:00").replace(" UTC", "+00:00")
-    for attempt in (candidate, candidate.replace(" +", "+").replace(" -", "-")):
-        try:
-            dt = datetime.fromisoformat(attempt)
-            break
-        except ValueError:
-            continue
-    else:
-        for fmt in ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d %b %Y %H:%M:%S"):
-            try:
-                dt = datetime.strptime(text, fmt)
-                break
-            except ValueError:
-                continue
-        else:
-            raise InputError(f"{field_name} {quoted(text)} is not a date and time")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    try:
-        return dt.astimezone(UTC).isoformat()
-    except OverflowError:
-        raise InputError(f"{field_name} {quoted(text)} is not a date and time") from None
 
 
 def _text(data: dict, key: str) -> str | None:
@@ -656,29 +619,21 @@ class SalesSummary:
 
 
 def _csv_records(text: IO[str]) -> tuple[list[str], Iterator[tuple[int, dict | InputError]]]:
-    reader = csv.reader(text)
+    records = csvin.records(text, "the file")
     try:
-        header = [h.strip().lstrip("\ufeff") for h in next(reader)]
+        _, header = next(records)
     except StopIteration:
         raise InputError("the file is empty: expected a header row and sales") from None
-    except csv.Error as e:
-        raise InputError(f"the header row cannot be read as CSV ({e})") from None
+    if isinstance(header, str):
+        raise InputError(f"the header row cannot be read as CSV ({header})")
+    header = [h.strip().lstrip("\ufeff") for h in header]
 
     def rows() -> Iterator[tuple[int, dict | InputError]]:
-        line = reader.line_num
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:  # a field over the csv module's limit; the reader goes on
-                start, line = line + 1, reader.line_num
-                yield start, InputError(f"this row cannot be read as CSV ({e}): too large")
-                continue
-            start, line = line + 1, reader.line_num
-            if not any(v.strip() for v in values):
-                continue
-            yield start, dict(zip(header, values, strict=False))
+        for line, values in records:
+            if isinstance(values, str):  # a broken record: that line only, the reader goes on
+                yield line, InputError(f"this row cannot be read as CSV: {values}")
+            elif any(v.strip() for v in values):
+                yield line, dict(zip(header, values, strict=False))
 
     return header, rows()
 

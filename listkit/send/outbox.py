@@ -36,7 +36,8 @@ from sqlite_utils import Database
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS
 from listkit.audience.suppressions import DECLINED, suppress
 from listkit.db import immediate, now
-from listkit.mail.tracking import message_id, new_token, personal_coupon
+from listkit.mail.message_ids import message_id
+from listkit.mail.tracking import new_token, personal_coupon
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
 from listkit.send.variants import assign_variant, in_test_part
 from listkit.vocab import DELIVERY_STATES

@@ -1,9 +1,10 @@
 """Live sales webhooks: Stripe, Lemon Squeezy, Gumroad and listkit's own signed sale.
 
-The rule: a delivery is verified by its producer's own scheme before it is
-parsed, then goes through the same parser and upsert as ``listkit sales
-import`` (``sales.record_sale`` / ``sales.store_records``) and attribution
-runs for the sale it changed, all in one write that commits before the 2xx.
+The rule: a delivery is verified by its producer's own scheme (checked by
+``listkit.signing``) before it is parsed, then goes through the same parser
+and upsert as ``listkit sales import`` (``sales.record_sale`` /
+``sales.store_records``) and attribution runs for the sale it changed, all
+in one write that commits before the 2xx.
 A route whose secret is not set answers 404; a bad signature 400 and nothing
 stored; a payload that is no sale (a test purchase, an event type listkit
 does not book) 200 and nothing stored; a replayed delivery changes nothing.
@@ -13,17 +14,13 @@ template, never the path).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
-import time
-
 from sqlite_utils import Database
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from listkit import signing
 from listkit.errors import InputError
 from listkit.payloads import loads_object
 from listkit.sales.attribution import attribute_sales
@@ -38,9 +35,6 @@ from listkit.sales.sales import (
 )
 from listkit.web.common import read_body, read_form
 
-# Stripe's default tolerance, used for listkit's own signed sales too.
-TOLERANCE_SECONDS = 300
-
 
 def _secret(request: Request, attr: str) -> str:
     """The setting's value; 404 when it is not set (the route is not configured)."""
@@ -50,38 +44,14 @@ def _secret(request: Request, attr: str) -> str:
     return value
 
 
-def _hex_hmac(secret: str, message: bytes) -> str:
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
 def verify_timestamped(
     header: str | None, body: bytes, secrets: list[str], now: float | None = None
 ) -> None:
-    """Check a ``t=<unix>,v1=<hex>[,v1=<hex>...]`` signature (Stripe's scheme, also
-    listkit's own): hex HMAC-SHA256 of ``"<t>.<body>"`` with any of ``secrets``,
-    ``t`` within ``TOLERANCE_SECONDS`` of now. Raises HTTPException(400)."""
-    if not header:
-        raise HTTPException(400, "Missing signature header.")
-    stamp, signatures = None, []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
-            stamp = value
-        elif key == "v1":
-            signatures.append(value.strip().lower())
-    if stamp is None or not re.fullmatch(r"[0-9]{1,12}", stamp) or not signatures:
-        raise HTTPException(400, "Malformed signature header.")
-    message = stamp.encode() + b"." + body
-    expected = [_hex_hmac(s, message) for s in secrets]
-    # Compare every pair, in constant time, without stopping at the first match.
-    matched = False
-    for sig in signatures:
-        for exp in expected:
-            matched |= hmac.compare_digest(sig.encode(), exp.encode())
-    if not matched:
-        raise HTTPException(400, "Bad signature.")
-    if abs((time.time() if now is None else now) - int(stamp)) > TOLERANCE_SECONDS:
-        raise HTTPException(400, "Signature timestamp outside the tolerance (replayed or clock).")
+    """``signing.verify_timestamped`` (Stripe's scheme, also listkit's own); HTTPException(400)."""
+    try:
+        signing.verify_timestamped(header, body, secrets, now)
+    except signing.SignatureRefused as e:
+        raise HTTPException(400, str(e)) from None
 
 
 def _json(body: bytes) -> dict:
@@ -134,7 +104,7 @@ async def lemonsqueezy(request: Request) -> Response:
     given = (request.headers.get("x-signature") or "").strip().lower()
     if not given:
         raise HTTPException(400, "Missing signature header.")
-    if not hmac.compare_digest(given.encode(), _hex_hmac(secret, body).encode()):
+    if not signing.same(signing.hmac_hex(secret, body), given):
         raise HTTPException(400, "Bad signature.")
     data = _json(body)
     if not isinstance(data.get("meta"), dict):
@@ -146,7 +116,7 @@ async def gumroad(request: Request) -> Response:
     """Gumroad Ping: unsigned form data (or JSON); the secret path segment authenticates it."""
     secret = _secret(request, "gumroad_secret")
     given = request.path_params["secret"]
-    if not hmac.compare_digest(given.encode(), secret.encode()):
+    if not signing.same(secret, given):
         raise HTTPException(404, "Not Found")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":  # the seller's ping content type may be JSON

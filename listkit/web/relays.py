@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from listkit import signing
 from listkit.db import now
 from listkit.errors import InputError
 from listkit.inbox import relays
@@ -124,7 +125,7 @@ async def postmark(request: Request) -> Response:
     expected = _settings(request).postmark_webhook_auth
     if not expected:
         raise HTTPException(404, "Not found.")
-    if not relays.check_basic_auth(request.headers.get("authorization"), expected):
+    if not signing.basic_auth_matches(request.headers.get("authorization"), expected):
         raise HTTPException(
             401, "Credentials required.", headers={"WWW-Authenticate": 'Basic realm="listkit"'}
         )
