@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import shutil
 import socket
 import sys
@@ -206,6 +207,12 @@ def _write_bounces(root: Path, ws: Workspace) -> Path:
     return path
 
 
+def command_line(args) -> str:
+    """The command as the demo shows it, quoted as a shell needs it: pasted into a
+    terminal it runs the same command (``--title 'Blog readers'``, not two words)."""
+    return f"$ listkit {shlex.join(args)}"
+
+
 def run_demo(quiet: bool = False) -> Path:
     """Run the demo; return the workspace (its report is report.html)."""
     root = Path(tempfile.mkdtemp(prefix="listkit-demo-")) / "shop"
@@ -213,7 +220,7 @@ def run_demo(quiet: bool = False) -> Path:
     say = (lambda *a, **k: None) if quiet else print
 
     def step(*args: str, ok_codes: tuple[int, ...] = (0,)) -> None:
-        say(f"\n$ listkit {' '.join(args)}", flush=True)
+        say(f"\n{command_line(args)}", flush=True)
         result = runner.invoke(cli, ["--workspace", str(root), *args])
         say(result.output, end="", flush=True)
         if result.exit_code not in ok_codes:

@@ -161,6 +161,19 @@ def test_the_mailer_decides_who_is_mailed_and_a_stranger_joins_as_pending(ws, wo
     assert row == ("pending", "192.0.2.1", "form:blog")
 
 
+def test_a_pending_member_s_consent_time_is_when_it_signed_up_as_after_it_confirms(ws, world):
+    sign_up(ws, STRANGER, T)
+    later = T + timedelta(seconds=2)  # the mailer takes the signup a moment after it came
+    assert mail_due(ws, later) == [(STRANGER, "blog")]
+    row = ws.db.execute(
+        """SELECT m.consent_at, m.created, g.created FROM memberships m
+           JOIN subscribers s ON s.id = m.subscriber_id
+           JOIN signups g ON g.key = s.key WHERE s.key = ?""",
+        [STRANGER],
+    ).fetchone()
+    assert row == (T.isoformat(), later.isoformat(), T.isoformat())
+
+
 def test_the_hourly_budget_is_a_setting_with_a_default(workspace):
     assert load_settings(workspace, {}).confirm_per_hour == 100
     assert load_settings(workspace, {"LISTKIT_CONFIRM_PER_HOUR": "20"}).confirm_per_hour == 20

@@ -23,6 +23,19 @@ def test_sink_captures_describes_and_stores_messages(tmp_path):
     assert "from me@example.com to ann@example.com: Hello <m1@example.com>" in lines[0]
     stored = list(mailbox.Maildir(str(tmp_path / "md")))
     assert len(stored) == 1 and stored[0]["Subject"] == "Hello"
+    # The envelope sender, as a mailbox's delivery agent records it: on top.
+    (raw,) = (tmp_path / "md" / "new").iterdir()
+    assert raw.read_bytes().startswith(b"Return-Path: <me@example.com>\r\nSubject: Hello\r\n")
+
+
+def test_sink_records_a_null_sender_as_an_empty_return_path():
+    from listkit.send.sink import return_path
+
+    assert return_path("<>", b"Subject: x\r\n\r\nbody") == b"Return-Path: <>\r\n"
+    assert return_path("", b"Subject: x\n\nbody") == b"Return-Path: <>\n"
+    assert return_path("bounces+tok@example.com", b"A: b\r\n") == (
+        b"Return-Path: <bounces+tok@example.com>\r\n"
+    )
 
 
 def test_sink_stores_messages_readable_by_their_owner_only(tmp_path):

@@ -141,7 +141,7 @@ def claim_confirmations(
             )
             continue
         spent[list_id] += 1
-        _join_pending(db, list_id, slug, email, key, name, ip, page or form, stamp)
+        _join_pending(db, list_id, slug, email, key, name, ip, page or form, stamp, created)
         db.execute("UPDATE signups SET state = 'sending', mailed_at = ? WHERE id = ?", [stamp, gid])
         claimed.append(
             {"id": gid, "nonce": nonce, "email": email, "name": name, "created": created}
@@ -170,9 +170,11 @@ def _not_mailed(db, key: str, list_id: int, day_ago: str) -> str | None:
     return AGAIN if recent is not None else None
 
 
-def _join_pending(db, list_id, slug, email, key, name, ip, source, stamp) -> None:
+def _join_pending(db, list_id, slug, email, key, name, ip, source, stamp, signed_up) -> None:
     """A new address becomes a subscriber with a ``pending`` membership; a known one
-    keeps its membership as it is until it confirms."""
+    keeps its membership as it is until it confirms. Its ``consent_at`` is when the
+    person signed up (``signed_up``, the signup's time, as the confirmation keeps it),
+    not when the mailer took the signup (``stamp``)."""
     row = db.execute("SELECT id FROM subscribers WHERE key = ?", [key]).fetchone()
     if row is None:
         sid = db.execute(
@@ -187,7 +189,7 @@ def _join_pending(db, list_id, slug, email, key, name, ip, source, stamp) -> Non
            consent_method, consent_source, consent_ip, status_at, status_reason)
            VALUES (?, ?, 'pending', ?, ?, 'form', ?, ?, ?, 'signed up, not confirmed')
            ON CONFLICT (list_id, subscriber_id) DO NOTHING""",
-        [list_id, sid, stamp, stamp, _clip(source), ip, stamp],
+        [list_id, sid, stamp, signed_up, _clip(source), ip, stamp],
     )
 
 

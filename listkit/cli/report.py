@@ -55,7 +55,8 @@ def report(
 ) -> None:
     """Which lists, offers and campaigns produce revenue, and which produce nothing.
 
-    With --json, money is in minor units (cents) with its currency.
+    With --json and --csv, money is in minor units (cents) with its currency
+    (--csv: one row per currency).
 
     \b
     Examples:

@@ -457,7 +457,9 @@ def retry_cmd(ws: Workspace, slug: str, which: str | None) -> None:
     help="Port to listen on; point LISTKIT_SMTP_URL at it.",
 )
 @click.option(
-    "--maildir", type=click.Path(file_okay=False, path_type=Path), help="Also store messages here."
+    "--maildir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also store messages here, the envelope sender on top as Return-Path.",
 )
 def sink(host: str, port: int, maildir: Path | None) -> None:
     """Run a local capture SMTP server: accepts everything, delivers nothing.

@@ -1,7 +1,10 @@
 """A local capture SMTP server (aiosmtpd): try a campaign without mailing anyone.
 
 Every message is accepted, described in one line (sender, recipients,
-subject, Message-ID) and, with a maildir, stored there. Nothing is relayed.
+subject, Message-ID) and, with a maildir, stored there with the envelope sender
+in a ``Return-Path`` header on top, as a mailbox's delivery agent adds it (RFC
+5321 4.4): what the bounce address (VERP) made of MAIL FROM can be read from the
+message itself. Nothing is relayed.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class CaptureHandler:
         self.count += 1
         self.message_ids.append(message_id)
         if self.maildir is not None:
-            self._store(data)
+            self._store(return_path(envelope.mail_from, data) + data)
         stamp = datetime.now().strftime("%H:%M:%S")
         self.out(
             f"{stamp} #{self.count} from {envelope.mail_from} to {', '.join(envelope.rcpt_tos)}: "
@@ -57,6 +60,15 @@ class CaptureHandler:
         tmp = self.maildir / "tmp" / name
         write_private(tmp, data)
         os.rename(tmp, self.maildir / "new" / name)
+
+
+def return_path(mail_from: str | None, data: bytes) -> bytes:
+    """The ``Return-Path`` line a delivery agent puts on top of a message: the
+    envelope sender (``<>`` for a bounce's null sender), with the message's own line
+    ending. The DKIM signature does not cover it."""
+    newline = b"\r\n" if data.split(b"\n", 1)[0].endswith(b"\r") else b"\n"
+    address = (mail_from or "").strip().strip("<>")
+    return b"Return-Path: <" + address.encode("utf-8") + b">" + newline
 
 
 def start_sink(
