@@ -14,6 +14,7 @@ from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table, json_option, require_terminal
 from listkit.errors import ListkitError, NotFound
 from listkit.mail.compose import check_offer
+from listkit.runlock import AlreadyRunning
 from listkit.send.campaigns import (
     audience_count,
     campaign_row,
@@ -28,7 +29,6 @@ from listkit.send.campaigns import (
 )
 from listkit.send.outbox import counts, problems, retry
 from listkit.send.sender import (
-    AlreadyRunning,
     RunSummary,
     prepare,
     send_campaign,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import multiprocessing
 import os
 import re
@@ -51,12 +50,13 @@ from listkit.errors import (
     SendError,
     TemplateError,
 )
-from listkit.files import PRIVATE, write_private
+from listkit.files import write_private
 from listkit.mail.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
 from listkit.mail.offers import load_offer
 from listkit.mail.replies import HARD, classify
 from listkit.mail.tracking import new_token
 from listkit.processes import exit_with_parent
+from listkit.runlock import AlreadyRunning, run_lock
 from listkit.send.campaigns import (
     Campaign,
     campaign_row,
@@ -100,10 +100,6 @@ LOCK_NAME = ".listkit-send.lock"
 POOL_THRESHOLD = 1000
 
 
-class AlreadyRunning(ListkitError):
-    """Another `listkit send` holds the workspace's send lock."""
-
-
 @contextlib.contextmanager
 def send_lock(root: Path):
     """Hold the send lock in ``root``; raise AlreadyRunning if another run has it.
@@ -111,26 +107,14 @@ def send_lock(root: Path):
     ``root`` is the database's folder (the workspace, unless LISTKIT_DB points
     elsewhere): two workspaces sharing one database share the lock, or the
     second run's recovery would hand the first run's claimed rows out again."""
-    path = root / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise AlreadyRunning(
-                f"another listkit send is running in {root} (pid {holder}); "
-                "it will finish the work, nothing was sent by this run"
-            ) from None
-        pid = str(os.getpid()).encode()
-        try:
-            os.pwrite(fd, pid, 0)
-            os.ftruncate(fd, len(pid))
-        except OSError as e:  # a full disk: say which file
-            raise OSError(e.errno, e.strerror, str(path)) from None
+    with run_lock(
+        root / LOCK_NAME,
+        lambda holder: (
+            f"another listkit send is running in {root} (pid {holder}); "
+            "it will finish the work, nothing was sent by this run"
+        ),
+    ):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 @dataclass
