@@ -27,15 +27,12 @@ from listkit.send.campaigns import (
     recorded_slugs,
     without_holdout,
 )
+from listkit.send.due import send_due
 from listkit.send.outbox import counts, problems, retry
-from listkit.send.sender import (
-    RunSummary,
-    prepare,
-    send_campaign,
-    send_due,
-    send_test,
-)
+from listkit.send.prepare import prepare
+from listkit.send.sender import RunSummary, send_campaign
 from listkit.send.sender import dry_run as write_dry_run
+from listkit.send.single import send_test
 from listkit.send.variants import assign_variant, campaign_share_warnings
 from listkit.workspace import Workspace
 
