@@ -50,3 +50,58 @@ def test_a_bounces_fetch_lock_on_a_full_disk_is_named(run, workspace, monkeypatc
         f"Error: {workspace / '.listkit-bounces.lock'}: no space left on the device; free "
         "some space and run the command again\n"
     )
+
+
+def test_the_rest_of_an_offer_test_is_not_released_while_a_send_holds_the_shared_database(
+    run, workspace, tmp_path
+):
+    # Two workspaces sharing one database share the send lock: the rest of an offer
+    # test is released under it, never while another workspace's send runs.
+    import shutil
+    from datetime import UTC, datetime, timedelta
+
+    from listkit.send.due import send_due
+    from listkit.send.sender import send_lock
+    from listkit.workspace import Workspace, init_workspace
+    from tests import smtp_server
+
+    shutil.copytree(workspace / "offers" / "launch", workspace / "offers" / "bundle")
+    run("lists", "create", "blog")
+    for i in range(20):
+        run("subscribers", "add", f"r{i}@example.com", "--list", "blog")
+    (workspace / "campaigns" / "ab.toml").write_text(
+        'variants = ["launch", "bundle"]\nlists = ["blog"]\ntest_share = 0.3\ntest_wait = "1d"\n'
+    )
+    controller, _handler = smtp_server.start()
+    try:
+        env = (workspace / ".env").read_text()
+        (workspace / ".env").write_text(
+            env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
+        )
+        run("send", "ab", "--yes")
+    finally:
+        controller.stop()
+    other = tmp_path / "other"
+    init_workspace(other)
+    (other / ".env").write_text(
+        (workspace / ".env")
+        .read_text()
+        .replace("LISTKIT_DB=listkit.db", f"LISTKIT_DB={workspace / 'listkit.db'}")
+    )
+    shutil.copy(workspace / "campaigns" / "ab.toml", other / "campaigns" / "ab.toml")
+    shutil.copytree(workspace / "offers" / "bundle", other / "offers" / "bundle")
+    ws = Workspace(other)
+    try:
+        earlier = (datetime.now(UTC) - timedelta(days=1, minutes=1)).isoformat()
+        ws.db.execute("UPDATE campaigns SET finished = ? WHERE slug = 'ab'", [earlier])
+        ws.db.conn.commit()
+        reserved = "SELECT count(*) FROM deliveries WHERE state = 'reserved'"
+        before = ws.db.execute(reserved).fetchone()[0]
+        with send_lock(workspace):  # a send in the first workspace
+            (outcome,) = send_due(ws)
+        after = ws.db.execute(reserved).fetchone()[0]
+    finally:
+        ws.close()
+    assert before > 0
+    assert (outcome.action, after) == ("locked", before)
+    assert "another listkit send is running in" in outcome.message

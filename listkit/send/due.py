@@ -121,7 +121,9 @@ def _send_rest(
     if not due:
         return None, False
     try:
-        with send_lock(ws.root):
+        # The database's lock, as the send's: a send from another workspace sharing
+        # the database must not run while the rest is released.
+        with send_lock(ws.settings.db_path.parent):
             pick = release_rest(ws.db, campaign)
     except AlreadyRunning as e:
         return DueOutcome(slug, "locked", message=str(e)), True
