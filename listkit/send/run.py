@@ -59,6 +59,9 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class RateLimiter:
+    """Spaces a run's transactions at ``rate`` a second, over all its connections
+    (0: no limit)."""
+
     def __init__(self, rate: float):
         self.interval = 1 / rate if rate > 0 else 0.0
         self.next = 0.0
@@ -145,6 +148,10 @@ class Run:
         return allowed
 
     async def run(self) -> dict[str, int]:
+        """Claim, render and send until no row is due, ``limit`` is reached or the
+        run stops; this run's count of each state recorded. A producer claims and
+        renders batches, ``concurrency`` workers each hold a connection, the
+        marker writes marks and the flusher commits results."""
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-db")
         self.mark_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-marks")
         self.pool = (

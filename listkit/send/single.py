@@ -4,7 +4,9 @@ The rule: a single message goes through the same SMTP transaction as a
 campaign's (``smtp.transact``: pipelined, SIZE, SMTPUTF8, safe paths), over a
 connection of its own; it is sent only on the server's 2xx to the final dot,
 and anything else is a ``SendError`` that says what the server said. What
-was sent is recorded by the caller, never here.
+was sent is recorded by the caller, never here. The message comes signed
+(DKIM, when configured) from its composer, and the envelope sender is the
+VERP bounce address, as a campaign's (``verp.envelope_sender``).
 """
 
 from __future__ import annotations
