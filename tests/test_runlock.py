@@ -64,21 +64,15 @@ def test_the_rest_of_an_offer_test_is_not_released_while_a_send_holds_the_shared
     from listkit.send.sender import send_lock
     from listkit.workspace import Workspace, init_workspace
     from tests import smtp_server
+    from tests.test_send import setup_campaign
 
     shutil.copytree(workspace / "offers" / "launch", workspace / "offers" / "bundle")
-    run("lists", "create", "blog")
-    for i in range(20):
-        run("subscribers", "add", f"r{i}@example.com", "--list", "blog")
-    (workspace / "campaigns" / "ab.toml").write_text(
-        'variants = ["launch", "bundle"]\nlists = ["blog"]\ntest_share = 0.3\ntest_wait = "1d"\n'
-    )
+    addresses = [f"r{i}@example.com" for i in range(20)]
+    test = 'variants = ["launch", "bundle"]\ntest_share = 0.3\ntest_wait = "1d"\n'
     controller, _handler = smtp_server.start()
     try:
-        env = (workspace / ".env").read_text()
-        (workspace / ".env").write_text(
-            env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
-        )
-        run("send", "ab", "--yes")
+        setup_campaign(run, workspace, controller.port, addresses, extra=test)
+        run("send", "t", "--yes")
     finally:
         controller.stop()
     other = tmp_path / "other"
@@ -88,12 +82,12 @@ def test_the_rest_of_an_offer_test_is_not_released_while_a_send_holds_the_shared
         .read_text()
         .replace("LISTKIT_DB=listkit.db", f"LISTKIT_DB={workspace / 'listkit.db'}")
     )
-    shutil.copy(workspace / "campaigns" / "ab.toml", other / "campaigns" / "ab.toml")
+    shutil.copy(workspace / "campaigns" / "t.toml", other / "campaigns" / "t.toml")
     shutil.copytree(workspace / "offers" / "bundle", other / "offers" / "bundle")
     ws = Workspace(other)
     try:
         earlier = (datetime.now(UTC) - timedelta(days=1, minutes=1)).isoformat()
-        ws.db.execute("UPDATE campaigns SET finished = ? WHERE slug = 'ab'", [earlier])
+        ws.db.execute("UPDATE campaigns SET finished = ? WHERE slug = 't'", [earlier])
         ws.db.conn.commit()
         reserved = "SELECT count(*) FROM deliveries WHERE state = 'reserved'"
         before = ws.db.execute(reserved).fetchone()[0]
