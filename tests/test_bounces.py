@@ -889,12 +889,12 @@ def test_a_refusal_at_send_time_and_in_a_later_report_get_the_same_verdict(code,
 
 def test_one_classifier_serves_send_and_inbox():
     import listkit.inbox.bounces
-    import listkit.send.sender
+    import listkit.send.run
     from listkit.mail import replies
 
     assert listkit.inbox.bounces.classify is replies.classify
-    assert listkit.send.sender.classify is replies.classify
-    assert not hasattr(listkit.send.sender, "is_hard_bounce")
+    assert listkit.send.run.classify is replies.classify
+    assert not hasattr(listkit.send.run, "is_hard_bounce")
 
 
 def test_a_refusal_of_the_sender_or_the_content_is_never_hard():

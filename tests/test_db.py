@@ -14,6 +14,7 @@ import pytest
 from listkit import db as dbmod
 from listkit import workspace
 from listkit.db import open_db
+from listkit.send import run as send_run
 from listkit.send import sender
 from tests import smtp_server
 from tests.test_send import ADDRS, setup_campaign, totals
@@ -71,7 +72,7 @@ def full_after_open(monkeypatch):
         return db
 
     monkeypatch.setattr(workspace, "open_db", opened)
-    monkeypatch.setattr(sender, "open_db", opened)
+    monkeypatch.setattr(send_run, "open_db", opened)
 
 
 def test_a_full_disk_is_one_line_for_import_and_send_and_nothing_is_lost(

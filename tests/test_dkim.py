@@ -291,21 +291,21 @@ def test_every_sent_message_arrives_signed_and_verifies(run, workspace, signing,
 def test_messages_rendered_in_the_render_process_are_signed_there(
     run, workspace, signing, server, monkeypatch
 ):
-    import listkit.send.sender
+    import listkit.send.render
 
-    monkeypatch.setattr(listkit.send.sender, "POOL_THRESHOLD", 2)
-    monkeypatch.setattr(listkit.send.sender.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(listkit.send.render, "POOL_THRESHOLD", 2)
+    monkeypatch.setattr(listkit.send.render.os, "cpu_count", lambda: 2)
     controller, handler = server
     addresses = [f"p{i}@example.org" for i in range(3)]
     _campaign(run, workspace, controller.port, addresses)
     spawned = []
-    real = listkit.send.sender.ProcessPoolExecutor
+    real = listkit.send.render.ProcessPoolExecutor
 
     def pool(*args, **kwargs):
         spawned.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(listkit.send.sender, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(listkit.send.render, "ProcessPoolExecutor", pool)
     run("send", "t", "--yes")
     assert spawned, "the render process was not used"
     assert len(handler.messages) == 3

@@ -3,7 +3,7 @@
 import contextlib
 
 from listkit.send import outbox
-from listkit.send.sender import prepare
+from listkit.send.prepare import prepare
 from listkit.workspace import Workspace
 from tests.test_send import setup_campaign
 

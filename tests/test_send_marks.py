@@ -4,7 +4,7 @@ import zlib
 
 from listkit.send.marks import MarkFile, fold_marks, marks_path, read_marks
 from listkit.send.outbox import claim, recover
-from listkit.send.sender import prepare
+from listkit.send.prepare import prepare
 from listkit.workspace import Workspace
 from tests.test_send import setup_campaign
 

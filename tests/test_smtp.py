@@ -356,3 +356,58 @@ def test_a_test_message_refused_by_the_server_is_an_error_with_its_reply(run, wo
         "Error: the server refused the message: 550 5.1.1 no such user (reply to RCPT TO)\n"
     )
     assert server.messages == 0
+
+
+def _three_senders_meet(workspace, ws, run, *, addresses, fault=None, **server):
+    """A campaign to ``addresses[0]``, a test send to ``addresses[1]`` and a signup
+    confirmation to ``addresses[2]``, on one aiosmtpd server (``fault`` injected for
+    each address); what each recorded or said."""
+    from tests import smtp_server
+    from tests.test_pages import serve_once, waiting_signup
+
+    controller, handler = smtp_server.start(**server)
+    try:
+        for address in addresses if fault else ():
+            handler.fault(address, fault)
+        setup_campaign(run, workspace, controller.port, addresses[:1])
+        run("send", "t", "--yes", ok=False)
+        test_send = run("send", "t", "--test-to", addresses[1], ok=False).output
+        ws._settings = None  # the server's port, written by setup_campaign
+        waiting_signup(ws, addresses[2])
+        serve_once(ws)
+    finally:
+        controller.stop()
+    (problem,) = json.loads(run("status", "t", "--json").output)["problems"]
+    (confirmation,) = ws.db.execute("SELECT state, mail_reply FROM signups").fetchall()
+    return handler, problem, test_send, confirmation
+
+
+def test_a_campaign_a_test_send_and_a_confirmation_report_one_refusal_in_the_same_words(
+    run, workspace, ws
+):
+    addresses = ["camp@example.com", "test@example.com", "confirm@example.com"]
+    handler, problem, test_send, confirmation = _three_senders_meet(
+        workspace, ws, run, addresses=addresses, fault="550"
+    )
+    said = "5.1.1 No such user here (reply to RCPT TO)"
+    assert (problem["state"], problem["reply"]) == ("failed", said)
+    assert test_send == f"Error: the server refused the message: 550 {said}\n"
+    assert confirmation == ("failed", f"the server refused the message: 550 {said}")
+    assert handler.messages == []
+    assert sorted(handler.rcpt_attempts) == sorted(addresses)
+
+
+def test_a_campaign_a_test_send_and_a_confirmation_meet_a_server_without_smtputf8_alike(
+    run, workspace, ws
+):
+    addresses = ["jörg@example.com", "zoë@example.com", "ærlig@example.com"]
+    handler, problem, test_send, confirmation = _three_senders_meet(
+        workspace, ws, run, addresses=addresses, enable_SMTPUTF8=False
+    )
+    said = (
+        "the recipient's address has a non-ASCII local part and the server does not offer SMTPUTF8"
+    )
+    assert (problem["state"], problem["reply"]) == ("failed", said)
+    assert test_send == f"Error: the message was not sent: {said}\n"
+    assert confirmation == ("failed", f"the message was not sent: {said}")
+    assert handler.messages == [] and not handler.rcpt_attempts

@@ -15,6 +15,7 @@ from listkit.cli.output import emit_json, emit_table, json_option, require_termi
 from listkit.errors import ListkitError, NotFound
 from listkit.inbox.bounces import bounced_after_sent
 from listkit.mail.compose import check_offer
+from listkit.runlock import AlreadyRunning
 from listkit.send.campaigns import (
     audience_count,
     campaign_row,
@@ -27,16 +28,12 @@ from listkit.send.campaigns import (
     recorded_slugs,
     without_holdout,
 )
+from listkit.send.due import send_due
 from listkit.send.outbox import counts, problems, retry
-from listkit.send.sender import (
-    AlreadyRunning,
-    RunSummary,
-    prepare,
-    send_campaign,
-    send_due,
-    send_test,
-)
+from listkit.send.prepare import prepare
+from listkit.send.sender import RunSummary, send_campaign
 from listkit.send.sender import dry_run as write_dry_run
+from listkit.send.single import send_test
 from listkit.send.variants import assign_variant, campaign_share_warnings
 from listkit.workspace import Workspace
 

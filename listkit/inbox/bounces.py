@@ -47,11 +47,12 @@ from listkit.addresses import email_key
 from listkit.audience.suppressions import BOUNCED_DELIVERIES
 from listkit.config import Settings
 from listkit.db import immediate, now
-from listkit.errors import ConfigError, ListkitError
+from listkit.errors import ConfigError
 from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings, read_messages
 from listkit.mail.message_ids import returned_message_id
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
 from listkit.mail.verp import bounce_address, token_from_address
+from listkit.runlock import run_lock
 
 # What a recipient line of a report comes to (the verdicts are ``mail.replies``').
 COMPLAINT = "complaint"
@@ -800,21 +801,14 @@ FETCH_LOCK = ".listkit-bounces.lock"
 def fetch(ws, *, batch: int = 500) -> FetchSummary:
     """``listkit bounces fetch``: read new messages over IMAP, commit, then move or delete
     exactly those understood. One run at a time per workspace (cron runs may overlap)."""
-    import fcntl
-    import os
-
-    fd = os.open(ws.root / FETCH_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ListkitError(
-                "another `listkit bounces fetch` is running in this workspace; "
-                "try again when it has finished"
-            ) from None
+    with run_lock(
+        ws.root / FETCH_LOCK,
+        lambda _holder: (
+            "another `listkit bounces fetch` is running in this workspace; "
+            "try again when it has finished"
+        ),
+    ):
         return _fetch(ws, batch)
-    finally:
-        os.close(fd)
 
 
 def _fetch(ws, batch: int) -> FetchSummary:

@@ -1,107 +1,60 @@
-"""Sending a campaign over SMTP: a pool of connections, a rate limit, group commits.
+"""Sending a campaign: under the send lock, its outbox built, its runs, its summary;
+and the dry run that writes the messages instead.
 
-The rules (see ``outbox`` for the state machine):
-
-- every SMTP transaction carries one recipient, so each RCPT reply is that
-  recipient's answer (no partial refusals to untangle);
-- a row is claimed, and committed, before its transaction starts; before its
-  content goes out it is durably marked in the marks file (``marks``: no
-  SQLite lock to wait for while another process writes the database), many
-  messages' marks sharing one sync; results share one commit; both are made
-  off the event loop;
-- the transaction runs on ``smtp.Connection`` (pipelined when the server
-  offers PIPELINING); aiosmtplib opens and authenticates the connection;
-- a message is ``sent`` only after the server's 2xx to the final dot;
-- connection trouble before DATA defers a row, after DATA began makes it
-  ``unknown`` (the server may have it), and consecutive connection failures
-  stop the run with every row resumable.
+The rule: one `listkit send` per database at a time (``send_lock``, in the
+database's folder); a send first folds the marks a killed run left and
+recovers its rows, so nothing is sent twice, then sends what is due with
+``run.Run`` (see there for the rules of a run) and records the campaign done
+only when every message ended sent, held out or skipped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
-import multiprocessing
-import os
 import re
-import secrets
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
-import aiosmtplib
-
-from listkit.addresses import normalize_address
-from listkit.audience.lists import get_list
-from listkit.audience.subscribers import subscriber_dict
-from listkit.config import SMTPSettings
-from listkit.db import describe_db_error, open_db
+from listkit.db import describe_db_error
 from listkit.errors import (
-    ConfigError,
     HeaderInjection,
     InputError,
     ListkitError,
     SendError,
     TemplateError,
 )
-from listkit.files import PRIVATE, write_private
-from listkit.mail.compose import SAMPLE_SUBSCRIBER, Composed, Composer, Problem
-from listkit.mail.offers import load_offer
-from listkit.mail.replies import HARD, classify
+from listkit.files import write_private
+from listkit.mail.compose import Problem
 from listkit.mail.tracking import new_token
-from listkit.mail.verp import bounce_address, envelope_sender
-from listkit.processes import exit_with_parent
+from listkit.runlock import run_lock
 from listkit.send.campaigns import (
-    Campaign,
     campaign_row,
-    campaign_slugs,
-    declined_campaigns,
-    due_status,
-    format_duration,
     iter_audience,
-    load_campaign,
     register,
-    reschedule,
-    rescheduled,
     set_state,
     without_holdout,
 )
-from listkit.send.marks import MarkFile, fold_marks
+from listkit.send.marks import fold_marks
 from listkit.send.outbox import (
-    Claimed,
     Result,
     build_outbox,
-    claim,
     counts,
-    may_go,
-    record,
     recover,
     top_up,
 )
-from listkit.send.sequences import check_ready, followup_status
-from listkit.send.single import send_one
-from listkit.send.smtp import Connection, ConnectionLost, connect, transact, wire_form
-from listkit.send.smtp import path as smtp_path
-from listkit.send.variants import assign_variant, release_rest, rest_due
+from listkit.send.prepare import Prepared, prepare
+from listkit.send.render import render_processes
+from listkit.send.run import Run, run_loop
+from listkit.send.sequences import check_ready
+from listkit.send.variants import assign_variant, rest_due
 from listkit.workspace import Workspace
 
-T = TypeVar("T")
-
 LOCK_NAME = ".listkit-send.lock"
-# From this many messages on, rendering moves to a second process (its start-up
-# costs about a third of a second).
-POOL_THRESHOLD = 1000
-
-
-class AlreadyRunning(ListkitError):
-    """Another `listkit send` holds the workspace's send lock."""
 
 
 @contextlib.contextmanager
@@ -111,26 +64,14 @@ def send_lock(root: Path):
     ``root`` is the database's folder (the workspace, unless LISTKIT_DB points
     elsewhere): two workspaces sharing one database share the lock, or the
     second run's recovery would hand the first run's claimed rows out again."""
-    path = root / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise AlreadyRunning(
-                f"another listkit send is running in {root} (pid {holder}); "
-                "it will finish the work, nothing was sent by this run"
-            ) from None
-        pid = str(os.getpid()).encode()
-        try:
-            os.pwrite(fd, pid, 0)
-            os.ftruncate(fd, len(pid))
-        except OSError as e:  # a full disk: say which file
-            raise OSError(e.errno, e.strerror, str(path)) from None
+    with run_lock(
+        root / LOCK_NAME,
+        lambda holder: (
+            f"another listkit send is running in {root} (pid {holder}); "
+            "it will finish the work, nothing was sent by this run"
+        ),
+    ):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 @dataclass
@@ -154,481 +95,6 @@ class RunSummary:
         return self.stopped is None and all(self.totals.get(s, 0) == 0 for s in bad)
 
 
-def run_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on uvloop where it is installed (its event loop costs about
-    half the CPU of asyncio's per message; the send's main process is the busy
-    one), else on asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
-class RateLimiter:
-    def __init__(self, rate: float):
-        self.interval = 1 / rate if rate > 0 else 0.0
-        self.next = 0.0
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        at = max(self.next, now)
-        self.next = at + self.interval
-        if at > now:
-            await asyncio.sleep(at - now)
-
-
-class Run:
-    """One sending run of one campaign."""
-
-    def __init__(
-        self,
-        *,
-        db_path: Path,
-        campaign_id: int,
-        campaign: Campaign,
-        composer: Composer,
-        smtp: SMTPSettings,
-        sender_address: str,
-        limit: int | None = None,
-        batch: int = 200,
-        max_connect_failures: int = 5,
-        on_result: Callable[[Result], None] | None = None,
-        compose_processes: int = 0,
-        bounce_address: str | None = None,
-        variant: str | None = None,
-    ):
-        self.compose_processes = compose_processes
-        self.bounce_address = bounce_address
-        self.variant = variant
-        self.db_path = db_path
-        self.campaign_id = campaign_id
-        self.campaign = campaign
-        self.composer = composer
-        self.smtp = smtp
-        self.sender_address = sender_address
-        self.limit = limit
-        self.batch = batch
-        self.max_connect_failures = max_connect_failures
-        self.on_result = on_result
-        self.run_id = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.counts: dict[str, int] = {}
-        self.stopped: str | None = None
-        self.fatal: BaseException | None = None
-        self.connect_failures = 0
-        self.connected_once = False
-        self.first_connect = asyncio.Lock()
-
-    # The database lives on one thread; every call goes through it. The marks
-    # have a thread of their own (with a connection that only reads), so that
-    # a mark never waits behind a commit that waits for the write lock.
-    async def db(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def in_marks_thread(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.mark_executor, fn, *args)
-
-    def _open(self) -> None:
-        self.conn_db = open_db(self.db_path)
-        # Whose "no" stops this campaign: read once, checked at each claim and mark.
-        self.declined = declined_campaigns(self.conn_db, self.campaign)
-
-    def _open_marks(self) -> None:
-        self.mark_db = open_db(self.db_path)
-        self.mark_file = MarkFile(self.db_path)
-
-    def _close_marks(self, clear: bool) -> None:
-        if clear:
-            self.mark_file.clear()
-        self.mark_file.close()
-        self.mark_db.close()
-
-    def _mark(self, ids: list[int]) -> set[int]:
-        """Durably mark the rows of ``ids`` that may still go out; returns those."""
-        allowed = may_go(self.mark_db, ids, self.declined)
-        self.mark_file.mark(self.run_id, [i for i in ids if i in allowed])
-        return allowed
-
-    async def run(self) -> dict[str, int]:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-db")
-        self.mark_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-marks")
-        self.pool = None
-        if self.compose_processes:
-            self.pool = ProcessPoolExecutor(
-                max_workers=self.compose_processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_pool_init,
-                initargs=(
-                    os.getpid(),
-                    self.composer.settings,
-                    self.composer.offers_dir,
-                    self.campaign.slug,
-                    self.composer.offer.slug,
-                ),
-            )
-        try:
-            await self.db(self._open)
-            await self.in_marks_thread(self._open_marks)
-            # Room for two batches: one being sent while the next is rendered.
-            self.queue: asyncio.Queue = asyncio.Queue(
-                maxsize=max(self.campaign.concurrency * 2, self.batch * 2)
-            )
-            self.marks: list[tuple[int, asyncio.Future]] = []
-            self.results: list[Result] = []
-            # Marked rows whose result is not recorded yet (a failed commit
-            # leaves its rows here): the marks file is emptied at the end only
-            # if none is left.
-            self.open_marks: set[int] = set()
-            self.wake = asyncio.Event()
-            self.mark_wake = asyncio.Event()
-            self.closing = False
-            self.limiter = RateLimiter(self.campaign.rate)
-            flusher = asyncio.create_task(self._flusher())
-            marker = asyncio.create_task(self._marker())
-            workers = [
-                asyncio.create_task(self._worker()) for _ in range(self.campaign.concurrency)
-            ]
-            try:
-                await self._producer()
-                await asyncio.gather(*workers)
-            finally:
-                for w in workers:
-                    w.cancel()
-                self.closing = True
-                self.mark_wake.set()
-                await marker
-                self.wake.set()
-                await flusher
-            await self.db(self.conn_db.close)
-            await self.in_marks_thread(self._close_marks, not self.open_marks)
-        finally:
-            self.executor.shutdown(wait=True)
-            self.mark_executor.shutdown(wait=True)
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.fatal is not None:
-            raise self.fatal
-        return self.counts
-
-    async def _producer(self) -> None:
-        remaining = self.limit
-        loop = asyncio.get_running_loop()
-        while self.stopped is None and (remaining is None or remaining > 0):
-            size = self.batch if remaining is None else min(self.batch, remaining)
-            rows: list[Claimed] = await self.db(
-                claim,
-                self.conn_db,
-                self.campaign_id,
-                self.run_id,
-                size,
-                self.variant,
-                self.declined,
-            )
-            if not rows:
-                break
-            if remaining is not None:
-                remaining -= len(rows)
-            if self.pool is not None:
-                # Rendering runs on the other core while the workers send the
-                # previous batch from the queue.
-                built = await loop.run_in_executor(self.pool, _pool_compose, rows)
-            elif self.composer.signer is not None:
-                # Signing (RSA) is the costly step: keep it off the event loop.
-                built = await loop.run_in_executor(None, compose_rows, self.composer, rows)
-            else:
-                built = compose_rows(self.composer, rows)
-            for i, (row, (data, error)) in enumerate(zip(rows, built, strict=True)):
-                if self.stopped is not None:
-                    for left in rows[i:]:
-                        self._result(Result(left.id, "pending"))
-                    break
-                if error is not None:
-                    self._result(Result(row.id, "failed", None, error, row.attempts))
-                    continue
-                await self.queue.put((row, data))
-        for _ in range(self.campaign.concurrency):
-            await self.queue.put(None)
-
-    def _result(self, result: Result) -> None:
-        self.results.append(result)
-        self.wake.set()
-        if result.state != "pending":
-            self.counts[result.state] = self.counts.get(result.state, 0) + 1
-            if self.on_result is not None:
-                self.on_result(result)
-
-    def _mark_data(self, delivery_id: int) -> asyncio.Future[bool]:
-        """Ask for the durable mark that the content may go out.
-
-        The future says True once it is committed, False if the address left
-        meanwhile; the flusher settles it (no task of its own per message).
-        """
-        future = asyncio.get_running_loop().create_future()
-        self.marks.append((delivery_id, future))
-        self.mark_wake.set()
-        return future
-
-    async def _marker(self) -> None:
-        """Writes the marks asked for meanwhile, all with one sync, while the
-        previous group's sync runs; then lets their content go."""
-        while True:
-            await self.mark_wake.wait()
-            self.mark_wake.clear()
-            while self.marks:
-                marks, self.marks = self.marks, []
-                try:
-                    allowed = await self.in_marks_thread(self._mark, [m[0] for m in marks])
-                except BaseException as e:  # nothing more may be sent
-                    self.fatal = self.fatal or e
-                    self.stopped = self.stopped or f"cannot mark messages as going out: {e}"
-                    for _, future in marks:
-                        if not future.done():
-                            future.set_exception(SendError(self.stopped))
-                    continue
-                self.open_marks.update(allowed)
-                for delivery_id, future in marks:
-                    if not future.done():
-                        future.set_result(delivery_id in allowed)
-            # Checked after draining: a close signalled while we worked is not lost.
-            if self.closing:
-                return
-
-    async def _flusher(self) -> None:
-        """Records the results that came in meanwhile, in one commit, while the
-        previous group's commit runs."""
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.results:
-                results, self.results = self.results, []
-                try:
-                    await self.db(record, self.conn_db, self.campaign_id, results)
-                except BaseException as e:  # the database refused: nothing more may be sent
-                    self.fatal = self.fatal or e
-                    self.stopped = self.stopped or f"database error: {e}"
-                    continue
-                self.open_marks.difference_update(r.id for r in results)
-            # Checked after draining: a close signalled while we worked is not lost.
-            if self.closing:
-                return
-
-    async def _worker(self) -> None:
-        client: Connection | None = None
-        try:
-            while True:
-                item = await self.queue.get()
-                if item is None:
-                    return
-                row, data = item
-                if self.stopped is not None:
-                    self._result(Result(row.id, "pending"))
-                    continue
-                try:
-                    if client is None or not client.is_connected:
-                        client = await self._connect_or_release(row)
-                        if client is None:
-                            continue
-                    await self.limiter.wait()
-                    result, keep = await self._deliver(client, row, data)
-                except Exception as e:
-                    # Unexpected: stop. The row stays 'sending' at the phase it reached,
-                    # and the next run resolves it from there.
-                    self.fatal = self.fatal or e
-                    self.stopped = self.stopped or f"internal error: {type(e).__name__}: {e}"
-                    continue
-                self._result(result)
-                if not keep:
-                    client.close()
-                    client = None
-        finally:
-            if client is not None:
-                await client.quit()
-
-    async def _connect_or_release(self, row: Claimed) -> Connection | None:
-        # Until one connection has opened (and logged in), the workers connect
-        # one at a time: a wrong password or a refused STARTTLS is met once and
-        # stops the run, instead of once per worker.
-        if not self.connected_once:
-            async with self.first_connect:
-                if not self.connected_once:
-                    return await self._connect_loop(row)
-        return await self._connect_loop(row)
-
-    async def _connect_loop(self, row: Claimed) -> Connection | None:
-        while self.stopped is None:
-            try:
-                client = Connection(await connect(self.smtp), self.smtp.timeout)
-            except SendError as e:
-                self.fatal = self.fatal or e
-                self.stopped = str(e)
-                break
-            except (TimeoutError, OSError, ConnectionLost, aiosmtplib.SMTPException) as e:
-                self.connect_failures += 1
-                if self.connect_failures >= self.max_connect_failures:
-                    self.stopped = (
-                        f"cannot connect to {self.smtp.masked()} ({e}); stopped after "
-                        f"{self.connect_failures} failed attempts, every message is resumable"
-                    )
-                    break
-                await asyncio.sleep(min(0.2 * 2**self.connect_failures, 5))
-                continue
-            self.connect_failures = 0
-            self.connected_once = True
-            return client
-        self._result(Result(row.id, "pending"))
-        return None
-
-    async def _deliver(self, conn: Connection, row: Claimed, data: bytes) -> tuple[Result, bool]:
-        """Send one message (``data`` in wire form); (result, keep the connection)."""
-        attempts = row.attempts
-        # With a bounce address, the envelope names the delivery (VERP).
-        envelope = envelope_sender(self.bounce_address, self.sender_address, row.token)
-        out = await transact(conn, envelope, row.email, data, ready=lambda: self._mark_data(row.id))
-        state = out.state
-        if state == "sent":
-            return Result(row.id, "sent", out.code, out.reply[:500], attempts), True
-        if state == "refused":
-            assert out.code is not None and out.command is not None
-            if out.command == "MAIL FROM" and out.code >= 500:
-                self.stopped = f"the server refused the sender {envelope}: {out.code} {out.reply}"
-                self.fatal = self.fatal or SendError(
-                    f"{'LISTKIT_BOUNCE_ADDRESS' if self.bounce_address else 'LISTKIT_FROM'}: "
-                    f"{self.stopped}"
-                )
-                return Result(row.id, "pending"), out.keep
-            return self._refusal(row, out.code, out.reply, out.command), out.keep
-        if state == "stopped":
-            return Result(row.id, "pending"), False
-        if state == "held":
-            reply = "unsubscribed or suppressed while the campaign was sending"
-            return Result(row.id, "skipped", None, reply, attempts), False
-        # failed (not tried), deferred (nothing went out), unknown (the server may have it)
-        return Result(row.id, state, None, out.reply, attempts), out.keep
-
-    def _refusal(self, row: Claimed, code: int, message: str, command: str) -> Result:
-        text = f"{message[:500]} (reply to {command})"
-        if code >= 500:
-            return Result(
-                row.id,
-                "failed",
-                code,
-                text,
-                row.attempts,
-                hard_bounce=classify(code, message, command=command) == HARD,
-                email=row.email,
-            )
-        return Result(row.id, "deferred", code, text, row.attempts)
-
-
-def compose_claimed(composer: Composer, row: Claimed) -> Composed:
-    return composer.compose(
-        subscriber=subscriber_dict(
-            row.subscriber_id,
-            row.email,
-            row.key,
-            row.name,
-            row.first_name,
-            row.last_name,
-            row.fields,
-        ),
-        list_slug=row.list_slug,
-        list_title=row.list_title,
-        token=row.token,
-    )
-
-
-def compose_rows(composer: Composer, rows: list[Claimed]) -> list[tuple[bytes | None, str | None]]:
-    """(message in wire form, None) or (None, why it cannot be built) for each row."""
-    out: list[tuple[bytes | None, str | None]] = []
-    for row in rows:
-        try:
-            out.append((wire_form(compose_claimed(composer, row).data), None))
-        except (TemplateError, HeaderInjection) as e:
-            out.append((None, str(e)))
-    return out
-
-
-_POOL_COMPOSER: Composer | None = None
-
-
-def _pool_init(parent_pid: int, settings, offers_dir: Path, campaign: str, offer_slug: str) -> None:
-    global _POOL_COMPOSER
-    exit_with_parent(parent_pid)  # a `listkit send` killed with SIGKILL leaves no renderer
-    offer = load_offer(offers_dir, offer_slug)
-    _POOL_COMPOSER = Composer(
-        offer,
-        settings,
-        campaign=campaign,
-        offers_dir=offers_dir,
-        track_clicks=settings.track_clicks,
-    )
-
-
-def _pool_compose(rows: list[Claimed]) -> list[tuple[bytes | None, str | None]]:
-    assert _POOL_COMPOSER is not None
-    return compose_rows(_POOL_COMPOSER, rows)
-
-
-@dataclass
-class Prepared:
-    campaign: Campaign
-    composer: Composer
-    smtp: SMTPSettings
-    sender_address: str
-    bounce_address: str | None = None
-    # One composer per offer the campaign sends (its variants), by offer slug.
-    composers: dict[str, Composer] = field(default_factory=dict)
-
-    @property
-    def expires(self) -> str | None:
-        """The earliest expiry among the campaign's offers."""
-        dates = [c.offer.expires for c in self.composers.values() if c.offer.expires]
-        return min(dates) if dates else None
-
-
-def prepare(ws: Workspace, slug: str, *, recorded: bool = True) -> Prepared:
-    """Everything a send needs, checked before any connection is opened.
-
-    ``recorded=False`` (test and dry-run messages, which have no delivery) links
-    straight to the shop's tracked URLs: a click link of a token that is in no
-    delivery would answer 404.
-    """
-    campaign = load_campaign(ws.campaigns_dir, slug)
-    offer = load_offer(ws.offers_dir, campaign.offer)
-    tracked = ws.settings.track_clicks and recorded
-    composer = Composer(
-        offer, ws.settings, campaign=slug, offers_dir=ws.offers_dir, track_clicks=tracked
-    )
-    composers = {offer.slug: composer}
-    for variant in campaign.variants:
-        if variant not in composers:
-            composers[variant] = Composer(
-                load_offer(ws.offers_dir, variant),
-                ws.settings,
-                campaign=slug,
-                offers_dir=ws.offers_dir,
-                track_clicks=tracked,
-            )
-    smtp = ws.settings.smtp()
-    _name, sender_address = ws.settings.sender_address()
-    try:
-        # Checked here, once: found per message, it would fail every recipient.
-        smtp_path(sender_address, True)
-    except ValueError:
-        raise ConfigError(
-            f"LISTKIT_FROM: {sender_address!r} cannot be the envelope sender (MAIL FROM): a "
-            "space, a control character, < or > is not allowed there; use a plain address "
-            "such as you@example.com"
-        ) from None
-    for list_slug in (*campaign.lists, *campaign.exclude_lists):
-        get_list(ws.db, list_slug)
-    bounces = bounce_address(ws.settings.bounce_address)
-    return Prepared(campaign, composer, smtp, sender_address, bounces, composers)
-
-
 def send_campaign(
     ws: Workspace,
     slug: str,
@@ -650,68 +116,21 @@ def send_campaign(
         p = prepared or prepare(ws, slug)
         db = ws.db
         check_ready(db, p.campaign, p.expires)
-        row = campaign_row(db, slug)
-        if row is not None and row["state"] == "testing":
-            _due, when = rest_due(db, p.campaign, datetime.now(UTC))
-            raise ListkitError(
-                f"campaign {slug} is testing its variants: the rest gets the winner by "
-                f"`listkit send --due` from {when}"
-            )
-        offer = p.composer.offer
-        where = {"domain": p.composer.domain, "coupon_base": p.composer.coupon_base}
         summary = RunSummary(campaign=slug)
-        if newcomers:
-            if row is None or row["started"] is None:
-                raise ListkitError(
-                    f"campaign {slug} has not been sent yet, so it has no newcomers: "
-                    f"send it with `listkit send {slug}`"
-                )
-            cid = row["id"]
-            summary.topped_up = top_up(db, cid, p.campaign, **where)
-        else:
-            cid = register(db, p.campaign, digest=offer.digest, coupon=offer.coupon)
-            build_outbox(db, cid, p.campaign, **where)
+        cid = _open_outbox(db, p, slug, newcomers, summary)
         # Marks left by a run that died first, so that its rows whose content
         # may be out become unknown, not pending.
         fold_marks(db, ws.settings.db_path)
         summary.recovered = recover(db, cid)
         set_state(db, cid, "sending")
         before = counts(db, cid)
-        if on_start is not None:
-            due = before["pending"] + before["deferred"]
-            on_start(due if limit is None else min(limit, due))
         due = before["pending"] + before["deferred"]
         if limit is not None:
             due = min(due, limit)
-        # A campaign testing offers sends one variant's rows at a time, each
-        # with its own offer's composer.
-        parts = [(v, p.composers[v]) for v in p.campaign.variants] or [(None, p.composer)]
-        run = None
+        if on_start is not None:
+            on_start(due)
         try:
-            for variant, composer in parts:
-                left = None if limit is None else limit - sum(summary.this_run.values())
-                if left is not None and left <= 0:
-                    break
-                run = Run(
-                    compose_processes=1
-                    if due >= POOL_THRESHOLD and (os.cpu_count() or 1) > 1
-                    else 0,
-                    db_path=ws.settings.db_path,
-                    campaign_id=cid,
-                    campaign=p.campaign,
-                    composer=composer,
-                    smtp=p.smtp,
-                    sender_address=p.sender_address,
-                    bounce_address=p.bounce_address,
-                    limit=left,
-                    batch=batch,
-                    on_result=on_result,
-                    variant=variant,
-                )
-                for state, n in run_loop(run.run()).items():
-                    summary.this_run[state] = summary.this_run.get(state, 0) + n
-                if run.stopped:
-                    break
+            _run_parts(ws, p, cid, summary, due=due, limit=limit, batch=batch, on_result=on_result)
         except sqlite3.Error as e:
             # The database refused a write mid-run (locked past the timeout,
             # disk full): nothing more was sent. Rows not yet recorded stay
@@ -722,7 +141,6 @@ def send_campaign(
                 f"`listkit send {slug}` resumes every message not recorded as sent"
             ) from None
         finally:
-            summary.stopped = run.stopped if run is not None else None
             summary.totals = counts(db, cid)
             if summary.complete:
                 # Test-then-send: the rest waits for the winner (`send --due`).
@@ -731,125 +149,69 @@ def send_campaign(
         return summary
 
 
-@dataclass
-class DueOutcome:
-    """What `send --due` did with one campaign."""
-
-    campaign: str
-    action: str  # sent | missed | locked | error
-    summary: RunSummary | None = None
-    message: str = ""
-
-
-def send_due(
-    ws: Workspace, *, limit: int | None = None, at: datetime | None = None
-) -> list[DueOutcome]:
-    """Send every campaign whose send_at has come; mark those later than max_late missed.
-
-    Campaigns without send_at, not yet due, done or missed are left alone; a
-    missed one whose send_at has been edited since is scheduled again. A
-    campaign already sending (or reopened by `listkit retry`) is resumed even
-    past max_late: it started in time.
-    """
-    at = at or datetime.now(UTC)
-    outcomes: list[DueOutcome] = []
-    for slug in campaign_slugs(ws.campaigns_dir):
-        try:
-            campaign = load_campaign(ws.campaigns_dir, slug)
-        except ListkitError as e:
-            outcomes.append(DueOutcome(slug, "error", message=str(e)))
-            continue
-        why = ""
-        if campaign.follows:
-            try:
-                expires = min(
-                    (e for o in campaign.offers if (e := load_offer(ws.offers_dir, o).expires)),
-                    default=None,
-                )
-            except ListkitError as e:
-                outcomes.append(DueOutcome(slug, "error", message=str(e)))
-                continue
-            status, why = followup_status(ws.db, campaign, at, expires)
-        else:
-            status = due_status(campaign, at)
-        row = campaign_row(ws.db, slug)
-        if rescheduled(row, campaign):
-            reschedule(ws.db, row["id"], campaign)
-            row = campaign_row(ws.db, slug)
-        state = row["state"] if row else None
-        if state == "testing":  # test-then-send, sent by hand or not: the rest goes from here
-            due, _when = rest_due(ws.db, campaign, at)
-            if not due:
-                continue
-            try:
-                with send_lock(ws.root):
-                    pick = release_rest(ws.db, campaign)
-            except AlreadyRunning as e:
-                outcomes.append(DueOutcome(slug, "locked", message=str(e)))
-                break
-            chosen = f"{slug}: the rest ({pick['released']}) gets {pick['offer']}, {pick['why']}"
-            try:
-                outcomes.append(
-                    DueOutcome(slug, "sent", send_campaign(ws, slug, limit=limit), message=chosen)
-                )
-            except AlreadyRunning as e:
-                outcomes.append(DueOutcome(slug, "locked", message=str(e)))
-                break
-            except ListkitError as e:
-                outcomes.append(DueOutcome(slug, "error", message=str(e)))
-            continue
-        if state in ("done", "missed") or status in ("manual", "waiting"):
-            continue
-        if status == "missed" and state != "sending":
-            cid = register(ws.db, campaign, digest="", coupon=None)
-            set_state(ws.db, cid, "missed")
-            if why:
-                outcomes.append(DueOutcome(slug, "missed", message=why))
-                continue
-            # Whole minutes: the seconds a cron run takes are noise here.
-            minutes = round((at - campaign.send_at).total_seconds() / 60)
-            late = format_duration(timedelta(minutes=minutes))
-            outcomes.append(
-                DueOutcome(
-                    slug,
-                    "missed",
-                    message=f"send_at {campaign.send_at.isoformat()} was {late} ago, more than "
-                    f"max_late {format_duration(campaign.max_late)}; not sent",
-                )
+def _open_outbox(db, p: Prepared, slug: str, newcomers: bool, summary: RunSummary) -> int:
+    """The campaign's id, its outbox built (or topped up with ``newcomers``)."""
+    row = campaign_row(db, slug)
+    if row is not None and row["state"] == "testing":
+        _due, when = rest_due(db, p.campaign, datetime.now(UTC))
+        raise ListkitError(
+            f"campaign {slug} is testing its variants: the rest gets the winner by "
+            f"`listkit send --due` from {when}"
+        )
+    where = {"domain": p.composer.domain, "coupon_base": p.composer.coupon_base}
+    if newcomers:
+        if row is None or row["started"] is None:
+            raise ListkitError(
+                f"campaign {slug} has not been sent yet, so it has no newcomers: "
+                f"send it with `listkit send {slug}`"
             )
-            continue
+        summary.topped_up = top_up(db, row["id"], p.campaign, **where)
+        return row["id"]
+    offer = p.composer.offer
+    cid = register(db, p.campaign, digest=offer.digest, coupon=offer.coupon)
+    build_outbox(db, cid, p.campaign, **where)
+    return cid
+
+
+def _run_parts(
+    ws: Workspace,
+    p: Prepared,
+    cid: int,
+    summary: RunSummary,
+    *,
+    due: int,
+    limit: int | None,
+    batch: int,
+    on_result: Callable[[Result], None] | None,
+) -> None:
+    """Send the due rows: a campaign testing offers one variant's rows at a time,
+    each with its own offer's composer; stop at the first run that stopped."""
+    parts = [(v, p.composers[v]) for v in p.campaign.variants] or [(None, p.composer)]
+    for variant, composer in parts:
+        left = None if limit is None else limit - sum(summary.this_run.values())
+        if left is not None and left <= 0:
+            break
+        run = Run(
+            compose_processes=render_processes(due),
+            db_path=ws.settings.db_path,
+            campaign_id=cid,
+            campaign=p.campaign,
+            composer=composer,
+            smtp=p.smtp,
+            sender_address=p.sender_address,
+            bounce_address=p.bounce_address,
+            limit=left,
+            batch=batch,
+            on_result=on_result,
+            variant=variant,
+        )
         try:
-            outcomes.append(DueOutcome(slug, "sent", send_campaign(ws, slug, limit=limit)))
-        except AlreadyRunning as e:
-            outcomes.append(DueOutcome(slug, "locked", message=str(e)))
+            for state, n in run_loop(run.run()).items():
+                summary.this_run[state] = summary.this_run.get(state, 0) + n
+        finally:
+            summary.stopped = run.stopped
+        if run.stopped:
             break
-        except SendError as e:
-            # The server or the database refused us (login, TLS, sender, disk):
-            # the next campaign would meet the same refusal; a wrong password
-            # must not be tried once per campaign.
-            outcomes.append(DueOutcome(slug, "error", message=f"{e}; later campaigns wait"))
-            break
-        except ListkitError as e:
-            outcomes.append(DueOutcome(slug, "error", message=str(e)))
-    return outcomes
-
-
-def send_test(ws: Workspace, slug: str, to: str) -> tuple[Composed, str]:
-    """Send one message, rendered for a sample of the audience, to ``to``; record nothing."""
-    address = normalize_address(to)
-    p = prepare(ws, slug, recorded=False)
-    sample = next(iter_audience(ws.db, p.campaign), None)
-    subscriber, list_slug, title = sample or (dict(SAMPLE_SUBSCRIBER), p.campaign.lists[0], None)
-    token = new_token()
-    composed = p.composer.compose(
-        subscriber={**subscriber, "email": address},
-        list_slug=list_slug,
-        list_title=title,
-        token=token,
-    )
-    envelope = envelope_sender(p.bounce_address, p.sender_address, token)
-    reply = asyncio.run(send_one(p.smtp, envelope, address, composed.data))
-    return composed, reply
 
 
 def dry_run(

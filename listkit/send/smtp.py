@@ -1,10 +1,12 @@
-"""SMTP: opening a connection, and the one transaction every message goes through.
+"""SMTP: the one transaction every message goes through.
 
-aiosmtplib opens the connection (TCP or implicit TLS, EHLO, STARTTLS, AUTH:
-``connect``); ``Connection`` then takes over its transport for the
-transactions, and ``transact`` is the transaction itself: campaigns, `send
---test-to` and signup confirmations (``single.send_one``) all go through it,
-with the same checks (SMTPUTF8, SIZE, safe paths) and the same outcomes.
+``connect.open_connection`` opens the connection (with aiosmtplib);
+``Connection`` takes over its transport for the transactions, and
+``transact`` is the transaction itself.
+
+The rule: campaigns, `send --test-to` and signup confirmations
+(``single.send_one``) all go through ``transact``, with the same checks
+(SMTPUTF8 and its one downgrade, SIZE, safe paths) and the same outcomes.
 
 aiosmtplib waits for each reply before the next command, so a message costs
 four round trips (MAIL, RCPT, DATA, the content). With PIPELINING (RFC 2920),
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
@@ -29,7 +30,6 @@ from typing import NamedTuple
 import aiosmtplib
 
 from listkit.addresses import ascii_domain
-from listkit.config import SMTPSettings
 from listkit.errors import SendError
 
 MAX_REPLY = 32 * 1024  # a reply longer than this is a broken server
@@ -213,148 +213,6 @@ class Connection:
             self.close()
 
 
-def _smtp_client(smtp: SMTPSettings) -> aiosmtplib.SMTP:
-    # No credentials here: aiosmtplib would try every AUTH mechanism the server
-    # offers with a wrong password; ``connect`` makes exactly one attempt.
-    return aiosmtplib.SMTP(
-        hostname=smtp.host,
-        port=smtp.port,
-        use_tls=smtp.tls == "tls",
-        start_tls=smtp.tls == "starttls",
-        timeout=smtp.timeout,
-        cert_bundle=smtp.ca_file,
-        local_hostname=smtp.ehlo_name or "localhost",
-    )
-
-
-# AUTH mechanisms in the order listkit uses them: one of them, once.
-_AUTH_MECHANISMS = ("plain", "login", "cram-md5")
-# OpenSSL verify codes (X509_V_ERR_*) that mean "no trusted CA signed this".
-_UNTRUSTED = {2, 18, 19, 20, 21}
-
-
-def _ssl_error(e: BaseException) -> ssl.SSLError | None:
-    """The TLS error behind ``e``, if any (aiosmtplib wraps it)."""
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, ssl.SSLError):
-            return e
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return None
-
-
-def _tls_problem(smtp: SMTPSettings, e: ssl.SSLError) -> str:
-    """Why the TLS handshake failed, and what to do, for the three usual causes."""
-    if isinstance(e, ssl.SSLCertVerificationError):
-        code = e.verify_code
-        if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-            return (
-                f"the server's TLS certificate is not for {smtp.host} ({e.verify_message}); "
-                "use the host name the certificate names in LISTKIT_SMTP_URL"
-            )
-        if code in _UNTRUSTED:
-            return (
-                f"the server's TLS certificate is not trusted ({e.verify_message}); if it "
-                "uses a private CA, set LISTKIT_SMTP_CA to that CA's PEM file"
-            )
-        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-            return f"the server's TLS certificate has expired ({e.verify_message})"
-        return f"the server's TLS certificate was refused ({e.verify_message})"
-    reason = (e.reason or str(e)).upper()
-    if smtp.tls == "tls" and any(
-        r in reason for r in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH")
-    ):
-        return (
-            f"port {smtp.port} does not speak TLS from the start (it answered in plain "
-            "text): for a STARTTLS port such as 587 use smtp+starttls://, smtps:// is for "
-            "implicit TLS (port 465)"
-        )
-    return f"TLS failed: {e.reason or e}"
-
-
-async def connect(smtp: SMTPSettings) -> aiosmtplib.SMTP:
-    """An open, authenticated connection; SendError for what retrying cannot fix."""
-    client = _smtp_client(smtp)
-    where = f"LISTKIT_SMTP_URL ({smtp.masked()})"
-    try:
-        await client.connect()
-        if client.is_ehlo_or_helo_needed:
-            await client.ehlo()  # so that supports_extension() answers before the first MAIL
-        if smtp.username:
-            await _login(client, smtp, where)
-    except SendError:
-        client.close()
-        raise
-    except aiosmtplib.SMTPConnectResponseError:
-        client.close()
-        raise  # a greeting refused (421 busy, ...): retried
-    except aiosmtplib.SMTPConnectTimeoutError as e:
-        client.close()
-        if smtp.tls != "tls" and "ready message" in str(e):
-            # Connected, and silence: a port that waits for a TLS handshake
-            # first (465) never greets in plain text; retrying cannot help.
-            raise SendError(
-                f"{where}: connected, but the server sent no greeting within "
-                f"{smtp.timeout:g} s; if port {smtp.port} expects TLS from the start "
-                "(implicit TLS, usually 465), use smtps://"
-            ) from None
-        raise
-    except aiosmtplib.SMTPResponseException as e:
-        # aiosmtplib's STARTTLS refused: the only reply its connect() checks
-        # besides the greeting (handled above), EHLO (rare) and AUTH (ours).
-        client.close()
-        if smtp.tls == "starttls" and not isinstance(e, aiosmtplib.SMTPHeloError):
-            raise SendError(
-                f"{where}: the server refused STARTTLS: {e.code} {e.message}; nothing is "
-                "sent without it"
-            ) from None
-        raise
-    except aiosmtplib.SMTPNotSupported as e:
-        client.close()
-        raise SendError(f"{where}: {e}") from None
-    except (aiosmtplib.SMTPException, OSError) as e:
-        client.close()
-        tls_error = _ssl_error(e)
-        if tls_error is not None:
-            raise SendError(f"{where}: {_tls_problem(smtp, tls_error)}") from None
-        if "STARTTLS" in str(e).upper() and "not supported" in str(e).lower():
-            raise SendError(
-                f"{where}: the server does not offer STARTTLS; use smtps:// for implicit "
-                "TLS, or smtp:// only on a trusted local network"
-            ) from None
-        raise
-    return client
-
-
-async def _login(client: aiosmtplib.SMTP, smtp: SMTPSettings, where: str) -> None:
-    """One AUTH attempt with one mechanism: a wrong password is tried once, not per
-    mechanism (servers count failures, and fail2ban or the provider locks the account)."""
-    if not client.supports_extension("auth"):
-        hint = (
-            ""
-            if client.get_transport_info("sslcontext")
-            else ("; many servers offer AUTH only over TLS: try smtp+starttls:// or smtps://")
-        )
-        raise SendError(f"{where}: the server does not offer AUTH{hint}")
-    offered = [m for m in _AUTH_MECHANISMS if m in client.server_auth_methods]
-    if not offered:
-        raise SendError(
-            f"{where}: the server offers no AUTH mechanism listkit knows "
-            f"(it offers {', '.join(client.server_auth_methods) or 'none'}; "
-            "listkit knows PLAIN, LOGIN, CRAM-MD5)"
-        )
-    method = getattr(client, "auth_" + offered[0].replace("-", ""))
-    try:
-        await method(smtp.username, smtp.password or "")
-    except aiosmtplib.SMTPAuthenticationError as e:
-        raise SendError(
-            f"{where}: the server refused the login for user {smtp.username!r}: "
-            f"{e.code} {e.message}; check the user name and password (listkit tried once, "
-            "to keep the account from being locked)"
-        ) from None
-
-
 class Outcome(NamedTuple):
     """How one transaction ended. ``state`` is one of
 
@@ -378,6 +236,12 @@ class Outcome(NamedTuple):
     code: int | None = None
     command: str | None = None
 
+    @property
+    def answered(self) -> str:
+        """The server's reply and the command it answered, as every sender reports a
+        refusal: ``5.1.1 No such user (reply to RCPT TO)``."""
+        return f"{self.reply[:500]} (reply to {self.command})"
+
 
 async def transact(
     conn: Connection,
@@ -393,6 +257,40 @@ async def transact(
     the content follows (the sender's durable mark): False holds the content
     back. The message counts as sent only on a 2xx to the final dot.
     """
+    commands = _envelope(conn, sender, recipient, data)
+    if isinstance(commands, Outcome):
+        return commands
+    # Asked for now, so that the caller's mark overlaps the round trips of the
+    # envelope; the content still waits for it. (The DATA command itself may go
+    # first: without the content and its final dot the server has no message.)
+    go = ready() if ready is not None else None
+    try:
+        replies = await _send_envelope(conn, commands)
+    except (TimeoutError, ConnectionLost) as e:
+        _quietly(go)
+        conn.abort()
+        return Outcome("deferred", f"connection lost before DATA: {_lost(conn, e)}", False)
+    refused = await _envelope_refused(conn, replies)
+    if refused is not None:
+        _quietly(go)
+        return refused
+    # The server waits for the content. Stopping now means closing the
+    # connection without the final dot, which abandons the message.
+    if go is not None:
+        try:
+            allowed = await go
+        except SendError as e:
+            conn.abort()
+            return Outcome("stopped", str(e), False)
+        if not allowed:
+            conn.abort()
+            return Outcome("held", "held back before the content went out", False)
+    return await _send_content(conn, data)
+
+
+def _envelope(conn: Connection, sender: str, recipient: str, data: bytes) -> list[bytes] | Outcome:
+    """MAIL FROM, RCPT TO and DATA for this server, or the ``failed`` outcome of a
+    message it cannot take (an address or a size), before anything is sent."""
     if not conn.smtputf8:
         # Without SMTPUTF8 an internationalised domain goes in A-labels;
         # only a non-ASCII local part needs the extension.
@@ -420,29 +318,29 @@ async def transact(
         return Outcome("failed", str(e), True)
     if conn.size is not None:
         mail += b" SIZE=%d" % len(data)
-    commands = (mail + (b" SMTPUTF8\r\n" if utf8 else b"\r\n"), rcpt, b"DATA\r\n")
-    # Asked for now, so that the caller's mark overlaps the round trips of the
-    # envelope; the content still waits for it. (The DATA command itself may go
-    # first: without the content and its final dot the server has no message.)
-    go = ready() if ready is not None else None
-    try:
-        if conn.pipelining:
-            futures = conn.send(b"".join(commands), len(commands))
-            replies = [await conn.reply(f) for f in futures]
-        else:
-            replies = []
-            for step, command in enumerate(commands):
-                replies.append(await conn.reply(conn.send(command)[0]))
-                if replies[-1].code not in _ENVELOPE_OK[step]:
-                    break
-    except (TimeoutError, ConnectionLost) as e:
-        _quietly(go)
-        conn.abort()
-        return Outcome("deferred", f"connection lost before DATA: {_lost(conn, e)}", False)
+    return [mail + (b" SMTPUTF8\r\n" if utf8 else b"\r\n"), rcpt, b"DATA\r\n"]
+
+
+async def _send_envelope(conn: Connection, commands: list[bytes]) -> list[Reply]:
+    """The replies to the envelope's commands: all in one write with PIPELINING,
+    else one at a time, stopping at the first refusal (RFC 5321)."""
+    if conn.pipelining:
+        futures = conn.send(b"".join(commands), len(commands))
+        return [await conn.reply(f) for f in futures]
+    replies: list[Reply] = []
+    for step, command in enumerate(commands):
+        replies.append(await conn.reply(conn.send(command)[0]))
+        if replies[-1].code not in _ENVELOPE_OK[step]:
+            break
+    return replies
+
+
+async def _envelope_refused(conn: Connection, replies: list[Reply]) -> Outcome | None:
+    """The outcome of the first envelope reply that does not let the message go on;
+    None when the server waits for the content."""
     for step, reply in enumerate(replies):
         if reply.code in _ENVELOPE_OK[step]:
             continue
-        _quietly(go)
         if not 400 <= reply.code < 600:
             # Neither acceptance nor refusal: the server is out of step with
             # us. Nothing of the message went out; drop the connection.
@@ -453,17 +351,11 @@ async def transact(
             conn.abort()
         keep = reply.code != 421 and conn.is_connected and await _rset(conn)
         return Outcome("refused", reply.message, keep, reply.code, _COMMANDS[step])
-    # The server waits for the content. Stopping now means closing the
-    # connection without the final dot, which abandons the message.
-    if go is not None:
-        try:
-            allowed = await go
-        except SendError as e:
-            conn.abort()
-            return Outcome("stopped", str(e), False)
-        if not allowed:
-            conn.abort()
-            return Outcome("held", "held back before the content went out", False)
+    return None
+
+
+async def _send_content(conn: Connection, data: bytes) -> Outcome:
+    """Send the content with its final dot; the message is sent only on a 2xx."""
     try:
         end = await conn.reply(conn.send(data)[0])
     except (TimeoutError, ConnectionLost) as e:
