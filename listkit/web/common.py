@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
 from listkit.db import begin_immediate, open_db
+from listkit.errors import InputError
+from listkit.payloads import loads_object
 
 T = TypeVar("T")
 
@@ -150,6 +152,14 @@ def _settle(settled: list[tuple[asyncio.Future, bool, Any]]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
+
+
+def json_object(body: bytes) -> dict:
+    """The body as a JSON object within ``payloads``' limits; 400 saying why not."""
+    try:
+        return loads_object(body)
+    except InputError as e:
+        raise HTTPException(400, f"Bad payload: {e}.") from None
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:

@@ -22,7 +22,6 @@ from starlette.routing import Route
 
 from listkit import signing
 from listkit.errors import InputError
-from listkit.payloads import loads_object
 from listkit.sales.attribution import attribute_sales
 from listkit.sales.sales import (
     Sale,
@@ -33,7 +32,7 @@ from listkit.sales.sales import (
     record_sale,
     store_records,
 )
-from listkit.web.common import read_body, read_form
+from listkit.web.common import json_object, read_body, read_form
 
 
 def _secret(request: Request, attr: str) -> str:
@@ -52,14 +51,6 @@ def verify_timestamped(
         signing.verify_timestamped(header, body, secrets, now)
     except signing.SignatureRefused as e:
         raise HTTPException(400, str(e)) from None
-
-
-def _json(body: bytes) -> dict:
-    """The body as a JSON object within ``payloads``' limits; 400 saying why not."""
-    try:
-        return loads_object(body)
-    except InputError as e:
-        raise HTTPException(400, f"Bad payload: {e}.") from None
 
 
 def _store(db: Database, sale: Sale) -> dict:
@@ -91,7 +82,7 @@ async def stripe(request: Request) -> Response:
     secrets = [s.strip() for s in raw.split(",") if s.strip()]
     body = await read_body(request)
     verify_timestamped(request.headers.get("stripe-signature"), body, secrets)
-    data = _json(body)
+    data = json_object(body)
     if data.get("object") != "event" or "type" not in data:
         raise HTTPException(400, "Bad payload: not a Stripe event.")
     return await _book(request, lambda: record_sale(data, _token_param(request)))
@@ -106,7 +97,7 @@ async def lemonsqueezy(request: Request) -> Response:
         raise HTTPException(400, "Missing signature header.")
     if not signing.same(signing.hmac_hex(secret, body), given):
         raise HTTPException(400, "Bad signature.")
-    data = _json(body)
+    data = json_object(body)
     if not isinstance(data.get("meta"), dict):
         raise HTTPException(400, "Bad payload: not a Lemon Squeezy event.")
     return await _book(request, lambda: record_sale(data, _token_param(request)))
@@ -120,7 +111,7 @@ async def gumroad(request: Request) -> Response:
         raise HTTPException(404, "Not Found")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":  # the seller's ping content type may be JSON
-        ping: dict = _json(await read_body(request))
+        ping: dict = json_object(await read_body(request))
     else:
         ping = await read_form(request)  # 415 for anything else
     if "sale_id" not in ping:
@@ -133,7 +124,7 @@ async def sale(request: Request) -> Response:
     secret = _secret(request, "webhook_secret")
     body = await read_body(request)
     verify_timestamped(request.headers.get("x-listkit-signature"), body, [secret])
-    data = _json(body)
+    data = json_object(body)
     return await _book(request, lambda: listkit_sale(data, _token_param(request)))
 
 

@@ -23,7 +23,7 @@ from listkit.errors import InputError
 from listkit.inbox import relays
 from listkit.inbox.bounces import Report, apply, soft_rule
 from listkit.payloads import loads_object
-from listkit.web.common import read_body
+from listkit.web.common import json_object, read_body
 
 MAX_FETCH = 64 * 1024
 
@@ -84,19 +84,11 @@ def _refuse(status: int, e: relays.WebhookRefused) -> HTTPException:
     return HTTPException(status, f"Refused: {e}.")
 
 
-def _payload(body: bytes) -> dict:
-    """The body as a JSON object within ``payloads``' limits; 400 saying why not."""
-    try:
-        return loads_object(body)
-    except InputError as e:
-        raise HTTPException(400, f"Bad payload: {e}.") from None
-
-
 async def ses(request: Request) -> Response:
     topics = _settings(request).ses_topic_arn
     if not topics:
         raise HTTPException(404, "Not found.")
-    message = _payload(await read_body(request))
+    message = json_object(await read_body(request))
     try:
         await run_in_threadpool(relays.verify_sns, message, lambda u: _certificate(request, u))
     except relays.WebhookRefused as e:
@@ -129,7 +121,7 @@ async def postmark(request: Request) -> Response:
         raise HTTPException(
             401, "Credentials required.", headers={"WWW-Authenticate": 'Basic realm="listkit"'}
         )
-    event = _payload(await read_body(request))
+    event = json_object(await read_body(request))
     n = await _apply(request, _reports(relays.postmark_reports, event), "postmark")
     return PlainTextResponse(f"ok: {n}\n")
 
@@ -138,7 +130,7 @@ async def mailgun(request: Request) -> Response:
     key = _settings(request).mailgun_signing_key
     if not key:
         raise HTTPException(404, "Not found.")
-    data = _payload(await read_body(request))
+    data = json_object(await read_body(request))
     try:
         signature = data.get("signature")
         if not isinstance(signature, dict):
