@@ -22,7 +22,7 @@ from collections import Counter
 from email.parser import BytesHeaderParser
 from email.policy import default
 
-from aiosmtpd.controller import Controller
+from listkit.send.sink import BoundController
 
 REPLIES = {
     "450": "450 4.2.1 Mailbox busy, try later",
@@ -95,8 +95,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(handler=None, pipelining: bool = True, **kwargs) -> tuple[Controller, FaultHandler]:
+def start(handler=None, pipelining: bool = True, **kwargs) -> tuple[BoundController, FaultHandler]:
+    """Listen on a free loopback port (``controller.port``); stop with ``controller.stop()``."""
     handler = handler or FaultHandler(pipelining)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)
+    controller = BoundController(handler, "127.0.0.1", 0, **kwargs)
     controller.start()
     return controller, handler

@@ -60,3 +60,38 @@ def test_sink_on_a_port_in_use_or_out_of_range_is_a_one_line_error(run):
     result = run("sink", "--port", "99999", ok=False)
     assert result.exit_code == 2
     assert "Invalid value for '--port': 99999 is not in the range 1<=x<=65535." in result.output
+
+
+def test_sink_on_a_port_in_use_fails_before_it_waits_for_a_server_thread(monkeypatch):
+    # aiosmtpd's Controller binds in its server thread and waits up to its
+    # ready_timeout (5 s) for a thread that already failed: a user of
+    # `listkit sink` waited 5 s for "address already in use".
+    import errno
+    import socket
+    import threading
+
+    import pytest
+
+    def no_waiting(self, timeout=None):
+        raise AssertionError("the sink waited for a server thread that could not listen")
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(threading.Event, "wait", no_waiting)
+        with pytest.raises(OSError) as refused:
+            start_sink("127.0.0.1", port, out=print)
+    assert refused.value.errno == errno.EADDRINUSE
+
+
+def test_sink_on_port_0_listens_on_a_free_port_it_reports(tmp_path):
+    lines: list[str] = []
+    controller, handler = start_sink("127.0.0.1", 0, out=lines.append)
+    try:
+        assert controller.port != 0
+        with smtplib.SMTP("127.0.0.1", controller.port) as client:
+            client.sendmail("me@example.com", ["ann@example.com"], b"Subject: Hi\r\n\r\nHi\r\n")
+    finally:
+        controller.stop()
+    assert handler.count == 1
