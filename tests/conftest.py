@@ -6,6 +6,7 @@ environment so that a developer's own settings never leak into a test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from listkit.cli import cli
+from listkit.send import sender
 from listkit.workspace import Workspace, init_workspace
+from tests import smtp_server
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +24,25 @@ def env_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("LISTKIT_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def backoff_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The sender's pauses between failed connection attempts, recorded, not waited."""
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(sender, "backoff_sleep", pause)
+    return pauses
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on."""
+    return smtp_server.free_port()
 
 
 @pytest.fixture

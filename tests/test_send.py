@@ -152,13 +152,16 @@ def test_data_refusal_is_failed_not_unknown(run, workspace, server):
     assert json.loads(run("suppress", "ls", "--json").output) == []  # not a bounce
 
 
-def test_connection_refused_marks_nothing_and_exits_non_zero(run, workspace):
-    port = smtp_server.free_port()  # nothing listens there
-    setup_campaign(run, workspace, port, ADDRS)
+def test_connection_refused_marks_nothing_and_exits_non_zero(
+    run, workspace, free_port, backoff_pauses
+):
+    setup_campaign(run, workspace, free_port, ADDRS)  # nothing listens there
     result = run("send", "t", "--yes", ok=False)
     assert result.exit_code == 1
     assert "stopped: cannot connect to smtp://127.0.0.1:" in result.output
     assert "every message is resumable" in result.output
+    # Five attempts, with growing pauses between them (recorded, not waited).
+    assert backoff_pauses == [0.4, 0.8, 1.6, 3.2]
     t = totals(workspace)
     assert (t["sent"], t["failed"], t["unknown"], t["sending"]) == (0, 0, 0, 0)
     assert t["pending"] == 6

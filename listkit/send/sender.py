@@ -311,6 +311,10 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
+# The pause between failed connection attempts; tests record it instead of waiting.
+backoff_sleep = asyncio.sleep
+
+
 class RateLimiter:
     def __init__(self, rate: float):
         self.interval = 1 / rate if rate > 0 else 0.0
@@ -618,7 +622,7 @@ class Run:
                         f"{self.connect_failures} failed attempts, every message is resumable"
                     )
                     break
-                await asyncio.sleep(min(0.2 * 2**self.connect_failures, 5))
+                await backoff_sleep(min(0.2 * 2**self.connect_failures, 5))
                 continue
             self.connect_failures = 0
             self.connected_once = True
