@@ -45,6 +45,32 @@ def free_port() -> int:
     return smtp_server.free_port()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``SMTP_MODES`` runs each test taking ``server`` once per mode."""
+    modes = getattr(metafunc.module, "SMTP_MODES", None)
+    if modes and "server" in metafunc.fixturenames:
+        metafunc.parametrize("server", modes, indirect=True)
+
+
+@pytest.fixture
+def smtp_handler():
+    """The handler `server` records with: None for smtp_server.FaultHandler; a test
+    module overrides this fixture to record something else."""
+    return None
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, smtp_handler):
+    """A real SMTP server (aiosmtpd) on loopback: (controller, handler).
+
+    It advertises PIPELINING unless the test runs in the "one-by-one" mode
+    (see ``SMTP_MODES``)."""
+    mode = getattr(request, "param", "pipelined")
+    controller, handler = smtp_server.start(smtp_handler, pipelining=mode == "pipelined")
+    yield controller, handler
+    controller.stop()
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """A fresh workspace made by `listkit init`."""

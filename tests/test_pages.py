@@ -233,11 +233,10 @@ def test_the_reader_pages_link_back_to_the_site(ws, client, delivery):
 
 
 @pytest.fixture
-def smtp(ws):
-    controller, handler = smtp_server.start()
+def smtp(ws, server):
+    controller, handler = server
     set_smtp(ws, f"smtp://127.0.0.1:{controller.port}?timeout=5")
-    yield handler
-    controller.stop()
+    return handler
 
 
 def wait_for(predicate, seconds=30.0):

@@ -9,12 +9,8 @@ from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
 from tests import smtp_server
 
-
-@pytest.fixture(params=["pipelined", "one-by-one"])
-def server(request):
-    controller, handler = smtp_server.start(pipelining=request.param == "pipelined")
-    yield controller, handler
-    controller.stop()
+# Every test taking `server` runs against a server with and without PIPELINING.
+SMTP_MODES = ("pipelined", "one-by-one")
 
 
 def setup_campaign(run, workspace, port, addresses, *, extra="", lists=("blog",), timeout=2):

@@ -17,11 +17,8 @@ from tests.test_send import setup_campaign
 N = 60
 
 
-@pytest.fixture(params=["pipelined", "one-by-one"])
-def server(request):
-    controller, handler = smtp_server.start(pipelining=request.param == "pipelined")
-    yield controller, handler
-    controller.stop()
+# Every test taking `server` runs against a server with and without PIPELINING.
+SMTP_MODES = ("pipelined", "one-by-one")
 
 
 def listkit(workspace: Path, *args: str) -> subprocess.Popen:
