@@ -17,6 +17,7 @@ from listkit.cli import cli
 from listkit.send import sender
 from listkit.workspace import Workspace, init_workspace
 from tests import smtp_server
+from tests.world import World
 
 
 @pytest.fixture(autouse=True)
@@ -102,3 +103,11 @@ def run(workspace: Path):
         return result
 
     return _run
+
+
+@pytest.fixture
+def world(ws) -> World:
+    """Rows written straight into the fresh workspace's database (tests/world.py).
+
+    A module builds its scenario by overriding this fixture: ``def world(world)``."""
+    return World(ws.db)

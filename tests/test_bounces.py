@@ -8,7 +8,6 @@ import pytest
 
 from listkit.errors import ConfigError
 from listkit.inbox.bounces import SoftRule, apply, parse, soft_rule
-from tests.world import World
 
 CORPUS = Path(__file__).parent / "fixtures" / "bounces"
 
@@ -355,11 +354,6 @@ def test_soft_bounce_setting_is_checked():
 
 # ---------------------------------------------------------------------------
 # Effects
-
-
-@pytest.fixture
-def world(ws):
-    return World(ws.db)
 
 
 def deliver(world, cid, email, token, list_slug="blog"):

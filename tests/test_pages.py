@@ -16,7 +16,6 @@ from listkit.audience.suppressions import suppress
 from listkit.mail.tracking import click_url, confirm_token, link_id, unsubscribe_url
 from listkit.web import create_app
 from tests import smtp_server
-from tests.world import World
 
 PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 ONE_CLICK = {"content-type": "application/x-www-form-urlencoded"}
@@ -39,11 +38,6 @@ def client(ws):
     with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as c:
         c.headers["user-agent"] = PERSON
         yield c
-
-
-@pytest.fixture
-def world(ws):
-    return World(ws.db)
 
 
 @pytest.fixture
