@@ -90,6 +90,7 @@ class FaultHandler:
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on (the `free_port` fixture in tests)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -15,7 +15,6 @@ from listkit.audience.signups import expiry
 from listkit.audience.suppressions import suppress
 from listkit.mail.tracking import click_url, confirm_token, link_id, unsubscribe_url
 from listkit.web import create_app
-from tests import smtp_server
 
 PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 ONE_CLICK = {"content-type": "application/x-www-form-urlencoded"}
@@ -30,10 +29,10 @@ def set_smtp(ws, url):
 
 
 @pytest.fixture
-def client(ws):
+def client(ws, free_port):
     # Confirmations go nowhere unless a test starts a server (the `smtp` fixture):
     # a closed loopback port, never a server another program may run on 1025.
-    set_smtp(ws, f"smtp://127.0.0.1:{smtp_server.free_port()}?timeout=2")
+    set_smtp(ws, f"smtp://127.0.0.1:{free_port}?timeout=2")
     app = create_app(ws)
     with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as c:
         c.headers["user-agent"] = PERSON

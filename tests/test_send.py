@@ -308,9 +308,9 @@ def held_out_of(addresses, share):
 
 
 def test_a_dry_run_writes_no_message_for_the_held_out_and_nothing_to_the_database(
-    run, workspace, tmp_path
+    run, workspace, tmp_path, free_port
 ):
-    setup_campaign(run, workspace, smtp_server.free_port(), HELD, extra="holdout = 0.3\n")
+    setup_campaign(run, workspace, free_port, HELD, extra="holdout = 0.3\n")
     held = held_out_of(HELD, 0.3)
     before = database_digest(workspace)
     out = tmp_path / "out"
@@ -324,8 +324,10 @@ def test_a_dry_run_writes_no_message_for_the_held_out_and_nothing_to_the_databas
     assert database_digest(workspace) == before
 
 
-def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_send(run, workspace):
-    setup_campaign(run, workspace, smtp_server.free_port(), HELD, extra="holdout = 0.3\n")
+def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_send(
+    run, workspace, free_port
+):
+    setup_campaign(run, workspace, free_port, HELD, extra="holdout = 0.3\n")
     held = held_out_of(HELD, 0.3)
     before = database_digest(workspace)
     out = run("campaigns", "check", "t").output
@@ -337,8 +339,8 @@ def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_se
     assert database_digest(workspace) == before
 
 
-def test_status_without_a_campaign_shows_every_campaign(run, workspace):
-    setup_campaign(run, workspace, smtp_server.free_port(), ADDRS, extra="holdout = 0.3\n")
+def test_status_without_a_campaign_shows_every_campaign(run, workspace, free_port):
+    setup_campaign(run, workspace, free_port, ADDRS, extra="holdout = 0.3\n")
     (workspace / "campaigns" / "later.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
     ws = Workspace(workspace)
     try:

@@ -2,15 +2,13 @@ import mailbox
 import smtplib
 
 from listkit.send.sink import start_sink
-from tests.smtp_server import free_port
 
 
 def test_sink_captures_describes_and_stores_messages(tmp_path):
     lines: list[str] = []
-    port = free_port()
-    controller, handler = start_sink("127.0.0.1", port, maildir=tmp_path / "md", out=lines.append)
+    controller, handler = start_sink("127.0.0.1", 0, maildir=tmp_path / "md", out=lines.append)
     try:
-        with smtplib.SMTP("127.0.0.1", port) as client:
+        with smtplib.SMTP("127.0.0.1", controller.port) as client:
             client.sendmail(
                 "me@example.com",
                 ["ann@example.com"],
@@ -30,10 +28,9 @@ def test_sink_stores_messages_readable_by_their_owner_only(tmp_path):
     import stat
 
     old = os.umask(0o022)
-    port = free_port()
-    controller, _handler = start_sink("127.0.0.1", port, maildir=tmp_path / "md", out=print)
+    controller, _handler = start_sink("127.0.0.1", 0, maildir=tmp_path / "md", out=print)
     try:
-        with smtplib.SMTP("127.0.0.1", port) as client:
+        with smtplib.SMTP("127.0.0.1", controller.port) as client:
             client.sendmail("me@example.com", ["ann@example.com"], b"Subject: Hi\r\n\r\nHi\r\n")
     finally:
         controller.stop()
