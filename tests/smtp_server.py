@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections import Counter
+from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from email.policy import default
 
@@ -39,6 +41,16 @@ class FaultHandler:
         self.faults: dict[str, list[str]] = {}
         self.messages: list[tuple[str, str, bytes]] = []  # (message_id, rcpt, data)
         self.rcpt_attempts: Counter[str] = Counter()
+        self.arrived = threading.Condition()  # notified on each message taken
+
+    def wait_for(self, predicate: Callable[[], object], seconds: float = 30.0):
+        """Wait until ``predicate()`` holds, checked again as each message arrives
+        (no polling); its value. ``seconds`` only bounds a test that would hang."""
+        with self.arrived:
+            value = self.arrived.wait_for(predicate, seconds)
+        if not value:
+            raise AssertionError(f"the SMTP server waited {seconds:g} s in vain")
+        return value
 
     def fault(self, address: str, *behaviours: str) -> None:
         self.faults[address] = list(behaviours)
@@ -74,7 +86,9 @@ class FaultHandler:
         behaviour = self._next(rcpt)
         if behaviour == "data_554":
             return "554 5.7.1 Message refused as spam"
-        self.messages.append((str(headers["Message-ID"]), rcpt, data))
+        with self.arrived:
+            self.messages.append((str(headers["Message-ID"]), rcpt, data))
+            self.arrived.notify_all()
         if behaviour == "disconnect_after_data":
             server.transport.close()
             return "421 closing"

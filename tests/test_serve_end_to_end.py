@@ -8,7 +8,6 @@ the running service, and checks what the next campaign does.
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
 from email import message_from_bytes
@@ -19,7 +18,6 @@ import pytest
 
 from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
-from tests import smtp_server
 from tests.web_server import serve
 
 PUBLIC = "https://lists.example.com"  # LISTKIT_BASE_URL: the proxy in front of serve
@@ -53,18 +51,9 @@ def message_to(handler, address, campaign_marker=None):
     return None
 
 
-def wait_for(predicate, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("waited in vain")
-        time.sleep(0.05)
-    return value
-
-
 @pytest.fixture
-def setup(run, workspace):
-    controller, handler = smtp_server.start()
+def setup(run, workspace, server):
+    controller, handler = server
     env = (workspace / ".env").read_text()
     env = env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}?timeout=5")
     env = env.replace("https://example.com/listkit", PUBLIC)
@@ -76,8 +65,7 @@ def setup(run, workspace):
         (workspace / "campaigns" / f"{slug}.toml").write_text(
             'offer = "launch"\nlists = ["blog"]\nconcurrency = 1\n'
         )
-    yield handler
-    controller.stop()
+    return handler
 
 
 def send(workspace, slug, on_result=None):
@@ -107,7 +95,7 @@ def test_unsubscribe_click_and_signup_through_a_running_service(workspace, setup
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         assert status == 200 and "Check your inbox" in body
-        confirmation = wait_for(lambda: message_to(handler, "new@example.com"))
+        confirmation = handler.wait_for(lambda: message_to(handler, "new@example.com"))
         assert confirmation["Subject"] == "Please confirm your subscription to The Blog"
 
         assert send(workspace, "first").totals["sent"] == 4
