@@ -1,5 +1,14 @@
+import errno
 import mailbox
+import os
 import smtplib
+import socket
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
 
 from listkit.send.sink import start_sink
 
@@ -24,9 +33,6 @@ def test_sink_captures_describes_and_stores_messages(tmp_path):
 
 
 def test_sink_stores_messages_readable_by_their_owner_only(tmp_path):
-    import os
-    import stat
-
     old = os.umask(0o022)
     controller, _handler = start_sink("127.0.0.1", 0, maildir=tmp_path / "md", out=print)
     try:
@@ -42,8 +48,6 @@ def test_sink_stores_messages_readable_by_their_owner_only(tmp_path):
 
 
 def test_sink_on_a_port_in_use_or_out_of_range_is_a_one_line_error(run):
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -63,12 +67,6 @@ def test_sink_on_a_port_in_use_fails_before_it_waits_for_a_server_thread(monkeyp
     # aiosmtpd's Controller binds in its server thread and waits up to its
     # ready_timeout (5 s) for a thread that already failed: a user of
     # `listkit sink` waited 5 s for "address already in use".
-    import errno
-    import socket
-    import threading
-
-    import pytest
-
     def no_waiting(self, timeout=None):
         raise AssertionError("the sink waited for a server thread that could not listen")
 
@@ -92,3 +90,26 @@ def test_sink_on_port_0_listens_on_a_free_port_it_reports(tmp_path):
     finally:
         controller.stop()
     assert handler.count == 1
+    assert "from me@example.com to ann@example.com" in lines[0]
+
+
+def test_listkit_sink_on_a_port_in_use_exits_with_one_line_without_waiting(workspace):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTKIT_")}
+    command = [sys.executable, "-m", "listkit", "--workspace", str(workspace), "sink"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [*command, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,  # only bounds a test that would hang
+        )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        f"Error: listkit sink cannot listen on 127.0.0.1:{port} (address already in use): "
+        "choose another --port or --host\n"
+    )
