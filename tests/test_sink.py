@@ -113,3 +113,14 @@ def test_listkit_sink_on_a_port_in_use_exits_with_one_line_without_waiting(works
         f"Error: listkit sink cannot listen on 127.0.0.1:{port} (address already in use): "
         "choose another --port or --host\n"
     )
+
+
+def test_sink_connections_have_nagle_off_as_asyncios_own_listeners_do():
+    # asyncio sets TCP_NODELAY only on connections of a socket whose proto is
+    # IPPROTO_TCP; a socket made with proto 0 made each pipelined reply of the
+    # test server wait for a delayed ACK (a 3,006-message send took 68 s, not 8).
+    controller, _handler = start_sink("127.0.0.1", 0, out=print)
+    try:
+        assert controller.sock.proto == socket.IPPROTO_TCP
+    finally:
+        controller.stop()

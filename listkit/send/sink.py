@@ -69,9 +69,17 @@ class BoundController(Controller):
     """
 
     def __init__(self, handler, host: str, port: int, **kwargs):
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        self.sock = socket.create_server((host, port), family=family)
+        # proto IPPROTO_TCP, as asyncio's own listeners have: asyncio turns Nagle off
+        # (TCP_NODELAY) only on connections of such a socket; with Nagle on, every
+        # pipelined SMTP reply waits for a delayed ACK (about 40 ms a message).
+        family, type_, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self.sock = socket.socket(family, type_, proto)
         try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(address)
+            self.sock.listen()
             super().__init__(handler, hostname=host, port=self.sock.getsockname()[1], **kwargs)
         except BaseException:
             self.sock.close()
