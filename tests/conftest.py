@@ -6,6 +6,7 @@ environment so that a developer's own settings never leak into a test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -13,7 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from listkit.cli import cli
+from listkit.send import run as send_run
 from listkit.workspace import Workspace, init_workspace
+from tests import smtp_server
+from tests.world import World
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +25,51 @@ def env_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("LISTKIT_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def backoff_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The sender's pauses between failed connection attempts, recorded, not waited."""
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(send_run, "backoff_sleep", pause)
+    return pauses
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on."""
+    return smtp_server.free_port()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``SMTP_MODES`` runs each test taking ``server`` once per mode."""
+    modes = getattr(metafunc.module, "SMTP_MODES", None)
+    if modes and "server" in metafunc.fixturenames:
+        metafunc.parametrize("server", modes, indirect=True)
+
+
+@pytest.fixture
+def smtp_handler():
+    """The handler `server` records with: None for smtp_server.FaultHandler; a test
+    module overrides this fixture to record something else."""
+    return None
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, smtp_handler):
+    """A real SMTP server (aiosmtpd) on loopback: (controller, handler).
+
+    It advertises PIPELINING unless the test runs in the "one-by-one" mode
+    (see ``SMTP_MODES``)."""
+    mode = getattr(request, "param", "pipelined")
+    controller, handler = smtp_server.start(smtp_handler, pipelining=mode == "pipelined")
+    yield controller, handler
+    controller.stop()
 
 
 @pytest.fixture
@@ -54,3 +103,11 @@ def run(workspace: Path):
         return result
 
     return _run
+
+
+@pytest.fixture
+def world(ws) -> World:
+    """Rows written straight into the fresh workspace's database (tests/world.py).
+
+    A module builds its scenario by overriding this fixture: ``def world(world)``."""
+    return World(ws.db)

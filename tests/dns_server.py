@@ -39,7 +39,6 @@ class DNSServer:
         self.queries: list[tuple[str, str]] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
-        self.sock.settimeout(0.1)
         self.host = host
         self.port = self.sock.getsockname()[1]
         self._stop = threading.Event()
@@ -55,6 +54,9 @@ class DNSServer:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        # An empty datagram wakes the thread from its wait for a query.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as waker:
+            waker.sendto(b"", (self.host, self.port))
         self._thread.join()
         self.sock.close()
 
@@ -82,8 +84,6 @@ class DNSServer:
         while not self._stop.is_set():
             try:
                 wire, peer = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
             except OSError:
                 return
             try:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections import Counter
+from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from email.policy import default
 
-from aiosmtpd.controller import Controller
+from listkit.send.sink import BoundController
 
 REPLIES = {
     "450": "450 4.2.1 Mailbox busy, try later",
@@ -40,6 +42,16 @@ class FaultHandler:
         self.messages: list[tuple[str, str, bytes]] = []  # (message_id, rcpt, data)
         self.senders: list[str] = []  # each message's envelope sender (MAIL FROM)
         self.rcpt_attempts: Counter[str] = Counter()
+        self.arrived = threading.Condition()  # notified on each message taken
+
+    def wait_for(self, predicate: Callable[[], object], seconds: float = 30.0):
+        """Wait until ``predicate()`` holds, checked again as each message arrives
+        (no polling); its value. ``seconds`` only bounds a test that would hang."""
+        with self.arrived:
+            value = self.arrived.wait_for(predicate, seconds)
+        if not value:
+            raise AssertionError(f"the SMTP server waited {seconds:g} s in vain")
+        return value
 
     def fault(self, address: str, *behaviours: str) -> None:
         self.faults[address] = list(behaviours)
@@ -75,8 +87,10 @@ class FaultHandler:
         behaviour = self._next(rcpt)
         if behaviour == "data_554":
             return "554 5.7.1 Message refused as spam"
-        self.messages.append((str(headers["Message-ID"]), rcpt, data))
-        self.senders.append(envelope.mail_from)
+        with self.arrived:
+            self.messages.append((str(headers["Message-ID"]), rcpt, data))
+            self.senders.append(envelope.mail_from)
+            self.arrived.notify_all()
         if behaviour == "disconnect_after_data":
             server.transport.close()
             return "421 closing"
@@ -92,13 +106,15 @@ class FaultHandler:
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on (the `free_port` fixture in tests)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start(handler=None, pipelining: bool = True, **kwargs) -> tuple[Controller, FaultHandler]:
+def start(handler=None, pipelining: bool = True, **kwargs) -> tuple[BoundController, FaultHandler]:
+    """Listen on a free loopback port (``controller.port``); stop with ``controller.stop()``."""
     handler = handler or FaultHandler(pipelining)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)
+    controller = BoundController(handler, "127.0.0.1", 0, **kwargs)
     controller.start()
     return controller, handler

@@ -103,9 +103,9 @@ def test_a_personal_coupon_carries_the_first_characters_of_its_token():
 
 
 @pytest.fixture
-def world(ws):
+def launch(world: World):
     """Campaign t (coupon LAUNCH30) sent on 1 Nov to a, b, c (blog) and d (shop)."""
-    w = World(ws.db)
+    w = world
     cid = w.campaign("t", coupon="LAUNCH30")
     d = {
         email: w.deliver(cid, email, lst, coupon_base="LAUNCH30")
@@ -128,8 +128,8 @@ def sales_by_order(run):
     return {r["order"]: r for r in json.loads(run("sales", "ls", "--json").output)}
 
 
-def test_each_rule_end_to_end_and_recomputing_gives_the_same_answer(run, world, tmp_path):
-    _w, _cid, d = world
+def test_each_rule_end_to_end_and_recomputing_gives_the_same_answer(run, launch, tmp_path):
+    _w, _cid, d = launch
     f = tmp_path / "s.csv"
     f.write_text(
         "order,email,amount,currency,date,coupon,token\n"
@@ -166,7 +166,7 @@ def test_each_rule_end_to_end_and_recomputing_gives_the_same_answer(run, world, 
     assert sales_by_order(run) == rows
 
 
-def test_utm_names_campaign_and_list_when_there_is_no_token_or_coupon(run, world, tmp_path):
+def test_utm_names_campaign_and_list_when_there_is_no_token_or_coupon(run, launch, tmp_path):
     f = tmp_path / "s.csv"
     f.write_text(
         "order,email,amount,currency,date,utm_campaign,utm_content\n"
@@ -182,8 +182,8 @@ def test_utm_names_campaign_and_list_when_there_is_no_token_or_coupon(run, world
     assert rows["3"]["method"] == "none"
 
 
-def test_a_later_campaign_reattributes_sales_when_attribution_runs_again(run, ws, world):
-    w, _cid, _d = world
+def test_a_later_campaign_reattributes_sales_when_attribution_runs_again(run, ws, launch):
+    w, _cid, _d = launch
     run(
         "sales", "add", "--order", "L", "--email", "new@example.com", "--amount", "9",
         "--currency", "USD", "--at", "2026-11-20T12:00:00Z",

@@ -7,64 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from listkit.addresses import email_key
 from listkit.audience.audiences import matching_subscribers, rules_from_options, rules_from_table
 from listkit.errors import InputError
 from listkit.send.campaigns import Campaign, audience_breakdown, iter_audience, load_campaign
 from tests.world import World
 
-SALE_N = iter(range(1, 1000))
-
-
-class AudienceWorld(World):
-    def details(self, email: str, *, fields=None, source=None, signup=None) -> None:
-        sid = self.subscriber(email)
-        with self.db.conn:
-            if fields is not None:
-                self.db.execute(
-                    "UPDATE subscribers SET fields = ? WHERE id = ?", [json.dumps(fields), sid]
-                )
-            if source is not None:
-                self.db.execute("UPDATE subscribers SET source = ? WHERE id = ?", [source, sid])
-            if signup is not None:
-                self.db.execute(
-                    "UPDATE memberships SET consent_at = ? WHERE subscriber_id = ?", [signup, sid]
-                )
-                self.db.execute("UPDATE subscribers SET created = ? WHERE id = ?", [signup, sid])
-
-    def sale(self, email: str, at: str, *, product="Guide", status="paid", amount=2900, **attr):
-        with self.db.conn:
-            self.db.execute(
-                """INSERT INTO sales (source, order_id, status, amount, refunded, currency, at,
-                   email, email_key, product, delivery_id, campaign_id, offer, method, imported)
-                   VALUES ('test', ?, ?, ?, ?, 'USD', ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    f"o{next(SALE_N)}",
-                    status,
-                    amount,
-                    amount if status == "refunded" else 0,
-                    at,
-                    email,
-                    email_key(email),
-                    product,
-                    attr.get("delivery_id"),
-                    attr.get("campaign_id"),
-                    attr.get("offer"),
-                    "token" if attr.get("delivery_id") else "none",
-                    "2026-11-20T00:00:00+00:00",
-                ],
-            )
-
-    def event(self, delivery_id: int, kind: str) -> None:
-        with self.db.conn:
-            self.db.execute(
-                "INSERT INTO events (delivery_id, kind, at) VALUES (?, ?, ?)",
-                [delivery_id, kind, "2026-11-01T11:00:00+00:00"],
-            )
-
 
 @pytest.fixture
-def world(ws) -> AudienceWorld:
+def world(world: World) -> World:
     """ann, bob, cat, dan, eve on blog; cat, fay on customers; gus pending on blog.
 
     launch mailed ann, bob, cat and held dan out; bob clicked; eve's link was
@@ -72,7 +22,7 @@ def world(ws) -> AudienceWorld:
     another address; cat bought the Guide, attributed to launch; fay bought the
     Course in May; eve's order was refunded in full.
     """
-    w = AudienceWorld(ws.db)
+    w = world
     w.list("blog", "ann@example.com", "bob@example.com", "cat@example.com")
     w.list("blog", "dan@example.com", "eve@example.com")
     w.list("customers", "cat@example.com", "fay@example.com")

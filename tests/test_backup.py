@@ -10,7 +10,6 @@ import stat
 import pytest
 
 from listkit.workspace import Workspace
-from tests import smtp_server
 from tests.test_send import setup_campaign
 
 
@@ -98,34 +97,30 @@ def test_a_folder_or_a_missing_folder_is_named(run, tmp_path):
     )
 
 
-def test_a_restored_copy_never_resends_what_a_send_had_in_flight(run, workspace, tmp_path):
-    controller, handler = smtp_server.start()
-    try:
-        setup_campaign(run, workspace, controller.port, ["a@example.com", "b@example.com"])
-        run("send", "t", "--yes")
-        assert len(handler.messages) == 2
-        # As a running send leaves it: b's row claimed (its mark may be written and its
-        # content sent a moment after the copy is taken).
-        ws = Workspace(workspace)
-        with ws.db.conn:
-            ws.db.execute(
-                "UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = 'run1' "
-                "WHERE email = 'b@example.com'"
-            )
-        ws.close()
-        dest = tmp_path / "b.db"
-        result = run("backup", str(dest))
-        assert result.output.endswith(
-            "integrity ok; 1 messages a send had in flight are marked as possibly sent in "
-            "the copy.\n"
+def test_a_restored_copy_never_resends_what_a_send_had_in_flight(run, workspace, tmp_path, server):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ["a@example.com", "b@example.com"])
+    run("send", "t", "--yes")
+    assert len(handler.messages) == 2
+    # As a running send leaves it: b's row claimed (its mark may be written and its
+    # content sent a moment after the copy is taken).
+    ws = Workspace(workspace)
+    with ws.db.conn:
+        ws.db.execute(
+            "UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = 'run1' "
+            "WHERE email = 'b@example.com'"
         )
-        # Restore: the copy replaces the database (no -wal, -shm or marks file beside it).
-        for name in ("listkit.db", "listkit.db-wal", "listkit.db-shm", "listkit.db-marks"):
-            (workspace / name).unlink(missing_ok=True)
-        (workspace / "listkit.db").write_bytes(dest.read_bytes())
-        result = run("send", "t", "--yes", ok=False)
-    finally:
-        controller.stop()
+    ws.close()
+    dest = tmp_path / "b.db"
+    result = run("backup", str(dest))
+    assert result.output.endswith(
+        "integrity ok; 1 messages a send had in flight are marked as possibly sent in the copy.\n"
+    )
+    # Restore: the copy replaces the database (no -wal, -shm or marks file beside it).
+    for name in ("listkit.db", "listkit.db-wal", "listkit.db-shm", "listkit.db-marks"):
+        (workspace / name).unlink(missing_ok=True)
+    (workspace / "listkit.db").write_bytes(dest.read_bytes())
+    result = run("send", "t", "--yes", ok=False)
     assert len(handler.messages) == 2  # nothing sent again
     assert "unknown" in result.output
     ws = Workspace(workspace)

@@ -23,7 +23,6 @@ from listkit.db import migrations
 from listkit.mail.tracking import click_url, unsubscribe_url
 from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
-from tests import smtp_server
 from tests.test_send_processes import descendants, listkit
 from tests.web_server import serve
 
@@ -129,58 +128,55 @@ def found(path: Path) -> dict[str, set[str]]:
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the serve process in /proc")
 def test_backups_taken_under_load_and_sigkill_hold_every_acknowledged_event(
-    run, workspace, tmp_path
+    run, workspace, tmp_path, server
 ):
-    controller, handler = smtp_server.start()
+    controller, handler = server
+    env = (workspace / ".env").read_text()
+    env = env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}?timeout=5")
+    env = env.replace("https://example.com/listkit", PUBLIC)
+    (workspace / ".env").write_text(env + f"LISTKIT_WEBHOOK_SECRET={HOOK_SECRET}\n")
+    readers = tmp_path / "readers.csv"
+    readers.write_text("email\n" + "".join(f"r{i}@example.com\n" for i in range(READERS)))
+    run("lists", "create", "blog")
+    run("subscribers", "import", str(readers), "--list", "blog")
+    for slug, extra in (("first", ""), ("t", "rate = 60\n")):
+        (workspace / "campaigns" / f"{slug}.toml").write_text(
+            f'offer = "launch"\nlists = ["blog"]\nconcurrency = 2\n{extra}'
+        )
+    ws = Workspace(workspace)
     try:
-        env = (workspace / ".env").read_text()
-        env = env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}?timeout=5")
-        env = env.replace("https://example.com/listkit", PUBLIC)
-        (workspace / ".env").write_text(env + f"LISTKIT_WEBHOOK_SECRET={HOOK_SECRET}\n")
-        readers = tmp_path / "readers.csv"
-        readers.write_text("email\n" + "".join(f"r{i}@example.com\n" for i in range(READERS)))
-        run("lists", "create", "blog")
-        run("subscribers", "import", str(readers), "--list", "blog")
-        for slug, extra in (("first", ""), ("t", "rate = 60\n")):
-            (workspace / "campaigns" / f"{slug}.toml").write_text(
-                f'offer = "launch"\nlists = ["blog"]\nconcurrency = 2\n{extra}'
-            )
-        ws = Workspace(workspace)
-        try:
-            send_campaign(ws, "first")
-            tokens = [t for (t,) in ws.db.execute("SELECT token FROM deliveries ORDER BY id")]
-            secret = ws.settings.secret_key()
-        finally:
-            ws.close()
-        text = handler.messages[0][2].decode()
-        link = re.search(r"/c/[A-Za-z0-9_-]+/([A-Za-z0-9_-]+)/", text).group(1)
-
-        copies: list[tuple[float, Path]] = []
-        with serve(workspace) as base:
-            load = Load(base, secret, tokens, link)
-            sender = listkit(workspace, "send", "t", "--yes")
-            load.thread.start()
-            deadline = time.monotonic() + 4
-            for n in range(7):  # backups one after another; the kills land in the last
-                dest = tmp_path / f"copy-{n}.db"
-                began = time.monotonic()
-                backup = listkit(workspace, "backup", str(dest))
-                last = n == 6 or time.monotonic() > deadline
-                if last:
-                    time.sleep(0.2)
-                    sending = sender.poll() is None
-                    sender.send_signal(signal.SIGKILL)
-                    kill_serve(workspace)
-                output, _ = backup.communicate(timeout=60)
-                assert backup.returncode == 0, output
-                copies.append((began, dest))
-                if last:
-                    break
-            sender.wait()
-            load.stop.set()
-            load.thread.join(30)
+        send_campaign(ws, "first")
+        tokens = [t for (t,) in ws.db.execute("SELECT token FROM deliveries ORDER BY id")]
+        secret = ws.settings.secret_key()
     finally:
-        controller.stop()
+        ws.close()
+    text = handler.messages[0][2].decode()
+    link = re.search(r"/c/[A-Za-z0-9_-]+/([A-Za-z0-9_-]+)/", text).group(1)
+
+    copies: list[tuple[float, Path]] = []
+    with serve(workspace) as base:
+        load = Load(base, secret, tokens, link)
+        sender = listkit(workspace, "send", "t", "--yes")
+        load.thread.start()
+        deadline = time.monotonic() + 4
+        for n in range(7):  # backups one after another; the kills land in the last
+            dest = tmp_path / f"copy-{n}.db"
+            began = time.monotonic()
+            backup = listkit(workspace, "backup", str(dest))
+            last = n == 6 or time.monotonic() > deadline
+            if last:
+                time.sleep(0.2)
+                sending = sender.poll() is None
+                sender.send_signal(signal.SIGKILL)
+                kill_serve(workspace)
+            output, _ = backup.communicate(timeout=60)
+            assert backup.returncode == 0, output
+            copies.append((began, dest))
+            if last:
+                break
+        sender.wait()
+        load.stop.set()
+        load.thread.join(30)
 
     assert sending, "the send ended before it could be killed"
     assert len(copies) >= 2

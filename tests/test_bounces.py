@@ -8,7 +8,6 @@ import pytest
 
 from listkit.errors import ConfigError
 from listkit.inbox.bounces import SoftRule, apply, parse, soft_rule
-from tests.world import World
 
 CORPUS = Path(__file__).parent / "fixtures" / "bounces"
 
@@ -355,11 +354,6 @@ def test_soft_bounce_setting_is_checked():
 
 # ---------------------------------------------------------------------------
 # Effects
-
-
-@pytest.fixture
-def world(ws):
-    return World(ws.db)
 
 
 def deliver(world, cid, email, token, list_slug="blog"):
@@ -1081,3 +1075,66 @@ def test_a_report_for_no_delivery_of_ours_stays_in_the_mailbox_even_with_no_effe
         ("dsn", ["unmatched"], False),
         ("dsn", ["ignored"], False),
     ]
+
+
+class ReadOnlyMailbox:
+    """Stands in for IMAPMailbox: one bounce at UID 7, removals recorded."""
+
+    uidvalidity = 1
+
+    def __init__(self, settings):
+        self.removed: list[int] = []
+        ReadOnlyMailbox.opened = self
+
+    def open(self):
+        return self
+
+    def uids_after(self, last_uid: int) -> list[int]:
+        return [7] if last_uid < 7 else []
+
+    def fetch(self, uid: int) -> bytes:
+        return (CORPUS / "exim_user_unknown.eml").read_bytes()
+
+    def remove(self, uids: list[int], move_to: str | None) -> str:
+        self.removed += uids
+        return "deleted"
+
+    def close(self) -> None:
+        pass
+
+
+def test_fetch_calls_its_after_commit_hook_once_committed_before_any_message_is_removed(
+    workspace, ws, world, monkeypatch
+):
+    # The hook replaces a test-only environment variable: a run killed there must
+    # find the suppression committed and the mailbox untouched.
+    import sqlite3
+
+    from listkit.inbox import bounces
+    from listkit.workspace import Workspace
+
+    monkeypatch.setenv("LISTKIT_IMAP_URL", "imaps://u:pw@127.0.0.1:1/INBOX")
+    monkeypatch.setattr(bounces, "IMAPMailbox", ReadOnlyMailbox)
+    cid = world.campaign("launch")
+    deliver(world, cid, "gone@example.org", "eximtokenaaaaaaa")
+    seen = []
+
+    def after_commit() -> None:
+        other = sqlite3.connect(ws.settings.db_path)
+        try:
+            seen.append(
+                (
+                    other.execute("SELECT key FROM suppressions").fetchall(),
+                    list(ReadOnlyMailbox.opened.removed),
+                )
+            )
+        finally:
+            other.close()
+
+    reader = Workspace(workspace)  # settings read with LISTKIT_IMAP_URL set
+    try:
+        summary = bounces.fetch(reader, after_commit=after_commit)
+    finally:
+        reader.close()
+    assert seen == [([("gone@example.org",)], [])]
+    assert ReadOnlyMailbox.opened.removed == [7] and summary.removed == 1

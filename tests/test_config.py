@@ -176,10 +176,8 @@ def test_a_malformed_ehlo_name_is_named(run, workspace, monkeypatch):
     assert "LISTKIT_EHLO_NAME must be a host name" in result.output
 
 
-def test_test_to_with_an_unreachable_server_is_a_one_line_error(run, workspace):
-    from tests.smtp_server import free_port
-
-    port = free_port()  # nothing listens there
+def test_test_to_with_an_unreachable_server_is_a_one_line_error(run, workspace, free_port):
+    port = free_port  # nothing listens there
     setup_campaign(run, workspace, port, ADDRS[:1])
     result = run("send", "t", "--test-to", "me@example.com", ok=False)
     assert result.exit_code == 1

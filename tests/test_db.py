@@ -16,7 +16,6 @@ from listkit import workspace
 from listkit.db import open_db
 from listkit.send import run as send_run
 from listkit.send import sender
-from tests import smtp_server
 from tests.test_send import ADDRS, setup_campaign, totals
 
 
@@ -47,14 +46,13 @@ def test_a_locked_database_is_one_line_for_subscribers_add(run, workspace, held_
     )
 
 
-def test_a_locked_database_stops_send_with_one_line_and_sends_nothing(run, workspace, held_lock):
-    controller, handler = smtp_server.start()
-    try:
-        setup_campaign(run, workspace, controller.port, ADDRS)
-        held_lock()
-        result = run("send", "t", "--yes", ok=False)
-    finally:
-        controller.stop()
+def test_a_locked_database_stops_send_with_one_line_and_sends_nothing(
+    run, workspace, held_lock, server
+):
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    held_lock()
+    result = run("send", "t", "--yes", ok=False)
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: the database {workspace / 'listkit.db'} is locked")
     assert result.output.count("\n") == 1
@@ -76,31 +74,28 @@ def full_after_open(monkeypatch):
 
 
 def test_a_full_disk_is_one_line_for_import_and_send_and_nothing_is_lost(
-    run, workspace, tmp_path, monkeypatch
+    run, workspace, tmp_path, monkeypatch, server
 ):
-    controller, handler = smtp_server.start()
-    try:
-        setup_campaign(run, workspace, controller.port, ADDRS)
-        many = tmp_path / "many.csv"
-        many.write_text("email\n" + "".join(f"s{i}@example.com\n" for i in range(3000)))
-        full_after_open(monkeypatch)
-        result = run("subscribers", "import", str(many), "--list", "blog", ok=False)
-        assert result.exit_code == 1
-        # The importer words it itself; one line naming the database either way.
-        assert result.output.startswith("Error: ") and result.output.count("\n") == 1
-        assert str(workspace / "listkit.db") in result.output and "full" in result.output
-        # The outbox of 3006 recipients cannot be written either.
-        monkeypatch.undo()
-        run("subscribers", "import", str(many), "--list", "blog")
-        full_after_open(monkeypatch)
-        result = run("send", "t", "--yes", ok=False)
-        assert result.exit_code == 1
-        assert result.output.startswith(f"Error: the database {workspace / 'listkit.db'} cannot")
-        assert handler.messages == []
-        monkeypatch.undo()
-        run("send", "t", "--yes")
-    finally:
-        controller.stop()
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    many = tmp_path / "many.csv"
+    many.write_text("email\n" + "".join(f"s{i}@example.com\n" for i in range(3000)))
+    full_after_open(monkeypatch)
+    result = run("subscribers", "import", str(many), "--list", "blog", ok=False)
+    assert result.exit_code == 1
+    # The importer words it itself; one line naming the database either way.
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert str(workspace / "listkit.db") in result.output and "full" in result.output
+    # The outbox of 3006 recipients cannot be written either.
+    monkeypatch.undo()
+    run("subscribers", "import", str(many), "--list", "blog")
+    full_after_open(monkeypatch)
+    result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: the database {workspace / 'listkit.db'} cannot")
+    assert handler.messages == []
+    monkeypatch.undo()
+    run("send", "t", "--yes")
     assert handler.recipients() == {
         a: 1 for a in [*ADDRS, *(f"s{i}@example.com" for i in range(3000))]
     }
@@ -184,53 +179,47 @@ def test_a_read_only_workspace_reads_and_says_why_it_cannot_write(run, workspace
 
 
 def test_a_database_locked_mid_send_stops_the_run_and_the_next_run_sends_nothing_twice(
-    run, workspace, monkeypatch
+    run, workspace, monkeypatch, server
 ):
     from listkit.errors import SendError
     from listkit.workspace import Workspace
 
     addresses = [f"mid{i}@example.com" for i in range(40)]
-    controller, handler = smtp_server.start()
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, addresses, extra="rate = 200\n")
+    monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_MS", 100)
+    other = sqlite3.connect(workspace / "listkit.db", isolation_level=None)
+
+    def lock_after_the_first(_result):
+        if not other.in_transaction:
+            other.execute("BEGIN IMMEDIATE")
+
+    ws = Workspace(workspace)
     try:
-        setup_campaign(run, workspace, controller.port, addresses, extra="rate = 200\n")
-        monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_MS", 100)
-        other = sqlite3.connect(workspace / "listkit.db", isolation_level=None)
-
-        def lock_after_the_first(_result):
-            if not other.in_transaction:
-                other.execute("BEGIN IMMEDIATE")
-
-        ws = Workspace(workspace)
-        try:
-            with pytest.raises(SendError) as e:
-                sender.send_campaign(ws, "t", on_result=lock_after_the_first, batch=10)
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
-            ws.close()
-        assert str(e.value).startswith(f"the database {workspace / 'listkit.db'} is locked")
-        assert "resumes every message not recorded as sent" in str(e.value)
-        assert len(handler.messages) < len(addresses)
-        monkeypatch.undo()
-        run("send", "t", "--yes", ok=False)
+        with pytest.raises(SendError) as e:
+            sender.send_campaign(ws, "t", on_result=lock_after_the_first, batch=10)
     finally:
-        controller.stop()
+        other.execute("ROLLBACK")
+        other.close()
+        ws.close()
+    assert str(e.value).startswith(f"the database {workspace / 'listkit.db'} is locked")
+    assert "resumes every message not recorded as sent" in str(e.value)
+    assert len(handler.messages) < len(addresses)
+    monkeypatch.undo()
+    run("send", "t", "--yes", ok=False)
     assert max(handler.recipients().values()) == 1
     final = totals(workspace)
     assert final["sent"] + final["unknown"] == len(addresses)
     assert final["sent"] == len(handler.messages) - final["unknown"]
 
 
-def test_a_send_lock_on_a_full_disk_is_named(run, workspace):
+def test_a_send_lock_on_a_full_disk_is_named(run, workspace, server):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
-    controller, handler = smtp_server.start()
-    try:
-        setup_campaign(run, workspace, controller.port, ADDRS)
-        (workspace / sender.LOCK_NAME).symlink_to("/dev/full")  # writes fail: ENOSPC
-        result = run("send", "t", "--yes", ok=False)
-    finally:
-        controller.stop()
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS)
+    (workspace / sender.LOCK_NAME).symlink_to("/dev/full")  # writes fail: ENOSPC
+    result = run("send", "t", "--yes", ok=False)
     assert result.exit_code == 1
     assert result.output == (
         f"Error: {workspace / sender.LOCK_NAME}: no space left on the device; free some "

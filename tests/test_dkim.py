@@ -15,7 +15,6 @@ from listkit.config import load_settings
 from listkit.mail import dkim
 from listkit.mail.compose import Composer
 from listkit.mail.offers import load_offer
-from tests import smtp_server
 
 SUBSCRIBER = {"id": 1, "email": "ann@example.org", "name": "Ann", "fields": {}}
 
@@ -256,13 +255,6 @@ def test_a_selector_without_a_key_is_an_error_rather_than_unsigned_mail(run, mon
     assert result.output.startswith(
         "Error: LISTKIT_DKIM_SELECTOR is set but LISTKIT_DKIM_KEY is not"
     )
-
-
-@pytest.fixture
-def server():
-    controller, handler = smtp_server.start()
-    yield controller, handler
-    controller.stop()
 
 
 def _campaign(run, workspace: Path, port: int, addresses: list[str]) -> None:

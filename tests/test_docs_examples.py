@@ -31,10 +31,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 import traceback
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from click.testing import CliRunner
 
 from listkit.cli import cli
 from listkit.demo import run_demo
-from tests import smtp_server
+from tests import smtp_server, web_server
 from tests.docs_examples import (
     ROOT,
     RUN,
@@ -211,16 +209,7 @@ class _Serve:
                 stderr=subprocess.STDOUT,
             )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
-                    return
-            except OSError as e:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"listkit serve did not start:\n{self.output()}") from e
-                time.sleep(0.1)
+        web_server.wait_healthy(self.process, self.url, self.log)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -234,13 +223,7 @@ class _Serve:
         ]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        web_server.stop(self.process)
 
 
 REQUEST = re.compile(r"\b(?:GET|HEAD|POST|PUT|PATCH|DELETE) (?P<route>\S+) (?P<status>\d{3})\b")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import trustme
+import uvicorn
 
 from listkit.mail import dkim
 from listkit.mail.doctor import DNS, SPF
 from tests.dns_server import DNSServer, txt
-from tests.smtp_server import free_port
 
 RELAY = "203.0.113.7"
 
@@ -41,9 +41,9 @@ class Health(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def https(tmp_path: Path, monkeypatch):
-    """A local HTTPS service answering /listkit/healthz, trusted through SSL_CERT_FILE."""
+@pytest.fixture(scope="module")
+def https_service(tmp_path_factory: pytest.TempPathFactory):
+    """One local HTTPS service for the module, answering /listkit/healthz."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -53,12 +53,19 @@ def https(tmp_path: Path, monkeypatch):
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    server.ca_file = tmp_path_factory.mktemp("https") / "ca.pem"
+    ca.cert_pem.write_to_path(str(server.ca_file))
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def https(https_service, monkeypatch):
+    """The HTTPS service, trusted through SSL_CERT_FILE, its record of requests empty."""
+    https_service.methods.clear()
+    monkeypatch.setenv("SSL_CERT_FILE", str(https_service.ca_file))
+    return https_service
 
 
 @pytest.fixture
@@ -227,10 +234,9 @@ def test_a_dkim_domain_outside_the_from_domain_is_not_aligned(run, site, monkeyp
 
 
 def test_a_missing_unsubscribe_service_is_named_and_nothing_is_posted(
-    run, site, https, monkeypatch
+    run, site, https, monkeypatch, free_port
 ):
-    https.shutdown()
-    https.server_close()
+    monkeypatch.setenv("LISTKIT_BASE_URL", f"https://127.0.0.1:{free_port}/listkit")
     result = doctor(run, site)
     assert result.exit_code == 1
     assert (
@@ -273,7 +279,7 @@ def test_a_relay_on_loopback_asks_for_its_public_address(run, site, monkeypatch)
 def test_a_dns_server_that_does_not_answer_is_a_failed_check_not_a_traceback(run, site):
     with DNSServer(site) as server:
         address = server.address
-    result = run("doctor", "--dns", address, "--timeout", "0.3", ok=False)
+    result = run("doctor", "--dns", address, "--timeout", "0.05", ok=False)
     assert result.exit_code == 1
     assert "FAIL  SPF          DNS did not answer:" in result.output
     assert "Traceback" not in result.output
@@ -357,12 +363,22 @@ def test_dmarc_falls_back_to_the_parent_domain_and_its_subdomain_policy(run, sit
     ) in lines(result)
 
 
+class StartedServer(uvicorn.Server):
+    """A uvicorn server that says when it serves, instead of being polled."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
 def test_the_unsubscribe_check_passes_against_the_real_listkit_serve_over_https(
     run, site, workspace, tmp_path, monkeypatch
 ):
-    import time
-
-    import uvicorn
+    import socket
 
     from listkit.web.app import create_app
     from listkit.workspace import Workspace
@@ -374,23 +390,19 @@ def test_the_unsubscribe_check_passes_against_the_real_listkit_serve_over_https(
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
     ws = Workspace(workspace)
-    port = free_port()
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(ws),
-        host="127.0.0.1",
-        port=port,
         ssl_certfile=str(tmp_path / "cert.pem"),
         ssl_keyfile=str(tmp_path / "key.pem"),
         log_level="warning",
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = StartedServer(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
+        assert server.ready.wait(30), "uvicorn did not start"
         monkeypatch.setenv("LISTKIT_BASE_URL", f"https://127.0.0.1:{port}")
         result = doctor(run, site)
     finally:

@@ -8,7 +8,6 @@ from click.testing import CliRunner
 
 from listkit.cli import cli
 from listkit.send.sender import LOCK_NAME
-from tests import smtp_server
 from tests.test_send import ADDRS, setup_campaign
 
 
@@ -49,7 +48,7 @@ def test_a_database_made_by_its_first_command_is_private(tmp_path):
     assert mode(tmp_path / "other.db") == 0o600
 
 
-def test_errors_file_eml_output_send_lock_and_marks_are_private(run, workspace, tmp_path):
+def test_errors_file_eml_output_send_lock_and_marks_are_private(run, workspace, tmp_path, server):
     run("lists", "create", "blog")
     source = tmp_path / "in.csv"
     source.write_text("email,name\nann@example.com,Ann\nnot-an-address,Bob\n")
@@ -60,14 +59,11 @@ def test_errors_file_eml_output_send_lock_and_marks_are_private(run, workspace, 
     preview = tmp_path / "preview.eml"
     run("offers", "preview", "launch", "--email", "ann@example.com", "--eml", str(preview))
     assert mode(preview) == 0o600
-    controller, _handler = smtp_server.start()
-    try:
-        setup_campaign(run, workspace, controller.port, ADDRS[:2], lists=("news",))
-        out = tmp_path / "out"
-        run("send", "t", "--dry-run", str(out))
-        assert [mode(p) for p in sorted(out.iterdir())] == [0o600, 0o600]
-        run("send", "t", "--yes")
-    finally:
-        controller.stop()
+    controller, _handler = server
+    setup_campaign(run, workspace, controller.port, ADDRS[:2], lists=("news",))
+    out = tmp_path / "out"
+    run("send", "t", "--dry-run", str(out))
+    assert [mode(p) for p in sorted(out.iterdir())] == [0o600, 0o600]
+    run("send", "t", "--yes")
     assert mode(workspace / LOCK_NAME) == 0o600
     assert mode(workspace / "listkit.db-marks") == 0o600

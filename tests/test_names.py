@@ -153,36 +153,32 @@ def test_subscribers_add_takes_first_and_last_names(run):
 
 
 def test_a_campaign_greets_each_reader_by_the_first_name_their_export_gave(
-    run, workspace, tmp_path
+    run, workspace, tmp_path, server
 ):
-    from tests import smtp_server
     from tests.test_send import setup_campaign
 
-    controller, handler = smtp_server.start()
-    try:
-        setup_campaign(run, workspace, controller.port, [])
-        header = (
-            "Email Address,First Name,Last Name,MEMBER_RATING,OPTIN_TIME,OPTIN_IP,CONFIRM_TIME,"
-            "CONFIRM_IP,LATITUDE,LONGITUDE,GMTOFF,DSTOFF,TIMEZONE,CC,REGION,LAST_CHANGED,LEID,"
-            "EUID,NOTES,TAGS\n"
-        )
-        f = tmp_path / "members.csv"
-        f.write_text(
-            header + 'mary@example.com,"Mary Ann\n",Smith,2,2024-01-02 10:00:00' + "," * 14 + "\n"
-        )
-        run("subscribers", "import", str(f), "--list", "blog")
-        write_offer(
-            workspace,
-            slug="launch",
-            toml='subject = "{{ subscriber.first_name }}, a deal"\n'
-            'url = "https://shop.example.com/x"\nproduct = "Guide"\nprice = "19.00"\n'
-            'currency = "USD"\n',
-            text="Hi {{ subscriber.first_name }} ({{ subscriber.name }}),\n",
-        )
-        (workspace / "offers" / "launch" / "html.j2").unlink()
-        run("send", "t", "--yes")
-    finally:
-        controller.stop()
+    controller, handler = server
+    setup_campaign(run, workspace, controller.port, [])
+    header = (
+        "Email Address,First Name,Last Name,MEMBER_RATING,OPTIN_TIME,OPTIN_IP,CONFIRM_TIME,"
+        "CONFIRM_IP,LATITUDE,LONGITUDE,GMTOFF,DSTOFF,TIMEZONE,CC,REGION,LAST_CHANGED,LEID,"
+        "EUID,NOTES,TAGS\n"
+    )
+    f = tmp_path / "members.csv"
+    f.write_text(
+        header + 'mary@example.com,"Mary Ann\n",Smith,2,2024-01-02 10:00:00' + "," * 14 + "\n"
+    )
+    run("subscribers", "import", str(f), "--list", "blog")
+    write_offer(
+        workspace,
+        slug="launch",
+        toml='subject = "{{ subscriber.first_name }}, a deal"\n'
+        'url = "https://shop.example.com/x"\nproduct = "Guide"\nprice = "19.00"\n'
+        'currency = "USD"\n',
+        text="Hi {{ subscriber.first_name }} ({{ subscriber.name }}),\n",
+    )
+    (workspace / "offers" / "launch" / "html.j2").unlink()
+    run("send", "t", "--yes")
     [(_, rcpt, data)] = handler.messages
     message = message_from_bytes(data, policy=default)
     assert (rcpt, message["To"], message["Subject"]) == (

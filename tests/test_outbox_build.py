@@ -50,9 +50,9 @@ def test_an_outbox_is_built_in_short_transactions_leaving_the_lock_free_between(
     assert other_wrote == [True]
 
 
-def test_an_outbox_build_cut_short_is_completed_by_the_next_send(run, workspace, monkeypatch):
-    from tests import smtp_server
-
+def test_an_outbox_build_cut_short_is_completed_by_the_next_send(
+    run, workspace, monkeypatch, server
+):
     ws, p, cid = _outbox_setup(run, workspace)
     monkeypatch.setattr(outbox, "FILL_CHUNK", 2)
     real_token, made = outbox.new_token, []
@@ -70,16 +70,13 @@ def test_an_outbox_build_cut_short_is_completed_by_the_next_send(run, workspace,
     ws.close()
     monkeypatch.setattr(outbox, "new_token", real_token)
 
-    controller, handler = smtp_server.start()
-    try:
-        env = (workspace / ".env").read_text()
-        (workspace / ".env").write_text(
-            env.replace("smtp://127.0.0.1:25", f"smtp://127.0.0.1:{controller.port}")
-        )
-        run("send", "t", "--yes")
-        run("send", "t", "--yes")
-    finally:
-        controller.stop()
+    controller, handler = server
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:25", f"smtp://127.0.0.1:{controller.port}")
+    )
+    run("send", "t", "--yes")
+    run("send", "t", "--yes")
     assert handler.recipients() == {f"o{i}@example.com": 1 for i in range(7)}
     ws = Workspace(workspace)
     try:

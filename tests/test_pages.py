@@ -16,8 +16,7 @@ from listkit.audience.signups import expiry
 from listkit.audience.suppressions import suppress
 from listkit.mail.tracking import click_url, confirm_token, link_id, unsubscribe_url
 from listkit.web import create_app
-from tests import smtp_server
-from tests.world import World
+from tests.waiting import wait_until
 
 PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 ONE_CLICK = {"content-type": "application/x-www-form-urlencoded"}
@@ -32,19 +31,14 @@ def set_smtp(ws, url):
 
 
 @pytest.fixture
-def client(ws):
+def client(ws, free_port):
     # Confirmations go nowhere unless a test starts a server (the `smtp` fixture):
     # a closed loopback port, never a server another program may run on 1025.
-    set_smtp(ws, f"smtp://127.0.0.1:{smtp_server.free_port()}?timeout=2")
+    set_smtp(ws, f"smtp://127.0.0.1:{free_port}?timeout=2")
     app = create_app(ws)
     with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as c:
         c.headers["user-agent"] = PERSON
         yield c
-
-
-@pytest.fixture
-def world(ws):
-    return World(ws.db)
 
 
 @pytest.fixture
@@ -234,19 +228,10 @@ def test_the_reader_pages_link_back_to_the_site(ws, client, delivery):
 
 
 @pytest.fixture
-def smtp(ws):
-    controller, handler = smtp_server.start()
+def smtp(ws, server):
+    controller, handler = server
     set_smtp(ws, f"smtp://127.0.0.1:{controller.port}?timeout=5")
-    yield handler
-    controller.stop()
-
-
-def wait_for(predicate, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("waited in vain")
-        time.sleep(0.02)
+    return handler
 
 
 def confirmation_link(handler, to):
@@ -277,7 +262,7 @@ def test_a_signup_looks_the_same_whoever_the_address_is(ws, client, world, smtp)
         r = client.post("/s/blog", data={"email": email, "name": "X"})
         answers.add((r.status_code, r.text, tuple(sorted(r.headers.keys()))))
     assert len(answers) == 1 and next(iter(answers))[0] == 200
-    wait_for(lambda: len(smtp.messages) == 3)
+    smtp.wait_for(lambda: len(smtp.messages) == 3)
     assert sorted(smtp.recipients()) == [
         "gone@example.com",
         "new@example.com",
@@ -323,11 +308,11 @@ def test_a_confirmation_needs_a_post_and_keeps_the_consent_evidence(ws, client, 
         headers={"referer": "https://blog.example.com/post/1"},
     )
     assert r.status_code == 200
-    wait_for(lambda: confirmation_link(smtp, "new@example.com") is not None)
+    smtp.wait_for(lambda: confirmation_link(smtp, "new@example.com") is not None)
     path, msg = confirmation_link(smtp, "new@example.com")
     assert msg["To"].addresses[0].display_name == "Ann"
     assert msg["Subject"] == "Please confirm your subscription to Blog"
-    wait_for(lambda: signup_states(ws) == ["mailed"])  # recorded after the server's answer
+    wait_until(lambda: signup_states(ws) == ["mailed"])  # recorded after the server's answer
     r = client.get(path)
     assert r.status_code == 200 and "Confirm my subscription" in r.text
     assert client.head(path).status_code == 200
@@ -354,7 +339,7 @@ def test_a_confirmation_needs_a_post_and_keeps_the_consent_evidence(ws, client, 
 def test_tampered_and_expired_confirmations_change_nothing(ws, client, world):
     world.list("blog")
     client.post("/s/blog", data={"email": "new@example.com"})
-    wait_for(lambda: signup_states(ws) != ["new"])  # the mailer made it a pending member
+    wait_until(lambda: signup_states(ws) != ["new"])  # the mailer made it a pending member
     nonce, created = ws.db.execute("SELECT nonce, created FROM signups").fetchone()
     secret = ws.settings.secret_key()
     good = confirm_token(secret, nonce, expiry(created))
@@ -392,7 +377,7 @@ def test_a_bounced_address_is_never_mailed_a_confirmation(ws, client, world, smt
     r = client.post("/s/blog", data={"email": "bounced@example.com"})
     assert r.status_code == 200 and "Check your inbox" in r.text
     client.post("/s/blog", data={"email": "fine@example.com"})
-    wait_for(lambda: signup_states(ws) == ["not_mailed", "mailed"])
+    wait_until(lambda: signup_states(ws) == ["not_mailed", "mailed"])
     assert list(smtp.recipients()) == ["fine@example.com"]
 
 
@@ -503,7 +488,7 @@ def test_a_name_that_would_break_a_header_gets_no_confirmation(ws, client, world
     world.list("blog")
     client.post("/s/blog", data={"email": "evil@example.com", "name": "Eve\r\nBcc: x@example.net"})
     client.post("/s/blog", data={"email": "fine@example.com", "name": "Fine"})
-    wait_for(lambda: signup_states(ws) == ["failed", "mailed"])
+    wait_until(lambda: signup_states(ws) == ["failed", "mailed"])
     assert list(smtp.recipients()) == ["fine@example.com"]
     reply = ws.db.execute("SELECT mail_reply FROM signups WHERE state = 'failed'").fetchone()[0]
     assert "control character" in reply
@@ -540,7 +525,7 @@ def serve_once(ws):
     """Start the app (its lifespan included), let it settle, stop it."""
     app = create_app(ws)
     with TestClient(app, raise_server_exceptions=False) as c:
-        wait_for(lambda: not {"new", "sending"} & set(signup_states(ws)))
+        wait_until(lambda: not {"new", "sending"} & set(signup_states(ws)))
         assert c.get("/healthz").status_code == 200
 
 
@@ -585,7 +570,7 @@ def test_a_confirmation_cut_off_while_sending_is_never_mailed_again_but_marked_u
     app = create_app(ws)
     with TestClient(app, raise_server_exceptions=False) as c:
         c.post("/s/blog", data={"email": "cut@example.com"})
-        wait_for(lambda: signup_states(ws) == ["unknown", "mailed", "mailed"])
+        wait_until(lambda: signup_states(ws) == ["unknown", "mailed", "mailed"])
     assert sorted(mailed_to(smtp)) == ["cut@example.com", "next@example.com"]
 
 
@@ -604,7 +589,7 @@ def test_a_confirmation_is_dkim_signed_and_its_envelope_is_the_bounce_address(ws
     app = create_app(ws)
     with TestClient(app, raise_server_exceptions=False) as c:
         assert c.post("/s/blog", data={"email": "new@example.com"}).status_code == 200
-        wait_for(lambda: signup_states(ws) == ["mailed"])
+        wait_until(lambda: signup_states(ws) == ["mailed"])
     ((_mid, rcpt, data),) = smtp.messages
     assert rcpt == "new@example.com"
     assert data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")

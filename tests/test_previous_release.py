@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from listkit.db import migrations, open_db
-from tests import smtp_server
 
 FIXTURE = Path(__file__).parent / "fixtures" / "previous-release.db"
 
@@ -89,19 +88,16 @@ def test_reports_read_a_previous_release_database(run, old_db, tmp_path):
 
 
 def test_a_previous_release_database_sends_a_new_campaign_and_never_mails_the_suppressed(
-    run, workspace, old_db
+    run, workspace, old_db, server
 ):
-    controller, handler = smtp_server.start()
-    try:
-        env = (workspace / ".env").read_text()
-        env = env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
-        (workspace / ".env").write_text(env)
-        (workspace / "campaigns" / "next.toml").write_text(
-            'offer = "launch"\nlists = ["blog", "customers"]\n'
-        )
-        run("send", "next", "--yes")
-    finally:
-        controller.stop()
+    controller, handler = server
+    env = (workspace / ".env").read_text()
+    env = env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
+    (workspace / ".env").write_text(env)
+    (workspace / "campaigns" / "next.toml").write_text(
+        'offer = "launch"\nlists = ["blog", "customers"]\n'
+    )
+    run("send", "next", "--yes")
     # Not gus (suppressed), not bob (unsubscribed from blog through the old service).
     assert sorted(handler.recipients()) == [
         "ann@example.com",

@@ -550,28 +550,24 @@ def test_a_list_whose_readers_were_mailed_through_another_list_is_not_called_not
 
 
 def test_campaigns_ls_and_the_report_by_campaign_give_a_sent_campaign_the_same_audience(
-    run, workspace
+    run, workspace, server
 ):
     # The server refused one address (550): it is suppressed after the send. campaigns ls
     # counted the audience afresh (one fewer), the report the readers the campaign chose.
-    from tests import smtp_server
 
-    controller, handler = smtp_server.start()
-    try:
-        run("lists", "create", "blog")
-        for i in range(5):
-            run("subscribers", "add", f"r{i}@example.com", "--list", "blog")
-        (workspace / "campaigns" / "t.toml").write_text(
-            'offer = "launch"\nlists = ["blog"]\nholdout = 0.2\n'
-        )
-        env = (workspace / ".env").read_text()
-        (workspace / ".env").write_text(
-            env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
-        )
-        handler.fault("r1@example.com", "550")
-        run("send", "t", "--yes", ok=False)
-    finally:
-        controller.stop()
+    controller, handler = server
+    run("lists", "create", "blog")
+    for i in range(5):
+        run("subscribers", "add", f"r{i}@example.com", "--list", "blog")
+    (workspace / "campaigns" / "t.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nholdout = 0.2\n'
+    )
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}")
+    )
+    handler.fault("r1@example.com", "550")
+    run("send", "t", "--yes", ok=False)
     listed = {c["campaign"]: c for c in json.loads(run("campaigns", "ls", "--json").output)}
     (row,) = report(run, "--by", "campaign")["rows"]
     assert row["failed"] == 1

@@ -9,12 +9,8 @@ from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
 from tests import smtp_server
 
-
-@pytest.fixture(params=["pipelined", "one-by-one"])
-def server(request):
-    controller, handler = smtp_server.start(pipelining=request.param == "pipelined")
-    yield controller, handler
-    controller.stop()
+# Every test taking `server` runs against a server with and without PIPELINING.
+SMTP_MODES = ("pipelined", "one-by-one")
 
 
 def setup_campaign(run, workspace, port, addresses, *, extra="", lists=("blog",), timeout=2):
@@ -152,13 +148,16 @@ def test_data_refusal_is_failed_not_unknown(run, workspace, server):
     assert json.loads(run("suppress", "ls", "--json").output) == []  # not a bounce
 
 
-def test_connection_refused_marks_nothing_and_exits_non_zero(run, workspace):
-    port = smtp_server.free_port()  # nothing listens there
-    setup_campaign(run, workspace, port, ADDRS)
+def test_connection_refused_marks_nothing_and_exits_non_zero(
+    run, workspace, free_port, backoff_pauses
+):
+    setup_campaign(run, workspace, free_port, ADDRS)  # nothing listens there
     result = run("send", "t", "--yes", ok=False)
     assert result.exit_code == 1
     assert "stopped: cannot connect to smtp://127.0.0.1:" in result.output
     assert "every message is resumable" in result.output
+    # Five attempts, with growing pauses between them (recorded, not waited).
+    assert backoff_pauses == [0.4, 0.8, 1.6, 3.2]
     t = totals(workspace)
     assert (t["sent"], t["failed"], t["unknown"], t["sending"]) == (0, 0, 0, 0)
     assert t["pending"] == 6
@@ -309,9 +308,9 @@ def held_out_of(addresses, share):
 
 
 def test_a_dry_run_writes_no_message_for_the_held_out_and_nothing_to_the_database(
-    run, workspace, tmp_path
+    run, workspace, tmp_path, free_port
 ):
-    setup_campaign(run, workspace, smtp_server.free_port(), HELD, extra="holdout = 0.3\n")
+    setup_campaign(run, workspace, free_port, HELD, extra="holdout = 0.3\n")
     held = held_out_of(HELD, 0.3)
     before = database_digest(workspace)
     out = tmp_path / "out"
@@ -325,8 +324,10 @@ def test_a_dry_run_writes_no_message_for_the_held_out_and_nothing_to_the_databas
     assert database_digest(workspace) == before
 
 
-def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_send(run, workspace):
-    setup_campaign(run, workspace, smtp_server.free_port(), HELD, extra="holdout = 0.3\n")
+def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_send(
+    run, workspace, free_port
+):
+    setup_campaign(run, workspace, free_port, HELD, extra="holdout = 0.3\n")
     held = held_out_of(HELD, 0.3)
     before = database_digest(workspace)
     out = run("campaigns", "check", "t").output
@@ -338,8 +339,8 @@ def test_campaigns_check_counts_the_held_out_apart_from_the_messages_ready_to_se
     assert database_digest(workspace) == before
 
 
-def test_status_without_a_campaign_shows_every_campaign(run, workspace):
-    setup_campaign(run, workspace, smtp_server.free_port(), ADDRS, extra="holdout = 0.3\n")
+def test_status_without_a_campaign_shows_every_campaign(run, workspace, free_port):
+    setup_campaign(run, workspace, free_port, ADDRS, extra="holdout = 0.3\n")
     (workspace / "campaigns" / "later.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
     ws = Workspace(workspace)
     try:

@@ -6,19 +6,9 @@ import json
 import shutil
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from listkit.workspace import Workspace
-from tests import smtp_server
 
 ADDRS = [f"r{i}@example.com" for i in range(12)]
-
-
-@pytest.fixture
-def server():
-    controller, handler = smtp_server.start()
-    yield controller, handler
-    controller.stop()
 
 
 def setup(run, workspace, port, *, holdout=0.3):

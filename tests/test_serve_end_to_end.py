@@ -8,7 +8,6 @@ the running service, and checks what the next campaign does.
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
 from email import message_from_bytes
@@ -19,7 +18,7 @@ import pytest
 
 from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
-from tests import smtp_server
+from tests.waiting import wait_until
 from tests.web_server import serve
 
 PUBLIC = "https://lists.example.com"  # LISTKIT_BASE_URL: the proxy in front of serve
@@ -53,18 +52,9 @@ def message_to(handler, address, campaign_marker=None):
     return None
 
 
-def wait_for(predicate, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("waited in vain")
-        time.sleep(0.05)
-    return value
-
-
 @pytest.fixture
-def setup(run, workspace):
-    controller, handler = smtp_server.start()
+def setup(run, workspace, server):
+    controller, handler = server
     env = (workspace / ".env").read_text()
     env = env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{controller.port}?timeout=5")
     env = env.replace("https://example.com/listkit", PUBLIC)
@@ -76,8 +66,7 @@ def setup(run, workspace):
         (workspace / "campaigns" / f"{slug}.toml").write_text(
             'offer = "launch"\nlists = ["blog"]\nconcurrency = 1\n'
         )
-    yield handler
-    controller.stop()
+    return handler
 
 
 def send(workspace, slug, on_result=None):
@@ -107,7 +96,7 @@ def test_unsubscribe_click_and_signup_through_a_running_service(workspace, setup
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         assert status == 200 and "Check your inbox" in body
-        confirmation = wait_for(lambda: message_to(handler, "new@example.com"))
+        confirmation = handler.wait_for(lambda: message_to(handler, "new@example.com"))
         assert confirmation["Subject"] == "Please confirm your subscription to The Blog"
 
         assert send(workspace, "first").totals["sent"] == 4
@@ -238,7 +227,7 @@ def test_x_forwarded_for_is_believed_only_from_the_proxies_serve_is_told_of(work
 
     with serve(workspace) as base:  # no proxy named: the peer is the client
         assert sign_up(base, "direct%40example.net", "203.0.113.7") == 200
-        wait_for(lambda: settled() == [(0,)])
+        wait_until(lambda: settled() == [(0,)])
     assert query(workspace, "SELECT ip FROM signups") == [("127.0.0.1",)]
 
     # Behind a proxy on this machine: twelve signups of one stranger's address,
@@ -246,7 +235,7 @@ def test_x_forwarded_for_is_believed_only_from_the_proxies_serve_is_told_of(work
     with serve(workspace, "--forwarded-allow-ips", "127.0.0.1") as base:
         codes = [sign_up(base, "stranger%40example.net", f"198.51.100.{i % 4}") for i in range(12)]
         assert codes == [200] * 12
-        wait_for(lambda: settled() == [(0,)])
+        wait_until(lambda: settled() == [(0,)])
     assert [rcpt for _m, rcpt, _d in handler.messages].count(stranger) == 1
     ips = query(workspace, "SELECT ip FROM signups WHERE email = ? ORDER BY id", [stranger])
     assert [ip for (ip,) in ips] == [f"198.51.100.{i % 4}" for i in range(12)]

@@ -70,7 +70,7 @@ def dribble(s: socket.socket, start: bytes, piece: bytes) -> bytes | None:
 
 
 @pytest.fixture
-def server(workspace):
+def service(workspace):
     # Every webhook route on (a route whose setting is unset answers 404 unread).
     env = {
         "LISTKIT_WEBHOOK_SECRET": "listkit-hook-secret-0123456789",
@@ -98,9 +98,9 @@ HEAD = b"POST /hooks/sale HTTP/1.1\r\nHost: lists.example.com\r\n"
     ids=["silent", "one long header", "endless headers", "slow body", "endless chunks"],
 )
 def test_a_request_that_does_not_arrive_within_the_limit_is_answered_408_and_closed(
-    server, workspace, start, piece
+    service, workspace, start, piece
 ):
-    with connect(server) as s:
+    with connect(service) as s:
         answer = dribble(s, start, piece)
     assert answer is not None, "the server still holds the connection open"
     assert answer.startswith(b"HTTP/1.1 408 ")
@@ -109,9 +109,9 @@ def test_a_request_that_does_not_arrive_within_the_limit_is_answered_408_and_clo
 
 
 def test_two_hundred_unfinished_requests_are_all_closed_and_the_server_still_answers(
-    server, workspace
+    service, workspace
 ):
-    sockets = [connect(server) for _ in range(200)]
+    sockets = [connect(service) for _ in range(200)]
     try:
         for s in sockets:
             s.sendall(HEAD + b"X-Slow: ")
@@ -122,7 +122,7 @@ def test_two_hundred_unfinished_requests_are_all_closed_and_the_server_still_ans
             if not open_:
                 break
         assert open_ == [], f"{len(open_)} of 200 connections are still open"
-        with urllib.request.urlopen(server + "/healthz", timeout=10) as r:
+        with urllib.request.urlopen(service + "/healthz", timeout=10) as r:
             assert (r.status, r.read()) == (200, b"ok\n")
     finally:
         for s in sockets:
@@ -131,8 +131,8 @@ def test_two_hundred_unfinished_requests_are_all_closed_and_the_server_still_ans
     assert "Traceback" not in log and " ERROR " not in log
 
 
-def test_a_request_that_arrives_in_time_is_answered_over_a_kept_alive_connection(server):
-    with connect(server) as s:
+def test_a_request_that_arrives_in_time_is_answered_over_a_kept_alive_connection(service):
+    with connect(service) as s:
         for _ in range(3):
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: lists.example.com\r\n\r\n")
             answer = b""
@@ -153,13 +153,13 @@ HOSTILE = [
 ]
 
 
-def test_hostile_bodies_on_the_webhook_routes_of_a_real_server_log_no_error(server, workspace):
+def test_hostile_bodies_on_the_webhook_routes_of_a_real_server_log_no_error(service, workspace):
     auth = "Basic " + base64.b64encode(b"postmark:hook-secret").decode()
     statuses = set()
     for route in ("/relays/ses", "/relays/mailgun", "/relays/postmark", "/hooks/sale"):
         for body in HOSTILE:
             request = urllib.request.Request(
-                server + route, data=body, method="POST", headers={"Authorization": auth}
+                service + route, data=body, method="POST", headers={"Authorization": auth}
             )
             try:
                 with urllib.request.urlopen(request, timeout=10) as r:

@@ -43,20 +43,20 @@ def origin(db, email, source, signup):
 
 
 @pytest.fixture
-def world(ws):
+def world(world: World) -> World:
     """ann and bob came from a Mailchimp import in January, cat and dan from the form
     in March. ann bought twice (once through her link under another address), cat
     once; bob's order was refunded."""
-    w = World(ws.db)
+    w = world
     w.list("blog", "ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com")
     cid = w.campaign("launch")
     ann = w.deliver(cid, "ann@example.com", "blog")
-    sale(ws.db, "1", "ann@example.com", "2026-11-02T10:00:00+00:00", 2900, delivery_id=ann["id"])
+    sale(w.db, "1", "ann@example.com", "2026-11-02T10:00:00+00:00", 2900, delivery_id=ann["id"])
     sale(
-        ws.db, "2", "ann.work@example.org", "2026-11-03T10:00:00+00:00", 4900, delivery_id=ann["id"]
+        w.db, "2", "ann.work@example.org", "2026-11-03T10:00:00+00:00", 4900, delivery_id=ann["id"]
     )
-    sale(ws.db, "3", "cat@example.com", "2026-11-04T10:00:00+00:00", 2900)
-    sale(ws.db, "4", "bob@example.com", "2026-11-04T10:00:00+00:00", 2900, status="refunded")
+    sale(w.db, "3", "cat@example.com", "2026-11-04T10:00:00+00:00", 2900)
+    sale(w.db, "4", "bob@example.com", "2026-11-04T10:00:00+00:00", 2900, status="refunded")
     # After the deliveries: World.deliver writes the membership afresh.
     for email, source, signup in [
         ("ann@example.com", "import:mailchimp.csv", "2026-01-05 10:00:00"),
@@ -64,7 +64,7 @@ def world(ws):
         ("cat@example.com", "form", "2026-03-02T10:00:00+00:00"),
         ("dan@example.com", "form", "2026-03-30T10:00:00+00:00"),
     ]:
-        origin(ws.db, email, source, signup)
+        origin(w.db, email, source, signup)
     return w
 
 

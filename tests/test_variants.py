@@ -11,7 +11,6 @@ from listkit.addresses import email_key
 from listkit.errors import InputError
 from listkit.send.campaigns import load_campaign
 from listkit.send.variants import assign_variant, difference, judge, mean_interval, variant_report
-from tests import smtp_server
 from tests.world import World
 
 Z = 1.959964
@@ -136,13 +135,6 @@ def test_the_report_by_variant_counts_revenue_per_subscriber_in_the_window(ws):
     assert test["variants"][0]["per_1000"] == 1_000_000
     assert test["held_out"]["held_out"] == 1 and test["held_out"]["revenue"] == 2000
     assert test["winner"] is None and test["more_deliveries"] == 24
-
-
-@pytest.fixture
-def server():
-    controller, handler = smtp_server.start()
-    yield controller, handler
-    controller.stop()
 
 
 def test_a_campaign_with_variants_sends_each_subscriber_the_offer_of_its_draw(

@@ -21,10 +21,9 @@ class EnvelopeHandler(smtp_server.FaultHandler):
 
 
 @pytest.fixture
-def server():
-    controller, handler = smtp_server.start(EnvelopeHandler())
-    yield controller, handler
-    controller.stop()
+def smtp_handler():
+    """`server` records with an EnvelopeHandler."""
+    return EnvelopeHandler()
 
 
 def delivery_tokens(workspace):

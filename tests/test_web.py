@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from listkit.web import create_app
 from listkit.web.common import read_body, read_form
+from tests.waiting import wait_until
 from tests.web_server import serve
 
 
@@ -189,7 +190,6 @@ def test_a_web_commit_never_checkpoints_the_wal_on_the_request_path(tmp_path, mo
 
 
 def test_a_thread_of_its_own_checkpoints_what_the_web_writer_committed(tmp_path, monkeypatch):
-    import time
 
     from listkit.web import common
 
@@ -201,11 +201,8 @@ def test_a_thread_of_its_own_checkpoints_what_the_web_writer_committed(tmp_path,
             await web.write(_add_pages, 100)
 
     asyncio.run(writes())
-    for _ in range(300):  # the checkpoint runs beside the writer: wait for it, 30 s at most
-        if path.stat().st_size > 200 * 4000:
-            break
-        time.sleep(0.1)
-    assert path.stat().st_size > 200 * 4000
+    # The checkpoint runs beside the writer: wait for it, 30 s at most.
+    wait_until(lambda: path.stat().st_size > 200 * 4000, 30, every=0.1)
 
 
 def test_writes_committed_in_one_group_each_get_their_own_answer_and_a_failing_one_only_its_error(

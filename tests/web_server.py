@@ -4,19 +4,47 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.smtp_server import free_port
+from tests.waiting import wait_until
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def wait_healthy(proc: subprocess.Popen, base: str, log: Path, seconds: float = 30.0) -> None:
+    """Wait until the `listkit serve` process ``proc`` answers ``base``/healthz; an
+    AssertionError with its log if it exits first or never answers."""
+
+    def answering() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"listkit serve exited {proc.returncode}:\n" + log.read_text(errors="replace")
+            )
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(answering, seconds, every=0.05)
+    except AssertionError:
+        stop(proc)
+        raise
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` as a person would (SIGTERM), killing it if it hangs."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.contextmanager
@@ -38,28 +66,8 @@ def serve(workspace: Path, *args: str, env: dict[str, str] | None = None) -> Ite
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"listkit serve exited {proc.returncode}:\n"
-                    + (workspace / "serve.log").read_text()
-                )
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("listkit serve did not answer /healthz within 20 s")
-            time.sleep(0.05)
+        wait_healthy(proc, base, workspace / "serve.log")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()

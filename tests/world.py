@@ -16,6 +16,7 @@ from listkit.db import now
 from listkit.mail.tracking import new_token, personal_coupon
 
 T0 = "2026-11-01T10:00:00+00:00"
+SALE_N = iter(range(1, 1000))
 
 
 class World:
@@ -105,3 +106,48 @@ class World:
             ],
         )
         return {"id": did, "token": token, "coupon": coupon}
+
+    def details(self, email: str, *, fields=None, source=None, signup=None) -> None:
+        sid = self.subscriber(email)
+        with self.db.conn:
+            if fields is not None:
+                self.db.execute(
+                    "UPDATE subscribers SET fields = ? WHERE id = ?", [json.dumps(fields), sid]
+                )
+            if source is not None:
+                self.db.execute("UPDATE subscribers SET source = ? WHERE id = ?", [source, sid])
+            if signup is not None:
+                self.db.execute(
+                    "UPDATE memberships SET consent_at = ? WHERE subscriber_id = ?", [signup, sid]
+                )
+                self.db.execute("UPDATE subscribers SET created = ? WHERE id = ?", [signup, sid])
+
+    def sale(self, email: str, at: str, *, product="Guide", status="paid", amount=2900, **attr):
+        with self.db.conn:
+            self.db.execute(
+                """INSERT INTO sales (source, order_id, status, amount, refunded, currency, at,
+                   email, email_key, product, delivery_id, campaign_id, offer, method, imported)
+                   VALUES ('test', ?, ?, ?, ?, 'USD', ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    f"o{next(SALE_N)}",
+                    status,
+                    amount,
+                    amount if status == "refunded" else 0,
+                    at,
+                    email,
+                    email_key(email),
+                    product,
+                    attr.get("delivery_id"),
+                    attr.get("campaign_id"),
+                    attr.get("offer"),
+                    "token" if attr.get("delivery_id") else "none",
+                    "2026-11-20T00:00:00+00:00",
+                ],
+            )
+
+    def event(self, delivery_id: int, kind: str) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "INSERT INTO events (delivery_id, kind, at) VALUES (?, ?, ?)",
+                [delivery_id, kind, "2026-11-01T11:00:00+00:00"],
+            )

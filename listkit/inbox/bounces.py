@@ -34,6 +34,7 @@ import email.utils
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -790,17 +791,17 @@ class FetchSummary:
         }
 
 
-# Test hook for the integration run: after the commit, before any message is
-# touched, say so on stderr and wait this many seconds (to be killed there).
-PAUSE_AFTER_COMMIT = "LISTKIT_TEST_PAUSE_AFTER_COMMIT"
-
-
 FETCH_LOCK = ".listkit-bounces.lock"
 
 
-def fetch(ws, *, batch: int = 500) -> FetchSummary:
+def fetch(
+    ws, *, batch: int = 500, after_commit: Callable[[], object] = lambda: None
+) -> FetchSummary:
     """``listkit bounces fetch``: read new messages over IMAP, commit, then move or delete
-    exactly those understood. One run at a time per workspace (cron runs may overlap)."""
+    exactly those understood. One run at a time per workspace (cron runs may overlap).
+
+    ``after_commit`` runs after each batch's commit, before any of its messages is
+    touched (the integration run is killed there)."""
     with run_lock(
         ws.root / FETCH_LOCK,
         lambda _holder: (
@@ -808,13 +809,10 @@ def fetch(ws, *, batch: int = 500) -> FetchSummary:
             "try again when it has finished"
         ),
     ):
-        return _fetch(ws, batch)
+        return _fetch(ws, batch, after_commit)
 
 
-def _fetch(ws, batch: int) -> FetchSummary:
-    import os
-    import sys
-    import time
+def _fetch(ws, batch: int, after_commit: Callable[[], object]) -> FetchSummary:
 
     settings = imap_settings(ws.settings)
     move_to = done_action(ws.settings.imap_done)
@@ -858,10 +856,7 @@ def _fetch(ws, batch: int) -> FetchSummary:
                     [key, box.uidvalidity, chunk[-1], json.dumps(done), now()],
                 )
             summary.handled.extend(handled)
-            pause = os.environ.get(PAUSE_AFTER_COMMIT)
-            if pause:
-                print("committed; pausing before removing messages", file=sys.stderr, flush=True)
-                time.sleep(float(pause))
+            after_commit()
             summary.removal = box.remove(done, move_to) if done else summary.removal
             summary.removed += len(done)
             with immediate(db):

@@ -58,6 +58,10 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
+# The pause between failed connection attempts; tests record it instead of waiting.
+backoff_sleep = asyncio.sleep
+
+
 class RateLimiter:
     """Spaces a run's transactions at ``rate`` a second, over all its connections
     (0: no limit)."""
@@ -352,7 +356,7 @@ class Run:
                         f"{self.connect_failures} failed attempts, every message is resumable"
                     )
                     break
-                await asyncio.sleep(min(0.2 * 2**self.connect_failures, 5))
+                await backoff_sleep(min(0.2 * 2**self.connect_failures, 5))
                 continue
             self.connect_failures = 0
             self.connected_once = True

@@ -71,6 +71,43 @@ def return_path(mail_from: str | None, data: bytes) -> bytes:
     return b"Return-Path: <" + address.encode("utf-8") + b">" + newline
 
 
+class BoundController(Controller):
+    """aiosmtpd's Controller serving a socket bound before its thread starts.
+
+    aiosmtpd binds inside its server thread and, when that fails, waits its
+    whole ``ready_timeout`` (5 s) before it reports the error. Bound here, in
+    the caller's thread, a port in use is an ``OSError`` at once; port 0
+    takes a free port, which ``port`` then names.
+    """
+
+    def __init__(self, handler, host: str, port: int, **kwargs):
+        # proto IPPROTO_TCP, as asyncio's own listeners have: asyncio turns Nagle off
+        # (TCP_NODELAY) only on connections of such a socket; with Nagle on, every
+        # pipelined SMTP reply waits for a delayed ACK (about 40 ms a message).
+        family, type_, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self.sock = socket.socket(family, type_, proto)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind(address)
+            self.sock.listen()
+            super().__init__(handler, hostname=host, port=self.sock.getsockname()[1], **kwargs)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _create_server(self):
+        return self.loop.create_server(self._factory_invoker, sock=self.sock, ssl=self.ssl_context)
+
+    def start(self) -> None:
+        try:
+            super().start()
+        except BaseException:
+            self.sock.close()
+            raise
+
+
 def start_sink(
     host: str = "127.0.0.1",
     port: int = 1025,
@@ -80,8 +117,6 @@ def start_sink(
 ) -> tuple[Controller, CaptureHandler]:
     """Start the sink in a background thread; stop it with ``controller.stop()``."""
     handler = CaptureHandler(maildir, out)
-    controller = Controller(
-        handler, hostname=host, port=port, decode_data=False, enable_SMTPUTF8=True
-    )
+    controller = BoundController(handler, host, port, decode_data=False, enable_SMTPUTF8=True)
     controller.start()
     return controller, handler
