@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from listkit.cli import cli
 from listkit.send import run as send_run
+from listkit.web.pages import ConfirmationMailer
 from listkit.workspace import Workspace, init_workspace
 from tests import smtp_server
 from tests.world import World
@@ -38,6 +39,14 @@ def backoff_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(send_run, "backoff_sleep", pause)
     return pauses
+
+
+@pytest.fixture(autouse=True)
+def short_gather(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The confirmation mailer gathers a second's signups before deciding them (so
+    the work lands on few answers' time); in-process tests gather for 20 ms, so a
+    signup test does not wait a second. A real `listkit serve` keeps the second."""
+    monkeypatch.setattr(ConfirmationMailer, "GATHER", 0.02)
 
 
 @pytest.fixture
