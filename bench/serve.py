@@ -329,11 +329,14 @@ def report(label: str, r: dict, clients: int) -> None:
 
 
 def extract(ref: str, into: Path) -> Path:
-    """The listkit package of git revision ``ref``, extracted into ``into``."""
+    """The listkit package of git revision ``ref``, with its example offers and
+    campaigns (which `listkit init` copies), extracted into ``into``."""
     repo = Path(__file__).resolve().parent.parent
     into.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", ref, "listkit"], check=True, capture_output=True
+        ["git", "-C", str(repo), "archive", ref, "listkit", "offers", "campaigns"],
+        check=True,
+        capture_output=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into

@@ -48,25 +48,11 @@ from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.send import free_port, listkit, start_sink
-from bench.serve import code_env
+from bench.serve import code_env, extract
 
 KINDS = ("stranger", "member", "pending", "unsubscribed")
 GOAL_MS = 0.5
 PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-
-
-def extract(ref: str, into: Path) -> Path:
-    """The listkit package of git revision ``ref``, with its example offers and
-    campaigns (which `listkit init` copies), extracted into ``into``."""
-    repo = Path(__file__).resolve().parent.parent
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", ref, "listkit", "offers", "campaigns"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def make_workspace(root: Path, n: int, smtp_port: int, env: dict[str, str]) -> Path:
