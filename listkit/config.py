@@ -256,18 +256,16 @@ def _yes_no(text: str, _workspace: Path) -> bool:
     raise Invalid("must be yes or no")
 
 
-def _count(text: str, _workspace: Path) -> int:
-    value = text.strip()
-    if not value.isdigit() or int(value) < 1:
-        raise Invalid("must be a whole number of messages")
-    return int(value)
+def _whole_number(what: str) -> Callable[[str, Path], int]:
+    """A parser of a whole number, 1 or more; ``what`` says what it counts."""
 
+    def parse(text: str, _workspace: Path) -> int:
+        value = text.strip()
+        if not value.isdigit() or int(value) < 1:
+            raise Invalid(f"must be a whole number of {what}")
+        return int(value)
 
-def _per_hour(text: str, _workspace: Path) -> int:
-    value = text.strip()
-    if not value.isdigit() or int(value) < 1:
-        raise Invalid("must be a whole number of confirmations an hour per list (1 or more)")
-    return int(value)
+    return parse
 
 
 def _http_url(text: str, _workspace: Path) -> str:
@@ -299,8 +297,10 @@ def _signing_key(text: str, _workspace: Path) -> str:
 TEXT = Kind("text", _text)
 FILE = Kind("file", _file)
 YES_NO = Kind("yes/no", _yes_no)
-COUNT = Kind("whole number", _count)
-PER_HOUR = Kind("whole number, 1 or more", _per_hour)
+COUNT = Kind("whole number", _whole_number("messages"))
+PER_HOUR = Kind(
+    "whole number, 1 or more", _whole_number("confirmations an hour per list (1 or more)")
+)
 HTTP_URL = Kind("http(s) URL", _http_url)
 HOST_NAME = Kind("host name", _host_name)
 SENDER = Kind("`Name <address>`", lambda text, _workspace: parse_sender(text))
