@@ -622,3 +622,69 @@ def m019_subscriber_first_and_last_names(db: Database) -> None:
     # `name` stays the full name.
     db.execute("ALTER TABLE subscribers ADD COLUMN first_name TEXT")
     db.execute("ALTER TABLE subscribers ADD COLUMN last_name TEXT")
+
+
+@migrations()
+def m021_sequences(db: Database) -> None:
+    """Sequences: messages that start from a reader's own moment (joining, buying).
+
+    ``sequences``: one row per ``sequences/<slug>.toml`` listkit has read
+    (``send.sequence_files``), with its trigger, every step it ever had in
+    order (JSON; a removed one flagged), its first step and that step's delay,
+    and ``created``: only a trigger from then on enrols. ``campaigns`` gains
+    ``sequence_id`` and ``step``: each step is a campaign row (slug
+    ``<sequence>/<step>``), so its messages are deliveries like a campaign's.
+    ``enrollments``: one row per reader and sequence (``audience.enrollments``);
+    times there are Unix seconds, and ``next_due`` is read as a range through
+    the partial index of active rows, so a tick with nothing due reads nothing.
+    """
+    db.execute(
+        """
+        CREATE TABLE sequences (
+            id INTEGER PRIMARY KEY,
+            slug TEXT NOT NULL UNIQUE,
+            trigger TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            list_id INTEGER REFERENCES lists(id) ON DELETE SET NULL,
+            imported TEXT NOT NULL DEFAULT 'ignore',
+            holdout REAL NOT NULL DEFAULT 0,
+            exits TEXT NOT NULL DEFAULT '[]',
+            steps TEXT NOT NULL DEFAULT '[]',
+            first_step TEXT,
+            first_after INTEGER,
+            state TEXT NOT NULL DEFAULT 'live',
+            created INTEGER NOT NULL,
+            updated INTEGER
+        )"""
+    )
+    db.execute("ALTER TABLE campaigns ADD COLUMN sequence_id INTEGER REFERENCES sequences(id)")
+    db.execute("ALTER TABLE campaigns ADD COLUMN step TEXT")
+    db.execute("CREATE INDEX campaigns_sequence ON campaigns(sequence_id, step)")
+    # state: active | finished | exited | held_out
+    db.execute(
+        """
+        CREATE TABLE enrollments (
+            id INTEGER PRIMARY KEY,
+            sequence_id INTEGER NOT NULL REFERENCES sequences(id) ON DELETE CASCADE,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            list_id INTEGER REFERENCES lists(id) ON DELETE SET NULL,
+            sale_id INTEGER REFERENCES sales(id) ON DELETE SET NULL,
+            state TEXT NOT NULL DEFAULT 'active',
+            trigger_at INTEGER NOT NULL,
+            trigger_ref TEXT NOT NULL,
+            step TEXT,
+            step_at INTEGER,
+            next_step TEXT,
+            next_due INTEGER,
+            exit_reason TEXT,
+            exit_at INTEGER,
+            created INTEGER NOT NULL,
+            updated INTEGER,
+            UNIQUE (sequence_id, subscriber_id)
+        )"""
+    )
+    db.execute("CREATE INDEX enrollments_due ON enrollments(next_due) WHERE state = 'active'")
+    db.execute("CREATE INDEX enrollments_subscriber ON enrollments(subscriber_id)")
+    db.execute("CREATE INDEX enrollments_sale ON enrollments(sale_id) WHERE sale_id IS NOT NULL")
+    db.execute("CREATE INDEX enrollments_state ON enrollments(sequence_id, state, step)")

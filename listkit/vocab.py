@@ -68,3 +68,11 @@ def sql_in(words: tuple[str, ...]) -> str:
 
 ORDER_SQL = sql_in(ORDER_STATUSES)
 REVENUE_SQL = sql_in(REVENUE_STATUSES)
+
+# enrollments.state: a reader's place in a sequence. active (a next step, due at
+# next_due); finished (every step passed); exited (an exit event, an unsubscribe,
+# a bounce or a complaint ended it: exit_reason says which); held_out (kept back
+# to measure the sequence's lift; never mailed).
+FINISHED = "finished"
+EXITED = "exited"
+ENROLLMENT_STATES = (ACTIVE, FINISHED, EXITED, HELD_OUT)

@@ -154,6 +154,10 @@ class Workspace:
     def campaigns_dir(self) -> Path:
         return self.root / "campaigns"
 
+    @property
+    def sequences_dir(self) -> Path:
+        return self.root / "sequences"
+
     def refuse_own_file(self, path: Path, option: str) -> None:
         """InputError when ``path`` (an output file) is the database (its WAL, SHM or
         send marks) or ``.env``: writing there would destroy every subscriber, the

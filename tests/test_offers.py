@@ -90,7 +90,8 @@ def test_offer_toml_errors_name_the_file_and_field(workspace):
 def test_missing_offer_lists_the_known_ones(workspace):
     with pytest.raises(
         NotFound,
-        match=r"no offer 'nope' in .* \(offers: launch, launch-last-day, launch-reminder\)",
+        match=r"no offer 'nope' in .* \(offers: field-guide-workbook, launch, launch-last-day, "
+        r"launch-reminder, purchase-help, welcome-download, welcome-story\)",
     ):
         load_offer(workspace / "offers", "nope")
 
@@ -206,7 +207,16 @@ def test_offers_ls(run, workspace):
     out = run("offers", "ls").output
     assert "launch" in out and "USD 29.00" in out and "deal" in out and "USD 19.00" in out
     rows = json.loads(run("offers", "ls", "--json").output)
-    assert [r["slug"] for r in rows] == ["deal", "launch", "launch-last-day", "launch-reminder"]
+    assert [r["slug"] for r in rows] == [
+        "deal",
+        "field-guide-workbook",
+        "launch",
+        "launch-last-day",
+        "launch-reminder",
+        "purchase-help",
+        "welcome-download",
+        "welcome-story",
+    ]
     assert list_offers(workspace / "offers")[0].coupon == "SAVE"
 
 

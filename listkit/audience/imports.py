@@ -45,6 +45,7 @@ from sqlite_utils import Database
 
 from listkit import csvin, csvout, vocab
 from listkit.addresses import email_key, normalize_address
+from listkit.audience.enrollments import enrol_imported
 from listkit.audience.lists import get_list
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound, quoted
@@ -600,6 +601,7 @@ def _write(
             out.start()
             try:
                 _write_chunks(out, chunks, summary, writer, keep_errors)
+                enrol_imported(db, list_id, out.stamp)
                 if errors_to is not None:
                     errors_to.flush()  # before the commit: all of it or nothing
             except OSError as e:

@@ -26,6 +26,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from listkit.addresses import email_key, normalize_address
+from listkit.audience.enrollments import enrol_joined
 from listkit.audience.lists import get_list
 from listkit.config import Settings
 from listkit.db import now
@@ -289,6 +290,7 @@ def confirm_signup(
                updated = excluded.status_at""",
             [list_id, sid, stamp, created, page or form, sign_ip, stamp, ip, stamp],
         )
+        enrol_joined(db, sid, list_id, at=datetime.fromisoformat(stamp))
     db.execute(
         """UPDATE signups SET state = 'confirmed', confirmed_at = ?, confirm_ip = ?,
            confirm_agent = ? WHERE id = ?""",

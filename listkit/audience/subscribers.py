@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 
 from sqlite_utils import Database
 
 from listkit.addresses import email_key, normalize_address
+from listkit.audience.enrollments import enrol_joined
 from listkit.audience.lists import get_list
 from listkit.audience.suppressions import suppress
 from listkit.db import immediate, now
@@ -156,6 +158,8 @@ def add_subscriber(
             )
             if result == "updated":
                 result = "joined"
+            if status == "active":
+                enrol_joined(db, sid, lst["id"], at=datetime.fromisoformat(stamp))
         elif member[0] != "active":
             result = member[0]
         if suppression is not None:

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.audience.enrollments import on_sales
 from listkit.db import immediate
 from listkit.vocab import ATTRIBUTION_METHODS
 
@@ -293,4 +294,6 @@ def attribute_sales(db: Database, ids: Iterable[int] | None = None) -> dict[str,
            method = ?5 WHERE id = ?6""",
         updates,
     )
+    # An `offer:` trigger or exit of a sequence is known once the sale is attributed.
+    on_sales(db, [sale["id"] for sale in sales])
     return {m: n for m, n in results.items() if n}

@@ -29,6 +29,7 @@ from sqlite_utils import Database
 
 from listkit import csvin
 from listkit.addresses import email_key
+from listkit.audience.enrollments import on_sales
 from listkit.config import Settings
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, quoted
@@ -864,6 +865,8 @@ def store_records(
             "INSERT OR IGNORE INTO sale_aliases (source, alias, sale_id) VALUES (?, ?, ?)",
             [(sale.source, a, sale_id) for a in {sale.order_id, *sale.aliases} - {stored_id}],
         )
+    if changed:
+        on_sales(db, changed)
     return changed
 
 
