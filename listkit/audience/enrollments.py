@@ -131,9 +131,10 @@ def on_sales(db: Database, sale_ids: Iterable[int]) -> dict[str, int]:
                next_due = NULL, updated = ?
             WHERE state = '{ACTIVE}' AND sale_id IN (
               SELECT id FROM sales WHERE id IN (SELECT value FROM json_each(?))
-              AND status = '{REFUNDED}')""",
+              AND status = '{REFUNDED}')
+            RETURNING id""",
         [stamp, stamp, ids],
-    ).rowcount
+    ).fetchall()
     exited += db.execute(
         f"""UPDATE enrollments SET state = '{EXITED}', exit_reason = 'bought', exit_at = ?,
                next_due = NULL, updated = ?
@@ -144,10 +145,23 @@ def on_sales(db: Database, sale_ids: Iterable[int]) -> dict[str, int]:
               WHERE s.id IN (SELECT value FROM json_each(?)) AND s.status IN {ORDER_SQL}
                 AND unixepoch(s.at) >= e.trigger_at AND e.sale_id IS NOT s.id
                 AND EXISTS (SELECT 1 FROM json_each(q.exits) x
-                            WHERE {MATCHES.format(target="x.value")}))""",
+                            WHERE {MATCHES.format(target="x.value")}))
+            RETURNING id""",
         [stamp, stamp, ids],
-    ).rowcount
-    return {"enrolled": enrolled, "exited": exited}
+    ).fetchall()
+    if exited:
+        # Their step messages still waiting in the outbox stay there, unsent.
+        db.execute(
+            """UPDATE deliveries SET state = 'skipped', phase = NULL,
+                   last_reply = 'the sequence ended for this reader'
+               WHERE state IN ('pending', 'deferred') AND id IN (
+                 SELECT d.id FROM enrollments e
+                 JOIN campaigns c ON c.sequence_id = e.sequence_id
+                 JOIN deliveries d ON d.campaign_id = c.id AND d.subscriber_id = e.subscriber_id
+                 WHERE e.id IN (SELECT value FROM json_each(?)))""",
+            [json.dumps([r[0] for r in exited])],
+        )
+    return {"enrolled": enrolled, "exited": len(exited)}
 
 
 ENROLLMENT_KEYS = ("sequence", "state", "step", "next_step", "next_due", "exit_reason", "entered")

@@ -45,6 +45,7 @@ COMMAND_MODULES = {
     "bounces": "bounces",
     "form": "serve",
     "backup": "backup",
+    "sequences": "sequences",
 }
 
 

@@ -33,6 +33,7 @@ from listkit.send.outbox import counts, problems, retry
 from listkit.send.prepare import prepare
 from listkit.send.sender import RunSummary, send_campaign
 from listkit.send.sender import dry_run as write_dry_run
+from listkit.send.sequence_due import send_sequences
 from listkit.send.single import send_test
 from listkit.send.variants import assign_variant, campaign_share_warnings
 from listkit.workspace import Workspace
@@ -316,7 +317,8 @@ def _warn_shares(ws: Workspace, campaign) -> None:
 
 def _send_due(ws: Workspace, limit: int | None) -> None:
     failed = False
-    for outcome in send_due(ws, limit=limit):
+    outcomes = send_due(ws, limit=limit)
+    for outcome in outcomes:
         if outcome.action == "sent":
             if outcome.message:
                 click.echo(outcome.message)
@@ -330,8 +332,25 @@ def _send_due(ws: Workspace, limit: int | None) -> None:
         else:
             click.echo(f"{outcome.campaign}: {outcome.message}", err=True)
             failed = True
+    if not any(o.action == "locked" for o in outcomes):
+        failed = _send_sequences(ws, limit) or failed
     if failed:
         sys.exit(1)
+
+
+def _send_sequences(ws: Workspace, limit: int | None) -> bool:
+    """The sequences' due steps (`send --due`); whether one failed."""
+    failed = False
+    for outcome in send_sequences(ws, limit=limit):
+        if outcome.action == "sent":
+            _print_summary(outcome.summary)
+            failed = failed or not outcome.summary.ok
+        elif outcome.action == "locked":
+            click.echo(outcome.message)
+        else:
+            click.echo(f"sequence {outcome.step}: {outcome.message}", err=True)
+            failed = True
+    return failed
 
 
 STATUS_COLUMNS = ("sent", "failed", "held_out", "pending", "deferred", "unknown", "skipped")

@@ -425,13 +425,16 @@ def lineage(campaign: Campaign) -> tuple[str, ...]:
 
 def declined_campaigns(db: Database, campaign: Campaign) -> list[int]:
     """Ids of the campaigns a reader's "no" to stops this one for them (``DECLINED``):
-    it and every campaign it follows, once they have been sent."""
-    slugs = lineage(campaign)
+    it and every campaign it follows, once they have been sent; for a step of a
+    sequence, every step of that sequence."""
+    slugs = json.dumps(lineage(campaign))
     return [
         row[0]
         for row in db.execute(
-            "SELECT id FROM campaigns WHERE slug IN (SELECT value FROM json_each(?))",
-            [json.dumps(slugs)],
+            """SELECT id FROM campaigns WHERE slug IN (SELECT value FROM json_each(?))
+               OR sequence_id IN (SELECT sequence_id FROM campaigns
+                                  WHERE slug IN (SELECT value FROM json_each(?)))""",
+            [slugs, slugs],
         )
     ]
 
@@ -571,8 +574,12 @@ def without_holdout(campaign: Campaign, audience: Iterable, held: Counter) -> It
 
 
 def recorded_slugs(db: Database) -> list[str]:
-    """The campaigns the database has a row for (sent, sending, missed...)."""
-    return [r[0] for r in db.execute("SELECT slug FROM campaigns ORDER BY slug")]
+    """The campaigns the database has a row for (sent, sending, missed...); the
+    steps of sequences are not among them (`sequences show` lists those)."""
+    return [
+        r[0]
+        for r in db.execute("SELECT slug FROM campaigns WHERE sequence_id IS NULL ORDER BY slug")
+    ]
 
 
 def campaign_row(db: Database, slug: str) -> dict | None:

@@ -147,18 +147,18 @@ def _fill(
                             if chosen is not None:
                                 state, variant = "pending", chosen
                 rows.append(
-                    (
+                    _row(
                         campaign_id,
                         subscriber_id,
                         list_id,
                         email,
-                        token,
-                        message_id(token, domain),
-                        personal_coupon(coupon_base, token),
                         state,
                         stamp,
-                        variant,
-                        part,
+                        domain,
+                        coupon_base,
+                        token=token,
+                        variant=variant,
+                        part=part,
                     )
                 )
             with immediate(db):
@@ -173,17 +173,90 @@ def _fill(
                         )
                     }
                     rows = [r for r in rows if r[1] not in known]
-                db.conn.executemany(
-                    """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-                       message_id, coupon, state, created, variant, part)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    rows,
-                )
+                _insert(db, rows)
             created += len(rows)
             held += sum(r[7] == "held_out" for r in rows)
     finally:
         db.execute("DROP TABLE IF EXISTS temp.lk_audience")
     return created, held
+
+
+def _row(
+    campaign_id: int,
+    subscriber_id: int,
+    list_id: int,
+    email: str,
+    state: str,
+    stamp: str,
+    domain: str,
+    coupon_base: str,
+    *,
+    token: str | None = None,
+    variant: str | None = None,
+    part: str | None = None,
+) -> tuple:
+    """One delivery as ``_insert`` writes it."""
+    token = token or new_token()
+    return (
+        campaign_id,
+        subscriber_id,
+        list_id,
+        email,
+        token,
+        message_id(token, domain),
+        personal_coupon(coupon_base, token),
+        state,
+        stamp,
+        variant,
+        part,
+    )
+
+
+def _insert(db: Database, rows: list[tuple]) -> None:
+    """The one statement that puts deliveries in the outbox (rows made by ``_row``)."""
+    db.conn.executemany(
+        """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
+           message_id, coupon, state, created, variant, part)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        rows,
+    )
+
+
+def add_deliveries(
+    db: Database,
+    campaign_id: int,
+    recipients: Iterable[tuple[int, str, int]],
+    *,
+    domain: str,
+    coupon_base: str,
+) -> list[int]:
+    """One pending delivery per (subscriber id, address, list id) that has none in
+    the campaign yet (a step of a sequence); inside the caller's transaction. The
+    ids of the rows added."""
+    stamp = now()
+    recipients = list(recipients)
+    known = {
+        r[0]
+        for r in db.execute(
+            """SELECT subscriber_id FROM deliveries WHERE campaign_id = ?
+               AND subscriber_id IN (SELECT value FROM json_each(?))""",
+            [campaign_id, json.dumps([r[0] for r in recipients])],
+        )
+    }
+    rows = [
+        _row(campaign_id, sid, list_id, email, "pending", stamp, domain, coupon_base)
+        for sid, email, list_id in recipients
+        if sid not in known
+    ]
+    _insert(db, rows)
+    return [
+        r[0]
+        for r in db.execute(
+            """SELECT id FROM deliveries WHERE campaign_id = ?
+               AND subscriber_id IN (SELECT value FROM json_each(?))""",
+            [campaign_id, json.dumps([r[1] for r in rows])],
+        )
+    ]
 
 
 def recover(db: Database, campaign_id: int) -> dict[str, int]:

@@ -50,7 +50,12 @@ def prepare(ws: Workspace, slug: str, *, recorded: bool = True) -> Prepared:
     straight to the shop's tracked URLs: a click link of a token that is in no
     delivery would answer 404.
     """
-    campaign = load_campaign(ws.campaigns_dir, slug)
+    return prepare_campaign(ws, load_campaign(ws.campaigns_dir, slug), recorded=recorded)
+
+
+def prepare_campaign(ws: Workspace, campaign: Campaign, *, recorded: bool = True) -> Prepared:
+    """``prepare`` for a campaign already loaded (a step of a sequence is one)."""
+    slug = campaign.slug
     offer = load_offer(ws.offers_dir, campaign.offer)
     tracked = ws.settings.track_clicks and recorded
     composer = Composer(

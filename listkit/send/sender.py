@@ -118,35 +118,67 @@ def send_campaign(
         check_ready(db, p.campaign, p.expires)
         summary = RunSummary(campaign=slug)
         cid = _open_outbox(db, p, slug, newcomers, summary)
-        # Marks left by a run that died first, so that its rows whose content
-        # may be out become unknown, not pending.
-        fold_marks(db, ws.settings.db_path)
-        summary.recovered = recover(db, cid)
-        set_state(db, cid, "sending")
-        before = counts(db, cid)
-        due = before["pending"] + before["deferred"]
-        if limit is not None:
-            due = min(due, limit)
-        if on_start is not None:
-            on_start(due)
-        try:
-            _run_parts(ws, p, cid, summary, due=due, limit=limit, batch=batch, on_result=on_result)
-        except sqlite3.Error as e:
-            # The database refused a write mid-run (locked past the timeout,
-            # disk full): nothing more was sent. Rows not yet recorded stay
-            # 'sending' at the phase they reached, and the next run resolves
-            # them (pending again, or unknown if their content may be out).
-            raise SendError(
-                f"{describe_db_error(ws.settings.db_path, e)}; sending stopped, and the next "
-                f"`listkit send {slug}` resumes every message not recorded as sent"
-            ) from None
-        finally:
-            summary.totals = counts(db, cid)
-            if summary.complete:
-                # Test-then-send: the rest waits for the winner (`send --due`).
-                set_state(db, cid, "testing" if summary.totals.get("reserved") else "done")
-        summary.elapsed = time.monotonic() - started
-        return summary
+        return send_outbox(
+            ws,
+            p,
+            cid,
+            summary,
+            limit=limit,
+            on_start=on_start,
+            on_result=on_result,
+            batch=batch,
+            started=started,
+        )
+
+
+def send_outbox(
+    ws: Workspace,
+    p: Prepared,
+    cid: int,
+    summary: RunSummary,
+    *,
+    limit: int | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    batch: int = 200,
+    started: float | None = None,
+) -> RunSummary:
+    """Send what the outbox of campaign ``cid`` holds due; the caller holds the send lock.
+
+    A run killed before left marks and ``sending`` rows: they are folded and
+    recovered first, so nothing is sent twice."""
+    started = time.monotonic() if started is None else started
+    slug = p.campaign.slug
+    db = ws.db
+    # Marks left by a run that died first, so that its rows whose content
+    # may be out become unknown, not pending.
+    fold_marks(db, ws.settings.db_path)
+    summary.recovered = recover(db, cid)
+    set_state(db, cid, "sending")
+    before = counts(db, cid)
+    due = before["pending"] + before["deferred"]
+    if limit is not None:
+        due = min(due, limit)
+    if on_start is not None:
+        on_start(due)
+    try:
+        _run_parts(ws, p, cid, summary, due=due, limit=limit, batch=batch, on_result=on_result)
+    except sqlite3.Error as e:
+        # The database refused a write mid-run (locked past the timeout,
+        # disk full): nothing more was sent. Rows not yet recorded stay
+        # 'sending' at the phase they reached, and the next run resolves
+        # them (pending again, or unknown if their content may be out).
+        raise SendError(
+            f"{describe_db_error(ws.settings.db_path, e)}; sending stopped, and the next "
+            f"`listkit send {slug}` resumes every message not recorded as sent"
+        ) from None
+    finally:
+        summary.totals = counts(db, cid)
+        if summary.complete:
+            # Test-then-send: the rest waits for the winner (`send --due`).
+            set_state(db, cid, "testing" if summary.totals.get("reserved") else "done")
+    summary.elapsed = time.monotonic() - started
+    return summary
 
 
 def _open_outbox(db, p: Prepared, slug: str, newcomers: bool, summary: RunSummary) -> int:

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from listkit.audience.enrollments import seconds
+from listkit.audience.audiences import PURCHASES, Resolver
+from listkit.audience.enrollments import MATCHES, seconds
 from listkit.audience.lists import check_slug, get_list
 from listkit.db import immediate
 from listkit.errors import InputError, ListkitError, NotFound
@@ -46,6 +47,7 @@ from listkit.send.campaigns import (
     MAX_ATTRIBUTION_DAYS,
     _read_toml,
     campaign_slugs,
+    format_duration,
     parse_duration,
 )
 from listkit.vocab import ACTIVE, FINISHED
@@ -355,3 +357,138 @@ def sync_all(
         except ListkitError as e:
             loaded.errors[slug] = str(e)
     return loaded
+
+
+def set_paused(db: Database, slug: str, paused: bool) -> bool:
+    """Pause (or resume) a recorded sequence; whether its state changed."""
+    check_slug(slug, "sequence")
+    with immediate(db):
+        row = db.execute("SELECT state FROM sequences WHERE slug = ?", [slug]).fetchone()
+        if row is None:
+            raise NotFound(
+                f"no sequence {slug!r} is recorded yet: `listkit sequences check {slug}` records it"
+            )
+        state = "paused" if paused else "live"
+        db.execute(
+            "UPDATE sequences SET state = ?, updated = ? WHERE slug = ?", [state, seconds(), slug]
+        )
+    return row[0] != state
+
+
+COUNTED = (ACTIVE, FINISHED, "exited", "held_out")
+
+
+def overview(db: Database, loaded: Loaded) -> list[dict]:
+    """One row per sequence (recorded, or a file in error): trigger, state, steps and
+    how many readers are active, finished, exited and held out."""
+    rows = []
+    for slug, sid, trigger, state, steps in db.execute(
+        "SELECT slug, id, trigger, state, steps FROM sequences ORDER BY slug"
+    ).fetchall():
+        found = dict(
+            db.execute(
+                "SELECT state, COUNT(*) FROM enrollments WHERE sequence_id = ? GROUP BY state",
+                [sid],
+            ).fetchall()
+        )
+        counts = {s: found.get(s, 0) for s in COUNTED}
+        if slug in loaded.errors:
+            state = f"ERROR: {loaded.errors[slug]}"
+        elif slug not in loaded.sequences:
+            state = "no file"
+        live = [s["name"] for s in json.loads(steps) if not s["removed"]]
+        rows.append(
+            {
+                "sequence": slug,
+                "trigger": trigger,
+                "state": state,
+                "steps": len(live),
+                "enrolled": sum(counts.values()),
+                **counts,
+            }
+        )
+    for slug, error in loaded.errors.items():
+        if not any(r["sequence"] == slug for r in rows):
+            rows.append({"sequence": slug, "state": f"ERROR: {error}"})
+    return sorted(rows, key=lambda r: r["sequence"])
+
+
+def step_report(db: Database, slug: str) -> list[dict]:
+    """Per step of a recorded sequence: its offer, delay, whether it sells, the readers
+    waiting for it, and its messages by state (sent, skipped, failed, unknown...)."""
+    check_slug(slug, "sequence")
+    row = db.execute("SELECT id, steps FROM sequences WHERE slug = ?", [slug]).fetchone()
+    if row is None:
+        raise NotFound(
+            f"no sequence {slug!r} is recorded yet: `listkit sequences check {slug}` records it"
+        )
+    sid, steps = row
+    waiting = dict(
+        db.execute(
+            f"""SELECT next_step, COUNT(*) FROM enrollments WHERE sequence_id = ?
+                AND state = '{ACTIVE}' GROUP BY next_step""",
+            [sid],
+        ).fetchall()
+    )
+    out = []
+    for step in json.loads(steps):
+        found = dict(
+            db.execute(
+                """SELECT d.state, COUNT(*) FROM deliveries d JOIN campaigns c
+                   ON c.id = d.campaign_id WHERE c.sequence_id = ? AND c.step = ?
+                   GROUP BY d.state""",
+                [sid, step["name"]],
+            ).fetchall()
+        )
+        out.append(
+            {
+                "step": step["name"],
+                "offer": step["offer"],
+                "after": format_duration(timedelta(seconds=step["after"])),
+                "sells": step["sells"],
+                "removed": step["removed"],
+                "waiting": waiting.get(step["name"], 0),
+                "messages": found,
+            }
+        )
+    return out
+
+
+def enrol_existing(
+    db: Database, seq: Sequence, sequence_id: int, rules, offers_dir: Path, *, apply: bool
+) -> int:
+    """`sequences enroll`: the readers the trigger's audience holds now (the list's
+    active members, or the active members who bought what the trigger names) and
+    the rules select, who are in no state of this sequence yet; enrolled as of now
+    when ``apply``. Their number."""
+    cond, params = Resolver(db, offers_dir=offers_dir).conditions(rules)
+    if seq.kind == "joined":
+        who = """s.id IN (SELECT subscriber_id FROM memberships
+                          WHERE list_id = ? AND status = 'active')"""
+        params = [get_list(db, seq.target)["id"], *params]
+    else:
+        who = f"""s.id IN (SELECT b.sid FROM ({PURCHASES}) b
+                           WHERE {MATCHES.format(target="?").replace("s.", "b.")})
+                  AND EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = s.id
+                              AND m.status = 'active')"""
+        params = [seq.target, seq.target, seq.target, *params]
+    select = f"""SELECT s.id FROM subscribers s WHERE {who}{cond}
+                 AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
+                 AND NOT EXISTS (SELECT 1 FROM enrollments e
+                                 WHERE e.sequence_id = ? AND e.subscriber_id = s.id)"""
+    params = [*params, sequence_id]
+    if not apply:
+        return db.execute(f"SELECT COUNT(*) FROM ({select})", params).fetchone()[0]
+    stamp = seconds()
+    with immediate(db):
+        return db.execute(
+            f"""INSERT OR IGNORE INTO enrollments (sequence_id, subscriber_id, list_id, state,
+                   trigger_at, trigger_ref, next_step, next_due, created)
+                SELECT q.id, s.id,
+                       coalesce(q.list_id, (SELECT min(m.list_id) FROM memberships m
+                                WHERE m.subscriber_id = s.id AND m.status = 'active')),
+                       '{ACTIVE}', ?, 'enroll', q.first_step, ? + q.first_after, ?
+                FROM sequences q, subscribers s
+                WHERE q.id = ? AND s.id IN ({select})""",
+            [stamp, stamp, stamp, sequence_id, *params],
+        ).rowcount

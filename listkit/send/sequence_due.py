@@ -1,0 +1,315 @@
+"""Sending sequences: each reader's due step becomes a delivery, sent as a campaign's is.
+
+``send_sequences`` is what `listkit send --due` does for sequences (and what
+`listkit serve` does, ``first_only``, for a ``joined:`` sequence's first step
+with ``after = "0m"``), under the send lock:
+
+1. every sequence file is read and recorded (``sequence_files.sync_all``);
+2. exits: a reader due for a step who is suppressed, is no longer an active
+   member of the list the sequence mails them through, or unsubscribed from a
+   message of any step of the sequence leaves it (``exited``, with the reason);
+3. the held-out share is drawn when a reader's first step is due
+   (``campaigns.held_out`` on the sequence's slug and the reader's address);
+4. each due reader's step becomes a pending delivery of the step's campaign row
+   (``outbox.add_deliveries``) and the reader passes it, in one transaction: a
+   reader passes each step once, and the outbox's (campaign, subscriber) key
+   says so again;
+5. ``hold`` is called with a step's new deliveries before any can be claimed:
+   a selling step (``sells = true``) is skipped for a reader who bought what the
+   sequence sells since entering it (the one place where checks on selling
+   messages plug in);
+6. every step's outbox with messages due is sent by ``sender.send_outbox``:
+   the campaigns' claim, marks, recovery after SIGKILL, unknown state.
+
+The rules: a tick reads only due readers (``enrollments_due``, a range on
+``next_due`` over active rows), so a tick with nothing due costs one index
+probe whatever the number of readers; a step is never mailed after the
+reader's exit, since the claim checks suppression, membership and the
+sequence's unsubscribes again, and an exit by purchase or refund skips the
+reader's pending step messages in the sale's own transaction; a paused
+sequence sends nothing and its readers wait (``next_due`` unchanged, so what
+came due meanwhile goes at the first tick after ``resume``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import groupby
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from listkit.audience.audiences import PURCHASES
+from listkit.audience.enrollments import seconds
+from listkit.audience.suppressions import DECLINED
+from listkit.db import immediate
+from listkit.errors import ListkitError, SendError
+from listkit.runlock import AlreadyRunning
+from listkit.send.campaigns import Campaign, held_out
+from listkit.send.outbox import add_deliveries
+from listkit.send.prepare import Prepared, prepare_campaign
+from listkit.send.sender import RunSummary, send_lock, send_outbox
+from listkit.send.sequence_files import Sequence, next_step, sync_all
+from listkit.vocab import ACTIVE, EXITED, FINISHED, HELD_OUT
+from listkit.workspace import Workspace
+
+CHUNK = 500  # due readers passed in one transaction
+
+
+@dataclass
+class StepOutcome:
+    """What one tick did with one step (or one sequence's file)."""
+
+    step: str  # <sequence>/<step>, or the sequence's slug for a file error
+    action: str  # sent | error | locked
+    summary: RunSummary | None = None
+    message: str = ""
+
+
+def send_sequences(
+    ws: Workspace,
+    *,
+    at: datetime | None = None,
+    limit: int | None = None,
+    first_only: bool = False,
+) -> list[StepOutcome]:
+    """Pass every reader whose step is due at ``at`` and send the steps' messages.
+
+    ``first_only``: only the first step of ``joined:`` sequences that go at
+    once (``after = "0m"``), for readers who have passed nothing yet (the lead
+    magnet `listkit serve` mails after a confirmation)."""
+    at = at or datetime.now(UTC)
+    try:
+        with send_lock(ws.settings.db_path.parent):
+            return _tick(ws, at, limit, first_only)
+    except AlreadyRunning as e:
+        return [StepOutcome("sequences", "locked", message=str(e))]
+
+
+def _tick(ws: Workspace, at: datetime, limit: int | None, first_only: bool) -> list[StepOutcome]:
+    db = ws.db
+    loaded = sync_all(db, ws.sequences_dir, ws.offers_dir, at=at)
+    outcomes = [StepOutcome(slug, "error", message=m) for slug, m in loaded.errors.items()]
+    paused = {r[0] for r in db.execute("SELECT id FROM sequences WHERE state = 'paused'")}
+    anything_due = db.execute(
+        f"""SELECT 1 FROM enrollments INDEXED BY enrollments_due
+            WHERE state = '{ACTIVE}' AND next_due <= ? LIMIT 1""",
+        [seconds(at)],
+    ).fetchone()
+    for _slug, (sid, seq) in loaded.sequences.items():
+        if sid in paused:
+            continue
+        if first_only and (seq.kind != "joined" or seq.steps[0].after.total_seconds()):
+            continue
+        prepared: dict[str, Prepared] = {}
+        try:
+            if anything_due:
+                _exits(db, sid, at)
+                _draw_holdout(db, sid, seq, at)
+                _advance(ws, sid, seq, at, prepared, first_only)
+            outcomes += _send_steps(ws, sid, seq, limit, prepared, first_only)
+        except SendError as e:
+            # The server or the database refused us: the next step would meet it too.
+            outcomes.append(StepOutcome(seq.slug, "error", message=f"{e}; later steps wait"))
+            break
+        except ListkitError as e:
+            outcomes.append(StepOutcome(seq.slug, "error", message=str(e)))
+    return outcomes
+
+
+# Due active readers of one sequence (bound: the time, the sequence id), read
+# through the index on ``next_due``.
+DUE = f"""enrollments e INDEXED BY enrollments_due JOIN subscribers s ON s.id = e.subscriber_id
+          WHERE e.state = '{ACTIVE}' AND e.next_due <= ? AND e.sequence_id = ?"""
+
+
+def _exits(db: Database, sequence_id: int, at: datetime) -> int:
+    """Due readers who may no longer be mailed leave the sequence, with the reason."""
+    stamp = seconds(at)
+    steps = json.dumps(
+        [r[0] for r in db.execute("SELECT id FROM campaigns WHERE sequence_id = ?", [sequence_id])]
+    )
+    reasons = (
+        (
+            """(SELECT 'suppressed: ' || x.reason FROM suppressions x JOIN subscribers s
+                ON s.key = x.key WHERE s.id = e.subscriber_id)""",
+            [],
+        ),
+        (
+            """(SELECT CASE WHEN e.list_id IS NULL THEN 'left the list'
+                  ELSE 'left the list: ' || coalesce((SELECT m.status FROM memberships m
+                        WHERE m.list_id = e.list_id AND m.subscriber_id = e.subscriber_id),
+                        'removed') END
+                WHERE NOT EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = e.list_id
+                   AND m.subscriber_id = e.subscriber_id AND m.status = 'active'))""",
+            [],
+        ),
+        (f"(SELECT 'unsubscribed' WHERE e.subscriber_id IN ({DECLINED}))", [steps]),
+    )
+    n = 0
+    with immediate(db):
+        for reason, params in reasons:
+            rows = db.execute(
+                f"SELECT e.id, {reason} FROM {DUE}", [*params, stamp, sequence_id]
+            ).fetchall()
+            gone = [(why, stamp, stamp, eid) for eid, why in rows if why is not None]
+            db.conn.executemany(
+                f"""UPDATE enrollments SET state = '{EXITED}', exit_reason = ?, exit_at = ?,
+                    next_due = NULL, updated = ? WHERE id = ?""",
+                gone,
+            )
+            n += len(gone)
+    return n
+
+
+def _draw_holdout(db: Database, sequence_id: int, seq: Sequence, at: datetime) -> None:
+    """Readers due for their first step: the held-out share is kept back."""
+    if not seq.holdout:
+        return
+    stamp = seconds(at)
+    with immediate(db):
+        rows = db.execute(
+            f"SELECT e.id, s.key FROM {DUE} AND e.step IS NULL", [stamp, sequence_id]
+        ).fetchall()
+        held = [(stamp, eid) for eid, key in rows if held_out(seq.slug, key, seq.holdout)]
+        db.conn.executemany(
+            f"""UPDATE enrollments SET state = '{HELD_OUT}', next_step = NULL, next_due = NULL,
+                updated = ? WHERE id = ?""",
+            held,
+        )
+
+
+def _step_rows(db: Database, sequence_id: int) -> tuple[list[dict], dict[str, tuple[int, str]]]:
+    """The sequence's steps as recorded (every one it had), and each step's campaign
+    (id, offer) by name."""
+    steps = json.loads(
+        db.execute("SELECT steps FROM sequences WHERE id = ?", [sequence_id]).fetchone()[0]
+    )
+    campaigns = {
+        step: (cid, offer)
+        for cid, step, offer in db.execute(
+            "SELECT id, step, offer FROM campaigns WHERE sequence_id = ?", [sequence_id]
+        )
+    }
+    return steps, campaigns
+
+
+def _prepared(ws: Workspace, seq: Sequence, step: str, offer: str, cache: dict) -> Prepared:
+    """What sending a step needs (its offer's composer, the SMTP settings), once a tick."""
+    if step not in cache:
+        campaign = Campaign(
+            slug=seq.step_slug(step),
+            offer=offer,
+            lists=(),
+            attribution_days=seq.attribution_days,
+            path=Path("."),
+        )
+        cache[step] = prepare_campaign(ws, campaign)
+    return cache[step]
+
+
+def _advance(
+    ws: Workspace, sid: int, seq: Sequence, at: datetime, prepared: dict, first_only: bool
+) -> None:
+    """Due readers pass their step: its delivery made, ``hold`` applied, the next
+    step set, in one transaction per chunk."""
+    db = ws.db
+    stamp = seconds(at)
+    steps, campaigns = _step_rows(db, sid)
+    only_first = " AND e.step IS NULL" if first_only else ""
+    while True:
+        with immediate(db):
+            rows = db.execute(
+                f"""SELECT e.id, e.subscriber_id, s.email, e.list_id, e.next_step
+                    FROM {DUE}{only_first} ORDER BY e.next_step, e.id LIMIT ?""",
+                [stamp, sid, CHUNK],
+            ).fetchall()
+            if not rows:
+                return
+            for name, group in groupby(rows, key=lambda r: r[4]):
+                group = list(group)
+                cid, offer = campaigns[name]
+                p = _prepared(ws, seq, name, offer, prepared)
+                ids = add_deliveries(
+                    db,
+                    cid,
+                    [(r[1], r[2], r[3]) for r in group],
+                    domain=p.composer.domain,
+                    coupon_base=p.composer.coupon_base,
+                )
+                step = next((s for s in steps if s["name"] == name), None)
+                hold(db, sid, seq, step, cid, ids)
+                nxt = next_step(steps, name)
+                db.conn.executemany(
+                    """UPDATE enrollments SET step = ?, step_at = ?, next_step = ?, next_due = ?,
+                       state = ?, updated = ? WHERE id = ?""",
+                    [
+                        (
+                            name,
+                            stamp,
+                            nxt["name"] if nxt else None,
+                            stamp + nxt["after"] if nxt else None,
+                            ACTIVE if nxt else FINISHED,
+                            stamp,
+                            r[0],
+                        )
+                        for r in group
+                    ],
+                )
+
+
+def hold(
+    db: Database, sequence_id: int, seq: Sequence, step: dict | None, campaign_id: int, ids
+) -> int:
+    """The step's new deliveries, before any can be claimed: those that must not go
+    are marked ``skipped`` with the reason (inside the caller's transaction).
+
+    A selling step skips a reader who bought what the sequence sells (the product
+    or offer of any of its selling steps) since entering it. Checks on selling
+    messages (a quiet period after a purchase, a cap on how often a reader is
+    sold to) belong here too."""
+    if not ids or step is None or not step.get("sells"):
+        return 0
+    products = json.dumps([s.product for s in seq.selling])
+    offers = json.dumps([s.offer for s in seq.selling])
+    return db.execute(
+        f"""UPDATE deliveries SET state = 'skipped', phase = NULL,
+               last_reply = 'bought what the sequence sells'
+            WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'
+              AND EXISTS (
+                SELECT 1 FROM enrollments e, ({PURCHASES}) b
+                WHERE e.sequence_id = ? AND e.subscriber_id = deliveries.subscriber_id
+                  AND b.sid = e.subscriber_id AND unixepoch(b.at) > e.trigger_at
+                  AND (b.product IN (SELECT value FROM json_each(?))
+                       OR b.offer IN (SELECT value FROM json_each(?))))""",
+        [json.dumps(list(ids)), sequence_id, products, offers],
+    ).rowcount
+
+
+def _send_steps(
+    ws: Workspace, sid: int, seq: Sequence, limit: int | None, prepared: dict, first_only: bool
+) -> list[StepOutcome]:
+    """Send each step whose outbox has messages due (new ones, or a run's left-overs)."""
+    db = ws.db
+    now = datetime.now(UTC).isoformat()
+    first = seq.steps[0].name
+    outcomes = []
+    for cid, name, offer in db.execute(
+        """SELECT c.id, c.step, c.offer FROM campaigns c WHERE c.sequence_id = ?
+           AND (EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = c.id
+                        AND d.state IN ('pending', 'sending'))
+                OR EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = c.id
+                           AND d.state = 'deferred' AND d.next_attempt <= ?))
+           ORDER BY c.id""",
+        [sid, now],
+    ).fetchall():
+        if first_only and name != first:
+            continue
+        p = _prepared(ws, seq, name, offer, prepared)
+        summary = send_outbox(ws, p, cid, RunSummary(campaign=p.campaign.slug), limit=limit)
+        outcomes.append(StepOutcome(p.campaign.slug, "sent", summary))
+        if summary.stopped:
+            break
+    return outcomes

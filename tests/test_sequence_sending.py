@@ -1,0 +1,211 @@
+"""Sequences sent by `send --due`: a clock moved through weeks, each step once per
+reader at its time, no selling step after a purchase, nothing after an exit."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from listkit.sales.sales import Sale, add_sale
+from listkit.send.sequence_due import send_sequences
+from listkit.send.sequence_files import sync_all
+from listkit.workspace import Workspace
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "sequences"
+SUBJECTS = {
+    b"Subject: Your Selling Checklist": "download",
+    b"Subject: The launch that sold nothing": "story",
+    b"the Field Guide is out": "offer",
+    b"Subject: Getting the most out of the Field Guide": "help",
+    b"the Field Guide workbook": "workbook",
+}
+READERS = ["ann@example.com", "bob@example.com", "cy@example.com"]
+
+
+def step_of(data: bytes) -> str:
+    return next(step for marker, step in SUBJECTS.items() if marker in data)
+
+
+def received(handler) -> Counter:
+    return Counter((rcpt, step_of(data)) for _mid, rcpt, data in handler.messages)
+
+
+def point_at(workspace: Path, port: int) -> None:
+    env = (workspace / ".env").read_text()
+    (workspace / ".env").write_text(
+        env.replace("smtp://127.0.0.1:1025", f"smtp://127.0.0.1:{port}")
+    )
+
+
+def install(workspace: Path, name: str, holdout: str = "0") -> None:
+    (workspace / "sequences").mkdir(exist_ok=True)
+    text = (EXAMPLES / f"{name}.toml").read_text()
+    text = text.replace("holdout = 0.1", f"holdout = {holdout}")
+    (workspace / "sequences" / f"{name}.toml").write_text(text)
+
+
+def tick(workspace: Path, at: datetime):
+    ws = Workspace(workspace)
+    try:
+        return send_sequences(ws, at=at)
+    finally:
+        ws.close()
+
+
+def load(workspace: Path) -> None:
+    ws = Workspace(workspace)
+    try:
+        sync_all(ws.db, ws.sequences_dir, ws.offers_dir)
+    finally:
+        ws.close()
+
+
+@pytest.fixture
+def welcome(run, workspace, server):
+    controller, handler = server
+    point_at(workspace, controller.port)
+    run("lists", "create", "blog")
+    install(workspace, "welcome")
+    load(workspace)
+    t0 = datetime.now(UTC)
+    for address in READERS:
+        run("subscribers", "add", address, "--list", "blog")
+    return t0, handler
+
+
+def test_a_clock_moved_through_weeks_mails_each_step_once_at_its_time(run, workspace, welcome):
+    t0, handler = welcome
+    tick(workspace, t0 + timedelta(minutes=1))
+    assert received(handler) == Counter({(r, "download"): 1 for r in READERS})
+    for hours in (1, 24, 47):  # story is due 2 days after the download went
+        tick(workspace, t0 + timedelta(hours=hours))
+    assert len(handler.messages) == 3
+    tick(workspace, t0 + timedelta(days=2, minutes=2))
+    tick(workspace, t0 + timedelta(days=2, minutes=3))
+    assert received(handler) == Counter({(r, s): 1 for r in READERS for s in ("download", "story")})
+    tick(workspace, t0 + timedelta(days=5))  # offer: 3 days after the story went
+    assert len(handler.messages) == 6
+    for days in (5.1, 6, 14, 30):
+        tick(workspace, t0 + timedelta(days=days))
+    assert received(handler) == Counter({(r, s): 1 for r in READERS for s in SUBJECTS_OF_WELCOME})
+    states = run("sequences", "ls", "--json").output
+    assert '"finished": 3' in states
+
+
+SUBJECTS_OF_WELCOME = ("download", "story", "offer")
+
+
+def test_a_reader_who_buys_between_steps_gets_no_further_selling_step(run, workspace, welcome):
+    t0, handler = welcome
+    tick(workspace, t0 + timedelta(minutes=1))
+    tick(workspace, t0 + timedelta(days=2, minutes=2))
+    run(
+        "sales",
+        "add",
+        "--order",
+        "1",
+        "--email",
+        "bob@example.com",
+        "--amount",
+        "29.00",
+        "--currency",
+        "USD",
+        "--product",
+        "The Field Guide to Selling (ebook)",
+        "--at",
+        (t0 + timedelta(days=3)).isoformat(),
+    )
+    tick(workspace, t0 + timedelta(days=5, minutes=3))
+    got = received(handler)
+    assert got[("ann@example.com", "offer")] == got[("cy@example.com", "offer")] == 1
+    assert got[("bob@example.com", "offer")] == 0
+    assert got[("bob@example.com", "story")] == 1
+
+
+def test_an_unsubscribe_ends_the_sequence_and_nothing_more_is_mailed(run, workspace, welcome):
+    t0, handler = welcome
+    tick(workspace, t0 + timedelta(minutes=1))
+    run("unsubscribe", "cy@example.com")
+    for days in (2.1, 5.2, 9):
+        tick(workspace, t0 + timedelta(days=days))
+    got = received(handler)
+    assert sum(n for (r, _s), n in got.items() if r == "cy@example.com") == 1
+    ws = Workspace(workspace)
+    try:
+        row = ws.db.execute(
+            """SELECT e.state, e.exit_reason FROM enrollments e JOIN subscribers s
+               ON s.id = e.subscriber_id WHERE s.email = 'cy@example.com'"""
+        ).fetchone()
+    finally:
+        ws.close()
+    assert row[0] == "exited" and row[1].startswith(("suppressed", "left the list"))
+
+
+def test_a_paused_sequence_sends_nothing_until_it_is_resumed(run, workspace, welcome):
+    t0, handler = welcome
+    run("sequences", "pause", "welcome")
+    tick(workspace, t0 + timedelta(minutes=1))
+    assert handler.messages == []
+    run("sequences", "resume", "welcome")
+    tick(workspace, t0 + timedelta(minutes=2))
+    assert len(handler.messages) == 3
+
+
+def test_a_purchase_sequence_sends_help_then_the_related_offer_and_a_refund_ends_it(
+    run, workspace, server
+):
+    controller, handler = server
+    point_at(workspace, controller.port)
+    run("lists", "create", "customers")
+    for address in READERS:
+        run("subscribers", "add", address, "--list", "customers")
+    install(workspace, "after-purchase")
+    load(workspace)
+    t0 = datetime.now(UTC)
+    for n, address in enumerate(READERS[:2]):
+        run(
+            "sales",
+            "add",
+            "--order",
+            f"P-{n}",
+            "--email",
+            address,
+            "--amount",
+            "29.00",
+            "--currency",
+            "USD",
+            "--product",
+            "The Field Guide to Selling (ebook)",
+            "--at",
+            t0.isoformat(),
+        )
+    tick(workspace, t0 + timedelta(hours=23))
+    assert handler.messages == []
+    tick(workspace, t0 + timedelta(days=1, minutes=1))
+    assert received(handler) == Counter({(r, "help"): 1 for r in READERS[:2]})
+    ws = Workspace(workspace)
+    try:
+        add_sale(
+            ws.db,
+            Sale(
+                "manual",
+                "P-1",
+                2900,
+                "USD",
+                t0.isoformat(),
+                status="refunded",
+                refunded=2900,
+                email=READERS[1],
+            ),
+        )
+    finally:
+        ws.close()
+    tick(workspace, t0 + timedelta(days=15, minutes=2))
+    tick(workspace, t0 + timedelta(days=16))
+    got = received(handler)
+    assert got[(READERS[0], "workbook")] == 1
+    assert got[(READERS[1], "workbook")] == 0
+    assert (READERS[2], "help") not in got
