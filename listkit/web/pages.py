@@ -56,8 +56,10 @@ from listkit.mail.tracking import (
     verify_unsubscribe,
 )
 from listkit.mail.verp import bounce_address, envelope_sender
+from listkit.send.sequence_due import send_sequences
 from listkit.send.single import send_one
 from listkit.web.common import client_ip, read_body, read_form
+from listkit.workspace import Workspace
 
 log = logging.getLogger("listkit.serve")
 
@@ -242,6 +244,12 @@ class ConfirmationMailer:
     answer. It starts with the app: rows left ``sending`` by a run that
     stopped become ``unknown`` (never mailed again), rows still ``new`` are
     decided then; it looks again on each signup and every ``PERIOD`` seconds.
+
+    After a confirmation it also mails the first step of the list's ``joined:``
+    sequences that go at once (``after = "0m"``, the lead magnet), through the
+    sequences' outbox and the campaigns' send (``sequence_due.send_sequences``
+    with ``first_only``, in a thread, under the send lock); what it cannot send
+    (the server down, a `send` holding the lock) `listkit send --due` sends.
     """
 
     PERIOD = 60.0
@@ -256,6 +264,7 @@ class ConfirmationMailer:
         self.task: asyncio.Task | None = None
         self.stopping = False
         self._mail: tuple[tuple, signups.ConfirmationMail] | None = None
+        self.joined = True  # a confirmation may have enrolled a reader: look at sequences
 
     async def start(self) -> None:
         self.stopping = False
@@ -296,6 +305,30 @@ class ConfirmationMailer:
                 await self._mail_due()
             except Exception as e:  # the database, say: tried again at the next wake
                 log.error("confirmations not mailed now: %s", type(e).__name__)
+            if self.joined:
+                self.joined = False
+                try:
+                    await asyncio.to_thread(self._lead_magnets)
+                except Exception as e:  # `send --due` sends what is left
+                    log.error("sequence first steps not sent now: %s", type(e).__name__)
+
+    def confirmed(self) -> None:
+        """A reader confirmed: their sequences' first steps may go now."""
+        self.joined = True
+        self.poke()
+
+    def _lead_magnets(self) -> None:
+        """The first steps due now of ``joined:`` sequences that go at once."""
+        ws = self.app.state.ws
+        if not ws.sequences_dir.is_dir():
+            return
+        mine = Workspace(ws.root, _settings=ws.settings)
+        try:
+            for outcome in send_sequences(mine, first_only=True):
+                if outcome.action != "sent":
+                    log.warning("sequence %s: %s now", outcome.step, outcome.action)
+        finally:
+            mine.close()
 
     async def _mail_due(self) -> None:
         ws, db = self.app.state.ws, self.app.state.db
@@ -473,6 +506,8 @@ async def confirm(request: Request) -> Response:
         raise HTTPException(
             409, "This address cannot be subscribed (it bounced or was blocked). Contact us."
         )
+    if result == "confirmed":
+        _mailer(request).confirmed()  # the lead magnet, off the request path
     return page("confirmed.html", list_name=list_name, email=found["email"])
 
 
