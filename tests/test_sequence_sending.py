@@ -3,6 +3,7 @@ reader at its time, no selling step after a purchase, nothing after an exit."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -209,3 +210,28 @@ def test_a_purchase_sequence_sends_help_then_the_related_offer_and_a_refund_ends
     assert got[(READERS[0], "workbook")] == 1
     assert got[(READERS[1], "workbook")] == 0
     assert (READERS[2], "help") not in got
+
+
+def test_an_edited_live_sequence_skips_a_removed_step_and_sends_an_added_one(
+    run, workspace, welcome
+):
+    t0, handler = welcome
+    tick(workspace, t0 + timedelta(minutes=1))
+    path = workspace / "sequences" / "welcome.toml"
+    text = path.read_text()
+    story = text[text.index('[[steps]]\nname = "story"') : text.index('[[steps]]\nname = "offer"')]
+    text = text.replace(story, "")
+    text += '\n[[steps]]\nname = "help"\noffer = "purchase-help"\nafter = "1d"\n'
+    path.write_text(text)
+    for days in (1, 2.1, 3.1, 4.2, 5, 9, 20):
+        tick(workspace, t0 + timedelta(days=days))
+    got = received(handler)
+    for reader in READERS:
+        assert [got[(reader, s)] for s in ("download", "story", "offer", "help")] == [1, 0, 1, 1]
+    out = json.loads(run("sequences", "show", "welcome", "--json").output)
+    assert [(s["step"], s["removed"]) for s in out] == [
+        ("download", False),
+        ("story", True),
+        ("offer", False),
+        ("help", False),
+    ]
