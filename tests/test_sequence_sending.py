@@ -235,3 +235,18 @@ def test_an_edited_live_sequence_skips_a_removed_step_and_sends_an_added_one(
         ("offer", False),
         ("help", False),
     ]
+
+
+def test_subscribers_show_tells_where_a_reader_is_in_each_sequence(run, workspace, welcome):
+    t0, _handler = welcome
+    tick(workspace, t0 + timedelta(minutes=1))
+    out = run("subscribers", "show", "ann@example.com").output
+    assert "  sequence welcome: passed download, next story due 20" in out
+    data = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
+    [where] = data["sequences"]
+    assert (where["sequence"], where["state"], where["step"], where["next_step"]) == (
+        "welcome",
+        "active",
+        "download",
+        "story",
+    )

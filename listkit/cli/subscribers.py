@@ -12,6 +12,7 @@ import click
 from listkit import csvin, csvout
 from listkit.addresses import normalize_address
 from listkit.audience.audiences import matching_subscribers, rules_from_options
+from listkit.audience.enrollments import reader_enrollments
 from listkit.audience.imports import FORMATS, import_subscribers
 from listkit.audience.subscribers import (
     add_subscriber,
@@ -321,7 +322,9 @@ def subscribers_show(ws: Workspace, email: str, json_: bool) -> None:
     """
     sub = get_subscriber(ws.db, email)
     if sub.get("id") is not None:
-        sub.update(purchases(ws.db, sub.pop("id")))
+        sid = sub.pop("id")
+        sub.update(purchases(ws.db, sid))
+        sub["sequences"] = reader_enrollments(ws.db, sid)
     if json_:
         emit_json(sub)
         return
@@ -348,6 +351,15 @@ def subscribers_show(ws: Workspace, email: str, json_: bool) -> None:
         )
     if sub.get("lifetime_revenue"):
         click.echo(f"  lifetime revenue: {format_amounts(sub['lifetime_revenue'])}")
+    for e in sub.get("sequences", []):
+        passed = f"passed {e['step']}" if e["step"] else "passed no step yet"
+        if e["state"] == "active":
+            where = f"{passed}, next {e['next_step']} due {e['next_due']}"
+        elif e["state"] == "exited":
+            where = f"exited ({e['exit_reason']}), {passed}"
+        else:
+            where = e["state"].replace("_", " ")
+        click.echo(f"  sequence {e['sequence']}: {where}")
 
 
 @cli.command("unsubscribe")
