@@ -250,3 +250,21 @@ def test_subscribers_show_tells_where_a_reader_is_in_each_sequence(run, workspac
         "download",
         "story",
     )
+
+
+def test_an_unknown_step_message_is_reported_and_retried_only_when_asked(run, workspace, welcome):
+    t0, handler = welcome
+    handler.fault("bob@example.com", "disconnect_after_data")
+    tick(workspace, t0 + timedelta(minutes=1))
+    tick(workspace, t0 + timedelta(minutes=2))  # never retried by itself
+    assert received(handler)[("bob@example.com", "download")] == 1
+    out = json.loads(run("sequences", "show", "welcome", "--json").output)
+    assert out[0]["messages"] == {"sent": 2, "unknown": 1}
+    result = run("sequences", "retry", "welcome", "--unknown")
+    assert result.output == (
+        "1 unknown messages of welcome will be sent by the next `listkit send --due`.\n"
+    )
+    tick(workspace, t0 + timedelta(minutes=3))
+    assert received(handler)[("bob@example.com", "download")] == 2
+    out = json.loads(run("sequences", "show", "welcome", "--json").output)
+    assert out[0]["messages"] == {"sent": 3}

@@ -50,6 +50,7 @@ from listkit.send.campaigns import (
     format_duration,
     parse_duration,
 )
+from listkit.send.outbox import retry
 from listkit.vocab import ACTIVE, FINISHED
 
 FIELDS = {"trigger", "imported", "holdout", "attribution_days", "exit", "steps"}
@@ -492,3 +493,18 @@ def enrol_existing(
                 WHERE q.id = ? AND s.id IN ({select})""",
             [stamp, stamp, stamp, sequence_id, *params],
         ).rowcount
+
+
+def retry_steps(db: Database, slug: str, which: str) -> int:
+    """Put a sequence's unknown, failed or deferred step messages back for the next
+    `send --due` (``outbox.retry`` on each step's campaign row); how many."""
+    check_slug(slug, "sequence")
+    row = db.execute("SELECT id FROM sequences WHERE slug = ?", [slug]).fetchone()
+    if row is None:
+        raise NotFound(f"no sequence {slug!r} is recorded yet")
+    return sum(
+        retry(db, cid, which)
+        for (cid,) in db.execute(
+            "SELECT id FROM campaigns WHERE sequence_id = ? ORDER BY id", [row[0]]
+        ).fetchall()
+    )
