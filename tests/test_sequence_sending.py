@@ -268,3 +268,16 @@ def test_an_unknown_step_message_is_reported_and_retried_only_when_asked(run, wo
     assert received(handler)[("bob@example.com", "download")] == 2
     out = json.loads(run("sequences", "show", "welcome", "--json").output)
     assert out[0]["messages"] == {"sent": 3}
+
+
+def test_steps_show_in_report_by_campaign_under_their_names_and_not_in_campaign_listings(
+    run, workspace, welcome
+):
+    t0, _handler = welcome
+    tick(workspace, t0 + timedelta(minutes=1))
+    report = json.loads(run("report", "--by", "campaign", "--json").output)
+    text = json.dumps(report)
+    assert '"welcome/download"' in text
+    statuses = json.loads(run("status", "--json").output)
+    assert all("/" not in row["campaign"] for row in statuses)
+    assert "welcome" not in run("campaigns", "ls").output
