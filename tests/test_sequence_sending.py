@@ -281,3 +281,63 @@ def test_steps_show_in_report_by_campaign_under_their_names_and_not_in_campaign_
     statuses = json.loads(run("status", "--json").output)
     assert all("/" not in row["campaign"] for row in statuses)
     assert "welcome" not in run("campaigns", "ls").output
+
+
+def test_enroll_shows_the_count_first_and_enrols_existing_members_only_when_told(
+    run, workspace, server
+):
+    controller, handler = server
+    point_at(workspace, controller.port)
+    run("lists", "create", "blog")
+    for address in READERS:
+        run("subscribers", "add", address, "--list", "blog")
+    install(workspace, "welcome")
+    load(workspace)
+    run(
+        "sales",
+        "add",
+        "--order",
+        "9",
+        "--email",
+        "ann@example.com",
+        "--amount",
+        "5.00",
+        "--currency",
+        "USD",
+    )
+    asked = run("sequences", "enroll", "welcome", "--where", "not_bought=anything", ok=False)
+    assert asked.exit_code == 1
+    assert asked.output.startswith("2 readers would enter welcome now")
+    assert "run `listkit sequences enroll welcome --yes`" in asked.output
+    tick(workspace, datetime.now(UTC) + timedelta(minutes=1))
+    assert handler.messages == []  # nobody was enrolled by asking
+    done = run("sequences", "enroll", "welcome", "--where", "not_bought=anything", "--yes")
+    assert done.output.endswith("Enrolled 2 readers in welcome.\n")
+    tick(workspace, datetime.now(UTC) + timedelta(minutes=1))
+    assert set(received(handler)) == {
+        ("bob@example.com", "download"),
+        ("cy@example.com", "download"),
+    }
+    again = run("sequences", "enroll", "welcome", "--yes")
+    assert again.output.startswith("1 readers would enter")  # ann: not in it yet
+
+
+def test_the_held_out_share_is_drawn_at_the_first_step_and_never_mailed(run, workspace, server):
+    controller, handler = server
+    point_at(workspace, controller.port)
+    run("lists", "create", "blog")
+    install(workspace, "welcome", holdout="0.5")
+    load(workspace)
+    readers = [f"h{i}@example.com" for i in range(16)]
+    for address in readers:
+        run("subscribers", "add", address, "--list", "blog")
+    t0 = datetime.now(UTC)
+    for days in (0.01, 2.1, 5.2, 9):
+        tick(workspace, t0 + timedelta(days=days))
+    rows = json.loads(run("sequences", "ls", "--json").output)
+    [welcome] = rows
+    assert 0 < welcome["held_out"] < 16
+    assert welcome["finished"] + welcome["held_out"] == 16
+    mailed = {r for r, _s in received(handler)}
+    assert len(mailed) == welcome["finished"]
+    assert len(handler.messages) == 3 * welcome["finished"]
