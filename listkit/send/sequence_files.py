@@ -254,7 +254,11 @@ def sync(db: Database, seq: Sequence, *, at: datetime | None = None) -> int:
     Inside the caller's transaction."""
     stamp = seconds(at)
     list_id = get_list(db, seq.target)["id"] if seq.kind == "joined" else None
-    row = db.execute("SELECT id, steps FROM sequences WHERE slug = ?", [seq.slug]).fetchone()
+    row = db.execute(
+        """SELECT id, steps, trigger, kind, target, list_id, imported, holdout, exits, steps,
+           first_step, first_after FROM sequences WHERE slug = ?""",
+        [seq.slug],
+    ).fetchone()
     old = json.loads(row[1]) if row else []
     steps = _merged(old, seq)
     first = next_step(steps, None)
@@ -277,6 +281,8 @@ def sync(db: Database, seq: Sequence, *, at: datetime | None = None) -> int:
                (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [*values, seq.slug, stamp],
         ).lastrowid
+    elif list(row[2:]) == values and _campaigns_match(db, row[0], seq):
+        return row[0]  # read again unchanged (every tick): nothing to write
     else:
         sid = row[0]
         db.execute(
@@ -320,6 +326,17 @@ def _replace(db: Database, sequence_id: int, steps: list[dict]) -> None:
                 name,
             ],
         )
+
+
+def _campaigns_match(db: Database, sequence_id: int, seq: Sequence) -> bool:
+    """Whether the steps' campaign rows say what the file says."""
+    stored = set(
+        db.execute(
+            "SELECT step, offer, attribution_days FROM campaigns WHERE sequence_id = ?",
+            [sequence_id],
+        ).fetchall()
+    )
+    return {(s.name, s.offer, seq.attribution_days) for s in seq.steps} <= stored
 
 
 def _step_campaigns(db: Database, sequence_id: int, seq: Sequence) -> None:
