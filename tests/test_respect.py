@@ -6,6 +6,7 @@ listkit's clock is moved through days (the `clock` fixture) between cron-like
 """
 
 import json
+import signal
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from listkit.send.campaigns import load_campaign
 from listkit.send.respect import Respect, deadline, sort_out
 from listkit.vocab import FREQUENCY_CAP, QUIET_AFTER_PURCHASE
 from listkit.workspace import Workspace
+from tests.test_send_processes import listkit
 
 READERS = [f"r{i}@example.com" for i in range(4)]
 
@@ -94,6 +96,14 @@ def test_the_quiet_period_holds_a_buyer_back_and_sends_once_it_is_over(
         assert run("send", "--due").output == ""
     assert "r1@example.com" not in handler.recipients()
     assert status(run, "t")["state"] == "sending"
+    assert status(run, "t")["held_back"] == [
+        {"reason": QUIET_AFTER_PURCHASE, "messages": 1, "until": until}
+    ]
+    text = run("status", "t").output
+    assert f"  held back: 1 (quiet after purchase), the last until {until[:10]} " in text
+    overview = run("status").output.splitlines()
+    assert overview[0].split()[-3:] == ["held", "back", "started"]
+    assert overview[1].split()[:2] == ["t", "sending"] and overview[1].split()[-2] == "1"
     clock.move(hours=10)  # day 5 and 16 hours: the quiet period is over
     assert run("send", "--due").output.startswith("t: this run 1 sent")
     assert handler.recipients() == {a: 1 for a in READERS}
@@ -382,3 +392,42 @@ def test_a_campaign_sells_unless_its_file_says_sells_false(workspace, run):
         f"Error: {path}: field sells must be true or false (false: a newsletter that sells "
         "nothing)\n"
     )
+
+
+def test_a_killed_send_with_held_back_rows_resumes_and_mails_nobody_twice(
+    run, workspace, server, clock
+):
+    controller, handler = server
+    readers = [f"k{i}@example.com" for i in range(60)]
+    setup_workspace(run, workspace, controller.port, quiet_after_purchase="7d")
+    for address in readers:
+        run("subscribers", "add", address, "--list", "blog")
+    buyers = readers[::3]
+    for n, address in enumerate(buyers):
+        sale(run, address, clock() - timedelta(days=1), order=f"k{n}")
+    # 40 messages a second: the run takes about a second, so the kill lands mid-run.
+    (workspace / "campaigns" / "t.toml").write_text(
+        'offer = "launch"\nlists = ["blog"]\nrate = 40\n'
+    )
+    proc = listkit(workspace, "send", "t", "--yes")
+    handler.wait_for(lambda: len(handler.messages) >= 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    sent = [a for a, row in states(workspace, "t").items() if row[0] == "sent"]
+    assert len(sent) < len(readers) - len(buyers)  # killed mid-run
+    final = listkit(workspace, "send", "t", "--yes")
+    output, _ = final.communicate(timeout=60)
+    rows = states(workspace, "t")
+    assert {rows[a][:2] for a in buyers} == {("held_back", QUIET_AFTER_PURCHASE)}, output
+    assert not set(buyers) & set(handler.recipients())
+    # A week later, cron sends the held-back rows: each reader has one message at most.
+    clock.move(days=6, hours=1)
+    run("send", "--due", ok=False)
+    rows = states(workspace, "t")
+    assert {rows[a][0] for a in buyers} == {"sent"}
+    at_sink = handler.recipients()
+    assert max(at_sink.values()) == 1
+    for address, (state, *_rest) in rows.items():
+        assert state in ("sent", "unknown"), (address, state)
+        if state == "sent":
+            assert at_sink[address] == 1

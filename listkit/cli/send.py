@@ -370,13 +370,18 @@ def _status_all(ws: Workspace, json_: bool) -> None:
     if json_:
         emit_json(rows)
         return
+    # Held back (for the reader: LISTKIT_QUIET_AFTER_PURCHASE, LISTKIT_FREQUENCY)
+    # only when some are.
+    columns = STATUS_COLUMNS + (
+        ("held_back",) if any("held_back" in r["counts"] for r in rows) else ()
+    )
     emit_table(
         [
-            {**r, **{k: r["counts"].get(k, 0) for k in STATUS_COLUMNS}, "started": r["started"]}
+            {**r, **{k: r["counts"].get(k, 0) for k in columns}, "started": r["started"]}
             for r in rows
         ],
-        ["campaign", "state", *STATUS_COLUMNS, "started"],
-        headers=["campaign", "state", *(k.replace("_", " ") for k in STATUS_COLUMNS), "started"],
+        ["campaign", "state", *columns, "started"],
+        headers=["campaign", "state", *(k.replace("_", " ") for k in columns), "started"],
         empty=f"No campaigns in {ws.campaigns_dir}.",
     )
     if rows:
