@@ -42,7 +42,7 @@ from listkit.db import clock, immediate, now
 from listkit.mail.message_ids import message_id
 from listkit.mail.tracking import new_token, personal_coupon
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
-from listkit.send.respect import Respect, sort_out, stored_time
+from listkit.send.respect import Hold, Respect, sort_out, stored_time
 from listkit.send.variants import assign_variant, in_test_part
 from listkit.vocab import DELIVERY_STATES
 
@@ -247,46 +247,50 @@ def claim(
     """
     declined_json = json.dumps(list(declined))
     claimed: list[Claimed] = []
-    with immediate(db):
-        at = clock()
-        stamp = stored_time(at)
-        while len(claimed) < limit:
-            rows = _due_rows(db, campaign_id, stamp, limit - len(claimed), variant, declined_json)
-            if not rows:
-                break
-            skipped = [(stamp, SKIPPED_UNSUBSCRIBED, row[0]) for row in rows if row[-1]]
-            batch = [Claimed(*row[:-1]) for row in rows if not row[-1]]
-            held: list[tuple] = []
-            if respect is not None and batch:
-                wait, skip = sort_out(db, respect, [c.subscriber_id for c in batch], at)
-                held = [
-                    (stored_time(h.until), h.reason, stamp, c.id)
-                    for c in batch
-                    if (h := wait.get(c.subscriber_id))
-                ]
-                skipped += [
-                    (stamp, skip[c.subscriber_id], c.id) for c in batch if c.subscriber_id in skip
-                ]
-                batch = [
-                    c for c in batch if c.subscriber_id not in wait and c.subscriber_id not in skip
-                ]
+    # One transaction per batch of rows looked at: rows held back or skipped do not
+    # make a claim's transaction (and the write lock) last longer than one batch.
+    while len(claimed) < limit:
+        with immediate(db):
+            at = clock()
+            stamp = stored_time(at)
+            wanted = limit - len(claimed)
+            rows = _due_rows(db, campaign_id, stamp, wanted, variant, declined_json)
+            batch, skipped, held = _sort_claims(db, rows, respect, at)
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
                    last_reply = ? WHERE id = ?""",
-                skipped,
+                [(stamp, reason, i) for i, reason in skipped],
             )
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'held_back', phase = NULL, next_attempt = ?,
                    last_code = NULL, last_reply = ?, updated = ? WHERE id = ?""",
-                held,
+                [(stored_time(h.until), h.reason, stamp, i) for i, h in held],
             )
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = ?,
                    attempts = attempts + 1, updated = ? WHERE id = ?""",
                 [(run_id, stamp, c.id) for c in batch],
             )
-            claimed += batch
+        claimed += batch
+        if len(rows) < wanted:  # no more are due
+            break
     return claimed
+
+
+def _sort_claims(
+    db: Database, rows: list[tuple], respect: Respect | None, at: datetime
+) -> tuple[list[Claimed], list[tuple[int, str]], list[tuple[int, Hold]]]:
+    """Due rows (``_due_rows``) sorted into those claimed, those skipped (id, why) and
+    those held back for their reader (id, until when and why)."""
+    skipped = [(row[0], SKIPPED_UNSUBSCRIBED) for row in rows if row[-1]]
+    batch = [Claimed(*row[:-1]) for row in rows if not row[-1]]
+    if respect is None or not batch:
+        return batch, skipped, []
+    wait, skip = sort_out(db, respect, [c.subscriber_id for c in batch], at)
+    held = [(c.id, wait[c.subscriber_id]) for c in batch if c.subscriber_id in wait]
+    skipped += [(c.id, skip[c.subscriber_id]) for c in batch if c.subscriber_id in skip]
+    batch = [c for c in batch if c.subscriber_id not in wait and c.subscriber_id not in skip]
+    return batch, skipped, held
 
 
 SKIPPED_UNSUBSCRIBED = "suppressed or unsubscribed before sending"
