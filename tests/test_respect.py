@@ -289,8 +289,9 @@ def test_without_either_setting_nothing_is_held(run, workspace, server, clock):
 # --- the check itself --------------------------------------------------------------------
 
 
-def test_sort_out_reads_a_batch_with_one_query_per_rule(ws, world):
-    """The check reads the sales and the deliveries once for the whole batch."""
+def test_sort_out_reads_a_batch_with_a_few_queries_not_one_per_reader(ws, world):
+    """The check reads the sales, the recent campaigns and their deliveries once for
+    the whole batch."""
     w = world
     w.list("blog", *[f"q{i}@example.com" for i in range(50)])
     ids = [r[0] for r in ws.db.execute("SELECT id FROM subscribers ORDER BY id")]
@@ -301,7 +302,7 @@ def test_sort_out_reads_a_batch_with_one_query_per_rule(ws, world):
         assert sort_out(ws.db, rule, ids, datetime.now(UTC)) == ({}, {})
     finally:
         ws.db.conn.set_trace_callback(None)
-    assert len(statements) == 2
+    assert len(statements) == 3
 
 
 def test_a_refunded_order_ends_the_quiet_period_a_partial_refund_does_not(ws, world):

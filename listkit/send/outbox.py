@@ -253,9 +253,11 @@ def claim(
         with immediate(db):
             at = clock()
             stamp = stored_time(at)
-            wanted = limit - len(claimed)
-            rows = _due_rows(db, campaign_id, stamp, wanted, variant, declined_json)
+            # A whole batch looked at each time (rows beyond those wanted that
+            # may go stay pending, for the next claim): not ever smaller ones.
+            rows = _due_rows(db, campaign_id, stamp, limit, variant, declined_json)
             batch, skipped, held = _sort_claims(db, rows, respect, at)
+            batch = batch[: limit - len(claimed)]
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
                    last_reply = ? WHERE id = ?""",
@@ -272,7 +274,7 @@ def claim(
                 [(run_id, stamp, c.id) for c in batch],
             )
         claimed += batch
-        if len(rows) < wanted:  # no more are due
+        if len(rows) < limit:  # no more are due
             break
     return claimed
 
@@ -301,14 +303,16 @@ def _due_rows(
 ) -> list[tuple]:
     """Up to ``limit`` rows due at ``stamp``: a ``Claimed``'s fields, then whether the
     reader has gone (suppressed, left the list, or declined)."""
-    # Three index walks (deferred and held-back rows now due, then pending ones in
-    # id order): one query with OR would scan and sort the whole campaign on every
-    # claim.
+    # Three index walks (deferred rows now due, pending ones in id order, then
+    # held-back ones now due): one query with OR would scan and sort the whole
+    # campaign on every claim. Held-back rows come last: the state index does not
+    # hold their due time, so their walk reads all of them, which a campaign
+    # holding many back can afford at the end of a run, not on every batch.
     rows: list[tuple] = []
     for where, params in (
         ("d.state = 'deferred' AND d.next_attempt <= ?", [stamp]),
-        ("d.state = 'held_back' AND d.next_attempt <= ?", [stamp]),
         ("d.state = 'pending'", []),
+        ("d.state = 'held_back' AND d.next_attempt <= ?", [stamp]),
     ):
         if len(rows) >= limit:
             break

@@ -96,8 +96,9 @@ def sort_out(
     (until when, and why), and those skipped because the message cannot reach them
     before its deadline (why). Everyone else may have it now.
 
-    Two queries for the whole batch, by indexes (``sales_at`` and the deliveries'
-    primary key; ``deliveries_subscriber_state``): never one per reader."""
+    A few queries for the whole batch, by indexes (``sales_email``, ``sales_at``;
+    the deliveries of the campaigns that can have sent in the window, by
+    campaign and subscriber): never one per reader."""
     ids = json.dumps(list(subscriber_ids))
     held: dict[int, Hold] = {}
     if respect.quiet is not None:
@@ -148,14 +149,25 @@ def _capped(
 
     A message counts from when it was sent; one being sent (or whose fate is
     unknown since the run died) counts too, being sent now."""
+    since = stored_time(at - frequency.window)
+    # Only campaigns that can have sent in the window: still sending (or testing,
+    # whose rest goes later), or finished within it. Most are long done.
+    recent = [
+        cid
+        for (cid,) in db.execute(
+            """SELECT id FROM campaigns WHERE id IN (SELECT value FROM json_each(?))
+               AND (state IN ('sending', 'testing') OR finished > ?)""",
+            [json.dumps(selling), since],
+        )
+    ]
     times: dict[int, list[datetime]] = defaultdict(list)
     for sid, state, when in db.execute(
         f"""SELECT d.subscriber_id, d.state, {SENT_TIME} FROM deliveries d
             WHERE d.subscriber_id IN (SELECT value FROM json_each(:ids))
               AND d.state IN ('sent', 'sending', 'unknown')
-              AND d.campaign_id IN (SELECT value FROM json_each(:selling))
+              AND d.campaign_id IN (SELECT value FROM json_each(:recent))
               AND (d.state = 'sending' OR {SENT_TIME} > :since)""",
-        {"ids": ids, "selling": json.dumps(selling), "since": stored_time(at - frequency.window)},
+        {"ids": ids, "recent": json.dumps(recent), "since": since},
     ):
         times[sid].append(at if state == "sending" or when is None else read_time(when))
     capped = []
