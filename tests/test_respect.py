@@ -13,7 +13,7 @@ import pytest
 
 from listkit.config import ConfigError, Frequency, Settings
 from listkit.send.campaigns import load_campaign
-from listkit.send.respect import Respect, deadline, sort_out
+from listkit.send.respect import Hold, Respect, deadline, sort_out
 from listkit.vocab import FREQUENCY_CAP, QUIET_AFTER_PURCHASE
 from listkit.workspace import Workspace
 from tests.test_send_processes import listkit
@@ -188,6 +188,10 @@ def test_a_message_that_cannot_fit_before_max_late_is_skipped_with_its_reason(
         "Skipped for the reader (LISTKIT_QUIET_AFTER_PURCHASE, LISTKIT_FREQUENCY): "
         "b 4 (frequency cap 4)\n"
     ) in report
+    page = workspace / "report.html"
+    run("report", "--html", str(page))
+    assert "<h2>Skipped for the reader</h2>" in page.read_text()
+    assert "b 4 (frequency cap 4)" in page.read_text()
     data = json.loads(run("report", "--by", "campaign", "--json").output)
     assert data["skipped_for_reader"] == [
         {"campaign": "b", "list": "blog", "reason": FREQUENCY_CAP, "messages": 4}
@@ -324,6 +328,47 @@ def test_a_refunded_order_ends_the_quiet_period_a_partial_refund_does_not(ws, wo
     assert set(wait) == {ids["part@example.com"]}
     assert wait[ids["part@example.com"]].until == at + timedelta(days=6)
     assert skip == {}
+
+
+def test_a_purchase_attributed_to_a_message_counts_whatever_address_paid(ws, world):
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    c = world.campaign("old")
+    delivery = world.deliver(c, "reader@example.com", "blog")
+    with ws.db.conn:
+        ws.db.execute(
+            """INSERT INTO sales (source, order_id, amount, currency, at, email, email_key,
+               delivery_id, imported) VALUES ('t', '1', 100, 'USD', ?, 'work@example.org',
+               'work@example.org', ?, ?)""",
+            [(at - timedelta(days=2)).isoformat(), delivery["id"], at.isoformat()],
+        )
+    sid = ws.db.execute("SELECT id FROM subscribers WHERE email = 'reader@example.com'")
+    sid = sid.fetchone()[0]
+    wait, _skip = sort_out(ws.db, Respect(timedelta(days=7), None), [sid], at)
+    assert wait[sid].until == at + timedelta(days=5)
+    assert wait[sid].reason == QUIET_AFTER_PURCHASE
+
+
+def test_the_cap_counts_only_messages_sent_within_its_window(ws, world):
+    at = datetime(2026, 12, 10, tzinfo=UTC)
+    old = world.campaign("old")
+    recent = world.campaign("recent")
+    with ws.db.conn:
+        ws.db.execute("UPDATE campaigns SET finished = '2026-11-01T10:00:00+00:00'")
+        ws.db.execute(
+            "UPDATE campaigns SET finished = ? WHERE id = ?",
+            [(at - timedelta(hours=5)).isoformat(), recent],
+        )
+    world.deliver(old, "a@example.com", "blog", sent_at="2026-11-01T09:00:00+00:00")
+    world.deliver(recent, "b@example.com", "blog", sent_at=(at - timedelta(hours=6)).isoformat())
+    ids = dict(ws.db.execute("SELECT email, id FROM subscribers").fetchall())
+    rule = Respect(None, Frequency(1, timedelta(days=1)), (old, recent))
+    assert sort_out(ws.db, rule, ids.values(), at) == (
+        {ids["b@example.com"]: Hold(at + timedelta(hours=18), FREQUENCY_CAP)},
+        {},
+    )
+    # A deadline before that skips instead.
+    rule = Respect(None, Frequency(1, timedelta(days=1)), (old, recent), at + timedelta(hours=2))
+    assert sort_out(ws.db, rule, ids.values(), at) == ({}, {ids["b@example.com"]: FREQUENCY_CAP})
 
 
 def test_the_deadline_is_the_earlier_of_max_late_and_the_offer_expiry(ws, workspace):
