@@ -420,6 +420,20 @@ def test_a_malformed_setting_is_named_with_the_form_it_needs(workspace, name, va
     assert str(e.value) == message
 
 
+def test_a_malformed_setting_stops_the_send_before_anything_is_written(run, workspace, server):
+    controller, handler = server
+    setup_workspace(run, workspace, controller.port, frequency="daily")
+    (workspace / "campaigns" / "t.toml").write_text('offer = "launch"\nlists = ["blog"]\n')
+    result = run("send", "t", "--yes", ok=False)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: LISTKIT_FREQUENCY must be a number of messages per duration, such as 1/24h "
+        "or 3/7d, not 'daily'\n"
+    )
+    assert handler.messages == []
+    assert "has not been sent yet" in run("status", "t", ok=False).output
+
+
 def test_the_settings_read_as_a_duration_and_a_frequency(workspace):
     s = Settings(workspace, {"LISTKIT_QUIET_AFTER_PURCHASE": "7d", "LISTKIT_FREQUENCY": "3/7d"}, {})
     assert s.quiet_after_purchase == timedelta(days=7)

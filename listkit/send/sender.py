@@ -121,8 +121,9 @@ def send_campaign(
         db = ws.db
         check_ready(db, p.campaign, p.expires)
         summary = RunSummary(campaign=slug)
-        cid = _open_outbox(db, p, slug, newcomers, summary)
+        # Read first: a malformed setting stops the send before anything is written.
         respect = respect_for(db, ws.settings, p.campaign, p.expires)
+        cid = _open_outbox(db, p, slug, newcomers, summary)
         # Marks left by a run that died first, so that its rows whose content
         # may be out become unknown, not pending.
         fold_marks(db, ws.settings.db_path)
