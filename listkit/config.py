@@ -20,6 +20,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar, overload
@@ -28,7 +29,8 @@ from urllib.parse import unquote, urlsplit
 from dotenv import dotenv_values
 
 from listkit.domains import ascii_host
-from listkit.errors import ConfigError
+from listkit.errors import ConfigError, InputError
+from listkit.times import LONGEST, format_duration, parse_duration
 
 T = TypeVar("T")
 
@@ -294,6 +296,38 @@ def _signing_key(text: str, _workspace: Path) -> str:
     return text
 
 
+def _duration(text: str, _workspace: Path) -> timedelta:
+    try:
+        value = parse_duration(text, "")
+    except InputError:
+        value = None
+    if not value:  # none, or 0 (unset is how to say none)
+        raise Invalid(f"must be a duration such as 7d, 36h or 1d12h, at most {LONGEST.days}d")
+    return value
+
+
+@dataclass(frozen=True)
+class Frequency:
+    """At most ``count`` messages in any ``window`` (``LISTKIT_FREQUENCY``)."""
+
+    count: int
+    window: timedelta
+
+    def __str__(self) -> str:
+        return f"{self.count}/{format_duration(self.window)}"
+
+
+def _frequency(text: str, workspace: Path) -> Frequency:
+    count, slash, window = text.strip().partition("/")
+    form = "must be a number of messages per duration, such as 1/24h or 3/7d"
+    if not slash or not count.strip().isdigit() or int(count) < 1:
+        raise Invalid(form)
+    try:
+        return Frequency(int(count), _duration(window, workspace))
+    except Invalid:
+        raise Invalid(form) from None
+
+
 TEXT = Kind("text", _text)
 FILE = Kind("file", _file)
 YES_NO = Kind("yes/no", _yes_no)
@@ -306,6 +340,8 @@ HOST_NAME = Kind("host name", _host_name)
 SENDER = Kind("`Name <address>`", lambda text, _workspace: parse_sender(text))
 SMTP_URL = Kind("SMTP URL", lambda text, _workspace: parse_smtp_url(text))
 SIGNING_KEY = Kind("text, 16+ characters", _signing_key)
+DURATION = Kind("duration (`7d`, `36h`)", _duration)
+FREQUENCY = Kind("`N/DURATION` (`1/24h`)", _frequency)
 
 
 @dataclass(frozen=True)
@@ -552,6 +588,21 @@ class Settings:
         PER_HOUR,
         "signup confirmations `listkit serve` mails per list in an hour, at the most",
         "100",
+    )
+    quiet_after_purchase = Setting(
+        "LISTKIT_QUIET_AFTER_PURCHASE",
+        DURATION,
+        "no selling message to a reader for this long after their last purchase (e.g. `7d`); "
+        "what it holds back waits, or is skipped at its deadline "
+        "([selling.md](selling.md#respect-for-the-reader))",
+        default_doc="none: off",
+    )
+    frequency = Setting(
+        "LISTKIT_FREQUENCY",
+        FREQUENCY,
+        "at most N selling messages to a reader in any DURATION (e.g. `1/24h`, `3/7d`); "
+        "what it holds back waits, or is skipped at its deadline",
+        default_doc="none: off",
     )
 
     @property

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,9 +36,23 @@ LOCK_POLL_MAX = 0.002
 migrations = Migrations("listkit")
 
 
+class Clock:
+    """The time listkit takes as now: every stored time (``now``) and every "is it
+    due yet" of sending reads it. It is the system's clock; a test moves it
+    forward (``offset``) to live through days in seconds."""
+
+    offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+clock = Clock()
+
+
 def now() -> str:
     """The current time as stored in the database."""
-    return datetime.now(UTC).isoformat()
+    return clock().isoformat()
 
 
 def open_db(path: Path | str, *, create: bool = True) -> Database:

@@ -7,13 +7,21 @@ Read: ISO 8601 with or without ``T``, fractions and an offset (``Z``,
 ``+01``, ``-0400``, also after a space as Shopify writes it), a trailing
 `` UTC`` (Beehiiv, Gumroad), Unix seconds (Stripe, Lemon Squeezy), and
 ``MM/DD/YYYY[ HH:MM[:SS]]`` and ``14 Mar 2024 09:12:31`` as US shops export.
+Durations (a campaign's ``max_late``, a setting's quiet period) are read by
+``parse_duration`` alone: ``6h``, ``30m``, ``2d``, ``1h30m``.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 
 from listkit.errors import InputError, quoted
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The longest duration anything takes: past it, a value is a typo, not a plan.
+LONGEST = timedelta(days=366)
 
 _FORMATS = ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d %b %Y %H:%M:%S")
 
@@ -65,3 +73,33 @@ def _parsed(text: str) -> datetime | None:
         except ValueError:
             continue
     return None
+
+
+def parse_duration(value: str, where: str, most: timedelta = LONGEST) -> timedelta:
+    """'6h', '30m', '2d', '1h30m' -> timedelta, at most ``most``; an InputError
+    starting with ``where`` otherwise."""
+    text = value.strip().lower()
+    pos, total = 0, 0.0
+    for m in DURATION.finditer(text):
+        if text[pos : m.start()].strip():
+            break
+        total += float(m.group(1)) * UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or text[pos:].strip():
+        raise InputError(f"{where} {value!r} is not a duration such as '6h', '30m' or '2d'")
+    if not total <= most.total_seconds():  # also catches inf from a very long number
+        raise InputError(f"{where} {value!r} is too long: at most {format_duration(most)}")
+    return timedelta(seconds=total)
+
+
+def format_duration(delta: timedelta | None) -> str:
+    """timedelta -> '2d3h', '6h', '45m', '30s' (the form campaign files and settings use)."""
+    if delta is None:
+        return "-"
+    seconds = int(delta.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 # deliveries.state: pending -> sending -> sent; from sending also deferred
 # (retried), failed, unknown (the server may have it: never retried by itself);
-# skipped and held_out are never mailed; reserved waits for an offer test's winner.
+# skipped and held_out are never mailed; reserved waits for an offer test's winner;
+# held_back waits (until next_attempt) for the reader's quiet period or frequency cap.
 PENDING = "pending"
 SENDING = "sending"
 SENT = "sent"
@@ -23,7 +24,24 @@ UNKNOWN = "unknown"
 SKIPPED = "skipped"
 HELD_OUT = "held_out"
 RESERVED = "reserved"
-DELIVERY_STATES = (PENDING, SENDING, SENT, DEFERRED, FAILED, UNKNOWN, SKIPPED, HELD_OUT, RESERVED)
+HELD_BACK = "held_back"
+DELIVERY_STATES = (
+    PENDING,
+    SENDING,
+    SENT,
+    DEFERRED,
+    FAILED,
+    UNKNOWN,
+    SKIPPED,
+    HELD_OUT,
+    RESERVED,
+    HELD_BACK,
+)
+# Why a selling message is held back (deliveries.last_reply of a held_back row), or
+# skipped when it could not fit before its deadline (of a skipped one).
+QUIET_AFTER_PURCHASE = "quiet after purchase"
+FREQUENCY_CAP = "frequency cap"
+RESPECT_REASONS = (QUIET_AFTER_PURCHASE, FREQUENCY_CAP)
 
 # memberships.status (pending: a signup waiting for its confirmation).
 ACTIVE = "active"
@@ -76,3 +94,4 @@ REVENUE_SQL = sql_in(REVENUE_STATUSES)
 FINISHED = "finished"
 EXITED = "exited"
 ENROLLMENT_STATES = (ACTIVE, FINISHED, EXITED, HELD_OUT)
+RESPECT_SQL = sql_in(RESPECT_REASONS)

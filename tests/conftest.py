@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from listkit import db as listkit_db
 from listkit.cli import cli
 from listkit.send import run as send_run
 from listkit.web.pages import ConfirmationMailer
@@ -47,6 +49,25 @@ def short_gather(monkeypatch: pytest.MonkeyPatch) -> None:
     the work lands on few answers' time); in-process tests gather for 20 ms, so a
     signup test does not wait a second. A real `listkit serve` keeps the second."""
     monkeypatch.setattr(ConfirmationMailer, "GATHER", 0.02)
+
+
+class MovedClock:
+    """listkit's clock (``db.clock``) under a test's hand: ``clock()`` is listkit's
+    now, ``clock.move(days=2)`` lives through two days at once."""
+
+    def __call__(self) -> datetime:
+        return listkit_db.clock()
+
+    def move(self, **delta: float) -> datetime:
+        listkit_db.clock.offset += timedelta(**delta)
+        return self()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> MovedClock:
+    """Move listkit's clock forward through a test (stored times, what is due)."""
+    monkeypatch.setattr(listkit_db.clock, "offset", timedelta())
+    return MovedClock()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from listkit.sales.reports import (
     MAILED_THROUGH_NOTE,
     complaint_warning_text,
     mailed_through_text,
+    skipped_for_reader_text,
 )
 from listkit.workspace import Workspace
 
@@ -205,6 +206,11 @@ def _print_notes(data: dict) -> None:
         )
     for w in data["complaint_warnings"]:
         click.echo(f"Warning: {complaint_warning_text(w)}")
+    if data.get("skipped_for_reader"):
+        click.echo(
+            "Skipped for the reader (LISTKIT_QUIET_AFTER_PURCHASE, LISTKIT_FREQUENCY): "
+            + skipped_for_reader_text(data["skipped_for_reader"])
+        )
 
 
 def _mailed_cell(row: dict) -> str:

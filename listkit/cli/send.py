@@ -29,7 +29,7 @@ from listkit.send.campaigns import (
     without_holdout,
 )
 from listkit.send.due import send_due
-from listkit.send.outbox import counts, problems, retry
+from listkit.send.outbox import counts, held_and_skipped, problems, retry
 from listkit.send.prepare import prepare
 from listkit.send.sender import RunSummary, send_campaign
 from listkit.send.sender import dry_run as write_dry_run
@@ -171,6 +171,11 @@ def _print_summary(s: RunSummary) -> None:
             f"  resumed after an interrupted run: {s.recovered['pending']} back to pending, "
             f"{s.recovered['unknown']} unknown"
         )
+    for held in s.held_back:
+        click.echo(
+            f"  {held['messages']} held back ({held['reason']}) until {_minute(held['until'])} "
+            "at the latest: `listkit send --due` (cron) sends each when its reader may have it"
+        )
     if s.stopped:
         click.echo(f"  stopped: {s.stopped}", err=True)
     if t.get("unknown") and "/" in s.campaign:  # a step of a sequence
@@ -188,6 +193,11 @@ def _print_summary(s: RunSummary) -> None:
             f"then `listkit retry {s.campaign} --unknown` for those it does not have.",
             err=True,
         )
+
+
+def _minute(stored: str | None) -> str:
+    """A stored time, to the minute: ``2026-12-09 16:40 UTC``."""
+    return f"{stored[:10]} {stored[11:16]} UTC" if stored else "-"
 
 
 def _run_send(
@@ -251,8 +261,9 @@ def send(
 
     On a terminal it shows the audience and asks first; --yes skips that, and
     without a terminal --yes is required. Exit status 0 when every message
-    ended sent (or held out, or skipped as unsubscribed); 1 when any failed,
-    deferred or unknown remain.
+    ended sent (or held out, or skipped as unsubscribed), or is held back for
+    its reader (LISTKIT_QUIET_AFTER_PURCHASE, LISTKIT_FREQUENCY: `send --due`
+    sends it when it may); 1 when any failed, deferred or unknown remain.
 
     A campaign's audience is fixed when it is first sent. --top-up adds whoever
     is in the audience now and was not yet (same holdout, exclusions and
@@ -386,13 +397,18 @@ def _status_all(ws: Workspace, json_: bool) -> None:
     if json_:
         emit_json(rows)
         return
+    # Held back (for the reader: LISTKIT_QUIET_AFTER_PURCHASE, LISTKIT_FREQUENCY)
+    # only when some are.
+    columns = STATUS_COLUMNS + (
+        ("held_back",) if any("held_back" in r["counts"] for r in rows) else ()
+    )
     emit_table(
         [
-            {**r, **{k: r["counts"].get(k, 0) for k in STATUS_COLUMNS}, "started": r["started"]}
+            {**r, **{k: r["counts"].get(k, 0) for k in columns}, "started": r["started"]}
             for r in rows
         ],
-        ["campaign", "state", *STATUS_COLUMNS, "started"],
-        headers=["campaign", "state", *(k.replace("_", " ") for k in STATUS_COLUMNS), "started"],
+        ["campaign", "state", *columns, "started"],
+        headers=["campaign", "state", *(k.replace("_", " ") for k in columns), "started"],
         empty=f"No campaigns in {ws.campaigns_dir}.",
     )
     if rows:
@@ -405,6 +421,10 @@ def _status_all(ws: Workspace, json_: bool) -> None:
 @pass_workspace
 def status(ws: Workspace, slug: str | None, json_: bool) -> None:
     """Counts per delivery state, and the failed, unknown, deferred and bounced rows.
+
+    Messages held back for their reader (the quiet period after a purchase, the
+    frequency cap) are counted per reason with the time the last may go;
+    skipped ones per reason.
 
     Without SLUG: every campaign, one line each (its state and counts).
 
@@ -426,6 +446,7 @@ def status(ws: Workspace, slug: str | None, json_: bool) -> None:
     totals = counts(ws.db, row["id"])
     bounced = bounced_after_sent(ws.db, row["id"])
     rows = problems(ws.db, row["id"]) + bounced
+    waits = held_and_skipped(ws.db, row["id"])
     if json_:
         emit_json(
             {
@@ -434,6 +455,7 @@ def status(ws: Workspace, slug: str | None, json_: bool) -> None:
                 "counts": totals,
                 "bounced_after_sent": len(bounced),
                 "problems": rows,
+                **waits,
             }
         )
         return
@@ -442,6 +464,14 @@ def status(ws: Workspace, slug: str | None, json_: bool) -> None:
     if bounced:
         shown["sent"] += f" ({len(bounced)} bounced after it was sent: never sent again)"
     click.echo("  " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    for held in waits["held_back"]:
+        click.echo(
+            f"  held back: {held['messages']} ({held['reason']}), the last until "
+            f"{_minute(held['until'])}; `listkit send --due` sends each when it may"
+        )
+    if waits["skipped"]:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in waits["skipped"].items())
+        click.echo(f"  skipped: {sum(waits['skipped'].values())} ({reasons})")
     if rows:
         emit_table(rows, ["email", "state", "attempts", "code", "reply", "message_id"])
 

@@ -19,6 +19,7 @@ from listkit.sales.reports import (
     MAILED_THROUGH_NOTE,
     complaint_warning_text,
     mailed_through_text,
+    skipped_for_reader_text,
 )
 
 # Where the rate charts' scales end at least: bounce rates past 2% already hurt a
@@ -273,6 +274,7 @@ def render_html(
         _rate_charts(by_campaign),
         f"<h2>By {report['by']}</h2>{_table(report)}",
         *(_lift(h) for h in report["holdout"]),
+        _skipped(report.get("skipped_for_reader")),
         extra,
     ]
     data = json.dumps(
@@ -411,6 +413,17 @@ def _rate_charts(by_campaign: dict | None) -> str:
                 floor=1.0,
             ),
         ]
+    )
+
+
+def _skipped(entries: list[dict] | None) -> str:
+    """Selling messages skipped for their reader (quiet period, frequency cap), if any."""
+    if not entries:
+        return ""
+    return (
+        "<h2>Skipped for the reader</h2><p>Selling messages that "
+        "LISTKIT_QUIET_AFTER_PURCHASE or LISTKIT_FREQUENCY kept back past their deadline: "
+        f"{escape(skipped_for_reader_text(entries))}.</p>"
     )
 
 

@@ -26,7 +26,7 @@ from sqlite_utils import Database
 from listkit.audience.lists import MAILABLE_MEMBER, member_counts
 from listkit.audience.suppressions import BOUNCED_DELIVERIES, UNSUBSCRIBED_DELIVERIES
 from listkit.errors import InputError
-from listkit.vocab import BOUNCE_REASONS, ORDER_SQL, REVENUE_SQL, UNSUBSCRIBED
+from listkit.vocab import BOUNCE_REASONS, ORDER_SQL, RESPECT_SQL, REVENUE_SQL, UNSUBSCRIBED
 
 BY = ("list", "offer", "campaign")
 T = TypeVar("T")
@@ -225,7 +225,7 @@ def _grouped_report(db: Database, period: Period, by: str) -> dict:
     if by == "list":
         for r in result_rows:
             r["mailed_through"] = idle["through"].get(r["list"], {}).get("through", {})
-    return {
+    report = {
         "by": by,
         "since": period.since,
         "until": period.until,
@@ -243,6 +243,34 @@ def _grouped_report(db: Database, period: Period, by: str) -> dict:
             for (day, cur), (rev, attr) in sorted(days.items())
         ],
     }
+    # Only when there are some: without LISTKIT_QUIET_AFTER_PURCHASE and
+    # LISTKIT_FREQUENCY the report is what it always was.
+    skipped = period.once("skipped_for_reader", lambda: _skipped_for_reader(db, period))
+    if skipped:
+        report["skipped_for_reader"] = skipped
+    return report
+
+
+def _skipped_for_reader(db: Database, period: Period) -> list[dict]:
+    """Selling messages skipped for their reader (a quiet period after a purchase or the
+    frequency cap would have kept them past their deadline), per campaign, list and
+    reason: by the state index, campaign by campaign."""
+    ids = period.in_period if period.limited else list(period.campaigns)
+    return [
+        {
+            "campaign": period.campaigns[cid]["slug"],
+            "list": period.list_names.get(lid),
+            "reason": reason,
+            "messages": n,
+        }
+        for cid, lid, reason, n in db.execute(
+            f"""SELECT campaign_id, list_id, last_reply, COUNT(*) FROM deliveries
+                WHERE campaign_id IN (SELECT value FROM json_each(?)) AND state = 'skipped'
+                AND last_reply IN {RESPECT_SQL}
+                GROUP BY campaign_id, list_id, last_reply""",
+            [json.dumps(ids)],
+        )
+    ]
 
 
 def _empty_row() -> dict:
@@ -448,6 +476,20 @@ def mailed_through_text(entry: dict) -> str:
         for i, (other, n) in enumerate(entry["through"].items())
     )
     return f"{entry['list']} ({entry['active']:,} active: {through})"
+
+
+def skipped_for_reader_text(entries: list[dict]) -> str:
+    """``skipped_for_reader`` in words, per campaign (text and HTML reports alike):
+    ``launch 4 (quiet after purchase 3, frequency cap 1)``."""
+    per: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for e in entries:
+        per[e["campaign"]][e["reason"]] += e["messages"]
+    return ", ".join(
+        f"{slug} {sum(reasons.values()):,} ("
+        + ", ".join(f"{reason} {n:,}" for reason, n in sorted(reasons.items()))
+        + ")"
+        for slug, reasons in sorted(per.items())
+    )
 
 
 def _complaint_warnings(db: Database, period: Period) -> list[dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,8 +25,9 @@ from listkit.audience.audiences import PURCHASES, Resolver, Rule, rules_from_tab
 from listkit.audience.lists import check_slug, get_list
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS, subscriber_dict
 from listkit.audience.suppressions import DECLINED
-from listkit.db import now
+from listkit.db import clock, now
 from listkit.errors import InputError, NotFound
+from listkit.times import format_duration, parse_duration
 
 FIELDS = {
     "offer",
@@ -46,11 +46,9 @@ FIELDS = {
     "split",
     "test_share",
     "test_wait",
+    "sells",
 }
-DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Limits past which a value is a typo, not a plan.
-MAX_LATE = timedelta(days=366)
 MAX_RATE = 10_000  # messages a second
 MAX_ATTRIBUTION_DAYS = 365
 SEND_AT_YEARS = (2000, 2100)
@@ -76,40 +74,12 @@ class Campaign:
     split: tuple[float, ...] = ()
     test_share: float = 0.0
     test_wait: timedelta | None = None
+    sells: bool = True
 
     @property
     def offers(self) -> tuple[str, ...]:
         """Every offer the campaign sends: its variants, or its one offer."""
         return self.variants or (self.offer,)
-
-
-def parse_duration(value: str, where: str, most: timedelta = MAX_LATE) -> timedelta:
-    """'6h', '30m', '2d', '1h30m' -> timedelta, at most ``most``."""
-    text = value.strip().lower()
-    pos, total = 0, 0.0
-    for m in DURATION.finditer(text):
-        if text[pos : m.start()].strip():
-            break
-        total += float(m.group(1)) * UNITS[m.group(2)]
-        pos = m.end()
-    if pos == 0 or text[pos:].strip():
-        raise InputError(f"{where} {value!r} is not a duration such as '6h', '30m' or '2d'")
-    if not total <= most.total_seconds():  # also catches inf from a very long number
-        raise InputError(f"{where} {value!r} is too long: at most {format_duration(most)}")
-    return timedelta(seconds=total)
-
-
-def format_duration(delta: timedelta | None) -> str:
-    """timedelta -> '2d3h', '6h', '45m', '30s' (the form campaign files use)."""
-    if delta is None:
-        return "-"
-    seconds = int(delta.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts) or "0s"
 
 
 def check_campaign_slug(slug: str) -> str:
@@ -313,7 +283,12 @@ def _extensions(data: dict, path: Path) -> dict:
                 "finished the rest gets the winner, e.g. test_wait = '1d'"
             )
         test_wait = parse_duration(data["test_wait"], f"{path}: field test_wait")
+    if not isinstance(data.get("sells", True), bool):
+        raise InputError(
+            f"{path}: field sells must be true or false (false: a newsletter that sells nothing)"
+        )
     return {
+        "sells": sells(data),
         "test_share": float(test_share),
         "test_wait": test_wait,
         "where": where,
@@ -326,6 +301,31 @@ def _extensions(data: dict, path: Path) -> dict:
 
 def campaign_slugs(campaigns_dir: Path) -> list[str]:
     return sorted(p.stem for p in campaigns_dir.glob("*.toml")) if campaigns_dir.is_dir() else []
+
+
+def sells(data: dict) -> bool:
+    """Whether a campaign file's messages sell: the one rule for what a selling message is.
+
+    Every offer names a product, a price and a buy link (``mail.offers``), so a
+    campaign sells, unless its file says ``sells = false``: a newsletter or a
+    useful message that asks for nothing. Selling messages are the ones the
+    reader's quiet period after a purchase and the frequency cap hold back
+    (``respect``)."""
+    return data.get("sells", True) is not False
+
+
+def selling_campaigns(db: Database, campaigns_dir: Path) -> list[int]:
+    """Ids of the recorded campaigns whose messages sell (``sells``). A campaign whose
+    file is gone or unreadable counts as selling: in doubt, the reader is spared."""
+    ids = []
+    for cid, slug in db.execute("SELECT id, slug FROM campaigns"):
+        try:
+            data = _read_toml(campaigns_dir / f"{slug}.toml")
+        except InputError:
+            data = {}
+        if sells(data):
+            ids.append(cid)
+    return ids
 
 
 def held_out(campaign_slug: str, key: str, fraction: float) -> bool:
@@ -667,7 +667,7 @@ def due_status(campaign: Campaign, at: datetime | None = None) -> str:
     """'manual' (no send_at), 'waiting', 'due' or 'missed' at time ``at``."""
     if campaign.send_at is None:
         return "manual"
-    at = at or datetime.now(UTC)
+    at = at or clock()
     if at < campaign.send_at:
         return "waiting"
     if campaign.max_late is not None and at - campaign.send_at > campaign.max_late:

@@ -10,8 +10,9 @@ winner once the test is judged. A refusal that later campaigns would meet too
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from listkit.db import clock
 from listkit.errors import (
     ListkitError,
     SendError,
@@ -30,6 +31,7 @@ from listkit.send.campaigns import (
     rescheduled,
     set_state,
 )
+from listkit.send.outbox import due_rows
 from listkit.send.sender import RunSummary, send_campaign, send_lock
 from listkit.send.sequences import followup_status
 from listkit.send.variants import release_rest, rest_due
@@ -54,9 +56,11 @@ def send_due(
     Campaigns without send_at, not yet due, done or missed are left alone; a
     missed one whose send_at has been edited since is scheduled again. A
     campaign already sending (or reopened by `listkit retry`) is resumed even
-    past max_late: it started in time.
+    past max_late, it started in time, and whether or not it has a send_at,
+    once any of its messages is due (one held back for its reader, or deferred,
+    is due at its next attempt).
     """
-    at = at or datetime.now(UTC)
+    at = at or clock()
     outcomes: list[DueOutcome] = []
     for slug in campaign_slugs(ws.campaigns_dir):
         outcome, stop = _due_one(ws, slug, at, limit)
@@ -84,7 +88,11 @@ def _due_one(
     state = row["state"] if row else None
     if state == "testing":  # test-then-send, sent by hand or not: the rest goes from here
         return _send_rest(ws, campaign, at, limit)
-    if state in ("done", "missed") or status in ("manual", "waiting"):
+    if state == "sending":
+        due, waiting = due_rows(ws.db, row["id"], at)
+        if not due and waiting:
+            return None, False  # every message left waits for its time (held back, deferred)
+    if state in ("done", "missed") or (status in ("manual", "waiting") and state != "sending"):
         return None, False
     if status == "missed" and state != "sending":
         return _missed(ws, campaign, at, why), False

@@ -5,7 +5,10 @@
                                                  -> failed    (5xx for that recipient)
                                                  -> unknown   (lost after DATA began)
     pending -> skipped   (suppressed or unsubscribed by the time it was claimed, or
-                          unsubscribed from a message of a campaign it follows)
+                          unsubscribed from a message of a campaign it follows; or a
+                          selling message that cannot respect its reader in time)
+    pending -> held_back -> (claimed again at next_attempt)  (the reader's quiet period
+                          after a purchase, or the frequency cap: see ``respect``)
     held_out             (kept back to measure lift; never mailed)
     reserved -> pending  (test-then-send: the rest, given the winning offer once chosen)
 
@@ -29,16 +32,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS
 from listkit.audience.suppressions import DECLINED, suppress
-from listkit.db import immediate, now
+from listkit.db import clock, immediate, now
 from listkit.mail.message_ids import message_id
 from listkit.mail.tracking import new_token, personal_coupon
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
+from listkit.send.respect import Hold, Respect, sort_out, stored_time
 from listkit.send.variants import assign_variant, in_test_part
 from listkit.vocab import DELIVERY_STATES
 
@@ -302,60 +306,107 @@ def claim(
     limit: int,
     variant: str | None = None,
     declined: Iterable[int] = (),
+    respect: Respect | None = None,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due rows (of one ``variant``, if given), committed before any is sent.
 
     Rows whose address is suppressed, whose membership is no longer active,
     or whose reader unsubscribed from a message of a campaign in ``declined``
     (the campaign and those it follows: ``declined_campaigns``) are marked
-    ``skipped`` instead: an unsubscribe during a campaign is honoured.
+    ``skipped`` instead: an unsubscribe during a campaign is honoured. With
+    ``respect`` (a selling message), rows whose reader it would not respect now
+    are held back until it would, or skipped with the reason when that is past
+    the deadline (``respect.sort_out``). Returns nothing only when no row is due.
     """
     declined_json = json.dumps(list(declined))
-    stamp = now()
-    with immediate(db):
-        # Two index walks (deferred rows now due, then pending ones in id order):
-        # one query with OR would scan and sort the whole campaign on every claim.
-        rows = []
-        for where, params in (
-            ("d.state = 'deferred' AND d.next_attempt <= ?", [stamp]),
-            ("d.state = 'pending'", []),
-        ):
-            if len(rows) >= limit:
-                break
-            if variant is not None:
-                where, params = f"{where} AND d.variant = ?", [*params, variant]
-            rows += db.execute(
-                f"""SELECT d.id, {SUBSCRIBER_COLUMNS}, l.slug,
-                          l.title, d.token, d.message_id, d.attempts,
-                          EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
-                            OR NOT EXISTS (SELECT 1 FROM memberships m
-                                           WHERE m.list_id = d.list_id
-                                           AND m.subscriber_id = d.subscriber_id
-                                           AND m.status = 'active')
-                            OR d.subscriber_id IN ({DECLINED})
-                   FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-                   JOIN lists l ON l.id = d.list_id
-                   WHERE d.campaign_id = ? AND {where}
-                   ORDER BY d.id LIMIT ?""",
-                [declined_json, campaign_id, *params, limit - len(rows)],
-            ).fetchall()
-        claimed, skipped = [], []
-        for row in rows:
-            if row[-1]:
-                skipped.append((stamp, row[0]))
-            else:
-                claimed.append(Claimed(*row[:-1]))
-        db.conn.executemany(
-            """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
-               last_reply = 'suppressed or unsubscribed before sending' WHERE id = ?""",
-            skipped,
-        )
-        db.conn.executemany(
-            """UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = ?,
-               attempts = attempts + 1, updated = ? WHERE id = ?""",
-            [(run_id, stamp, c.id) for c in claimed],
-        )
+    claimed: list[Claimed] = []
+    # One transaction per batch of rows looked at: rows held back or skipped do not
+    # make a claim's transaction (and the write lock) last longer than one batch.
+    while len(claimed) < limit:
+        with immediate(db):
+            at = clock()
+            stamp = stored_time(at)
+            # A whole batch looked at each time (rows beyond those wanted that
+            # may go stay pending, for the next claim): not ever smaller ones.
+            rows = _due_rows(db, campaign_id, stamp, limit, variant, declined_json)
+            batch, skipped, held = _sort_claims(db, rows, respect, at)
+            batch = batch[: limit - len(claimed)]
+            db.conn.executemany(
+                """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
+                   last_reply = ? WHERE id = ?""",
+                [(stamp, reason, i) for i, reason in skipped],
+            )
+            db.conn.executemany(
+                """UPDATE deliveries SET state = 'held_back', phase = NULL, next_attempt = ?,
+                   last_code = NULL, last_reply = ?, updated = ? WHERE id = ?""",
+                [(stored_time(h.until), h.reason, stamp, i) for i, h in held],
+            )
+            db.conn.executemany(
+                """UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = ?,
+                   attempts = attempts + 1, updated = ? WHERE id = ?""",
+                [(run_id, stamp, c.id) for c in batch],
+            )
+        claimed += batch
+        if len(rows) < limit:  # no more are due
+            break
     return claimed
+
+
+def _sort_claims(
+    db: Database, rows: list[tuple], respect: Respect | None, at: datetime
+) -> tuple[list[Claimed], list[tuple[int, str]], list[tuple[int, Hold]]]:
+    """Due rows (``_due_rows``) sorted into those claimed, those skipped (id, why) and
+    those held back for their reader (id, until when and why)."""
+    skipped = [(row[0], SKIPPED_UNSUBSCRIBED) for row in rows if row[-1]]
+    batch = [Claimed(*row[:-1]) for row in rows if not row[-1]]
+    if respect is None or not batch:
+        return batch, skipped, []
+    wait, skip = sort_out(db, respect, [c.subscriber_id for c in batch], at)
+    held = [(c.id, wait[c.subscriber_id]) for c in batch if c.subscriber_id in wait]
+    skipped += [(c.id, skip[c.subscriber_id]) for c in batch if c.subscriber_id in skip]
+    batch = [c for c in batch if c.subscriber_id not in wait and c.subscriber_id not in skip]
+    return batch, skipped, held
+
+
+SKIPPED_UNSUBSCRIBED = "suppressed or unsubscribed before sending"
+
+
+def _due_rows(
+    db: Database, campaign_id: int, stamp: str, limit: int, variant: str | None, declined: str
+) -> list[tuple]:
+    """Up to ``limit`` rows due at ``stamp``: a ``Claimed``'s fields, then whether the
+    reader has gone (suppressed, left the list, or declined)."""
+    # Three index walks (deferred rows now due, pending ones in id order, then
+    # held-back ones now due): one query with OR would scan and sort the whole
+    # campaign on every claim. Held-back rows come last: the state index does not
+    # hold their due time, so their walk reads all of them, which a campaign
+    # holding many back can afford at the end of a run, not on every batch.
+    rows: list[tuple] = []
+    for where, params in (
+        ("d.state = 'deferred' AND d.next_attempt <= ?", [stamp]),
+        ("d.state = 'pending'", []),
+        ("d.state = 'held_back' AND d.next_attempt <= ?", [stamp]),
+    ):
+        if len(rows) >= limit:
+            break
+        if variant is not None:
+            where, params = f"{where} AND d.variant = ?", [*params, variant]
+        rows += db.execute(
+            f"""SELECT d.id, {SUBSCRIBER_COLUMNS}, l.slug,
+                      l.title, d.token, d.message_id, d.attempts,
+                      EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
+                        OR NOT EXISTS (SELECT 1 FROM memberships m
+                                       WHERE m.list_id = d.list_id
+                                       AND m.subscriber_id = d.subscriber_id
+                                       AND m.status = 'active')
+                        OR d.subscriber_id IN ({DECLINED})
+               FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+               JOIN lists l ON l.id = d.list_id
+               WHERE d.campaign_id = ? AND {where}
+               ORDER BY d.id LIMIT ?""",
+            [declined, campaign_id, *params, limit - len(rows)],
+        ).fetchall()
+    return rows
 
 
 @dataclass(frozen=True)
@@ -396,8 +447,8 @@ def may_go(db: Database, delivery_ids: Iterable[int], declined: Iterable[int] = 
 
 def record(db: Database, campaign_id: int, results: Iterable[Result]) -> None:
     """One transaction: the results of a group of messages."""
-    stamp = now()
-    at = datetime.now(UTC)
+    at = clock()
+    stamp = stored_time(at)
     results = list(results)
     conn = db.conn
     with immediate(db):
@@ -436,6 +487,36 @@ def counts(db: Database, campaign_id: int) -> dict[str, int]:
         ).fetchall()
     )
     return {s: found.get(s, 0) for s in DELIVERY_STATES}
+
+
+def due_rows(db: Database, campaign_id: int, at: datetime) -> tuple[int, int]:
+    """(rows a send would claim or resume at ``at``, rows that wait for a later time:
+    deferred, or held back for their reader), read by the state index."""
+    stamp = stored_time(at)
+    return db.execute(
+        """SELECT COUNT(*) FILTER (WHERE state IN ('pending', 'sending') OR next_attempt <= ?),
+                  COUNT(*) FILTER (WHERE state IN ('deferred', 'held_back') AND next_attempt > ?)
+           FROM deliveries WHERE campaign_id = ?
+           AND state IN ('pending', 'sending', 'deferred', 'held_back')""",
+        [stamp, stamp, campaign_id],
+    ).fetchone()
+
+
+def held_and_skipped(db: Database, campaign_id: int) -> dict:
+    """Why the campaign's messages wait or were skipped: ``held_back``, per reason,
+    how many and until when the last waits; ``skipped``, how many per reason."""
+    held, skipped = [], {}
+    for state, reason, n, until in db.execute(
+        """SELECT state, coalesce(last_reply, ''), COUNT(*), max(next_attempt) FROM deliveries
+           WHERE campaign_id = ? AND state IN ('held_back', 'skipped')
+           GROUP BY state, last_reply ORDER BY state, last_reply""",
+        [campaign_id],
+    ):
+        if state == "held_back":
+            held.append({"reason": reason, "messages": n, "until": until})
+        else:
+            skipped[reason] = n
+    return {"held_back": held, "skipped": skipped}
 
 
 def problems(db: Database, campaign_id: int, limit: int = 100) -> list[dict]:

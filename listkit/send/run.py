@@ -41,6 +41,7 @@ from listkit.send.connect import open_connection
 from listkit.send.marks import MarkFile
 from listkit.send.outbox import Claimed, Result, claim, may_go, record
 from listkit.send.render import render, start_pool
+from listkit.send.respect import Respect
 from listkit.send.smtp import Connection, ConnectionLost, Outcome, transact
 
 T = TypeVar("T")
@@ -99,10 +100,12 @@ class Run:
         compose_processes: int = 0,
         bounce_address: str | None = None,
         variant: str | None = None,
+        respect: Respect | None = None,
     ):
         self.compose_processes = compose_processes
         self.bounce_address = bounce_address
         self.variant = variant
+        self.respect = respect  # a selling message's rules for its readers (claim checks)
         self.db_path = db_path
         self.campaign_id = campaign_id
         self.campaign = campaign
@@ -217,6 +220,7 @@ class Run:
                 size,
                 self.variant,
                 self.declined,
+                self.respect,
             )
             if not rows:
                 break

@@ -17,10 +17,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from listkit.db import describe_db_error
+from listkit.db import clock, describe_db_error
 from listkit.errors import (
     HeaderInjection,
     InputError,
@@ -44,11 +43,13 @@ from listkit.send.outbox import (
     Result,
     build_outbox,
     counts,
+    held_and_skipped,
     recover,
     top_up,
 )
 from listkit.send.prepare import Prepared, prepare
 from listkit.send.render import render_processes
+from listkit.send.respect import Respect, respect_for
 from listkit.send.run import Run, run_loop
 from listkit.send.sequences import check_ready
 from listkit.send.variants import assign_variant, rest_due
@@ -83,11 +84,14 @@ class RunSummary:
     recovered: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     topped_up: tuple[int, int] | None = None  # --top-up: (newcomers, of which held out)
+    held_back: list[dict] = field(default_factory=list)  # outbox.held_and_skipped's
 
     @property
     def complete(self) -> bool:
-        """Every message ended sent, held out or skipped."""
-        return all(self.totals.get(s, 0) == 0 for s in ("pending", "sending", "deferred"))
+        """Every message ended sent, held out or skipped (none waits, held back
+        for its reader, to be sent by a later `send --due`)."""
+        waiting = ("pending", "sending", "deferred", "held_back")
+        return all(self.totals.get(s, 0) == 0 for s in waiting)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +121,8 @@ def send_campaign(
         db = ws.db
         check_ready(db, p.campaign, p.expires)
         summary = RunSummary(campaign=slug)
+        # Read first: a malformed setting stops the send before anything is written.
+        respect = respect_for(db, ws.settings, p.campaign, p.expires)
         cid = _open_outbox(db, p, slug, newcomers, summary)
         return send_outbox(
             ws,
@@ -128,6 +134,7 @@ def send_campaign(
             on_result=on_result,
             batch=batch,
             started=started,
+            respect=respect,
         )
 
 
@@ -142,6 +149,7 @@ def send_outbox(
     on_result: Callable[[Result], None] | None = None,
     batch: int = 200,
     started: float | None = None,
+    respect: Respect | None = None,
 ) -> RunSummary:
     """Send what the outbox of campaign ``cid`` holds due; the caller holds the send lock.
 
@@ -156,13 +164,23 @@ def send_outbox(
     summary.recovered = recover(db, cid)
     set_state(db, cid, "sending")
     before = counts(db, cid)
-    due = before["pending"] + before["deferred"]
+    due = before["pending"] + before["deferred"] + before["held_back"]
     if limit is not None:
         due = min(due, limit)
     if on_start is not None:
         on_start(due)
     try:
-        _run_parts(ws, p, cid, summary, due=due, limit=limit, batch=batch, on_result=on_result)
+        _run_parts(
+            ws,
+            p,
+            cid,
+            summary,
+            due=due,
+            limit=limit,
+            batch=batch,
+            on_result=on_result,
+            respect=respect,
+        )
     except sqlite3.Error as e:
         # The database refused a write mid-run (locked past the timeout,
         # disk full): nothing more was sent. Rows not yet recorded stay
@@ -174,6 +192,8 @@ def send_outbox(
         ) from None
     finally:
         summary.totals = counts(db, cid)
+        if summary.totals["held_back"]:
+            summary.held_back = held_and_skipped(db, cid)["held_back"]
         if summary.complete:
             # Test-then-send: the rest waits for the winner (`send --due`).
             set_state(db, cid, "testing" if summary.totals.get("reserved") else "done")
@@ -185,7 +205,7 @@ def _open_outbox(db, p: Prepared, slug: str, newcomers: bool, summary: RunSummar
     """The campaign's id, its outbox built (or topped up with ``newcomers``)."""
     row = campaign_row(db, slug)
     if row is not None and row["state"] == "testing":
-        _due, when = rest_due(db, p.campaign, datetime.now(UTC))
+        _due, when = rest_due(db, p.campaign, clock())
         raise ListkitError(
             f"campaign {slug} is testing its variants: the rest gets the winner by "
             f"`listkit send --due` from {when}"
@@ -215,6 +235,7 @@ def _run_parts(
     limit: int | None,
     batch: int,
     on_result: Callable[[Result], None] | None,
+    respect: Respect | None,
 ) -> None:
     """Send the due rows: a campaign testing offers one variant's rows at a time,
     each with its own offer's composer; stop at the first run that stopped."""
@@ -236,6 +257,7 @@ def _run_parts(
             batch=batch,
             on_result=on_result,
             variant=variant,
+            respect=respect,
         )
         try:
             for state, n in run_loop(run.run()).items():

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.db import clock
 from listkit.errors import ListkitError
 from listkit.send.campaigns import followed_campaign, format_duration
 
@@ -68,7 +69,7 @@ def check_ready(db: Database, campaign, expires: str | None, at: datetime | None
             f"sending: send {campaign.follows} first"
         )
     end = expiry(expires)
-    if end is not None and (at or datetime.now(UTC)) >= end:
+    if end is not None and (at or clock()) >= end:
         raise ListkitError(
             f"campaign {campaign.slug}: its offer expired ({expires}); a follow-up is not sent "
             "after its offer's expires"

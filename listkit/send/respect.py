@@ -1,0 +1,179 @@
+"""Respect for the reader: the quiet period after a purchase and the frequency cap.
+
+The rule: a selling message (``campaigns.sells``) goes to a reader only when
+it fits: not within ``LISTKIT_QUIET_AFTER_PURCHASE`` of their last purchase,
+and not past ``LISTKIT_FREQUENCY``'s N selling messages in any window (sent,
+being sent, or unknown: the server may have it). One that does not fit waits,
+held back until it does; one that cannot fit before its deadline (its
+campaign's ``max_late`` after it was due, its offer's ``expires``) is skipped
+with its reason. Nothing is sent in a quiet period, and nothing is dropped
+without its reason on the row. It is decided when rows are claimed
+(``outbox.claim``, in the claim's transaction), for a whole batch with one
+query per rule: ``sort_out`` is the one check, for campaigns and sequence
+steps alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlite_utils import Database
+
+from listkit.config import Frequency, Settings
+from listkit.send.campaigns import Campaign, followed_campaign, selling_campaigns
+from listkit.send.sequences import expiry
+from listkit.vocab import FREQUENCY_CAP, ORDER_SQL, QUIET_AFTER_PURCHASE
+
+# A delivery's times as the outbox stores them: the only place this module reads
+# or writes one (a change of their form changes these three).
+SENT_TIME = "coalesce(d.sent_at, d.updated)"  # unknown rows have no sent_at
+
+
+def stored_time(at: datetime) -> str:
+    """``at`` as the database stores a time (``db.now``'s form)."""
+    return at.astimezone(UTC).isoformat()
+
+
+def read_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A reader who may not get a selling message yet: until when, and why."""
+
+    until: datetime
+    reason: str  # vocab.QUIET_AFTER_PURCHASE or vocab.FREQUENCY_CAP
+
+
+@dataclass(frozen=True)
+class Respect:
+    """The rules one selling message meets: the settings, the campaigns whose
+    messages count against the cap, and the time it must go by (None: no limit)."""
+
+    quiet: timedelta | None
+    frequency: Frequency | None
+    selling: tuple[int, ...] = ()
+    deadline: datetime | None = None
+
+
+def respect_for(
+    db: Database, settings: Settings, campaign: Campaign, expires: str | None
+) -> Respect | None:
+    """The rules for ``campaign``'s messages (``expires``: its offers' earliest), or
+    None when it does not sell or neither setting is on."""
+    quiet, frequency = settings.quiet_after_purchase, settings.frequency
+    if not campaign.sells or (quiet is None and frequency is None):
+        return None
+    selling = tuple(selling_campaigns(db, campaign.path.parent)) if frequency else ()
+    return Respect(quiet, frequency, selling, deadline(db, campaign, expires))
+
+
+def deadline(db: Database, campaign: Campaign, expires: str | None) -> datetime | None:
+    """The last moment a campaign's message may go: ``max_late`` after it was due (its
+    send_at, or for a follow-up the first's end plus ``after``), and its offer's expiry."""
+    ends = [expiry(expires)]
+    due = campaign.send_at
+    if campaign.follows:
+        row = followed_campaign(db, campaign.follows)
+        due = None
+        if row is not None and row[3]:
+            due = datetime.fromisoformat(row[3]) + (campaign.after or timedelta())
+    if due is not None and campaign.max_late is not None:
+        ends.append(due + campaign.max_late)
+    found = [e for e in ends if e is not None]
+    return min(found) if found else None
+
+
+def sort_out(
+    db: Database, respect: Respect, subscriber_ids: Iterable[int], at: datetime
+) -> tuple[dict[int, Hold], dict[int, str]]:
+    """Of the readers about to be sent a selling message at ``at``: those held back
+    (until when, and why), and those skipped because the message cannot reach them
+    before its deadline (why). Everyone else may have it now.
+
+    A few queries for the whole batch, by indexes (``sales_email``, ``sales_at``;
+    the deliveries of the campaigns that can have sent in the window, by
+    campaign and subscriber): never one per reader."""
+    ids = json.dumps(list(subscriber_ids))
+    held: dict[int, Hold] = {}
+    if respect.quiet is not None:
+        for sid, last in _last_purchases(db, ids, at - respect.quiet):
+            held[sid] = Hold(read_time(last) + respect.quiet, QUIET_AFTER_PURCHASE)
+    if respect.frequency is not None:
+        for sid, until in _capped(db, ids, respect.selling, respect.frequency, at):
+            if sid not in held or held[sid].until < until:
+                held[sid] = Hold(until, FREQUENCY_CAP)
+    wait, skip = {}, {}
+    for sid, hold in held.items():
+        if hold.until <= at:  # fits now (a hold always ends after ``at``; a claim relies on it)
+            continue
+        if respect.deadline is not None and hold.until > respect.deadline:
+            skip[sid] = hold.reason
+        else:
+            wait[sid] = hold
+    return wait, skip
+
+
+def _last_purchases(db: Database, ids: str, since: datetime) -> list[tuple[int, str]]:
+    """(subscriber id, time of their last purchase) for those who bought after ``since``.
+
+    A purchase is an order (paid or partly refunded; a full refund is none) from
+    the reader's address, or attributed to a message sent to them; both are read
+    from the sales of the period alone (``sales_at``)."""
+    return db.execute(
+        f"""SELECT sid, max(at) FROM (
+                SELECT s.id AS sid, x.at AS at FROM sales x
+                JOIN subscribers s ON s.key = x.email_key
+                WHERE x.at > :since AND x.status IN {ORDER_SQL}
+                  AND s.id IN (SELECT value FROM json_each(:ids))
+                UNION ALL
+                SELECT d.subscriber_id, x.at FROM sales x
+                JOIN deliveries d ON d.id = x.delivery_id
+                WHERE x.at > :since AND x.status IN {ORDER_SQL}
+                  AND d.subscriber_id IN (SELECT value FROM json_each(:ids)))
+            GROUP BY sid""",
+        {"since": stored_time(since), "ids": ids},
+    ).fetchall()
+
+
+def _capped(
+    db: Database, ids: str, selling: tuple[int, ...], frequency: Frequency, at: datetime
+) -> list[tuple[int, datetime]]:
+    """(subscriber id, when they may have another) for the readers who have had
+    ``frequency.count`` selling messages in the window before ``at``.
+
+    A message counts from when it was sent; one being sent (or whose fate is
+    unknown since the run died) counts too, being sent now."""
+    since = stored_time(at - frequency.window)
+    # Only campaigns that can have sent in the window: still sending (or testing,
+    # whose rest goes later), or finished within it. Most are long done.
+    recent = [
+        cid
+        for (cid,) in db.execute(
+            """SELECT id FROM campaigns WHERE id IN (SELECT value FROM json_each(?))
+               AND (state IN ('sending', 'testing') OR finished > ?)""",
+            [json.dumps(selling), since],
+        )
+    ]
+    times: dict[int, list[datetime]] = defaultdict(list)
+    for sid, state, when in db.execute(
+        f"""SELECT d.subscriber_id, d.state, {SENT_TIME} FROM deliveries d
+            WHERE d.subscriber_id IN (SELECT value FROM json_each(:ids))
+              AND d.state IN ('sent', 'sending', 'unknown')
+              AND d.campaign_id IN (SELECT value FROM json_each(:recent))
+              AND (d.state = 'sending' OR {SENT_TIME} > :since)""",
+        {"ids": ids, "recent": json.dumps(recent), "since": since},
+    ):
+        times[sid].append(at if state == "sending" or when is None else read_time(when))
+    capped = []
+    for sid, sent in times.items():
+        if len(sent) >= frequency.count:
+            sent.sort()
+            # The window must lose all but count - 1 of them.
+            capped.append((sid, sent[len(sent) - frequency.count] + frequency.window))
+    return capped
