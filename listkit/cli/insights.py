@@ -1,5 +1,6 @@
-"""Report views beyond list/offer/campaign: offer tests (variant), where buyers come
-from (source, signup-month), and silent subscribers; as text, JSON, CSV and HTML."""
+"""Report views beyond list/offer/campaign: sequences (each step), offer tests
+(variant), where buyers come from (source, signup-month), and silent subscribers; as
+text, JSON, CSV and HTML."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import click
 
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.sales.money import format_amounts
-from listkit.sales.reports import BY, build_reports
+from listkit.sales.reports import BY, build_reports, build_sequence_report, lift_text
 from listkit.sales.stats import buyers_by, silent_by_list, silent_subscribers
 from listkit.send.variants import table_rows, variant_report, verdict_lines
 from listkit.workspace import Workspace
 
-INSIGHTS = ("variant", "source", "signup-month", "silent")
+INSIGHTS = ("sequence", "variant", "source", "signup-month", "silent")
 VARIANT_CSV = ["campaign", "variant", "delivered", "buyers", "currency", "revenue", "per_1000"]
 VARIANT_CSV += ["ci95_low", "ci95_high", "winner"]
+# A step's figures, after its sequence and name (the table, the CSV, the page).
+STEP_COLUMNS = ("sent", "unsubscribed", "bounced", "clicks", "buyers", "revenue", "per_1000")
+STEP_HEADERS = ("sent", "unsub", "bounced", "clicks", "buyers", "revenue", "per 1k sent")
 BUYERS_CSV = ["subscribers", "buyers", "orders", "currency", "revenue", "revenue_per_subscriber"]
 
 
@@ -27,10 +31,62 @@ def show_insight(
     """``report --by`` one of INSIGHTS, as a table, JSON or CSV."""
     if by == "silent":
         _show_silent(ws, json_=json_, csv_=csv_)
+    elif by == "sequence":
+        _show_sequences(build_sequence_report(ws.db, since, until), json_=json_, csv_=csv_)
     elif by == "variant":
         _show_variants(variant_report(ws.db, since, until), json_=json_, csv_=csv_)
     else:
         _show_buyers(buyers_by(ws.db, by, since, until), json_=json_, csv_=csv_)
+
+
+def step_rows(data: dict) -> list[dict]:
+    """Each sequence's steps, then its totals (step ``(all)``), money as it reads."""
+    out = []
+    for seq in data["sequences"]:
+        for step in [*seq["steps"], {"step": "(all)", **seq["totals"]}]:
+            out.append(
+                {
+                    "sequence": seq["sequence"],
+                    **step,
+                    "step": step["step"] + (" (removed)" if step.get("removed") else ""),
+                    "revenue": format_amounts(step["revenue"], "-"),
+                    "per_1000": format_amounts(step["revenue_per_1000"], "-"),
+                }
+            )
+    return out
+
+
+def _show_sequences(data: dict, *, json_: bool, csv_: bool) -> None:
+    """Each step of each sequence, then each sequence's lift against its holdout."""
+    if json_:
+        emit_json(data)
+        return
+    if csv_:
+        emit_csv(
+            [
+                {
+                    "sequence": seq["sequence"],
+                    **step,
+                    "currency": cur,
+                    "revenue": step["revenue"].get(cur, 0),
+                    "per_1000": step["revenue_per_1000"].get(cur, ""),
+                }
+                for seq in data["sequences"]
+                for step in [*seq["steps"], {"step": "(all)", **seq["totals"]}]
+                for cur in sorted(step["revenue"]) or [""]
+            ],
+            ["sequence", "step", *STEP_COLUMNS[:-2], "currency", "revenue", "per_1000"],
+        )
+        return
+    emit_table(
+        step_rows(data),
+        ["sequence", "step", *STEP_COLUMNS],
+        headers=["sequence", "step", *STEP_HEADERS],
+        empty="No sequences yet: see docs/sequences.md.",
+    )
+    for seq in data["sequences"]:
+        if seq["lift"]:
+            click.echo(lift_text(seq["sequence"], seq["lift"]))
 
 
 def _show_variants(tests: list[dict], *, json_: bool, csv_: bool) -> None:
