@@ -29,7 +29,7 @@ from listkit.cli import cli
 from listkit.inbox.clicks import click_kind, record_click
 from listkit.mail.verp import verp_address
 from listkit.send.sink import start_sink
-from listkit.workspace import Workspace
+from listkit.workspace import Workspace, examples_dir
 
 DATA = Path(__file__).parent / "demo_data"
 
@@ -290,6 +290,7 @@ def run_demo(quiet: bool = False) -> Path:
         step("send", "--due")
         step("send", "--due")  # cron again: nothing more, the follow-up went once
         _variant_test(root, step, say)
+        _sequences(root, step, say)
     finally:
         controller.stop()
     step("report", "--by", "variant")
@@ -311,6 +312,55 @@ def _pretend_days_passed(root: Path, slug: str, days: int) -> None:
             )
     finally:
         ws.close()
+
+
+def _sequences(root: Path, step, say) -> None:
+    """The shipped sequences: a welcome for readers who join the blog list, help and
+    a related offer after a purchase; cron's `send --due` sends their steps."""
+    shutil.copytree(examples_dir() / "sequences", root / "sequences")
+    step("sequences", "check", "welcome")
+    step("sequences", "check", "after-purchase")
+    say("\n(two readers join the blog list, a customer buys the Field Guide)")
+    step("subscribers", "add", "ines@example.com", "--list", "blog", "--name", "Ines Reader")
+    step("subscribers", "add", "omar@example.com", "--list", "blog", "--name", "Omar Reader")
+    ws = Workspace(root)
+    try:
+        buyer = ws.db.execute(
+            """SELECT s.email FROM subscribers s JOIN memberships m ON m.subscriber_id = s.id
+               JOIN lists l ON l.id = m.list_id WHERE l.slug = 'customers'
+               AND m.status = 'active' ORDER BY s.id LIMIT 1"""
+        ).fetchone()[0]
+    finally:
+        ws.close()
+    step(
+        "sales",
+        "add",
+        "--order",
+        "DEMO-SEQ-1",
+        "--email",
+        buyer,
+        "--amount",
+        "29.00",
+        "--currency",
+        "USD",
+        "--product",
+        "The Field Guide to Selling (ebook)",
+    )
+    step("send", "--due")  # the welcome's download goes at once; the help waits a day
+    ws = Workspace(root)
+    try:
+        with ws.db.conn:  # as if cron ran two days later
+            ws.db.execute(
+                "UPDATE enrollments SET next_due = next_due - ?, step_at = step_at - ?,"
+                " trigger_at = trigger_at - ?",
+                [2 * 86400 + 60] * 3,
+            )
+    finally:
+        ws.close()
+    say("\n(the demo moves the sequences' clocks 2 days back, as if cron ran 2 days later)")
+    step("send", "--due")  # the story, and the help after the purchase
+    step("sequences", "ls")
+    step("sequences", "show", "welcome")
 
 
 def _variant_test(root: Path, step, say) -> None:

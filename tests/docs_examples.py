@@ -32,7 +32,7 @@ SHELL = {"sh", "bash", "shell", "console"}
 RUN = SHELL | {"toml"}
 FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)")
 MARKER = re.compile(r"^\s*<!--\s*example:\s*(?P<what>.*?)\s*-->\s*$")
-PATH_COMMENT = re.compile(r"^#\s*(?P<path>(?:campaigns|offers)/\S+\.toml)(?P<rest>.*)$")
+PATH_COMMENT = re.compile(r"^#\s*(?P<path>(?:campaigns|offers|sequences)/\S+\.toml)(?P<rest>.*)$")
 NOT_RUN = re.compile(r"\bnot run:\s*(?P<reason>[^)]*)")
 SHELL_SYNTAX = re.compile(r"[$`<>|;&(){}*?~\\]")
 

@@ -256,6 +256,8 @@ def _toml_check(block: Block, shop: Path, monkeypatch) -> None:
         argv = ["campaigns", "check", Path(path).stem]
     elif parts[0] == "offers" and parts[-1] == "offer.toml":
         argv = ["offers", "check", parts[1]]
+    elif parts[0] == "sequences":
+        argv = ["sequences", "check", Path(path).stem]
     else:
         pytest.fail(f"{block.where}: no checker for {path}")
     code, output = _invoke(argv, shop, monkeypatch)

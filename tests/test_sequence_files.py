@@ -245,3 +245,24 @@ def test_a_removed_step_is_skipped_and_an_added_one_reaches_who_has_not_passed_i
     write(ws, "s", head + step.format("a") + step.format("n") + step.format("c") + step.format("z"))
     sync_all(ws.db, ws.sequences_dir, ws.offers_dir)
     assert set(enrolled(ws, "s").values()) == {("active", "c", "z")}
+
+
+def test_a_sequence_read_again_unchanged_writes_nothing(ws, world):
+    world.list("blog")
+    install(ws, "welcome")
+    sync_all(ws.db, ws.sequences_dir, ws.offers_dir)
+    before = ws.db.conn.total_changes
+    sync_all(ws.db, ws.sequences_dir, ws.offers_dir)
+    assert ws.db.conn.total_changes == before
+    text = (ws.sequences_dir / "welcome.toml").read_text()
+    (ws.sequences_dir / "welcome.toml").write_text(
+        text.replace("attribution_days = 7", "attribution_days = 3")
+    )
+    sync_all(ws.db, ws.sequences_dir, ws.offers_dir)
+    days = {
+        r[0]
+        for r in ws.db.execute(
+            "SELECT attribution_days FROM campaigns WHERE sequence_id IS NOT NULL"
+        )
+    }
+    assert days == {3}

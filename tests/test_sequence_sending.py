@@ -250,3 +250,94 @@ def test_subscribers_show_tells_where_a_reader_is_in_each_sequence(run, workspac
         "download",
         "story",
     )
+
+
+def test_an_unknown_step_message_is_reported_and_retried_only_when_asked(run, workspace, welcome):
+    t0, handler = welcome
+    handler.fault("bob@example.com", "disconnect_after_data")
+    tick(workspace, t0 + timedelta(minutes=1))
+    tick(workspace, t0 + timedelta(minutes=2))  # never retried by itself
+    assert received(handler)[("bob@example.com", "download")] == 1
+    out = json.loads(run("sequences", "show", "welcome", "--json").output)
+    assert out[0]["messages"] == {"sent": 2, "unknown": 1}
+    result = run("sequences", "retry", "welcome", "--unknown")
+    assert result.output == (
+        "1 unknown messages of welcome will be sent by the next `listkit send --due`.\n"
+    )
+    tick(workspace, t0 + timedelta(minutes=3))
+    assert received(handler)[("bob@example.com", "download")] == 2
+    out = json.loads(run("sequences", "show", "welcome", "--json").output)
+    assert out[0]["messages"] == {"sent": 3}
+
+
+def test_steps_show_in_report_by_campaign_under_their_names_and_not_in_campaign_listings(
+    run, workspace, welcome
+):
+    t0, _handler = welcome
+    tick(workspace, t0 + timedelta(minutes=1))
+    report = json.loads(run("report", "--by", "campaign", "--json").output)
+    text = json.dumps(report)
+    assert '"welcome/download"' in text
+    statuses = json.loads(run("status", "--json").output)
+    assert all("/" not in row["campaign"] for row in statuses)
+    assert "welcome" not in run("campaigns", "ls").output
+
+
+def test_enroll_shows_the_count_first_and_enrols_existing_members_only_when_told(
+    run, workspace, server
+):
+    controller, handler = server
+    point_at(workspace, controller.port)
+    run("lists", "create", "blog")
+    for address in READERS:
+        run("subscribers", "add", address, "--list", "blog")
+    install(workspace, "welcome")
+    load(workspace)
+    run(
+        "sales",
+        "add",
+        "--order",
+        "9",
+        "--email",
+        "ann@example.com",
+        "--amount",
+        "5.00",
+        "--currency",
+        "USD",
+    )
+    asked = run("sequences", "enroll", "welcome", "--where", "not_bought=anything", ok=False)
+    assert asked.exit_code == 1
+    assert asked.output.startswith("2 readers would enter welcome now")
+    assert "run `listkit sequences enroll welcome --yes`" in asked.output
+    tick(workspace, datetime.now(UTC) + timedelta(minutes=1))
+    assert handler.messages == []  # nobody was enrolled by asking
+    done = run("sequences", "enroll", "welcome", "--where", "not_bought=anything", "--yes")
+    assert done.output.endswith("Enrolled 2 readers in welcome.\n")
+    tick(workspace, datetime.now(UTC) + timedelta(minutes=1))
+    assert set(received(handler)) == {
+        ("bob@example.com", "download"),
+        ("cy@example.com", "download"),
+    }
+    again = run("sequences", "enroll", "welcome", "--yes")
+    assert again.output.startswith("1 readers would enter")  # ann: not in it yet
+
+
+def test_the_held_out_share_is_drawn_at_the_first_step_and_never_mailed(run, workspace, server):
+    controller, handler = server
+    point_at(workspace, controller.port)
+    run("lists", "create", "blog")
+    install(workspace, "welcome", holdout="0.5")
+    load(workspace)
+    readers = [f"h{i}@example.com" for i in range(16)]
+    for address in readers:
+        run("subscribers", "add", address, "--list", "blog")
+    t0 = datetime.now(UTC)
+    for days in (0.01, 2.1, 5.2, 9):
+        tick(workspace, t0 + timedelta(days=days))
+    rows = json.loads(run("sequences", "ls", "--json").output)
+    [welcome] = rows
+    assert 0 < welcome["held_out"] < 16
+    assert welcome["finished"] + welcome["held_out"] == 16
+    mailed = {r for r, _s in received(handler)}
+    assert len(mailed) == welcome["finished"]
+    assert len(handler.messages) == 3 * welcome["finished"]

@@ -173,7 +173,15 @@ def _print_summary(s: RunSummary) -> None:
         )
     if s.stopped:
         click.echo(f"  stopped: {s.stopped}", err=True)
-    if t.get("unknown"):
+    if t.get("unknown") and "/" in s.campaign:  # a step of a sequence
+        sequence = s.campaign.split("/")[0]
+        click.echo(
+            f"  {t['unknown']} unknown: the connection died after DATA began, the server may "
+            f"have them. Check its log for their Message-IDs, then `listkit sequences retry "
+            f"{sequence} --unknown` for those it does not have.",
+            err=True,
+        )
+    elif t.get("unknown"):
         click.echo(
             f"  {t['unknown']} unknown: the connection died after DATA began, the server may "
             f"have them. Check its log for their Message-IDs (`listkit status {s.campaign}`), "

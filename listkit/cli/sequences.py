@@ -13,6 +13,7 @@ from listkit.send.sequence_files import (
     enrol_existing,
     load_sequence,
     overview,
+    retry_steps,
     set_paused,
     step_report,
     sync,
@@ -167,3 +168,25 @@ def sequences_enroll(ws: Workspace, slug: str, where: tuple[str, ...], yes: bool
         confirm("Enrol them?", f"listkit sequences enroll {slug} --yes")
     added = enrol_existing(ws.db, seq, sid, rules, ws.offers_dir, apply=True)
     click.echo(f"Enrolled {added} readers in {slug}.")
+
+
+@sequences.command("retry")
+@click.argument("slug")
+@click.option("--unknown", "which", flag_value="unknown", help="Unknown rows (check the log).")
+@click.option("--failed", "which", flag_value="failed", help="Failed rows (not suppressed ones).")
+@click.option("--deferred", "which", flag_value="deferred", help="Deferred rows: due now.")
+@pass_workspace
+def sequences_retry(ws: Workspace, slug: str, which: str | None) -> None:
+    """Queue a sequence's unknown, failed or deferred messages again for `send --due`.
+
+    Use --unknown only after checking the server's log: those messages may
+    have been delivered.
+
+    \b
+    Example:
+        listkit sequences retry welcome --unknown && listkit send --due
+    """
+    if which is None:
+        raise click.UsageError("say which: --unknown, --failed or --deferred")
+    n = retry_steps(ws.db, slug, which)
+    click.echo(f"{n} {which} messages of {slug} will be sent by the next `listkit send --due`.")

@@ -50,6 +50,7 @@ from listkit.send.campaigns import (
     format_duration,
     parse_duration,
 )
+from listkit.send.outbox import retry
 from listkit.vocab import ACTIVE, FINISHED
 
 FIELDS = {"trigger", "imported", "holdout", "attribution_days", "exit", "steps"}
@@ -254,7 +255,11 @@ def sync(db: Database, seq: Sequence, *, at: datetime | None = None) -> int:
     Inside the caller's transaction."""
     stamp = seconds(at)
     list_id = get_list(db, seq.target)["id"] if seq.kind == "joined" else None
-    row = db.execute("SELECT id, steps FROM sequences WHERE slug = ?", [seq.slug]).fetchone()
+    row = db.execute(
+        """SELECT id, steps, trigger, kind, target, list_id, imported, holdout, exits, steps,
+           first_step, first_after FROM sequences WHERE slug = ?""",
+        [seq.slug],
+    ).fetchone()
     old = json.loads(row[1]) if row else []
     steps = _merged(old, seq)
     first = next_step(steps, None)
@@ -277,6 +282,8 @@ def sync(db: Database, seq: Sequence, *, at: datetime | None = None) -> int:
                (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [*values, seq.slug, stamp],
         ).lastrowid
+    elif list(row[2:]) == values and _campaigns_match(db, row[0], seq):
+        return row[0]  # read again unchanged (every tick): nothing to write
     else:
         sid = row[0]
         db.execute(
@@ -320,6 +327,17 @@ def _replace(db: Database, sequence_id: int, steps: list[dict]) -> None:
                 name,
             ],
         )
+
+
+def _campaigns_match(db: Database, sequence_id: int, seq: Sequence) -> bool:
+    """Whether the steps' campaign rows say what the file says."""
+    stored = set(
+        db.execute(
+            "SELECT step, offer, attribution_days FROM campaigns WHERE sequence_id = ?",
+            [sequence_id],
+        ).fetchall()
+    )
+    return {(s.name, s.offer, seq.attribution_days) for s in seq.steps} <= stored
 
 
 def _step_campaigns(db: Database, sequence_id: int, seq: Sequence) -> None:
@@ -496,3 +514,18 @@ def enrol_existing(
                 WHERE q.id = ? AND s.id IN ({select})""",
             [stamp, stamp, stamp, sequence_id, *params],
         ).rowcount
+
+
+def retry_steps(db: Database, slug: str, which: str) -> int:
+    """Put a sequence's unknown, failed or deferred step messages back for the next
+    `send --due` (``outbox.retry`` on each step's campaign row); how many."""
+    check_slug(slug, "sequence")
+    row = db.execute("SELECT id FROM sequences WHERE slug = ?", [slug]).fetchone()
+    if row is None:
+        raise NotFound(f"no sequence {slug!r} is recorded yet")
+    return sum(
+        retry(db, cid, which)
+        for (cid,) in db.execute(
+            "SELECT id FROM campaigns WHERE sequence_id = ? ORDER BY id", [row[0]]
+        ).fetchall()
+    )

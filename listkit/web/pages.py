@@ -324,7 +324,7 @@ class ConfirmationMailer:
             return
         mine = Workspace(ws.root, _settings=ws.settings)
         try:
-            for outcome in send_sequences(mine, first_only=True):
+            for outcome in send_sequences(mine, at=self.clock(), first_only=True):
                 if outcome.action != "sent":
                     log.warning("sequence %s: %s now", outcome.step, outcome.action)
         finally:
