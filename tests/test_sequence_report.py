@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -253,10 +254,46 @@ def test_the_lift_compares_readers_mailed_with_those_held_out_in_the_sequences_w
     ci = result["ci95"]
     assert (
         f"Lift of welcome: mailed {3 / len(mailed):.2%} bought, held out {1 / len(held):.2%}: "
-        f"{3 / len(mailed) - 1 / len(held):+.2%} (95% interval {ci[0]:+.2%} to {ci[1]:+.2%})"
+        f"{3 / len(mailed) - 1 / len(held):+.2%} (95% interval {ci[0]:+.2%} to {ci[1]:+.2%}); "
+        f"3 of {len(mailed)} mailed bought, 1 of {len(held)} held out"
     ) in text
 
 
 def test_a_sequence_without_a_holdout_shows_no_lift(run, welcome):
     assert report(run)["welcome"]["lift"] is None
     assert "Lift of" not in run("report", "--by", "sequence").output
+
+
+def test_a_holdout_with_nobody_held_out_yet_says_so_rather_than_a_difference(
+    run, workspace, server
+):
+    point_at(workspace, server[0].port)
+    run("lists", "create", "blog")
+    install(workspace, "welcome", holdout="0.1")
+    load(workspace)
+    run("subscribers", "add", email("ann"), "--list", "blog")
+    assert run("report", "--by", "sequence").output.endswith(
+        "Lift of welcome: no reader held out yet (holdout 10%)\n"
+    )
+
+
+def test_the_html_report_shows_each_step_and_embeds_what_json_says(run, ws, welcome, tmp_path):
+    offer = deliveries(ws, "offer")
+    at = (welcome + timedelta(hours=1)).isoformat()
+    run(
+        "sales",
+        "import",
+        str(sales_csv(tmp_path, [f"1,a@x.org,29,USD,{at},,{offer['ann']['token']},,"])),
+    )
+    page = tmp_path / "report.html"
+    run("report", "--by", "sequence", "--html", str(page))
+    html = page.read_text()
+    embedded = re.search(r'id="listkit-sequences">(.*?)</script>', html).group(1)
+    assert json.loads(embedded) == json.loads(run("report", "--by", "sequence", "--json").output)
+    row = re.search(r'<tr data-sequence="welcome" data-step="offer">(.*?)</tr>', html).group(1)
+    assert re.findall(r"<td>(.*?)</td>", row) == [
+        "welcome", "offer", "5", "0", "0", "0", "1", "USD 29.00", "USD 5,800.00"
+    ]  # fmt: skip
+    # A period's page leaves the sequences out (they are reported for all time).
+    run("report", "--since", "2026-01-01", "--html", str(page))
+    assert "listkit-sequences" not in page.read_text()

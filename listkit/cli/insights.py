@@ -86,7 +86,19 @@ def _show_sequences(data: dict, *, json_: bool, csv_: bool) -> None:
     )
     for seq in data["sequences"]:
         if seq["lift"]:
-            click.echo(lift_text(seq["sequence"], seq["lift"]))
+            click.echo(sequence_lift_text(seq))
+
+
+def sequence_lift_text(seq: dict) -> str:
+    """A sequence's lift in words, with the size of both groups (while nobody is held
+    out yet, only that)."""
+    h = seq["lift"]
+    if not h["held_out"]:
+        return f"Lift of {seq['sequence']}: no reader held out yet (holdout {h['holdout']:.0%})"
+    return (
+        f"{lift_text(seq['sequence'], h)}; {h['mailed_buyers']:,} of {h['mailed']:,} mailed "
+        f"bought, {h['held_out_buyers']:,} of {h['held_out']:,} held out"
+    )
 
 
 def _show_variants(tests: list[dict], *, json_: bool, csv_: bool) -> None:
@@ -219,6 +231,8 @@ def _insights(ws: Workspace, since: str | None, until: str | None, tests: list[d
     month, silent subscribers (and the threshold that makes one silent)."""
     threshold = ws.settings.silent_after
     return {
+        # Sequences are reported for all time (their steps send every day).
+        "sequences": None if since or until else build_sequence_report(ws.db),
         "variants": tests,
         "by_source": buyers_by(ws.db, "source", since, until),
         "by_signup_month": buyers_by(ws.db, "signup-month", since, until),
@@ -236,8 +250,10 @@ def show_offer_verdicts(tests: list[dict]) -> None:
 
 def insight_sections(insights: dict) -> str:
     """HTML sections for the report page: offer tests, buyers by source and signup month,
-    silent subscribers; their data embedded as JSON (id listkit-insights)."""
-    parts = [_offer_test_section(t) for t in insights["variants"]]
+    silent subscribers; their data embedded as JSON (id listkit-insights, and the
+    sequences' as id listkit-sequences)."""
+    parts = _sequence_sections(insights["sequences"])
+    parts += [_offer_test_section(t) for t in insights["variants"]]
     for title, data in (
         ("signup source", insights["by_source"]),
         ("signup month", insights["by_signup_month"]),
@@ -251,10 +267,38 @@ def insight_sections(insights: dict) -> str:
             "--silent</code> moves them out, keeping their history.</p>"
         )
     data = json.dumps(
-        {k: v for k, v in insights.items() if k != "threshold"}, ensure_ascii=False
+        {k: v for k, v in insights.items() if k not in ("threshold", "sequences")},
+        ensure_ascii=False,
     ).replace("<", "\\u003c")
     parts.append(f'<script type="application/json" id="listkit-insights">{data}</script>')
     return "".join(parts)
+
+
+def _sequence_sections(data: dict | None) -> list[str]:
+    """The sequences' steps as a table, each sequence's lift, and their data as JSON;
+    nothing when there are none."""
+    if not data or not data["sequences"]:
+        return []
+    head = "".join(f"<th>{h}</th>" for h in ("sequence", "step", *STEP_HEADERS))
+    rows = "".join(
+        f'<tr data-sequence="{escape(r["sequence"])}" data-step="{escape(r["step"])}">'
+        + "".join(
+            f"<td>{escape(f'{r[k]:,}' if isinstance(r[k], int) else str(r[k]))}</td>"
+            for k in ("sequence", "step", *STEP_COLUMNS)
+        )
+        + "</tr>"
+        for r in step_rows(data)
+    )
+    parts = [
+        f'<h2>Sequences</h2><div class="wide"><table class="sequences"><tr>{head}</tr>'
+        f"{rows}</table></div>"
+    ]
+    parts += [
+        f"<p>{escape(sequence_lift_text(seq))}.</p>" for seq in data["sequences"] if seq["lift"]
+    ]
+    embedded = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
+    parts.append(f'<script type="application/json" id="listkit-sequences">{embedded}</script>')
+    return parts
 
 
 def _offer_test_section(t: dict) -> str:
