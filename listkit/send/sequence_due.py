@@ -210,6 +210,25 @@ def _prepared(ws: Workspace, seq: Sequence, step: str, offer: str, cache: dict) 
     return cache[step]
 
 
+def due_steps(
+    db: Database,
+    sequence_id: int,
+    at: datetime,
+    *,
+    first_only: bool = False,
+    limit: int | None = None,
+) -> list[tuple[int, int, str, int, str]]:
+    """The readers of a sequence whose next step is due at ``at`` (``first_only``:
+    who have passed nothing yet), in step order: (enrolment id, subscriber id,
+    address, list id, step). What a tick passes (``bench/sequences.py`` times it)."""
+    only_first = " AND e.step IS NULL" if first_only else ""
+    return db.execute(
+        f"""SELECT e.id, e.subscriber_id, s.email, e.list_id, e.next_step
+            FROM {DUE}{only_first} ORDER BY e.next_step, e.id LIMIT ?""",
+        [seconds(at), sequence_id, -1 if limit is None else limit],
+    ).fetchall()
+
+
 def _advance(
     ws: Workspace, sid: int, seq: Sequence, at: datetime, prepared: dict, first_only: bool
 ) -> None:
@@ -218,14 +237,9 @@ def _advance(
     db = ws.db
     stamp = seconds(at)
     steps, campaigns = _step_rows(db, sid)
-    only_first = " AND e.step IS NULL" if first_only else ""
     while True:
         with immediate(db):
-            rows = db.execute(
-                f"""SELECT e.id, e.subscriber_id, s.email, e.list_id, e.next_step
-                    FROM {DUE}{only_first} ORDER BY e.next_step, e.id LIMIT ?""",
-                [stamp, sid, CHUNK],
-            ).fetchall()
+            rows = due_steps(db, sid, at, first_only=first_only, limit=CHUNK)
             if not rows:
                 return
             for name, group in groupby(rows, key=lambda r: r[4]):
