@@ -23,6 +23,9 @@ LAZY = {
     ("listkit.cli.serve", "listkit.web.server"): "uvicorn, for `listkit serve`",
     ("listkit.cli.serve", "listkit.web.pages"): "Starlette, for `listkit form`",
     ("listkit.db", "listkit.addresses"): "email-validator, for one schema step",
+    ("listkit.web.pages", "listkit.send.sequence_due"): (
+        "the campaign sender, for a service whose workspace has sequences"
+    ),
 }
 
 

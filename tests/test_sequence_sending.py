@@ -341,3 +341,17 @@ def test_the_held_out_share_is_drawn_at_the_first_step_and_never_mailed(run, wor
     mailed = {r for r, _s in received(handler)}
     assert len(mailed) == welcome["finished"]
     assert len(handler.messages) == 3 * welcome["finished"]
+
+
+def test_a_step_whose_offer_has_expired_is_skipped_and_the_reader_goes_on(run, workspace, welcome):
+    t0, handler = welcome
+    tick(workspace, t0 + timedelta(minutes=1))
+    tick(workspace, t0 + timedelta(days=2, minutes=2))
+    offer = workspace / "offers" / "launch" / "offer.toml"
+    ends = (t0 + timedelta(days=3)).date().isoformat()
+    offer.write_text(offer.read_text().replace('expires = "2026-12-31"', f'expires = "{ends}"'))
+    tick(workspace, t0 + timedelta(days=6))
+    assert [s for _r, s in received(handler)] == ["download"] * 3 + ["story"] * 3
+    out = json.loads(run("sequences", "show", "welcome", "--json").output)
+    assert out[2]["messages"] == {"skipped": 3}
+    assert json.loads(run("sequences", "ls", "--json").output)[0]["finished"] == 3

@@ -14,7 +14,9 @@ with ``after = "0m"``), under the send lock:
    (``outbox.add_deliveries``) and the reader passes it, in one transaction: a
    reader passes each step once, and the outbox's (campaign, subscriber) key
    says so again;
-5. ``hold`` is called with a step's new deliveries before any can be claimed:
+5. a step whose offer has expired (its ``expires``) is skipped, as a follow-up
+   is never sent after its offer's expiry; and ``hold`` is called with a
+   step's new deliveries before any can be claimed:
    a selling step (``sells = true``) is skipped for a reader who bought what the
    sequence sells since entering it (the one place where checks on selling
    messages plug in);
@@ -52,6 +54,7 @@ from listkit.send.outbox import add_deliveries
 from listkit.send.prepare import Prepared, prepare_campaign
 from listkit.send.sender import RunSummary, send_lock, send_outbox
 from listkit.send.sequence_files import Sequence, next_step, sync_all
+from listkit.send.sequences import expiry
 from listkit.vocab import ACTIVE, EXITED, FINISHED, HELD_OUT
 from listkit.workspace import Workspace
 
@@ -254,6 +257,9 @@ def _advance(
                     coupon_base=p.composer.coupon_base,
                 )
                 step = next((s for s in steps if s["name"] == name), None)
+                end = expiry(p.expires)
+                if end is not None and at >= end:
+                    _skip(db, ids, f"its offer expired ({p.expires})")
                 hold(db, sid, seq, step, cid, ids)
                 nxt = next_step(steps, name)
                 db.conn.executemany(
@@ -272,6 +278,15 @@ def _advance(
                         for r in group
                     ],
                 )
+
+
+def _skip(db: Database, ids: list[int], why: str) -> None:
+    """Mark new deliveries ``skipped`` with the reason (they are never claimed)."""
+    db.execute(
+        """UPDATE deliveries SET state = 'skipped', phase = NULL, last_reply = ?
+           WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'""",
+        [why, json.dumps(list(ids))],
+    )
 
 
 def hold(

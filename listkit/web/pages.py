@@ -56,7 +56,6 @@ from listkit.mail.tracking import (
     verify_unsubscribe,
 )
 from listkit.mail.verp import bounce_address, envelope_sender
-from listkit.send.sequence_due import send_sequences
 from listkit.send.single import send_one
 from listkit.web.common import client_ip, read_body, read_form
 from listkit.workspace import Workspace
@@ -322,6 +321,9 @@ class ConfirmationMailer:
         ws = self.app.state.ws
         if not ws.sequences_dir.is_dir():
             return
+        # Lazy: the campaign sender, loaded only by a service whose workspace has sequences.
+        from listkit.send.sequence_due import send_sequences
+
         mine = Workspace(ws.root, _settings=ws.settings)
         try:
             for outcome in send_sequences(mine, at=self.clock(), first_only=True):
