@@ -15,13 +15,17 @@ Then in the same run, on the same file, warm, each several times:
 
 (a) a `listkit send --due` tick now, when nothing is due (a subprocess),
     against the same start-up without the tick: a process that imports the
-    command line (every command, as `listkit send` does) and opens the
-    workspace's database. Goal: the tick under 50 ms beyond that;
+    `send` command's module (the command line loads it when the command is
+    called) and opens the workspace's database; `listkit --version` beside
+    them. Wall and CPU time (user + system) of each process: on a loaded
+    machine the wall time is mostly waiting for a core. Goal: the tick under
+    50 ms beyond the start-up;
 (b) at a moment when 1 day of the 30 is due (about 5,300 readers), the
     library call a tick finds the due steps with (``sequence_due.due_steps``,
-    for each sequence: reader, address, list and step, in step order) against
-    one ``SELECT COUNT(*)`` of the due enrolments through the index on the
-    due time. Goal: at most 3x.
+    for each sequence: enrolment, reader, list and step) against one
+    ``SELECT COUNT(*)`` of the due enrolments through the index on the due
+    time; and due_steps' SQL alone (its rows counted where they are read, not
+    handed to Python). Goal: at most 3x.
 
     .venv/bin/python bench/sequences.py [--scale 0.1] [--repeat 5] [--keep DB]
 """
