@@ -68,13 +68,15 @@ def welcome(run, workspace, server):
     return datetime.now(UTC)
 
 
-def sales_csv(tmp_path: Path, lines: list[str]) -> Path:
+def import_sales(run, tmp_path: Path, lines: list[str]) -> None:
+    """`listkit sales import` of a CSV with these lines (order, email, amount,
+    currency, date, coupon, token, utm_campaign, utm_content)."""
     f = tmp_path / "sales.csv"
     f.write_text(
         "order,email,amount,currency,date,coupon,token,utm_campaign,utm_content\n"
         + "".join(line + "\n" for line in lines)
     )
-    return f
+    run("sales", "import", str(f))
 
 
 def test_a_sale_is_attributed_to_a_steps_delivery_by_token_coupon_utm_click_and_email(
@@ -86,28 +88,23 @@ def test_a_sale_is_attributed_to_a_steps_delivery_by_token_coupon_utm_click_and_
             ws.db, story["dee"]["id"], "click", welcome.isoformat(), "https://x", None, None
         )
     at = (welcome + timedelta(hours=1)).isoformat()
-    run(
-        "sales",
-        "import",
-        str(
-            sales_csv(
-                tmp_path,
-                [
-                    # ann's token of the offer step, bought from another address
-                    f"1,x@example.com,29,USD,{at},,{offer['ann']['token']},,",
-                    # bob's own code of the offer step, from another address
-                    f"2,y@example.com,29,USD,{at},{offer['bob']['coupon'].lower()},,,",
-                    # the launch offer's code for everyone, used by cy, who got the step
-                    f"3,cy@example.com,29,USD,{at},launch30,,,",
-                    # the shop kept the UTM parameters of the story step only
-                    f"4,new@example.com,29,USD,{at},,,welcome/story,blog",
-                    # dee clicked the story's link, then bought
-                    f"5,dee@example.com,29,USD,{at},,,,",
-                    # fay bought within the window of the last message she got
-                    f"6,fay@example.com,29,USD,{at},,,,",
-                ],
-            )
-        ),
+    import_sales(
+        run,
+        tmp_path,
+        [
+            # ann's token of the offer step, bought from another address
+            f"1,x@example.com,29,USD,{at},,{offer['ann']['token']},,",
+            # bob's own code of the offer step, from another address
+            f"2,y@example.com,29,USD,{at},{offer['bob']['coupon'].lower()},,,",
+            # the launch offer's code for everyone, used by cy, who got the step
+            f"3,cy@example.com,29,USD,{at},launch30,,,",
+            # the shop kept the UTM parameters of the story step only
+            f"4,new@example.com,29,USD,{at},,,welcome/story,blog",
+            # dee clicked the story's link, then bought
+            f"5,dee@example.com,29,USD,{at},,,,",
+            # fay bought within the window of the last message she got
+            f"6,fay@example.com,29,USD,{at},,,,",
+        ],
     )
     sold = {
         r["order"]: (r["method"], r["campaign"], r["list"])
@@ -144,19 +141,14 @@ def test_each_step_shows_sent_unsubscribed_bounced_clicks_buyers_and_revenue_per
             ws.db, offer["dee"]["id"], "click_bot", welcome.isoformat(), "https://x", None, None
         )
     at = (welcome + timedelta(hours=1)).isoformat()
-    run(
-        "sales",
-        "import",
-        str(
-            sales_csv(
-                tmp_path,
-                [
-                    f"1,ann@example.com,29,USD,{at},,{offer['ann']['token']},,",
-                    f"2,ann@example.com,10,USD,{at},,{offer['ann']['token']},,",
-                    f"3,cy@example.com,20,USD,{at},,{offer['cy']['token']},,",
-                ],
-            )
-        ),
+    import_sales(
+        run,
+        tmp_path,
+        [
+            f"1,ann@example.com,29,USD,{at},,{offer['ann']['token']},,",
+            f"2,ann@example.com,10,USD,{at},,{offer['ann']['token']},,",
+            f"3,cy@example.com,20,USD,{at},,{offer['cy']['token']},,",
+        ],
     )
     figures = {
         name: {k: s[k] for k in ("sent", "unsubscribed", "bounced", "clicks", "buyers", "orders")}
@@ -184,11 +176,7 @@ def test_each_step_shows_sent_unsubscribed_bounced_clicks_buyers_and_revenue_per
 def test_the_text_report_is_the_golden_output(run, ws, welcome, tmp_path):
     offer = deliveries(ws, "offer")
     at = (welcome + timedelta(hours=1)).isoformat()
-    run(
-        "sales",
-        "import",
-        str(sales_csv(tmp_path, [f"1,a@x.org,29,USD,{at},,{offer['ann']['token']},,"])),
-    )
+    import_sales(run, tmp_path, [f"1,a@x.org,29,USD,{at},,{offer['ann']['token']},,"])
     out = []
     for form in ((), ("--csv",)):
         args = ("report", "--by", "sequence", *form)
@@ -242,7 +230,7 @@ def test_the_lift_compares_readers_mailed_with_those_held_out_in_the_sequences_w
     lines += [f"h0,{held[0]},29,USD,{soon},,,,", f"h1,{held[1]},29,USD,{late},,,,"]
     lines += [f"b0,{mailed[3]},29,USD,{before},,,,"]
     lines += [f"m9,{mailed[0]},29,USD,{soon},,,,"]  # a second order: one buyer still
-    run("sales", "import", str(sales_csv(tmp_path, lines)))
+    import_sales(run, tmp_path, lines)
     result = report(run)["welcome"]["lift"]
     assert result == {
         "holdout": 0.5,
@@ -280,11 +268,7 @@ def test_a_holdout_with_nobody_held_out_yet_says_so_rather_than_a_difference(
 def test_the_html_report_shows_each_step_and_embeds_what_json_says(run, ws, welcome, tmp_path):
     offer = deliveries(ws, "offer")
     at = (welcome + timedelta(hours=1)).isoformat()
-    run(
-        "sales",
-        "import",
-        str(sales_csv(tmp_path, [f"1,a@x.org,29,USD,{at},,{offer['ann']['token']},,"])),
-    )
+    import_sales(run, tmp_path, [f"1,a@x.org,29,USD,{at},,{offer['ann']['token']},,"])
     page = tmp_path / "report.html"
     run("report", "--by", "sequence", "--html", str(page))
     html = page.read_text()
