@@ -39,6 +39,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -236,7 +237,7 @@ def due_steps(
     ).fetchall()
     # Sorted here, not in SQL: a sort there would read every due reader before the
     # first row (a LIMIT then saves nothing).
-    return sorted(rows, key=lambda r: r[3])
+    return sorted(rows, key=itemgetter(3))
 
 
 def with_addresses(db: Database, rows: list[tuple]) -> list[tuple[int, int, str, int, str]]:
