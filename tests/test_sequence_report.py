@@ -11,6 +11,7 @@ import json
 import os
 import re
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ import pytest
 from listkit.audience.subscribers import unsubscribe_delivery
 from listkit.db import immediate
 from listkit.inbox.clicks import record_click
+from listkit.mail.tracking import parse_unsubscribe_url, personal_coupon
 from listkit.sales.reports import lift
-from tests.test_sequence_sending import install, load, point_at, tick
+from tests.test_sequence_sending import install, load, point_at, step_of, tick
 
 GOLDEN = Path(__file__).parent / "golden" / "report-by-sequence.txt"
 READERS = ["ann", "bob", "cy", "dee", "eve", "fay"]
@@ -29,16 +31,29 @@ def email(name: str) -> str:
     return f"{name}@example.com"
 
 
-def deliveries(ws, step: str) -> dict[str, dict]:
-    """The step's deliveries by reader: id, token, coupon, state."""
-    return {
-        r[0].split("@")[0]: {"id": r[1], "token": r[2], "coupon": r[3], "state": r[4]}
-        for r in ws.db.execute(
-            """SELECT d.email, d.id, d.token, d.coupon, d.state FROM deliveries d
-               JOIN campaigns c ON c.id = d.campaign_id WHERE c.slug = ?""",
-            [f"welcome/{step}"],
-        )
-    }
+def deliveries(ws, handler, step: str) -> dict[str, dict]:
+    """The step's deliveries by reader: id, state, and the token and personal coupon
+    of the message the reader got (read from its List-Unsubscribe link, as sent)."""
+    sent = {}
+    for _mid, rcpt, data in handler.messages:
+        if step_of(data) == step:
+            link = message_from_bytes(data)["List-Unsubscribe"].strip("<>")
+            sent[rcpt] = parse_unsubscribe_url(link)[0]
+    out = {}
+    for address, did, state in ws.db.execute(
+        """SELECT s.email, d.id, d.state FROM deliveries d
+           JOIN subscribers s ON s.id = d.subscriber_id
+           JOIN campaigns c ON c.id = d.campaign_id WHERE c.slug = ?""",
+        [f"welcome/{step}"],
+    ):
+        token = sent.get(address)
+        out[address.split("@")[0]] = {
+            "id": did,
+            "state": state,
+            "token": token,
+            "coupon": personal_coupon("LAUNCH30", token) if token else None,
+        }
+    return out
 
 
 def report(run) -> dict:
@@ -48,6 +63,12 @@ def report(run) -> dict:
 
 def steps(run) -> dict[str, dict]:
     return {s["step"]: s for s in report(run)["welcome"]["steps"]}
+
+
+@pytest.fixture
+def handler(server):
+    """What the recording SMTP server received."""
+    return server[1]
 
 
 @pytest.fixture
@@ -80,9 +101,9 @@ def import_sales(run, tmp_path: Path, lines: list[str]) -> None:
 
 
 def test_a_sale_is_attributed_to_a_steps_delivery_by_token_coupon_utm_click_and_email(
-    run, ws, welcome, tmp_path
+    run, ws, welcome, handler, tmp_path
 ):
-    offer, story = deliveries(ws, "offer"), deliveries(ws, "story")
+    offer, story = deliveries(ws, handler, "offer"), deliveries(ws, handler, "story")
     with immediate(ws.db):
         record_click(
             ws.db, story["dee"]["id"], "click", welcome.isoformat(), "https://x", None, None
@@ -127,9 +148,9 @@ def test_a_sale_is_attributed_to_a_steps_delivery_by_token_coupon_utm_click_and_
 
 
 def test_each_step_shows_sent_unsubscribed_bounced_clicks_buyers_and_revenue_per_1000(
-    run, ws, welcome, tmp_path
+    run, ws, welcome, handler, tmp_path
 ):
-    story, offer = deliveries(ws, "story"), deliveries(ws, "offer")
+    story, offer = deliveries(ws, handler, "story"), deliveries(ws, handler, "offer")
     with immediate(ws.db):
         unsubscribe_delivery(ws.db, story["bob"]["token"], everything=False)
         for name in ("ann", "cy"):
@@ -173,8 +194,8 @@ def test_each_step_shows_sent_unsubscribed_bounced_clicks_buyers_and_revenue_per
     )
 
 
-def test_the_text_report_is_the_golden_output(run, ws, welcome, tmp_path):
-    offer = deliveries(ws, "offer")
+def test_the_text_report_is_the_golden_output(run, ws, welcome, handler, tmp_path):
+    offer = deliveries(ws, handler, "offer")
     at = (welcome + timedelta(hours=1)).isoformat()
     import_sales(run, tmp_path, [f"1,a@x.org,29,USD,{at},,{offer['ann']['token']},,"])
     out = []
@@ -265,8 +286,10 @@ def test_a_holdout_with_nobody_held_out_yet_says_so_rather_than_a_difference(
     )
 
 
-def test_the_html_report_shows_each_step_and_embeds_what_json_says(run, ws, welcome, tmp_path):
-    offer = deliveries(ws, "offer")
+def test_the_html_report_shows_each_step_and_embeds_what_json_says(
+    run, ws, welcome, handler, tmp_path
+):
+    offer = deliveries(ws, handler, "offer")
     at = (welcome + timedelta(hours=1)).isoformat()
     import_sales(run, tmp_path, [f"1,a@x.org,29,USD,{at},,{offer['ann']['token']},,"])
     page = tmp_path / "report.html"
