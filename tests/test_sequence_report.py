@@ -147,6 +147,25 @@ def test_a_sale_is_attributed_to_a_steps_delivery_by_token_coupon_utm_click_and_
     assert by_step["download"]["buyers"] == 0
 
 
+def test_a_steps_campaign_row_follows_its_offers_coupon_when_the_offer_is_edited(
+    run, ws, workspace
+):
+    run("lists", "create", "blog")
+    install(workspace, "welcome")
+    load(workspace)
+
+    def coupon() -> str | None:
+        return ws.db.execute(
+            "SELECT coupon FROM campaigns WHERE slug = 'welcome/offer'"
+        ).fetchone()[0]
+
+    assert coupon() == "LAUNCH30"
+    toml = workspace / "offers" / "launch" / "offer.toml"
+    toml.write_text(toml.read_text().replace('coupon = "LAUNCH30"', 'coupon = "LAUNCH40"'))
+    load(workspace)
+    assert coupon() == "LAUNCH40"
+
+
 def test_each_step_shows_sent_unsubscribed_bounced_clicks_buyers_and_revenue_per_1000(
     run, ws, welcome, handler, tmp_path
 ):

@@ -330,14 +330,14 @@ def _replace(db: Database, sequence_id: int, steps: list[dict]) -> None:
 
 
 def _campaigns_match(db: Database, sequence_id: int, seq: Sequence) -> bool:
-    """Whether the steps' campaign rows say what the file says."""
+    """Whether the steps' campaign rows say what the file (and the offers) say."""
     stored = set(
         db.execute(
-            "SELECT step, offer, attribution_days FROM campaigns WHERE sequence_id = ?",
+            "SELECT step, offer, attribution_days, coupon FROM campaigns WHERE sequence_id = ?",
             [sequence_id],
         ).fetchall()
     )
-    return {(s.name, s.offer, seq.attribution_days) for s in seq.steps} <= stored
+    return {(s.name, s.offer, seq.attribution_days, s.coupon) for s in seq.steps} <= stored
 
 
 def _step_campaigns(db: Database, sequence_id: int, seq: Sequence) -> None:
