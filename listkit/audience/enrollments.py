@@ -43,11 +43,11 @@ from sqlite_utils import Database
 
 from listkit.vocab import ACTIVE, EXITED, ORDER_SQL, REFUNDED
 
-# A sale ``s`` matches a purchase target (``anything``, ``product:NAME``,
-# ``offer:SLUG``) given as the SQL expression in ``{target}``.
+# A sale (alias ``{sale}``) matches a purchase target (``anything``,
+# ``product:NAME``, ``offer:SLUG``) given as the SQL expression ``{target}``.
 MATCHES = (
-    "({target} = 'anything' OR {target} = 'product:' || s.product "
-    "OR {target} = 'offer:' || s.offer)"
+    "({target} = 'anything' OR {target} = 'product:' || {sale}.product "
+    "OR {target} = 'offer:' || {sale}.offer)"
 )
 # The reader a sale ``s`` is from: the recipient of the delivery it is
 # attributed to, else the subscriber with the buyer's address.
@@ -118,7 +118,7 @@ def on_sales(db: Database, sale_ids: Iterable[int]) -> dict[str, int]:
             FROM sales s JOIN (SELECT s.id AS sale_id, {BUYER} AS sid FROM sales s
                                WHERE s.id IN (SELECT value FROM json_each(?))) b
               ON b.sale_id = s.id
-            JOIN sequences q ON q.kind = 'bought' AND {MATCHES.format(target="q.target")}
+            JOIN sequences q ON q.kind = 'bought' AND {MATCHES.format(target="q.target", sale="s")}
             WHERE s.status IN {ORDER_SQL} AND b.sid IS NOT NULL
               AND q.created <= unixepoch(s.at) AND q.first_step IS NOT NULL
               AND EXISTS (SELECT 1 FROM memberships m
@@ -145,7 +145,7 @@ def on_sales(db: Database, sale_ids: Iterable[int]) -> dict[str, int]:
               WHERE s.id IN (SELECT value FROM json_each(?)) AND s.status IN {ORDER_SQL}
                 AND unixepoch(s.at) >= e.trigger_at AND e.sale_id IS NOT s.id
                 AND EXISTS (SELECT 1 FROM json_each(q.exits) x
-                            WHERE {MATCHES.format(target="x.value")}))
+                            WHERE {MATCHES.format(target="x.value", sale="s")}))
             RETURNING id""",
         [stamp, stamp, ids],
     ).fetchall()

@@ -490,7 +490,7 @@ def enrol_existing(
         params = [get_list(db, seq.target)["id"], *params]
     else:
         who = f"""s.id IN (SELECT b.sid FROM ({PURCHASES}) b
-                           WHERE {MATCHES.format(target="?").replace("s.", "b.")})
+                           WHERE {MATCHES.format(target="?", sale="b")})
                   AND EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = s.id
                               AND m.status = 'active')"""
         params = [seq.target, seq.target, seq.target, *params]
