@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
@@ -21,6 +22,7 @@ from listkit.db import immediate
 from listkit.inbox.clicks import record_click
 from listkit.mail.tracking import parse_unsubscribe_url, personal_coupon
 from listkit.sales.reports import lift
+from tests.test_reports import _statements
 from tests.test_sequence_sending import install, load, point_at, step_of, tick
 
 GOLDEN = Path(__file__).parent / "golden" / "report-by-sequence.txt"
@@ -323,3 +325,16 @@ def test_the_html_report_shows_each_step_and_embeds_what_json_says(
     # A period's page leaves the sequences out (they are reported for all time).
     run("report", "--since", "2026-01-01", "--html", str(page))
     assert "listkit-sequences" not in page.read_text()
+
+
+def test_the_html_page_builds_the_campaign_figures_once_with_sequences_on_it(
+    run, welcome, tmp_path, monkeypatch
+):
+    # The page's sequence section takes the steps' rows from the page's report by
+    # campaign: building its own counted every delivery and sale a second time.
+    statements = _statements(monkeypatch)
+    run("report", "--html", str(tmp_path / "r.html"))
+    figures = Counter(s for s in statements if re.search(r"\b(deliveries|sales|events)\b", s))
+    assert len(figures) > 5
+    assert {sql: n for sql, n in figures.items() if n > 1} == {}
+    assert "listkit-sequences" in (tmp_path / "r.html").read_text()

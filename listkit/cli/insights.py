@@ -222,17 +222,22 @@ def report_data(
     if page:
         for grouping in BY:
             data[f"by_{grouping}"] = data["report"] if by == grouping else reports[grouping]
-        data["insights"] = _insights(ws, since, until, tests)
+        data["insights"] = _insights(ws, since, until, tests, data["by_campaign"])
     return data
 
 
-def _insights(ws: Workspace, since: str | None, until: str | None, tests: list[dict]) -> dict:
-    """The HTML report's further figures: offer tests, buyers by source and signup
-    month, silent subscribers (and the threshold that makes one silent)."""
+def _insights(
+    ws: Workspace, since: str | None, until: str | None, tests: list[dict], by_campaign: dict
+) -> dict:
+    """The HTML report's further figures: the sequences (from the report by campaign,
+    without a period), offer tests, buyers by source and signup month, silent
+    subscribers (and the threshold that makes one silent)."""
     threshold = ws.settings.silent_after
     return {
         # Sequences are reported for all time (their steps send every day).
-        "sequences": None if since or until else build_sequence_report(ws.db),
+        "sequences": None
+        if since or until
+        else build_sequence_report(ws.db, by_campaign=by_campaign),
         "variants": tests,
         "by_source": buyers_by(ws.db, "source", since, until),
         "by_signup_month": buyers_by(ws.db, "signup-month", since, until),

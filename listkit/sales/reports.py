@@ -603,32 +603,34 @@ def credit_variants(db: Database, rows: dict, campaigns: dict, only: list[int] |
 
 # --- by sequence ----------------------------------------------------------------------
 # A sequence's step is a campaign row (slug ``<sequence>/<step>``), so its figures are
-# the campaign grouping's own (``_delivery_figures``, ``_count_sales``, ``_finish_row``),
-# arranged per step; only buyers and the lift against the held-out readers are its own.
+# the campaign grouping's row for it, arranged per step; only buyers and the lift
+# against the held-out readers are the sequences' own.
 
 STEP_SUMS = ("sent", "failed", "unsubscribed", "bounced", "complaints", "clicks", "orders")
 
 
-def build_sequence_report(db: Database, since: str | None = None, until: str | None = None) -> dict:
+def build_sequence_report(
+    db: Database,
+    since: str | None = None,
+    until: str | None = None,
+    *,
+    by_campaign: dict | None = None,
+) -> dict:
     """``listkit report --by sequence``: per step of each sequence its messages' figures
     (sent, unsubscribed, bounced, clicks, buyers, revenue per 1,000 sent), per sequence
     the same summed (buyers counted once) and its lift against its held-out readers.
+    ``by_campaign``: the all-time report by campaign, when the caller has it already.
 
     All time only: a step sends every day, so a period would have to select its
     messages by their own dates, not by when the step first sent."""
-    period = read_period(db, since, until)
-    if period.limited:
+    start, end = period_bounds(since, until)
+    if start or end:
         raise InputError(
             "--by sequence reports all time (a sequence's steps send every day); "
             "leave out --since and --until"
         )
-    rows: dict = defaultdict(_empty_row)
-    figures = period.once("campaign_id", lambda: _delivery_figures(db, period, "campaign_id"))
-    for cid, counts in figures.items():
-        row = rows[period.group("campaign", cid)]
-        for name, n in counts.items():
-            row[name] += n
-    _count_sales(db, period, "campaign", rows)
+    campaigns = by_campaign or build_report(db, "campaign")
+    rows = {r["campaign"]: r for r in campaigns["rows"]}
     buyers = _sequence_buyers(db)
     out = []
     for sid, slug, trigger, holdout, steps in db.execute(
@@ -637,14 +639,13 @@ def build_sequence_report(db: Database, since: str | None = None, until: str | N
         step_rows = []
         for step in json.loads(steps):
             name = f"{slug}/{step['name']}"
-            row = _finish_row("campaign", name, rows[("campaign", name)], {})
-            row.pop("campaign")
+            row = rows.get(name) or _finish_row("campaign", name, _empty_row(), {})
             step_rows.append(
                 {
                     "step": step["name"],
                     "offer": step["offer"],
                     "removed": step["removed"],
-                    **row,
+                    **{k: v for k, v in row.items() if k != "campaign"},
                     "buyers": len(buyers.get((sid, step["name"]), ())),
                 }
             )
