@@ -699,6 +699,12 @@ def m021_sequences(db: Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX enrollments_due ON enrollments(next_due) WHERE state = 'active'")
+    # One sequence's due readers, what passing them needs, from the index alone
+    # (bench/sequences.py: finding them then costs about what counting them does).
+    db.execute(
+        """CREATE INDEX enrollments_step_due ON enrollments(sequence_id, next_due, next_step,
+           subscriber_id, list_id) WHERE state = 'active'"""
+    )
     db.execute("CREATE INDEX enrollments_subscriber ON enrollments(subscriber_id)")
     db.execute("CREATE INDEX enrollments_sale ON enrollments(sale_id) WHERE sale_id IS NOT NULL")
     db.execute("CREATE INDEX enrollments_state ON enrollments(sequence_id, state, step)")

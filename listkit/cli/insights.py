@@ -1,5 +1,6 @@
-"""Report views beyond list/offer/campaign: offer tests (variant), where buyers come
-from (source, signup-month), and silent subscribers; as text, JSON, CSV and HTML."""
+"""Report views beyond list/offer/campaign: sequences (each step), offer tests
+(variant), where buyers come from (source, signup-month), and silent subscribers; as
+text, JSON, CSV and HTML."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import click
 
 from listkit.cli.output import emit_csv, emit_json, emit_table
 from listkit.sales.money import format_amounts
-from listkit.sales.reports import BY, build_reports
+from listkit.sales.reports import BY, build_reports, build_sequence_report, lift_text
 from listkit.sales.stats import buyers_by, silent_by_list, silent_subscribers
 from listkit.send.variants import table_rows, variant_report, verdict_lines
 from listkit.workspace import Workspace
 
-INSIGHTS = ("variant", "source", "signup-month", "silent")
+INSIGHTS = ("sequence", "variant", "source", "signup-month", "silent")
 VARIANT_CSV = ["campaign", "variant", "delivered", "buyers", "currency", "revenue", "per_1000"]
 VARIANT_CSV += ["ci95_low", "ci95_high", "winner"]
+# A step's figures, after its sequence and name (the table, the CSV, the page).
+STEP_COLUMNS = ("sent", "unsubscribed", "bounced", "clicks", "buyers", "revenue", "per_1000")
+STEP_HEADERS = ("sent", "unsub", "bounced", "clicks", "buyers", "revenue", "per 1k sent")
 BUYERS_CSV = ["subscribers", "buyers", "orders", "currency", "revenue", "revenue_per_subscriber"]
 
 
@@ -27,10 +31,74 @@ def show_insight(
     """``report --by`` one of INSIGHTS, as a table, JSON or CSV."""
     if by == "silent":
         _show_silent(ws, json_=json_, csv_=csv_)
+    elif by == "sequence":
+        _show_sequences(build_sequence_report(ws.db, since, until), json_=json_, csv_=csv_)
     elif by == "variant":
         _show_variants(variant_report(ws.db, since, until), json_=json_, csv_=csv_)
     else:
         _show_buyers(buyers_by(ws.db, by, since, until), json_=json_, csv_=csv_)
+
+
+def step_rows(data: dict) -> list[dict]:
+    """Each sequence's steps, then its totals (step ``(all)``), money as it reads."""
+    out = []
+    for seq in data["sequences"]:
+        for step in [*seq["steps"], {"step": "(all)", **seq["totals"]}]:
+            out.append(
+                {
+                    "sequence": seq["sequence"],
+                    **step,
+                    "step": step["step"] + (" (removed)" if step.get("removed") else ""),
+                    "revenue": format_amounts(step["revenue"], "-"),
+                    "per_1000": format_amounts(step["revenue_per_1000"], "-"),
+                }
+            )
+    return out
+
+
+def _show_sequences(data: dict, *, json_: bool, csv_: bool) -> None:
+    """Each step of each sequence, then each sequence's lift against its holdout."""
+    if json_:
+        emit_json(data)
+        return
+    if csv_:
+        emit_csv(
+            [
+                {
+                    "sequence": seq["sequence"],
+                    **step,
+                    "currency": cur,
+                    "revenue": step["revenue"].get(cur, 0),
+                    "per_1000": step["revenue_per_1000"].get(cur, ""),
+                }
+                for seq in data["sequences"]
+                for step in [*seq["steps"], {"step": "(all)", **seq["totals"]}]
+                for cur in sorted(step["revenue"]) or [""]
+            ],
+            ["sequence", "step", *STEP_COLUMNS[:-2], "currency", "revenue", "per_1000"],
+        )
+        return
+    emit_table(
+        step_rows(data),
+        ["sequence", "step", *STEP_COLUMNS],
+        headers=["sequence", "step", *STEP_HEADERS],
+        empty="No sequences yet: see docs/sequences.md.",
+    )
+    for seq in data["sequences"]:
+        if seq["lift"]:
+            click.echo(sequence_lift_text(seq))
+
+
+def sequence_lift_text(seq: dict) -> str:
+    """A sequence's lift in words, with the size of both groups (while nobody is held
+    out yet, only that)."""
+    h = seq["lift"]
+    if not h["held_out"]:
+        return f"Lift of {seq['sequence']}: no reader held out yet (holdout {h['holdout']:.0%})"
+    return (
+        f"{lift_text(seq['sequence'], h)}; {h['mailed_buyers']:,} of {h['mailed']:,} mailed "
+        f"bought, {h['held_out_buyers']:,} of {h['held_out']:,} held out"
+    )
 
 
 def _show_variants(tests: list[dict], *, json_: bool, csv_: bool) -> None:
@@ -154,15 +222,22 @@ def report_data(
     if page:
         for grouping in BY:
             data[f"by_{grouping}"] = data["report"] if by == grouping else reports[grouping]
-        data["insights"] = _insights(ws, since, until, tests)
+        data["insights"] = _insights(ws, since, until, tests, data["by_campaign"])
     return data
 
 
-def _insights(ws: Workspace, since: str | None, until: str | None, tests: list[dict]) -> dict:
-    """The HTML report's further figures: offer tests, buyers by source and signup
-    month, silent subscribers (and the threshold that makes one silent)."""
+def _insights(
+    ws: Workspace, since: str | None, until: str | None, tests: list[dict], by_campaign: dict
+) -> dict:
+    """The HTML report's further figures: the sequences (from the report by campaign,
+    without a period), offer tests, buyers by source and signup month, silent
+    subscribers (and the threshold that makes one silent)."""
     threshold = ws.settings.silent_after
     return {
+        # Sequences are reported for all time (their steps send every day).
+        "sequences": None
+        if since or until
+        else build_sequence_report(ws.db, by_campaign=by_campaign),
         "variants": tests,
         "by_source": buyers_by(ws.db, "source", since, until),
         "by_signup_month": buyers_by(ws.db, "signup-month", since, until),
@@ -180,8 +255,10 @@ def show_offer_verdicts(tests: list[dict]) -> None:
 
 def insight_sections(insights: dict) -> str:
     """HTML sections for the report page: offer tests, buyers by source and signup month,
-    silent subscribers; their data embedded as JSON (id listkit-insights)."""
-    parts = [_offer_test_section(t) for t in insights["variants"]]
+    silent subscribers; their data embedded as JSON (id listkit-insights, and the
+    sequences' as id listkit-sequences)."""
+    parts = _sequence_sections(insights["sequences"])
+    parts += [_offer_test_section(t) for t in insights["variants"]]
     for title, data in (
         ("signup source", insights["by_source"]),
         ("signup month", insights["by_signup_month"]),
@@ -195,10 +272,38 @@ def insight_sections(insights: dict) -> str:
             "--silent</code> moves them out, keeping their history.</p>"
         )
     data = json.dumps(
-        {k: v for k, v in insights.items() if k != "threshold"}, ensure_ascii=False
+        {k: v for k, v in insights.items() if k not in ("threshold", "sequences")},
+        ensure_ascii=False,
     ).replace("<", "\\u003c")
     parts.append(f'<script type="application/json" id="listkit-insights">{data}</script>')
     return "".join(parts)
+
+
+def _sequence_sections(data: dict | None) -> list[str]:
+    """The sequences' steps as a table, each sequence's lift, and their data as JSON;
+    nothing when there are none."""
+    if not data or not data["sequences"]:
+        return []
+    head = "".join(f"<th>{h}</th>" for h in ("sequence", "step", *STEP_HEADERS))
+    rows = "".join(
+        f'<tr data-sequence="{escape(r["sequence"])}" data-step="{escape(r["step"])}">'
+        + "".join(
+            f"<td>{escape(f'{r[k]:,}' if isinstance(r[k], int) else str(r[k]))}</td>"
+            for k in ("sequence", "step", *STEP_COLUMNS)
+        )
+        + "</tr>"
+        for r in step_rows(data)
+    )
+    parts = [
+        f'<h2>Sequences</h2><div class="wide"><table class="sequences"><tr>{head}</tr>'
+        f"{rows}</table></div>"
+    ]
+    parts += [
+        f"<p>{escape(sequence_lift_text(seq))}.</p>" for seq in data["sequences"] if seq["lift"]
+    ]
+    embedded = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
+    parts.append(f'<script type="application/json" id="listkit-sequences">{embedded}</script>')
+    return parts
 
 
 def _offer_test_section(t: dict) -> str:

@@ -28,6 +28,7 @@ from listkit.sales.reports import (
     BY,
     MAILED_THROUGH_NOTE,
     complaint_warning_text,
+    lift_text,
     mailed_through_text,
     skipped_for_reader_text,
 )
@@ -40,7 +41,8 @@ from listkit.workspace import Workspace
     type=click.Choice((*BY, *INSIGHTS)),
     default="list",
     show_default=True,
-    help="Group by list, offer or campaign; variant (offer tests), source, signup-month; "
+    help="Group by list, offer or campaign; sequence (each step); variant (offer tests), "
+    "source, signup-month; "
     "silent (subscribers mailed LISTKIT_SILENT_AFTER+ times with no purchase, no click).",
 )
 @click.option("--since", help="First day, YYYY-MM-DD.")
@@ -65,6 +67,7 @@ def report(
         listkit report --by campaign --since 2026-11-01 --json
         listkit report --html report.html
         listkit report --by variant
+        listkit report --by sequence
         listkit report --by silent --csv > silent.csv
     """
     if sum(map(bool, (json_, csv_, html))) > 1:
@@ -198,12 +201,7 @@ def _print_notes(data: dict) -> None:
         names = ", ".join(mailed_through_text(x) for x in data["lists_mailed_through_others"])
         click.echo(f"Lists mailed through other lists ({MAILED_THROUGH_NOTE}): {names}")
     for h in data["holdout"]:
-        ci = h["ci95"]
-        interval = f" (95% interval {ci[0]:+.2%} to {ci[1]:+.2%})" if ci else ""
-        click.echo(
-            f"Lift of {h['campaign']}: mailed {h['mailed_rate']:.2%} bought, held out "
-            f"{h['held_out_rate']:.2%}: {h['difference']:+.2%}{interval}"
-        )
+        click.echo(lift_text(h["campaign"], h))
     for w in data["complaint_warnings"]:
         click.echo(f"Warning: {complaint_warning_text(w)}")
     if data.get("skipped_for_reader"):

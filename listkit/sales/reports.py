@@ -26,7 +26,14 @@ from sqlite_utils import Database
 from listkit.audience.lists import MAILABLE_MEMBER, member_counts
 from listkit.audience.suppressions import BOUNCED_DELIVERIES, UNSUBSCRIBED_DELIVERIES
 from listkit.errors import InputError
-from listkit.vocab import BOUNCE_REASONS, ORDER_SQL, RESPECT_SQL, REVENUE_SQL, UNSUBSCRIBED
+from listkit.vocab import (
+    BOUNCE_REASONS,
+    HELD_OUT,
+    ORDER_SQL,
+    RESPECT_SQL,
+    REVENUE_SQL,
+    UNSUBSCRIBED,
+)
 
 BY = ("list", "offer", "campaign")
 T = TypeVar("T")
@@ -465,6 +472,17 @@ def complaint_warning_text(warning: dict) -> str:
     )
 
 
+def lift_text(name: str, h: dict) -> str:
+    """A holdout's lift in words (a campaign's, a sequence's): the purchase rates of the
+    mailed and the held out, their difference and its 95% interval."""
+    ci = h["ci95"]
+    interval = f" (95% interval {ci[0]:+.2%} to {ci[1]:+.2%})" if ci else ""
+    return (
+        f"Lift of {name}: mailed {h['mailed_rate']:.2%} bought, held out "
+        f"{h['held_out_rate']:.2%}: {h['difference']:+.2%}{interval}"
+    )
+
+
 MAILED_THROUGH_NOTE = "a reader on several lists of a campaign gets one message"
 
 
@@ -630,3 +648,129 @@ def credit_variants(db: Database, rows: dict, campaigns: dict, only: list[int] |
         ):
             home[key] -= n
             there[key] += n
+
+
+# --- by sequence ----------------------------------------------------------------------
+# A sequence's step is a campaign row (slug ``<sequence>/<step>``), so its figures are
+# the campaign grouping's row for it, arranged per step; only buyers and the lift
+# against the held-out readers are the sequences' own.
+
+STEP_SUMS = ("sent", "failed", "unsubscribed", "bounced", "complaints", "clicks", "orders")
+
+
+def build_sequence_report(
+    db: Database,
+    since: str | None = None,
+    until: str | None = None,
+    *,
+    by_campaign: dict | None = None,
+) -> dict:
+    """``listkit report --by sequence``: per step of each sequence its messages' figures
+    (sent, unsubscribed, bounced, clicks, buyers, revenue per 1,000 sent), per sequence
+    the same summed (buyers counted once) and its lift against its held-out readers.
+    ``by_campaign``: the all-time report by campaign, when the caller has it already.
+
+    All time only: a step sends every day, so a period would have to select its
+    messages by their own dates, not by when the step first sent."""
+    start, end = period_bounds(since, until)
+    if start or end:
+        raise InputError(
+            "--by sequence reports all time (a sequence's steps send every day); "
+            "leave out --since and --until"
+        )
+    campaigns = by_campaign or build_report(db, "campaign")
+    rows = {r["campaign"]: r for r in campaigns["rows"]}
+    buyers = _sequence_buyers(db)
+    out = []
+    for sid, slug, trigger, holdout, steps in db.execute(
+        "SELECT id, slug, trigger, holdout, steps FROM sequences ORDER BY slug"
+    ).fetchall():
+        step_rows = []
+        for step in json.loads(steps):
+            name = f"{slug}/{step['name']}"
+            row = rows.get(name) or _finish_row("campaign", name, _empty_row(), {})
+            step_rows.append(
+                {
+                    "step": step["name"],
+                    "offer": step["offer"],
+                    "removed": step["removed"],
+                    **{k: v for k, v in row.items() if k != "campaign"},
+                    "buyers": len(buyers.get((sid, step["name"]), ())),
+                }
+            )
+        out.append(
+            {
+                "sequence": slug,
+                "trigger": trigger,
+                "steps": step_rows,
+                "totals": _sequence_totals(step_rows, buyers.get((sid, None), set())),
+                "lift": _sequence_lift(db, sid, holdout, json.loads(steps)),
+            }
+        )
+    return {"by": "sequence", "since": since, "until": until, "sequences": out}
+
+
+def _sequence_buyers(db: Database) -> dict[tuple[int, str | None], set[str]]:
+    """Who bought through each step, and through each sequence (step None): the buyers
+    of the orders attributed to a step's campaign row, each once."""
+    buyers: dict = defaultdict(set)
+    for sid, step, who in db.execute(
+        f"""SELECT DISTINCT c.sequence_id, c.step, coalesce(s.email_key, 'sale:' || s.id)
+            FROM sales s JOIN campaigns c ON c.id = s.campaign_id
+            WHERE c.sequence_id IS NOT NULL AND s.status IN {ORDER_SQL}"""
+    ):
+        buyers[(sid, step)].add(who)
+        buyers[(sid, None)].add(who)
+    return buyers
+
+
+def _sequence_totals(steps: list[dict], buyers: set[str]) -> dict:
+    """A sequence's steps summed: counts and revenue added, buyers counted once."""
+    totals: dict = {name: sum(s[name] for s in steps) for name in STEP_SUMS}
+    revenue: dict[str, int] = {}
+    for s in steps:
+        for cur, amount in s["revenue"].items():
+            revenue[cur] = revenue.get(cur, 0) + amount
+    return {
+        **totals,
+        "buyers": len(buyers),
+        "revenue": revenue,
+        "revenue_per_1000": per_thousand(revenue, totals["sent"]),
+    }
+
+
+def _sequence_lift(
+    db: Database, sequence_id: int, holdout: float, steps: list[dict]
+) -> dict | None:
+    """The readers whose first step came due, mailed (a step's message was made for
+    them) against held out: the share who bought, from their entry to the end of the
+    sequence's last step plus its attribution window (a sale that enrolled a reader
+    is not a purchase it caused). None for a sequence that holds nobody out."""
+    held = db.execute(
+        "SELECT EXISTS (SELECT 1 FROM enrollments WHERE sequence_id = ? AND state = ?)",
+        [sequence_id, HELD_OUT],
+    ).fetchone()[0]
+    if not holdout and not held:
+        return None
+    days = db.execute(
+        "SELECT coalesce(max(attribution_days), 0) FROM campaigns WHERE sequence_id = ?",
+        [sequence_id],
+    ).fetchone()[0]
+    window = sum(s["after"] for s in steps if not s["removed"]) + days * 86400
+    groups = {0: (0, 0), 1: (0, 0)}
+    for is_held, n, bought in db.execute(
+        f"""SELECT e.state = '{HELD_OUT}', COUNT(*), coalesce(SUM(EXISTS (
+                SELECT 1 FROM sales x WHERE x.email_key = s.key AND x.status IN {ORDER_SQL}
+                AND x.id IS NOT e.sale_id AND unixepoch(x.at) > e.trigger_at
+                AND unixepoch(x.at) <= e.trigger_at + ?)), 0)
+            FROM enrollments e JOIN subscribers s ON s.id = e.subscriber_id
+            WHERE e.sequence_id = ? AND (e.state = '{HELD_OUT}' OR e.step IS NOT NULL)
+            GROUP BY 1""",
+        [window, sequence_id],
+    ):
+        groups[is_held] = (n, bought)
+    return {
+        "holdout": holdout,
+        "window_days": round(window / 86400, 2),
+        **lift(*groups[0], *groups[1]),
+    }

@@ -39,6 +39,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -123,8 +124,9 @@ def _tick(ws: Workspace, at: datetime, limit: int | None, first_only: bool) -> l
 
 
 # Due active readers of one sequence (bound: the time, the sequence id), read
-# through the index on ``next_due``.
-DUE = f"""enrollments e INDEXED BY enrollments_due JOIN subscribers s ON s.id = e.subscriber_id
+# through the index on (sequence, ``next_due``): only this sequence's due readers.
+DUE = f"""enrollments e INDEXED BY enrollments_step_due
+          JOIN subscribers s ON s.id = e.subscriber_id
           WHERE e.state = '{ACTIVE}' AND e.next_due <= ? AND e.sequence_id = ?"""
 
 
@@ -213,6 +215,43 @@ def _prepared(ws: Workspace, seq: Sequence, step: str, offer: str, cache: dict) 
     return cache[step]
 
 
+def due_steps(
+    db: Database,
+    sequence_id: int,
+    at: datetime,
+    *,
+    first_only: bool = False,
+    limit: int | None = None,
+) -> list[tuple[int, int, int, str]]:
+    """The readers of a sequence whose next step is due at ``at`` (``first_only``:
+    who have passed nothing yet), the earliest due first, grouped by step:
+    (enrolment id, subscriber id, list id, step). Read from the index alone
+    (``enrollments_step_due``): what a tick passes (``bench/sequences.py`` times it)."""
+    only_first = " AND e.step IS NULL" if first_only else ""
+    rows = db.execute(
+        f"""SELECT e.id, e.subscriber_id, e.list_id, e.next_step
+            FROM enrollments e INDEXED BY enrollments_step_due
+            WHERE e.state = '{ACTIVE}' AND e.sequence_id = ? AND e.next_due <= ?{only_first}
+            LIMIT ?""",
+        [sequence_id, seconds(at), -1 if limit is None else limit],
+    ).fetchall()
+    # Sorted here, not in SQL: a sort there would read every due reader before the
+    # first row (a LIMIT then saves nothing).
+    return sorted(rows, key=itemgetter(3))
+
+
+def with_addresses(db: Database, rows: list[tuple]) -> list[tuple[int, int, str, int, str]]:
+    """``due_steps`` rows with each reader's address, for their deliveries:
+    (enrolment id, subscriber id, address, list id, step)."""
+    emails = dict(
+        db.execute(
+            "SELECT id, email FROM subscribers WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps([r[1] for r in rows])],
+        ).fetchall()
+    )
+    return [(eid, sid, emails[sid], lid, step) for eid, sid, lid, step in rows]
+
+
 def _advance(
     ws: Workspace, sid: int, seq: Sequence, at: datetime, prepared: dict, first_only: bool
 ) -> None:
@@ -221,14 +260,9 @@ def _advance(
     db = ws.db
     stamp = seconds(at)
     steps, campaigns = _step_rows(db, sid)
-    only_first = " AND e.step IS NULL" if first_only else ""
     while True:
         with immediate(db):
-            rows = db.execute(
-                f"""SELECT e.id, e.subscriber_id, s.email, e.list_id, e.next_step
-                    FROM {DUE}{only_first} ORDER BY e.next_step, e.id LIMIT ?""",
-                [stamp, sid, CHUNK],
-            ).fetchall()
+            rows = with_addresses(db, due_steps(db, sid, at, first_only=first_only, limit=CHUNK))
             if not rows:
                 return
             for name, group in groupby(rows, key=lambda r: r[4]):

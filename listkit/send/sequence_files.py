@@ -67,6 +67,7 @@ class Step:
     after: timedelta
     sells: bool
     product: str = ""
+    coupon: str | None = None  # the offer's code for everyone (attribution by coupon)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def _steps(raw: object, path: Path, offers_dir: Path) -> tuple[Step, ...]:
             offer: Offer = load_offer(offers_dir, item["offer"])
         except ListkitError as e:
             raise InputError(f"{where}: field offer: {e}") from None
-        steps.append(Step(name, offer.slug, after, sells, offer.product))
+        steps.append(Step(name, offer.slug, after, sells, offer.product, offer.coupon))
     return tuple(steps)
 
 
@@ -329,27 +330,30 @@ def _replace(db: Database, sequence_id: int, steps: list[dict]) -> None:
 
 
 def _campaigns_match(db: Database, sequence_id: int, seq: Sequence) -> bool:
-    """Whether the steps' campaign rows say what the file says."""
+    """Whether the steps' campaign rows say what the file (and the offers) say."""
     stored = set(
         db.execute(
-            "SELECT step, offer, attribution_days FROM campaigns WHERE sequence_id = ?",
+            "SELECT step, offer, attribution_days, coupon FROM campaigns WHERE sequence_id = ?",
             [sequence_id],
         ).fetchall()
     )
-    return {(s.name, s.offer, seq.attribution_days) for s in seq.steps} <= stored
+    return {(s.name, s.offer, seq.attribution_days, s.coupon) for s in seq.steps} <= stored
 
 
 def _step_campaigns(db: Database, sequence_id: int, seq: Sequence) -> None:
-    """One campaigns row per step (its offer and attribution window kept up to date)."""
+    """One campaigns row per step (its offer, the offer's coupon and the attribution
+    window kept up to date: a sale with the coupon is attributed to the step as to a
+    campaign)."""
     created = datetime.now(UTC).isoformat()
     for step in seq.steps:
         slug = seq.step_slug(step.name)
         db.execute(
             """INSERT INTO campaigns (slug, offer, lists, state, holdout, attribution_days,
-               created, sequence_id, step) VALUES (?, ?, '[]', 'scheduled', 0, ?, ?, ?, ?)
+               coupon, created, sequence_id, step)
+               VALUES (?, ?, '[]', 'scheduled', 0, ?, ?, ?, ?, ?)
                ON CONFLICT (slug) DO UPDATE SET offer = excluded.offer,
-               attribution_days = excluded.attribution_days""",
-            [slug, step.offer, seq.attribution_days, created, sequence_id, step.name],
+               attribution_days = excluded.attribution_days, coupon = excluded.coupon""",
+            [slug, step.offer, seq.attribution_days, step.coupon, created, sequence_id, step.name],
         )
 
 
