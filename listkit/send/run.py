@@ -23,6 +23,7 @@ import asyncio
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +41,7 @@ from listkit.send.campaigns import Campaign, declined_campaigns
 from listkit.send.connect import open_connection
 from listkit.send.marks import MarkFile
 from listkit.send.outbox import Claimed, Result, claim, may_go, record
-from listkit.send.render import render, start_pool
+from listkit.send.render import Rendered, Renderer
 from listkit.send.smtp import Connection, ConnectionLost, Outcome, transact
 
 T = TypeVar("T")
@@ -158,9 +159,7 @@ class Run:
         marker writes marks and the flusher commits results."""
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-db")
         self.mark_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-marks")
-        self.pool = (
-            start_pool(self.composer, self.compose_processes) if self.compose_processes else None
-        )
+        self.renderer = Renderer(self.composer, self.compose_processes)
         try:
             await self.db(self._open)
             await self.in_marks_thread(self._open_marks)
@@ -199,13 +198,15 @@ class Run:
         finally:
             self.executor.shutdown(wait=True)
             self.mark_executor.shutdown(wait=True)
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+            self.renderer.close()
         if self.fatal is not None:
             raise self.fatal
         return self.counts
 
     async def _producer(self) -> None:
+        """Claims batches and keeps ``renderer.ahead`` of them rendering; queues
+        each batch's messages, in the order claimed, once it is rendered."""
+        rendering: deque[tuple[list[Claimed], asyncio.Future[Rendered]]] = deque()
         remaining = self.limit
         while self.stopped is None and (remaining is None or remaining > 0):
             size = self.batch if remaining is None else min(self.batch, remaining)
@@ -222,18 +223,27 @@ class Run:
                 break
             if remaining is not None:
                 remaining -= len(rows)
-            built = await render(self.composer, rows, self.pool)
-            for i, (row, (data, error)) in enumerate(zip(rows, built, strict=True)):
-                if self.stopped is not None:
-                    for left in rows[i:]:
-                        self._result(Result(left.id, "pending"))
-                    break
-                if error is not None:
-                    self._result(Result(row.id, "failed", None, error, row.attempts))
-                    continue
-                await self.queue.put((row, data))
+            rendering.append((rows, self.renderer.submit(rows)))
+            if len(rendering) >= self.renderer.ahead:
+                await self._enqueue(*rendering.popleft())
+        while rendering:
+            await self._enqueue(*rendering.popleft())
         for _ in range(self.campaign.concurrency):
             await self.queue.put(None)
+
+    async def _enqueue(self, rows: list[Claimed], rendering: asyncio.Future[Rendered]) -> None:
+        """Queue a rendered batch for the workers; a row that cannot be built fails,
+        and once the run stops, the rest goes back to pending."""
+        built = await rendering
+        for i, (row, (data, error)) in enumerate(zip(rows, built, strict=True)):
+            if self.stopped is not None:
+                for left in rows[i:]:
+                    self._result(Result(left.id, "pending"))
+                break
+            if error is not None:
+                self._result(Result(row.id, "failed", None, error, row.attempts))
+                continue
+            await self.queue.put((row, data))
 
     def _result(self, result: Result) -> None:
         self.results.append(result)
