@@ -59,6 +59,13 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
+# Results are committed at most this often (seconds). A commit waits for an
+# fsync and costs the sending process about 0.25 ms of CPU whatever its size:
+# committed as they came, a fast send's results went a few at a time, over a
+# thousand commits a second. A run killed meanwhile leaves these rows unknown
+# (their marks say the content may be out), as during any commit.
+RECORD_EVERY = 0.01
+
 # The pause between failed connection attempts; tests record it instead of waiting.
 backoff_sleep = asyncio.sleep
 
@@ -174,6 +181,7 @@ class Run:
             # if none is left.
             self.open_marks: set[int] = set()
             self.wake = asyncio.Event()
+            self.recorded_at = 0.0
             self.mark_wake = asyncio.Event()
             self.closing = False
             self.limiter = RateLimiter(self.campaign.rate)
@@ -296,6 +304,10 @@ class Run:
             await self.wake.wait()
             self.wake.clear()
             while self.results:
+                pause = self.recorded_at + RECORD_EVERY - time.monotonic()
+                if pause > 0 and not self.closing:
+                    await asyncio.sleep(pause)  # more results join this commit meanwhile
+                self.recorded_at = time.monotonic()
                 results, self.results = self.results, []
                 try:
                     await self.db(record, self.conn_db, self.campaign_id, results)
