@@ -94,10 +94,14 @@ class Composer:
         list_title: str | None,
         token: str,
         sign: bool = True,
+        check_leftovers: bool = True,
     ) -> Composed:
         """The message for one subscriber; TemplateError or HeaderInjection say why not.
 
-        ``sign=False`` leaves out the DKIM signature (checks need no RSA per message)."""
+        ``sign=False`` leaves out the DKIM signature (checks need no RSA per message);
+        ``check_leftovers=False`` skips the search for template syntax left in the
+        output (``leftover`` is then None): a send does not report it, `campaigns check`
+        and `offers preview` do."""
         who = subscriber["email"]
         used_coupon: list[str] = []
 
@@ -161,7 +165,7 @@ class Composer:
             text=text,
             html=html,
             coupon=used_coupon[0] if used_coupon else None,
-            leftover=self.templates.leftovers(rendered),
+            leftover=self.templates.leftovers(rendered) if check_leftovers else None,
         )
 
     @staticmethod

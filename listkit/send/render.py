@@ -112,6 +112,7 @@ def compose_claimed(composer: Composer, row: Claimed) -> Composed:
         list_slug=row.list_slug,
         list_title=row.list_title,
         token=row.token,
+        check_leftovers=False,
     )
 
 
