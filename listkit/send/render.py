@@ -54,7 +54,10 @@ class Renderer:
 
     ``submit`` starts a batch and returns its future at once: the run keeps
     ``ahead`` batches going, so that every render process has work while the
-    event loop sends, and awaits them in the order it submitted them.
+    event loop sends, and awaits them in the order it submitted them. A render
+    process takes about half a second to start (an interpreter importing
+    listkit): until one is ready, batches are rendered here, so that the
+    sending starts at once.
     """
 
     def __init__(self, composer: Composer, processes: int):
@@ -62,11 +65,25 @@ class Renderer:
         self.pool = _start_pool(composer, processes) if processes else None
         # Two batches a process: one rendering, the next waiting for it.
         self.ahead = 2 * processes if processes else 1
+        self.warm: asyncio.Future[None] | None = None
+
+    def started(self) -> asyncio.Future[None]:
+        """Done once a render process is ready (at once without any)."""
+        loop = asyncio.get_running_loop()
+        if self.warm is None:
+            if self.pool is None:
+                self.warm = loop.create_future()
+                self.warm.set_result(None)
+            else:
+                self.warm = loop.run_in_executor(self.pool, _ready)
+                # A pool that cannot start says so on the next submit instead.
+                self.warm.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return self.warm
 
     def submit(self, rows: list[Claimed]) -> asyncio.Future[Rendered]:
         """``compose_rows`` for one batch, where it costs the event loop least."""
         loop = asyncio.get_running_loop()
-        if self.pool is not None:
+        if self.pool is not None and self.started().done():
             return loop.run_in_executor(self.pool, _pool_compose, rows)
         if self.composer.signer is not None:
             # Signing (RSA) is the costly step: keep it off the event loop.
@@ -141,6 +158,10 @@ def _pool_init(parent_pid: int, settings, offers_dir: Path, campaign: str, offer
         offers_dir=offers_dir,
         track_clicks=settings.track_clicks,
     )
+
+
+def _ready() -> None:
+    """Nothing: done once a render process has started."""
 
 
 def _pool_compose(rows: list[Claimed]) -> Rendered:

@@ -167,6 +167,7 @@ class Run:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-db")
         self.mark_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-marks")
         self.renderer = Renderer(self.composer, self.compose_processes)
+        self.renderer.started()  # render processes start while the database opens
         try:
             await self.db(self._open)
             await self.in_marks_thread(self._open_marks)
