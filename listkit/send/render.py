@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from listkit.audience.subscribers import subscriber_dict
@@ -66,6 +66,8 @@ class Renderer:
         # Two batches a process: one rendering, the next waiting for it.
         self.ahead = 2 * processes if processes else 1
         self.warm: asyncio.Future[None] | None = None
+        # One thread: batches signed here finish one after the other, the first first.
+        self.signing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-sign")
 
     def started(self) -> asyncio.Future[None]:
         """Done once a render process is ready (at once without any)."""
@@ -87,12 +89,13 @@ class Renderer:
             return loop.run_in_executor(self.pool, _pool_compose, rows)
         if self.composer.signer is not None:
             # Signing (RSA) is the costly step: keep it off the event loop.
-            return loop.run_in_executor(None, compose_rows, self.composer, rows)
+            return loop.run_in_executor(self.signing, compose_rows, self.composer, rows)
         done = loop.create_future()
         done.set_result(compose_rows(self.composer, rows))
         return done
 
     def close(self) -> None:
+        self.signing.shutdown(wait=True, cancel_futures=True)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
