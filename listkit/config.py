@@ -335,6 +335,7 @@ COUNT = Kind("whole number", _whole_number("messages"))
 PER_HOUR = Kind(
     "whole number, 1 or more", _whole_number("confirmations an hour per list (1 or more)")
 )
+RENDER_WORKERS = Kind("whole number, 1 or more", _whole_number("processes (1 or more)"))
 HTTP_URL = Kind("http(s) URL", _http_url)
 HOST_NAME = Kind("host name", _host_name)
 SENDER = Kind("`Name <address>`", lambda text, _workspace: parse_sender(text))
@@ -428,6 +429,13 @@ class Settings:
         HOST_NAME,
         "the name listkit gives the server in EHLO, e.g. `mail.example.com`",
         default_doc="this machine's full name if it has a dot; else the domain of `LISTKIT_FROM`",
+    )
+    render_workers = Setting(
+        "LISTKIT_RENDER_WORKERS",
+        RENDER_WORKERS,
+        "processes that render and DKIM-sign a send of 1,000 messages or more, beside the one "
+        "that sends",
+        default_doc="one per core (none on a single core: rendering stays in the sending process)",
     )
     sender = Setting(
         "LISTKIT_FROM",

@@ -11,10 +11,14 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
+import listkit.send.render as render
 from listkit.config import load_settings
 from listkit.mail import dkim
 from listkit.mail.compose import Composer
 from listkit.mail.offers import load_offer
+from listkit.send.sender import send_campaign
+from listkit.workspace import Workspace
+from tests.test_send import setup_campaign
 
 SUBSCRIBER = {"id": 1, "email": "ann@example.org", "name": "Ann", "fields": {}}
 
@@ -301,6 +305,46 @@ def test_messages_rendered_in_the_render_process_are_signed_there(
     run("send", "t", "--yes")
     assert spawned, "the render process was not used"
     assert len(handler.messages) == 3
+    for _mid, _rcpt, data in handler.messages:
+        assert verifies(data, signing)
+
+
+def test_two_render_processes_sign_every_message_and_hand_them_back_in_claim_order(
+    run, workspace, signing, server, monkeypatch
+):
+    monkeypatch.setattr(render, "POOL_THRESHOLD", 2)
+    controller, handler = server
+    addresses = [f"o{i:02d}@example.org" for i in range(23)]
+    # One connection: the server receives the messages in the order they are queued.
+    setup_campaign(run, workspace, controller.port, addresses)
+    campaign = workspace / "campaigns" / "t.toml"
+    campaign.write_text(campaign.read_text().replace("concurrency = 2", "concurrency = 1"))
+    with (workspace / ".env").open("a") as f:
+        f.write("LISTKIT_RENDER_WORKERS=2\n")
+    started = []
+    real = render.ProcessPoolExecutor
+
+    def pool(*args, **kwargs):
+        started.append(kwargs["max_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(render, "ProcessPoolExecutor", pool)
+    ws = Workspace(workspace)
+    try:
+        # Batches of 3: both processes render, and several batches are under way at once.
+        summary = send_campaign(ws, "t", batch=3)
+        claim_order = [
+            email
+            for (email,) in ws.db.execute(
+                """SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+                   ORDER BY d.id"""
+            )
+        ]
+    finally:
+        ws.close()
+    assert started == [2]
+    assert summary.this_run == {"sent": 23}
+    assert [rcpt for _mid, rcpt, _data in handler.messages] == claim_order
     for _mid, _rcpt, data in handler.messages:
         assert verifies(data, signing)
 

@@ -12,6 +12,7 @@ from listkit.config import load_settings
 from listkit.errors import HeaderInjection, NotFound, TemplateError
 from listkit.mail.compose import Composer
 from listkit.mail.offers import list_offers, load_offer
+from listkit.mail.tracking import track
 
 
 def write_offer(root: Path, slug="deal", toml=None, text="Hi {{ subscriber.name }}\n", html=None):
@@ -441,3 +442,21 @@ def test_shipped_layout_hides_the_preheader_without_text_coloured_like_its_backg
     for declarations in hidden:
         assert "color" not in declarations, declarations
         assert declarations.get("mso-hide") == "all" and declarations.get("opacity") == "0"
+
+
+def test_each_reader_gets_the_tracked_links_track_makes_for_their_own_token(workspace):
+    links = [
+        "https://buy.stripe.com/abc?prefilled=1&utm_source=old#pay",
+        "https://shop.example.com/a b?x=%C3%A9&y=",
+    ]
+    text = "".join(f"{{{{ track({link!r}) }}}}\n" for link in links) + "{{ buy_url }}\n"
+    write_offer(workspace, text=text)
+    c = composer(workspace)
+    for list_slug, token in (("blog", "abcdefghijklmnop"), ("news", "zyxwvu2345677654")):
+        sub = {"id": 1, "email": "ann@example.com", "name": "Ann", "fields": {}}
+        message = c.compose(subscriber=sub, list_slug=list_slug, list_title=None, token=token)
+        expected = [
+            track(url, campaign="spring", list_slug=list_slug, token=token)
+            for url in (*links, "https://shop.example.com/x")
+        ]
+        assert message.text.splitlines()[: len(expected)] == expected

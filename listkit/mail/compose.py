@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from markupsafe import Markup, escape
 
@@ -30,6 +31,11 @@ from listkit.mail.tracking import (
     track,
     unsubscribe_url,
 )
+
+# Where the token goes in a tracked link (``Composer._tracked``): letters and
+# digits, which URL encoding leaves as they are.
+_STAND_IN = "LKSTANDINTOKEN0"
+_TRACKED_LINKS_KEPT = 256  # links cut once per campaign and list, at the most
 
 NEEDED = ("LISTKIT_FROM", "LISTKIT_POSTAL_ADDRESS", "LISTKIT_BASE_URL", "LISTKIT_SECRET")
 
@@ -62,6 +68,7 @@ class Composer:
         # redirects to the tracked link; ``links`` names every destination rendered.
         self.track_clicks = track_clicks
         self.links: dict[str, str] = {}
+        self._tracked_links: dict[tuple[str, str], list[str] | None] = {}
         sender_name, sender_address = settings.sender_address()
         self.settings = settings
         self.offers_dir = offers_dir
@@ -94,10 +101,14 @@ class Composer:
         list_title: str | None,
         token: str,
         sign: bool = True,
+        check_leftovers: bool = True,
     ) -> Composed:
         """The message for one subscriber; TemplateError or HeaderInjection say why not.
 
-        ``sign=False`` leaves out the DKIM signature (checks need no RSA per message)."""
+        ``sign=False`` leaves out the DKIM signature (checks need no RSA per message);
+        ``check_leftovers=False`` skips the search for template syntax left in the
+        output (``leftover`` is then None): a send does not report it, `campaigns check`
+        and `offers preview` do."""
         who = subscriber["email"]
         used_coupon: list[str] = []
 
@@ -106,19 +117,23 @@ class Composer:
                 link = link_id(str(url))
                 self.links[link] = str(url)
                 return click_url(self.base_url, self.secret, token, link)
-            return track(
-                str(url),
-                campaign=self.campaign,
-                list_slug=list_slug,
-                token=token,
-                token_param=self.token_param,
-            )
+            pieces = self._tracked(str(url), list_slug)
+            if pieces is None:
+                return track(
+                    str(url),
+                    campaign=self.campaign,
+                    list_slug=list_slug,
+                    token=token,
+                    token_param=self.token_param,
+                )
+            return quoted_token.join(pieces)
 
         def coupon() -> str:
             code = personal_coupon(self.coupon_base, token)
             used_coupon.append(code)
             return code
 
+        quoted_token = quote(token, safe="")  # as urlencode writes it
         unsubscribe = unsubscribe_url(self.base_url, self.secret, token)
         reader = subscriber_context(subscriber)
         self._check_name(reader["name"], subscriber.get("id"), who)
@@ -161,8 +176,34 @@ class Composer:
             text=text,
             html=html,
             coupon=used_coupon[0] if used_coupon else None,
-            leftover=self.templates.leftovers(rendered),
+            leftover=self.templates.leftovers(rendered) if check_leftovers else None,
         )
+
+    def _tracked(self, url: str, list_slug: str) -> list[str] | None:
+        """``track``'s URL for this campaign and list, cut where the token goes
+        (None if the stand-in token is part of the link itself).
+
+        Parsing and re-encoding a link's query is a fifth of composing a
+        message, and only the token differs between two recipients of a list:
+        each link is tracked once per list, with a stand-in token.
+        """
+        key = (url, list_slug)
+        if key not in self._tracked_links:
+            if len(self._tracked_links) >= _TRACKED_LINKS_KEPT:
+                return None  # links made from reader data: tracked one by one
+            given = (url, list_slug, self.campaign, self.token_param)
+            self._tracked_links[key] = (
+                None
+                if any(_STAND_IN in text for text in given)
+                else track(
+                    url,
+                    campaign=self.campaign,
+                    list_slug=list_slug,
+                    token=_STAND_IN,
+                    token_param=self.token_param,
+                ).split(_STAND_IN)
+            )
+        return self._tracked_links[key]
 
     @staticmethod
     def _check_name(name: str | None, sid: int | None, who: str) -> None:

@@ -175,8 +175,11 @@ def _rsa_sha256() -> tuple[Any, Any]:
     return padding.PKCS1v15(), hashes.SHA256()
 
 
+@functools.lru_cache(maxsize=64)
 def _fold_list(h: str, width: int = 68) -> str:
-    """Fold the h= list after colons so no line runs long."""
+    """Fold the h= list after colons so no line runs long. (Cached: a campaign's
+    messages share their header names, and folding was a tenth of a signature
+    besides the RSA step.)"""
     lines, line = [], ""
     for name in h.split(":"):
         piece = name if not line else ":" + name

@@ -1,12 +1,15 @@
-"""Rendering a run's messages: in the sending process, or in a render process.
+"""Rendering a run's messages: in the sending process, or in render processes.
 
-The rule: a message is rendered (and DKIM-signed) from its claimed row alone,
-to its wire form, and one that cannot be built is that row's failure with
-the reason, never a reason to stop the others. From ``POOL_THRESHOLD``
-messages on, on a machine with a second core, rendering moves to one spawned
-process (``start_pool``) that dies with its parent, so that it overlaps the
-sending; below that, signing (RSA, the costly step) runs on a thread and
-plain rendering inline.
+The rule: a message is rendered and DKIM-signed from its claimed row alone
+(``compose_claimed``: the one place that turns a row into what a template
+sees), to its wire form, and one that cannot be built is that row's failure
+with the reason, never a reason to stop the others. From ``POOL_THRESHOLD``
+messages on, rendering and signing move to spawned processes (``Renderer``;
+LISTKIT_RENDER_WORKERS of them, by default one per core on a machine with a
+second core) that die with their parent, so that the event loop only sends;
+a run hands them several batches at once and takes the results back in the
+order it claimed them. Below that, signing (RSA, the costly step) runs on a
+thread and plain rendering inline.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from listkit.audience.subscribers import subscriber_dict
+from listkit.config import Settings
 from listkit.errors import HeaderInjection, TemplateError
 from listkit.mail.compose import Composed, Composer
 from listkit.mail.offers import load_offer
@@ -25,19 +29,78 @@ from listkit.processes import exit_with_parent
 from listkit.send.outbox import Claimed
 from listkit.send.smtp import wire_form
 
-# From this many messages on, rendering moves to a second process (its start-up
-# costs about a third of a second).
+# From this many messages on, rendering moves to render processes (starting
+# one costs about a third of a second).
 POOL_THRESHOLD = 1000
 
 Rendered = list[tuple[bytes | None, str | None]]
 
 
-def render_processes(due: int) -> int:
-    """How many render processes a run of ``due`` messages gets (0 or 1)."""
-    return 1 if due >= POOL_THRESHOLD and (os.cpu_count() or 1) > 1 else 0
+def render_processes(settings: Settings, due: int) -> int:
+    """How many render processes a run of ``due`` messages gets: none below
+    ``POOL_THRESHOLD``; else LISTKIT_RENDER_WORKERS, or one per core when the
+    machine has more than one."""
+    if due < POOL_THRESHOLD:
+        return 0
+    forced = settings.render_workers
+    if forced is not None:
+        return forced
+    cores = os.cpu_count() or 1
+    return cores if cores > 1 else 0
 
 
-def start_pool(composer: Composer, processes: int) -> ProcessPoolExecutor:
+class Renderer:
+    """Renders a run's batches, in ``processes`` render processes or (0) here.
+
+    ``submit`` starts a batch and returns its future at once: the run keeps
+    ``ahead`` batches going, so that every render process has work while the
+    event loop sends, and awaits them in the order it submitted them. A render
+    process takes about half a second to start (an interpreter importing
+    listkit): until one is ready, batches are rendered here, so that the
+    sending starts at once.
+    """
+
+    def __init__(self, composer: Composer, processes: int):
+        self.composer = composer
+        self.pool = _start_pool(composer, processes) if processes else None
+        # Two batches a process: one rendering, the next waiting for it.
+        self.ahead = 2 * processes if processes else 1
+        self.warm: asyncio.Future[None] | None = None
+        # One thread: batches signed here finish one after the other, the first first.
+        self.signing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-sign")
+
+    def started(self) -> asyncio.Future[None]:
+        """Done once a render process is ready (at once without any)."""
+        loop = asyncio.get_running_loop()
+        if self.warm is None:
+            if self.pool is None:
+                self.warm = loop.create_future()
+                self.warm.set_result(None)
+            else:
+                self.warm = loop.run_in_executor(self.pool, _ready)
+                # A pool that cannot start says so on the next submit instead.
+                self.warm.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return self.warm
+
+    def submit(self, rows: list[Claimed]) -> asyncio.Future[Rendered]:
+        """``compose_rows`` for one batch, where it costs the event loop least."""
+        loop = asyncio.get_running_loop()
+        if self.pool is not None and self.started().done():
+            return loop.run_in_executor(self.pool, _pool_compose, rows)
+        if self.composer.signer is not None:
+            # Signing (RSA) is the costly step: keep it off the event loop.
+            return loop.run_in_executor(self.signing, compose_rows, self.composer, rows)
+        done = loop.create_future()
+        done.set_result(compose_rows(self.composer, rows))
+        return done
+
+    def close(self) -> None:
+        self.signing.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_pool(composer: Composer, processes: int) -> ProcessPoolExecutor:
     """Render processes with a composer like ``composer``, started with its settings."""
     return ProcessPoolExecutor(
         max_workers=processes,
@@ -53,22 +116,9 @@ def start_pool(composer: Composer, processes: int) -> ProcessPoolExecutor:
     )
 
 
-async def render(
-    composer: Composer, rows: list[Claimed], pool: ProcessPoolExecutor | None
-) -> Rendered:
-    """``compose_rows`` for one batch, where it costs the event loop least."""
-    loop = asyncio.get_running_loop()
-    if pool is not None:
-        # Rendering runs on the other core while the workers send the previous
-        # batch from the queue.
-        return await loop.run_in_executor(pool, _pool_compose, rows)
-    if composer.signer is not None:
-        # Signing (RSA) is the costly step: keep it off the event loop.
-        return await loop.run_in_executor(None, compose_rows, composer, rows)
-    return compose_rows(composer, rows)
-
-
 def compose_claimed(composer: Composer, row: Claimed) -> Composed:
+    """The message of one claimed row: everything a render process is given
+    of a delivery passes through here."""
     return composer.compose(
         subscriber=subscriber_dict(
             row.subscriber_id,
@@ -82,6 +132,7 @@ def compose_claimed(composer: Composer, row: Claimed) -> Composed:
         list_slug=row.list_slug,
         list_title=row.list_title,
         token=row.token,
+        check_leftovers=False,
     )
 
 
@@ -110,6 +161,10 @@ def _pool_init(parent_pid: int, settings, offers_dir: Path, campaign: str, offer
         offers_dir=offers_dir,
         track_clicks=settings.track_clicks,
     )
+
+
+def _ready() -> None:
+    """Nothing: done once a render process has started."""
 
 
 def _pool_compose(rows: list[Claimed]) -> Rendered:

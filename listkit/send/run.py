@@ -23,6 +23,7 @@ import asyncio
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +41,7 @@ from listkit.send.campaigns import Campaign, declined_campaigns
 from listkit.send.connect import open_connection
 from listkit.send.marks import MarkFile
 from listkit.send.outbox import Claimed, Result, claim, may_go, record
-from listkit.send.render import render, start_pool
+from listkit.send.render import Rendered, Renderer
 from listkit.send.respect import Respect
 from listkit.send.smtp import Connection, ConnectionLost, Outcome, transact
 
@@ -58,6 +59,13 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
 
+
+# Results are committed at most this often (seconds). A commit waits for an
+# fsync and costs the sending process about 0.25 ms of CPU whatever its size:
+# committed as they came, a 20,000-message send made 3,866 commits of about
+# five results. A run killed meanwhile leaves these rows unknown (their marks
+# say the content may be out), as during any commit.
+RECORD_EVERY = 0.01
 
 # The pause between failed connection attempts; tests record it instead of waiting.
 backoff_sleep = asyncio.sleep
@@ -161,9 +169,8 @@ class Run:
         marker writes marks and the flusher commits results."""
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-db")
         self.mark_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listkit-marks")
-        self.pool = (
-            start_pool(self.composer, self.compose_processes) if self.compose_processes else None
-        )
+        self.renderer = Renderer(self.composer, self.compose_processes)
+        self.renderer.started()  # render processes start while the database opens
         try:
             await self.db(self._open)
             await self.in_marks_thread(self._open_marks)
@@ -178,6 +185,7 @@ class Run:
             # if none is left.
             self.open_marks: set[int] = set()
             self.wake = asyncio.Event()
+            self.recorded_at = 0.0
             self.mark_wake = asyncio.Event()
             self.closing = False
             self.limiter = RateLimiter(self.campaign.rate)
@@ -202,13 +210,15 @@ class Run:
         finally:
             self.executor.shutdown(wait=True)
             self.mark_executor.shutdown(wait=True)
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+            self.renderer.close()
         if self.fatal is not None:
             raise self.fatal
         return self.counts
 
     async def _producer(self) -> None:
+        """Claims batches and keeps ``renderer.ahead`` of them rendering; queues
+        each batch's messages, in the order claimed, once it is rendered."""
+        rendering: deque[tuple[list[Claimed], asyncio.Future[Rendered]]] = deque()
         remaining = self.limit
         while self.stopped is None and (remaining is None or remaining > 0):
             size = self.batch if remaining is None else min(self.batch, remaining)
@@ -226,18 +236,27 @@ class Run:
                 break
             if remaining is not None:
                 remaining -= len(rows)
-            built = await render(self.composer, rows, self.pool)
-            for i, (row, (data, error)) in enumerate(zip(rows, built, strict=True)):
-                if self.stopped is not None:
-                    for left in rows[i:]:
-                        self._result(Result(left.id, "pending"))
-                    break
-                if error is not None:
-                    self._result(Result(row.id, "failed", None, error, row.attempts))
-                    continue
-                await self.queue.put((row, data))
+            rendering.append((rows, self.renderer.submit(rows)))
+            if len(rendering) >= self.renderer.ahead:
+                await self._enqueue(*rendering.popleft())
+        while rendering:
+            await self._enqueue(*rendering.popleft())
         for _ in range(self.campaign.concurrency):
             await self.queue.put(None)
+
+    async def _enqueue(self, rows: list[Claimed], rendering: asyncio.Future[Rendered]) -> None:
+        """Queue a rendered batch for the workers; a row that cannot be built fails,
+        and once the run stops, the rest goes back to pending."""
+        built = await rendering
+        for i, (row, (data, error)) in enumerate(zip(rows, built, strict=True)):
+            if self.stopped is not None:
+                for left in rows[i:]:
+                    self._result(Result(left.id, "pending"))
+                break
+            if error is not None:
+                self._result(Result(row.id, "failed", None, error, row.attempts))
+                continue
+            await self.queue.put((row, data))
 
     def _result(self, result: Result) -> None:
         self.results.append(result)
@@ -290,6 +309,10 @@ class Run:
             await self.wake.wait()
             self.wake.clear()
             while self.results:
+                pause = self.recorded_at + RECORD_EVERY - time.monotonic()
+                if pause > 0 and not self.closing:
+                    await asyncio.sleep(pause)  # more results join this commit meanwhile
+                self.recorded_at = time.monotonic()
                 results, self.results = self.results, []
                 try:
                     await self.db(record, self.conn_db, self.campaign_id, results)

@@ -245,7 +245,7 @@ def _run_parts(
         if left is not None and left <= 0:
             break
         run = Run(
-            compose_processes=render_processes(due),
+            compose_processes=render_processes(ws.settings, due),
             db_path=ws.settings.db_path,
             campaign_id=cid,
             campaign=p.campaign,
