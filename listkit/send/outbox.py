@@ -29,15 +29,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlite_utils import Database
 
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS
 from listkit.audience.suppressions import DECLINED, suppress
-from listkit.db import immediate, now
+from listkit.db import immediate, iso, now, now_unix
 from listkit.mail.message_ids import message_id
-from listkit.mail.tracking import new_token, personal_coupon
+from listkit.mail.tracking import row_token
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
 from listkit.send.variants import assign_variant, in_test_part
 from listkit.vocab import DELIVERY_STATES
@@ -54,9 +54,7 @@ BACKOFF_MAX = timedelta(hours=6)
 FILL_CHUNK = 250
 
 
-def build_outbox(
-    db: Database, campaign_id: int, campaign: Campaign, *, domain: str, coupon_base: str
-) -> int:
+def build_outbox(db: Database, campaign_id: int, campaign: Campaign) -> int:
     """Create the deliveries of a campaign once (its audience frozen); rows created.
 
     The rows go in in chunks, each committed. A build cut short (the process
@@ -67,8 +65,8 @@ def build_outbox(
         started = db.execute("SELECT started FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
         if started is None or started[0] is not None:
             return 0
-        return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=True)[0]
-    return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=False)[0]
+        return _fill(db, campaign_id, campaign, newcomers_only=True)[0]
+    return _fill(db, campaign_id, campaign, newcomers_only=False)[0]
 
 
 def has_outbox(db: Database, campaign_id: int) -> bool:
@@ -79,26 +77,18 @@ def has_outbox(db: Database, campaign_id: int) -> bool:
     )
 
 
-def top_up(
-    db: Database, campaign_id: int, campaign: Campaign, *, domain: str, coupon_base: str
-) -> tuple[int, int]:
+def top_up(db: Database, campaign_id: int, campaign: Campaign) -> tuple[int, int]:
     """Add the campaign's current audience that has no row in its outbox yet.
 
     Whoever already has a row (sent, failed, held out, skipped...) never gets a
     second one; newcomers are held out by the same rule as the first audience.
     Returns (rows added, of which held out).
     """
-    return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=True)
+    return _fill(db, campaign_id, campaign, newcomers_only=True)
 
 
 def _fill(
-    db: Database,
-    campaign_id: int,
-    campaign: Campaign,
-    domain: str,
-    coupon_base: str,
-    *,
-    newcomers_only: bool,
+    db: Database, campaign_id: int, campaign: Campaign, *, newcomers_only: bool
 ) -> tuple[int, int]:
     """Insert a delivery for each of the audience (only those without one, if
     ``newcomers_only``); (rows added, of which held out).
@@ -108,7 +98,6 @@ def _fill(
     in a short write transaction of its own (which checks, for
     ``newcomers_only``, who has a row by then).
     """
-    stamp = now()
     created = held = 0
     # Test-then-send: once the rest has been given the chosen offer, a
     # newcomer of the rest gets it too, instead of waiting for a choice
@@ -126,7 +115,7 @@ def _fill(
         last = 0
         while True:
             chunk = db.execute(
-                """SELECT rowid, id, email, key, list_id FROM temp.lk_audience
+                """SELECT rowid, id, key, list_id FROM temp.lk_audience
                    WHERE rowid > ? ORDER BY rowid LIMIT ?""",
                 [last, FILL_CHUNK],
             ).fetchall()
@@ -134,8 +123,7 @@ def _fill(
                 break
             last = chunk[-1][0]
             rows = []
-            for _rowid, subscriber_id, email, key, list_id in chunk:
-                token = new_token()
+            for _rowid, subscriber_id, key, list_id in chunk:
                 state = "held_out" if held_out(campaign.slug, key, campaign.holdout) else "pending"
                 variant = part = None
                 if campaign.variants and state == "pending":
@@ -146,21 +134,7 @@ def _fill(
                             state, variant, part = "reserved", None, "rest"
                             if chosen is not None:
                                 state, variant = "pending", chosen
-                rows.append(
-                    (
-                        campaign_id,
-                        subscriber_id,
-                        list_id,
-                        email,
-                        token,
-                        message_id(token, domain),
-                        personal_coupon(coupon_base, token),
-                        state,
-                        stamp,
-                        variant,
-                        part,
-                    )
-                )
+                rows.append((campaign_id, subscriber_id, list_id, state, variant, part))
             with immediate(db):
                 if newcomers_only:
                     # One probe of the (campaign_id, subscriber_id) unique index per chunk.
@@ -174,13 +148,12 @@ def _fill(
                     }
                     rows = [r for r in rows if r[1] not in known]
                 db.conn.executemany(
-                    """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-                       message_id, coupon, state, created, variant, part)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, state,
+                       variant, part) VALUES (?, ?, ?, ?, ?, ?)""",
                     rows,
                 )
             created += len(rows)
-            held += sum(r[7] == "held_out" for r in rows)
+            held += sum(r[3] == "held_out" for r in rows)
     finally:
         db.execute("DROP TABLE IF EXISTS temp.lk_audience")
     return created, held
@@ -188,19 +161,18 @@ def _fill(
 
 def recover(db: Database, campaign_id: int) -> dict[str, int]:
     """Resolve rows a dead run left in ``sending``; call only while holding the send lock."""
-    stamp = now()
     with immediate(db):
         back = db.execute(
             """UPDATE deliveries SET state = 'pending', phase = NULL, claimed_by = NULL,
-               attempts = max(attempts - 1, 0), updated = ?
+               attempts = max(attempts - 1, 0)
                WHERE campaign_id = ? AND state = 'sending' AND phase = 'claimed'""",
-            [stamp, campaign_id],
+            [campaign_id],
         ).rowcount
         unknown = db.execute(
-            """UPDATE deliveries SET state = 'unknown', updated = ?,
+            """UPDATE deliveries SET state = 'unknown',
                last_reply = coalesce(last_reply, 'the sending run stopped after DATA began')
                WHERE campaign_id = ? AND state = 'sending'""",
-            [stamp, campaign_id],
+            [campaign_id],
         ).rowcount
     return {"pending": back, "unknown": unknown}
 
@@ -218,7 +190,6 @@ class Claimed:
     list_slug: str
     list_title: str | None
     token: str
-    message_id: str
     attempts: int
 
 
@@ -229,22 +200,25 @@ def claim(
     limit: int,
     variant: str | None = None,
     declined: Iterable[int] = (),
+    *,
+    secret: bytes,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due rows (of one ``variant``, if given), committed before any is sent.
 
     Rows whose address is suppressed, whose membership is no longer active,
     or whose reader unsubscribed from a message of a campaign in ``declined``
     (the campaign and those it follows: ``declined_campaigns``) are marked
-    ``skipped`` instead: an unsubscribe during a campaign is honoured.
+    ``skipped`` instead: an unsubscribe during a campaign is honoured. Each
+    claimed row carries its token (``tracking.row_token``: signed with ``secret``).
     """
     declined_json = json.dumps(list(declined))
-    stamp = now()
+    stamp = now_unix()
     with immediate(db):
         # Two index walks (deferred rows now due, then pending ones in id order):
         # one query with OR would scan and sort the whole campaign on every claim.
         rows = []
         for where, params in (
-            ("d.state = 'deferred' AND d.next_attempt <= ?", [stamp]),
+            ("d.state = 'deferred' AND d.next_unix <= ?", [stamp]),
             ("d.state = 'pending'", []),
         ):
             if len(rows) >= limit:
@@ -253,7 +227,7 @@ def claim(
                 where, params = f"{where} AND d.variant = ?", [*params, variant]
             rows += db.execute(
                 f"""SELECT d.id, {SUBSCRIBER_COLUMNS}, l.slug,
-                          l.title, d.token, d.message_id, d.attempts,
+                          l.title, d.legacy_token, d.attempts,
                           EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
                             OR NOT EXISTS (SELECT 1 FROM memberships m
                                            WHERE m.list_id = d.list_id
@@ -269,18 +243,19 @@ def claim(
         claimed, skipped = [], []
         for row in rows:
             if row[-1]:
-                skipped.append((stamp, row[0]))
+                skipped.append((row[0],))
             else:
-                claimed.append(Claimed(*row[:-1]))
+                *head, legacy, attempts = row[:-1]
+                claimed.append(Claimed(*head, row_token(secret, row[0], legacy), attempts))
         db.conn.executemany(
-            """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
+            """UPDATE deliveries SET state = 'skipped', phase = NULL,
                last_reply = 'suppressed or unsubscribed before sending' WHERE id = ?""",
             skipped,
         )
         db.conn.executemany(
             """UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = ?,
-               attempts = attempts + 1, updated = ? WHERE id = ?""",
-            [(run_id, stamp, c.id) for c in claimed],
+               attempts = attempts + 1 WHERE id = ?""",
+            [(run_id, c.id) for c in claimed],
         )
     return claimed
 
@@ -322,9 +297,10 @@ def may_go(db: Database, delivery_ids: Iterable[int], declined: Iterable[int] = 
 
 
 def record(db: Database, campaign_id: int, results: Iterable[Result]) -> None:
-    """One transaction: the results of a group of messages."""
+    """One transaction: the results of a group of messages. A sent row keeps its
+    code, not the server's text (a 250 says it all); the others keep both."""
     stamp = now()
-    at = datetime.now(UTC)
+    at = now_unix()
     results = list(results)
     conn = db.conn
     with immediate(db):
@@ -335,13 +311,14 @@ def record(db: Database, campaign_id: int, results: Iterable[Result]) -> None:
                 if r.attempts >= MAX_ATTEMPTS:
                     state = "failed"
                 else:
-                    next_attempt = (at + backoff(r.attempts)).isoformat()
-            updates.append((state, r.code, r.reply, next_attempt, stamp, state, stamp, state, r.id))
+                    next_attempt = at + int(backoff(r.attempts).total_seconds())
+            reply = None if state == "sent" else r.reply
+            updates.append((state, r.code, reply, next_attempt, at, r.id))
         conn.executemany(
-            """UPDATE deliveries SET state = ?, phase = NULL, last_code = ?, last_reply = ?,
-               next_attempt = ?, updated = ?, sent_at = CASE WHEN ? = 'sent' THEN ? END,
-               attempts = CASE WHEN ? = 'pending' THEN max(attempts - 1, 0) ELSE attempts END
-               WHERE id = ?""",
+            """UPDATE deliveries SET state = ?1, phase = NULL, claimed_by = NULL, last_code = ?2,
+               last_reply = ?3, next_unix = ?4, sent_unix = CASE WHEN ?1 = 'sent' THEN ?5 END,
+               attempts = CASE WHEN ?1 = 'pending' THEN max(attempts - 1, 0) ELSE attempts END
+               WHERE id = ?6""",
             updates,
         )
         for r in results:
@@ -365,16 +342,31 @@ def counts(db: Database, campaign_id: int) -> dict[str, int]:
     return {s: found.get(s, 0) for s in DELIVERY_STATES}
 
 
-def problems(db: Database, campaign_id: int, limit: int = 100) -> list[dict]:
-    """Failed, unknown and deferred rows with their last SMTP reply."""
+def problems(
+    db: Database, campaign_id: int, *, secret: bytes, domain: str, limit: int = 100
+) -> list[dict]:
+    """Failed, unknown and deferred rows with their last SMTP reply (and the
+    Message-ID they carried, on the sender's ``domain``)."""
     cursor = db.execute(
-        """SELECT email, state, attempts, last_code, last_reply, message_id, next_attempt
-           FROM deliveries WHERE campaign_id = ? AND state IN ('failed', 'unknown', 'deferred')
-           ORDER BY state, id LIMIT ?""",
+        """SELECT d.id, coalesce(d.sent_to, s.email), d.state, d.attempts, d.last_code,
+                  d.last_reply, d.legacy_token, d.next_unix
+           FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+           WHERE d.campaign_id = ? AND d.state IN ('failed', 'unknown', 'deferred')
+           ORDER BY d.state, d.id LIMIT ?""",
         [campaign_id, limit],
     )
-    keys = ("email", "state", "attempts", "code", "reply", "message_id", "next_attempt")
-    return [dict(zip(keys, row, strict=True)) for row in cursor]
+    return [
+        {
+            "email": email,
+            "state": state,
+            "attempts": attempts,
+            "code": code,
+            "reply": reply,
+            "message_id": message_id(row_token(secret, did, legacy), domain),
+            "next_attempt": iso(next_unix),
+        }
+        for did, email, state, attempts, code, reply, legacy, next_unix in cursor
+    ]
 
 
 def retry(db: Database, campaign_id: int, state: str) -> int:
@@ -383,22 +375,20 @@ def retry(db: Database, campaign_id: int, state: str) -> int:
     Failed rows of suppressed addresses stay failed. A finished campaign is
     reopened (state 'sending'), so that `send --due` picks it up again too.
     """
-    stamp = now()
     with immediate(db):
         if state == "deferred":
             n = db.execute(
-                """UPDATE deliveries SET next_attempt = ?, updated = ?
+                """UPDATE deliveries SET next_unix = ?
                    WHERE campaign_id = ? AND state = 'deferred'""",
-                [stamp, stamp, campaign_id],
+                [now_unix(), campaign_id],
             ).rowcount
         else:
             n = db.execute(
-                """UPDATE deliveries SET state = 'pending', phase = NULL, next_attempt = NULL,
-                   updated = ?
+                """UPDATE deliveries SET state = 'pending', phase = NULL, next_unix = NULL
                    WHERE campaign_id = ? AND state = ?
                      AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
                                      ON s.key = x.key WHERE s.id = deliveries.subscriber_id)""",
-                [stamp, campaign_id, state],
+                [campaign_id, state],
             ).rowcount
         if n:
             db.execute(
