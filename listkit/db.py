@@ -652,10 +652,14 @@ LEAN_DELIVERIES = """
         variant TEXT,
         part TEXT,
         legacy_token BLOB,
-        sent_to TEXT,
-        UNIQUE (campaign_id, subscriber_id)
+        sent_to TEXT
     )"""
+# Made after the rows are copied (sorting once is far faster than keeping an index
+# in order through millions of inserts), each in a transaction of its own.
 LEAN_INDEXES = (
+    # one row per campaign x subscriber; an outbox build, the declined-campaign checks
+    """CREATE UNIQUE INDEX IF NOT EXISTS deliveries_campaign_subscriber
+       ON {name}(campaign_id, subscriber_id)""",
     # claims (pending and due deferred rows of a campaign, in id order), status counts
     "CREATE INDEX IF NOT EXISTS deliveries_by_campaign ON {name}(campaign_id, state)",
     # reports by list
@@ -668,6 +672,8 @@ LEAN_INDEXES = (
 )
 # Rows m020 copies per committed transaction: a kill loses at most one batch's work.
 LEAN_BATCH = 50_000
+# Page cache (KiB) while m020 copies and sorts: its index builds sort millions of keys.
+LEAN_CACHE_KIB = 65_536
 
 
 def unix(iso: str) -> int:
@@ -757,18 +763,23 @@ def m020_lean_deliveries(db: Database) -> None:
     if "deliveries_lean" not in tables and "token" not in columns:
         return  # converted: a run killed after the swap, before the step was recorded
     conn.create_function("lk_token_bytes", 1, _token_bytes, deterministic=True)
-    with immediate(db):
-        conn.execute(LEAN_DELIVERIES.format(name="deliveries_lean"))
-    while copy_lean_batch(conn, LEAN_BATCH):
-        pass
-    for sql in LEAN_INDEXES:
-        with immediate(db):
-            conn.execute(sql.format(name="deliveries_lean"))
-    conn.execute("PRAGMA foreign_keys = OFF")
+    (cache,) = conn.execute("PRAGMA cache_size").fetchone()
+    conn.execute(f"PRAGMA cache_size = {-LEAN_CACHE_KIB}")
     try:
         with immediate(db):
-            _copy_lean(conn, -1)  # rows another program added meanwhile, if any
-            conn.execute("DROP TABLE deliveries")
-            conn.execute("ALTER TABLE deliveries_lean RENAME TO deliveries")
+            conn.execute(LEAN_DELIVERIES.format(name="deliveries_lean"))
+        while copy_lean_batch(conn, LEAN_BATCH):
+            pass
+        for sql in LEAN_INDEXES:
+            with immediate(db):
+                conn.execute(sql.format(name="deliveries_lean"))
+        conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with immediate(db):
+                _copy_lean(conn, -1)  # rows another program added meanwhile, if any
+                conn.execute("DROP TABLE deliveries")
+                conn.execute("ALTER TABLE deliveries_lean RENAME TO deliveries")
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
     finally:
-        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA cache_size = {cache}")
