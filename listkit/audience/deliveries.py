@@ -19,7 +19,13 @@ from typing import TypeVar
 
 from sqlite_utils import Database
 
-from listkit.mail.tracking import coupon_delivery, delivery_of, is_token, token_bytes
+from listkit.mail.tracking import (
+    coupon_delivery,
+    delivery_of,
+    is_token,
+    is_token_head,
+    token_bytes,
+)
 
 K = TypeVar("K", bound=Hashable)
 # Legacy tokens looked up per query (as blob literals: hex digits only).
@@ -47,11 +53,11 @@ def coupon_deliveries(db: Database, secret: bytes, heads: Mapping[K, str]) -> di
     """For each key, the deliveries whose token begins with its 8 characters (a
     personal coupon's suffix): the one its derived token stands for, if it exists,
     and any legacy token's."""
-    heads = {k: h.lower() for k, h in heads.items() if is_token(h.lower() + "a" * 8)}
+    heads = {k: h.lower() for k, h in heads.items() if is_token_head(h.lower())}
     derived = {k: coupon_delivery(secret, h) for k, h in heads.items()}
     existing = _existing(db, derived.values())
     found: dict[K, list[int]] = {k: [d] for k, d in derived.items() if d in existing}
-    prefixes = {k: token_bytes(h + "a" * 8)[:5].hex() for k, h in heads.items()}
+    prefixes = {k: token_bytes(h).hex() for k, h in heads.items()}
     ranges = [
         f"legacy_token BETWEEN X'{p}{'00' * 5}' AND X'{p}{'ff' * 5}'"
         for p in set(prefixes.values())

@@ -1,5 +1,8 @@
 """Tracked links, delivery tokens, per-recipient coupons and signed unsubscribe URLs.
 
+A delivery's token is derived from its id and LISTKIT_SECRET
+(``delivery_token``), never stored; ``audience.deliveries`` reads one back.
+
 Pure functions: no database, no network. The rule: every link a message
 carries says which campaign and list it came from (UTM parameters) and which
 delivery (the token), in the parameters each shop passes through to its sales
@@ -48,8 +51,14 @@ def delivery_token(secret: bytes, delivery_id: int) -> str:
 
 
 def token_bytes(token: str) -> bytes:
-    """The 10 bytes a token spells (how a legacy token is stored)."""
+    """The bytes a token (or its first 8 characters: 5 bytes) spells; how a legacy
+    token is stored."""
     return base64.b32decode(token.upper())
+
+
+def is_token_head(value: str) -> bool:
+    """Whether ``value`` can be a token's first 8 characters (a personal coupon's suffix)."""
+    return len(value) == 8 and set(value) <= TOKEN_ALPHABET
 
 
 def token_text(raw: bytes) -> str:
@@ -79,7 +88,7 @@ def coupon_delivery(secret: bytes, head: str) -> int:
     """The delivery id the first 8 characters of a derived token stand for (a
     personal coupon's suffix). Unsigned: any 8 characters stand for some id, which
     the caller finds, or not, among the deliveries."""
-    return reveal(secret, _DELIVERY, int.from_bytes(token_bytes(head.lower() + "a" * 8)[:5], "big"))
+    return reveal(secret, _DELIVERY, int.from_bytes(token_bytes(head.lower()), "big"))
 
 
 def track(

@@ -34,6 +34,7 @@ from sqlite_utils import Database
 
 from listkit.audience.deliveries import coupon_deliveries, delivery_ids
 from listkit.db import ISO_SQL, immediate
+from listkit.mail.tracking import is_token_head
 from listkit.vocab import ATTRIBUTION_METHODS
 
 
@@ -144,13 +145,7 @@ def personal_coupon_prefix(coupon: str) -> str | None:
     """
     _base, sep, suffix = coupon.strip().rpartition("-")
     suffix = suffix.lower()
-    if (
-        not sep
-        or len(suffix) != 8
-        or not all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in suffix)
-    ):
-        return None
-    return suffix
+    return suffix if sep and is_token_head(suffix) else None
 
 
 _TOUCH = f"d.id, d.campaign_id, d.list_id, {ISO_SQL.format('d.sent_unix')}, c.attribution_days"
