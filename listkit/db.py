@@ -708,15 +708,24 @@ def _token_bytes(token: str | None) -> bytes | None:
 
 
 def copy_lean_batch(conn: sqlite3.Connection, size: int) -> int:
-    """Copy the next ``size`` deliveries (by id) into ``deliveries_lean``, committed; how many."""
+    """Copy the next ``size`` deliveries (by id) into ``deliveries_lean``, committed; how many
+    (0 once another process converting the same database finished it)."""
+    conn.create_function("lk_token_bytes", 1, _token_bytes, deterministic=True)
     begin_immediate(conn)
     try:
-        n = _copy_lean(conn, size)
+        n = _copy_lean(conn, size) if _converting(conn) else 0
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
     return n
+
+
+def _converting(conn: sqlite3.Connection) -> bool:
+    """Whether m020's copy is there to go on with (read inside the transaction that uses it)."""
+    return bool(
+        conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries_lean'").fetchone()
+    )
 
 
 def _copy_lean(conn: sqlite3.Connection, size: int) -> int:
@@ -758,27 +767,28 @@ def m020_lean_deliveries(db: Database) -> None:
     event or sale that points at a delivery (the ids stay the same).
     """
     conn = db.conn
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(deliveries)")}
-    if "deliveries_lean" not in tables and "token" not in columns:
-        return  # converted: a run killed after the swap, before the step was recorded
-    conn.create_function("lk_token_bytes", 1, _token_bytes, deterministic=True)
+    with immediate(db):
+        if "token" not in {r[1] for r in conn.execute("PRAGMA table_info(deliveries)")}:
+            # Converted: by a run killed after the swap, before the step was recorded,
+            # or by another process converting at the same time.
+            return
+        conn.execute(LEAN_DELIVERIES.format(name="deliveries_lean"))
     (cache,) = conn.execute("PRAGMA cache_size").fetchone()
     conn.execute(f"PRAGMA cache_size = {-LEAN_CACHE_KIB}")
     try:
-        with immediate(db):
-            conn.execute(LEAN_DELIVERIES.format(name="deliveries_lean"))
         while copy_lean_batch(conn, LEAN_BATCH):
             pass
         for sql in LEAN_INDEXES:
             with immediate(db):
-                conn.execute(sql.format(name="deliveries_lean"))
+                if _converting(conn):
+                    conn.execute(sql.format(name="deliveries_lean"))
         conn.execute("PRAGMA foreign_keys = OFF")
         try:
             with immediate(db):
-                _copy_lean(conn, -1)  # rows another program added meanwhile, if any
-                conn.execute("DROP TABLE deliveries")
-                conn.execute("ALTER TABLE deliveries_lean RENAME TO deliveries")
+                if _converting(conn):  # else another process converting it finished first
+                    _copy_lean(conn, -1)  # rows another program added meanwhile, if any
+                    conn.execute("DROP TABLE deliveries")
+                    conn.execute("ALTER TABLE deliveries_lean RENAME TO deliveries")
         finally:
             conn.execute("PRAGMA foreign_keys = ON")
     finally:

@@ -15,9 +15,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlite_utils import Database
 
 from listkit.audience.deliveries import coupon_deliveries, delivery_id
-from listkit.db import m020_lean_deliveries, open_db
+from listkit.db import (
+    LEAN_DELIVERIES,
+    copy_lean_batch,
+    immediate,
+    m020_lean_deliveries,
+    migrations,
+    open_db,
+)
 from listkit.mail.tracking import (
     click_url,
     delivery_of,
@@ -180,6 +188,26 @@ def test_an_id_is_never_given_twice_so_a_deleted_deliverys_token_never_names_ano
     second = world.deliver(cid, "b@example.com", "blog")
     assert second["id"] > first["id"]
     assert delivery_id(ws.db, ws.settings.secret_key(), first["token"]) is None
+
+
+def test_two_processes_converting_at_once_end_with_one_table_and_nothing_doubled(old_db):
+    rows = query(old_db, "SELECT id, subscriber_id, state FROM deliveries ORDER BY id")
+    first, second = (Database(sqlite3.connect(old_db)) for _ in range(2))
+    try:
+        migrations.apply(first, stop_before="m020_lean_deliveries")
+        with immediate(first):
+            first.execute(LEAN_DELIVERIES.format(name="deliveries_lean"))
+        assert copy_lean_batch(first.conn, 2) == 2  # the first is half-way ...
+        m020_lean_deliveries(second)  # ... when the second converts it all
+        assert copy_lean_batch(first.conn, 2) == 0  # the first finds nothing left to copy
+        m020_lean_deliveries(first)  # and its step changes nothing
+    finally:
+        first.close()
+        second.close()
+    assert query(old_db, "SELECT id, subscriber_id, state FROM deliveries ORDER BY id") == rows
+    assert query(old_db, "SELECT count(*) FROM sqlite_master WHERE name = 'deliveries_lean'") == [
+        (0,)
+    ]
 
 
 def test_a_conversion_killed_after_its_swap_finds_nothing_left_to_do(workspace, old_db):
