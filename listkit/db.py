@@ -17,6 +17,7 @@ import errno
 import os
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -775,6 +776,14 @@ def m020_lean_deliveries(db: Database) -> None:
         conn.execute(LEAN_DELIVERIES.format(name="deliveries_lean"))
     (cache,) = conn.execute("PRAGMA cache_size").fetchone()
     conn.execute(f"PRAGMA cache_size = {-LEAN_CACHE_KIB}")
+    (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
+    if last > LEAN_BATCH and sys.stderr.isatty():  # a person waits: say why (cron stays quiet)
+        print(
+            f"listkit: converting the deliveries table (up to {last:,} rows) to its lean "
+            "form, once; interrupted, it goes on where it stopped",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         while copy_lean_batch(conn, LEAN_BATCH):
             pass
