@@ -18,7 +18,7 @@ The rule, in order, first match wins:
 
 ``decide`` is pure; ``attribute_all`` fetches every candidate with a few
 set-wise queries (one per rule, never one per sale) and stores the results.
-Deterministic: ties go to the latest ``sent_at``, then the highest delivery
+Deterministic: ties go to the latest send (``sent_unix``), then the highest delivery
 id, so running it twice gives the same answer.
 """
 
