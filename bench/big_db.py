@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from listkit.db import open_db
+from listkit.db import open_db, unix
 
 LISTS, CAMPAIGNS = 20, 50
 
@@ -62,17 +62,20 @@ def build(path: Path, scale: float) -> tuple[int, int, int]:
         conn.execute(
             f"""WITH RECURSIVE n(i) AS
                     (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {deliveries - 1})
-                INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-                    message_id, state, created, sent_at)
+                INSERT INTO deliveries (campaign_id, subscriber_id, list_id, state, attempts,
+                    last_code, last_reply, sent_unix)
                 SELECT 1 + i / {per_campaign},
                        1 + (i * 7919) % {subscribers},
                        1 + ((1 + (i * 7919) % {subscribers}) % {LISTS}),
-                       'x', printf('t%015d', i), NULL,
                        CASE WHEN i % 97 = 0 THEN 'failed' WHEN i % 31 = 0 THEN 'held_out'
                             ELSE 'sent' END,
-                       ?, ?
+                       CASE WHEN i % 31 = 0 AND i % 97 != 0 THEN 0 ELSE 1 END,
+                       CASE WHEN i % 97 = 0 THEN 550 WHEN i % 31 = 0 THEN NULL ELSE 250 END,
+                       CASE WHEN i % 97 = 0 THEN '5.1.1 <r' || i || '@example.com>: user unknown'
+                       END,
+                       CASE WHEN i % 97 = 0 OR i % 31 = 0 THEN NULL ELSE ? END
                 FROM n""",
-            [now, now],
+            [unix(now)],
         )
         conn.execute(
             f"""WITH RECURSIVE n(i) AS

@@ -54,14 +54,14 @@ PERSON = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0
 
 def prepare_targets(ws: Path, n: int) -> tuple[list[str], list[str]]:
     """An earlier campaign with ``n`` sent deliveries; (unsubscribe paths, click paths)."""
-    from listkit.db import now
-    from listkit.mail.tracking import click_url, link_id, new_token, unsubscribe_url
+    from listkit.db import now, unix
+    from listkit.mail.tracking import click_url, delivery_token, link_id, unsubscribe_url
     from listkit.workspace import Workspace
 
     w = Workspace(ws)
     db, secret = w.db, w.settings.secret_key()
     stamp, sent = now(), "2026-01-01T00:00:00+00:00"
-    tokens = [new_token() for _ in range(n)]
+    tokens = []
     with db.conn:
         lid = db.execute(
             "INSERT INTO lists (slug, title, created) VALUES ('readers', 'Readers', ?)", [stamp]
@@ -71,7 +71,7 @@ def prepare_targets(ws: Path, n: int) -> tuple[list[str], list[str]]:
                VALUES ('past', 'launch', '["readers"]', 'done', ?, ?)""",
             [stamp, sent],
         ).lastrowid
-        for i, token in enumerate(tokens):
+        for i in range(n):
             email = f"old{i}@bench.example.com"
             sid = db.execute(
                 "INSERT INTO subscribers (email, key, created) VALUES (?, ?, ?)",
@@ -82,11 +82,12 @@ def prepare_targets(ws: Path, n: int) -> tuple[list[str], list[str]]:
                 "VALUES (?, ?, 'active', ?)",
                 [lid, sid, stamp],
             )
-            db.execute(
-                """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-                   state, created, sent_at) VALUES (?, ?, ?, ?, ?, 'sent', ?, ?)""",
-                [cid, sid, lid, email, token, stamp, sent],
-            )
+            did = db.execute(
+                """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, state, sent_unix)
+                   VALUES (?, ?, ?, 'sent', ?)""",
+                [cid, sid, lid, unix(sent)],
+            ).lastrowid
+            tokens.append(delivery_token(secret, did))
     w.close()
     link = link_id("https://shop.example.com/l/field-guide")
     unsubs = [unsubscribe_url("", secret, t) for t in tokens]

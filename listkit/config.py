@@ -463,7 +463,8 @@ class Settings:
     secret = Setting(
         "LISTKIT_SECRET",
         SIGNING_KEY,
-        "signs unsubscribe, click and confirmation links",
+        "signs unsubscribe, click and confirmation links, and makes each delivery's token: "
+        "changing it breaks the links and personal coupons of mail already sent",
         default_doc="random, from `listkit init`",
         secret=True,
     )

@@ -11,10 +11,13 @@ money as integer minor units with a currency code.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import os
+import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -636,6 +639,183 @@ def m019_subscriber_first_and_last_names(db: Database) -> None:
     # `name` stays the full name.
     db.execute("ALTER TABLE subscribers ADD COLUMN first_name TEXT")
     db.execute("ALTER TABLE subscribers ADD COLUMN last_name TEXT")
+
+
+# m020: the deliveries table as it is from then on. Nothing stored twice that can
+# be derived: the address is the subscriber's (``sent_to`` only where the
+# message went to another spelling of it), the token and Message-ID come from
+# the id and LISTKIT_SECRET (``legacy_token``: the random token a delivery
+# made before m020 carries in mail already sent), the personal coupon from the
+# token. Times are Unix seconds, in columns named for it. ``last_reply`` is the
+# server's answer to a message that did not go (a sent row has its code);
+# ``claimed_by`` the run holding a row while it is ``sending``. AUTOINCREMENT:
+# an id, and so a token, is never given to a second delivery.
+LEAN_DELIVERIES = """
+    CREATE TABLE IF NOT EXISTS {name} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        campaign_id INTEGER NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+        subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+        list_id INTEGER NOT NULL REFERENCES lists(id),
+        state TEXT NOT NULL DEFAULT 'pending',
+        phase TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_unix INTEGER,
+        last_code INTEGER,
+        last_reply TEXT,
+        claimed_by TEXT,
+        sent_unix INTEGER,
+        variant TEXT,
+        part TEXT,
+        legacy_token BLOB,
+        sent_to TEXT
+    )"""
+# Made after the rows are copied (sorting once is far faster than keeping an index
+# in order through millions of inserts), each in a transaction of its own.
+LEAN_INDEXES = (
+    # one row per campaign x subscriber; an outbox build, the declined-campaign checks
+    """CREATE UNIQUE INDEX IF NOT EXISTS deliveries_campaign_subscriber
+       ON {name}(campaign_id, subscriber_id)""",
+    # claims (pending and due deferred rows of a campaign, in id order), status counts
+    "CREATE INDEX IF NOT EXISTS deliveries_by_campaign ON {name}(campaign_id, state)",
+    # reports by list
+    "CREATE INDEX IF NOT EXISTS deliveries_by_list ON {name}(list_id, state)",
+    # a reader's deliveries: attribution by address, subscriber show, silent readers
+    "CREATE INDEX IF NOT EXISTS deliveries_by_subscriber ON {name}(subscriber_id, state)",
+    # tokens in mail sent before m020 (a personal coupon: a prefix of one)
+    """CREATE UNIQUE INDEX IF NOT EXISTS deliveries_legacy_token ON {name}(legacy_token)
+       WHERE legacy_token IS NOT NULL""",
+)
+# Rows m020 copies per committed transaction: a kill loses at most one batch's work.
+LEAN_BATCH = 50_000
+# Page cache (KiB) while m020 copies and sorts: its index builds sort millions of keys.
+LEAN_CACHE_KIB = 65_536
+
+
+def unix(iso: str) -> int:
+    """An ISO 8601 time (as ``now()`` writes it) as Unix seconds."""
+    return int(datetime.fromisoformat(iso).timestamp())
+
+
+def now_unix() -> int:
+    """The current time (``clock``) as the ``*_unix`` columns store it: whole Unix seconds."""
+    return int(clock().timestamp())
+
+
+# SQL for a ``*_unix`` column as ``iso`` writes it (NULL stays NULL).
+ISO_SQL = "strftime('%Y-%m-%dT%H:%M:%S+00:00', {}, 'unixepoch')"
+
+
+def iso(seconds: int | None) -> str | None:
+    """A ``*_unix`` column's value as an ISO 8601 UTC time (None stays None)."""
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+_TOKEN = re.compile(r"[a-z2-7]{16}")
+
+
+def _token_bytes(token: str | None) -> bytes | None:
+    """A stored token as ``legacy_token`` keeps it: the 10 bytes its base32 spells
+    (``mail.tracking.token_bytes``, which this layer cannot import); anything else
+    that sits in the column (no listkit wrote it) as its UTF-8, kept, never found."""
+    if token is None:
+        return None
+    return base64.b32decode(token.upper()) if _TOKEN.fullmatch(token) else token.encode()
+
+
+def copy_lean_batch(conn: sqlite3.Connection, size: int) -> int:
+    """Copy the next ``size`` deliveries (by id) into ``deliveries_lean``, committed; how many
+    (0 once another process converting the same database finished it)."""
+    conn.create_function("lk_token_bytes", 1, _token_bytes, deterministic=True)
+    begin_immediate(conn)
+    try:
+        n = _copy_lean(conn, size) if _converting(conn) else 0
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return n
+
+
+def _converting(conn: sqlite3.Connection) -> bool:
+    """Whether m020's copy is there to go on with (read inside the transaction that uses it)."""
+    return bool(
+        conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries_lean'").fetchone()
+    )
+
+
+def _copy_lean(conn: sqlite3.Connection, size: int) -> int:
+    """The next ``size`` deliveries (-1: all the rest) copied, by id, in the transaction open.
+
+    The progress marker is the copy itself: its highest id. A row whose message
+    may have gone out (sent, unknown, in flight, or tried at least once) keeps
+    its token as ``legacy_token``; one never tried (pending, held out,
+    reserved) gets the derived token when it goes.
+    """
+    return conn.execute(
+        """INSERT INTO deliveries_lean (id, campaign_id, subscriber_id, list_id, state,
+                   phase, attempts, next_unix, last_code, last_reply, claimed_by, sent_unix,
+                   variant, part, legacy_token, sent_to)
+               SELECT d.id, d.campaign_id, d.subscriber_id, d.list_id, d.state, d.phase,
+                   d.attempts, CAST(strftime('%s', d.next_attempt) AS INTEGER), d.last_code,
+                   CASE WHEN d.state = 'sent' THEN NULL ELSE d.last_reply END,
+                   CASE WHEN d.state = 'sending' THEN d.claimed_by END,
+                   CAST(strftime('%s', d.sent_at) AS INTEGER), d.variant, d.part,
+                   CASE WHEN d.attempts > 0 OR d.state IN ('sent', 'unknown', 'sending')
+                        THEN lk_token_bytes(d.token) END,
+                   CASE WHEN s.email IS NOT d.email THEN d.email END
+               FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
+               WHERE d.id > (SELECT coalesce(max(id), 0) FROM deliveries_lean)
+               ORDER BY d.id LIMIT ?""",
+        [size],
+    ).rowcount
+
+
+@migrations(transactional=False)
+def m020_lean_deliveries(db: Database) -> None:
+    """Deliveries rewritten into the lean row (``LEAN_DELIVERIES``), in place and resumably.
+
+    Rows are copied into ``deliveries_lean`` ``LEAN_BATCH`` at a time, each batch
+    committed; its indexes are made one per transaction; then one transaction
+    drops the old table and gives the new one its name. Killed at any point, the
+    next run goes on from the last commit: nothing copied twice, nothing lost.
+    Foreign keys are off meanwhile, so that dropping the old table touches no
+    event or sale that points at a delivery (the ids stay the same).
+    """
+    conn = db.conn
+    with immediate(db):
+        if "token" not in {r[1] for r in conn.execute("PRAGMA table_info(deliveries)")}:
+            # Converted: by a run killed after the swap, before the step was recorded,
+            # or by another process converting at the same time.
+            return
+        conn.execute(LEAN_DELIVERIES.format(name="deliveries_lean"))
+    (cache,) = conn.execute("PRAGMA cache_size").fetchone()
+    conn.execute(f"PRAGMA cache_size = {-LEAN_CACHE_KIB}")
+    (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
+    if last > LEAN_BATCH and sys.stderr.isatty():  # a person waits: say why (cron stays quiet)
+        print(
+            f"listkit: converting the deliveries table (up to {last:,} rows) to its lean "
+            "form, once; interrupted, it goes on where it stopped",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        while copy_lean_batch(conn, LEAN_BATCH):
+            pass
+        for sql in LEAN_INDEXES:
+            with immediate(db):
+                if _converting(conn):
+                    conn.execute(sql.format(name="deliveries_lean"))
+        conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with immediate(db):
+                if _converting(conn):  # else another process converting it finished first
+                    _copy_lean(conn, -1)  # rows another program added meanwhile, if any
+                    conn.execute("DROP TABLE deliveries")
+                    conn.execute("ALTER TABLE deliveries_lean RENAME TO deliveries")
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
+    finally:
+        conn.execute(f"PRAGMA cache_size = {cache}")
 
 
 @migrations()

@@ -27,6 +27,8 @@ from click.testing import CliRunner
 
 from listkit.cli import cli
 from listkit.inbox.clicks import click_kind, record_click
+from listkit.mail.message_ids import message_id
+from listkit.mail.tracking import row_token
 from listkit.mail.verp import verp_address
 from listkit.send.sink import start_sink
 from listkit.workspace import Workspace, examples_dir
@@ -40,12 +42,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _sent(ws: Workspace, campaign: str | None = None) -> list[tuple[str, str, str, str]]:
+    """(address, token, list, variant or '') of each sent delivery (of ``campaign``), in order."""
+    secret = ws.settings.secret_key()
+    return [
+        (email, row_token(secret, did, legacy), slug, variant or "")
+        for did, email, legacy, slug, variant in ws.db.execute(
+            """SELECT d.id, s.email, d.legacy_token, l.slug, d.variant FROM deliveries d
+               JOIN lists l ON l.id = d.list_id JOIN subscribers s ON s.id = d.subscriber_id
+               JOIN campaigns c ON c.id = d.campaign_id
+               WHERE d.state = 'sent' AND c.slug = coalesce(?, c.slug) ORDER BY d.id""",
+            [campaign],
+        )
+    ]
+
+
 def _write_sales(root: Path, ws: Workspace, sent_at: datetime) -> tuple[Path, Path]:
     """Sales that happened after the send: a Gumroad export and one saved ping."""
-    rows = ws.db.execute(
-        """SELECT d.email, d.token, l.slug FROM deliveries d JOIN lists l ON l.id = d.list_id
-           WHERE d.state = 'sent' ORDER BY d.id"""
-    ).fetchall()
+    rows = [r[:3] for r in _sent(ws)]
     blog = [r for r in rows if r[2] == "blog"]
     customers = [r for r in rows if r[2] == "customers"]
     template = list(csv.DictReader((DATA / "gumroad_sales_template.csv").open()))
@@ -91,7 +105,8 @@ def _record_clicks(ws: Workspace, sent_at: datetime) -> int:
     person = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15"
     scanner = "Mozilla/4.0 (compatible; ms-office; MSOffice 16) SafeLinks"
     rows = ws.db.execute(
-        """SELECT d.id, l.slug, d.sent_at FROM deliveries d JOIN lists l ON l.id = d.list_id
+        """SELECT d.id, l.slug, datetime(d.sent_unix, 'unixepoch') || '+00:00'
+           FROM deliveries d JOIN lists l ON l.id = d.list_id
            JOIN campaigns c ON c.id = d.campaign_id
            WHERE c.slug = 'launch' AND d.state = 'sent' ORDER BY d.id"""
     ).fetchall()
@@ -181,10 +196,8 @@ def _write_bounces(root: Path, ws: Workspace) -> Path:
     import mailbox
     from email.utils import format_datetime
 
-    rows = ws.db.execute(
-        """SELECT d.email, d.token, d.message_id, l.slug FROM deliveries d
-           JOIN lists l ON l.id = d.list_id WHERE d.state = 'sent' ORDER BY d.id"""
-    ).fetchall()
+    domain = ws.settings.sender_address()[1].rpartition("@")[2]
+    rows = [(e, token, message_id(token, domain), slug) for e, token, slug, _v in _sent(ws)]
     blog = [r for r in rows if r[3] == "blog"]
     customers = [r for r in rows if r[3] == "customers"]
     date = format_datetime(datetime.now(UTC))
@@ -194,13 +207,9 @@ def _write_bounces(root: Path, ws: Workspace) -> Path:
         for n, (email, token, _mid, _list) in enumerate([blog[-1], blog[-2]]):
             envelope = verp_address("bounces@fieldguide.example", token)
             box.add(DSN.format(n=n, envelope=envelope, email=email, date=date).encode())
-        email, token, message_id, _list = customers[-1]
+        email, token, mid, _list = customers[-1]
         envelope = verp_address("bounces@fieldguide.example", token)
-        box.add(
-            ARF.format(
-                n=9, envelope=envelope, email=email, date=date, message_id=message_id
-            ).encode()
-        )
+        box.add(ARF.format(n=9, envelope=envelope, email=email, date=date, message_id=mid).encode())
         box.flush()
     finally:
         box.close()
@@ -363,11 +372,7 @@ def _variant_test(root: Path, step, say) -> None:
     step("send", "podcast-test", "--yes")
     ws = Workspace(root)
     try:
-        rows = ws.db.execute(
-            """SELECT d.email, d.token, d.variant FROM deliveries d JOIN campaigns c
-               ON c.id = d.campaign_id WHERE c.slug = 'podcast-test' AND d.state = 'sent'
-               ORDER BY d.id"""
-        ).fetchall()
+        rows = [(e, token, variant) for e, token, _list, variant in _sent(ws, "podcast-test")]
     finally:
         ws.close()
     # Some listeners buy through their links: the bundle sells a little better.

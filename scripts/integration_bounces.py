@@ -66,6 +66,9 @@ from postfix_instance import (
     wait_until,
 )
 
+from listkit.mail.tracking import row_token
+from listkit.workspace import Workspace
+
 # `listkit bounces fetch`, paused after its commit and before it touches a message.
 PAUSED_FETCH = """
 import sys
@@ -257,8 +260,18 @@ def subject_of(path: Path) -> str:
 def send_others(ws: Path, smtp_port: int) -> list[str]:
     """Mail the bounce mailbox what is not a bounce of listkit's, and one real bounce
     Postfix cannot make (Office 365's). The subjects of those that must stay."""
-    with sqlite3.connect(ws / "listkit.db") as db:
-        tokens = dict(db.execute("SELECT email, token FROM deliveries"))
+    workspace = Workspace(ws)
+    try:
+        secret = workspace.settings.secret_key()
+        tokens = {
+            email: row_token(secret, did, legacy)
+            for did, email, legacy in workspace.db.execute(
+                """SELECT d.id, s.email, d.legacy_token FROM deliveries d
+                   JOIN subscribers s ON s.id = d.subscriber_id"""
+            )
+        }
+    finally:
+        workspace.close()
     plain = f"bounces@{SHOP}"
 
     def verp(user: str) -> str:

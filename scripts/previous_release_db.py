@@ -75,7 +75,9 @@ def free_port() -> int:
 
 def export(commit: str, into: Path) -> None:
     data = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", commit, "listkit"], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", commit, "listkit", "offers", "campaigns"],
+        check=True,
+        capture_output=True,
     ).stdout
     with tarfile.open(fileobj=BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
@@ -88,11 +90,19 @@ class Old:
         self.workspace = workspace
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LISTKIT_")}
         self.env["PYTHONPATH"] = str(code)
+        # From the export's folder: `python -m` puts the working folder first on
+        # sys.path, which must not be this checkout (today's listkit).
+        self.cwd = code
         self.command = [sys.executable, "-m", "listkit", "--workspace", str(workspace)]
 
     def __call__(self, *args: str) -> str:
         done = subprocess.run(
-            [*self.command, *args], env=self.env, capture_output=True, text=True, check=False
+            [*self.command, *args],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode not in (0,):
             raise SystemExit(f"listkit {' '.join(args)} exited {done.returncode}:\n{done.stdout}"
@@ -103,6 +113,7 @@ class Old:
         return subprocess.Popen(
             [*self.command, *args],
             env=self.env,
+            cwd=self.cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -202,6 +213,9 @@ def make(commit: str, out: Path) -> None:
         )
         old("sales", "import", str(sales), "--format", "csv")
         old("report", "--by", "list")  # the reports of that release read it
+        # What that release's report says, beside the database (when it has --json):
+        # today's code must say the same of it once migrated.
+        reports = {by: old("report", "--by", by, "--json") for by in ("list", "campaign", "offer")}
 
         # One file: the last connection closed, the WAL is in the database.
         for leftover in ("listkit.db-wal", "listkit.db-shm"):
@@ -209,7 +223,11 @@ def make(commit: str, out: Path) -> None:
                 raise SystemExit(f"{leftover} left beside the database: a process still has it")
         shutil.copyfile(ws / "listkit.db", out)
         os.chmod(out, 0o600)
-    print(f"Wrote {out} ({out.stat().st_size:,} bytes) with listkit at {commit}.")
+        report = out.with_suffix(".report.json")
+        report.write_text(
+            "{\n" + ",\n".join(f'"{by}": {text.strip()}' for by, text in reports.items()) + "\n}\n"
+        )
+    print(f"Wrote {out} ({out.stat().st_size:,} bytes) and {report.name} with listkit at {commit}.")
 
 
 def main() -> None:

@@ -191,7 +191,7 @@ def test_a_later_campaign_reattributes_sales_when_attribution_runs_again(run, ws
     assert sales_by_order(run)["L"]["method"] == "none"
     later = w.campaign("later", offer="course", started="2026-11-20T09:00:00+00:00")
     w.deliver(later, "new@example.com", "shop", sent_at="2026-11-20T09:00:00+00:00")
-    assert attribute_all(ws.db) == {"email": 1}
+    assert attribute_all(ws.db, ws.settings.secret_key()) == {"email": 1}
     row = sales_by_order(run)["L"]
     assert (row["method"], row["campaign"], row["offer"], row["list"]) == (
         "email",

@@ -108,7 +108,7 @@ def test_a_restored_copy_never_resends_what_a_send_had_in_flight(run, workspace,
     with ws.db.conn:
         ws.db.execute(
             "UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = 'run1' "
-            "WHERE email = 'b@example.com'"
+            "WHERE subscriber_id = (SELECT id FROM subscribers WHERE email = 'b@example.com')"
         )
     ws.close()
     dest = tmp_path / "b.db"
@@ -124,7 +124,11 @@ def test_a_restored_copy_never_resends_what_a_send_had_in_flight(run, workspace,
     assert len(handler.messages) == 2  # nothing sent again
     assert "unknown" in result.output
     ws = Workspace(workspace)
-    states = dict(ws.db.execute("SELECT email, state FROM deliveries").fetchall())
+    states = dict(
+        ws.db.execute(
+            "SELECT s.email, d.state FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
+        ).fetchall()
+    )
     ws.close()
     assert states == {"a@example.com": "sent", "b@example.com": "unknown"}
 

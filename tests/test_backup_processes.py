@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from listkit.db import migrations
-from listkit.mail.tracking import click_url, unsubscribe_url
+from listkit.mail.tracking import click_url, row_token, unsubscribe_url
 from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
 from tests.test_send_processes import descendants, listkit
 from tests.web_server import serve
+from tests.world import tokens as tokens_of
 
 PUBLIC = "https://lists.example.com"
 HOOK_SECRET = "listkit-hook-secret-0123456789"
@@ -99,17 +100,17 @@ def kill_serve(workspace: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def found(path: Path) -> dict[str, set[str]]:
-    """The events a copy holds, as the load named them; and its integrity."""
+def found(path: Path, secret: bytes) -> dict[str, set[str]]:
+    """The events a copy holds, as the load named them (by token); and its integrity."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         unsubscribed = conn.execute(
-            """SELECT d.token FROM events e JOIN deliveries d ON d.id = e.delivery_id
+            """SELECT d.id, d.legacy_token FROM events e JOIN deliveries d ON d.id = e.delivery_id
                JOIN memberships m ON m.subscriber_id = d.subscriber_id AND m.list_id = d.list_id
                WHERE e.kind = 'unsubscribe' AND m.status = 'unsubscribed'"""
         ).fetchall()
         clicked = conn.execute(
-            "SELECT d.token FROM events e JOIN deliveries d ON d.id = e.delivery_id "
+            "SELECT d.id, d.legacy_token FROM events e JOIN deliveries d ON d.id = e.delivery_id "
             "WHERE e.kind LIKE '%click%'"
         ).fetchall()
         sold = conn.execute("SELECT order_id FROM sales").fetchall()
@@ -118,8 +119,8 @@ def found(path: Path) -> dict[str, set[str]]:
     finally:
         conn.close()
     return {
-        "unsubscribe": {t for (t,) in unsubscribed},
-        "click": {t for (t,) in clicked},
+        "unsubscribe": {row_token(secret, *row) for row in unsubscribed},
+        "click": {row_token(secret, *row) for row in clicked},
         "sale": {o for (o,) in sold},
         "integrity": {i for (i,) in integrity},
         "steps": {s for (s,) in steps},
@@ -146,8 +147,8 @@ def test_backups_taken_under_load_and_sigkill_hold_every_acknowledged_event(
     ws = Workspace(workspace)
     try:
         send_campaign(ws, "first")
-        tokens = [t for (t,) in ws.db.execute("SELECT token FROM deliveries ORDER BY id")]
         secret = ws.settings.secret_key()
+        tokens = list(tokens_of(ws.db, "first").values())
     finally:
         ws.close()
     text = handler.messages[0][2].decode()
@@ -184,7 +185,7 @@ def test_backups_taken_under_load_and_sigkill_hold_every_acknowledged_event(
     assert kinds == {"unsubscribe", "click", "sale"}, load.acked[:5]
     known = {m.name for m in migrations._migrations}
     for began, dest in copies:
-        held = found(dest)
+        held = found(dest, secret)
         assert held["integrity"] == {"ok"}, dest
         assert held["steps"] == known, dest
         for at, kind, what in load.acked:

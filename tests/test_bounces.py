@@ -8,6 +8,8 @@ import pytest
 
 from listkit.errors import ConfigError
 from listkit.inbox.bounces import SoftRule, apply, parse, soft_rule
+from listkit.mail.tracking import token_bytes
+from tests.world import World, tokens
 
 CORPUS = Path(__file__).parent / "fixtures" / "bounces"
 
@@ -356,19 +358,28 @@ def test_soft_bounce_setting_is_checked():
 # Effects
 
 
+def secret(db) -> bytes:
+    """The workspace's LISTKIT_SECRET, which tells which delivery a token names."""
+    return World(db).secret
+
+
 def deliver(world, cid, email, token, list_slug="blog"):
     """A recent sent delivery of ``email`` with a known token."""
     from listkit.db import now
 
     d = world.deliver(cid, email, list_slug, sent_at=now())
     with world.db.conn:
-        world.db.execute("UPDATE deliveries SET token = ? WHERE id = ?", [token, d["id"]])
+        world.db.execute(
+            "UPDATE deliveries SET legacy_token = ? WHERE id = ?", [token_bytes(token), d["id"]]
+        )
     return d["id"]
 
 
 def process(db, name, **kwargs):
     with db.conn:
-        return apply(db, parse((CORPUS / name).read_bytes()), source="test", **kwargs)
+        return apply(
+            db, parse((CORPUS / name).read_bytes()), source="test", secret=secret(db), **kwargs
+        )
 
 
 def suppression(db, email):
@@ -438,7 +449,12 @@ def test_soft_bounces_suppress_when_enough_fall_within_the_window(ws, world):
     for n in range(3):
         report = parse(data.replace(b"77f0SMTPIN", f"{n}SMTPIN".encode()))
         with ws.db.conn:
-            effects += [o.effect for o in apply(ws.db, report, source="t", rule=SoftRule(3, 30))]
+            effects += [
+                o.effect
+                for o in apply(
+                    ws.db, report, source="t", secret=secret(ws.db), rule=SoftRule(3, 30)
+                )
+            ]
     assert effects == ["counted", "counted", "suppressed"]
     assert suppression(ws.db, "full.reader@gmail.com") == ("soft_bounce", cid)
     assert statuses(ws.db, "full.reader@gmail.com") == {"blog": "bounced"}
@@ -452,7 +468,7 @@ def test_old_soft_bounces_do_not_count(ws, world):
         ws.db.execute("UPDATE events SET at = '2020-01-01T00:00:00+00:00'")
     data = (CORPUS / "gmail_mailbox_full.eml").read_bytes().replace(b"77f0", b"88f0")
     with ws.db.conn:
-        [o] = apply(ws.db, parse(data), source="t", rule=SoftRule(2, 30))
+        [o] = apply(ws.db, parse(data), source="t", secret=secret(ws.db), rule=SoftRule(2, 30))
     assert o.effect == "counted"
 
 
@@ -633,7 +649,7 @@ def complaint_world(ws, world, sent: int, complaints: int, hard: int = 0):
             f"r{i}@example.com",
             f"{i:06d}".translate(str.maketrans("0123456789", "abcdefghij")) + "tokenaaaaa",
         )
-    rows = ws.db.execute("SELECT token, email FROM deliveries ORDER BY id").fetchall()
+    rows = [(t, e) for e, t in tokens(ws.db).items()]
     data = (CORPUS / "arf_complaint.eml").read_bytes()
     for n, (token, email) in enumerate(rows[:complaints]):
         message = (
@@ -642,7 +658,7 @@ def complaint_world(ws, world, sent: int, complaints: int, hard: int = 0):
             .replace(b"fbl.2026", f"fbl{n}.2026".encode())
         )
         with ws.db.conn:
-            apply(ws.db, parse(message), source="t")
+            apply(ws.db, parse(message), source="t", secret=secret(ws.db))
     bounce = (CORPUS / "postfix_user_unknown.eml").read_bytes()
     for n, (token, email) in enumerate(rows[complaints : complaints + hard]):
         message = (
@@ -651,7 +667,7 @@ def complaint_world(ws, world, sent: int, complaints: int, hard: int = 0):
             .replace(b"20261130091403.", f"{n}.".encode())
         )
         with ws.db.conn:
-            apply(ws.db, parse(message), source="t")
+            apply(ws.db, parse(message), source="t", secret=secret(ws.db))
     return cid
 
 
@@ -828,6 +844,7 @@ def test_a_bounce_counts_for_its_campaign_even_when_another_campaign_suppressed_
                 )
             ),
             source="t",
+            secret=secret(ws.db),
         )
     process(ws.db, "postfix_user_unknown.eml")  # then the first campaign's
     rows = {r["campaign"]: r for r in build_report(ws.db, "campaign")["rows"]}
@@ -977,7 +994,7 @@ def test_with_verp_a_report_without_a_token_or_message_id_suppresses_nobody(ws, 
     report = parse(forged(kind, "victim@example.org"))
     assert (report.token, report.message_token) == (None, None)
     with ws.db.conn:
-        outcomes = apply(ws.db, report, source="t", verp=True)
+        outcomes = apply(ws.db, report, source="t", secret=secret(ws.db), verp=True)
     assert [(o.matched_by, o.effect) for o in outcomes] == [(None, "unmatched")]
     assert suppression(ws.db, "victim@example.org") is None
     assert ws.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
@@ -987,10 +1004,14 @@ def test_without_verp_only_a_report_in_a_mail_servers_form_matches_by_recipient(
     cid = world.campaign("launch")
     deliver(world, cid, "victim@example.org", "victimtokenaaaaa")
     with ws.db.conn:
-        [text] = apply(ws.db, parse(forged("text", "victim@example.org")), source="t")
+        [text] = apply(
+            ws.db, parse(forged("text", "victim@example.org")), source="t", secret=secret(ws.db)
+        )
     assert (text.matched_by, text.effect) == (None, "unmatched")
     with ws.db.conn:
-        [dsn] = apply(ws.db, parse(forged("dsn", "victim@example.org")), source="t")
+        [dsn] = apply(
+            ws.db, parse(forged("dsn", "victim@example.org")), source="t", secret=secret(ws.db)
+        )
     assert (dsn.matched_by, dsn.effect) == ("recipient", "suppressed")
 
 
@@ -1032,7 +1053,9 @@ def test_a_persons_message_is_no_report_suppresses_nobody_and_stays(ws, world, d
     deliver(world, cid, "ann@example.org", "victimtokenaaaaa")
     assert parse(data).kind == "unknown"
     with ws.db.conn:
-        [handled] = process_messages(ws.db, [("m", data)], source="t", rule=SoftRule(3, 30))
+        [handled] = process_messages(
+            ws.db, [("m", data)], source="t", secret=secret(ws.db), rule=SoftRule(3, 30)
+        )
     assert (handled.kind, handled.understood) == ("unknown", False)
     assert ws.db.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 0
 
@@ -1059,7 +1082,9 @@ def test_fetch_may_remove_only_what_form_or_headers_identify(ws, world, name, re
         deliver(world, cid, email, token)
     data = (CORPUS / name).read_bytes()
     with ws.db.conn:
-        [h] = process_messages(ws.db, [(name, data)], source="t", rule=SoftRule(3, 30), verp=True)
+        [h] = process_messages(
+            ws.db, [(name, data)], source="t", secret=secret(ws.db), rule=SoftRule(3, 30), verp=True
+        )
     assert h.understood is removable
 
 
@@ -1070,7 +1095,9 @@ def test_a_report_for_no_delivery_of_ours_stays_in_the_mailbox_even_with_no_effe
     delay = (CORPUS / "postfix_delayed.eml").read_bytes().replace(b"postfixdelayedaa", b"other")
     messages = [("forged", forged("dsn", "x@example.org")), ("delay", delay)]
     with ws.db.conn:
-        handled = process_messages(ws.db, messages, source="t", rule=SoftRule(3, 30), verp=True)
+        handled = process_messages(
+            ws.db, messages, source="t", secret=secret(ws.db), rule=SoftRule(3, 30), verp=True
+        )
     assert [(h.kind, [o.effect for o in h.outcomes], h.understood) for h in handled] == [
         ("dsn", ["unmatched"], False),
         ("dsn", ["ignored"], False),

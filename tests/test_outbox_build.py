@@ -9,7 +9,7 @@ from tests.test_send import setup_campaign
 
 
 def build(ws, p, cid):
-    return outbox.build_outbox(ws.db, cid, p.campaign, domain="example.com", coupon_base="")
+    return outbox.build_outbox(ws.db, cid, p.campaign)
 
 
 def _outbox_setup(run, workspace, port=25):
@@ -30,9 +30,9 @@ def test_an_outbox_is_built_in_short_transactions_leaving_the_lock_free_between(
     ws, p, cid = _outbox_setup(run, workspace)
     monkeypatch.setattr(outbox, "FILL_CHUNK", 2)
     made, other_wrote = [], []
-    real_token = outbox.new_token
+    real_held_out = outbox.held_out
 
-    def token():
+    def held_out(*args):
         made.append(1)
         if len(made) == 3:  # making the second chunk: the first is committed
             other = sqlite3.connect(ws.settings.db_path, timeout=0)
@@ -40,9 +40,9 @@ def test_an_outbox_is_built_in_short_transactions_leaving_the_lock_free_between(
             other.execute("ROLLBACK")
             other.close()
             other_wrote.append(True)
-        return real_token()
+        return real_held_out(*args)
 
-    monkeypatch.setattr(outbox, "new_token", token)
+    monkeypatch.setattr(outbox, "held_out", held_out)
     try:
         assert build(ws, p, cid) == 7
     finally:
@@ -55,20 +55,20 @@ def test_an_outbox_build_cut_short_is_completed_by_the_next_send(
 ):
     ws, p, cid = _outbox_setup(run, workspace)
     monkeypatch.setattr(outbox, "FILL_CHUNK", 2)
-    real_token, made = outbox.new_token, []
+    real_held_out, made = outbox.held_out, []
 
-    def dies_on_the_fifth():
+    def dies_on_the_fifth(*args):
         made.append(1)
         if len(made) == 5:
             raise KeyboardInterrupt  # the process dies while building the third chunk
-        return real_token()
+        return real_held_out(*args)
 
-    monkeypatch.setattr(outbox, "new_token", dies_on_the_fifth)
+    monkeypatch.setattr(outbox, "held_out", dies_on_the_fifth)
     with contextlib.suppress(KeyboardInterrupt):
         build(ws, p, cid)
     assert ws.db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 4
     ws.close()
-    monkeypatch.setattr(outbox, "new_token", real_token)
+    monkeypatch.setattr(outbox, "held_out", real_held_out)
 
     controller, handler = server
     env = (workspace / ".env").read_text()

@@ -11,7 +11,7 @@ import pytest
 from listkit.audience.suppressions import suppress
 from listkit.sales.attribution import attribute_all
 from listkit.sales.reports import build_report, lift, per_thousand
-from tests.world import World
+from tests.world import World, tokens
 
 
 def report(run, *args):
@@ -194,10 +194,7 @@ def test_unsubscribe_link_is_verified_and_counted_against_its_campaign(run, work
     from listkit.config import load_settings
     from listkit.mail.tracking import unsubscribe_url
 
-    token = shop.db.execute(
-        """SELECT token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
-           WHERE c.slug = 'u' AND d.email = 'b@example.com'"""
-    ).fetchone()[0]
+    token = tokens(shop.db, "u")["b@example.com"]
     settings = load_settings(workspace)
     url = unsubscribe_url(settings.public_base_url(), settings.secret_key(), token)
     bad = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
@@ -458,11 +455,7 @@ def test_one_click_this_list_and_everything_unsubscribes_each_count_once_where_t
     from listkit.web import create_app
 
     def path(campaign, email):
-        token = ws.db.execute(
-            """SELECT token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
-               WHERE c.slug = ? AND d.email = ?""",
-            [campaign, email],
-        ).fetchone()[0]
+        token = tokens(ws.db, campaign)[email]
         return unsubscribe_url("", ws.settings.secret_key(), token)
 
     one_click = {"content-type": "application/x-www-form-urlencoded"}
@@ -676,7 +669,8 @@ def world(run, ws, shop, tmp_path):
         )
         ws.db.execute("UPDATE deliveries SET variant = 'launch' WHERE id = ?", [x1["id"]])
         ws.db.execute(
-            "UPDATE deliveries SET variant = 'bundle' WHERE email IN (?, ?)",
+            "UPDATE deliveries SET variant = 'bundle' WHERE subscriber_id IN"
+            " (SELECT id FROM subscribers WHERE email IN (?, ?))",
             ["x2@example.com", "x3@example.com"],
         )
         ws.db.execute(
@@ -694,7 +688,7 @@ def world(run, ws, shop, tmp_path):
             "INSERT INTO events (delivery_id, kind, at, detail) VALUES (?, ?, ?, '{}')",
             [mailed["m6@example.com"]["id"], "unsubscribe", "2026-11-02T10:00:00+00:00"],
         )
-    attribute_all(ws.db)
+    attribute_all(ws.db, ws.settings.secret_key())
     suppress(ws.db, "m0@example.com", "hard_bounce", campaign_id=h)
     suppress(ws.db, "m1@example.com", "unsubscribed", campaign_id=h)
     f = tmp_path / "sales.csv"

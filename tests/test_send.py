@@ -42,7 +42,8 @@ def rows(workspace):
         return {
             r[0]: r[1:]
             for r in ws.db.execute(
-                "SELECT email, state, last_code, attempts FROM deliveries ORDER BY email"
+                "SELECT s.email, d.state, d.last_code, d.attempts FROM deliveries d"
+                " JOIN subscribers s ON s.id = d.subscriber_id ORDER BY s.email"
             )
         }
     finally:
@@ -198,7 +199,9 @@ def test_unsubscribed_during_the_campaign_gets_nothing_after(
     try:
         summary = send_campaign(ws, "t", on_result=on_result, batch=batch)
         skipped = ws.db.execute(
-            "SELECT state, last_reply FROM deliveries WHERE email = 'r5@example.com'"
+            "SELECT d.state, d.last_reply FROM deliveries d"
+            " JOIN subscribers s ON s.id = d.subscriber_id "
+            "WHERE s.email = 'r5@example.com'"
         ).fetchone()
     finally:
         ws.close()
@@ -218,7 +221,8 @@ def test_a_subscriber_on_two_lists_gets_one_message_through_the_first(run, works
     ws = Workspace(workspace)
     via = dict(
         ws.db.execute(
-            "SELECT d.email, l.slug FROM deliveries d JOIN lists l ON l.id = d.list_id"
+            "SELECT s.email, l.slug FROM deliveries d JOIN lists l ON l.id = d.list_id"
+            " JOIN subscribers s ON s.id = d.subscriber_id"
         ).fetchall()
     )
     ws.close()

@@ -52,8 +52,8 @@ def test_folded_marks_make_a_dead_runs_rows_unknown_and_the_rest_pending(run, wo
 
         p = prepare(ws, "t")
         cid = register(ws.db, p.campaign, digest="x", coupon=None)
-        build_outbox(ws.db, cid, p.campaign, domain="example.com", coupon_base="")
-        rows = claim(ws.db, cid, "100-dead", 10)
+        build_outbox(ws.db, cid, p.campaign)
+        rows = claim(ws.db, cid, "100-dead", 10, secret=ws.settings.secret_key())
         ids = {r.email: r.id for r in rows}
         marks = MarkFile(ws.settings.db_path)
         marks.mark("100-dead", [ids["m1@example.com"], ids["m3@example.com"]])
@@ -64,7 +64,12 @@ def test_folded_marks_make_a_dead_runs_rows_unknown_and_the_rest_pending(run, wo
         assert fold_marks(ws.db, ws.settings.db_path) == 2
         assert marks_path(ws.settings.db_path).stat().st_size == 0
         assert recover(ws.db, cid) == {"pending": 3, "unknown": 2}
-        states = dict(ws.db.execute("SELECT email, state FROM deliveries").fetchall())
+        states = dict(
+            ws.db.execute(
+                "SELECT s.email, d.state FROM deliveries d"
+                " JOIN subscribers s ON s.id = d.subscriber_id"
+            ).fetchall()
+        )
         assert states == {
             "m0@example.com": "pending",
             "m1@example.com": "unknown",

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from listkit.mail.message_ids import message_id
 from listkit.workspace import Workspace
 from tests import smtp_server
 from tests.test_send import setup_campaign
+from tests.world import World
 
 N = 60
 
@@ -35,11 +37,19 @@ def listkit(workspace: Path, *args: str) -> subprocess.Popen:
 def delivery_states(workspace: Path) -> dict[str, tuple[str, str]]:
     ws = Workspace(workspace)
     try:
-        return {
-            mid: (email, state)
-            for email, state, mid in ws.db.execute(
-                "SELECT email, state, message_id FROM deliveries"
+        domain = ws.settings.sender_address()[1].rpartition("@")[2]
+        states = dict(ws.db.execute("SELECT id, state FROM deliveries"))
+        by_id = {
+            did: email
+            for did, email in ws.db.execute(
+                "SELECT d.id, s.email FROM deliveries d"
+                " JOIN subscribers s ON s.id = d.subscriber_id"
             )
+        }
+        world = World(ws.db)
+        return {
+            message_id(world.token(did), domain): (email, states[did])
+            for did, email in by_id.items()
         }
     finally:
         ws.close()

@@ -7,6 +7,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 
 from listkit.workspace import Workspace
+from tests.world import tokens
 
 ADDRS = [f"r{i}@example.com" for i in range(12)]
 
@@ -50,8 +51,8 @@ def states(workspace, slug):
     return dict(
         query(
             workspace,
-            """SELECT d.email, d.state FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
-               WHERE c.slug = ?""",
+            """SELECT s.email, d.state FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+               JOIN subscribers s ON s.id = d.subscriber_id WHERE c.slug = ?""",
             [slug],
         )
     )
@@ -263,14 +264,9 @@ def one_click(workspace, slug, email):
     from listkit.mail.tracking import unsubscribe_url
     from listkit.web import create_app
 
-    [(token,)] = query(
-        workspace,
-        """SELECT d.token FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
-           WHERE c.slug = ? AND d.email = ?""",
-        [slug, email],
-    )
     ws = Workspace(workspace)
     try:
+        token = tokens(ws.db, slug)[email]
         path = unsubscribe_url("", ws.settings.secret_key(), token)
         with TestClient(create_app(ws)) as client:
             r = client.post(

@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from listkit.db import unix
+from listkit.mail.tracking import delivery_of
 from listkit.send.sender import send_campaign
 from listkit.workspace import Workspace
 from tests.waiting import wait_until
@@ -127,8 +129,11 @@ def test_unsubscribe_click_and_signup_through_a_running_service(workspace, setup
         ws = Workspace(workspace)
         with ws.db.conn:
             ws.db.execute(
-                "UPDATE deliveries SET sent_at = '2026-01-01T00:00:00+00:00' WHERE token = ?",
-                [bob_token],
+                "UPDATE deliveries SET sent_unix = ? WHERE id = ?",
+                [
+                    unix("2026-01-01T00:00:00+00:00"),
+                    delivery_of(ws.settings.secret_key(), bob_token),
+                ],
             )
         ws.close()
         status, headers, _ = request(base, click)
@@ -165,8 +170,8 @@ def test_unsubscribe_click_and_signup_through_a_running_service(workspace, setup
         assert summary.totals["sent"] == len(second) == 2
         skipped = query(
             workspace,
-            "SELECT d.email, d.state, d.last_reply FROM deliveries d "
-            "JOIN campaigns c ON c.id = d.campaign_id "
+            "SELECT s.email, d.state, d.last_reply FROM deliveries d "
+            "JOIN campaigns c ON c.id = d.campaign_id JOIN subscribers s ON s.id = d.subscriber_id "
             "WHERE c.slug = 'second' AND d.state != 'sent'",
         )
         # Claimed before the unsubscribe arrived, it is refused before its content

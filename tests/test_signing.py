@@ -83,3 +83,18 @@ def test_basic_credentials_are_checked_in_constant_time_and_refuse_anything_else
     assert not signing.basic_auth_matches("Basic ###", "user:pässword")
     assert not signing.basic_auth_matches("Bearer x", "user:pässword")
     assert not signing.basic_auth_matches(None, "user:pässword")
+
+
+def test_conceal_is_a_permutation_of_40_bit_numbers_that_reveal_undoes():
+    key = b"a-secret-of-16+chars"
+    numbers = [0, 1, 2, 3, 1_000_000, 5_000_000, 2**40 - 1]
+    hidden = [signing.conceal(key, "delivery", n) for n in numbers]
+    assert len(set(hidden)) == len(numbers)
+    assert all(0 <= h < 2**40 for h in hidden)
+    assert [signing.reveal(key, "delivery", h) for h in hidden] == numbers
+    # Neighbours do not stay neighbours, and another key or purpose hides differently.
+    assert abs(hidden[2] - hidden[1]) > 1
+    assert signing.conceal(b"another-secret-16+", "delivery", 1) != hidden[1]
+    assert signing.conceal(key, "other", 1) != hidden[1]
+    with pytest.raises(ValueError):
+        signing.conceal(key, "delivery", 2**40)

@@ -144,7 +144,8 @@ def silent_world(ws, workspace):
         with ws.db.conn:
             ws.db.execute(
                 "INSERT INTO events (delivery_id, kind, at) SELECT id, 'scanner', '2026-11-02' "
-                "FROM deliveries WHERE email = 'sid@example.com'"
+                "FROM deliveries WHERE subscriber_id ="
+                " (SELECT id FROM subscribers WHERE email = 'sid@example.com')"
             )
     sale(ws.db, "9", "bea@example.com", "2026-11-05T10:00:00+00:00", 2900)
     return w
@@ -204,7 +205,8 @@ def test_lists_prune_silent_moves_them_out_with_a_reason_and_keeps_their_history
         ("podcast", "active", None),
     ]
     assert db.execute(
-        "SELECT COUNT(*) FROM deliveries WHERE email = 'sid@example.com'"
+        "SELECT COUNT(*) FROM deliveries WHERE subscriber_id ="
+        " (SELECT id FROM subscribers WHERE email = 'sid@example.com')"
     ).fetchone() == (3,)
     audience = {
         s["email"] for s, _l, _t in iter_audience(db, Campaign("next", "launch", ("blog",)))

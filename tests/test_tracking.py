@@ -63,3 +63,20 @@ def test_unsubscribe_urls_are_signed_and_tampering_fails():
     assert not verify_unsubscribe(secret, "abcdefghijklmnoq", sig)
     assert not verify_unsubscribe(b"t" * 32, token, sig)
     assert not verify_unsubscribe(secret, token, sig[:-1] + ("A" if sig[-1] != "A" else "B"))
+
+
+def test_a_delivery_token_names_its_delivery_only_under_the_secret_that_made_it():
+    from listkit.mail.tracking import coupon_delivery, delivery_of, delivery_token, is_token
+
+    key = b"a-secret-of-16+chars"
+    tokens = {did: delivery_token(key, did) for did in (1, 2, 3, 999_999, 2**40 - 1)}
+    assert all(is_token(t) for t in tokens.values())
+    assert len(set(tokens.values())) == len(tokens)
+    assert {did: delivery_of(key, t) for did, t in tokens.items()} == {d: d for d in tokens}
+    # Upper case, as a relay may give it back, names the same delivery.
+    assert delivery_of(key, tokens[2].upper()) == 2
+    # A personal coupon's 8 characters stand for the id.
+    assert {did: coupon_delivery(key, t[:8]) for did, t in tokens.items()} == {d: d for d in tokens}
+    assert delivery_of(b"another-secret-16+", tokens[1]) is None
+    # The signed check is the last 8 characters: another id's check names nothing.
+    assert delivery_of(key, tokens[1][:8] + tokens[2][8:]) is None

@@ -167,7 +167,10 @@ def test_a_campaign_with_variants_sends_each_subscriber_the_offer_of_its_draw(
 
     w = Workspace(workspace)
     try:
-        rows = w.db.execute("SELECT email, state, variant FROM deliveries").fetchall()
+        rows = w.db.execute(
+            "SELECT s.email, d.state, d.variant FROM deliveries d"
+            " JOIN subscribers s ON s.id = d.subscriber_id"
+        ).fetchall()
     finally:
         w.close()
     held = {e for e, s, _v in rows if s == "held_out"}
@@ -260,7 +263,10 @@ def test_test_then_send_sends_the_rest_the_leader_by_revenue_once(run, workspace
             w.close()
 
     run("send", "ab", "--yes")
-    rows = db_rows("SELECT email, state, variant, part FROM deliveries")
+    rows = db_rows(
+        "SELECT s.email, d.state, d.variant, d.part FROM deliveries d"
+        " JOIN subscribers s ON s.id = d.subscriber_id"
+    )
     test = {e: v for e, s, v, p in rows if p == "test"}
     rest = {e for e, s, v, p in rows if s == "reserved"}
     held = {e for e, s, v, p in rows if s == "held_out"}
@@ -321,8 +327,8 @@ def test_a_sale_from_a_variant_is_credited_to_that_variants_offer(ws):
         ws.db.execute("UPDATE campaigns SET variants = ?", [json.dumps(["launch", "bundle"])])
         ws.db.execute("UPDATE deliveries SET variant = 'launch' WHERE id = ?", [a["id"]])
         ws.db.execute(
-            "UPDATE deliveries SET variant = 'bundle' WHERE email IN ('b@example.com', "
-            "'c@example.com')"
+            "UPDATE deliveries SET variant = 'bundle' WHERE subscriber_id IN (SELECT id FROM"
+            " subscribers WHERE email IN ('b@example.com', 'c@example.com'))"
         )
         ws.db.execute(
             """INSERT INTO sales (source, order_id, amount, currency, at, email, email_key, token,
@@ -330,7 +336,7 @@ def test_a_sale_from_a_variant_is_credited_to_that_variants_offer(ws):
                'b@example.com', 'b@example.com', ?, '2026-11-02')""",
             [b["token"]],
         )
-    attribute_all(ws.db)
+    attribute_all(ws.db, ws.settings.secret_key())
     assert ws.db.execute("SELECT offer FROM sales").fetchone() == ("bundle",)
     rows = {r["offer"]: r for r in build_report(ws.db, "offer")["rows"]}
     assert (rows["bundle"]["sent"], rows["bundle"]["revenue"]) == (2, {"USD": 4900})
@@ -449,15 +455,18 @@ def test_a_campaign_wide_coupon_sale_is_never_credited_to_a_variant_that_mailed_
                coupon, imported) VALUES ('t', '1', 4900, 'USD', '2026-11-02T10:00:00+00:00',
                'new@example.com', 'new@example.com', 'LAUNCH30', '2026-11-02')"""
         )
-    assert attribute_all(ws.db) == {"coupon": 1}
+    assert attribute_all(ws.db, ws.settings.secret_key()) == {"coupon": 1}
     assert ws.db.execute("SELECT offer FROM sales").fetchone() == ("bundle",)
     rows = {r["offer"]: r for r in build_report(ws.db, "offer")["rows"]}
     assert (rows["bundle"]["sent"], rows["bundle"]["revenue"]) == (2, {"USD": 4900})
     assert "launch" not in rows or (rows["launch"]["sent"], rows["launch"]["orders"]) == (0, 0)
     # Both variants mailed: the sale cannot say which, and goes to the campaign's offer.
     with ws.db.conn:
-        ws.db.execute("UPDATE deliveries SET variant = 'launch' WHERE email = 'a@example.com'")
-    attribute_all(ws.db)
+        ws.db.execute(
+            "UPDATE deliveries SET variant = 'launch' WHERE subscriber_id ="
+            " (SELECT id FROM subscribers WHERE email = 'a@example.com')"
+        )
+    attribute_all(ws.db, ws.settings.secret_key())
     assert ws.db.execute("SELECT offer FROM sales").fetchone() == ("launch",)
 
 
@@ -517,7 +526,7 @@ def test_a_coupon_sale_of_an_offer_test_that_delivered_nothing_is_credited_to_no
                coupon, imported) VALUES ('t', '1', 4900, 'USD', '2026-11-02T10:00:00+00:00',
                'new@example.com', 'new@example.com', 'LAUNCH30', '2026-11-02')"""
         )
-    assert attribute_all(ws.db) == {"coupon": 1}
+    assert attribute_all(ws.db, ws.settings.secret_key()) == {"coupon": 1}
     assert ws.db.execute("SELECT campaign_id, offer FROM sales").fetchone() == (cid, None)
     data = build_report(ws.db, "offer")
     rows = {r["offer"]: r for r in data["rows"]}

@@ -28,10 +28,11 @@ def smtp_handler():
 
 def delivery_tokens(workspace):
     from listkit.workspace import Workspace
+    from tests.world import tokens
 
     ws = Workspace(workspace)
     try:
-        return dict(ws.db.execute("SELECT email, token FROM deliveries").fetchall())
+        return tokens(ws.db)
     finally:
         ws.close()
 

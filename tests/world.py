@@ -8,12 +8,14 @@ independent of sending.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sqlite_utils import Database
 
 from listkit.addresses import email_key
-from listkit.db import now
-from listkit.mail.tracking import new_token, personal_coupon
+from listkit.config import load_settings
+from listkit.db import now, unix
+from listkit.mail.tracking import personal_coupon, row_token
 
 T0 = "2026-11-01T10:00:00+00:00"
 SALE_N = iter(range(1, 1000))
@@ -22,6 +24,16 @@ SALE_N = iter(range(1, 1000))
 class World:
     def __init__(self, db: Database):
         self.db = db
+        # The workspace's LISTKIT_SECRET, which a delivery's token is derived with.
+        path = next(r[2] for r in db.execute("PRAGMA database_list") if r[1] == "main")
+        self.secret = load_settings(Path(path).parent).secret_key()
+
+    def token(self, delivery_id: int) -> str:
+        """The token the delivery's messages carry."""
+        (legacy,) = self.db.execute(
+            "SELECT legacy_token FROM deliveries WHERE id = ?", [delivery_id]
+        ).fetchone()
+        return row_token(self.secret, delivery_id, legacy)
 
     def _id(self, sql: str, params: list) -> int:
         with self.db.conn:
@@ -87,24 +99,20 @@ class World:
     ) -> dict:
         """One delivery (the subscriber joins the list); returns id, token, coupon."""
         lid = self.list(list_slug, email)
-        token = new_token()
-        coupon = personal_coupon(coupon_base, token) if coupon_base else None
         did = self._id(
-            """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-               coupon, state, last_code, created, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, state, last_code,
+               sent_unix) VALUES (?, ?, ?, ?, ?, ?)""",
             [
                 campaign_id,
                 self.subscriber(email),
                 lid,
-                email,
-                token,
-                coupon,
                 state,
                 code,
-                now(),
-                sent_at if state == "sent" else None,
+                unix(sent_at) if state == "sent" and sent_at else None,
             ],
         )
+        token = self.token(did)
+        coupon = personal_coupon(coupon_base, token) if coupon_base else None
         return {"id": did, "token": token, "coupon": coupon}
 
     def details(self, email: str, *, fields=None, source=None, signup=None) -> None:
@@ -151,3 +159,17 @@ class World:
                 "INSERT INTO events (delivery_id, kind, at) VALUES (?, ?, ?)",
                 [delivery_id, kind, "2026-11-01T11:00:00+00:00"],
             )
+
+
+def tokens(db: Database, campaign: str | None = None) -> dict[str, str]:
+    """{address: token} of the deliveries (of ``campaign``), as their messages carry them."""
+    world = World(db)
+    return {
+        email: world.token(did)
+        for did, email in db.execute(
+            """SELECT d.id, s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+               JOIN campaigns c ON c.id = d.campaign_id WHERE c.slug = coalesce(?, c.slug)
+               ORDER BY d.id""",
+            [campaign],
+        )
+    }

@@ -14,10 +14,11 @@ from datetime import datetime
 from sqlite_utils import Database
 
 from listkit.addresses import email_key, normalize_address
+from listkit.audience.deliveries import delivery_id
 from listkit.audience.enrollments import enrol_joined
 from listkit.audience.lists import get_list
 from listkit.audience.suppressions import suppress
-from listkit.db import immediate, now
+from listkit.db import immediate, iso, now
 from listkit.errors import InputError, NotFound
 from listkit.mail.tracking import parse_unsubscribe_url, verify_unsubscribe
 from listkit.names import MAX_NAME, clean_name, join_name, name_parts
@@ -370,28 +371,33 @@ def unsubscribe_by_link(db: Database, secret: bytes, url: str, *, everything: bo
     if not verify_unsubscribe(secret, token, signature):
         raise InputError("the link's signature does not match LISTKIT_SECRET: not a link we sent")
     with immediate(db):
-        result = unsubscribe_delivery(db, token, everything=everything, url=url)
+        result = unsubscribe_delivery(db, secret, token, everything=everything, url=url)
     if result is None:
         raise NotFound(f"no delivery has token {token}")
     return result
 
 
-def delivery_by_token(db: Database, token: str) -> dict | None:
-    """The delivery a token names, with its list and campaign, or None."""
-    row = db.execute(
-        """SELECT d.id, d.email, d.campaign_id, c.slug, l.slug, l.title, d.sent_at
-           FROM deliveries d JOIN lists l ON l.id = d.list_id
-           JOIN campaigns c ON c.id = d.campaign_id WHERE d.token = ?""",
-        [token],
-    ).fetchone()
-    if row is None:
+def delivery_by_token(db: Database, secret: bytes, token: str) -> dict | None:
+    """The delivery a token names (``deliveries.delivery_id``), with the address it went
+    to, its list and campaign, or None."""
+    did = delivery_id(db, secret, token)
+    if did is None:
         return None
+    row = db.execute(
+        """SELECT d.id, coalesce(d.sent_to, s.email), d.campaign_id, c.slug, l.slug, l.title,
+                  d.sent_unix
+           FROM deliveries d JOIN lists l ON l.id = d.list_id
+           JOIN subscribers s ON s.id = d.subscriber_id
+           JOIN campaigns c ON c.id = d.campaign_id WHERE d.id = ?""",
+        [did],
+    ).fetchone()
     keys = ("id", "email", "campaign_id", "campaign", "list", "list_title", "sent_at")
-    return dict(zip(keys, row, strict=True))
+    return dict(zip(keys, (*row[:-1], iso(row[-1])), strict=True))
 
 
 def unsubscribe_delivery(
     db: Database,
+    secret: bytes,
     token: str,
     *,
     everything: bool,
@@ -406,7 +412,7 @@ def unsubscribe_delivery(
     per delivery, however often the link is used: a repeated one-click POST changes
     nothing more. ``result["first"]`` says whether this call recorded it.
     """
-    delivery = delivery_by_token(db, token)
+    delivery = delivery_by_token(db, secret, token)
     if delivery is None:
         return None
     cursor = db.execute(
@@ -430,14 +436,14 @@ def unsubscribe_delivery(
     }
 
 
-def delivery_standing(db: Database, token: str) -> dict | None:
+def delivery_standing(db: Database, secret: bytes, token: str) -> dict | None:
     """Where the reader of the delivery ``token`` names stands now (None for an
     unknown token), in the shape ``unsubscribe_delivery`` answers: ``email``,
     ``list``, ``list_title``, ``declined`` (its link was used: the campaign and
     its follow-ups stop for them), ``suppressed``, ``left`` (no longer on the
     delivery's list), ``still_on`` (titles of the lists they are on), and
     ``everything``/``already`` (True when suppressed: nothing more to ask)."""
-    delivery = delivery_by_token(db, token)
+    delivery = delivery_by_token(db, secret, token)
     if delivery is None:
         return None
     standing = _standing(db, delivery)

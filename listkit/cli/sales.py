@@ -98,7 +98,7 @@ def sales_import(
         raise InputError(f"{name}: {e}") from None
     summary = SalesSummary(file=name, format=detected)
     changed = store(ws.db, records, summary)
-    summary.attributed = attribute_all(ws.db, changed)
+    summary.attributed = attribute_all(ws.db, ws.settings.secret_key(), changed)
     if json_:
         emit_json(summary.as_dict())
         return
@@ -155,7 +155,7 @@ def sales_add(ws: Workspace, order, email, amount, currency, at, coupon, token, 
         product=product,
     )
     result, sale_id = add_sale(ws.db, sale)
-    method = attribute_all(ws.db, [sale_id])
+    method = attribute_all(ws.db, ws.settings.secret_key(), [sale_id])
     how = next(iter(method), "none")
     click.echo(f"Sale {order} {result}: {format_minor(sale.amount, code)}, attributed by {how}.")
 
@@ -199,6 +199,6 @@ def sales_attribute(ws: Workspace) -> None:
     Example:
         listkit sales attribute
     """
-    counts = attribute_all(ws.db)
+    counts = attribute_all(ws.db, ws.settings.secret_key())
     total = sum(counts.values())
     click.echo(f"{total} sales: " + (", ".join(f"{n} by {m}" for m, n in counts.items()) or "none"))

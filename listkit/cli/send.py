@@ -444,8 +444,11 @@ def status(ws: Workspace, slug: str | None, json_: bool) -> None:
         load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all
         raise NotFound(f"campaign {slug} has not been sent yet")
     totals = counts(ws.db, row["id"])
-    bounced = bounced_after_sent(ws.db, row["id"])
-    rows = problems(ws.db, row["id"]) + bounced
+    # The Message-ID each message carried: derived from its token, on the sender's domain.
+    mid = {"secret": ws.settings.secret_key(), "domain": ws.settings.sender_address()[1]}
+    mid["domain"] = mid["domain"].rpartition("@")[2]
+    bounced = bounced_after_sent(ws.db, row["id"], **mid)
+    rows = problems(ws.db, row["id"], **mid) + bounced
     waits = held_and_skipped(ws.db, row["id"])
     if json_:
         emit_json(

@@ -45,13 +45,15 @@ from sqlite_utils import Database
 
 from listkit import vocab
 from listkit.addresses import email_key
+from listkit.audience.deliveries import delivery_id
 from listkit.audience.suppressions import BOUNCED_DELIVERIES
 from listkit.config import Settings
-from listkit.db import immediate, now
+from listkit.db import immediate, now, now_unix
 from listkit.errors import ConfigError
 from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings, read_messages
-from listkit.mail.message_ids import returned_message_id
+from listkit.mail.message_ids import message_id, returned_message_id
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
+from listkit.mail.tracking import row_token
 from listkit.mail.verp import bounce_address, token_from_address
 from listkit.runlock import run_lock
 
@@ -544,7 +546,7 @@ class Outcome:
 
 
 def match(
-    db: Database, report: Report, recipient: str, *, verp: bool = False
+    db: Database, report: Report, recipient: str, *, secret: bytes, verp: bool = False
 ) -> tuple[str | None, tuple | None]:
     """(how, delivery row (id, campaign_id, email, slug)) for one recipient of a report.
 
@@ -553,22 +555,18 @@ def match(
     anyone, so it counts only without VERP (``verp`` False), only for a report in a mail
     server's own form (``Report.structured``), and only for a delivery of the last
     ``RECENT_DAYS``."""
-    sql = """SELECT d.id, d.campaign_id, d.email, c.slug FROM deliveries d
-             JOIN campaigns c ON c.id = d.campaign_id"""
-    if report.token:
-        row = db.execute(f"{sql} WHERE d.token = ?", [report.token]).fetchone()
-        if row:
-            return "verp", row
-    if report.message_token:
-        row = db.execute(f"{sql} WHERE d.token = ?", [report.message_token]).fetchone()
-        if row:
-            return "message_id", row
+    sql = """SELECT d.id, d.campaign_id, coalesce(d.sent_to, s.email), c.slug FROM deliveries d
+             JOIN campaigns c ON c.id = d.campaign_id
+             JOIN subscribers s ON s.id = d.subscriber_id"""
+    for how, token in (("verp", report.token), ("message_id", report.message_token)):
+        did = delivery_id(db, secret, token) if token else None
+        if did is not None:
+            return how, db.execute(f"{sql} WHERE d.id = ?", [did]).fetchone()
     if recipient and not verp and report.structured:
-        since = (datetime.now(UTC) - timedelta(days=RECENT_DAYS)).isoformat()
+        since = now_unix() - RECENT_DAYS * 86_400
         row = db.execute(
-            f"""{sql} JOIN subscribers s ON s.id = d.subscriber_id
-                WHERE s.key = ? AND d.sent_at >= ? AND d.state = 'sent'
-                ORDER BY d.sent_at DESC, d.id DESC LIMIT 1""",
+            f"""{sql} WHERE s.key = ? AND d.sent_unix >= ? AND d.state = 'sent'
+                ORDER BY d.sent_unix DESC, d.id DESC LIMIT 1""",
             [email_key(recipient), since],
         ).fetchone()
         if row:
@@ -581,6 +579,7 @@ def apply(
     report: Report,
     *,
     source: str,
+    secret: bytes,
     rule: SoftRule | None = None,
     verp: bool = False,
 ) -> list:
@@ -593,7 +592,7 @@ def apply(
     if report.kind in ("unknown", "auto_reply"):
         return outcomes
     for rcpt in report.recipients:
-        how, row = match(db, report, rcpt.email, verp=verp)
+        how, row = match(db, report, rcpt.email, secret=secret, verp=verp)
         delivery_id, campaign_id, address, slug = row if row else (None, None, rcpt.email, None)
         # The delivery's own address wins over what a relay rewrote.
         address = address or rcpt.email
@@ -674,19 +673,19 @@ def _effect(
     return "unsubscribed" if changed and rcpt.outcome == COMPLAINT else "already"
 
 
-def bounced_after_sent(db: Database, campaign_id: int) -> list[dict]:
+def bounced_after_sent(db: Database, campaign_id: int, *, secret: bytes, domain: str) -> list[dict]:
     """The campaign's deliveries the server accepted (state ``sent``) that a later bounce
     report says bounced: hard, or the soft bounce that suppressed the address. They stay
     ``sent`` (the message did go out, and nothing ever sends a ``sent`` row again); this
     is how `listkit status` and the report tell them apart. Rows shaped as
     ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
     cursor = db.execute(
-        f"""SELECT d.email, d.attempts, d.message_id,
+        f"""SELECT d.id, coalesce(d.sent_to, s.email), d.attempts, d.legacy_token,
                    (SELECT json_extract(e.detail, '$.status') FROM events e
                     WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1),
                    (SELECT json_extract(e.detail, '$.diagnostic') FROM events e
                     WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1)
-            FROM deliveries d
+            FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
             WHERE d.campaign_id = ? AND d.state = 'sent' AND d.id IN ({BOUNCED_DELIVERIES})
             ORDER BY d.id""",
         [campaign_id, json.dumps(vocab.BOUNCE_REASONS)],
@@ -698,10 +697,10 @@ def bounced_after_sent(db: Database, campaign_id: int) -> list[dict]:
             "attempts": attempts,
             "code": status,
             "reply": diagnostic,
-            "message_id": message_id,
+            "message_id": message_id(row_token(secret, did, legacy), domain),
             "next_attempt": None,
         }
-        for email, attempts, message_id, status, diagnostic in cursor
+        for did, email, attempts, legacy, status, diagnostic in cursor
     ]
 
 
@@ -745,6 +744,7 @@ def process(
     messages: list[tuple[str, bytes]],
     *,
     source: str,
+    secret: bytes,
     rule: SoftRule,
     verp: bool = False,
 ) -> list[Handled]:
@@ -752,7 +752,7 @@ def process(
     handled = []
     for label, data in messages:
         report = parse(data)
-        outcomes = apply(db, report, source=source, rule=rule, verp=verp)
+        outcomes = apply(db, report, source=source, secret=secret, rule=rule, verp=verp)
         handled.append(Handled(label, report.kind, report.format, outcomes, report.known_by))
     return handled
 
@@ -769,7 +769,12 @@ def import_path(ws, path: str) -> list[Handled]:
     messages = list(read_messages(path))
     with immediate(ws.db):
         return process(
-            ws.db, messages, source=f"import:{Path(path).name}", rule=rule, verp=verp_on(ws)
+            ws.db,
+            messages,
+            source=f"import:{Path(path).name}",
+            secret=ws.settings.secret_key(),
+            rule=rule,
+            verp=verp_on(ws),
         )
 
 
@@ -818,6 +823,7 @@ def _fetch(ws, batch: int, after_commit: Callable[[], object]) -> FetchSummary:
     move_to = done_action(ws.settings.imap_done)
     rule = soft_rule(ws.settings.soft_bounces)
     verp = verp_on(ws)
+    secret = ws.settings.secret_key()
     db = ws.db
     # The mailbox, whichever port or TLS mode reaches it.
     key = f"{settings.username}@{settings.host}/{settings.mailbox}"
@@ -845,7 +851,7 @@ def _fetch(ws, batch: int, after_commit: Callable[[], object]) -> FetchSummary:
                 if data is not None:
                     messages.append((f"UID {uid}", data))
             with immediate(db):
-                handled = process(db, messages, source="imap", rule=rule, verp=verp)
+                handled = process(db, messages, source="imap", secret=secret, rule=rule, verp=verp)
                 done = [int(h.label.split()[1]) for h in handled if h.understood]
                 db.execute(
                     """INSERT INTO mailbox_state (mailbox, uidvalidity, last_uid, done_uids,

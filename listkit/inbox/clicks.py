@@ -13,8 +13,10 @@ import functools
 import re
 from datetime import datetime
 
+from listkit.audience.deliveries import delivery_id
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS, subscriber_dict
 from listkit.config import Settings
+from listkit.db import iso
 from listkit.mail.compose import Composer
 from listkit.mail.offers import load_offer
 from listkit.vocab import CLICK, CLICK_BOT
@@ -58,17 +60,17 @@ def store_links(db, campaign_id: int, links: dict[str, str]) -> None:
         )
 
 
-def delivery_for_click(db, token: str) -> dict | None:
+def delivery_for_click(db, secret: bytes, token: str) -> dict | None:
     """What a click needs of its delivery: campaign, offer (its variant's, in an offer
     test), list, subscriber, when sent."""
     row = db.execute(
         f"""SELECT d.id, d.campaign_id, c.slug, coalesce(d.variant, c.offer), l.slug, l.title,
-                  d.sent_at,
+                  d.sent_unix,
                   {SUBSCRIBER_COLUMNS}
            FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
            JOIN lists l ON l.id = d.list_id JOIN subscribers s ON s.id = d.subscriber_id
-           WHERE d.token = ?""",
-        [token],
+           WHERE d.id = ?""",
+        [delivery_id(db, secret, token)],
     ).fetchone()
     if row is None:
         return None
@@ -80,7 +82,7 @@ def delivery_for_click(db, token: str) -> dict | None:
         "offer": offer,
         "list": list_slug,
         "list_title": list_title,
-        "sent_at": sent_at,
+        "sent_at": iso(sent_at),
         "token": token,
         "subscriber": subscriber_dict(*subscriber),
     }
@@ -111,23 +113,30 @@ def record_click(
 
 
 def record_known_click(
-    db, token: str, link: str, method: str, agent: str | None, ip: str | None, at: str
+    db,
+    secret: bytes,
+    token: str,
+    link: str,
+    method: str,
+    agent: str | None,
+    ip: str | None,
+    at: str,
 ) -> dict | None:
     """One step for the common case: find the delivery and the link's stored destination
     and record the click. None for an unknown token; ``url`` None (nothing recorded)
     when the link is not stored yet and must be resolved by rendering the offer."""
     delivery = db.execute(
-        """SELECT d.id, d.campaign_id, c.slug, l.slug, d.sent_at, k.url
+        """SELECT d.id, d.campaign_id, c.slug, l.slug, d.sent_unix, k.url
            FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
            JOIN lists l ON l.id = d.list_id
            LEFT JOIN links k ON k.campaign_id = d.campaign_id AND k.link = ?
-           WHERE d.token = ?""",
-        [link, token],
+           WHERE d.id = ?""",
+        [link, delivery_id(db, secret, token)],
     ).fetchone()
     if delivery is None:
         return None
     did, cid, campaign, list_slug, sent_at, url = delivery
     result = {"id": did, "campaign_id": cid, "campaign": campaign, "list": list_slug, "url": url}
     if url is not None:
-        record_click(db, did, click_kind(method, agent, sent_at, at), at, url, ip, agent)
+        record_click(db, did, click_kind(method, agent, iso(sent_at), at), at, url, ip, agent)
     return result

@@ -1,5 +1,8 @@
 """Tracked links, delivery tokens, per-recipient coupons and signed unsubscribe URLs.
 
+A delivery's token is derived from its id and LISTKIT_SECRET
+(``delivery_token``), never stored; ``audience.deliveries`` reads one back.
+
 Pure functions: no database, no network. The rule: every link a message
 carries says which campaign and list it came from (UTM parameters) and which
 delivery (the token), in the parameters each shop passes through to its sales
@@ -15,19 +18,77 @@ import secrets
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from listkit.config import Settings
-from listkit.signing import sign, verify
+from listkit.signing import CONCEALED_BITS, conceal, reveal, same, sign, tag, verify
 
 STRIPE_LINK_HOSTS = ("buy.stripe.com",)
 TOKEN_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 
 
 def new_token() -> str:
-    """A random delivery token: 16 characters of lower-case base32 (80 bits)."""
+    """A random token: 16 characters of lower-case base32 (80 bits). (Deliveries made
+    before the ``m020_lean_deliveries`` migration had one; theirs are kept as
+    ``legacy_token``.)"""
     return base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
 
 
 def is_token(value: str) -> bool:
     return len(value) == 16 and set(value) <= TOKEN_ALPHABET
+
+
+# A delivery's token is derived from its id, never stored: the first 8 characters
+# are the id under a permutation only LISTKIT_SECRET knows (a personal coupon
+# carries them, and they name the delivery), the last 8 a check of the id signed
+# with the same secret. A token nobody signed names no delivery.
+_DELIVERY = "delivery"
+_HEAD_BYTES = CONCEALED_BITS // 8
+
+
+def delivery_token(secret: bytes, delivery_id: int) -> str:
+    """The token of delivery ``delivery_id``: 16 characters of lower-case base32."""
+    head = conceal(secret, _DELIVERY, delivery_id).to_bytes(_HEAD_BYTES, "big")
+    check = tag(secret, _DELIVERY, str(delivery_id), 10 - _HEAD_BYTES)
+    return base64.b32encode(head + check).decode("ascii").lower()
+
+
+def token_bytes(token: str) -> bytes:
+    """The bytes a token (or its first 8 characters: 5 bytes) spells; how a legacy
+    token is stored."""
+    return base64.b32decode(token.upper())
+
+
+def is_token_head(value: str) -> bool:
+    """Whether ``value`` can be a token's first 8 characters (a personal coupon's suffix)."""
+    return len(value) == 8 and set(value) <= TOKEN_ALPHABET
+
+
+def token_text(raw: bytes) -> str:
+    """The token the 10 bytes ``raw`` spell (``token_bytes`` undone)."""
+    return base64.b32encode(raw).decode("ascii").lower()
+
+
+def row_token(secret: bytes, delivery_id: int, legacy: bytes | None) -> str:
+    """The token a delivery's messages carry: its legacy random one if it has one
+    (made before the migration), else the one derived from its id."""
+    return token_text(legacy) if legacy is not None else delivery_token(secret, delivery_id)
+
+
+def delivery_of(secret: bytes, token: str) -> int | None:
+    """The id of the delivery a derived token names, or None if ``secret`` did not sign it
+    (a legacy token, a forgery, a typo)."""
+    token = token.strip().lower()
+    if not is_token(token):
+        return None
+    raw = token_bytes(token)
+    delivery_id = coupon_delivery(secret, token[:8])
+    check = tag(secret, _DELIVERY, str(delivery_id), 10 - _HEAD_BYTES)
+    return delivery_id if same(check, raw[_HEAD_BYTES:]) else None
+
+
+def coupon_delivery(secret: bytes, head: str) -> int:
+    """The delivery id the first 8 characters of a derived token stand for (a
+    personal coupon's suffix). Unsigned: any 8 characters stand for some id, which
+    the caller finds, or not, among the deliveries."""
+    return reveal(secret, _DELIVERY, int.from_bytes(token_bytes(head.lower()), "big"))
 
 
 def track(

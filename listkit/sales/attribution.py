@@ -18,7 +18,7 @@ The rule, in order, first match wins:
 
 ``decide`` is pure; ``attribute_all`` fetches every candidate with a few
 set-wise queries (one per rule, never one per sale) and stores the results.
-Deterministic: ties go to the latest ``sent_at``, then the highest delivery
+Deterministic: ties go to the latest send (``sent_unix``), then the highest delivery
 id, so running it twice gives the same answer.
 """
 
@@ -32,8 +32,10 @@ from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.audience.deliveries import coupon_deliveries, delivery_ids
 from listkit.audience.enrollments import on_sales
-from listkit.db import immediate
+from listkit.db import ISO_SQL, immediate
+from listkit.mail.tracking import is_token_head
 from listkit.vocab import ATTRIBUTION_METHODS
 
 
@@ -138,36 +140,38 @@ def personal_coupon_prefix(coupon: str) -> str | None:
     """The token prefix a per-recipient code carries (``LAUNCH30-ABCDEFGH`` -> ``abcdefgh``).
 
     Matches ``tracking.personal_coupon``: ``f"{base}-{token[:8].upper()}"``. The
-    lookup then goes through the unique token index instead of scanning every
-    delivery's coupon.
+    delivery is then found from the prefix alone (``deliveries.coupon_deliveries``):
+    a derived token's first 8 characters stand for its id, a legacy token's are
+    looked up in its index.
     """
     _base, sep, suffix = coupon.strip().rpartition("-")
     suffix = suffix.lower()
-    if (
-        not sep
-        or len(suffix) != 8
-        or not all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in suffix)
-    ):
-        return None
-    return suffix
+    return suffix if sep and is_token_head(suffix) else None
 
 
-_TOUCH = "d.id, d.campaign_id, d.list_id, d.sent_at, c.attribution_days"
+_TOUCH = f"d.id, d.campaign_id, d.list_id, {ISO_SQL.format('d.sent_unix')}, c.attribution_days"
 _SALES = ("id", "at", "token", "coupon", "email_key", "utm_campaign", "utm_content")
 
 
-def _candidates(db: Database, where: str, params: list) -> dict[str, dict]:
-    """Every candidate of the selected sales, by rule: one query per rule."""
-    by_token = {
-        sid: Touch(*rest)
-        for sid, *rest in db.execute(
-            f"""SELECT s.id, {_TOUCH} FROM sales s
-                JOIN deliveries d ON d.token = lower(trim(s.token))
-                JOIN campaigns c ON c.id = d.campaign_id
-                WHERE s.token IS NOT NULL AND d.state != 'held_out' {where}""",
-            params,
+def _touches(db: Database, ids: Iterable[int]) -> dict[int, Touch]:
+    """The deliveries of ``ids`` that can have earned a sale (not held out), as touches."""
+    return {
+        row[0]: Touch(*row)
+        for row in db.execute(
+            f"""SELECT {_TOUCH} FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
+                WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state != 'held_out'""",
+            [json.dumps(sorted(set(ids)))],
         )
     }
+
+
+def _candidates(
+    db: Database, secret: bytes, sales: list[dict], where: str, params: list
+) -> dict[str, dict]:
+    """Every candidate of the selected sales, by rule: one query per rule."""
+    named = delivery_ids(db, secret, {s["id"]: s["token"] for s in sales if s["token"]})
+    touches = _touches(db, named.values())
+    by_token = {sid: touches[did] for sid, did in named.items() if did in touches}
     buyer: dict[int, list[Touch]] = defaultdict(list)
     for sid, *rest in db.execute(
         f"""SELECT s.id, {_TOUCH}, (SELECT MIN(e.at) FROM events e
@@ -183,22 +187,17 @@ def _candidates(db: Database, where: str, params: list) -> dict[str, dict]:
     return {"token": by_token, "buyer": buyer}
 
 
-def _personal_coupons(db: Database, coupons: dict[int, str]) -> dict[int, Touch]:
+def _personal_coupons(db: Database, secret: bytes, coupons: dict[int, str]) -> dict[int, Touch]:
+    """The delivery each sale's personal coupon names (the lowest id, should a legacy
+    token's prefix name two)."""
     prefixes = {sid: p for sid, c in coupons.items() if (p := personal_coupon_prefix(c))}
-    if not prefixes:
-        return {}
+    named = coupon_deliveries(db, secret, prefixes)
+    touches = _touches(db, (did for ids in named.values() for did in ids))
     found: dict[int, Touch] = {}
-    rows = db.execute(
-        f"""SELECT p.key, d.coupon, {_TOUCH} FROM json_each(?) p
-            JOIN deliveries d ON d.token >= p.value AND d.token < p.value || '~'
-            JOIN campaigns c ON c.id = d.campaign_id
-            WHERE d.state != 'held_out' ORDER BY d.id""",
-        [json.dumps({str(sid): p for sid, p in prefixes.items()})],
-    )
-    for sid, coupon, *rest in rows:
-        sid = int(sid)
-        if (coupon or "").casefold() == coupons[sid].strip().casefold() and sid not in found:
-            found[sid] = Touch(*rest)
+    for sid, ids in named.items():
+        mine = [touches[did] for did in sorted(ids) if did in touches]
+        if mine:
+            found[sid] = mine[0]
     return found
 
 
@@ -222,14 +221,16 @@ def _campaign_offers(db: Database, campaigns: list) -> dict[int, str | None]:
     return offers
 
 
-def attribute_all(db: Database, ids: Iterable[int] | None = None) -> dict[str, int]:
+def attribute_all(db: Database, secret: bytes, ids: Iterable[int] | None = None) -> dict[str, int]:
     """(Re)compute attribution for the given sales, or all, in one transaction; counts per
-    method."""
+    method. ``secret`` (LISTKIT_SECRET) tells which delivery a token names."""
     with immediate(db):
-        return attribute_sales(db, ids)
+        return attribute_sales(db, secret, ids)
 
 
-def attribute_sales(db: Database, ids: Iterable[int] | None = None) -> dict[str, int]:
+def attribute_sales(
+    db: Database, secret: bytes, ids: Iterable[int] | None = None
+) -> dict[str, int]:
     """``attribute_all`` without its transaction: for callers already inside one."""
     where, params = "", []
     if ids is not None:
@@ -245,8 +246,8 @@ def attribute_sales(db: Database, ids: Iterable[int] | None = None) -> dict[str,
             params,
         )
     ]
-    found = _candidates(db, where, params)
-    personal = _personal_coupons(db, {s["id"]: s["coupon"] for s in sales if s["coupon"]})
+    found = _candidates(db, secret, sales, where, params)
+    personal = _personal_coupons(db, secret, {s["id"]: s["coupon"] for s in sales if s["coupon"]})
     campaigns = db.execute(
         "SELECT id, slug, offer, coupon, started FROM campaigns ORDER BY started DESC, id DESC"
     ).fetchall()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from listkit.db import immediate, now
+from listkit.db import immediate
 from listkit.files import private_fd
 
 
@@ -103,14 +103,13 @@ def fold_marks(db: Database, db_path: Path) -> int:
     marks = read_marks(path)
     marked = 0
     if marks:
-        stamp = now()
         with immediate(db):
             for run_id, delivery_id in marks:
                 marked += db.execute(
-                    """UPDATE deliveries SET phase = 'data', updated = ?
+                    """UPDATE deliveries SET phase = 'data'
                        WHERE id = ? AND claimed_by = ? AND state = 'sending'
                          AND phase = 'claimed'""",
-                    [stamp, delivery_id, run_id],
+                    [delivery_id, run_id],
                 ).rowcount
     if path.exists() and path.stat().st_size:
         # Only after the commit: a crash before it leaves the file to fold again.

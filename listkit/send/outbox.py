@@ -38,11 +38,11 @@ from sqlite_utils import Database
 
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS
 from listkit.audience.suppressions import DECLINED, suppress
-from listkit.db import clock, immediate, now
+from listkit.db import clock, immediate, iso, now, now_unix
 from listkit.mail.message_ids import message_id
-from listkit.mail.tracking import new_token, personal_coupon
+from listkit.mail.tracking import row_token
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
-from listkit.send.respect import Hold, Respect, sort_out, stored_time
+from listkit.send.respect import Hold, Respect, delivery_time, sort_out
 from listkit.send.variants import assign_variant, in_test_part
 from listkit.vocab import DELIVERY_STATES
 
@@ -58,9 +58,7 @@ BACKOFF_MAX = timedelta(hours=6)
 FILL_CHUNK = 250
 
 
-def build_outbox(
-    db: Database, campaign_id: int, campaign: Campaign, *, domain: str, coupon_base: str
-) -> int:
+def build_outbox(db: Database, campaign_id: int, campaign: Campaign) -> int:
     """Create the deliveries of a campaign once (its audience frozen); rows created.
 
     The rows go in in chunks, each committed. A build cut short (the process
@@ -71,8 +69,8 @@ def build_outbox(
         started = db.execute("SELECT started FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
         if started is None or started[0] is not None:
             return 0
-        return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=True)[0]
-    return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=False)[0]
+        return _fill(db, campaign_id, campaign, newcomers_only=True)[0]
+    return _fill(db, campaign_id, campaign, newcomers_only=False)[0]
 
 
 def has_outbox(db: Database, campaign_id: int) -> bool:
@@ -83,26 +81,18 @@ def has_outbox(db: Database, campaign_id: int) -> bool:
     )
 
 
-def top_up(
-    db: Database, campaign_id: int, campaign: Campaign, *, domain: str, coupon_base: str
-) -> tuple[int, int]:
+def top_up(db: Database, campaign_id: int, campaign: Campaign) -> tuple[int, int]:
     """Add the campaign's current audience that has no row in its outbox yet.
 
     Whoever already has a row (sent, failed, held out, skipped...) never gets a
     second one; newcomers are held out by the same rule as the first audience.
     Returns (rows added, of which held out).
     """
-    return _fill(db, campaign_id, campaign, domain, coupon_base, newcomers_only=True)
+    return _fill(db, campaign_id, campaign, newcomers_only=True)
 
 
 def _fill(
-    db: Database,
-    campaign_id: int,
-    campaign: Campaign,
-    domain: str,
-    coupon_base: str,
-    *,
-    newcomers_only: bool,
+    db: Database, campaign_id: int, campaign: Campaign, *, newcomers_only: bool
 ) -> tuple[int, int]:
     """Insert a delivery for each of the audience (only those without one, if
     ``newcomers_only``); (rows added, of which held out).
@@ -112,7 +102,6 @@ def _fill(
     in a short write transaction of its own (which checks, for
     ``newcomers_only``, who has a row by then).
     """
-    stamp = now()
     created = held = 0
     # Test-then-send: once the rest has been given the chosen offer, a
     # newcomer of the rest gets it too, instead of waiting for a choice
@@ -130,7 +119,7 @@ def _fill(
         last = 0
         while True:
             chunk = db.execute(
-                """SELECT rowid, id, email, key, list_id FROM temp.lk_audience
+                """SELECT rowid, id, key, list_id FROM temp.lk_audience
                    WHERE rowid > ? ORDER BY rowid LIMIT ?""",
                 [last, FILL_CHUNK],
             ).fetchall()
@@ -138,8 +127,7 @@ def _fill(
                 break
             last = chunk[-1][0]
             rows = []
-            for _rowid, subscriber_id, email, key, list_id in chunk:
-                token = new_token()
+            for _rowid, subscriber_id, key, list_id in chunk:
                 state = "held_out" if held_out(campaign.slug, key, campaign.holdout) else "pending"
                 variant = part = None
                 if campaign.variants and state == "pending":
@@ -150,21 +138,7 @@ def _fill(
                             state, variant, part = "reserved", None, "rest"
                             if chosen is not None:
                                 state, variant = "pending", chosen
-                rows.append(
-                    _row(
-                        campaign_id,
-                        subscriber_id,
-                        list_id,
-                        email,
-                        state,
-                        stamp,
-                        domain,
-                        coupon_base,
-                        token=token,
-                        variant=variant,
-                        part=part,
-                    )
-                )
+                rows.append((campaign_id, subscriber_id, list_id, state, variant, part))
             with immediate(db):
                 if newcomers_only:
                     # One probe of the (campaign_id, subscriber_id) unique index per chunk.
@@ -179,65 +153,28 @@ def _fill(
                     rows = [r for r in rows if r[1] not in known]
                 _insert(db, rows)
             created += len(rows)
-            held += sum(r[7] == "held_out" for r in rows)
+            held += sum(r[3] == "held_out" for r in rows)
     finally:
         db.execute("DROP TABLE IF EXISTS temp.lk_audience")
     return created, held
 
 
-def _row(
-    campaign_id: int,
-    subscriber_id: int,
-    list_id: int,
-    email: str,
-    state: str,
-    stamp: str,
-    domain: str,
-    coupon_base: str,
-    *,
-    token: str | None = None,
-    variant: str | None = None,
-    part: str | None = None,
-) -> tuple:
-    """One delivery as ``_insert`` writes it."""
-    token = token or new_token()
-    return (
-        campaign_id,
-        subscriber_id,
-        list_id,
-        email,
-        token,
-        message_id(token, domain),
-        personal_coupon(coupon_base, token),
-        state,
-        stamp,
-        variant,
-        part,
-    )
-
-
 def _insert(db: Database, rows: list[tuple]) -> None:
-    """The one statement that puts deliveries in the outbox (rows made by ``_row``)."""
+    """The one statement that puts deliveries in the outbox: rows of (campaign id,
+    subscriber id, list id, state, variant, part)."""
     db.conn.executemany(
-        """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, email, token,
-           message_id, coupon, state, created, variant, part)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        """INSERT INTO deliveries (campaign_id, subscriber_id, list_id, state, variant, part)
+           VALUES (?, ?, ?, ?, ?, ?)""",
         rows,
     )
 
 
 def add_deliveries(
-    db: Database,
-    campaign_id: int,
-    recipients: Iterable[tuple[int, str, int]],
-    *,
-    domain: str,
-    coupon_base: str,
+    db: Database, campaign_id: int, recipients: Iterable[tuple[int, int]]
 ) -> list[int]:
-    """One pending delivery per (subscriber id, address, list id) that has none in
-    the campaign yet (a step of a sequence); inside the caller's transaction. The
-    ids of the rows added."""
-    stamp = now()
+    """One pending delivery per (subscriber id, list id) that has none in the
+    campaign yet (a step of a sequence); inside the caller's transaction. The ids
+    of the rows added."""
     recipients = list(recipients)
     known = {
         r[0]
@@ -248,8 +185,8 @@ def add_deliveries(
         )
     }
     rows = [
-        _row(campaign_id, sid, list_id, email, "pending", stamp, domain, coupon_base)
-        for sid, email, list_id in recipients
+        (campaign_id, sid, list_id, "pending", None, None)
+        for sid, list_id in recipients
         if sid not in known
     ]
     _insert(db, rows)
@@ -265,19 +202,18 @@ def add_deliveries(
 
 def recover(db: Database, campaign_id: int) -> dict[str, int]:
     """Resolve rows a dead run left in ``sending``; call only while holding the send lock."""
-    stamp = now()
     with immediate(db):
         back = db.execute(
             """UPDATE deliveries SET state = 'pending', phase = NULL, claimed_by = NULL,
-               attempts = max(attempts - 1, 0), updated = ?
+               attempts = max(attempts - 1, 0)
                WHERE campaign_id = ? AND state = 'sending' AND phase = 'claimed'""",
-            [stamp, campaign_id],
+            [campaign_id],
         ).rowcount
         unknown = db.execute(
-            """UPDATE deliveries SET state = 'unknown', updated = ?,
+            """UPDATE deliveries SET state = 'unknown',
                last_reply = coalesce(last_reply, 'the sending run stopped after DATA began')
                WHERE campaign_id = ? AND state = 'sending'""",
-            [stamp, campaign_id],
+            [campaign_id],
         ).rowcount
     return {"pending": back, "unknown": unknown}
 
@@ -295,7 +231,6 @@ class Claimed:
     list_slug: str
     list_title: str | None
     token: str
-    message_id: str
     attempts: int
 
 
@@ -307,6 +242,8 @@ def claim(
     variant: str | None = None,
     declined: Iterable[int] = (),
     respect: Respect | None = None,
+    *,
+    secret: bytes,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due rows (of one ``variant``, if given), committed before any is sent.
 
@@ -316,7 +253,9 @@ def claim(
     ``skipped`` instead: an unsubscribe during a campaign is honoured. With
     ``respect`` (a selling message), rows whose reader it would not respect now
     are held back until it would, or skipped with the reason when that is past
-    the deadline (``respect.sort_out``). Returns nothing only when no row is due.
+    the deadline (``respect.sort_out``). Each claimed row carries its token
+    (``tracking.row_token``: signed with ``secret``). Returns nothing only when
+    no row is due.
     """
     declined_json = json.dumps(list(declined))
     claimed: list[Claimed] = []
@@ -325,26 +264,26 @@ def claim(
     while len(claimed) < limit:
         with immediate(db):
             at = clock()
-            stamp = stored_time(at)
+            stamp = delivery_time(at)
             # A whole batch looked at each time (rows beyond those wanted that
             # may go stay pending, for the next claim): not ever smaller ones.
             rows = _due_rows(db, campaign_id, stamp, limit, variant, declined_json)
-            batch, skipped, held = _sort_claims(db, rows, respect, at)
+            batch, skipped, held = _sort_claims(db, rows, respect, at, secret)
             batch = batch[: limit - len(claimed)]
             db.conn.executemany(
-                """UPDATE deliveries SET state = 'skipped', phase = NULL, updated = ?,
-                   last_reply = ? WHERE id = ?""",
-                [(stamp, reason, i) for i, reason in skipped],
+                """UPDATE deliveries SET state = 'skipped', phase = NULL, last_reply = ?
+                   WHERE id = ?""",
+                [(reason, i) for i, reason in skipped],
             )
             db.conn.executemany(
-                """UPDATE deliveries SET state = 'held_back', phase = NULL, next_attempt = ?,
-                   last_code = NULL, last_reply = ?, updated = ? WHERE id = ?""",
-                [(stored_time(h.until), h.reason, stamp, i) for i, h in held],
+                """UPDATE deliveries SET state = 'held_back', phase = NULL, next_unix = ?,
+                   last_code = NULL, last_reply = ? WHERE id = ?""",
+                [(delivery_time(h.until), h.reason, i) for i, h in held],
             )
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = ?,
-                   attempts = attempts + 1, updated = ? WHERE id = ?""",
-                [(run_id, stamp, c.id) for c in batch],
+                   attempts = attempts + 1 WHERE id = ?""",
+                [(run_id, c.id) for c in batch],
             )
         claimed += batch
         if len(rows) < limit:  # no more are due
@@ -353,12 +292,16 @@ def claim(
 
 
 def _sort_claims(
-    db: Database, rows: list[tuple], respect: Respect | None, at: datetime
+    db: Database, rows: list[tuple], respect: Respect | None, at: datetime, secret: bytes
 ) -> tuple[list[Claimed], list[tuple[int, str]], list[tuple[int, Hold]]]:
     """Due rows (``_due_rows``) sorted into those claimed, those skipped (id, why) and
     those held back for their reader (id, until when and why)."""
     skipped = [(row[0], SKIPPED_UNSUBSCRIBED) for row in rows if row[-1]]
-    batch = [Claimed(*row[:-1]) for row in rows if not row[-1]]
+    batch = []
+    for row in rows:
+        if not row[-1]:
+            *head, legacy, attempts = row[:-1]
+            batch.append(Claimed(*head, row_token(secret, row[0], legacy), attempts))
     if respect is None or not batch:
         return batch, skipped, []
     wait, skip = sort_out(db, respect, [c.subscriber_id for c in batch], at)
@@ -372,7 +315,7 @@ SKIPPED_UNSUBSCRIBED = "suppressed or unsubscribed before sending"
 
 
 def _due_rows(
-    db: Database, campaign_id: int, stamp: str, limit: int, variant: str | None, declined: str
+    db: Database, campaign_id: int, stamp: int, limit: int, variant: str | None, declined: str
 ) -> list[tuple]:
     """Up to ``limit`` rows due at ``stamp``: a ``Claimed``'s fields, then whether the
     reader has gone (suppressed, left the list, or declined)."""
@@ -383,9 +326,9 @@ def _due_rows(
     # holding many back can afford at the end of a run, not on every batch.
     rows: list[tuple] = []
     for where, params in (
-        ("d.state = 'deferred' AND d.next_attempt <= ?", [stamp]),
+        ("d.state = 'deferred' AND d.next_unix <= ?", [stamp]),
         ("d.state = 'pending'", []),
-        ("d.state = 'held_back' AND d.next_attempt <= ?", [stamp]),
+        ("d.state = 'held_back' AND d.next_unix <= ?", [stamp]),
     ):
         if len(rows) >= limit:
             break
@@ -393,7 +336,7 @@ def _due_rows(
             where, params = f"{where} AND d.variant = ?", [*params, variant]
         rows += db.execute(
             f"""SELECT d.id, {SUBSCRIBER_COLUMNS}, l.slug,
-                      l.title, d.token, d.message_id, d.attempts,
+                      l.title, d.legacy_token, d.attempts,
                       EXISTS (SELECT 1 FROM suppressions x WHERE x.key = s.key)
                         OR NOT EXISTS (SELECT 1 FROM memberships m
                                        WHERE m.list_id = d.list_id
@@ -446,9 +389,10 @@ def may_go(db: Database, delivery_ids: Iterable[int], declined: Iterable[int] = 
 
 
 def record(db: Database, campaign_id: int, results: Iterable[Result]) -> None:
-    """One transaction: the results of a group of messages."""
-    at = clock()
-    stamp = stored_time(at)
+    """One transaction: the results of a group of messages. A sent row keeps its
+    code, not the server's text (a 250 says it all); the others keep both."""
+    stamp = now()
+    at = now_unix()
     results = list(results)
     conn = db.conn
     with immediate(db):
@@ -459,13 +403,14 @@ def record(db: Database, campaign_id: int, results: Iterable[Result]) -> None:
                 if r.attempts >= MAX_ATTEMPTS:
                     state = "failed"
                 else:
-                    next_attempt = (at + backoff(r.attempts)).isoformat()
-            updates.append((state, r.code, r.reply, next_attempt, stamp, state, stamp, state, r.id))
+                    next_attempt = at + int(backoff(r.attempts).total_seconds())
+            reply = None if state == "sent" else r.reply
+            updates.append((state, r.code, reply, next_attempt, at, r.id))
         conn.executemany(
-            """UPDATE deliveries SET state = ?, phase = NULL, last_code = ?, last_reply = ?,
-               next_attempt = ?, updated = ?, sent_at = CASE WHEN ? = 'sent' THEN ? END,
-               attempts = CASE WHEN ? = 'pending' THEN max(attempts - 1, 0) ELSE attempts END
-               WHERE id = ?""",
+            """UPDATE deliveries SET state = ?1, phase = NULL, claimed_by = NULL, last_code = ?2,
+               last_reply = ?3, next_unix = ?4, sent_unix = CASE WHEN ?1 = 'sent' THEN ?5 END,
+               attempts = CASE WHEN ?1 = 'pending' THEN max(attempts - 1, 0) ELSE attempts END
+               WHERE id = ?6""",
             updates,
         )
         for r in results:
@@ -492,10 +437,10 @@ def counts(db: Database, campaign_id: int) -> dict[str, int]:
 def due_rows(db: Database, campaign_id: int, at: datetime) -> tuple[int, int]:
     """(rows a send would claim or resume at ``at``, rows that wait for a later time:
     deferred, or held back for their reader), read by the state index."""
-    stamp = stored_time(at)
+    stamp = delivery_time(at)
     return db.execute(
-        """SELECT COUNT(*) FILTER (WHERE state IN ('pending', 'sending') OR next_attempt <= ?),
-                  COUNT(*) FILTER (WHERE state IN ('deferred', 'held_back') AND next_attempt > ?)
+        """SELECT COUNT(*) FILTER (WHERE state IN ('pending', 'sending') OR next_unix <= ?),
+                  COUNT(*) FILTER (WHERE state IN ('deferred', 'held_back') AND next_unix > ?)
            FROM deliveries WHERE campaign_id = ?
            AND state IN ('pending', 'sending', 'deferred', 'held_back')""",
         [stamp, stamp, campaign_id],
@@ -507,28 +452,43 @@ def held_and_skipped(db: Database, campaign_id: int) -> dict:
     how many and until when the last waits; ``skipped``, how many per reason."""
     held, skipped = [], {}
     for state, reason, n, until in db.execute(
-        """SELECT state, coalesce(last_reply, ''), COUNT(*), max(next_attempt) FROM deliveries
+        """SELECT state, coalesce(last_reply, ''), COUNT(*), max(next_unix) FROM deliveries
            WHERE campaign_id = ? AND state IN ('held_back', 'skipped')
            GROUP BY state, last_reply ORDER BY state, last_reply""",
         [campaign_id],
     ):
         if state == "held_back":
-            held.append({"reason": reason, "messages": n, "until": until})
+            held.append({"reason": reason, "messages": n, "until": iso(until)})
         else:
             skipped[reason] = n
     return {"held_back": held, "skipped": skipped}
 
 
-def problems(db: Database, campaign_id: int, limit: int = 100) -> list[dict]:
-    """Failed, unknown and deferred rows with their last SMTP reply."""
+def problems(
+    db: Database, campaign_id: int, *, secret: bytes, domain: str, limit: int = 100
+) -> list[dict]:
+    """Failed, unknown and deferred rows with their last SMTP reply (and the
+    Message-ID they carried, on the sender's ``domain``)."""
     cursor = db.execute(
-        """SELECT email, state, attempts, last_code, last_reply, message_id, next_attempt
-           FROM deliveries WHERE campaign_id = ? AND state IN ('failed', 'unknown', 'deferred')
-           ORDER BY state, id LIMIT ?""",
+        """SELECT d.id, coalesce(d.sent_to, s.email), d.state, d.attempts, d.last_code,
+                  d.last_reply, d.legacy_token, d.next_unix
+           FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+           WHERE d.campaign_id = ? AND d.state IN ('failed', 'unknown', 'deferred')
+           ORDER BY d.state, d.id LIMIT ?""",
         [campaign_id, limit],
     )
-    keys = ("email", "state", "attempts", "code", "reply", "message_id", "next_attempt")
-    return [dict(zip(keys, row, strict=True)) for row in cursor]
+    return [
+        {
+            "email": email,
+            "state": state,
+            "attempts": attempts,
+            "code": code,
+            "reply": reply,
+            "message_id": message_id(row_token(secret, did, legacy), domain),
+            "next_attempt": iso(next_unix),
+        }
+        for did, email, state, attempts, code, reply, legacy, next_unix in cursor
+    ]
 
 
 def retry(db: Database, campaign_id: int, state: str) -> int:
@@ -537,22 +497,20 @@ def retry(db: Database, campaign_id: int, state: str) -> int:
     Failed rows of suppressed addresses stay failed. A finished campaign is
     reopened (state 'sending'), so that `send --due` picks it up again too.
     """
-    stamp = now()
     with immediate(db):
         if state == "deferred":
             n = db.execute(
-                """UPDATE deliveries SET next_attempt = ?, updated = ?
+                """UPDATE deliveries SET next_unix = ?
                    WHERE campaign_id = ? AND state = 'deferred'""",
-                [stamp, stamp, campaign_id],
+                [now_unix(), campaign_id],
             ).rowcount
         else:
             n = db.execute(
-                """UPDATE deliveries SET state = 'pending', phase = NULL, next_attempt = NULL,
-                   updated = ?
+                """UPDATE deliveries SET state = 'pending', phase = NULL, next_unix = NULL
                    WHERE campaign_id = ? AND state = ?
                      AND NOT EXISTS (SELECT 1 FROM suppressions x JOIN subscribers s
                                      ON s.key = x.key WHERE s.id = deliveries.subscriber_id)""",
-                [stamp, campaign_id, state],
+                [campaign_id, state],
             ).rowcount
         if n:
             db.execute(

@@ -28,13 +28,18 @@ from listkit.send.campaigns import Campaign, followed_campaign, selling_campaign
 from listkit.send.sequences import expiry
 from listkit.vocab import FREQUENCY_CAP, ORDER_SQL, QUIET_AFTER_PURCHASE
 
-# A delivery's times as the outbox stores them: the only place this module reads
-# or writes one (a change of their form changes these three).
-SENT_TIME = "coalesce(d.sent_at, d.updated)"  # unknown rows have no sent_at
+# A delivery's times are Unix seconds (``*_unix`` columns); sales and campaigns
+# keep ISO text. The only places this module turns one into the other.
+SENT_TIME = "d.sent_unix"  # unknown rows have none: they count as being sent now
+
+
+def delivery_time(at: datetime) -> int:
+    """``at`` as a deliveries ``*_unix`` column stores it."""
+    return int(at.timestamp())
 
 
 def stored_time(at: datetime) -> str:
-    """``at`` as the database stores a time (``db.now``'s form)."""
+    """``at`` as the database stores an ISO time (``db.now``'s form: sales, campaigns)."""
     return at.astimezone(UTC).isoformat()
 
 
@@ -150,6 +155,7 @@ def _capped(
     A message counts from when it was sent; one being sent (or whose fate is
     unknown since the run died) counts too, being sent now."""
     since = stored_time(at - frequency.window)
+    since_unix = delivery_time(at - frequency.window)
     # Only campaigns that can have sent in the window: still sending (or testing,
     # whose rest goes later), or finished within it. Most are long done.
     recent = [
@@ -166,10 +172,11 @@ def _capped(
             WHERE d.subscriber_id IN (SELECT value FROM json_each(:ids))
               AND d.state IN ('sent', 'sending', 'unknown')
               AND d.campaign_id IN (SELECT value FROM json_each(:recent))
-              AND (d.state = 'sending' OR {SENT_TIME} > :since)""",
-        {"ids": ids, "recent": json.dumps(recent), "since": since},
+              AND (d.state IN ('sending', 'unknown') OR {SENT_TIME} > :since)""",
+        {"ids": ids, "recent": json.dumps(recent), "since": since_unix},
     ):
-        times[sid].append(at if state == "sending" or when is None else read_time(when))
+        sent_at = datetime.fromtimestamp(when, UTC) if when is not None else at
+        times[sid].append(at if state == "sending" else sent_at)
     capped = []
     for sid, sent in times.items():
         if len(sent) >= frequency.count:

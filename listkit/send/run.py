@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -223,7 +224,7 @@ class Run:
         while self.stopped is None and (remaining is None or remaining > 0):
             size = self.batch if remaining is None else min(self.batch, remaining)
             rows: list[Claimed] = await self.db(
-                claim,
+                partial(claim, secret=self.composer.secret),
                 self.conn_db,
                 self.campaign_id,
                 self.run_id,

@@ -210,18 +210,17 @@ def _open_outbox(db, p: Prepared, slug: str, newcomers: bool, summary: RunSummar
             f"campaign {slug} is testing its variants: the rest gets the winner by "
             f"`listkit send --due` from {when}"
         )
-    where = {"domain": p.composer.domain, "coupon_base": p.composer.coupon_base}
     if newcomers:
         if row is None or row["started"] is None:
             raise ListkitError(
                 f"campaign {slug} has not been sent yet, so it has no newcomers: "
                 f"send it with `listkit send {slug}`"
             )
-        summary.topped_up = top_up(db, row["id"], p.campaign, **where)
+        summary.topped_up = top_up(db, row["id"], p.campaign)
         return row["id"]
     offer = p.composer.offer
     cid = register(db, p.campaign, digest=offer.digest, coupon=offer.coupon)
-    build_outbox(db, cid, p.campaign, **where)
+    build_outbox(db, cid, p.campaign)
     return cid
 
 

@@ -240,18 +240,6 @@ def due_steps(
     return sorted(rows, key=itemgetter(3))
 
 
-def with_addresses(db: Database, rows: list[tuple]) -> list[tuple[int, int, str, int, str]]:
-    """``due_steps`` rows with each reader's address, for their deliveries:
-    (enrolment id, subscriber id, address, list id, step)."""
-    emails = dict(
-        db.execute(
-            "SELECT id, email FROM subscribers WHERE id IN (SELECT value FROM json_each(?))",
-            [json.dumps([r[1] for r in rows])],
-        ).fetchall()
-    )
-    return [(eid, sid, emails[sid], lid, step) for eid, sid, lid, step in rows]
-
-
 def _advance(
     ws: Workspace, sid: int, seq: Sequence, at: datetime, prepared: dict, first_only: bool
 ) -> None:
@@ -262,20 +250,15 @@ def _advance(
     steps, campaigns = _step_rows(db, sid)
     while True:
         with immediate(db):
-            rows = with_addresses(db, due_steps(db, sid, at, first_only=first_only, limit=CHUNK))
+            # (enrolment id, subscriber id, list id, step), in step order
+            rows = due_steps(db, sid, at, first_only=first_only, limit=CHUNK)
             if not rows:
                 return
-            for name, group in groupby(rows, key=lambda r: r[4]):
+            for name, group in groupby(rows, key=itemgetter(3)):
                 group = list(group)
                 cid, offer = campaigns[name]
                 p = _prepared(ws, seq, name, offer, prepared)
-                ids = add_deliveries(
-                    db,
-                    cid,
-                    [(r[1], r[2], r[3]) for r in group],
-                    domain=p.composer.domain,
-                    coupon_base=p.composer.coupon_base,
-                )
+                ids = add_deliveries(db, cid, [(r[1], r[2]) for r in group])
                 step = next((s for s in steps if s["name"] == name), None)
                 end = expiry(p.expires)
                 if end is not None and at >= end:

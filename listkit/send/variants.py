@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
-from listkit.db import immediate, now
+from listkit.db import immediate
 from listkit.sales.money import format_minor
 from listkit.sales.reports import period_bounds
 from listkit.send.campaigns import Campaign, campaign_row, held_out, iter_audience
@@ -321,12 +321,11 @@ def release_rest(db: Database, campaign) -> dict:
     test = next((t for t in variant_report(db) if t["campaign"] == campaign.slug), None)
     revenue = test is not None and any(v["revenue"] for v in test["variants"])
     chosen = test["leader"] if revenue and test["leader"] else campaign.variants[0]
-    stamp = now()
     with immediate(db):
         n = db.execute(
-            """UPDATE deliveries SET state = 'pending', variant = ?, updated = ?
+            """UPDATE deliveries SET state = 'pending', variant = ?
                WHERE campaign_id = ? AND state = 'reserved'""",
-            [chosen, stamp, cid],
+            [chosen, cid],
         ).rowcount
         db.execute("UPDATE campaigns SET state = 'sending', finished = NULL WHERE id = ?", [cid])
     if not revenue:

@@ -53,11 +53,11 @@ def verify_timestamped(
         raise HTTPException(400, str(e)) from None
 
 
-def _store(db: Database, sale: Sale) -> dict:
+def _store(db: Database, secret: bytes, sale: Sale) -> dict:
     """Inside the writer's transaction: upsert the sale, attribute what changed."""
     summary = SalesSummary(file="webhook")
     changed = store_records(db, [(0, sale)], summary)
-    attributed = attribute_sales(db, changed) if changed else {}
+    attributed = attribute_sales(db, secret, changed) if changed else {}
     return {"imported": summary.imported, "updated": summary.updated, "attributed": attributed}
 
 
@@ -67,7 +67,8 @@ async def _book(request: Request, make) -> Response:
         return PlainTextResponse(f"Ignored: {item}.\n")
     if isinstance(item, InputError):
         raise HTTPException(400, f"Bad payload: {item}.")
-    result = await request.app.state.db.write(_store, item)
+    secret = request.app.state.ws.settings.secret_key()
+    result = await request.app.state.db.write(_store, secret, item)
     word = "recorded" if result["imported"] else "updated" if result["updated"] else "unchanged"
     return PlainTextResponse(f"Sale {word}.\n")
 

@@ -149,7 +149,8 @@ async def unsubscribe_page(request: Request) -> Response:
         return _broken_unsubscribe(request)
     db = request.app.state.db
     if request.method in ("GET", "HEAD"):
-        standing = await db.read(delivery_standing, token)
+        secret = request.app.state.ws.settings.secret_key()
+        standing = await db.read(delivery_standing, secret, token)
         if standing is None:
             return _broken_unsubscribe(request)
         if standing["already"]:
@@ -165,6 +166,7 @@ async def unsubscribe_page(request: Request) -> Response:
     result = await db.write(
         partial(
             unsubscribe_delivery,
+            secret=request.app.state.ws.settings.secret_key(),
             token=token,
             everything=everything,
             ip=client_ip(request),
@@ -526,8 +528,9 @@ async def click(request: Request) -> Response:
         return _broken_click(request)
     agent, ip = _agent(request), client_ip(request)
     # The common case in one step on the writer: the link's destination is stored.
+    secret = ws.settings.secret_key()
     found = await state.db.write(
-        clicks.record_known_click, token, link, request.method, agent, ip, now()
+        clicks.record_known_click, secret, token, link, request.method, agent, ip, now()
     )
     if found is None:
         return _broken_click(request)
@@ -567,7 +570,8 @@ async def _first_click(request: Request, token: str, link: str, agent, ip) -> st
     it again (which kept the service busy for a second).
     """
     state = request.app.state
-    delivery = await state.db.read(clicks.delivery_for_click, token)
+    secret = state.ws.settings.secret_key()
+    delivery = await state.db.read(clicks.delivery_for_click, secret, token)
     if delivery is None:
         raise HTTPException(404, "This link is not valid any more.")
     key = (delivery["campaign_id"], delivery["offer"])

@@ -51,6 +51,7 @@ def _settings(request: Request):
 
 async def _apply(request: Request, reports: list[Report], source: str, seen=None) -> int:
     rule = soft_rule(_settings(request).soft_bounces)
+    secret = _settings(request).secret_key()
 
     def write(db) -> int:
         if seen is not None:
@@ -65,7 +66,7 @@ async def _apply(request: Request, reports: list[Report], source: str, seen=None
                 return -1
         n = 0
         for report in reports:
-            n += len(apply(db, report, source=source, rule=rule))
+            n += len(apply(db, report, source=source, secret=secret, rule=rule))
         return n
 
     return await request.app.state.db.write(write)
