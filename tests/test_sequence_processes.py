@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from listkit.mail.message_ids import message_id
+from listkit.mail.tracking import row_token
 from listkit.workspace import Workspace
 from tests.smtp_server import FaultHandler
 from tests.test_send_processes import listkit
@@ -59,12 +61,15 @@ def test_send_due_killed_mid_step_resumes_and_mails_nobody_twice(run, workspace,
     output, _ = final.communicate(timeout=120)
     ws = Workspace(workspace)
     try:
-        states = dict(
-            ws.db.execute(
-                """SELECT d.message_id, d.state FROM deliveries d JOIN campaigns c
+        domain = ws.settings.sender_address()[1].rpartition("@")[2]
+        secret = ws.settings.secret_key()
+        states = {
+            message_id(row_token(secret, did, legacy), domain): state
+            for did, legacy, state in ws.db.execute(
+                """SELECT d.id, d.legacy_token, d.state FROM deliveries d JOIN campaigns c
                    ON c.id = d.campaign_id WHERE c.slug = 'welcome/download'"""
             ).fetchall()
-        )
+        }
         passed = ws.db.execute("SELECT step, COUNT(*) FROM enrollments GROUP BY step").fetchall()
     finally:
         ws.close()

@@ -173,7 +173,9 @@ def test_each_step_shows_sent_unsubscribed_bounced_clicks_buyers_and_revenue_per
 ):
     story, offer = deliveries(ws, handler, "story"), deliveries(ws, handler, "offer")
     with immediate(ws.db):
-        unsubscribe_delivery(ws.db, story["bob"]["token"], everything=False)
+        unsubscribe_delivery(
+            ws.db, ws.settings.secret_key(), story["bob"]["token"], everything=False
+        )
         for name in ("ann", "cy"):
             record_click(
                 ws.db, offer[name]["id"], "click", welcome.isoformat(), "https://x", None, None

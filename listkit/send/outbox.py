@@ -278,7 +278,7 @@ def claim(
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'held_back', phase = NULL, next_unix = ?,
                    last_code = NULL, last_reply = ? WHERE id = ?""",
-                [(delivery_time(h.until), h.reason, i) for i, h in held],
+                [(delivery_time(h.until, round_up=True), h.reason, i) for i, h in held],
             )
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = ?,

@@ -16,6 +16,7 @@ steps alike.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,9 +34,12 @@ from listkit.vocab import FREQUENCY_CAP, ORDER_SQL, QUIET_AFTER_PURCHASE
 SENT_TIME = "d.sent_unix"  # unknown rows have none: they count as being sent now
 
 
-def delivery_time(at: datetime) -> int:
-    """``at`` as a deliveries ``*_unix`` column stores it."""
-    return int(at.timestamp())
+def delivery_time(at: datetime, *, round_up: bool = False) -> int:
+    """``at`` as a deliveries ``*_unix`` column stores it: whole seconds, rounded
+    down (now), or up (``round_up``: the end of a hold, so that a row due again is
+    one that fits; rounded down it would be due, and held again, for a moment)."""
+    seconds = at.timestamp()
+    return math.ceil(seconds) if round_up else math.floor(seconds)
 
 
 def stored_time(at: datetime) -> str:

@@ -47,7 +47,7 @@ from sqlite_utils import Database
 from listkit.audience.audiences import PURCHASES
 from listkit.audience.enrollments import seconds
 from listkit.audience.suppressions import DECLINED
-from listkit.db import immediate
+from listkit.db import immediate, now_unix
 from listkit.errors import ListkitError, SendError
 from listkit.runlock import AlreadyRunning
 from listkit.send.campaigns import Campaign, held_out
@@ -325,7 +325,7 @@ def _send_steps(
 ) -> list[StepOutcome]:
     """Send each step whose outbox has messages due (new ones, or a run's left-overs)."""
     db = ws.db
-    now = datetime.now(UTC).isoformat()
+    now = now_unix()
     first = seq.steps[0].name
     outcomes = []
     for cid, name, offer in db.execute(
@@ -333,7 +333,7 @@ def _send_steps(
            AND (EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = c.id
                         AND d.state IN ('pending', 'sending'))
                 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = c.id
-                           AND d.state = 'deferred' AND d.next_attempt <= ?))
+                           AND d.state IN ('deferred', 'held_back') AND d.next_unix <= ?))
            ORDER BY c.id""",
         [sid, now],
     ).fetchall():
