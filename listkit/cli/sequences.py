@@ -91,6 +91,10 @@ def sequences_check(ws: Workspace, slug: str) -> None:
 def sequences_show(ws: Workspace, slug: str, json_: bool) -> None:
     """Per step: offer, delay, readers waiting for it, and its messages by state.
 
+    Then why messages wait or were skipped: held back for their reader (the
+    quiet period after a purchase, the frequency cap) until when; skipped per
+    reason.
+
     \b
     Example:
         listkit sequences show welcome

@@ -32,7 +32,8 @@ reader's exit, since the claim checks suppression, membership and the
 sequence's unsubscribes again, and an exit by purchase or refund skips the
 reader's pending step messages in the sale's own transaction; a paused
 sequence sends nothing and its readers wait (``next_due`` unchanged, so what
-came due meanwhile goes at the first tick after ``resume``).
+came due meanwhile goes at the first tick after ``resume``); a reader whose
+step's message is held back passes no further step before it may go.
 """
 
 from __future__ import annotations
