@@ -164,3 +164,44 @@ def test_a_step_that_cannot_fit_before_its_offer_expires_is_skipped_with_the_rea
     run("send", "--due")
     assert got(handler)[BUYER] == ["Your Sellin", "The launch "]
     assert "pitch" not in got(handler)[BUYER]
+
+
+def test_a_held_step_whose_offer_expires_before_the_next_tick_is_skipped_not_sent(
+    run, workspace, server, clock
+):
+    controller, handler = server
+    setup_workspace(run, workspace, controller.port, frequency="1/24h")
+    start = clock()
+    offer = workspace / "offers" / "launch" / "offer.toml"
+    offer.write_text(offer.read_text() + f'\nexpires = "{(start + timedelta(days=1)).date()}"\n')
+    campaign(workspace, "t", start)
+    sequence(workspace, PITCH.replace('"1d"', '"2h"'))
+    enrol(run)
+    run("send", "--due")
+    clock.move(hours=3)
+    run("send", "--due")
+    assert {s for s, *_ in states(workspace, "promo/pitch").values()} == {"held_back"}
+    clock.move(days=3)  # cron stopped until after the offer's expiry
+    run("send", "--due")
+    assert len(handler.messages) == 4  # the campaign's alone
+    assert {(s, r) for s, r, _u in states(workspace, "promo/pitch").values()} == {
+        ("skipped", FREQUENCY_CAP)
+    }
+
+
+def test_a_held_campaign_message_not_sent_by_its_deadline_is_skipped_with_the_reason(
+    run, workspace, server, clock
+):
+    controller, handler = server
+    setup_workspace(run, workspace, controller.port, frequency="1/24h")
+    start = clock()
+    campaign(workspace, "a", start)
+    campaign(workspace, "b", start + timedelta(hours=1), max_late="30h")
+    run("send", "--due")
+    clock.move(hours=2)
+    assert "4 held back" in run("send", "--due").output
+    clock.move(hours=40)  # no cron between the cap's end and b's max_late
+    run("send", "--due")
+    assert len(handler.messages) == 4
+    assert {(s, r) for s, r, _u in states(workspace, "b").values()} == {("skipped", FREQUENCY_CAP)}
+    assert json.loads(run("status", "b", "--json").output)["state"] == "done"
