@@ -214,7 +214,8 @@ def _prepared(ws: Workspace, seq: Sequence, step: dict, cache: dict) -> Prepared
             offer=step["offer"],
             lists=(),
             attribution_days=seq.attribution_days,
-            path=ws.campaigns_dir / f"{seq.slug}.toml",  # beside the campaigns (the cap's)
+            # Only its folder is read: the campaigns', whose selling messages the cap counts.
+            path=ws.campaigns_dir / f"{seq.slug}.toml",
             sells=step.get("sells", True),
         )
         cache[name] = prepare_campaign(ws, campaign)
@@ -276,25 +277,30 @@ def _wait_for_held(db: Database, sequence_id: int) -> int:
     """Readers whose step's message is held back for them (the quiet period, the
     frequency cap) pass no further step before it may go: their next step is due
     its ``after`` from then, so the steps arrive in their order. Read from the held
-    rows alone (by the state index); the readers moved."""
+    rows alone (by the state index), written only when a reader moves; how many."""
     after = {s["name"]: s["after"] for s in _step_rows(db, sequence_id)[0]}
+    rows = db.execute(
+        f"""SELECT e.id, e.next_due, e.next_step, max(unixepoch(d.next_attempt))
+            FROM campaigns c JOIN deliveries d ON d.campaign_id = c.id
+            JOIN enrollments e ON e.sequence_id = c.sequence_id
+              AND e.subscriber_id = d.subscriber_id AND e.step = c.step
+            WHERE c.sequence_id = ? AND d.state = 'held_back' AND e.state = '{ACTIVE}'
+            GROUP BY e.id""",
+        [sequence_id],
+    ).fetchall()
     stamp = seconds()
-    with immediate(db):
-        rows = db.execute(
-            f"""SELECT e.id, e.next_due, e.next_step, max(unixepoch(d.next_attempt))
-                FROM campaigns c JOIN deliveries d ON d.campaign_id = c.id
-                JOIN enrollments e ON e.sequence_id = c.sequence_id
-                  AND e.subscriber_id = d.subscriber_id AND e.step = c.step
-                WHERE c.sequence_id = ? AND d.state = 'held_back' AND e.state = '{ACTIVE}'
-                GROUP BY e.id""",
-            [sequence_id],
-        ).fetchall()
-        moved = [
-            (until + after[nxt], stamp, eid)
-            for eid, due, nxt, until in rows
-            if nxt in after and due is not None and until + after[nxt] > due
-        ]
-        db.conn.executemany("UPDATE enrollments SET next_due = ?, updated = ? WHERE id = ?", moved)
+    moved = [
+        (until + after[nxt], stamp, eid)
+        for eid, due, nxt, until in rows
+        if nxt in after and due is not None and until + after[nxt] > due
+    ]
+    if moved:
+        with immediate(db):
+            db.conn.executemany(
+                f"""UPDATE enrollments SET next_due = max(next_due, ?), updated = ?
+                    WHERE id = ? AND state = '{ACTIVE}'""",
+                moved,
+            )
     return len(moved)
 
 
