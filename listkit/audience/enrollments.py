@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 
 from sqlite_utils import Database
 
+from listkit.db import clock
 from listkit.vocab import ACTIVE, EXITED, ORDER_SQL, REFUNDED
 
 # A sale (alias ``{sale}``) matches a purchase target (``anything``,
@@ -62,7 +63,7 @@ _FIRST = "q.first_step, {at} + q.first_after"
 
 def seconds(at: datetime | None = None) -> int:
     """A time as this table stores it (Unix seconds); now when ``at`` is None."""
-    return int((at or datetime.now(UTC)).timestamp())
+    return int((at or clock()).timestamp())
 
 
 def enrol_joined(

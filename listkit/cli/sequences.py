@@ -91,6 +91,10 @@ def sequences_check(ws: Workspace, slug: str) -> None:
 def sequences_show(ws: Workspace, slug: str, json_: bool) -> None:
     """Per step: offer, delay, readers waiting for it, and its messages by state.
 
+    Then why messages wait or were skipped: held back for their reader (the
+    quiet period after a purchase, the frequency cap) until when; skipped per
+    reason.
+
     \b
     Example:
         listkit sequences show welcome
@@ -99,11 +103,21 @@ def sequences_show(ws: Workspace, slug: str, json_: bool) -> None:
     if json_:
         emit_json(rows)
         return
+    why = []
     for row in rows:
         row["messages"] = ", ".join(f"{n} {s}" for s, n in sorted(row["messages"].items()))
+        for held in row["held_back"]:
+            why.append(
+                f"{row['step']}: {held['messages']} held back ({held['reason']}), the last "
+                f"until {held['until'][:16]}; `listkit send --due` sends each when it may"
+            )
+        for reason, n in row["skipped"].items():
+            why.append(f"{row['step']}: {n} skipped ({reason})")
         if row["removed"]:
             row["step"] += " (removed)"
     emit_table(rows, ("step", "offer", "after", "sells", "waiting", "messages"))
+    for line in why:
+        click.echo(line)
 
 
 @sequences.command("pause")

@@ -283,10 +283,7 @@ def _extensions(data: dict, path: Path) -> dict:
                 "finished the rest gets the winner, e.g. test_wait = '1d'"
             )
         test_wait = parse_duration(data["test_wait"], f"{path}: field test_wait")
-    if not isinstance(data.get("sells", True), bool):
-        raise InputError(
-            f"{path}: field sells must be true or false (false: a newsletter that sells nothing)"
-        )
+    check_sells(data, str(path))
     return {
         "sells": sells(data),
         "test_share": float(test_share),
@@ -304,26 +301,47 @@ def campaign_slugs(campaigns_dir: Path) -> list[str]:
 
 
 def sells(data: dict) -> bool:
-    """Whether a campaign file's messages sell: the one rule for what a selling message is.
+    """Whether a message sells: the one rule for what a selling message is, for a
+    campaign file and a sequence's ``[[steps]]`` table alike.
 
     Every offer names a product, a price and a buy link (``mail.offers``), so a
-    campaign sells, unless its file says ``sells = false``: a newsletter or a
-    useful message that asks for nothing. Selling messages are the ones the
-    reader's quiet period after a purchase and the frequency cap hold back
-    (``respect``)."""
+    message sells, unless its campaign file or its step says ``sells = false``:
+    a newsletter or a useful message that asks for nothing. Selling messages are
+    the ones the reader's quiet period after a purchase and the frequency cap
+    hold back (``respect``)."""
     return data.get("sells", True) is not False
 
 
+def check_sells(data: dict, where: str) -> None:
+    """``sells``, if given, is true or false (``where``: the file, or the file's step)."""
+    if not isinstance(data.get("sells", True), bool):
+        raise InputError(
+            f"{where}: field sells must be true or false (false: a newsletter that sells nothing)"
+        )
+
+
+# Whether a recorded step sells, as its sequence's file said when last read (the
+# sequence row's steps); NULL when the step is not found there.
+STEP_SELLS = """(SELECT json_extract(j.value, '$.sells') FROM sequences q, json_each(q.steps) j
+                 WHERE q.id = c.sequence_id AND json_extract(j.value, '$.name') = c.step)"""
+
+
 def selling_campaigns(db: Database, campaigns_dir: Path) -> list[int]:
-    """Ids of the recorded campaigns whose messages sell (``sells``). A campaign whose
-    file is gone or unreadable counts as selling: in doubt, the reader is spared."""
+    """Ids of the recorded campaigns and sequence steps whose messages sell (``sells``;
+    a step's as its sequence recorded it). A campaign whose file is gone or unreadable,
+    or a step no longer known, counts as selling: in doubt, the reader is spared."""
     ids = []
-    for cid, slug in db.execute("SELECT id, slug FROM campaigns"):
-        try:
-            data = _read_toml(campaigns_dir / f"{slug}.toml")
-        except InputError:
-            data = {}
-        if sells(data):
+    for cid, slug, sequence_id, step_sells in db.execute(
+        f"SELECT c.id, c.slug, c.sequence_id, {STEP_SELLS} FROM campaigns c"
+    ):
+        if sequence_id is not None:
+            selling = step_sells is None or bool(step_sells)
+        else:
+            try:
+                selling = sells(_read_toml(campaigns_dir / f"{slug}.toml"))
+            except InputError:
+                selling = True
+        if selling:
             ids.append(cid)
     return ids
 

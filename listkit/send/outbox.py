@@ -9,6 +9,7 @@
                           selling message that cannot respect its reader in time)
     pending -> held_back -> (claimed again at next_attempt)  (the reader's quiet period
                           after a purchase, or the frequency cap: see ``respect``)
+               held_back -> skipped  (no run came between next_attempt and the deadline)
     held_out             (kept back to measure lift; never mailed)
     reserved -> pending  (test-then-send: the rest, given the winning offer once chosen)
 
@@ -265,6 +266,14 @@ def claim(
         with immediate(db):
             at = clock()
             stamp = delivery_time(at)
+            if respect is not None and respect.deadline is not None and at > respect.deadline:
+                # Held back until a time before the deadline, but no run came by
+                # then: skipped, with the reason it was held (kept in last_reply).
+                db.execute(
+                    """UPDATE deliveries SET state = 'skipped', phase = NULL
+                       WHERE campaign_id = ? AND state = 'held_back'""",
+                    [campaign_id],
+                )
             # A whole batch looked at each time (rows beyond those wanted that
             # may go stay pending, for the next claim): not ever smaller ones.
             rows = _due_rows(db, campaign_id, stamp, limit, variant, declined_json)

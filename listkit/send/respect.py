@@ -1,12 +1,15 @@
 """Respect for the reader: the quiet period after a purchase and the frequency cap.
 
-The rule: a selling message (``campaigns.sells``) goes to a reader only when
-it fits: not within ``LISTKIT_QUIET_AFTER_PURCHASE`` of their last purchase,
-and not past ``LISTKIT_FREQUENCY``'s N selling messages in any window (sent,
-being sent, or unknown: the server may have it). One that does not fit waits,
-held back until it does; one that cannot fit before its deadline (its
-campaign's ``max_late`` after it was due, its offer's ``expires``) is skipped
-with its reason. Nothing is sent in a quiet period, and nothing is dropped
+The rule: a selling message (``campaigns.sells``: a campaign's or a sequence
+step's, unless its file says ``sells = false``) goes to a reader only when it
+fits: not within ``LISTKIT_QUIET_AFTER_PURCHASE`` of their last purchase, and
+not past ``LISTKIT_FREQUENCY``'s N selling messages in any window (campaigns'
+and steps' alike; sent, being sent, or unknown: the server may have it). One
+that does not fit waits, held back until it does; one that cannot fit before
+its deadline (a campaign's ``max_late`` after it was due; a campaign's or a
+step's offer's ``expires``) is skipped with its reason. A selling step is
+also skipped for a reader who bought what its sequence sells since entering
+it (``Sold``). Nothing is sent in a quiet period, and nothing is dropped
 without its reason on the row. It is decided when rows are claimed
 (``outbox.claim``, in the claim's transaction), for a whole batch with one
 query per rule: ``sort_out`` is the one check, for campaigns and sequence
@@ -24,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlite_utils import Database
 
+from listkit.audience.audiences import PURCHASES
 from listkit.config import Frequency, Settings
 from listkit.send.campaigns import Campaign, followed_campaign, selling_campaigns
 from listkit.send.sequences import expiry
@@ -59,27 +63,48 @@ class Hold:
     reason: str  # vocab.QUIET_AFTER_PURCHASE or vocab.FREQUENCY_CAP
 
 
+# The reason on a selling step's message skipped by ``Sold``.
+BOUGHT_WHAT_IT_SELLS = "bought what the sequence sells"
+
+
+@dataclass(frozen=True)
+class Sold:
+    """What a sequence sells (its selling steps' products and offers): a reader who
+    bought one of them since entering it gets none of its selling steps."""
+
+    sequence_id: int
+    products: tuple[str, ...]
+    offers: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class Respect:
     """The rules one selling message meets: the settings, the campaigns whose
-    messages count against the cap, and the time it must go by (None: no limit)."""
+    messages count against the cap, the time it must go by (None: no limit),
+    and for a sequence's step what the sequence sells."""
 
     quiet: timedelta | None
     frequency: Frequency | None
     selling: tuple[int, ...] = ()
     deadline: datetime | None = None
+    sold: Sold | None = None
 
 
 def respect_for(
-    db: Database, settings: Settings, campaign: Campaign, expires: str | None
+    db: Database,
+    settings: Settings,
+    campaign: Campaign,
+    expires: str | None,
+    sold: Sold | None = None,
 ) -> Respect | None:
-    """The rules for ``campaign``'s messages (``expires``: its offers' earliest), or
-    None when it does not sell or neither setting is on."""
+    """The rules for the messages of ``campaign`` (a campaign, or a sequence's step
+    with what its sequence sells, ``sold``; ``expires``: its offers' earliest), or
+    None when it does not sell or no rule is on."""
     quiet, frequency = settings.quiet_after_purchase, settings.frequency
-    if not campaign.sells or (quiet is None and frequency is None):
+    if not campaign.sells or (quiet is None and frequency is None and sold is None):
         return None
     selling = tuple(selling_campaigns(db, campaign.path.parent)) if frequency else ()
-    return Respect(quiet, frequency, selling, deadline(db, campaign, expires))
+    return Respect(quiet, frequency, selling, deadline(db, campaign, expires), sold)
 
 
 def deadline(db: Database, campaign: Campaign, expires: str | None) -> datetime | None:
@@ -103,12 +128,16 @@ def sort_out(
 ) -> tuple[dict[int, Hold], dict[int, str]]:
     """Of the readers about to be sent a selling message at ``at``: those held back
     (until when, and why), and those skipped because the message cannot reach them
-    before its deadline (why). Everyone else may have it now.
+    before its deadline, or (a step) because they bought what its sequence sells
+    (why). Everyone else may have it now.
 
     A few queries for the whole batch, by indexes (``sales_email``, ``sales_at``;
     the deliveries of the campaigns that can have sent in the window, by
     campaign and subscriber): never one per reader."""
     ids = json.dumps(list(subscriber_ids))
+    gone: dict[int, str] = {}
+    if respect.sold is not None:
+        gone = {sid: BOUGHT_WHAT_IT_SELLS for sid in _bought_what_it_sells(db, ids, respect.sold)}
     held: dict[int, Hold] = {}
     if respect.quiet is not None:
         for sid, last in _last_purchases(db, ids, at - respect.quiet):
@@ -117,15 +146,33 @@ def sort_out(
         for sid, until in _capped(db, ids, respect.selling, respect.frequency, at):
             if sid not in held or held[sid].until < until:
                 held[sid] = Hold(until, FREQUENCY_CAP)
-    wait, skip = {}, {}
+    wait, skip = {}, gone
     for sid, hold in held.items():
         if hold.until <= at:  # fits now (a hold always ends after ``at``; a claim relies on it)
+            continue
+        if sid in skip:  # skipped already: a step whose sequence's product they bought
             continue
         if respect.deadline is not None and hold.until > respect.deadline:
             skip[sid] = hold.reason
         else:
             wait[sid] = hold
     return wait, skip
+
+
+def _bought_what_it_sells(db: Database, ids: str, sold: Sold) -> list[int]:
+    """Of the readers ``ids``, those who bought what the sequence sells since they
+    entered it (its ``trigger_at``)."""
+    return [
+        sid
+        for (sid,) in db.execute(
+            f"""SELECT DISTINCT e.subscriber_id FROM enrollments e, ({PURCHASES}) b
+                WHERE e.sequence_id = ? AND e.subscriber_id IN (SELECT value FROM json_each(?))
+                  AND b.sid = e.subscriber_id AND unixepoch(b.at) > e.trigger_at
+                  AND (b.product IN (SELECT value FROM json_each(?))
+                       OR b.offer IN (SELECT value FROM json_each(?)))""",
+            [sold.sequence_id, ids, json.dumps(sold.products), json.dumps(sold.offers)],
+        )
+    ]
 
 
 def _last_purchases(db: Database, ids: str, since: datetime) -> list[tuple[int, str]]:

@@ -15,13 +15,15 @@ with ``after = "0m"``), under the send lock:
    reader passes each step once, and the outbox's (campaign, subscriber) key
    says so again;
 5. a step whose offer has expired (its ``expires``) is skipped, as a follow-up
-   is never sent after its offer's expiry; and ``hold`` is called with a
-   step's new deliveries before any can be claimed:
-   a selling step (``sells = true``) is skipped for a reader who bought what the
-   sequence sells since entering it (the one place where checks on selling
-   messages plug in);
-6. every step's outbox with messages due is sent by ``sender.send_outbox``:
-   the campaigns' claim, marks, recovery after SIGKILL, unknown state.
+   is never sent after its offer's expiry;
+6. every step's outbox with messages due (new, deferred or held back for their
+   reader, now due) is sent by ``sender.send_outbox``: the campaigns' claim,
+   marks, recovery after SIGKILL, unknown state, and for a selling step (one
+   whose file does not say ``sells = false``) the campaigns' respect check
+   (``respect.respect_for``, ``respect.sort_out``, at claim time): skipped for a
+   reader who bought what the sequence sells since entering it; held back by
+   the quiet period after a purchase and the frequency cap, or skipped with the
+   reason when that is past the step's deadline (its offer's ``expires``).
 
 The rules: a tick reads only due readers (``enrollments_due``, a range on
 ``next_due`` over active rows), so a tick with nothing due costs one index
@@ -30,29 +32,29 @@ reader's exit, since the claim checks suppression, membership and the
 sequence's unsubscribes again, and an exit by purchase or refund skips the
 reader's pending step messages in the sale's own transaction; a paused
 sequence sends nothing and its readers wait (``next_due`` unchanged, so what
-came due meanwhile goes at the first tick after ``resume``).
+came due meanwhile goes at the first tick after ``resume``); a reader whose
+step's message is held back passes no further step before it may go.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import groupby
 from operator import itemgetter
-from pathlib import Path
 
 from sqlite_utils import Database
 
-from listkit.audience.audiences import PURCHASES
 from listkit.audience.enrollments import seconds
 from listkit.audience.suppressions import DECLINED
-from listkit.db import immediate, now_unix
+from listkit.db import clock, immediate, now_unix
 from listkit.errors import ListkitError, SendError
 from listkit.runlock import AlreadyRunning
 from listkit.send.campaigns import Campaign, held_out
 from listkit.send.outbox import add_deliveries
 from listkit.send.prepare import Prepared, prepare_campaign
+from listkit.send.respect import Sold, respect_for
 from listkit.send.sender import RunSummary, send_lock, send_outbox
 from listkit.send.sequence_files import Sequence, next_step, sync_all
 from listkit.send.sequences import expiry
@@ -84,7 +86,7 @@ def send_sequences(
     ``first_only``: only the first step of ``joined:`` sequences that go at
     once (``after = "0m"``), for readers who have passed nothing yet (the lead
     magnet `listkit serve` mails after a confirmation)."""
-    at = at or datetime.now(UTC)
+    at = at or clock()
     try:
         with send_lock(ws.settings.db_path.parent):
             return _tick(ws, at, limit, first_only)
@@ -109,11 +111,13 @@ def _tick(ws: Workspace, at: datetime, limit: int | None, first_only: bool) -> l
             continue
         prepared: dict[str, Prepared] = {}
         try:
+            _wait_for_held(db, sid)  # a run that died before it did so
             if anything_due:
                 _exits(db, sid, at)
                 _draw_holdout(db, sid, seq, at)
                 _advance(ws, sid, seq, at, prepared, first_only)
             outcomes += _send_steps(ws, sid, seq, limit, prepared, first_only)
+            _wait_for_held(db, sid)
         except SendError as e:
             # The server or the database refused us: the next step would meet it too.
             outcomes.append(StepOutcome(seq.slug, "error", message=f"{e}; later steps wait"))
@@ -186,14 +190,15 @@ def _draw_holdout(db: Database, sequence_id: int, seq: Sequence, at: datetime) -
         )
 
 
-def _step_rows(db: Database, sequence_id: int) -> tuple[list[dict], dict[str, tuple[int, str]]]:
+def _step_rows(db: Database, sequence_id: int) -> tuple[list[dict], dict[str, tuple[int, dict]]]:
     """The sequence's steps as recorded (every one it had), and each step's campaign
-    (id, offer) by name."""
+    id and recorded step (its offer, whether it sells...) by name."""
     steps = json.loads(
         db.execute("SELECT steps FROM sequences WHERE id = ?", [sequence_id]).fetchone()[0]
     )
+    recorded = {s["name"]: s for s in steps}
     campaigns = {
-        step: (cid, offer)
+        step: (cid, recorded.get(step, {"name": step, "offer": offer}))
         for cid, step, offer in db.execute(
             "SELECT id, step, offer FROM campaigns WHERE sequence_id = ?", [sequence_id]
         )
@@ -201,18 +206,22 @@ def _step_rows(db: Database, sequence_id: int) -> tuple[list[dict], dict[str, tu
     return steps, campaigns
 
 
-def _prepared(ws: Workspace, seq: Sequence, step: str, offer: str, cache: dict) -> Prepared:
-    """What sending a step needs (its offer's composer, the SMTP settings), once a tick."""
-    if step not in cache:
+def _prepared(ws: Workspace, seq: Sequence, step: dict, cache: dict) -> Prepared:
+    """What sending a step (as recorded: ``_step_rows``) needs (its offer's composer,
+    the SMTP settings, whether it sells), once a tick."""
+    name = step["name"]
+    if name not in cache:
         campaign = Campaign(
-            slug=seq.step_slug(step),
-            offer=offer,
+            slug=seq.step_slug(name),
+            offer=step["offer"],
             lists=(),
             attribution_days=seq.attribution_days,
-            path=Path("."),
+            # Only its folder is read: the campaigns', whose selling messages the cap counts.
+            path=ws.campaigns_dir / f"{seq.slug}.toml",
+            sells=step.get("sells", True),
         )
-        cache[step] = prepare_campaign(ws, campaign)
-    return cache[step]
+        cache[name] = prepare_campaign(ws, campaign)
+    return cache[name]
 
 
 def due_steps(
@@ -243,8 +252,8 @@ def due_steps(
 def _advance(
     ws: Workspace, sid: int, seq: Sequence, at: datetime, prepared: dict, first_only: bool
 ) -> None:
-    """Due readers pass their step: its delivery made, ``hold`` applied, the next
-    step set, in one transaction per chunk."""
+    """Due readers pass their step: its delivery made (skipped if its offer has
+    expired), the next step set, in one transaction per chunk."""
     db = ws.db
     stamp = seconds(at)
     steps, campaigns = _step_rows(db, sid)
@@ -256,14 +265,12 @@ def _advance(
                 return
             for name, group in groupby(rows, key=itemgetter(3)):
                 group = list(group)
-                cid, offer = campaigns[name]
-                p = _prepared(ws, seq, name, offer, prepared)
+                cid, step = campaigns[name]
+                p = _prepared(ws, seq, step, prepared)
                 ids = add_deliveries(db, cid, [(r[1], r[2]) for r in group])
-                step = next((s for s in steps if s["name"] == name), None)
                 end = expiry(p.expires)
                 if end is not None and at >= end:
                     _skip(db, ids, f"its offer expired ({p.expires})")
-                hold(db, sid, seq, step, cid, ids)
                 nxt = next_step(steps, name)
                 db.conn.executemany(
                     """UPDATE enrollments SET step = ?, step_at = ?, next_step = ?, next_due = ?,
@@ -283,6 +290,37 @@ def _advance(
                 )
 
 
+def _wait_for_held(db: Database, sequence_id: int) -> int:
+    """Readers whose step's message is held back for them (the quiet period, the
+    frequency cap) pass no further step before it may go: their next step is due
+    its ``after`` from then, so the steps arrive in their order. Read from the held
+    rows alone (by the state index), written only when a reader moves; how many."""
+    after = {s["name"]: s["after"] for s in _step_rows(db, sequence_id)[0]}
+    rows = db.execute(
+        f"""SELECT e.id, e.next_due, e.next_step, max(d.next_unix)
+            FROM campaigns c JOIN deliveries d ON d.campaign_id = c.id
+            JOIN enrollments e ON e.sequence_id = c.sequence_id
+              AND e.subscriber_id = d.subscriber_id AND e.step = c.step
+            WHERE c.sequence_id = ? AND d.state = 'held_back' AND e.state = '{ACTIVE}'
+            GROUP BY e.id""",
+        [sequence_id],
+    ).fetchall()
+    stamp = seconds()
+    moved = [
+        (until + after[nxt], stamp, eid)
+        for eid, due, nxt, until in rows
+        if nxt in after and due is not None and until + after[nxt] > due
+    ]
+    if moved:
+        with immediate(db):
+            db.conn.executemany(
+                f"""UPDATE enrollments SET next_due = max(next_due, ?), updated = ?
+                    WHERE id = ? AND state = '{ACTIVE}'""",
+                moved,
+            )
+    return len(moved)
+
+
 def _skip(db: Database, ids: list[int], why: str) -> None:
     """Mark new deliveries ``skipped`` with the reason (they are never claimed)."""
     db.execute(
@@ -292,44 +330,20 @@ def _skip(db: Database, ids: list[int], why: str) -> None:
     )
 
 
-def hold(
-    db: Database, sequence_id: int, seq: Sequence, step: dict | None, campaign_id: int, ids
-) -> int:
-    """The step's new deliveries, before any can be claimed: those that must not go
-    are marked ``skipped`` with the reason (inside the caller's transaction).
-
-    A selling step skips a reader who bought what the sequence sells (the product
-    or offer of any of its selling steps) since entering it. Checks on selling
-    messages (a quiet period after a purchase, a cap on how often a reader is
-    sold to) belong here too."""
-    if not ids or step is None or not step.get("sells"):
-        return 0
-    products = json.dumps([s.product for s in seq.selling])
-    offers = json.dumps([s.offer for s in seq.selling])
-    return db.execute(
-        f"""UPDATE deliveries SET state = 'skipped', phase = NULL,
-               last_reply = 'bought what the sequence sells'
-            WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'
-              AND EXISTS (
-                SELECT 1 FROM enrollments e, ({PURCHASES}) b
-                WHERE e.sequence_id = ? AND e.subscriber_id = deliveries.subscriber_id
-                  AND b.sid = e.subscriber_id AND unixepoch(b.at) > e.trigger_at
-                  AND (b.product IN (SELECT value FROM json_each(?))
-                       OR b.offer IN (SELECT value FROM json_each(?))))""",
-        [json.dumps(list(ids)), sequence_id, products, offers],
-    ).rowcount
-
-
 def _send_steps(
     ws: Workspace, sid: int, seq: Sequence, limit: int | None, prepared: dict, first_only: bool
 ) -> list[StepOutcome]:
-    """Send each step whose outbox has messages due (new ones, or a run's left-overs)."""
+    """Send each step whose outbox has messages due (new ones, a run's left-overs,
+    deferred or held back for their reader and now due); a selling step's claims
+    go through the respect check, as a campaign's do."""
     db = ws.db
     now = now_unix()
     first = seq.steps[0].name
+    _steps, campaigns = _step_rows(db, sid)
+    sold = Sold(sid, tuple(s.product for s in seq.selling), tuple(s.offer for s in seq.selling))
     outcomes = []
-    for cid, name, offer in db.execute(
-        """SELECT c.id, c.step, c.offer FROM campaigns c WHERE c.sequence_id = ?
+    for cid, name in db.execute(
+        """SELECT c.id, c.step FROM campaigns c WHERE c.sequence_id = ?
            AND (EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = c.id
                         AND d.state IN ('pending', 'sending'))
                 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = c.id
@@ -339,8 +353,11 @@ def _send_steps(
     ).fetchall():
         if first_only and name != first:
             continue
-        p = _prepared(ws, seq, name, offer, prepared)
-        summary = send_outbox(ws, p, cid, RunSummary(campaign=p.campaign.slug), limit=limit)
+        p = _prepared(ws, seq, campaigns[name][1], prepared)
+        respect = respect_for(db, ws.settings, p.campaign, p.expires, sold)
+        summary = send_outbox(
+            ws, p, cid, RunSummary(campaign=p.campaign.slug), limit=limit, respect=respect
+        )
         outcomes.append(StepOutcome(p.campaign.slug, "sent", summary))
         if summary.stopped:
             break

@@ -12,7 +12,7 @@ A sequence sends its steps to each reader from that reader's own moment::
     name = "download"              # a step is known by its name
     offer = "welcome-download"     # an offer folder (a useful message, or a sale)
     after = "0m"                   # after the trigger (the first), after the previous step
-    sells = false                  # a selling step stops for a reader who bought
+    sells = false                  # a useful message; a step sells unless it says so
 
 ``sync`` records a sequence in the database (``audience.enrollments`` has the
 data model): its row, created the first time listkit reads the file (only
@@ -47,10 +47,12 @@ from listkit.send.campaigns import (
     MAX_ATTRIBUTION_DAYS,
     _read_toml,
     campaign_slugs,
+    check_sells,
     format_duration,
     parse_duration,
+    sells,
 )
-from listkit.send.outbox import retry
+from listkit.send.outbox import held_and_skipped, retry
 from listkit.vocab import ACTIVE, FINISHED
 
 FIELDS = {"trigger", "imported", "holdout", "attribution_days", "exit", "steps"}
@@ -202,15 +204,13 @@ def _steps(raw: object, path: Path, offers_dir: Path) -> tuple[Step, ...]:
         where = f"{path}: step {i} ({name})"
         if any(s.name == name for s in steps):
             raise InputError(f"{where}: another step has the name {name!r}; names must differ")
-        sells = item.get("sells", False)
-        if not isinstance(sells, bool):
-            raise InputError(f"{where}: field sells must be true or false")
+        check_sells(item, where)
         after = parse_duration(item["after"], f"{where}: field after", MAX_AFTER)
         try:
             offer: Offer = load_offer(offers_dir, item["offer"])
         except ListkitError as e:
             raise InputError(f"{where}: field offer: {e}") from None
-        steps.append(Step(name, offer.slug, after, sells, offer.product, offer.coupon))
+        steps.append(Step(name, offer.slug, after, sells(item), offer.product, offer.coupon))
     return tuple(steps)
 
 
@@ -437,7 +437,8 @@ def overview(db: Database, loaded: Loaded) -> list[dict]:
 
 def step_report(db: Database, slug: str) -> list[dict]:
     """Per step of a recorded sequence: its offer, delay, whether it sells, the readers
-    waiting for it, and its messages by state (sent, skipped, failed, unknown...)."""
+    waiting for it, its messages by state (sent, skipped, failed, unknown...), and
+    why they are held back or were skipped (``outbox.held_and_skipped``)."""
     check_slug(slug, "sequence")
     row = db.execute("SELECT id, steps FROM sequences WHERE slug = ?", [slug]).fetchone()
     if row is None:
@@ -452,6 +453,7 @@ def step_report(db: Database, slug: str) -> list[dict]:
             [sid],
         ).fetchall()
     )
+    ids = dict(db.execute("SELECT step, id FROM campaigns WHERE sequence_id = ?", [sid]))
     out = []
     for step in json.loads(steps):
         found = dict(
@@ -462,6 +464,8 @@ def step_report(db: Database, slug: str) -> list[dict]:
                 [sid, step["name"]],
             ).fetchall()
         )
+        cid = ids.get(step["name"])
+        waits = held_and_skipped(db, cid) if cid else {"held_back": [], "skipped": {}}
         out.append(
             {
                 "step": step["name"],
@@ -471,6 +475,7 @@ def step_report(db: Database, slug: str) -> list[dict]:
                 "removed": step["removed"],
                 "waiting": waiting.get(step["name"], 0),
                 "messages": found,
+                **waits,
             }
         )
     return out
