@@ -19,6 +19,10 @@ Goal: the command at most 2x the query from a new process at 5,000,000
 deliveries, at most 3x at 20,000,000.
 
     .venv/bin/python bench/report.py [--scale 0.1] [--deliveries N] [--keep DB] [--repeat R]
+                                     [--no-answers]
+
+``--no-answers`` leaves the answers out (the database as ``big_db.py`` builds
+it, as this bench measured before they were added).
 """
 
 from __future__ import annotations
@@ -90,11 +94,16 @@ def add_answers(path: Path) -> None:
 
 
 def main() -> None:
+    # An option of this bench alone (big_db.arguments parses the shared ones).
+    answers = "--no-answers" not in sys.argv
+    if not answers:
+        sys.argv.remove("--no-answers")
     args = arguments(__doc__)
     with tempfile.TemporaryDirectory(prefix="listkit-bench-report-") as tmp:
         path = args.keep or Path(tmp) / "listkit.db"
         ensure(path, args.scale, deliveries=args.deliveries)
-        add_answers(path)
+        if answers:
+            add_answers(path)
         workspace = path.parent
         conn = sqlite3.connect(path)
         (deliveries,) = conn.execute("SELECT max(id) FROM deliveries").fetchone()
