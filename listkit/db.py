@@ -54,7 +54,10 @@ def open_db(path: Path | str, *, create: bool = True) -> Database:
         # and SHM files the database's mode.
         create_private(path)
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        db = Database(conn)
+        # No sqlite-utils plugins: listkit uses none, finding them reads every installed
+        # package's metadata on each command's start, and a plugin's code would run on
+        # a database of personal data.
+        db = Database(conn, execute_plugins=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
@@ -95,7 +98,7 @@ def _open_read_only(path: Path) -> Database:
     flag = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
     try:
         conn = sqlite3.connect(f"file:{quote(str(path))}?{flag}", uri=True, check_same_thread=False)
-        db = Database(conn)
+        db = Database(conn, execute_plugins=False)
         _refuse_newer(db, path)
         if migrations.pending(db):
             conn.close()

@@ -361,6 +361,31 @@ def test_a_report_passes_over_the_deliveries_once_whatever_it_groups_by(world, w
     )
 
 
+def test_the_report_command_loads_neither_email_validator_nor_installed_packages_metadata(
+    shop, workspace
+):
+    # Every `listkit report` paid for compiling email-validator's grammar (an address
+    # is never validated there) and for reading every installed package's metadata in
+    # search of sqlite-utils plugins (listkit uses none): together about as long as
+    # counting a million deliveries.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from listkit.cli import cli\n"
+        "try: cli(sys.argv[1:], prog_name='listkit')\n"
+        "except SystemExit as e: assert not e.code, e.code\n"
+        "print(sorted({'email_validator', 'importlib.metadata'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--workspace", str(workspace), "report", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
 # --- HTML -----------------------------------------------------------------------------------
 
 
