@@ -2,7 +2,9 @@
 
 Made through ``open_db`` (listkit's schema and indexes), then filled in bulk:
 1,000,000 subscribers on 20 lists (every 50th unsubscribed), 50 campaigns
-with 5,000,000 deliveries and 50,000 sales; ``--scale`` shrinks all of it.
+with 5,000,000 deliveries and 50,000 sales; ``--scale`` shrinks all of it,
+``--deliveries N`` sets the deliveries alone (20,000,000: four times as many
+messages to the same readers).
 Each bench adds its own extras to the built file (``then``).
 """
 
@@ -19,9 +21,9 @@ from listkit.db import open_db, unix
 LISTS, CAMPAIGNS = 20, 50
 
 
-def build(path: Path, scale: float) -> tuple[int, int, int]:
+def build(path: Path, scale: float, deliveries: int | None = None) -> tuple[int, int, int]:
     subscribers = int(1_000_000 * scale)
-    deliveries = int(5_000_000 * scale)
+    deliveries = deliveries or int(5_000_000 * scale)
     sales = int(50_000 * scale)
     db = open_db(path)
     db.close()
@@ -112,21 +114,29 @@ def timed(fn, repeat: int) -> list[float]:
 
 
 def arguments(doc: str) -> argparse.Namespace:
-    """The options both benches take: --scale, --repeat and --keep."""
+    """The options both benches take: --scale, --deliveries, --repeat and --keep."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument(
+        "--deliveries", type=int, help="Deliveries alone (default 5,000,000 x --scale)."
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="Build (or reuse) the database at this path.")
     return parser.parse_args()
 
 
-def ensure(path: Path, scale: float, then: Callable[[Path], None] | None = None) -> None:
+def ensure(
+    path: Path,
+    scale: float,
+    then: Callable[[Path], None] | None = None,
+    deliveries: int | None = None,
+) -> None:
     """Build the world at ``path`` unless it is there already (``--keep``), saying so."""
     if path.exists():
         return
     print(f"building the database (scale {scale}) ...", flush=True)
     start = time.perf_counter()
-    n = build(path, scale)
+    n = build(path, scale, deliveries)
     if then is not None:
         then(path)
     print(

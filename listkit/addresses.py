@@ -8,15 +8,15 @@ For a plain ASCII address that is simply the address case-folded; the rule
 is here and nowhere else. ``normalize_address``
 decides validity exactly as email-validator does (no DNS); a strict regular
 expression answers first for the common plain ASCII form, so that importing a
-million rows does not cost a million full parses.
+million rows does not cost a million full parses, and email-validator (whose
+import compiles its grammar: a tenth of a second) is loaded only for an address
+that needs it.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-
-from email_validator import EmailNotValidError, validate_email
 
 from listkit.domains import ascii_host
 from listkit.errors import InputError
@@ -61,6 +61,8 @@ def normalize_address(raw: str) -> str:
             return f"{local}@{domain.lower()}"
     if not address:
         raise InputError("no address")
+    from email_validator import EmailNotValidError, validate_email  # lazy: see the docstring
+
     try:
         return validate_email(address, check_deliverability=False).normalized
     except EmailNotValidError as e:

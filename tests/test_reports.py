@@ -10,7 +10,7 @@ import pytest
 
 from listkit.audience.suppressions import suppress
 from listkit.sales.attribution import attribute_all
-from listkit.sales.reports import build_report, lift, per_thousand
+from listkit.sales.reports import BY, build_report, build_reports, lift, per_thousand
 from tests.world import World, tokens
 
 
@@ -257,6 +257,34 @@ def test_holdout_compares_mailed_and_held_out_buyers_in_the_window(run, ws, tmp_
     )
 
 
+def test_a_holdout_buyer_counts_once_and_only_through_a_message_mailed_or_held_out(
+    run, ws, tmp_path
+):
+    # The buyers of a holdout campaign are found from the window's orders, each
+    # matched to its reader's one delivery of the campaign.
+    w = World(ws.db)
+    cid = w.campaign("h", holdout=0.5, days=7)
+    for email in ("twice@example.com", "refund@example.com", "quiet@example.com"):
+        w.deliver(cid, email, "blog")
+    w.deliver(cid, "bounced@example.com", "blog", state="failed", code=550)
+    w.deliver(cid, "held@example.com", "blog", state="held_out")
+    w.deliver(w.campaign("other", holdout=0.5), "elsewhere@example.com", "blog")
+    sales(
+        run,
+        tmp_path,
+        "1,twice@example.com,10,USD,2026-11-02T00:00:00Z,,,\n"
+        "2,TWICE@Example.com,10,USD,2026-11-03T00:00:00Z,,,\n"  # the same reader again
+        "3,bounced@example.com,10,USD,2026-11-02T00:00:00Z,,,\n"  # never mailed
+        "4,elsewhere@example.com,10,USD,2026-11-02T00:00:00Z,,,\n"  # another campaign's
+        "5,held@example.com,10,USD,2026-11-02T00:00:00Z,,,\n"
+        "6,refund@example.com,10,USD,2026-11-02T00:00:00Z,,,\n",
+    )
+    with ws.db.conn:
+        ws.db.execute("UPDATE sales SET status = 'refunded' WHERE order_id = '6'")
+    h = next(x for x in report(run)["holdout"] if x["campaign"] == "h")
+    assert (h["mailed"], h["mailed_buyers"], h["held_out"], h["held_out_buyers"]) == (3, 1, 1, 1)
+
+
 def _statements(monkeypatch) -> list[str]:
     """The SQL statements (parameters bound) the workspace's database runs from now on."""
     import listkit.workspace
@@ -299,6 +327,60 @@ def test_one_report_command_builds_its_figures_once_reading_no_table_twice(
     )
     assert len(figures) > 5
     assert {sql: n for sql, n in figures.items() if n > 1} == {}
+
+
+def test_a_report_passes_over_the_deliveries_once_whatever_it_groups_by(world, ws):
+    # Each grouping counted the deliveries again, and the complaint warnings walked
+    # every delivery looking up its complaints: on millions of deliveries, most of a
+    # report's time. One pass over one index serves the list, offer and campaign
+    # views, the complaint rates, the holdouts and the lists mailed; what readers
+    # answered is read from the answers, looking up only their deliveries.
+    statements: list[str] = []
+    ws.db.conn.set_trace_callback(statements.append)
+    build_reports(ws.db, BY)
+    build_reports(ws.db, BY, since="2026-11-05")
+    ws.db.conn.set_trace_callback(None)
+    steps = [
+        step
+        for sql in statements
+        if sql.lstrip().startswith("SELECT")
+        for *_ids, step in ws.db.execute(f"EXPLAIN QUERY PLAN {sql}")
+    ]
+    deliveries = [s for s in steps if re.match(r"(SCAN|SEARCH) (deliveries|d|b)\b", s)]
+    assert [s for s in deliveries if s.startswith("SCAN")] == [
+        "SCAN deliveries USING COVERING INDEX deliveries_report"
+    ]
+    # The period's pass, and an offer test's deliveries, seek the same index per campaign.
+    assert all(
+        "deliveries_report (campaign_id=?)" in s or "rowid=?" in s or "subscriber_id=?" in s
+        for s in deliveries
+        if s.startswith("SEARCH")
+    )
+
+
+def test_the_report_command_loads_neither_email_validator_nor_installed_packages_metadata(
+    shop, workspace
+):
+    # Every `listkit report` paid for compiling email-validator's grammar (an address
+    # is never validated there) and for reading every installed package's metadata in
+    # search of sqlite-utils plugins (listkit uses none): together about as long as
+    # counting a million deliveries.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from listkit.cli import cli\n"
+        "try: cli(sys.argv[1:], prog_name='listkit')\n"
+        "except SystemExit as e: assert not e.code, e.code\n"
+        "print(sorted({'email_validator', 'importlib.metadata'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--workspace", str(workspace), "report", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.splitlines()[-1] == "[]"
 
 
 # --- HTML -----------------------------------------------------------------------------------

@@ -137,6 +137,27 @@ def test_the_report_by_variant_counts_revenue_per_subscriber_in_the_window(ws):
     assert test["winner"] is None and test["more_deliveries"] == 24
 
 
+def test_the_report_by_variant_shows_every_offer_test_of_the_period_however_far_apart(ws):
+    # The first test's attribution window ended the period for the tests after it: a
+    # test started a month later was left out of `report --by variant`, period or not.
+    w = World(ws.db)
+    started = ["2026-10-01T10:00:00+00:00", "2026-11-01T10:00:00+00:00"]
+    for slug, at in zip(("october", "november"), started, strict=True):
+        cid = w.campaign(slug, days=7, started=at)
+        w.deliver(cid, f"{slug}@example.com", "blog")
+        with ws.db.conn:
+            ws.db.execute(
+                "UPDATE campaigns SET variants = ? WHERE id = ?", [json.dumps(["a", "b"]), cid]
+            )
+            ws.db.execute("UPDATE deliveries SET variant = 'a' WHERE campaign_id = ?", [cid])
+    assert [t["campaign"] for t in variant_report(ws.db)] == ["october", "november"]
+    assert [t["campaign"] for t in variant_report(ws.db, until="2026-11-30")] == [
+        "october",
+        "november",
+    ]
+    assert [t["campaign"] for t in variant_report(ws.db, since="2026-10-15")] == ["november"]
+
+
 def test_a_campaign_with_variants_sends_each_subscriber_the_offer_of_its_draw(
     run, workspace, server
 ):

@@ -300,55 +300,77 @@ def _empty_row() -> dict:
 def _delivery_figures(db: Database, period: Period, column: str) -> dict:
     """The period's deliveries counted per ``column`` (list_id or campaign_id): all of
     them (``audience``), per state, and those readers answered (unsubscribed, bounced,
-    complained, clicked, clicked and bought)."""
+    complained, clicked, clicked and bought). Arranged from the counts per campaign and
+    list (``_delivery_counts``, ``_answers``), which every grouping shares."""
     figures: dict = defaultdict(lambda: defaultdict(int))
-    in_period, cparams = period.campaign_filter("AND", "d.campaign_id"), period.cparams
-    # Deliveries per group and state: one pass over a covering index.
-    for key, state, n in db.execute(
-        f"SELECT {column}, state, COUNT(*) FROM deliveries {period.campaign_filter('WHERE')} "
-        f"GROUP BY {column}, state",
-        cparams,
-    ):
+    at = 0 if column == "campaign_id" else 1
+    for cid, state, lid, n in period.once("deliveries", lambda: _delivery_counts(db, period)):
+        key = (cid, lid)[at]
         figures[key]["audience"] += n
         if state in ("sent", "failed", "held_out"):
             figures[key][state] += n
-    # Unsubscribes and bounces a campaign caused, through the delivery that caused them:
-    # readers who unsubscribed (one who left through two messages of a group counts once
-    # in it), messages that bounced (refused by the server or reported later, even when
-    # the address had already been suppressed by another campaign's bounce).
-    for name, counted, marked, reasons in (
-        ("unsubscribed", "DISTINCT d.subscriber_id", UNSUBSCRIBED_DELIVERIES, [UNSUBSCRIBED]),
-        ("bounced", "*", BOUNCED_DELIVERIES, list(BOUNCE_REASONS)),
+    answers = period.once("answers", lambda: _answers(db, period))
+    for pair, counts in answers["counts"].items():
+        for name, n in counts.items():
+            figures[pair[at]][name] += n
+    # A reader who unsubscribed through two messages of a group counts once in it.
+    readers: dict = defaultdict(set)
+    for cid, lid, sid in answers["unsubscribed"]:
+        readers[(cid, lid)[at]].add(sid)
+    for key, who in readers.items():
+        figures[key]["unsubscribed"] += len(who)
+    return figures
+
+
+def _delivery_counts(db: Database, period: Period) -> list[tuple[int, str, int, int]]:
+    """(campaign id, state, list id, deliveries) of the period: one pass over the
+    deliveries_report index, in its order, never reading the table."""
+    return db.execute(
+        f"""SELECT campaign_id, state, list_id, COUNT(*) FROM deliveries
+            {period.campaign_filter("WHERE")} GROUP BY campaign_id, state, list_id""",
+        period.cparams,
+    ).fetchall()
+
+
+def _answers(db: Database, period: Period) -> dict:
+    """What readers answered to the period's deliveries, per (campaign id, list id):
+    ``counts``, the deliveries that bounced, complained, were clicked, were clicked and
+    bought; ``unsubscribed``, (campaign id, list id, subscriber id) of each reader who
+    unsubscribed through a delivery. Each query starts from the answers (events,
+    suppressions) and looks up only their deliveries."""
+    in_period, cparams = period.campaign_filter("AND", "d.campaign_id"), period.cparams
+    counts: dict = defaultdict(lambda: defaultdict(int))
+    # Messages that bounced (refused by the server or reported later, even when the
+    # address had already been suppressed by another campaign's bounce).
+    for cid, lid, n in db.execute(
+        f"""SELECT d.campaign_id, d.list_id, COUNT(*) FROM deliveries d
+            WHERE d.id IN ({BOUNCED_DELIVERIES}) {in_period} GROUP BY 1, 2""",
+        [json.dumps(list(BOUNCE_REASONS)), *cparams],
     ):
-        for key, n in db.execute(
-            f"""SELECT d.{column}, COUNT({counted}) FROM deliveries d WHERE d.id IN ({marked})
-                {in_period}
-                GROUP BY d.{column}""",
-            [json.dumps(reasons), *cparams],
-        ):
-            figures[key][name] += n
+        counts[(cid, lid)]["bounced"] = n
     # Deliveries with an event of a kind: complaints (spam reports) and a person's
-    # clicks (kind 'click'; scanners are 'click_bot').
-    for name, kind in (("complaints", "complaint"), ("clicks", "click")):
-        for key, n in db.execute(
-            f"""SELECT d.{column}, COUNT(DISTINCT d.id) FROM events e
-                JOIN deliveries d ON d.id = e.delivery_id WHERE e.kind = ?
-                {in_period}
-                GROUP BY d.{column}""",
-            [kind, *cparams],
-        ):
-            figures[key][name] += n
-    # Of those, the deliveries a sale is attributed to: click-to-buy is their share.
-    for key, n in db.execute(
-        f"""SELECT d.{column}, COUNT(*) FROM deliveries d
-            WHERE d.id IN (SELECT delivery_id FROM events WHERE kind = 'click')
-            AND d.id IN (SELECT delivery_id FROM sales WHERE status IN {ORDER_SQL})
-            {in_period}
-            GROUP BY d.{column}""",
+    # clicks (kind 'click'; scanners are 'click_bot'); of those clicked, the ones a
+    # sale is attributed to (click-to-buy is their share).
+    for cid, lid, complaints, clicks, clicked_buyers in db.execute(
+        f"""SELECT d.campaign_id, d.list_id,
+                   COUNT(DISTINCT d.id) FILTER (WHERE e.kind = 'complaint'),
+                   COUNT(DISTINCT d.id) FILTER (WHERE e.kind = 'click'),
+                   COUNT(DISTINCT d.id) FILTER (WHERE e.kind = 'click' AND d.id IN
+                       (SELECT delivery_id FROM sales WHERE status IN {ORDER_SQL}))
+            FROM events e JOIN deliveries d ON d.id = e.delivery_id
+            WHERE e.kind IN ('complaint', 'click') {in_period} GROUP BY 1, 2""",
         cparams,
     ):
-        figures[key]["clicked_buyers"] += n
-    return figures
+        counts[(cid, lid)].update(
+            complaints=complaints, clicks=clicks, clicked_buyers=clicked_buyers
+        )
+    # Readers who unsubscribed, and through which delivery's campaign and list.
+    unsubscribed = db.execute(
+        f"""SELECT DISTINCT d.campaign_id, d.list_id, d.subscriber_id FROM deliveries d
+            WHERE d.id IN ({UNSUBSCRIBED_DELIVERIES}) {in_period}""",
+        [json.dumps([UNSUBSCRIBED]), *cparams],
+    ).fetchall()
+    return {"counts": counts, "unsubscribed": unsubscribed}
 
 
 def _list_rows(db: Database, period: Period, rows: dict) -> dict[str, str]:
@@ -513,13 +535,10 @@ def skipped_for_reader_text(entries: list[dict]) -> str:
 def _complaint_warnings(db: Database, period: Period) -> list[dict]:
     """The period's campaigns whose complaint rate passed one of COMPLAINT_LIMITS."""
     out = []
-    for cid, sent, complaints in db.execute(
-        """SELECT d.campaign_id, COUNT(*) FILTER (WHERE d.state = 'sent'),
-                  COUNT(*) FILTER (WHERE EXISTS (SELECT 1 FROM events e
-                                   WHERE e.delivery_id = d.id AND e.kind = 'complaint'))
-           FROM deliveries d GROUP BY d.campaign_id ORDER BY d.campaign_id"""
-    ):
-        if (period.limited and cid not in period.in_period) or not sent or not complaints:
+    figures = period.once("campaign_id", lambda: _delivery_figures(db, period, "campaign_id"))
+    for cid, counts in sorted(figures.items()):
+        sent, complaints = counts["sent"], counts["complaints"]
+        if not sent or not complaints:
             continue
         rate = complaints / sent
         limit = next((x for x in COMPLAINT_LIMITS if rate > x), None)
@@ -585,45 +604,46 @@ def _lists_without_revenue(db: Database, period: Period) -> list[tuple[bool, dic
             sparams,
         )
     }
-    # One index seek per list (deliveries_list is on list_id, state).
-    in_period = period.campaign_filter("AND", "d.campaign_id")
+    # Mailed: the period's pass over the deliveries counted a message sent through it.
+    sent = period.once("list_id", lambda: _delivery_figures(db, period, "list_id"))
     members = period.once("members", lambda: member_counts(db))
     return [
-        (bool(mailed), {"list": slug, "active": members[lid]["active"]})
-        for lid, slug, mailed in db.execute(
-            f"""SELECT l.id, l.slug, EXISTS (SELECT 1 FROM deliveries d WHERE d.list_id = l.id
-                                            AND d.state = 'sent' {in_period})
-               FROM lists l ORDER BY l.slug""",
-            period.cparams,
-        )
+        (sent.get(lid, {}).get("sent", 0) > 0, {"list": slug, "active": members[lid]["active"]})
+        for lid, slug in sorted(period.list_names.items(), key=lambda item: item[1])
         if members.get(lid, {}).get("active") and lid not in earned
     ]
 
 
 def _holdouts(db: Database, period: Period) -> list[dict]:
-    """The period's campaigns with a holdout: the lift of their mail, in their window."""
+    """The period's campaigns with a holdout: the lift of their mail, in their window.
+    The mailed and held-out groups are counted in the period's pass over the
+    deliveries; their buyers are found from the window's orders (far fewer than a
+    campaign's deliveries): each buyer's one delivery of the campaign, if any."""
     out = []
+    figures = period.once("campaign_id", lambda: _delivery_figures(db, period, "campaign_id"))
     for cid, c in sorted(period.campaigns.items()):
         if not c["holdout"] or not c["started"] or (period.limited and cid not in period.in_period):
             continue
         window_end = datetime.fromisoformat(c["started"]) + timedelta(days=c["days"])
-        figures = {"sent": (0, 0), "held_out": (0, 0)}
-        for state, n, buyers in db.execute(
-            f"""SELECT d.state, COUNT(*), coalesce(SUM(EXISTS (
-                    SELECT 1 FROM sales x WHERE x.email_key = s.key AND x.at >= ?
-                    AND x.at <= ? AND x.status IN {ORDER_SQL})), 0)
-                FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-                WHERE d.campaign_id = ? AND d.state IN ('sent', 'held_out')
-                GROUP BY d.state""",
-            [c["started"], window_end.isoformat(), cid],
-        ):
-            figures[state] = (n, buyers)
+        buyers = dict(
+            db.execute(
+                f"""SELECT d.state, COUNT(*) FROM subscribers s
+                    CROSS JOIN deliveries d ON d.campaign_id = ? AND d.subscriber_id = s.id
+                    WHERE s.key IN (SELECT email_key FROM sales WHERE at >= ? AND at <= ?
+                                    AND status IN {ORDER_SQL})
+                    AND d.state IN ('sent', 'held_out')
+                    GROUP BY d.state""",
+                [cid, c["started"], window_end.isoformat()],
+            ).fetchall()
+        )
+        counts = figures.get(cid, {})
+        groups = [(counts.get(state, 0), buyers.get(state, 0)) for state in ("sent", "held_out")]
         out.append(
             {
                 "campaign": c["slug"],
                 "holdout": c["holdout"],
                 "window_days": c["days"],
-                **lift(*figures["sent"], *figures["held_out"]),
+                **lift(*groups[0], *groups[1]),
             }
         )
     return out

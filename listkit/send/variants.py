@@ -180,14 +180,14 @@ def variant_report(db: Database, since: str | None = None, until: str | None = N
     for cid, slug, started, days in campaigns:
         if (start and started < start) or (end and started >= end):
             continue
-        end = (datetime.fromisoformat(started) + timedelta(days=days)).isoformat()
+        window_end = (datetime.fromisoformat(started) + timedelta(days=days)).isoformat()
         currency = db.execute(
             f"""SELECT x.currency FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                 JOIN sales x ON x.email_key = s.key
                 WHERE d.campaign_id = ? AND x.at >= ? AND x.at <= ?
                 AND x.status IN {REVENUE_SQL}
                 GROUP BY x.currency ORDER BY SUM(x.amount - x.refunded) DESC LIMIT 1""",
-            [cid, started, end],
+            [cid, started, window_end],
         ).fetchone()
         currency = currency[0] if currency else None
         groups: dict[str, dict] = {}
@@ -205,7 +205,7 @@ def variant_report(db: Database, since: str | None = None, until: str | None = N
                         OR (d.state = 'sent' AND d.variant IS NOT NULL
                             AND coalesce(d.part, 'test') = 'test')))
                 GROUP BY grp ORDER BY grp""",
-            {"start": started, "end": end, "cur": currency, "cid": cid},
+            {"start": started, "end": window_end, "cur": currency, "cid": cid},
         ):
             stats = {"buyers": buyers, "revenue": total, **mean_interval(n, total, sumsq)}
             if grp is None:
