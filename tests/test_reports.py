@@ -352,7 +352,7 @@ def test_a_report_passes_over_the_deliveries_once_whatever_it_groups_by(world, w
     ]
     # The period's pass, and an offer test's deliveries, seek the same index per campaign.
     assert all(
-        "deliveries_report (campaign_id=?)" in s or "rowid=?" in s or "subscriber_id=?" in s
+        "deliveries_report (campaign_id=?" in s or "rowid=?" in s or "subscriber_id=?" in s
         for s in deliveries
         if s.startswith("SEARCH")
     )
