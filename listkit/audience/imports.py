@@ -44,7 +44,7 @@ from typing import IO, Any, NamedTuple
 from sqlite_utils import Database
 
 from listkit import csvin, csvout, vocab
-from listkit.addresses import email_key, normalize_address
+from listkit.addresses import address_and_key
 from listkit.audience.lists import get_list
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound, quoted
@@ -832,7 +832,7 @@ class _Parser:
         status_of = self.status
         evidence_is = self.evidence
         has_evidence = any(i is not None for i in evidence_is)
-        normalize, json_str, too_long = normalize_address, _json_str, self._too_long
+        normalize, json_str, too_long = address_and_key, _json_str, self._too_long
         shortest_risky = min(MAX_NAME, MAX_FIELD)
         while True:
             subs: list = []
@@ -859,7 +859,7 @@ class _Parser:
                     row = clean(row)
                 raw = row[email_i]
                 try:
-                    address = normalize(raw)
+                    address, key = normalize(raw)
                 except InputError as e:
                     # The reason, never the address: errors quote nobody.
                     reason = f"{invalid}: {e}" if raw.strip() else "no address"
@@ -870,7 +870,6 @@ class _Parser:
                 if len(joined) > shortest_risky and (problem := too_long(row, name)):
                     rejects.append((line, problem, given))
                     continue
-                key = email_key(address)
                 if key.endswith(DELETION_REQUEST):
                     deletions += 1
                     continue
