@@ -29,6 +29,7 @@ The file is streamed in chunks: memory does not grow with the file.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import fcntl
 import io
 import json
@@ -712,10 +713,8 @@ def _widen(end: Any) -> None:
     of working at once. A larger pipe is only a kernel buffer; a failure
     leaves the default.
     """
-    try:
+    with contextlib.suppress(AttributeError, OSError):
         fcntl.fcntl(end.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    except (AttributeError, OSError):
-        pass
 
 
 def _produce_into(produce, records, send, receive, parent: int) -> None:
