@@ -198,3 +198,10 @@ def test_the_remembered_domains_stay_few_whatever_a_file_holds():
             f"ann@d{n}.example.com",
         )
     assert len(addresses._fast_domains) <= addresses._FAST_DOMAINS_MAX
+
+
+def test_an_overlong_address_leaves_nothing_remembered():
+    addresses._fast_domains.clear()
+    with pytest.raises(InputError):
+        address_and_key("ann@" + "d" * 100_000 + ".example.com")
+    assert addresses._fast_domains == {}
