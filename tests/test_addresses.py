@@ -4,10 +4,13 @@ import json
 import sqlite3
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 from sqlite_utils import Database
 
-from listkit.addresses import email_key
+from listkit import addresses
+from listkit.addresses import address_and_key, email_key, normalize_address
 from listkit.db import migrations, open_db
+from listkit.errors import InputError
 
 UNICODE = "anna@bücher.example"
 ASCII = "anna@xn--bcher-kva.example"
@@ -140,3 +143,68 @@ def test_the_migration_rekeys_old_rows_and_merges_two_rows_for_one_address(tmp_p
     ]
     assert db.execute("SELECT email_key FROM sales").fetchone() == (ASCII,)
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+# The plain forms the fast path takes, and the near misses it must leave to
+# email-validator; the domain is asked twice, so the second answer comes from
+# what the first one remembered.
+JUDGED = [
+    "ann@example.com",
+    " Ann.Lee+news@Mail.Example.ORG ",
+    "a" * 64 + "@example.com",
+    "a" * 65 + "@example.com",
+    "ann@" + "d" * 63 + ".example.com",
+    "ann@" + "d" * 64 + ".example.com",
+    "ann@" + ".".join(["abcdefghi"] * 25) + ".com",
+    "ann..lee@example.com",
+    ".ann@example.com",
+    "ann.@example.com",
+    "ann@example",
+    "ann@example.c",
+    "ann@-example.com",
+    "ann@example-.com",
+    "ann@example.test",
+    "ann@example.LOCALHOST",
+    "ann@example.onion",
+    "anna@bücher.example",
+    "ännä@example.com",
+    "ann@@example.com",
+    "@example.com",
+    "ann@",
+    "ann lee@example.com",
+    '"ann lee"@example.com',
+    "ann@[192.0.2.1]",
+    "ann@example.com\n",
+]
+
+
+@pytest.mark.parametrize("raw", JUDGED * 2)
+def test_the_fast_path_judges_an_address_as_email_validator_does(raw):
+    try:
+        expected = validate_email(raw.strip(), check_deliverability=False).normalized
+    except EmailNotValidError:
+        expected = None
+    if expected is None:
+        with pytest.raises(InputError):
+            normalize_address(raw)
+        with pytest.raises(InputError):
+            address_and_key(raw)
+    else:
+        assert normalize_address(raw) == expected
+        assert address_and_key(raw) == (expected, email_key(expected))
+
+
+def test_the_remembered_domains_stay_few_whatever_a_file_holds():
+    for n in range(addresses._FAST_DOMAINS_MAX * 2):
+        assert address_and_key(f"ann@d{n}.Example.com") == (
+            f"ann@d{n}.example.com",
+            f"ann@d{n}.example.com",
+        )
+    assert len(addresses._fast_domains) <= addresses._FAST_DOMAINS_MAX
+
+
+def test_an_overlong_address_leaves_nothing_remembered():
+    addresses._fast_domains.clear()
+    with pytest.raises(InputError):
+        address_and_key("ann@" + "d" * 100_000 + ".example.com")
+    assert addresses._fast_domains == {}
