@@ -60,8 +60,8 @@ def test_render_processes_hand_back_each_batch_in_the_order_it_was_submitted(run
     try:
         p = prepare(ws, "t")
         cid = register(ws.db, p.campaign, digest="x", coupon=None)
-        build_outbox(ws.db, cid, p.campaign, domain="example.com", coupon_base="")
-        rows = claim(ws.db, cid, "1-test", 100)
+        build_outbox(ws.db, cid, p.campaign)
+        rows = claim(ws.db, cid, "1-test", 100, secret=ws.settings.secret_key())
     finally:
         ws.close()
     batches = [rows[i : i + 3] for i in range(0, len(rows), 3)]
