@@ -329,12 +329,13 @@ def test_one_report_command_builds_its_figures_once_reading_no_table_twice(
     assert {sql: n for sql, n in figures.items() if n > 1} == {}
 
 
-def test_a_report_passes_over_the_deliveries_once_whatever_it_groups_by(world, ws):
+def test_a_report_never_passes_over_the_deliveries_whatever_it_groups_by(world, ws):
     # Each grouping counted the deliveries again, and the complaint warnings walked
     # every delivery looking up its complaints: on millions of deliveries, most of a
-    # report's time. One pass over one index serves the list, offer and campaign
-    # views, the complaint rates, the holdouts and the lists mailed; what readers
-    # answered is read from the answers, looking up only their deliveries.
+    # report's time. The counts the database keeps (delivery_counts) serve the list,
+    # offer and campaign views, the complaint rates, the holdouts and the lists
+    # mailed; what readers answered is read from the answers, looking up only their
+    # deliveries.
     statements: list[str] = []
     ws.db.conn.set_trace_callback(statements.append)
     build_reports(ws.db, BY)
@@ -347,9 +348,8 @@ def test_a_report_passes_over_the_deliveries_once_whatever_it_groups_by(world, w
         for *_ids, step in ws.db.execute(f"EXPLAIN QUERY PLAN {sql}")
     ]
     deliveries = [s for s in steps if re.match(r"(SCAN|SEARCH) (deliveries|d|b)\b", s)]
-    assert [s for s in deliveries if s.startswith("SCAN")] == [
-        "SCAN deliveries USING COVERING INDEX deliveries_report"
-    ]
+    assert [s for s in deliveries if s.startswith("SCAN")] == []
+    assert any(s.startswith("SCAN delivery_counts") for s in steps)
     # The period's pass, and an offer test's deliveries, seek the same index per campaign.
     assert all(
         "deliveries_report (campaign_id=?" in s or "rowid=?" in s or "subscriber_id=?" in s

@@ -85,6 +85,20 @@ def test_killed_runs_resume_and_nobody_gets_two_messages(run, workspace, server)
             assert at_sink[mid] <= 1, (email, at_sink[mid])
     assert set(at_sink) <= set(states)
     assert max(at_sink.values()) == 1
+    # The counts the report reads were kept in the killed runs' own transactions.
+    ws = Workspace(workspace)
+    try:
+        kept = ws.db.execute(
+            """SELECT campaign_id, state, list_id, n FROM delivery_counts
+               WHERE n > 0 ORDER BY 1, 2, 3"""
+        ).fetchall()
+        grouped = ws.db.execute(
+            """SELECT campaign_id, state, list_id, COUNT(*) FROM deliveries
+               GROUP BY campaign_id, state, list_id ORDER BY 1, 2, 3"""
+        ).fetchall()
+    finally:
+        ws.close()
+    assert kept == grouped
     if unknown:
         assert final.returncode == 1 and "unknown" in output
     else:

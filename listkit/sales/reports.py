@@ -323,11 +323,12 @@ def _delivery_figures(db: Database, period: Period, column: str) -> dict:
 
 
 def _delivery_counts(db: Database, period: Period) -> list[tuple[int, str, int, int]]:
-    """(campaign id, state, list id, deliveries) of the period: one pass over the
-    deliveries_report index, in its order, never reading the table."""
+    """(campaign id, state, list id, deliveries) of the period, from the counts the
+    database keeps beside the deliveries (``delivery_counts``, m024): never a pass
+    over millions of rows."""
     return db.execute(
-        f"""SELECT campaign_id, state, list_id, COUNT(*) FROM deliveries
-            {period.campaign_filter("WHERE")} GROUP BY campaign_id, state, list_id""",
+        f"""SELECT campaign_id, state, list_id, n FROM delivery_counts WHERE n > 0
+            {period.campaign_filter("AND")}""",
         period.cparams,
     ).fetchall()
 
