@@ -711,24 +711,13 @@ class Settings:
 
     def smtp(self) -> SMTPSettings:
         self.require("LISTKIT_SMTP_URL")
-        smtp = replace(self.smtp_url, ehlo_name=self.ehlo_hostname())
-        ca = self.smtp_ca
-        if ca:
-            if not ca.is_file():
-                raise ConfigError(f"LISTKIT_SMTP_CA: no file {ca}")
-            smtp = replace(smtp, ca_file=str(ca))
-        return smtp
+        ca_file = _ca_file("LISTKIT_SMTP_CA", self.smtp_ca)
+        return replace(self.smtp_url, ehlo_name=self.ehlo_hostname(), ca_file=ca_file)
 
     def imap(self) -> IMAPSettings:
         """LISTKIT_IMAP_URL, with LISTKIT_IMAP_CA's file when that is set."""
         self.require("LISTKIT_IMAP_URL")
-        imap = self.imap_url
-        ca = self.imap_ca
-        if ca:
-            if not ca.is_file():
-                raise ConfigError(f"LISTKIT_IMAP_CA: no file {ca}")
-            imap = replace(imap, ca_file=str(ca))
-        return imap
+        return replace(self.imap_url, ca_file=_ca_file("LISTKIT_IMAP_CA", self.imap_ca))
 
     def ehlo_hostname(self) -> str:
         """LISTKIT_EHLO_NAME, else this machine's full name, else the From domain.
@@ -783,6 +772,15 @@ class Settings:
             }
             for name, setting in self.declared.items()
         ]
+
+
+def _ca_file(name: str, path: Path | None) -> str | None:
+    """The CA file setting ``name`` gives, which must exist; None when it is unset."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ConfigError(f"{name}: no file {path}")
+    return str(path)
 
 
 def read_env_file(env_file: Path) -> dict[str, str | None]:
