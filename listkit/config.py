@@ -37,6 +37,12 @@ T = TypeVar("T")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
+# An envelope sender's address for VERP: no '+' (the token goes after one) and no control
+# character (SMTP refuses it in MAIL FROM, and every message would fail).
+_BOUNCE_ADDRESS = re.compile(
+    r"([^@\s+<>\x00-\x1f\x7f]+)@([^@\s<>\x00-\x1f\x7f]+\.[^@\s<>\x00-\x1f\x7f]+)"
+)
+
 # A host name (letters, digits, hyphens, dots) or an address literal.
 _EHLO_NAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]"
@@ -423,6 +429,39 @@ def _imap_done(text: str, _workspace: Path) -> str | None:
     raise Invalid("must be delete or move:FOLDER")
 
 
+def _bounce_address(text: str, _workspace: Path) -> str | None:
+    """An address without '+' (its domain in lower-case A-labels), or None when blank."""
+    value = text.strip()
+    if not value:
+        return None
+    m = _BOUNCE_ADDRESS.fullmatch(value)
+    host = ascii_host(m.group(2)) if m is not None else None
+    if m is None or not m.group(1).isascii() or host is None:
+        raise Invalid("must be a plain address without '+', such as bounces@example.com")
+    return f"{m.group(1)}@{host.lower()}"
+
+
+def _dns_server(text: str, _workspace: Path) -> tuple[str, int]:
+    """``SERVER[:PORT]`` (``[v6]:port`` for IPv6) -> (address, port)."""
+    value = text.strip()
+    m = re.fullmatch(
+        r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?|([0-9A-Fa-f:]+)", value
+    )
+    if not m:
+        raise Invalid("must be SERVER[:PORT]")
+    host = m.group(1) or m.group(3) or m.group(5)
+    port = int(m.group(2) or m.group(4) or 53)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise Invalid(
+            "must be the IP address of a DNS server (e.g. 1.1.1.1 or 127.0.0.1:5353)"
+        ) from None
+    if not 0 < port < 65536:
+        raise Invalid(f"has a port out of range ({port})")
+    return host, port
+
+
 def _signing_key(text: str, _workspace: Path) -> str:
     if len(text) < 16:
         raise Invalid("is too short: use at least 16 random characters")
@@ -446,6 +485,8 @@ DKIM_SELECTOR = Kind("selector (letters, digits, dashes)", _dkim_selector)
 SOFT_BOUNCES = Kind("`N/DAYS`", _soft_rule)
 IMAP_URL = Kind("IMAP URL", lambda text, _workspace: parse_imap_url(text))
 IMAP_DONE = Kind("`delete` or `move:FOLDER`", _imap_done)
+BOUNCE_ADDRESS = Kind("address", _bounce_address)
+DNS_SERVER = Kind("`SERVER[:PORT]`", _dns_server)
 
 
 @dataclass(frozen=True)
@@ -624,13 +665,13 @@ class Settings:
     )
     dns = Setting(
         "LISTKIT_DNS",
-        TEXT,
+        DNS_SERVER,
         "DNS server `listkit doctor` asks, `SERVER[:PORT]` (`[::1]:53` for IPv6)",
         default_doc="the system's resolvers",
     )
     bounce_address = Setting(
         "LISTKIT_BOUNCE_ADDRESS",
-        TEXT,
+        BOUNCE_ADDRESS,
         "envelope sender for bounces (VERP): `bounces@example.com` sends each message as "
         "`bounces+<token>@example.com` (an international domain in its UTS 46 ASCII form)",
         default_doc="none: the `LISTKIT_FROM` address",

@@ -308,6 +308,23 @@ def test_settings_are_read_as_their_types(tmp_path):
             "not '3 in 30'",
         ),
         (
+            "LISTKIT_BOUNCE_ADDRESS",
+            "bounces+x@example.com",
+            "LISTKIT_BOUNCE_ADDRESS must be a plain address without '+', such as "
+            "bounces@example.com, not 'bounces+x@example.com'",
+        ),
+        (
+            "LISTKIT_DNS",
+            "1.1.1.1:99999",
+            "LISTKIT_DNS has a port out of range (99999), not '1.1.1.1:99999'",
+        ),
+        (
+            "LISTKIT_DNS",
+            "dns.google",
+            "LISTKIT_DNS must be the IP address of a DNS server (e.g. 1.1.1.1 or "
+            "127.0.0.1:5353), not 'dns.google'",
+        ),
+        (
             "LISTKIT_IMAP_DONE",
             "move:",
             "LISTKIT_IMAP_DONE must be delete or move:FOLDER, not 'move:'",

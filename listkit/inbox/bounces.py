@@ -51,7 +51,7 @@ from listkit.db import immediate, now
 from listkit.inbox.mailbox import IMAPMailbox, read_messages
 from listkit.mail.message_ids import returned_message_id
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
-from listkit.mail.verp import bounce_address, token_from_address
+from listkit.mail.verp import token_from_address
 from listkit.runlock import run_lock
 
 # What a recipient line of a report comes to (the verdicts are ``mail.replies``').
@@ -740,7 +740,7 @@ def process(
 
 def verp_on(ws) -> bool:
     """Whether the workspace sends with VERP (``LISTKIT_BOUNCE_ADDRESS`` set)."""
-    return bounce_address(ws.settings.bounce_address) is not None
+    return ws.settings.bounce_address is not None
 
 
 def import_path(ws, path: str) -> list[Handled]:

@@ -24,10 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from listkit.config import Settings
+from listkit.config import DNS_SERVER, Settings
 from listkit.errors import ConfigError, InputError
 from listkit.mail import dkim
-from listkit.mail.verp import bounce_address
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
@@ -57,28 +56,6 @@ class DNSTrouble(Exception):
 
 class NoSuchName(Exception):
     """DNS answered that the name does not exist (NXDOMAIN)."""
-
-
-def parse_server(value: str, setting: str = "LISTKIT_DNS") -> tuple[str, int]:
-    """``SERVER[:PORT]`` (``[v6]:port`` for IPv6) -> (address, port)."""
-    value = value.strip()
-    m = re.fullmatch(
-        r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?|([0-9A-Fa-f:]+)", value
-    )
-    if not m:
-        raise ConfigError(f"{setting} must be SERVER[:PORT], not {value!r}")
-    host = m.group(1) or m.group(3) or m.group(5)
-    port = int(m.group(2) or m.group(4) or 53)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(
-            f"{setting} must be the IP address of a DNS server (e.g. 1.1.1.1 or 127.0.0.1:5353), "
-            f"not {value!r}"
-        ) from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{setting}: port {port} is out of range")
-    return host, port
 
 
 class DNS:
@@ -793,9 +770,7 @@ def diagnose(
     """Run every check for the From domain of ``settings``."""
     sender = settings.sender_address()[1]
     from_domain = sender.rpartition("@")[2].lower()
-    server_value = dns_server or settings.dns
-    setting = "--dns" if dns_server else "LISTKIT_DNS"
-    server = parse_server(server_value, setting) if server_value else None
+    server = DNS_SERVER.read(dns_server, "--dns") if dns_server else settings.dns
     resolver = DNS(server, timeout=timeout)
     try:
         relay, ips = _relay_addresses(resolver, settings, relay_ips)
@@ -805,7 +780,7 @@ def diagnose(
     else:
         resolver_note = ""
     # SPF is checked for the envelope sender (MAIL FROM): the bounce address when set.
-    bounce = bounce_address(settings.bounce_address)
+    bounce = settings.bounce_address
     envelope = bounce or sender
     spf_domain = envelope.rpartition("@")[2].lower()
     checks = [
