@@ -1076,7 +1076,7 @@ class _Writer:
                 self.imported += 1
             else:
                 self.updated += 1
-        self._write(upd_subs, new_members, status_members, confirmed_members, new_supp)
+        self._write_decisions(upd_subs, new_members, status_members, confirmed_members, new_supp)
 
     def _known(self, chunk: _Chunk, last: int) -> tuple[dict, dict, dict]:
         """The chunk's subscribers as stored (key -> (id, created, updated)), and the
@@ -1101,7 +1101,9 @@ class _Writer:
                 member[sid], method[sid] = mstatus, how
         return found, member, method
 
-    def _write(self, upd_subs, new_members, status_members, confirmed_members, new_supp) -> None:
+    def _write_decisions(
+        self, upd_subs, new_members, status_members, confirmed_members, new_supp
+    ) -> None:
         """The writes ``_decide`` chose, each kind in one executemany."""
         conn = self.db.conn
         # A row with a name replaces the whole name, parts included; one without
