@@ -1,9 +1,14 @@
 # Two entry points on a fresh machine with only Python and make:
 #   make demo   sets up .venv and runs a demo workspace against a local capture server
 #   make test   sets up .venv and runs ruff, the layers check and the whole test suite (which checks the docs)
+#               on every core; make test PYTEST_ARGS=-n0 runs the tests one after another
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# pytest's options for `make test`: every core (pytest-xdist); PYTEST_ARGS=-n0 runs serially.
+# The tests start many Python processes (the workers, `listkit` commands): each reads the
+# bytecode the first compiled (__pycache__), whatever PYTHONDONTWRITEBYTECODE says elsewhere.
+PYTEST_ARGS ?= -n auto
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test docs lint format clean report-screenshot integration-dkim integration-bounces \
@@ -22,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The generated parts of docs/ (settings table, command reference, modules' rules);
 # `make test` fails while they are stale.

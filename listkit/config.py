@@ -34,6 +34,17 @@ from listkit.times import LONGEST, format_duration, parse_duration
 
 T = TypeVar("T")
 
+# A domain name as DKIM's d= and s= take it: dot-separated labels of letters, digits
+# and inner hyphens.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+# An envelope sender's address for VERP: no '+' (the token goes after one) and no control
+# character (SMTP refuses it in MAIL FROM, and every message would fail).
+_BOUNCE_ADDRESS = re.compile(
+    r"([^@\s+<>\x00-\x1f\x7f]+)@([^@\s<>\x00-\x1f\x7f]+\.[^@\s<>\x00-\x1f\x7f]+)"
+)
+
 # A host name (letters, digits, hyphens, dots) or an address literal.
 _EHLO_NAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]"
@@ -153,6 +164,88 @@ def parse_smtp_url(url: str) -> SMTPSettings:
     )
 
 
+IMAP_SCHEMES = {"imaps": ("tls", 993), "imap+starttls": ("starttls", 143)}
+
+
+@dataclass(frozen=True)
+class IMAPSettings:
+    """A parsed ``LISTKIT_IMAP_URL``."""
+
+    host: str
+    port: int
+    tls: str  # "tls" (implicit) or "starttls"
+    username: str
+    password: str = field(repr=False)
+    mailbox: str = "INBOX"
+    timeout: float = 60.0
+    ca_file: str | None = None
+
+    def masked(self) -> str:
+        scheme = {v[0]: k for k, v in IMAP_SCHEMES.items()}[self.tls]
+        return f"{scheme}://{self.username}:****@{self.host}:{self.port}/{self.mailbox}"
+
+
+def parse_imap_url(url: str) -> IMAPSettings:
+    """``imaps://user:pass@host:993/INBOX`` or ``imap+starttls://user:pass@host:143/INBOX``.
+
+    User and password are percent-decoded; ``@``, ``/`` and ``:`` in them must be
+    percent-encoded. The password never appears in an error.
+    """
+    where = "LISTKIT_IMAP_URL"
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in IMAP_SCHEMES:
+        shown = f"{scheme}://" if sep else "a URL without a scheme"
+        raise ConfigError(
+            f"{where} must start with imaps:// or imap+starttls://, not {shown} "
+            "(plain imap:// would send the password unencrypted)"
+        )
+    authority, _, path_query = rest.partition("/")
+    path, _, query = path_query.partition("?")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        raise ConfigError(f"{where} has no user and password: imaps://user:pass@host/INBOX")
+    # A raw '@' after the first '/' means a '/' in the password: never guess where it ends
+    # (a mailbox name with '@' is percent-encoded too).
+    if "@" in path_query or "@" in userinfo or userinfo.count(":") != 1:
+        raise ConfigError(
+            f"{where}: the user and password must be 'user:pass', with @ / : in them "
+            "percent-encoded (%40 %2F %3A)"
+        )
+    user, _, password = userinfo.partition(":")
+    if not user or not password:
+        raise ConfigError(f"{where} needs both a user and a password")
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?", hostport)
+    if m is None:
+        raise ConfigError(f"{where} has a malformed host or port: {hostport!r}")
+    tls, default_port = IMAP_SCHEMES[scheme]
+    port = int(m.group(2)) if m.group(2) else default_port
+    if not 0 < port < 65536:
+        raise ConfigError(f"{where}: port {port} is out of range")
+    timeout = 60.0
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "timeout":
+            raise ConfigError(f"{where}: unknown option {key!r} (known: timeout)")
+        try:
+            timeout = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: timeout={value!r} is not a number") from None
+        if not 0 < timeout < 86400:  # nan, inf or <= 0 would stop the socket with a traceback
+            raise ConfigError(
+                f"{where}: timeout={value!r} must be a number of seconds > 0 and below 86400"
+            )
+    return IMAPSettings(
+        host=m.group(1).strip("[]"),
+        port=port,
+        tls=tls,
+        username=unquote(user),
+        password=unquote(password),
+        mailbox=unquote(path) or "INBOX",
+        timeout=timeout,
+    )
+
+
 def is_loopback(host: str) -> bool:
     """``localhost`` or a loopback address: traffic that never leaves the machine."""
     if host.lower() == "localhost" or host.lower().endswith(".localhost"):
@@ -239,6 +332,15 @@ class Kind(Generic[T]):
     label: str
     parse: Callable[[str, Path], T]  # (text, workspace) -> value; raises Invalid
 
+    def read(self, text: str, where: str, workspace: Path = Path(), secret: bool = False) -> T:
+        """``text`` as this kind's value; a ConfigError naming ``where`` (a setting, an
+        option) and what it should be, quoting the text unless it is a ``secret``."""
+        try:
+            return self.parse(text, workspace)
+        except Invalid as e:
+            shown = "" if secret else f", not {text.strip()!r}"
+            raise ConfigError(f"{where} {e}{shown}") from None
+
 
 def _text(text: str, _workspace: Path) -> str:
     return text.strip()
@@ -288,6 +390,78 @@ def _host_name(text: str, _workspace: Path) -> str:
             "must be a host name like mail.example.com (or an address literal like [192.0.2.1])"
         )
     return name
+
+
+def _domain_name(text: str, _workspace: Path) -> str:
+    value = text.strip().rstrip(".")
+    if not _DNS_NAME.fullmatch(value):
+        raise Invalid("must be a domain name like example.com")
+    return value.lower()
+
+
+def _dkim_selector(text: str, _workspace: Path) -> str:
+    value = text.strip()
+    if not _DNS_NAME.fullmatch(value):
+        raise Invalid("must be letters, digits and dashes (e.g. listkit2611)")
+    return value
+
+
+@dataclass(frozen=True)
+class SoftRule:
+    """``LISTKIT_SOFT_BOUNCES``: ``count`` soft bounces within ``days`` suppress an address."""
+
+    count: int
+    days: int
+
+
+def _soft_rule(text: str, _workspace: Path) -> SoftRule:
+    m = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text.strip())
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise Invalid("must be N/DAYS such as 3/30 (3 soft bounces in 30 days)")
+    return SoftRule(int(m.group(1)), int(m.group(2)))
+
+
+def _imap_done(text: str, _workspace: Path) -> str | None:
+    """None to delete a message once understood, or the folder to move it to."""
+    value = text.strip()
+    if value == "delete":
+        return None
+    if value.startswith("move:") and value[5:].strip():
+        return value[5:].strip()
+    raise Invalid("must be delete or move:FOLDER")
+
+
+def _bounce_address(text: str, _workspace: Path) -> str | None:
+    """An address without '+' (its domain in lower-case A-labels), or None when blank."""
+    value = text.strip()
+    if not value:
+        return None
+    m = _BOUNCE_ADDRESS.fullmatch(value)
+    host = ascii_host(m.group(2)) if m is not None else None
+    if m is None or not m.group(1).isascii() or host is None:
+        raise Invalid("must be a plain address without '+', such as bounces@example.com")
+    return f"{m.group(1)}@{host.lower()}"
+
+
+def _dns_server(text: str, _workspace: Path) -> tuple[str, int]:
+    """``SERVER[:PORT]`` (``[v6]:port`` for IPv6) -> (address, port)."""
+    value = text.strip()
+    m = re.fullmatch(
+        r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?|([0-9A-Fa-f:]+)", value
+    )
+    if not m:
+        raise Invalid("must be SERVER[:PORT]")
+    host = m.group(1) or m.group(3) or m.group(5)
+    port = int(m.group(2) or m.group(4) or 53)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise Invalid(
+            "must be the IP address of a DNS server (e.g. 1.1.1.1 or 127.0.0.1:5353)"
+        ) from None
+    if not 0 < port < 65536:
+        raise Invalid(f"has a port out of range ({port})")
+    return host, port
 
 
 def _signing_key(text: str, _workspace: Path) -> str:
@@ -343,6 +517,13 @@ SMTP_URL = Kind("SMTP URL", lambda text, _workspace: parse_smtp_url(text))
 SIGNING_KEY = Kind("text, 16+ characters", _signing_key)
 DURATION = Kind("duration (`7d`, `36h`)", _duration)
 FREQUENCY = Kind("`N/DURATION` (`1/24h`)", _frequency)
+DOMAIN_NAME = Kind("domain name", _domain_name)
+DKIM_SELECTOR = Kind("selector (letters, digits, dashes)", _dkim_selector)
+SOFT_BOUNCES = Kind("`N/DAYS`", _soft_rule)
+IMAP_URL = Kind("IMAP URL", lambda text, _workspace: parse_imap_url(text))
+IMAP_DONE = Kind("`delete` or `move:FOLDER`", _imap_done)
+BOUNCE_ADDRESS = Kind("address", _bounce_address)
+DNS_SERVER = Kind("`SERVER[:PORT]`", _dns_server)
 
 
 @dataclass(frozen=True)
@@ -378,11 +559,11 @@ class Setting(Generic[T]):
         text = settings.raw[self.name]
         if text is None:
             return None
-        try:
-            return self.kind.parse(text, settings.workspace)
-        except Invalid as e:
-            shown = "" if self.secret else f", not {text.strip()!r}"
-            raise ConfigError(f"{self.name} {e}{shown}") from None
+        return self.kind.read(text, self.name, settings.workspace, self.secret)
+
+    def parsed_default(self) -> T | None:
+        """The default as a value (``settings.<attr>`` when nothing sets it)."""
+        return None if self.default is None else self.kind.parse(self.default, Path())
 
     def shown(self, text: str | None) -> str | None:
         """The value as `listkit config` shows it: a secret masked."""
@@ -517,32 +698,32 @@ class Settings:
     )
     dkim_selector = Setting(
         "LISTKIT_DKIM_SELECTOR",
-        TEXT,
+        DKIM_SELECTOR,
         "DKIM selector: the public key is published at `SELECTOR._domainkey.DOMAIN`",
         default_doc="none (needed with the key)",
     )
     dkim_domain = Setting(
         "LISTKIT_DKIM_DOMAIN",
-        TEXT,
+        DOMAIN_NAME,
         "DKIM signing domain (`d=`)",
         default_doc="the domain of `LISTKIT_FROM`",
     )
     dns = Setting(
         "LISTKIT_DNS",
-        TEXT,
+        DNS_SERVER,
         "DNS server `listkit doctor` asks, `SERVER[:PORT]` (`[::1]:53` for IPv6)",
         default_doc="the system's resolvers",
     )
     bounce_address = Setting(
         "LISTKIT_BOUNCE_ADDRESS",
-        TEXT,
+        BOUNCE_ADDRESS,
         "envelope sender for bounces (VERP): `bounces@example.com` sends each message as "
         "`bounces+<token>@example.com` (an international domain in its UTS 46 ASCII form)",
         default_doc="none: the `LISTKIT_FROM` address",
     )
     imap_url = Setting(
         "LISTKIT_IMAP_URL",
-        TEXT,
+        IMAP_URL,
         "mailbox `listkit bounces fetch` reads: `imaps://user:pass@host:993/INBOX` or "
         "`imap+starttls://user:pass@host:143/INBOX` (percent-encode `@ / :` in the user and "
         "password); option `?timeout=SECONDS` (default 60, below 86400)",
@@ -556,7 +737,7 @@ class Settings:
     )
     imap_done = Setting(
         "LISTKIT_IMAP_DONE",
-        TEXT,
+        IMAP_DONE,
         "what `bounces fetch` does with a message it understood: `delete`, or `move:FOLDER`",
         "delete",
     )
@@ -582,7 +763,7 @@ class Settings:
     )
     soft_bounces = Setting(
         "LISTKIT_SOFT_BOUNCES",
-        TEXT,
+        SOFT_BOUNCES,
         "`N/DAYS`: this many soft bounces of an address within DAYS days suppress it",
         "3/30",
     )
@@ -631,13 +812,13 @@ class Settings:
 
     def smtp(self) -> SMTPSettings:
         self.require("LISTKIT_SMTP_URL")
-        smtp = replace(self.smtp_url, ehlo_name=self.ehlo_hostname())
-        ca = self.smtp_ca
-        if ca:
-            if not ca.is_file():
-                raise ConfigError(f"LISTKIT_SMTP_CA: no file {ca}")
-            smtp = replace(smtp, ca_file=str(ca))
-        return smtp
+        ca_file = _ca_file("LISTKIT_SMTP_CA", self.smtp_ca)
+        return replace(self.smtp_url, ehlo_name=self.ehlo_hostname(), ca_file=ca_file)
+
+    def imap(self) -> IMAPSettings:
+        """LISTKIT_IMAP_URL, with LISTKIT_IMAP_CA's file when that is set."""
+        self.require("LISTKIT_IMAP_URL")
+        return replace(self.imap_url, ca_file=_ca_file("LISTKIT_IMAP_CA", self.imap_ca))
 
     def ehlo_hostname(self) -> str:
         """LISTKIT_EHLO_NAME, else this machine's full name, else the From domain.
@@ -692,6 +873,15 @@ class Settings:
             }
             for name, setting in self.declared.items()
         ]
+
+
+def _ca_file(name: str, path: Path | None) -> str | None:
+    """The CA file setting ``name`` gives, which must exist; None when it is unset."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ConfigError(f"{name}: no file {path}")
+    return str(path)
 
 
 def read_env_file(env_file: Path) -> dict[str, str | None]:

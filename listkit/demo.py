@@ -239,19 +239,7 @@ def run_demo(quiet: bool = False) -> Path:
 
     step("init", str(root))
     port = _free_port()
-    env = (root / ".env").read_text()
-    env = env.replace(
-        "LISTKIT_SMTP_URL=smtp://127.0.0.1:1025", f"LISTKIT_SMTP_URL=smtp://127.0.0.1:{port}"
-    )
-    env = env.replace(
-        "LISTKIT_FROM=Your Name <you@example.com>",
-        "LISTKIT_FROM=Field Guide <hello@fieldguide.example>",
-    )
-    env = env.replace(
-        "# LISTKIT_BOUNCE_ADDRESS=bounces@example.com",
-        "LISTKIT_BOUNCE_ADDRESS=bounces@fieldguide.example",
-    )
-    (root / ".env").write_text(env)
+    _demo_settings(root, port)
     step("lists", "create", "blog", "--title", "Blog readers")
     step("lists", "create", "customers", "--title", "Customers")
     step("lists", "create", "podcast", "--title", "Podcast listeners")
@@ -309,6 +297,23 @@ def run_demo(quiet: bool = False) -> Path:
     step("report", "--html", str(root / "report.html"))
     say(f"\nDemo workspace: {root}\nOpen {root / 'report.html'} in a browser.")
     return root
+
+
+def _demo_settings(root: Path, port: int) -> None:
+    """The demo's .env: its capture server's port, its sender and bounce address."""
+    env = (root / ".env").read_text()
+    env = env.replace(
+        "LISTKIT_SMTP_URL=smtp://127.0.0.1:1025", f"LISTKIT_SMTP_URL=smtp://127.0.0.1:{port}"
+    )
+    env = env.replace(
+        "LISTKIT_FROM=Your Name <you@example.com>",
+        "LISTKIT_FROM=Field Guide <hello@fieldguide.example>",
+    )
+    env = env.replace(
+        "# LISTKIT_BOUNCE_ADDRESS=bounces@example.com",
+        "LISTKIT_BOUNCE_ADDRESS=bounces@fieldguide.example",
+    )
+    (root / ".env").write_text(env)
 
 
 def _pretend_days_passed(root: Path, slug: str, days: int) -> None:

@@ -2,12 +2,21 @@
 
 The autouse ``env_setup`` fixture clears ``LISTKIT_*`` settings from the
 environment so that a developer's own settings never leak into a test.
+
+The temporary folders (``tmp_path``, and the temporary files of the processes
+tests start) are in memory (``/dev/shm``) where the machine has room there and
+TMPDIR does not say otherwise: every commit of a test database waits for an
+fsync, which on a disk costs a test far more than its work does, and what an
+fsync guards against (a power cut) is nothing a test can see. The workspace a test
+starts from is one made by `listkit init` once per test process and copied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +30,24 @@ from listkit.web.pages import ConfirmationMailer
 from listkit.workspace import Workspace, init_workspace
 from tests import smtp_server
 from tests.world import World
+
+MEMORY = Path("/dev/shm")
+MEMORY_NEEDED = 2 << 30  # bytes free in MEMORY for the suite's temporary folders
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary folders in memory where there is room, unless TMPDIR or --basetemp
+    chooses a place (see the module's docstring). Processes started by the tests
+    (``xdist``'s workers among them) inherit it."""
+    if "TMPDIR" in os.environ or config.option.basetemp or not MEMORY.is_dir():
+        return
+    try:
+        room = os.statvfs(MEMORY)
+    except OSError:
+        return
+    if os.access(MEMORY, os.W_OK | os.X_OK) and room.f_bavail * room.f_frsize >= MEMORY_NEEDED:
+        os.environ["TMPDIR"] = str(MEMORY)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
 @pytest.fixture(autouse=True)
@@ -102,11 +129,20 @@ def server(request: pytest.FixtureRequest, smtp_handler):
     controller.stop()
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    """A fresh workspace made by `listkit init`."""
-    root = tmp_path / "ws"
+@pytest.fixture(scope="session")
+def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace made by `listkit init`, once per test process: ``workspace`` copies it."""
+    root = tmp_path_factory.mktemp("initialised") / "ws"
     init_workspace(root)
+    return root
+
+
+@pytest.fixture
+def workspace(initialised: Path, tmp_path: Path) -> Path:
+    """A fresh workspace, as `listkit init` makes it (a copy of ``initialised``: its
+    files, their modes and its migrated database)."""
+    root = tmp_path / "ws"
+    shutil.copytree(initialised, root)
     return root
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from listkit.config import SoftRule, load_settings
 from listkit.errors import ConfigError
-from listkit.inbox.bounces import SoftRule, apply, parse, soft_rule
+from listkit.inbox.bounces import apply, parse
 from listkit.mail.tracking import token_bytes
 from tests.world import World, tokens
 
@@ -345,13 +346,16 @@ def test_a_policy_refusal_is_soft_not_hard():
     assert [r.outcome for r in parse(data).recipients] == ["soft"]
 
 
-def test_soft_bounce_setting_is_checked():
-    assert soft_rule(None) == SoftRule(3, 30)
-    assert soft_rule("5 / 10") == SoftRule(5, 10)
+def test_soft_bounce_setting_is_checked(tmp_path):
+    def rule(value):
+        return load_settings(tmp_path, environ={"LISTKIT_SOFT_BOUNCES": value}).soft_bounces
+
+    assert rule("") == SoftRule(3, 30)  # unset: the default
+    assert rule("5 / 10") == SoftRule(5, 10)
     with pytest.raises(ConfigError, match=r"^LISTKIT_SOFT_BOUNCES must be N/DAYS"):
-        soft_rule("three")
+        rule("three")
     with pytest.raises(ConfigError, match=r"^LISTKIT_SOFT_BOUNCES must be N/DAYS"):
-        soft_rule("0/30")
+        rule("0/30")
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from listkit import config
-from listkit.config import load_settings, parse_smtp_url
+from listkit.config import SoftRule, load_settings, parse_smtp_url
 from listkit.errors import ConfigError
 from tests.test_send import ADDRS, setup_campaign
 from tests.test_smtp import RecordingServer
@@ -235,8 +235,8 @@ def test_each_default_is_the_value_read_when_nothing_is_set(tmp_path):
     assert settings.token_param == "lk"
     assert settings.track_clicks is True
     assert settings.silent_after == 5
-    assert settings.imap_done == "delete"
-    assert settings.soft_bounces == "3/30"
+    assert settings.imap_done is None  # delete
+    assert settings.soft_bounces == SoftRule(3, 30)
     assert settings.sender is None and settings.smtp_url is None and settings.dkim_key is None
 
 
@@ -250,6 +250,11 @@ def test_settings_are_read_as_their_types(tmp_path):
             "LISTKIT_SMTP_CA": "/etc/ca.pem",
             "LISTKIT_FROM": "Ann <ann@example.com>",
             "LISTKIT_SMTP_URL": "smtps://ann:pw@mail.example.com",
+            "LISTKIT_DKIM_SELECTOR": " news2611 ",
+            "LISTKIT_DKIM_DOMAIN": "Mail.Example.COM.",
+            "LISTKIT_SOFT_BOUNCES": "5/10",
+            "LISTKIT_IMAP_URL": "imap+starttls://u:pw@imap.example.com/Bounces?timeout=5",
+            "LISTKIT_IMAP_DONE": "move: Processed",
         },
     )
     assert settings.silent_after == 12
@@ -258,6 +263,17 @@ def test_settings_are_read_as_their_types(tmp_path):
     assert settings.smtp_ca == Path("/etc/ca.pem")
     assert settings.sender == ("Ann", "ann@example.com")
     assert (settings.smtp_url.host, settings.smtp_url.port) == ("mail.example.com", 465)
+    assert (settings.dkim_selector, settings.dkim_domain) == ("news2611", "mail.example.com")
+    assert settings.soft_bounces == SoftRule(5, 10)
+    imap = settings.imap_url
+    assert (imap.host, imap.port, imap.tls, imap.mailbox) == (
+        "imap.example.com",
+        143,
+        "starttls",
+        "Bounces",
+    )
+    assert imap.timeout == 5
+    assert settings.imap_done == "Processed"
 
 
 @pytest.mark.parametrize(
@@ -273,6 +289,50 @@ def test_settings_are_read_as_their_types(tmp_path):
             "LISTKIT_SITE_URL",
             "ftp://x.example",
             "LISTKIT_SITE_URL must be an http(s) URL, not 'ftp://x.example'",
+        ),
+        (
+            "LISTKIT_DKIM_SELECTOR",
+            "news 2611",
+            "LISTKIT_DKIM_SELECTOR must be letters, digits and dashes (e.g. listkit2611), "
+            "not 'news 2611'",
+        ),
+        (
+            "LISTKIT_DKIM_DOMAIN",
+            "example..com",
+            "LISTKIT_DKIM_DOMAIN must be a domain name like example.com, not 'example..com'",
+        ),
+        (
+            "LISTKIT_SOFT_BOUNCES",
+            "3 in 30",
+            "LISTKIT_SOFT_BOUNCES must be N/DAYS such as 3/30 (3 soft bounces in 30 days), "
+            "not '3 in 30'",
+        ),
+        (
+            "LISTKIT_BOUNCE_ADDRESS",
+            "bounces+x@example.com",
+            "LISTKIT_BOUNCE_ADDRESS must be a plain address without '+', such as "
+            "bounces@example.com, not 'bounces+x@example.com'",
+        ),
+        (
+            "LISTKIT_DNS",
+            "1.1.1.1:99999",
+            "LISTKIT_DNS has a port out of range (99999), not '1.1.1.1:99999'",
+        ),
+        (
+            "LISTKIT_DNS",
+            "dns.google",
+            "LISTKIT_DNS must be the IP address of a DNS server (e.g. 1.1.1.1 or "
+            "127.0.0.1:5353), not 'dns.google'",
+        ),
+        (
+            "LISTKIT_IMAP_DONE",
+            "move:",
+            "LISTKIT_IMAP_DONE must be delete or move:FOLDER, not 'move:'",
+        ),
+        (
+            "LISTKIT_IMAP_URL",
+            "imaps://u:secret@host/?tls=no",
+            "LISTKIT_IMAP_URL: unknown option 'tls' (known: timeout)",
         ),
     ],
 )

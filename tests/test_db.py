@@ -210,7 +210,9 @@ def test_a_database_locked_mid_send_stops_the_run_and_the_next_run_sends_nothing
     assert max(handler.recipients().values()) == 1
     final = totals(workspace)
     assert final["sent"] + final["unknown"] == len(addresses)
-    assert final["sent"] == len(handler.messages) - final["unknown"]
+    # Sent only what the server took; what it took is sent or unknown. An unknown one may
+    # not have reached it (marked before its content went, the run stopped before the end).
+    assert final["sent"] <= len(handler.messages) <= final["sent"] + final["unknown"]
 
 
 def test_a_send_lock_on_a_full_disk_is_named(run, workspace, server):

@@ -341,8 +341,11 @@ def test_a_key_file_others_can_read_fails_the_dkim_check_and_the_others_still_ru
     assert any(line.startswith("ok    Unsubscribe") for line in out)
 
 
-def test_dns_servers_are_read_with_or_without_a_port_and_in_brackets_for_ipv6():
-    from listkit.mail.doctor import parse_server
+def test_dns_servers_are_read_with_or_without_a_port_and_in_brackets_for_ipv6(tmp_path):
+    from listkit.config import load_settings
+
+    def parse_server(value):
+        return load_settings(tmp_path, environ={"LISTKIT_DNS": value}).dns
 
     assert parse_server("1.1.1.1") == ("1.1.1.1", 53)
     assert parse_server("127.0.0.1:5353") == ("127.0.0.1", 5353)

@@ -10,7 +10,6 @@ import pytest
 
 from listkit import config
 from listkit.config import load_settings
-from listkit.mail.verp import bounce_address
 from tests.test_send import setup_campaign
 from tests.test_smtp import RecordingServer
 
@@ -28,8 +27,9 @@ def test_the_sender_address_setting_has_its_domain_in_a_labels(tmp_path):
     assert settings.sender_address() == ("Anna", f"anna@{A_LABEL}")
 
 
-def test_the_bounce_address_setting_has_its_domain_in_a_labels():
-    assert bounce_address("bounces@Straße.de") == f"bounces@{A_LABEL}"
+def test_the_bounce_address_setting_has_its_domain_in_a_labels(tmp_path):
+    settings = load_settings(tmp_path, environ={"LISTKIT_BOUNCE_ADDRESS": "bounces@Straße.de"})
+    assert settings.bounce_address == f"bounces@{A_LABEL}"
 
 
 def test_a_sender_domain_that_is_no_valid_idn_is_a_clear_setting_error(tmp_path):

@@ -5,8 +5,9 @@ IMAP itself is exercised against a real Dovecot in scripts/integration_bounces.s
 
 import pytest
 
+from listkit.config import load_settings, parse_imap_url
 from listkit.errors import ConfigError
-from listkit.inbox.mailbox import done_action, parse_imap_url, read_messages
+from listkit.inbox.mailbox import read_messages
 
 
 def test_an_imaps_url_gives_host_port_mailbox_and_a_decoded_password():
@@ -59,12 +60,33 @@ def test_a_malformed_imap_url_is_named_and_the_password_never_shown(url, message
     assert "secret" not in str(e.value) and "cret" not in str(e.value)
 
 
-def test_imap_done_is_delete_or_a_folder():
-    assert done_action(None) is None
-    assert done_action("delete") is None
-    assert done_action("move:Processed") == "Processed"
-    with pytest.raises(ConfigError, match=r"^LISTKIT_IMAP_DONE must be delete or move:FOLDER"):
-        done_action("archive")
+def test_imap_done_is_delete_or_a_folder(tmp_path):
+    def done(value):
+        return load_settings(tmp_path, environ={"LISTKIT_IMAP_DONE": value}).imap_done
+
+    assert done("") is None  # unset: the default, delete
+    assert done("delete") is None
+    assert done("move:Processed") == "Processed"
+    with pytest.raises(ConfigError) as e:
+        done("archive")
+    assert str(e.value) == "LISTKIT_IMAP_DONE must be delete or move:FOLDER, not 'archive'"
+
+
+def test_the_imap_settings_are_the_url_with_the_ca_file_when_one_is_set(tmp_path):
+    url = "imaps://u:secret@imap.example.com/INBOX"
+    settings = load_settings(tmp_path, environ={"LISTKIT_IMAP_URL": url})
+    assert (settings.imap().host, settings.imap().ca_file) == ("imap.example.com", None)
+    (tmp_path / "ca.pem").write_text("x")
+    settings = load_settings(
+        tmp_path, environ={"LISTKIT_IMAP_URL": url, "LISTKIT_IMAP_CA": "ca.pem"}
+    )
+    assert settings.imap().ca_file == str(tmp_path / "ca.pem")
+    settings = load_settings(
+        tmp_path, environ={"LISTKIT_IMAP_URL": url, "LISTKIT_IMAP_CA": "none.pem"}
+    )
+    with pytest.raises(ConfigError) as e:
+        settings.imap()
+    assert str(e.value) == f"LISTKIT_IMAP_CA: no file {tmp_path / 'none.pem'}"
 
 
 def test_imap_url_is_masked_in_listkit_config(run, monkeypatch):

@@ -1,10 +1,12 @@
 """Real `listkit send` processes: killed mid-run, and two at once."""
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,12 +111,27 @@ def test_two_sends_at_once_never_send_twice(run, workspace, server):
     controller, handler = server
     addresses = [f"p{i}@example.com" for i in range(N)]
     setup_campaign(run, workspace, controller.port, addresses, extra="rate = 100\n")
+    # The server takes the first run's messages but answers none until the second run
+    # has ended: the two surely overlap, however slowly either process starts.
+    answer = threading.Event()
+    take = handler.handle_DATA
+
+    async def take_and_hold(*args):
+        reply = await take(*args)
+        await asyncio.to_thread(answer.wait, 60)
+        return reply
+
+    handler.handle_DATA = take_and_hold
     first = listkit(workspace, "send", "t", "--yes")
+    handler.wait_for(lambda: handler.messages)
     second = listkit(workspace, "send", "t", "--yes")
-    outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
+    outputs = [second.communicate(timeout=60)[0]]
+    assert len(handler.messages) < N  # the first run was still sending
+    answer.set()
+    outputs.append(first.communicate(timeout=60)[0])
     assert handler.recipients() == {a: 1 for a in addresses}
     assert max(handler.count_by_message_id().values()) == 1
-    assert any("another listkit send is running" in out for out in outputs), outputs
+    assert "another listkit send is running" in outputs[0], outputs
     # Both runs together sent every message exactly once.
     assert json.loads(run("status", "t", "--json").output)["counts"]["sent"] == N
 

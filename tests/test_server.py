@@ -9,10 +9,12 @@ are still dribbling, keep answering others, and log no error.
 from __future__ import annotations
 
 import base64
+import shutil
 import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -69,8 +71,12 @@ def dribble(s: socket.socket, start: bytes, piece: bytes) -> bytes | None:
     return None
 
 
-@pytest.fixture
-def service(workspace):
+@pytest.fixture(scope="module")
+def served(initialised, tmp_path_factory) -> tuple[str, Path]:
+    """One `listkit serve` for the module's tests (a server closes what a client left
+    unfinished, and stays up for the next): its base URL and its log."""
+    workspace = tmp_path_factory.mktemp("served") / "ws"
+    shutil.copytree(initialised, workspace)
     # Every webhook route on (a route whose setting is unset answers 404 unread).
     env = {
         "LISTKIT_WEBHOOK_SECRET": "listkit-hook-secret-0123456789",
@@ -80,7 +86,18 @@ def service(workspace):
         "LISTKIT_MAILGUN_SIGNING_KEY": "key-0123456789abcdef0123456789abcdef",
     }
     with serve(workspace, "--request-timeout", LIMIT, env=env) as base:
-        yield base
+        yield base, workspace / "serve.log"
+
+
+@pytest.fixture
+def service(served) -> str:
+    return served[0]
+
+
+@pytest.fixture
+def service_log(served) -> Path:
+    """The server's log, with what the module's earlier tests made it write."""
+    return served[1]
 
 
 HEAD = b"POST /hooks/sale HTTP/1.1\r\nHost: lists.example.com\r\n"
@@ -98,18 +115,18 @@ HEAD = b"POST /hooks/sale HTTP/1.1\r\nHost: lists.example.com\r\n"
     ids=["silent", "one long header", "endless headers", "slow body", "endless chunks"],
 )
 def test_a_request_that_does_not_arrive_within_the_limit_is_answered_408_and_closed(
-    service, workspace, start, piece
+    service, service_log, start, piece
 ):
     with connect(service) as s:
         answer = dribble(s, start, piece)
     assert answer is not None, "the server still holds the connection open"
     assert answer.startswith(b"HTTP/1.1 408 ")
-    log = (workspace / "serve.log").read_text()
+    log = service_log.read_text()
     assert "Traceback" not in log and " ERROR " not in log
 
 
 def test_two_hundred_unfinished_requests_are_all_closed_and_the_server_still_answers(
-    service, workspace
+    service, service_log
 ):
     sockets = [connect(service) for _ in range(200)]
     try:
@@ -127,7 +144,7 @@ def test_two_hundred_unfinished_requests_are_all_closed_and_the_server_still_ans
     finally:
         for s in sockets:
             s.close()
-    log = (workspace / "serve.log").read_text()
+    log = service_log.read_text()
     assert "Traceback" not in log and " ERROR " not in log
 
 
@@ -153,7 +170,7 @@ HOSTILE = [
 ]
 
 
-def test_hostile_bodies_on_the_webhook_routes_of_a_real_server_log_no_error(service, workspace):
+def test_hostile_bodies_on_the_webhook_routes_of_a_real_server_log_no_error(service, service_log):
     auth = "Basic " + base64.b64encode(b"postmark:hook-secret").decode()
     statuses = set()
     for route in ("/relays/ses", "/relays/mailgun", "/relays/postmark", "/hooks/sale"):
@@ -169,7 +186,7 @@ def test_hostile_bodies_on_the_webhook_routes_of_a_real_server_log_no_error(serv
     # Postmark's credentials are right: a JSON object of no Postmark shape is no bounce.
     assert {code for _route, code in statuses} == {400, 403} | {200}
     assert statuses >= {(r, 400) for r in ("/relays/ses", "/relays/mailgun", "/hooks/sale")}
-    log = (workspace / "serve.log").read_text()
+    log = service_log.read_text()
     assert "Traceback" not in log and " ERROR " not in log and " 500 " not in log
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 
+from listkit.config import Settings
 from listkit.errors import ConfigError
-from listkit.mail.verp import bounce_address, token_from_address, verp_address
+from listkit.mail.verp import token_from_address, verp_address
 from tests import smtp_server
 from tests.test_send import ADDRS, setup_campaign
 
@@ -69,12 +70,18 @@ def test_a_verp_address_gives_back_its_token_whatever_the_case():
     assert token_from_address("bounces+nottoken@example.com") is None
 
 
+def bounce_address(value: str) -> str | None:
+    """``value`` as LISTKIT_BOUNCE_ADDRESS is read (``settings.bounce_address``)."""
+    setting = Settings.bounce_address
+    return setting.kind.read(value, setting.name)
+
+
 def test_a_bounce_address_with_a_plus_or_without_a_domain_is_refused():
     with pytest.raises(ConfigError, match=r"^LISTKIT_BOUNCE_ADDRESS must be"):
         bounce_address("bounces+x@example.com")
     with pytest.raises(ConfigError, match=r"^LISTKIT_BOUNCE_ADDRESS must be"):
         bounce_address("bounces")
-    assert bounce_address(None) is None
+    assert bounce_address(" ") is None
     assert bounce_address(" Bounces@Example.com ") == "Bounces@example.com"
 
 

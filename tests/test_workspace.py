@@ -116,10 +116,6 @@ def test_help_works_with_dash_h():
 def test_init_env_has_commented_dkim_and_bounce_examples_that_work_when_uncommented(
     tmp_path: Path,
 ):
-    from listkit.inbox.bounces import soft_rule
-    from listkit.inbox.mailbox import done_action, imap_settings
-    from listkit.mail.verp import bounce_address
-
     root = tmp_path / "shop"
     CliRunner().invoke(cli, ["init", str(root)])
     env = (root / ".env").read_text()
@@ -147,7 +143,7 @@ def test_init_env_has_commented_dkim_and_bounce_examples_that_work_when_uncommen
         )
     )
     active = load_settings(root, environ={})
-    assert bounce_address(active.bounce_address) == "bounces@example.com"
-    assert imap_settings(active).host == "imap.example.com"
-    assert done_action(active.imap_done) == "Processed"
-    assert soft_rule(active.soft_bounces).count == 3
+    assert active.bounce_address == "bounces@example.com"
+    assert active.imap().host == "imap.example.com"
+    assert active.imap_done == "Processed"
+    assert active.soft_bounces.count == 3

@@ -1041,24 +1041,8 @@ class _Writer:
 
     def _decide(self, chunk: _Chunk, suppressed: set[str], last: int) -> None:
         """Row by row: the general case (existing subscribers, statuses, suppressions)."""
-        conn, stamp, list_id = self.db.conn, self.stamp, self.list_id
-        found = {
-            key: (sid, created, updated)
-            for key, sid, created, updated in conn.execute(
-                """SELECT key, id, created, updated FROM subscribers
-                   WHERE key IN (SELECT value FROM json_each(?))""",
-                [_keys(chunk.subs)],
-            )
-        }
-        old = [sid for sid, _, _ in found.values() if sid <= last]
-        member, method = {}, {}
-        if old:
-            for sid, mstatus, how in conn.execute(
-                """SELECT subscriber_id, status, consent_method FROM memberships
-                   WHERE list_id = ? AND subscriber_id IN (SELECT value FROM json_each(?))""",
-                [list_id, json.dumps(old)],
-            ):
-                member[sid], method[sid] = mstatus, how
+        stamp, list_id = self.stamp, self.list_id
+        found, member, method = self._known(chunk, last)
         more = chunk.more or [(ACTIVE, None, None, None, None, None)] * len(chunk.subs)
         upd_subs, new_members, status_members, new_supp = [], [], [], []
         confirmed_members = []
@@ -1111,6 +1095,36 @@ class _Writer:
                 self.imported += 1
             else:
                 self.updated += 1
+        self._write_decisions(upd_subs, new_members, status_members, confirmed_members, new_supp)
+
+    def _known(self, chunk: _Chunk, last: int) -> tuple[dict, dict, dict]:
+        """The chunk's subscribers as stored (key -> (id, created, updated)), and the
+        status and consent method of those already there before the chunk (id -> ...)."""
+        conn = self.db.conn
+        found = {
+            key: (sid, created, updated)
+            for key, sid, created, updated in conn.execute(
+                """SELECT key, id, created, updated FROM subscribers
+                   WHERE key IN (SELECT value FROM json_each(?))""",
+                [_keys(chunk.subs)],
+            )
+        }
+        old = [sid for sid, _, _ in found.values() if sid <= last]
+        member, method = {}, {}
+        if old:
+            for sid, mstatus, how in conn.execute(
+                """SELECT subscriber_id, status, consent_method FROM memberships
+                   WHERE list_id = ? AND subscriber_id IN (SELECT value FROM json_each(?))""",
+                [self.list_id, json.dumps(old)],
+            ):
+                member[sid], method[sid] = mstatus, how
+        return found, member, method
+
+    def _write_decisions(
+        self, upd_subs, new_members, status_members, confirmed_members, new_supp
+    ) -> None:
+        """The writes ``_decide`` chose, each kind in one executemany."""
+        conn = self.db.conn
         # A row with a name replaces the whole name, parts included; one without
         # leaves it as it was.
         conn.executemany(

@@ -47,14 +47,13 @@ from listkit import vocab
 from listkit.addresses import email_key
 from listkit.audience.deliveries import delivery_id
 from listkit.audience.suppressions import BOUNCED_DELIVERIES
-from listkit.config import Settings
+from listkit.config import Settings, SoftRule
 from listkit.db import immediate, now, now_unix
-from listkit.errors import ConfigError
-from listkit.inbox.mailbox import IMAPMailbox, done_action, imap_settings, read_messages
+from listkit.inbox.mailbox import IMAPMailbox, read_messages
 from listkit.mail.message_ids import message_id, returned_message_id
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
 from listkit.mail.tracking import row_token
-from listkit.mail.verp import bounce_address, token_from_address
+from listkit.mail.verp import token_from_address
 from listkit.runlock import run_lock
 
 # What a recipient line of a report comes to (the verdicts are ``mail.replies``').
@@ -507,24 +506,6 @@ _DELAY_WARNING = re.compile(
 # Matching and effects
 
 
-@dataclass(frozen=True)
-class SoftRule:
-    count: int
-    days: int
-
-
-def soft_rule(value: str | None) -> SoftRule:
-    """``LISTKIT_SOFT_BOUNCES`` (``N/DAYS``, default 3/30)."""
-    value = (value or Settings.soft_bounces.default).strip()
-    m = re.fullmatch(r"(\d+)\s*/\s*(\d+)", value)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ConfigError(
-            f"LISTKIT_SOFT_BOUNCES must be N/DAYS such as 3/30 (3 soft bounces in 30 days), "
-            f"not {value!r}"
-        )
-    return SoftRule(int(m.group(1)), int(m.group(2)))
-
-
 # A recipient match only counts with a delivery this recent.
 RECENT_DAYS = 30
 
@@ -587,7 +568,7 @@ def apply(
     wraps it (``db.immediate`` in the CLI, the web writer in ``listkit serve``).
     ``verp``: the workspace sends with VERP (``LISTKIT_BOUNCE_ADDRESS``), so only a
     report naming one of its deliveries by token counts (see ``match``)."""
-    rule = rule or SoftRule(3, 30)
+    rule = rule or Settings.soft_bounces.parsed_default()
     outcomes: list[Outcome] = []
     if report.kind in ("unknown", "auto_reply"):
         return outcomes
@@ -759,13 +740,13 @@ def process(
 
 def verp_on(ws) -> bool:
     """Whether the workspace sends with VERP (``LISTKIT_BOUNCE_ADDRESS`` set)."""
-    return bounce_address(ws.settings.bounce_address) is not None
+    return ws.settings.bounce_address is not None
 
 
 def import_path(ws, path: str) -> list[Handled]:
     """``listkit bounces import``: every message of a file, mbox, Maildir or folder, in one
     transaction. The files are only read."""
-    rule = soft_rule(ws.settings.soft_bounces)
+    rule = ws.settings.soft_bounces
     messages = list(read_messages(path))
     with immediate(ws.db):
         return process(
@@ -819,9 +800,9 @@ def fetch(
 
 def _fetch(ws, batch: int, after_commit: Callable[[], object]) -> FetchSummary:
 
-    settings = imap_settings(ws.settings)
-    move_to = done_action(ws.settings.imap_done)
-    rule = soft_rule(ws.settings.soft_bounces)
+    settings = ws.settings.imap()
+    move_to = ws.settings.imap_done
+    rule = ws.settings.soft_bounces
     verp = verp_on(ws)
     secret = ws.settings.secret_key()
     db = ws.db

@@ -13,16 +13,13 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import mailbox
-import re
 import ssl
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
-from listkit.config import Settings
-from listkit.errors import ConfigError, InputError, ListkitError
+from listkit.config import IMAPSettings
+from listkit.errors import InputError, ListkitError
 
 # ---------------------------------------------------------------------------
 # Files
@@ -61,113 +58,6 @@ def read_messages(path: str) -> Iterator[tuple[str, bytes]]:
             box.close()
         return
     yield p.name, p.read_bytes()
-
-
-# ---------------------------------------------------------------------------
-# IMAP settings
-
-IMAP_SCHEMES = {"imaps": ("tls", 993), "imap+starttls": ("starttls", 143)}
-
-
-@dataclass(frozen=True)
-class IMAPSettings:
-    """A parsed ``LISTKIT_IMAP_URL``."""
-
-    host: str
-    port: int
-    tls: str  # "tls" (implicit) or "starttls"
-    username: str
-    password: str = field(repr=False)
-    mailbox: str = "INBOX"
-    timeout: float = 60.0
-    ca_file: str | None = None
-
-    def masked(self) -> str:
-        scheme = {v[0]: k for k, v in IMAP_SCHEMES.items()}[self.tls]
-        return f"{scheme}://{self.username}:****@{self.host}:{self.port}/{self.mailbox}"
-
-
-def parse_imap_url(url: str) -> IMAPSettings:
-    """``imaps://user:pass@host:993/INBOX`` or ``imap+starttls://user:pass@host:143/INBOX``.
-
-    User and password are percent-decoded; ``@``, ``/`` and ``:`` in them must be
-    percent-encoded. The password never appears in an error.
-    """
-    where = "LISTKIT_IMAP_URL"
-    url = url.strip()
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in IMAP_SCHEMES:
-        shown = f"{scheme}://" if sep else "a URL without a scheme"
-        raise ConfigError(
-            f"{where} must start with imaps:// or imap+starttls://, not {shown} "
-            "(plain imap:// would send the password unencrypted)"
-        )
-    authority, _, path_query = rest.partition("/")
-    path, _, query = path_query.partition("?")
-    userinfo, at, hostport = authority.rpartition("@")
-    if not at:
-        raise ConfigError(f"{where} has no user and password: imaps://user:pass@host/INBOX")
-    # A raw '@' after the first '/' means a '/' in the password: never guess where it ends
-    # (a mailbox name with '@' is percent-encoded too).
-    if "@" in path_query or "@" in userinfo or userinfo.count(":") != 1:
-        raise ConfigError(
-            f"{where}: the user and password must be 'user:pass', with @ / : in them "
-            "percent-encoded (%40 %2F %3A)"
-        )
-    user, _, password = userinfo.partition(":")
-    if not user or not password:
-        raise ConfigError(f"{where} needs both a user and a password")
-    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?", hostport)
-    if m is None:
-        raise ConfigError(f"{where} has a malformed host or port: {hostport!r}")
-    tls, default_port = IMAP_SCHEMES[scheme]
-    port = int(m.group(2)) if m.group(2) else default_port
-    if not 0 < port < 65536:
-        raise ConfigError(f"{where}: port {port} is out of range")
-    timeout = 60.0
-    for item in filter(None, query.split("&")):
-        key, _, value = item.partition("=")
-        if key != "timeout":
-            raise ConfigError(f"{where}: unknown option {key!r} (known: timeout)")
-        try:
-            timeout = float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: timeout={value!r} is not a number") from None
-        if not 0 < timeout < 86400:  # nan, inf or <= 0 would stop the socket with a traceback
-            raise ConfigError(
-                f"{where}: timeout={value!r} must be a number of seconds > 0 and below 86400"
-            )
-    return IMAPSettings(
-        host=m.group(1).strip("[]"),
-        port=port,
-        tls=tls,
-        username=unquote(user),
-        password=unquote(password),
-        mailbox=unquote(path) or "INBOX",
-        timeout=timeout,
-    )
-
-
-def imap_settings(settings) -> IMAPSettings:
-    """The workspace's IMAP settings, checked (URL, CA file)."""
-    settings.require("LISTKIT_IMAP_URL")
-    imap = parse_imap_url(settings.imap_url)
-    path = settings.imap_ca
-    if path:
-        if not path.is_file():
-            raise ConfigError(f"LISTKIT_IMAP_CA: no file {path}")
-        imap = IMAPSettings(**{**imap.__dict__, "ca_file": str(path)})
-    return imap
-
-
-def done_action(value: str | None) -> str | None:
-    """``LISTKIT_IMAP_DONE``: None to delete, or the folder to move to."""
-    value = (value or Settings.imap_done.default).strip()
-    if value == "delete":
-        return None
-    if value.startswith("move:") and value[5:].strip():
-        return value[5:].strip()
-    raise ConfigError(f"LISTKIT_IMAP_DONE must be delete or move:FOLDER, not {value!r}")
 
 
 # ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from listkit.config import DKIM_SELECTOR, DOMAIN_NAME
 from listkit.errors import ConfigError, ListkitError
 
 KEY_SETTING = "LISTKIT_DKIM_KEY"
@@ -56,8 +57,6 @@ OVERSIGNED = (
 # Headers added or changed on the way that must not be signed.
 UNSIGNED = frozenset({"dkim-signature", "received", "return-path", "delivered-to"})
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 MIN_BITS = 1024
 
@@ -242,20 +241,12 @@ def _load_private_key(path: Path, setting: str = KEY_SETTING):
 
 
 def check_domain(value: str, setting: str) -> str:
-    value = value.strip().rstrip(".")
-    if not _DOMAIN.fullmatch(value):
-        raise ConfigError(f"{setting} must be a domain name like example.com, not {value!r}")
-    return value.lower()
+    """A signing domain, in lower case, named by ``setting`` when it is not one."""
+    return DOMAIN_NAME.read(value, setting)
 
 
 def check_selector(value: str) -> str:
-    value = value.strip()
-    if not _DOMAIN.fullmatch(value):
-        raise ConfigError(
-            f"{SELECTOR_SETTING} must be letters, digits and dashes (e.g. listkit2611), "
-            f"not {value!r}"
-        )
-    return value
+    return DKIM_SELECTOR.read(value, SELECTOR_SETTING)
 
 
 def key_path(settings) -> Path | None:
@@ -282,16 +273,13 @@ def signer_for(settings, from_address: str) -> Signer | None:
             f"{SELECTOR_SETTING} is not set: add the selector your key is published under "
             f"(the one `listkit dkim keygen` printed) to {settings.workspace / '.env'}"
         )
-    domain_value = settings.dkim_domain
-    domain = (
-        check_domain(domain_value, DOMAIN_SETTING)
-        if domain_value
-        else check_domain(from_address.rpartition("@")[2], "LISTKIT_FROM's domain")
+    domain = settings.dkim_domain or check_domain(
+        from_address.rpartition("@")[2], "LISTKIT_FROM's domain"
     )
     return Signer(
         key=_load_private_key(path),
         domain=domain,
-        selector=check_selector(selector),
+        selector=selector,
         key_path=path,
     )
 

@@ -24,10 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from listkit.config import Settings
+from listkit.config import DNS_SERVER, Settings
 from listkit.errors import ConfigError, InputError
 from listkit.mail import dkim
-from listkit.mail.verp import bounce_address
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
@@ -57,28 +56,6 @@ class DNSTrouble(Exception):
 
 class NoSuchName(Exception):
     """DNS answered that the name does not exist (NXDOMAIN)."""
-
-
-def parse_server(value: str, setting: str = "LISTKIT_DNS") -> tuple[str, int]:
-    """``SERVER[:PORT]`` (``[v6]:port`` for IPv6) -> (address, port)."""
-    value = value.strip()
-    m = re.fullmatch(
-        r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?|([0-9A-Fa-f:]+)", value
-    )
-    if not m:
-        raise ConfigError(f"{setting} must be SERVER[:PORT], not {value!r}")
-    host = m.group(1) or m.group(3) or m.group(5)
-    port = int(m.group(2) or m.group(4) or 53)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(
-            f"{setting} must be the IP address of a DNS server (e.g. 1.1.1.1 or 127.0.0.1:5353), "
-            f"not {value!r}"
-        ) from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{setting}: port {port} is out of range")
-    return host, port
 
 
 class DNS:
@@ -383,6 +360,18 @@ def check_spf(
     records = SPF(dns_, None, sender).records(domain)
     shown = f"{domain} (the envelope sender, LISTKIT_BOUNCE_ADDRESS)" if envelope else domain
     public = [ip for ip in ips if reachable_from_outside(ip)]
+    problem = _spf_records_problem(dns_, domain, shown, records, public, envelope)
+    if problem:
+        return problem
+    if not public:
+        return _spf_without_public_relay(dns_, domain, sender, shown, records[0], relay, ips)
+    return _spf_of_relay(dns_, domain, sender, shown, records[0], relay, public)
+
+
+def _spf_records_problem(
+    dns_: DNS, domain: str, shown: str, records: list[str], public: list[IP], envelope: bool
+) -> Check | None:
+    """A failed check when ``domain`` does not exist or has not exactly one SPF record."""
     example_terms = " ".join(f"ip{ip.version}:{ip}" for ip in public) or "ip4:YOUR.RELAY.IP"
     if not records and not dns_.exists(domain):
         setting = "LISTKIT_BOUNCE_ADDRESS" if envelope else "LISTKIT_FROM"
@@ -413,24 +402,37 @@ def check_spf(
             f"{shown} has {len(records)} SPF records; receivers treat that as an error",
             [f"Merge them into one TXT record at {domain} starting with v=spf1."],
         )
-    if not public:
-        why = (
-            "no relay is set (LISTKIT_SMTP_URL)"
-            if not relay
-            else f"the relay {relay} has no public address ({', '.join(map(str, ips)) or 'none'})"
-        )
-        walk = SPF(dns_, None, sender).check(domain)
-        status = FAIL if walk.result in ("permerror", "temperror") else WARN
-        return Check(
-            "SPF",
-            status,
-            f"{shown} publishes `{records[0]}`; {why}, so doctor cannot tell if it is allowed"
-            + (f"; the record is broken: {'; '.join(walk.notes)}" if status == FAIL else ""),
-            [
-                "Run `listkit doctor --relay-ip ADDRESS` with the public address your relay "
-                "sends from, to check it is allowed."
-            ],
-        )
+    return None
+
+
+def _spf_without_public_relay(
+    dns_: DNS, domain: str, sender: str, shown: str, record: str, relay: str, ips: list[IP]
+) -> Check:
+    """The relay has no public address to check: a warning, or a failure if the
+    record itself is broken."""
+    why = (
+        "no relay is set (LISTKIT_SMTP_URL)"
+        if not relay
+        else f"the relay {relay} has no public address ({', '.join(map(str, ips)) or 'none'})"
+    )
+    walk = SPF(dns_, None, sender).check(domain)
+    status = FAIL if walk.result in ("permerror", "temperror") else WARN
+    return Check(
+        "SPF",
+        status,
+        f"{shown} publishes `{record}`; {why}, so doctor cannot tell if it is allowed"
+        + (f"; the record is broken: {'; '.join(walk.notes)}" if status == FAIL else ""),
+        [
+            "Run `listkit doctor --relay-ip ADDRESS` with the public address your relay "
+            "sends from, to check it is allowed."
+        ],
+    )
+
+
+def _spf_of_relay(
+    dns_: DNS, domain: str, sender: str, shown: str, record: str, relay: str, public: list[IP]
+) -> Check:
+    """Does the record allow each public address of the relay?"""
     problems, allowed = [], []
     for ip in public:
         r = SPF(dns_, ip, sender).check(domain)
@@ -445,7 +447,7 @@ def check_spf(
             )
         elif r.result in ("permerror", "temperror"):
             fix = (
-                f"Fix the TXT record at {domain}: `{records[0]}`."
+                f"Fix the TXT record at {domain}: `{record}`."
                 if r.result == "permerror"
                 else "A DNS server did not answer: run doctor again, or try another --dns."
             )
@@ -461,7 +463,7 @@ def check_spf(
     if problems:
         listed = ", ".join(f"{ip} ({r.result})" for ip, r in problems)
         add = " ".join(f"ip{ip.version}:{ip}" for ip, _r in problems)
-        terms = records[0].split()
+        terms = record.split()
         fixed = " ".join([terms[0], add, *terms[1:]])
         return Check(
             "SPF",
@@ -612,12 +614,27 @@ def check_dmarc(
             f"the DMARC record at {where} has no valid policy (p={policy or 'missing'})",
             [f"Fix the TXT record at {where}: it needs p=none, p=quarantine or p=reject."],
         )
+    summary = f"{where}: p={policy}" + (" (subdomain policy)" if subdomain else "")
+    return _dmarc_alignment(summary, policy, tags, from_domain, dkim_domain, spf_domain, envelope)
+
+
+def _dmarc_alignment(
+    summary: str,
+    policy: str,
+    tags: dict[str, str],
+    from_domain: str,
+    dkim_domain: str | None,
+    spf_domain: str,
+    envelope: bool,
+) -> Check:
+    """Do the DKIM signing domain and the envelope sender's domain align with From,
+    as the record's adkim= and aspf= ask? ``summary`` names the record and policy."""
     adkim = tags.get("adkim", "r").lower()
     aspf = tags.get("aspf", "r").lower()
     dkim_ok = dkim_domain is not None and aligned(dkim_domain, from_domain, adkim)
     spf_ok = aligned(spf_domain, from_domain, aspf)
     mode = {"s": "strict", "r": "relaxed"}
-    parts = [f"p={policy}" + (" (subdomain policy)" if subdomain else "")]
+    parts = [summary]
     if dkim_domain is None:
         parts.append("no DKIM signature to align")
     else:
@@ -631,7 +648,7 @@ def check_dmarc(
         + f" {'aligned' if spf_ok else 'NOT aligned'} ({mode.get(aspf, aspf)})"
         + (f" with From {from_domain}" if envelope else "")
     )
-    summary = f"{where}: " + "; ".join(parts)
+    summary = "; ".join(parts)
     advice = []
     status = OK
     if dkim_domain is not None and not dkim_ok:
@@ -753,9 +770,7 @@ def diagnose(
     """Run every check for the From domain of ``settings``."""
     sender = settings.sender_address()[1]
     from_domain = sender.rpartition("@")[2].lower()
-    server_value = dns_server or settings.dns
-    setting = "--dns" if dns_server else "LISTKIT_DNS"
-    server = parse_server(server_value, setting) if server_value else None
+    server = DNS_SERVER.read(dns_server, "--dns") if dns_server else settings.dns
     resolver = DNS(server, timeout=timeout)
     try:
         relay, ips = _relay_addresses(resolver, settings, relay_ips)
@@ -765,7 +780,7 @@ def diagnose(
     else:
         resolver_note = ""
     # SPF is checked for the envelope sender (MAIL FROM): the bounce address when set.
-    bounce = bounce_address(settings.bounce_address)
+    bounce = settings.bounce_address
     envelope = bounce or sender
     spf_domain = envelope.rpartition("@")[2].lower()
     checks = [

@@ -11,27 +11,9 @@ from __future__ import annotations
 
 import re
 
-from listkit.domains import ascii_host
-from listkit.errors import ConfigError
 from listkit.mail.tracking import is_token
 
-# No control character either: SMTP refuses it in MAIL FROM, and every message would fail.
-_ADDRESS = re.compile(r"([^@\s+<>\x00-\x1f\x7f]+)@([^@\s<>\x00-\x1f\x7f]+\.[^@\s<>\x00-\x1f\x7f]+)")
 _VERP = re.compile(r"[^@\s<>+]+\+([A-Za-z2-7]{16})@[^@\s<>]+")
-
-
-def bounce_address(value: str | None) -> str | None:
-    """The checked ``LISTKIT_BOUNCE_ADDRESS`` (domain in lower-case A-labels), or None if unset."""
-    if not value or not value.strip():
-        return None
-    m = _ADDRESS.fullmatch(value.strip())
-    host = ascii_host(m.group(2)) if m is not None else None
-    if m is None or not m.group(1).isascii() or host is None:
-        raise ConfigError(
-            f"LISTKIT_BOUNCE_ADDRESS must be a plain address without '+', such as "
-            f"bounces@example.com, not {value.strip()!r}"
-        )
-    return f"{m.group(1)}@{host.lower()}"
 
 
 def verp_address(bounce: str, token: str) -> str:

@@ -111,6 +111,30 @@ def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
     Any problem with the file is an ``InputError`` (never another exception), so
     that one bad file never stops the commands that go through every campaign.
     """
+    path, data = _campaign_file(campaigns_dir, slug)
+    extra = _extensions(data, path)
+    if extra["variants"] and "offer" not in data:
+        offer = extra["variants"][0]
+    else:
+        offer = _name(path, _field(data, path, "offer", str), "offer", "offer")
+    lists, exclude = _lists(data, path)
+    send_at = _send_at(data, path)
+    max_late = parse_duration(_field(data, path, "max_late", str, "6h"), f"{path}: field max_late")
+    return Campaign(
+        slug=slug,
+        offer=offer,
+        lists=lists,
+        exclude_lists=exclude,
+        send_at=send_at,
+        max_late=max_late,
+        **_pace(data, path),
+        path=path,
+        **extra,
+    )
+
+
+def _campaign_file(campaigns_dir: Path, slug: str) -> tuple[Path, dict]:
+    """The path and fields of ``campaigns/<slug>.toml``, every field a known one."""
     check_campaign_slug(slug)
     path = campaigns_dir / f"{slug}.toml"
     if not path.is_file():
@@ -122,64 +146,75 @@ def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
         raise InputError(
             f"{path}: unknown field {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})"
         )
+    return path, data
 
-    def need(key: str, kind: type | tuple[type, ...], default=None):
-        if key not in data:
-            if default is None:
-                raise InputError(f"{path}: missing field {key}")
-            return default
-        value = data[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise InputError(f"{path}: field {key} has the wrong type ({value!r})")
-        return value
 
-    def name(value: str, what: str, key: str) -> str:
-        try:
-            return check_slug(value, what)
-        except InputError as e:
-            raise InputError(f"{path}: field {key}: {e}") from None
+def _field(data: dict, path: Path, key: str, kind: type | tuple[type, ...], default=None):
+    """Field ``key`` of the file, of type ``kind``; ``default`` when absent, else required."""
+    if key not in data:
+        if default is None:
+            raise InputError(f"{path}: missing field {key}")
+        return default
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InputError(f"{path}: field {key} has the wrong type ({value!r})")
+    return value
 
-    extra = _extensions(data, path)
-    if extra["variants"] and "offer" not in data:
-        offer = extra["variants"][0]
-    else:
-        offer = name(need("offer", str), "offer", "offer")
-    lists = need("lists", list)
+
+def _name(path: Path, value: str, what: str, key: str) -> str:
+    """``value`` checked as the slug of a ``what`` (offer, list), named by its field."""
+    try:
+        return check_slug(value, what)
+    except InputError as e:
+        raise InputError(f"{path}: field {key}: {e}") from None
+
+
+def _lists(data: dict, path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The lists the campaign mails and those it excludes, each a list's slug."""
+    lists = _field(data, path, "lists", list)
     if not lists or not all(isinstance(x, str) for x in lists):
         raise InputError(f"{path}: field lists must be a non-empty list of list names")
-    exclude = need("exclude_lists", list, [])
+    exclude = _field(data, path, "exclude_lists", list, [])
     if not all(isinstance(x, str) for x in exclude):
         raise InputError(f"{path}: field exclude_lists must be a list of list names")
     for key, names in (("lists", lists), ("exclude_lists", exclude)):
         for value in names:
-            name(value, "list", key)
-    send_at = None
-    if "send_at" in data:
-        raw = data["send_at"]
-        if isinstance(raw, datetime):
-            send_at = raw
-        elif isinstance(raw, str):
-            try:
-                send_at = datetime.fromisoformat(raw)
-            except ValueError:
-                raise InputError(f"{path}: field send_at {raw!r} is not an ISO 8601 time") from None
-        else:
-            raise InputError(f"{path}: field send_at must be an ISO 8601 time with offset")
-        if send_at.tzinfo is None:
-            raise InputError(
-                f"{path}: field send_at {raw!s} has no UTC offset: write e.g. "
-                "2026-12-01T09:00:00+01:00"
-            )
-        first, last = SEND_AT_YEARS
-        # Compared as naive local times: a time near year 1 or 9999 cannot be
-        # converted to UTC at all.
-        if not first <= send_at.year < last:
-            raise InputError(f"{path}: field send_at {raw!s} is not between {first} and {last}")
-    max_late = parse_duration(need("max_late", str, "6h"), f"{path}: field max_late")
-    rate = float(need("rate", (int, float), 0))
-    concurrency = need("concurrency", int, 4)
-    holdout = float(need("holdout", (int, float), 0))
-    days = need("attribution_days", int, 7)
+            _name(path, value, "list", key)
+    return tuple(lists), tuple(exclude)
+
+
+def _send_at(data: dict, path: Path) -> datetime | None:
+    """Field send_at: an ISO 8601 time with its UTC offset, or None when absent."""
+    if "send_at" not in data:
+        return None
+    raw = data["send_at"]
+    if isinstance(raw, datetime):
+        send_at = raw
+    elif isinstance(raw, str):
+        try:
+            send_at = datetime.fromisoformat(raw)
+        except ValueError:
+            raise InputError(f"{path}: field send_at {raw!r} is not an ISO 8601 time") from None
+    else:
+        raise InputError(f"{path}: field send_at must be an ISO 8601 time with offset")
+    if send_at.tzinfo is None:
+        raise InputError(
+            f"{path}: field send_at {raw!s} has no UTC offset: write e.g. 2026-12-01T09:00:00+01:00"
+        )
+    first, last = SEND_AT_YEARS
+    # Compared as naive local times: a time near year 1 or 9999 cannot be
+    # converted to UTC at all.
+    if not first <= send_at.year < last:
+        raise InputError(f"{path}: field send_at {raw!s} is not between {first} and {last}")
+    return send_at
+
+
+def _pace(data: dict, path: Path) -> dict:
+    """The rate, concurrency, holdout and attribution window, each within its bounds."""
+    rate = float(_field(data, path, "rate", (int, float), 0))
+    concurrency = _field(data, path, "concurrency", int, 4)
+    holdout = float(_field(data, path, "holdout", (int, float), 0))
+    days = _field(data, path, "attribution_days", int, 7)
     if not math.isfinite(rate):
         raise InputError(f"{path}: field rate {rate} is not a number of messages per second")
     if rate < 0:
@@ -197,20 +232,7 @@ def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
         raise InputError(
             f"{path}: field attribution_days must be from 0 to {MAX_ATTRIBUTION_DAYS} days"
         )
-    return Campaign(
-        slug=slug,
-        offer=offer,
-        lists=tuple(lists),
-        exclude_lists=tuple(exclude),
-        send_at=send_at,
-        max_late=max_late,
-        rate=rate,
-        concurrency=concurrency,
-        holdout=holdout,
-        attribution_days=days,
-        path=path,
-        **extra,
-    )
+    return {"rate": rate, "concurrency": concurrency, "holdout": holdout, "attribution_days": days}
 
 
 def _extensions(data: dict, path: Path) -> dict:

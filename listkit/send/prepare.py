@@ -17,7 +17,6 @@ from listkit.errors import (
 )
 from listkit.mail.compose import Composer
 from listkit.mail.offers import load_offer
-from listkit.mail.verp import bounce_address
 from listkit.send.campaigns import (
     Campaign,
     load_campaign,
@@ -84,5 +83,5 @@ def prepare_campaign(ws: Workspace, campaign: Campaign, *, recorded: bool = True
         ) from None
     for list_slug in (*campaign.lists, *campaign.exclude_lists):
         get_list(ws.db, list_slug)
-    bounces = bounce_address(ws.settings.bounce_address)
+    bounces = ws.settings.bounce_address
     return Prepared(campaign, composer, smtp, sender_address, bounces, composers)

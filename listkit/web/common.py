@@ -92,11 +92,12 @@ class WebDB:
                 ).start()
 
     def _checkpoints(self) -> None:
-        conn = open_db(self.path, create=False).conn
+        conn = None  # opened at the first checkpoint: an app that writes little never needs it
         while True:
             self._checkpoint.wait()
             self._checkpoint.clear()
             with contextlib.suppress(Exception):  # the next one catches up
+                conn = conn or open_db(self.path, create=False).conn
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _run(self) -> None:

@@ -55,7 +55,7 @@ from listkit.mail.tracking import (
     verify_click,
     verify_unsubscribe,
 )
-from listkit.mail.verp import bounce_address, envelope_sender
+from listkit.mail.verp import envelope_sender
 from listkit.send.single import send_one
 from listkit.web.common import client_ip, read_body, read_form
 from listkit.workspace import Workspace
@@ -357,7 +357,7 @@ class ConfirmationMailer:
             try:
                 mail = self._confirmation_mail()
                 smtp = ws.settings.smtp()
-                bounces = bounce_address(ws.settings.bounce_address)
+                bounces = ws.settings.bounce_address
             except ListkitError as e:  # a setting or the template: none can be mailed
                 log.error("confirmations not sent: %s", e)
                 answers = [(signup["id"], False, str(e)) for signup in batch]

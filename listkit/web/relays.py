@@ -21,7 +21,7 @@ from listkit import signing
 from listkit.db import now
 from listkit.errors import InputError
 from listkit.inbox import relays
-from listkit.inbox.bounces import Report, apply, soft_rule
+from listkit.inbox.bounces import Report, apply
 from listkit.payloads import loads_object
 from listkit.web.common import json_object, read_body
 
@@ -50,7 +50,7 @@ def _settings(request: Request):
 
 
 async def _apply(request: Request, reports: list[Report], source: str, seen=None) -> int:
-    rule = soft_rule(_settings(request).soft_bounces)
+    rule = _settings(request).soft_bounces
     secret = _settings(request).secret_key()
 
     def write(db) -> int:
