@@ -616,7 +616,10 @@ class Settings:
         RENDER_WORKERS,
         "processes that render and DKIM-sign a send of 1,000 messages or more, beside the one "
         "that sends",
-        default_doc="one per core (none on a single core: rendering stays in the sending process)",
+        default_doc=(
+            "one per core for a DKIM-signed send, one per core but one for an unsigned send "
+            "(none on a single core: rendering stays in the sending process)"
+        ),
     )
     sender = Setting(
         "LISTKIT_FROM",

@@ -26,6 +26,14 @@ def test_a_large_send_gets_one_render_process_per_core(tmp_path, monkeypatch):
     assert render.render_processes(settings(tmp_path), 5000) == 4
 
 
+def test_a_large_unsigned_send_leaves_the_sending_process_a_core_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(render.os, "cpu_count", lambda: 4)
+    assert render.render_processes(settings(tmp_path), 5000, signed=False) == 3
+    monkeypatch.setattr(render.os, "cpu_count", lambda: 2)
+    assert render.render_processes(settings(tmp_path), 5000, signed=False) == 1
+    assert render.render_processes(settings(tmp_path), 5000, signed=True) == 2
+
+
 def test_a_single_core_machine_renders_in_the_sending_process(tmp_path, monkeypatch):
     monkeypatch.setattr(render.os, "cpu_count", lambda: 1)
     assert render.render_processes(settings(tmp_path), 5000) == 0

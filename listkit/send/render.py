@@ -36,17 +36,21 @@ POOL_THRESHOLD = 1000
 Rendered = list[tuple[bytes | None, str | None]]
 
 
-def render_processes(settings: Settings, due: int) -> int:
+def render_processes(settings: Settings, due: int, *, signed: bool = True) -> int:
     """How many render processes a run of ``due`` messages gets: none below
-    ``POOL_THRESHOLD``; else LISTKIT_RENDER_WORKERS, or one per core when the
-    machine has more than one."""
+    ``POOL_THRESHOLD``; else LISTKIT_RENDER_WORKERS, or, on a machine with more than
+    one core, one per core for a DKIM-signed send, and one per core but the event
+    loop's for an unsigned one (rendering alone is light: a second render process
+    on a second core takes that core from the sending, which then goes slower)."""
     if due < POOL_THRESHOLD:
         return 0
     forced = settings.render_workers
     if forced is not None:
         return forced
     cores = os.cpu_count() or 1
-    return cores if cores > 1 else 0
+    if cores == 1:
+        return 0
+    return cores if signed else cores - 1
 
 
 class Renderer:

@@ -244,7 +244,9 @@ def _run_parts(
         if left is not None and left <= 0:
             break
         run = Run(
-            compose_processes=render_processes(ws.settings, due),
+            compose_processes=render_processes(
+                ws.settings, due, signed=composer.signer is not None
+            ),
             db_path=ws.settings.db_path,
             campaign_id=cid,
             campaign=p.campaign,
