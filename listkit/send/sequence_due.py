@@ -297,9 +297,12 @@ def _wait_for_held(db: Database, sequence_id: int) -> int:
     rows alone (by the state index), written only when a reader moves; how many."""
     after = {s["name"]: s["after"] for s in _step_rows(db, sequence_id)[0]}
     rows = db.execute(
+        # CROSS JOIN keeps this order (the sequence's steps, their held rows by the
+        # state index, then each one's reader): left to itself, SQLite walked every
+        # enrolment of every sequence.
         f"""SELECT e.id, e.next_due, e.next_step, max(d.next_unix)
-            FROM campaigns c JOIN deliveries d ON d.campaign_id = c.id
-            JOIN enrollments e ON e.sequence_id = c.sequence_id
+            FROM campaigns c CROSS JOIN deliveries d ON d.campaign_id = c.id
+            CROSS JOIN enrollments e ON e.sequence_id = c.sequence_id
               AND e.subscriber_id = d.subscriber_id AND e.step = c.step
             WHERE c.sequence_id = ? AND d.state = 'held_back' AND e.state = '{ACTIVE}'
             GROUP BY e.id""",
