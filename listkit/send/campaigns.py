@@ -135,16 +135,23 @@ def load_campaign(campaigns_dir: Path, slug: str) -> Campaign:
 
 def _campaign_file(campaigns_dir: Path, slug: str) -> tuple[Path, dict]:
     """The path and fields of ``campaigns/<slug>.toml``, every field a known one."""
-    check_campaign_slug(slug)
-    path = campaigns_dir / f"{slug}.toml"
+    return read_toml_file(campaigns_dir, slug, "campaign", FIELDS)
+
+
+def read_toml_file(folder: Path, slug: str, kind: str, fields: Iterable[str]) -> tuple[Path, dict]:
+    """The path and fields of ``<folder>/<slug>.toml`` (a campaign's or a sequence's:
+    ``kind``), every field one of ``fields``: a missing file names those there are,
+    an unknown field those that are known."""
+    check_slug(slug, kind)
+    path = folder / f"{slug}.toml"
     if not path.is_file():
-        known = ", ".join(campaign_slugs(campaigns_dir)) or "none"
-        raise NotFound(f"no campaign {slug!r} in {campaigns_dir} (campaigns: {known})")
+        known = ", ".join(campaign_slugs(folder)) or "none"
+        raise NotFound(f"no {kind} {slug!r} in {folder} ({kind}s: {known})")
     data = _read_toml(path)
-    unknown = sorted(set(data) - FIELDS)
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise InputError(
-            f"{path}: unknown field {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})"
+            f"{path}: unknown field {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
         )
     return path, data
 

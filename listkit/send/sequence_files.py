@@ -45,11 +45,11 @@ from listkit.errors import InputError, ListkitError, NotFound
 from listkit.mail.offers import Offer, load_offer
 from listkit.send.campaigns import (
     MAX_ATTRIBUTION_DAYS,
-    _read_toml,
     campaign_slugs,
     check_sells,
     format_duration,
     parse_duration,
+    read_toml_file,
     sells,
 )
 from listkit.send.outbox import held_and_skipped, retry
@@ -116,17 +116,7 @@ def _purchase(value: object, where: str) -> str:
 
 def load_sequence(sequences_dir: Path, offers_dir: Path, slug: str) -> Sequence:
     """Read and check ``sequences/<slug>.toml``; errors name the file, the step and the field."""
-    check_slug(slug, "sequence")
-    path = sequences_dir / f"{slug}.toml"
-    if not path.is_file():
-        known = ", ".join(sequence_slugs(sequences_dir)) or "none"
-        raise NotFound(f"no sequence {slug!r} in {sequences_dir} (sequences: {known})")
-    data = _read_toml(path)
-    unknown = sorted(set(data) - FIELDS)
-    if unknown:
-        raise InputError(
-            f"{path}: unknown field {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})"
-        )
+    path, data = read_toml_file(sequences_dir, slug, "sequence", FIELDS)
     trigger = data.get("trigger")
     if not isinstance(trigger, str):
         raise InputError(
