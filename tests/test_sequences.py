@@ -223,6 +223,26 @@ def test_campaigns_check_of_a_follow_up_says_when_its_first_has_not_finished(run
         "  launch has not finished sending: its recipients, and so this audience, are not "
         "known yet\n"
     ) in out
+    # Its messages render, but it is not ready to send: it waits for the first.
+    assert "ready to send" not in out
+    assert out.endswith("OK: 0 messages render; not due yet: waits for launch to finish sending.\n")
+
+
+def test_campaigns_check_of_a_follow_up_says_when_it_is_due(run, workspace, server):
+    controller, _handler = server
+    setup(run, workspace, controller.port, holdout=0)
+    followup(workspace)
+    run("send", "open", "--yes")
+    out = run("campaigns", "check", "reminder").output
+    assert "OK: 12 messages render; not due yet: due " in out
+    finished_ago(workspace, "open", days=2, hours=1)
+    assert run("campaigns", "check", "reminder").output.endswith(
+        "OK: 12 messages render; ready to send.\n"
+    )
+    finished_ago(workspace, "open", days=3)
+    assert run("campaigns", "check", "reminder").output.endswith(
+        "ago, more than max_late 6h; not sent.\n"
+    )
 
 
 # --- a reader's "no" to a campaign stops its follow-ups, on every list ------------

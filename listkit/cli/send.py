@@ -12,6 +12,7 @@ import click
 
 from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table, json_option, require_terminal
+from listkit.db import clock
 from listkit.errors import ListkitError, NotFound
 from listkit.inbox.bounces import bounced_after_sent
 from listkit.mail.compose import check_offer
@@ -34,6 +35,7 @@ from listkit.send.prepare import prepare
 from listkit.send.sender import RunSummary, send_campaign
 from listkit.send.sender import dry_run as write_dry_run
 from listkit.send.sequence_due import send_sequences
+from listkit.send.sequences import followup_status
 from listkit.send.single import send_test
 from listkit.send.variants import assign_variant, campaign_share_warnings
 from listkit.workspace import Workspace
@@ -156,7 +158,15 @@ def campaigns_check(ws: Workspace, slug: str) -> None:
     if found:
         raise ListkitError(f"campaign {slug}: {len(found)} of {checked} messages fail to render")
     kept = f" ({held['held_out']} more held out: never mailed)" if held["held_out"] else ""
-    click.echo(f"OK: {checked} messages render; ready to send{kept}.")
+    ready = "ready to send"
+    if c.follows:
+        # A follow-up goes when `send --due` finds it due, not when its check passes.
+        state, why = followup_status(ws.db, c, clock(), p.expires)
+        if state == "waiting":
+            ready = f"not due yet: {why}"
+        elif state == "missed":
+            ready = why
+    click.echo(f"OK: {checked} messages render; {ready}{kept}.")
 
 
 def _print_summary(s: RunSummary) -> None:
