@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import math
 import os
 import re
 import sqlite3
@@ -699,9 +700,13 @@ def unix(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp())
 
 
-def now_unix() -> int:
-    """The current time (``clock``) as the ``*_unix`` columns store it: whole Unix seconds."""
-    return int(clock().timestamp())
+def seconds(at: datetime | None = None, *, round_up: bool = False) -> int:
+    """A time as the Unix-seconds columns store it (deliveries' ``*_unix``, enrolments,
+    sequences): ``at``, or now (``clock``) when it is None, in whole seconds rounded
+    down, or up (``round_up``: the end of a wait, so that a row due again at that
+    second is one whose wait is over)."""
+    stamp = (at or clock()).timestamp()
+    return math.ceil(stamp) if round_up else math.floor(stamp)
 
 
 # SQL for a ``*_unix`` column as ``iso`` writes it (NULL stays NULL).

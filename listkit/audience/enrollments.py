@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 
 from sqlite_utils import Database
 
-from listkit.db import clock
+from listkit.db import seconds
 from listkit.vocab import ACTIVE, EXITED, ORDER_SQL, REFUNDED
 
 # A sale (alias ``{sale}``) matches a purchase target (``anything``,
@@ -59,11 +59,6 @@ _COLUMNS = """(sequence_id, subscriber_id, list_id, sale_id, state, trigger_at, 
                next_step, next_due, created)"""
 # The first step of sequence ``q`` and when it is due after a trigger at ``{at}``.
 _FIRST = "q.first_step, {at} + q.first_after"
-
-
-def seconds(at: datetime | None = None) -> int:
-    """A time as this table stores it (Unix seconds); now when ``at`` is None."""
-    return int((at or clock()).timestamp())
 
 
 def enrol_joined(

@@ -48,7 +48,7 @@ from listkit.addresses import email_key
 from listkit.audience.deliveries import delivery_id
 from listkit.audience.suppressions import BOUNCED_DELIVERIES
 from listkit.config import Settings, SoftRule
-from listkit.db import immediate, now, now_unix
+from listkit.db import immediate, now, seconds
 from listkit.inbox.mailbox import IMAPMailbox, read_messages
 from listkit.mail.message_ids import message_id, returned_message_id
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
@@ -544,7 +544,7 @@ def match(
         if did is not None:
             return how, db.execute(f"{sql} WHERE d.id = ?", [did]).fetchone()
     if recipient and not verp and report.structured:
-        since = now_unix() - RECENT_DAYS * 86_400
+        since = seconds() - RECENT_DAYS * 86_400
         row = db.execute(
             f"""{sql} WHERE s.key = ? AND d.sent_unix >= ? AND d.state = 'sent'
                 ORDER BY d.sent_unix DESC, d.id DESC LIMIT 1""",

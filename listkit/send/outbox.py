@@ -39,11 +39,11 @@ from sqlite_utils import Database
 
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS
 from listkit.audience.suppressions import DECLINED, suppress
-from listkit.db import clock, immediate, iso, now, now_unix
+from listkit.db import clock, immediate, iso, now, seconds
 from listkit.mail.message_ids import message_id
 from listkit.mail.tracking import row_token
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
-from listkit.send.respect import Hold, Respect, delivery_time, sort_out
+from listkit.send.respect import Hold, Respect, sort_out
 from listkit.send.variants import assign_variant, in_test_part
 from listkit.vocab import DELIVERY_STATES
 
@@ -265,7 +265,7 @@ def claim(
     while len(claimed) < limit:
         with immediate(db):
             at = clock()
-            stamp = delivery_time(at)
+            stamp = seconds(at)
             if respect is not None and respect.deadline is not None and at > respect.deadline:
                 # Held back until a time before the deadline, but no run came by
                 # then: skipped, with the reason it was held (kept in last_reply).
@@ -287,7 +287,7 @@ def claim(
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'held_back', phase = NULL, next_unix = ?,
                    last_code = NULL, last_reply = ? WHERE id = ?""",
-                [(delivery_time(h.until, round_up=True), h.reason, i) for i, h in held],
+                [(seconds(h.until, round_up=True), h.reason, i) for i, h in held],
             )
             db.conn.executemany(
                 """UPDATE deliveries SET state = 'sending', phase = 'claimed', claimed_by = ?,
@@ -401,7 +401,7 @@ def record(db: Database, campaign_id: int, results: Iterable[Result]) -> None:
     """One transaction: the results of a group of messages. A sent row keeps its
     code, not the server's text (a 250 says it all); the others keep both."""
     stamp = now()
-    at = now_unix()
+    at = seconds()
     results = list(results)
     conn = db.conn
     with immediate(db):
@@ -446,7 +446,7 @@ def counts(db: Database, campaign_id: int) -> dict[str, int]:
 def due_rows(db: Database, campaign_id: int, at: datetime) -> tuple[int, int]:
     """(rows a send would claim or resume at ``at``, rows that wait for a later time:
     deferred, or held back for their reader), read by the state index."""
-    stamp = delivery_time(at)
+    stamp = seconds(at)
     return db.execute(
         """SELECT COUNT(*) FILTER (WHERE state IN ('pending', 'sending') OR next_unix <= ?),
                   COUNT(*) FILTER (WHERE state IN ('deferred', 'held_back') AND next_unix > ?)
@@ -511,7 +511,7 @@ def retry(db: Database, campaign_id: int, state: str) -> int:
             n = db.execute(
                 """UPDATE deliveries SET next_unix = ?
                    WHERE campaign_id = ? AND state = 'deferred'""",
-                [now_unix(), campaign_id],
+                [seconds(), campaign_id],
             ).rowcount
         else:
             n = db.execute(

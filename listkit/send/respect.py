@@ -19,7 +19,6 @@ steps alike.
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,21 +28,15 @@ from sqlite_utils import Database
 
 from listkit.audience.audiences import PURCHASES
 from listkit.config import Frequency, Settings
+from listkit.db import seconds
 from listkit.send.campaigns import Campaign, followed_campaign, selling_campaigns
 from listkit.send.sequences import expiry
 from listkit.vocab import FREQUENCY_CAP, ORDER_SQL, QUIET_AFTER_PURCHASE
 
 # A delivery's times are Unix seconds (``*_unix`` columns); sales and campaigns
-# keep ISO text. The only places this module turns one into the other.
+# keep ISO text (``db.seconds`` and ``stored_time``: the only places this module
+# turns a time into either).
 SENT_TIME = "d.sent_unix"  # unknown rows have none: they count as being sent now
-
-
-def delivery_time(at: datetime, *, round_up: bool = False) -> int:
-    """``at`` as a deliveries ``*_unix`` column stores it: whole seconds, rounded
-    down (now), or up (``round_up``: the end of a hold, so that a row due again is
-    one that fits; rounded down it would be due, and held again, for a moment)."""
-    seconds = at.timestamp()
-    return math.ceil(seconds) if round_up else math.floor(seconds)
 
 
 def stored_time(at: datetime) -> str:
@@ -206,7 +199,7 @@ def _capped(
     A message counts from when it was sent; one being sent (or whose fate is
     unknown since the run died) counts too, being sent now."""
     since = stored_time(at - frequency.window)
-    since_unix = delivery_time(at - frequency.window)
+    since_unix = seconds(at - frequency.window)
     # Only campaigns that can have sent in the window: still sending (or testing,
     # whose rest goes later), or finished within it. Most are long done.
     recent = [

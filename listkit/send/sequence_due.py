@@ -46,9 +46,8 @@ from operator import itemgetter
 
 from sqlite_utils import Database
 
-from listkit.audience.enrollments import seconds
 from listkit.audience.suppressions import DECLINED
-from listkit.db import clock, immediate, now_unix
+from listkit.db import clock, immediate, seconds
 from listkit.errors import ListkitError, SendError
 from listkit.runlock import AlreadyRunning
 from listkit.send.campaigns import Campaign, held_out
@@ -340,7 +339,7 @@ def _send_steps(
     deferred or held back for their reader and now due); a selling step's claims
     go through the respect check, as a campaign's do."""
     db = ws.db
-    now = now_unix()
+    now = seconds()
     first = seq.steps[0].name
     _steps, campaigns = _step_rows(db, sid)
     sold = Sold(sid, tuple(s.product for s in seq.selling), tuple(s.offer for s in seq.selling))

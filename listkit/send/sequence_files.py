@@ -38,9 +38,9 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from listkit.audience.audiences import PURCHASES, Resolver
-from listkit.audience.enrollments import MATCHES, seconds
+from listkit.audience.enrollments import MATCHES
 from listkit.audience.lists import check_slug, get_list
-from listkit.db import immediate
+from listkit.db import immediate, seconds
 from listkit.errors import InputError, ListkitError, NotFound
 from listkit.mail.offers import Offer, load_offer
 from listkit.send.campaigns import (
