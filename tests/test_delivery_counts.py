@@ -8,16 +8,9 @@ from pathlib import Path
 
 from listkit.db import open_db
 from tests.world import World
+from tests.world import delivery_counts as counted
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-COUNTS = "SELECT campaign_id, state, list_id, n FROM delivery_counts WHERE n > 0 ORDER BY 1, 2, 3"
-GROUPED = """SELECT campaign_id, state, list_id, COUNT(*) FROM deliveries
-             GROUP BY campaign_id, state, list_id ORDER BY 1, 2, 3"""
-
-
-def counted(db) -> tuple[list, list]:
-    return db.execute(COUNTS).fetchall(), db.execute(GROUPED).fetchall()
 
 
 def test_counts_follow_every_insert_change_and_delete_of_a_delivery(ws):

@@ -16,7 +16,7 @@ from listkit.mail.message_ids import message_id
 from listkit.workspace import Workspace
 from tests import smtp_server
 from tests.test_send import setup_campaign
-from tests.world import World
+from tests.world import World, delivery_counts
 
 N = 60
 
@@ -90,14 +90,7 @@ def test_killed_runs_resume_and_nobody_gets_two_messages(run, workspace, server)
     # The counts the report reads were kept in the killed runs' own transactions.
     ws = Workspace(workspace)
     try:
-        kept = ws.db.execute(
-            """SELECT campaign_id, state, list_id, n FROM delivery_counts
-               WHERE n > 0 ORDER BY 1, 2, 3"""
-        ).fetchall()
-        grouped = ws.db.execute(
-            """SELECT campaign_id, state, list_id, COUNT(*) FROM deliveries
-               GROUP BY campaign_id, state, list_id ORDER BY 1, 2, 3"""
-        ).fetchall()
+        kept, grouped = delivery_counts(ws.db)
     finally:
         ws.close()
     assert kept == grouped

@@ -173,3 +173,17 @@ def tokens(db: Database, campaign: str | None = None) -> dict[str, str]:
             [campaign],
         )
     }
+
+
+def delivery_counts(db: Database) -> tuple[list, list]:
+    """(the counts ``delivery_counts`` keeps, a GROUP BY over the deliveries): the same
+    when the triggers kept them. Each as (campaign id, state, list id, n), sorted."""
+    kept = db.execute(
+        """SELECT campaign_id, state, list_id, n FROM delivery_counts
+           WHERE n > 0 ORDER BY 1, 2, 3"""
+    ).fetchall()
+    grouped = db.execute(
+        """SELECT campaign_id, state, list_id, COUNT(*) FROM deliveries
+           GROUP BY campaign_id, state, list_id ORDER BY 1, 2, 3"""
+    ).fetchall()
+    return kept, grouped
