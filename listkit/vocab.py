@@ -14,7 +14,7 @@ from __future__ import annotations
 # deliveries.state: pending -> sending -> sent; from sending also deferred
 # (retried), failed, unknown (the server may have it: never retried by itself);
 # skipped and held_out are never mailed; reserved waits for an offer test's winner;
-# held_back waits (until next_attempt) for the reader's quiet period or frequency cap.
+# held_back waits (until next_unix) for the reader's quiet period or frequency cap.
 PENDING = "pending"
 SENDING = "sending"
 SENT = "sent"

@@ -7,9 +7,9 @@
     pending -> skipped   (suppressed or unsubscribed by the time it was claimed, or
                           unsubscribed from a message of a campaign it follows; or a
                           selling message that cannot respect its reader in time)
-    pending -> held_back -> (claimed again at next_attempt)  (the reader's quiet period
+    pending -> held_back -> (claimed again at next_unix)  (the reader's quiet period
                           after a purchase, or the frequency cap: see ``respect``)
-               held_back -> skipped  (no run came between next_attempt and the deadline)
+               held_back -> skipped  (no run came between next_unix and the deadline)
     held_out             (kept back to measure lift; never mailed)
     reserved -> pending  (test-then-send: the rest, given the winning offer once chosen)
 
