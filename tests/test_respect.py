@@ -437,7 +437,7 @@ def test_a_malformed_setting_stops_the_send_before_anything_is_written(run, work
         "or 3/7d, not 'daily'\n"
     )
     assert handler.messages == []
-    assert "has not been sent yet" in run("status", "t", ok=False).output
+    assert "Campaign t: manual, not sent yet" in run("status", "t").output
 
 
 def test_the_settings_read_as_a_duration_and_a_frequency(workspace):

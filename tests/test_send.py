@@ -369,6 +369,20 @@ def test_status_without_a_campaign_shows_every_campaign(run, workspace, free_por
     assert "listkit status CAMPAIGN" in table  # where the details are
 
 
+def test_status_of_a_campaign_not_sent_yet_says_so_and_how_to_send_it(run, workspace, free_port):
+    setup_campaign(run, workspace, free_port, ADDRS)
+    out = run("status", "t").output
+    assert out == (
+        "Campaign t: manual, not sent yet\n"
+        "  `listkit campaigns check t` shows who it would go to; `listkit send t` sends it.\n"
+    )
+    data = json.loads(run("status", "t", "--json").output)
+    assert data["campaign"] == "t" and data["state"] == "manual"
+    assert set(data["counts"].values()) == {0}
+    assert data["problems"] == [] and data["held_back"] == [] and data["skipped"] == {}
+    assert "no campaign 'nope'" in run("status", "nope", ok=False).output
+
+
 def test_test_to_sends_one_sample_and_records_nothing(run, workspace, server):
     controller, handler = server
     setup_campaign(run, workspace, controller.port, ADDRS)

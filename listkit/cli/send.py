@@ -38,6 +38,7 @@ from listkit.send.sequence_due import send_sequences
 from listkit.send.sequences import followup_status
 from listkit.send.single import send_test
 from listkit.send.variants import assign_variant, campaign_share_warnings
+from listkit.vocab import DELIVERY_STATES
 from listkit.workspace import Workspace
 
 
@@ -451,8 +452,8 @@ def status(ws: Workspace, slug: str | None, json_: bool) -> None:
         return
     row = campaign_row(ws.db, slug)
     if row is None:
-        load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all
-        raise NotFound(f"campaign {slug} has not been sent yet")
+        _status_not_sent(ws, slug, json_)
+        return
     totals = counts(ws.db, row["id"])
     # The Message-ID each message carried: derived from its token, on the sender's domain.
     mid = {"secret": ws.settings.secret_key(), "domain": ws.settings.sender_address()[1]}
@@ -487,6 +488,31 @@ def status(ws: Workspace, slug: str | None, json_: bool) -> None:
         click.echo(f"  skipped: {sum(waits['skipped'].values())} ({reasons})")
     if rows:
         emit_table(rows, ["email", "state", "attempts", "code", "reply", "message_id"])
+
+
+def _status_not_sent(ws: Workspace, slug: str, json_: bool) -> None:
+    """The status of a campaign in ``campaigns/`` that no send has started yet."""
+    c = load_campaign(ws.campaigns_dir, slug)  # a clear error if it does not exist at all
+    state = "follow-up" if c.follows else current_state(None, c)
+    if json_:
+        emit_json(
+            {
+                "campaign": slug,
+                "state": state,
+                "counts": dict.fromkeys(DELIVERY_STATES, 0),
+                "bounced_after_sent": 0,
+                "problems": [],
+                "held_back": [],
+                "skipped": {},
+            }
+        )
+        return
+    click.echo(f"Campaign {slug}: {state}, not sent yet")
+    if c.follows:
+        how = "says when it is due; `listkit send --due` sends it then."
+    else:
+        how = f"shows who it would go to; `listkit send {slug}` sends it."
+    click.echo(f"  `listkit campaigns check {slug}` {how}")
 
 
 @cli.command("retry")
