@@ -592,6 +592,12 @@ def test_an_unknown_currency_option_is_one_error_not_a_rejection_per_row(run, tm
     assert result.output == f"Error: {f}: --currency: 'ZZZ' is not an ISO 4217 currency code\n"
 
 
+@pytest.mark.parametrize("text", ["£", "$", "€ ", "", "-", "+", "()", "-£"])
+def test_an_amount_without_digits_is_not_an_amount(text):
+    with pytest.raises(InputError, match="is not an amount"):
+        to_minor(text, "GBP")
+
+
 # --- amounts and times are ASCII digits -------------------------------------------------------
 
 # Python's int() and Decimal() read these as 3, 12, 5, 3 and 1794000000.

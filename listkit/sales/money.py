@@ -93,7 +93,7 @@ def _decimal_text(raw: str, currency: str, decimal_comma: bool) -> str:
     """
     text = raw
     sign = ""
-    if text[:1] in "+-":
+    if text.startswith(("+", "-")):  # (not `text[:1] in "+-"`: "" is in every string)
         sign, text = text[0].replace("+", ""), text[1:]
     bad = InputError(f"{quoted(raw)} is not an amount")
     point, group = (",", ".") if decimal_comma else (".", ",")
