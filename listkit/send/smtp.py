@@ -112,14 +112,21 @@ class _Replies(asyncio.Protocol):
             self._break("the server sent an over-long reply")
 
     def _deliver(self, lines: list[bytes]) -> None:
-        if (
+        if len(lines) == 1:  # most replies: no set, no join
+            line = lines[0]
+            if not _REPLY_CODE.match(line):
+                self._break(f"malformed reply {line[:80]!r}")
+                return
+            code, text = int(line[:3]), line[4:].strip().decode("utf-8", "replace")
+        elif (
             not all(_REPLY_CODE.match(line) for line in lines)
             or len({line[:3] for line in lines}) != 1
         ):
             self._break(f"malformed reply {lines[-1][:80]!r}")
             return
-        code = int(lines[0][:3])
-        text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in lines)
+        else:
+            code = int(lines[0][:3])
+            text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in lines)
         if self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -146,6 +153,13 @@ class _Replies(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "connection closed"))
+
+
+def _expire(future: asyncio.Future[Reply]) -> None:
+    """A reply that did not come in time: its waiter fails with TimeoutError (a reply
+    that comes later is dropped, as one nobody asked for)."""
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class Connection:
@@ -187,8 +201,15 @@ class Connection:
         """The awaited reply; TimeoutError or ConnectionLost otherwise."""
         if future.done():  # pipelined replies often arrive together: no timer needed
             return future.result()
-        async with asyncio.timeout(self.timeout):
+        if self.timeout is None:
             return await future
+        # A timer that fails the reply's future, rather than ``asyncio.timeout``
+        # (which cancels and uncancels the task): two replies a message wait.
+        timer = self.replies.loop.call_later(self.timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     async def command(self, line: bytes) -> Reply:
         (future,) = self.send(line + b"\r\n")
@@ -291,7 +312,7 @@ async def transact(
 def _envelope(conn: Connection, sender: str, recipient: str, data: bytes) -> list[bytes] | Outcome:
     """MAIL FROM, RCPT TO and DATA for this server, or the ``failed`` outcome of a
     message it cannot take (an address or a size), before anything is sent."""
-    if not conn.smtputf8:
+    if not conn.smtputf8 and not (recipient.isascii() and sender.isascii()):
         # Without SMTPUTF8 an internationalised domain goes in A-labels;
         # only a non-ASCII local part needs the extension.
         recipient = ascii_domain(recipient) or recipient
