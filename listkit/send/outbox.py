@@ -38,14 +38,14 @@ from datetime import datetime, timedelta
 from sqlite_utils import Database
 
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS
-from listkit.audience.suppressions import DECLINED, suppress
+from listkit.audience.suppressions import BOUNCED_DELIVERIES, DECLINED, suppress
 from listkit.db import clock, immediate, iso, now, seconds
 from listkit.mail.message_ids import message_id
 from listkit.mail.tracking import row_token
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
 from listkit.send.respect import Hold, Respect, sort_out
 from listkit.send.variants import assign_variant, in_test_part
-from listkit.vocab import DELIVERY_STATES
+from listkit.vocab import BOUNCE_REASONS, DELIVERY_STATES
 
 MAX_ATTEMPTS = 8
 BACKOFF = timedelta(minutes=5)
@@ -497,6 +497,37 @@ def problems(
             "next_attempt": iso(next_unix),
         }
         for did, email, state, attempts, code, reply, legacy, next_unix in cursor
+    ]
+
+
+def bounced_after_sent(db: Database, campaign_id: int, *, secret: bytes, domain: str) -> list[dict]:
+    """The campaign's deliveries the server accepted (state ``sent``) that a later bounce
+    report says bounced: hard, or the soft bounce that suppressed the address. They stay
+    ``sent`` (the message did go out, and nothing ever sends a ``sent`` row again); this
+    is how `listkit status` and the report tell them apart. Rows shaped as
+    ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
+    cursor = db.execute(
+        f"""SELECT d.id, coalesce(d.sent_to, s.email), d.attempts, d.legacy_token,
+                   (SELECT json_extract(e.detail, '$.status') FROM events e
+                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1),
+                   (SELECT json_extract(e.detail, '$.diagnostic') FROM events e
+                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1)
+            FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+            WHERE d.campaign_id = ? AND d.state = 'sent' AND d.id IN ({BOUNCED_DELIVERIES})
+            ORDER BY d.id""",
+        [campaign_id, json.dumps(BOUNCE_REASONS)],
+    )
+    return [
+        {
+            "email": email,
+            "state": "bounced",
+            "attempts": attempts,
+            "code": status,
+            "reply": diagnostic,
+            "message_id": message_id(row_token(secret, did, legacy), domain),
+            "next_attempt": None,
+        }
+        for did, email, attempts, legacy, status, diagnostic in cursor
     ]
 
 
