@@ -328,11 +328,15 @@ def _due_rows(
 ) -> list[tuple]:
     """Up to ``limit`` rows due at ``stamp``: a ``Claimed``'s fields, then whether the
     reader has gone (suppressed, left the list, or declined)."""
-    # Three index walks (deferred rows now due, pending ones in id order, then
-    # held-back ones now due): one query with OR would scan and sort the whole
-    # campaign on every claim. Held-back rows come last: the state index does not
-    # hold their due time, so their walk reads all of them, which a campaign
-    # holding many back can afford at the end of a run, not on every batch.
+    # Three index walks (deferred rows now due, pending ones, then held-back ones
+    # now due): one query with OR would scan and sort the whole campaign on every
+    # claim. Each walk takes the rows in the state index's order (deliveries_report:
+    # a list's rows, then a variant's, in id order), so it stops after the rows it
+    # takes; in plain id order it would read and sort every row of the state
+    # (20,000 pending rows: 5 ms a claim instead of 0.4). Held-back rows come last:
+    # the index does not hold their due time, so their walk reads all of them,
+    # which a campaign holding many back can afford at the end of a run, not on
+    # every batch.
     rows: list[tuple] = []
     for where, params in (
         ("d.state = 'deferred' AND d.next_unix <= ?", [stamp]),
@@ -355,7 +359,7 @@ def _due_rows(
                FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                JOIN lists l ON l.id = d.list_id
                WHERE d.campaign_id = ? AND {where}
-               ORDER BY d.id LIMIT ?""",
+               ORDER BY d.list_id, d.variant, d.id LIMIT ?""",
             [declined, campaign_id, *params, limit - len(rows)],
         ).fetchall()
     return rows
