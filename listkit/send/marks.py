@@ -9,8 +9,10 @@ write lock once per group of messages, and every other writer of the same
 database (`listkit serve` answering unsubscribes and clicks, an import) holds
 that lock for milliseconds at a time: a send would wait for it before every
 message. So the mark goes here instead: a file of lines, one per message,
-``fdatasync``-ed before the content goes out (no lock is shared with anyone:
-one send at a time holds the send lock). The lines are written in place over
+on the disk before the content goes out (no lock is shared with anyone: one
+send at a time holds the send lock). The file is open with ``O_DSYNC``: a
+write returns once its data is on the disk, one system call where a write
+and an ``fdatasync`` were two. The lines are written in place over
 zeros laid down (and synced) ahead of them, ``ZEROS`` bytes at a time: a sync
 that only flushes data, the file's size unchanged, needs no journal commit of
 the file system's (measured on ext4: 0.13 ms against 0.17 to 0.32 ms after an
@@ -62,7 +64,7 @@ class MarkFile:
     def __init__(self, db_path: Path) -> None:
         self.path = marks_path(db_path)
         # os.open's error names the file already.
-        self.fd = private_fd(self.path, os.O_RDWR | os.O_CREAT)
+        self.fd = private_fd(self.path, os.O_RDWR | os.O_CREAT | os.O_DSYNC)
         # The folded marks of a killed run were emptied before this run began;
         # anything else is kept, and the lines go after it (after a newline, so
         # that a line cut short there cannot swallow the first of them).
@@ -71,7 +73,7 @@ class MarkFile:
         self.separate = kept > 0
 
     def mark(self, run_id: str, delivery_ids: Iterable[int]) -> None:
-        """Write one line per id and sync: once this returns, the marks survive a crash."""
+        """Write one line per id, to the disk: once this returns, the marks survive a crash."""
         data = b"".join(_line(run_id, i) for i in delivery_ids)
         if not data:
             return
@@ -83,18 +85,17 @@ class MarkFile:
             written = os.pwrite(self.fd, data, self.end)
             while written < len(data):  # a short write: the rest follows it
                 written += os.pwrite(self.fd, data[written:], self.end + written)
-            os.fdatasync(self.fd)
         except OSError as e:  # a full disk: say which file
             raise OSError(e.errno, e.strerror, str(self.path)) from None
         self.end += len(data)
 
     def _zero(self, until: int) -> None:
-        """Fill the file with zeros from where it ends to ``until``, and sync."""
+        """Fill the file with zeros from where it ends to ``until`` (on the disk
+        with its new size when this returns)."""
         zeros = bytes(until - self.zeroed)
         written = 0
         while written < len(zeros):
             written += os.pwrite(self.fd, zeros[written:], self.zeroed + written)
-        os.fdatasync(self.fd)
         self.zeroed = until
 
     def clear(self) -> None:
