@@ -238,7 +238,9 @@ class Run:
             if remaining is not None:
                 remaining -= len(rows)
             rendering.append((rows, self.renderer.submit(rows)))
-            if len(rendering) >= self.renderer.ahead:
+            # A batch already rendered (here, while no render process is ready yet)
+            # goes to the workers at once, rather than after the next batches.
+            while rendering and (len(rendering) >= self.renderer.ahead or rendering[0][1].done()):
                 await self._enqueue(*rendering.popleft())
         while rendering:
             await self._enqueue(*rendering.popleft())
