@@ -1,6 +1,8 @@
 """Claiming a batch of a campaign's outbox: it reads about a batch of rows, in the
 state index's order, however many rows wait behind it."""
 
+import pickle
+
 from listkit.db import now
 from listkit.send.outbox import claim
 
@@ -68,3 +70,16 @@ def test_claims_take_a_lists_rows_in_id_order_and_every_row_once(world, ws):
     for slug in ("news", "deals"):
         ids = [i for s, i in taken if s == slug]
         assert ids == sorted(ids) and len(ids) == 15
+
+
+def test_a_claimed_rows_token_is_its_deliverys_wherever_it_is_read_and_no_repr_shows_the_secret(
+    world, ws
+):
+    cid = _campaign_waiting(world, ws.db, "tok", 3)
+    secret = ws.settings.secret_key()
+    rows = claim(ws.db, cid, "1-aa", 3, secret=secret)
+    expected = [world.token(r.id) for r in rows]
+    # As a render process gets them (pickled), and as the sending process reads them.
+    assert [pickle.loads(pickle.dumps(r)).token for r in rows] == expected
+    assert [r.token for r in rows] == expected
+    assert all("secret" not in repr(r) and repr(secret) not in repr(r) for r in rows)

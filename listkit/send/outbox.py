@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from sqlite_utils import Database
 
@@ -221,6 +222,8 @@ def recover(db: Database, campaign_id: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Claimed:
+    """A claimed row: what its message is made from (``render``) and sent with."""
+
     id: int
     subscriber_id: int
     email: str
@@ -231,8 +234,17 @@ class Claimed:
     fields: str
     list_slug: str
     list_title: str | None
-    token: str
+    legacy_token: bytes | None
     attempts: int
+    secret: bytes = field(repr=False, compare=False)
+
+    @cached_property
+    def token(self) -> str:
+        """The token its message carries (``tracking.row_token``), derived when first
+        read: in the render process, which reads it for the links; in the sending
+        process only for a VERP envelope. Five HMACs a message that the sending
+        process, the busy one, no longer spends."""
+        return row_token(self.secret, self.id, self.legacy_token)
 
 
 def claim(
@@ -254,9 +266,9 @@ def claim(
     ``skipped`` instead: an unsubscribe during a campaign is honoured. With
     ``respect`` (a selling message), rows whose reader it would not respect now
     are held back until it would, or skipped with the reason when that is past
-    the deadline (``respect.sort_out``). Each claimed row carries its token
-    (``tracking.row_token``: signed with ``secret``). Returns nothing only when
-    no row is due.
+    the deadline (``respect.sort_out``). Each claimed row's token is derived
+    with ``secret`` when it is first read (``Claimed.token``). Returns nothing
+    only when no row is due.
     """
     declined_json = json.dumps(list(declined))
     claimed: list[Claimed] = []
@@ -309,8 +321,7 @@ def _sort_claims(
     batch = []
     for row in rows:
         if not row[-1]:
-            *head, legacy, attempts = row[:-1]
-            batch.append(Claimed(*head, row_token(secret, row[0], legacy), attempts))
+            batch.append(Claimed(*row[:-1], secret))
     if respect is None or not batch:
         return batch, skipped, []
     wait, skip = sort_out(db, respect, [c.subscriber_id for c in batch], at)

@@ -423,8 +423,7 @@ class Run:
         already); (result, keep the connection). The next message the queue holds
         (none with a rate limit) goes ahead with the content, put in ``following``
         with its ``Ahead`` (None: it goes on its own)."""
-        # With a bounce address, the envelope names the delivery (VERP).
-        envelope = envelope_sender(self.bounce_address, self.sender_address, row.token)
+        envelope = self._envelope_sender(row)
 
         def then() -> Ahead | None:
             if self.limiter.interval or self.queue.empty():
@@ -434,7 +433,7 @@ class Run:
                 following.append((None, None))
                 return None
             nxt, nxt_data = item
-            sender = envelope_sender(self.bounce_address, self.sender_address, nxt.token)
+            sender = self._envelope_sender(nxt)
             nxt_ahead = ahead_of(conn, sender, nxt.email, nxt_data, lambda: self._mark_data(nxt.id))
             following.append((item, nxt_ahead))
             return nxt_ahead
@@ -452,6 +451,13 @@ class Run:
             self._sender_refused(envelope, out)
             return Result(row.id, "pending"), out.keep
         return self._outcome_result(row, out), out.keep
+
+    def _envelope_sender(self, row: Claimed) -> str:
+        """With a bounce address, the envelope names the delivery (VERP); the
+        token is only derived then."""
+        if not self.bounce_address:
+            return self.sender_address
+        return envelope_sender(self.bounce_address, self.sender_address, row.token)
 
     def _sender_refused(self, envelope: str, out: Outcome) -> None:
         """The server refuses our envelope sender: every message would meet the
