@@ -2,7 +2,7 @@
 
 import zlib
 
-from listkit.send.marks import MarkFile, fold_marks, marks_path, read_marks
+from listkit.send.marks import ZEROS, MarkFile, fold_marks, marks_path, read_marks
 from listkit.send.outbox import claim, recover
 from listkit.send.prepare import prepare
 from listkit.workspace import Workspace
@@ -94,3 +94,27 @@ def test_a_finished_run_leaves_the_marks_file_empty(run, workspace):
         controller.stop()
     assert handler.recipients() == {a: 1 for a in ADDRS}
     assert (workspace / "listkit.db-marks").read_bytes() == b""
+
+
+def test_marks_are_written_over_zeros_laid_ahead_and_only_whole_lines_are_read(tmp_path):
+    db_path = tmp_path / "listkit.db"
+    marks = MarkFile(db_path)
+    marks.mark("7-ab", [3])
+    data = marks_path(db_path).read_bytes()
+    assert data.startswith(line("7-ab", 3)) and len(data) >= len(line("7-ab", 3)) + ZEROS
+    assert data[len(line("7-ab", 3)) :] == bytes(len(data) - len(line("7-ab", 3)))
+    many = list(range(10, 10 + 2 * ZEROS // len(line("7-ab", 10))))
+    marks.mark("7-ab", many)  # past the zeros laid ahead: more are laid
+    assert read_marks(marks_path(db_path)) == [("7-ab", i) for i in [3, *many]]
+    marks.clear()
+    assert marks_path(db_path).read_bytes() == b""
+    marks.close()
+
+
+def test_lines_written_after_a_line_cut_short_are_whole(tmp_path):
+    db_path = tmp_path / "listkit.db"
+    marks_path(db_path).write_bytes(line("5-aa", 1) + line("5-aa", 2)[:7])
+    marks = MarkFile(db_path)
+    marks.mark("6-bb", [3, 4])
+    marks.close()
+    assert read_marks(marks_path(db_path)) == [("5-aa", 1), ("6-bb", 3), ("6-bb", 4)]

@@ -98,3 +98,12 @@ def test_conceal_is_a_permutation_of_40_bit_numbers_that_reveal_undoes():
     assert signing.conceal(key, "other", 1) != hidden[1]
     with pytest.raises(ValueError):
         signing.conceal(key, "delivery", 2**40)
+
+
+@pytest.mark.parametrize("size", [0, 1, 32, 64, 65, 200])
+def test_a_tag_is_the_standard_hmac_sha256_for_a_secret_of_any_length(size):
+    secret = bytes(range(256))[:size] or b""
+    for value in ("", "12345", "é" * 100):
+        expected = hmac.new(secret, f"delivery:{value}".encode(), hashlib.sha256).digest()
+        assert signing.tag(secret, "delivery", value, 32) == expected
+        assert signing.tag(secret, "delivery", value, 5) == expected[:5]

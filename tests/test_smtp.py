@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from listkit.send.smtp import ConnectionLost, Reply, _Replies, path, wire_form
 from tests.smtp_server import free_port
-from tests.test_send import setup_campaign, totals
+from tests.test_send import rows, setup_campaign, totals
 
 
 def test_wire_form_normalises_line_ends_and_stuffs_dots():
@@ -411,3 +411,31 @@ def test_a_campaign_a_test_send_and_a_confirmation_meet_a_server_without_smtputf
     assert test_send == f"Error: the message was not sent: {said}\n"
     assert confirmation == ("failed", f"the message was not sent: {said}")
     assert handler.messages == [] and not handler.rcpt_attempts
+
+
+def test_a_messages_content_and_the_next_messages_envelope_go_in_one_write(run, workspace):
+    addresses = [f"a{i}@example.com" for i in range(12)]
+    with RecordingServer(True) as server:
+        setup_campaign(run, workspace, server.port, addresses)
+        run("send", "t", "--yes")
+    assert server.messages == 12 and totals(workspace)["sent"] == 12
+    together = [r for r in server.reads if b"\r\n.\r\nMAIL FROM:" in r]
+    assert together and all(r.endswith(b"\r\nDATA\r\n") for r in together)
+    # Every message's content came after its own DATA's 354, once.
+    assert sorted(server.data) == sorted(set(server.data))
+    assert sum(r.count(b"RCPT TO:") for r in server.reads) == 12
+
+
+def test_a_message_whose_envelope_went_ahead_on_a_closing_connection_goes_on_another(
+    run, workspace
+):
+    # Every final dot is answered 421 (the server closes): the envelope that went
+    # with it is void, and its message is tried on a new connection, not deferred
+    # as lost.
+    addresses = [f"c{i}@example.com" for i in range(6)]
+    with RecordingServer(True, final_reply=b"421 4.3.0 closing") as server:
+        setup_campaign(run, workspace, server.port, addresses)
+        run("send", "t", "--yes", ok=False)
+    assert server.messages == 6
+    assert {state for state, _code, _attempts in rows(workspace).values()} == {"deferred"}
+    assert {code for _state, code, _attempts in rows(workspace).values()} == {421}

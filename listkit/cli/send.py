@@ -14,7 +14,6 @@ from listkit.cli import cli, pass_workspace
 from listkit.cli.output import emit_json, emit_table, json_option, require_terminal
 from listkit.db import clock
 from listkit.errors import ListkitError, NotFound
-from listkit.inbox.bounces import bounced_after_sent
 from listkit.mail.compose import check_offer
 from listkit.runlock import AlreadyRunning
 from listkit.send.campaigns import (
@@ -30,8 +29,8 @@ from listkit.send.campaigns import (
     without_holdout,
 )
 from listkit.send.due import send_due
-from listkit.send.outbox import counts, held_and_skipped, problems, retry
-from listkit.send.prepare import prepare
+from listkit.send.outbox import bounced_after_sent, counts, held_and_skipped, problems, retry
+from listkit.send.prepare import Prepared, prepare
 from listkit.send.sender import RunSummary, send_campaign
 from listkit.send.sender import dry_run as write_dry_run
 from listkit.send.sequence_due import send_sequences
@@ -212,10 +211,15 @@ def _minute(stored: str | None) -> str:
 
 
 def _run_send(
-    ws: Workspace, slug: str, limit: int | None, quiet: bool, newcomers: bool = False
+    ws: Workspace,
+    p: Prepared,
+    limit: int | None,
+    quiet: bool,
+    newcomers: bool = False,
 ) -> RunSummary:
+    slug = p.campaign.slug
     if quiet or not sys.stdout.isatty():
-        return send_campaign(ws, slug, limit=limit, newcomers=newcomers)
+        return send_campaign(ws, slug, limit=limit, newcomers=newcomers, prepared=p)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -237,7 +241,13 @@ def _run_send(
 
     with progress:
         return send_campaign(
-            ws, slug, limit=limit, on_start=on_start, on_result=on_result, newcomers=newcomers
+            ws,
+            slug,
+            limit=limit,
+            on_start=on_start,
+            on_result=on_result,
+            newcomers=newcomers,
+            prepared=p,
         )
 
 
@@ -330,7 +340,7 @@ def send(
             click.echo("  top-up: only those not yet in the campaign's outbox get it")
         click.confirm("Send now?", abort=True)
     try:
-        summary = _run_send(ws, slug, limit, quiet=False, newcomers=top_up)
+        summary = _run_send(ws, p, limit, quiet=False, newcomers=top_up)
     except AlreadyRunning as e:
         raise ListkitError(str(e)) from None
     _print_summary(summary)

@@ -46,13 +46,11 @@ from sqlite_utils import Database
 from listkit import vocab
 from listkit.addresses import email_key
 from listkit.audience.deliveries import delivery_id
-from listkit.audience.suppressions import BOUNCED_DELIVERIES
 from listkit.config import Settings, SoftRule
 from listkit.db import immediate, now, seconds
 from listkit.inbox.mailbox import IMAPMailbox, read_messages
-from listkit.mail.message_ids import message_id, returned_message_id
+from listkit.mail.message_ids import returned_message_id
 from listkit.mail.replies import ENHANCED_STATUS, HARD, IGNORED, SOFT, classify
-from listkit.mail.tracking import row_token
 from listkit.mail.verp import token_from_address
 from listkit.runlock import run_lock
 
@@ -652,37 +650,6 @@ def _effect(
     if suppressed:
         return "unsubscribed" if rcpt.outcome == COMPLAINT else "suppressed"
     return "unsubscribed" if changed and rcpt.outcome == COMPLAINT else "already"
-
-
-def bounced_after_sent(db: Database, campaign_id: int, *, secret: bytes, domain: str) -> list[dict]:
-    """The campaign's deliveries the server accepted (state ``sent``) that a later bounce
-    report says bounced: hard, or the soft bounce that suppressed the address. They stay
-    ``sent`` (the message did go out, and nothing ever sends a ``sent`` row again); this
-    is how `listkit status` and the report tell them apart. Rows shaped as
-    ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
-    cursor = db.execute(
-        f"""SELECT d.id, coalesce(d.sent_to, s.email), d.attempts, d.legacy_token,
-                   (SELECT json_extract(e.detail, '$.status') FROM events e
-                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1),
-                   (SELECT json_extract(e.detail, '$.diagnostic') FROM events e
-                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1)
-            FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-            WHERE d.campaign_id = ? AND d.state = 'sent' AND d.id IN ({BOUNCED_DELIVERIES})
-            ORDER BY d.id""",
-        [campaign_id, json.dumps(vocab.BOUNCE_REASONS)],
-    )
-    return [
-        {
-            "email": email,
-            "state": "bounced",
-            "attempts": attempts,
-            "code": status,
-            "reply": diagnostic,
-            "message_id": message_id(row_token(secret, did, legacy), domain),
-            "next_attempt": None,
-        }
-        for did, email, attempts, legacy, status, diagnostic in cursor
-    ]
 
 
 # ---------------------------------------------------------------------------

@@ -32,20 +32,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from sqlite_utils import Database
 
 from listkit.audience.subscribers import SUBSCRIBER_COLUMNS
-from listkit.audience.suppressions import DECLINED, suppress
+from listkit.audience.suppressions import BOUNCED_DELIVERIES, DECLINED, suppress
 from listkit.db import clock, immediate, iso, now, seconds
 from listkit.mail.message_ids import message_id
 from listkit.mail.tracking import row_token
 from listkit.send.campaigns import Campaign, held_out, snapshot_audience
 from listkit.send.respect import Hold, Respect, sort_out
 from listkit.send.variants import assign_variant, in_test_part
-from listkit.vocab import DELIVERY_STATES
+from listkit.vocab import BOUNCE_REASONS, DELIVERY_STATES
 
 MAX_ATTEMPTS = 8
 BACKOFF = timedelta(minutes=5)
@@ -221,6 +222,8 @@ def recover(db: Database, campaign_id: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Claimed:
+    """A claimed row: what its message is made from (``render``) and sent with."""
+
     id: int
     subscriber_id: int
     email: str
@@ -231,8 +234,17 @@ class Claimed:
     fields: str
     list_slug: str
     list_title: str | None
-    token: str
+    legacy_token: bytes | None
     attempts: int
+    secret: bytes = field(repr=False, compare=False)
+
+    @cached_property
+    def token(self) -> str:
+        """The token its message carries (``tracking.row_token``), derived when first
+        read: in the render process, which reads it for the links; in the sending
+        process only for a VERP envelope. Five HMACs a message that the sending
+        process, the busy one, no longer spends."""
+        return row_token(self.secret, self.id, self.legacy_token)
 
 
 def claim(
@@ -254,9 +266,9 @@ def claim(
     ``skipped`` instead: an unsubscribe during a campaign is honoured. With
     ``respect`` (a selling message), rows whose reader it would not respect now
     are held back until it would, or skipped with the reason when that is past
-    the deadline (``respect.sort_out``). Each claimed row carries its token
-    (``tracking.row_token``: signed with ``secret``). Returns nothing only when
-    no row is due.
+    the deadline (``respect.sort_out``). Each claimed row's token is derived
+    with ``secret`` when it is first read (``Claimed.token``). Returns nothing
+    only when no row is due.
     """
     declined_json = json.dumps(list(declined))
     claimed: list[Claimed] = []
@@ -309,8 +321,7 @@ def _sort_claims(
     batch = []
     for row in rows:
         if not row[-1]:
-            *head, legacy, attempts = row[:-1]
-            batch.append(Claimed(*head, row_token(secret, row[0], legacy), attempts))
+            batch.append(Claimed(*row[:-1], secret))
     if respect is None or not batch:
         return batch, skipped, []
     wait, skip = sort_out(db, respect, [c.subscriber_id for c in batch], at)
@@ -328,11 +339,15 @@ def _due_rows(
 ) -> list[tuple]:
     """Up to ``limit`` rows due at ``stamp``: a ``Claimed``'s fields, then whether the
     reader has gone (suppressed, left the list, or declined)."""
-    # Three index walks (deferred rows now due, pending ones in id order, then
-    # held-back ones now due): one query with OR would scan and sort the whole
-    # campaign on every claim. Held-back rows come last: the state index does not
-    # hold their due time, so their walk reads all of them, which a campaign
-    # holding many back can afford at the end of a run, not on every batch.
+    # Three index walks (deferred rows now due, pending ones, then held-back ones
+    # now due): one query with OR would scan and sort the whole campaign on every
+    # claim. Each walk takes the rows in the state index's order (deliveries_report:
+    # a list's rows, then a variant's, in id order), so it stops after the rows it
+    # takes; in plain id order it would read and sort every row of the state
+    # (20,000 pending rows: 5 ms a claim instead of 0.4). Held-back rows come last:
+    # the index does not hold their due time, so their walk reads all of them,
+    # which a campaign holding many back can afford at the end of a run, not on
+    # every batch.
     rows: list[tuple] = []
     for where, params in (
         ("d.state = 'deferred' AND d.next_unix <= ?", [stamp]),
@@ -355,7 +370,7 @@ def _due_rows(
                FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
                JOIN lists l ON l.id = d.list_id
                WHERE d.campaign_id = ? AND {where}
-               ORDER BY d.id LIMIT ?""",
+               ORDER BY d.list_id, d.variant, d.id LIMIT ?""",
             [declined, campaign_id, *params, limit - len(rows)],
         ).fetchall()
     return rows
@@ -497,6 +512,37 @@ def problems(
             "next_attempt": iso(next_unix),
         }
         for did, email, state, attempts, code, reply, legacy, next_unix in cursor
+    ]
+
+
+def bounced_after_sent(db: Database, campaign_id: int, *, secret: bytes, domain: str) -> list[dict]:
+    """The campaign's deliveries the server accepted (state ``sent``) that a later bounce
+    report says bounced: hard, or the soft bounce that suppressed the address. They stay
+    ``sent`` (the message did go out, and nothing ever sends a ``sent`` row again); this
+    is how `listkit status` and the report tell them apart. Rows shaped as
+    ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
+    cursor = db.execute(
+        f"""SELECT d.id, coalesce(d.sent_to, s.email), d.attempts, d.legacy_token,
+                   (SELECT json_extract(e.detail, '$.status') FROM events e
+                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1),
+                   (SELECT json_extract(e.detail, '$.diagnostic') FROM events e
+                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1)
+            FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+            WHERE d.campaign_id = ? AND d.state = 'sent' AND d.id IN ({BOUNCED_DELIVERIES})
+            ORDER BY d.id""",
+        [campaign_id, json.dumps(BOUNCE_REASONS)],
+    )
+    return [
+        {
+            "email": email,
+            "state": "bounced",
+            "attempts": attempts,
+            "code": status,
+            "reply": diagnostic,
+            "message_id": message_id(row_token(secret, did, legacy), domain),
+            "next_attempt": None,
+        }
+        for did, email, attempts, legacy, status, diagnostic in cursor
     ]
 
 

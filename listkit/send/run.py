@@ -44,7 +44,7 @@ from listkit.send.marks import MarkFile
 from listkit.send.outbox import Claimed, Result, claim, may_go, record
 from listkit.send.render import Rendered, Renderer
 from listkit.send.respect import Respect
-from listkit.send.smtp import Connection, ConnectionLost, Outcome, transact
+from listkit.send.smtp import Ahead, Connection, ConnectionLost, Outcome, ahead_of, transact
 
 T = TypeVar("T")
 
@@ -238,7 +238,9 @@ class Run:
             if remaining is not None:
                 remaining -= len(rows)
             rendering.append((rows, self.renderer.submit(rows)))
-            if len(rendering) >= self.renderer.ahead:
+            # A batch already rendered (here, while no render process is ready yet)
+            # goes to the workers at once, rather than after the next batches.
+            while rendering and (len(rendering) >= self.renderer.ahead or rendering[0][1].done()):
                 await self._enqueue(*rendering.popleft())
         while rendering:
             await self._enqueue(*rendering.popleft())
@@ -328,33 +330,55 @@ class Run:
 
     async def _worker(self) -> None:
         client: Connection | None = None
+        # The message in hand, and its envelope when it went out with the content
+        # of the message before it (``smtp.Ahead``).
+        item = await self.queue.get()
+        ahead: Ahead | None = None
         try:
-            while True:
-                item = await self.queue.get()
-                if item is None:
-                    return
+            while item is not None:
                 row, data = item
+                if ahead is not None and (
+                    self.stopped is not None or client is None or not client.is_connected
+                ):
+                    # Its content will not follow on that connection (the run stopped,
+                    # or the connection is gone): nothing of it went out.
+                    ahead.forget()
+                    if ahead.sent and client is not None:
+                        client.abort()  # the server waits for that content
+                        client = None
+                    ahead = None
                 if self.stopped is not None:
                     self._result(Result(row.id, "pending"))
+                    item = await self.queue.get()
                     continue
+                following: list = []  # what the transaction took from the queue to go ahead
                 try:
                     if client is None or not client.is_connected:
                         client = await self._connect_or_release(row)
                         if client is None:
+                            item = await self.queue.get()
                             continue
-                    await self.limiter.wait()
-                    result, keep = await self._deliver(client, row, data)
+                    if ahead is None:
+                        await self.limiter.wait()
+                    result, keep = await self._deliver(client, row, data, ahead, following)
                 except Exception as e:
                     # Unexpected: stop. The row stays 'sending' at the phase it reached,
                     # and the next run resolves it from there.
                     self.fatal = self.fatal or e
                     self.stopped = self.stopped or f"internal error: {type(e).__name__}: {e}"
+                    item, ahead = following[0] if following else (await self.queue.get(), None)
                     continue
                 self._result(result)
                 if not keep:
                     client.close()
                     client = None
+                item, ahead = following[0] if following else (await self.queue.get(), None)
         finally:
+            if ahead is not None:
+                ahead.forget()
+                if ahead.sent and client is not None:
+                    client.abort()
+                    client = None
             if client is not None:
                 await client.quit()
 
@@ -392,15 +416,48 @@ class Run:
         self._result(Result(row.id, "pending"))
         return None
 
-    async def _deliver(self, conn: Connection, row: Claimed, data: bytes) -> tuple[Result, bool]:
-        """Send one message (``data`` in wire form); (result, keep the connection)."""
-        # With a bounce address, the envelope names the delivery (VERP).
-        envelope = envelope_sender(self.bounce_address, self.sender_address, row.token)
-        out = await transact(conn, envelope, row.email, data, ready=lambda: self._mark_data(row.id))
+    async def _deliver(
+        self, conn: Connection, row: Claimed, data: bytes, ahead: Ahead | None, following: list
+    ) -> tuple[Result, bool]:
+        """Send one message (``data`` in wire form; ``ahead``: its envelope went out
+        already); (result, keep the connection). The next message the queue holds
+        (none with a rate limit) goes ahead with the content, put in ``following``
+        with its ``Ahead`` (None: it goes on its own)."""
+        envelope = self._envelope_sender(row)
+
+        def then() -> Ahead | None:
+            if self.limiter.interval or self.queue.empty():
+                return None
+            item = self.queue.get_nowait()
+            if item is None:  # the end: no message follows
+                following.append((None, None))
+                return None
+            nxt, nxt_data = item
+            sender = self._envelope_sender(nxt)
+            nxt_ahead = ahead_of(conn, sender, nxt.email, nxt_data, lambda: self._mark_data(nxt.id))
+            following.append((item, nxt_ahead))
+            return nxt_ahead
+
+        out = await transact(
+            conn,
+            envelope,
+            row.email,
+            data,
+            ready=lambda: self._mark_data(row.id),
+            then=then,
+            ahead=ahead,
+        )
         if out.state == "refused" and out.command == "MAIL FROM" and (out.code or 0) >= 500:
             self._sender_refused(envelope, out)
             return Result(row.id, "pending"), out.keep
         return self._outcome_result(row, out), out.keep
+
+    def _envelope_sender(self, row: Claimed) -> str:
+        """With a bounce address, the envelope names the delivery (VERP); the
+        token is only derived then."""
+        if not self.bounce_address:
+            return self.sender_address
+        return envelope_sender(self.bounce_address, self.sender_address, row.token)
 
     def _sender_refused(self, envelope: str, out: Outcome) -> None:
         """The server refuses our envelope sender: every message would meet the

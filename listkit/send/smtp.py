@@ -15,6 +15,16 @@ content after the 354: two round trips, and half the system calls and
 wake-ups. Without PIPELINING each command waits for its
 reply, as RFC 5321 requires.
 
+A run sending many messages on one connection goes further: the content of
+one message and the envelope of the next go in one write (RFC 2920 3.1: the
+content may be the first "command" of a group, and DATA the last), so that a
+message costs one write and one round trip. The next message's content still
+waits for its own 354 and its own mark (``ready``, asked for once the message
+before it has its outcome, as it would be without this); if the connection
+does not outlive the first message, nothing of the second's content went out,
+and it is sent again on another connection (``Ahead.sent`` says whether its
+envelope went).
+
 The content is sent in wire form, prepared where the message is rendered
 (``wire_form``): CRLF line ends, leading dots doubled, the final dot added.
 """
@@ -112,14 +122,21 @@ class _Replies(asyncio.Protocol):
             self._break("the server sent an over-long reply")
 
     def _deliver(self, lines: list[bytes]) -> None:
-        if (
+        if len(lines) == 1:  # most replies: no set, no join
+            line = lines[0]
+            if not _REPLY_CODE.match(line):
+                self._break(f"malformed reply {line[:80]!r}")
+                return
+            code, text = int(line[:3]), line[4:].strip().decode("utf-8", "replace")
+        elif (
             not all(_REPLY_CODE.match(line) for line in lines)
             or len({line[:3] for line in lines}) != 1
         ):
             self._break(f"malformed reply {lines[-1][:80]!r}")
             return
-        code = int(lines[0][:3])
-        text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in lines)
+        else:
+            code = int(lines[0][:3])
+            text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in lines)
         if self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -146,6 +163,13 @@ class _Replies(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "connection closed"))
+
+
+def _expire(future: asyncio.Future[Reply]) -> None:
+    """A reply that did not come in time: its waiter fails with TimeoutError (a reply
+    that comes later is dropped, as one nobody asked for)."""
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class Connection:
@@ -187,8 +211,15 @@ class Connection:
         """The awaited reply; TimeoutError or ConnectionLost otherwise."""
         if future.done():  # pipelined replies often arrive together: no timer needed
             return future.result()
-        async with asyncio.timeout(self.timeout):
+        if self.timeout is None:
             return await future
+        # A timer that fails the reply's future, rather than ``asyncio.timeout``
+        # (which cancels and uncancels the task): two replies a message wait.
+        timer = self.replies.loop.call_later(self.timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     async def command(self, line: bytes) -> Reply:
         (future,) = self.send(line + b"\r\n")
@@ -243,6 +274,55 @@ class Outcome(NamedTuple):
         return f"{self.reply[:500]} (reply to {self.command})"
 
 
+class Ahead:
+    """The next message of a connection, whose envelope goes out with the content
+    of the message before it (``ahead`` of ``transact``), and is then sent by
+    ``transact(..., ahead=...)``."""
+
+    __slots__ = ("commands", "data", "ready", "recipient", "replies", "sender")
+
+    def __init__(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        ready: Callable[[], Awaitable[bool]] | None,
+        commands: list[bytes],
+    ):
+        self.sender, self.recipient, self.data, self.ready = sender, recipient, data, ready
+        self.commands = commands
+        self.replies: list[asyncio.Future[Reply]] | None = None  # once it went out
+
+    @property
+    def sent(self) -> bool:
+        """Whether the envelope went out (with the content before it)."""
+        return self.replies is not None
+
+    def forget(self) -> None:
+        """The envelope will not be followed (its connection is gone): its replies
+        end quietly."""
+        for future in self.replies or ():
+            _quietly(future)
+
+
+def ahead_of(
+    conn: Connection,
+    sender: str,
+    recipient: str,
+    data: bytes,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+) -> Ahead | None:
+    """The next message, to go out ahead on ``conn``; None if it cannot (no
+    PIPELINING, or its addresses or size need the outcome of a transaction of
+    its own)."""
+    if not conn.pipelining:
+        return None
+    commands = _envelope(conn, sender, recipient, data)
+    if isinstance(commands, Outcome):
+        return None
+    return Ahead(sender, recipient, data, ready, commands)
+
+
 async def transact(
     conn: Connection,
     sender: str,
@@ -250,22 +330,38 @@ async def transact(
     data: bytes,
     *,
     ready: Callable[[], Awaitable[bool]] | None = None,
+    then: Callable[[], Ahead | None] | None = None,
+    ahead: Ahead | None = None,
 ) -> Outcome:
     """One message (``data`` in wire form) from ``sender`` to ``recipient`` on ``conn``.
 
     ``ready`` is called as the envelope goes out, and its answer awaited before
     the content follows (the sender's durable mark): False holds the content
     back. The message counts as sent only on a 2xx to the final dot.
+
+    ``then`` is called just before the content goes: the next message it gives
+    (``ahead_of``) has its envelope written with this content. ``ahead``: this
+    message is such a next one, whose envelope went out already (its own
+    ``ready`` is called now; ``sender``, ``recipient``, ``data`` and ``ready``
+    given here are not used).
     """
-    commands = _envelope(conn, sender, recipient, data)
-    if isinstance(commands, Outcome):
-        return commands
-    # Asked for now, so that the caller's mark overlaps the round trips of the
-    # envelope; the content still waits for it. (The DATA command itself may go
-    # first: without the content and its final dot the server has no message.)
-    go = ready() if ready is not None else None
+    if ahead is not None and ahead.replies is not None:
+        commands, sent = ahead.commands, ahead.replies
+        go = ahead.ready() if ahead.ready is not None else None
+    else:
+        commands = _envelope(conn, sender, recipient, data)
+        if isinstance(commands, Outcome):
+            return commands
+        # Asked for now, so that the caller's mark overlaps the round trips of the
+        # envelope; the content still waits for it. (The DATA command itself may go
+        # first: without the content and its final dot the server has no message.)
+        go = ready() if ready is not None else None
+        sent = None
     try:
-        replies = await _send_envelope(conn, commands)
+        if sent is not None:
+            replies = [await conn.reply(f) for f in sent]
+        else:
+            replies = await _send_envelope(conn, commands)
     except (TimeoutError, ConnectionLost) as e:
         _quietly(go)
         conn.abort()
@@ -285,13 +381,14 @@ async def transact(
         if not allowed:
             conn.abort()
             return Outcome("held", "held back before the content went out", False)
-    return await _send_content(conn, data)
+    following = then() if then is not None else None
+    return await _send_content(conn, data, following)
 
 
 def _envelope(conn: Connection, sender: str, recipient: str, data: bytes) -> list[bytes] | Outcome:
     """MAIL FROM, RCPT TO and DATA for this server, or the ``failed`` outcome of a
     message it cannot take (an address or a size), before anything is sent."""
-    if not conn.smtputf8:
+    if not conn.smtputf8 and not (recipient.isascii() and sender.isascii()):
         # Without SMTPUTF8 an internationalised domain goes in A-labels;
         # only a non-ASCII local part needs the extension.
         recipient = ascii_domain(recipient) or recipient
@@ -354,10 +451,17 @@ async def _envelope_refused(conn: Connection, replies: list[Reply]) -> Outcome |
     return None
 
 
-async def _send_content(conn: Connection, data: bytes) -> Outcome:
-    """Send the content with its final dot; the message is sent only on a 2xx."""
+async def _send_content(conn: Connection, data: bytes, following: Ahead | None) -> Outcome:
+    """Send the content with its final dot (and the ``following`` message's
+    envelope); the message is sent only on a 2xx."""
+    if following is None:
+        (done,) = conn.send(data)
+    else:
+        done, *following.replies = conn.send(
+            data + b"".join(following.commands), 1 + len(following.commands)
+        )
     try:
-        end = await conn.reply(conn.send(data)[0])
+        end = await conn.reply(done)
     except (TimeoutError, ConnectionLost) as e:
         conn.abort()
         return Outcome("unknown", f"no reply to the final dot: {_lost(conn, e)}"[:500], False)
