@@ -857,6 +857,9 @@ class _Parser:
         names_of = self._names_of() if self.name_is else None
         clean = self._clean
         extras = [(i, encoded) for i, _, encoded in self.extras]
+        # A file with one custom field (a plan, a tag) builds its JSON in one step.
+        one_extra = len(extras) == 1
+        one_i, one_e = extras[0] if one_extra else (0, "")
         status_of = self.status
         evidence_is = self.evidence
         has_evidence = any(i is not None for i in evidence_is)
@@ -917,7 +920,10 @@ class _Parser:
                         continue
                 else:
                     kept, status = row, ACTIVE
-                if extras:
+                if one_extra:
+                    v = kept[one_i].strip()
+                    fields = f"{{{one_e}:{json_str(v)}}}" if v else "{}"
+                elif extras:
                     fields = (
                         "{"
                         + ",".join(
