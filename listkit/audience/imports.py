@@ -807,19 +807,6 @@ class _Parser:
         full = (row[self.full_i].strip() or None) if self.full_i is not None else None
         return full or join_name(first, last), first, last
 
-    def _names_of(self) -> Callable[[list[str]], tuple[str | None, str | None, str | None]]:
-        """``_names``, or for the usual first and last name columns the same
-        without its general case (it runs for every row)."""
-        if self.full_i is not None or self.first_i is None or self.last_i is None:
-            return self._names
-        first_i, last_i = self.first_i, self.last_i
-
-        def first_and_last(row: list[str]) -> tuple[str | None, str | None, str | None]:
-            first, last = row[first_i].strip() or None, row[last_i].strip() or None
-            return (f"{first} {last}" if first and last else first or last), first, last
-
-        return first_and_last
-
     def _clean(self, row: list[str]) -> list[str]:
         """The row's text as ``listkit.text`` cleans it (the address is left to its
         validation: a control character in it makes it invalid)."""
@@ -854,7 +841,11 @@ class _Parser:
         width, email_i, size = self.width, self.email_i, self.size
         invalid = f"invalid address in column {quoted(self.email_label)}"
         times_of = self._times if self.times else None
-        names_of = self._names_of() if self.name_is else None
+        # The usual first and last name columns are read in the loop below
+        # (_names without its general case: it runs for every row).
+        first_and_last = self.full_i is None and None not in (self.first_i, self.last_i)
+        first_i, last_i = (self.first_i, self.last_i) if first_and_last else (0, 0)
+        names_of = self._names if self.name_is and not first_and_last else None
         clean = self._clean
         extras = [(i, encoded) for i, _, encoded in self.extras]
         # A file with one custom field (a plan, a tag) builds its JSON in one step.
@@ -903,7 +894,11 @@ class _Parser:
                     continue
                 if key == address:
                     key = address  # the same object: see share
-                name, first, last = names_of(row) if names_of else (None, None, None)
+                if first_and_last:
+                    first, last = row[first_i].strip() or None, row[last_i].strip() or None
+                    name = f"{first} {last}" if first and last else first or last
+                else:
+                    name, first, last = names_of(row) if names_of else (None, None, None)
                 # Only a long row can carry a name or a field over its limit.
                 if len(joined) > shortest_risky and (problem := too_long(row, name)):
                     rejects.append((line, problem, given))
