@@ -77,7 +77,7 @@ def _fast(address: str) -> str | None:
     if host is None:
         host = _fast_domain(domain)
     if host and len(local) <= 64 and _FAST_LOCAL.fullmatch(local):
-        return f"{local}@{host}"
+        return address if host == domain else f"{local}@{host}"
     return None
 
 

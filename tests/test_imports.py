@@ -1,5 +1,6 @@
 """Subscriber imports: every real export shape, and every kind of bad input."""
 
+import io
 import json
 from pathlib import Path
 
@@ -795,3 +796,41 @@ def test_the_source_of_a_suppression_import_holds_no_control_character(run, tmp_
     run("suppress", "import", str(f))
     [row] = json.loads(run("suppress", "ls", "--json").output)
     assert row["source"] == f"import:{tmp_path}/odd bounces.txt"
+
+
+def test_a_file_with_one_custom_field_keeps_its_value_as_json_and_an_empty_one_as_none(
+    run, blog, tmp_path
+):
+    f = tmp_path / "one_field.csv"
+    f.write_text('email,note\na@example.com," say ""hi"" \\ ünï "\nb@example.com,  \n')
+    summary(run, f)
+    a = json.loads(run("subscribers", "show", "a@example.com", "--json").output)
+    b = json.loads(run("subscribers", "show", "b@example.com", "--json").output)
+    assert (a["fields"], b["fields"]) == ({"note": 'say "hi" \\ ünï'}, {})
+
+
+def test_values_repeated_in_a_chunk_are_one_object_each_for_the_writer():
+    from listkit import csvin
+    from listkit.audience.imports import _Parser, detect
+
+    text = "email,first_name,last_name,plan\n" + "".join(
+        f"Ann.{i}@Example.com,Ann,Lee,pro\nbo.{i}@example.com,Bo,Lee,pro\n" for i in range(3)
+    )
+    records = csvin.records(io.StringIO(text, newline=""), "x.csv")
+    _, header = next(records)
+    (chunk,) = _Parser(detect(header), header, 100).chunks(records)
+    firsts, lasts, plans = ({id(s[i]) for s in chunk.subs} for i in (3, 4, 5))
+    assert (len(firsts), len(lasts), len(plans)) == (2, 1, 1)
+    # A key spelled as its address is that very object; one that differs is its own.
+    assert all((s[1] is s[0]) == (s[0] == s[1]) for s in chunk.subs)
+    assert chunk.subs[0][:2] == ("Ann.0@example.com", "ann.0@example.com")
+
+
+def test_an_import_leaves_the_connections_page_cache_as_it_found_it(blog, ws):
+    from listkit.audience.imports import import_subscribers
+
+    db = ws.db
+    db.execute("PRAGMA cache_size = -3000")
+    stream = io.BytesIO(b"email\na@example.com\n")
+    import_subscribers(db, stream, "blog")
+    assert db.execute("PRAGMA cache_size").fetchone()[0] == -3000

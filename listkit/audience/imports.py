@@ -58,6 +58,7 @@ from listkit.times import parse_time
 
 CHUNK = 1000  # rows per chunk: small enough to stay in the CPU caches
 MAX_FIELD = 64 * 1024  # a longer value is refused (the row is rejected)
+IMPORT_CACHE_KIB = 65_536  # SQLite's page cache while an import writes (see _write)
 
 FORMATS = ("auto", "mailchimp", "substack", "kit", "ghost", "beehiiv", "csv")
 
@@ -592,10 +593,16 @@ def _write(
     # write lock and a subscriber inserted or looked up in the same
     # transaction, so SQLite's per-row foreign-key checks would only repeat
     # that (they cost about a tenth of the writing time). The pragma cannot
-    # change inside a transaction, hence around it.
+    # change inside a transaction, hence around it. So is the page cache's
+    # size: the import's one holds the unique index of address keys as it grows
+    # (45 MB at a million rows), where SQLite's default (2 MB) would spill most
+    # of its pages to the WAL and read them back for the next keys (a quarter
+    # of the writing time). The memory is taken only while importing.
     conn = db.conn
     (fk,) = conn.execute("PRAGMA foreign_keys").fetchone()
+    (cache,) = conn.execute("PRAGMA cache_size").fetchone()
     conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute(f"PRAGMA cache_size = {-IMPORT_CACHE_KIB}")
     try:
         with immediate(db):
             if db.execute("SELECT 1 FROM lists WHERE id = ?", [list_id]).fetchone() is None:
@@ -618,6 +625,7 @@ def _write(
         raise _database_error(e, db) from None
     finally:
         conn.execute(f"PRAGMA foreign_keys = {'ON' if fk else 'OFF'}")
+        conn.execute(f"PRAGMA cache_size = {cache}")
     summary.imported, summary.updated, summary.pending = out.imported, out.updated, out.pending
     summary.suppressed, summary.skipped = out.suppressed, out.skipped
 
@@ -799,19 +807,6 @@ class _Parser:
         full = (row[self.full_i].strip() or None) if self.full_i is not None else None
         return full or join_name(first, last), first, last
 
-    def _names_of(self) -> Callable[[list[str]], tuple[str | None, str | None, str | None]]:
-        """``_names``, or for the usual first and last name columns the same
-        without its general case (it runs for every row)."""
-        if self.full_i is not None or self.first_i is None or self.last_i is None:
-            return self._names
-        first_i, last_i = self.first_i, self.last_i
-
-        def first_and_last(row: list[str]) -> tuple[str | None, str | None, str | None]:
-            first, last = row[first_i].strip() or None, row[last_i].strip() or None
-            return (f"{first} {last}" if first and last else first or last), first, last
-
-        return first_and_last
-
     def _clean(self, row: list[str]) -> list[str]:
         """The row's text as ``listkit.text`` cleans it (the address is left to its
         validation: a control character in it makes it invalid)."""
@@ -846,9 +841,16 @@ class _Parser:
         width, email_i, size = self.width, self.email_i, self.size
         invalid = f"invalid address in column {quoted(self.email_label)}"
         times_of = self._times if self.times else None
-        names_of = self._names_of() if self.name_is else None
+        # The usual first and last name columns are read in the loop below
+        # (_names without its general case: it runs for every row).
+        first_and_last = self.full_i is None and None not in (self.first_i, self.last_i)
+        first_i, last_i = (self.first_i, self.last_i) if first_and_last else (0, 0)
+        names_of = self._names if self.name_is and not first_and_last else None
         clean = self._clean
         extras = [(i, encoded) for i, _, encoded in self.extras]
+        # A file with one custom field (a plan, a tag) builds its JSON in one step.
+        one_extra = len(extras) == 1
+        one_i, one_e = extras[0] if one_extra else (0, "")
         status_of = self.status
         evidence_is = self.evidence
         has_evidence = any(i is not None for i in evidence_is)
@@ -859,6 +861,11 @@ class _Parser:
             more: list | None = [] if (status_of or has_evidence) else None
             rejects: list = []
             seen: set[str] = set()
+            # One object for each value that repeats in the chunk (a first name,
+            # a plan): the chunk is pickled to the writing process, and pickle
+            # sends an object it has seen as a reference, so the writer makes
+            # one string where it would make hundreds.
+            share = {}.setdefault
             rows = deletions = duplicates = 0
             all_active = True
             for line, row in records:
@@ -885,7 +892,13 @@ class _Parser:
                     reason = f"{invalid}: {e}" if raw.strip() else "no address"
                     rejects.append((line, reason, given))
                     continue
-                name, first, last = names_of(row) if names_of else (None, None, None)
+                if key == address:
+                    key = address  # the same object: see share
+                if first_and_last:
+                    first, last = row[first_i].strip() or None, row[last_i].strip() or None
+                    name = f"{first} {last}" if first and last else first or last
+                else:
+                    name, first, last = names_of(row) if names_of else (None, None, None)
                 # Only a long row can carry a name or a field over its limit.
                 if len(joined) > shortest_risky and (problem := too_long(row, name)):
                     rejects.append((line, problem, given))
@@ -902,7 +915,10 @@ class _Parser:
                         continue
                 else:
                     kept, status = row, ACTIVE
-                if extras:
+                if one_extra:
+                    v = kept[one_i].strip()
+                    fields = f"{{{one_e}:{json_str(v)}}}" if v else "{}"
+                elif extras:
                     fields = (
                         "{"
                         + ",".join(
@@ -931,7 +947,16 @@ class _Parser:
                     duplicates += 1
                     continue
                 seen.add(key)
-                subs.append((address, key, name, first, last, fields))
+                subs.append(
+                    (
+                        address,
+                        key,
+                        share(name, name),
+                        share(first, first),
+                        share(last, last),
+                        share(fields, fields),
+                    )
+                )
                 if len(subs) >= size:
                     break
             else:
