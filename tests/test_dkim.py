@@ -16,7 +16,9 @@ from listkit.config import load_settings
 from listkit.mail import dkim
 from listkit.mail.compose import Composer
 from listkit.mail.offers import load_offer
+from listkit.send.outbox import Claimed
 from listkit.send.sender import send_campaign
+from listkit.send.smtp import wire_form
 from listkit.workspace import Workspace
 from tests.test_send import setup_campaign
 
@@ -419,6 +421,40 @@ def test_two_render_processes_sign_every_message_and_hand_them_back_in_claim_ord
     assert [rcpt for _mid, rcpt, _data in handler.messages] == claim_order
     for _mid, _rcpt, data in handler.messages:
         assert verifies(data, signing)
+
+
+def test_a_batch_is_signed_in_claim_order_and_a_row_that_cannot_be_built_fails_alone(
+    workspace, signing
+):
+    settings = load_settings(workspace)
+    offer = load_offer(workspace / "offers", "launch")
+    composer = Composer(offer, settings, campaign="launch", offers_dir=workspace / "offers")
+    names = ["Ann", "=?utf-8?q?Eve=0D=0ABcc:_x?=", "Bob"]  # the second hides a CRLF
+    rows = [
+        Claimed(
+            i,
+            i,
+            f"r{i}@example.org",
+            f"r{i}@example.org",
+            name,
+            None,
+            None,
+            "{}",
+            "blog",
+            "Blog",
+            f"aaaaaaaaaaaaaaa{i}",
+            0,
+        )
+        for i, name in enumerate(names)
+    ]
+    (ann, none), (nothing, why), (bob, none_too) = render.compose_rows(composer, rows)
+    assert none is None and none_too is None and nothing is None
+    assert "contains a control character" in why
+    for data, row in ((ann, rows[0]), (bob, rows[2])):
+        message = data[: -len(b".\r\n")]
+        assert f"To: {row.name} <{row.email}>".encode() in message
+        assert verifies(message, signing)
+        assert data == wire_form(message)
 
 
 def test_checking_a_campaign_renders_every_message_without_signing_any(
