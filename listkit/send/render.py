@@ -36,9 +36,11 @@ POOL_THRESHOLD = 1000
 # How much lower the render processes' priority is than the sending process's
 # (``os.nice``): the event loop, which handles the SMTP replies, then runs the
 # moment it has work, and the render processes take what is left of the cores.
-# With two render processes on two cores, a DKIM-signed send went from about
-# 0.66x to 0.8x the unsigned one's rate (bench/send.py); nice 5 and 19 did
-# about as well as 10.
+# With two render processes on two cores, the sending process waited for a
+# core less than half as long, and a DKIM-signed send was about 3% faster on a
+# quiet machine and about a fifth faster beside other work (bench/send.py);
+# nice 5 and 19 did about as well as 10. With one render process it changes
+# nothing measurable.
 RENDER_NICENESS = 10
 
 Rendered = list[tuple[bytes | None, str | None]]
