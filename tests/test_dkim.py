@@ -16,7 +16,9 @@ from listkit.config import load_settings
 from listkit.mail import dkim
 from listkit.mail.compose import Composer
 from listkit.mail.offers import load_offer
+from listkit.send.outbox import Claimed
 from listkit.send.sender import send_campaign
+from listkit.send.smtp import wire_form
 from listkit.workspace import Workspace
 from tests.test_send import setup_campaign
 
@@ -155,6 +157,78 @@ def test_relaxed_header_canonicalization_matches_dkimpy(name, value):
 
     [(cname, cvalue)] = Relaxed.canonicalize_headers([(name, value)])
     assert dkim.relaxed_header(name, value) == cname + b":" + cvalue
+
+
+def test_readers_with_different_names_tokens_and_lists_each_get_a_signature_that_verifies(
+    workspace, signing
+):
+    settings = load_settings(workspace)
+    offer = load_offer(workspace / "offers", "launch")
+    composer = Composer(offer, settings, campaign="launch", offers_dir=workspace / "offers")
+    readers = [
+        ("Ann", "ann@example.org", "blog", "aaaaaaaaaaaaaaa1"),
+        ("Zoë Müller", "zoe@example.org", "blog", "aaaaaaaaaaaaaaa2"),
+        (None, "nameless@example.org", "news", "aaaaaaaaaaaaaaa3"),
+        ("Bob  \t Two", "bob@example.org", "news", "aaaaaaaaaaaaaaa4"),
+        ("A" * 90, "long@example.org", "blog", "aaaaaaaaaaaaaaa5"),
+    ]
+    messages = [
+        composer.compose(
+            subscriber={"id": i, "email": email, "name": name, "fields": {}},
+            list_slug=slug,
+            list_title=slug.title(),
+            token=token,
+        ).data
+        for i, (name, email, slug, token) in enumerate(readers, 1)
+    ]
+    for message, (_name, email, _slug, token) in zip(messages, readers, strict=True):
+        assert verifies(message, signing)
+        assert email.encode() in message and token.encode() in message
+    assert len({m.split(b"\r\n\r\n")[0] for m in messages}) == len(readers)
+
+
+# Messages one signer signs in turn: each header line changes in one of them
+# (To, Subject folded or not, Date, an added header, another order), and the body.
+SIGNED_IN_TURN = [
+    b"From: <you@example.com>\r\nTo: Ann <ann@example.org>\r\nSubject: Hi Ann\r\n"
+    b"Date: Fri, 04 Dec 2026 18:00:00 +0000\r\n\r\nHello Ann\r\n",
+    b"From: <you@example.com>\r\nTo: Bob <bob@example.org>\r\nSubject: Hi Bob\r\n"
+    b"Date: Fri, 04 Dec 2026 18:00:00 +0000\r\n\r\nHello Bob\r\n",
+    b"From: <you@example.com>\r\nTo: Bob <bob@example.org>\r\nSubject: Hi\r\n  Bob\r\n"
+    b"Date: Fri, 04 Dec 2026 18:00:01 +0000\r\n\r\nHello Bob\r\n",
+    b"From: <you@example.com>\r\nTo: Bob <bob@example.org>\r\nSubject:Hi \t Bob \r\n"
+    b"Date: Fri, 04 Dec 2026 18:00:01 +0000\r\nCc: <c@example.org>\r\n\r\nHello Bob\r\n",
+    b"To: Bob <bob@example.org>\r\nFrom: <you@example.com>\r\nSubject: Hi Bob\r\n"
+    b"Date: Fri, 04 Dec 2026 18:00:01 +0000\r\n\r\nHello  Bob\r\n",
+]
+
+
+def test_a_signer_that_has_signed_other_messages_signs_each_as_a_new_signer_would(
+    workspace, signing, monkeypatch
+):
+    # Few lines kept, so that most of the later ones are not.
+    monkeypatch.setattr(dkim, "FIELDS_KEPT", 6)
+    signer = dkim.signer_for(load_settings(workspace), "you@example.com")
+    for message in SIGNED_IN_TURN * 2:
+        # RSA PKCS#1 v1.5 signatures are deterministic: the same signed bytes,
+        # the same signature.
+        fresh = dkim.Signer(signer.key, signer.domain, signer.selector, signer.key_path)
+        signed = signer.sign(message, now=1796400000)
+        assert signed == fresh.sign(message, now=1796400000)
+        assert verifies(signed, signing)
+    assert len(signer._fields) == 6
+
+
+def test_a_header_changed_after_signing_fails_even_when_it_was_signed_before(workspace, signing):
+    signer = dkim.signer_for(load_settings(workspace), "you@example.com")
+    ann, bob = SIGNED_IN_TURN[0], SIGNED_IN_TURN[1]
+    signer.sign(bob)
+    signed = signer.sign(ann)
+    # Ann's message given Bob's To line, which the signer has canonicalized before.
+    swapped = signed.replace(b"To: Ann <ann@example.org>", b"To: Bob <bob@example.org>")
+    assert swapped != signed
+    assert verifies(signed, signing)
+    assert not verifies(swapped, signing)
 
 
 def test_keygen_writes_a_private_key_readable_by_the_owner_only(run, workspace):
@@ -347,6 +421,40 @@ def test_two_render_processes_sign_every_message_and_hand_them_back_in_claim_ord
     assert [rcpt for _mid, rcpt, _data in handler.messages] == claim_order
     for _mid, _rcpt, data in handler.messages:
         assert verifies(data, signing)
+
+
+def test_a_batch_is_signed_in_claim_order_and_a_row_that_cannot_be_built_fails_alone(
+    workspace, signing
+):
+    settings = load_settings(workspace)
+    offer = load_offer(workspace / "offers", "launch")
+    composer = Composer(offer, settings, campaign="launch", offers_dir=workspace / "offers")
+    names = ["Ann", "=?utf-8?q?Eve=0D=0ABcc:_x?=", "Bob"]  # the second hides a CRLF
+    rows = [
+        Claimed(
+            i,
+            i,
+            f"r{i}@example.org",
+            f"r{i}@example.org",
+            name,
+            None,
+            None,
+            "{}",
+            "blog",
+            "Blog",
+            f"aaaaaaaaaaaaaaa{i}",
+            0,
+        )
+        for i, name in enumerate(names)
+    ]
+    (ann, none), (nothing, why), (bob, none_too) = render.compose_rows(composer, rows)
+    assert none is None and none_too is None and nothing is None
+    assert "contains a control character" in why
+    for data, row in ((ann, rows[0]), (bob, rows[2])):
+        message = data[: -len(b".\r\n")]
+        assert f"To: {row.name} <{row.email}>".encode() in message
+        assert verifies(message, signing)
+        assert data == wire_form(message)
 
 
 def test_checking_a_campaign_renders_every_message_without_signing_any(

@@ -1,12 +1,16 @@
 """Messages built by listkit parse cleanly and say exactly what was rendered."""
 
+import binascii
 from email import message_from_bytes
 from email.policy import default
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from listkit.errors import HeaderInjection
-from listkit.mail.mime import MessageBuilder, Parts, check_header
+from listkit.mail import mime
+from listkit.mail.mime import MessageBuilder, Parts, QuotedPrintable, check_header
 
 
 def builder(name="Shop Owner"):
@@ -170,3 +174,36 @@ def test_a_message_that_is_no_list_mail_has_no_list_headers_and_says_it_is_autom
     assert msg["To"].addresses[0].display_name == "Ann"
     assert body(msg, "plain") == "Hi Ann\n"
     assert body(msg, "html") == "<p>Hi Ann</p>\n"
+
+
+def stdlib_qp(text: str) -> bytes:
+    """The whole text through binascii at once, as the builder encoded it before."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    encoded = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
+    return encoded.replace(b"\n", b"\r\n")
+
+
+# Lines that meet every rule of b2a_qp: a long one (soft breaks), trailing space
+# and tab, a lone dot, "=", non-ASCII, an empty line.
+LINES = ["Hi Ann,", "x" * 200, "ends in a space ", "tab\t", ".", ". ", "a=b", "Zoë 😀", ""]
+ONE_ENCODER = QuotedPrintable()
+
+
+@given(st.lists(st.one_of(st.sampled_from(LINES), st.text()), max_size=12), st.booleans())
+def test_text_encoded_line_by_line_is_byte_for_byte_what_binascii_makes_of_the_whole(
+    lines, final_line_end
+):
+    text = "\n".join(lines) + ("\n" if final_line_end else "")
+    # Twice: the second time from the lines kept.
+    assert ONE_ENCODER(text) == stdlib_qp(text)
+    assert ONE_ENCODER(text) == stdlib_qp(text)
+
+
+def test_a_builder_keeps_a_bounded_number_of_encoded_lines(monkeypatch):
+    monkeypatch.setattr(mime, "QP_LINES_KEPT", 5)
+    b = builder()
+    for i in range(20):
+        message = b.build(parts(text=f"Hi reader {i}\nthe same line\n", html=None))
+        body = message_from_bytes(message, policy=default).get_content()
+        assert body.replace("\r\n", "\n") == f"Hi reader {i}\nthe same line\n"
+    assert len(b._qp.lines) == 5

@@ -6,12 +6,13 @@ from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
 
+import jinja2.sandbox
 import pytest
 
 from listkit.config import load_settings
 from listkit.errors import HeaderInjection, NotFound, TemplateError
 from listkit.mail.compose import Composer
-from listkit.mail.offers import list_offers, load_offer
+from listkit.mail.offers import list_offers, load_offer, renders_once_per_list
 from listkit.mail.tracking import track
 
 
@@ -460,3 +461,55 @@ def test_each_reader_gets_the_tracked_links_track_makes_for_their_own_token(work
             for url in (*links, "https://shop.example.com/x")
         ]
         assert message.text.splitlines()[: len(expected)] == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "once"),
+    [
+        ("Launch week for readers of {{ list.title or list.slug }}", True),
+        (
+            "{{ offer.product }} at {{ offer.price }} ({{ campaign.slug }}) {{ postal_address }}",
+            True,
+        ),
+        ("{% set name = list.slug|upper %}{{ name }}", True),
+        ("Plain words", True),
+        ("{{ subscriber.name or 'Friend' }}, it is out", False),
+        ("{{ buy_url }}", False),
+        ("{{ track(offer.url) }}", False),
+        ("{{ personal_coupon() }}", False),
+        ("{{ ['a', 'b']|random }}", False),
+        ("{% filter random %}ab{% endfilter %}", False),
+        ("{{ lipsum(1) }}", False),
+        ("{{ cycler('a', 'b').next() }}", False),
+        ("{{ subscriber.name }}{% set subscriber = list %}", False),
+        ("{% for i in range(2) %}{{ i }}{% endfor %}", False),
+        ("{% include 'deal/part.j2' %}", False),
+        ("{% from 'macros.j2' import m %}{{ m() }}", False),
+    ],
+)
+def test_a_subject_or_preheader_renders_once_per_list_only_when_it_reads_nothing_else(source, once):
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment()
+    assert renders_once_per_list(env, source) is once
+
+
+def test_readers_of_two_lists_each_get_their_own_lists_preheader_and_their_own_subject(
+    workspace,
+):
+    write_offer(
+        workspace,
+        toml='subject = "Deal for {{ subscriber.name }}"\n'
+        'preheader = "For readers of {{ list.title }}"\nurl = "https://shop.example.com/x"\n'
+        'product = "Guide"\nprice = "19.00"\ncurrency = "usd"\n',
+        html="<p>{{ preheader }}</p><p>{{ subject }}</p>\n",
+    )
+    made = composer(workspace)
+    readers = [("Ann", "blog", "Blog"), ("Bob", "news", "News"), ("Cy", "blog", "Blog")]
+    for i, (name, slug, title) in enumerate(readers):
+        message = made.compose(
+            subscriber={"id": i, "email": f"{name}@example.com", "name": name, "fields": {}},
+            list_slug=slug,
+            list_title=title,
+            token=f"abcdefghijklmno{i}",
+        )
+        assert message.subject == f"Deal for {name}"
+        assert message.html.startswith(f"<p>For readers of {title}</p><p>Deal for {name}</p>")

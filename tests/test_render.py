@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,23 @@ def test_render_processes_hand_back_each_batch_in_the_order_it_was_submitted(run
             assert error is None
             assert f"\r\nTo: <{row.email}>\r\n".encode() in data
             assert data.endswith(b"\r\n.\r\n")
+
+
+def test_render_processes_run_at_a_lower_priority_than_the_sending_process(run, workspace):
+    setup_campaign(run, workspace, 25, ["n@example.com"])
+    ws = Workspace(workspace)
+    try:
+        p = prepare(ws, "t")
+    finally:
+        ws.close()
+
+    async def niceness_of_a_render_process():
+        renderer = render.Renderer(p.composer, 1)
+        try:
+            await renderer.started()
+            return renderer.pool.submit(os.nice, 0).result()
+        finally:
+            renderer.close()
+
+    ours = os.nice(0)
+    assert asyncio.run(niceness_of_a_render_process()) == min(ours + render.RENDER_NICENESS, 19)

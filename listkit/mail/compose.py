@@ -68,6 +68,7 @@ class Composer:
         # redirects to the tracked link; ``links`` names every destination rendered.
         self.track_clicks = track_clicks
         self.links: dict[str, str] = {}
+        self._link_ids: dict[str, str] = {}  # each destination's name, by its URL
         self._tracked_links: dict[tuple[str, str], list[str] | None] = {}
         sender_name, sender_address = settings.sender_address()
         self.settings = settings
@@ -114,8 +115,13 @@ class Composer:
 
         def track_url(url: str) -> str:
             if self.track_clicks:
-                link = link_id(str(url))
-                self.links[link] = str(url)
+                url = str(url)
+                link = self._link_ids.get(url)
+                if link is None:
+                    link = link_id(url)
+                    self.links[link] = url
+                    if len(self._link_ids) < _TRACKED_LINKS_KEPT:
+                        self._link_ids[url] = link
                 return click_url(self.base_url, self.secret, token, link)
             pieces = self._tracked(str(url), list_slug)
             if pieces is None:

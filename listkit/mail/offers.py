@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from listkit.errors import NotFound, TemplateError
@@ -211,6 +212,40 @@ def _digest(offers_dir: Path, folder: Path) -> str:
     return h.hexdigest()
 
 
+# What a subject or preheader may read and still be the same for every reader of
+# a list: no reader data, no link (it carries the reader's token), no coupon.
+PER_LIST_NAMES = frozenset({"offer", "campaign", "list", "postal_address"})
+_PER_LIST_KEPT = 256  # rendered subjects and preheaders kept, at the most
+
+
+def renders_once_per_list(env: jinja2.Environment, source: str) -> bool:
+    """Whether a template's output depends on ``PER_LIST_NAMES`` alone: it reads
+    no other variable and no global (``range``, ``lipsum``), uses no ``random``
+    filter, and includes, imports or extends no other template."""
+    ast = env.parse(source)
+    if next(ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)), None):
+        return False
+    if any(f.name == "random" for f in ast.find_all(nodes.Filter)):
+        return False
+    # find_undeclared_variables leaves out the environment's globals.
+    if any(n.name in env.globals for n in ast.find_all(nodes.Name) if n.ctx == "load"):
+        return False
+    return meta.find_undeclared_variables(ast) <= PER_LIST_NAMES
+
+
+def _per_list_key(context: dict[str, Any]) -> tuple | None:
+    """What a per-list template reads of ``context``, hashable; None if it cannot be."""
+    key = tuple(
+        tuple(value.items()) if isinstance(value, dict) else value
+        for value in (context.get(name) for name in sorted(PER_LIST_NAMES))
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def _autoescape(name: str | None) -> bool:
     return name is not None and name.endswith("html.j2")
 
@@ -252,6 +287,15 @@ class OfferTemplates:
             if offer.has_html
             else None
         )
+        # A subject or preheader the same for a whole list is rendered once per list.
+        self._per_list = {
+            name: renders_once_per_list(self.env, source)
+            for name, source in (
+                (self.subject_name, offer.subject),
+                (self.preheader_name, offer.preheader),
+            )
+        }
+        self._per_list_rendered: dict[tuple, str] = {}
 
     @staticmethod
     def _compile(load: Callable[[], jinja2.Template], name: str) -> jinja2.Template:
@@ -272,15 +316,17 @@ class OfferTemplates:
         """
         subscriber = context.get("subscriber")
         one_line_subscriber = _one_line_fields(subscriber) if subscriber else subscriber
-        subject = self._render(
+        key = _per_list_key(context) if any(self._per_list.values()) else None
+        subject = self._render_part(
             self.subject,
             self.subject_name,
             context
             if one_line_subscriber is subscriber
             else {**context, "subscriber": one_line_subscriber},
             who,
+            key,
         )
-        preheader = self._render(self.preheader, self.preheader_name, context, who)
+        preheader = self._render_part(self.preheader, self.preheader_name, context, who, key)
         context = {
             **context,
             "offer": {**context["offer"], "preheader": preheader},
@@ -306,6 +352,20 @@ class OfferTemplates:
             if found is not None:
                 return f"{name}: template syntax left in the output: {found!r}"
         return None
+
+    def _render_part(
+        self, template: jinja2.Template, name: str, context: dict, who: str, key: tuple | None
+    ) -> str:
+        """The subject or the preheader: rendered once per list when it reads nothing
+        else (``key``: what it reads of ``context``), else for each reader."""
+        if key is None or not self._per_list[name]:
+            return self._render(template, name, context, who)
+        rendered = self._per_list_rendered.get((name, key))
+        if rendered is None:
+            rendered = self._render(template, name, context, who)
+            if len(self._per_list_rendered) < _PER_LIST_KEPT:
+                self._per_list_rendered[(name, key)] = rendered
+        return rendered
 
     def _render(self, template: jinja2.Template, name: str, context: dict, who: str) -> str:
         # What Template.render does, with the template's globals merged into a
