@@ -120,8 +120,9 @@ def render_process_cpu(composer: Composer, signer: dkim.Signer, n: int) -> tuple
             "{}",
             "blog",
             "Blog",
-            new_token(),
+            None,  # the token is derived from the id, in the render process
             0,
+            composer.secret,
         )
         for i in range(n)
     ]
