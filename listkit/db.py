@@ -2,8 +2,7 @@
 
 Every connection is configured the same way: WAL, ``synchronous=FULL`` (a
 commit is durable when it returns), foreign keys on, a busy timeout so that two
-processes wait for each other instead of failing; a new database gets 8 KB
-pages (``PAGE_BYTES``). Schema changes are
+processes wait for each other instead of failing. Schema changes are
 sqlite-utils ``Migrations`` steps; never edit a shipped step, add one.
 
 Times are stored as ISO 8601 UTC text (``2026-11-22T11:21:16.123456+00:00``),
@@ -33,13 +32,6 @@ from listkit.errors import ListkitError
 from listkit.files import create_private
 
 BUSY_TIMEOUT_MS = 30_000
-# The page size of a database listkit creates (SQLite's default is 4 KB): a
-# bulk write splits and spills half as many pages. Measured on an import of a
-# million subscribers (their rows, their keys' unique index, their memberships
-# and the commit): about a sixth less CPU time. SQLite sets it only before a
-# database's first table, so a database made with 4 KB pages keeps them
-# (changing it means rewriting the whole file with VACUUM).
-PAGE_BYTES = 8192
 # Waiting for the write lock (``begin_immediate``): the first and the longest
 # sleep between tries, in seconds.
 LOCK_POLL_FIRST = 0.0002
@@ -85,7 +77,6 @@ def open_db(path: Path | str, *, create: bool = True) -> Database:
         # a database of personal data.
         db = Database(conn, execute_plugins=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute(f"PRAGMA page_size = {PAGE_BYTES}")  # a new database only: see PAGE_BYTES
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")

@@ -269,19 +269,3 @@ def test_a_write_lock_held_past_the_timeout_is_sqlites_database_is_locked(tmp_pa
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == dbmod.BUSY_TIMEOUT_MS
     other.execute("ROLLBACK")
     other.close()
-
-
-def test_a_new_database_gets_8_kb_pages_and_an_older_one_keeps_its_own(tmp_path):
-    new = open_db(tmp_path / "new.db")
-    older = sqlite3.connect(tmp_path / "older.db")
-    older.execute("CREATE TABLE t (x)")
-    older.commit()
-    older.close()
-    kept = open_db(tmp_path / "older.db")
-    try:
-        assert new.execute("PRAGMA page_size").fetchone()[0] == 8192
-        assert kept.execute("PRAGMA page_size").fetchone()[0] == 4096
-        assert kept.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        new.conn.close()
-        kept.conn.close()
