@@ -103,9 +103,11 @@ def test_killed_runs_resume_and_nobody_gets_two_messages(run, workspace, server)
 def test_two_sends_at_once_never_send_twice(run, workspace, server):
     controller, handler = server
     addresses = [f"p{i}@example.com" for i in range(N)]
-    setup_campaign(run, workspace, controller.port, addresses, extra="rate = 100\n")
     # The server takes the first run's messages but answers none until the second run
-    # has ended: the two surely overlap, however slowly either process starts.
+    # has ended: the two surely overlap, however slowly either process starts. The
+    # first run waits that long for its answer: on a busy machine longer than the
+    # 2 s the other tests give the server, after which its message would be unknown.
+    setup_campaign(run, workspace, controller.port, addresses, extra="rate = 100\n", timeout=60)
     answer = threading.Event()
     take = handler.handle_DATA
 
