@@ -70,29 +70,19 @@ def tag(secret: bytes, purpose: str, value: str, size: int) -> bytes:
     return _hmac_sha256(secret, f"{purpose}:{value}".encode())[:size]
 
 
-# HMAC-SHA256 (RFC 2104) with the secret's two padded keys hashed once per secret:
-# a send derives a token (five HMACs) for every message it claims, and
-# ``hmac.new`` pads and hashes the key again each time (twice the cost).
-_BLOCK = 64  # SHA-256's block size
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
-
-
+# HMAC-SHA256 with the secret's key schedule computed once per secret and copied
+# for each message: a send derives a token (five HMACs) for every message, and
+# ``hmac.new`` pads and hashes the key again each time (about 1.5 us against 1).
 @functools.lru_cache(maxsize=8)
-def _keyed(secret: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
-    key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
-    key = key.ljust(_BLOCK, b"\0")
-    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+def _keyed(secret: bytes) -> hmac.HMAC:
+    return hmac.new(secret, digestmod=hashlib.sha256)
 
 
 def _hmac_sha256(secret: bytes, message: bytes) -> bytes:
     """``hmac.new(secret, message, hashlib.sha256).digest()``, the same bytes."""
-    inner, outer = _keyed(secret)
-    inner = inner.copy()
-    inner.update(message)
-    outer = outer.copy()
-    outer.update(inner.digest())
-    return outer.digest()
+    h = _keyed(secret).copy()
+    h.update(message)
+    return h.digest()
 
 
 # A keyed permutation of the numbers below 2**40: a Feistel network of four rounds
@@ -104,9 +94,7 @@ CONCEALED_BITS = 2 * _HALF
 
 
 def _round(secret: bytes, purpose: str, i: int, half: int) -> int:
-    # tag(secret, f"{purpose}/{i}", str(half), 3), without the call and the second string
-    digest = _hmac_sha256(secret, f"{purpose}/{i}:{half}".encode())
-    return int.from_bytes(digest[:3], "big") & _HALF_MASK
+    return int.from_bytes(tag(secret, f"{purpose}/{i}", str(half), 3), "big") & _HALF_MASK
 
 
 def conceal(secret: bytes, purpose: str, number: int) -> int:
