@@ -90,6 +90,17 @@ class RateLimiter:
             await asyncio.sleep(at - now)
 
 
+def _abandon(ahead: Ahead, client: Connection | None) -> Connection | None:
+    """``ahead``'s content will not follow on ``client``: its replies end quietly, and
+    a connection whose server waits for that content (its envelope went) is dropped.
+    Returns the connection to go on with, or None."""
+    ahead.forget()
+    if ahead.sent and client is not None:
+        client.abort()
+        return None
+    return client
+
+
 class Run:
     """One sending run of one campaign."""
 
@@ -342,11 +353,7 @@ class Run:
                 ):
                     # Its content will not follow on that connection (the run stopped,
                     # or the connection is gone): nothing of it went out.
-                    ahead.forget()
-                    if ahead.sent and client is not None:
-                        client.abort()  # the server waits for that content
-                        client = None
-                    ahead = None
+                    client, ahead = _abandon(ahead, client), None
                 if self.stopped is not None:
                     self._result(Result(row.id, "pending"))
                     item = await self.queue.get()
@@ -366,19 +373,15 @@ class Run:
                     # and the next run resolves it from there.
                     self.fatal = self.fatal or e
                     self.stopped = self.stopped or f"internal error: {type(e).__name__}: {e}"
-                    item, ahead = following[0] if following else (await self.queue.get(), None)
-                    continue
-                self._result(result)
-                if not keep:
-                    client.close()
-                    client = None
+                else:
+                    self._result(result)
+                    if not keep:
+                        client.close()
+                        client = None
                 item, ahead = following[0] if following else (await self.queue.get(), None)
         finally:
             if ahead is not None:
-                ahead.forget()
-                if ahead.sent and client is not None:
-                    client.abort()
-                    client = None
+                client = _abandon(ahead, client)
             if client is not None:
                 await client.quit()
 
