@@ -144,9 +144,6 @@ class Signer:
     _fields: dict[bytes, tuple[str | None, bytes]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _names: dict[bytes, tuple[str | None, bytes]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
     _plans: dict[tuple[str | None, ...], _Plan] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -192,22 +189,15 @@ class Signer:
         )
 
     def _field(self, line: bytes) -> tuple[str | None, bytes]:
-        """One unfolded header line's name (None: not signed) and relaxed form, kept."""
+        """One unfolded header line's name as h= lists it (None: not signed) and its
+        relaxed form, kept."""
         name, _, value = line.partition(b":")
-        lower = self._names.get(name) or self._name(name)
-        got = (lower[0], lower[1] + _one_space(value).strip(b" ") + b"\r\n")
-        if len(self._fields) < FIELDS_KEPT:
-            self._fields[line] = got
-        return got
-
-    def _name(self, name: bytes) -> tuple[str | None, bytes]:
-        """A header name as h= lists it (None: not signed) and as its relaxed form starts."""
         lower = name.strip(b" \t").lower()
         # A non-ASCII name is not a header (RFC 5322); listkit writes none.
         signed = lower.isascii() and lower.decode("ascii") not in UNSIGNED
-        got = (lower.decode("ascii") if signed else None, lower + b":")
-        if len(self._names) < FIELDS_KEPT:
-            self._names[name] = got
+        got = (lower.decode("ascii") if signed else None, relaxed_header(name, value))
+        if len(self._fields) < FIELDS_KEPT:
+            self._fields[line] = got
         return got
 
     def _plan(self, names: tuple[str | None, ...]) -> _Plan:
