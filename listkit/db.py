@@ -955,3 +955,53 @@ def m024_delivery_counts(db: Database) -> None:
               OR OLD.state IS NOT NEW.state OR OLD.list_id IS NOT NEW.list_id
             BEGIN {remove} {add} END"""
     )
+
+
+# Removing a NOT NULL constraint changes no stored row, only the table's CREATE
+# statement: SQLite's documented procedure for that edits the statement in
+# sqlite_schema and bumps the schema version (https://www.sqlite.org/lang_altertable.html,
+# "Making Other Kinds Of Table Schema Changes"), where a rebuild would copy
+# every row.
+def _drop_not_null(conn: sqlite3.Connection, table: str, column: str) -> None:
+    (sql,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
+    ).fetchone()
+    new, n = re.subn(rf"(\b{column}\s+TEXT)\s+NOT\s+NULL\b", r"\1", sql, count=1)
+    if n == 0:
+        return  # already nullable
+    (version,) = conn.execute("PRAGMA schema_version").fetchone()
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?", [new, table]
+        )
+        conn.execute(f"PRAGMA schema_version = {version + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+
+
+@migrations()
+def m025_imports(db: Database) -> None:
+    """Each import's time and source stored once, in ``imports``.
+
+    A subscriber or membership an import made points at its import
+    (``import_id``) and leaves the columns the import would fill with the same
+    value on every row as NULL: a subscriber's ``created`` and ``source``, a
+    membership's ``created``, ``consent_method`` ('import') and
+    ``consent_source``. Readers take them through ``listkit.audience.provenance``;
+    a value written later (a signup's consent) is stored and wins. Rows made
+    before this step keep their values.
+    """
+    db.execute(
+        """
+        CREATE TABLE imports (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            source TEXT NOT NULL,
+            list_id INTEGER REFERENCES lists(id) ON DELETE SET NULL
+        )"""
+    )
+    db.execute("ALTER TABLE subscribers ADD COLUMN import_id INTEGER REFERENCES imports(id)")
+    db.execute("ALTER TABLE memberships ADD COLUMN import_id INTEGER REFERENCES imports(id)")
+    _drop_not_null(db.conn, "subscribers", "created")
+    _drop_not_null(db.conn, "memberships", "created")

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from listkit.audience.provenance import (
+    CONSENT_METHOD,
+    CONSENT_SOURCE,
+    SUBSCRIBER_SOURCE,
+)
+
 FIXTURES = Path(__file__).parent / "fixtures" / "subscribers"
 
 
@@ -590,8 +596,8 @@ def later_kit_export(tmp_path, *rows):
 
 def consent(ws, email):
     return ws.db.execute(
-        """SELECT m.status, m.consent_method, m.consent_source FROM memberships m
-           JOIN subscribers s ON s.id = m.subscriber_id WHERE s.key = ?""",
+        f"""SELECT m.status, {CONSENT_METHOD}, {CONSENT_SOURCE} FROM memberships m
+            JOIN subscribers s ON s.id = m.subscriber_id WHERE s.key = ?""",
         [email],
     ).fetchone()
 
@@ -691,8 +697,8 @@ def test_the_source_of_an_import_holds_no_control_character(run, blog, ws, tmp_p
     f = tmp_path / "odd\nname.csv"
     f.write_text("email\na@example.com\n")
     summary(run, f)
-    row = ws.db.execute("SELECT source FROM subscribers").fetchone()
-    member = ws.db.execute("SELECT consent_source FROM memberships").fetchone()
+    row = ws.db.execute(f"SELECT {SUBSCRIBER_SOURCE} FROM subscribers s").fetchone()
+    member = ws.db.execute(f"SELECT {CONSENT_SOURCE} FROM memberships m").fetchone()
     assert (row[0], member[0]) == ("import:odd name.csv", "import:odd name.csv")
 
 
@@ -834,3 +840,87 @@ def test_an_import_leaves_the_connections_page_cache_as_it_found_it(blog, ws):
     stream = io.BytesIO(b"email\na@example.com\n")
     import_subscribers(db, stream, "blog")
     assert db.execute("PRAGMA cache_size").fetchone()[0] == -3000
+
+
+def test_an_import_stores_its_time_and_source_once_and_every_reader_still_sees_them(
+    run, blog, ws, tmp_path
+):
+    f = tmp_path / "readers.csv"
+    f.write_text("email,name\nann@example.com,Ann\nbob@example.com,Bob\ncat@example.com,Cat\n")
+    summary(run, f)
+    run("lists", "create", "shop")
+    g = tmp_path / "buyers.csv"
+    g.write_text("email\nann@example.com\ndan@example.com\n")
+    run("subscribers", "import", str(g), "--list", "shop")
+    imports = ws.db.execute("SELECT id, at, source FROM imports ORDER BY id").fetchall()
+    assert [source for _, _, source in imports] == ["import:readers.csv", "import:buyers.csv"]
+    (first, first_at, _), (second, second_at, _) = imports
+    # What every row of an import would repeat is stored once, in its imports row.
+    stored = ws.db.execute(
+        "SELECT key, created, source, import_id FROM subscribers ORDER BY id"
+    ).fetchall()
+    assert stored == [
+        ("ann@example.com", None, None, first),
+        ("bob@example.com", None, None, first),
+        ("cat@example.com", None, None, first),
+        ("dan@example.com", None, None, second),
+    ]
+    assert ws.db.execute(
+        """SELECT DISTINCT created, consent_method, consent_source FROM memberships"""
+    ).fetchall() == [(None, None, None)]
+    # Every reader gives the values as they were stored before: the subscriber's
+    # first import, and each membership's own.
+    ann = json.loads(run("subscribers", "show", "ann@example.com", "--json").output)
+    assert (ann["created"], ann["source"]) == (first_at, "import:readers.csv")
+    assert [
+        (m["list"], m["joined"], m["consent_method"], m["consent_source"]) for m in ann["lists"]
+    ] == [
+        ("blog", first_at, "import", "import:readers.csv"),
+        ("shop", second_at, "import", "import:buyers.csv"),
+    ]
+    dan = json.loads(run("subscribers", "show", "dan@example.com", "--json").output)
+    assert (dan["created"], dan["source"]) == (second_at, "import:buyers.csv")
+    shop = json.loads(run("subscribers", "ls", "--list", "shop", "--json").output)
+    assert [(r["email"], r["joined"], r["consent_source"]) for r in shop] == [
+        ("ann@example.com", second_at, "import:buyers.csv"),
+        ("dan@example.com", second_at, "import:buyers.csv"),
+    ]
+    picked = json.loads(
+        run("subscribers", "ls", "--where", "source=import:buyers.csv", "--json").output
+    )
+    # ann came from readers.csv, and joined shop through buyers.csv: both count.
+    assert [(r["email"], r["source"], r["signed_up"]) for r in picked] == [
+        ("ann@example.com", "import:readers.csv", first_at[:10]),
+        ("dan@example.com", "import:buyers.csv", second_at[:10]),
+    ]
+    by_source = json.loads(run("report", "--by", "source", "--json").output)
+    assert {r["source"]: r["subscribers"] for r in by_source["rows"]} == {
+        "import:readers.csv": 3,
+        "import:buyers.csv": 1,
+    }
+
+
+def test_a_reader_an_import_left_pending_who_confirms_on_our_form_has_the_form_as_consent(
+    run, blog, ws
+):
+    from listkit.audience.signups import confirm_signup, record_signup
+    from listkit.db import immediate
+
+    summary(run, FIXTURES / "kit.csv")
+    (at,) = ws.db.execute("SELECT at FROM imports").fetchone()
+    with immediate(ws.db):
+        record_signup(ws.db, "blog", "ivy@example.com", page="https://blog.example.com/")
+    (nonce,) = ws.db.execute("SELECT nonce FROM signups").fetchone()
+    with immediate(ws.db):
+        assert confirm_signup(ws.db, nonce, ip="192.0.2.7") == "confirmed"
+    ivy = json.loads(run("subscribers", "show", "ivy@example.com", "--json").output)
+    (blog,) = ivy["lists"]
+    # The consent the form recorded replaces the import's; the membership still
+    # began with the import.
+    assert (blog["status"], blog["consent_method"], blog["consent_source"]) == (
+        "active",
+        "double opt-in",
+        "https://blog.example.com/",
+    )
+    assert blog["joined"] == at
+    assert (ivy["created"], ivy["source"]) == (at, "import:kit.csv")

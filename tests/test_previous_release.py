@@ -139,3 +139,27 @@ def test_a_fresh_database_and_a_migrated_previous_release_have_the_same_schema(
     open_db(fresh).conn.close()
     run("lists", "ls")  # migrates the previous release's database
     assert schema(fresh) == schema(old_db)
+
+
+def test_an_import_as_the_first_command_on_a_previous_release_database(run, old_db, tmp_path):
+    """The step that lets an import leave a row's time and source to its imports row
+    runs in the same process as the import that then does so."""
+    f = tmp_path / "new.csv"
+    f.write_text("email\nnew.reader@example.com\neve@example.com\n")
+    run("subscribers", "import", str(f), "--list", "blog")
+    assert query(old_db, "PRAGMA integrity_check") == [("ok",)]
+    new = json.loads(run("subscribers", "show", "new.reader@example.com", "--json").output)
+    (at,) = query(old_db, "SELECT at FROM imports")[0]
+    assert (new["created"], new["source"]) == (at, "import:new.csv")
+    assert [(m["list"], m["joined"], m["consent_method"]) for m in new["lists"]] == [
+        ("blog", at, "import")
+    ]
+    # A subscriber the previous release stored keeps its own time and source, and
+    # its membership from then its own consent; the new one is the import's.
+    before = query(FIXTURE, "SELECT created, source FROM subscribers WHERE key = 'eve@example.com'")
+    eve = json.loads(run("subscribers", "show", "eve@example.com", "--json").output)
+    assert [(eve["created"], eve["source"])] == before
+    assert [(m["list"], m["consent_source"]) for m in eve["lists"]] == [
+        ("blog", "import:new.csv"),
+        ("customers", "import:customers.csv"),
+    ]

@@ -26,6 +26,12 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from listkit.audience.lists import get_list
+from listkit.audience.provenance import (
+    CONSENT_SOURCE,
+    MEMBER_CREATED,
+    SUBSCRIBER_CREATED,
+    SUBSCRIBER_SOURCE,
+)
 from listkit.errors import InputError
 from listkit.vocab import ORDER_SQL
 
@@ -58,8 +64,8 @@ PURCHASES = f"""
 
 # When a subscriber signed up: the earliest consent time any list recorded
 # (exports carry the original signup time), else when listkit first saw them.
-SIGNUP = """coalesce((SELECT min(coalesce(m.consent_at, m.created)) FROM memberships m
-                      WHERE m.subscriber_id = s.id), s.created)"""
+SIGNUP = f"""coalesce((SELECT min(coalesce(m.consent_at, {MEMBER_CREATED})) FROM memberships m
+                       WHERE m.subscriber_id = s.id), {SUBSCRIBER_CREATED})"""
 
 
 @dataclass(frozen=True)
@@ -239,9 +245,9 @@ class Resolver:
                      WHERE d.campaign_id IN (SELECT value FROM json_each(?)))"""
             params = [json.dumps(ids)]
         elif name == "source":
-            sql = """(s.source IN (SELECT value FROM json_each(?))
-                     OR s.id IN (SELECT subscriber_id FROM memberships
-                                 WHERE consent_source IN (SELECT value FROM json_each(?))))"""
+            sql = f"""({SUBSCRIBER_SOURCE} IN (SELECT value FROM json_each(?))
+                      OR s.id IN (SELECT m.subscriber_id FROM memberships m
+                                  WHERE {CONSENT_SOURCE} IN (SELECT value FROM json_each(?))))"""
             params = [json.dumps(values)] * 2
         elif name == "signed_up_after":
             sql, params = f"substr({SIGNUP}, 1, 10) >= ?", [values[0][:10]]
@@ -289,7 +295,7 @@ def matching_subscribers(
                             WHERE list_id = ? AND status = 'active')"""
         params = [get_list(db, list_slug)["id"], *params]
     cursor = db.execute(
-        f"""SELECT s.email, s.name, substr({SIGNUP}, 1, 10), s.source,
+        f"""SELECT s.email, s.name, substr({SIGNUP}, 1, 10), {SUBSCRIBER_SOURCE},
                    (SELECT group_concat(l.slug, ' ') FROM memberships m
                     JOIN lists l ON l.id = m.list_id
                     WHERE m.subscriber_id = s.id AND m.status = 'active'),

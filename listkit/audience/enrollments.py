@@ -78,8 +78,10 @@ def enrol_joined(
     ).rowcount
 
 
-def enrol_imported(db: Database, list_id: int, stamp: str, *, at: datetime | None = None) -> int:
-    """Enrol the members an import made (memberships created at ``stamp``, active)
+def enrol_imported(
+    db: Database, list_id: int, import_id: int, *, at: datetime | None = None
+) -> int:
+    """Enrol the members an import made (memberships of import ``import_id``, active)
     into the list's ``joined:`` sequences that say ``imported = "join"``; rows
     added. Inside the import's transaction."""
     when = seconds(at)
@@ -90,8 +92,8 @@ def enrol_imported(db: Database, list_id: int, stamp: str, *, at: datetime | Non
             FROM sequences q JOIN memberships m ON m.list_id = q.list_id
             WHERE q.kind = 'joined' AND q.imported = 'join' AND q.list_id = ?
               AND q.created <= ? AND q.first_step IS NOT NULL
-              AND m.created = ? AND m.status = 'active'""",
-        [when, when, seconds(), list_id, when, stamp],
+              AND m.import_id = ? AND m.status = 'active'""",
+        [when, when, seconds(), list_id, when, import_id],
     ).rowcount
 
 

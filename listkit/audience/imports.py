@@ -49,6 +49,7 @@ from listkit import csvin, csvout, vocab
 from listkit.addresses import address_and_key
 from listkit.audience.enrollments import enrol_imported
 from listkit.audience.lists import get_list
+from listkit.audience.provenance import CONSENT_METHOD
 from listkit.db import immediate, now
 from listkit.errors import InputError, ListkitError, NotFound, quoted
 from listkit.names import MAX_NAME, join_name
@@ -610,7 +611,7 @@ def _write(
             out.start()
             try:
                 _write_chunks(out, chunks, summary, writer, keep_errors)
-                enrol_imported(db, list_id, out.stamp)
+                enrol_imported(db, list_id, out.import_id)
                 if errors_to is not None:
                     errors_to.flush()  # before the commit: all of it or nothing
             except OSError as e:
@@ -991,30 +992,31 @@ class _Writer:
     def start(self) -> None:
         db = self.db
         self.stamp = stamp = now()
-        # Constants of the import go into the SQL (as SQLite quotes them), so
-        # that each row binds only its own values.
-        q_stamp, q_source = db.execute("SELECT quote(?), quote(?)", [stamp, self.source]).fetchone()
-        lit = {"stamp": q_stamp, "source": q_source}
-        self.q_source = q_source
+        # The import's time and source are stored once (m025): every subscriber and
+        # membership it makes points at this row instead of repeating them.
+        self.import_id = import_id = db.execute(
+            "INSERT INTO imports (at, source, list_id) VALUES (?, ?, ?)",
+            [stamp, self.source, self.list_id],
+        ).lastrowid
+        self.q_source = db.execute("SELECT quote(?)", [self.source]).fetchone()[0]
+        # Constants of the import go into the SQL, so that each row binds only its
+        # own values.
         self.insert_subs = (
-            "INSERT INTO subscribers (email, key, name, first_name, last_name, fields, created, "
-            f"source) VALUES (?, ?, ?, ?, ?, ?, {lit['stamp']}, {lit['source']}) "
-            "ON CONFLICT (key) DO NOTHING"
+            "INSERT INTO subscribers (email, key, name, first_name, last_name, fields, "
+            f"import_id) VALUES (?, ?, ?, ?, ?, ?, {import_id}) ON CONFLICT (key) DO NOTHING"
         )
         # OR ROLLBACK: memberships are only inserted where none exists, so a
         # conflict would be a bug, and it ends the import as any error does.
         # Without it SQLite keeps a statement journal (a temporary file the
         # size of the rows) to undo half a statement, for every chunk.
         member_columns = """INSERT OR ROLLBACK INTO memberships (list_id, subscriber_id, status,
-            created, consent_at, consent_method, consent_source, consent_ip, confirmed_at,
-            confirm_ip, status_at)"""
+            import_id, consent_at, consent_ip, confirmed_at, confirm_ip, status_at)"""
         self.insert_members = (
-            f"{member_columns} VALUES ({self.list_id}, ?, ?, {lit['stamp']}, ?, 'import', "
-            f"{lit['source']}, ?, ?, ?, ?)"
+            f"{member_columns} VALUES ({self.list_id}, ?, ?, {import_id}, ?, ?, ?, ?, ?)"
         )
         self.insert_new_members = (
-            f"{member_columns} SELECT {self.list_id}, id, 'active', {lit['stamp']}, NULL, "
-            f"'import', {lit['source']}, NULL, NULL, NULL, NULL FROM subscribers WHERE id > ?"
+            f"{member_columns} SELECT {self.list_id}, id, 'active', {import_id}, NULL, NULL, "
+            "NULL, NULL, NULL FROM subscribers WHERE id > ?"
         )
         self.any_suppressions = bool(
             db.execute("SELECT EXISTS (SELECT 1 FROM suppressions)").fetchone()[0]
@@ -1079,10 +1081,10 @@ class _Writer:
             cf_ip,
             s_at,
         ) in zip(chunk.subs, more, strict=True):
-            sid, created, updated = found[key]
+            sid, import_id, updated = found[key]
             new = sid > last
             if not new:
-                if stamp in (created, updated):
+                if import_id == self.import_id or updated == stamp:
                     self.skipped["duplicate"] += 1  # seen earlier in this file
                     continue
                 upd_subs.append((name, first_name, last_name, fields, stamp, sid))
@@ -1123,13 +1125,13 @@ class _Writer:
         self._write_decisions(upd_subs, new_members, status_members, confirmed_members, new_supp)
 
     def _known(self, chunk: _Chunk, last: int) -> tuple[dict, dict, dict]:
-        """The chunk's subscribers as stored (key -> (id, created, updated)), and the
+        """The chunk's subscribers as stored (key -> (id, import_id, updated)), and the
         status and consent method of those already there before the chunk (id -> ...)."""
         conn = self.db.conn
         found = {
-            key: (sid, created, updated)
-            for key, sid, created, updated in conn.execute(
-                """SELECT key, id, created, updated FROM subscribers
+            key: (sid, import_id, updated)
+            for key, sid, import_id, updated in conn.execute(
+                """SELECT key, id, import_id, updated FROM subscribers
                    WHERE key IN (SELECT value FROM json_each(?))""",
                 [_keys(chunk.subs)],
             )
@@ -1138,8 +1140,8 @@ class _Writer:
         member, method = {}, {}
         if old:
             for sid, mstatus, how in conn.execute(
-                """SELECT subscriber_id, status, consent_method FROM memberships
-                   WHERE list_id = ? AND subscriber_id IN (SELECT value FROM json_each(?))""",
+                f"""SELECT m.subscriber_id, m.status, {CONSENT_METHOD} FROM memberships m
+                   WHERE m.list_id = ? AND m.subscriber_id IN (SELECT value FROM json_each(?))""",
                 [self.list_id, json.dumps(old)],
             ):
                 member[sid], method[sid] = mstatus, how

@@ -17,6 +17,13 @@ from listkit.addresses import email_key, normalize_address
 from listkit.audience.deliveries import delivery_id
 from listkit.audience.enrollments import enrol_joined
 from listkit.audience.lists import get_list
+from listkit.audience.provenance import (
+    CONSENT_METHOD,
+    CONSENT_SOURCE,
+    MEMBER_CREATED,
+    SUBSCRIBER_CREATED,
+    SUBSCRIBER_SOURCE,
+)
 from listkit.audience.suppressions import suppress
 from listkit.db import immediate, iso, now
 from listkit.errors import InputError, NotFound
@@ -70,8 +77,8 @@ def list_members(db: Database, list_slug: str) -> Iterator[dict]:
     """Every member of a list, whatever the status, with consent evidence."""
     list_id = get_list(db, list_slug)["id"]
     cursor = db.execute(
-        """SELECT s.email, s.name, m.status, m.created, m.consent_at, m.confirmed_at,
-                  m.consent_ip, m.consent_source, s.fields
+        f"""SELECT s.email, s.name, m.status, {MEMBER_CREATED}, m.consent_at, m.confirmed_at,
+                  m.consent_ip, {CONSENT_SOURCE}, s.fields
            FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id
            WHERE m.list_id = ? ORDER BY s.id""",
         [list_id],
@@ -252,8 +259,9 @@ def get_subscriber(db: Database, email: str) -> dict:
     """A subscriber with memberships, suppression and delivery counts."""
     key = email_key(email)
     row = db.execute(
-        """SELECT id, email, name, first_name, last_name, fields, created, source
-           FROM subscribers WHERE key = ?""",
+        f"""SELECT s.id, s.email, s.name, s.first_name, s.last_name, s.fields,
+                  {SUBSCRIBER_CREATED}, {SUBSCRIBER_SOURCE}
+           FROM subscribers s WHERE s.key = ?""",
         [key],
     ).fetchone()
     suppression = db.execute(
@@ -279,8 +287,8 @@ def get_subscriber(db: Database, email: str) -> dict:
     result["lists"] = [
         dict(zip(keys, r, strict=True))
         for r in db.execute(
-            """SELECT l.slug, m.status, m.created, m.consent_at, m.consent_method,
-                      m.consent_source, m.consent_ip, m.confirmed_at, m.confirm_ip,
+            f"""SELECT l.slug, m.status, {MEMBER_CREATED}, m.consent_at, {CONSENT_METHOD},
+                      {CONSENT_SOURCE}, m.consent_ip, m.confirmed_at, m.confirm_ip,
                       m.status_at, m.status_reason
                FROM memberships m JOIN lists l ON l.id = m.list_id
                WHERE m.subscriber_id = ? ORDER BY l.slug""",

@@ -15,6 +15,7 @@ from sqlite_utils import Database
 
 from listkit.audience.audiences import SIGNUP
 from listkit.audience.lists import get_list
+from listkit.audience.provenance import SUBSCRIBER_SOURCE
 from listkit.db import immediate, now
 from listkit.errors import InputError
 from listkit.sales.reports import period_bounds
@@ -22,7 +23,7 @@ from listkit.vocab import ORDER_SQL, REVENUE_SQL
 
 ORDER_KEYS = ("at", "order", "product", "amount", "refunded", "currency", "status", "campaign")
 GROUPS = {
-    "source": "coalesce(s.source, '(unknown)')",
+    "source": f"coalesce({SUBSCRIBER_SOURCE}, '(unknown)')",
     "signup-month": f"coalesce(substr({SIGNUP}, 1, 7), '(unknown)')",
 }
 
