@@ -110,6 +110,52 @@ def baseline(db_path: Path, csv_path: Path) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def schema_baseline(db_path: Path, csv_path: Path) -> tuple[float, float]:
+    """Seconds and CPU seconds for a bare insert of the same rows into listkit's own
+    tables: a subscriber row and a membership row for each, with their indexes,
+    as an import of a new list writes them (rows parsed beforehand, not timed).
+
+    The gap between this and the bare baseline is what listkit's schema costs;
+    the gap between this and listkit is what its code costs (reading,
+    validating, the second process).
+    """
+    from listkit.db import open_db
+
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        rows = [
+            (email, email.casefold(), f"{first} {last}", first, last, f'{{"plan": "{plan}"}}')
+            for email, first, last, plan, *_ in reader
+        ]
+    db = open_db(db_path)
+    db.execute("INSERT INTO lists (slug, created) VALUES ('bench', '2026-01-01T00:00:00+00:00')")
+    db.execute("INSERT INTO imports (at, source, list_id) VALUES ('2026-01-01', 'import:x', 1)")
+    db.conn.commit()
+    conn = db.conn
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("PRAGMA cache_size = -65536")  # as listkit's import has it
+    start, cpu = time.perf_counter(), time.process_time()
+    conn.execute("BEGIN IMMEDIATE")
+    for i in range(0, len(rows), 1000):
+        conn.executemany(
+            "INSERT INTO subscribers (email, key, name, first_name, last_name, fields, "
+            "import_id) VALUES (?, ?, ?, ?, ?, ?, 1)",
+            rows[i : i + 1000],
+        )
+        # Each chunk's memberships while its subscribers' pages are in the cache;
+        # OR ROLLBACK as listkit's: no statement journal to undo half a statement.
+        conn.execute(
+            "INSERT OR ROLLBACK INTO memberships (list_id, subscriber_id, status, import_id) "
+            "SELECT 1, id, 'active', 1 FROM subscribers WHERE id > ?",
+            [i],
+        )
+    conn.execute("COMMIT")
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    conn.close()
+    return elapsed, cpu
+
+
 def listkit_import(workdir: Path, csv_path: Path) -> tuple[float, float, int, str]:
     """Seconds, CPU seconds (both processes), peak RSS (the larger of listkit's two
     processes) and the summary line."""
@@ -138,11 +184,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shape", choices=("csv", "mailchimp"), default="csv")
     parser.add_argument("--baseline-only", nargs=2, metavar=("CSV", "DB"), help=argparse.SUPPRESS)
+    parser.add_argument("--schema-only", nargs=2, metavar=("CSV", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_only:
         print(*baseline(Path(args.baseline_only[1]), Path(args.baseline_only[0])))
         return
+    if args.schema_only:
+        print(*schema_baseline(Path(args.schema_only[1]), Path(args.schema_only[0])))
+        return
     base_times, lk_times, base_cpus, lk_cpus, rss = [], [], [], [], 0
+    schema_times = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="listkit-bench-import-") as tmp:
         tmp_path = Path(tmp)
@@ -162,16 +213,28 @@ def main() -> None:
             bare_s, bare_cpu = map(float, out.split())
             base_times.append(bare_s)
             base_cpus.append(bare_cpu)
+            schema_db = tmp_path / "schema.db"
+            out = subprocess.run(
+                [sys.executable, __file__, "--schema-only", str(csv_path), str(schema_db)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            schema_s = float(out.split()[0])
+            schema_times.append(schema_s)
             workdir = tmp_path / "ws"
             lk_s, lk_cpu, lk_rss, output = listkit_import(workdir, csv_path)
             lk_times.append(lk_s)
             lk_cpus.append(lk_cpu)
             rss = max(rss, lk_rss)
-            for path in (bare_db, *tmp_path.glob("bare.db-*")):
+            for path in (bare_db, schema_db, *tmp_path.glob("bare.db-*")):
+                path.unlink()
+            for path in tmp_path.glob("schema.db-*"):
                 path.unlink()
             shutil.rmtree(workdir)
             print(
                 f"round {n}: bare {bare_s:.2f} s ({bare_cpu:.2f} CPU s), "
+                f"bare into listkit's tables {schema_s:.2f} s, "
                 f"listkit {lk_s:.2f} s ({lk_cpu:.2f} CPU s)",
                 flush=True,
             )
@@ -182,8 +245,14 @@ def main() -> None:
     print(f"medians of {args.rounds} rounds:")
     print(f"{'':28}{'seconds':>10}{'rows/s':>12}")
     print(f"{'bare sqlite3 executemany':28}{base_s:10.2f}{base_rate:12,.0f}")
+    schema_s = statistics.median(schema_times)
+    print(f"{'bare, into listkit tables':28}{schema_s:10.2f}{args.rows / schema_s:12,.0f}")
     print(f"{'listkit subscribers import':28}{lk_s:10.2f}{lk_rate:12,.0f}")
     print(f"ratio (listkit / bare): {lk_rate / base_rate:.2f}x   (goal >= 0.6x)")
+    print(
+        f"  of which the tables (bare into listkit's / bare): {base_s / schema_s:.2f}x; "
+        f"the code (listkit / bare into listkit's): {schema_s / lk_s:.2f}x"
+    )
     print(f"CPU seconds: bare {base_cpu:.2f}, listkit {lk_cpu:.2f}: ratio {base_cpu / lk_cpu:.2f}x")
     print(f"listkit peak RSS: {rss / 2**20:.0f} MB   (goal < 200 MB)")
     load = " ".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
