@@ -900,8 +900,9 @@ def test_an_import_stores_its_time_and_source_once_and_every_reader_still_sees_t
     }
 
 
+@pytest.mark.parametrize("page", ["https://blog.example.com/", None])
 def test_a_reader_an_import_left_pending_who_confirms_on_our_form_has_the_form_as_consent(
-    run, blog, ws
+    run, blog, ws, page
 ):
     from listkit.audience.signups import confirm_signup, record_signup
     from listkit.db import immediate
@@ -909,18 +910,18 @@ def test_a_reader_an_import_left_pending_who_confirms_on_our_form_has_the_form_a
     summary(run, FIXTURES / "kit.csv")
     (at,) = ws.db.execute("SELECT at FROM imports").fetchone()
     with immediate(ws.db):
-        record_signup(ws.db, "blog", "ivy@example.com", page="https://blog.example.com/")
+        record_signup(ws.db, "blog", "ivy@example.com", page=page)
     (nonce,) = ws.db.execute("SELECT nonce FROM signups").fetchone()
     with immediate(ws.db):
         assert confirm_signup(ws.db, nonce, ip="192.0.2.7") == "confirmed"
     ivy = json.loads(run("subscribers", "show", "ivy@example.com", "--json").output)
     (blog,) = ivy["lists"]
-    # The consent the form recorded replaces the import's; the membership still
-    # began with the import.
+    # The consent the form recorded replaces the import's, its source too when the
+    # form had none; the membership still began with the import.
     assert (blog["status"], blog["consent_method"], blog["consent_source"]) == (
         "active",
         "double opt-in",
-        "https://blog.example.com/",
+        page,
     )
     assert blog["joined"] == at
     assert (ivy["created"], ivy["source"]) == (at, "import:kit.csv")

@@ -1168,7 +1168,8 @@ class _Writer:
             status_members,
         )
         conn.executemany(
-            f"""UPDATE memberships SET status = 'active', consent_source = {self.q_source},
+            f"""UPDATE memberships SET status = 'active', consent_method = 'import',
+               consent_source = {self.q_source},
                consent_at = coalesce(?, consent_at), consent_ip = coalesce(?, consent_ip),
                confirmed_at = coalesce(?, confirmed_at), confirm_ip = coalesce(?, confirm_ip),
                status_at = ?, updated = ?, status_reason = 'active in a later export'
