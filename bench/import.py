@@ -6,6 +6,10 @@ then, in the same run:
 - baseline: a bare ``sqlite3`` ``executemany`` of the same rows (already parsed,
   no validation) into an equivalent table with a unique key, in one
   transaction, with the same pragmas listkit uses (WAL, synchronous=FULL);
+- bare into listkit's tables: the same rows, parsed beforehand, inserted bare
+  into a database listkit made, a subscriber and a membership each with their
+  indexes (as an import into a new list writes them), to tell what listkit's
+  tables cost from what its code costs;
 - listkit: the real ``listkit subscribers import`` command in a subprocess,
   reading and validating the file, writing subscribers and memberships.
 
@@ -178,6 +182,18 @@ def listkit_import(workdir: Path, csv_path: Path) -> tuple[float, float, int, st
     return elapsed, cpu, usage.ru_maxrss * 1024, output.strip()
 
 
+def in_own_process(flag: str, csv_path: Path, db_path: Path) -> tuple[float, float]:
+    """A baseline's seconds and CPU seconds, run in a process of its own (see baseline)."""
+    out = subprocess.run(
+        [sys.executable, __file__, flag, str(csv_path), str(db_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    seconds, cpu = map(float, out.split())
+    return seconds, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -203,24 +219,11 @@ def main() -> None:
         size = csv_path.stat().st_size
         print(f"file: {args.rows:,} rows, {size / 1e6:.1f} MB")
         for n in range(1, args.rounds + 1):
-            bare_db = tmp_path / "bare.db"
-            out = subprocess.run(
-                [sys.executable, __file__, "--baseline-only", str(csv_path), str(bare_db)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            bare_s, bare_cpu = map(float, out.split())
+            bare_db, schema_db = tmp_path / "bare.db", tmp_path / "schema.db"
+            bare_s, bare_cpu = in_own_process("--baseline-only", csv_path, bare_db)
             base_times.append(bare_s)
             base_cpus.append(bare_cpu)
-            schema_db = tmp_path / "schema.db"
-            out = subprocess.run(
-                [sys.executable, __file__, "--schema-only", str(csv_path), str(schema_db)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            schema_s = float(out.split()[0])
+            schema_s, _ = in_own_process("--schema-only", csv_path, schema_db)
             schema_times.append(schema_s)
             workdir = tmp_path / "ws"
             lk_s, lk_cpu, lk_rss, output = listkit_import(workdir, csv_path)
