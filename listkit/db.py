@@ -968,6 +968,9 @@ def _drop_not_null(conn: sqlite3.Connection, table: str, column: str) -> None:
     ).fetchone()
     new, n = re.subn(rf"(\b{column}\s+TEXT)\s+NOT\s+NULL\b", r"\1", sql, count=1)
     if n == 0:
+        notnull = {r[1]: r[3] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if notnull[column]:  # spelled in a way this step does not know: stop, change nothing
+            raise RuntimeError(f"cannot find the NOT NULL of {table}.{column} in its schema")
         return  # already nullable
     (version,) = conn.execute("PRAGMA schema_version").fetchone()
     conn.execute("PRAGMA writable_schema = ON")

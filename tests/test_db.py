@@ -269,3 +269,22 @@ def test_a_write_lock_held_past_the_timeout_is_sqlites_database_is_locked(tmp_pa
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == dbmod.BUSY_TIMEOUT_MS
     other.execute("ROLLBACK")
     other.close()
+
+
+def test_dropping_a_not_null_edits_only_that_column_and_refuses_a_spelling_it_does_not_know():
+    from listkit.db import _drop_not_null
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, created TEXT NOT NULL, x_created TEXT NOT NULL)"
+    )
+    conn.execute('CREATE TABLE q (id INTEGER PRIMARY KEY, "created" TEXT NOT NULL)')
+    _drop_not_null(conn, "t", "created")
+    notnull = {r[1]: r[3] for r in conn.execute("PRAGMA table_info(t)")}
+    assert notnull == {"id": 0, "created": 0, "x_created": 1}
+    conn.execute("INSERT INTO t (x_created) VALUES ('kept')")  # in the same connection
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    _drop_not_null(conn, "t", "created")  # already nullable: nothing to do
+    with pytest.raises(RuntimeError, match=r"NOT NULL of q\.created"):
+        _drop_not_null(conn, "q", "created")
+    assert {r[1]: r[3] for r in conn.execute("PRAGMA table_info(q)")}["created"] == 1
