@@ -925,3 +925,19 @@ def test_a_reader_an_import_left_pending_who_confirms_on_our_form_has_the_form_a
     )
     assert blog["joined"] == at
     assert (ivy["created"], ivy["source"]) == (at, "import:kit.csv")
+
+
+def test_the_cycle_collector_paused_for_an_import_runs_again_after_it_even_a_failed_one(
+    run, blog, tmp_path
+):
+    import gc
+
+    f = tmp_path / "ok.csv"
+    f.write_text("email\nann@example.com\n")
+    assert gc.isenabled()
+    summary(run, f)
+    assert gc.isenabled()
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"email\n\xff\xfe@example.com\n")
+    assert do_import(run, bad, ok=False).exit_code == 1
+    assert gc.isenabled()
