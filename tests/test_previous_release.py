@@ -163,3 +163,36 @@ def test_an_import_as_the_first_command_on_a_previous_release_database(run, old_
         ("blog", "import:new.csv"),
         ("customers", "import:customers.csv"),
     ]
+
+
+def test_m025_stopped_half_way_leaves_the_database_as_it_was_and_runs_again(old_db, monkeypatch):
+    """m025 is one transaction with its record: stopped after its first table's
+    edit (here by an error where a kill would stop it), nothing of it stays."""
+    import listkit.db as dbmod
+
+    real, calls = dbmod._drop_not_null, []
+
+    def stop_at_the_second(conn, table, column):
+        calls.append(table)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C there would
+        real(conn, table, column)
+
+    monkeypatch.setattr(dbmod, "_drop_not_null", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        open_db(old_db)
+    assert calls == ["subscribers", "memberships"]
+    assert query(old_db, "SELECT name FROM sqlite_master WHERE name = 'imports'") == []
+    assert query(old_db, "SELECT name FROM _sqlite_migrations WHERE name LIKE 'm025%'") == []
+    notnull = {r[1]: r[3] for r in query(old_db, "PRAGMA table_info(subscribers)")}
+    assert notnull["created"] == 1 and "import_id" not in notnull
+    monkeypatch.setattr(dbmod, "_drop_not_null", real)
+    db = open_db(old_db)
+    db.conn.close()
+    assert query(old_db, "PRAGMA integrity_check") == [("ok",)]
+    assert query(old_db, "SELECT name FROM _sqlite_migrations WHERE name LIKE 'm025%'") == [
+        ("m025_imports",)
+    ]
+    for table in ("subscribers", "memberships"):
+        notnull = {r[1]: r[3] for r in query(old_db, f"PRAGMA table_info({table})")}
+        assert notnull["created"] == 0 and "import_id" in notnull
