@@ -523,11 +523,12 @@ def bounced_after_sent(db: Database, campaign_id: int, *, secret: bytes, domain:
     ``outbox.problems``, with state ``bounced`` and the report's status and diagnostic."""
     cursor = db.execute(
         f"""SELECT d.id, coalesce(d.sent_to, s.email), d.attempts, d.legacy_token,
-                   (SELECT json_extract(e.detail, '$.status') FROM events e
-                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1),
-                   (SELECT json_extract(e.detail, '$.diagnostic') FROM events e
-                    WHERE e.delivery_id = d.id AND e.kind = 'bounce' ORDER BY e.id DESC LIMIT 1)
+                   json_extract(b.detail, '$.status'), json_extract(b.detail, '$.diagnostic')
             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+            -- the latest bounce report of the delivery, if one named it (a suppression
+            -- alone can mark it bounced)
+            LEFT JOIN events b ON b.id = (SELECT max(e.id) FROM events e
+                                          WHERE e.delivery_id = d.id AND e.kind = 'bounce')
             WHERE d.campaign_id = ? AND d.state = 'sent' AND d.id IN ({BOUNCED_DELIVERIES})
             ORDER BY d.id""",
         [campaign_id, json.dumps(BOUNCE_REASONS)],
