@@ -4,21 +4,13 @@ a restored copy does with the messages a send had in flight."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 
 import pytest
 
 from listkit.workspace import Workspace
+from tests.databases import query
 from tests.test_send import setup_campaign
-
-
-def query(path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def tables(path) -> int:

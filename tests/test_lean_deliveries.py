@@ -7,7 +7,6 @@ already sent keep naming their deliveries, and the report says what it said."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -35,6 +34,7 @@ from listkit.mail.tracking import (
     unsubscribe_url,
 )
 from listkit.workspace import Workspace
+from tests.databases import query, replace_database
 from tests.waiting import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -66,18 +66,7 @@ db.open_db(sys.argv[1])
 @pytest.fixture
 def old_db(workspace: Path) -> Path:
     """The workspace, its database replaced by the one the release before m020 wrote."""
-    for name in ("listkit.db-wal", "listkit.db-shm"):
-        (workspace / name).unlink(missing_ok=True)
-    shutil.copyfile(BEFORE, workspace / "listkit.db")
-    return workspace / "listkit.db"
-
-
-def query(path: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+    return replace_database(workspace, BEFORE)
 
 
 def killed_half_way(path: Path, tmp_path: Path) -> None:

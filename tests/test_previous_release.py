@@ -5,13 +5,13 @@ today's code: every schema step runs, nothing is lost, reports and sends work.""
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from listkit.db import migrations, open_db
+from tests.databases import query, replace_database
 
 FIXTURE = Path(__file__).parent / "fixtures" / "previous-release.db"
 
@@ -19,19 +19,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "previous-release.db"
 @pytest.fixture
 def old_db(workspace: Path) -> Path:
     """The workspace, its database replaced by the previous release's."""
-    db = workspace / "listkit.db"
-    for name in ("listkit.db-wal", "listkit.db-shm"):
-        (workspace / name).unlink(missing_ok=True)
-    shutil.copyfile(FIXTURE, db)
-    return db
-
-
-def query(path: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+    return replace_database(workspace, FIXTURE)
 
 
 def test_the_previous_release_fixture_is_small_and_from_before_todays_schema():
