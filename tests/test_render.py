@@ -11,11 +11,9 @@ import pytest
 import listkit.send.render as render
 from listkit.config import load_settings
 from listkit.errors import ConfigError
-from listkit.send.campaigns import register
-from listkit.send.outbox import build_outbox, claim
 from listkit.send.prepare import prepare
 from listkit.workspace import Workspace
-from tests.test_send import setup_campaign
+from tests.test_send import claimed, setup_campaign
 
 
 def settings(tmp_path: Path, **environ: str):
@@ -67,10 +65,7 @@ def test_render_processes_hand_back_each_batch_in_the_order_it_was_submitted(run
     setup_campaign(run, workspace, 25, addresses)
     ws = Workspace(workspace)
     try:
-        p = prepare(ws, "t")
-        cid = register(ws.db, p.campaign, digest="x", coupon=None)
-        build_outbox(ws.db, cid, p.campaign)
-        rows = claim(ws.db, cid, "1-test", 100, secret=ws.settings.secret_key())
+        p, _, rows = claimed(ws, "1-test", 100)
     finally:
         ws.close()
     batches = [rows[i : i + 3] for i in range(0, len(rows), 3)]

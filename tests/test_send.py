@@ -27,6 +27,20 @@ def setup_campaign(run, workspace, port, addresses, *, extra="", lists=("blog",)
     )
 
 
+def claimed(ws, run_id, limit):
+    """Campaign t prepared, registered and its outbox built, and up to ``limit`` rows
+    claimed by run ``run_id``, as a send does before its first message: (the
+    prepared campaign, its id, the rows)."""
+    from listkit.send.campaigns import register
+    from listkit.send.outbox import build_outbox, claim
+    from listkit.send.prepare import prepare
+
+    p = prepare(ws, "t")
+    cid = register(ws.db, p.campaign, digest="x", coupon=None)
+    build_outbox(ws.db, cid, p.campaign)
+    return p, cid, claim(ws.db, cid, run_id, limit, secret=ws.settings.secret_key())
+
+
 def totals(workspace):
     ws = Workspace(workspace)
     try:

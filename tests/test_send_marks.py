@@ -3,10 +3,9 @@
 import zlib
 
 from listkit.send.marks import ZEROS, MarkFile, fold_marks, marks_path, read_marks
-from listkit.send.outbox import claim, recover
-from listkit.send.prepare import prepare
+from listkit.send.outbox import recover
 from listkit.workspace import Workspace
-from tests.test_send import setup_campaign
+from tests.test_send import claimed, setup_campaign
 
 ADDRS = [f"m{i}@example.com" for i in range(5)]
 
@@ -47,13 +46,7 @@ def test_folded_marks_make_a_dead_runs_rows_unknown_and_the_rest_pending(run, wo
     ws = Workspace(workspace)
     try:
         # A run that died: it claimed every row and marked two as going out.
-        from listkit.send.campaigns import register
-        from listkit.send.outbox import build_outbox
-
-        p = prepare(ws, "t")
-        cid = register(ws.db, p.campaign, digest="x", coupon=None)
-        build_outbox(ws.db, cid, p.campaign)
-        rows = claim(ws.db, cid, "100-dead", 10, secret=ws.settings.secret_key())
+        _, cid, rows = claimed(ws, "100-dead", 10)
         ids = {r.email: r.id for r in rows}
         marks = MarkFile(ws.settings.db_path)
         marks.mark("100-dead", [ids["m1@example.com"], ids["m3@example.com"]])
