@@ -23,7 +23,7 @@ from listkit.inbox.clicks import record_click
 from listkit.mail.tracking import parse_unsubscribe_url, personal_coupon
 from listkit.sales.reports import lift
 from tests.test_reports import _statements
-from tests.test_sequence_sending import install, load, point_at, step_of, tick
+from tests.test_sequence_sending import install, join_welcome, load, point_at, step_of, tick
 
 GOLDEN = Path(__file__).parent / "golden" / "report-by-sequence.txt"
 READERS = ["ann", "bob", "cy", "dee", "eve", "fay"]
@@ -78,13 +78,7 @@ def welcome(run, workspace, server):
     """The welcome sequence (download, story, offer) sent to six readers of blog;
     eve's address refuses the first step (550). The time its last step went."""
     controller, handler = server
-    point_at(workspace, controller.port)
-    run("lists", "create", "blog")
-    install(workspace, "welcome")
-    load(workspace)
-    t0 = datetime.now(UTC)
-    for name in READERS:
-        run("subscribers", "add", email(name), "--list", "blog")
+    t0 = join_welcome(run, workspace, controller.port, [email(name) for name in READERS])
     handler.fault(email("eve"), "550")
     for at in (timedelta(minutes=1), timedelta(days=2, minutes=2), timedelta(days=5, minutes=3)):
         tick(workspace, t0 + at)
@@ -248,14 +242,8 @@ def test_the_lift_compares_readers_mailed_with_those_held_out_in_the_sequences_w
     run, ws, workspace, server, tmp_path
 ):
     controller, _handler = server
-    point_at(workspace, controller.port)
-    run("lists", "create", "blog")
-    install(workspace, "welcome", holdout="0.5")
-    load(workspace)
-    t0 = datetime.now(UTC)
     readers = [email(f"r{i}") for i in range(40)]
-    for address in readers:
-        run("subscribers", "add", address, "--list", "blog")
+    t0 = join_welcome(run, workspace, controller.port, readers, holdout="0.5")
     tick(workspace, t0 + timedelta(minutes=1))
     state = dict(
         ws.db.execute(

@@ -64,17 +64,24 @@ def load(workspace: Path) -> None:
         ws.close()
 
 
+def join_welcome(run, workspace: Path, port: int, addresses, holdout: str = "0") -> datetime:
+    """The welcome sequence (with ``holdout``) installed on a new list blog, sending to
+    the server at ``port``, and ``addresses`` joining blog; the time just before they
+    joined."""
+    point_at(workspace, port)
+    run("lists", "create", "blog")
+    install(workspace, "welcome", holdout)
+    load(workspace)
+    t0 = datetime.now(UTC)
+    for address in addresses:
+        run("subscribers", "add", address, "--list", "blog")
+    return t0
+
+
 @pytest.fixture
 def welcome(run, workspace, server):
     controller, handler = server
-    point_at(workspace, controller.port)
-    run("lists", "create", "blog")
-    install(workspace, "welcome")
-    load(workspace)
-    t0 = datetime.now(UTC)
-    for address in READERS:
-        run("subscribers", "add", address, "--list", "blog")
-    return t0, handler
+    return join_welcome(run, workspace, controller.port, READERS), handler
 
 
 def test_a_clock_moved_through_weeks_mails_each_step_once_at_its_time(run, workspace, welcome):
